@@ -1,0 +1,49 @@
+# volagent: developer and operator entry points. Every target installs what it needs.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= $(if $(wildcard /etc/volagent/volagent.toml),/etc/volagent/volagent.toml,examples/local.toml)
+# Debian packages: the runtime (python, mount helpers) and the test bed (a private dockerd,
+# busybox for the test image, bindfs as the EFS stand-in, packer and systemd for the ship checks).
+RUNTIME_DEBS := python3 python3-venv python3-pip e2fsprogs util-linux
+TESTBED_DEBS := docker.io busybox-static bindfs fuse3 packer debootstrap systemd iproute2
+
+.PHONY: install host-deps testbed-deps run test unit integration lint bench dist ami clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(MAKE) --no-print-directory host-deps
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+host-deps:
+	@scripts/apt-ensure $(RUNTIME_DEBS)
+
+testbed-deps:
+	@scripts/apt-ensure $(TESTBED_DEBS)
+
+run: install
+	$(VENV)/bin/volagent --config $(CONFIG) run
+
+test: install testbed-deps
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+unit: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+integration: install testbed-deps
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+
+lint: install
+	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/ruff format --check agent tests bench
+	$(VENV)/bin/mypy
+
+bench: install testbed-deps
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) dist build .mypy_cache .ruff_cache

@@ -1,0 +1,154 @@
+"""Safe directory creation under the mount point.
+
+The walk opens every component relative to its parent's descriptor with O_NOFOLLOW and
+O_DIRECTORY, so a symlink anywhere on the path, planted before or during the walk, stops it
+(rule 4). Every descriptor is checked to be on the shared filesystem's device, so nothing is
+ever created on the local disk underneath a vanished mount (rule 3). Existing directories are
+opened, never chowned or chmodded (rule 2). These functions block: call them through a
+TimedWorker.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from volagent.config import Owner
+from volagent.errors import MountUnhealthy, NamespaceViolation, VolagentError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+PARENT_MODE = 0o755
+
+
+class PrepareFailed(VolagentError):
+    """Creating a directory failed for a reason other than the rules (EACCES, ENOSPC, ...)."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The outcome of one preparation: how many directories were created, and the leaf as
+    it is now."""
+
+    created: int
+    leaf_created: bool
+    uid: int
+    gid: int
+    mode: int
+
+
+def open_mount_point(mount_point: str, expected_dev: int | None) -> int:
+    """A descriptor of the mount point, refused unless it is on `expected_dev`."""
+    try:
+        fd = os.open(mount_point, _DIR_FLAGS)
+    except OSError as exc:
+        raise MountUnhealthy(f"cannot open {mount_point}: {exc.strerror}") from None
+    if expected_dev is not None and os.fstat(fd).st_dev != expected_dev:
+        os.close(fd)
+        raise MountUnhealthy(f"{mount_point} is not the shared filesystem any more")
+    return fd
+
+
+def _open_child(parent_fd: int, name: str, shown: str) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            kind = _kind_of(parent_fd, name)
+            raise NamespaceViolation(
+                4,
+                f"{shown} is a {kind}, not a directory; volagent "
+                "never follows links under the mount point",
+            ) from None
+        raise PrepareFailed(f"cannot open {shown}: {exc.strerror}") from None
+
+
+def _kind_of(parent_fd: int, name: str) -> str:
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except OSError:
+        return "vanished entry"
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink"
+    return "file" if stat.S_ISREG(st.st_mode) else "non-directory"
+
+
+def prepare_path(
+    mount_point: str, parts: Sequence[str], owner: Owner, mode: int, expected_dev: int | None
+) -> Prepared:
+    """Creates every missing directory of `mount_point/parts...`. The leaf, if created, gets
+    owner and mode; parents created on the way get root:root 0755."""
+    if not parts:
+        raise NamespaceViolation(5, "nothing to create below the mount point")
+    fd = open_mount_point(mount_point, expected_dev)
+    dev = os.fstat(fd).st_dev
+    created = 0
+    leaf_created = False
+    shown = mount_point.rstrip("/")
+    try:
+        for i, name in enumerate(parts):
+            if name in ("", ".", "..") or "/" in name:
+                raise NamespaceViolation(5, f"bad path component {name!r}")
+            shown = f"{shown}/{name}"
+            is_leaf = i == len(parts) - 1
+            made = False
+            try:
+                os.mkdir(name, 0o700, dir_fd=fd)  # tight until chowned, then opened up
+                made = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                if exc.errno in (errno.ENOTCONN, errno.ESTALE, errno.EIO):
+                    raise MountUnhealthy(f"cannot create {shown}: {exc.strerror}") from None
+                raise PrepareFailed(f"cannot create {shown}: {exc.strerror}") from None
+            child = _open_child(fd, name, shown)
+            os.close(fd)
+            fd = child
+            if os.fstat(fd).st_dev != dev:
+                raise NamespaceViolation(
+                    4, f"{shown} is on another filesystem (a mount inside the namespace)"
+                )
+            if made:
+                created += 1
+                uid, gid, bits = (owner.uid, owner.gid, mode) if is_leaf else (0, 0, PARENT_MODE)
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, bits)
+                leaf_created = is_leaf
+        st = os.fstat(fd)
+        return Prepared(
+            created=created,
+            leaf_created=leaf_created,
+            uid=st.st_uid,
+            gid=st.st_gid,
+            mode=stat.S_IMODE(st.st_mode),
+        )
+    finally:
+        os.close(fd)
+
+
+def check_path(mount_point: str, parts: Sequence[str], expected_dev: int | None) -> Prepared | None:
+    """Walks the path without creating anything: the leaf's stat, None if something is
+    missing. Raises NamespaceViolation on a symlink, like prepare_path."""
+    fd = open_mount_point(mount_point, expected_dev)
+    shown = mount_point.rstrip("/")
+    try:
+        for name in parts:
+            shown = f"{shown}/{name}"
+            try:
+                child = _open_child(fd, name, shown)
+            except PrepareFailed:
+                return None
+            os.close(fd)
+            fd = child
+        st = os.fstat(fd)
+        return Prepared(
+            created=0,
+            leaf_created=False,
+            uid=st.st_uid,
+            gid=st.st_gid,
+            mode=stat.S_IMODE(st.st_mode),
+        )
+    finally:
+        os.close(fd)

@@ -1,0 +1,93 @@
+"""Prometheus metrics, in a registry of their own (one per daemon, none global)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_MOUNT_STATES = ("mounted", "mounting", "stalled", "unmounted", "local", "disabled")
+_FAST_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    """Every metric volagent exports. Names are prefixed `volagent_`."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.mount_up = Gauge(
+            "volagent_mount_up",
+            "1 when the shared filesystem is healthy (mounted or local)",
+            registry=r,
+        )
+        self.mount_state = Gauge(
+            "volagent_mount_state", "1 for the current mount state", ["state"], registry=r
+        )
+        self.probe_seconds = Histogram(
+            "volagent_probe_seconds",
+            "Duration of mount health probes",
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.probe_failures = Counter(
+            "volagent_probe_failures", "Mount probes that failed or timed out", registry=r
+        )
+        self.remounts = Counter("volagent_remounts", "Mounts made after the first", registry=r)
+        self.dirs_created = Counter(
+            "volagent_directories_created", "Directories created under the mount point", registry=r
+        )
+        self.late = Counter(
+            "volagent_late_volumes",
+            "Volumes whose container started before their directory was prepared",
+            registry=r,
+        )
+        self.violations = Counter(
+            "volagent_violations", "Binds refused as namespace violations", registry=r
+        )
+        self.prepare_failures = Counter(
+            "volagent_prepare_failures", "Directory preparations that failed", registry=r
+        )
+        self.docker_connected = Gauge(
+            "volagent_docker_connected", "1 while the Docker event stream is connected", registry=r
+        )
+        self.events = Counter("volagent_docker_events", "Docker events seen", registry=r)
+        self.reconnects = Counter(
+            "volagent_docker_reconnects", "Reconnections to the Docker event stream", registry=r
+        )
+        self.containers = Gauge(
+            "volagent_containers", "Containers known with binds under the mount point", registry=r
+        )
+        self.guard_decisions = Counter(
+            "volagent_guard_decisions", "Authorization decisions", ["result"], registry=r
+        )
+        self.guard_seconds = Histogram(
+            "volagent_guard_decision_seconds",
+            "Time to decide an authorization request",
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "volagent_config_reloads", "Config reloads by result", ["result"], registry=r
+        )
+        self.set_mount_state("unmounted")
+
+    def set_mount_state(self, state: str) -> None:
+        for s in _MOUNT_STATES:
+            self.mount_state.labels(state=s).set(1 if s == state else 0)
+        self.mount_up.set(1 if state in ("mounted", "local") else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

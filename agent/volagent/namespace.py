@@ -1,0 +1,228 @@
+"""The namespace rules, as pure functions: who a container is (rack, app, service), which of
+its binds lie under the mount point, where each may go, and with which owner and mode.
+
+No I/O here: the fs layer walks the paths this module returns, without following symlinks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from volagent.config import NAME_RE, Config, Owner, parse_mode, parse_owner
+from volagent.errors import NamespaceViolation
+
+OWNER_LABEL = "volagent.owner"
+MODE_LABEL = "volagent.mode"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Where a container belongs. Empty strings mean unknown."""
+
+    rack: str
+    app: str
+    service: str
+
+    @property
+    def labeled(self) -> bool:
+        """A container is volagent's when it has an app."""
+        return bool(self.app)
+
+    @property
+    def namespace(self) -> str:
+        """`<rack>-<app>`, the directory under the mount point owned by the app."""
+        return f"{self.rack}-{self.app}"
+
+
+@dataclass(frozen=True)
+class Bind:
+    """One bind of a container: the host side as written, the container side, and `:ro`."""
+
+    host: str
+    container: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to create for one bind: path components below the mount point, the last being
+    the leaf, which gets `owner` and `mode`; parents get root:root 0755."""
+
+    bind: Bind
+    host_path: str
+    parts: tuple[str, ...]
+    owner: Owner
+    mode: int
+
+
+def valid_name(name: str) -> bool:
+    return bool(NAME_RE.match(name))
+
+
+def _env_map(env: Iterable[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in env or ():
+        key, sep, value = item.partition("=")
+        if sep and key not in out:
+            out[key] = value
+    return out
+
+
+def identify(cfg: Config, labels: Mapping[str, str] | None, env: Iterable[str] | None) -> Identity:
+    """Rack, app and service of a container: label first, then env, then config (rack only)."""
+    labels = labels or {}
+    envs = _env_map(env)
+    d = cfg.docker
+    rack = labels.get(d.rack_label) or envs.get("RACK") or cfg.rack
+    app = labels.get(d.app_label) or envs.get("APP") or ""
+    service = labels.get(d.service_label) or envs.get("SERVICE") or ""
+    return Identity(rack=rack, app=app, service=service)
+
+
+def check_identity(ident: Identity) -> None:
+    """Rule 6: every name that is set must be a valid name; a labeled container needs a rack."""
+    if not ident.rack:
+        raise NamespaceViolation(6, "no rack: set the rack label, RACK, or `rack` in the config")
+    for what, name in (("rack", ident.rack), ("app", ident.app), ("service", ident.service)):
+        if name and not valid_name(name):
+            raise NamespaceViolation(6, f"{what} name {name!r} must match {NAME_RE.pattern}")
+
+
+def parse_bind_spec(spec: str) -> Bind | None:
+    """`host:ctr[:opts]` to a Bind; None for a named volume (host side not absolute)."""
+    host, sep, rest = spec.partition(":")
+    if not sep or not host.startswith("/"):
+        return None
+    container, _, opts = rest.partition(":")
+    read_only = "ro" in opts.split(",") if opts else False
+    return Bind(host=host, container=container, read_only=read_only)
+
+
+def binds_of(host_config: Mapping[str, Any] | None) -> list[Bind]:
+    """Every bind of a container: `HostConfig.Binds` and `HostConfig.Mounts` of type bind."""
+    hc = host_config or {}
+    out: list[Bind] = []
+    for spec in hc.get("Binds") or ():
+        if isinstance(spec, str):
+            bind = parse_bind_spec(spec)
+            if bind is not None:
+                out.append(bind)
+    for m in hc.get("Mounts") or ():
+        if not isinstance(m, Mapping) or m.get("Type") != "bind":
+            continue
+        source, target = m.get("Source"), m.get("Target")
+        if isinstance(source, str) and source.startswith("/"):
+            out.append(
+                Bind(host=source, container=str(target or ""), read_only=bool(m.get("ReadOnly")))
+            )
+    return out
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def touches_mount_point(mount_point: str, host: str) -> bool:
+    """A bind concerns volagent when its host side, as written or cleaned, is under the mount
+    point. As written counts too: `/volumes/../etc` is an escape, not somebody else's bind."""
+    mp = posixpath.normpath(mount_point)
+    return _under(posixpath.normpath(host), mp) or _under(host, mp + "/")
+
+
+def resolve_owner(
+    cfg: Config, labels: Mapping[str, str] | None, user: str | None
+) -> tuple[Owner, int]:
+    """Owner and mode of leaf directories: labels, else the numeric container user, else config.
+
+    A label that does not parse is a violation (rule 6), not a silent fallback."""
+    labels = labels or {}
+    owner = cfg.directories.owner_ids
+    mode = cfg.directories.mode_bits
+    if user:
+        # a user name's ids live in the image, so for a name the config default applies
+        with contextlib.suppress(ValueError):
+            owner = parse_owner(user)
+    if OWNER_LABEL in labels:
+        try:
+            owner = parse_owner(labels[OWNER_LABEL])
+        except ValueError as exc:
+            raise NamespaceViolation(6, f"label {OWNER_LABEL}: {exc}") from None
+    if MODE_LABEL in labels:
+        try:
+            mode = parse_mode(labels[MODE_LABEL])
+        except ValueError as exc:
+            raise NamespaceViolation(6, f"label {MODE_LABEL}: {exc}") from None
+    return owner, mode
+
+
+def plan_bind(mount_point: str, ident: Identity, bind: Bind, owner: Owner, mode: int) -> Plan:
+    """Rules 5 and 6 for one bind under the mount point; the directories to create."""
+    mp = posixpath.normpath(mount_point)
+    raw = bind.host
+    if "\x00" in raw:
+        raise NamespaceViolation(5, "host path contains a NUL byte")
+    if ".." in raw.split("/"):
+        raise NamespaceViolation(5, f"{raw} escapes through '..'")
+    cleaned = posixpath.normpath(raw)
+    if not _under(cleaned, mp):
+        raise NamespaceViolation(5, f"{raw} is outside the mount point {mp}")
+    rel = cleaned[len(mp) :].strip("/")
+    parts = tuple(p for p in rel.split("/") if p)
+    if not parts:
+        raise NamespaceViolation(
+            5,
+            f"{raw} is the mount point root; bind a directory of the "
+            f"app's namespace {mp}/{ident.namespace}/<service>/...",
+        )
+    if parts[0] != ident.namespace:
+        raise NamespaceViolation(
+            5, f"{raw} is outside app {ident.app}'s namespace {mp}/{ident.namespace}/"
+        )
+    if len(parts) < 2:
+        raise NamespaceViolation(
+            5, f"{raw} is the namespace root itself; bind {mp}/{ident.namespace}/<service>/..."
+        )
+    for p in parts:
+        if p.startswith(".volagent") or len(p.encode()) > 255:
+            raise NamespaceViolation(5, f"{raw}: component {p[:40]!r} is not allowed")
+    return Plan(bind=bind, host_path=cleaned, parts=parts, owner=owner, mode=mode)
+
+
+def host_path(mount_point: str, rack: str, app: str, service: str, container_path: str) -> str:
+    """`<mp>/<rack>-<app>/<service><path>`, what `volagent paths` prints; raises
+    NamespaceViolation for bad names or a path that is not absolute or climbs with `..`."""
+    check_identity(Identity(rack, app, service))
+    if not app or not service:
+        raise NamespaceViolation(6, "app and service are required")
+    if not container_path.startswith("/"):
+        raise NamespaceViolation(5, f"{container_path!r} is not an absolute container path")
+    if ".." in container_path.split("/"):
+        raise NamespaceViolation(5, f"{container_path} escapes through '..'")
+    tail = posixpath.normpath(container_path).lstrip("/")
+    base = posixpath.join(posixpath.normpath(mount_point), f"{rack}-{app}", service)
+    return posixpath.join(base, tail) if tail else base
+
+
+def plans_for(
+    cfg: Config, ident: Identity, binds: Sequence[Bind], labels: Mapping[str, str], user: str | None
+) -> list[Plan | NamespaceViolation]:
+    """A Plan or the violation for each bind under the mount point, in order."""
+    mine = [b for b in binds if touches_mount_point(cfg.mount_point, b.host)]
+    if not mine:
+        return []
+    try:
+        check_identity(ident)
+        owner, mode = resolve_owner(cfg, labels, user)
+    except NamespaceViolation as exc:
+        return [exc for _ in mine]
+    out: list[Plan | NamespaceViolation] = []
+    for b in mine:
+        try:
+            out.append(plan_bind(cfg.mount_point, ident, b, owner, mode))
+        except NamespaceViolation as exc:
+            out.append(exc)
+    return out

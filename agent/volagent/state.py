@@ -1,0 +1,224 @@
+"""The one state object of the daemon, owned by the event loop.
+
+Every task writes here through small methods; the socket and the guard read it. Nothing in
+here does I/O, so a status answer never waits on the shared filesystem.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from volagent import __version__
+from volagent.config import Config
+from volagent.metrics import Metrics
+
+MOUNT_STATES = ("mounted", "mounting", "stalled", "unmounted", "local", "disabled")
+HEALTHY_MOUNT_STATES = ("mounted", "local")
+VOLUME_STATES = ("ready", "pending", "late", "violation", "failed")
+PROBLEM_VOLUME_STATES = ("late", "violation", "failed")
+
+
+def now_iso(ts: float | None = None) -> str:
+    """ISO-8601 in UTC with milliseconds, what the status document carries."""
+    return (
+        datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+@dataclass
+class MountStatus:
+    state: str = "unmounted"
+    mount_point: str = "/volumes"
+    type: str = ""
+    source: str = ""
+    file_system_id: str = ""
+    since: str = field(default_factory=now_iso)
+    last_probe_ms: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "mount_point": self.mount_point,
+            "type": self.type,
+            "source": self.source,
+            "file_system_id": self.file_system_id or None,
+            "since": self.since,
+            "last_probe_ms": self.last_probe_ms,
+            "error": self.error,
+        }
+
+
+@dataclass
+class DockerStatus:
+    state: str = "connecting"
+    events: int = 0
+    since: str = field(default_factory=now_iso)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "events": self.events,
+            "since": self.since,
+            "error": self.error,
+        }
+
+
+@dataclass
+class VolumeRecord:
+    host: str
+    container: str
+    read_only: bool
+    state: str = "pending"
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "container": self.container,
+            "read_only": self.read_only,
+            "state": self.state,
+            "error": self.error,
+        }
+
+
+@dataclass
+class ContainerRecord:
+    id: str
+    name: str
+    rack: str
+    app: str
+    service: str
+    volumes: list[VolumeRecord] = field(default_factory=list)
+    started: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "rack": self.rack,
+            "app": self.app,
+            "service": self.service,
+            "volumes": [v.to_dict() for v in self.volumes],
+        }
+
+
+@dataclass
+class GuardStatus:
+    enabled: bool = False
+    allowed: int = 0
+    denied: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "allowed": self.allowed, "denied": self.denied}
+
+
+class AgentState:
+    """Everything the daemon knows. Mutated only from the event loop thread."""
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.mount = MountStatus(mount_point=config.mount_point)
+        self.docker = DockerStatus()
+        self.guard = GuardStatus(enabled=config.guard.enabled)
+        self.containers: dict[str, ContainerRecord] = {}
+        # keyed warnings, so a condition that clears takes its warning with it
+        self._warnings: dict[str, str] = {}
+        # st_dev of the healthy shared filesystem at the mount point; the fs layer refuses to
+        # create anything on another device. None while the mount is not healthy.
+        self.mount_dev: int | None = None
+        self.host_id = ""
+        self.instance_id = ""
+        self.started_at = time.time()
+        self.stopping = False
+
+    # --- mount -------------------------------------------------------------------------
+    @property
+    def mount_healthy(self) -> bool:
+        return self.mount.state in HEALTHY_MOUNT_STATES
+
+    def set_mount_state(self, state: str, error: str | None = None) -> None:
+        if state not in MOUNT_STATES:
+            raise ValueError(f"unknown mount state {state!r}")
+        if state != self.mount.state:
+            self.mount.state = state
+            self.mount.since = now_iso()
+        self.mount.error = error
+        self.metrics.set_mount_state(state)
+
+    # --- docker ------------------------------------------------------------------------
+    def set_docker_state(self, state: str, error: str | None = None) -> None:
+        if state != self.docker.state:
+            self.docker.state = state
+            self.docker.since = now_iso()
+        self.docker.error = error
+        self.metrics.docker_connected.set(1 if state == "connected" else 0)
+
+    def count_event(self) -> None:
+        self.docker.events += 1
+        self.metrics.events.inc()
+
+    # --- containers --------------------------------------------------------------------
+    def upsert_container(self, record: ContainerRecord) -> None:
+        self.containers[record.id] = record
+
+    def forget_container(self, container_id: str) -> None:
+        self.containers.pop(container_id, None)
+
+    def set_volume_state(self, volume: VolumeRecord, state: str, error: str | None = None) -> None:
+        if state not in VOLUME_STATES:
+            raise ValueError(f"unknown volume state {state!r}")
+        if state != volume.state:
+            if state == "late":
+                self.metrics.late.inc()
+            elif state == "violation":
+                self.metrics.violations.inc()
+        volume.state = state
+        volume.error = error
+
+    # --- warnings ----------------------------------------------------------------------
+    def warn(self, key: str, text: str) -> None:
+        self._warnings[key] = text
+
+    def clear_warning(self, key: str) -> None:
+        self._warnings.pop(key, None)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings.values())
+
+    # --- the status document -----------------------------------------------------------
+    def verdict(self) -> str:
+        if not self.mount_healthy or self.docker.state != "connected":
+            return "critical"
+        if self.mount.state == "local":
+            return "degraded"
+        for c in self.containers.values():
+            if any(v.state in PROBLEM_VOLUME_STATES for v in c.volumes):
+                return "degraded"
+        return "ok"
+
+    def health(self) -> dict[str, Any]:
+        verdict = self.verdict()
+        return {"healthy": verdict == "ok", "status": verdict}
+
+    def status_document(self) -> dict[str, Any]:
+        verdict = self.verdict()
+        return {
+            "status": verdict,
+            "healthy": verdict == "ok",
+            "version": __version__,
+            "host": self.host_id,
+            "mount": self.mount.to_dict(),
+            "docker": self.docker.to_dict(),
+            "guard": self.guard.to_dict(),
+            "containers": [c.to_dict() for c in self.containers.values()],
+            "warnings": self.warnings,
+        }

@@ -1,0 +1,252 @@
+"""The daemon's lifecycle: start the root tasks, serve, reload, stop.
+
+serve -> start (socket, mount, Docker) -> ready -> main loop -> shutdown. Signal handlers
+only set flags; the main loop acts on them. Root tasks are named; one that dies unexpectedly
+stops the daemon with an error so systemd restarts it, instead of leaving it half-alive. The
+daemon never unmounts the shared filesystem on stop: containers keep using it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from collections.abc import Awaitable
+from typing import Any
+
+from volagent import config as config_mod
+from volagent import log, systemd
+from volagent.api import StatusApi
+from volagent.config import Config
+from volagent.docker_watch import DockerWatch
+from volagent.errors import ConfigError
+from volagent.http import HttpServer
+from volagent.mount import MountManager
+from volagent.preparer import Preparer
+from volagent.state import AgentState
+from volagent.worker import TimedWorker
+
+SHUTDOWN_GRACE_S = 5.0
+READY_WAIT_S = 60.0
+
+
+class Daemon:
+    """Owns the state and every root task."""
+
+    def __init__(self, cfg: Config, config_path: str | None) -> None:
+        self.config_path = config_path
+        self.state = AgentState(cfg)
+        self.state.host_id = cfg.host_id or socket.gethostname()
+        self.worker = TimedWorker("fs", max_threads=16)
+        self.preparer = Preparer(self.state, self.worker)
+        self.docker = DockerWatch(self.state, self.preparer)
+        self.mount = MountManager(self.state, on_healthy=self._on_mount_healthy)
+        self.log = log.get("daemon")
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._servers: list[HttpServer] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self.exit_code = 0
+
+    # --- flags set by signals -------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        self.log.info(
+            "starting",
+            config=self.config_path,
+            mount_point=self.state.config.mount_point,
+            host=self.state.host_id,
+        )
+        try:
+            await self._start()
+            await self._main_loop()
+        finally:
+            await self._shutdown()
+        return self.exit_code
+
+    async def _start(self) -> None:
+        cfg = self.state.config
+        inherited = systemd.listen_fds()
+        api = StatusApi(self.state, on_reconcile=self._api_reconcile, on_remount=self._api_remount)
+        server = HttpServer("api", api.handle)
+        await server.start_unix(cfg.api.socket, sock=inherited.get("api"))
+        self._servers.append(server)
+        if cfg.api.metrics_address:
+            host, _, port = cfg.api.metrics_address.rpartition(":")
+            await server.start_tcp(host or "127.0.0.1", int(port))
+        self._spawn("mount", self.mount.run())
+        self._spawn("docker", self.docker.run())
+        self._spawn("ready", self._announce_ready())
+
+    def _spawn(self, name: str, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks[name] = task
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once the socket serves, the mount has settled once and Docker has been
+        tried once (reconciled, or found absent: dockerd starts after us at boot)."""
+        deadline = asyncio.get_running_loop().time() + READY_WAIT_S
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.docker.first_attempt_done.wait(), READY_WAIT_S)
+        while asyncio.get_running_loop().time() < deadline:
+            if self.state.mount_healthy or self.state.mount.error:
+                break
+            await asyncio.sleep(0.05)
+        systemd.ready(self._status_line())
+        self.log.info("ready", mount=self.state.mount.state, docker=self.state.docker.state)
+
+    def _status_line(self) -> str:
+        return (
+            f"mount {self.state.mount.state}, docker {self.state.docker.state}, "
+            f"{len(self.state.containers)} containers"
+        )
+
+    async def _main_loop(self) -> None:
+        interval = systemd.watchdog_interval()
+        tick = min(interval / 2, 1.0) if interval else 1.0
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), tick)
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            dead = [t for n, t in self._tasks.items() if n != "ready" and t.done()]
+            if dead:
+                for task in dead:
+                    exc = task.exception() if not task.cancelled() else None
+                    self.log.error(
+                        "root_task_died",
+                        task=task.get_name(),
+                        reason=repr(exc) if exc else "cancelled",
+                    )
+                self.exit_code = 1
+                return
+            # fed only from here: a stuck loop stops the pings and systemd restarts us
+            systemd.watchdog()
+            systemd.status(self._status_line())
+
+    async def _shutdown(self) -> None:
+        systemd.stopping()
+        self.state.stopping = True
+        self.log.info("stopping")
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._background:
+            task.cancel()
+        pending = [*self._tasks.values(), *self._background]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=SHUTDOWN_GRACE_S)
+            for task in still:
+                self.log.warning("task_did_not_stop", task=task.get_name())
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.close(), 2.0)
+        self.worker.close()
+        self.log.info("stopped", exit_code=self.exit_code)
+
+    # --- reactions ------------------------------------------------------------------------
+    def _on_mount_healthy(self) -> None:
+        """The mount is (back) up: volumes left pending get their directories now."""
+        self._background_task("reconcile-after-mount", self._reconcile_quietly())
+
+    def _background_task(self, name: str, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reconcile_quietly(self) -> None:
+        if self.state.docker.state != "connected":
+            return  # the Docker connection reconciles by itself when it comes up
+        try:
+            await self.docker.reconcile()
+        except Exception as exc:
+            self.log.warning("reconcile_failed", reason=str(exc))
+
+    async def _api_reconcile(self) -> dict[str, Any]:
+        if self.state.docker.state != "connected":
+            return {"reconciled": False, "reason": f"docker is {self.state.docker.state}"}
+        result = await self.docker.reconcile()
+        return {"reconciled": True, **result}
+
+    async def _api_remount(self) -> dict[str, Any]:
+        self.mount.request_remount()
+        return {"remount": "requested", "mount": self.state.mount.state}
+
+    def reload(self) -> bool:
+        """Re-reads the config file. A valid config replaces the old one where it can be
+        applied live; an invalid one is refused, kept out, and reported."""
+        try:
+            new = config_mod.load(self.config_path)
+        except ConfigError as exc:
+            self.state.warn(
+                "config", f"config reload refused, still running on the previous config: {exc}"
+            )
+            self.state.metrics.config_reloads.labels(result="refused").inc()
+            self.log.error("config_reload_refused", reason=str(exc))
+            return False
+        old = self.state.config
+        fixed = _needs_restart(old, new)
+        if fixed:
+            self.state.warn(
+                "config-restart", "changed keys need a restart to apply: " + ", ".join(fixed)
+            )
+        else:
+            self.state.clear_warning("config-restart")
+        self.state.config = new
+        self.state.guard.enabled = new.guard.enabled and old.guard.enabled
+        self.state.clear_warning("config")
+        log.configure(new.log_level)
+        self.state.metrics.config_reloads.labels(result="applied").inc()
+        self.log.info("config_reloaded", restart_needed=fixed)
+        return True
+
+
+_RESTART_KEYS = (
+    "mount_point",
+    "state_dir",
+    "api.socket",
+    "api.metrics_address",
+    "guard.enabled",
+    "guard.plugin_socket",
+    "docker.url",
+)
+
+
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    def get(cfg: Config, dotted: str) -> Any:
+        obj: Any = cfg
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    return [k for k in _RESTART_KEYS if get(old, k) != get(new, k)]
+
+
+def main(config_path: str | None) -> int:
+    """`volagent run`: loads the config (exit 2 naming the key when invalid) and serves."""
+    try:
+        cfg = config_mod.load(config_path)
+    except ConfigError as exc:
+        print(f"volagent: invalid config: {exc}", file=sys.stderr)
+        return 2
+    log.configure(cfg.log_level)
+    return asyncio.run(_serve(cfg, config_path))
+
+
+async def _serve(cfg: Config, config_path: str | None) -> int:
+    return await Daemon(cfg, config_path).serve()

@@ -1,0 +1,269 @@
+"""Docker events to prepared directories, without ever going deaf.
+
+The order matters: subscribe to events first, then list and reconcile every container, so
+nothing created in between is missed. The event stream is read by a dedicated thread that
+only hands events to the loop, so a slow handler never stalls the reader. When the stream
+ends or fails, reconnect with `since` = the last event seen (backoff while Docker is away),
+then reconcile again. A periodic ping and reconcile catch a stream that is silently stuck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import tenacity
+
+from volagent import log
+from volagent.preparer import ContainerSpec, Preparer
+from volagent.state import AgentState
+
+_HANDLED = {"create", "start", "restart", "destroy"}
+API_TIMEOUT_S = 15
+PING_INTERVAL_S = 10.0
+RECONCILE_INTERVAL_S = 60.0
+MAX_CONCURRENT_HANDLERS = 32
+
+
+class StreamEnded(Exception):
+    """The event stream ended: Docker stopped, restarted, or the connection broke."""
+
+
+class DockerWatch:
+    """Connects to Docker, keeps the event stream alive, prepares containers' volumes."""
+
+    def __init__(self, state: AgentState, preparer: Preparer) -> None:
+        self.state = state
+        self.preparer = preparer
+        self.log = log.get("docker")
+        self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="docker-api")
+        self._client: Any = None
+        self._stream: Any = None
+        self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        self._last_event_time: str | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._sem = asyncio.Semaphore(MAX_CONCURRENT_HANDLERS)
+        self._reconcile_lock = asyncio.Lock()
+        self.first_attempt_done = asyncio.Event()
+        self.reconciles = 0
+
+    # --- blocking calls, always through the pool -----------------------------------------
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    def _connect(self) -> Any:
+        client = docker.APIClient(
+            base_url=self.state.config.docker.url, version="auto", timeout=API_TIMEOUT_S
+        )
+        client.ping()
+        return client
+
+    # --- the root task ------------------------------------------------------------------
+    async def run(self) -> None:
+        """Until cancelled: connect, subscribe, reconcile, consume; reconnect on failure."""
+        try:
+            while True:
+                await self._connect_with_backoff()
+                try:
+                    await self._consume(
+                        asyncio.create_task(self._initial_reconcile(), name="docker-reconcile")
+                    )
+                except StreamEnded as exc:
+                    self.state.metrics.reconnects.inc()
+                    self.state.set_docker_state("connecting", str(exc))
+                    self.log.warning(
+                        "docker_stream_ended", reason=str(exc), since=self._last_event_time
+                    )
+        finally:
+            self._close_stream()
+            for task in list(self._handlers):
+                task.cancel()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _connect_with_backoff(self) -> None:
+        retrying = tenacity.AsyncRetrying(
+            wait=tenacity.wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.5),
+            retry=tenacity.retry_if_exception_type(Exception),
+            before_sleep=self._before_retry,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._subscribe()
+
+    def _before_retry(self, rs: tenacity.RetryCallState) -> None:
+        exc = rs.outcome.exception() if rs.outcome else None
+        reason = _describe(exc)
+        self.state.set_docker_state("connecting", reason)
+        self.first_attempt_done.set()
+        if rs.attempt_number in (1, 2) or rs.attempt_number % 20 == 0:
+            self.log.warning(
+                "docker_unavailable",
+                reason=reason,
+                attempt=rs.attempt_number,
+                url=self.state.config.docker.url,
+            )
+
+    async def _subscribe(self) -> None:
+        self._close_stream()
+        self._client = await self._call(self._connect)
+        since = self._last_event_time
+        # Subscribing first: the HTTP request is sent here, before the listing below.
+        self._stream = await self._call(
+            self._client.events, since=since, decode=True, filters={"type": "container"}
+        )
+        # The reader starts at once, so events queue up in memory, not in a socket buffer,
+        # while the reconcile runs.
+        self._queue = asyncio.Queue()
+        threading.Thread(
+            target=_read_stream,
+            args=(self._stream, asyncio.get_running_loop(), self._queue),
+            name="docker-events",
+            daemon=True,
+        ).start()
+        self.state.set_docker_state("connected")
+        self.log.info("docker_connected", url=self.state.config.docker.url, since=since)
+
+    async def _initial_reconcile(self) -> None:
+        try:
+            await self.reconcile()
+        except Exception as exc:  # Docker went away mid-listing: the stream ends too
+            self.log.warning("reconcile_failed", reason=_describe(exc))
+        finally:
+            self.first_attempt_done.set()
+
+    async def _consume(self, reconcile: asyncio.Task[None]) -> None:
+        queue = self._queue
+        ping = asyncio.create_task(self._keepalive(queue), name="docker-keepalive")
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise StreamEnded(_describe(item)) from None
+                self._dispatch(item)
+        finally:
+            ping.cancel()
+            reconcile.cancel()
+            self._close_stream()
+
+    async def _keepalive(self, queue: asyncio.Queue[dict[str, Any] | BaseException]) -> None:
+        """A stream can stay open while Docker is gone; ping, and reconcile now and then."""
+        since_reconcile = 0.0
+        while True:
+            await asyncio.sleep(PING_INTERVAL_S)
+            try:
+                await asyncio.wait_for(self._call(self._client.ping), API_TIMEOUT_S)
+            except Exception as exc:
+                queue.put_nowait(StreamEnded(f"ping failed: {_describe(exc)}"))
+                return
+            since_reconcile += PING_INTERVAL_S
+            if since_reconcile >= RECONCILE_INTERVAL_S:
+                since_reconcile = 0.0
+                try:
+                    await self.reconcile()
+                except Exception as exc:
+                    queue.put_nowait(StreamEnded(f"reconcile failed: {_describe(exc)}"))
+                    return
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception as exc:  # a broken stream may fail to close; it is gone anyway
+                self.log.debug("docker_stream_close_failed", reason=_describe(exc))
+
+    # --- events -------------------------------------------------------------------------
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        self.state.count_event()
+        if event.get("timeNano"):
+            nanos = int(event["timeNano"])
+            self._last_event_time = f"{nanos // 1_000_000_000}.{nanos % 1_000_000_000:09d}"
+        action = str(event.get("Action") or event.get("status") or "").split(":")[0]
+        cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
+        if action not in _HANDLED or not cid:
+            return
+        task = asyncio.create_task(self._handle(action, cid), name=f"event-{action}-{cid[:12]}")
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, action: str, cid: str) -> None:
+        async with self._sem:
+            if action == "destroy":
+                self.state.forget_container(cid)
+                self.state.metrics.containers.set(len(self.state.containers))
+                return
+            await self.handle_container(cid)
+
+    async def handle_container(self, cid: str) -> None:
+        """Inspects one container and prepares its volumes; a vanished container is dropped."""
+        try:
+            data = await self._call(self._client.inspect_container, cid)
+        except docker.errors.NotFound:
+            self.state.forget_container(cid)
+            return
+        except Exception as exc:
+            self.log.warning("inspect_failed", container=cid[:12], reason=_describe(exc))
+            return
+        spec = ContainerSpec.from_inspect(data)
+        await self.preparer.prepare(spec, recheck=lambda: self._started(cid))
+
+    async def _started(self, cid: str) -> bool:
+        try:
+            data = await self._call(self._client.inspect_container, cid)
+        except Exception:
+            return False
+        return ContainerSpec.from_inspect(data).started
+
+    # --- reconcile ----------------------------------------------------------------------
+    async def reconcile(self) -> dict[str, int]:
+        """Every container Docker has, prepared; containers gone from Docker forgotten."""
+        if self._client is None:
+            return {"containers": 0}
+        async with self._reconcile_lock:
+            listed = await self._call(self._client.containers, all=True)
+            ids = {str(c["Id"]) for c in listed}
+            for gone in set(self.state.containers) - ids:
+                self.state.forget_container(gone)
+
+            async def one(cid: str) -> None:
+                async with self._sem:
+                    await self.handle_container(cid)
+
+            await asyncio.gather(*(one(cid) for cid in ids))
+            self.reconciles += 1
+            self.state.metrics.containers.set(len(self.state.containers))
+            self.log.info("reconciled", containers=len(ids), tracked=len(self.state.containers))
+            return {"containers": len(ids), "tracked": len(self.state.containers)}
+
+
+def _read_stream(
+    stream: Iterator[dict[str, Any]],
+    loop: asyncio.AbstractEventLoop,
+    queue: asyncio.Queue[dict[str, Any] | BaseException],
+) -> None:
+    """The reader thread: hands every event to the loop; the end of the stream too."""
+    try:
+        for event in stream:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        end: BaseException = StreamEnded("Docker closed the event stream")
+    except BaseException as exc:
+        end = exc
+    try:
+        loop.call_soon_threadsafe(queue.put_nowait, end)
+    except RuntimeError:
+        pass  # the loop is closed: the daemon is stopping
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc) or type(exc).__name__
+    if "Connection refused" in text or "No such file" in text or "FileNotFoundError" in text:
+        return f"Docker is not answering ({text.splitlines()[0][:200]})"
+    return text.splitlines()[0][:300]

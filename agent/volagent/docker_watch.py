@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -254,10 +255,8 @@ def _read_stream(
         end: BaseException = StreamEnded("Docker closed the event stream")
     except BaseException as exc:
         end = exc
-    try:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: the daemon is stopping
         loop.call_soon_threadsafe(queue.put_nowait, end)
-    except RuntimeError:
-        pass  # the loop is closed: the daemon is stopping
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -1,0 +1,445 @@
+"""A small HTTP/1.1 server on asyncio for volagent's local sockets.
+
+It serves a Unix socket (bound to a path, or handed over already listening by systemd) and
+optionally TCP. It parses requests itself, with hard limits, so that one slow, huge or
+garbled connection is answered (400, 408, 413, 431) and closed without hurting the others.
+On a Unix socket the peer's credentials (SO_PEERCRED) travel with the request, which is
+what the API checks before any state-changing call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import parse_qsl, unquote
+
+from volagent import log
+
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+    body: bytes = b""
+    peer_uid: int | None = None
+    peer_pid: int | None = None
+    peer_gid: int | None = None
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(status: int, obj: object) -> Response:
+    return Response(status, json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+
+def error_response(status: int, message: str) -> Response:
+    return json_response(status, {"error": message, "status": status})
+
+
+class BadRequest(Exception):
+    """The request cannot be served; `status` is the answer, after which the connection closes."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _ClientGone(Exception):
+    """The peer closed or went silent; nothing more to say to it."""
+
+
+def peer_credentials(sock: socket.socket | None) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of a Unix socket's peer, None for other sockets."""
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except OSError:
+        return None
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return pid, uid, gid
+
+
+class HttpServer:
+    """Serves `handler` on one or more listeners. Limits are per request; time limits are in
+    seconds: `header_timeout` for a whole request head, `body_timeout` for a whole body,
+    `idle_timeout` between keep-alive requests, `write_timeout` for a slow reader."""
+
+    def __init__(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        max_body: int = 1 << 20,
+        max_header_bytes: int = 16 << 10,
+        max_headers: int = 64,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+        write_timeout: float = 30.0,
+        max_connections: int = 256,
+    ) -> None:
+        self.name = name
+        self.handler = handler
+        self.max_body = max_body
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
+        self.max_connections = max_connections
+        self._servers: list[asyncio.AbstractServer] = []
+        self._connections: set[asyncio.Task[None]] = set()
+        self._unix_paths: list[tuple[str, int, int]] = []  # path, st_dev, st_ino we bound
+        self._log = log.get("http", server=name)
+
+    # --- listeners ---------------------------------------------------------------------
+    async def start_unix(
+        self, path: str | None = None, *, sock: socket.socket | None = None, mode: int = 0o666
+    ) -> None:
+        """Listens on a Unix socket: bound at `path` (a stale socket file there is replaced,
+        a live one or anything else is an error), or `sock`, already bound and listening."""
+        if (path is None) == (sock is None):
+            raise ValueError("start_unix needs exactly one of path or sock")
+        if sock is not None:
+            sock.setblocking(False)
+            server = await asyncio.start_unix_server(self._on_connect, sock=sock)
+        elif path is not None:
+            _clear_stale_socket(path)
+            os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+            server = await asyncio.start_unix_server(self._on_connect, path=path)
+            os.chmod(path, mode)
+            st = os.stat(path)
+            self._unix_paths.append((path, st.st_dev, st.st_ino))
+        self._servers.append(server)
+        self._log.info("http_listening", address=path or str(sock.getsockname() if sock else ""))
+
+    async def start_tcp(self, host: str, port: int) -> None:
+        server = await asyncio.start_server(self._on_connect, host=host or None, port=port)
+        self._servers.append(server)
+        self._log.info("http_listening", address=f"{host}:{self.tcp_port or port}")
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The port of the first TCP listener (useful after binding port 0)."""
+        for server in self._servers:
+            for s in getattr(server, "sockets", ()):
+                if s.family in (socket.AF_INET, socket.AF_INET6):
+                    return int(s.getsockname()[1])
+        return None
+
+    async def close(self) -> None:
+        """Stops listening, drops open connections and removes the socket files it made."""
+        for server in self._servers:
+            server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        self._servers.clear()
+        for path, dev, ino in self._unix_paths:
+            # only our own socket file: a successor may already have bound a new one there
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    os.unlink(path)
+        self._unix_paths.clear()
+
+    # --- connections -------------------------------------------------------------------
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - asyncio always runs this callback in a task
+            return
+        self._connections.add(task)
+        try:
+            if len(self._connections) > self.max_connections:
+                await self._send_quietly(writer, error_response(503, "too many connections"), True)
+                return
+            await self._serve(_Conn(reader), writer)
+        except (_ClientGone, ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception as exc:  # the server must outlive any one connection
+            self._log.error("http_connection_error", error=repr(exc))
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _serve(self, conn: _Conn, writer: asyncio.StreamWriter) -> None:
+        creds = peer_credentials(writer.get_extra_info("socket"))
+        while True:
+            try:
+                req, keep_alive = await self._read_request(conn, writer)
+            except BadRequest as exc:
+                self._log.info("http_bad_request", status=exc.status, error=exc.message)
+                await self._send_quietly(writer, error_response(exc.status, exc.message), True)
+                return
+            if creds is not None:
+                req.peer_pid, req.peer_uid, req.peer_gid = creds
+            resp = await self._dispatch(req)
+            if req.method == "HEAD":
+                resp = Response(resp.status, b"", resp.content_type, resp.headers)
+            await self._send(writer, resp, not keep_alive)
+            if not keep_alive:
+                return
+
+    async def _dispatch(self, req: Request) -> Response:
+        try:
+            return await self.handler(req)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._log.exception(
+                "http_handler_error", method=req.method, path=req.path, error=repr(exc)
+            )
+            return error_response(500, f"internal error: {type(exc).__name__}")
+
+    async def _read_request(
+        self, conn: _Conn, writer: asyncio.StreamWriter
+    ) -> tuple[Request, bool]:
+        # Idle keep-alive connections close quietly; a started but unfinished head gets 408.
+        # Empty lines before a request line are tolerated, as RFC 9112 asks.
+        while not conn.buf.lstrip(b"\r\n"):
+            conn.buf.clear()
+            await conn.fill(self.idle_timeout, quiet=True)
+        if conn.buf[0] in b"\r\n":
+            del conn.buf[: len(conn.buf) - len(conn.buf.lstrip(b"\r\n"))]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.header_timeout
+        while (end := conn.buf.find(b"\r\n\r\n")) < 0:
+            if len(conn.buf) > self.max_header_bytes:
+                raise BadRequest(431, f"request head larger than {self.max_header_bytes} bytes")
+            await conn.fill_until(deadline, "request head")
+        if end > self.max_header_bytes:
+            raise BadRequest(431, f"request head larger than {self.max_header_bytes} bytes")
+        head = bytes(conn.buf[:end])
+        del conn.buf[: end + 4]
+        method, target, version, headers = parse_head(head, self.max_headers)
+        path, _, qs = target.partition("?")
+        query = dict(parse_qsl(qs, keep_blank_values=True))
+        keep_alive = _wants_keep_alive(version, headers.get("connection", ""))
+        body = await self._read_body(conn, writer, headers, loop.time() + self.body_timeout)
+        return Request(method, unquote(path), query, headers, body), keep_alive
+
+    async def _read_body(
+        self, conn: _Conn, writer: asyncio.StreamWriter, headers: dict[str, str], deadline: float
+    ) -> bytes:
+        te = headers.get("transfer-encoding")
+        cl = headers.get("content-length")
+        if te is not None and cl is not None:
+            raise BadRequest(400, "both Transfer-Encoding and Content-Length")
+        if te is not None:
+            if te.strip().lower() != "chunked":
+                raise BadRequest(501, f"transfer-encoding {te!r} is not supported")
+            await self._continue(writer, headers)
+            return await self._read_chunked(conn, deadline)
+        if cl is None:
+            return b""
+        if not cl.isdigit() or not cl.isascii():
+            raise BadRequest(400, f"bad Content-Length {cl!r}")
+        length = int(cl)
+        if length > self.max_body:
+            raise BadRequest(413, f"body of {length} bytes is larger than {self.max_body}")
+        await self._continue(writer, headers)
+        while len(conn.buf) < length:
+            await conn.fill_until(deadline, "request body")
+        body = bytes(conn.buf[:length])
+        del conn.buf[:length]
+        return body
+
+    async def _read_chunked(self, conn: _Conn, deadline: float) -> bytes:
+        body = bytearray()
+        while True:
+            line = await conn.read_line(deadline, 1024)
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise BadRequest(400, f"bad chunk size {size_text[:20]!r}") from None
+            if size < 0:
+                raise BadRequest(400, "bad chunk size")
+            if size == 0:
+                break
+            if len(body) + size > self.max_body:
+                raise BadRequest(413, f"chunked body larger than {self.max_body} bytes")
+            while len(conn.buf) < size + 2:
+                await conn.fill_until(deadline, "request body")
+            if conn.buf[size : size + 2] != b"\r\n":
+                raise BadRequest(400, "chunk not followed by CRLF")
+            body += conn.buf[:size]
+            del conn.buf[: size + 2]
+        for _ in range(self.max_headers + 1):  # trailers, ignored
+            if not await conn.read_line(deadline, self.max_header_bytes):
+                return bytes(body)
+        raise BadRequest(431, "too many trailer fields")
+
+    async def _continue(self, writer: asyncio.StreamWriter, headers: dict[str, str]) -> None:
+        if headers.get("expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await self._drain(writer)
+
+    async def _send(self, writer: asyncio.StreamWriter, resp: Response, close: bool) -> None:
+        writer.write(encode_response(resp, close))
+        await self._drain(writer)
+
+    async def _send_quietly(
+        self, writer: asyncio.StreamWriter, resp: Response, close: bool
+    ) -> None:
+        with contextlib.suppress(Exception):
+            await self._send(writer, resp, close)
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(writer.drain(), self.write_timeout)
+        except TimeoutError:
+            raise _ClientGone from None
+
+
+class _Conn:
+    """The read side of one connection: a buffer filled from the stream under deadlines."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.buf = bytearray()
+
+    async def fill(self, timeout: float, *, quiet: bool = False, what: str = "request") -> None:
+        try:
+            data = await asyncio.wait_for(self.reader.read(65536), max(timeout, 0.0))
+        except TimeoutError:
+            if quiet:
+                raise _ClientGone from None
+            raise BadRequest(408, f"timed out reading the {what}") from None
+        if not data:
+            raise _ClientGone
+        self.buf += data
+
+    async def fill_until(self, deadline: float, what: str) -> None:
+        await self.fill(deadline - asyncio.get_running_loop().time(), what=what)
+
+    async def read_line(self, deadline: float, limit: int) -> bytes:
+        while (end := self.buf.find(b"\r\n")) < 0:
+            if len(self.buf) > limit:
+                raise BadRequest(400, "line too long")
+            await self.fill_until(deadline, "request body")
+        line = bytes(self.buf[:end])
+        del self.buf[: end + 2]
+        return line
+
+
+def parse_head(head: bytes, max_headers: int) -> tuple[str, str, str, dict[str, str]]:
+    """The request line and header fields of a request head; raises BadRequest(400/431)."""
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise BadRequest(400, "request head is not ASCII") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise BadRequest(400, "malformed request line")
+    method, target, version = parts
+    if not method or not set(method) <= _TOKEN_CHARS:
+        raise BadRequest(400, "malformed method")
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise BadRequest(
+            400 if not version.startswith("HTTP/") else 505, "unsupported HTTP version"
+        )
+    if not target.startswith("/") or any(c <= " " or c == "\x7f" for c in target):
+        raise BadRequest(400, "malformed request target")
+    if len(lines) - 1 > max_headers:
+        raise BadRequest(431, f"more than {max_headers} header fields")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or not set(name) <= _TOKEN_CHARS:
+            raise BadRequest(400, "malformed header field")
+        name = name.lower()
+        value = value.strip(" \t")
+        if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+            raise BadRequest(400, f"control character in header {name}")
+        if name in headers:
+            if name in ("content-length", "host", "transfer-encoding"):
+                raise BadRequest(400, f"repeated header {name}")
+            headers[name] += ", " + value
+        else:
+            headers[name] = value
+    return method, target, version, headers
+
+
+def _wants_keep_alive(version: str, connection: str) -> bool:
+    tokens = {t.strip().lower() for t in connection.split(",")}
+    if version == "HTTP/1.0":
+        return "keep-alive" in tokens
+    return "close" not in tokens
+
+
+def encode_response(resp: Response, close: bool) -> bytes:
+    try:
+        reason = HTTPStatus(resp.status).phrase
+    except ValueError:
+        reason = "Unknown"
+    lines = [f"HTTP/1.1 {resp.status} {reason}"]
+    if resp.status not in (204, 304):
+        lines.append(f"Content-Type: {resp.content_type}")
+        lines.append(f"Content-Length: {len(resp.body)}")
+    for name, value in resp.headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            continue
+        lines.append(f"{name}: {value}")
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + resp.body
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Removes a socket file nobody listens on; refuses to touch a live socket or a non-socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(
+            f"{path} exists and is not a socket; remove it or choose another [api] socket"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # stale: left behind by a process that is gone
+        return
+    except OSError as exc:
+        raise OSError(f"cannot tell whether {path} is in use ({exc}); remove it if stale") from None
+    finally:
+        probe.close()
+    raise OSError(f"another process is already serving {path}; stop it first")

@@ -1,0 +1,296 @@
+"""The HTTP server: parsing, limits and isolation, over real Unix and TCP sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from volagent.http import (
+    BadRequest,
+    HttpServer,
+    Request,
+    Response,
+    encode_response,
+    json_response,
+    parse_head,
+)
+
+Seen = list[Request]
+
+
+def _handler(seen: Seen) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(req: Request) -> Response:
+        seen.append(req)
+        if req.path == "/boom":
+            raise RuntimeError("handler bug")
+        return json_response(200, {"path": req.path, "len": len(req.body)})
+
+    return handle
+
+
+async def _exchange(path: str, data: bytes, *, eof: bool = False) -> bytes:
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(data)
+    if eof:
+        writer.write_eof()
+    await writer.drain()
+    out = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return out
+
+
+def _status(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+def _serve(
+    tmp_path: Path, body: Callable[[HttpServer, str, Seen], Awaitable[None]], **kw: object
+) -> Seen:
+    seen: Seen = []
+
+    async def main() -> None:
+        server = HttpServer("test", _handler(seen), **kw)  # type: ignore[arg-type]
+        path = str(tmp_path / "api.sock")
+        await server.start_unix(path, mode=0o600)
+        try:
+            await body(server, path, seen)
+        finally:
+            await server.close()
+        assert not os.path.exists(path)
+
+    asyncio.run(main())
+    return seen
+
+
+def test_get_with_query_headers_and_peer_credentials(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        raw = await _exchange(
+            path,
+            b"GET /v1/st%61tus?rack=1&x= HTTP/1.1\r\nHost: x\r\nX-Thing:  a b \r\n\r\n",
+            eof=True,
+        )
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert json.loads(raw.split(b"\r\n\r\n", 1)[1]) == {"path": "/v1/status", "len": 0}
+
+    seen = _serve(tmp_path, body)
+    req = seen[0]
+    assert (req.method, req.path, req.query) == ("GET", "/v1/status", {"rack": "1", "x": ""})
+    assert req.headers == {"host": "x", "x-thing": "a b"}
+    assert (req.peer_uid, req.peer_gid, req.peer_pid) == (os.getuid(), os.getgid(), os.getpid())
+
+
+def test_keep_alive_and_pipelining(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        two = b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+        close = b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n"
+        raw = await _exchange(path, two + close)
+        assert raw.count(b"HTTP/1.1 200 OK") == 3
+        assert raw.rstrip().endswith(b'{"path":"/c","len":0}')
+
+    seen = _serve(tmp_path, body)
+    assert [(r.path, r.body) for r in seen] == [("/a", b""), ("/b", b"abc"), ("/c", b"")]
+
+
+def test_http10_closes_after_one_answer(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        raw = await _exchange(path, b"GET /a HTTP/1.0\r\n\r\n")
+        assert b"Connection: close" in raw
+
+    _serve(tmp_path, body)
+
+
+def test_garbage_gets_400_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        for junk in (
+            b"\x00\xff\xfegarbage\r\n\r\n",
+            b"GET\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nno colon here\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ):
+            raw = await _exchange(path, junk)
+            assert _status(raw) == 400, junk
+            assert b"Connection: close" in raw
+            assert "error" in json.loads(raw.split(b"\r\n\r\n", 1)[1])
+        raw = await _exchange(path, b"GET /ok HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert _status(raw) == 200
+
+    seen = _serve(tmp_path, body)
+    assert [r.path for r in seen] == ["/ok"]
+
+
+def test_size_limits(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        big = b"POST /a HTTP/1.1\r\nContent-Length: 101\r\n\r\n"
+        assert _status(await _exchange(path, big)) == 413
+        chunked = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"40\r\n" + b"x" * 64
+        assert _status(await _exchange(path, chunked + b"\r\n40\r\n" + b"y" * 64 + b"\r\n")) == 413
+        long_head = b"GET /a HTTP/1.1\r\nX: " + b"a" * 3000 + b"\r\n\r\n"
+        assert _status(await _exchange(path, long_head)) == 431
+        many = b"GET /a HTTP/1.1\r\n" + b"".join(b"X%d: 1\r\n" % i for i in range(20)) + b"\r\n"
+        assert _status(await _exchange(path, many)) == 431
+        ok = b"POST /a HTTP/1.1\r\nContent-Length: 100\r\nConnection: close\r\n\r\n" + b"z" * 100
+        assert _status(await _exchange(path, ok)) == 200
+
+    seen = _serve(tmp_path, body, max_body=100, max_header_bytes=2048, max_headers=10)
+    assert [len(r.body) for r in seen] == [100]
+
+
+def test_chunked_body_with_extensions_and_trailers(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        req = (
+            b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+        )
+        assert _status(await _exchange(path, req)) == 200
+
+    seen = _serve(tmp_path, body)
+    assert seen[0].body == b"hello world"
+
+
+def test_expect_100_continue(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"POST /e HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"ok")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.close()
+
+    seen = _serve(tmp_path, body)
+    assert seen[0].body == b"ok"
+
+
+def test_slow_client_gets_408_while_others_are_served(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        slow_reader, slow_writer = await asyncio.open_unix_connection(path)
+        slow_writer.write(b"GET /slow HTTP/1.1\r\nHost: ")
+        # a second client is served while the first one dawdles
+        raw = await _exchange(path, b"GET /fast HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert _status(raw) == 200
+        raw = await asyncio.wait_for(slow_reader.read(), 30)
+        assert _status(raw) == 408
+        slow_writer.close()
+        # an idle keep-alive connection is closed without an answer
+        idle_reader, idle_writer = await asyncio.open_unix_connection(path)
+        assert await asyncio.wait_for(idle_reader.read(), 30) == b""
+        idle_writer.close()
+
+    seen = _serve(tmp_path, body, header_timeout=0.3, idle_timeout=0.3)
+    assert [r.path for r in seen] == ["/fast"]
+
+
+def test_handler_exception_is_a_500_and_serving_goes_on(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        raw = await _exchange(
+            path, b"GET /boom HTTP/1.1\r\n\r\nGET /after HTTP/1.1\r\n\r\n", eof=True
+        )
+        first, _, rest = raw.partition(b"HTTP/1.1 200")
+        assert _status(first) == 500
+        assert b"RuntimeError" in first
+        assert b'"/after"' in rest
+
+    _serve(tmp_path, body)
+
+
+def test_connection_cap_answers_503(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        held = [await asyncio.open_unix_connection(path) for _ in range(2)]
+        for _ in range(100):  # both held connections must be registered first
+            if len(server._connections) == 2:
+                break
+            await asyncio.sleep(0.05)
+        raw = await _exchange(path, b"GET /x HTTP/1.1\r\n\r\n")
+        assert _status(raw) == 503
+        for _, w in held:
+            w.close()
+
+    _serve(tmp_path, body, max_connections=2)
+
+
+def test_stale_socket_is_replaced_live_one_and_files_are_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()  # the file stays, nobody listens
+
+    async def main() -> None:
+        first = HttpServer("a", _handler([]))
+        await first.start_unix(path)
+        second = HttpServer("b", _handler([]))
+        with pytest.raises(OSError, match="already serving"):
+            await second.start_unix(path)
+        await first.close()
+        plain = tmp_path / "plain"
+        plain.write_text("x")
+        with pytest.raises(OSError, match="not a socket"):
+            await second.start_unix(str(plain))
+        assert plain.read_text() == "x"
+
+    asyncio.run(main())
+
+
+def test_prebound_socket_and_tcp(tmp_path: Path) -> None:
+    seen: Seen = []
+    path = str(tmp_path / "activated.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(16)
+
+    async def main() -> None:
+        server = HttpServer("x", _handler(seen))
+        await server.start_unix(sock=listener)
+        await server.start_tcp("127.0.0.1", 0)
+        port = server.tcp_port
+        assert port
+        raw = await _exchange(path, b"GET /unix HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert _status(raw) == 200
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /tcp HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert _status(await reader.read()) == 200
+        writer.close()
+        await server.close()
+
+    asyncio.run(main())
+    assert [(r.path, r.peer_uid is None) for r in seen] == [("/unix", False), ("/tcp", True)]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET  /a HTTP/1.1",
+        b"GET a HTTP/1.1",
+        b"G(T /a HTTP/1.1",
+        b"GET /a HTTP/1.1\r\n folded: x",
+        b"GET /a HTTP/1.1\r\nX: a\x01b",
+        b"GET /a\x7f HTTP/1.1",
+        b"GET /a\xc3\xa9 HTTP/1.1",
+        b"GET /a HTTX/1.1",
+    ],
+)
+def test_parse_head_rejects(head: bytes) -> None:
+    with pytest.raises(BadRequest) as err:
+        parse_head(head, 10)
+    assert err.value.status == 400
+
+
+def test_parse_head_joins_repeats_and_rejects_new_versions() -> None:
+    _, _, _, headers = parse_head(b"GET / HTTP/1.1\r\nA: 1\r\na: 2", 10)
+    assert headers == {"a": "1, 2"}
+    with pytest.raises(BadRequest) as err:
+        parse_head(b"GET / HTTP/2.0", 10)
+    assert err.value.status == 505
+
+
+def test_encode_response_drops_header_injection() -> None:
+    raw = encode_response(Response(204, headers={"X-A": "1", "X-B": "evil\r\nSet: x"}), True)
+    assert raw == b"HTTP/1.1 204 No Content\r\nX-A: 1\r\nConnection: close\r\n\r\n"

@@ -39,6 +39,7 @@ class Request:
     peer_uid: int | None = None
     peer_pid: int | None = None
     peer_gid: int | None = None
+    transport: str = "unix"  # "unix" or "tcp": what the request came through
 
 
 @dataclass
@@ -123,10 +124,11 @@ class HttpServer:
     async def start_unix(
         self, path: str | None = None, *, sock: socket.socket | None = None, mode: int = 0o666
     ) -> None:
-        """Listens on a Unix socket: bound at `path` (a stale socket file there is replaced,
-        a live one or anything else is an error), or `sock`, already bound and listening."""
-        if (path is None) == (sock is None):
-            raise ValueError("start_unix needs exactly one of path or sock")
+        """Listens on a Unix socket: `sock` when given (already bound and listening, e.g.
+        handed over by systemd), else bound at `path` (a stale socket file there is replaced,
+        a live one or anything else is an error)."""
+        if path is None and sock is None:
+            raise ValueError("start_unix needs a path or a listening socket")
         if sock is not None:
             sock.setblocking(False)
             server = await asyncio.start_unix_server(self._on_connect, sock=sock)
@@ -196,7 +198,9 @@ class HttpServer:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     async def _serve(self, conn: _Conn, writer: asyncio.StreamWriter) -> None:
-        creds = peer_credentials(writer.get_extra_info("socket"))
+        sock = writer.get_extra_info("socket")
+        creds = peer_credentials(sock)
+        tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
         while True:
             try:
                 req, keep_alive = await self._read_request(conn, writer)
@@ -206,6 +210,8 @@ class HttpServer:
                 return
             if creds is not None:
                 req.peer_pid, req.peer_uid, req.peer_gid = creds
+            if tcp:
+                req.transport = "tcp"
             resp = await self._dispatch(req)
             if req.method == "HEAD":
                 resp = Response(resp.status, b"", resp.content_type, resp.headers)

@@ -261,7 +261,10 @@ def test_prebound_socket_and_tcp(tmp_path: Path) -> None:
         await server.close()
 
     asyncio.run(main())
-    assert [(r.path, r.peer_uid is None) for r in seen] == [("/unix", False), ("/tcp", True)]
+    assert [(r.path, r.transport, r.peer_uid is None) for r in seen] == [
+        ("/unix", "unix", False),
+        ("/tcp", "tcp", True),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,115 @@
+"""The routes of the local socket: health, status, metrics, and two root-only actions.
+
+Every answer comes from the in-memory AgentState, never from the filesystem, so the socket
+answers at once even while the shared filesystem hangs. State-changing calls are for root
+only, judged by the peer credentials of the Unix socket. Over TCP (`[api] metrics_address`,
+for node scraping) only `/metrics` and `/v1/health` are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from volagent import log
+from volagent.errors import VolagentError
+from volagent.http import Request, Response, error_response, json_response
+from volagent.state import AgentState
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# how long `?rack=1` waits for the hosts list before answering without it
+HOSTS_TIMEOUT_S = 1.0
+
+Action = Callable[[], Awaitable[dict[str, Any]]]
+HostsSource = Callable[[], Awaitable[list[dict[str, Any]]]]
+
+_TRUE = ("1", "true", "yes", "on", "")
+_TCP_ROUTES = ("/metrics", "/v1/health")
+
+
+class StatusApi:
+    """Answers the local socket's requests from `state`; `on_reconcile`/`on_remount` are the
+    daemon's actions, `hosts` lists the rack's hosts from their heartbeats (None: unknown)."""
+
+    def __init__(
+        self,
+        state: AgentState,
+        on_reconcile: Action,
+        on_remount: Action,
+        hosts: HostsSource | None = None,
+    ) -> None:
+        self.state = state
+        self.on_reconcile = on_reconcile
+        self.on_remount = on_remount
+        self.hosts = hosts
+        self._log = log.get("api")
+        self._routes: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {
+            "/v1/health": {"GET": self._health},
+            "/v1/status": {"GET": self._status},
+            "/metrics": {"GET": self._metrics},
+            "/v1/reconcile": {"POST": self._reconcile},
+            "/v1/remount": {"POST": self._remount},
+        }
+
+    async def handle(self, req: Request) -> Response:
+        if req.transport == "tcp" and req.path not in _TCP_ROUTES:
+            return error_response(404, f"{req.path} is served on the local socket only")
+        methods = self._routes.get(req.path)
+        if methods is None:
+            return error_response(404, f"no such endpoint: {req.path}")
+        method = "GET" if req.method == "HEAD" else req.method
+        route = methods.get(method)
+        if route is None:
+            allowed = ", ".join(sorted({*methods, "HEAD"} if "GET" in methods else methods))
+            resp = error_response(405, f"{req.method} is not allowed on {req.path}; use {allowed}")
+            resp.headers["Allow"] = allowed
+            return resp
+        return await route(req)
+
+    # --- reads -------------------------------------------------------------------------
+    async def _health(self, req: Request) -> Response:
+        health = self.state.health()
+        return json_response(200 if health["healthy"] else 503, health)
+
+    async def _status(self, req: Request) -> Response:
+        doc = self.state.status_document()
+        if req.query.get("rack", "0").lower() in _TRUE:
+            doc["hosts"], error = await self._rack_hosts()
+            if error:
+                doc["hosts_error"] = error
+        return json_response(200, doc)
+
+    async def _rack_hosts(self) -> tuple[list[dict[str, Any]], str | None]:
+        if self.hosts is None:
+            return [], "the rack view is not available in this agent"
+        try:
+            return list(await asyncio.wait_for(self.hosts(), HOSTS_TIMEOUT_S)), None
+        except TimeoutError:
+            return [], f"the hosts list did not come within {HOSTS_TIMEOUT_S:g} s"
+        except Exception as exc:  # a broken rack view must not break the status answer
+            self._log.warning("rack_hosts_failed", error=repr(exc))
+            return [], f"cannot list hosts: {exc}"
+
+    async def _metrics(self, req: Request) -> Response:
+        self.state.metrics.containers.set(len(self.state.containers))
+        return Response(200, self.state.metrics.render(), PROMETHEUS_CONTENT_TYPE)
+
+    # --- root-only actions -------------------------------------------------------------
+    async def _reconcile(self, req: Request) -> Response:
+        return await self._act(req, "reconcile", self.on_reconcile)
+
+    async def _remount(self, req: Request) -> Response:
+        return await self._act(req, "remount", self.on_remount)
+
+    async def _act(self, req: Request, name: str, action: Action) -> Response:
+        if req.peer_uid != 0:
+            who = "an unknown peer" if req.peer_uid is None else f"uid {req.peer_uid}"
+            self._log.warning("api_forbidden", action=name, peer_uid=req.peer_uid)
+            return error_response(403, f"{name} is for root only; {who} may not call it")
+        self._log.info("api_action", action=name, peer_pid=req.peer_pid)
+        try:
+            result = await action()
+        except VolagentError as exc:
+            return error_response(503, f"{name} failed: {exc}")
+        return json_response(200, result)

@@ -238,7 +238,7 @@ def _check_abs(key: str, value: str) -> None:
 
 def validate(cfg: Config) -> Config:
     """Checks values beyond their types; returns cfg unchanged or raises ConfigError."""
-    if cfg.rack and not NAME_RE.match(cfg.rack):
+    if cfg.rack and not NAME_RE.fullmatch(cfg.rack):
         raise ConfigError("rack", f"{cfg.rack!r} must match {NAME_RE.pattern}")
     _check_abs("mount_point", cfg.mount_point)
     if os.path.normpath(cfg.mount_point) == "/":

@@ -60,7 +60,7 @@ class Plan:
 
 
 def valid_name(name: str) -> bool:
-    return bool(NAME_RE.match(name))
+    return bool(NAME_RE.fullmatch(name))
 
 
 def _env_map(env: Iterable[str] | None) -> dict[str, str]:

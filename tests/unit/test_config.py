@@ -1,0 +1,269 @@
+"""Configuration: defaults, the empty file, and errors that name their key."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from volagent import config
+from volagent.config import Config
+from volagent.errors import ConfigError
+
+# the example of the contract, verbatim: it must load as it is
+CONTRACT_EXAMPLE = """
+rack = "myrack"
+host_id = ""
+mount_point = "/volumes"
+state_dir = "/var/lib/volagent"
+
+[mount]
+type = "auto"
+file_system_id = ""
+discover_tag = ""
+region = ""
+source = ""
+local_path = "/var/lib/volagent/local"
+options = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport"
+mount_program = "mount"
+probe_interval_s = 5
+probe_timeout_s = 3
+allow_local_fallback = false
+
+[aws]
+imds_endpoint = "http://169.254.169.254"
+endpoint_url = ""
+
+[docker]
+url = "unix:///var/run/docker.sock"
+rack_label = "convox.rack"
+app_label = "convox.app"
+service_label = "convox.service"
+
+[directories]
+owner = "0:0"
+mode = "0755"
+
+[api]
+socket = "/run/volagent/volagent.sock"
+
+[guard]
+enabled = false
+plugin_socket = "/run/docker/plugins/volagent.sock"
+when_unhealthy = "deny"
+violations = "deny"
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "volagent.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def load_error(tmp_path: Path, text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text))
+    return info.value
+
+
+def test_empty_file_is_valid_and_all_defaults(tmp_path: Path) -> None:
+    assert config.load(write(tmp_path, "")) == Config()
+
+
+def test_defaults_are_the_contracts() -> None:
+    cfg = Config()
+    assert (cfg.rack, cfg.host_id, cfg.mount_point, cfg.state_dir) == (
+        "",
+        "",
+        "/volumes",
+        "/var/lib/volagent",
+    )
+    m = cfg.mount
+    assert (m.type, m.file_system_id, m.discover_tag, m.region, m.source) == (
+        "auto",
+        "",
+        "",
+        "",
+        "",
+    )
+    assert m.local_path == "/var/lib/volagent/local"
+    assert m.options == (
+        "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport"
+    )
+    assert (m.mount_program, m.probe_interval_s, m.probe_timeout_s) == ("mount", 5, 3)
+    assert m.allow_local_fallback is False
+    assert (cfg.aws.imds_endpoint, cfg.aws.endpoint_url) == ("http://169.254.169.254", "")
+    d = cfg.docker
+    assert (d.url, d.rack_label, d.app_label, d.service_label) == (
+        "unix:///var/run/docker.sock",
+        "convox.rack",
+        "convox.app",
+        "convox.service",
+    )
+    assert (cfg.directories.owner, cfg.directories.mode) == ("0:0", "0755")
+    assert cfg.api.socket == "/run/volagent/volagent.sock"
+    g = cfg.guard
+    assert (g.enabled, g.plugin_socket, g.when_unhealthy, g.violations) == (
+        False,
+        "/run/docker/plugins/volagent.sock",
+        "deny",
+        "deny",
+    )
+
+
+def test_contract_example_loads(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, CONTRACT_EXAMPLE))
+    assert cfg.rack == "myrack"
+    assert dataclasses.replace(cfg, rack="") == Config()
+
+
+def test_every_key_has_a_default() -> None:
+    for cls in (Config, *config.SECTIONS.values()):
+        for f in dataclasses.fields(cls):
+            has_default = f.default is not dataclasses.MISSING
+            assert has_default or f.default_factory is not dataclasses.MISSING, f.name
+
+
+def _wrong_value(kind: Any) -> Any:
+    """A TOML value of the wrong type for a field of `kind`."""
+    return {"str": 42, "bool": "yes", "int": "many", "float": "fast"}[str(kind)]
+
+
+def _all_keys() -> list[tuple[str, str, Any]]:
+    out = []
+    for f in dataclasses.fields(Config):
+        if f.name in config.SECTIONS:
+            for sf in dataclasses.fields(config.SECTIONS[f.name]):
+                out.append((f.name, sf.name, sf.type))
+        else:
+            out.append(("", f.name, f.type))
+    return out
+
+
+@pytest.mark.parametrize(("section", "key", "kind"), _all_keys())
+def test_every_wrong_type_names_its_key(section: str, key: str, kind: Any) -> None:
+    value = _wrong_value(kind)
+    data: dict[str, Any] = {section: {key: value}} if section else {key: value}
+    dotted = f"{section}.{key}" if section else key
+    with pytest.raises(ConfigError) as info:
+        config.from_dict(data)
+    assert info.value.key == dotted
+    assert dotted in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("colour = 'blue'", "colour"),
+        ("[mount]\nbogus = 1", "mount.bogus"),
+        ("[nosuchsection]\nx = 1", "nosuchsection"),
+        ("mount = 'local'", "mount"),
+        ("[guard]\nenabled = 'yes'", "guard.enabled"),
+        ("[mount]\nprobe_interval_s = 'fast'", "mount.probe_interval_s"),
+        ("[mount]\nprobe_interval_s = true", "mount.probe_interval_s"),
+        ("[mount]\nstalled_remount_after = 1.5", "mount.stalled_remount_after"),
+        ("rack = 'My Rack'", "rack"),
+        ('rack = "r1\\n"', "rack"),  # `$` would accept a trailing newline
+        ("mount_point = 'volumes'", "mount_point"),
+        ("mount_point = '/'", "mount_point"),
+        ("state_dir = 'rel'", "state_dir"),
+        ("log_level = 'loud'", "log_level"),
+        ("[mount]\ntype = 'ceph'", "mount.type"),
+        ("[mount]\nfile_system_id = 'efs-1'", "mount.file_system_id"),
+        ("[mount]\ndiscover_tag = 'novalue'", "mount.discover_tag"),
+        ("[mount]\ntype = 'nfs'", "mount.source"),
+        ("[mount]\nsource = 'nocolon'", "mount.source"),
+        ("[mount]\nlocal_path = 'x'", "mount.local_path"),
+        ("[mount]\noptions = 'a, b'", "mount.options"),
+        ("[mount]\nmount_program = ''", "mount.mount_program"),
+        ("[mount]\nprobe_interval_s = 0", "mount.probe_interval_s"),
+        ("[mount]\nprobe_timeout_s = 99999", "mount.probe_timeout_s"),
+        ("[mount]\nstalled_remount_after = 0", "mount.stalled_remount_after"),
+        ("[aws]\nimds_endpoint = '169.254.169.254'", "aws.imds_endpoint"),
+        ("[aws]\nendpoint_url = 'ftp://x'", "aws.endpoint_url"),
+        ("[docker]\nurl = '/var/run/docker.sock'", "docker.url"),
+        ("[docker]\napp_label = ''", "docker.app_label"),
+        ("[directories]\nowner = 'www-data'", "directories.owner"),
+        ("[directories]\nmode = '755x'", "directories.mode"),
+        ("[directories]\nmode = '4755'", "directories.mode"),
+        ("[directories]\ntimeout_s = 0", "directories.timeout_s"),
+        ("[api]\nsocket = 'volagent.sock'", "api.socket"),
+        ("[api]\nmetrics_address = 'nope'", "api.metrics_address"),
+        ("[guard]\nplugin_socket = 'p.sock'", "guard.plugin_socket"),
+        ("[guard]\nwhen_unhealthy = 'maybe'", "guard.when_unhealthy"),
+        ("[guard]\nviolations = 'ignore'", "guard.violations"),
+        ("[health]\nheartbeat_interval_s = 0", "health.heartbeat_interval_s"),
+        ("[health]\nstale_after_s = 1", "health.stale_after_s"),
+        ("[health]\nunhealthy_after_s = -1", "health.unhealthy_after_s"),
+    ],
+)
+def test_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
+    err = load_error(tmp_path, text)
+    assert err.key == key
+    assert str(err).startswith(f"{key}: "), str(err)
+    assert err.problem
+
+
+def test_unknown_key_says_unknown(tmp_path: Path) -> None:
+    err = load_error(tmp_path, "[docker]\nsocket = 'x'")
+    assert err.key == "docker.socket"
+    assert "unknown" in err.problem
+
+
+def test_values_are_typed_and_ints_widen_to_floats(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, "[mount]\nprobe_interval_s = 2\nprobe_timeout_s = 0.5"))
+    assert cfg.mount.probe_interval_s == 2.0
+    assert isinstance(cfg.mount.probe_interval_s, float)
+    assert cfg.mount.probe_timeout_s == 0.5
+
+
+def test_owner_and_mode_parse() -> None:
+    cfg = config.from_dict({"directories": {"owner": "1000:2000", "mode": "0750"}})
+    assert cfg.directories.owner_ids == config.Owner(1000, 2000)
+    assert cfg.directories.mode_bits == 0o750
+    assert config.parse_owner("33") == config.Owner(33, 33)
+
+
+def test_not_toml_is_an_error(tmp_path: Path) -> None:
+    err = load_error(tmp_path, "rack = [unclosed")
+    assert "not valid TOML" in str(err)
+
+
+def test_missing_named_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(str(tmp_path / "absent.toml"))
+
+
+def test_config_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VOLAGENT_CONFIG", raising=False)
+    assert config.config_path() == config.DEFAULT_CONFIG_PATH
+    monkeypatch.setenv("VOLAGENT_CONFIG", "/from/env.toml")
+    assert config.config_path() == "/from/env.toml"
+    assert config.config_path("/explicit.toml") == "/explicit.toml"
+    path = write(tmp_path, "rack = 'fromenv'")
+    monkeypatch.setenv("VOLAGENT_CONFIG", path)
+    assert config.load().rack == "fromenv"
+
+
+def test_imds_endpoint_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:1338")
+    assert config.from_dict({}).aws.imds_endpoint == "http://127.0.0.1:1338"
+
+
+def test_to_toml_round_trips(tmp_path: Path) -> None:
+    cfg = config.from_dict(
+        {
+            "rack": "r1",
+            "mount": {"type": "local", "local_path": '/srv/"quoted"\\dir', "probe_timeout_s": 1},
+            "guard": {"enabled": True},
+            "directories": {"owner": "5:6"},
+        }
+    )
+    text = config.to_toml(cfg)
+    assert config.from_dict(tomllib.loads(text)) == cfg
+    assert config.load(write(tmp_path, text)) == cfg
+

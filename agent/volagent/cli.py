@@ -1,0 +1,249 @@
+"""The `volagent` command line: run, status, check-config, paths, doctor, gc.
+
+`volagent status` must start about as fast as a bare interpreter: everything it needs is
+standard library, and every heavier module (the daemon, the full config, docker, boto3) is
+imported only by the command that uses it. The status path reads the config with tomllib
+alone, and only when the file could name a socket.
+"""
+
+# Imports inside functions are the point of this module: each command loads only its own.
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from volagent import __version__
+
+TYPE_CHECKING = False  # typing costs an import on the fast path; annotations stay lazy
+if TYPE_CHECKING:
+    from typing import Any
+
+    from volagent.config import Config
+
+# Must equal the defaults in volagent.config (a test checks); repeated here because
+# importing that module would double the start-up time of `volagent status`.
+DEFAULT_CONFIG_PATH = "/etc/volagent/volagent.toml"
+DEFAULT_SOCKET = "/run/volagent/volagent.sock"
+
+EXIT_BY_STATUS = {"ok": 0, "degraded": 1, "critical": 2}
+EXIT_UNREACHABLE = 3
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="volagent",
+        description="Keeps the rack's shared filesystem mounted and container volume "
+        "directories ready before containers start.",
+    )
+    parser.add_argument("--version", action="version", version=f"volagent {__version__}")
+    parser.add_argument(
+        "--config", metavar="PATH", help=f"config file (env VOLAGENT_CONFIG; {DEFAULT_CONFIG_PATH})"
+    )
+    # --config is also accepted after the subcommand; SUPPRESS keeps a global one
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="ask the daemon how things are (exit 0 ok, 1 degraded, 2 critical, 3 unreachable)",
+    )
+    status.add_argument("--json", action="store_true", help="print the status document")
+    status.add_argument("--rack", action="store_true", help="add every host of the rack")
+    status.add_argument(
+        "--socket", metavar="PATH", help="the daemon's socket (env VOLAGENT_SOCKET; [api] socket)"
+    )
+    status.add_argument(
+        "-v", "--verbose", action="store_true", help="list every volume, not only problems"
+    )
+    status.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="give up after (5)"
+    )
+
+    sub.add_parser("check-config", parents=[common], help="validate and print the effective config")
+
+    paths = sub.add_parser(
+        "paths", parents=[common], help="print the host path of each container path"
+    )
+    paths.add_argument("--app", required=True)
+    paths.add_argument("--service", required=True)
+    paths.add_argument("--rack", help="default: rack in the config")
+    paths.add_argument("paths", nargs="+", metavar="PATH", help="absolute container path")
+
+    sub.add_parser(
+        "doctor", parents=[common], help="check this host and say what to fix (exit 0 all pass)"
+    )
+
+    gc = sub.add_parser(
+        "gc", parents=[common], help="list (or delete) namespaces no container has used"
+    )
+    gc.add_argument(
+        "--older-than", type=float, default=30.0, metavar="DAYS", help="unused this long (30)"
+    )
+    gc.add_argument("--delete", action="store_true", help="delete them (default: list only)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command
+    if command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        if command == "status":
+            return cmd_status(args)
+        if command == "run":
+            from volagent import daemon
+
+            return daemon.main(args.config)
+        if command == "check-config":
+            return cmd_check_config(args)
+        if command == "paths":
+            return cmd_paths(args)
+        return cmd_plugin(args, command)
+    except BrokenPipeError:
+        # the reader went away (`volagent status | head`): not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+# --- status ------------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    from volagent import client
+
+    socket_path = status_socket(args.socket, args.config)
+    try:
+        code, doc = client.get_json(
+            socket_path, "/v1/status?rack=1" if args.rack else "/v1/status", args.timeout
+        )
+    except client.Unreachable as exc:
+        print(f"volagent: cannot reach the daemon: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if code != 200 or not isinstance(doc, dict) or "status" not in doc:
+        error = doc.get("error") if isinstance(doc, dict) else None
+        print(
+            f"volagent: {socket_path} answered {code} without a status document"
+            + (f": {error}" if error else ""),
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    if args.json:
+        import json
+
+        print(json.dumps(doc, indent=2))
+    else:
+        from volagent import render
+
+        text = render.render_status(doc, color=render.use_color(sys.stdout), verbose=args.verbose)
+        sys.stdout.write(text)
+    return EXIT_BY_STATUS.get(str(doc["status"]), 2)
+
+
+def status_socket(explicit: str | None, config_path: str | None) -> str:
+    """--socket, else VOLAGENT_SOCKET, else [api] socket of the config, else the default."""
+    if explicit:
+        return explicit
+    env = os.environ.get("VOLAGENT_SOCKET")
+    if env:
+        return env
+    path = config_path or os.environ.get("VOLAGENT_CONFIG") or DEFAULT_CONFIG_PATH
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        if path != DEFAULT_CONFIG_PATH:
+            _note(f"config file {path} does not exist; trying {DEFAULT_SOCKET}")
+        return DEFAULT_SOCKET
+    except OSError as exc:
+        _note(f"cannot read config file {path} ({exc.strerror}); trying {DEFAULT_SOCKET}")
+        return DEFAULT_SOCKET
+    if b"socket" not in raw:  # no key of the file can name a socket: skip the TOML parser
+        return DEFAULT_SOCKET
+    import tomllib
+
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        _note(f"config file {path} is invalid ({exc}); trying {DEFAULT_SOCKET}")
+        return DEFAULT_SOCKET
+    api = data.get("api")
+    chosen = api.get("socket") if isinstance(api, dict) else None
+    if isinstance(chosen, str) and chosen:
+        return chosen
+    return DEFAULT_SOCKET
+
+
+def _note(text: str) -> None:
+    print(f"volagent: {text}", file=sys.stderr)
+
+
+# --- commands that need the full config ----------------------------------------------------
+def _load_config(args: argparse.Namespace) -> Config | None:
+    from volagent import config
+    from volagent.errors import ConfigError
+
+    try:
+        return config.load(args.config)
+    except ConfigError as exc:
+        where = config.config_path(args.config)
+        print(f"volagent: invalid config {where}: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    if cfg is None:
+        return EXIT_USAGE
+    from volagent import config
+
+    sys.stdout.write(config.to_toml(cfg))
+    return 0
+
+
+def cmd_paths(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    if cfg is None:
+        return EXIT_USAGE
+    from volagent.errors import NamespaceViolation
+    from volagent.namespace import host_path
+
+    rack = args.rack or cfg.rack
+    if not rack:
+        print("volagent: no rack: pass --rack or set rack in the config", file=sys.stderr)
+        return EXIT_USAGE
+    out: list[str] = []
+    for path in args.paths:
+        try:
+            out.append(host_path(cfg.mount_point, rack, args.app, args.service, path))
+        except NamespaceViolation as exc:
+            print(f"volagent: cannot map {path}: {exc.reason}", file=sys.stderr)
+            return EXIT_USAGE
+    print("\n".join(out))
+    return 0
+
+
+def cmd_plugin(args: argparse.Namespace, command: str) -> int:
+    """doctor and gc live in their own modules, loaded only when asked for."""
+    import importlib
+
+    module_name = f"volagent.{command}"
+    try:
+        module: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"volagent: `{command}` is not available in this build of volagent", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = _load_config(args)
+    if cfg is None:
+        return EXIT_USAGE
+    return int(module.main(args, cfg))

@@ -1,0 +1,153 @@
+"""The command line without a daemon: arguments, config handling, paths, import hygiene."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from volagent import __version__, cli, config
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "volagent", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_fast_path_defaults_match_the_config_module() -> None:
+    assert config.DEFAULT_CONFIG_PATH == cli.DEFAULT_CONFIG_PATH
+    assert config.ApiConfig().socket == cli.DEFAULT_SOCKET
+
+
+def test_status_socket_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VOLAGENT_SOCKET", raising=False)
+    monkeypatch.delenv("VOLAGENT_CONFIG", raising=False)
+    cfg = tmp_path / "v.toml"
+    cfg.write_text('rack = "r"\n[api]\nsocket = "/run/x/api.sock"\n')
+    assert cli.status_socket(None, str(cfg)) == "/run/x/api.sock"
+    monkeypatch.setenv("VOLAGENT_CONFIG", str(cfg))
+    assert cli.status_socket(None, None) == "/run/x/api.sock"
+    monkeypatch.setenv("VOLAGENT_SOCKET", "/env.sock")
+    assert cli.status_socket(None, str(cfg)) == "/env.sock"
+    assert cli.status_socket("/flag.sock", str(cfg)) == "/flag.sock"
+    monkeypatch.delenv("VOLAGENT_SOCKET")
+    cfg.write_text('rack = "r"\n[guard]\nplugin_socket = "/p.sock"\n')
+    assert cli.status_socket(None, str(cfg)) == cli.DEFAULT_SOCKET
+    cfg.write_text('rack = "r"\n')
+    assert cli.status_socket(None, str(cfg)) == cli.DEFAULT_SOCKET
+
+
+def test_status_socket_survives_a_broken_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "v.toml"
+    cfg.write_text("[api]\nsocket = \n")
+    assert cli.status_socket(None, str(cfg)) == cli.DEFAULT_SOCKET
+    assert "is invalid" in capsys.readouterr().err
+    assert cli.status_socket(None, str(tmp_path / "missing.toml")) == cli.DEFAULT_SOCKET
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_status_path_imports_no_heavy_module(tmp_path: Path) -> None:
+    cfg = tmp_path / "v.toml"
+    cfg.write_text('[api]\nsocket = "/nonexistent/volagent.sock"\n')
+    probe = (
+        "import sys\n"
+        "from volagent import cli\n"
+        "rc = cli.main(['status', '--config', sys.argv[1]])\n"
+        "from volagent import render, client\n"  # the render path's modules count too
+        "print(rc)\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rc, modules = out.stdout.splitlines()
+    assert rc == "3"
+    assert "/nonexistent/volagent.sock" in out.stderr
+    loaded = set(modules.split())
+    heavy = {
+        "docker",
+        "boto3",
+        "botocore",
+        "structlog",
+        "prometheus_client",
+        "asyncio",
+        "volagent.config",
+        "volagent.state",
+        "dataclasses",
+    }
+    assert not heavy & loaded
+
+
+def test_version() -> None:
+    out = _run("--version")
+    assert (out.returncode, out.stdout.strip()) == (0, f"volagent {__version__}")
+
+
+def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "v.toml"
+    cfg.write_text('rack = "r1"\n[directories]\nowner = "1000:1000"\n')
+    for args in (("check-config", "--config", str(cfg)), ("--config", str(cfg), "check-config")):
+        out = _run(*args)
+        assert out.returncode == 0, out.stderr
+        parsed = tomllib.loads(out.stdout)
+        assert parsed["rack"] == "r1"
+        assert parsed["directories"]["owner"] == "1000:1000"
+        assert config.from_dict(parsed) == config.load(str(cfg))
+
+
+def test_check_config_names_the_bad_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "v.toml"
+    cfg.write_text("[mount]\nprobe_interval_s = 'often'\n")
+    out = _run("check-config", env={"VOLAGENT_CONFIG": str(cfg), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2
+    assert "mount.probe_interval_s" in out.stderr
+    assert str(cfg) in out.stderr
+    assert out.stdout == ""
+
+
+def test_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "v.toml"
+    cfg.write_text('rack = "prod"\nmount_point = "/srv/vol"\n')
+    argv = ["--config", str(cfg), "paths", "--app", "shop", "--service", "web"]
+    assert cli.main([*argv, "/var/www/html", "/data/"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "/srv/vol/prod-shop/web/var/www/html",
+        "/srv/vol/prod-shop/web/data",
+    ]
+    assert cli.main([*argv, "--rack", "other", "/d"]) == 0
+    assert capsys.readouterr().out.strip() == "/srv/vol/other-shop/web/d"
+    assert cli.main([*argv, "/ok", "/a/../../etc"]) == 2
+    assert "'..'" in capsys.readouterr().err
+    bad_app = ["--config", str(cfg), "paths", "--app", "Shop!", "--service", "web", "/d"]
+    assert cli.main(bad_app) == 2
+    assert "Shop!" in capsys.readouterr().err
+    cfg.write_text("")
+    assert cli.main(["--config", str(cfg), "paths", "--app", "a", "--service", "s", "/d"]) == 2
+    assert "no rack" in capsys.readouterr().err
+
+
+def test_missing_plugin_commands_fail_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli.build_parser().parse_args(["gc", "--older-than", "7", "--delete"])
+    assert (args.older_than, args.delete) == (7.0, True)
+    assert cli.cmd_plugin(args, "no_such_command") == 2
+    assert "not available" in capsys.readouterr().err
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "usage: volagent" in capsys.readouterr().err

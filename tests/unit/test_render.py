@@ -1,0 +1,125 @@
+"""The human status view, rendered from real status documents."""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import pytest
+
+from volagent import render
+from volagent.config import Config
+from volagent.state import AgentState, ContainerRecord, VolumeRecord, now_iso
+
+NOW = 1_800_000_000.0
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _doc(**changes: Any) -> dict[str, Any]:
+    state = AgentState(Config(rack="r"))
+    state.set_mount_state("mounted")
+    state.set_docker_state("connected")
+    state.host_id = "host-1"
+    state.mount.type, state.mount.source, state.mount.file_system_id = "nfs4", "fs-1.efs:/", "fs-1"
+    state.mount.last_probe_ms = 1.25
+    for i in range(3):
+        vol = VolumeRecord("/volumes/r-a/web/data", "/data", False)
+        state.upsert_container(ContainerRecord(f"c{i}", f"web-{i}", "r", "a", "web", [vol]))
+        state.set_volume_state(vol, "ready")
+    doc = state.status_document()
+    doc["mount"]["since"] = now_iso(NOW - 3 * 3600 - 60)
+    doc["docker"]["since"] = now_iso(NOW - 50 * 3600)
+    doc.update(changes)
+    return doc
+
+
+def test_healthy_view_folds_containers_and_leads_with_the_verdict() -> None:
+    text = render.render_status(_doc(), now=NOW)
+    lines = text.splitlines()
+    assert lines[0] == "volagent 0.1.0 on host-1: OK"
+    assert "!" not in text
+    assert "Mount      mounted for 3h01m at /volumes, last probe 1.2 ms" in lines
+    assert "           nfs4 fs-1.efs:/ (fs-1)" in lines
+    assert "Docker     connected for 2d02h, 0 events seen" in lines
+    assert "Guard      disabled" in text
+    assert "Containers 3 containers, 3 volumes" in lines
+    assert "  a/web  3 containers: 3 ready" in lines
+    assert "web-0" not in text  # healthy volumes fold into the group line
+    assert "web-0 /data -> /volumes/r-a/web/data" in render.render_status(
+        _doc(), now=NOW, verbose=True
+    )
+    assert not ANSI.search(text)
+
+
+def test_problems_come_first_with_their_fix_and_their_own_line() -> None:
+    doc = _doc(warnings=["config change refused: mount.type: bad; the old config stays"])
+    doc["status"] = "critical"
+    doc["mount"].update(state="stalled", error="probe timed out after 3 s")
+    doc["docker"]["state"] = "connecting"
+    doc["guard"] = {"enabled": True, "allowed": 7, "denied": 2}
+    doc["containers"][1]["volumes"][0].update(state="violation", error="rule 5: other app")
+    doc["containers"][2]["volumes"][0].update(state="late")
+    lines = render.render_status(doc, now=NOW).splitlines()
+    assert lines[0].endswith(": CRITICAL")
+    fixes = [ln for ln in lines if ln.startswith("! ")]
+    assert fixes[0] == "! config change refused: mount.type: bad; the old config stays"
+    assert any("mount stalled" in f and "TCP 2049" in f for f in fixes)
+    assert any("systemctl status docker" in f for f in fixes)
+    assert any(f.startswith("! 1 volume late:") for f in fixes)
+    assert any(f.startswith("! 1 volume violation:") for f in fixes)
+    assert lines.index(fixes[-1]) < next(i for i, ln in enumerate(lines) if ln.startswith("Mount"))
+    assert "           error: probe timed out after 3 s" in lines
+    assert "Guard      enabled: 7 allowed, 2 denied" in lines
+    assert "Containers 3 containers, 3 volumes, 2 with problems" in lines
+    assert "  a/web  3 containers: 1 violation, 1 late, 1 ready" in lines
+    assert "    x violation web-1 /data -> /volumes/r-a/web/data: rule 5: other app" in lines
+    assert "    x late      web-2 /data -> /volumes/r-a/web/data" in lines
+
+
+def test_rack_view_lists_hosts_and_flags_stale_ones() -> None:
+    hosts = [
+        {"host": "host-1", "instance_id": "i-1", "status": "ok", "last_seen": now_iso(NOW - 5)},
+        {
+            "host": "host-22",
+            "instance_id": "",
+            "status": "critical",
+            "last_seen": now_iso(NOW - 600),
+            "stale": True,
+        },
+    ]
+    lines = render.render_status(_doc(hosts=hosts), now=NOW).splitlines()
+    start = lines.index("Rack hosts 1 sharing this filesystem, 1 stale")
+    assert lines[start + 1].split() == ["HOST", "INSTANCE", "STATUS", "LAST", "SEEN"]
+    assert lines[start + 2].split() == ["host-1", "i-1", "ok", "5s", "ago"]
+    assert lines[start + 3].split() == ["host-22", "-", "critical", "10m00s", "ago", "STALE"]
+    broken = render.render_status(_doc(hosts=[], hosts_error="cannot list hosts"), now=NOW)
+    assert "cannot list hosts" in broken
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert render.use_color(Tty())
+    assert not render.use_color(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not render.use_color(Tty())
+    doc = _doc()
+    doc["containers"][0]["volumes"][0]["state"] = "failed"
+    coloured = render.render_status(doc, color=True, now=NOW)
+    assert "\x1b[31m" in coloured
+    assert ANSI.sub("", coloured) == render.render_status(doc, now=NOW)
+
+
+def test_empty_and_odd_documents_still_render() -> None:
+    text = render.render_status({"status": "weird"}, now=NOW)
+    assert text.startswith("volagent ?: WEIRD")
+    assert "Containers none" in text
+    assert render.ago("not a time", NOW) == "?"
+    assert render.ago(None, NOW) == "?"

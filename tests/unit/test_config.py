@@ -266,4 +266,3 @@ def test_to_toml_round_trips(tmp_path: Path) -> None:
     text = config.to_toml(cfg)
     assert config.from_dict(tomllib.loads(text)) == cfg
     assert config.load(write(tmp_path, text)) == cfg
-

@@ -1,0 +1,1 @@
+"""volagent's test suite: unit tests and integration tests against real parts."""

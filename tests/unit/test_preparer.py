@@ -1,0 +1,221 @@
+"""The Preparer on real directories: ready, late (the disk says Docker made the directory
+before volagent, for a container that had started), pending, violation, and a settled state
+that is never re-judged."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from volagent.config import from_dict
+from volagent.preparer import ContainerSpec, Outcome, Preparer
+from volagent.state import AgentState
+from volagent.worker import TimedWorker
+
+pytestmark = [pytest.mark.mount]  # chown to other users needs root
+
+LABELS = {"convox.app": "a", "convox.service": "web", "volagent.owner": "1234:1234"}
+
+
+@pytest.fixture
+def mp(tmp_path: Path) -> Path:
+    path = tmp_path / "mp"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def state(mp: Path) -> AgentState:
+    st = AgentState(from_dict({"rack": "r1", "mount_point": str(mp)}))
+    st.set_mount_state("mounted")
+    st.set_docker_state("connected")
+    st.mount_dev = os.stat(mp).st_dev
+    return st
+
+
+@pytest.fixture
+def preparer(state: AgentState) -> Iterator[Preparer]:
+    worker = TimedWorker("test-fs")
+    yield Preparer(state, worker)
+    worker.close()
+
+
+def spec(
+    mp: Path,
+    *,
+    rel: str = "r1-a/web/data",
+    labels: dict[str, str] | None = None,
+    started: bool = False,
+    cid: str = "c1",
+    user: str = "",
+) -> ContainerSpec:
+    inspect: dict[str, Any] = {
+        "Id": cid,
+        "Name": f"/{cid}",
+        "Config": {"Labels": LABELS if labels is None else labels, "Env": [], "User": user},
+        "HostConfig": {"Binds": [f"{mp}/{rel}:/data"]},
+        "State": {
+            "Running": started,
+            "StartedAt": "2026-01-01T00:00:00Z" if started else "0001-01-01T00:00:00Z",
+        },
+    }
+    return ContainerSpec.from_inspect(inspect)
+
+
+def run(
+    preparer: Preparer,
+    s: ContainerSpec,
+    recheck: Callable[[], Awaitable[bool]] | None = None,
+) -> Outcome:
+    outcome = asyncio.run(preparer.prepare(s, recheck))
+    assert outcome is not None
+    return outcome
+
+
+def docker_made(path: Path) -> None:
+    """What Docker leaves when it creates a bind source at start: root:root 0755."""
+    path.mkdir(parents=True)
+    os.chown(path, 0, 0)
+    os.chmod(path, 0o755)  # noqa: S103 - Docker's own mode, on purpose
+
+
+def ids(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def test_missing_directory_is_created_ready(mp: Path, preparer: Preparer) -> None:
+    outcome = run(preparer, spec(mp))
+    assert [v.state for v in outcome.volumes] == ["ready"]
+    assert ids(mp / "r1-a/web/data") == (1234, 1234, 0o755)
+    assert preparer.state.verdict() == "ok"
+    record = preparer.state.containers["c1"]
+    assert (record.rack, record.app, record.service) == ("r1", "a", "web")
+
+
+def test_docker_made_dir_under_a_started_container_is_late(mp: Path, preparer: Preparer) -> None:
+    docker_made(mp / "r1-a/web/data")
+    outcome = run(preparer, spec(mp, started=True))
+    (vol,) = outcome.volumes
+    assert vol.state == "late"
+    assert vol.error and "started before" in vol.error
+    assert ids(mp / "r1-a/web/data") == (0, 0, 0o755)  # existing: never chowned after the fact
+    assert preparer.state.verdict() == "degraded"  # late is a problem worth reporting
+
+
+def test_docker_made_dir_is_late_when_the_recheck_sees_it_started(
+    mp: Path, preparer: Preparer
+) -> None:
+    docker_made(mp / "r1-a/web/data")
+    calls = []
+
+    async def started() -> bool:
+        calls.append(1)
+        return True
+
+    (vol,) = run(preparer, spec(mp, started=False), started).volumes
+    assert vol.state == "late"
+    assert calls == [1]
+
+
+def test_root_dir_of_a_container_not_started_is_ready(mp: Path, preparer: Preparer) -> None:
+    # e.g. made by an operator before: existing data, not a race that was lost
+    docker_made(mp / "r1-a/web/data")
+
+    async def not_started() -> bool:
+        return False
+
+    (vol,) = run(preparer, spec(mp, started=False), not_started).volumes
+    assert vol.state == "ready"
+
+
+def test_existing_dir_with_another_owner_is_ready_not_late(mp: Path, preparer: Preparer) -> None:
+    leaf = mp / "r1-a/web/data"
+    leaf.mkdir(parents=True)
+    os.chown(leaf, 999, 999)
+    (vol,) = run(preparer, spec(mp, started=True)).volumes
+    assert vol.state == "ready"
+    assert ids(leaf)[:2] == (999, 999)
+
+
+def test_root_0755_asked_for_cannot_be_late(mp: Path, preparer: Preparer) -> None:
+    docker_made(mp / "r1-a/web/data")
+    labels = {"convox.app": "a", "convox.service": "web"}  # config default: 0:0 0755
+    (vol,) = run(preparer, spec(mp, labels=labels, started=True)).volumes
+    assert vol.state == "ready"
+
+
+def test_mode_label_difference_alone_makes_late(mp: Path, preparer: Preparer) -> None:
+    docker_made(mp / "r1-a/web/data")
+    labels = {"convox.app": "a", "convox.service": "web", "volagent.mode": "0700"}
+    (vol,) = run(preparer, spec(mp, labels=labels, started=True)).volumes
+    assert vol.state == "late"
+
+
+def test_settled_state_is_never_rejudged(mp: Path, preparer: Preparer) -> None:
+    s = spec(mp)
+    (vol,) = run(preparer, s).volumes
+    assert vol.state == "ready"
+    leaf = mp / "r1-a/web/data"
+    os.chown(leaf, 0, 0)  # looks Docker-made now; the container has started since
+    (vol,) = run(preparer, spec(mp, started=True)).volumes
+    assert vol.state == "ready"
+
+
+def test_unhealthy_mount_leaves_pending_and_creates_nothing(
+    mp: Path, state: AgentState, preparer: Preparer
+) -> None:
+    state.set_mount_state("stalled", "probe timed out")
+    state.mount_dev = None
+    (vol,) = run(preparer, spec(mp)).volumes
+    assert vol.state == "pending"
+    assert vol.error and "stalled" in vol.error
+    assert os.listdir(mp) == []
+
+
+def test_mount_gone_underneath_leaves_pending(
+    mp: Path, state: AgentState, preparer: Preparer
+) -> None:
+    state.mount_dev = os.stat(mp).st_dev + 1  # the healthy mount was on another device
+    (vol,) = run(preparer, spec(mp)).volumes
+    assert vol.state == "pending"
+    assert os.listdir(mp) == []
+
+
+def test_cross_app_bind_is_a_violation(mp: Path, preparer: Preparer) -> None:
+    (vol,) = run(preparer, spec(mp, rel="r1-b/web/data")).volumes
+    assert vol.state == "violation"
+    assert vol.error and "rule 5" in vol.error
+    assert os.listdir(mp) == []
+
+
+def test_symlink_in_the_namespace_is_a_violation(
+    mp: Path, tmp_path: Path, preparer: Preparer
+) -> None:
+    (mp / "r1-a/web").mkdir(parents=True)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (mp / "r1-a/web/link").symlink_to(target)
+    (vol,) = run(preparer, spec(mp, rel="r1-a/web/link/data")).volumes
+    assert vol.state == "violation"
+    assert vol.error and "rule 4" in vol.error
+    assert os.listdir(target) == []
+
+
+def test_unlabeled_container_is_not_managed(mp: Path, preparer: Preparer) -> None:
+    s = spec(mp, labels={})
+    assert asyncio.run(preparer.prepare(s)) is None
+    assert os.listdir(mp) == []
+    assert preparer.state.containers == {}
+
+
+def test_numeric_user_owns_the_leaf(mp: Path, preparer: Preparer) -> None:
+    labels = {"convox.app": "a", "convox.service": "web"}
+    run(preparer, spec(mp, labels=labels, user="33:44"))
+    assert ids(mp / "r1-a/web/data")[:2] == (33, 44)

@@ -143,15 +143,17 @@ class Preparer:
             return None
         ident = outcome.identity
         prior = self.state.containers.get(spec.id) if spec.id else None
-        prior_states = {v.host: v.state for v in prior.volumes} if prior else {}
+        prior_volumes = {v.host: v for v in prior.volumes} if prior else {}
         bound = log.get("preparer", container=spec.id[:12], app=ident.app, service=ident.service)
         for vol, plan in zip(outcome.volumes, outcome.plans, strict=True):
             if isinstance(plan, NamespaceViolation):
                 self.state.set_volume_state(vol, "violation", str(plan))
                 bound.warning("namespace_violation", path=vol.host, reason=str(plan))
                 continue
-            if prior_states.get(vol.host) in ("ready", "late"):
-                vol.state = prior_states[vol.host]  # already settled: never re-judged
+            settled = prior_volumes.get(vol.host)
+            if settled is not None and settled.state in ("ready", "late"):
+                # already settled: never re-judged, and a late one keeps saying why
+                vol.state, vol.error = settled.state, settled.error
                 continue
             await self._prepare_one(spec, vol, plan, recheck, bound)
         if track and spec.id:

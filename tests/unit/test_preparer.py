@@ -158,6 +158,14 @@ def test_mode_label_difference_alone_makes_late(mp: Path, preparer: Preparer) ->
     assert vol.state == "late"
 
 
+def test_late_stays_late_with_its_reason(mp: Path, preparer: Preparer) -> None:
+    docker_made(mp / "r1-a/web/data")
+    (first,) = run(preparer, spec(mp, started=True)).volumes
+    (again,) = run(preparer, spec(mp, started=True)).volumes  # the next event or reconcile
+    assert (again.state, again.error) == ("late", first.error)
+    assert again.error
+
+
 def test_settled_state_is_never_rejudged(mp: Path, preparer: Preparer) -> None:
     s = spec(mp)
     (vol,) = run(preparer, s).volumes

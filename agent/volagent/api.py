@@ -9,10 +9,11 @@ for node scraping) only `/metrics` and `/v1/health` are served.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from volagent import log
+from volagent import log, render
 from volagent.errors import VolagentError
 from volagent.http import Request, Response, error_response, json_response
 from volagent.state import AgentState
@@ -25,6 +26,12 @@ Action = Callable[[], Awaitable[dict[str, Any]]]
 HostsSource = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 _TRUE = ("1", "true", "yes", "on", "")
+
+
+def _flag(req: Request, name: str) -> bool:
+    return name in req.query and req.query[name].lower() in _TRUE
+
+
 _TCP_ROUTES = ("/metrics", "/v1/health")
 
 
@@ -73,12 +80,27 @@ class StatusApi:
         return json_response(200 if health["healthy"] else 503, health)
 
     async def _status(self, req: Request) -> Response:
+        """The status document; `rack=1` adds the hosts. For the command line, which stays
+        light by neither parsing JSON nor rendering: `format=text` (with `color=1`,
+        `verbose=1`) is the human view, `pretty=1` indents the JSON, and the verdict travels
+        in the `X-Volagent-Status` header."""
         doc = self.state.status_document()
-        if req.query.get("rack", "0").lower() in _TRUE:
+        if _flag(req, "rack"):
             doc["hosts"], error = await self._rack_hosts()
             if error:
                 doc["hosts_error"] = error
-        return json_response(200, doc)
+        headers = {"X-Volagent-Status": str(doc["status"])}
+        if req.query.get("format", "json") == "text":
+            text = render.render_status(
+                doc, color=_flag(req, "color"), verbose=_flag(req, "verbose")
+            )
+            return Response(200, text.encode(), "text/plain; charset=utf-8", headers)
+        if _flag(req, "pretty"):
+            body = json.dumps(doc, indent=2).encode() + b"\n"
+            return Response(200, body, headers=headers)
+        resp = json_response(200, doc)
+        resp.headers.update(headers)
+        return resp
 
     async def _rack_hosts(self) -> tuple[list[dict[str, Any]], str | None]:
         if self.hosts is None:

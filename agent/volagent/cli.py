@@ -1,9 +1,10 @@
 """The `volagent` command line: run, status, check-config, paths, doctor, gc.
 
-`volagent status` must start about as fast as a bare interpreter: everything it needs is
-standard library, and every heavier module (the daemon, the full config, docker, boto3) is
-imported only by the command that uses it. The status path reads the config with tomllib
-alone, and only when the file could name a socket.
+`volagent status` must start about as fast as a bare interpreter. Its usual arguments are
+read without argparse (anything unusual falls through to argparse), the daemon renders the
+answer (so no JSON parser is loaded), the config is read with tomllib alone and only when
+the file could name a socket, and every heavier module (the daemon, the full config,
+docker, boto3) is imported only by the command that uses it.
 """
 
 # Imports inside functions are the point of this module: each command loads only its own.
@@ -11,7 +12,6 @@ alone, and only when the file could name a socket.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -19,6 +19,7 @@ from volagent import __version__
 
 TYPE_CHECKING = False  # typing costs an import on the fast path; annotations stay lazy
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
     from volagent.config import Config
@@ -34,6 +35,8 @@ EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="volagent",
         description="Keeps the rack's shared filesystem mounted and container volume "
@@ -91,14 +94,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class StatusArgs:
+    """The arguments of `volagent status`, as argparse would give them."""
+
+    def __init__(self) -> None:
+        self.command = "status"
+        self.config: str | None = None
+        self.json = False
+        self.rack = False
+        self.socket: str | None = None
+        self.verbose = False
+        self.timeout = 5.0
+
+
+_STATUS_FLAGS = {"--json": "json", "--rack": "rack", "-v": "verbose", "--verbose": "verbose"}
+_STATUS_VALUES = {"--socket": "socket", "--config": "config", "--timeout": "timeout"}
+
+
+def parse_status_fast(argv: list[str]) -> StatusArgs | None:
+    """`[--config P] status [options]` without loading argparse; None for anything else
+    (help, abbreviations, mistakes), which argparse then handles and explains."""
+    args = StatusArgs()
+    i, seen_command = 0, False
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, inline = arg.partition("=")
+        if arg == "status" and not seen_command:
+            seen_command = True
+        elif seen_command and not eq and arg in _STATUS_FLAGS:
+            setattr(args, _STATUS_FLAGS[arg], True)
+        elif name in _STATUS_VALUES and (seen_command or name == "--config"):
+            if eq:
+                value = inline
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                i += 1
+                value = argv[i]
+            else:
+                return None
+            if name == "--timeout":
+                try:
+                    args.timeout = float(value)
+                except ValueError:
+                    return None
+            else:
+                setattr(args, _STATUS_VALUES[name], value)
+        else:
+            return None
+        i += 1
+    return args if seen_command else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    command = args.command
-    if command is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        fast = parse_status_fast(argv)
+        if fast is not None:
+            return cmd_status(fast)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        if command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
         if command == "status":
             return cmd_status(args)
         if command == "run":
@@ -117,35 +174,53 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- status ------------------------------------------------------------------------------
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: StatusArgs | argparse.Namespace) -> int:
+    """Asks the daemon; it renders the answer and names the verdict in a header."""
     from volagent import client
 
     socket_path = status_socket(args.socket, args.config)
+    # JSON for a program comes compact (the daemon's fast encoder); a person gets it indented
+    query = (["pretty=1"] if _isatty(sys.stdout) else []) if args.json else ["format=text"]
+    if args.rack:
+        query.append("rack=1")
+    if not args.json and use_color(sys.stdout):
+        query.append("color=1")
+    if not args.json and args.verbose:
+        query.append("verbose=1")
     try:
-        code, doc = client.get_json(
-            socket_path, "/v1/status?rack=1" if args.rack else "/v1/status", args.timeout
+        code, headers, body = client.request(
+            socket_path, "GET", "/v1/status?" + "&".join(query), timeout=args.timeout
         )
     except client.Unreachable as exc:
         print(f"volagent: cannot reach the daemon: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    if code != 200 or not isinstance(doc, dict) or "status" not in doc:
-        error = doc.get("error") if isinstance(doc, dict) else None
+    verdict = headers.get("x-volagent-status", "")
+    if code != 200 or verdict not in EXIT_BY_STATUS:
+        detail = body.decode("utf-8", "replace").strip()[:500]
         print(
-            f"volagent: {socket_path} answered {code} without a status document"
-            + (f": {error}" if error else ""),
+            f"volagent: {socket_path} answered {code} without a status"
+            + (f": {detail}" if detail else ""),
             file=sys.stderr,
         )
         return EXIT_UNREACHABLE
-    if args.json:
-        import json
+    sys.stdout.flush()
+    sys.stdout.buffer.write(body)
+    sys.stdout.buffer.flush()
+    return EXIT_BY_STATUS[verdict]
 
-        print(json.dumps(doc, indent=2))
-    else:
-        from volagent import render
 
-        text = render.render_status(doc, color=render.use_color(sys.stdout), verbose=args.verbose)
-        sys.stdout.write(text)
-    return EXIT_BY_STATUS.get(str(doc["status"]), 2)
+def use_color(stream: Any) -> bool:
+    """Colour only on a terminal that can show it, and never with NO_COLOR set."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return _isatty(stream)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def status_socket(explicit: str | None, config_path: str | None) -> str:

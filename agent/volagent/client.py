@@ -2,13 +2,13 @@
 
 Standard library only and light to import: `volagent status` runs in about the time of a
 bare interpreter start. It uses the `_socket` extension directly because the `socket`
-module pulls in `enum` and costs more to import than the whole request takes.
+module pulls in `enum` and costs more to import than the whole request takes; for the same
+reason `json` is imported only by the one function that decodes.
 """
 
 from __future__ import annotations
 
 import _socket
-import json
 import time
 
 TYPE_CHECKING = False  # typing costs an import on the fast path; annotations stay lazy
@@ -59,6 +59,8 @@ def request(
 
 def get_json(socket_path: str, path: str, timeout: float = DEFAULT_TIMEOUT_S) -> tuple[int, Any]:
     """GETs `path` and decodes the JSON answer; (status, document)."""
+    import json  # noqa: PLC0415 - only here: `volagent status` itself never parses JSON
+
     status, _, body = request(socket_path, "GET", path, timeout=timeout)
     try:
         return status, json.loads(body)

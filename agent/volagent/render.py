@@ -8,13 +8,12 @@ NO_COLOR. Standard library only: this runs on the fast `volagent status` path.
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import datetime
 
 TYPE_CHECKING = False  # typing costs an import on the fast path; annotations stay lazy
 if TYPE_CHECKING:
-    from typing import Any, TextIO
+    from typing import Any
 
 PROBLEM_STATES = ("late", "violation", "failed")
 _VERDICT_STYLE = {"ok": "green", "degraded": "yellow", "critical": "red"}
@@ -48,16 +47,6 @@ FIX_VOLUME = {
     "volume path or the app/service labels",
     "failed": "the directory could not be prepared: see the error and the agent's log",
 }
-
-
-def use_color(stream: TextIO) -> bool:
-    """Colour only on a terminal that can show it, and never with NO_COLOR set."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def ago(iso: str | None, now: float) -> str:

@@ -135,3 +135,23 @@ def test_tcp_serves_metrics_and_health_only() -> None:
     assert _call(api, "GET", "/v1/health", transport="tcp").status == 200
     assert _call(api, "GET", "/v1/status", transport="tcp").status == 404
     assert _call(api, "POST", "/v1/reconcile", transport="tcp", peer_uid=0).status == 404
+
+
+def test_status_for_the_command_line_text_pretty_and_verdict_header() -> None:
+    state = _state()
+    api = _api(state)
+    plain = _call(api, "GET", "/v1/status")
+    assert plain.headers["X-Volagent-Status"] == "ok"
+    pretty = _call(api, "GET", "/v1/status", query={"pretty": "1"})
+    assert pretty.body.startswith(b"{\n  ")
+    assert json.loads(pretty.body) == json.loads(plain.body)
+    state.set_mount_state("stalled", "probe timed out")
+    text = _call(api, "GET", "/v1/status", query={"format": "text", "rack": "1"})
+    assert text.content_type.startswith("text/plain")
+    assert text.headers["X-Volagent-Status"] == "critical"
+    body = text.body.decode()
+    assert body.startswith("volagent ") and ": CRITICAL\n" in body
+    assert "\x1b[" not in body
+    assert "Rack hosts" in body
+    coloured = _call(api, "GET", "/v1/status", query={"format": "text", "color": "1"})
+    assert b"\x1b[" in coloured.body

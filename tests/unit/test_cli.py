@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import tomllib
@@ -89,8 +90,66 @@ def test_status_path_imports_no_heavy_module(tmp_path: Path) -> None:
         "volagent.config",
         "volagent.state",
         "dataclasses",
+        "argparse",
+        "json",
     }
     assert not heavy & loaded
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status"],
+        ["status", "--json", "--rack"],
+        ["--config", "/c.toml", "status", "-v", "--socket", "/s.sock"],
+        ["status", "--socket=/s.sock", "--timeout", "0.5", "--config=/c.toml", "--verbose"],
+        ["--config=/a.toml", "status", "--config", "/b.toml", "--json", "--json"],
+        ["status", "--socket", ""],
+    ],
+)
+def test_fast_status_arguments_match_argparse(argv: list[str]) -> None:
+    fast = cli.parse_status_fast(argv)
+    assert fast is not None
+    slow = cli.build_parser().parse_args(argv)
+    assert vars(fast) == vars(slow)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--version"],
+        ["status", "-h"],
+        ["status", "--js"],  # argparse's abbreviations are argparse's business
+        ["status", "--socket"],
+        ["status", "--socket", "--json"],
+        ["status", "--timeout", "soon"],
+        ["status", "extra"],
+        ["--json", "status"],
+        ["paths", "status"],
+        ["status", "status"],
+    ],
+)
+def test_unusual_status_arguments_go_to_argparse(argv: list[str]) -> None:
+    assert cli.parse_status_fast(argv) is None
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert cli.use_color(Tty())
+    assert not cli.use_color(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not cli.use_color(Tty())
+    monkeypatch.setenv("NO_COLOR", "")
+    monkeypatch.setenv("TERM", "dumb")
+    assert not cli.use_color(Tty())
 
 
 def test_version() -> None:

@@ -36,8 +36,8 @@ FIX_MOUNT = {
     "unmounted": "nothing is mounted: see the mount error above and run `volagent doctor`",
     "mounting": "volagent is mounting the shared filesystem; if this lasts, run `volagent doctor`",
     "disabled": "mounting is disabled in the config ([mount])",
-    "local": "data is on this host's disk, not shared with the rack: fix the EFS mount "
-    "(`volagent doctor`) or set [mount] allow_local_fallback = false to refuse it",
+    "local": "data stays on this host's disk, not shared with the rack: for a shared "
+    "mount set [mount] type to efs or nfs4, and run `volagent doctor` if EFS failed",
 }
 FIX_DOCKER = "Docker is not connected: check `systemctl status docker` and [docker] url"
 FIX_VOLUME = {

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gc", parents=[common], help="list (or delete) namespaces no container has used"
     )
     gc.add_argument(
-        "--older-than", type=float, default=30.0, metavar="DAYS", help="unused this long (30)"
+        "--older-than", type=float, metavar="DAYS", help="unused this long (default 30)"
     )
     gc.add_argument("--delete", action="store_true", help="delete them (default: list only)")
     return parser

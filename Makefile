@@ -6,7 +6,7 @@ CONFIG ?= $(if $(wildcard /etc/volagent/volagent.toml),/etc/volagent/volagent.to
 # Debian packages: the runtime (python, mount helpers) and the test bed (a private dockerd,
 # busybox for the test image, bindfs as the EFS stand-in, packer and systemd for the ship checks).
 RUNTIME_DEBS := python3 python3-venv python3-pip e2fsprogs util-linux
-TESTBED_DEBS := docker.io busybox-static bindfs fuse3 packer debootstrap systemd iproute2
+TESTBED_DEBS := docker.io busybox-static bindfs fuse3 packer debootstrap systemd iproute2 shellcheck
 
 .PHONY: install host-deps testbed-deps run test unit integration lint bench dist ami clean
 
@@ -44,6 +44,15 @@ lint: install
 
 bench: install testbed-deps
 	$(PY) -m bench
+
+# The wheel and the offline release bundle in dist/ (wheels for every target host's Python).
+dist: install
+	scripts/build-dist --python $(PY) --out dist
+
+# An AMI with volagent baked in, for users with AWS credentials: make ami PACKER_VARS='-var region=...'
+ami: dist
+	@scripts/apt-ensure packer
+	scripts/build-ami $(PACKER_VARS)
 
 clean:
 	rm -rf $(VENV) dist build .mypy_cache .ruff_cache

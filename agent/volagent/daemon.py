@@ -19,13 +19,17 @@ from typing import Any
 from volagent import config as config_mod
 from volagent import log, systemd
 from volagent.api import StatusApi
+from volagent.asg import AsgReporter, instance_identity
 from volagent.config import Config
+from volagent.config_watch import ConfigWatch
 from volagent.docker_watch import DockerWatch
 from volagent.errors import ConfigError
+from volagent.heartbeat import Heartbeat
 from volagent.http import HttpServer
 from volagent.mount import MountManager
 from volagent.preparer import Preparer
 from volagent.state import AgentState
+from volagent.usage import UsageRecorder
 from volagent.worker import TimedWorker
 
 SHUTDOWN_GRACE_S = 5.0
@@ -43,6 +47,12 @@ class Daemon:
         self.preparer = Preparer(self.state, self.worker)
         self.docker = DockerWatch(self.state, self.preparer)
         self.mount = MountManager(self.state, on_healthy=self._on_mount_healthy)
+        # records on the shared filesystem get threads of their own: a hung mount that holds
+        # them never takes threads the directory preparation needs
+        self.records_worker = TimedWorker("records", max_threads=4)
+        self.heartbeat = Heartbeat(self.state, self.records_worker)
+        self.usage = UsageRecorder(self.state, self.records_worker)
+        self.asg = AsgReporter(self.state, identity=instance_identity(self.state))
         self.log = log.get("daemon")
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -80,7 +90,12 @@ class Daemon:
     async def _start(self) -> None:
         cfg = self.state.config
         inherited = systemd.listen_fds()
-        api = StatusApi(self.state, on_reconcile=self._api_reconcile, on_remount=self._api_remount)
+        api = StatusApi(
+            self.state,
+            on_reconcile=self._api_reconcile,
+            on_remount=self._api_remount,
+            hosts=self.heartbeat.hosts,
+        )
         server = HttpServer("api", api.handle)
         await server.start_unix(cfg.api.socket, sock=inherited.get("api"))
         self._servers.append(server)
@@ -90,6 +105,11 @@ class Daemon:
         self._spawn("mount", self.mount.run())
         self._spawn("docker", self.docker.run())
         self._spawn("ready", self._announce_ready())
+        self._spawn("heartbeat", self.heartbeat.run())
+        self._spawn("usage", self.usage.run())
+        self._spawn("asg", self.asg.run())
+        watched = config_mod.config_path(self.config_path)
+        self._spawn("config-watch", ConfigWatch(watched, self.reload).run())
 
     def _spawn(self, name: str, coro: Awaitable[Any]) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -156,11 +176,13 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.close(), 2.0)
         self.worker.close()
+        self.records_worker.close()
         self.log.info("stopped", exit_code=self.exit_code)
 
     # --- reactions ------------------------------------------------------------------------
     def _on_mount_healthy(self) -> None:
         """The mount is (back) up: volumes left pending get their directories now."""
+        self.heartbeat.wake()
         self._background_task("reconcile-after-mount", self._reconcile_quietly())
 
     def _background_task(self, name: str, coro: Awaitable[Any]) -> None:
@@ -211,6 +233,7 @@ class Daemon:
         self.state.guard.enabled = new.guard.enabled and old.guard.enabled
         self.state.clear_warning("config")
         log.configure(new.log_level)
+        self.heartbeat.wake()  # a new heartbeat interval applies now, not after the old one
         self.state.metrics.config_reloads.labels(result="applied").inc()
         self.log.info("config_reloaded", restart_needed=fixed)
         return True

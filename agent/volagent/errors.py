@@ -58,3 +58,8 @@ class MountError(TemporaryError):
 
 class ForeignMount(PermanentError):
     """Another filesystem is mounted at the mount point: volagent never mounts on top of it."""
+
+
+class RecordError(TemporaryError):
+    """A record under `<mount point>/.volagent/` (heartbeat, usage) could not be written or
+    read; the mount may be failing or someone planted something there."""

@@ -33,5 +33,8 @@ def configure(level: str = "info") -> None:
 
 
 def get(name: str, **bound: Any) -> Any:
-    """A logger bound to a component name; callers pass event names and fields."""
-    return structlog.get_logger().bind(component=name, **bound)
+    """A logger bound to a component name; callers pass event names and fields.
+
+    A lazy proxy, not a logger bound once: each call assembles its logger from the current
+    configuration, so a log level changed by a config reload applies to loggers made before."""
+    return structlog.get_logger(component=name, **bound)

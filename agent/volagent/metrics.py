@@ -82,6 +82,30 @@ class Metrics:
         self.config_reloads = Counter(
             "volagent_config_reloads", "Config reloads by result", ["result"], registry=r
         )
+        self.heartbeats = Counter(
+            "volagent_heartbeats",
+            "Heartbeats of this host by result (written, failed, skipped while unhealthy)",
+            ["result"],
+            registry=r,
+        )
+        self.rack_hosts = Gauge(
+            "volagent_rack_hosts",
+            "Hosts sharing the filesystem, by freshness of their heartbeat (fresh, stale)",
+            ["freshness"],
+            registry=r,
+        )
+        self.usage_records = Counter(
+            "volagent_usage_records",
+            "Records of namespace use written for gc, by result (written, failed)",
+            ["result"],
+            registry=r,
+        )
+        self.asg_reports = Counter(
+            "volagent_asg_reports",
+            "Reports of this instance as unhealthy to its Auto Scaling group, by result",
+            ["result"],
+            registry=r,
+        )
         self.set_mount_state("unmounted")
 
     def set_mount_state(self, state: str) -> None:

@@ -1,0 +1,260 @@
+"""What `volagent gc` may remove: the survey of namespaces against every host's usage records.
+
+Blocking, descriptor-based, and ticking a Progress so the caller can tell a hung mount from a
+slow walk. The rules (see gc.py): a directory is unused when no usage record from any host and
+not its own mtime falls within the window, and no container of this host uses it now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from volagent import fstree, records
+from volagent.errors import RecordError
+from volagent.heartbeat import read_heartbeats_at
+from volagent.usage import Key
+
+# `<rack>-<app>`: two names of the contract's form joined by a dash
+NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}-[a-z0-9][a-z0-9._-]{0,62}$")
+
+Usage = dict[Key, tuple[float, str]]  # newest use of each directory, and by which host
+
+
+@dataclass
+class Candidate:
+    """An unused directory: a whole namespace (`directory` None) or one service directory."""
+
+    namespace: str
+    directory: str | None
+    path: str
+    last_used: float | None
+    last_host: str
+    mtime: float
+    size: int = 0
+
+    @property
+    def kind(self) -> str:
+        return "namespace" if self.directory is None else "service directory"
+
+
+@dataclass
+class Survey:
+    cutoff: float
+    candidates: list[Candidate] = field(default_factory=list)
+    kept: int = 0
+    records: int = 0
+    stale_hosts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _record_time(rec: dict[str, Any]) -> float | None:
+    t = rec.get("time")
+    if isinstance(t, int | float) and not isinstance(t, bool):
+        return float(t)
+    return None
+
+
+def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usage, int]:
+    """The newest record of every (namespace, directory), and how many records were read."""
+    usage: Usage = {}
+    count = 0
+    base = records.open_dir(root_fd, (records.AGENT_DIR, records.USAGE_DIR), create=False)
+    if base is None:
+        return usage, 0
+    try:
+        spaces = [only_namespace] if only_namespace else records.subdirs(base)
+        for ns in spaces:
+            try:
+                ns_fd = records.open_dir(base, (ns,), create=False)
+            except RecordError:
+                continue
+            if ns_fd is None:
+                continue
+            try:
+                for d in records.subdirs(ns_fd):
+                    d_fd = records.open_dir(ns_fd, (d,), create=False)
+                    if d_fd is None:
+                        continue
+                    try:
+                        for host, rec in records.read_records(d_fd):
+                            t = _record_time(rec)
+                            if t is None:
+                                continue
+                            count += 1
+                            if (ns, d) not in usage or t > usage[(ns, d)][0]:
+                                usage[(ns, d)] = (t, str(rec.get("host") or host))
+                    finally:
+                        os.close(d_fd)
+            finally:
+                os.close(ns_fd)
+    finally:
+        os.close(base)
+    return usage, count
+
+
+def survey(
+    root_fd: int,
+    mount_point: str,
+    *,
+    cutoff: float,
+    local: set[Key],
+    stale_after_s: float,
+    progress: fstree.Progress,
+) -> Survey:
+    """Every namespace under the mount point judged; candidates sized."""
+    mp = mount_point.rstrip("/")
+    usage, count = collect_usage(root_fd)
+    result = Survey(cutoff=cutoff, records=count)
+    now = time.time()
+    with contextlib.suppress(RecordError, OSError):
+        beats = read_heartbeats_at(root_fd)
+        result.stale_hosts = [
+            {"host": b["host"], "last_seen": b.get("last_seen", ""), "time": b["time"]}
+            for b in beats
+            if now - float(b["time"]) > stale_after_s
+        ]
+    for ns in records.subdirs(root_fd):
+        progress.tick()
+        if not NAMESPACE_RE.match(ns):
+            continue
+        try:
+            ns_fd = records.open_dir(root_fd, (ns,), create=False)
+        except RecordError:
+            continue
+        if ns_fd is None:
+            continue
+        try:
+            _judge_namespace(
+                result,
+                root_fd=root_fd,
+                ns_fd=ns_fd,
+                ns=ns,
+                shown=f"{mp}/{ns}",
+                usage=usage,
+                local=local,
+                progress=progress,
+            )
+        finally:
+            os.close(ns_fd)
+    return result
+
+
+def _judge_namespace(
+    result: Survey,
+    *,
+    root_fd: int,
+    ns_fd: int,
+    ns: str,
+    shown: str,
+    usage: Usage,
+    local: set[Key],
+    progress: fstree.Progress,
+) -> None:
+    cutoff = result.cutoff
+    ns_mtime = os.fstat(ns_fd).st_mtime
+    dirs = records.subdirs(ns_fd)
+    unused: list[Candidate] = []
+    for d in dirs:
+        progress.tick()
+        try:
+            mtime = os.stat(d, dir_fd=ns_fd, follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        last, host = usage.get((ns, d), (None, ""))
+        if (ns, d) in local or max(last or 0.0, mtime) >= cutoff:
+            result.kept += 1
+            continue
+        unused.append(Candidate(ns, d, f"{shown}/{d}", last, host, mtime))
+    records_of_ns = [(t, h) for (n, _), (t, h) in usage.items() if n == ns]
+    ns_in_use = (
+        ns_mtime >= cutoff
+        or any(k[0] == ns for k in local)
+        or any(t >= cutoff for t, _ in records_of_ns)
+    )
+    if len(unused) == len(dirs) and not ns_in_use:
+        last, host = max(records_of_ns, default=(None, ""))
+        mtime = max([ns_mtime, *(c.mtime for c in unused)])
+        whole = Candidate(ns, None, shown, last, host, mtime)
+        whole.size = fstree.tree_size(root_fd, ns, progress)
+        result.candidates.append(whole)
+        return
+    for c in unused:
+        c.size = fstree.tree_size(ns_fd, str(c.directory), progress)
+        result.candidates.append(c)
+
+
+def still_unused(root_fd: int, c: Candidate, cutoff: float, local: set[Key]) -> bool:
+    """The candidate judged again just before removal: nothing used it since the survey."""
+    if any(k[0] == c.namespace and (c.directory is None or k[1] == c.directory) for k in local):
+        return False
+    usage, _ = collect_usage(root_fd, only_namespace=c.namespace)
+    for (_, d), (t, _) in usage.items():
+        if (c.directory is None or d == c.directory) and t >= cutoff:
+            return False
+    path = c.namespace if c.directory is None else f"{c.namespace}/{c.directory}"
+    try:
+        st = os.stat(path, dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False  # gone already
+    return stat.S_ISDIR(st.st_mode) and st.st_mtime < cutoff
+
+
+def prune_old_records(root_fd: int, cutoff: float, progress: fstree.Progress) -> int:
+    """Removes usage records and heartbeats older than the window (they can keep nothing
+    any more), and the record directories left empty; how many records went."""
+    removed = 0
+    agent = records.open_dir(root_fd, (records.AGENT_DIR,), create=False)
+    if agent is None:
+        return 0
+    try:
+        hosts = records.open_dir(agent, (records.HOSTS_DIR,), create=False)
+        if hosts is not None:
+            try:
+                removed += _prune_dir(hosts, cutoff, progress)
+            finally:
+                os.close(hosts)
+        usage = records.open_dir(agent, (records.USAGE_DIR,), create=False)
+        if usage is None:
+            return removed
+        try:
+            for ns in records.subdirs(usage):
+                ns_fd = records.open_dir(usage, (ns,), create=False)
+                if ns_fd is None:
+                    continue
+                try:
+                    for d in records.subdirs(ns_fd):
+                        d_fd = records.open_dir(ns_fd, (d,), create=False)
+                        if d_fd is None:
+                            continue
+                        try:
+                            removed += _prune_dir(d_fd, cutoff, progress)
+                        finally:
+                            os.close(d_fd)
+                        with contextlib.suppress(OSError):
+                            os.rmdir(d, dir_fd=ns_fd)  # only when empty
+                finally:
+                    os.close(ns_fd)
+                with contextlib.suppress(OSError):
+                    os.rmdir(ns, dir_fd=usage)
+        finally:
+            os.close(usage)
+    finally:
+        os.close(agent)
+    return removed
+
+
+def _prune_dir(dir_fd: int, cutoff: float, progress: fstree.Progress) -> int:
+    removed = 0
+    for name, rec in list(records.read_records(dir_fd)):
+        progress.tick()
+        t = _record_time(rec)
+        if t is not None and t < cutoff:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name + records.SUFFIX, dir_fd=dir_fd)
+            removed += 1
+    return removed

@@ -1,0 +1,189 @@
+"""Small JSON records the hosts of a rack share under `<mount point>/.volagent/`.
+
+Heartbeats (`hosts/`) and usage records (`usage/`) live on the shared filesystem so that every
+host sees every other host's. The same safety as the directory walk applies: every component
+is opened relative to its parent with O_NOFOLLOW, every descriptor must be on the shared
+filesystem's device, and a record is replaced atomically (a temporary file, then a rename in
+the same directory), so a reader never sees half a record and a planted symlink is replaced,
+never followed. These functions block: call them through a TimedWorker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import stat
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from volagent.errors import MountUnhealthy, RecordError
+
+AGENT_DIR = ".volagent"
+HOSTS_DIR = "hosts"
+USAGE_DIR = "usage"
+SUFFIX = ".json"
+MAX_RECORD_BYTES = 64 * 1024
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def file_name(name: str) -> str:
+    """A record name that is one safe path component: other characters become `_`, no
+    leading dot (dot files are temporary files), at most 200 bytes."""
+    safe = _UNSAFE.sub("_", name).lstrip(".")[:200]
+    return safe or "unnamed"
+
+
+def open_root(mount_point: str, expected_dev: int | None) -> int:
+    """A descriptor of the mount point, refused unless it is on `expected_dev`."""
+    if expected_dev is None:
+        raise MountUnhealthy(f"{mount_point} is not the healthy shared filesystem")
+    try:
+        fd = os.open(mount_point, _DIR_FLAGS)
+    except OSError as exc:
+        raise MountUnhealthy(f"cannot open {mount_point}: {exc.strerror}") from None
+    if os.fstat(fd).st_dev != expected_dev:
+        os.close(fd)
+        raise MountUnhealthy(f"{mount_point} is not the shared filesystem any more")
+    return fd
+
+
+def open_dir(root_fd: int, parts: Sequence[str], create: bool) -> int | None:
+    """The directory `parts` below `root_fd`, created (0755) where missing when `create`;
+    None when it is missing and not created. Never leaves the device of `root_fd`."""
+    dev = os.fstat(root_fd).st_dev
+    fd = os.dup(root_fd)
+    try:
+        for name in parts:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=fd)
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if create:
+                    raise RecordError(f"{name} vanished while it was being opened") from None
+                os.close(fd)
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise RecordError(f"{name} is not a directory (a symlink or a file)") from None
+                raise RecordError(f"cannot open {name}: {exc.strerror}") from None
+            os.close(fd)
+            fd = child
+            if os.fstat(fd).st_dev != dev:
+                raise RecordError(f"{name} is on another filesystem")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def ensure_dir(root_fd: int, parts: Sequence[str]) -> int:
+    """The directory `parts` below `root_fd`, created (0755) where missing."""
+    fd = open_dir(root_fd, parts, create=True)
+    if fd is None:  # pragma: no cover - open_dir creates or raises
+        raise RecordError(f"cannot create {'/'.join(parts)}")
+    return fd
+
+
+def write_record(dir_fd: int, name: str, record: dict[str, Any]) -> None:
+    """Replaces `<name>.json` in `dir_fd` atomically with `record`."""
+    final = file_name(name) + SUFFIX
+    tmp = f".{final}.{os.getpid()}.{threading.get_ident()}.tmp"
+    data = json.dumps(record, sort_keys=True).encode()
+    try:
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o644,
+            dir_fd=dir_fd,
+        )
+    except FileExistsError:
+        # left behind by a thread that was given up on mid-write: ours to replace
+        os.unlink(tmp, dir_fd=dir_fd)
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o644,
+            dir_fd=dir_fd,
+        )
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)  # a network filesystem answers now, not at some later write-back
+        finally:
+            os.close(fd)
+        # rename replaces whatever has the final name, a symlink included, without following it
+        os.rename(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def remove_record(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(file_name(name) + SUFFIX, dir_fd=dir_fd)
+
+
+def read_record(dir_fd: int, file: str) -> dict[str, Any] | None:
+    """One record by its file name; None when it is not a regular file of valid JSON."""
+    try:
+        # O_NONBLOCK: a FIFO planted under a record's name must not block the reader
+        fd = os.open(
+            file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, MAX_RECORD_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_RECORD_BYTES:
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_records(dir_fd: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every valid record in `dir_fd`, as (name without .json, record). Temporary files,
+    symlinks and anything else are skipped."""
+    for file in list_names(dir_fd):
+        if file.startswith(".") or not file.endswith(SUFFIX):
+            continue
+        record = read_record(dir_fd, file)
+        if record is not None:
+            yield file[: -len(SUFFIX)], record
+
+
+def list_names(dir_fd: int) -> list[str]:
+    """The names in a directory, from its descriptor (the descriptor stays open)."""
+    with os.scandir(dir_fd) as it:
+        return [entry.name for entry in it]
+
+
+def subdirs(dir_fd: int) -> list[str]:
+    """Names of the real directories (not symlinks) in `dir_fd`, dot names left out."""
+    out = []
+    for name in list_names(dir_fd):
+        if name.startswith("."):
+            continue
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            out.append(name)
+    return sorted(out)

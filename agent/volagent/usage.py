@@ -1,0 +1,153 @@
+"""Usage records: which namespace directories the containers of each host use, for gc.
+
+A directory in use is a service directory `<mp>/<rack>-<app>/<dir>` that a bind of a
+container known on this host reaches (created, running or stopped: a stopped container keeps
+its data). Each host keeps one record per directory,
+`<mp>/.volagent/usage/<rack>-<app>/<dir>/<host>.json`, holding the time it last saw the
+directory in use; gc on any host reads them all and takes the newest. A new use is recorded
+within a second; an ongoing one is refreshed every REFRESH_S, so writes stay few. Records are
+written like heartbeats: through the timed worker, only onto the healthy shared filesystem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import posixpath
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from volagent import log, records
+from volagent.errors import VolagentError
+from volagent.state import AgentState, now_iso
+from volagent.worker import TimedWorker
+
+SCAN_INTERVAL_S = 1.0
+REFRESH_S = 300.0
+WRITE_TIMEOUT_S = 10.0
+MAX_CONTAINER_NAMES = 8
+FAILURE_BACKOFF_S = 30.0
+
+Key = tuple[str, str]  # (namespace "<rack>-<app>", directory below it)
+
+
+def key_of(mount_point: str, host_path: str) -> Key | None:
+    """The (namespace, directory) a volume's host path lies in; None for a path that is not
+    at least two levels below the mount point (violations never get this far)."""
+    mp = posixpath.normpath(mount_point)
+    path = posixpath.normpath(host_path)
+    if not path.startswith(mp.rstrip("/") + "/"):
+        return None
+    parts = [p for p in path[len(mp) :].split("/") if p]
+    if len(parts) < 2 or any(p.startswith(".") for p in parts[:2]):
+        return None
+    return parts[0], parts[1]
+
+
+def in_use(state: AgentState) -> dict[Key, list[str]]:
+    """Every directory the containers known here use, with the names of those containers."""
+    mp = state.config.mount_point
+    out: dict[Key, list[str]] = {}
+    for c in state.containers.values():
+        for v in c.volumes:
+            if v.state == "violation":
+                continue
+            key = key_of(mp, v.host)
+            if key is not None:
+                names = out.setdefault(key, [])
+                if c.name not in names:
+                    names.append(c.name or c.id[:12])
+    return out
+
+
+def usage_record(host: str, key: Key, containers: Iterable[str], now: float) -> dict[str, Any]:
+    return {
+        "host": host,
+        "namespace": key[0],
+        "directory": key[1],
+        "time": now,
+        "last_used": now_iso(now),
+        "containers": sorted(containers)[:MAX_CONTAINER_NAMES],
+    }
+
+
+def write_usage(
+    mount_point: str, dev: int | None, host: str, batch: list[tuple[Key, dict[str, Any]]]
+) -> list[Key]:
+    """Blocking: writes each record; the keys written (all of them, or it raised)."""
+    root = records.open_root(mount_point, dev)
+    done = []
+    try:
+        for key, record in batch:
+            parts = (records.AGENT_DIR, records.USAGE_DIR, key[0], key[1])
+            d = records.ensure_dir(root, parts)
+            try:
+                records.write_record(d, host, record)
+            finally:
+                os.close(d)
+            done.append(key)
+    finally:
+        os.close(root)
+    return done
+
+
+class UsageRecorder:
+    """The root task keeping this host's usage records current."""
+
+    def __init__(self, state: AgentState, worker: TimedWorker) -> None:
+        self.state = state
+        self.worker = worker
+        self.log = log.get("usage")
+        self._written: dict[Key, float] = {}  # monotonic time of the last write per key
+        self._failing = False
+        self._retry_at = 0.0
+
+    async def run(self) -> None:
+        while True:
+            await self.record_due()
+            await asyncio.sleep(SCAN_INTERVAL_S)
+
+    def due(self, now_mono: float) -> dict[Key, list[str]]:
+        """Directories in use never recorded by this agent, or not for REFRESH_S."""
+        return {
+            key: names
+            for key, names in in_use(self.state).items()
+            if now_mono - self._written.get(key, -REFRESH_S - 1) > REFRESH_S
+        }
+
+    async def record_due(self) -> int:
+        """Writes the records that are due; how many were written."""
+        st = self.state
+        if not st.mount_healthy or st.mount_dev is None or not st.host_id:
+            return 0
+        if time.monotonic() < self._retry_at:
+            return 0  # a failing filesystem is not asked again every second
+        due = self.due(time.monotonic())
+        if not due:
+            return 0
+        now = time.time()
+        batch = [(key, usage_record(st.host_id, key, names, now)) for key, names in due.items()]
+        call = functools.partial(
+            write_usage, st.config.mount_point, st.mount_dev, st.host_id, batch
+        )
+        try:
+            done = await self.worker.run(call, WRITE_TIMEOUT_S, what="writing usage records")
+        except (VolagentError, OSError) as exc:
+            st.metrics.usage_records.labels(result="failed").inc(len(batch))
+            if not self._failing:
+                self.log.warning("usage_record_failed", reason=str(exc), records=len(batch))
+            self._failing = True
+            self._retry_at = time.monotonic() + FAILURE_BACKOFF_S
+            return 0
+        self._failing = False
+        mono = time.monotonic()
+        for key in done:
+            self._written[key] = mono
+        # directories no container here uses any more need no refreshing
+        for key in set(self._written) - set(in_use(st)):
+            del self._written[key]
+        st.metrics.usage_records.labels(result="written").inc(len(done))
+        self.log.debug("usage_recorded", records=len(done))
+        return len(done)

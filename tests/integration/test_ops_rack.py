@@ -1,0 +1,138 @@
+"""Issue 5 acceptance: two hosts of one rack (two agents, two mount points on the same
+export): `status --rack` on either lists both, a stopped one turns stale; gc lists a
+namespace nobody used and keeps the one a container on the other host uses, and --delete
+removes only the first."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.testbed import (
+    AgentFactory,
+    AgentProcess,
+    Containers,
+    app_labels,
+    unixhttp,
+    volagent_cli,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.mount]
+
+HEALTH = {"heartbeat_interval_s": 0.3, "stale_after_s": 2.0}
+NO_DOCKER = "unix:///nonexistent/docker.sock"  # a host whose Docker is not ours to watch
+DAY = 86400.0
+
+
+def two_hosts(agent_factory: AgentFactory, docker_url: str) -> tuple[AgentProcess, AgentProcess]:
+    """Host a (no Docker) and host b (the session engine), sharing a's export."""
+    a = agent_factory(docker_url=NO_DOCKER, config={"host_id": "host-a", "health": HEALTH})
+    b = agent_factory(
+        docker_url=docker_url,
+        local_tmpfs=False,
+        config={"host_id": "host-b", "health": HEALTH, "mount": {"local_path": a.local_path}},
+    )
+    return a.start(), b.start()
+
+
+def rack(agent: AgentProcess) -> dict[str, dict[str, Any]]:
+    """`volagent status --rack --json` of the agent, hosts by name."""
+    out = volagent_cli(
+        ["status", "--rack", "--json", "--socket", agent.socket_path, "--timeout", "10"]
+    )
+    assert out.returncode in (0, 1, 2), out.stderr
+    doc = json.loads(out.stdout)
+    return {h["host"]: h for h in doc.get("hosts", [])}
+
+
+def wait_until(cond: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = cond()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def metric(agent: AgentProcess, name: str, **labels: str) -> float:
+    status, body = unixhttp.request(agent.socket_path, "GET", "/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_status_rack_lists_both_hosts_and_a_stopped_one_turns_stale(
+    agent_factory: AgentFactory, docker_url: str
+) -> None:
+    a, b = two_hosts(agent_factory, docker_url)
+    for agent in (a, b):
+        hosts = wait_until(
+            lambda agent=agent: (h := rack(agent)).keys() >= {"host-a", "host-b"} and h,
+            "both hosts in the rack view",
+        )
+        assert not hosts["host-a"]["stale"] and not hosts["host-b"]["stale"]
+        for h in hosts.values():
+            assert h["last_seen"].endswith("Z") and h["version"] and h["status"]
+    assert metric(a, "volagent_heartbeats_total", result="written") >= 1
+
+    assert b.stop() == 0
+    hosts = wait_until(
+        lambda: (h := rack(a)).get("host-b", {}).get("stale") and h, "host-b to turn stale"
+    )
+    assert hosts["host-b"]["status"] == "stopped"
+    assert not hosts["host-a"]["stale"]
+    assert metric(a, "volagent_rack_hosts", freshness="stale") == 1
+
+    # the human view names both, the stale one flagged
+    human = volagent_cli(["status", "--rack", "--socket", a.socket_path])
+    assert "host-a" in human.stdout and "host-b" in human.stdout
+    assert "stale" in human.stdout
+
+
+def age(path: str, days: float) -> None:
+    when = time.time() - days * DAY
+    os.utime(path, (when, when))
+
+
+def test_gc_keeps_what_another_host_uses(
+    agent_factory: AgentFactory, docker_url: str, containers: Containers
+) -> None:
+    a, b = two_hosts(agent_factory, docker_url)
+    # r1-used/web is used by a container of host b; r1-old/web by nobody for 90 days
+    used = b.ns("used", "web", "data")
+    cid = containers.create([f"{used}:/data"], labels=app_labels("used", "web"))
+    b.wait_for(
+        lambda d: any(c["id"] == cid for c in d["containers"]), what="the container on host b"
+    )
+    record = os.path.join(a.mount_point, ".volagent", "usage", "r1-used", "web", "host-b.json")
+    wait_until(lambda: os.path.exists(record), "host b's usage record")
+    old = a.ns("old", "web", "data")
+    os.makedirs(old)
+    with open(os.path.join(old, "file"), "wb") as f:
+        f.write(b"z" * 4096)
+    for path in (old, a.ns("old", "web"), a.ns("old"), a.ns("used", "web"), a.ns("used")):
+        age(path, 90)
+
+    listing = volagent_cli(["--config", a.config_path, "gc", "--older-than", "30"])
+    assert listing.returncode == 0, listing.stderr
+    assert a.ns("old") in listing.stdout
+    assert "r1-used" not in listing.stdout
+    assert os.path.isdir(old), "listing must not delete"
+
+    deleting = volagent_cli(["--config", a.config_path, "gc", "--older-than", "30", "--delete"])
+    assert deleting.returncode == 0, deleting.stdout + deleting.stderr
+    assert f"deleted {a.ns('old')}" in deleting.stdout
+    assert not os.path.exists(a.ns("old"))
+    assert os.path.isdir(used)
+    assert os.path.isdir(b.ns("used", "web", "data"))

@@ -1,0 +1,237 @@
+"""Heartbeats on real directories: written atomically where the rack can read them, never
+through a symlink, never while the mount is unhealthy; the rack view flags stale hosts and
+answers its last list when the filesystem does not answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from volagent import records
+from volagent.config import from_dict
+from volagent.errors import MountUnhealthy, RecordError
+from volagent.heartbeat import Heartbeat, rack_view, read_heartbeats, write_heartbeat
+from volagent.state import AgentState
+from volagent.worker import TimedWorker
+
+
+@pytest.fixture
+def mp(tmp_path: Path) -> Path:
+    path = tmp_path / "mp"
+    path.mkdir()
+    return path
+
+
+def make_state(mp: Path, host: str = "host-a", **health: float) -> AgentState:
+    st = AgentState(
+        from_dict(
+            {
+                "rack": "r1",
+                "mount_point": str(mp),
+                "health": {"heartbeat_interval_s": 0.2, "stale_after_s": 1.0, **health},
+            }
+        )
+    )
+    st.host_id = host
+    st.instance_id = "i-0123"
+    st.set_mount_state("mounted")
+    st.set_docker_state("connected")
+    st.mount_dev = os.stat(mp).st_dev
+    return st
+
+
+@pytest.fixture
+def worker() -> Iterator[TimedWorker]:
+    w = TimedWorker("test-records")
+    yield w
+    w.close()
+
+
+def hosts_dir(mp: Path) -> Path:
+    return mp / ".volagent" / "hosts"
+
+
+def test_beat_writes_the_contract_fields(mp: Path, worker: TimedWorker) -> None:
+    st = make_state(mp)
+    assert asyncio.run(Heartbeat(st, worker).beat())
+    rec = json.loads((hosts_dir(mp) / "host-a.json").read_text())
+    assert rec["host"] == "host-a"
+    assert rec["instance_id"] == "i-0123"
+    assert rec["status"] == "ok"
+    assert rec["version"]
+    assert abs(rec["time"] - time.time()) < 3600
+    assert rec["last_seen"].endswith("Z")
+    assert [p.name for p in hosts_dir(mp).iterdir()] == ["host-a.json"]  # no temp file left
+    assert st.metrics.heartbeats.labels(result="written")._value.get() == 1
+
+
+def test_no_heartbeat_while_the_mount_is_unhealthy(mp: Path, worker: TimedWorker) -> None:
+    st = make_state(mp)
+    st.set_mount_state("stalled")
+    st.mount_dev = None
+    assert not asyncio.run(Heartbeat(st, worker).beat())
+    assert not (mp / ".volagent").exists()
+    assert st.metrics.heartbeats.labels(result="skipped")._value.get() == 1
+
+
+def test_write_refuses_another_device(mp: Path) -> None:
+    rec = {"host": "h", "time": time.time()}
+    with pytest.raises(MountUnhealthy):
+        write_heartbeat(str(mp), os.stat(mp).st_dev + 1, rec, None)
+    assert not (mp / ".volagent").exists()
+
+
+def test_a_symlinked_hosts_dir_is_never_followed(mp: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (mp / ".volagent").mkdir()
+    (mp / ".volagent" / "hosts").symlink_to(elsewhere)
+    with pytest.raises(RecordError):
+        write_heartbeat(str(mp), os.stat(mp).st_dev, {"host": "h", "time": 1.0}, None)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_symlink_planted_as_the_record_is_replaced_not_followed(mp: Path, tmp_path: Path) -> None:
+    target = tmp_path / "victim"
+    target.write_text("keep")
+    hosts_dir(mp).mkdir(parents=True)
+    (hosts_dir(mp) / "h.json").symlink_to(target)
+    write_heartbeat(str(mp), os.stat(mp).st_dev, {"host": "h", "time": 1.0}, None)
+    assert target.read_text() == "keep"
+    assert not (hosts_dir(mp) / "h.json").is_symlink()
+    assert json.loads((hosts_dir(mp) / "h.json").read_text())["host"] == "h"
+
+
+def test_host_names_become_safe_file_names(mp: Path) -> None:
+    write_heartbeat(str(mp), os.stat(mp).st_dev, {"host": "../x/y", "time": 1.0}, None)
+    assert [p.name for p in hosts_dir(mp).iterdir()] == ["_x_y.json"]
+
+
+def test_renamed_host_removes_its_former_record(mp: Path, worker: TimedWorker) -> None:
+    st = make_state(mp, host="ip-10-0-0-1")
+    hb = Heartbeat(st, worker)
+    asyncio.run(hb.beat())
+    st.host_id = "i-0abc"  # the instance id became known
+    asyncio.run(hb.beat())
+    assert sorted(p.name for p in hosts_dir(mp).iterdir()) == ["i-0abc.json"]
+
+
+def test_rack_view_flags_stale_hosts_and_skips_garbage(mp: Path) -> None:
+    dev = os.stat(mp).st_dev
+    now = time.time()
+    write_heartbeat(str(mp), dev, {"host": "fresh", "time": now - 1, "status": "ok"}, None)
+    write_heartbeat(str(mp), dev, {"host": "old", "time": now - 100, "status": "ok"}, None)
+    (hosts_dir(mp) / "garbage.json").write_text("{not json")
+    (hosts_dir(mp) / "list.json").write_text("[1, 2]")
+    (hosts_dir(mp) / "notime.json").write_text('{"host": "x"}')
+    os.mkfifo(hosts_dir(mp) / "fifo.json")  # must not block the reader
+    view = rack_view(read_heartbeats(str(mp), dev), stale_after_s=30, now=now)
+    assert [(h["host"], h["stale"]) for h in view] == [("fresh", False), ("old", True)]
+    assert set(view[0]) >= {"host", "instance_id", "status", "version", "last_seen", "stale"}
+
+
+def test_hosts_lists_every_host_sharing_the_directory(mp: Path, worker: TimedWorker) -> None:
+    a, b = make_state(mp, "host-a"), make_state(mp, "host-b")
+
+    async def scenario() -> list[dict[str, object]]:
+        await Heartbeat(b, worker).beat()
+        hb = Heartbeat(a, worker)
+        await hb.beat()
+        return await hb.hosts()
+
+    view = asyncio.run(scenario())
+    assert [(h["host"], h["stale"]) for h in view] == [("host-a", False), ("host-b", False)]
+    assert a.metrics.rack_hosts.labels(freshness="fresh")._value.get() == 2
+
+
+def test_a_host_that_stops_beating_turns_stale(mp: Path, worker: TimedWorker) -> None:
+    a, b = make_state(mp, "host-a"), make_state(mp, "host-b")
+
+    async def scenario() -> list[dict[str, object]]:
+        await Heartbeat(b, worker).beat()
+        hb = Heartbeat(a, worker)
+        task = asyncio.create_task(hb.run())
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                view = await hb.hosts()
+                if any(h["host"] == "host-b" and h["stale"] for h in view):
+                    return view
+                await asyncio.sleep(0.1)
+            raise AssertionError("host-b never turned stale")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    view = asyncio.run(scenario())
+    by_host = {h["host"]: h for h in view}
+    assert by_host["host-b"]["stale"] is True
+    assert by_host["host-a"]["stale"] is False
+
+
+def test_stopping_says_stopped(mp: Path, worker: TimedWorker) -> None:
+    st = make_state(mp)
+
+    async def scenario() -> None:
+        hb = Heartbeat(st, worker)
+        task = asyncio.create_task(hb.run())
+        deadline = time.monotonic() + 30
+        while not (hosts_dir(mp) / "host-a.json").exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert json.loads((hosts_dir(mp) / "host-a.json").read_text())["status"] == "stopped"
+
+
+def test_hosts_answers_the_last_list_when_reading_hangs(mp: Path) -> None:
+    """A read stuck in the filesystem must not hold up the answer: the list read before is
+    answered at once, and reads do not pile up behind the stuck one."""
+    st = make_state(mp)
+    worker = TimedWorker("test-hang", max_threads=4)
+
+    async def scenario() -> tuple[list[dict[str, object]], int]:
+        hb = Heartbeat(st, worker)
+        await hb.beat()
+        release = threading.Event()
+        real_submit = worker.submit
+        calls = 0
+
+        def hung_submit(fn):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            # stuck until released: if hosts() waited for it, the test would never end
+            return real_submit(lambda: (release.wait(), fn())[1])
+
+        worker.submit = hung_submit  # type: ignore[method-assign]
+        try:
+            views = [await hb.hosts() for _ in range(5)]
+        finally:
+            release.set()
+        return views[-1], calls
+
+    view, calls = asyncio.run(scenario())
+    worker.close()
+    assert [h["host"] for h in view] == ["host-a"]
+    assert calls == 1  # one stuck read shared by every caller
+
+
+def test_records_skip_temp_files_and_dirs(mp: Path) -> None:
+    d = mp / "d"
+    d.mkdir()
+    (d / ".x.json.1.tmp").write_text('{"host": "tmp", "time": 1}')
+    (d / "sub.json").mkdir()
+    (d / "ok.json").write_text('{"host": "ok", "time": 1}')
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert [name for name, _ in records.read_records(fd)] == ["ok"]
+    finally:
+        os.close(fd)

@@ -1,0 +1,111 @@
+"""Usage records: one per directory in use and host, written at once for a new use, not
+rewritten before REFRESH_S, never while the mount is unhealthy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from volagent import usage
+from volagent.config import from_dict
+from volagent.state import AgentState, ContainerRecord, VolumeRecord
+from volagent.worker import TimedWorker
+
+
+@pytest.fixture
+def mp(tmp_path: Path) -> Path:
+    path = tmp_path / "mp"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def worker() -> Iterator[TimedWorker]:
+    w = TimedWorker("test-usage")
+    yield w
+    w.close()
+
+
+def make_state(mp: Path, host: str = "host-a") -> AgentState:
+    st = AgentState(from_dict({"rack": "r1", "mount_point": str(mp)}))
+    st.host_id = host
+    st.set_mount_state("mounted")
+    st.mount_dev = os.stat(mp).st_dev
+    return st
+
+
+def add_container(st: AgentState, cid: str, *volumes: tuple[str, str]) -> None:
+    vols = [VolumeRecord(host=h, container="/d", read_only=False, state=s) for h, s in volumes]
+    st.upsert_container(
+        ContainerRecord(id=cid, name=f"c-{cid}", rack="r1", app="a", service="web", volumes=vols)
+    )
+
+
+def test_key_of_takes_namespace_and_directory(mp: Path) -> None:
+    assert usage.key_of(str(mp), f"{mp}/r1-a/web/var/data") == ("r1-a", "web")
+    assert usage.key_of(str(mp), f"{mp}/r1-a/shared") == ("r1-a", "shared")
+    assert usage.key_of(str(mp), f"{mp}/r1-a") is None
+    assert usage.key_of(str(mp), f"{mp}/.volagent/hosts") is None
+    assert usage.key_of(str(mp), "/elsewhere/r1-a/web") is None
+
+
+def test_new_use_is_recorded_once_per_directory(mp: Path, worker: TimedWorker) -> None:
+    st = make_state(mp)
+    add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"), (f"{mp}/r1-a/web/logs", "late"))
+    add_container(st, "2", (f"{mp}/r1-a/worker/x", "pending"), (f"{mp}/r1-b/web/x", "violation"))
+    rec = usage.UsageRecorder(st, worker)
+    assert asyncio.run(rec.record_due()) == 2
+    base = mp / ".volagent" / "usage"
+    web = json.loads((base / "r1-a" / "web" / "host-a.json").read_text())
+    assert web["host"] == "host-a"
+    assert web["namespace"] == "r1-a"
+    assert web["directory"] == "web"
+    assert web["containers"] == ["c-1"]
+    assert (base / "r1-a" / "worker" / "host-a.json").exists()
+    assert not (base / "r1-b").exists()  # a violation is no use
+    # nothing due again before REFRESH_S
+    assert asyncio.run(rec.record_due()) == 0
+    add_container(st, "3", (f"{mp}/r1-c/web/x", "ready"))
+    assert asyncio.run(rec.record_due()) == 1
+    assert st.metrics.usage_records.labels(result="written")._value.get() == 3
+
+
+def test_use_is_refreshed_after_refresh_interval(mp: Path, worker: TimedWorker) -> None:
+    st = make_state(mp)
+    add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
+    rec = usage.UsageRecorder(st, worker)
+    asyncio.run(rec.record_due())
+    assert rec.due(time.monotonic()) == {}
+    assert list(rec.due(time.monotonic() + usage.REFRESH_S + 1)) == [("r1-a", "web")]
+
+
+def test_nothing_is_written_while_the_mount_is_unhealthy(mp: Path, worker: TimedWorker) -> None:
+    st = make_state(mp)
+    add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
+    st.set_mount_state("unmounted")
+    st.mount_dev = None
+    assert asyncio.run(usage.UsageRecorder(st, worker).record_due()) == 0
+    assert not (mp / ".volagent").exists()
+
+
+def test_a_failed_write_is_counted_and_retried_later(
+    mp: Path, tmp_path: Path, worker: TimedWorker
+) -> None:
+    st = make_state(mp)
+    add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
+    (mp / ".volagent").mkdir()
+    (mp / ".volagent" / "usage").symlink_to(tmp_path)  # planted: never followed
+    rec = usage.UsageRecorder(st, worker)
+    assert asyncio.run(rec.record_due()) == 0
+    assert st.metrics.usage_records.labels(result="failed")._value.get() == 1
+    assert not (tmp_path / "r1-a").exists()
+    (mp / ".volagent" / "usage").unlink()
+    assert asyncio.run(rec.record_due()) == 0  # backing off
+    rec._retry_at = 0.0
+    assert asyncio.run(rec.record_due()) == 1

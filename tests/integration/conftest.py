@@ -8,7 +8,7 @@ package in a fixture of its own scope.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import docker
@@ -16,16 +16,15 @@ import pytest
 
 from tests.integration.testbed import (
     IMAGE,
+    AgentFactory,
     AgentProcess,
     Containers,
     Dockerd,
+    DockerdFactory,
     build_rootfs_tar,
     ensure_image,
 )
 from tests.integration.testbed import mounts as testbed_mounts
-
-DockerdFactory = Callable[..., Dockerd]
-AgentFactory = Callable[..., AgentProcess]
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,13 @@ def remove_tree(root: str) -> None:
     umount_all_under(root)
     if mounts_under(root):
         raise RuntimeError(f"mounts left under {root}: {mounts_under(root)}")
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        shutil.rmtree(root)
+    except OSError:
+        # volagent marks an empty mount point immutable so nothing lands on the disk below
+        # while it is unmounted; lift that (symlinks are not followed by chattr -R)
+        subprocess.run(["chattr", "-R", "-i", root], check=False, capture_output=True)
+        shutil.rmtree(root)
 
 
 def mount_tmpfs(path: str, size: str = "64m") -> None:

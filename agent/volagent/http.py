@@ -117,6 +117,9 @@ class HttpServer:
         self.max_connections = max_connections
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task[None]] = set()
+        # connections between the first byte of a request and the end of its answer
+        self._busy: set[asyncio.Task[None]] = set()
+        self._draining = False
         self._unix_paths: list[tuple[str, int, int]] = []  # path, st_dev, st_ino we bound
         self._log = log.get("http", server=name)
 
@@ -156,10 +159,21 @@ class HttpServer:
                     return int(s.getsockname()[1])
         return None
 
-    async def close(self) -> None:
-        """Stops listening, drops open connections and removes the socket files it made."""
+    async def close(self, grace: float = 0.0) -> None:
+        """Stops listening, drops open connections and removes the socket files it made.
+
+        With `grace`, requests already begun get up to that many seconds to be answered
+        first, each answer saying `Connection: close`: a client whose request is cut off
+        cannot know whether it was acted on (dockerd fails the API call it was asking about).
+        A listening socket handed over by systemd stays open in systemd, so new connections
+        wait in its backlog for the next process instead of being refused."""
+        self._draining = True
         for server in self._servers:
             server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self._busy and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -193,6 +207,7 @@ class HttpServer:
             self._log.error("http_connection_error", error=repr(exc))
         finally:
             self._connections.discard(task)
+            self._busy.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
@@ -215,7 +230,9 @@ class HttpServer:
             resp = await self._dispatch(req)
             if req.method == "HEAD":
                 resp = Response(resp.status, b"", resp.content_type, resp.headers)
+            keep_alive = keep_alive and not self._draining
             await self._send(writer, resp, not keep_alive)
+            self._busy.discard(asyncio.current_task())
             if not keep_alive:
                 return
 
@@ -240,6 +257,9 @@ class HttpServer:
             await conn.fill(self.idle_timeout, quiet=True)
         if conn.buf[0] in b"\r\n":
             del conn.buf[: len(conn.buf) - len(conn.buf.lstrip(b"\r\n"))]
+        task = asyncio.current_task()
+        if task is not None:
+            self._busy.add(task)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.header_timeout
         while (end := conn.buf.find(b"\r\n\r\n")) < 0:

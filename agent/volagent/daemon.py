@@ -24,6 +24,7 @@ from volagent.config import Config
 from volagent.config_watch import ConfigWatch
 from volagent.docker_watch import DockerWatch
 from volagent.errors import ConfigError
+from volagent.guard import Guard
 from volagent.heartbeat import Heartbeat
 from volagent.http import HttpServer
 from volagent.mount import MountManager
@@ -99,6 +100,10 @@ class Daemon:
         server = HttpServer("api", api.handle)
         await server.start_unix(cfg.api.socket, sock=inherited.get("api"))
         self._servers.append(server)
+        if cfg.guard.enabled:
+            guard = Guard(self.state, self.preparer).server()
+            await guard.start_unix(cfg.guard.plugin_socket, sock=inherited.get("guard"), mode=0o600)
+            self._servers.append(guard)
         if cfg.api.metrics_address:
             host, _, port = cfg.api.metrics_address.rpartition(":")
             await server.start_tcp(host or "127.0.0.1", int(port))
@@ -174,7 +179,9 @@ class Daemon:
                 self.log.warning("task_did_not_stop", task=task.get_name())
         for server in self._servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.close(), 2.0)
+                # requests begun are answered first: dockerd fails a call whose answer is lost
+                drain = self.state.config.directories.timeout_s + 1.0
+                await asyncio.wait_for(server.close(grace=drain), drain + 2.0)
         self.worker.close()
         self.records_worker.close()
         self.log.info("stopped", exit_code=self.exit_code)

@@ -1,0 +1,304 @@
+"""The start guard: volagent as Docker's authorization plugin (`--authorization-plugin=volagent`).
+
+dockerd asks before every API call. `POST /containers/create` is answered only after every
+directory of the container's binds under the mount point exists with its owner and mode, so
+the container can never start before them; a create that would break the namespace rules,
+or write to local disk because the mount is not healthy, is denied with a message saying
+why and what to do. `POST /containers/{id}/start` (and restart) is denied while the mount is
+unhealthy for a container that binds under it, judged from memory. Everything else is
+allowed at once, without reading the request body.
+
+Decisions never wait on a hung filesystem: the mount state is known in memory, and the
+directory walk runs in the timed worker, so a hang becomes a deny within the timeout.
+
+Errors in the guard's own logic fail open: the request is allowed, the error logged, counted
+(`volagent_guard_decisions{result="error"}`) and shown as a status warning. A guard that
+denied on its own bugs would turn one bug into an outage of every Docker call on the host;
+allowing leaves Docker behaving as it would without volagent, and the Docker watch still
+prepares the directories and reports a container that came first as `late`. Failures of
+the world (a hung filesystem, a body that cannot be read) are not bugs: they are denied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from volagent import log
+from volagent.guard_memory import GuardMemory, Known
+from volagent.guard_protocol import (
+    ACTIVATE_BODY,
+    ALLOW_BODY,
+    MAX_FORWARDED_BODY,
+    AuthzRequest,
+    CreateBodyError,
+    PluginRequestError,
+    Route,
+    created_id,
+    decision_body,
+    error_body,
+    header,
+    parse_authz_request,
+    parse_create_body,
+    route,
+)
+from volagent.http import HttpServer, Request, Response
+from volagent.preparer import Outcome, Preparer
+from volagent.state import AgentState, VolumeRecord
+
+PLUGIN_CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+# dockerd keeps its plugin connections open and owns their lifetime: closing one while it
+# sits idle races with dockerd reusing it, and a request lost that way fails a Docker call.
+IDLE_TIMEOUT_S = 24 * 3600.0
+# AuthZRes carries Docker's whole JSON answer (a long `docker ps -a` included)
+MAX_PLUGIN_BODY = 64 << 20
+MAX_CONNECTIONS = 1024
+# on top of the directory timeout, for the walk's queueing and the loop's own latency
+PREPARE_GRACE_S = 1.0
+
+
+class Guard:
+    """The plugin's request handler. `server()` makes the HTTP server for it."""
+
+    def __init__(self, state: AgentState, preparer: Preparer) -> None:
+        self.state = state
+        self.preparer = preparer
+        self.memory = GuardMemory(state)
+        self.log = log.get("guard")
+        self._allow = Response(200, ALLOW_BODY, PLUGIN_CONTENT_TYPE)
+
+    def server(self) -> HttpServer:
+        return HttpServer(
+            "guard",
+            self.handle,
+            max_body=MAX_PLUGIN_BODY,
+            idle_timeout=IDLE_TIMEOUT_S,
+            max_connections=MAX_CONNECTIONS,
+        )
+
+    # --- HTTP ---------------------------------------------------------------------------
+    async def handle(self, req: Request) -> Response:
+        if req.path == "/AuthZPlugin.AuthZRes":
+            return self._on_response(req)
+        if req.path == "/AuthZPlugin.AuthZReq":
+            if req.method != "POST":
+                return self._error(405, "use POST")
+            if req.peer_uid not in (None, 0):
+                return self._error(403, "only root (dockerd) may ask the start guard")
+            return await self._on_request(req.body)
+        if req.path == "/Plugin.Activate":
+            return Response(200, ACTIVATE_BODY, PLUGIN_CONTENT_TYPE)
+        return self._error(404, f"no such plugin endpoint {req.path}")
+
+    def _error(self, status: int, message: str) -> Response:
+        return Response(status, error_body(message), PLUGIN_CONTENT_TYPE)
+
+    def _on_response(self, req: Request) -> Response:
+        """AuthZRes: always allowed. Only a create's answer is read, for the new id."""
+        body = req.body.strip()
+        if not (body.startswith(b"{") and body.endswith(b"}")):
+            return self._error(400, "plugin request must be a JSON object")
+        if b"create" not in body:
+            return self._allow
+        try:
+            authz = parse_authz_request(body)
+        except PluginRequestError as exc:
+            return self._error(400, str(exc))
+        if route(authz.method, authz.uri).kind == "create" and authz.body is not None:
+            known = self.memory.created(
+                authz.uri, authz.body, created_id(authz.response_body) if authz.status else ""
+            )
+            if known is not None:
+                self.log.debug("guard_learned", container=known.id[:12], name=known.name)
+        return self._allow
+
+    async def _on_request(self, raw: bytes) -> Response:
+        try:
+            authz = parse_authz_request(raw)
+        except PluginRequestError as exc:
+            self.log.warning("guard_bad_request", error=str(exc))
+            return self._error(400, str(exc))
+        where = route(authz.method, authz.uri)
+        if where.kind == "other" or not self.state.guard.enabled:
+            return self._allow  # not counted: the hot path stays a dictionary lookup
+        started = time.perf_counter()
+        try:
+            if where.kind == "create":
+                denial = await self._judge_create(authz, where)
+            else:
+                denial = await self._judge_start(where)
+        except Exception as exc:
+            return self._failed_open(authz, where, exc, started)
+        return self._decided(denial, where, started)
+
+    def _decided(self, denial: str | None, where: Route, started: float) -> Response:
+        st = self.state
+        st.metrics.guard_seconds.observe(time.perf_counter() - started)
+        if denial is None:
+            st.guard.allowed += 1
+            st.metrics.guard_decisions.labels(result="allow").inc()
+            return self._allow
+        st.guard.denied += 1
+        st.metrics.guard_decisions.labels(result="deny").inc()
+        self.log.info(
+            "guard_denied",
+            action=where.kind,
+            container=where.container or where.name,
+            reason=denial,
+        )
+        return Response(200, decision_body(False, denial), PLUGIN_CONTENT_TYPE)
+
+    def _failed_open(
+        self, authz: AuthzRequest, where: Route, exc: Exception, started: float
+    ) -> Response:
+        st = self.state
+        st.metrics.guard_seconds.observe(time.perf_counter() - started)
+        st.guard.allowed += 1
+        st.metrics.guard_decisions.labels(result="error").inc()
+        st.warn(
+            "guard-error",
+            f"the start guard failed on {authz.method} {authz.uri[:120]} and allowed it "
+            f"unchecked ({type(exc).__name__}: {exc}); see the log",
+        )
+        self.log.exception("guard_error", action=where.kind, uri=authz.uri[:200])
+        return self._allow
+
+    # --- create -------------------------------------------------------------------------
+    async def _judge_create(self, authz: AuthzRequest, where: Route) -> str | None:
+        if authz.body is None:
+            return _no_body_message(authz)
+        try:
+            create = parse_create_body(authz.body, where.name)
+        except CreateBodyError as exc:
+            return f"volagent cannot read this create request: {exc}"
+        spec = create.spec
+        inherited = self.memory.volumes_from(create.volumes_from)
+        outcome = self.preparer.outcome_of(spec)
+        who = _who(where.name)
+        if outcome is None:
+            if inherited and not self.state.mount_healthy:
+                return self._unhealthy_message(who, [v.host for v in inherited])
+            return None
+        cfg = self.state.config.guard
+        if outcome.violations and cfg.violations == "deny":
+            return _violation_message(who, outcome, self.state.config.mount_point)
+        if not self.state.mount_healthy:
+            denial = self._unhealthy_message(who, [v.host for v in outcome.volumes])
+            if denial:
+                return denial
+            self.memory.expect(authz.uri, authz.body, Known(where.name, outcome.volumes, spec))
+            return None
+        prepared = await self._prepare(spec, outcome)
+        denial = self._judge_prepared(who, prepared)
+        if denial is None:
+            known = Known(where.name, prepared.volumes, spec, inherited)
+            self.memory.expect(authz.uri, authz.body, known)
+        return denial
+
+    async def _prepare(self, spec: Any, outcome: Outcome) -> Outcome:
+        budget = self.state.config.directories.timeout_s + PREPARE_GRACE_S
+        try:
+            prepared = await asyncio.wait_for(self.preparer.prepare(spec, track=False), budget)
+        except TimeoutError:
+            for vol in outcome.volumes:
+                if vol.state not in ("violation", "ready"):
+                    vol.state, vol.error = (
+                        "failed",
+                        f"preparing {vol.host} did not finish within {budget:g}s: "
+                        "the filesystem is not answering",
+                    )
+            return outcome
+        return prepared if prepared is not None else outcome
+
+    def _judge_prepared(self, who: str, prepared: Outcome) -> str | None:
+        cfg = self.state.config.guard
+        if prepared.violations and cfg.violations == "deny":
+            return _violation_message(who, prepared, self.state.config.mount_point)
+        pending = [v for v in prepared.volumes if v.state == "pending"]
+        if pending:
+            denial = self._unhealthy_message(who, [v.host for v in pending])
+            if denial:
+                return denial
+        failed = [v for v in prepared.volumes if v.state == "failed"]
+        if failed:
+            return _failed_message(who, failed, self.state.mount.state)
+        return None
+
+    # --- start --------------------------------------------------------------------------
+    async def _judge_start(self, where: Route) -> str | None:
+        known = self.memory.find(where.container)
+        if known is None or not known.all_volumes:
+            return None  # not volagent's: unlabeled, or no bind under the mount point
+        who = _who(known.name or where.container)
+        if not self.state.mount_healthy:
+            return self._unhealthy_message(who, [v.host for v in known.all_volumes], where.action)
+        if self.state.config.guard.violations == "deny":
+            bad = [v for v in known.volumes if v.state == "violation"]
+            if bad:
+                return _violation_list(who, bad)
+        unready = [v for v in known.volumes if v.state not in ("ready", "late")]
+        if unready and known.spec is not None:
+            outcome = self.preparer.outcome_of(known.spec)
+            if outcome is not None:
+                prepared = await self._prepare(known.spec, outcome)
+                known.volumes = prepared.volumes
+                return self._judge_prepared(who, prepared)
+        return None
+
+    # --- messages -----------------------------------------------------------------------
+    def _unhealthy_message(self, who: str, hosts: list[str], action: str = "create") -> str | None:
+        """The denial for a container binding under an unhealthy mount; None when the
+        config lets such containers through (`when_unhealthy = "allow"`)."""
+        if self.state.config.guard.when_unhealthy != "deny":
+            return None
+        mount = self.state.mount
+        why = f" ({mount.error})" if mount.error else ""
+        shown = ", ".join(sorted(set(hosts))[:3]) + (" ..." if len(set(hosts)) > 3 else "")
+        verb = "started" if action == "start" else "restarted" if action == "restart" else "created"
+        return (
+            f"volagent: the shared filesystem at {mount.mount_point} is {mount.state}{why}; "
+            f"{who} binds {shown} there, so it is not {verb}: its data would go to the "
+            "local disk or hang. Retry once `volagent status` shows the mount mounted; to "
+            'let such containers through anyway set [guard] when_unhealthy = "allow".'
+        )
+
+
+def _who(name: str) -> str:
+    return f"container {name}" if name else "this container"
+
+
+def _violation_list(who: str, bad: list[VolumeRecord], namespace: str = "") -> str:
+    reasons = "; ".join(f"{v.host}: {v.error}" for v in bad[:3])
+    where = f" ({namespace}/<service>/...)" if namespace else ""
+    return (
+        f"volagent: {who} breaks the volume namespace rules: {reasons}. Bind only paths "
+        f"under its own app's namespace{where}; `volagent paths --app APP --service "
+        "SERVICE PATH` prints them."
+    )
+
+
+def _violation_message(who: str, outcome: Outcome, mount_point: str) -> str:
+    ident = outcome.identity
+    ns = f"{mount_point.rstrip('/')}/{ident.namespace}" if ident.app and ident.rack else ""
+    return _violation_list(who, outcome.violations, ns)
+
+
+def _failed_message(who: str, failed: list[VolumeRecord], mount_state: str) -> str:
+    reasons = "; ".join(f"{v.error}" for v in failed[:3])
+    return (
+        f"volagent could not prepare the directories of {who}: {reasons} (mount "
+        f"{mount_state}). The container was not created; check `volagent status` and "
+        "retry."
+    )
+
+
+def _no_body_message(authz: AuthzRequest) -> str:
+    ctype = header(authz.headers, "Content-Type") or "none"
+    length = header(authz.headers, "Content-Length") or "unknown"
+    return (
+        "volagent cannot check this create request: Docker passes a request body to "
+        f"authorization plugins only for Content-Type application/json under "
+        f"{MAX_FORWARDED_BODY} bytes, and this one had Content-Type {ctype}, length "
+        f"{length}. Send the container config as JSON (as the docker CLI does)."
+    )

@@ -1,0 +1,110 @@
+"""What the start guard remembers about containers, so a start is judged from memory.
+
+A create the guard allowed is held under its request (URI and body) until Docker's answer
+names the new container's id (AuthZRes), then kept by id and by name. A start is looked up
+here first, then in the daemon's state (containers the Docker watch inspected, those
+created before the guard ran included). Both tables are bounded: the oldest entries go.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from volagent.preparer import ContainerSpec
+from volagent.state import AgentState, VolumeRecord
+
+MAX_KNOWN = 8192
+MAX_PENDING = 512
+
+
+@dataclass
+class Known:
+    """A container with binds under the mount point, as the guard last saw it."""
+
+    name: str
+    volumes: list[VolumeRecord]
+    spec: ContainerSpec | None = None  # from the create body: lets a start re-prepare
+    inherited: list[VolumeRecord] = field(default_factory=list)  # through VolumesFrom
+    id: str = ""
+
+    @property
+    def all_volumes(self) -> list[VolumeRecord]:
+        return [*self.volumes, *self.inherited]
+
+
+class GuardMemory:
+    """Containers by id and name; creates waiting for their id. Owned by the event loop."""
+
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+        self._by_id: OrderedDict[str, Known] = OrderedDict()
+        self._by_name: dict[str, str] = {}
+        self._pending: OrderedDict[tuple[str, bytes], Known] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    # --- creates ------------------------------------------------------------------------
+    def expect(self, uri: str, body: bytes, known: Known) -> None:
+        """An allowed create: remembered until Docker answers it."""
+        self._pending[(uri, body)] = known
+        self._pending.move_to_end((uri, body))
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popitem(last=False)
+
+    def created(self, uri: str, body: bytes, container_id: str) -> Known | None:
+        """Docker answered the create: the container is known by its id from now on."""
+        known = self._pending.pop((uri, body), None)
+        if known is None or not container_id:
+            return None
+        known.id = container_id
+        self._by_id[container_id] = known
+        self._by_id.move_to_end(container_id)
+        if known.name:
+            self._by_name[known.name] = container_id
+        while len(self._by_id) > MAX_KNOWN:
+            old_id, old = self._by_id.popitem(last=False)
+            if old.name and self._by_name.get(old.name) == old_id:
+                del self._by_name[old.name]
+        return known
+
+    # --- lookups ------------------------------------------------------------------------
+    def find(self, ref: str) -> Known | None:
+        """The container a start names (full id, unique id prefix or name), from the
+        guard's memory first, then from the daemon's state; None when neither knows it."""
+        ref = ref.lstrip("/")
+        if not ref:
+            return None
+        hit = self._by_id.get(ref)
+        if hit is None and ref in self._by_name:
+            hit = self._by_id.get(self._by_name[ref])
+        if hit is not None:
+            return hit
+        return self._from_state(ref) or self._by_prefix(ref)
+
+    def _from_state(self, ref: str) -> Known | None:
+        containers = self.state.containers
+        record = containers.get(ref)
+        if record is None:
+            named = [c for c in containers.values() if c.name == ref]
+            prefixed = [c for c in containers.values() if c.id.startswith(ref)]
+            matches = named or prefixed
+            record = matches[0] if len(matches) == 1 else None
+        if record is None:
+            return None
+        return Known(name=record.name, volumes=list(record.volumes), id=record.id)
+
+    def _by_prefix(self, ref: str) -> Known | None:
+        matches = [k for cid, k in self._by_id.items() if cid.startswith(ref)]
+        return matches[0] if len(matches) == 1 else None
+
+    def volumes_from(self, refs: list[str]) -> list[VolumeRecord]:
+        """The binds under the mount point a container inherits through VolumesFrom
+        (`name[:ro|:rw]`), as far as anyone knows them."""
+        out: list[VolumeRecord] = []
+        for ref in refs:
+            source = self.find(ref.split(":", 1)[0])
+            if source is not None:
+                out.extend(source.all_volumes)
+        return out

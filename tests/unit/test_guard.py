@@ -1,0 +1,365 @@
+"""The start guard's decisions on real directories: creates prepared before the answer,
+violations and unhealthy mounts denied with a reason, starts judged from memory, a stuck
+filesystem denied in time, and the guard's own errors failing open."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from volagent.config import from_dict
+from volagent.guard import Guard
+from volagent.http import Request, Response
+from volagent.preparer import Preparer
+from volagent.state import AgentState, ContainerRecord, VolumeRecord
+from volagent.worker import TimedWorker
+
+pytestmark = [pytest.mark.mount]  # chown to other users needs root
+
+LABELS = {"convox.app": "a", "convox.service": "web", "volagent.owner": "33:33"}
+CID = "f" * 64
+
+
+@pytest.fixture
+def mp(tmp_path: Path) -> Path:
+    path = tmp_path / "mp"
+    path.mkdir()
+    return path
+
+
+def make_state(mp: Path, **guard: Any) -> AgentState:
+    cfg = from_dict(
+        {
+            "rack": "r1",
+            "mount_point": str(mp),
+            "guard": {"enabled": True, **guard},
+            "directories": {"timeout_s": 0.5},
+        }
+    )
+    st = AgentState(cfg)
+    st.set_mount_state("mounted")
+    st.set_docker_state("connected")
+    st.mount_dev = os.stat(mp).st_dev
+    return st
+
+
+@pytest.fixture
+def worker() -> Iterator[TimedWorker]:
+    w = TimedWorker("test-guard", max_threads=1)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def state(mp: Path) -> AgentState:
+    return make_state(mp)
+
+
+@pytest.fixture
+def guard(state: AgentState, worker: TimedWorker) -> Guard:
+    return Guard(state, Preparer(state, worker))
+
+
+def plugin_body(method: str, uri: str, body: Any = None, **extra: Any) -> bytes:
+    doc: dict[str, Any] = {
+        "User": "",
+        "RequestMethod": method,
+        "RequestUri": uri,
+        "RequestHeaders": {"Content-Type": "application/json"},
+    }
+    if body is not None:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        doc["RequestBody"] = base64.b64encode(raw).decode()
+    doc.update(extra)
+    return json.dumps(doc).encode()
+
+
+def ask(g: Guard, raw: bytes, path: str = "/AuthZPlugin.AuthZReq", uid: int = 0) -> Response:
+    req = Request("POST", path, {}, {}, raw, peer_uid=uid)
+    return asyncio.run(g.handle(req))
+
+
+def decision(resp: Response) -> dict[str, Any]:
+    assert resp.status == 200, resp.body
+    doc = json.loads(resp.body)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def create_body(*binds: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "Image": "busybox",
+        "Labels": LABELS if labels is None else labels,
+        "HostConfig": {"Binds": list(binds)},
+    }
+
+
+def create(g: Guard, *binds: str, name: str = "web-1", **kw: Any) -> dict[str, Any]:
+    uri = f"/v1.41/containers/create?name={name}"
+    return decision(ask(g, plugin_body("POST", uri, create_body(*binds, **kw))))
+
+
+def learn_id(g: Guard, body: dict[str, Any], name: str, cid: str) -> None:
+    """What dockerd sends after the create: AuthZRes with Docker's answer."""
+    raw = plugin_body(
+        "POST",
+        f"/containers/create?name={name}",
+        body,
+        ResponseStatusCode=201,
+        ResponseBody=base64.b64encode(json.dumps({"Id": cid}).encode()).decode(),
+    )
+    assert decision(ask(g, raw, "/AuthZPlugin.AuthZRes")) == {"Allow": True}
+
+
+def owner_mode(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+# --- the protocol ---------------------------------------------------------------------------
+def test_activate_says_authz(guard: Guard) -> None:
+    assert decision(ask(guard, b"", "/Plugin.Activate")) == {"Implements": ["authz"]}
+
+
+def test_other_requests_are_allowed_and_not_counted(guard: Guard, state: AgentState) -> None:
+    for method, uri in (("GET", "/v1.41/containers/json"), ("POST", "/v1.41/containers/x/stop")):
+        assert decision(ask(guard, plugin_body(method, uri))) == {"Allow": True}
+    assert (state.guard.allowed, state.guard.denied) == (0, 0)
+
+
+def test_responses_are_always_allowed(guard: Guard) -> None:
+    raw = plugin_body("GET", "/v1.41/containers/json", ResponseStatusCode=200)
+    assert decision(ask(guard, raw, "/AuthZPlugin.AuthZRes")) == {"Allow": True}
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "status"),
+    [
+        ("/AuthZPlugin.AuthZReq", b"", 400),
+        ("/AuthZPlugin.AuthZReq", b"{not json", 400),
+        ("/AuthZPlugin.AuthZReq", b'{"RequestMethod":"GET"}', 400),
+        ("/AuthZPlugin.AuthZRes", b"garbage", 400),
+        ("/AuthZPlugin.AuthZRes", b'{"RequestUri":"/containers/create","RequestBody":"%"}', 400),
+        ("/Nope", b"{}", 404),
+    ],
+)
+def test_malformed_plugin_requests_get_an_error(
+    guard: Guard, path: str, raw: bytes, status: int
+) -> None:
+    resp = ask(guard, raw, path)
+    assert resp.status == status
+    doc = json.loads(resp.body)
+    assert doc["Allow"] is False and doc["Err"]
+
+
+def test_only_root_may_ask(guard: Guard, mp: Path) -> None:
+    raw = plugin_body("POST", "/containers/create", create_body(f"{mp}/r1-a/web/data:/data"))
+    assert ask(guard, raw, uid=1000).status == 403
+    assert not (mp / "r1-a").exists()
+
+
+# --- create ---------------------------------------------------------------------------------
+def test_create_prepares_before_answering(guard: Guard, state: AgentState, mp: Path) -> None:
+    assert create(guard, f"{mp}/r1-a/web/data:/data") == {"Allow": True}
+    assert owner_mode(mp / "r1-a/web/data") == (33, 33, 0o755)
+    assert owner_mode(mp / "r1-a") == (0, 0, 0o755)
+    assert (state.guard.allowed, state.guard.denied) == (1, 0)
+    assert state.metrics.guard_decisions.labels(result="allow")._value.get() == 1
+
+
+def test_unlabeled_and_outside_binds_are_untouched(guard: Guard, mp: Path, tmp_path: Path) -> None:
+    assert create(guard, f"{mp}/r1-a/web/data:/data", labels={}) == {"Allow": True}
+    assert create(guard, f"{tmp_path}/elsewhere:/data") == {"Allow": True}
+    assert os.listdir(mp) == []
+
+
+@pytest.mark.parametrize(
+    ("rel", "fragment"),
+    [
+        ("r1-b/web/data", "outside app a's namespace"),
+        ("r1-a/../r1-b/web/data", "escapes through '..'"),
+        ("", "mount point root"),
+        ("r1-a", "namespace root"),
+    ],
+)
+def test_violations_are_denied_and_nothing_is_created(
+    guard: Guard, state: AgentState, mp: Path, rel: str, fragment: str
+) -> None:
+    host = f"{mp}/{rel}".rstrip("/")
+    answer = create(guard, f"{mp}/r1-a/web/ok:/ok", f"{host}:/data")
+    assert answer["Allow"] is False
+    assert fragment in answer["Msg"] and "volagent paths" in answer["Msg"]
+    assert os.listdir(mp) == []
+    assert state.guard.denied == 1
+
+
+def test_a_planted_symlink_is_denied(guard: Guard, mp: Path, tmp_path: Path) -> None:
+    (mp / "r1-a").mkdir()
+    target = tmp_path / "etc"
+    target.mkdir()
+    (mp / "r1-a" / "web").symlink_to(target)
+    answer = create(guard, f"{mp}/r1-a/web/data:/data")
+    assert answer["Allow"] is False
+    assert "symlink" in answer["Msg"]
+    assert os.listdir(target) == []
+
+
+def test_warn_mode_lets_violations_through(mp: Path, worker: TimedWorker) -> None:
+    st = make_state(mp, violations="warn")
+    g = Guard(st, Preparer(st, worker))
+    assert create(g, f"{mp}/r1-b/web/data:/data", f"{mp}/r1-a/web/ok:/ok") == {"Allow": True}
+    assert (mp / "r1-a/web/ok").is_dir()
+    assert not (mp / "r1-b").exists()
+
+
+@pytest.mark.parametrize("mount_state", ["unmounted", "stalled", "mounting"])
+def test_unhealthy_mount_denies_creates_naming_the_state(
+    guard: Guard, state: AgentState, mp: Path, mount_state: str
+) -> None:
+    state.set_mount_state(mount_state, "probe timed out")
+    answer = create(guard, f"{mp}/r1-a/web/data:/data")
+    assert answer["Allow"] is False
+    assert f"is {mount_state} (probe timed out)" in answer["Msg"]
+    assert 'when_unhealthy = "allow"' in answer["Msg"]
+    assert os.listdir(mp) == []
+    # containers without binds under the mount point keep working
+    assert create(guard, "/tmp/x:/x") == {"Allow": True}
+    assert decision(ask(guard, plugin_body("POST", "/containers/create", {"Image": "x"}))) == {
+        "Allow": True
+    }
+
+
+def test_when_unhealthy_allow_lets_them_through(mp: Path, worker: TimedWorker) -> None:
+    st = make_state(mp, when_unhealthy="allow")
+    st.set_mount_state("unmounted")
+    g = Guard(st, Preparer(st, worker))
+    assert create(g, f"{mp}/r1-a/web/data:/data") == {"Allow": True}
+    assert os.listdir(mp) == []  # never created while the mount is not the shared one
+
+
+def test_a_stuck_filesystem_is_a_deny_in_time(guard: Guard, worker: TimedWorker, mp: Path) -> None:
+    # the worker's only thread is stuck, as it would be in the kernel on a hung mount
+    release = threading.Event()
+    worker.submit(release.wait)
+    try:
+        answer = create(guard, f"{mp}/r1-a/web/data:/data")
+    finally:
+        release.set()
+    assert answer["Allow"] is False
+    assert "did not finish within" in answer["Msg"]
+    assert "not answering" in answer["Msg"]
+
+
+def test_a_create_without_body_is_denied(guard: Guard) -> None:
+    raw = plugin_body("POST", "/v1.41/containers/create")
+    answer = decision(ask(guard, raw))
+    assert answer["Allow"] is False
+    assert "application/json" in answer["Msg"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b'{"HostConfig": {"Binds": ["/a:/b"]}, "hostconfig": {}}', b'{"Labels": 1}'],
+)
+def test_an_unreadable_create_body_is_denied(guard: Guard, raw: bytes) -> None:
+    answer = decision(ask(guard, plugin_body("POST", "/containers/create", raw)))
+    assert answer["Allow"] is False
+    assert answer["Msg"].startswith("volagent cannot read this create request")
+
+
+def test_lower_case_keys_do_not_slip_past(guard: Guard, mp: Path) -> None:
+    body = {"labels": LABELS, "hostconfig": {"binds": [f"{mp}/r1-b/web/data:/data"]}}
+    answer = decision(ask(guard, plugin_body("POST", "/containers/create", body)))
+    assert answer["Allow"] is False
+    assert not (mp / "r1-b").exists()
+
+
+def test_disabled_guard_allows_everything(guard: Guard, state: AgentState, mp: Path) -> None:
+    state.guard.enabled = False
+    state.set_mount_state("unmounted")
+    assert create(guard, f"{mp}/r1-b/web/data:/data") == {"Allow": True}
+
+
+def test_own_errors_fail_open(
+    guard: Guard, state: AgentState, mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(spec: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    # a bug cannot be produced on demand any other way
+    monkeypatch.setattr(guard.preparer, "outcome_of", broken)
+    assert create(guard, f"{mp}/r1-a/web/data:/data") == {"Allow": True}
+    assert state.metrics.guard_decisions.labels(result="error")._value.get() == 1
+    assert any("start guard failed" in w for w in state.warnings)
+
+
+# --- start ----------------------------------------------------------------------------------
+def start(g: Guard, ref: str, action: str = "start") -> dict[str, Any]:
+    return decision(ask(g, plugin_body("POST", f"/v1.41/containers/{ref}/{action}")))
+
+
+def test_start_is_judged_from_what_the_guard_saw(guard: Guard, state: AgentState, mp: Path) -> None:
+    body = create_body(f"{mp}/r1-a/web/data:/data")
+    assert decision(ask(guard, plugin_body("POST", "/containers/create?name=web-1", body)))["Allow"]
+    learn_id(guard, body, "web-1", CID)
+    for ref in (CID, CID[:12], "web-1"):
+        assert start(guard, ref) == {"Allow": True}
+    state.set_mount_state("stalled", "probe timed out")
+    for ref in (CID, CID[:12], "web-1", "/web-1"):
+        answer = start(guard, ref)
+        assert answer["Allow"] is False
+        assert "is stalled" in answer["Msg"] and "not started" in answer["Msg"]
+    assert "not restarted" in start(guard, "web-1", "restart")["Msg"]
+    state.set_mount_state("mounted")
+    assert start(guard, "web-1") == {"Allow": True}
+
+
+def test_start_of_a_container_known_to_the_state(guard: Guard, state: AgentState) -> None:
+    vol = VolumeRecord(host="/v/r1-a/web/data", container="/data", read_only=False, state="ready")
+    state.upsert_container(ContainerRecord("c" * 64, "old", "r1", "a", "web", [vol]))
+    state.upsert_container(ContainerRecord("d" * 64, "plain", "r1", "a", "web", []))
+    state.set_mount_state("unmounted")
+    assert start(guard, "old")["Allow"] is False
+    assert start(guard, "ccc")["Allow"] is False
+    assert start(guard, "plain") == {"Allow": True}
+    assert start(guard, "unknown") == {"Allow": True}
+
+
+def test_start_re_prepares_a_volume_left_pending(mp: Path, worker: TimedWorker) -> None:
+    st = make_state(mp, when_unhealthy="allow")
+    g = Guard(st, Preparer(st, worker))
+    st.set_mount_state("unmounted")
+    body = create_body(f"{mp}/r1-a/web/data:/data")
+    assert decision(ask(g, plugin_body("POST", "/containers/create?name=w", body)))["Allow"]
+    learn_id(g, body, "w", CID)
+    assert not (mp / "r1-a").exists()
+    st.set_mount_state("mounted")
+    assert start(g, "w") == {"Allow": True}
+    assert owner_mode(mp / "r1-a/web/data") == (33, 33, 0o755)
+
+
+def test_volumes_from_a_known_container_counts(guard: Guard, state: AgentState, mp: Path) -> None:
+    body = create_body(f"{mp}/r1-a/web/data:/data")
+    assert decision(ask(guard, plugin_body("POST", "/containers/create?name=src", body)))["Allow"]
+    learn_id(guard, body, "src", CID)
+    state.set_mount_state("unmounted")
+    inheriting = {"Image": "x", "HostConfig": {"VolumesFrom": ["src:ro"]}}
+    answer = decision(ask(guard, plugin_body("POST", "/containers/create", inheriting)))
+    assert answer["Allow"] is False
+    assert "data" in answer["Msg"]
+
+
+def test_latency_is_measured(guard: Guard, state: AgentState, mp: Path) -> None:
+    create(guard, f"{mp}/r1-a/web/data:/data")
+    start(guard, "unknown")
+    text = state.metrics.render().decode()
+    assert "volagent_guard_decision_seconds_count 2.0" in text

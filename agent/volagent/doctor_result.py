@@ -1,0 +1,70 @@
+"""The outcome of one `volagent doctor` check, and how the report prints it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PASS = "pass"  # noqa: S105 - a check status, not a password
+FAIL = "fail"
+WARN = "warn"
+SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check: its name, pass/fail/warn/skip, what was found, and the fix."""
+
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    @classmethod
+    def ok(cls, name: str, detail: str) -> CheckResult:
+        return cls(name, PASS, detail)
+
+    @classmethod
+    def failed(cls, name: str, detail: str, fix: str) -> CheckResult:
+        return cls(name, FAIL, detail, fix)
+
+    @classmethod
+    def warning(cls, name: str, detail: str, fix: str) -> CheckResult:
+        return cls(name, WARN, detail, fix)
+
+    @classmethod
+    def skip(cls, name: str, detail: str) -> CheckResult:
+        return cls(name, SKIP, detail)
+
+    @property
+    def failing(self) -> bool:
+        return self.status == FAIL
+
+
+_MARK = {PASS: "PASS", FAIL: "FAIL", WARN: "WARN", SKIP: "SKIP"}
+_COLOR = {PASS: "\033[32m", FAIL: "\033[31;1m", WARN: "\033[33m", SKIP: "\033[2m"}
+_RESET = "\033[0m"
+
+
+def report(results: Sequence[CheckResult], color: bool = False) -> str:
+    """The report: one line per check, its fix under it, and a verdict line."""
+    width = max((len(r.name) for r in results), default=0)
+    lines = []
+    for r in results:
+        mark = _MARK[r.status]
+        if color:
+            mark = f"{_COLOR[r.status]}{mark}{_RESET}"
+        lines.append(f"{mark}  {r.name:<{width}}  {r.detail}")
+        if r.fix:
+            lines.append(f"      {'':<{width}}  fix: {r.fix}")
+    counts = {s: sum(1 for r in results if r.status == s) for s in _MARK}
+    others = ", ".join(
+        f"{counts[s]} {word}" for s, word in ((WARN, "warned"), (SKIP, "skipped")) if counts[s]
+    )
+    verdict = (
+        f"{counts[FAIL]} of {len(results)} checks failed"
+        if counts[FAIL]
+        else f"no check failed ({counts[PASS]} passed)"
+    )
+    lines.append(verdict + (f", {others}" if others else ""))
+    return "\n".join(lines) + "\n"

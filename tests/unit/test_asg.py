@@ -1,0 +1,111 @@
+"""The Auto Scaling report's episodes: nothing while healthy or when off, one report once the
+mount has been down `unhealthy_after_s`, none again in the same episode, a new episode after
+recovery, retries after a failure with the missing IAM action named."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from volagent import asg
+from volagent.config import Config, from_dict
+from volagent.state import AgentState
+
+
+class AccessDenied(Exception):
+    response = {"Error": {"Code": "AccessDenied", "Message": "not allowed"}}  # noqa: RUF012
+
+
+def make(tmp_path: Path, after: float) -> tuple[AgentState, asg.AsgReporter, list[str]]:
+    st = AgentState(
+        from_dict({"mount_point": str(tmp_path), "health": {"unhealthy_after_s": after}})
+    )
+    st.instance_id = "i-0abc"
+    calls: list[str] = []
+
+    def report(cfg: Config, instance_id: str, region: str) -> None:
+        calls.append(instance_id)
+
+    return st, asg.AsgReporter(st, asg.instance_identity(st), report=report), calls
+
+
+def test_one_report_per_episode(tmp_path: Path) -> None:
+    st, rep, calls = make(tmp_path, after=10)
+
+    async def scenario() -> None:
+        st.set_mount_state("mounted")
+        await rep.check(0)
+        st.set_mount_state("stalled")
+        await rep.check(100)
+        await rep.check(109)
+        assert calls == []
+        await rep.check(110)
+        await rep.check(200)
+        assert calls == ["i-0abc"]
+        assert any("reported Unhealthy" in w for w in st.warnings)
+        st.set_mount_state("mounted")
+        await rep.check(201)
+        assert st.warnings == []
+        st.set_mount_state("unmounted")
+        await rep.check(300)
+        await rep.check(310)
+        assert calls == ["i-0abc", "i-0abc"]
+
+    asyncio.run(scenario())
+    assert st.metrics.asg_reports.labels(result="reported")._value.get() == 2
+
+
+def test_off_by_default_and_with_zero(tmp_path: Path) -> None:
+    st, rep, calls = make(tmp_path, after=0)
+    st.set_mount_state("unmounted")
+    for t in (0, 1000, 100000):
+        asyncio.run(rep.check(t))
+    assert calls == []
+    assert from_dict({}).health.unhealthy_after_s == 0
+
+
+def test_failure_names_the_iam_action_and_retries(tmp_path: Path) -> None:
+    st, _, _ = make(tmp_path, after=1)
+    attempts: list[float] = []
+
+    def denied(cfg: Config, instance_id: str, region: str) -> None:
+        attempts.append(1)
+        raise AccessDenied("An error occurred (AccessDenied) when calling SetInstanceHealth")
+
+    rep = asg.AsgReporter(st, asg.instance_identity(st), report=denied)
+    st.set_mount_state("stalled")
+
+    async def scenario() -> None:
+        await rep.check(0)
+        await rep.check(1)
+        await rep.check(2)  # backing off
+        assert len(attempts) == 1
+        await rep.check(1 + asg.RETRY_S)
+        assert len(attempts) == 2
+
+    asyncio.run(scenario())
+    [warning] = st.warnings
+    assert "autoscaling:SetInstanceHealth" in warning
+    assert st.metrics.asg_reports.labels(result="failed")._value.get() == 2
+
+
+def test_unknown_instance_id_is_a_clear_failure(tmp_path: Path) -> None:
+    st, rep, calls = make(tmp_path, after=1)
+    st.instance_id = ""
+    st.set_mount_state("stalled")
+    asyncio.run(rep.check(0))
+    asyncio.run(rep.check(5))
+    assert calls == []
+    assert any("instance" in w and "metadata" in w for w in st.warnings)
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("AccessDenied", "autoscaling:SetInstanceHealth"), ("ValidationError", "Auto Scaling group")],
+)
+def test_describe_failure(code: str, expected: str) -> None:
+    exc = Exception("boom")
+    exc.response = {"Error": {"Code": code}}  # type: ignore[attr-defined]
+    assert expected in asg.describe_failure(exc)

@@ -1,0 +1,134 @@
+"""doctor's host checks on real files and programs: mount helpers found on PATH or not, the
+distro's install command in the fix, daemon.json against [guard] enabled both ways, Docker
+not answering, and the report's verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from volagent import doctor_host
+from volagent.config import Config, from_dict
+from volagent.doctor_result import FAIL, PASS, SKIP, WARN, CheckResult, report
+
+
+def cfg(**data: Any) -> Config:
+    return from_dict(data)
+
+
+@pytest.fixture
+def helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty directory as the only place mount helpers are looked for."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    monkeypatch.setenv("PATH", str(d))
+    monkeypatch.setattr(doctor_host, "_SBIN", ())
+    return d
+
+
+def install(d: Path, name: str) -> None:
+    p = d / name
+    p.write_text("#!/bin/sh\nexit 0\n")
+    p.chmod(0o755)
+
+
+def test_distro_family_from_os_release(tmp_path: Path) -> None:
+    cases = {
+        "ID=ubuntu\nID_LIKE=debian\n": "debian",
+        'ID="amzn"\nID_LIKE="centos rhel fedora"\n': "amzn",
+        "ID=rocky\nID_LIKE='rhel centos fedora'\n": "rhel",
+        'ID=opensuse-leap\nID_LIKE="suse opensuse"\n': "suse",
+        "ID=alpine\n": "",
+    }
+    for text, family in cases.items():
+        (tmp_path / "os-release").write_text(text)
+        assert doctor_host.distro_family(str(tmp_path / "os-release")) == family, text
+    assert doctor_host.distro_family(str(tmp_path / "missing")) == ""
+
+
+def test_missing_nfs_client_names_the_package(helpers: Path) -> None:
+    r = doctor_host.check_nfs_client(cfg(), "debian")
+    assert r.status == FAIL
+    assert "mount.nfs4" in r.detail
+    assert r.fix == "apt-get install -y nfs-common"
+    assert doctor_host.check_nfs_client(cfg(), "amzn").fix == "yum install -y nfs-utils"
+    unknown = doctor_host.check_nfs_client(cfg(), "").fix
+    assert "nfs-common" in unknown and "nfs-utils" in unknown
+    install(helpers, "mount.nfs4")
+    assert doctor_host.check_nfs_client(cfg(), "debian").status == PASS
+    assert doctor_host.check_nfs_client(cfg(mount={"type": "local"}), "debian").status == SKIP
+
+
+def test_efs_utils_fails_for_efs_and_warns_for_auto(helpers: Path) -> None:
+    efs = doctor_host.check_efs_utils(cfg(mount={"type": "efs"}), "amzn")
+    assert efs.status == FAIL
+    assert efs.fix == "yum install -y amazon-efs-utils"
+    auto = doctor_host.check_efs_utils(cfg(), "debian")
+    assert auto.status == WARN
+    assert "github.com/aws/efs-utils" in auto.fix
+    assert doctor_host.check_efs_utils(cfg(mount={"type": "nfs4"}), "debian").status == SKIP
+    install(helpers, "mount.efs")
+    assert doctor_host.check_efs_utils(cfg(mount={"type": "efs"}), "amzn").status == PASS
+
+
+def guard_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemon_json: Any, enabled: bool):  # type: ignore[no-untyped-def]
+    path = tmp_path / "daemon.json"
+    path.unlink(missing_ok=True)
+    if daemon_json is not None:
+        path.write_text(daemon_json if isinstance(daemon_json, str) else json.dumps(daemon_json))
+    monkeypatch.setenv(doctor_host.DAEMON_JSON_ENV, str(path))
+    return doctor_host.check_guard(cfg(guard={"enabled": enabled}))
+
+
+def test_guard_in_daemon_json_but_disabled_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = guard_check(tmp_path, monkeypatch, {"authorization-plugins": ["volagent"]}, False)
+    assert r.status == FAIL
+    assert "[guard] enabled = true" in r.fix
+    assert "remove 'volagent'" in r.fix
+
+
+def test_guard_enabled_but_not_in_daemon_json_fails_with_the_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for content in (None, {"log-driver": "json-file"}):
+        r = guard_check(tmp_path, monkeypatch, content, True)
+        assert r.status == FAIL
+        assert '"authorization-plugins": ["volagent"]' in r.fix
+
+
+def test_guard_consistent_passes_and_broken_json_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on = guard_check(tmp_path, monkeypatch, {"authorization-plugins": ["volagent"]}, True)
+    assert on.status == PASS
+    assert guard_check(tmp_path, monkeypatch, None, False).status == PASS
+    broken = guard_check(tmp_path, monkeypatch, "{not json", False)
+    assert broken.status == FAIL and "JSON" in broken.fix
+
+
+def test_docker_not_answering_fails_with_the_fix(tmp_path: Path) -> None:
+    r = doctor_host.check_docker(cfg(docker={"url": f"unix://{tmp_path}/none.sock"}))
+    assert r.status == FAIL
+    assert "systemctl" in r.fix and "[docker] url" in r.fix
+
+
+def test_report_lists_fixes_and_the_verdict() -> None:
+    text = report(
+        [
+            CheckResult.ok("nfs client", "/sbin/mount.nfs4"),
+            CheckResult.failed("imds", "no answer", "allow the metadata service"),
+            CheckResult.skip("dns", "needs imds"),
+            CheckResult.warning("efs-utils", "missing", "install it"),
+        ]
+    )
+    lines = text.splitlines()
+    assert lines[0].startswith("PASS  nfs client")
+    assert lines[1].startswith("FAIL  imds")
+    assert lines[2].strip() == "fix: allow the metadata service"
+    assert lines[-1] == "1 of 4 checks failed, 1 warned, 1 skipped"
+    assert report([CheckResult.ok("a", "b")]).splitlines()[-1] == "no check failed (1 passed)"

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from tests.integration.testbed import Dockerd
 from tests.integration.testbed.agent import AgentProcess
 
 PLUGIN_DIR = Path("/run/docker/plugins")  # where dockerd looks a plugin up by name
+README = Path(__file__).resolve().parents[2] / "README.md"
 RECOVERY_DEADLINE_S = 60.0
 
 pytestmark = [
@@ -41,6 +45,18 @@ def containers_listed(engine: Dockerd, timeout: int) -> bool:
         return False
     finally:
         client.close()
+
+
+def readme_guard_off_snippet(daemon_json: Path) -> str:
+    """The README's `python3 -c '...'` that takes the plugin out of daemon.json, aimed at
+    the test's file: the documented command itself is what runs."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Turning the guard off") :]
+    match = re.search(r"python3 -c '([^']+)'", section)
+    assert match, "README.md lost its guard-off command"
+    code = match.group(1)
+    assert "/etc/docker/daemon.json" in code
+    return code.replace("/etc/docker/daemon.json", str(daemon_json))
 
 
 def test_guard_off_by_daemon_json_and_reload_while_volagent_is_broken(
@@ -67,9 +83,10 @@ def test_guard_off_by_daemon_json_and_reload_while_volagent_is_broken(
             assert not containers_listed(engine, timeout=3), "a call passed a wedged guard"
 
             # the procedure: the plugin out of daemon.json (other settings kept), reload
-            settings["authorization-plugins"] = []
-            daemon_json.write_text(json.dumps(settings))
-            os.kill(engine_pid, signal.SIGHUP)
+            guard_off = readme_guard_off_snippet(daemon_json).replace('"volagent"', repr(name))
+            subprocess.run([sys.executable, "-c", guard_off], check=True, timeout=30)
+            assert json.loads(daemon_json.read_text()) == {"debug": False}
+            os.kill(engine_pid, signal.SIGHUP)  # what `systemctl reload docker` sends
             deadline = time.monotonic() + RECOVERY_DEADLINE_S
             while not containers_listed(engine, timeout=5):
                 assert time.monotonic() < deadline, f"Docker still blocked:\n{engine.log_tail()}"

@@ -1,0 +1,80 @@
+"""The README's configuration reference and the config code cannot drift: every key of the
+config dataclasses is a row of the README's table with its default and its `doc` text, and
+every row is a key. On a mismatch the failure prints the table as it should read."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from volagent import config
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+START = "<!-- config-reference:"
+END = "<!-- end of config-reference -->"
+ROW = re.compile(r"^\| `([^`]+)` \| `(.*)` \| (.*) \|$")
+
+
+def toml_defaults() -> dict[str, str]:
+    """dotted key -> its value as `check-config` prints it for an empty config file."""
+    values, section = {}, ""
+    for line in config.to_toml(config.from_dict({})).splitlines():
+        if line.startswith("["):
+            section = line.strip("[]") + "."
+        elif " = " in line:
+            key, _, value = line.partition(" = ")
+            values[section + key] = value
+    return values
+
+
+def fields(obj: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from fields(value, f"{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f.metadata.get("doc", "")
+
+
+def expected_rows() -> list[tuple[str, str, str]]:
+    """(dotted key, default as TOML, doc) for every field, in declaration order."""
+    defaults = toml_defaults()
+    return [(key, defaults[key], doc) for key, doc in fields(config.Config())]
+
+
+def render(rows: list[tuple[str, str, str]]) -> str:
+    lines = ["| key | default | what it is |", "|---|---|---|"]
+    lines += [f"| `{k}` | `{d}` | {doc.replace('|', chr(92) + '|')} |" for k, d, doc in rows]
+    return "\n".join(lines)
+
+
+def readme_rows() -> list[tuple[str, str, str]]:
+    text = README.read_text(encoding="utf-8")
+    assert START in text and END in text, "README.md lost its config-reference markers"
+    table = text[text.index(START) : text.index(END)].splitlines()[1:]
+    rows = []
+    for line in table[2:]:  # past the header and the separator
+        match = ROW.match(line)
+        assert match, f"README config row is not `| `key` | `default` | doc |`: {line!r}"
+        key, default, doc = match.groups()
+        rows.append((key, default, doc.replace("\\|", "|")))
+    return rows
+
+
+def test_every_config_key_is_documented_with_its_default_and_meaning() -> None:
+    expected = expected_rows()
+    documented = readme_rows()
+    missing = sorted({k for k, _, _ in expected} - {k for k, _, _ in documented})
+    unknown = sorted({k for k, _, _ in documented} - {k for k, _, _ in expected})
+    hint = "\nthe table should read:\n" + render(expected)
+    assert not missing, f"keys missing from README.md: {missing}{hint}"
+    assert not unknown, f"README.md documents keys the config does not have: {unknown}{hint}"
+    assert documented == expected, f"defaults, docs or order differ{hint}"
+
+
+def test_every_field_has_a_doc() -> None:
+    for key, _, doc in expected_rows():
+        assert doc.strip(), f"{key} has no doc metadata"

@@ -52,6 +52,11 @@ class DiscoveryError(TemporaryError):
         self.fix = fix
 
 
+class EfsUnavailable(DiscoveryError):
+    """EFS cannot be had here (no EFS in the region, no such filesystem, no mount target in
+    this zone). With `allow_local_fallback`, `local_path` stands in and the status says so."""
+
+
 class MountError(TemporaryError):
     """The mount program failed; retried with backoff."""
 

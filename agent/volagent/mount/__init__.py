@@ -1,0 +1,12 @@
+"""The mount side of volagent: what belongs at the mount point, mounting it, and watching it.
+
+`MountManager` is what the daemon runs; `table` reads the kernel's mount table; `probe` is
+the health probe; `kernel` and `underlay` hold the system calls (bind mount, lazy unmount,
+the immutable flag of the directory under the mount point).
+"""
+
+from volagent.mount.manager import MountManager
+from volagent.mount.table import MountEntry, find_mount, read_table
+from volagent.mount.target import Target
+
+__all__ = ["MountEntry", "MountManager", "Target", "find_mount", "read_table"]

@@ -1,0 +1,125 @@
+"""The kernel's mount table: `/proc/self/mountinfo` parsed, and watched for changes.
+
+Reading mountinfo never touches the mounted filesystems themselves (the kernel formats it from
+its own records), so it is safe on the event loop even while a mount hangs. The file is
+pollable: the kernel flags POLLPRI on it whenever a mount is added or removed in this mount
+namespace, so a change is noticed as it happens instead of on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import select
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+MOUNTINFO = "/proc/self/mountinfo"
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of mountinfo (proc(5)): a mount of `source` (`fstype`) at `mount_point`."""
+
+    mount_id: int
+    parent_id: int
+    dev: int  # st_dev of files on this mount, from major:minor
+    root: str  # the directory of the filesystem mounted here ("/" unless a bind of a subdir)
+    mount_point: str
+    options: str
+    fstype: str
+    source: str
+    super_options: str
+
+
+def _unescape(text: str) -> str:
+    # the kernel escapes space, tab, newline and backslash as three octal digits
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), text)
+
+
+def parse_line(line: str) -> MountEntry | None:
+    """Parses one mountinfo line; None for a line that is not one (never raises)."""
+    fields = line.split()
+    try:
+        sep = fields.index("-", 6)
+        major, minor = fields[2].split(":")
+        return MountEntry(
+            mount_id=int(fields[0]),
+            parent_id=int(fields[1]),
+            dev=os.makedev(int(major), int(minor)),
+            root=_unescape(fields[3]),
+            mount_point=_unescape(fields[4]),
+            options=fields[5],
+            fstype=fields[sep + 1],
+            source=_unescape(fields[sep + 2]),
+            super_options=fields[sep + 3] if len(fields) > sep + 3 else "",
+        )
+    except (ValueError, IndexError):
+        return None
+
+
+def parse_mountinfo(text: str) -> list[MountEntry]:
+    """Every mount in the table, in the kernel's order (later lines are mounted on top)."""
+    return [e for e in (parse_line(line) for line in text.splitlines()) if e is not None]
+
+
+def read_table(path: str = MOUNTINFO) -> list[MountEntry]:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return parse_mountinfo(f.read())
+
+
+def mount_at(entries: Iterable[MountEntry], mount_point: str) -> MountEntry | None:
+    """The mount visible at exactly `mount_point` (the topmost one), or None."""
+    found = None
+    target = os.path.normpath(mount_point)
+    for e in entries:
+        if e.mount_point == target:
+            found = e
+    return found
+
+
+def find_mount(mount_point: str, path: str = MOUNTINFO) -> MountEntry | None:
+    """What is mounted at `mount_point` right now, or None."""
+    return mount_at(read_table(path), mount_point)
+
+
+class TableWatch:
+    """Calls `on_change()` on the event loop each time the mount table changes.
+
+    An epoll set holding mountinfo with EPOLLPRI only becomes readable on a change (mountinfo
+    itself always polls readable, so it cannot be given to the loop directly).
+    """
+
+    def __init__(self, on_change: Callable[[], None], path: str = MOUNTINFO) -> None:
+        self._on_change = on_change
+        self._path = path
+        self._fd = -1
+        self._epoll: select.epoll | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        self._epoll = select.epoll()
+        self._epoll.register(self._fd, select.EPOLLPRI | select.EPOLLERR)
+        self._loop.add_reader(self._epoll.fileno(), self._ready)
+
+    def _ready(self) -> None:
+        if self._epoll is None:
+            return
+        # the loop's own readiness check already consumed the kernel's change mark, so the
+        # set polls empty here: being called at all is the news
+        self._epoll.poll(0)
+        self._on_change()
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

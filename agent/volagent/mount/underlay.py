@@ -1,0 +1,92 @@
+"""The local directory under the mount point, kept immutable so nothing lands on local disk.
+
+While the shared filesystem is not mounted, the mount point is just a directory of the root
+disk, and Docker's own auto-create of a bind source would write beneath it. With the immutable
+flag set (`chattr +i`), nobody can, root included. The flag is lifted only for the mount
+itself, and set again on the directory underneath right after, through a descriptor opened
+before mounting: so the moment the mount vanishes the directory is already locked.
+
+These functions block; run them through a TimedWorker, and only while nothing is mounted at
+the mount point, so the directory they touch is the local one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from dataclasses import dataclass
+
+from volagent.mount import kernel
+
+UNSUPPORTED = (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class NoImmutableFlag(Exception):
+    """The filesystem holding the mount point has no immutable flag."""
+
+
+def canonical_mount_point(mount_point: str) -> str:
+    """The mount point as the mount table names it: parents resolved, created if missing.
+
+    Only the parent is resolved, never the mount point itself: resolving it would stat the
+    mounted filesystem's root, which blocks on a hung mount.
+    """
+    path = os.path.normpath(mount_point)
+    parent = os.path.realpath(os.path.dirname(path))
+    os.makedirs(parent, mode=0o755, exist_ok=True)
+    canonical = os.path.join(parent, os.path.basename(path))
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(canonical, 0o755)
+    return canonical
+
+
+def lock(mount_point: str) -> bool:
+    """Makes the (unmounted) mount point directory immutable. True if it changed.
+    Raises NoImmutableFlag where the filesystem does not support the flag."""
+    fd = os.open(mount_point, _DIR_FLAGS)
+    try:
+        return _set(fd, True)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Lifted:
+    """The mount point directory, opened before mounting, its flag lifted for the mount."""
+
+    fd: int
+    supported: bool
+
+
+def lift(mount_point: str) -> Lifted:
+    """Opens the (unmounted) mount point directory and clears its immutable flag."""
+    fd = os.open(mount_point, _DIR_FLAGS)
+    try:
+        _set(fd, False)
+    except NoImmutableFlag:
+        return Lifted(fd, supported=False)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Lifted(fd, supported=True)
+
+
+def relock(lifted: Lifted) -> None:
+    """Sets the flag again on the directory opened by `lift` (now underneath the new mount,
+    if the mount worked) and closes it."""
+    try:
+        if lifted.supported:
+            _set(lifted.fd, True)
+    finally:
+        os.close(lifted.fd)
+
+
+def _set(fd: int, on: bool) -> bool:
+    try:
+        return kernel.set_immutable(fd, on)
+    except OSError as exc:
+        if exc.errno in UNSUPPORTED:
+            raise NoImmutableFlag(os.strerror(exc.errno or 0)) from None
+        raise

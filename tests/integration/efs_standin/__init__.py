@@ -1,0 +1,154 @@
+"""The mount side's test bed: a scratch area whose mounts, immutable flags and stand-in server
+processes are always cleaned up, and a helper to run a MountManager in-process.
+
+The EFS stand-in itself is `mount_program.py`: the program `[mount] mount_program` points at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.integration.testbed import mounts as testbed_mounts
+from volagent import config as config_mod
+from volagent.config import Config
+from volagent.mount import MountManager, kernel
+from volagent.state import AgentState
+
+STANDIN = str(Path(__file__).with_name("mount_program.py"))
+
+
+@dataclass
+class Scratch:
+    """A private directory tree for one test: the mount point, local_path, exports."""
+
+    root: Path
+
+    @property
+    def mount_point(self) -> str:
+        return str(self.root / "volumes")
+
+    @property
+    def local_path(self) -> str:
+        return str(self.root / "local")
+
+    @property
+    def exports(self) -> str:
+        return str(self.root / "exports")
+
+    @property
+    def argv_log(self) -> str:
+        return str(self.root / "mount-argv.log")
+
+    def config(self, mount: dict[str, Any] | None = None, **top: Any) -> Config:
+        data: dict[str, Any] = {
+            "mount_point": self.mount_point,
+            "state_dir": str(self.root / "state"),
+            "mount": {
+                "type": "local",
+                "local_path": self.local_path,
+                "probe_interval_s": 0.2,
+                "probe_timeout_s": 0.5,
+                **(mount or {}),
+            },
+        }
+        data.update(top)
+        return config_mod.from_dict(data)
+
+
+def standin_pids(scratch: Scratch) -> list[int]:
+    """The bindfs servers the stand-in started for this scratch area."""
+    pids = []
+    for line in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = line.read_bytes().split(b"\0")
+            if argv and argv[0].endswith(b"bindfs") and scratch.exports.encode() in b" ".join(argv):
+                pids.append(int(line.parent.name))
+    return pids
+
+
+def cleanup(scratch: Scratch) -> None:
+    """Kills the stand-in servers (SIGCONT first: a stopped one would keep its mount hung),
+    lazily unmounts everything under the scratch root and lifts the immutable flags."""
+    for pid in standin_pids(scratch):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
+    testbed_mounts.umount_all_under(str(scratch.root))
+    for dirpath, dirnames, _ in os.walk(scratch.root):
+        for name in dirnames:
+            with contextlib.suppress(OSError):
+                kernel.release(os.path.join(dirpath, name))
+    with contextlib.suppress(OSError):
+        kernel.release(str(scratch.root))
+
+
+@contextlib.contextmanager
+def scratch_area(base: Path) -> Iterator[Scratch]:
+    scratch = Scratch(base)
+    try:
+        yield scratch
+    finally:
+        cleanup(scratch)
+
+
+async def eventually(
+    cond: Callable[[], Any], what: str, timeout: float = 30.0, every: float = 0.02
+) -> Any:
+    """Polls `cond()` until it is truthy; fails naming `what` after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(every)
+
+
+@dataclass
+class Running:
+    """A MountManager running in this event loop, with what it reported."""
+
+    state: AgentState
+    manager: MountManager
+    task: asyncio.Task[None]
+    healthy_calls: list[float] = field(default_factory=list)
+
+    async def wait_state(self, *states: str, timeout: float = 30.0) -> None:
+        await eventually(
+            lambda: self.state.mount.state in states,
+            f"mount state in {states} (now {self.state.mount.state}: {self.state.mount.error})",
+            timeout,
+        )
+
+
+@contextlib.asynccontextmanager
+async def running_manager(cfg: Config, **kwargs: Any) -> AsyncIterator[Running]:
+    """Starts a MountManager on `cfg`; stops it (cancels `run()`) on the way out."""
+    state = AgentState(cfg)
+    calls: list[float] = []
+    manager = MountManager(state, lambda: calls.append(time.monotonic()), **kwargs)
+    task = asyncio.create_task(manager.run(), name="mount")
+    try:
+        yield Running(state, manager, task, calls)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def sh(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), check=True, capture_output=True, text=True)

@@ -1,0 +1,130 @@
+"""Mount type `local`: a real bind mount of local_path, adopted when already there, refused
+when something else is mounted, kept when the manager stops, restored after an umount."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.efs_standin import (
+    Scratch,
+    eventually,
+    running_manager,
+    scratch_area,
+    sh,
+)
+from tests.integration.efs_standin import run as run_async
+from volagent.mount import find_mount, kernel
+
+pytestmark = pytest.mark.mount
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Scratch]:
+    with scratch_area(tmp_path) as s:
+        yield s
+
+
+def _same_dir(a: str, b: str) -> bool:
+    sa, sb = os.stat(a), os.stat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def test_mounts_local_path_and_reports_local(scratch: Scratch) -> None:
+    async def scenario() -> None:
+        async with running_manager(scratch.config()) as r:
+            await r.wait_state("local")
+            st = r.state
+            assert st.mount_dev == os.stat(scratch.local_path).st_dev
+            assert st.mount.type == "local" and st.mount.source == scratch.local_path
+            assert st.mount.error is None and st.mount.last_probe_ms is not None
+            assert any("data is not shared" in w for w in st.warnings)
+            assert len(r.healthy_calls) == 1
+            assert _same_dir(scratch.mount_point, scratch.local_path)
+            Path(scratch.mount_point, "hello").write_text("x")
+            assert Path(scratch.local_path, "hello").read_text() == "x"
+            assert st.metrics.probe_seconds._sum.get() > 0
+        # stopping never unmounts: containers keep using the mount
+        assert find_mount(scratch.mount_point) is not None
+
+    run_async(scenario())
+    # the directory underneath is immutable: nothing can land there if the mount goes
+    kernel.lazy_unmount(scratch.mount_point)
+    with pytest.raises(PermissionError) as info:
+        Path(scratch.mount_point, "x").mkdir()
+    assert info.value.errno == errno.EPERM
+
+
+def test_adopts_an_existing_bind_of_local_path(scratch: Scratch) -> None:
+    os.makedirs(scratch.local_path)
+    os.makedirs(scratch.mount_point)
+    sh("mount", "--bind", scratch.local_path, scratch.mount_point)
+    before = find_mount(scratch.mount_point)
+    assert before is not None
+
+    async def scenario() -> None:
+        async with running_manager(scratch.config()) as r:
+            await r.wait_state("local")
+            after = find_mount(scratch.mount_point)
+            assert after is not None and after.mount_id == before.mount_id
+            assert r.state.metrics.remounts._value.get() == 0
+
+    run_async(scenario())
+
+
+def test_foreign_filesystem_is_critical_and_never_mounted_over(scratch: Scratch) -> None:
+    os.makedirs(scratch.mount_point)
+    sh("mount", "-t", "tmpfs", "-o", "size=1m", "elsewhere", scratch.mount_point)
+
+    async def scenario() -> None:
+        async with running_manager(scratch.config()) as r:
+            await eventually(lambda: r.state.mount.error, "an error in the status")
+            assert r.state.mount.state == "unmounted"
+            assert "never mounts on top" in (r.state.mount.error or "")
+            assert r.state.verdict() == "critical" and r.state.mount_dev is None
+            # still exactly one mount there, the foreign one
+            entry = find_mount(scratch.mount_point)
+            assert entry is not None and entry.fstype == "tmpfs"
+            # the operator removes it: volagent mounts local_path by itself
+            sh("umount", scratch.mount_point)
+            await r.wait_state("local")
+            assert _same_dir(scratch.mount_point, scratch.local_path)
+
+    run_async(scenario())
+
+
+def test_external_umount_is_noticed_and_restored(scratch: Scratch) -> None:
+    async def scenario() -> None:
+        async with running_manager(scratch.config()) as r:
+            await r.wait_state("local")
+            first = find_mount(scratch.mount_point)
+            assert first is not None
+            sh("umount", scratch.mount_point)
+            # it may be back before a poll here could see it gone: count the comebacks
+            await eventually(lambda: len(r.healthy_calls) == 2, "local again")
+            await r.wait_state("local")
+            # mount ids are reused by the kernel: the counters tell it was mounted anew
+            assert find_mount(scratch.mount_point) is not None
+            assert len(r.healthy_calls) == 2
+            assert r.state.metrics.remounts._value.get() == 1
+
+    run_async(scenario())
+
+
+def test_requested_remount_mounts_again(scratch: Scratch) -> None:
+    async def scenario() -> None:
+        async with running_manager(scratch.config()) as r:
+            await r.wait_state("local")
+            r.manager.request_remount()
+            await eventually(lambda: r.state.metrics.remounts._value.get() == 1, "a new mount")
+            await r.wait_state("local")
+            assert len(r.healthy_calls) == 2
+            # the old mount was detached, not stacked under the new one
+            with open("/proc/self/mountinfo") as f:
+                assert sum(f" {scratch.mount_point} " in line for line in f) == 1
+
+    run_async(scenario())

@@ -52,7 +52,12 @@ if [ -x "$venv/bin/volagent" ] && "$venv/bin/volagent" --version >/dev/null 2>&1
 else
     rm -rf "$venv"
     "$python" -m venv --without-pip "$venv"
-    # pip runs straight from its wheel; --no-index: nothing is fetched from anywhere
+    # pip runs straight from its wheel; --no-index: nothing is fetched from anywhere, and
+    # no pip setting of this host (config files, PIP_* variables such as extra find-links)
+    # adds a source: what gets installed is the bundle's wheels, or nothing
+    for var in $(env | sed -n 's/^\(PIP_[A-Za-z0-9_]*\)=.*/\1/p'); do
+        unset "$var"
+    done
     PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$pip_wheel/pip" install --quiet \
         --no-index --find-links "$here/wheels" --no-cache-dir \
         --disable-pip-version-check --no-warn-script-location \

@@ -80,7 +80,12 @@ def test_bundle_installs_offline_into_an_empty_directory(bundle: Path, tmp_path:
 
     prefix = tmp_path / "empty"
     prefix.mkdir()
-    run(offline([str(unpacked / "install.sh"), "--prefix", str(prefix)]))
+    # pip settings of the host must not add a source: the bundle alone has to be enough
+    leaky = {"PIP_FIND_LINKS": str(tmp_path), "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}
+    run(
+        offline([str(unpacked / "install.sh"), "--prefix", str(prefix)]),
+        env={**os.environ, **leaky},
+    )
     assert run([str(prefix / "bin" / "volagent"), "--version"]).strip() == (
         f"volagent {__version__}"
     )

@@ -68,7 +68,7 @@ while [ $# -gt 0 ]; do
         --skip-packages) skip_packages=1; shift ;;
         --now) start_now=1; shift ;;
         --print-packages) packages "$2"; exit 0 ;;
-        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,/^set -e/p' "$0" | grep '^#' | cut -c3-; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done

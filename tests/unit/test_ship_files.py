@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from volagent import __version__, config
 from volagent.config import ApiConfig, GuardConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,6 +222,34 @@ def test_packer_template_validates(tmp_path: Path) -> None:
         check=False,
     )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_packer_defaults_find_what_make_dist_builds(tmp_path: Path) -> None:
+    # the template's default bundle is ../dist/volagent-VERSION-bundle.tar.gz of this version
+    # (scripts/build-dist's name) and its default config ../examples/volagent.toml
+    shutil.copytree(PACKER, tmp_path / "packer")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / f"volagent-{__version__}-bundle.tar.gz").write_bytes(b"")
+    result = subprocess.run(
+        offline([tool("packer"), "validate", str(tmp_path / "packer" / "volagent.pkr.hcl")]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=packer_env(tmp_path),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", ["volagent.toml", "local.toml"])
+def test_example_configs_are_valid(name: str) -> None:
+    cfg = config.load(str(ROOT / "examples" / name))
+    assert cfg.rack
+    if name == "local.toml":
+        assert cfg.mount.type == "local"  # what `make run` gets on a machine without EFS
+        assert not cfg.guard.enabled  # a plain dockerd has no plugin configured
 
 
 def test_shell_scripts_pass_shellcheck() -> None:

@@ -56,6 +56,8 @@ MAX_PLUGIN_BODY = 64 << 20
 MAX_CONNECTIONS = 1024
 # on top of the directory timeout, for the walk's queueing and the loop's own latency
 PREPARE_GRACE_S = 1.0
+# how long a create or start waits, just after volagent started, for the mount's state
+MOUNT_SETTLE_S = 30.0
 
 
 class Guard:
@@ -67,6 +69,7 @@ class Guard:
         self.memory = GuardMemory(state)
         self.log = log.get("guard")
         self._allow = Response(200, ALLOW_BODY, PLUGIN_CONTENT_TYPE)
+        self._mount_known = False
 
     def server(self) -> HttpServer:
         return HttpServer(
@@ -124,6 +127,7 @@ class Guard:
             return self._allow  # not counted: the hot path stays a dictionary lookup
         started = time.perf_counter()
         try:
+            await self._await_mount_state()
             if where.kind == "create":
                 denial = await self._judge_create(authz, where)
             else:
@@ -163,6 +167,20 @@ class Guard:
         )
         self.log.exception("guard_error", action=where.kind, uri=authz.uri[:200])
         return self._allow
+
+    async def _await_mount_state(self) -> None:
+        """Just after a (re)start the mount reads `unmounted` until the mount manager has
+        looked at it (adopting the mount already there takes a moment): judging a create
+        then would deny it for nothing. Wait until the state is known: healthy, or
+        unhealthy with a reason. Bounded, and only once per process."""
+        if self._mount_known:
+            return
+        st = self.state
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MOUNT_SETTLE_S
+        while not (st.mount_healthy or st.mount.error) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        self._mount_known = st.mount_healthy or st.mount.error is not None
 
     # --- create -------------------------------------------------------------------------
     async def _judge_create(self, authz: AuthzRequest, where: Route) -> str | None:

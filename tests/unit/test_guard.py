@@ -240,7 +240,7 @@ def test_unhealthy_mount_denies_creates_naming_the_state(
 
 def test_when_unhealthy_allow_lets_them_through(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp, when_unhealthy="allow")
-    st.set_mount_state("unmounted")
+    st.set_mount_state("unmounted", "mount failed")
     g = Guard(st, Preparer(st, worker))
     assert create(g, f"{mp}/r1-a/web/data:/data") == {"Allow": True}
     assert os.listdir(mp) == []  # never created while the mount is not the shared one
@@ -257,6 +257,34 @@ def test_a_stuck_filesystem_is_a_deny_in_time(guard: Guard, worker: TimedWorker,
     assert answer["Allow"] is False
     assert "did not finish within" in answer["Msg"]
     assert "not answering" in answer["Msg"]
+
+
+def test_just_after_start_a_create_waits_for_the_mount_state(mp: Path, worker: TimedWorker) -> None:
+    st = make_state(mp)
+    st.set_mount_state("unmounted")  # as at start-up: nobody has looked at the mount yet
+    st.mount.error = None
+    g = Guard(st, Preparer(st, worker))
+
+    async def scenario() -> Response:
+        asking = asyncio.create_task(
+            g.handle(
+                Request(
+                    "POST",
+                    "/AuthZPlugin.AuthZReq",
+                    {},
+                    {},
+                    plugin_body("POST", "/containers/create", create_body(f"{mp}/r1-a/w/d:/d")),
+                    peer_uid=0,
+                )
+            )
+        )
+        await asyncio.sleep(0.2)
+        assert not asking.done()
+        st.set_mount_state("mounted")  # the manager adopted the mount already there
+        return await asking
+
+    assert decision(asyncio.run(scenario())) == {"Allow": True}
+    assert (mp / "r1-a/w/d").is_dir()
 
 
 def test_a_create_without_body_is_denied(guard: Guard) -> None:
@@ -285,7 +313,7 @@ def test_lower_case_keys_do_not_slip_past(guard: Guard, mp: Path) -> None:
 
 def test_disabled_guard_allows_everything(guard: Guard, state: AgentState, mp: Path) -> None:
     state.guard.enabled = False
-    state.set_mount_state("unmounted")
+    state.set_mount_state("unmounted", "mount failed")
     assert create(guard, f"{mp}/r1-b/web/data:/data") == {"Allow": True}
 
 
@@ -327,7 +355,7 @@ def test_start_of_a_container_known_to_the_state(guard: Guard, state: AgentState
     vol = VolumeRecord(host="/v/r1-a/web/data", container="/data", read_only=False, state="ready")
     state.upsert_container(ContainerRecord("c" * 64, "old", "r1", "a", "web", [vol]))
     state.upsert_container(ContainerRecord("d" * 64, "plain", "r1", "a", "web", []))
-    state.set_mount_state("unmounted")
+    state.set_mount_state("unmounted", "mount failed")
     assert start(guard, "old")["Allow"] is False
     assert start(guard, "ccc")["Allow"] is False
     assert start(guard, "plain") == {"Allow": True}
@@ -337,7 +365,7 @@ def test_start_of_a_container_known_to_the_state(guard: Guard, state: AgentState
 def test_start_re_prepares_a_volume_left_pending(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp, when_unhealthy="allow")
     g = Guard(st, Preparer(st, worker))
-    st.set_mount_state("unmounted")
+    st.set_mount_state("unmounted", "mount failed")
     body = create_body(f"{mp}/r1-a/web/data:/data")
     assert decision(ask(g, plugin_body("POST", "/containers/create?name=w", body)))["Allow"]
     learn_id(g, body, "w", CID)
@@ -351,7 +379,7 @@ def test_volumes_from_a_known_container_counts(guard: Guard, state: AgentState, 
     body = create_body(f"{mp}/r1-a/web/data:/data")
     assert decision(ask(guard, plugin_body("POST", "/containers/create?name=src", body)))["Allow"]
     learn_id(guard, body, "src", CID)
-    state.set_mount_state("unmounted")
+    state.set_mount_state("unmounted", "mount failed")
     inheriting = {"Image": "x", "HostConfig": {"VolumesFrom": ["src:ro"]}}
     answer = decision(ask(guard, plugin_body("POST", "/containers/create", inheriting)))
     assert answer["Allow"] is False

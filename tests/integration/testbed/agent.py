@@ -105,8 +105,9 @@ class AgentProcess:
         rack: str = "r1",
         config: Mapping[str, Any] | None = None,
         local_tmpfs: bool = True,
+        parent_dir: str = "/tmp",
     ) -> None:
-        self.base = tempfile.mkdtemp(prefix="vt-a-", dir="/tmp")
+        self.base = tempfile.mkdtemp(prefix="vt-a-", dir=parent_dir)
         self.rack = rack
         self.mount_point = os.path.join(self.base, "mp")
         self.local_path = os.path.join(self.base, "local")

@@ -64,12 +64,19 @@ def processes_of(base: str) -> list[int]:
 
 class Dockerd:
     """One private dockerd. `extra_args` are appended to its command line (for instance
-    `--authorization-plugin=volagent`)."""
+    `--authorization-plugin=volagent`); `wrapper` is put before it (a command that execs
+    the rest, e.g. one entering a mount namespace of its own)."""
 
-    def __init__(self, extra_args: Sequence[str] = (), base_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        extra_args: Sequence[str] = (),
+        base_dir: str | None = None,
+        wrapper: Sequence[str] = (),
+    ) -> None:
         # short base: the engine's own sockets (containerd's among them) must fit in 108 bytes
         self.base = base_dir or tempfile.mkdtemp(prefix="vt-d-", dir="/tmp")
         self.extra_args = list(extra_args)
+        self.wrapper = list(wrapper)
         self.socket_path = os.path.join(self.base, "d.sock")
         self.data_root = os.path.join(self.base, "data")
         self.exec_root = os.path.join(self.base, "exec")
@@ -102,6 +109,7 @@ class Dockerd:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
         argv = [
+            *self.wrapper,
             "dockerd",
             "--host",
             self.url,

@@ -1,0 +1,343 @@
+"""The start guard against a real dockerd started with `--authorization-plugin=volagent`.
+
+The engine runs in a mount namespace of its own where /run/docker/plugins is the test's
+directory (see testbed/plugin_home.py), and the plugin socket is held by the test the way
+systemd's socket unit holds it, handed to each agent process it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from tests.integration.testbed import (
+    AgentProcess,
+    Containers,
+    Dockerd,
+    app_labels,
+    ensure_image,
+    parallel,
+    unixhttp,
+)
+from tests.integration.testbed import mounts as testbed_mounts
+from tests.integration.testbed.agent import all_in, volumes
+from tests.integration.testbed.plugin_home import PluginHome
+
+pytestmark = [pytest.mark.docker, pytest.mark.mount]
+
+BURST = 100
+BURST_CONCURRENCY = 16  # client-side bound: 2 shared cores, and every run is 2 API calls
+OWNER = "33:33"
+
+
+class Guarded:
+    """The module's engine and plugin home; one agent at a time serves the held socket."""
+
+    def __init__(self, home: PluginHome, engine: Dockerd) -> None:
+        self.home = home
+        self.engine = engine
+        self.agent: AgentProcess | None = None
+
+    def start_agent(self, **kwargs: Any) -> AgentProcess:
+        return self.use(self.home.agent(self.engine.url, **kwargs))
+
+    def use(self, agent: AgentProcess) -> AgentProcess:
+        """Replaces the serving agent by `agent`, started."""
+        self.stop_agent()
+        self.agent = agent
+        return agent.start()
+
+    def stop_agent(self) -> None:
+        if self.agent is not None:
+            self.agent.close()
+            self.agent = None
+
+
+@pytest.fixture(scope="module")
+def guarded(busybox_rootfs: str) -> Iterator[Guarded]:
+    home = PluginHome()
+    engine = home.dockerd("--authorization-plugin=volagent")
+    bed = Guarded(home, engine)
+    try:
+        bed.start_agent()  # dockerd activates its plugin at start: someone must answer
+        engine.start()
+        ensure_image(engine.client(), busybox_rootfs)
+        yield bed
+    finally:
+        try:
+            if bed.agent is None or not bed.agent.running:
+                bed.start_agent()  # removing containers goes through the guard too
+            Containers(engine.url).cleanup()
+        finally:
+            engine.stop()
+            bed.stop_agent()
+            home.close()
+
+
+@pytest.fixture
+def bed(guarded: Guarded) -> Iterator[Guarded]:
+    """The module's engine with an agent serving its guard (tests may swap in another)."""
+    guarded.start_agent()
+    yield guarded
+    if guarded.agent is None or not guarded.agent.running:
+        guarded.start_agent()
+    made = Containers(guarded.engine.url)
+    try:
+        made.cleanup()
+    finally:
+        made.close()
+    guarded.stop_agent()
+
+
+@pytest.fixture
+def ctr(bed: Guarded) -> Iterator[Containers]:
+    made = Containers(bed.engine.url)
+    yield made
+    made.close()
+
+
+def docker_cli(engine: Dockerd, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", "-H", engine.url, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "DOCKER_CONFIG": os.path.join(engine.base, "cli")},
+    )
+
+
+def denied(excinfo: pytest.ExceptionInfo[docker.errors.APIError]) -> str:
+    text = str(excinfo.value)
+    assert "authorization denied by plugin volagent" in text, text
+    return text
+
+
+# --- acceptance -----------------------------------------------------------------------------
+def test_a_burst_of_runs_finds_every_directory_ready(bed: Guarded, ctr: Containers) -> None:
+    agent = bed.agent
+    assert agent is not None
+    binds = [agent.ns("burst", "web", f"d{i}") + ":/data" for i in range(BURST)]
+    labels = app_labels("burst", "web", owner=OWNER)
+
+    def run(bind: str) -> str:
+        return ctr.run([bind], labels=labels, command=["stat", "-c", "%u:%g", "/data"])
+
+    ids = parallel(run, binds, workers=BURST_CONCURRENCY)
+    codes = parallel(ctr.wait, ids, workers=BURST_CONCURRENCY)
+    outputs = parallel(ctr.logs, ids, workers=BURST_CONCURRENCY)
+    assert codes == [0] * BURST
+    assert [o.strip() for o in outputs] == [OWNER] * BURST
+    mp_dev = os.stat(agent.mount_point).st_dev
+    for i in range(BURST):
+        assert os.stat(agent.ns("burst", "web", f"d{i}")).st_dev == mp_dev
+    doc = agent.wait_for(lambda d: all_in(d, ids, ["ready"]), what="every volume ready")
+    assert not [v for v in volumes(doc).values() if v["state"] == "late"]
+    assert doc["guard"]["allowed"] >= 2 * BURST  # every create and every start
+
+
+def test_hostile_binds_fail_with_the_guards_message(bed: Guarded, tmp_path: Any) -> None:
+    agent = bed.agent
+    assert agent is not None
+    mp = agent.mount_point
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    os.makedirs(agent.ns("evil", "web"))
+    os.symlink(str(elsewhere), agent.ns("evil", "web", "link"))
+    os.symlink(agent.ns("other"), agent.ns("evil", "hop"))
+    cases = {
+        # the CLI may clean the path before sending it: either way it is refused
+        f"{mp}/r1-evil/../r1-other/web/data": ("escapes through '..'", "outside app evil's"),
+        agent.ns("other", "web", "data"): ("outside app evil's namespace",),
+        agent.ns("evil", "web", "link", "data"): ("symlink",),
+        agent.ns("evil", "hop", "web"): ("symlink",),
+        mp: ("mount point root",),
+    }
+    before = docker_cli(bed.engine, "ps", "-aq")
+    assert before.returncode == 0, before.stderr
+    for host, reasons in cases.items():
+        out = docker_cli(
+            bed.engine,
+            *("run", "--rm", "--network", "none", "-v", f"{host}:/data"),
+            *("--label", "convox.app=evil", "--label", "convox.service=web"),
+            *("--label", f"volagent.owner={OWNER}", "--label", "volagent.test=1"),
+            *("volagent-test/busybox:latest", "true"),
+        )
+        assert out.returncode != 0, f"{host} was allowed"
+        assert "authorization denied by plugin volagent: volagent:" in out.stderr, out.stderr
+        assert any(r in out.stderr for r in reasons), out.stderr
+    assert docker_cli(bed.engine, "ps", "-aq").stdout == before.stdout  # nothing created
+    assert not os.path.exists(agent.ns("other"))
+    assert os.listdir(elsewhere) == []
+    assert sorted(os.listdir(agent.ns("evil", "web"))) == ["link"]
+    doc = agent.status()
+    assert doc["guard"]["denied"] >= len(cases)
+    status, metrics = unixhttp.request(agent.socket_path, "GET", "/metrics")
+    assert status == 200
+    assert b'volagent_guard_decisions_total{result="deny"}' in metrics
+    assert b"volagent_guard_decision_seconds_count" in metrics
+
+
+class Bindfs:
+    """The shared filesystem's stand-in: a bindfs of an export, a server process we can stop
+    (a hung filesystem) or kill (a dead one)."""
+
+    def __init__(self, export: str, mount_point: str) -> None:
+        self.export = export
+        self.mount_point = mount_point
+        os.makedirs(export, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        testbed_mounts.umount_lazy(self.mount_point)
+        self.proc = subprocess.Popen(
+            ["bindfs", "-f", self.export, self.mount_point],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not testbed_mounts.is_mount_point(self.mount_point):
+            assert self.proc.poll() is None, "bindfs exited"
+            assert time.monotonic() < deadline, "bindfs did not mount"
+            time.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+        testbed_mounts.umount_lazy(self.mount_point)
+        if self.proc is not None:
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.mark.parametrize("outage", ["hung", "dead"])
+def test_unhealthy_mount_denies_create_and_start(
+    bed: Guarded, ctr: Containers, outage: str
+) -> None:
+    config = {
+        "mount": {"probe_interval_s": 0.3, "probe_timeout_s": 1, "stalled_remount_after": 10**6}
+    }
+    agent = bed.home.agent(bed.engine.url, config=config, local_tmpfs=False)
+    fs = Bindfs(os.path.join(agent.base, "export"), agent.local_path)
+    healthy = ("mounted", "local")
+    unhealthy = ("stalled",) if outage == "hung" else ("unmounted", "mounting")
+    labels = app_labels("shop", "web", owner=OWNER)
+    try:
+        fs.start()
+        bed.use(agent)
+        agent.wait_for(lambda d: d["mount"]["state"] in healthy, what="the mount")
+        early = ctr.create([agent.ns("shop", "web", "early") + ":/data"], labels=labels)
+
+        fs.signal(signal.SIGSTOP if outage == "hung" else signal.SIGKILL)
+        agent.wait_for(lambda d: d["mount"]["state"] in unhealthy, what=f"mount {unhealthy}")
+
+        with pytest.raises(docker.errors.APIError) as excinfo:
+            ctr.run([agent.ns("shop", "web", "new") + ":/data"], labels=labels)
+        assert any(f"is {s}" in denied(excinfo) for s in unhealthy), str(excinfo.value)
+        with pytest.raises(docker.errors.APIError) as excinfo:
+            ctr.start(early)
+        assert any(f"is {s}" in denied(excinfo) for s in unhealthy), str(excinfo.value)
+        assert "not started" in str(excinfo.value)
+        # containers without binds under the mount point keep working
+        plain = ctr.run(["/tmp:/host-tmp:ro"], labels=labels, command=["true"])
+        assert ctr.wait(plain) == 0
+
+        if outage == "hung":
+            fs.signal(signal.SIGCONT)
+        else:
+            fs.close()
+            fs.start()
+        agent.wait_for(lambda d: d["mount"]["state"] in healthy, what="recovery", timeout=120)
+        ctr.start(early)
+        probe = ["stat", "-c", "%u:%g", "/data"]
+        again = ctr.run([agent.ns("shop", "web", "new") + ":/data"], labels=labels, command=probe)
+        assert ctr.wait(again) == 0
+        assert ctr.logs(again).strip() == OWNER
+    finally:
+        if fs.proc is not None and fs.proc.poll() is None:
+            fs.signal(signal.SIGCONT)
+        if bed.agent is agent and agent.running:
+            ctr.cleanup()
+            bed.stop_agent()
+        fs.close()
+
+
+def test_agent_restarts_lose_no_docker_call(bed: Guarded, ctr: Containers) -> None:
+    agent = bed.agent
+    assert agent is not None
+    failures: list[str] = []
+    calls = {"n": 0}
+    stop = threading.Event()
+    labels = app_labels("loop", "web", owner=OWNER)
+
+    def loop() -> None:
+        client = docker.APIClient(base_url=bed.engine.url, version="auto", timeout=120)
+        i = 0
+        try:
+            while not stop.is_set() and i < 5000:
+                i += 1
+                try:
+                    client.containers(all=True)
+                    if i % 5 == 0:
+                        bind = agent.ns("loop", "web", f"d{i}") + ":/data"
+                        client.start(ctr.create([bind], labels=labels, command=["true"]))
+                    calls["n"] += 1
+                except Exception as exc:  # every failure is what this test looks for
+                    failures.append(f"call {i}: {exc}")
+        finally:
+            client.close()
+
+    worker = threading.Thread(target=loop)
+    worker.start()
+    try:
+        for _ in range(3):
+            before = calls["n"]
+            deadline = time.monotonic() + 60
+            while calls["n"] < before + 10 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            agent.stop()
+            agent.start()
+        before = calls["n"]
+        deadline = time.monotonic() + 60
+        while calls["n"] < before + 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join(180)
+    assert not failures, failures[:5]
+    assert calls["n"] >= 40
+    assert agent.starts == 4
+
+
+def test_malformed_and_oversized_plugin_requests(bed: Guarded, ctr: Containers) -> None:
+    sock = bed.home.plugin_socket
+    assert unixhttp.raw_exchange(sock, b"\x16\x03\x01 garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
+    huge = (
+        b"POST /AuthZPlugin.AuthZReq HTTP/1.1\r\nHost: plugin\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 4294967296\r\n\r\n"
+    )
+    assert unixhttp.raw_exchange(sock, huge).startswith(b"HTTP/1.1 413")
+    status, body = unixhttp.request(sock, "POST", "/AuthZPlugin.AuthZReq", b'{"RequestUri": 7}')
+    assert status == 400 and b'"Err"' in body
+    status, body = unixhttp.request(sock, "POST", "/AuthZPlugin.AuthZReq", b"[" * 200_000)
+    assert status == 400
+    # the guard is alive, and Docker through it
+    status, body = unixhttp.request(sock, "POST", "/Plugin.Activate", b"")
+    assert (status, body.strip()) == (200, b'{"Implements":["authz"]}')
+    assert ctr.api.ping()

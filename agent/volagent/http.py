@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import socket
 import stat
 import struct
@@ -27,6 +28,8 @@ _TOKEN_CHARS = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")  # controls and space
+_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but tab
 
 
 @dataclass
@@ -336,7 +339,7 @@ class HttpServer:
 
     async def _send(self, writer: asyncio.StreamWriter, resp: Response, close: bool) -> None:
         writer.write(encode_response(resp, close))
-        await self._drain(writer)
+        await self._drain(writer, always=close)
 
     async def _send_quietly(
         self, writer: asyncio.StreamWriter, resp: Response, close: bool
@@ -344,7 +347,19 @@ class HttpServer:
         with contextlib.suppress(Exception):
             await self._send(writer, resp, close)
 
-    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+    async def _drain(self, writer: asyncio.StreamWriter, *, always: bool = True) -> None:
+        # On a kept-alive connection most answers leave in the write call itself: only a
+        # slow reader needs waiting on, and asyncio.timeout costs no task per call (the
+        # start guard answers every Docker API call through here).
+        if not always:
+            if writer.transport.get_write_buffer_size() == 0:
+                return
+            try:
+                async with asyncio.timeout(self.write_timeout):
+                    await writer.drain()
+            except TimeoutError:
+                raise _ClientGone from None
+            return
         try:
             await asyncio.wait_for(writer.drain(), self.write_timeout)
         except TimeoutError:
@@ -360,7 +375,8 @@ class _Conn:
 
     async def fill(self, timeout: float, *, quiet: bool = False, what: str = "request") -> None:
         try:
-            data = await asyncio.wait_for(self.reader.read(65536), max(timeout, 0.0))
+            async with asyncio.timeout(max(timeout, 0.0)):
+                data = await self.reader.read(65536)
         except TimeoutError:
             if quiet:
                 raise _ClientGone from None
@@ -399,7 +415,7 @@ def parse_head(head: bytes, max_headers: int) -> tuple[str, str, str, dict[str, 
         raise BadRequest(
             400 if not version.startswith("HTTP/") else 505, "unsupported HTTP version"
         )
-    if not target.startswith("/") or any(c <= " " or c == "\x7f" for c in target):
+    if not target.startswith("/") or _TARGET_BAD.search(target):
         raise BadRequest(400, "malformed request target")
     if len(lines) - 1 > max_headers:
         raise BadRequest(431, f"more than {max_headers} header fields")
@@ -410,7 +426,7 @@ def parse_head(head: bytes, max_headers: int) -> tuple[str, str, str, dict[str, 
             raise BadRequest(400, "malformed header field")
         name = name.lower()
         value = value.strip(" \t")
-        if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+        if _VALUE_BAD.search(value):
             raise BadRequest(400, f"control character in header {name}")
         if name in headers:
             if name in ("content-length", "host", "transfer-encoding"):

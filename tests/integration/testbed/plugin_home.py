@@ -64,11 +64,12 @@ class PluginHome:
         self.plugin_socket = os.path.join(self.plugins, f"{PLUGIN}.sock")
         self._held: socket.socket | None = None
 
-    def dockerd(self, *extra_args: str) -> Dockerd:
-        """An engine (not started) that finds plugins in this home only."""
+    def dockerd(self, *extra_args: str, name: str = "d") -> Dockerd:
+        """An engine (not started) that finds plugins in this home only; `name` is its
+        directory in the home."""
         wrapper = ["unshare", "--mount", "--propagation", "unchanged", "--"]
         wrapper += ["sh", "-c", _ENTER, self.plugins]
-        return Dockerd(extra_args, base_dir=os.path.join(self.base, "d"), wrapper=wrapper)
+        return Dockerd(extra_args, base_dir=os.path.join(self.base, name), wrapper=wrapper)
 
     def hold(self) -> socket.socket:
         """The plugin socket, bound and listening here for the whole life of the home."""

@@ -1,0 +1,249 @@
+"""The start guard's cost and its worth, with and without it in the same run.
+
+Two private engines side by side, started the same way (each in its own mount namespace),
+one with `--authorization-plugin=volagent` and an agent serving the guard, the other with an
+agent on Docker events alone:
+- Docker API latency: GET /containers/json through docker-py, the engines taking turns in
+  blocks so the machine's noise falls on all (target p50 ratio <= 1.15, p99 <= 1.5). A third
+  engine asks a do-nothing plugin (answers "allow" from a bare asyncio protocol): the floor
+  any authorization plugin costs here, dockerd's two extra calls per API call included;
+- `docker run` throughput (create + start, a bind under the mount point each) with bounded
+  client concurrency (target >= 0.9x);
+- `late` volumes in a burst of `docker run`s: events only against the guard (target 0 with it).
+Figures are printed beside their targets; nothing here asserts a threshold.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import docker
+from tests.integration.testbed import (
+    AgentProcess,
+    Containers,
+    Dockerd,
+    app_labels,
+    build_rootfs_tar,
+    ensure_image,
+    parallel,
+)
+from tests.integration.testbed.agent import all_in
+from tests.integration.testbed.plugin_home import PluginHome
+
+CALLS = 2000
+BLOCK = 100  # calls per turn before the other engine's turn
+BACKGROUND_CONTAINERS = 10  # what `docker ps -a` lists on each engine
+RUNS = 40
+RUN_CONCURRENCY = 8
+BURST = 50
+BURST_CONCURRENCY = 16
+OWNER = "33:33"
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1]
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.3f} ms"
+
+
+# An authorization plugin that allows everything and does nothing else, as fast as Python
+# answers on a socket: the reference for what dockerd's plugin round trips cost by themselves.
+NULL_PLUGIN = r"""
+import asyncio, sys
+ALLOW = b'{"Allow":true}\n'
+ACTIVATE = b'{"Implements":["authz"]}\n'
+def answer(body):
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+class Plugin(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.buf = transport, b""
+    def data_received(self, data):
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            head = self.buf[:end].decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length:]
+            activate = "Plugin.Activate" in head.split("\r\n", 1)[0]
+            self.transport.write(answer(ACTIVATE if activate else ALLOW))
+async def main():
+    await asyncio.get_running_loop().create_unix_server(Plugin, sys.argv[1])
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+class Side:
+    """One engine and its agent (none for the do-nothing plugin's engine)."""
+
+    def __init__(self, label: str, engine: Dockerd, agent: AgentProcess | None) -> None:
+        self.label = label
+        self.engine = engine
+        self.agent = agent
+        self.containers = Containers(engine.url)
+        self.api = docker.APIClient(base_url=engine.url, version="auto", timeout=120)
+        self.latencies: list[float] = []
+
+    def timed_list(self, n: int) -> None:
+        for _ in range(n):
+            started = time.perf_counter()
+            self.api.containers(all=True)
+            self.latencies.append(time.perf_counter() - started)
+
+    def runs(self, prefix: str, n: int, concurrency: int, command: list[str]) -> list[str]:
+        agent = self.agent
+        assert agent is not None
+
+        def run(i: int) -> str:
+            path = agent.ns(prefix, f"s{i}", "data")
+            labels = app_labels(prefix, f"s{i}", owner=OWNER)
+            return self.containers.run([f"{path}:/data"], labels=labels, command=command)
+
+        return parallel(run, range(n), workers=concurrency)
+
+    def close(self) -> None:
+        self.containers.cleanup()
+        self.containers.close()
+        self.api.close()
+
+
+def api_latency(plain: Side, null: Side, guarded: Side) -> None:
+    sides = (plain, null, guarded)
+    for side in sides:
+        for i in range(BACKGROUND_CONTAINERS):  # the same listing on every engine
+            side.containers.create([], labels=app_labels("bg", f"s{i}"), command=["true"])
+        side.timed_list(20)  # warm: connections, the plugin's keep-alive
+        side.latencies.clear()
+    for _ in range(CALLS // BLOCK):
+        for side in sides:
+            side.timed_list(BLOCK)
+    print(f"Docker API latency, {CALLS} GET /containers/json each (docker-py), in turns of {BLOCK}")
+    rows = {}
+    for side in sides:
+        p50 = statistics.median(side.latencies)
+        p99 = _percentile(side.latencies, 99)
+        rows[side.label] = (p50, p99)
+        print(f"  {side.label:<18} p50 {_ms(p50)}   p99 {_ms(p99)}")
+    for label, target in ((guarded.label, " (target <= 1.15)"), (null.label, "")):
+        print(f"  ratio p50 {label:<18} {rows[label][0] / rows[plain.label][0]:5.2f}{target}")
+    for label, target in ((guarded.label, " (target <= 1.5)"), (null.label, "")):
+        print(f"  ratio p99 {label:<18} {rows[label][1] / rows[plain.label][1]:5.2f}{target}")
+
+
+def run_throughput(plain: Side, guarded: Side) -> None:
+    rates: dict[str, list[float]] = {}
+    for round_no, side in enumerate((plain, guarded, plain, guarded)):
+        started = time.perf_counter()
+        ids = side.runs(f"tp{round_no}", RUNS, RUN_CONCURRENCY, ["true"])
+        rate = len(ids) / (time.perf_counter() - started)
+        rates.setdefault(side.label, []).append(rate)
+    print(f"`docker run` throughput, {RUNS} runs x2 each, {RUN_CONCURRENCY} at a time")
+    best = {label: max(r) for label, r in rates.items()}
+    for label, rate in best.items():
+        print(f"  {label:<14} {rate:6.1f} runs/s (best of 2)")
+    ratio = best[guarded.label] / best[plain.label]
+    print(f"  ratio {ratio:5.2f}  (target >= 0.9)")
+
+
+def _settled(ids: list[str], doc: dict[str, Any]) -> bool:
+    return all_in(doc, ids, ["ready", "late"])
+
+
+def late_volumes(plain: Side, guarded: Side) -> None:
+    print(f"`late` volumes in a burst of {BURST} `docker run`s, {BURST_CONCURRENCY} at a time")
+    for side in (plain, guarded):
+        assert side.agent is not None
+        ids = side.runs("burst", BURST, BURST_CONCURRENCY, ["true"])
+        doc = side.agent.wait_for(functools.partial(_settled, ids), timeout=180)
+        states = [v["state"] for c in doc["containers"] if c["id"] in ids for v in c["volumes"]]
+        late = states.count("late")
+        target = "  (target 0)" if side is guarded else ""
+        print(f"  {side.label:<14} late {late}/{len(states)}{target}")
+
+
+def guard_decisions(side: Side) -> None:
+    assert side.agent is not None
+    doc = side.agent.status()
+    guard = doc["guard"]
+    print(f"guard decisions: {guard['allowed']} allowed, {guard['denied']} denied")
+
+
+def _start(home: PluginHome, rootfs: str, guard: bool) -> Side:
+    extra = ("--authorization-plugin=volagent",) if guard else ()
+    engine = home.dockerd(*extra, name="dg" if guard else "dp")
+    agent = (
+        home.agent(engine.url, config={"log_level": "warning"})
+        if guard
+        else AgentProcess(engine.url, parent_dir=home.base, config={"log_level": "warning"})
+    )
+    agent.start()  # before the engine: an engine with the plugin asks it at start
+    engine.start()
+    ensure_image(engine.client(), rootfs)
+    agent.wait_for(lambda d: d["docker"]["state"] == "connected", what="connected")
+    return Side("guard" if guard else "events only", engine, agent)
+
+
+def _start_null(home: PluginHome, rootfs: str) -> tuple[Side, subprocess.Popen[bytes]]:
+    plugin = subprocess.Popen([sys.executable, "-c", NULL_PLUGIN, home.plugin_socket])
+    deadline = time.monotonic() + 30
+    while not os.path.exists(home.plugin_socket):
+        if plugin.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the do-nothing plugin did not start")
+        time.sleep(0.05)
+    engine = home.dockerd("--authorization-plugin=volagent", name="dn")
+    try:
+        engine.start()
+        ensure_image(engine.client(), rootfs)
+    except BaseException:
+        plugin.kill()
+        engine.stop()
+        raise
+    return Side("do-nothing plugin", engine, None), plugin
+
+
+def main() -> None:
+    home = PluginHome()
+    null_home = PluginHome()
+    sides: list[Side] = []
+    cleanup: list[Callable[[], None]] = [home.close, null_home.close]
+    try:
+        rootfs = build_rootfs_tar(os.path.join(home.base, "rootfs.tar"))
+        for guard in (False, True):
+            side = _start(home, rootfs, guard)
+            sides.append(side)
+            agent = side.agent
+            assert agent is not None
+            cleanup += [side.engine.stop, agent.close, side.close]
+        null, plugin = _start_null(null_home, rootfs)
+        cleanup += [plugin.kill, null.engine.stop, null.close]
+        plain, guarded = sides
+        api_latency(plain, null, guarded)
+        run_throughput(plain, guarded)
+        late_volumes(plain, guarded)
+        guard_decisions(guarded)
+    finally:
+        for step in reversed(cleanup):
+            try:
+                step()
+            except Exception as exc:  # keep cleaning: engines and mounts must not be left
+                print(f"cleanup: {exc!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ systemd's socket unit holds it, handed to each agent process it starts.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -341,3 +342,30 @@ def test_malformed_and_oversized_plugin_requests(bed: Guarded, ctr: Containers) 
     status, body = unixhttp.request(sock, "POST", "/Plugin.Activate", b"")
     assert (status, body.strip()) == (200, b'{"Implements":["authz"]}')
     assert ctr.api.ping()
+
+
+def test_a_chunked_create_does_not_slip_past(bed: Guarded) -> None:
+    # A chunked body has no length: dockerd before the CVE-2024-41110 fix did not forward it
+    # to plugins (the guard then denies a create it cannot see), later ones do. Either way a
+    # bind into another app's namespace is refused.
+    agent = bed.agent
+    assert agent is not None
+    body = json.dumps(
+        {
+            "Image": "volagent-test/busybox:latest",
+            "Labels": {"convox.app": "evil", "convox.service": "web", "volagent.test": "1"},
+            "HostConfig": {"Binds": [agent.ns("other", "web", "data") + ":/data"]},
+        }
+    ).encode()
+    chunked = (
+        b"POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n"
+    )
+    answer = unixhttp.raw_exchange(bed.engine.socket_path, chunked, timeout=60)
+    head = answer.split(b"\r\n", 1)[0]
+    assert b" 403 " in head, answer[:300]
+    assert b"authorization denied by plugin volagent" in answer
+    assert not os.path.exists(agent.ns("other"))

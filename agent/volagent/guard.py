@@ -70,6 +70,7 @@ class Guard:
         self.log = log.get("guard")
         self._allow = Response(200, ALLOW_BODY, PLUGIN_CONTENT_TYPE)
         self._mount_known = False
+        self._allowed_total = state.metrics.guard_decisions.labels(result="allow")
 
     def server(self) -> HttpServer:
         return HttpServer(
@@ -106,17 +107,18 @@ class Guard:
             return self._allow
         try:
             authz = parse_authz_request(body)
+            if route(authz.method, authz.uri).kind != "create" or authz.body is None:
+                return self._allow
+            answered = authz.response_body
         except PluginRequestError as exc:
             return self._error(400, str(exc))
-        if route(authz.method, authz.uri).kind == "create" and authz.body is not None:
-            known = self.memory.created(
-                authz.uri, authz.body, created_id(authz.response_body) if authz.status else ""
-            )
-            if known is not None:
-                self.log.debug("guard_learned", container=known.id[:12], name=known.name)
+        known = self.memory.created(authz.uri, authz.body, created_id(answered))
+        if known is not None:
+            self.log.debug("guard_learned", container=known.id[:12], name=known.name)
         return self._allow
 
     async def _on_request(self, raw: bytes) -> Response:
+        started = time.perf_counter()
         try:
             authz = parse_authz_request(raw)
         except PluginRequestError as exc:
@@ -124,8 +126,11 @@ class Guard:
             return self._error(400, str(exc))
         where = route(authz.method, authz.uri)
         if where.kind == "other" or not self.state.guard.enabled:
-            return self._allow  # not counted: the hot path stays a dictionary lookup
-        started = time.perf_counter()
+            return self._decided(None, where, started)  # the hot path: no more than this
+        try:
+            _ = authz.body  # decoded here, so a body that is not base64 is a 400, not a bug
+        except PluginRequestError as exc:
+            return self._error(400, str(exc))
         try:
             await self._await_mount_state()
             if where.kind == "create":
@@ -141,7 +146,7 @@ class Guard:
         st.metrics.guard_seconds.observe(time.perf_counter() - started)
         if denial is None:
             st.guard.allowed += 1
-            st.metrics.guard_decisions.labels(result="allow").inc()
+            self._allowed_total.inc()
             return self._allow
         st.guard.denied += 1
         st.metrics.guard_decisions.labels(result="deny").inc()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import posixpath
 import re
@@ -46,17 +47,27 @@ class CreateBodyError(ValueError):
     """The container create body cannot be read the way Docker reads it."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class AuthzRequest:
-    """One AuthZReq/AuthZRes call from dockerd."""
+    """One AuthZReq/AuthZRes call from dockerd. The bodies stay base64 until asked for:
+    most calls are decided without them."""
 
     method: str
     uri: str
-    body: bytes | None  # None: Docker did not forward a body
+    body_b64: str | None  # None: Docker did not forward a body
     headers: Mapping[str, str]
     user: str = ""
     status: int = 0  # AuthZRes only: the status Docker answered with
-    response_body: bytes | None = None  # AuthZRes only
+    response_b64: str | None = None  # AuthZRes only
+
+    @functools.cached_property
+    def body(self) -> bytes | None:
+        """The Docker request's body; raises PluginRequestError when it is not base64."""
+        return _b64(self.body_b64, "RequestBody")
+
+    @functools.cached_property
+    def response_body(self) -> bytes | None:
+        return _b64(self.response_b64, "ResponseBody")
 
 
 @dataclass(frozen=True)
@@ -78,11 +89,9 @@ class CreateRequest:
 
 
 # --- the plugin request -------------------------------------------------------------------
-def _b64(value: Any, what: str) -> bytes | None:
+def _b64(value: str | None, what: str) -> bytes | None:
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise PluginRequestError(f"{what} must be a base64 string")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -110,14 +119,18 @@ def parse_authz_request(raw: bytes) -> AuthzRequest:
     status = doc.get("ResponseStatusCode") or 0
     if not isinstance(status, int):
         raise PluginRequestError("ResponseStatusCode must be a number")
+    bodies = [doc.get("RequestBody"), doc.get("ResponseBody")]
+    for what, value in zip(("RequestBody", "ResponseBody"), bodies, strict=True):
+        if value is not None and not isinstance(value, str):
+            raise PluginRequestError(f"{what} must be a base64 string")
     return AuthzRequest(
         method=method,
         uri=uri,
-        body=_b64(doc.get("RequestBody"), "RequestBody"),
+        body_b64=bodies[0],
         headers={str(k): str(v) for k, v in headers.items()},
         user=str(doc.get("User") or ""),
         status=status,
-        response_body=_b64(doc.get("ResponseBody"), "ResponseBody"),
+        response_b64=bodies[1],
     )
 
 

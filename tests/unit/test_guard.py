@@ -130,10 +130,11 @@ def test_activate_says_authz(guard: Guard) -> None:
     assert decision(ask(guard, b"", "/Plugin.Activate")) == {"Implements": ["authz"]}
 
 
-def test_other_requests_are_allowed_and_not_counted(guard: Guard, state: AgentState) -> None:
+def test_other_requests_are_allowed_at_once_and_counted(guard: Guard, state: AgentState) -> None:
     for method, uri in (("GET", "/v1.41/containers/json"), ("POST", "/v1.41/containers/x/stop")):
         assert decision(ask(guard, plugin_body(method, uri))) == {"Allow": True}
-    assert (state.guard.allowed, state.guard.denied) == (0, 0)
+    assert (state.guard.allowed, state.guard.denied) == (2, 0)
+    assert state.metrics.guard_decisions.labels(result="allow")._value.get() == 2
 
 
 def test_responses_are_always_allowed(guard: Guard) -> None:
@@ -147,6 +148,11 @@ def test_responses_are_always_allowed(guard: Guard) -> None:
         ("/AuthZPlugin.AuthZReq", b"", 400),
         ("/AuthZPlugin.AuthZReq", b"{not json", 400),
         ("/AuthZPlugin.AuthZReq", b'{"RequestMethod":"GET"}', 400),
+        (
+            "/AuthZPlugin.AuthZReq",
+            b'{"RequestMethod":"POST","RequestUri":"/containers/create","RequestBody":"%"}',
+            400,
+        ),
         ("/AuthZPlugin.AuthZRes", b"garbage", 400),
         ("/AuthZPlugin.AuthZRes", b'{"RequestUri":"/containers/create","RequestBody":"%"}', 400),
         ("/Nope", b"{}", 404),

@@ -11,12 +11,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import docker.errors
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.testbed import AgentProcess, Containers, app_labels, unixhttp
+from tests.integration.testbed import (
+    AgentProcess,
+    Containers,
+    app_labels,
+    ensure_image,
+    unixhttp,
+)
 from tests.integration.testbed.agent import all_in, toml_text
 from tests.integration.testbed.disk import owner_mode
+from tests.integration.testbed.plugin_home import PluginHome
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 
@@ -110,3 +118,36 @@ def test_edits_apply_live_and_a_broken_one_is_refused(
     infos = [e for e in agent.log_events() if e.get("path") == quiet]
     assert infos == [], "info lines logged after the level became warning"
     assert agent.running
+
+
+def test_guard_policy_applies_live(busybox_rootfs: str) -> None:
+    """`[guard] violations` edited from deny to warn: the same cross-app bind that was
+    denied is let through, without a restart."""
+    home = PluginHome()
+    engine = home.dockerd("--authorization-plugin=volagent")
+    agent = home.agent(engine.url)
+    made: Containers | None = None
+    try:
+        agent.start()  # dockerd activates its plugin at start: the agent must answer
+        engine.start()
+        ensure_image(engine.client(), busybox_rootfs)
+        made = Containers(engine.url)
+        cross_app = f"{agent.ns('other', 'web', 'data')}:/d"
+        with pytest.raises(docker.errors.APIError, match="authorization denied by plugin"):
+            made.create([cross_app], labels=app_labels("evil", "web"))
+        agent.config["guard"] = {**agent.config["guard"], "violations": "warn"}
+        edit(agent, toml_text(agent.config))
+        wait_until(lambda: reloads(agent, "applied") >= 1, "the edit to be applied")
+        cid = made.create([cross_app], labels=app_labels("evil", "web"))
+        doc = agent.wait_for(lambda d: all_in(d, [cid], ["violation"]), what="the violation")
+        assert doc["guard"]["denied"] >= 1
+        assert not os.path.exists(agent.ns("other"))  # let through, yet nothing created
+    finally:
+        try:
+            if made is not None:
+                made.cleanup()  # removals go through the guard: before the agent stops
+                made.close()
+        finally:
+            engine.stop()
+            agent.close()
+            home.close()

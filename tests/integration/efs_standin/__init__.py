@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +50,66 @@ class Scratch:
     def argv_log(self) -> str:
         return str(self.root / "mount-argv.log")
 
+    @property
+    def mount_program(self) -> str:
+        """A wrapper volagent calls as its mount program; it hands the argv to the stand-in."""
+        path = self.root / "bin" / "mount-standin"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(self.exports, exist_ok=True)
+            path.write_text(
+                "#!/bin/sh\n"
+                f"exec {sys.executable} {STANDIN} --exports {self.exports} "
+                f'--log {self.argv_log} --prog "$0" "$@"\n'
+            )
+            path.chmod(0o755)
+        return str(path)
+
+    def export(self, host: str) -> Path:
+        """The export directory the stand-in serves for `host`."""
+        path = Path(self.exports, host)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def refuse(self, host: str, message: str | None) -> None:
+        """Makes mounts from `host` fail with `message` (None: stop refusing)."""
+        path = Path(self.exports, host + ".fail")
+        if message is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(message)
+
+    def mount_calls(self) -> list[list[str]]:
+        """Every argv the mount program received, in order."""
+        try:
+            lines = Path(self.argv_log).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line)["argv"] for line in lines if line.strip()]
+
+    def server_pids(self) -> list[int]:
+        """The bindfs servers started for the mount point (a stopped, detached one included),
+        oldest first."""
+        found = []
+        for pid in standin_pids(self):
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if self.mount_point.encode() in argv:
+                    found.append(pid)
+        return sorted(found, key=_start_time)
+
+    def server_pid(self) -> int | None:
+        """The newest bindfs serving the mount point, if any."""
+        pids = self.server_pids()
+        return pids[-1] if pids else None
+
+    def shared_config(self, aws: dict[str, Any] | None = None, **mount: Any) -> Config:
+        """A config for a shared type (default nfs4) through the stand-in."""
+        settings: dict[str, Any] = {"type": "nfs4", "mount_program": self.mount_program}
+        settings.update(mount)
+        return self.config(settings, aws=aws or {})
+
     def config(self, mount: dict[str, Any] | None = None, **top: Any) -> Config:
         data: dict[str, Any] = {
             "mount_point": self.mount_point,
@@ -60,7 +122,7 @@ class Scratch:
                 **(mount or {}),
             },
         }
-        data.update(top)
+        data.update({k: v for k, v in top.items() if v})
         return config_mod.from_dict(data)
 
 
@@ -73,6 +135,14 @@ def standin_pids(scratch: Scratch) -> list[int]:
             if argv and argv[0].endswith(b"bindfs") and scratch.exports.encode() in b" ".join(argv):
                 pids.append(int(line.parent.name))
     return pids
+
+
+def _start_time(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rpartition(")")[2].split()[19])
 
 
 def cleanup(scratch: Scratch) -> None:
@@ -142,6 +212,8 @@ async def running_manager(cfg: Config, **kwargs: Any) -> AsyncIterator[Running]:
         yield Running(state, manager, task, calls)
     finally:
         task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=15)
+        assert done, "the mount manager did not stop when cancelled"
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

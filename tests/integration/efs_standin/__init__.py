@@ -88,20 +88,21 @@ class Scratch:
             return []
         return [json.loads(line)["argv"] for line in lines if line.strip()]
 
-    def server_pids(self) -> list[int]:
+    def server_pids(self, mount_point: str = "") -> list[int]:
         """The bindfs servers started for the mount point (a stopped, detached one included),
         oldest first."""
+        target = (mount_point or self.mount_point).encode()
         found = []
         for pid in standin_pids(self):
             with contextlib.suppress(OSError):
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                if self.mount_point.encode() in argv:
+                if target in argv:
                     found.append(pid)
         return sorted(found, key=_start_time)
 
-    def server_pid(self) -> int | None:
+    def server_pid(self, mount_point: str = "") -> int | None:
         """The newest bindfs serving the mount point, if any."""
-        pids = self.server_pids()
+        pids = self.server_pids(mount_point)
         return pids[-1] if pids else None
 
     def shared_config(self, aws: dict[str, Any] | None = None, **mount: Any) -> Config:

@@ -1,0 +1,121 @@
+"""The mount side inside the real daemon, against the EFS stand-in: a hung mount leaves the
+socket and `volagent status` answering, and while nothing is mounted `docker run` cannot
+write to local disk under the mount point.
+
+The agent mounts type nfs from the stand-in's address, so no name is resolved and no AWS API
+is asked (discovery has its own tests in test_mount_efs.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.integration.aws_fixtures import NfsPorts, nfs_ports
+from tests.integration.conftest import AgentFactory
+from tests.integration.efs_standin import Scratch, cleanup
+from tests.integration.testbed import AgentProcess, Containers, mounts
+from tests.integration.testbed.agent import container, volagent_cli
+from tests.integration.testbed.containers import app_labels
+from volagent.mount import kernel
+
+pytestmark = [pytest.mark.mount, pytest.mark.docker]
+_FIXTURES = (nfs_ports,)
+
+
+@dataclass
+class StandinAgent:
+    agent: AgentProcess
+    scratch: Scratch
+    host: str
+
+    def mount_state(self) -> str:
+        return str(self.agent.status()["mount"]["state"])
+
+
+@pytest.fixture
+def standin_agent(
+    agent_factory: AgentFactory, tmp_path: Path, nfs_ports: NfsPorts
+) -> Iterator[StandinAgent]:
+    scratch = Scratch(tmp_path)
+    host = nfs_ports.open_ip
+    agent = agent_factory(
+        config={
+            "mount": {
+                "type": "nfs",
+                "source": f"{host}:/",
+                "mount_program": scratch.mount_program,
+                "probe_interval_s": 0.2,
+                "probe_timeout_s": 0.5,
+                "stalled_remount_after": 1000,
+            }
+        }
+    )
+    try:
+        yield StandinAgent(agent, scratch, host)
+    finally:
+        # stop the agent before its stand-in server goes, then release what the test bed's
+        # own finalizer cannot remove (the immutable directory under the mount point)
+        with contextlib.suppress(Exception):
+            agent.stop()
+        cleanup(scratch)
+        mounts.umount_lazy(agent.mount_point)
+        kernel.release(agent.mount_point)
+
+
+def test_a_hung_mount_is_stalled_and_status_still_answers(standin_agent: StandinAgent) -> None:
+    s = standin_agent
+    s.scratch.export(s.host)
+    s.agent.start()
+    s.agent.wait_for(lambda d: d["mount"]["state"] == "mounted", what="mounted")
+    pid = s.scratch.server_pid(s.agent.mount_point)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        doc = s.agent.wait_for(lambda d: d["mount"]["state"] == "stalled", what="stalled")
+        assert doc["status"] == "critical" and "not answering" in doc["mount"]["error"]
+        status, health = s.agent.health()
+        assert status == 503 and health["healthy"] is False
+        cli = volagent_cli(["status", "--json", "--socket", s.agent.socket_path])
+        assert cli.returncode == 2, cli.stderr
+        assert json.loads(cli.stdout)["mount"]["state"] == "stalled"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    s.agent.wait_for(lambda d: d["mount"]["state"] == "mounted", what="mounted again")
+
+
+def test_docker_run_while_unmounted_writes_nothing_locally(
+    standin_agent: StandinAgent, containers: Containers
+) -> None:
+    s = standin_agent
+    s.scratch.refuse(s.host, "access denied by server while mounting")
+    s.agent.start()
+    s.agent.wait_for(
+        lambda d: "access denied" in (d["mount"]["error"] or ""), what="the mount failing"
+    )
+    assert s.mount_state() == "mounting"
+    bind = f"{s.agent.ns('a', 's', 'x')}:/x"
+    cid = containers.create([bind], labels=app_labels("a", "s"), command=("true",))
+    with pytest.raises(docker.errors.APIError):
+        containers.start(cid)  # Docker's own mkdir of the bind source is refused
+    assert os.listdir(s.agent.mount_point) == []
+    doc = s.agent.wait_for(lambda d: container(d, cid) is not None, what="the container")
+    entry = container(doc, cid)
+    assert entry is not None and entry["volumes"][0]["state"] != "ready"
+    # the server lets us in: mounted, and the directory is made on the shared filesystem
+    s.scratch.export(s.host)
+    s.scratch.refuse(s.host, None)
+    s.agent.wait_for(lambda d: d["mount"]["state"] == "mounted", what="mounted")
+    s.agent.wait_for(
+        lambda d: (c := container(d, cid)) is not None and c["volumes"][0]["state"] == "ready",
+        what="the volume ready",
+    )
+    assert Path(s.scratch.exports, s.host, "r1-a", "s", "x").is_dir()

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import socket
 import stat
 import struct
@@ -122,6 +123,7 @@ class HttpServer:
         self._connections: set[asyncio.Task[None]] = set()
         # connections between the first byte of a request and the end of its answer
         self._busy: set[asyncio.Task[None]] = set()
+        self._fds: dict[asyncio.Task[None], int] = {}  # each connection's descriptor
         self._draining = False
         self._unix_paths: list[tuple[str, int, int]] = []  # path, st_dev, st_ino we bound
         self._log = log.get("http", server=name)
@@ -175,7 +177,7 @@ class HttpServer:
             server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self._busy and loop.time() < deadline:
+        while (self._busy or self._unread_input()) and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for task in list(self._connections):
             task.cancel()
@@ -193,12 +195,27 @@ class HttpServer:
                     os.unlink(path)
         self._unix_paths.clear()
 
+    def _unread_input(self) -> bool:
+        """Whether a kept-alive connection has bytes the server has not read yet: a request
+        the client already sent, which the connection's task picks up at the next turn of
+        the loop. Closing the connection now would cut that request off."""
+        poller = select.poll()
+        for fd in self._fds.values():
+            poller.register(fd, select.POLLIN)
+        try:
+            return bool(poller.poll(0))
+        except OSError:
+            return False
+
     # --- connections -------------------------------------------------------------------
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - asyncio always runs this callback in a task
             return
         self._connections.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            self._fds[task] = sock.fileno()
         try:
             if len(self._connections) > self.max_connections:
                 await self._send_quietly(writer, error_response(503, "too many connections"), True)
@@ -211,6 +228,7 @@ class HttpServer:
         finally:
             self._connections.discard(task)
             self._busy.discard(task)
+            self._fds.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)

@@ -86,23 +86,28 @@ class NfsPorts:
     closed_ip: str
 
 
-@pytest.fixture(scope="session")
-def nfs_ports() -> Iterator[NfsPorts]:
-    # random addresses in 127.0.2.0/24: another test run on this host may hold one
+def open_nfs_port() -> tuple[str, socket.socket]:
+    """Listens on port 2049 of a free random address in 127.0.2.0/24 (another test run on
+    this host may hold one); returns the address and the listening socket to close."""
     rng = random.Random()  # noqa: S311 - picking test addresses, not secrets
     for _ in range(50):
-        open_ip = f"127.0.2.{rng.randrange(10, 240)}"
-        sock = _listener(open_ip)
-        if sock is None:
-            continue
-        closed = [f"127.0.2.{n}" for n in rng.sample(range(10, 240), 20)]
-        closed_ip = next(ip for ip in closed if ip != open_ip and _refuses(ip))
-        try:
-            yield NfsPorts(open_ip, closed_ip)
-        finally:
-            sock.close()
-        return
+        ip = f"127.0.2.{rng.randrange(10, 240)}"
+        sock = _listener(ip)
+        if sock is not None:
+            return ip, sock
     raise RuntimeError("no free address for the NFS port listener")
+
+
+@pytest.fixture(scope="session")
+def nfs_ports() -> Iterator[NfsPorts]:
+    open_ip, sock = open_nfs_port()
+    rng = random.Random()  # noqa: S311 - as above
+    candidates = [f"127.0.2.{n}" for n in rng.sample(range(10, 240), 20)]
+    closed_ip = next(ip for ip in candidates if ip != open_ip and _refuses(ip))
+    try:
+        yield NfsPorts(open_ip, closed_ip)
+    finally:
+        sock.close()
 
 
 # --- the EFS world in moto -------------------------------------------------------------------

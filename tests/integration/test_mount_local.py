@@ -128,3 +128,38 @@ def test_requested_remount_mounts_again(scratch: Scratch) -> None:
                 assert sum(f" {scratch.mount_point} " in line for line in f) == 1
 
     run_async(scenario())
+
+
+def test_a_probe_that_fails_without_a_dead_mount_keeps_it_and_says_so(scratch: Scratch) -> None:
+    os.makedirs(scratch.local_path)
+    Path(scratch.local_path, ".volagent").write_text("not a directory")
+
+    async def scenario() -> None:
+        async with running_manager(scratch.config()) as r:
+            await eventually(lambda: r.state.mount.error, "a probe error")
+            assert r.state.mount.state == "local" and r.state.mount_dev is not None
+            assert "probe failed" in (r.state.mount.error or "")
+            assert any("probe failed" in w for w in r.state.warnings)
+            Path(scratch.local_path, ".volagent").unlink()
+            await eventually(lambda: r.state.mount.error is None, "the error cleared")
+            assert not any("probe failed" in w for w in r.state.warnings)
+
+    run_async(scenario())
+
+
+def test_a_new_local_path_in_a_live_config_is_mounted_instead(scratch: Scratch) -> None:
+    other = str(scratch.root / "other")
+
+    async def scenario() -> None:
+        async with running_manager(scratch.config()) as r:
+            await r.wait_state("local")
+            r.state.config = scratch.config({"local_path": other})
+            await eventually(lambda: r.state.mount.source == other, "the new source")
+            await r.wait_state("local")
+            await eventually(
+                lambda: _same_dir(scratch.mount_point, other), "the new directory mounted"
+            )
+            with open("/proc/self/mountinfo") as f:
+                assert sum(f" {scratch.mount_point} " in line for line in f) == 1
+
+    run_async(scenario())

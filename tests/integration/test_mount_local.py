@@ -163,3 +163,17 @@ def test_a_new_local_path_in_a_live_config_is_mounted_instead(scratch: Scratch) 
                 assert sum(f" {scratch.mount_point} " in line for line in f) == 1
 
     run_async(scenario())
+
+
+def test_a_mount_point_given_as_a_symlink_is_mounted_at_its_target(scratch: Scratch) -> None:
+    real = scratch.root / "real-volumes"
+    real.mkdir()
+    os.symlink(real, scratch.mount_point)
+
+    async def scenario() -> None:
+        async with running_manager(scratch.config()) as r:
+            await r.wait_state("local")
+            assert find_mount(str(real)) is not None
+            assert _same_dir(scratch.mount_point, scratch.local_path)
+
+    run_async(scenario())

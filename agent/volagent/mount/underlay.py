@@ -39,6 +39,13 @@ def canonical_mount_point(mount_point: str) -> str:
     canonical = os.path.join(parent, os.path.basename(path))
     with contextlib.suppress(FileExistsError):
         os.mkdir(canonical, 0o755)
+    if os.path.islink(canonical):
+        # a mount point given as a symlink: the mount table names its target
+        target = os.path.realpath(canonical)
+        if os.path.islink(target):
+            raise OSError(errno.ELOOP, "the mount point is a symlink loop", canonical)
+        os.makedirs(target, mode=0o755, exist_ok=True)
+        return target
     return canonical
 
 

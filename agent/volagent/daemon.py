@@ -100,10 +100,20 @@ class Daemon:
         server = HttpServer("api", api.handle)
         await server.start_unix(cfg.api.socket, sock=inherited.get("api"))
         self._servers.append(server)
-        if cfg.guard.enabled:
+        guard_sock = inherited.get("guard")
+        if cfg.guard.enabled or guard_sock is not None:
+            # A guard socket handed over with the guard off is still where dockerd asks:
+            # answering it (allowing everything) beats every Docker call hanging there.
             guard = Guard(self.state, self.preparer).server()
-            await guard.start_unix(cfg.guard.plugin_socket, sock=inherited.get("guard"), mode=0o600)
+            await guard.start_unix(cfg.guard.plugin_socket, sock=guard_sock, mode=0o600)
             self._servers.append(guard)
+            if not cfg.guard.enabled:
+                self.state.warn(
+                    "guard.off",
+                    "[guard] enabled = false, but systemd hands over the guard socket: every "
+                    "Docker call is allowed unchecked (disable volagent-guard.socket and take "
+                    "volagent out of Docker's authorization-plugins, or enable the guard)",
+                )
         if cfg.api.metrics_address:
             host, _, port = cfg.api.metrics_address.rpartition(":")
             await server.start_tcp(host or "127.0.0.1", int(port))

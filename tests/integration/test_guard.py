@@ -369,3 +369,18 @@ def test_a_chunked_create_does_not_slip_past(bed: Guarded) -> None:
     assert b" 403 " in head, answer[:300]
     assert b"authorization denied by plugin volagent" in answer
     assert not os.path.exists(agent.ns("other"))
+
+
+def test_guard_off_with_its_socket_handed_over_allows_everything(
+    bed: Guarded, ctr: Containers
+) -> None:
+    # `[guard] enabled = false` while systemd still hands over the plugin socket: dockerd
+    # keeps asking there, so volagent answers (allowing all) instead of leaving it hanging
+    agent = bed.use(bed.home.agent(bed.engine.url, config={"guard": {"enabled": False}}))
+    cid = ctr.create(
+        [agent.ns("other", "web", "data") + ":/data"], labels=app_labels("evil", "web")
+    )
+    assert ctr.api.inspect_container(cid)["Id"] == cid
+    doc = agent.status()
+    assert doc["guard"]["enabled"] is False
+    assert any("hands over the guard socket" in w for w in doc["warnings"])

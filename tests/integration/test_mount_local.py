@@ -177,3 +177,21 @@ def test_a_mount_point_given_as_a_symlink_is_mounted_at_its_target(scratch: Scra
             assert _same_dir(scratch.mount_point, scratch.local_path)
 
     run_async(scenario())
+
+
+def test_an_unexpected_os_error_is_shown_and_retried(scratch: Scratch) -> None:
+    blocker = scratch.root / "blocker"
+    blocker.write_text("a file where a directory should be")
+    mp = str(blocker / "volumes")
+
+    async def scenario() -> None:
+        async with running_manager(scratch.config(mount_point=mp)) as r:
+            await eventually(
+                lambda: "cannot prepare the mount point" in (r.state.mount.error or ""), "error"
+            )
+            assert r.state.mount.state == "mounting" and not r.task.done()
+            blocker.unlink()
+            await r.wait_state("local")
+            assert _same_dir(mp, scratch.local_path)
+
+    run_async(scenario())

@@ -20,7 +20,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_exponential_jitter
 
 from volagent import log
@@ -31,7 +31,6 @@ from volagent.errors import (
     ForeignMount,
     MountError,
     PermanentError,
-    TemporaryError,
 )
 from volagent.mount import kernel, record, shared, table, underlay
 from volagent.mount.discovery import Resolver, resolve_host
@@ -81,9 +80,17 @@ class MountManager:
             self._log.warning("mount.table_watch_unavailable", error=str(exc))
         try:
             while True:
-                current = await self._establish()
-                reason, error = await self._supervisor.watch(current)
-                await self._let_go(current, reason, error)
+                try:
+                    current = await self._establish()
+                    reason, error = await self._supervisor.watch(current)
+                    await self._let_go(current, reason, error)
+                except Exception as exc:
+                    # a bug must not leave the mount unwatched: say so, then start over
+                    self._log.exception("mount.crashed", error=repr(exc))
+                    self._report.unhealthy("unmounted", f"internal error: {exc!r}")
+                    await self._signals.sleep(
+                        self.state.config.mount.probe_interval_s, lambda: False
+                    )
         finally:
             watch.close()
             self._fs.close()
@@ -101,7 +108,11 @@ class MountManager:
                 self._report.mounting()
             initial = min(1.0, mcfg.probe_interval_s)
             retrying = AsyncRetrying(
-                retry=retry_if_exception_type(TemporaryError),
+                # everything but a PermanentError is worth another try (an unexpected OSError
+                # too); cancellation is a BaseException and is never retried
+                retry=retry_if_exception(
+                    lambda e: isinstance(e, Exception) and not isinstance(e, PermanentError)
+                ),
                 wait=wait_exponential_jitter(
                     initial=initial,
                     max=min(60.0, max(2.0, 4 * mcfg.probe_interval_s)),
@@ -148,10 +159,16 @@ class MountManager:
             self._signals.remount_requested = False
             self._fallback = False
         self._report.show(cfg, None)
-        mp = await self._blocking(
-            functools.partial(underlay.canonical_mount_point, cfg.mount_point),
-            "preparing the mount point",
-        )
+        try:
+            mp = await self._blocking(
+                functools.partial(underlay.canonical_mount_point, cfg.mount_point),
+                "preparing the mount point",
+            )
+        except OSError as exc:
+            raise MountError(
+                f"cannot prepare the mount point {cfg.mount_point}: {exc.strerror} "
+                f"({exc.filename}); fix: make its parent a directory volagent can create in"
+            ) from None
         entry = table.find_mount(mp)
         if entry is None:
             await self._lock(mp)

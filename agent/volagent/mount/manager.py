@@ -102,10 +102,10 @@ class MountManager:
 
     # --- establish ---------------------------------------------------------------------
     async def _establish(self) -> Current:
+        if self.state.mount.state != "mounting":
+            self._report.mounting()
         while True:
             mcfg = self.state.config.mount
-            if self.state.mount.state not in ("mounting", "unmounted"):
-                self._report.mounting()
             initial = min(1.0, mcfg.probe_interval_s)
             retrying = AsyncRetrying(
                 # everything but a PermanentError is worth another try (an unexpected OSError

@@ -42,7 +42,9 @@ class Prepared:
 def open_mount_point(mount_point: str, expected_dev: int | None) -> int:
     """A descriptor of the mount point, refused unless it is on `expected_dev`."""
     try:
-        fd = os.open(mount_point, _DIR_FLAGS)
+        # The mount point itself may be an operator's symlink; what counts is the device
+        # checked below. Below it, nothing is followed.
+        fd = os.open(mount_point, _DIR_FLAGS & ~os.O_NOFOLLOW)
     except OSError as exc:
         raise MountUnhealthy(f"cannot open {mount_point}: {exc.strerror}") from None
     if expected_dev is not None and os.fstat(fd).st_dev != expected_dev:

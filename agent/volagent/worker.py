@@ -62,7 +62,10 @@ class TimedWorker:
     async def run(self, fn: Callable[[], T], timeout: float, what: str = "") -> T:
         fut = self.submit(fn)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives just as the job completes, and a daemon that must stop would not
+            async with asyncio.timeout(timeout):
+                return await asyncio.wrap_future(fut)
         except TimeoutError:
             fut.cancel()  # only takes effect if no thread has picked it up yet
             raise FilesystemHung(

@@ -131,12 +131,17 @@ def test_symlink_at_every_level_is_refused(
         fs.check_path(str(mp), PARTS, None)
 
 
-def test_mount_point_that_is_a_symlink_is_refused(tmp_path: Path, outside: Path) -> None:
+def test_mount_point_given_as_a_symlink_counts_only_by_its_device(
+    tmp_path: Path, outside: Path
+) -> None:
+    # An operator may point mount_point at a symlink; what decides is the device behind it.
     mp = tmp_path / "mp-link"
     mp.symlink_to(outside)
     with pytest.raises(MountUnhealthy):
-        fs.prepare_path(str(mp), PARTS, OWNER, 0o750, None)
+        fs.prepare_path(str(mp), PARTS, OWNER, 0o750, os.stat(outside).st_dev + 1)
     assert tree(outside) == []
+    fs.prepare_path(str(mp), PARTS, OWNER, 0o750, os.stat(outside).st_dev)
+    assert tree(outside) == ["r1-a", "r1-a/web", "r1-a/web/var", "r1-a/web/var/data"]
 
 
 def test_a_file_in_the_way_is_refused(mp: Path) -> None:

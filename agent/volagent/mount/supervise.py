@@ -154,7 +154,7 @@ class Supervisor:
         if cfg is cur.config:
             return ""
         old = cur.config
-        if cfg.mount != old.mount or cfg.mount_point != old.mount_point:
+        if _target(cfg) != _target(old):
             return "the mount configuration changed"
         cur.config = cfg  # other sections changed: keep the mount, use the new intervals
         return ""
@@ -193,3 +193,22 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+# The keys that say what is mounted where; probe timing and the like apply live, without a
+# remount that would pull the filesystem from under running containers.
+_TARGET_KEYS = (
+    "type",
+    "file_system_id",
+    "discover_tag",
+    "region",
+    "source",
+    "local_path",
+    "options",
+    "mount_program",
+    "allow_local_fallback",
+)
+
+
+def _target(cfg: Config) -> tuple[object, ...]:
+    return (cfg.mount_point, cfg.aws, *(getattr(cfg.mount, k) for k in _TARGET_KEYS))

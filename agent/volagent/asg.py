@@ -11,14 +11,13 @@ when that is the cause. boto3 is imported here only, and only when a report is d
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from volagent import log
 from volagent.config import Config
-from volagent.errors import DiscoveryError
+from volagent.mount.imds import Imds
 from volagent.state import AgentState, now_iso
 
 TICK_S = 1.0
@@ -32,16 +31,17 @@ Identity = Callable[[Config], Awaitable[tuple[str, str]]]
 
 
 def instance_identity(state: AgentState) -> Identity:
-    """This instance's id and region: what the mount's discovery found, else the config."""
+    """This instance's id and region: known already, else asked of instance metadata (the
+    mount side's IMDSv2 client); `[mount] region` wins over the metadata's region."""
 
     async def identity(cfg: Config) -> tuple[str, str]:
-        instance_id = state.instance_id
-        region = cfg.mount.region or os.environ.get("AWS_REGION", "")
-        if not instance_id:
-            raise DiscoveryError(
-                "this instance's id is not known (instance metadata has not answered)",
-                fix="check that instance metadata is reachable (volagent doctor)",
-            )
+        instance_id, region = state.instance_id, cfg.mount.region
+        if not instance_id or not region:
+            imds = Imds(cfg.aws.imds_endpoint)
+            found = await asyncio.wait_for(asyncio.to_thread(imds.identity), CALL_TIMEOUT_S)
+            instance_id = instance_id or found.instance_id
+            region = region or found.region
+            state.instance_id = instance_id
         return instance_id, region
 
     return identity

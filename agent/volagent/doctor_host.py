@@ -10,12 +10,13 @@ import shutil
 
 from volagent.config import Config
 from volagent.doctor_result import CheckResult
+from volagent.mount.shared import HELPER_DIRS
 
 DAEMON_JSON_ENV = "VOLAGENT_DOCKER_DAEMON_JSON"
 DAEMON_JSON = "/etc/docker/daemon.json"
 OS_RELEASE = "/etc/os-release"
 # mount helpers live in the sbin directories, which a non-root PATH often lacks
-_SBIN = ("/sbin", "/usr/sbin", "/usr/local/sbin")
+_SBIN = HELPER_DIRS
 
 _NFS_PACKAGES = {
     "debian": "apt-get install -y nfs-common",

@@ -13,6 +13,8 @@ from volagent import asg
 from volagent.config import Config, from_dict
 from volagent.state import AgentState
 
+CLOSED = "http://127.0.0.1:9"  # loopback discard port: nobody answers
+
 
 class AccessDenied(Exception):
     response = {"Error": {"Code": "AccessDenied", "Message": "not allowed"}}  # noqa: RUF012
@@ -20,7 +22,14 @@ class AccessDenied(Exception):
 
 def make(tmp_path: Path, after: float) -> tuple[AgentState, asg.AsgReporter, list[str]]:
     st = AgentState(
-        from_dict({"mount_point": str(tmp_path), "health": {"unhealthy_after_s": after}})
+        from_dict(
+            {
+                "mount_point": str(tmp_path),
+                "mount": {"region": "us-east-1"},
+                "aws": {"imds_endpoint": CLOSED},
+                "health": {"unhealthy_after_s": after},
+            }
+        )
     )
     st.instance_id = "i-0abc"
     calls: list[str] = []
@@ -98,7 +107,7 @@ def test_unknown_instance_id_is_a_clear_failure(tmp_path: Path) -> None:
     asyncio.run(rep.check(0))
     asyncio.run(rep.check(5))
     assert calls == []
-    assert any("instance" in w and "metadata" in w for w in st.warnings)
+    assert any("instance metadata" in w and "unreachable" in w for w in st.warnings)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from typing import Any
 
 from volagent import __version__, log, records
 from volagent.errors import FilesystemHung, VolagentError
+from volagent.mount.imds import Imds
 from volagent.state import AgentState, now_iso
 from volagent.worker import TimedWorker
 
@@ -28,6 +29,9 @@ RACK_READ_TIMEOUT_S = 0.08
 WRITE_TIMEOUT_S = 5.0
 # a host whose last heartbeat said this stopped on purpose
 STOPPED = "stopped"
+# instance metadata is asked for this host's instance id at start, then this often until known
+IDENTIFY_RETRY_S = 600.0
+IDENTIFY_TIMEOUT_S = 1.0
 
 
 def host_record(state: AgentState, status: str | None = None) -> dict[str, Any]:
@@ -124,6 +128,7 @@ class Heartbeat:
         self._known: list[dict[str, Any]] = []
         self._reading: asyncio.Future[list[dict[str, Any]]] | None = None
         self._failing = False
+        self._identify_at = 0.0
 
     def wake(self) -> None:
         """Beat now (the config changed, the mount came back)."""
@@ -132,6 +137,7 @@ class Heartbeat:
     async def run(self) -> None:
         try:
             while True:
+                await self.identify()
                 await self.beat()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -141,6 +147,27 @@ class Heartbeat:
         except asyncio.CancelledError:
             await self._farewell()
             raise
+
+    async def identify(self) -> None:
+        """Learns this instance's id from instance metadata (the mount side's IMDSv2 client):
+        the contract names a host by its instance id unless `host_id` is set. Off EC2 the
+        hostname stays, and metadata is asked again only every IDENTIFY_RETRY_S."""
+        st = self.state
+        if st.instance_id or time.monotonic() < self._identify_at:
+            return
+        self._identify_at = time.monotonic() + IDENTIFY_RETRY_S
+        imds = Imds(st.config.aws.imds_endpoint, timeout=IDENTIFY_TIMEOUT_S, attempts=1)
+        try:
+            found = await asyncio.wait_for(
+                asyncio.to_thread(imds.required, "instance-id"), 3 * IDENTIFY_TIMEOUT_S
+            )
+        except (TimeoutError, VolagentError) as exc:
+            self.log.debug("instance_id_unknown", reason=str(exc))
+            return
+        st.instance_id = found
+        if not st.config.host_id:
+            st.host_id = found
+        self.log.info("host_identified", host=st.host_id, instance_id=found)
 
     async def beat(self, status: str | None = None) -> bool:
         """Writes one heartbeat; False when it was skipped or failed."""

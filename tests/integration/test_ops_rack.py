@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.aws_fixtures import INSTANCE_ID, Imds, imds
 from tests.integration.testbed import (
     AgentFactory,
     AgentProcess,
@@ -28,6 +29,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.mount]
 HEALTH = {"heartbeat_interval_s": 0.3, "stale_after_s": 2.0}
 NO_DOCKER = "unix:///nonexistent/docker.sock"  # a host whose Docker is not ours to watch
 DAY = 86400.0
+__all__ = ["imds"]  # a fixture used by name
 
 
 def two_hosts(agent_factory: AgentFactory, docker_url: str) -> tuple[AgentProcess, AgentProcess]:
@@ -136,3 +138,16 @@ def test_gc_keeps_what_another_host_uses(
     assert not os.path.exists(a.ns("old"))
     assert os.path.isdir(used)
     assert os.path.isdir(b.ns("used", "web", "data"))
+
+
+def test_a_host_is_named_by_its_instance_id(agent_factory: AgentFactory, imds: Imds) -> None:
+    """Without `host_id`, the rack view names the host by the instance id from metadata."""
+    agent = agent_factory(
+        docker_url=NO_DOCKER,
+        config={"host_id": "", "health": HEALTH, "aws": {"imds_endpoint": imds.url}},
+    ).start()
+    hosts = wait_until(lambda: (h := rack(agent)).get(INSTANCE_ID) and h, "the instance's entry")
+    assert list(hosts) == [INSTANCE_ID]
+    assert hosts[INSTANCE_ID]["instance_id"] == INSTANCE_ID
+    beats = os.listdir(os.path.join(agent.mount_point, ".volagent", "hosts"))
+    assert beats == [f"{INSTANCE_ID}.json"]  # no record left under the hostname

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 from volagent import client, fstree, records
 from volagent.config import Config
@@ -47,13 +47,14 @@ class GcRefused(VolagentError):
 def guarded(fn: Callable[[fstree.Progress], T], what: str, stall_s: float = STALL_S) -> T:
     """Runs fn in a daemon thread; gives up when it makes no progress for `stall_s`."""
     progress = fstree.Progress()
-    box: dict[str, object] = {}
+    results: list[T] = []
+    errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            box["result"] = fn(progress)
+            results.append(fn(progress))
         except BaseException as exc:
-            box["error"] = exc
+            errors.append(exc)
 
     thread = threading.Thread(target=target, name=f"gc-{what}", daemon=True)
     thread.start()
@@ -63,9 +64,9 @@ def guarded(fn: Callable[[fstree.Progress], T], what: str, stall_s: float = STAL
             raise FilesystemHung(
                 f"{what} made no progress for {stall_s:g} s: the filesystem is not answering"
             )
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["result"]  # type: ignore[return-value]
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 def local_use(cfg: Config) -> tuple[set[Key], str | None]:
@@ -126,8 +127,8 @@ def human_size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def print_survey(s: Survey, days: float, out: object) -> None:
-    w = out.write  # type: ignore[attr-defined]
+def print_survey(s: Survey, days: float, out: TextIO) -> None:
+    w = out.write
     when = now_iso(s.cutoff)
     if not s.candidates:
         w(f"nothing unused for {days:g} days (since {when}); {s.kept} directories in use\n")
@@ -147,9 +148,9 @@ def print_survey(s: Survey, days: float, out: object) -> None:
         )
 
 
-def delete(cfg: Config, root_fd: int, s: Survey, local: set[Key], out: object) -> bool:
+def delete(cfg: Config, root_fd: int, s: Survey, local: set[Key], out: TextIO) -> bool:
     """Removes every candidate still unused; True when all went."""
-    w = out.write  # type: ignore[attr-defined]
+    w = out.write
     dev = os.fstat(root_fd).st_dev
     ok = True
     for c in s.candidates:

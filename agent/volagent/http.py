@@ -93,7 +93,11 @@ def peer_credentials(sock: socket.socket | None) -> tuple[int, int, int] | None:
 class HttpServer:
     """Serves `handler` on one or more listeners. Limits are per request; time limits are in
     seconds: `header_timeout` for a whole request head, `body_timeout` for a whole body,
-    `idle_timeout` between keep-alive requests, `write_timeout` for a slow reader."""
+    `idle_timeout` between keep-alive requests, `write_timeout` for a slow reader.
+    `linger_idle`: on close, idle kept-alive connections stay open up to that many seconds
+    (within the grace) too, until their client sends one more request (answered with
+    `Connection: close`) or hangs up: closing one from this side races with the client
+    sending on it."""
 
     def __init__(
         self,
@@ -108,6 +112,7 @@ class HttpServer:
         idle_timeout: float = 60.0,
         write_timeout: float = 30.0,
         max_connections: int = 256,
+        linger_idle: float = 0.0,
     ) -> None:
         self.name = name
         self.handler = handler
@@ -119,6 +124,7 @@ class HttpServer:
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
         self.max_connections = max_connections
+        self.linger_idle = linger_idle
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task[None]] = set()
         # connections between the first byte of a request and the end of its answer
@@ -177,7 +183,10 @@ class HttpServer:
             server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while (self._busy or self._unread_input()) and loop.time() < deadline:
+        linger_until = loop.time() + min(grace, self.linger_idle)
+        while loop.time() < deadline and (
+            self._busy or self._unread_input() or (self._connections and loop.time() < linger_until)
+        ):
             await asyncio.sleep(0.01)
         for task in list(self._connections):
             task.cancel()

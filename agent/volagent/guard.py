@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
+from volagent import guard_messages as messages
 from volagent import log
 from volagent.guard_memory import GuardMemory, Known
 from volagent.guard_protocol import (
     ACTIVATE_BODY,
     ALLOW_BODY,
-    MAX_FORWARDED_BODY,
     AuthzRequest,
     CreateBodyError,
     PluginRequestError,
@@ -38,19 +37,20 @@ from volagent.guard_protocol import (
     created_id,
     decision_body,
     error_body,
-    header,
     parse_authz_request,
     parse_create_body,
     route,
 )
 from volagent.http import HttpServer, Request, Response
-from volagent.preparer import Outcome, Preparer
-from volagent.state import AgentState, VolumeRecord
+from volagent.preparer import ContainerSpec, Outcome, Preparer
+from volagent.state import AgentState
 
 PLUGIN_CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 # dockerd keeps its plugin connections open and owns their lifetime: closing one while it
 # sits idle races with dockerd reusing it, and a request lost that way fails a Docker call.
 IDLE_TIMEOUT_S = 24 * 3600.0
+# on stop, how long idle connections stay open for dockerd to use once more and let go
+IDLE_LINGER_S = 2.0
 # AuthZRes carries Docker's whole JSON answer (a long `docker ps -a` included)
 MAX_PLUGIN_BODY = 64 << 20
 MAX_CONNECTIONS = 1024
@@ -79,6 +79,7 @@ class Guard:
             max_body=MAX_PLUGIN_BODY,
             idle_timeout=IDLE_TIMEOUT_S,
             max_connections=MAX_CONNECTIONS,
+            linger_idle=IDLE_LINGER_S,
         )
 
     # --- HTTP ---------------------------------------------------------------------------
@@ -195,7 +196,7 @@ class Guard:
     # --- create -------------------------------------------------------------------------
     async def _judge_create(self, authz: AuthzRequest, where: Route) -> str | None:
         if authz.body is None:
-            return _no_body_message(authz)
+            return messages.no_body(authz.headers)
         try:
             create = parse_create_body(authz.body, where.name)
         except CreateBodyError as exc:
@@ -203,28 +204,28 @@ class Guard:
         spec = create.spec
         inherited = self.memory.volumes_from(create.volumes_from)
         outcome = self.preparer.outcome_of(spec)
-        who = _who(where.name)
+        who = messages.who(where.name)
         if outcome is None:
             if inherited and not self.state.mount_healthy:
-                return self._unhealthy_message(who, [v.host for v in inherited])
+                return self._unhealthy(who, [v.host for v in inherited])
             return None
         cfg = self.state.config.guard
         if outcome.violations and cfg.violations == "deny":
-            return _violation_message(who, outcome, self.state.config.mount_point)
+            return messages.violations_of(who, outcome, self.state.config.mount_point)
         if not self.state.mount_healthy:
-            denial = self._unhealthy_message(who, [v.host for v in outcome.volumes])
+            denial = self._unhealthy(who, [v.host for v in outcome.volumes])
             if denial:
                 return denial
             self.memory.expect(authz.uri, authz.body, Known(where.name, outcome.volumes, spec))
             return None
         prepared = await self._prepare(spec, outcome)
-        denial = self._judge_prepared(who, prepared)
+        denial = self._judge_prepared(who, prepared, "create")
         if denial is None:
             known = Known(where.name, prepared.volumes, spec, inherited)
             self.memory.expect(authz.uri, authz.body, known)
         return denial
 
-    async def _prepare(self, spec: Any, outcome: Outcome) -> Outcome:
+    async def _prepare(self, spec: ContainerSpec, outcome: Outcome) -> Outcome:
         budget = self.state.config.directories.timeout_s + PREPARE_GRACE_S
         try:
             prepared = await asyncio.wait_for(self.preparer.prepare(spec, track=False), budget)
@@ -239,18 +240,18 @@ class Guard:
             return outcome
         return prepared if prepared is not None else outcome
 
-    def _judge_prepared(self, who: str, prepared: Outcome) -> str | None:
+    def _judge_prepared(self, who: str, prepared: Outcome, action: str) -> str | None:
         cfg = self.state.config.guard
         if prepared.violations and cfg.violations == "deny":
-            return _violation_message(who, prepared, self.state.config.mount_point)
+            return messages.violations_of(who, prepared, self.state.config.mount_point)
         pending = [v for v in prepared.volumes if v.state == "pending"]
         if pending:
-            denial = self._unhealthy_message(who, [v.host for v in pending])
+            denial = self._unhealthy(who, [v.host for v in pending], action)
             if denial:
                 return denial
         failed = [v for v in prepared.volumes if v.state == "failed"]
         if failed:
-            return _failed_message(who, failed, self.state.mount.state)
+            return messages.failed(who, failed, self.state.mount.state, action)
         return None
 
     # --- start --------------------------------------------------------------------------
@@ -258,75 +259,25 @@ class Guard:
         known = self.memory.find(where.container)
         if known is None or not known.all_volumes:
             return None  # not volagent's: unlabeled, or no bind under the mount point
-        who = _who(known.name or where.container)
+        who = messages.who(known.name or where.container)
         if not self.state.mount_healthy:
-            return self._unhealthy_message(who, [v.host for v in known.all_volumes], where.action)
+            return self._unhealthy(who, [v.host for v in known.all_volumes], where.action)
         if self.state.config.guard.violations == "deny":
             bad = [v for v in known.volumes if v.state == "violation"]
             if bad:
-                return _violation_list(who, bad)
+                return messages.violations(who, bad)
         unready = [v for v in known.volumes if v.state not in ("ready", "late")]
         if unready and known.spec is not None:
             outcome = self.preparer.outcome_of(known.spec)
             if outcome is not None:
                 prepared = await self._prepare(known.spec, outcome)
                 known.volumes = prepared.volumes
-                return self._judge_prepared(who, prepared)
+                return self._judge_prepared(who, prepared, where.action)
         return None
 
-    # --- messages -----------------------------------------------------------------------
-    def _unhealthy_message(self, who: str, hosts: list[str], action: str = "create") -> str | None:
+    def _unhealthy(self, who: str, hosts: list[str], action: str = "create") -> str | None:
         """The denial for a container binding under an unhealthy mount; None when the
-        config lets such containers through (`when_unhealthy = "allow"`)."""
+        config lets such containers through (`when_unhealthy = \"allow\"`)."""
         if self.state.config.guard.when_unhealthy != "deny":
             return None
-        mount = self.state.mount
-        why = f" ({mount.error})" if mount.error else ""
-        shown = ", ".join(sorted(set(hosts))[:3]) + (" ..." if len(set(hosts)) > 3 else "")
-        verb = "started" if action == "start" else "restarted" if action == "restart" else "created"
-        return (
-            f"volagent: the shared filesystem at {mount.mount_point} is {mount.state}{why}; "
-            f"{who} binds {shown} there, so it is not {verb}: its data would go to the "
-            "local disk or hang. Retry once `volagent status` shows the mount mounted; to "
-            'let such containers through anyway set [guard] when_unhealthy = "allow".'
-        )
-
-
-def _who(name: str) -> str:
-    return f"container {name}" if name else "this container"
-
-
-def _violation_list(who: str, bad: list[VolumeRecord], namespace: str = "") -> str:
-    reasons = "; ".join(f"{v.host}: {v.error}" for v in bad[:3])
-    where = f" ({namespace}/<service>/...)" if namespace else ""
-    return (
-        f"volagent: {who} breaks the volume namespace rules: {reasons}. Bind only paths "
-        f"under its own app's namespace{where}; `volagent paths --app APP --service "
-        "SERVICE PATH` prints them."
-    )
-
-
-def _violation_message(who: str, outcome: Outcome, mount_point: str) -> str:
-    ident = outcome.identity
-    ns = f"{mount_point.rstrip('/')}/{ident.namespace}" if ident.app and ident.rack else ""
-    return _violation_list(who, outcome.violations, ns)
-
-
-def _failed_message(who: str, failed: list[VolumeRecord], mount_state: str) -> str:
-    reasons = "; ".join(f"{v.error}" for v in failed[:3])
-    return (
-        f"volagent could not prepare the directories of {who}: {reasons} (mount "
-        f"{mount_state}). The container was not created; check `volagent status` and "
-        "retry."
-    )
-
-
-def _no_body_message(authz: AuthzRequest) -> str:
-    ctype = header(authz.headers, "Content-Type") or "none"
-    length = header(authz.headers, "Content-Length") or "unknown"
-    return (
-        "volagent cannot check this create request: Docker passes a request body to "
-        f"authorization plugins only for Content-Type application/json under "
-        f"{MAX_FORWARDED_BODY} bytes, and this one had Content-Type {ctype}, length "
-        f"{length}. Send the container config as JSON (as the docker CLI does)."
-    )
+        return messages.unhealthy(self.state.mount, who, hosts, action)

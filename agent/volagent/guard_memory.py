@@ -8,6 +8,7 @@ created before the guard ran included). Both tables are bounded: the oldest entr
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -33,6 +34,11 @@ class Known:
         return [*self.volumes, *self.inherited]
 
 
+def _request_key(uri: str, body: bytes) -> bytes:
+    # a digest, so creates waiting for their answer hold no bodies (up to 1 MiB each)
+    return hashlib.sha256(uri.encode() + b"\0" + body).digest()
+
+
 class GuardMemory:
     """Containers by id and name; creates waiting for their id. Owned by the event loop."""
 
@@ -40,7 +46,7 @@ class GuardMemory:
         self.state = state
         self._by_id: OrderedDict[str, Known] = OrderedDict()
         self._by_name: dict[str, str] = {}
-        self._pending: OrderedDict[tuple[str, bytes], Known] = OrderedDict()
+        self._pending: OrderedDict[bytes, Known] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -48,14 +54,15 @@ class GuardMemory:
     # --- creates ------------------------------------------------------------------------
     def expect(self, uri: str, body: bytes, known: Known) -> None:
         """An allowed create: remembered until Docker answers it."""
-        self._pending[(uri, body)] = known
-        self._pending.move_to_end((uri, body))
+        key = _request_key(uri, body)
+        self._pending[key] = known
+        self._pending.move_to_end(key)
         while len(self._pending) > MAX_PENDING:
             self._pending.popitem(last=False)
 
     def created(self, uri: str, body: bytes, container_id: str) -> Known | None:
         """Docker answered the create: the container is known by its id from now on."""
-        known = self._pending.pop((uri, body), None)
+        known = self._pending.pop(_request_key(uri, body), None)
         if known is None or not container_id:
             return None
         known.id = container_id

@@ -52,10 +52,13 @@ class Guarded:
         return self.use(self.home.agent(self.engine.url, **kwargs))
 
     def use(self, agent: AgentProcess) -> AgentProcess:
-        """Replaces the serving agent by `agent`, started."""
+        """Replaces the serving agent by `agent`, started, its mount established (until
+        then the mount point is the locked directory underneath)."""
         self.stop_agent()
         self.agent = agent
-        return agent.start()
+        agent.start()
+        agent.wait_for(lambda d: d["mount"]["state"] in ("mounted", "local"), what="the mount")
+        return agent
 
     def stop_agent(self) -> None:
         if self.agent is not None:
@@ -173,7 +176,7 @@ def test_hostile_binds_fail_with_the_guards_message(bed: Guarded, tmp_path: Any)
             *("--label", f"volagent.owner={OWNER}", "--label", "volagent.test=1"),
             *("volagent-test/busybox:latest", "true"),
         )
-        assert out.returncode != 0, f"{host} was allowed"
+        assert out.returncode != 0, f"{host} was allowed\n{agent.diagnostics(80)}"
         assert "authorization denied by plugin volagent: volagent:" in out.stderr, out.stderr
         assert any(r in out.stderr for r in reasons), out.stderr
     assert docker_cli(bed.engine, "ps", "-aq").stdout == before.stdout  # nothing created
@@ -203,11 +206,13 @@ class Bindfs:
         self.proc = subprocess.Popen(
             ["bindfs", "-f", self.export, self.mount_point],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 30
         while not testbed_mounts.is_mount_point(self.mount_point):
-            assert self.proc.poll() is None, "bindfs exited"
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read() if self.proc.stderr else b""
+                raise AssertionError(f"bindfs exited: {err.decode(errors='replace')}")
             assert time.monotonic() < deadline, "bindfs did not mount"
             time.sleep(0.05)
 
@@ -242,7 +247,6 @@ def test_unhealthy_mount_denies_create_and_start(
     try:
         fs.start()
         bed.use(agent)
-        agent.wait_for(lambda d: d["mount"]["state"] in healthy, what="the mount")
         early = ctr.create([agent.ns("shop", "web", "early") + ":/data"], labels=labels)
 
         fs.signal(signal.SIGSTOP if outage == "hung" else signal.SIGKILL)
@@ -262,8 +266,9 @@ def test_unhealthy_mount_denies_create_and_start(
         if outage == "hung":
             fs.signal(signal.SIGCONT)
         else:
+            # the dead mount goes; the agent mounts what is at local_path again (for mount
+            # type local, the plain directory: restarting bindfs there would race with it)
             fs.close()
-            fs.start()
         agent.wait_for(lambda d: d["mount"]["state"] in healthy, what="recovery", timeout=120)
         ctr.start(early)
         probe = ["stat", "-c", "%u:%g", "/data"]

@@ -173,3 +173,19 @@ def test_stop_answers_the_request_in_progress(served: Served) -> None:
     assert "did not finish" in str(doc["Msg"])
     assert connection.lower() == "close"
     assert not os.path.exists(served.socket)
+
+
+def test_stop_lets_an_idle_connection_be_used_once_more(served: Served) -> None:
+    # dockerd keeps idle connections to its plugin and may send on one at any moment:
+    # closing it under dockerd's feet would cut that request off
+    conn = UnixConnection(served.socket)
+    try:
+        assert post(conn, "/Plugin.Activate", b"")[0] == 200  # now idle, kept alive
+        closing = asyncio.run_coroutine_threadsafe(served.server.close(grace=10), served.loop)
+        threading.Event().wait(0.3)
+        assert not closing.done()
+        status, doc, connection = post(conn, "/AuthZPlugin.AuthZReq", authz("/info", method="GET"))
+        assert (status, doc, connection.lower()) == (200, {"Allow": True}, "close")
+        closing.result(30)
+    finally:
+        conn.close()

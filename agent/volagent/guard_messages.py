@@ -1,0 +1,65 @@
+"""What the start guard tells whoever ran `docker run` when it says no: what is wrong, and
+what to do about it. dockerd shows the text as `authorization denied by plugin volagent: ...`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from volagent.guard_protocol import MAX_FORWARDED_BODY, header
+from volagent.preparer import Outcome
+from volagent.state import MountStatus, VolumeRecord
+
+_DONE = {"start": "started", "restart": "restarted", "create": "created"}
+
+
+def who(name: str) -> str:
+    return f"container {name}" if name else "this container"
+
+
+def unhealthy(mount: MountStatus, who: str, hosts: list[str], action: str) -> str:
+    why = f" ({mount.error})" if mount.error else ""
+    unique = sorted(set(hosts))
+    shown = ", ".join(unique[:3]) + (" ..." if len(unique) > 3 else "")
+    return (
+        f"volagent: the shared filesystem at {mount.mount_point} is {mount.state}{why}; "
+        f"{who} binds {shown} there, so it is not {_DONE.get(action, 'created')}: its data "
+        "would go to the local disk or hang. Retry once `volagent status` shows the mount "
+        'mounted; to let such containers through anyway set [guard] when_unhealthy = "allow".'
+    )
+
+
+def violations(who: str, bad: list[VolumeRecord], namespace: str = "") -> str:
+    reasons = "; ".join(f"{v.host}: {v.error}" for v in bad[:3])
+    where = f" ({namespace}/<service>/...)" if namespace else ""
+    return (
+        f"volagent: {who} breaks the volume namespace rules: {reasons}. Bind only paths "
+        f"under its own app's namespace{where}; `volagent paths --app APP --service "
+        "SERVICE PATH` prints them."
+    )
+
+
+def violations_of(who: str, outcome: Outcome, mount_point: str) -> str:
+    ident = outcome.identity
+    ns = f"{mount_point.rstrip('/')}/{ident.namespace}" if ident.app and ident.rack else ""
+    return violations(who, outcome.violations, ns)
+
+
+def failed(who: str, bad: list[VolumeRecord], mount_state: str, action: str) -> str:
+    reasons = "; ".join(f"{v.error}" for v in bad[:3])
+    return (
+        f"volagent could not prepare the directories of {who}: {reasons} (mount "
+        f"{mount_state}). The container was not {_DONE.get(action, 'created')}; check "
+        "`volagent status` and retry."
+    )
+
+
+def no_body(headers: Mapping[str, str]) -> str:
+    ctype = header(headers, "Content-Type") or "none"
+    length = header(headers, "Content-Length") or "unknown"
+    return (
+        "volagent cannot check this create request: Docker passes a request body to "
+        "authorization plugins only for Content-Type application/json under "
+        f"{MAX_FORWARDED_BODY} bytes, and this one had Content-Type {ctype}, length "
+        f"{length}. Send the container config as JSON (as the docker CLI does)."
+    )

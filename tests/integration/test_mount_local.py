@@ -3,8 +3,10 @@ when something else is mounted, kept when the manager stops, restored after an u
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,3 +197,40 @@ def test_an_unexpected_os_error_is_shown_and_retried(scratch: Scratch) -> None:
             assert _same_dir(mp, scratch.local_path)
 
     run_async(scenario())
+
+
+def test_a_dead_local_path_is_reported_and_retried_with_backoff(scratch: Scratch) -> None:
+    # local_path is itself a FUSE mount, and its server dies under the bind.
+    export = scratch.root / "export"
+    export.mkdir()
+    os.makedirs(scratch.local_path)
+    server = subprocess.Popen(["bindfs", "-f", str(export), scratch.local_path])
+    try:
+
+        async def scenario() -> None:
+            await eventually(lambda: find_mount(scratch.local_path), "bindfs at local_path")
+            async with running_manager(scratch.config()) as r:
+                await r.wait_state("local")
+                server.kill()
+                server.wait()
+                await eventually(
+                    lambda: "not accessible" in (r.state.mount.error or ""),
+                    "the dead local_path named in the status",
+                )
+                assert "Transport endpoint is not connected" in str(r.state.mount.error)
+                assert r.state.mount_dev is None
+                await asyncio.sleep(2.0)
+                # without backoff this would remount hundreds of times a second; with it, a
+                # handful of times however slow or fast the machine is
+                assert r.state.metrics.remounts._value.get() < 20
+
+        run_async(scenario())
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        for _ in range(5):
+            if find_mount(scratch.mount_point) is None:
+                break
+            kernel.lazy_unmount(scratch.mount_point)
+        kernel.lazy_unmount(scratch.local_path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -41,6 +42,7 @@ from volagent.state import AgentState
 from volagent.worker import TimedWorker
 
 T = TypeVar("T")
+SHORT_LIVED_S = 10.0  # a mount lost sooner than this counts towards the backoff
 MountProgram = Callable[[Config, Target, str], Awaitable[None]]
 
 
@@ -78,12 +80,25 @@ class MountManager:
         except OSError as exc:
             # without it, table changes are still seen at the next probe tick
             self._log.warning("mount.table_watch_unavailable", error=str(exc))
+        loop = asyncio.get_running_loop()
+        short_lived = 0
         try:
             while True:
                 try:
                     current = await self._establish()
+                    began = loop.time()
                     reason, error = await self._supervisor.watch(current)
                     await self._let_go(current, reason, error)
+                    # A mount that dies as soon as it is made (a dead server behind a mount
+                    # that still succeeds) must not spin: back off like a failed attempt.
+                    lived = loop.time() - began
+                    if reason in ("requested", "config") or lived > SHORT_LIVED_S:
+                        short_lived = 0
+                    else:
+                        short_lived += 1
+                        await self._signals.sleep(
+                            _short_lived_delay(short_lived), lambda: self._signals.remount_requested
+                        )
                 except Exception as exc:
                     # a bug must not leave the mount unwatched: say so, then start over
                     self._log.exception("mount.crashed", error=repr(exc))
@@ -312,9 +327,23 @@ class MountManager:
 
 
 def _ensure_dir(path: str) -> None:
-    os.makedirs(path, mode=0o755, exist_ok=True)
+    try:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    except FileExistsError:
+        # makedirs saw no directory, yet the name exists: a dead mount or a non-directory
+        try:
+            os.stat(path)
+        except OSError as exc:
+            raise MountError(f"{path} is not accessible: {exc.strerror}") from None
+        raise MountError(f"{path} exists and is not a directory") from None
 
 
 def _same_directory(a: str, b: str) -> bool:
     sa, sb = os.stat(a), os.stat(b)
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _short_lived_delay(times: int) -> float:
+    """0.25 s, 0.5 s, 1 s ... up to 30 s, with up to 25 % jitter."""
+    base = min(30.0, 0.25 * 2 ** min(times - 1, 8))
+    return base * (1 + random.random() / 4)  # noqa: S311 (jitter, not cryptography)

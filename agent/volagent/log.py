@@ -1,4 +1,9 @@
-"""Logging: structlog JSON lines on stdout, one event name per line."""
+"""Logging: structlog JSON lines on stdout, one event name per line.
+
+Libraries log through the standard `logging` module (watchdog, urllib3, botocore): their
+warnings and errors are forwarded into the same JSON lines, so nothing the daemon logs goes
+to stderr as free text.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,30 @@ _LEVELS = {
 }
 
 
+class _ToStructlog(logging.Handler):
+    """Forwards a standard library log record as a JSON line, its logger as the component."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"component": record.name}
+            if record.exc_info and record.exc_info[0] is not None:
+                fields["exc_info"] = record.exc_info
+            structlog.get_logger().log(record.levelno, record.getMessage(), **fields)
+        except Exception:
+            self.handleError(record)
+
+
+def _forward_stdlib_logging() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _ToStructlog) for h in root.handlers):
+        root.addHandler(_ToStructlog())
+    # libraries' debug chatter is not the daemon's log, even at log_level = "debug"
+    root.setLevel(logging.WARNING)
+
+
 def configure(level: str = "info") -> None:
     """(Re)configures structlog; called at start and when the config's log_level changes."""
+    _forward_stdlib_logging()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -109,8 +109,9 @@ def prepare_path(
             os.close(fd)
             fd = child
             if os.fstat(fd).st_dev != dev:
+                # not the shared filesystem: whatever were made there would not be shared
                 raise NamespaceViolation(
-                    4, f"{shown} is on another filesystem (a mount inside the namespace)"
+                    3, f"{shown} is on another filesystem (a mount inside the namespace)"
                 )
             if made:
                 created += 1

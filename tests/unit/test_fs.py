@@ -175,6 +175,7 @@ def test_a_mount_inside_the_namespace_is_refused(mp: Path, tmp_path: Path) -> No
     try:
         with pytest.raises(NamespaceViolation) as info:
             fs.prepare_path(str(mp), PARTS, OWNER, 0o750, os.stat(mp).st_dev)
+        assert info.value.rule == 3
         assert "another filesystem" in str(info.value)
         assert os.listdir(inner) == []
     finally:

@@ -345,5 +345,5 @@ def _same_directory(a: str, b: str) -> bool:
 
 def _short_lived_delay(times: int) -> float:
     """0.25 s, 0.5 s, 1 s ... up to 30 s, with up to 25 % jitter."""
-    base = min(30.0, 0.25 * 2 ** min(times - 1, 8))
+    base = min(30.0, 0.25 * 2.0 ** min(times - 1, 8))
     return base * (1 + random.random() / 4)  # noqa: S311 (jitter, not cryptography)

@@ -595,6 +595,7 @@ def test_status_socket_choice_rack_view_and_gc(ok: Bed, tmp_path: Path) -> None:
     cfg.write_text(f'[api]\nsocket = "{nowhere}"\n')
     assert ok.cli("status", "--config", str(cfg)).returncode == 3
     assert ok.cli("status", "--config", ok.agent.config_path).returncode == 0
+    assert ok.cli("status", env={"VOLAGENT_CONFIG": ok.agent.config_path}).returncode == 0
     env_wins = ok.cli("status", "--config", str(cfg), env={"VOLAGENT_SOCKET": sock})
     assert env_wins.returncode == 0, env_wins.stderr
     flag_wins = ok.cli("status", "--socket", sock, env={"VOLAGENT_SOCKET": nowhere})

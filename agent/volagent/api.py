@@ -92,7 +92,10 @@ class StatusApi:
         headers = {"X-Volagent-Status": str(doc["status"])}
         if req.query.get("format", "json") == "text":
             text = render.render_status(
-                doc, color=_flag(req, "color"), verbose=_flag(req, "verbose")
+                doc,
+                color=_flag(req, "color"),
+                verbose=_flag(req, "verbose"),
+                host=self.state.host_id,
             )
             return Response(200, text.encode(), "text/plain; charset=utf-8", headers)
         if _flag(req, "pretty"):

@@ -98,19 +98,22 @@ def _valid(rec: dict[str, Any]) -> bool:
 def rack_view(
     heartbeats: list[dict[str, Any]], stale_after_s: float, now: float
 ) -> list[dict[str, Any]]:
-    """The hosts of the rack, sorted by name, each flagged stale when its heartbeat is old."""
+    """The hosts of the rack, sorted by name, each flagged stale when its heartbeat is old or
+    its last beat said it stopped."""
     out = []
     for rec in sorted(heartbeats, key=lambda r: str(r["host"])):
         age = now - float(rec["time"])
+        status = str(rec.get("status") or "unknown")
         out.append(
             {
                 "host": rec["host"],
                 "instance_id": str(rec.get("instance_id") or ""),
-                "status": str(rec.get("status") or "unknown"),
+                "status": status,
                 "version": str(rec.get("version") or ""),
                 "last_seen": now_iso(float(rec["time"])),
                 "age_s": round(age, 1),
-                "stale": age > stale_after_s,
+                # a host that said goodbye is not sharing the filesystem any more
+                "stale": age > stale_after_s or status == "stopped",
             }
         )
     return out

@@ -86,7 +86,12 @@ class _Painter:
 
 
 def render_status(
-    doc: dict[str, Any], *, color: bool = False, verbose: bool = False, now: float | None = None
+    doc: dict[str, Any],
+    *,
+    color: bool = False,
+    verbose: bool = False,
+    now: float | None = None,
+    host: str = "",
 ) -> str:
     """The status document as text: the verdict, fixes, mount, Docker, guard, containers,
     and with `hosts` in the document, the rack's hosts."""
@@ -94,7 +99,7 @@ def render_status(
     now = time.time() if now is None else now
     out: list[str] = []
     verdict = str(doc.get("status", "unknown"))
-    host = f" on {doc['host']}" if doc.get("host") else ""
+    host = f" on {host}" if host else ""
     badge = paint(verdict.upper(), _VERDICT_STYLE.get(verdict, "red") + "+bold")
     out.append(f"volagent {doc.get('version', '?')}{host}: {badge}")
     fixes = _fixes(doc)

@@ -215,7 +215,6 @@ class AgentState:
             "status": verdict,
             "healthy": verdict == "ok",
             "version": __version__,
-            "host": self.host_id,
             "mount": self.mount.to_dict(),
             "docker": self.docker.to_dict(),
             "guard": self.guard.to_dict(),

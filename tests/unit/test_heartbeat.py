@@ -235,3 +235,14 @@ def test_records_skip_temp_files_and_dirs(mp: Path) -> None:
         assert [name for name, _ in records.read_records(fd)] == ["ok"]
     finally:
         os.close(fd)
+
+
+def test_a_host_that_said_it_stopped_is_stale_at_once() -> None:
+    now = time.time()
+    beats = [
+        {"host": "a", "time": now - 1, "status": "ok"},
+        {"host": "b", "time": now - 1, "status": "stopped"},
+    ]
+    view = {h["host"]: h for h in rack_view(beats, stale_after_s=90, now=now)}
+    assert view["a"]["stale"] is False
+    assert view["b"]["stale"] is True and view["b"]["status"] == "stopped"

@@ -32,7 +32,7 @@ def _doc(**changes: Any) -> dict[str, Any]:
 
 
 def test_healthy_view_folds_containers_and_leads_with_the_verdict() -> None:
-    text = render.render_status(_doc(), now=NOW)
+    text = render.render_status(_doc(), now=NOW, host="host-1")
     lines = text.splitlines()
     assert lines[0] == "volagent 0.1.0 on host-1: OK"
     assert "!" not in text

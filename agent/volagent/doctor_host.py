@@ -161,7 +161,8 @@ def check_guard(cfg: Config) -> CheckResult:
             name,
             f"[guard] enabled = true, but {path} does not name the plugin {plugin!r}: "
             "Docker never asks volagent, so containers can start before their directories",
-            f"add {line} to {path}, then systemctl restart docker",
+            f"add {line} to {path}, then systemctl reload docker (dockerd re-reads it on "
+            "SIGHUP; containers keep running)",
         )
     if named and not cfg.guard.enabled:
         return CheckResult.failed(
@@ -170,7 +171,8 @@ def check_guard(cfg: Config) -> CheckResult:
             "dockerd refuses to start, or every Docker call waits ~30 s and fails, while the "
             "plugin does not answer",
             f"set [guard] enabled = true in the volagent config (and restart volagent), or "
-            f"remove {plugin!r} from authorization-plugins in {path} and restart docker",
+            f"remove {plugin!r} from authorization-plugins in {path} and systemctl reload "
+            "docker",
         )
     if named:
         return CheckResult.ok(name, f"the start guard is on, and {path} names {plugin!r}")

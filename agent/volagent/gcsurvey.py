@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,27 @@ def _record_time(rec: dict[str, Any]) -> float | None:
     return None
 
 
+def _open_each(
+    parent_fd: int, names: Iterable[str], *, skip_unusable: bool = False
+) -> Iterator[tuple[str, int]]:
+    """(name, descriptor) of each directory `names` below `parent_fd` that is still there; the
+    descriptor is closed when the next one is asked for. With `skip_unusable`, a name that is
+    not a directory of this filesystem is passed over instead of raising RecordError."""
+    for name in names:
+        try:
+            fd = records.open_dir(parent_fd, (name,), create=False)
+        except RecordError:
+            if not skip_unusable:
+                raise
+            continue
+        if fd is None:
+            continue
+        try:
+            yield name, fd
+        finally:
+            os.close(fd)
+
+
 def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usage, int]:
     """The newest record of every (namespace, directory), and how many records were read."""
     usage: Usage = {}
@@ -68,30 +90,15 @@ def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usag
         return usage, 0
     try:
         spaces = [only_namespace] if only_namespace else records.subdirs(base)
-        for ns in spaces:
-            try:
-                ns_fd = records.open_dir(base, (ns,), create=False)
-            except RecordError:
-                continue
-            if ns_fd is None:
-                continue
-            try:
-                for d in records.subdirs(ns_fd):
-                    d_fd = records.open_dir(ns_fd, (d,), create=False)
-                    if d_fd is None:
+        for ns, ns_fd in _open_each(base, spaces, skip_unusable=True):
+            for d, d_fd in _open_each(ns_fd, records.subdirs(ns_fd)):
+                for host, rec in records.read_records(d_fd):
+                    t = _record_time(rec)
+                    if t is None:
                         continue
-                    try:
-                        for host, rec in records.read_records(d_fd):
-                            t = _record_time(rec)
-                            if t is None:
-                                continue
-                            count += 1
-                            if (ns, d) not in usage or t > usage[(ns, d)][0]:
-                                usage[(ns, d)] = (t, str(rec.get("host") or host))
-                    finally:
-                        os.close(d_fd)
-            finally:
-                os.close(ns_fd)
+                    count += 1
+                    if (ns, d) not in usage or t > usage[(ns, d)][0]:
+                        usage[(ns, d)] = (t, str(rec.get("host") or host))
     finally:
         os.close(base)
     return usage, count
@@ -222,23 +229,16 @@ def prune_old_records(root_fd: int, cutoff: float, progress: fstree.Progress) ->
         if usage is None:
             return removed
         try:
-            for ns in records.subdirs(usage):
-                ns_fd = records.open_dir(usage, (ns,), create=False)
-                if ns_fd is None:
-                    continue
-                try:
-                    for d in records.subdirs(ns_fd):
-                        d_fd = records.open_dir(ns_fd, (d,), create=False)
-                        if d_fd is None:
-                            continue
-                        try:
-                            removed += _prune_dir(d_fd, cutoff, progress)
-                        finally:
-                            os.close(d_fd)
-                        with contextlib.suppress(OSError):
-                            os.rmdir(d, dir_fd=ns_fd)  # only when empty
-                finally:
-                    os.close(ns_fd)
+            spaces = records.subdirs(usage)
+            for _, ns_fd in _open_each(usage, spaces):
+                dirs = records.subdirs(ns_fd)
+                for _, d_fd in _open_each(ns_fd, dirs):
+                    removed += _prune_dir(d_fd, cutoff, progress)
+                # a record directory goes once it is empty (rmdir refuses otherwise)
+                for d in dirs:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(d, dir_fd=ns_fd)
+            for ns in spaces:
                 with contextlib.suppress(OSError):
                     os.rmdir(ns, dir_fd=usage)
         finally:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.disk import owner_mode
 from tests.integration.testbed import (
     AgentFactory,
     AgentProcess,
@@ -20,7 +21,7 @@ from tests.integration.testbed import (
     parallel,
 )
 from tests.integration.testbed.agent import all_in
-from tests.integration.testbed.disk import on_the_mount, owner_mode
+from tests.integration.testbed.disk import on_the_mount
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 

@@ -29,11 +29,11 @@ from typing import Any
 
 import pytest
 
+from tests.disk import owner_mode
 from tests.integration.aws_fixtures import NfsPorts, nfs_ports
 from tests.integration.efs_standin import Scratch, cleanup
 from tests.integration.testbed import AgentProcess, Containers, mounts, unixhttp, volagent_cli
 from tests.integration.testbed.agent import all_in, container
-from tests.integration.testbed.disk import owner_mode
 from volagent.mount import kernel
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]

@@ -15,6 +15,7 @@ import docker.errors
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.disk import owner_mode
 from tests.integration.testbed import (
     AgentProcess,
     Containers,
@@ -23,7 +24,6 @@ from tests.integration.testbed import (
     unixhttp,
 )
 from tests.integration.testbed.agent import all_in, toml_text
-from tests.integration.testbed.disk import owner_mode
 from tests.integration.testbed.plugin_home import PluginHome
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]

@@ -5,12 +5,12 @@ nothing made on another filesystem."""
 from __future__ import annotations
 
 import os
-import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.disk import owner_mode, tree
 
 from volagent import fs
 from volagent.config import Owner
@@ -20,27 +20,6 @@ pytestmark = [pytest.mark.mount]  # chown to other users and tmpfs mounts need r
 
 OWNER = Owner(1234, 1234)
 PARTS = ("r1-a", "web", "var", "data")
-
-
-def ids(path: Path) -> tuple[int, int, int]:
-    st = os.lstat(path)
-    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
-
-
-def tree(root: Path) -> list[str]:
-    """Every entry below root, as relative paths, symlinks not followed."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            out.append(os.path.relpath(os.path.join(dirpath, name), root))
-    return sorted(out)
-
-
-@pytest.fixture
-def mp(tmp_path: Path) -> Path:
-    path = tmp_path / "mp"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -70,9 +49,9 @@ def test_creates_leaf_with_owner_and_mode_and_parents_root_0755(mp: Path) -> Non
     assert got.created == 4
     assert got.leaf_created
     assert (got.uid, got.gid, got.mode) == (1234, 1234, 0o750)
-    assert ids(mp / "r1-a/web/var/data") == (1234, 1234, 0o750)
+    assert owner_mode(mp / "r1-a/web/var/data") == (1234, 1234, 0o750)
     for parent in ("r1-a", "r1-a/web", "r1-a/web/var"):
-        assert ids(mp / parent) == (0, 0, 0o755), parent
+        assert owner_mode(mp / parent) == (0, 0, 0o755), parent
 
 
 def test_existing_directories_are_left_alone(mp: Path) -> None:
@@ -81,11 +60,11 @@ def test_existing_directories_are_left_alone(mp: Path) -> None:
     for i, path in enumerate([mp / "r1-a", mp / "r1-a/web", mp / "r1-a/web/var", leaf]):
         os.chown(path, 4000 + i, 5000 + i)
         os.chmod(path, 0o700 + i)
-    before = {p: ids(mp / p) for p in tree(mp)}
+    before = {p: owner_mode(mp / p) for p in tree(mp)}
     got = fs.prepare_path(str(mp), PARTS, OWNER, 0o750, None)
     assert (got.created, got.leaf_created) == (0, False)
     assert (got.uid, got.gid, got.mode) == (4003, 5003, 0o703)
-    assert {p: ids(mp / p) for p in tree(mp)} == before
+    assert {p: owner_mode(mp / p) for p in tree(mp)} == before
 
 
 def test_only_missing_tail_is_created(mp: Path) -> None:
@@ -94,9 +73,9 @@ def test_only_missing_tail_is_created(mp: Path) -> None:
     os.chmod(mp / "r1-a/web", 0o711)  # noqa: S103 - an odd mode that must survive
     got = fs.prepare_path(str(mp), PARTS, OWNER, 0o700, None)
     assert got.created == 2
-    assert ids(mp / "r1-a/web") == (99, 99, 0o711)
-    assert ids(mp / "r1-a/web/var") == (0, 0, 0o755)
-    assert ids(mp / "r1-a/web/var/data") == (1234, 1234, 0o700)
+    assert owner_mode(mp / "r1-a/web") == (99, 99, 0o711)
+    assert owner_mode(mp / "r1-a/web/var") == (0, 0, 0o755)
+    assert owner_mode(mp / "r1-a/web/var/data") == (1234, 1234, 0o700)
 
 
 @pytest.mark.parametrize("level", range(len(PARTS)))

@@ -62,13 +62,6 @@ def run_survey(mp: Path, local: set[tuple[str, str]] | None = None) -> gcsurvey.
         os.close(fd)
 
 
-@pytest.fixture
-def mp(tmp_path: Path) -> Path:
-    path = tmp_path / "mp"
-    path.mkdir()
-    return path
-
-
 def test_survey_judges_namespaces_and_service_dirs(mp: Path) -> None:
     make_dir(mp, "r1-old/web", data=b"x" * 10000)
     make_dir(mp, "r1-old/worker")

@@ -29,13 +29,6 @@ LABELS = {"convox.app": "a", "convox.service": "web", "volagent.owner": "33:33"}
 CID = "f" * 64
 
 
-@pytest.fixture
-def mp(tmp_path: Path) -> Path:
-    path = tmp_path / "mp"
-    path.mkdir()
-    return path
-
-
 def make_state(mp: Path, **guard: Any) -> AgentState:
     cfg = from_dict(
         {

@@ -22,13 +22,6 @@ from volagent.state import AgentState
 from volagent.worker import TimedWorker
 
 
-@pytest.fixture
-def mp(tmp_path: Path) -> Path:
-    path = tmp_path / "mp"
-    path.mkdir()
-    return path
-
-
 def make_state(mp: Path, host: str = "host-a", **health: float) -> AgentState:
     st = AgentState(
         from_dict(

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.disk import owner_mode
 
 from volagent.config import from_dict
 from volagent.preparer import ContainerSpec, Outcome, Preparer
@@ -21,13 +21,6 @@ from volagent.worker import TimedWorker
 pytestmark = [pytest.mark.mount]  # chown to other users needs root
 
 LABELS = {"convox.app": "a", "convox.service": "web", "volagent.owner": "1234:1234"}
-
-
-@pytest.fixture
-def mp(tmp_path: Path) -> Path:
-    path = tmp_path / "mp"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -85,15 +78,10 @@ def docker_made(path: Path) -> None:
     os.chmod(path, 0o755)  # noqa: S103 - Docker's own mode, on purpose
 
 
-def ids(path: Path) -> tuple[int, int, int]:
-    st = os.lstat(path)
-    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
-
-
 def test_missing_directory_is_created_ready(mp: Path, preparer: Preparer) -> None:
     outcome = run(preparer, spec(mp))
     assert [v.state for v in outcome.volumes] == ["ready"]
-    assert ids(mp / "r1-a/web/data") == (1234, 1234, 0o755)
+    assert owner_mode(mp / "r1-a/web/data") == (1234, 1234, 0o755)
     assert preparer.state.verdict() == "ok"
     record = preparer.state.containers["c1"]
     assert (record.rack, record.app, record.service) == ("r1", "a", "web")
@@ -105,7 +93,11 @@ def test_docker_made_dir_under_a_started_container_is_late(mp: Path, preparer: P
     (vol,) = outcome.volumes
     assert vol.state == "late"
     assert vol.error and "started before" in vol.error
-    assert ids(mp / "r1-a/web/data") == (0, 0, 0o755)  # existing: never chowned after the fact
+    assert owner_mode(mp / "r1-a/web/data") == (
+        0,
+        0,
+        0o755,
+    )  # existing: never chowned after the fact
     assert preparer.state.verdict() == "degraded"  # late is a problem worth reporting
 
 
@@ -141,7 +133,7 @@ def test_existing_dir_with_another_owner_is_ready_not_late(mp: Path, preparer: P
     os.chown(leaf, 999, 999)
     (vol,) = run(preparer, spec(mp, started=True)).volumes
     assert vol.state == "ready"
-    assert ids(leaf)[:2] == (999, 999)
+    assert owner_mode(leaf)[:2] == (999, 999)
 
 
 def test_root_0755_asked_for_cannot_be_late(mp: Path, preparer: Preparer) -> None:
@@ -226,4 +218,4 @@ def test_unlabeled_container_is_not_managed(mp: Path, preparer: Preparer) -> Non
 def test_numeric_user_owns_the_leaf(mp: Path, preparer: Preparer) -> None:
     labels = {"convox.app": "a", "convox.service": "web"}
     run(preparer, spec(mp, labels=labels, user="33:44"))
-    assert ids(mp / "r1-a/web/data")[:2] == (33, 44)
+    assert owner_mode(mp / "r1-a/web/data")[:2] == (33, 44)

@@ -19,13 +19,6 @@ from volagent.worker import TimedWorker
 
 
 @pytest.fixture
-def mp(tmp_path: Path) -> Path:
-    path = tmp_path / "mp"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def worker() -> Iterator[TimedWorker]:
     w = TimedWorker("test-usage")
     yield w

@@ -3,24 +3,10 @@
 from __future__ import annotations
 
 import os
-import stat
 
+from tests.disk import tree
 from tests.integration.testbed import mounts
 from tests.integration.testbed.agent import AgentProcess
-
-
-def owner_mode(path: str) -> tuple[int, int, int]:
-    """(uid, gid, permission bits) of path itself, never following a symlink."""
-    st = os.lstat(path)
-    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
-
-
-def tree(root: str) -> list[str]:
-    """Every entry below root as a relative path; symlinks are listed, not followed."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        out += [os.path.relpath(os.path.join(dirpath, n), root) for n in dirnames + filenames]
-    return sorted(out)
 
 
 def namespaces_tree(mount_point: str) -> list[str]:

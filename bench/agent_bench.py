@@ -9,7 +9,6 @@ targets; nothing here asserts a threshold.
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import time
@@ -25,6 +24,8 @@ from tests.integration.testbed import (
 )
 from tests.integration.testbed.agent import all_in
 
+from bench.stats import percentile
+
 CREATES = 200
 RUNS = 50
 OWNER_UID = 1234
@@ -35,13 +36,6 @@ READY_DEADLINE_S = 30.0
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def _wait_owned(path: str) -> float:
@@ -70,7 +64,7 @@ def create_to_ready(agent: AgentProcess, containers: Containers) -> list[str]:
             containers.create([f"{path}:/data"], labels=app_labels("bench", f"s{i}", owner=OWNER))
         )
         latencies.append(_wait_owned(path))
-    p50, p99 = statistics.median(latencies), _percentile(latencies, 99)
+    p50, p99 = statistics.median(latencies), percentile(latencies, 99)
     print(f"create -> directory ready over {CREATES} creates (disk polled every {_ms(POLL_S)})")
     print(f"  p50 {_ms(p50):>10}")
     print(f"  p99 {_ms(p99):>10}  (target <= 20 ms)")

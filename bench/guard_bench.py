@@ -16,7 +16,6 @@ Figures are printed beside their targets; nothing here asserts a threshold.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import statistics
 import subprocess
@@ -38,6 +37,8 @@ from tests.integration.testbed import (
 from tests.integration.testbed.agent import all_in
 from tests.integration.testbed.plugin_home import PluginHome
 
+from bench.stats import percentile
+
 CALLS = 2000
 BLOCK = 100  # calls per turn before the other engine's turn
 BACKGROUND_CONTAINERS = 10  # what `docker ps -a` lists on each engine
@@ -46,11 +47,6 @@ RUN_CONCURRENCY = 8
 BURST = 50
 BURST_CONCURRENCY = 16
 OWNER = "33:33"
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1]
 
 
 def _ms(seconds: float) -> str:
@@ -137,7 +133,7 @@ def api_latency(plain: Side, null: Side, guarded: Side) -> None:
     rows = {}
     for side in sides:
         p50 = statistics.median(side.latencies)
-        p99 = _percentile(side.latencies, 99)
+        p99 = percentile(side.latencies, 99)
         rows[side.label] = (p50, p99)
         print(f"  {side.label:<18} p50 {_ms(p50)}   p99 {_ms(p99)}")
     for label, target in ((guarded.label, " (target <= 1.15)"), (null.label, "")):

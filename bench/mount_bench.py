@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import signal
 import statistics
@@ -30,6 +29,7 @@ from tests.integration.efs_standin import Scratch, cleanup, running_manager
 from tests.integration.testbed import AgentProcess, mounts, unixhttp
 from tests.integration.testbed.agent import agent_env
 
+from bench.stats import percentile
 from volagent import log
 from volagent.mount import kernel
 
@@ -39,11 +39,6 @@ ROUNDS = 5
 STATUS_BLOCKS = 6
 STATUS_PER_BLOCK = 100
 CLI_PER_BLOCK = 10
-
-
-def _p(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1]
 
 
 async def _until(cond: Callable[[], bool], limit: float = 60.0) -> float:
@@ -209,11 +204,12 @@ def _main() -> None:
     lat = _status_latency(os.path.join(base, "daemon"))
     for kind in ("socket", "cli"):
         healthy, hung = lat["healthy"][kind], lat["hung"][kind]
-        ratio = _p(hung, 99) / _p(healthy, 99)
+        p99_healthy, p99_hung = percentile(healthy, 99), percentile(hung, 99)
         what = "GET /v1/status" if kind == "socket" else "volagent status"
         print(
-            f"  {what:<16} p99 healthy {_p(healthy, 99) * 1000:7.2f} ms, hung "
-            f"{_p(hung, 99) * 1000:7.2f} ms (n={len(hung)}): ratio {ratio:.2f} (target <= 1.5)"
+            f"  {what:<16} p99 healthy {p99_healthy * 1000:7.2f} ms, hung "
+            f"{p99_hung * 1000:7.2f} ms (n={len(hung)}): "
+            f"ratio {p99_hung / p99_healthy:.2f} (target <= 1.5)"
         )
     with contextlib.suppress(OSError):
         os.rmdir(os.path.join(base, "daemon"))

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bench.stats import percentile
 from volagent import client
 from volagent.api import StatusApi
 from volagent.config import Config
@@ -134,8 +135,7 @@ def main() -> None:
             if status != 200:
                 raise RuntimeError(f"/metrics answered {status}")
             size = len(body)
-        scrape.sort()
-        p99 = scrape[int(len(scrape) * 0.99) - 1]
+        p99 = percentile(scrape, 99)
         print(
             f"  GET /metrics ({size} bytes)   p50 {_ms(statistics.median(scrape)):>9}"
             f"  p99 {_ms(p99)}  (target <= 20 ms)"

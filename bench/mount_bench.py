@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.integration.aws_fixtures import open_nfs_port
-from tests.integration.efs_standin import Scratch, cleanup, running_manager
-from tests.integration.testbed import AgentProcess, mounts, unixhttp
+from tests.integration.efs_standin import Scratch, cleanup, running_manager, stop_agent_on_standin
+from tests.integration.testbed import AgentProcess, unixhttp
 from tests.integration.testbed.agent import agent_env
 
 from bench.stats import percentile
@@ -136,11 +136,7 @@ def _status_latency(base: str) -> dict[str, dict[str, list[float]]]:
                     os.kill(pid, signal.SIGCONT)
                     agent.wait_for(lambda d: d["mount"]["state"] == "mounted", what="back")
     finally:
-        with contextlib.suppress(Exception):
-            agent.stop()
-        cleanup(scratch)
-        mounts.umount_lazy(agent.mount_point)
-        kernel.release(agent.mount_point)
+        stop_agent_on_standin(agent, scratch)
         agent.close()
     return times
 

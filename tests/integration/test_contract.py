@@ -12,7 +12,6 @@ a test is about starting.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import shutil
@@ -31,10 +30,9 @@ import pytest
 
 from tests.disk import owner_mode
 from tests.integration.aws_fixtures import NfsPorts, nfs_ports
-from tests.integration.efs_standin import Scratch, cleanup
+from tests.integration.efs_standin import Scratch, stop_agent_on_standin
 from tests.integration.testbed import AgentProcess, Containers, mounts, unixhttp, volagent_cli
 from tests.integration.testbed.agent import all_in, container
-from volagent.mount import kernel
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 _FIXTURES = (nfs_ports,)
@@ -104,11 +102,7 @@ def bed(docker_url: str, nfs_ports: NfsPorts) -> Iterator[Bed]:
         agent.wait_for(lambda d: d["status"] == "ok", what="ok")
         yield Bed(agent, scratch, server)
     finally:
-        with contextlib.suppress(Exception):
-            agent.stop()
-        cleanup(scratch)
-        mounts.umount_lazy(agent.mount_point)
-        kernel.release(agent.mount_point)
+        stop_agent_on_standin(agent, scratch)
         agent.close()
         shutil.rmtree(root, ignore_errors=True)
 

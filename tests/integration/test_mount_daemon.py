@@ -8,7 +8,6 @@ is asked (discovery has its own tests in test_mount_efs.py).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -21,11 +20,10 @@ import pytest
 
 from tests.integration.aws_fixtures import NfsPorts, nfs_ports
 from tests.integration.conftest import AgentFactory
-from tests.integration.efs_standin import Scratch, cleanup
-from tests.integration.testbed import AgentProcess, Containers, mounts
+from tests.integration.efs_standin import Scratch, stop_agent_on_standin
+from tests.integration.testbed import AgentProcess, Containers
 from tests.integration.testbed.agent import container, volagent_cli
 from tests.integration.testbed.containers import app_labels
-from volagent.mount import kernel
 
 pytestmark = [pytest.mark.mount, pytest.mark.docker]
 _FIXTURES = (nfs_ports,)
@@ -62,13 +60,7 @@ def standin_agent(
     try:
         yield StandinAgent(agent, scratch, host)
     finally:
-        # stop the agent before its stand-in server goes, then release what the test bed's
-        # own finalizer cannot remove (the immutable directory under the mount point)
-        with contextlib.suppress(Exception):
-            agent.stop()
-        cleanup(scratch)
-        mounts.umount_lazy(agent.mount_point)
-        kernel.release(agent.mount_point)
+        stop_agent_on_standin(agent, scratch)
 
 
 def test_a_hung_mount_is_stalled_and_status_still_answers(standin_agent: StandinAgent) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.testbed import mounts as testbed_mounts
+from tests.integration.testbed.agent import AgentProcess
 from volagent import config as config_mod
 from volagent.config import Config
 from volagent.mount import MountManager, kernel
@@ -160,6 +161,17 @@ def cleanup(scratch: Scratch) -> None:
                 kernel.release(os.path.join(dirpath, name))
     with contextlib.suppress(OSError):
         kernel.release(str(scratch.root))
+
+
+def stop_agent_on_standin(agent: AgentProcess, scratch: Scratch) -> None:
+    """Stops an agent mounted from the stand-in before its stand-in server goes, then
+    releases what the test bed's own finalizer cannot remove (the immutable directory under
+    the mount point)."""
+    with contextlib.suppress(Exception):
+        agent.stop()
+    cleanup(scratch)
+    testbed_mounts.umount_lazy(agent.mount_point)
+    kernel.release(agent.mount_point)
 
 
 @contextlib.contextmanager

@@ -51,7 +51,6 @@ class DockerWatch:
         self._sem = asyncio.Semaphore(MAX_CONCURRENT_HANDLERS)
         self._reconcile_lock = asyncio.Lock()
         self.first_attempt_done = asyncio.Event()
-        self.reconciles = 0
 
     # --- blocking calls, always through the pool -----------------------------------------
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -237,7 +236,6 @@ class DockerWatch:
                     await self.handle_container(cid)
 
             await asyncio.gather(*(one(cid) for cid in ids))
-            self.reconciles += 1
             self.state.metrics.containers.set(len(self.state.containers))
             self.log.info("reconciled", containers=len(ids), tracked=len(self.state.containers))
             return {"containers": len(ids), "tracked": len(self.state.containers)}

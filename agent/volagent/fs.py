@@ -129,29 +129,3 @@ def prepare_path(
         )
     finally:
         os.close(fd)
-
-
-def check_path(mount_point: str, parts: Sequence[str], expected_dev: int | None) -> Prepared | None:
-    """Walks the path without creating anything: the leaf's stat, None if something is
-    missing. Raises NamespaceViolation on a symlink, like prepare_path."""
-    fd = open_mount_point(mount_point, expected_dev)
-    shown = mount_point.rstrip("/")
-    try:
-        for name in parts:
-            shown = f"{shown}/{name}"
-            try:
-                child = _open_child(fd, name, shown)
-            except PrepareFailed:
-                return None
-            os.close(fd)
-            fd = child
-        st = os.fstat(fd)
-        return Prepared(
-            created=0,
-            leaf_created=False,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            mode=stat.S_IMODE(st.st_mode),
-        )
-    finally:
-        os.close(fd)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from volagent import fs, log, namespace
@@ -35,7 +35,6 @@ class ContainerSpec:
     user: str
     host_config: Mapping[str, Any]
     started: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_inspect(cls, data: Mapping[str, Any]) -> ContainerSpec:
@@ -50,17 +49,6 @@ class ContainerSpec:
             user=str(cfg.get("User") or ""),
             host_config=data.get("HostConfig") or {},
             started=bool(st.get("Running")) or not started_at.startswith("0001-"),
-        )
-
-    @classmethod
-    def from_create_body(cls, body: Mapping[str, Any], name: str = "") -> ContainerSpec:
-        return cls(
-            id="",
-            name=name,
-            labels=body.get("Labels") or {},
-            env=body.get("Env") or [],
-            user=str(body.get("User") or ""),
-            host_config=body.get("HostConfig") or {},
         )
 
 

@@ -11,7 +11,6 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,15 +32,7 @@ class TimedWorker:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._idle = 0
-        self._busy_since: dict[int, float] = {}
         self._closed = False
-
-    @property
-    def stuck(self) -> int:
-        """Threads busy for longer than a minute: most likely blocked on a hung mount."""
-        now = time.monotonic()
-        with self._lock:
-            return sum(1 for t in self._busy_since.values() if now - t > 60)
 
     def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -81,21 +72,15 @@ class TimedWorker:
             self._jobs.put(None)
 
     def _loop(self) -> None:
-        ident = threading.get_ident()
         while True:
             job = self._jobs.get()
             if job is None:
                 return
             fut, fn = job
             if fut.set_running_or_notify_cancel():
-                with self._lock:
-                    self._busy_since[ident] = time.monotonic()
                 try:
                     fut.set_result(fn())
                 except BaseException as exc:
                     fut.set_exception(exc)
-                finally:
-                    with self._lock:
-                        self._busy_since.pop(ident, None)
             with self._lock:
                 self._idle += 1

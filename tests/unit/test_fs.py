@@ -106,9 +106,6 @@ def test_symlink_at_every_level_is_refused(
     assert tree(outside) == before_out
     assert os.listdir(mp / "r1-b") == []
 
-    with pytest.raises(NamespaceViolation):
-        fs.check_path(str(mp), PARTS, None)
-
 
 def test_mount_point_given_as_a_symlink_counts_only_by_its_device(
     tmp_path: Path, outside: Path
@@ -136,8 +133,6 @@ def test_another_device_than_expected_is_refused(mp: Path) -> None:
     wrong_dev = os.stat(mp).st_dev + 1
     with pytest.raises(MountUnhealthy):
         fs.prepare_path(str(mp), PARTS, OWNER, 0o750, wrong_dev)
-    with pytest.raises(MountUnhealthy):
-        fs.check_path(str(mp), PARTS, wrong_dev)
     assert tree(mp) == []
 
 
@@ -167,12 +162,3 @@ def test_bad_components_are_refused(mp: Path) -> None:
             fs.prepare_path(str(mp), parts, OWNER, 0o750, None)
     # the first component may have been made before the bad one was met; nothing else
     assert set(tree(mp)) <= {"r1-a"}
-
-
-def test_check_path_walks_without_creating(mp: Path) -> None:
-    assert fs.check_path(str(mp), PARTS, None) is None
-    assert tree(mp) == []
-    fs.prepare_path(str(mp), PARTS, OWNER, 0o750, None)
-    got = fs.check_path(str(mp), PARTS, os.stat(mp).st_dev)
-    assert got is not None
-    assert (got.uid, got.gid, got.mode, got.created) == (1234, 1234, 0o750, 0)

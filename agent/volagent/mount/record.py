@@ -11,7 +11,6 @@ Blocking, on local disk: run through a worker.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from typing import Any
@@ -64,11 +63,6 @@ def save(cfg: Config, mount_point: str, entry: MountEntry, target: Target) -> No
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)
     os.replace(tmp, path)
-
-
-def forget(cfg: Config) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(_path(cfg))
 
 
 def recorded_target(cfg: Config, mount_point: str, entry: MountEntry) -> Target | None:

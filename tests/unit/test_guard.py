@@ -352,6 +352,17 @@ def test_start_is_judged_from_what_the_guard_saw(guard: Guard, state: AgentState
     assert start(guard, "web-1") == {"Allow": True}
 
 
+def test_an_escaped_create_uri_is_learned_too(guard: Guard, state: AgentState, mp: Path) -> None:
+    uri = "/v1.41/containers/%63reate?name=web-1"  # routed as a create: its answer too
+    body = create_body(f"{mp}/r1-a/web/data:/data")
+    assert decision(ask(guard, plugin_body("POST", uri, body)))["Allow"]
+    answer = base64.b64encode(json.dumps({"Id": CID}).encode()).decode()
+    raw = plugin_body("POST", uri, body, ResponseStatusCode=201, ResponseBody=answer)
+    assert decision(ask(guard, raw, "/AuthZPlugin.AuthZRes")) == {"Allow": True}
+    state.set_mount_state("stalled", "probe timed out")
+    assert start(guard, CID[:12])["Allow"] is False
+
+
 def test_start_of_a_container_known_to_the_state(guard: Guard, state: AgentState) -> None:
     vol = VolumeRecord(host="/v/r1-a/web/data", container="/data", read_only=False, state="ready")
     state.upsert_container(ContainerRecord("c" * 64, "old", "r1", "a", "web", [vol]))

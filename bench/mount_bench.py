@@ -51,17 +51,21 @@ async def _until(cond: Callable[[], bool], limit: float = 60.0) -> float:
     return time.perf_counter() - start
 
 
+def _standin_mount(scratch: Scratch) -> dict[str, object]:
+    """The [mount] section every measurement uses: the stand-in, the bench's probe timing,
+    and no remount of a stalled mount (a hang is to be seen, not cured)."""
+    return {
+        "type": "nfs",
+        "source": f"{HOST}:/",
+        "mount_program": scratch.mount_program,
+        "probe_interval_s": INTERVAL_S,
+        "probe_timeout_s": TIMEOUT_S,
+        "stalled_remount_after": 1000,
+    }
+
+
 async def _notice_times(scratch: Scratch) -> dict[str, list[float]]:
-    cfg = scratch.config(
-        {
-            "type": "nfs",
-            "source": f"{HOST}:/",
-            "mount_program": scratch.mount_program,
-            "probe_interval_s": INTERVAL_S,
-            "probe_timeout_s": TIMEOUT_S,
-            "stalled_remount_after": 1000,
-        }
-    )
+    cfg = scratch.config(_standin_mount(scratch))
     scratch.export(HOST)
     out: dict[str, list[float]] = {"umount": [], "dead": [], "hang": [], "return": []}
     async with running_manager(cfg) as r:
@@ -105,16 +109,7 @@ def _status_latency(base: str) -> dict[str, dict[str, list[float]]]:
     scratch = Scratch(Path(base))
     agent = AgentProcess(
         f"unix://{base}/no-docker.sock",
-        config={
-            "mount": {
-                "type": "nfs",
-                "source": f"{HOST}:/",
-                "mount_program": scratch.mount_program,
-                "probe_interval_s": INTERVAL_S,
-                "probe_timeout_s": TIMEOUT_S,
-                "stalled_remount_after": 1000,
-            }
-        },
+        config={"mount": _standin_mount(scratch)},
         parent_dir=base,
     )
     scratch.export(HOST)

@@ -11,12 +11,18 @@ allowed at once, without reading the request body.
 Decisions never wait on a hung filesystem: the mount state is known in memory, and the
 directory walk runs in the timed worker, so a hang becomes a deny within the timeout.
 
-Errors in the guard's own logic fail open: the request is allowed, the error logged, counted
-(`volagent_guard_decisions{result="error"}`) and shown as a status warning. A guard that
-denied on its own bugs would turn one bug into an outage of every Docker call on the host;
-allowing leaves Docker behaving as it would without volagent, and the Docker watch still
-prepares the directories and reports a container that came first as `late`. Failures of
-the world (a hung filesystem, a body that cannot be read) are not bugs: they are denied.
+Errors in the guard's own logic never let through a request that could reach the shared
+filesystem: such a request (a create that binds, inherits or mounts anything, a start of a
+container that does, a local volume that binds or mounts) is denied, the error logged,
+counted (`volagent_guard_decisions{result="error"}`) and shown as a status warning. Only
+a request that touches nothing of it fails open: a guard that denied every Docker call on
+its own bugs would turn one bug into an outage of the host. Failures of the world (a hung
+filesystem, a body that cannot be read) are not bugs: they are denied.
+
+Every start is judged afresh: the directories are walked again (no symlink followed), since
+what was checked at create may have been swapped since. Starts Docker makes without asking
+(restart policies, dockerd's own restart) are checked after the fact by the Docker watch
+(see mount_check.py).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from volagent.guard_protocol import (
     ALLOW_BODY,
     AuthzRequest,
     CreateBodyError,
+    CreateRequest,
+    LocalVolume,
     PluginRequestError,
     Route,
     created_id,
@@ -39,9 +47,11 @@ from volagent.guard_protocol import (
     error_body,
     parse_authz_request,
     parse_create_body,
+    parse_volume_body,
     route,
 )
 from volagent.http import HttpServer, Request, Response
+from volagent.namespace import Bind
 from volagent.preparer import ContainerSpec, Outcome, Preparer
 from volagent.state import AgentState
 
@@ -141,12 +151,15 @@ class Guard:
             return self._error(400, str(exc))
         try:
             await self._await_mount_state()
+            self.memory.settle()
             if where.kind == "create":
                 denial = await self._judge_create(authz, where)
+            elif where.kind == "volume":
+                denial = await self._judge_volume_create(authz)
             else:
-                denial = await self._judge_start(where)
+                denial = await self._judge_start(authz, where)
         except Exception as exc:
-            return self._failed_open(authz, where, exc, started)
+            return self._failed(authz, where, exc, started)
         return self._decided(denial, where, started)
 
     def _decided(self, denial: str | None, where: Route, started: float) -> Response:
@@ -166,20 +179,44 @@ class Guard:
         )
         return Response(200, decision_body(False, denial), PLUGIN_CONTENT_TYPE)
 
-    def _failed_open(
+    def _failed(
         self, authz: AuthzRequest, where: Route, exc: Exception, started: float
     ) -> Response:
+        """The guard's own code failed: deny what could reach the shared filesystem, allow
+        (fail open) only what cannot."""
         st = self.state
         st.metrics.guard_seconds.observe(time.perf_counter() - started)
-        st.guard.allowed += 1
         st.metrics.guard_decisions.labels(result="error").inc()
+        risky = self._might_reach_shared(authz, where)
+        verdict = "denied it" if risky else "allowed it unchecked (it touches no shared data)"
         st.warn(
             "guard-error",
-            f"the start guard failed on {authz.method} {authz.uri[:120]} and allowed it "
-            f"unchecked ({type(exc).__name__}: {exc}); see the log",
+            f"the start guard failed on {authz.method} {authz.uri[:120]} and {verdict} "
+            f"({type(exc).__name__}: {exc}); see the log",
         )
-        self.log.exception("guard_error", action=where.kind, uri=authz.uri[:200])
-        return self._allow
+        self.log.exception("guard_error", action=where.kind, uri=authz.uri[:200], denied=risky)
+        if not risky:
+            st.guard.allowed += 1
+            return self._allow
+        st.guard.denied += 1
+        return Response(200, decision_body(False, messages.guard_failed(exc)), PLUGIN_CONTENT_TYPE)
+
+    def _might_reach_shared(self, authz: AuthzRequest, where: Route) -> bool:
+        """Whether a request the guard failed on could reach the shared filesystem; True
+        whenever that cannot be ruled out (this check failing included)."""
+        try:
+            body = authz.body
+            if where.kind == "create":
+                return body is None or parse_create_body(body).touches_anything
+            if where.kind == "volume":
+                vol = parse_volume_body(body) if body else None
+                return vol is not None and (vol.is_bind or bool(vol.nfs_server))
+            if body and body.strip() not in (b"", b"{}", b"null"):
+                return True  # a start body carries a HostConfig (API below 1.24)
+            known = self.memory.find(where.container)
+            return known is not None and bool(known.all_volumes or known.spec)
+        except Exception:
+            return True
 
     async def _await_mount_state(self) -> None:
         """Just after a (re)start the mount reads `unmounted` until the mount manager has
@@ -203,14 +240,16 @@ class Guard:
             create = parse_create_body(authz.body, where.name)
         except CreateBodyError as exc:
             return f"volagent cannot read this create request: {exc}"
-        spec = create.spec
-        inherited = self.memory.volumes_from(create.volumes_from)
-        outcome = self.preparer.outcome_of(spec)
         who = messages.who(where.name)
+        denial = await self._judge_inherited(who, create)
+        if denial is not None:
+            return denial
+        spec = create.spec
+        outcome = await self.preparer.judge(spec)
         if outcome is None:
-            if inherited and not self.state.mount_healthy:
-                return self._unhealthy(who, [v.host for v in inherited])
+            self.memory.expect(authz.uri, authz.body, Known(where.name, [], spec))
             return None
+        self.preparer.check_nesting(outcome)
         cfg = self.state.config.guard
         if outcome.violations and cfg.violations == "deny":
             return messages.violations_of(who, outcome, self.state.config.mount_point)
@@ -223,14 +262,59 @@ class Guard:
         prepared = await self._prepare(spec, outcome)
         denial = self._judge_prepared(who, prepared, "create")
         if denial is None:
-            known = Known(where.name, prepared.volumes, spec, inherited)
-            self.memory.expect(authz.uri, authz.body, known)
+            self.memory.expect(authz.uri, authz.body, Known(where.name, prepared.volumes, spec))
         return denial
 
-    async def _prepare(self, spec: ContainerSpec, outcome: Outcome) -> Outcome:
+    async def _judge_inherited(self, who: str, create: CreateRequest) -> str | None:
+        """VolumesFrom and local-driver volumes: what the container gets besides its own
+        binds. Inherited binds join the container's own, judged against its namespace."""
+        for vol in create.volumes:
+            denial = await self._judge_local_volume(who, vol)
+            if denial is not None:
+                return denial
+        inherited, unknown = self.memory.volumes_from(create.volumes_from)
+        if unknown:
+            return messages.unknown_volumes_from(who, unknown)
+        if inherited:
+            create.spec.inherited = tuple(Bind(v.host, v.container, v.read_only) for v in inherited)
+        return None
+
+    async def _judge_volume_create(self, authz: AuthzRequest) -> str | None:
+        if not authz.body:
+            return None  # an anonymous volume of the default driver
+        try:
+            vol = parse_volume_body(authz.body)
+        except CreateBodyError as exc:
+            return f"volagent cannot read this volume create request: {exc}"
+        return None if vol is None else await self._judge_local_volume("this volume", vol)
+
+    async def _judge_local_volume(self, who: str, vol: LocalVolume) -> str | None:
+        """A local-driver volume that is a bind or an NFS mount of the shared filesystem is
+        a way around the namespace rules: Docker volumes are host-wide, so any container
+        of any app could use it by name later. Refused, wherever it points."""
+        mount = self.state.mount
+        server = vol.nfs_server.strip("[]")
+        if server:
+            ours = {mount.source.rpartition(":")[0].strip("[]"), mount.file_system_id}
+            if server in ours or (mount.file_system_id and mount.file_system_id in server):
+                return messages.shared_volume(who, vol, mount.mount_point)
+            return None
+        if not vol.is_bind or not vol.device:
+            return None
+        probe = ContainerSpec("", "", {}, [], "", {"Binds": [f"{vol.device}:/probe"]})
+        if await self.preparer.judge(probe) is not None:
+            return messages.shared_volume(who, vol, mount.mount_point)
+        return None
+
+    async def _prepare(
+        self, spec: ContainerSpec, outcome: Outcome, track: bool = False, rewalk: bool = False
+    ) -> Outcome:
         budget = self.state.config.directories.timeout_s + PREPARE_GRACE_S
         try:
-            prepared = await asyncio.wait_for(self.preparer.prepare(spec, track=False), budget)
+            async with asyncio.timeout(budget):
+                prepared = await self.preparer.prepare(
+                    spec, track=track, outcome=outcome, rewalk=rewalk
+                )
         except TimeoutError:
             for vol in outcome.volumes:
                 if vol.state not in ("violation", "ready"):
@@ -257,24 +341,50 @@ class Guard:
         return None
 
     # --- start --------------------------------------------------------------------------
-    async def _judge_start(self, where: Route) -> str | None:
+    async def _judge_start(self, authz: AuthzRequest, where: Route) -> str | None:
         known = self.memory.find(where.container)
-        if known is None or not known.all_volumes:
-            return None  # not volagent's: unlabeled, or no bind under the mount point
-        who = messages.who(known.name or where.container)
+        who = messages.who((known.name if known else "") or where.container)
+        body = (authz.body or b"").strip()
+        if body and body not in (b"{}", b"null"):
+            # API below 1.24: Docker 24 and older still apply a HostConfig sent at start
+            denial = await self._judge_start_body(who, known, body)
+            if denial is not None:
+                return denial
+        if known is None or not (known.all_volumes or (known.spec and known.spec.binds)):
+            return None  # nothing of it on the shared filesystem, or not known here
         if not self.state.mount_healthy:
             return self._unhealthy(who, [v.host for v in known.all_volumes], where.action)
-        if self.state.config.guard.violations == "deny":
+        if known.spec is None:
             bad = [v for v in known.volumes if v.state == "violation"]
-            if bad:
+            if bad and self.state.config.guard.violations == "deny":
                 return messages.violations(who, bad)
-        unready = [v for v in known.volumes if v.state not in ("ready", "late")]
-        if unready and known.spec is not None:
-            outcome = self.preparer.outcome_of(known.spec)
-            if outcome is not None:
-                prepared = await self._prepare(known.spec, outcome)
-                known.volumes = prepared.volumes
-                return self._judge_prepared(who, prepared, where.action)
+            return None
+        # walked again, nothing trusted from before: a directory checked at create may have
+        # been swapped for a symlink since, and Docker follows it at every start
+        outcome = await self.preparer.judge(known.spec)
+        if outcome is None:
+            return None
+        self.preparer.check_nesting(outcome, known.id)
+        tracked = bool(known.id) and known.id in self.state.containers
+        prepared = await self._prepare(known.spec, outcome, track=tracked, rewalk=True)
+        known.volumes = prepared.volumes
+        return self._judge_prepared(who, prepared, where.action)
+
+    async def _judge_start_body(self, who: str, known: Known | None, body: bytes) -> str | None:
+        try:
+            legacy = parse_create_body(body)
+        except CreateBodyError as exc:
+            return f"volagent cannot read this start request's body: {exc}"
+        if not legacy.touches_anything:
+            return None
+        spec = legacy.spec
+        if known is not None and known.spec is not None:
+            spec.labels, spec.env = known.spec.labels, known.spec.env
+        denial = await self._judge_inherited(who, legacy)
+        if denial is not None:
+            return denial
+        if await self.preparer.judge(spec) is not None or spec.inherited:
+            return messages.legacy_start(who)
         return None
 
     def _unhealthy(self, who: str, hosts: list[str], action: str = "create") -> str | None:

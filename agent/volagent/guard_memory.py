@@ -47,24 +47,35 @@ class GuardMemory:
         self._by_id: OrderedDict[str, Known] = OrderedDict()
         self._by_name: dict[str, str] = {}
         self._pending: OrderedDict[bytes, Known] = OrderedDict()
+        self._settling: OrderedDict[str, bytes] = OrderedDict()  # id -> reserved binds key
 
     def __len__(self) -> int:
         return len(self._by_id)
 
     # --- creates ------------------------------------------------------------------------
     def expect(self, uri: str, body: bytes, known: Known) -> None:
-        """An allowed create: remembered until Docker answers it."""
+        """An allowed create: remembered until Docker answers it. Its binds count as live
+        from now on (rule 7), so two creates judged at once cannot nest."""
         key = _request_key(uri, body)
         self._pending[key] = known
         self._pending.move_to_end(key)
+        self.state.reserved_binds[key] = tuple(
+            v.host for v in known.all_volumes if v.state != "violation"
+        )
         while len(self._pending) > MAX_PENDING:
-            self._pending.popitem(last=False)
+            old, _ = self._pending.popitem(last=False)
+            self.state.reserved_binds.pop(old, None)
 
     def created(self, uri: str, body: bytes, container_id: str) -> Known | None:
         """Docker answered the create: the container is known by its id from now on."""
-        known = self._pending.pop(_request_key(uri, body), None)
+        key = _request_key(uri, body)
+        known = self._pending.pop(key, None)
         if known is None or not container_id:
+            self.state.reserved_binds.pop(key, None)
             return None
+        # the binds stay reserved until the Docker watch holds the container
+        self._settling[container_id] = key
+        self.settle()
         known.id = container_id
         self._by_id[container_id] = known
         self._by_id.move_to_end(container_id)
@@ -77,6 +88,14 @@ class GuardMemory:
         return known
 
     # --- lookups ------------------------------------------------------------------------
+    def settle(self) -> None:
+        """Reserved binds of created containers the state knows now are its to hold."""
+        for cid in [c for c in self._settling if c in self.state.containers]:
+            self.state.reserved_binds.pop(self._settling.pop(cid), None)
+        while len(self._settling) > MAX_PENDING:
+            _, key = self._settling.popitem(last=False)
+            self.state.reserved_binds.pop(key, None)
+
     def find(self, ref: str) -> Known | None:
         """The container a start names (full id, unique id prefix or name), from the
         guard's memory first, then from the daemon's state; None when neither knows it."""
@@ -92,26 +111,30 @@ class GuardMemory:
 
     def _from_state(self, ref: str) -> Known | None:
         containers = self.state.containers
-        record = containers.get(ref)
+        record = containers.get(ref) or self.state.container_named(ref)
         if record is None:
-            named = [c for c in containers.values() if c.name == ref]
             prefixed = [c for c in containers.values() if c.id.startswith(ref)]
-            matches = named or prefixed
-            record = matches[0] if len(matches) == 1 else None
+            record = prefixed[0] if len(prefixed) == 1 else None
         if record is None:
             return None
-        return Known(name=record.name, volumes=list(record.volumes), id=record.id)
+        return Known(name=record.name, volumes=list(record.volumes), spec=record.spec, id=record.id)
 
     def _by_prefix(self, ref: str) -> Known | None:
         matches = [k for cid, k in self._by_id.items() if cid.startswith(ref)]
         return matches[0] if len(matches) == 1 else None
 
-    def volumes_from(self, refs: list[str]) -> list[VolumeRecord]:
-        """The binds under the mount point a container inherits through VolumesFrom
-        (`name[:ro|:rw]`), as far as anyone knows them."""
+    def volumes_from(self, refs: list[str]) -> tuple[list[VolumeRecord], list[str]]:
+        """The binds on the shared filesystem a container inherits through VolumesFrom
+        (`name[:ro|:rw]`), and the references nobody knows (they cannot be judged)."""
         out: list[VolumeRecord] = []
+        unknown: list[str] = []
         for ref in refs:
-            source = self.find(ref.split(":", 1)[0])
-            if source is not None:
-                out.extend(source.all_volumes)
-        return out
+            name, _, mode = ref.partition(":")
+            source = self.find(name)
+            if source is None:
+                unknown.append(name)
+                continue
+            for v in source.all_volumes:
+                ro = v.read_only or mode == "ro"
+                out.append(VolumeRecord(v.host, v.container, ro, v.state, v.error))
+        return out, unknown

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from volagent.guard_protocol import MAX_FORWARDED_BODY, header
+from volagent.guard_protocol import MAX_FORWARDED_BODY, LocalVolume, header
 from volagent.preparer import Outcome
 from volagent.state import MountStatus, VolumeRecord
 
@@ -62,4 +62,41 @@ def no_body(headers: Mapping[str, str]) -> str:
         "authorization plugins only for Content-Type application/json under "
         f"{MAX_FORWARDED_BODY} bytes, and this one had Content-Type {ctype}, length "
         f"{length}. Send the container config as JSON (as the docker CLI does)."
+    )
+
+
+def unknown_volumes_from(who: str, refs: list[str]) -> str:
+    shown = ", ".join(refs[:3]) + (" ..." if len(refs) > 3 else "")
+    return (
+        f"volagent: {who} takes volumes from {shown}, which volagent does not know, so it "
+        "cannot judge what they bind. Create the source container first (through this "
+        "Docker), then this one."
+    )
+
+
+def shared_volume(who: str, vol: LocalVolume, mount_point: str) -> str:
+    what = f"binds {vol.device}" if vol.is_bind else f"mounts NFS from {vol.nfs_server}"
+    name = f" {vol.name}" if vol.name else ""
+    return (
+        f"volagent: {who} uses local volume{name}, which {what}: that reaches the shared "
+        f"filesystem at {mount_point} around the namespace rules (volumes are host-wide, any "
+        "app could use it). Bind the app's own directory instead: `-v "
+        f"{mount_point.rstrip('/')}/<rack>-<app>/<service>/<path>:<container path>`."
+    )
+
+
+def legacy_start(who: str) -> str:
+    return (
+        f"volagent: {who} is started with binds in the start request (a HostConfig in the "
+        "body, Docker API below 1.24). Binds are judged at create only: give them when "
+        "creating the container, and use API 1.24 or later."
+    )
+
+
+def guard_failed(exc: Exception) -> str:
+    return (
+        "volagent: the start guard failed while judging this request "
+        f"({type(exc).__name__}: {str(exc)[:200]}), and it reaches the shared filesystem, so "
+        "it is refused rather than let through unchecked. Retry; if it keeps failing, see "
+        "`volagent status` and the log."
     )

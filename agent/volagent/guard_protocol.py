@@ -34,6 +34,10 @@ MAX_FORWARDED_BODY = 1 << 20
 
 _CREATE_RE = re.compile(r"^(?:/v[0-9.]+)?/containers/create$")
 _START_RE = re.compile(r"^(?:/v[0-9.]+)?/containers/(.+)/(start|restart)$")
+_VOLUME_CREATE_RE = re.compile(r"^(?:/v[0-9.]+)?/volumes/create$")
+# More VolumesFrom entries than any real container has; each is a lookup, and a create with
+# hundreds of thousands of them (under Docker's body limit) must not hold up the guard.
+MAX_VOLUMES_FROM = 64
 
 ALLOW_BODY = b'{"Allow":true}\n'
 ACTIVATE_BODY = b'{"Implements":["authz"]}\n'
@@ -74,10 +78,36 @@ class AuthzRequest:
 class Route:
     """What a Docker API call is, as far as the guard cares."""
 
-    kind: str  # "create" | "start" | "other"
+    kind: str  # "create" | "start" | "volume" | "other"
     container: str = ""  # start/restart: the id, id prefix or name in the path
     name: str = ""  # create: the ?name= of the request
     action: str = ""  # start | restart
+
+
+@dataclass(frozen=True)
+class LocalVolume:
+    """A volume of the local driver, with the options that make it a mount of its own:
+    `type=none,o=bind,device=PATH` is a bind of PATH, `type=nfs4,o=addr=HOST` an NFS mount."""
+
+    name: str
+    type: str
+    options: tuple[str, ...]
+    device: str
+
+    @property
+    def is_bind(self) -> bool:
+        return bool({"bind", "rbind"} & set(self.options))
+
+    @property
+    def nfs_server(self) -> str:
+        """The server an NFS volume mounts from ("" when it is not NFS)."""
+        if not self.type.startswith("nfs"):
+            return ""
+        for opt in self.options:
+            if opt.startswith("addr="):
+                return opt[5:]
+        host, sep, _ = self.device.partition(":")
+        return host if sep else ""
 
 
 @dataclass
@@ -86,6 +116,12 @@ class CreateRequest:
 
     spec: ContainerSpec
     volumes_from: list[str] = field(default_factory=list)
+    volumes: list[LocalVolume] = field(default_factory=list)  # Mounts of type volume
+
+    @property
+    def touches_anything(self) -> bool:
+        """Whether the container binds, inherits or mounts anything at all."""
+        return bool(self.spec.binds or self.volumes_from or self.volumes)
 
 
 # --- the plugin request -------------------------------------------------------------------
@@ -168,6 +204,8 @@ def route(method: str, uri: str) -> Route:
     m = _START_RE.match(path)
     if m:
         return Route("start", container=m.group(1), action=m.group(2))
+    if _VOLUME_CREATE_RE.match(path):
+        return Route("volume")
     return Route("other")
 
 
@@ -235,19 +273,57 @@ def _mounts(value: Any, prefix: str) -> list[dict[str, Any]]:
                 raise CreateBodyError(f"{where}{name} must be a string")
             mount[name] = v or ""
         mount["ReadOnly"] = bool(_field(item, "ReadOnly", where))
+        options = _field(item, "VolumeOptions", where)
+        driver = _field(options, "DriverConfig", f"{where}VolumeOptions.")
+        mount["Driver"] = _field(driver, "Name", f"{where}VolumeOptions.DriverConfig.") or ""
+        mount["DriverOpts"] = _str_map(
+            _field(driver, "Options", f"{where}VolumeOptions.DriverConfig."),
+            f"{where}VolumeOptions.DriverConfig.Options",
+        )
         out.append(mount)
     return out
+
+
+def local_volume(name: str, driver: Any, opts: Mapping[str, str]) -> LocalVolume | None:
+    """The local driver's volume with its mount options; None for other drivers."""
+    if driver not in ("", "local", None):
+        return None
+    folded = {go_fold(k): v for k, v in opts.items()}
+    options = tuple(o.strip() for o in (folded.get("o") or "").split(",") if o.strip())
+    return LocalVolume(
+        name=name,
+        type=(folded.get("type") or "").strip(),
+        options=options,
+        device=folded.get("device") or "",
+    )
+
+
+def parse_volume_body(body: bytes) -> LocalVolume | None:
+    """`POST /volumes/create`: the local volume it makes; raises CreateBodyError."""
+    doc = _go_json(body, "volume create")
+    name = _field(doc, "Name", "")
+    driver = _field(doc, "Driver", "")
+    if name is not None and not isinstance(name, str):
+        raise CreateBodyError("Name must be a string")
+    if driver is not None and not isinstance(driver, str):
+        raise CreateBodyError("Driver must be a string")
+    return local_volume(name or "", driver, _str_map(_field(doc, "DriverOpts", ""), "DriverOpts"))
+
+
+def _go_json(body: bytes, what: str) -> _GoObject:
+    try:
+        doc = json.loads(body, object_pairs_hook=_GoObject)
+    except (ValueError, RecursionError) as exc:
+        raise CreateBodyError(f"the {what} request body is not JSON: {exc}") from None
+    if not isinstance(doc, _GoObject):
+        raise CreateBodyError(f"the {what} request body must be a JSON object")
+    return doc
 
 
 def parse_create_body(body: bytes, name: str = "") -> CreateRequest:
     """The create body as Docker decodes it: Labels, Env, User, HostConfig.Binds, the bind
     Mounts and VolumesFrom, with Go's field matching; raises CreateBodyError."""
-    try:
-        doc = json.loads(body, object_pairs_hook=_GoObject)
-    except (ValueError, RecursionError) as exc:
-        raise CreateBodyError(f"the create request body is not JSON: {exc}") from None
-    if not isinstance(doc, _GoObject):
-        raise CreateBodyError("the create request body must be a JSON object")
+    doc = _go_json(body, "create")
     labels = _str_map(_field(doc, "Labels", ""), "Labels")
     env = _str_list(_field(doc, "Env", ""), "Env")
     user = _field(doc, "User", "")
@@ -264,6 +340,17 @@ def parse_create_body(body: bytes, name: str = "") -> CreateRequest:
     binds = _str_list(_field(hc, "Binds", where), f"{where}Binds")
     mounts = _mounts(_field(hc, "Mounts", where), where)
     volumes_from = _str_list(_field(hc, "VolumesFrom", where), f"{where}VolumesFrom")
+    if len(volumes_from) > MAX_VOLUMES_FROM:
+        raise CreateBodyError(
+            f"{where}VolumesFrom has {len(volumes_from)} entries; volagent judges at most "
+            f"{MAX_VOLUMES_FROM}"
+        )
+    volumes = [
+        vol
+        for m in mounts
+        if m["Type"] == "volume"
+        and (vol := local_volume(m["Source"], m["Driver"], m["DriverOpts"])) is not None
+    ]
     spec = ContainerSpec(
         id="",
         name=name,
@@ -272,7 +359,7 @@ def parse_create_body(body: bytes, name: str = "") -> CreateRequest:
         user=user or "",
         host_config={"Binds": binds, "Mounts": mounts},
     )
-    return CreateRequest(spec=spec, volumes_from=volumes_from)
+    return CreateRequest(spec=spec, volumes_from=volumes_from, volumes=volumes)
 
 
 def created_id(response_body: bytes | None) -> str:

@@ -21,11 +21,14 @@ MODE_LABEL = "volagent.mode"
 
 @dataclass(frozen=True)
 class Identity:
-    """Where a container belongs. Empty strings mean unknown."""
+    """Where a container belongs. Empty strings mean unknown; `conflict` says why the
+    container's own labels and env cannot be trusted to name it (they disagree, or name a
+    rack that is not this host's)."""
 
     rack: str
     app: str
     service: str
+    conflict: str = ""
 
     @property
     def labeled(self) -> bool:
@@ -63,6 +66,15 @@ def valid_name(name: str) -> bool:
     return bool(NAME_RE.fullmatch(name))
 
 
+def is_text(value: str) -> bool:
+    """False for a string JSON can carry but no path can hold (a lone UTF-16 surrogate)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _env_map(env: Iterable[str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in env or ():
@@ -73,23 +85,55 @@ def _env_map(env: Iterable[str] | None) -> dict[str, str]:
 
 
 def identify(cfg: Config, labels: Mapping[str, str] | None, env: Iterable[str] | None) -> Identity:
-    """Rack, app and service of a container: label first, then env, then config (rack only)."""
+    """Rack, app and service of a container: label first, then env, then config (rack only).
+
+    The container's creator writes its labels and env, so neither is trusted to pick a rack
+    other than this host's, and a label and an env that name different apps or services
+    leave the container without a trustworthy name (`conflict`)."""
     labels = labels or {}
     envs = _env_map(env)
     d = cfg.docker
-    rack = labels.get(d.rack_label) or envs.get("RACK") or cfg.rack
-    app = labels.get(d.app_label) or envs.get("APP") or ""
-    service = labels.get(d.service_label) or envs.get("SERVICE") or ""
-    return Identity(rack=rack, app=app, service=service)
+    problems = []
+    named: dict[str, str] = {}
+    for what, label_key, env_key in (
+        ("rack", d.rack_label, "RACK"),
+        ("app", d.app_label, "APP"),
+        ("service", d.service_label, "SERVICE"),
+    ):
+        by_label, by_env = labels.get(label_key) or "", envs.get(env_key) or ""
+        if by_label and by_env and by_label != by_env:
+            problems.append(
+                f"label {label_key}={by_label!r} and env {env_key}={by_env!r} name different "
+                f"{what}s"
+            )
+        named[what] = by_label or by_env
+    rack = named["rack"] or cfg.rack
+    if cfg.rack and rack != cfg.rack:
+        problems.append(f"it names rack {rack!r}, but this host belongs to rack {cfg.rack!r}")
+    return Identity(
+        rack=rack, app=named["app"], service=named["service"], conflict="; ".join(problems)
+    )
 
 
-def check_identity(ident: Identity) -> None:
-    """Rule 6: every name that is set must be a valid name; a labeled container needs a rack."""
+def check_identity(ident: Identity, host_rack: str = "") -> None:
+    """Rule 6: the container's names agree and are valid, its rack is this host's, and
+    `<rack>-<app>` cannot be read as another (rack, app) pair.
+
+    Without a rack in the config, a rack named by the container may not hold `-`: rack
+    `r-billing` with app `web` and rack `r` with app `billing-web` would share a directory."""
+    if ident.conflict:
+        raise NamespaceViolation(6, ident.conflict)
     if not ident.rack:
-        raise NamespaceViolation(6, "no rack: set the rack label, RACK, or `rack` in the config")
+        raise NamespaceViolation(6, "no rack: set `rack` in the config (or the rack label, RACK)")
     for what, name in (("rack", ident.rack), ("app", ident.app), ("service", ident.service)):
         if name and not valid_name(name):
             raise NamespaceViolation(6, f"{what} name {name!r} must match {NAME_RE.pattern}")
+    if not host_rack and "-" in ident.rack:
+        raise NamespaceViolation(
+            6,
+            f"rack name {ident.rack!r} holds '-', which makes {ident.namespace!r} ambiguous; "
+            "set `rack` in the config of this host",
+        )
 
 
 def parse_bind_spec(spec: str) -> Bind | None:
@@ -122,15 +166,31 @@ def binds_of(host_config: Mapping[str, Any] | None) -> list[Bind]:
     return out
 
 
-def _under(path: str, root: str) -> bool:
+def go_clean(path: str) -> str:
+    """The path as Docker cleans a bind source (Go's `filepath.Clean`): like
+    `posixpath.normpath`, except that a leading `//` collapses to `/` as well. A bind written
+    `//volumes/other-app` lands in `/volumes/other-app`, so it is judged there."""
+    cleaned = posixpath.normpath(path)
+    if cleaned.startswith("//"):
+        cleaned = "/" + cleaned.lstrip("/")
+    return cleaned
+
+
+def under(path: str, root: str) -> bool:
+    """`path` is `root` or lies below it (both cleaned)."""
     return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def strictly_under(path: str, root: str) -> bool:
+    return path != root and under(path, root)
 
 
 def touches_mount_point(mount_point: str, host: str) -> bool:
     """A bind concerns volagent when its host side, as written or cleaned, is under the mount
     point. As written counts too: `/volumes/../etc` is an escape, not somebody else's bind."""
-    mp = posixpath.normpath(mount_point)
-    return _under(posixpath.normpath(host), mp) or _under(host, mp + "/")
+    mp = go_clean(mount_point)
+    as_written = "/" + host.lstrip("/")
+    return under(go_clean(host), mp) or as_written.startswith(mp.rstrip("/") + "/")
 
 
 def resolve_owner(
@@ -161,14 +221,16 @@ def resolve_owner(
 
 def plan_bind(mount_point: str, ident: Identity, bind: Bind, owner: Owner, mode: int) -> Plan:
     """Rules 5 and 6 for one bind under the mount point; the directories to create."""
-    mp = posixpath.normpath(mount_point)
+    mp = go_clean(mount_point)
     raw = bind.host
     if "\x00" in raw:
         raise NamespaceViolation(5, "host path contains a NUL byte")
+    if not is_text(raw):
+        raise NamespaceViolation(5, f"{raw!r} is not valid UTF-8")
     if ".." in raw.split("/"):
         raise NamespaceViolation(5, f"{raw} escapes through '..'")
-    cleaned = posixpath.normpath(raw)
-    if not _under(cleaned, mp):
+    cleaned = go_clean(raw)
+    if not under(cleaned, mp):
         raise NamespaceViolation(5, f"{raw} is outside the mount point {mp}")
     rel = cleaned[len(mp) :].strip("/")
     parts = tuple(p for p in rel.split("/") if p)
@@ -195,7 +257,7 @@ def plan_bind(mount_point: str, ident: Identity, bind: Bind, owner: Owner, mode:
 def host_path(mount_point: str, rack: str, app: str, service: str, container_path: str) -> str:
     """`<mp>/<rack>-<app>/<service><path>`, what `volagent paths` prints; raises
     NamespaceViolation for bad names or a path that is not absolute or climbs with `..`."""
-    check_identity(Identity(rack, app, service))
+    check_identity(Identity(rack, app, service), host_rack=rack)
     if not app or not service:
         raise NamespaceViolation(6, "app and service are required")
     if not container_path.startswith("/"):
@@ -215,7 +277,7 @@ def plans_for(
     if not mine:
         return []
     try:
-        check_identity(ident)
+        check_identity(ident, cfg.rack)
         owner, mode = resolve_owner(cfg, labels, user)
     except NamespaceViolation as exc:
         return [exc for _ in mine]
@@ -226,3 +288,14 @@ def plans_for(
         except NamespaceViolation as exc:
             out.append(exc)
     return out
+
+
+def nested_with(path: str, others: Iterable[tuple[str, str]]) -> str | None:
+    """Rule 7: why `path` may not be bound beside `others` ((path, whose) pairs), or None.
+    Identical paths share one directory and are fine; strict nesting is not."""
+    for other, whose in others:
+        if strictly_under(path, other):
+            return f"{path} lies inside {other}, which {whose} binds; binds may not nest"
+        if strictly_under(other, path):
+            return f"{path} contains {other}, which {whose} binds; binds may not nest"
+    return None

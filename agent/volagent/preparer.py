@@ -10,16 +10,18 @@ a container that had already started, was made by Docker, not by volagent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from volagent import fs, log, namespace
+from volagent import fs, locate, log, namespace
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker
 
+UNRESOLVED = "unresolved"  # a Landing kind of the preparer's own: the lookup itself failed
 DOCKER_MADE = (0, 0, 0o755)  # what Docker's own auto-create leaves behind
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -35,21 +37,45 @@ class ContainerSpec:
     user: str
     host_config: Mapping[str, Any]
     started: bool = False
+    # binds the container gets from elsewhere (VolumesFrom, local-driver volumes that are
+    # binds): judged like its own, against its own namespace
+    inherited: tuple[namespace.Bind, ...] = ()
 
     @classmethod
     def from_inspect(cls, data: Mapping[str, Any]) -> ContainerSpec:
         cfg = data.get("Config") or {}
         st = data.get("State") or {}
         started_at = st.get("StartedAt") or ZERO_TIME
+        host_config = data.get("HostConfig") or {}
+        own = {b.host for b in namespace.binds_of(host_config)}
+        # Docker's own list of what it mounts: binds copied through VolumesFrom show here
+        # and nowhere in HostConfig
+        inherited = tuple(
+            namespace.Bind(
+                host=str(m.get("Source")),
+                container=str(m.get("Destination") or ""),
+                read_only=not m.get("RW", True),
+            )
+            for m in data.get("Mounts") or ()
+            if isinstance(m, Mapping)
+            and m.get("Type") == "bind"
+            and isinstance(m.get("Source"), str)
+            and m.get("Source") not in own
+        )
         return cls(
             id=str(data.get("Id", "")),
             name=str(data.get("Name", "")).lstrip("/"),
             labels=cfg.get("Labels") or {},
             env=cfg.get("Env") or [],
             user=str(cfg.get("User") or ""),
-            host_config=data.get("HostConfig") or {},
+            host_config=host_config,
             started=bool(st.get("Running")) or not started_at.startswith("0001-"),
+            inherited=inherited,
         )
+
+    @property
+    def binds(self) -> list[namespace.Bind]:
+        return [*namespace.binds_of(self.host_config), *self.inherited]
 
 
 @dataclass
@@ -81,20 +107,88 @@ class Preparer:
         self.log = log.get("preparer")
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def outcome_of(self, spec: ContainerSpec) -> Outcome | None:
-        """The namespace verdict alone, no I/O: None when volagent has nothing to do."""
+    async def judge(self, spec: ContainerSpec) -> Outcome | None:
+        """The namespace verdict for `spec`, every bind judged where it really lands: sources
+        spelled outside the mount point are resolved on the host first (in the worker, with
+        the directory timeout). None when nothing of the container is on the shared
+        filesystem."""
         cfg = self.state.config
+        outside = sorted(
+            {
+                b.host
+                for b in spec.binds
+                if not namespace.touches_mount_point(cfg.mount_point, b.host)
+                and namespace.is_text(b.host)
+                and "\x00" not in b.host
+            }
+        )
+        landings: dict[str, locate.Landing] = {}
+        if outside:
+            call = functools.partial(locate.locate_all, cfg.mount_point, outside)
+            try:
+                found = await self.worker.run(
+                    call, cfg.directories.timeout_s, what="resolving bind sources"
+                )
+            except Exception as exc:  # a hung lookup, or one the kernel refused
+                why = f"volagent could not resolve it on the host ({exc})"
+                found = [locate.Landing(h, UNRESOLVED, why) for h in outside]
+            landings = {land.source: land for land in found}
+        return self.outcome_of(spec, landings)
+
+    def outcome_of(
+        self, spec: ContainerSpec, landings: Mapping[str, locate.Landing] | None = None
+    ) -> Outcome | None:
+        """The namespace verdict alone, no I/O, for binds already located (`judge`): None
+        when nothing of the container is on the shared filesystem."""
+        cfg = self.state.config
+        mp = cfg.mount_point
+        landings = landings or {}
         ident = namespace.identify(cfg, spec.labels, spec.env)
-        binds = namespace.binds_of(spec.host_config)
-        if not any(namespace.touches_mount_point(cfg.mount_point, b.host) for b in binds):
+        mine: list[namespace.Bind] = []
+        found: dict[int, NamespaceViolation | str] = {}  # index in mine: a verdict already
+        for b in spec.binds:
+            if namespace.touches_mount_point(mp, b.host):
+                mine.append(b)
+                continue
+            land = landings.get(b.host)
+            if land is None or land.kind == locate.OUTSIDE:
+                if namespace.is_text(b.host) and "\x00" not in b.host:
+                    continue
+                mine.append(b)  # a path no host can hold: judged (and refused) below
+            elif land.kind == locate.INSIDE:
+                mine.append(dataclasses.replace(b, host=land.path))
+            elif land.kind == locate.CONTAINS:
+                found[len(mine)] = NamespaceViolation(
+                    5,
+                    f"{b.host} contains the shared filesystem ({land.path}): a bind of it "
+                    "carries every app's data along",
+                )
+                mine.append(b)
+            else:
+                found[len(mine)] = land.path
+                mine.append(b)
+        if not mine:
             return None
         if not ident.labeled:
-            return None  # unlabeled containers are not volagent's to manage
-        mine = [b for b in binds if namespace.touches_mount_point(cfg.mount_point, b.host)]
-        plans = namespace.plans_for(cfg, ident, binds, spec.labels, spec.user)
+            unnamed = NamespaceViolation(
+                6,
+                f"the container names no app (label {cfg.docker.app_label} or env APP), so "
+                "it may not bind anything on the shared filesystem",
+            )
+            plans: list[namespace.Plan | NamespaceViolation] = [unnamed for _ in mine]
+        else:
+            plans = namespace.plans_for(cfg, ident, mine, spec.labels, spec.user)
         vols = []
-        for b, item in zip(mine, plans, strict=True):
-            if isinstance(item, NamespaceViolation):
+        for i, verdict in found.items():
+            if isinstance(verdict, NamespaceViolation):
+                plans[i] = verdict
+        for i, (b, item) in enumerate(zip(mine, plans, strict=True)):
+            unresolved = found.get(i)
+            if isinstance(unresolved, str):
+                vols.append(
+                    VolumeRecord(b.host, b.container, b.read_only, state="failed", error=unresolved)
+                )
+            elif isinstance(item, NamespaceViolation):
                 vols.append(
                     VolumeRecord(
                         host=b.host,
@@ -111,23 +205,62 @@ class Preparer:
         return Outcome(identity=ident, volumes=vols, plans=plans)
 
     async def prepare(
-        self, spec: ContainerSpec, recheck: Recheck | None = None, track: bool = True
+        self,
+        spec: ContainerSpec,
+        recheck: Recheck | None = None,
+        track: bool = True,
+        outcome: Outcome | None = None,
+        rewalk: bool = False,
     ) -> Outcome | None:
-        """Prepares every bind of `spec`; records the container in the state when `track`."""
+        """Prepares every bind of `spec` (judged by `judge` unless `outcome` is given);
+        records the container in the state when `track`. With `rewalk`, volumes already
+        ready are walked again (a start: what was checked then may have been swapped)."""
         key = spec.id or f"request:{id(spec)}"
         lock = self._locks.setdefault(key, asyncio.Lock())
         try:
             async with lock:
-                return await self._prepare(spec, recheck, track)
+                if outcome is None:
+                    outcome = await self.judge(spec)
+                    if outcome is not None:
+                        self.check_nesting(outcome, spec.id)
+                return await self._prepare(spec, outcome, recheck, track, rewalk)
         finally:
             if not lock.locked() and self._locks.get(key) is lock:
                 del self._locks[key]
 
+    def check_nesting(self, outcome: Outcome, container_id: str = "") -> None:
+        """Rule 7: a bind may not lie strictly inside, or strictly contain, another live bind
+        (of this container, another one here, or another host's). Whoever can rename a
+        directory above another container's bind source can swap it for a symlink that
+        Docker follows at that container's next start."""
+        planned = [
+            (vol, plan)
+            for vol, plan in zip(outcome.volumes, outcome.plans, strict=True)
+            if not isinstance(plan, NamespaceViolation) and vol.state != "failed"
+        ]
+        if not planned:
+            return
+        others = list(self.state.live_binds(exclude=container_id))
+        for i, (vol, _plan) in enumerate(planned):
+            siblings = [(v.host, "the same container") for v, _ in planned[:i] + planned[i + 1 :]]
+            clash = namespace.nested_with(vol.host, [*siblings, *others])
+            if clash is not None:
+                violation = NamespaceViolation(7, clash)
+                outcome.plans[outcome.volumes.index(vol)] = violation
+                self.state.set_volume_state(vol, "violation", str(violation))
+
     async def _prepare(
-        self, spec: ContainerSpec, recheck: Recheck | None, track: bool
+        self,
+        spec: ContainerSpec,
+        outcome: Outcome | None,
+        recheck: Recheck | None,
+        track: bool,
+        rewalk: bool,
     ) -> Outcome | None:
-        outcome = self.outcome_of(spec)
         if outcome is None:
+            if track and spec.id:
+                # known, with nothing on the shared filesystem: a VolumesFrom of it is judged
+                self._track(spec, namespace.identify(self.state.config, spec.labels, spec.env), [])
             return None
         ident = outcome.identity
         prior = self.state.containers.get(spec.id) if spec.id else None
@@ -138,25 +271,35 @@ class Preparer:
                 self.state.set_volume_state(vol, "violation", str(plan))
                 bound.warning("namespace_violation", path=vol.host, reason=str(plan))
                 continue
+            if vol.state == "failed":
+                continue  # its source could not be resolved: nothing to walk
             settled = prior_volumes.get(vol.host)
-            if settled is not None and settled.state in ("ready", "late"):
-                # already settled: never re-judged, and a late one keeps saying why
+            if not rewalk and settled is not None and settled.state in ("ready", "late"):
+                # already settled: not walked again, and a late one keeps saying why
                 vol.state, vol.error = settled.state, settled.error
                 continue
             await self._prepare_one(spec, vol, plan, recheck, bound)
+            if settled is not None and settled.state == "late" and vol.state == "ready":
+                vol.state, vol.error = settled.state, settled.error
         if track and spec.id:
-            record = ContainerRecord(
-                id=spec.id,
-                name=spec.name,
-                rack=ident.rack,
-                app=ident.app,
-                service=ident.service,
-                volumes=outcome.volumes,
-                started=spec.started,
-            )
-            self.state.upsert_container(record)
-            self.state.metrics.containers.set(len(self.state.containers))
+            self._track(spec, ident, outcome.volumes)
         return outcome
+
+    def _track(
+        self, spec: ContainerSpec, ident: namespace.Identity, volumes: list[VolumeRecord]
+    ) -> None:
+        record = ContainerRecord(
+            id=spec.id,
+            name=spec.name,
+            rack=ident.rack,
+            app=ident.app,
+            service=ident.service,
+            volumes=volumes,
+            started=spec.started,
+            spec=spec,
+        )
+        self.state.upsert_container(record)
+        self.state.metrics.containers.set(len(self.state.containers))
 
     async def _prepare_one(
         self,

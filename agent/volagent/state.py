@@ -7,6 +7,7 @@ here does I/O, so a status answer never waits on the shared filesystem.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -97,6 +98,7 @@ class ContainerRecord:
     service: str
     volumes: list[VolumeRecord] = field(default_factory=list)
     started: bool = False
+    spec: Any = None  # the ContainerSpec it was judged from: a start re-walks with it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +131,11 @@ class AgentState:
         self.docker = DockerStatus()
         self.guard = GuardStatus(enabled=config.guard.enabled)
         self.containers: dict[str, ContainerRecord] = {}
+        self._container_names: dict[str, str] = {}  # name -> id, for lookups by name
+        # binds of creates the guard allowed whose container has no id yet, by request
+        self.reserved_binds: dict[bytes, tuple[str, ...]] = {}
+        # binds other hosts of the rack report in their usage records: path -> host
+        self.rack_binds: dict[str, str] = {}
         # keyed warnings, so a condition that clears takes its warning with it
         self._warnings: dict[str, str] = {}
         # st_dev of the healthy shared filesystem at the mount point; the fs layer refuses to
@@ -167,10 +174,37 @@ class AgentState:
 
     # --- containers --------------------------------------------------------------------
     def upsert_container(self, record: ContainerRecord) -> None:
+        old = self.containers.get(record.id)
+        if old is not None and old.name != record.name:
+            self._container_names.pop(old.name, None)
         self.containers[record.id] = record
+        if record.name:
+            self._container_names[record.name] = record.id
 
     def forget_container(self, container_id: str) -> None:
-        self.containers.pop(container_id, None)
+        old = self.containers.pop(container_id, None)
+        if old is not None and self._container_names.get(old.name) == container_id:
+            del self._container_names[old.name]
+
+    def container_named(self, name: str) -> ContainerRecord | None:
+        cid = self._container_names.get(name)
+        return self.containers.get(cid) if cid else None
+
+    def live_binds(self, exclude: str = "") -> Iterator[tuple[str, str]]:
+        """Every bind on the shared filesystem that a container may be using, with whose it
+        is: containers known here (but `exclude`), creates allowed a moment ago, and the
+        binds other hosts of the rack report."""
+        for c in self.containers.values():
+            if c.id == exclude:
+                continue
+            for v in c.volumes:
+                if v.state != "violation":
+                    yield v.host, f"container {c.name or c.id[:12]}"
+        for paths in self.reserved_binds.values():
+            for path in paths:
+                yield path, "a container being created"
+        for path, host in self.rack_binds.items():
+            yield path, f"a container on host {host}"
 
     def set_volume_state(self, volume: VolumeRecord, state: str, error: str | None = None) -> None:
         if state not in VOLUME_STATES:
@@ -218,6 +252,6 @@ class AgentState:
             "mount": self.mount.to_dict(),
             "docker": self.docker.to_dict(),
             "guard": self.guard.to_dict(),
-            "containers": [c.to_dict() for c in self.containers.values()],
+            "containers": [c.to_dict() for c in self.containers.values() if c.volumes],
             "warnings": self.warnings,
         }

@@ -177,9 +177,18 @@ def test_create_prepares_before_answering(guard: Guard, state: AgentState, mp: P
     assert state.metrics.guard_decisions.labels(result="allow")._value.get() == 1
 
 
-def test_unlabeled_and_outside_binds_are_untouched(guard: Guard, mp: Path, tmp_path: Path) -> None:
-    assert create(guard, f"{mp}/r1-a/web/data:/data", labels={}) == {"Allow": True}
+def test_outside_binds_are_untouched(guard: Guard, mp: Path, tmp_path: Path) -> None:
     assert create(guard, f"{tmp_path}/elsewhere:/data") == {"Allow": True}
+    assert os.listdir(mp) == []
+
+
+def test_unlabeled_container_binding_the_shared_filesystem_is_denied(
+    guard: Guard, mp: Path
+) -> None:
+    # the labels are the creator's to write: leaving them out must not open every namespace
+    answer = create(guard, f"{mp}/r1-b/web/data:/data", labels={})
+    assert answer["Allow"] is False
+    assert "rule 6" in answer["Msg"] and "names no app" in answer["Msg"]
     assert os.listdir(mp) == []
 
 
@@ -318,17 +327,24 @@ def test_disabled_guard_allows_everything(guard: Guard, state: AgentState, mp: P
     assert create(guard, f"{mp}/r1-b/web/data:/data") == {"Allow": True}
 
 
-def test_own_errors_fail_open(
+def test_own_errors_fail_closed_for_anything_that_binds(
     guard: Guard, state: AgentState, mp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(spec: Any) -> Any:
+    def broken(spec: Any, landings: Any = None) -> Any:
         raise RuntimeError("a bug")
 
     # a bug cannot be produced on demand any other way
     monkeypatch.setattr(guard.preparer, "outcome_of", broken)
-    assert create(guard, f"{mp}/r1-a/web/data:/data") == {"Allow": True}
-    assert state.metrics.guard_decisions.labels(result="error")._value.get() == 1
+    answer = create(guard, f"{mp}/r1-a/web/data:/data")
+    assert answer["Allow"] is False and "guard failed" in answer["Msg"]
+    assert create(guard, "/srv/outside:/data")["Allow"] is False  # where it lands is unknown
+    # a container that binds, inherits and mounts nothing cannot reach shared data
+    body = {"Image": "x", "Labels": LABELS, "HostConfig": {}}
+    plain = decision(ask(guard, plugin_body("POST", "/containers/create", body)))
+    assert plain == {"Allow": True}
+    assert state.metrics.guard_decisions.labels(result="error")._value.get() == 3
     assert any("start guard failed" in w for w in state.warnings)
+    assert not (mp / "r1-a").exists()
 
 
 # --- start ----------------------------------------------------------------------------------

@@ -116,13 +116,114 @@ def test_bad_app_label_makes_every_bind_a_violation(bad: str) -> None:
 
 
 def test_identity_label_then_env_then_config() -> None:
-    env = ["RACK=envrack", "APP=envapp", "SERVICE=envsvc", "APP=second"]
-    assert namespace.identify(CFG, {}, env) == Identity("envrack", "envapp", "envsvc")
-    labels = {"convox.rack": "lr", "convox.app": "la", "convox.service": "ls"}
-    assert namespace.identify(CFG, labels, env) == Identity("lr", "la", "ls")
+    env = ["RACK=r1", "APP=envapp", "SERVICE=envsvc", "APP=second"]
+    assert namespace.identify(CFG, {}, env) == Identity("r1", "envapp", "envsvc")
+    labels = {"convox.rack": "r1", "convox.app": "la", "convox.service": "ls"}
+    assert namespace.identify(CFG, labels, []) == Identity("r1", "la", "ls")
     assert namespace.identify(CFG, {}, []) == Identity("r1", "", "")
     custom = from_dict({"docker": {"app_label": "my.app"}})
     assert namespace.identify(custom, {"my.app": "x", "convox.app": "y"}, []).app == "x"
+    unracked = from_dict({})
+    assert namespace.identify(unracked, {}, ["RACK=envrack"]).rack == "envrack"
+
+
+def check(ident: Identity, host_rack: str = "r1") -> int | None:
+    try:
+        namespace.check_identity(ident, host_rack)
+    except NamespaceViolation as exc:
+        return exc.rule
+    return None
+
+
+def test_a_container_naming_another_rack_is_a_violation() -> None:
+    # app `web` claiming rack `r1-billing` would read app `billing-web` of rack `r1`
+    for labels, env in (({"convox.rack": "r1-billing"}, []), ({}, ["RACK=r1-billing"])):
+        ident = namespace.identify(CFG, {**labels, "convox.app": "web"}, env)
+        assert ident.conflict and "this host belongs to rack 'r1'" in ident.conflict
+        assert check(ident) == 6
+
+
+@pytest.mark.parametrize(
+    ("labels", "env", "what"),
+    [
+        ({"convox.app": "web"}, ["APP=billing"], "apps"),
+        ({"convox.app": "web", "convox.service": "a"}, ["SERVICE=b"], "services"),
+    ],
+)
+def test_label_and_env_that_disagree_are_a_violation(
+    labels: dict[str, str], env: list[str], what: str
+) -> None:
+    ident = namespace.identify(CFG, labels, env)
+    assert f"name different {what}" in ident.conflict
+    assert check(ident) == 6
+    # agreeing is fine
+    same = namespace.identify(CFG, {"convox.app": "web"}, ["APP=web"])
+    assert same.conflict == "" and check(same) is None
+
+
+def test_without_a_configured_rack_a_dashed_rack_is_refused() -> None:
+    unracked = from_dict({})
+    ident = namespace.identify(unracked, {"convox.app": "web"}, ["RACK=r-billing"])
+    assert check(ident, host_rack="") == 6
+    assert check(namespace.identify(unracked, {"convox.app": "web"}, ["RACK=r"]), "") is None
+
+
+names = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,10}", fullmatch=True)
+
+
+@given(
+    host_rack=st.sampled_from(["", "r", "r-x"]),
+    first=st.tuples(names, names),
+    second=st.tuples(names, names),
+)
+def test_two_accepted_rack_app_pairs_never_share_a_namespace(
+    host_rack: str, first: tuple[str, str], second: tuple[str, str]
+) -> None:
+    assume(first != second)
+    cfg = from_dict({"rack": host_rack}) if host_rack else from_dict({})
+    accepted = []
+    for rack, app in (first, second):
+        ident = namespace.identify(cfg, {"convox.rack": rack, "convox.app": app}, [])
+        if check(ident, cfg.rack) is None:
+            accepted.append(ident)
+    if len(accepted) == 2:
+        assert accepted[0].namespace != accepted[1].namespace
+
+
+@pytest.mark.parametrize(
+    ("written", "cleaned"),
+    [
+        ("//volumes/r1-b/web", "/volumes/r1-b/web"),
+        ("///volumes//r1-b/./web/", "/volumes/r1-b/web"),
+        ("/volumes/r1-a/../r1-b", "/volumes/r1-b"),
+        ("//", "/"),
+    ],
+)
+def test_paths_are_cleaned_the_way_docker_cleans_them(written: str, cleaned: str) -> None:
+    assert namespace.go_clean(written) == cleaned
+    assert namespace.touches_mount_point(MP, written) == cleaned.startswith(MP)
+
+
+def test_a_bind_spelled_with_a_leading_double_slash_is_judged_where_it_lands() -> None:
+    ident = namespace.identify(CFG, {"convox.app": "a", "convox.service": "s"}, [])
+    (found,) = namespace.plans_for(CFG, ident, [Bind("//volumes/r1-b/s/d", "/d", False)], {}, None)
+    assert isinstance(found, NamespaceViolation) and found.rule == 5
+
+
+def test_a_path_no_host_can_hold_is_a_violation_not_an_error() -> None:
+    ident = namespace.identify(CFG, {"convox.app": "a", "convox.service": "s"}, [])
+    binds = [Bind("/volumes/r1-a/s/\ud800", "/d", False), Bind("/volumes/r1-a/s/ok", "/o", False)]
+    bad, good = namespace.plans_for(CFG, ident, binds, {}, None)
+    assert isinstance(bad, NamespaceViolation) and "UTF-8" in bad.reason
+    assert isinstance(good, Plan)
+
+
+def test_nested_binds() -> None:
+    others = [("/volumes/r1-a/s/data", "container x")]
+    assert namespace.nested_with("/volumes/r1-a/s/data", others) is None
+    assert "lies inside" in (namespace.nested_with("/volumes/r1-a/s/data/db", others) or "")
+    assert "contains" in (namespace.nested_with("/volumes/r1-a/s", others) or "")
+    assert namespace.nested_with("/volumes/r1-a/s/database", others) is None
 
 
 def test_no_rack_anywhere_is_a_violation() -> None:

@@ -208,11 +208,17 @@ def test_symlink_in_the_namespace_is_a_violation(
     assert os.listdir(target) == []
 
 
-def test_unlabeled_container_is_not_managed(mp: Path, preparer: Preparer) -> None:
+def test_unlabeled_container_binding_the_shared_filesystem_is_a_violation(
+    mp: Path, preparer: Preparer
+) -> None:
     s = spec(mp, labels={})
-    assert asyncio.run(preparer.prepare(s)) is None
+    outcome = asyncio.run(preparer.prepare(s))
+    assert outcome is not None
+    (vol,) = outcome.volumes
+    assert vol.state == "violation" and vol.error and "rule 6" in vol.error
     assert os.listdir(mp) == []
-    assert preparer.state.containers == {}
+    # recorded all the same: its directory counts as in use
+    assert [v.host for v in preparer.state.containers["c1"].volumes] == [vol.host]
 
 
 def test_numeric_user_owns_the_leaf(mp: Path, preparer: Preparer) -> None:

@@ -29,6 +29,7 @@ from volagent.heartbeat import Heartbeat
 from volagent.http import HttpServer
 from volagent.mount import MountManager
 from volagent.preparer import Preparer
+from volagent.rack_binds import RackBinds
 from volagent.state import AgentState
 from volagent.usage import UsageRecorder
 from volagent.worker import TimedWorker
@@ -53,6 +54,7 @@ class Daemon:
         self.records_worker = TimedWorker("records", max_threads=4)
         self.heartbeat = Heartbeat(self.state, self.records_worker)
         self.usage = UsageRecorder(self.state, self.records_worker)
+        self.rack_binds = RackBinds(self.state, self.records_worker)
         self.asg = AsgReporter(self.state, identity=instance_identity(self.state))
         self.log = log.get("daemon")
         self._stop = asyncio.Event()
@@ -122,6 +124,7 @@ class Daemon:
         self._spawn("ready", self._announce_ready())
         self._spawn("heartbeat", self.heartbeat.run())
         self._spawn("usage", self.usage.run())
+        self._spawn("rack-binds", self.rack_binds.run())
         self._spawn("asg", self.asg.run())
         watched = config_mod.config_path(self.config_path)
         self._spawn("config-watch", ConfigWatch(watched, self.reload).run())

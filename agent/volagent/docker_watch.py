@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -20,9 +21,9 @@ import docker
 import docker.errors
 import tenacity
 
-from volagent import log
+from volagent import log, mount_check
 from volagent.preparer import ContainerSpec, Preparer
-from volagent.state import AgentState
+from volagent.state import AgentState, VolumeRecord
 
 _HANDLED = {"create", "start", "restart", "destroy"}
 API_TIMEOUT_S = 15
@@ -198,10 +199,11 @@ class DockerWatch:
                 self.state.forget_container(cid)
                 self.state.metrics.containers.set(len(self.state.containers))
                 return
-            await self.handle_container(cid)
+            await self.handle_container(cid, verify=action in ("start", "restart"))
 
-    async def handle_container(self, cid: str) -> None:
-        """Inspects one container and prepares its volumes; a vanished container is dropped."""
+    async def handle_container(self, cid: str, verify: bool = False) -> None:
+        """Inspects one container and prepares its volumes; a vanished container is dropped.
+        With `verify` (it has just started), its actual mounts are checked as well."""
         try:
             data = await self._call(self._client.inspect_container, cid)
         except docker.errors.NotFound:
@@ -212,6 +214,57 @@ class DockerWatch:
             return
         spec = ContainerSpec.from_inspect(data)
         await self.preparer.prepare(spec, recheck=lambda: self._started(cid))
+        pid = (data.get("State") or {}).get("Pid") or 0
+        if verify and isinstance(pid, int) and pid > 0:
+            await self._verify_mounts(cid, pid)
+
+    async def _verify_mounts(self, cid: str, pid: int) -> None:
+        """A container started (by anyone: a client through the guard, its restart policy,
+        dockerd coming back) with a mount that is not what volagent prepared is stopped at
+        once, its restart policy turned off, its volume marked `violation`."""
+        st = self.state
+        record = st.containers.get(cid)
+        prepared = [
+            (v.host, v.container)
+            for v in (record.volumes if record else [])
+            if v.state in ("ready", "late")
+        ]
+        call = functools.partial(mount_check.check_container, pid, st.config.mount_point, prepared)
+        try:
+            found = await self.preparer.worker.run(call, API_TIMEOUT_S, what="checking mounts")
+        except Exception as exc:  # the process exited meanwhile: nothing left to check
+            self.log.debug("mount_check_skipped", container=cid[:12], reason=str(exc))
+            return
+        if not found:
+            return
+        reasons = "; ".join(m.reason for m in found)
+        name = record.name if record else cid[:12]
+        self.log.error("mount_mismatch", container=cid[:12], name=name, reason=reasons)
+        try:
+            await self._call(self._client.update_container, cid, restart_policy={"Name": "no"})
+            await self._call(self._client.kill, cid)
+            action = "it was stopped and its restart policy turned off"
+        except Exception as exc:
+            action = f"stopping it failed ({_describe(exc)}): stop it by hand"
+        if record is not None:
+            by_host = {v.host: v for v in record.volumes}
+            for m in found:
+                vol = by_host.get(m.host)
+                if vol is None:
+                    vol = VolumeRecord(host=m.host, container=m.container, read_only=False)
+                    record.volumes.append(vol)
+                    by_host[m.host] = vol
+                st.set_volume_state(
+                    vol,
+                    "violation",
+                    f"the container's mount is not what volagent prepared: {m.reason}",
+                )
+        st.warn(
+            f"mount-mismatch:{cid}",
+            f"container {name} started with a mount volagent did not prepare ({reasons}); "
+            f"{action}. Someone swapped a directory for a symlink or bound the shared "
+            "filesystem another way: look at the log (mount_mismatch) before starting it again.",
+        )
 
     async def _started(self, cid: str) -> bool:
         try:

@@ -59,20 +59,31 @@ def _mount_of(entries: Sequence[MountEntry], path: str) -> MountEntry | None:
 
 def locate_all(mount_point: str, sources: Iterable[str], table: str = "") -> list[Landing]:
     """Resolves each source; one read of the mount table for all of them."""
-    shared = _SharedFilesystem(mount_point, read_table(table) if table else read_table())
+    shared = SharedFilesystem(mount_point, read_table(table) if table else read_table())
     return [shared.locate(s) for s in sources]
 
 
-class _SharedFilesystem:
+class SharedFilesystem:
     """The shared filesystem as the kernel knows it: the mount at the mount point, its
     device, and the directory of that filesystem the mount point shows."""
 
     def __init__(self, mount_point: str, entries: Sequence[MountEntry]) -> None:
         self.mp = go_clean(mount_point)
-        self.real_mp = os.path.realpath(self.mp)
+        self.real_mp = _real_mount_point(self.mp)
         self.entries = entries
         self.mount = _mount_of(entries, self.real_mp)
         self.dir = _within(self.mount, self.real_mp) if self.mount is not None else ""
+
+    def inner(self, path: str) -> str:
+        """The directory of the filesystem that `path` (under the mount point) names, as
+        mountinfo writes it."""
+        return (
+            posixpath.join(self.dir, go_clean(path)[len(self.mp) :].lstrip("/")).rstrip("/") or "/"
+        )
+
+    def outer(self, inner: str) -> str:
+        """The path under the mount point of a directory of the shared filesystem."""
+        return _join(self.mp, inner[len(self.dir) :] if self.dir != "/" else inner)
 
     def locate(self, source: str) -> Landing:
         resolved = os.path.realpath(go_clean(source))
@@ -95,6 +106,19 @@ class _SharedFilesystem:
             if e.dev == shared.dev and strictly_under(e.mount_point, resolved) and overlaps:
                 return Landing(source, CONTAINS, e.mount_point)
         return Landing(source, OUTSIDE)
+
+
+def _real_mount_point(mp: str) -> str:
+    """The mount point with symlinks resolved, without a stat of the mount point itself:
+    that would ask the shared filesystem, which may be hung. readlink on a mounted
+    directory fails at once (EINVAL) without asking it."""
+    parent = os.path.realpath(posixpath.dirname(mp) or "/")
+    here = posixpath.join(parent, posixpath.basename(mp))
+    try:
+        target = os.readlink(here)
+    except OSError:
+        return here
+    return os.path.realpath(posixpath.join(parent, target))
 
 
 def _join(mp: str, rest: str) -> str:

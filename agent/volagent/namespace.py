@@ -272,21 +272,23 @@ def host_path(mount_point: str, rack: str, app: str, service: str, container_pat
 def plans_for(
     cfg: Config, ident: Identity, binds: Sequence[Bind], labels: Mapping[str, str], user: str | None
 ) -> list[Plan | NamespaceViolation]:
-    """A Plan or the violation for each bind under the mount point, in order."""
-    mine = [b for b in binds if touches_mount_point(cfg.mount_point, b.host)]
-    if not mine:
+    """A Plan or the violation for each bind (all judged to be on the shared filesystem), in
+    order. A bind that cannot be judged at all is a violation, never an error."""
+    if not binds:
         return []
     try:
         check_identity(ident, cfg.rack)
         owner, mode = resolve_owner(cfg, labels, user)
     except NamespaceViolation as exc:
-        return [exc for _ in mine]
+        return [exc for _ in binds]
     out: list[Plan | NamespaceViolation] = []
-    for b in mine:
+    for b in binds:
         try:
             out.append(plan_bind(cfg.mount_point, ident, b, owner, mode))
         except NamespaceViolation as exc:
             out.append(exc)
+        except Exception as exc:  # attacker input must not turn into an allowed request
+            out.append(NamespaceViolation(5, f"{b.host[:200]!r} cannot be judged: {exc}"))
     return out
 
 

@@ -28,6 +28,7 @@ SCAN_INTERVAL_S = 1.0
 REFRESH_S = 300.0
 WRITE_TIMEOUT_S = 10.0
 MAX_CONTAINER_NAMES = 8
+MAX_BINDS = 256
 FAILURE_BACKOFF_S = 30.0
 
 Key = tuple[str, str]  # (namespace "<rack>-<app>", directory below it)
@@ -62,7 +63,22 @@ def in_use(state: AgentState) -> dict[Key, list[str]]:
     return out
 
 
-def usage_record(host: str, key: Key, containers: Iterable[str], now: float) -> dict[str, Any]:
+def binds_in_use(state: AgentState) -> dict[Key, list[str]]:
+    """The bind paths of the containers known here, by the directory they lie in: other hosts
+    read them to keep binds from nesting across the rack (rule 7)."""
+    mp = state.config.mount_point
+    out: dict[Key, set[str]] = {}
+    for c in state.containers.values():
+        for v in c.volumes:
+            key = key_of(mp, v.host)
+            if key is not None and v.state != "violation":
+                out.setdefault(key, set()).add(posixpath.normpath(v.host))
+    return {key: sorted(paths) for key, paths in out.items()}
+
+
+def usage_record(
+    host: str, key: Key, containers: Iterable[str], now: float, binds: Iterable[str] = ()
+) -> dict[str, Any]:
     return {
         "host": host,
         "namespace": key[0],
@@ -70,6 +86,7 @@ def usage_record(host: str, key: Key, containers: Iterable[str], now: float) -> 
         "time": now,
         "last_used": now_iso(now),
         "containers": sorted(containers)[:MAX_CONTAINER_NAMES],
+        "binds": sorted(binds)[:MAX_BINDS],
     }
 
 
@@ -101,6 +118,7 @@ class UsageRecorder:
         self.worker = worker
         self.log = log.get("usage")
         self._written: dict[Key, float] = {}  # monotonic time of the last write per key
+        self._written_binds: dict[Key, list[str]] = {}  # the binds that write listed
         self._failing = False
         self._retry_at = 0.0
 
@@ -110,11 +128,14 @@ class UsageRecorder:
             await asyncio.sleep(SCAN_INTERVAL_S)
 
     def due(self, now_mono: float) -> dict[Key, list[str]]:
-        """Directories in use never recorded by this agent, or not for REFRESH_S."""
+        """Directories in use never recorded by this agent, or not for REFRESH_S, or whose
+        binds changed since (other hosts judge nesting by them)."""
+        binds = binds_in_use(self.state)
         return {
             key: names
             for key, names in in_use(self.state).items()
             if now_mono - self._written.get(key, -REFRESH_S - 1) > REFRESH_S
+            or self._written_binds.get(key) != binds.get(key, [])
         }
 
     async def record_due(self) -> int:
@@ -125,10 +146,18 @@ class UsageRecorder:
         if time.monotonic() < self._retry_at:
             return 0  # a failing filesystem is not asked again every second
         due = self.due(time.monotonic())
-        if not due:
+        # directories no container here uses any more: one last record that lists no binds,
+        # so other hosts stop counting them (the time stays the last use, for gc)
+        gone = set(self._written) - set(in_use(st))
+        if not due and not gone:
             return 0
         now = time.time()
-        batch = [(key, usage_record(st.host_id, key, names, now)) for key, names in due.items()]
+        binds = binds_in_use(st)
+        batch = [
+            (key, usage_record(st.host_id, key, names, now, binds.get(key, [])))
+            for key, names in due.items()
+        ]
+        batch += [(key, usage_record(st.host_id, key, [], now)) for key in sorted(gone)]
         call = functools.partial(
             write_usage, st.config.mount_point, st.mount_dev, st.host_id, batch
         )
@@ -145,9 +174,11 @@ class UsageRecorder:
         mono = time.monotonic()
         for key in done:
             self._written[key] = mono
+            self._written_binds[key] = binds.get(key, [])
         # directories no container here uses any more need no refreshing
         for key in set(self._written) - set(in_use(st)):
             del self._written[key]
+            self._written_binds.pop(key, None)
         st.metrics.usage_records.labels(result="written").inc(len(done))
         self.log.debug("usage_recorded", records=len(done))
         return len(done)

@@ -350,21 +350,28 @@ class Guard:
             denial = await self._judge_start_body(who, known, body)
             if denial is not None:
                 return denial
-        if known is None or not (known.all_volumes or (known.spec and known.spec.binds)):
-            return None  # nothing of it on the shared filesystem, or not known here
-        if not self.state.mount_healthy:
-            return self._unhealthy(who, [v.host for v in known.all_volumes], where.action)
+        if known is None:
+            return None  # not known here: the check after the start covers it
+        healthy = self.state.mount_healthy
+        deny_violations = self.state.config.guard.violations == "deny"
         if known.spec is None:
+            if not known.all_volumes:
+                return None
+            if not healthy:
+                return self._unhealthy(who, [v.host for v in known.all_volumes], where.action)
             bad = [v for v in known.volumes if v.state == "violation"]
-            if bad and self.state.config.guard.violations == "deny":
-                return messages.violations(who, bad)
-            return None
-        # walked again, nothing trusted from before: a directory checked at create may have
-        # been swapped for a symlink since, and Docker follows it at every start
+            return messages.violations(who, bad) if bad and deny_violations else None
+        # judged and walked again, nothing trusted from before: a directory checked at
+        # create may have been swapped for a symlink since, and Docker follows it at every
+        # start (binds outside the mount point included)
         outcome = await self.preparer.judge(known.spec)
         if outcome is None:
             return None
         self.preparer.check_nesting(outcome, known.id)
+        if outcome.violations and deny_violations:
+            return messages.violations_of(who, outcome, self.state.config.mount_point)
+        if not healthy:
+            return self._unhealthy(who, [v.host for v in outcome.volumes], where.action)
         tracked = bool(known.id) and known.id in self.state.containers
         prepared = await self._prepare(known.spec, outcome, track=tracked, rewalk=True)
         known.volumes = prepared.volumes

@@ -47,7 +47,7 @@ class ContainerSpec:
         st = data.get("State") or {}
         started_at = st.get("StartedAt") or ZERO_TIME
         host_config = data.get("HostConfig") or {}
-        own = {b.host for b in namespace.binds_of(host_config)}
+        own = {namespace.go_clean(b.host) for b in namespace.binds_of(host_config)}
         # Docker's own list of what it mounts: binds copied through VolumesFrom show here
         # and nowhere in HostConfig
         inherited = tuple(
@@ -60,7 +60,7 @@ class ContainerSpec:
             if isinstance(m, Mapping)
             and m.get("Type") == "bind"
             and isinstance(m.get("Source"), str)
-            and m.get("Source") not in own
+            and namespace.go_clean(m["Source"]) not in own
         )
         return cls(
             id=str(data.get("Id", "")),

@@ -84,7 +84,7 @@ def test_docker_run_bursts_end_ready_or_late(
     assert underneath_entries(agent) == []
 
 
-def test_unlabeled_and_foreign_binds_are_left_alone(
+def test_unlabeled_binds_are_violations_and_foreign_binds_are_left_alone(
     agent: AgentProcess, containers: Containers
 ) -> None:
     unlabeled = agent.ns("nobody", "s", "data")
@@ -94,8 +94,12 @@ def test_unlabeled_and_foreign_binds_are_left_alone(
     marker = containers.create(
         [f"{agent.ns('app', 's', 'after')}:/d"], labels=app_labels("app", "s", owner=OWNER)
     )
-    doc = agent.wait_for(lambda d: all_in(d, [marker], ["ready"]), what="marker ready")
-    assert container(doc, a) is None
+    doc = agent.wait_for(
+        lambda d: all_in(d, [marker], ["ready"]) and all_in(d, [a], ["violation"]),
+        what="marker ready, the unlabeled bind a violation",
+    )
+    unnamed = container(doc, a)
+    assert unnamed is not None and "names no app" in str(unnamed["volumes"][0]["error"])
     assert container(doc, b) is None
     assert not os.path.exists(unlabeled)
     assert not os.path.exists(elsewhere)

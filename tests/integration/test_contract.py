@@ -215,15 +215,14 @@ def test_status_document_health_metrics_and_cli_when_ok(ok: Bed) -> None:
 def test_names_come_from_labels_then_env_then_config_with_configured_keys(
     ok: Bed, containers: Containers
 ) -> None:
-    env = ["RACK=renv", "APP=aenv", "SERVICE=senv"]
+    env = [f"RACK={RACK}", "APP=aenv", "SERVICE=senv"]
     by_label = containers.create(
-        [f"{ok.path('rlab-alab', 'slab', 'data')}:/data"],
-        labels={RACK_LABEL: "rlab", APP_LABEL: "alab", SERVICE_LABEL: "slab"},
-        env=env,
+        [f"{ok.path(f'{RACK}-alab', 'slab', 'data')}:/data"],
+        labels={RACK_LABEL: RACK, APP_LABEL: "alab", SERVICE_LABEL: "slab"},
     )
     # the default label keys mean nothing once others are configured: env decides
     by_env = containers.create(
-        [f"{ok.path('renv-aenv', 'senv', 'data')}:/data"],
+        [f"{ok.path(f'{RACK}-aenv', 'senv', 'data')}:/data"],
         labels={"convox.rack": "rdef", "convox.app": "adef"},
         env=env,
     )
@@ -232,9 +231,19 @@ def test_names_come_from_labels_then_env_then_config_with_configured_keys(
         labels={APP_LABEL: "amix"},
         env=["SERVICE=smix"],
     )
+    # 0.2: the rack is the host's, and a label and an env that disagree name nobody
+    other_rack = containers.create(
+        [f"{ok.path('rlab-alab', 'slab', 'data')}:/data"],
+        labels={RACK_LABEL: "rlab", APP_LABEL: "alab", SERVICE_LABEL: "slab"},
+    )
+    disagreeing = containers.create(
+        [f"{ok.path(f'{RACK}-alab', 'slab', 'data')}:/data"],
+        labels={APP_LABEL: "alab", SERVICE_LABEL: "slab"},
+        env=["APP=aenv"],
+    )
     ids = [by_label, by_env, by_config]
     doc = wait_volumes(ok, ids, ("ready",))
-    expected = [("rlab", "alab", "slab"), ("renv", "aenv", "senv"), (RACK, "amix", "smix")]
+    expected = [(RACK, "alab", "slab"), (RACK, "aenv", "senv"), (RACK, "amix", "smix")]
     for cid, names in zip(ids, expected, strict=True):
         c = entry(doc, cid)
         assert (c["rack"], c["app"], c["service"]) == names
@@ -248,6 +257,12 @@ def test_names_come_from_labels_then_env_then_config_with_configured_keys(
             "error": None,
         }
         assert ok.shared(vol["host"]).is_dir()
+    doc = wait_volumes(ok, [other_rack, disagreeing], ("violation",))
+    (vol,) = entry(doc, other_rack)["volumes"]
+    assert f"this host belongs to rack '{RACK}'" in vol["error"]
+    (vol,) = entry(doc, disagreeing)["volumes"]
+    assert "name different apps" in vol["error"]
+    assert not ok.shared(ok.path("rlab-alab")).exists()
 
 
 def test_owner_and_mode_from_labels_then_numeric_user_then_config(

@@ -260,7 +260,9 @@ def test_unhealthy_mount_denies_create_and_start(
         assert any(f"is {s}" in denied(excinfo) for s in unhealthy), str(excinfo.value)
         assert "not started" in str(excinfo.value)
         # containers without binds under the mount point keep working
-        plain = ctr.run(["/tmp:/host-tmp:ro"], labels=labels, command=["true"])
+        outside = os.path.join(bed.home.base, "outside")
+        os.makedirs(outside, exist_ok=True)
+        plain = ctr.run([f"{outside}:/host-dir:ro"], labels=labels, command=["true"])
         assert ctr.wait(plain) == 0
 
         if outage == "hung":

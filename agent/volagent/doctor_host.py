@@ -110,7 +110,9 @@ def check_docker(cfg: Config) -> CheckResult:
         client = docker.APIClient(base_url=url, version="auto", timeout=5)
         try:
             client.ping()
-            version = client.version().get("Version", "?")
+            info = client.version()
+            version = info.get("Version", "?")
+            min_api = str(info.get("MinAPIVersion") or "")
         finally:
             client.close()
     except Exception as exc:
@@ -125,7 +127,24 @@ def check_docker(cfg: Config) -> CheckResult:
         else:
             fix = f"start Docker (systemctl start docker) and check [docker] url (now {url})"
         return CheckResult.failed(name, f"Docker does not answer at {url}: {text}", fix)
+    if min_api and _api_tuple(min_api) < (1, 24):
+        return CheckResult.warning(
+            name,
+            f"Docker {version} answers at {url} and accepts API versions down to {min_api}: "
+            "below 1.24 it applies binds sent with a container start, after the create was "
+            "judged (volagent's guard judges start bodies too, and denies those that reach the "
+            "shared filesystem)",
+            "run Docker 25 or later, which refuses API versions below 1.24; on Docker 26+ "
+            "DOCKER_MIN_API_VERSION=1.24 in dockerd's environment keeps them off",
+        )
     return CheckResult.ok(name, f"Docker {version} answers at {url}")
+
+
+def _api_tuple(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in version.split("."))
+    except ValueError:
+        return (0,)
 
 
 def daemon_json_path() -> str:

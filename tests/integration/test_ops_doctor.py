@@ -34,7 +34,7 @@ from tests.integration.aws_fixtures import (
 from tests.integration.testbed import volagent_cli
 from volagent import doctor, doctor_host
 from volagent.config import Config, from_dict
-from volagent.doctor_result import FAIL, PASS, SKIP, CheckResult
+from volagent.doctor_result import FAIL, PASS, SKIP, WARN, CheckResult
 from volagent.mount.discovery import efs_dns_name
 
 pytestmark = [pytest.mark.docker]
@@ -95,10 +95,13 @@ def test_everything_in_order_passes(
         "mount target": PASS,
         "dns": PASS,
         "tcp 2049": PASS,
-        "docker": PASS,
+        # Debian 12's Docker 20.10 still takes API versions below 1.24 (binds at start)
+        "docker": WARN,
         "guard config": PASS,
     }, "\n".join(f"{r.name}: {r.detail}" for r in results.values())
     assert nfs_ports.open_ip in results["tcp 2049"].detail
+    assert "accepts API versions down to 1." in results["docker"].detail
+    assert "1.24" in results["docker"].fix
 
 
 def test_each_failure_shows_its_fix(
@@ -122,7 +125,7 @@ def test_each_failure_shows_its_fix(
     assert results["aws permissions"].status == SKIP  # no region without metadata
     guard = results["guard config"]
     assert guard.status == FAIL and "[guard] enabled = true" in guard.fix
-    assert results["docker"].status == PASS
+    assert results["docker"].status == WARN  # answers; takes API versions below 1.24
 
 
 @pytest.mark.usefixtures("helpers", "daemon_json")
@@ -216,7 +219,7 @@ def test_the_command_prints_fixes_and_exits_1(
     lines = out.stdout.splitlines()
     assert any(line.startswith("FAIL  tcp 2049") for line in lines), out.stdout
     assert any(line.startswith("FAIL  guard config") for line in lines), out.stdout
-    assert any(line.startswith("PASS  docker") for line in lines), out.stdout
+    assert any(line.startswith("WARN  docker") for line in lines), out.stdout
     assert sum(1 for line in lines if line.strip().startswith("fix:")) >= 2
     nfs_line = next(line for line in lines if "nfs client" in line)
     has_client = shutil.which("mount.nfs4", path="/sbin:/usr/sbin:/usr/local/sbin:/usr/bin")

@@ -6,7 +6,7 @@ CONFIG ?= $(if $(wildcard /etc/volagent/volagent.toml),/etc/volagent/volagent.to
 # Debian packages: the runtime (python, mount helpers) and the test bed (a private dockerd,
 # busybox for the test image, bindfs as the EFS stand-in, packer and systemd for the ship checks).
 RUNTIME_DEBS := python3 python3-venv python3-pip e2fsprogs util-linux
-TESTBED_DEBS := docker.io busybox-static bindfs fuse3 packer debootstrap systemd iproute2 shellcheck
+TESTBED_DEBS := docker.io docker-compose busybox-static bindfs fuse3 packer debootstrap systemd iproute2 shellcheck
 
 .PHONY: install host-deps testbed-deps run test unit integration lint bench dist ami clean
 

@@ -25,6 +25,8 @@ from tests.integration.testbed import (
     ensure_image,
 )
 from tests.integration.testbed import mounts as testbed_mounts
+from tests.integration.testbed.guarded import Guarded
+from tests.integration.testbed.plugin_home import PluginHome
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +121,50 @@ def agent_factory(request: pytest.FixtureRequest) -> Iterator[AgentFactory]:
 def agent(agent_factory: AgentFactory) -> AgentProcess:
     """An agent on the session engine, started and answering."""
     return agent_factory().start()
+
+
+# --- an engine that asks volagent's start guard (module scope: one engine per module) ------
+@pytest.fixture(scope="module")
+def guarded(busybox_rootfs: str) -> Iterator[Guarded]:
+    home = PluginHome()
+    engine = home.dockerd("--authorization-plugin=volagent")
+    bed = Guarded(home, engine)
+    try:
+        bed.start_agent()  # dockerd activates its plugin at start: someone must answer
+        engine.start()
+        ensure_image(engine.client(), busybox_rootfs)
+        yield bed
+    finally:
+        try:
+            if bed.agent is None or not bed.agent.running:
+                bed.start_agent()  # removing containers goes through the guard too
+            Containers(engine.url).cleanup()
+            with docker.APIClient(base_url=engine.url, version="auto") as api:
+                for vol in (api.volumes() or {}).get("Volumes") or []:
+                    api.remove_volume(vol["Name"], force=True)
+        finally:
+            engine.stop()
+            bed.stop_agent()
+            home.close()
+
+
+@pytest.fixture
+def bed(guarded: Guarded) -> Iterator[Guarded]:
+    """The module's engine with an agent serving its guard (tests may swap in another)."""
+    guarded.start_agent()
+    yield guarded
+    if guarded.agent is None or not guarded.agent.running:
+        guarded.start_agent()
+    made = Containers(guarded.engine.url)
+    try:
+        made.cleanup()
+    finally:
+        made.close()
+    guarded.stop_agent()
+
+
+@pytest.fixture
+def ctr(bed: Guarded) -> Iterator[Containers]:
+    made = Containers(bed.engine.url)
+    yield made
+    made.close()

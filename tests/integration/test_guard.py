@@ -13,7 +13,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import docker
@@ -21,92 +20,21 @@ import docker.errors
 import pytest
 
 from tests.integration.testbed import (
-    AgentProcess,
     Containers,
     Dockerd,
     app_labels,
-    ensure_image,
     parallel,
     unixhttp,
 )
 from tests.integration.testbed import mounts as testbed_mounts
 from tests.integration.testbed.agent import all_in, volumes
-from tests.integration.testbed.plugin_home import PluginHome
+from tests.integration.testbed.guarded import Guarded
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 
 BURST = 100
 BURST_CONCURRENCY = 16  # client-side bound: 2 shared cores, and every run is 2 API calls
 OWNER = "33:33"
-
-
-class Guarded:
-    """The module's engine and plugin home; one agent at a time serves the held socket."""
-
-    def __init__(self, home: PluginHome, engine: Dockerd) -> None:
-        self.home = home
-        self.engine = engine
-        self.agent: AgentProcess | None = None
-
-    def start_agent(self, **kwargs: Any) -> AgentProcess:
-        return self.use(self.home.agent(self.engine.url, **kwargs))
-
-    def use(self, agent: AgentProcess) -> AgentProcess:
-        """Replaces the serving agent by `agent`, started, its mount established (until
-        then the mount point is the locked directory underneath)."""
-        self.stop_agent()
-        self.agent = agent
-        agent.start()
-        agent.wait_for(lambda d: d["mount"]["state"] in ("mounted", "local"), what="the mount")
-        return agent
-
-    def stop_agent(self) -> None:
-        if self.agent is not None:
-            self.agent.close()
-            self.agent = None
-
-
-@pytest.fixture(scope="module")
-def guarded(busybox_rootfs: str) -> Iterator[Guarded]:
-    home = PluginHome()
-    engine = home.dockerd("--authorization-plugin=volagent")
-    bed = Guarded(home, engine)
-    try:
-        bed.start_agent()  # dockerd activates its plugin at start: someone must answer
-        engine.start()
-        ensure_image(engine.client(), busybox_rootfs)
-        yield bed
-    finally:
-        try:
-            if bed.agent is None or not bed.agent.running:
-                bed.start_agent()  # removing containers goes through the guard too
-            Containers(engine.url).cleanup()
-        finally:
-            engine.stop()
-            bed.stop_agent()
-            home.close()
-
-
-@pytest.fixture
-def bed(guarded: Guarded) -> Iterator[Guarded]:
-    """The module's engine with an agent serving its guard (tests may swap in another)."""
-    guarded.start_agent()
-    yield guarded
-    if guarded.agent is None or not guarded.agent.running:
-        guarded.start_agent()
-    made = Containers(guarded.engine.url)
-    try:
-        made.cleanup()
-    finally:
-        made.close()
-    guarded.stop_agent()
-
-
-@pytest.fixture
-def ctr(bed: Guarded) -> Iterator[Containers]:
-    made = Containers(bed.engine.url)
-    yield made
-    made.close()
 
 
 def docker_cli(engine: Dockerd, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,67 +14,21 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import docker
 import docker.errors
 import pytest
 
-from tests.integration.test_guard import Guarded, denied
-from tests.integration.testbed import Containers, app_labels, ensure_image, unixhttp
+from tests.integration.test_guard import denied
+from tests.integration.testbed import Containers, app_labels, unixhttp
 from tests.integration.testbed import mounts as testbed_mounts
-from tests.integration.testbed.plugin_home import PluginHome
+from tests.integration.testbed.guarded import Guarded
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 
 OWNER = "33:33"
 EVIL = app_labels("evil", "web", owner=OWNER)
-
-
-@pytest.fixture(scope="module")
-def guarded(busybox_rootfs: str) -> Iterator[Guarded]:
-    home = PluginHome()
-    engine = home.dockerd("--authorization-plugin=volagent")
-    bed = Guarded(home, engine)
-    try:
-        bed.start_agent()
-        engine.start()
-        ensure_image(engine.client(), busybox_rootfs)
-        yield bed
-    finally:
-        try:
-            if bed.agent is None or not bed.agent.running:
-                bed.start_agent()
-            Containers(engine.url).cleanup()
-            with docker.APIClient(base_url=engine.url, version="auto") as api:
-                for vol in (api.volumes() or {}).get("Volumes") or []:
-                    api.remove_volume(vol["Name"], force=True)
-        finally:
-            engine.stop()
-            bed.stop_agent()
-            home.close()
-
-
-@pytest.fixture
-def bed(guarded: Guarded) -> Iterator[Guarded]:
-    guarded.start_agent()
-    yield guarded
-    if guarded.agent is None or not guarded.agent.running:
-        guarded.start_agent()
-    made = Containers(guarded.engine.url)
-    try:
-        made.cleanup()
-    finally:
-        made.close()
-    guarded.stop_agent()
-
-
-@pytest.fixture
-def ctr(bed: Guarded) -> Iterator[Containers]:
-    made = Containers(bed.engine.url)
-    yield made
-    made.close()
 
 
 @pytest.fixture

@@ -1,0 +1,36 @@
+"""An engine started with `--authorization-plugin=volagent` in a private plugin home, and
+the agent serving its guard: one agent at a time answers the socket the home holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.integration.testbed.agent import AgentProcess
+from tests.integration.testbed.dockerd import Dockerd
+from tests.integration.testbed.plugin_home import PluginHome
+
+
+class Guarded:
+    """The module's engine and plugin home; one agent at a time serves the held socket."""
+
+    def __init__(self, home: PluginHome, engine: Dockerd) -> None:
+        self.home = home
+        self.engine = engine
+        self.agent: AgentProcess | None = None
+
+    def start_agent(self, **kwargs: Any) -> AgentProcess:
+        return self.use(self.home.agent(self.engine.url, **kwargs))
+
+    def use(self, agent: AgentProcess) -> AgentProcess:
+        """Replaces the serving agent by `agent`, started, its mount established (until
+        then the mount point is the locked directory underneath)."""
+        self.stop_agent()
+        self.agent = agent
+        agent.start()
+        agent.wait_for(lambda d: d["mount"]["state"] in ("mounted", "local"), what="the mount")
+        return agent
+
+    def stop_agent(self) -> None:
+        if self.agent is not None:
+            self.agent.close()
+            self.agent = None

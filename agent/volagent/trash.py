@@ -145,7 +145,11 @@ def entries(trash_fd: int) -> Iterator[Entry]:
 def holding(trash_fd: int, namespace: str, directory: str | None = None) -> str | None:
     """The name of an entry that holds `namespace` (all of it), or `directory` of it; None
     when there is none. A record being written counts: the move may be under way."""
+    # only names that start with the namespace are parsed: the trash may hold many
+    prefixes = (namespace + "@", namespace + "+")
     for name in records.list_names(trash_fd):
+        if not name.startswith(prefixes):
+            continue
         entry = parse(name)
         if entry is None or entry.namespace != namespace:
             continue

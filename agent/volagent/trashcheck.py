@@ -33,6 +33,7 @@ def touch_in_use(root_fd: int, parts: Sequence[str]) -> None:
     """Sets the mtime of `<ns>` and `<ns>/<dir>` (those that exist) to now: a directory
     changed within gc's window is never a candidate. Never follows a symlink; a missing or
     odd component is left to the walk that creates, which reports it."""
+    dev = os.fstat(root_fd).st_dev
     fd = os.dup(root_fd)
     try:
         for name in parts[:2]:
@@ -42,7 +43,7 @@ def touch_in_use(root_fd: int, parts: Sequence[str]) -> None:
                 return
             os.close(fd)
             fd = child
-            if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev:
+            if os.fstat(fd).st_dev != dev:
                 return
             os.utime(fd)
     finally:

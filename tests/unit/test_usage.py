@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from volagent import usage
+from volagent import rack_binds, usage
 from volagent.config import from_dict
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker
@@ -143,3 +143,26 @@ def test_a_failed_write_is_counted_and_retried_later(
     assert asyncio.run(rec.record_due()) == 0  # backing off
     rec._retry_at = 0.0
     assert asyncio.run(rec.record_due()) == 1
+
+
+def test_other_hosts_binds_are_read_from_every_record_level(mp: Path) -> None:
+    """Rule 7 across hosts sees binds of a whole namespace, of the mount point and under
+    dot directories, where usage records of those uses lie."""
+    now = time.time()
+    for rel, bind in (
+        ("", f"{mp}"),
+        ("r1-a", f"{mp}/r1-a"),
+        ("r1-b/.shared", f"{mp}/r1-b/.shared/db"),
+        ("r1-c/web", f"{mp}/r1-c/web/data"),
+    ):
+        base = mp / ".volagent" / "usage" / rel
+        base.mkdir(parents=True, exist_ok=True)
+        rec = {"host": "host-b", "time": now, "binds": [bind]}
+        (base / "host-b.json").write_text(json.dumps(rec))
+    found = rack_binds.read_rack_binds(str(mp), os.stat(mp).st_dev, "host-a", now)
+    assert found == {
+        f"{mp}": "host-b",
+        f"{mp}/r1-a": "host-b",
+        f"{mp}/r1-b/.shared/db": "host-b",
+        f"{mp}/r1-c/web/data": "host-b",
+    }

@@ -193,7 +193,10 @@ def print_trash(root_fd: int, mount_point: str, out: TextIO) -> None:
         if rec.get("reason"):
             w(f"      why: {rec['reason']}\n")
         if e.state == trash.MOVING and not e.has_directory:
-            w("      the move did not happen (yet): creates into it are refused until\n")
+            w(
+                "      not moved (yet; or gc stopped): creates into it are refused until the "
+                "restore command clears it\n"
+            )
         if e.state != trash.PURGING:
             w(f"      restore: volagent gc --restore {e.entry.name}\n")
 

@@ -107,7 +107,12 @@ def move(
         record["entry"] = entry.name
         bound.info("gc_trash_claimed", entry=entry.name, reason=reason)
         progress.tick()
-        if not still_unused():
+        try:
+            unused = still_unused()
+        except BaseException:
+            trash.forget(trash_fd, entry)  # a claim left behind would refuse creates
+            raise
+        if not unused:
             trash.forget(trash_fd, entry)
             bound.info("gc_kept", entry=entry.name, why="used since the listing")
             return Moved(c, None, "kept")

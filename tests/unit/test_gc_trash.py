@@ -146,6 +146,19 @@ def test_a_claim_alone_refuses_creates_while_the_move_is_under_way(mp: Path, roo
     assert seen == [moved.entry]
 
 
+def test_a_judgement_that_fails_leaves_no_claim_behind(mp: Path, root: int) -> None:
+    make_dir(mp, "r1-old/web")
+    [c] = candidates(mp, root)
+
+    def judge() -> bool:
+        raise gc.GcRefused("the mount went bad")
+
+    with pytest.raises(gc.GcRefused):
+        gctrash.move(root, c, fstree.Progress(), still_unused=judge, reason="test", who=WHO)
+    assert list((mp / ".volagent" / "trash").iterdir()) == []
+    assert (mp / "r1-old" / "web").is_dir()
+
+
 def test_a_service_directory_entry_refuses_only_that_directory(mp: Path, root: int) -> None:
     make_dir(mp, "r1-mixed/old")
     make_dir(mp, "r1-mixed/live", when=NOW)

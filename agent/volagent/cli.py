@@ -85,12 +85,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     gc = sub.add_parser(
-        "gc", parents=[common], help="list (or delete) namespaces no container has used"
+        "gc",
+        parents=[common],
+        help="list namespaces no container has used, and the trash; move them into the "
+        "trash, restore, purge",
     )
     gc.add_argument(
-        "--older-than", type=float, metavar="DAYS", help="unused this long (default 30)"
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="unused this long (default 30); with --purge: in the trash this long (default 7)",
     )
-    gc.add_argument("--delete", action="store_true", help="delete them (default: list only)")
+    phase = gc.add_mutually_exclusive_group()
+    phase.add_argument(
+        "--delete", action="store_true", help="move them into the trash (default: list only)"
+    )
+    phase.add_argument("--restore", metavar="NAME", help="put a trash entry back")
+    phase.add_argument(
+        "--purge", action="store_true", help="remove what has been in the trash that long"
+    )
+    gc.add_argument(
+        "--ignore-stale",
+        nargs="+",
+        action="extend",
+        metavar="HOST",
+        help="with --delete: go ahead although these hosts are stale",
+    )
     return parser
 
 

@@ -68,3 +68,12 @@ class ForeignMount(PermanentError):
 class RecordError(TemporaryError):
     """A record under `<mount point>/.volagent/` (heartbeat, usage) could not be written or
     read; the mount may be failing or someone planted something there."""
+
+
+class NamespaceTrashed(VolagentError):
+    """A bind reaches into a namespace that `volagent gc --delete` moved into the trash:
+    nothing is created there until it is restored (`entry` names the trash entry)."""
+
+    def __init__(self, entry: str, message: str) -> None:
+        super().__init__(message)
+        self.entry = entry

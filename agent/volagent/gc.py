@@ -1,11 +1,17 @@
-"""`volagent gc [--older-than DAYS] [--delete]`: namespace directories no container has used.
+"""`volagent gc`: namespace directories no container has used, in two reversible phases.
+
+`gc [--older-than DAYS]` lists the candidates and the trash; `--delete` moves the candidates
+into the trash (gctrash.py), `--restore NAME` puts one back, `--purge` removes what has been
+in the trash long enough. `--delete` refuses while a host of the rack is stale (its
+containers' use is not being recorded) unless the operator names each such host with
+`--ignore-stale`. Each step is logged as JSON lines on stderr; the report goes to stdout.
 
 The candidates are `<mp>/<rack>-<app>` directories and the service directories in them. A
 directory's last use is the newest of its usage records from every host (see usage.py) and
 its own mtime (a directory made or changed lately is not orphaned, recorded or not); a
 directory a container of this host uses now, by the local daemon's word, is always kept. A
 namespace whose every directory is unused is listed whole; otherwise its unused service
-directories are listed one by one. Nothing is removed without `--delete`, and then each
+directories are listed one by one. Nothing is moved without `--delete`, and then each
 candidate is judged again just before it goes.
 
 gc only runs on the healthy shared filesystem: the mount point must be a mount, the local
@@ -17,6 +23,7 @@ stops making progress is a hung mount: gc gives up instead of hanging with it.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import threading
@@ -24,15 +31,16 @@ import time
 from collections.abc import Callable
 from typing import TextIO, TypeVar
 
-from volagent import client, fstree, records
+from volagent import client, fstree, gcsurvey, gctrash, log, records, trash
 from volagent.config import Config
 from volagent.errors import FilesystemHung, MountUnhealthy, VolagentError
-from volagent.gcsurvey import Candidate, Survey, prune_old_records, still_unused, survey
+from volagent.gcsurvey import Candidate, Survey, prune_old_records, survey
 from volagent.mount.table import find_mount
 from volagent.state import now_iso
 from volagent.usage import Key, key_of
 
 DEFAULT_DAYS = 30.0
+PURGE_DEFAULT_DAYS = 7.0
 STALL_S = 30.0
 DAEMON_TIMEOUT_S = 3.0
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -127,78 +135,182 @@ def human_size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def last_use(c: Candidate) -> str:
+    return now_iso(c.last_used) + f" on {c.last_host}" if c.last_used else "never recorded"
+
+
 def print_survey(s: Survey, days: float, out: TextIO) -> None:
     w = out.write
     when = now_iso(s.cutoff)
-    if not s.candidates:
+    if s.root_used_by:
+        w(
+            f"nothing is a candidate: a container ({s.root_used_by}) binds the mount point "
+            "itself, so every directory under it is in use\n"
+        )
+    elif not s.candidates:
         w(f"nothing unused for {days:g} days (since {when}); {s.kept} directories in use\n")
     else:
         w(f"not used for {days:g} days (since {when}):\n")
         for c in s.candidates:
-            last = now_iso(c.last_used) + f" on {c.last_host}" if c.last_used else "never recorded"
-            w(f"  {human_size(c.size):>10}  {c.path}  ({c.kind}; last use {last})\n")
+            w(f"  {human_size(c.size):>10}  {c.path}  ({c.kind}; last use {last_use(c)})\n")
         total = sum(c.size for c in s.candidates)
         w(f"{len(s.candidates)} unused, {human_size(total)}; {s.kept} directories in use\n")
     if not s.records:
         w("note: no usage records yet; last use is judged by directory times alone\n")
     for h in s.stale_hosts:
         w(
-            f"note: host {h['host']} was last seen {h['last_seen']}: what its containers "
-            "used is known only until then\n"
+            f"note: host {h['host']} is stale (last seen {h['last_seen']}, {h['status']}): "
+            "what its containers use is known only until then\n"
         )
 
 
-def delete(cfg: Config, root_fd: int, s: Survey, local: set[Key], out: TextIO) -> bool:
-    """Removes every candidate still unused; True when all went."""
-    w = out.write
-    dev = os.fstat(root_fd).st_dev
-    ok = True
-    for c in s.candidates:
-
-        def judge_and_remove(p: fstree.Progress, c: Candidate = c) -> fstree.Removal | None:
-            if not still_unused(root_fd, c, s.cutoff, local):
-                return None
-            return remove_candidate(root_fd, c, dev, p)
-
+def print_trash(root_fd: int, mount_point: str, out: TextIO) -> None:
+    """What is in the trash: each entry, what it was, who moved it, when and why."""
+    fd = trash.open_trash(root_fd, create=False)
+    found = []
+    if fd is not None:
         try:
-            removal = guarded(judge_and_remove, f"removing {c.path}")
+            found = list(trash.entries(fd))
+        finally:
+            os.close(fd)
+    w = out.write
+    where = f"{mount_point.rstrip('/')}/{records.AGENT_DIR}/{trash.TRASH_DIR}"
+    if not found:
+        w(f"the trash ({where}) is empty\n")
+        return
+    w(f"in the trash ({where}):\n")
+    for e in found:
+        rec = e.record or {}
+        by = rec.get("by") if isinstance(rec.get("by"), dict) else {}
+        size = rec.get("size")
+        shown_size = human_size(size) if isinstance(size, int) else "?"
+        when = now_iso(e.moved_at) if e.moved_at else "unknown time"
+        w(f"  {e.entry.name}  {shown_size:>10}  {e.state}\n")
+        w(f"      was {rec.get('path') or e.entry.relative}; moved {when}")
+        if by:
+            w(f" by {by.get('user', '?')} on {by.get('host', '?')}")
+        w("\n")
+        if rec.get("reason"):
+            w(f"      why: {rec['reason']}\n")
+        if e.state == trash.MOVING and not e.has_directory:
+            w(
+                "      not moved (yet; or gc stopped): creates into it are refused until the "
+                "restore command clears it\n"
+            )
+        if e.state != trash.PURGING:
+            w(f"      restore: volagent gc --restore {e.entry.name}\n")
+
+
+def refuse_stale(s: Survey, ignore: list[str], out: TextIO) -> bool:
+    """True (and says why) when a stale host not named by the operator forbids deleting."""
+    stale = [h for h in s.stale_hosts if h["host"] not in ignore]
+    for name in ignore:
+        if not any(h["host"] == name for h in s.stale_hosts):
+            out.write(f"note: --ignore-stale {name}: no such stale host; nothing to ignore\n")
+    if not stale:
+        return False
+    out.write("refused: these hosts of the rack are stale, so their containers' use of the\n")
+    out.write("shared filesystem is not being recorded and may look unused:\n")
+    for h in stale:
+        out.write(f"  {h['host']}  last seen {h['last_seen']} ({h['status']})\n")
+    names = " ".join(h["host"] for h in stale)
+    out.write(
+        "start volagent on them, or, once you know they are gone for good or their "
+        f"containers' data may go, run again with --ignore-stale {names}\n"
+    )
+    log.get("gc").warning("gc_refused_stale_hosts", hosts=[h["host"] for h in stale])
+    return True
+
+
+def delete(cfg: Config, root_fd: int, s: Survey, local: set[Key], out: TextIO) -> bool:
+    """Moves every candidate still unused into the trash; True when none failed."""
+    w = out.write
+    who = gctrash.operator(cfg.host_id)
+    days = (time.time() - s.cutoff) / 86400
+    for c in s.candidates:
+        try:
+            moved = guarded(
+                functools.partial(
+                    gctrash.move,
+                    root_fd,
+                    c,
+                    still_unused=functools.partial(_still_unused, cfg, root_fd, c, s, local),
+                    reason=f"unused for {days:.0f} days (last use {last_use(c)})",
+                    who=who,
+                ),
+                f"moving {c.path}",
+            )
         except (VolagentError, OSError) as exc:
+            log.get("gc", path=c.path).error("gc_move_failed", reason=str(exc))
             w(f"failed  {c.path}: {exc}\n")
             return False
-        if removal is None:
+        if moved.outcome == "kept":
             w(f"kept    {c.path}: used since the listing\n")
-        elif removal.complete:
-            w(f"deleted {c.path} ({human_size(c.size)})\n")
+        elif moved.outcome == "gone":
+            w(f"gone    {c.path}: removed by someone else meanwhile\n")
         else:
-            ok = False
-            w(f"partly  {c.path}: " + "; ".join(removal.problems[:5]) + "\n")
+            w(f"trashed {c.path} ({human_size(c.size)}) as {moved.entry}\n")
     pruned = guarded(lambda p: prune_old_records(root_fd, s.cutoff, p), "pruning old records")
     if pruned:
         w(f"removed {pruned} records older than the window from {records.AGENT_DIR}/\n")
-    return ok
+    return True
 
 
-def remove_candidate(
-    root_fd: int, c: Candidate, dev: int, progress: fstree.Progress
-) -> fstree.Removal:
-    if c.directory is None:
-        return fstree.remove_tree(root_fd, c.namespace, dev, c.path, progress)
-    ns = records.open_dir(root_fd, (c.namespace,), create=False)
-    if ns is None:
-        return fstree.Removal()
+def _still_unused(cfg: Config, root_fd: int, c: Candidate, s: Survey, local: set[Key]) -> bool:
+    # this host's daemon asked again, just before (it refuses if the mount went bad)
+    keys = local | local_use(cfg)[0]
+    return gcsurvey.still_unused(root_fd, c, s.cutoff, keys)
+
+
+def restore(root_fd: int, name: str, cfg: Config) -> int:
+    if trash.parse(name) is None:
+        print(f"volagent gc: {name!r} is not a trash entry name; `volagent gc` lists them")
+        return 1
     try:
-        return fstree.remove_tree(ns, c.directory, dev, c.path, progress)
-    finally:
-        os.close(ns)
+        done = guarded(
+            lambda p: gctrash.restore(root_fd, name, cfg.mount_point), f"restoring {name}"
+        )
+    except gctrash.TrashError as exc:
+        log.get("gc", entry=name).warning("gc_restore_refused", reason=str(exc))
+        print(f"volagent gc: cannot restore: {exc}", file=sys.stderr)
+        return 1
+    print(done)
+    return 0
+
+
+def purge(root_fd: int, days: float, cfg: Config) -> int:
+    cutoff = time.time() - days * 86400
+    results = guarded(
+        lambda p: gctrash.purge(root_fd, cutoff, cfg.mount_point, p), "purging the trash"
+    )
+    if not results:
+        print(f"nothing has been in the trash for {days:g} days")
+    for r in results:
+        print(f"{r.outcome:<7} {r.entry}" + (f": {r.detail}" if r.detail else ""))
+    return 0 if all(r.outcome == "purged" for r in results) else 1
+
+
+def _days(value: float | None, default: float, allow_zero: bool) -> float | None:
+    days = default if value is None else float(value)
+    return days if days > 0 or (allow_zero and days == 0) else None
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
-    days = DEFAULT_DAYS if args.older_than is None else float(args.older_than)
-    if not days > 0:
+    restoring = getattr(args, "restore", None)
+    purging = bool(getattr(args, "purge", False))
+    deleting = bool(getattr(args, "delete", False))
+    ignore = list(getattr(args, "ignore_stale", None) or [])
+    if ignore and not deleting:
+        print("volagent gc: --ignore-stale goes with --delete", file=sys.stderr)
+        return 2
+    days = _days(
+        args.older_than, PURGE_DEFAULT_DAYS if purging else DEFAULT_DAYS, allow_zero=purging
+    )
+    if days is None:
         print("volagent gc: --older-than must be a positive number of days", file=sys.stderr)
         return 2
-    now = time.time()
-    cutoff = now - days * 86400
+    log.configure(cfg.log_level, stderr=True)
+    cutoff = time.time() - days * 86400
     try:
         local, daemon_state = local_use(cfg)
         if daemon_state is None:
@@ -208,6 +320,10 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
         print(f"volagent gc: refused: {exc}", file=sys.stderr)
         return 1
     try:
+        if restoring:
+            return restore(root, restoring, cfg)
+        if purging:
+            return purge(root, days, cfg)
         result = guarded(
             lambda p: survey(
                 root,
@@ -220,10 +336,13 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
             f"surveying {cfg.mount_point}",
         )
         print_survey(result, days, sys.stdout)
-        if not args.delete:
+        guarded(lambda p: print_trash(root, cfg.mount_point, sys.stdout), "listing the trash")
+        if not deleting:
             if result.candidates:
-                print("run with --delete to remove them")
+                print("run with --delete to move them into the trash")
             return 0
+        if refuse_stale(result, ignore, sys.stdout):
+            return 1
         return 0 if delete(cfg, root, result, local, sys.stdout) else 1
     except VolagentError as exc:
         print(f"volagent gc: {exc}", file=sys.stderr)

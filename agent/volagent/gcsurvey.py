@@ -18,8 +18,8 @@ from typing import Any
 
 from volagent import fstree, records
 from volagent.errors import RecordError
-from volagent.heartbeat import read_heartbeats_at
-from volagent.usage import Key
+from volagent.heartbeat import rack_view, read_heartbeats_at
+from volagent.usage import MOUNT_ROOT, Key
 
 # `<rack>-<app>`: two names of the contract's form joined by a dash
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}-[a-z0-9][a-z0-9._-]{0,62}$")
@@ -51,6 +51,8 @@ class Survey:
     kept: int = 0
     records: int = 0
     stale_hosts: list[dict[str, Any]] = field(default_factory=list)
+    # set when a container binds the mount point itself: then nothing is a candidate
+    root_used_by: str = ""
 
 
 def _record_time(rec: dict[str, Any]) -> float | None:
@@ -82,23 +84,32 @@ def _open_each(
 
 
 def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usage, int]:
-    """The newest record of every (namespace, directory), and how many records were read."""
+    """The newest record of every (namespace, directory), of every whole namespace
+    ((namespace, "")) and of the mount point itself (MOUNT_ROOT), and how many records
+    were read."""
     usage: Usage = {}
     count = 0
+
+    def take(key: Key, dir_fd: int) -> None:
+        nonlocal count
+        for host, rec in records.read_records(dir_fd):
+            t = _record_time(rec)
+            if t is None:
+                continue
+            count += 1
+            if key not in usage or t > usage[key][0]:
+                usage[key] = (t, str(rec.get("host") or host))
+
     base = records.open_dir(root_fd, (records.AGENT_DIR, records.USAGE_DIR), create=False)
     if base is None:
         return usage, 0
     try:
-        spaces = [only_namespace] if only_namespace else records.subdirs(base)
+        take(MOUNT_ROOT, base)
+        spaces = [only_namespace] if only_namespace else records.subdirs(base, dots=True)
         for ns, ns_fd in _open_each(base, spaces, skip_unusable=True):
-            for d, d_fd in _open_each(ns_fd, records.subdirs(ns_fd)):
-                for host, rec in records.read_records(d_fd):
-                    t = _record_time(rec)
-                    if t is None:
-                        continue
-                    count += 1
-                    if (ns, d) not in usage or t > usage[(ns, d)][0]:
-                        usage[(ns, d)] = (t, str(rec.get("host") or host))
+            take((ns, ""), ns_fd)
+            for d, d_fd in _open_each(ns_fd, records.subdirs(ns_fd, dots=True)):
+                take((ns, d), d_fd)
     finally:
         os.close(base)
     return usage, count
@@ -120,11 +131,13 @@ def survey(
     now = time.time()
     with contextlib.suppress(RecordError, OSError):
         beats = read_heartbeats_at(root_fd)
-        result.stale_hosts = [
-            {"host": b["host"], "last_seen": b.get("last_seen", ""), "time": b["time"]}
-            for b in beats
-            if now - float(b["time"]) > stale_after_s
-        ]
+        # stale: its heartbeat is old, or it said it stopped; either way, what its
+        # containers use is not being recorded
+        result.stale_hosts = [h for h in rack_view(beats, stale_after_s, now) if h["stale"]]
+    root_last, root_host = usage.get(MOUNT_ROOT, (0.0, ""))
+    if MOUNT_ROOT in local or root_last >= cutoff:
+        result.root_used_by = root_host if MOUNT_ROOT not in local else "this host"
+        return result
     for ns in records.subdirs(root_fd):
         progress.tick()
         if not NAMESPACE_RE.match(ns):
@@ -164,7 +177,11 @@ def _judge_namespace(
 ) -> None:
     cutoff = result.cutoff
     ns_mtime = os.fstat(ns_fd).st_mtime
-    dirs = records.subdirs(ns_fd)
+    dirs = records.subdirs(ns_fd, dots=True)
+    whole_last, _ = usage.get((ns, ""), (0.0, ""))
+    if (ns, "") in local or whole_last >= cutoff:
+        result.kept += len(dirs)  # a bind of the whole namespace uses every directory in it
+        return
     unused: list[Candidate] = []
     for d in dirs:
         progress.tick()
@@ -196,12 +213,17 @@ def _judge_namespace(
 
 
 def still_unused(root_fd: int, c: Candidate, cutoff: float, local: set[Key]) -> bool:
-    """The candidate judged again just before removal: nothing used it since the survey."""
+    """The candidate judged again just before it goes: nothing used it since the survey
+    (its records, a bind of its whole namespace or of the mount point, this host's
+    containers, the directory's own mtime, which the preparer touches before it creates)."""
+    if MOUNT_ROOT in local or (c.namespace, "") in local:
+        return False
     if any(k[0] == c.namespace and (c.directory is None or k[1] == c.directory) for k in local):
         return False
     usage, _ = collect_usage(root_fd, only_namespace=c.namespace)
-    for (_, d), (t, _) in usage.items():
-        if (c.directory is None or d == c.directory) and t >= cutoff:
+    for key, (t, _) in usage.items():
+        relevant = key == MOUNT_ROOT or key[1] == "" or c.directory in (None, key[1])
+        if relevant and t >= cutoff:
             return False
     path = c.namespace if c.directory is None else f"{c.namespace}/{c.directory}"
     try:
@@ -229,9 +251,11 @@ def prune_old_records(root_fd: int, cutoff: float, progress: fstree.Progress) ->
         if usage is None:
             return removed
         try:
-            spaces = records.subdirs(usage)
+            removed += _prune_dir(usage, cutoff, progress)
+            spaces = records.subdirs(usage, dots=True)
             for _, ns_fd in _open_each(usage, spaces):
-                dirs = records.subdirs(ns_fd)
+                removed += _prune_dir(ns_fd, cutoff, progress)
+                dirs = records.subdirs(ns_fd, dots=True)
                 for _, d_fd in _open_each(ns_fd, dirs):
                     removed += _prune_dir(d_fd, cutoff, progress)
                 # a record directory goes once it is empty (rmdir refuses otherwise)

@@ -42,8 +42,20 @@ def _forward_stdlib_logging() -> None:
     root.setLevel(logging.WARNING)
 
 
-def configure(level: str = "info") -> None:
-    """(Re)configures structlog; called at start and when the config's log_level changes."""
+class _Stderr:
+    """Whatever sys.stderr is at the time of each write (it may be replaced later)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def configure(level: str = "info", stderr: bool = False) -> None:
+    """(Re)configures structlog; called at start and when the config's log_level changes.
+    The lines go to stdout, or with `stderr` to stderr (a command whose stdout is its
+    report)."""
     _forward_stdlib_logging()
     structlog.configure(
         processors=[
@@ -54,7 +66,7 @@ def configure(level: str = "info") -> None:
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr() if stderr else sys.stdout),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from volagent import fs, locate, log, namespace
+from volagent import locate, log, namespace, trashcheck
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker
@@ -318,8 +318,14 @@ class Preparer:
                 "created once the shared filesystem is back",
             )
             return
+        # not into a namespace that gc moved into the trash (a trashed one fails the volume)
         call = functools.partial(
-            fs.prepare_path, st.config.mount_point, plan.parts, plan.owner, plan.mode, st.mount_dev
+            trashcheck.prepare_path,
+            st.config.mount_point,
+            plan.parts,
+            plan.owner,
+            plan.mode,
+            st.mount_dev,
         )
         try:
             result = await self.worker.run(

@@ -38,11 +38,13 @@ def read_rack_binds(mount_point: str, dev: int | None, own_host: str, now: float
         if usage is None:
             return out
         try:
-            for ns in records.subdirs(usage):
+            _read_records(usage, own_host, now, out)  # binds of the mount point itself
+            for ns in records.subdirs(usage, dots=True):
                 ns_fd = records.open_dir(usage, (ns,), create=False)
                 if ns_fd is None:
                     continue
                 try:
+                    _read_records(ns_fd, own_host, now, out)  # binds of a whole namespace
                     for d in records.list_names(ns_fd):
                         _read_dir(ns_fd, d, own_host, now, out)
                 finally:
@@ -62,18 +64,22 @@ def _read_dir(ns_fd: int, name: str, own_host: str, now: float, out: dict[str, s
     if fd is None:
         return
     try:
-        for host_file, record in records.read_records(fd):
-            host = str(record.get("host") or host_file)
-            fresh = isinstance(record.get("time"), (int, float)) and (
-                now - float(record["time"]) < STALE_AFTER_S
-            )
-            if host == own_host or not fresh:
-                continue
-            for path in record.get("binds") or ():
-                if isinstance(path, str):
-                    out.setdefault(path, host)
+        _read_records(fd, own_host, now, out)
     finally:
         os.close(fd)
+
+
+def _read_records(fd: int, own_host: str, now: float, out: dict[str, str]) -> None:
+    for host_file, record in records.read_records(fd):
+        host = str(record.get("host") or host_file)
+        fresh = isinstance(record.get("time"), (int, float)) and (
+            now - float(record["time"]) < STALE_AFTER_S
+        )
+        if host == own_host or not fresh:
+            continue
+        for path in record.get("binds") or ():
+            if isinstance(path, str):
+                out.setdefault(path, host)
 
 
 class RackBinds:

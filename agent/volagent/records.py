@@ -174,11 +174,12 @@ def list_names(dir_fd: int) -> list[str]:
         return [entry.name for entry in it]
 
 
-def subdirs(dir_fd: int) -> list[str]:
-    """Names of the real directories (not symlinks) in `dir_fd`, dot names left out."""
+def subdirs(dir_fd: int, *, dots: bool = False) -> list[str]:
+    """Names of the real directories (not symlinks) in `dir_fd`; dot names left out unless
+    `dots` (inside a namespace, `.shared` is a directory like any other)."""
     out = []
     for name in list_names(dir_fd):
-        if name.startswith("."):
+        if name.startswith(".") and not dots:
             continue
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)

@@ -1,12 +1,16 @@
 """Usage records: which namespace directories the containers of each host use, for gc.
 
-A directory in use is a service directory `<mp>/<rack>-<app>/<dir>` that a bind of a
+A directory in use is the second-level directory `<mp>/<top>/<dir>` that a bind of any
 container known on this host reaches (created, running or stopped: a stopped container keeps
-its data). Each host keeps one record per directory,
-`<mp>/.volagent/usage/<rack>-<app>/<dir>/<host>.json`, holding the time it last saw the
-directory in use; gc on any host reads them all and takes the newest. A new use is recorded
-within a second; an ongoing one is refreshed every REFRESH_S, so writes stay few. Records are
-written like heartbeats: through the timed worker, only onto the healthy shared filesystem.
+its data), whoever the container is (labeled or not, in violation or not) and whatever the
+names (`<mp>/<rack>-<app>/.shared/db` is a use of `.shared`). Each host keeps one record per
+directory, `<mp>/.volagent/usage/<top>/<dir>/<host>.json`, holding the time it last saw the
+directory in use; a bind of a whole top-level directory is recorded as
+`<mp>/.volagent/usage/<top>/<host>.json`, one of the mount point itself as
+`<mp>/.volagent/usage/<host>.json`. gc on any host reads them all and takes the newest. A
+new use is recorded within a second; an ongoing one is refreshed every REFRESH_S, so writes
+stay few. Records are written like heartbeats: through the timed worker, only onto the
+healthy shared filesystem.
 """
 
 from __future__ import annotations
@@ -31,35 +35,41 @@ MAX_CONTAINER_NAMES = 8
 MAX_BINDS = 256
 FAILURE_BACKOFF_S = 30.0
 
-Key = tuple[str, str]  # (namespace "<rack>-<app>", directory below it)
+Key = tuple[str, str]  # (top-level directory, directory below it); "" for the whole of it
+MOUNT_ROOT: Key = ("", "")
 
 
 def key_of(mount_point: str, host_path: str) -> Key | None:
-    """The (namespace, directory) a volume's host path lies in; None for a path that is not
-    at least two levels below the mount point (violations never get this far)."""
-    mp = posixpath.normpath(mount_point)
-    path = posixpath.normpath(host_path)
+    """The (top-level directory, directory below it) a bind's host path lies in: ("ns", "")
+    for a top-level directory itself, MOUNT_ROOT for the mount point; None for a path not
+    under the mount point, or in volagent's own `.volagent`. Cleaned as Docker cleans a bind
+    source (a leading `//` is `/`, `..` resolved lexically)."""
+    mp = posixpath.normpath("/" + mount_point.lstrip("/"))
+    path = posixpath.normpath("/" + host_path.lstrip("/"))
+    if path == mp:
+        return MOUNT_ROOT
     if not path.startswith(mp.rstrip("/") + "/"):
         return None
     parts = [p for p in path[len(mp) :].split("/") if p]
-    if len(parts) < 2 or any(p.startswith(".") for p in parts[:2]):
+    if parts[0] == records.AGENT_DIR:
         return None
-    return parts[0], parts[1]
+    return parts[0], parts[1] if len(parts) > 1 else ""
 
 
 def in_use(state: AgentState) -> dict[Key, list[str]]:
-    """Every directory the containers known here use, with the names of those containers."""
+    """Every directory the containers known here use, with the names of those containers:
+    every volume on the shared filesystem counts, its state (violation included) and the
+    container's identity (unlabeled included) notwithstanding."""
     mp = state.config.mount_point
     out: dict[Key, list[str]] = {}
     for c in state.containers.values():
         for v in c.volumes:
-            if v.state == "violation":
-                continue
             key = key_of(mp, v.host)
             if key is not None:
                 names = out.setdefault(key, [])
-                if c.name not in names:
-                    names.append(c.name or c.id[:12])
+                name = c.name or c.id[:12]
+                if name not in names:
+                    names.append(name)
     return out
 
 
@@ -98,7 +108,7 @@ def write_usage(
     done = []
     try:
         for key, record in batch:
-            parts = (records.AGENT_DIR, records.USAGE_DIR, key[0], key[1])
+            parts = (records.AGENT_DIR, records.USAGE_DIR, *(p for p in key if p))
             d = records.ensure_dir(root, parts)
             try:
                 records.write_record(d, host, record)

@@ -1,7 +1,7 @@
 """Issue 5 acceptance: two hosts of one rack (two agents, two mount points on the same
 export): `status --rack` on either lists both, a stopped one turns stale; gc lists a
 namespace nobody used and keeps the one a container on the other host uses, and --delete
-removes only the first."""
+moves only the first into the trash."""
 
 from __future__ import annotations
 
@@ -134,10 +134,35 @@ def test_gc_keeps_what_another_host_uses(
 
     deleting = volagent_cli(["--config", a.config_path, "gc", "--older-than", "30", "--delete"])
     assert deleting.returncode == 0, deleting.stdout + deleting.stderr
-    assert f"deleted {a.ns('old')}" in deleting.stdout
+    assert f"trashed {a.ns('old')}" in deleting.stdout
     assert not os.path.exists(a.ns("old"))
+    trash = os.path.join(a.mount_point, ".volagent", "trash")
+    [entry] = [n for n in os.listdir(trash) if os.path.isdir(os.path.join(trash, n))]
+    assert os.path.getsize(os.path.join(trash, entry, "web", "data", "file")) == 4096
     assert os.path.isdir(used)
     assert os.path.isdir(b.ns("used", "web", "data"))
+
+
+def test_gc_delete_refuses_while_a_host_of_the_rack_is_stale(
+    agent_factory: AgentFactory, docker_url: str
+) -> None:
+    """Host b stops: what its containers use is no longer recorded, so --delete on host a
+    refuses until the operator names host b."""
+    a, b = two_hosts(agent_factory, docker_url)
+    wait_until(lambda: rack(a).keys() >= {"host-a", "host-b"}, "both hosts in the rack view")
+    old = a.ns("old", "web")
+    os.makedirs(old)
+    for path in (old, a.ns("old")):
+        age(path, 90)
+    assert b.stop() == 0
+    wait_until(lambda: rack(a).get("host-b", {}).get("stale"), "host-b to turn stale")
+    refused = volagent_cli(["--config", a.config_path, "gc", "--delete"])
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "host-b" in refused.stdout and "--ignore-stale host-b" in refused.stdout
+    assert os.path.isdir(old)
+    named = volagent_cli(["--config", a.config_path, "gc", "--delete", "--ignore-stale", "host-b"])
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert not os.path.exists(a.ns("old"))
 
 
 def test_a_host_is_named_by_its_instance_id(agent_factory: AgentFactory, imds: Imds) -> None:

@@ -207,6 +207,23 @@ def test_missing_plugin_commands_fail_clearly(capsys: pytest.CaptureFixture[str]
     assert "not available" in capsys.readouterr().err
 
 
+def test_gc_phases_are_one_at_a_time(capsys: pytest.CaptureFixture[str]) -> None:
+    parse = cli.build_parser().parse_args
+    args = parse(["gc", "--delete", "--ignore-stale", "h1", "h2", "--ignore-stale", "h3"])
+    assert (args.delete, args.ignore_stale, args.restore, args.purge) == (
+        True,
+        ["h1", "h2", "h3"],
+        None,
+        False,
+    )
+    assert parse(["gc", "--restore", "r-a@20261129T193012Z"]).restore == "r-a@20261129T193012Z"
+    args = parse(["gc", "--purge", "--older-than", "0"])
+    assert (args.purge, args.older_than) == (True, 0.0)
+    with pytest.raises(SystemExit):
+        parse(["gc", "--delete", "--purge"])
+    assert "not allowed with" in capsys.readouterr().err
+
+
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
     assert "usage: volagent" in capsys.readouterr().err

@@ -220,9 +220,12 @@ def test_gc_lists_then_deletes_only_the_unused(
     assert (mounted / "r1-old").exists()
     assert gc.main(argparse.Namespace(older_than=30.0, delete=True), cfg) == 0
     out = capsys.readouterr().out
-    assert f"deleted {mounted}/r1-old" in out
+    assert f"trashed {mounted}/r1-old" in out
     assert not (mounted / "r1-old").exists()
     assert (mounted / "r1-used" / "web").is_dir()
+    [entry] = [p for p in (mounted / ".volagent" / "trash").iterdir() if p.is_dir()]
+    assert entry.name.startswith("r1-old@")
+    assert (entry / "web" / "file").read_bytes() == b"y" * 5000
 
 
 def test_gc_refuses_a_mount_point_that_is_not_mounted(

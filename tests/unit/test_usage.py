@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from volagent import usage
+from volagent import rack_binds, usage
 from volagent.config import from_dict
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker
@@ -43,9 +43,14 @@ def add_container(st: AgentState, cid: str, *volumes: tuple[str, str]) -> None:
 def test_key_of_takes_namespace_and_directory(mp: Path) -> None:
     assert usage.key_of(str(mp), f"{mp}/r1-a/web/var/data") == ("r1-a", "web")
     assert usage.key_of(str(mp), f"{mp}/r1-a/shared") == ("r1-a", "shared")
-    assert usage.key_of(str(mp), f"{mp}/r1-a") is None
+    assert usage.key_of(str(mp), f"{mp}/r1-a") == ("r1-a", "")
+    assert usage.key_of(str(mp), f"{mp}/r1-a/.shared/db") == ("r1-a", ".shared")
+    assert usage.key_of(str(mp), f"/{mp}/r1-a/x/../web/d") == ("r1-a", "web")  # Docker's clean
+    assert usage.key_of(str(mp), f"{mp}/") == usage.MOUNT_ROOT
     assert usage.key_of(str(mp), f"{mp}/.volagent/hosts") is None
+    assert usage.key_of(str(mp), f"{mp}/.volagent") is None
     assert usage.key_of(str(mp), "/elsewhere/r1-a/web") is None
+    assert usage.key_of(str(mp), f"{mp}-other/r1-a/web") is None
 
 
 def test_new_use_is_recorded_once_per_directory(mp: Path, worker: TimedWorker) -> None:
@@ -53,7 +58,7 @@ def test_new_use_is_recorded_once_per_directory(mp: Path, worker: TimedWorker) -
     add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"), (f"{mp}/r1-a/web/logs", "late"))
     add_container(st, "2", (f"{mp}/r1-a/worker/x", "pending"), (f"{mp}/r1-b/web/x", "violation"))
     rec = usage.UsageRecorder(st, worker)
-    assert asyncio.run(rec.record_due()) == 2
+    assert asyncio.run(rec.record_due()) == 3
     base = mp / ".volagent" / "usage"
     web = json.loads((base / "r1-a" / "web" / "host-a.json").read_text())
     assert web["host"] == "host-a"
@@ -61,12 +66,48 @@ def test_new_use_is_recorded_once_per_directory(mp: Path, worker: TimedWorker) -
     assert web["directory"] == "web"
     assert web["containers"] == ["c-1"]
     assert (base / "r1-a" / "worker" / "host-a.json").exists()
-    assert not (base / "r1-b").exists()  # a violation is no use
+    # a bind in violation (violations = "warn" lets it through) still holds data in use
+    assert (base / "r1-b" / "web" / "host-a.json").exists()
     # nothing due again before REFRESH_S
     assert asyncio.run(rec.record_due()) == 0
     add_container(st, "3", (f"{mp}/r1-c/web/x", "ready"))
     assert asyncio.run(rec.record_due()) == 1
-    assert st.metrics.usage_records.labels(result="written")._value.get() == 3
+    assert st.metrics.usage_records.labels(result="written")._value.get() == 4
+
+
+def test_every_bind_on_the_shared_filesystem_is_use_whoever_made_it(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """Dot directories, unlabeled containers (app ""), whole namespaces and the mount point
+    itself are recorded; volagent's own directory never is."""
+    st = make_state(mp)
+    add_container(st, "1", (f"{mp}/r1-a/.shared/db", "ready"))
+    st.upsert_container(
+        ContainerRecord(
+            id="2",
+            name="",
+            rack="",
+            app="",
+            service="",
+            volumes=[
+                VolumeRecord(host=f"{mp}/r1-u/cache", container="/c", read_only=False),
+                VolumeRecord(host=f"{mp}/r1-w", container="/w", read_only=True),
+                VolumeRecord(host=f"{mp}", container="/all", read_only=True),
+                VolumeRecord(host=f"{mp}/.volagent/usage", container="/u", read_only=True),
+            ],
+        )
+    )
+    assert usage.in_use(st) == {
+        ("r1-a", ".shared"): ["c-1"],
+        ("r1-u", "cache"): ["2"],
+        ("r1-w", ""): ["2"],
+        usage.MOUNT_ROOT: ["2"],
+    }
+    assert asyncio.run(usage.UsageRecorder(st, worker).record_due()) == 4
+    base = mp / ".volagent" / "usage"
+    for rec in ("r1-a/.shared/host-a.json", "r1-u/cache/host-a.json", "r1-w/host-a.json"):
+        assert (base / rec).is_file(), rec
+    assert json.loads((base / "host-a.json").read_text())["containers"] == ["2"]
 
 
 def test_use_is_refreshed_after_refresh_interval(mp: Path, worker: TimedWorker) -> None:
@@ -102,3 +143,26 @@ def test_a_failed_write_is_counted_and_retried_later(
     assert asyncio.run(rec.record_due()) == 0  # backing off
     rec._retry_at = 0.0
     assert asyncio.run(rec.record_due()) == 1
+
+
+def test_other_hosts_binds_are_read_from_every_record_level(mp: Path) -> None:
+    """Rule 7 across hosts sees binds of a whole namespace, of the mount point and under
+    dot directories, where usage records of those uses lie."""
+    now = time.time()
+    for rel, bind in (
+        ("", f"{mp}"),
+        ("r1-a", f"{mp}/r1-a"),
+        ("r1-b/.shared", f"{mp}/r1-b/.shared/db"),
+        ("r1-c/web", f"{mp}/r1-c/web/data"),
+    ):
+        base = mp / ".volagent" / "usage" / rel
+        base.mkdir(parents=True, exist_ok=True)
+        rec = {"host": "host-b", "time": now, "binds": [bind]}
+        (base / "host-b.json").write_text(json.dumps(rec))
+    found = rack_binds.read_rack_binds(str(mp), os.stat(mp).st_dev, "host-a", now)
+    assert found == {
+        f"{mp}": "host-b",
+        f"{mp}/r1-a": "host-b",
+        f"{mp}/r1-b/.shared/db": "host-b",
+        f"{mp}/r1-c/web/data": "host-b",
+    }

@@ -24,6 +24,7 @@ from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote
 
 from volagent import log
+from volagent.http_limits import BudgetExceeded, ByteBudget, ConnectionLedger, PeerLimits, Turnstile
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token, ASCII only
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -33,6 +34,9 @@ _TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")  # controls and space
 # guard parses a request head for every Docker API call).
 _VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but tab
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+# a refused connection is read for up to this long before it is closed, at most so many at once
+REFUSING_LINGER_S = 0.5
+REFUSING_MAX = 64
 
 
 @dataclass
@@ -99,7 +103,13 @@ class HttpServer:
     `linger_idle`: on close, idle kept-alive connections stay open up to that many seconds
     (within the grace) too, until their client sends one more request (answered with
     `Connection: close`) or hangs up: closing one from this side races with the client
-    sending on it."""
+    sending on it.
+
+    `peer_limits` shares the server out among its clients (see http_limits): connections
+    per uid with slots kept for root, requests sent ahead of their answers, request bytes
+    held in memory, and one request started per turn of the event loop, so that a server
+    sharing the loop with this one never waits behind more than one of its requests.
+    `backlog` is also how many connections are accepted per turn of the loop."""
 
     def __init__(
         self,
@@ -115,6 +125,8 @@ class HttpServer:
         write_timeout: float = 30.0,
         max_connections: int = 256,
         linger_idle: float = 0.0,
+        peer_limits: PeerLimits | None = None,
+        backlog: int = 100,
     ) -> None:
         self.name = name
         self.handler = handler
@@ -127,6 +139,12 @@ class HttpServer:
         self.write_timeout = write_timeout
         self.max_connections = max_connections
         self.linger_idle = linger_idle
+        self.peer_limits = peer_limits
+        self.backlog = backlog
+        self._ledger = ConnectionLedger(max_connections, peer_limits)
+        self._budget = ByteBudget(peer_limits.buffered_total if peer_limits else None)
+        self._turnstile = Turnstile() if peer_limits else None
+        self._refusing = 0  # refused connections being read before they are closed
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task[None]] = set()
         # connections between the first byte of a request and the end of its answer
@@ -138,28 +156,49 @@ class HttpServer:
 
     # --- listeners ---------------------------------------------------------------------
     async def start_unix(
-        self, path: str | None = None, *, sock: socket.socket | None = None, mode: int = 0o666
+        self,
+        path: str | None = None,
+        *,
+        sock: socket.socket | None = None,
+        mode: int = 0o666,
+        group: int | None = None,
     ) -> None:
         """Listens on a Unix socket: `sock` when given (already bound and listening, e.g.
         handed over by systemd), else bound at `path` (a stale socket file there is replaced,
-        a live one or anything else is an error)."""
+        a live one or anything else is an error) with `mode`, and the group `group` (a gid)
+        when given."""
         if path is None and sock is None:
             raise ValueError("start_unix needs a path or a listening socket")
         if sock is not None:
             sock.setblocking(False)
-            server = await asyncio.start_unix_server(self._on_connect, sock=sock)
+            server = await asyncio.start_unix_server(
+                self._on_connect, sock=sock, backlog=self.backlog
+            )
         elif path is not None:
             _clear_stale_socket(path)
             os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-            server = await asyncio.start_unix_server(self._on_connect, path=path)
-            os.chmod(path, mode)
+            listener = _bind_private(path)
+            try:
+                if group is not None:
+                    os.chown(path, -1, group)
+                os.chmod(path, mode)
+                server = await asyncio.start_unix_server(
+                    self._on_connect, sock=listener, backlog=self.backlog
+                )
+            except BaseException:
+                listener.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                raise
             st = os.stat(path)
             self._unix_paths.append((path, st.st_dev, st.st_ino))
         self._servers.append(server)
         self._log.info("http_listening", address=path or str(sock.getsockname() if sock else ""))
 
     async def start_tcp(self, host: str, port: int) -> None:
-        server = await asyncio.start_server(self._on_connect, host=host or None, port=port)
+        server = await asyncio.start_server(
+            self._on_connect, host=host or None, port=port, backlog=self.backlog
+        )
         self._servers.append(server)
         self._log.info("http_listening", address=f"{host}:{self.tcp_port or port}")
 
@@ -223,20 +262,26 @@ class HttpServer:
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - asyncio always runs this callback in a task
             return
-        self._connections.add(task)
         sock = writer.get_extra_info("socket")
+        creds = peer_credentials(sock)
+        uid = creds[1] if creds is not None else None
+        refused = self._ledger.admit(uid)
+        if refused is not None:
+            await self._refuse(reader, writer, refused)
+            return
+        self._connections.add(task)
         if sock is not None:
             self._fds[task] = sock.fileno()
+        conn = _Conn(reader, self._budget, self.max_header_bytes)
         try:
-            if len(self._connections) > self.max_connections:
-                await self._send_quietly(writer, error_response(503, "too many connections"), True)
-                return
-            await self._serve(_Conn(reader), writer)
+            await self._serve(conn, writer, creds)
         except (_ClientGone, ConnectionError, asyncio.CancelledError):
             pass
         except Exception as exc:  # the server must outlive any one connection
             self._log.error("http_connection_error", error=repr(exc))
         finally:
+            self._ledger.release(uid)
+            conn.release()
             self._connections.discard(task)
             self._busy.discard(task)
             self._fds.pop(task, None)
@@ -244,11 +289,55 @@ class HttpServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _serve(self, conn: _Conn, writer: asyncio.StreamWriter) -> None:
+    async def _refuse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, why: str
+    ) -> None:
+        """Answers 503 and closes. The client's request is read (a little of it) first: a
+        Unix socket closed with unread input resets the connection, and the client would
+        lose the answer that says why; beyond `REFUSING_MAX` at once, it is lost."""
+        writer.write(encode_response(error_response(503, why), True))
+        if self._refusing >= REFUSING_MAX:
+            writer.close()
+            return
+        self._refusing += 1
+        try:
+            with contextlib.suppress(Exception):
+                if writer.can_write_eof():
+                    writer.write_eof()
+                async with asyncio.timeout(REFUSING_LINGER_S):
+                    for _ in range(4):
+                        if not await reader.read(65536):
+                            break
+        finally:
+            self._refusing -= 1
+            writer.close()
+
+    async def _serve(
+        self, conn: _Conn, writer: asyncio.StreamWriter, creds: tuple[int, int, int] | None
+    ) -> None:
         sock = writer.get_extra_info("socket")
-        creds = peer_credentials(sock)
         tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+        ahead = 0  # requests in a row that were here before the previous answer went out
         while True:
+            if _holds_request(conn.buf):
+                # pipelined: the client sent it before reading the previous answer. Let the
+                # rest of the loop run first, and drop the work of a client that has gone.
+                ahead += 1
+                if self._turnstile is None:
+                    await asyncio.sleep(0)
+                if _gone(writer, sock):
+                    return
+                limits = self.peer_limits
+                if limits is not None and ahead > limits.max_pipelined:
+                    message = (
+                        f"more than {limits.max_pipelined} requests sent ahead of their "
+                        "answers; read each answer before sending more"
+                    )
+                    self._log.info("http_bad_request", status=429, error=message)
+                    await self._send_quietly(writer, error_response(429, message), True)
+                    return
+            else:
+                ahead = 0
             try:
                 req, keep_alive = await self._read_request(conn, writer)
             except BadRequest as exc:
@@ -259,6 +348,10 @@ class HttpServer:
                 req.peer_pid, req.peer_uid, req.peer_gid = creds
             if tcp:
                 req.transport = "tcp"
+            if self._turnstile is not None:
+                await self._turnstile.wait_turn()
+                if _gone(writer, sock if ahead else None):
+                    return
             resp = await self._dispatch(req)
             if req.method == "HEAD":
                 resp = Response(resp.status, b"", resp.content_type, resp.headers)
@@ -284,7 +377,7 @@ class HttpServer:
     ) -> tuple[Request, bool]:
         # Idle keep-alive connections close quietly; a started but unfinished head gets 408.
         # Empty lines before a request line are tolerated, as RFC 9112 asks.
-        while not conn.buf.lstrip(b"\r\n"):
+        while not _holds_request(conn.buf):
             conn.buf.clear()
             await conn.fill(self.idle_timeout, quiet=True)
         if conn.buf[0] in b"\r\n":
@@ -307,6 +400,7 @@ class HttpServer:
         query = dict(parse_qsl(qs, keep_blank_values=True))
         keep_alive = _wants_keep_alive(version, headers.get("connection", ""))
         body = await self._read_body(conn, writer, headers, loop.time() + self.body_timeout)
+        conn.account()  # what the request took is given back
         return Request(method, unquote(path), query, headers, body), keep_alive
 
     async def _read_body(
@@ -396,11 +490,17 @@ class HttpServer:
 
 
 class _Conn:
-    """The read side of one connection: a buffer filled from the stream under deadlines."""
+    """The read side of one connection: a buffer filled from the stream under deadlines.
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    What the buffer holds beyond `free` bytes (a request head's worth) is charged to the
+    server's byte budget; over budget, the request is refused with 503."""
+
+    def __init__(self, reader: asyncio.StreamReader, budget: ByteBudget, free: int) -> None:
         self.reader = reader
         self.buf = bytearray()
+        self.budget = budget
+        self.free = free
+        self.charged = 0
 
     async def fill(self, timeout: float, *, quiet: bool = False, what: str = "request") -> None:
         try:
@@ -413,6 +513,25 @@ class _Conn:
         if not data:
             raise _ClientGone
         self.buf += data
+        self.account()
+
+    def account(self) -> None:
+        """Brings the budget up to date with what the buffer holds now."""
+        charge = max(0, len(self.buf) - self.free)
+        if charge == self.charged:
+            return
+        try:
+            self.budget.change(charge - self.charged)
+        except BudgetExceeded:
+            raise BadRequest(
+                503,
+                "the server holds as much unfinished request data as it may; try again later",
+            ) from None
+        self.charged = charge
+
+    def release(self) -> None:
+        self.budget.change(-self.charged)
+        self.charged = 0
 
     async def fill_until(self, deadline: float, what: str) -> None:
         await self.fill(deadline - asyncio.get_running_loop().time(), what=what)
@@ -485,6 +604,42 @@ def encode_response(resp: Response, close: bool) -> bytes:
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + resp.body
+
+
+def _holds_request(buf: bytearray) -> bool:
+    """Whether the buffer holds the start of a request, not just the empty lines a client
+    may send between requests (without copying a large buffer to find out)."""
+    return bool(buf) and (buf[0] not in b"\r\n" or bool(buf.lstrip(b"\r\n")))
+
+
+def _gone(writer: asyncio.StreamWriter, sock: socket.socket | None) -> bool:
+    """Whether the client has gone: its connection is closing here, or (with `sock`, a poll
+    of it) the peer has hung up, which a Unix socket shows at once even while requests it
+    sent are still unread."""
+    if writer.transport.is_closing():
+        return True
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    try:
+        events = poller.poll(0)
+    except OSError:
+        return True
+    return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in events)
+
+
+def _bind_private(path: str) -> socket.socket:
+    """A Unix socket bound at `path` whose file only root can connect to until it is given
+    its mode: on Linux the file takes the socket's own mode, set here before bind."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.fchmod(sock.fileno(), 0o600)
+        sock.bind(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _clear_stale_socket(path: str) -> None:

@@ -129,6 +129,10 @@ class AgentState:
         self.docker = DockerStatus()
         self.guard = GuardStatus(enabled=config.guard.enabled)
         self.containers: dict[str, ContainerRecord] = {}
+        # counts changes of the containers and their volumes, which go through the methods
+        # below: what is rendered from them (the status socket's cache) keys on it
+        self.containers_version = 0
+        self._problem_scan: tuple[int, bool] = (-1, False)  # (version, any volume in trouble)
         # keyed warnings, so a condition that clears takes its warning with it
         self._warnings: dict[str, str] = {}
         # st_dev of the healthy shared filesystem at the mount point; the fs layer refuses to
@@ -168,9 +172,11 @@ class AgentState:
     # --- containers --------------------------------------------------------------------
     def upsert_container(self, record: ContainerRecord) -> None:
         self.containers[record.id] = record
+        self.containers_version += 1
 
     def forget_container(self, container_id: str) -> None:
         self.containers.pop(container_id, None)
+        self.containers_version += 1
 
     def set_volume_state(self, volume: VolumeRecord, state: str, error: str | None = None) -> None:
         if state not in VOLUME_STATES:
@@ -182,6 +188,7 @@ class AgentState:
                 self.metrics.violations.inc()
         volume.state = state
         volume.error = error
+        self.containers_version += 1
 
     # --- warnings ----------------------------------------------------------------------
     def warn(self, key: str, text: str) -> None:
@@ -198,18 +205,27 @@ class AgentState:
     def verdict(self) -> str:
         if not self.mount_healthy or self.docker.state != "connected":
             return "critical"
-        if self.mount.state == "local":
+        if self.mount.state == "local" or self._any_problem_volume():
             return "degraded"
-        for c in self.containers.values():
-            if any(v.state in PROBLEM_VOLUME_STATES for v in c.volumes):
-                return "degraded"
         return "ok"
+
+    def _any_problem_volume(self) -> bool:
+        # the health check asks this for every request: scan once per change
+        version, found = self._problem_scan
+        if version != self.containers_version:
+            found = any(
+                v.state in PROBLEM_VOLUME_STATES for c in self.containers.values() for v in c.volumes
+            )
+            self._problem_scan = (self.containers_version, found)
+        return found
 
     def health(self) -> dict[str, Any]:
         verdict = self.verdict()
         return {"healthy": verdict == "ok", "status": verdict}
 
-    def status_document(self) -> dict[str, Any]:
+    def status_document(self, *, containers: bool = True) -> dict[str, Any]:
+        """The status document; `containers=False` leaves its list of containers empty (the
+        socket splices in one it rendered earlier, see status_cache)."""
         verdict = self.verdict()
         return {
             "status": verdict,
@@ -218,6 +234,6 @@ class AgentState:
             "mount": self.mount.to_dict(),
             "docker": self.docker.to_dict(),
             "guard": self.guard.to_dict(),
-            "containers": [c.to_dict() for c in self.containers.values()],
+            "containers": [c.to_dict() for c in self.containers.values()] if containers else [],
             "warnings": self.warnings,
         }

@@ -296,7 +296,9 @@ def validate(cfg: Config) -> Config:
     _check_abs("api.socket", cfg.api.socket)
     if cfg.api.metrics_address and not re.fullmatch(r"[^\s:]*:\d{1,5}", cfg.api.metrics_address):
         raise ConfigError("api.metrics_address", f"{cfg.api.metrics_address!r} is not host:port")
-    if cfg.api.socket_group and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", cfg.api.socket_group):
+    if cfg.api.socket_group and not re.fullmatch(
+        r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", cfg.api.socket_group
+    ):
         raise ConfigError(
             "api.socket_group", f"{cfg.api.socket_group!r} is not a group name (or empty)"
         )

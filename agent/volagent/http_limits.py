@@ -63,7 +63,10 @@ class ConnectionLedger:
             if held >= self.limits.per_uid_connections:
                 who = "peers without credentials" if key == UNKNOWN_PEER else f"uid {key}"
                 return f"{who} already hold {held} connections, the most one peer may"
-            if self.total >= self.max_connections - self.limits.root_reserved:
+            if (
+                self.total - self.by_uid.get(0, 0)
+                >= self.max_connections - self.limits.root_reserved
+            ):
                 return "the connections not kept for root are all taken"
         self.total += 1
         self.by_uid[key] = self.by_uid.get(key, 0) + 1

@@ -214,7 +214,9 @@ class AgentState:
         version, found = self._problem_scan
         if version != self.containers_version:
             found = any(
-                v.state in PROBLEM_VOLUME_STATES for c in self.containers.values() for v in c.volumes
+                v.state in PROBLEM_VOLUME_STATES
+                for c in self.containers.values()
+                for v in c.volumes
             )
             self._problem_scan = (self.containers_version, found)
         return found

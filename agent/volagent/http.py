@@ -333,7 +333,8 @@ class HttpServer:
                         f"more than {limits.max_pipelined} requests sent ahead of their "
                         "answers; read each answer before sending more"
                     )
-                    self._log.info("http_bad_request", status=429, error=message)
+                    # debug: a flood would otherwise write a log line per connection
+                    self._log.debug("http_bad_request", status=429, error=message)
                     await self._send_quietly(writer, error_response(429, message), True)
                     return
             else:

@@ -43,7 +43,10 @@ def request(
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         try:
-            sock.sendall(head.encode("ascii") + b"\r\n" + (body or b""))
+            try:
+                sock.sendall(head.encode("ascii") + b"\r\n" + (body or b""))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused before it read the request: its answer may still be there
             raw = _read_all(sock, deadline)
         except TimeoutError:
             raise Unreachable(
@@ -76,7 +79,12 @@ def _read_all(sock: Any, deadline: float) -> bytes:
         if remaining <= 0:
             raise TimeoutError
         sock.settimeout(remaining)
-        chunk = sock.recv(65536)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            if not chunks:
+                raise
+            chunk = b""  # after an answer: parse_response tells whether it came whole
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)

@@ -18,6 +18,7 @@ import select
 import socket
 import stat
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -25,6 +26,7 @@ from urllib.parse import parse_qsl, unquote
 
 from volagent import log
 from volagent.http_limits import BudgetExceeded, ByteBudget, ConnectionLedger, PeerLimits, Turnstile
+from volagent.http_listener import Listener
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token, ASCII only
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -34,9 +36,9 @@ _TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")  # controls and space
 # guard parses a request head for every Docker API call).
 _VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but tab
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
-# a refused connection is read for up to this long before it is closed, at most so many at once
-REFUSING_LINGER_S = 0.5
-REFUSING_MAX = 64
+# a refused connection is answered when its request has come, or after this long
+REFUSE_WAIT_S = 0.5
+REFUSING_MAX = 64  # refusals waiting for their request at once
 
 
 @dataclass
@@ -107,9 +109,10 @@ class HttpServer:
 
     `peer_limits` shares the server out among its clients (see http_limits): connections
     per uid with slots kept for root, requests sent ahead of their answers, request bytes
-    held in memory, and one request started per turn of the event loop, so that a server
-    sharing the loop with this one never waits behind more than one of its requests.
-    `backlog` is also how many connections are accepted per turn of the loop."""
+    held in memory, and one request started per turn of the event loop within a share of
+    the loop's time, so that a server sharing the loop with this one never waits behind
+    more than one of its requests. `backlog` is the listening queue's length and how many
+    connections are accepted per turn of the loop."""
 
     def __init__(
         self,
@@ -144,8 +147,8 @@ class HttpServer:
         self._ledger = ConnectionLedger(max_connections, peer_limits)
         self._budget = ByteBudget(peer_limits.buffered_total if peer_limits else None)
         self._turnstile = Turnstile() if peer_limits else None
-        self._refusing = 0  # refused connections being read before they are closed
-        self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: list[Listener] = []
+        self._refusing: dict[int, Callable[[], None]] = {}  # fd -> what ends its refusal
         self._connections: set[asyncio.Task[None]] = set()
         # connections between the first byte of a request and the end of its answer
         self._busy: set[asyncio.Task[None]] = set()
@@ -170,10 +173,7 @@ class HttpServer:
         if path is None and sock is None:
             raise ValueError("start_unix needs a path or a listening socket")
         if sock is not None:
-            sock.setblocking(False)
-            server = await asyncio.start_unix_server(
-                self._on_connect, sock=sock, backlog=self.backlog
-            )
+            self._listen(sock)
         elif path is not None:
             _clear_stale_socket(path)
             os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
@@ -182,33 +182,34 @@ class HttpServer:
                 if group is not None:
                     os.chown(path, -1, group)
                 os.chmod(path, mode)
-                server = await asyncio.start_unix_server(
-                    self._on_connect, sock=listener, backlog=self.backlog
-                )
+                listener.listen(self.backlog)
             except BaseException:
                 listener.close()
                 with contextlib.suppress(OSError):
                     os.unlink(path)
                 raise
+            self._listen(listener)
             st = os.stat(path)
             self._unix_paths.append((path, st.st_dev, st.st_ino))
-        self._servers.append(server)
-        self._log.info("http_listening", address=path or str(sock.getsockname() if sock else ""))
+        self._log.info("http_listening", address=path or self._listeners[-1].address)
 
     async def start_tcp(self, host: str, port: int) -> None:
-        server = await asyncio.start_server(
-            self._on_connect, host=host or None, port=port, backlog=self.backlog
-        )
-        self._servers.append(server)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=self.backlog)
+        self._listen(sock)
         self._log.info("http_listening", address=f"{host}:{self.tcp_port or port}")
+
+    def _listen(self, sock: socket.socket) -> None:
+        listener = Listener(sock, self._accepted, batch=self.backlog, turnstile=self._turnstile)
+        listener.start()
+        self._listeners.append(listener)
 
     @property
     def tcp_port(self) -> int | None:
         """The port of the first TCP listener (useful after binding port 0)."""
-        for server in self._servers:
-            for s in getattr(server, "sockets", ()):
-                if s.family in (socket.AF_INET, socket.AF_INET6):
-                    return int(s.getsockname()[1])
+        for listener in self._listeners:
+            if listener.sock.family in (socket.AF_INET, socket.AF_INET6):
+                return int(listener.sock.getsockname()[1])
         return None
 
     async def close(self, grace: float = 0.0) -> None:
@@ -220,8 +221,11 @@ class HttpServer:
         A listening socket handed over by systemd stays open in systemd, so new connections
         wait in its backlog for the next process instead of being refused."""
         self._draining = True
-        for server in self._servers:
-            server.close()
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        for finish in list(self._refusing.values()):
+            finish()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         linger_until = loop.time() + min(grace, self.linger_idle)
@@ -233,10 +237,6 @@ class HttpServer:
             task.cancel()
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2.0)
-        self._servers.clear()
         for path, dev, ino in self._unix_paths:
             # only our own socket file: a successor may already have bound a new one there
             with contextlib.suppress(OSError):
@@ -258,59 +258,72 @@ class HttpServer:
             return False
 
     # --- connections -------------------------------------------------------------------
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - asyncio always runs this callback in a task
-            return
-        sock = writer.get_extra_info("socket")
+    def _accepted(self, sock: socket.socket) -> None:
+        """A new connection: refused at once, with a 503 saying why, when its peer has had
+        its share; else served by a task of its own."""
         creds = peer_credentials(sock)
         uid = creds[1] if creds is not None else None
         refused = self._ledger.admit(uid)
         if refused is not None:
-            await self._refuse(reader, writer, refused)
+            self._refuse(sock, refused)
             return
+        task = asyncio.ensure_future(self._connection(sock, creds))
         self._connections.add(task)
-        if sock is not None:
-            self._fds[task] = sock.fileno()
-        conn = _Conn(reader, self._budget, self.max_header_bytes)
+        self._fds[task] = sock.fileno()
+
+    def _refuse(self, sock: socket.socket, why: str) -> None:
+        """Answers 503 and closes, without a task or streams: once the client's request has
+        come (or `REFUSE_WAIT_S` passed), so that the client reads the answer after sending
+        its request, and the request has been read (a socket closed with unread input
+        resets the connection, and the client may lose the answer). Beyond `REFUSING_MAX`
+        refusals at once, the answer is sent and the connection closed straight away."""
+        answer = encode_response(error_response(503, why), True)
+        fd = sock.fileno()
+        if len(self._refusing) >= REFUSING_MAX:
+            _answer_and_close(sock, answer)
+            return
+        loop = asyncio.get_running_loop()
+
+        def finish() -> None:
+            loop.remove_reader(fd)
+            timer.cancel()
+            self._refusing.pop(fd, None)
+            _answer_and_close(sock, answer)
+
+        timer = loop.call_later(REFUSE_WAIT_S, finish)
+        loop.add_reader(fd, finish)
+        self._refusing[fd] = finish
+
+    async def _connection(self, sock: socket.socket, creds: tuple[int, int, int] | None) -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        writer: asyncio.StreamWriter | None = None
+        conn: _Conn | None = None
         try:
+            reader = asyncio.StreamReader(loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            conn = _Conn(reader, self._budget, self.max_header_bytes)
             await self._serve(conn, writer, creds)
         except (_ClientGone, ConnectionError, asyncio.CancelledError):
             pass
         except Exception as exc:  # the server must outlive any one connection
             self._log.error("http_connection_error", error=repr(exc))
         finally:
-            self._ledger.release(uid)
-            conn.release()
-            self._connections.discard(task)
-            self._busy.discard(task)
-            self._fds.pop(task, None)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-    async def _refuse(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, why: str
-    ) -> None:
-        """Answers 503 and closes. The client's request is read (a little of it) first: a
-        Unix socket closed with unread input resets the connection, and the client would
-        lose the answer that says why; beyond `REFUSING_MAX` at once, it is lost."""
-        writer.write(encode_response(error_response(503, why), True))
-        if self._refusing >= REFUSING_MAX:
-            writer.close()
-            return
-        self._refusing += 1
-        try:
-            with contextlib.suppress(Exception):
-                if writer.can_write_eof():
-                    writer.write_eof()
-                async with asyncio.timeout(REFUSING_LINGER_S):
-                    for _ in range(4):
-                        if not await reader.read(65536):
-                            break
-        finally:
-            self._refusing -= 1
-            writer.close()
+            self._ledger.release(creds[1] if creds is not None else None)
+            if conn is not None:
+                conn.release()
+            if task is not None:
+                self._connections.discard(task)
+                self._busy.discard(task)
+                self._fds.pop(task, None)
+            if writer is None:
+                sock.close()
+            else:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     async def _serve(
         self, conn: _Conn, writer: asyncio.StreamWriter, creds: tuple[int, int, int] | None
@@ -350,14 +363,18 @@ class HttpServer:
             if tcp:
                 req.transport = "tcp"
             if self._turnstile is not None:
-                await self._turnstile.wait_turn()
+                await self._turnstile.wait_turn(root=req.peer_uid == 0)
                 if _gone(writer, sock if ahead else None):
                     return
+            started = time.perf_counter()
             resp = await self._dispatch(req)
             if req.method == "HEAD":
                 resp = Response(resp.status, b"", resp.content_type, resp.headers)
             keep_alive = keep_alive and not self._draining
-            await self._send(writer, resp, not keep_alive)
+            writer.write(encode_response(resp, not keep_alive))
+            if self._turnstile is not None:
+                self._turnstile.charge(time.perf_counter() - started)
+            await self._drain(writer, always=not keep_alive)
             self._busy.discard(asyncio.current_task())
             if not keep_alive:
                 return
@@ -605,6 +622,14 @@ def encode_response(resp: Response, close: bool) -> bytes:
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + resp.body
+
+
+def _answer_and_close(sock: socket.socket, answer: bytes) -> None:
+    with contextlib.suppress(OSError):
+        sock.recv(65536)  # the request (some of it): read, so the answer is not reset away
+    with contextlib.suppress(OSError):
+        sock.send(answer)
+    sock.close()
 
 
 def _holds_request(buf: bytearray) -> bool:

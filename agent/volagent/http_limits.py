@@ -6,8 +6,9 @@ more than its share of that socket, and the socket's work must come in small pie
 - `PeerLimits`: the caps, per server (the guard's socket, root only, has none);
 - `ConnectionLedger`: connections per peer uid, with slots only root may take;
 - `ByteBudget`: request bytes all connections together may hold beyond their heads;
-- `Turnstile`: lets a server start on at most one request per turn of the event loop, so
-  whatever else is ready (a guard decision) never waits behind more than one of them.
+- `Turnstile`: lets a server start on at most one request per turn of the event loop, root's
+  first, and within its share of the loop's time, so whatever else is ready (a guard
+  decision) never waits behind more than one of them, and mostly behind none.
 """
 
 from __future__ import annotations
@@ -102,35 +103,69 @@ class ByteBudget:
 
 
 class Turnstile:
-    """At most one pass per turn of the event loop, in order of arrival.
+    """Passes for a server's work on the event loop: one per turn of the loop, root's first,
+    and within `share` of the loop's time.
 
-    A pass is a promise to do one request's work before the next await; the callbacks that
-    became ready meanwhile (another server's requests) run before the next pass is given."""
+    A pass is a promise to do one piece of work (a request, a batch of accepts) before the
+    next await; `charge` says how long it took, and no pass is given again until the loop has
+    had `1/share - 1` times as long for everything else (the start guard's decisions). A
+    charge is counted up to `max_charge` seconds: a piece of work that awaited something
+    (the rack's hosts) held nobody up meanwhile."""
 
-    def __init__(self) -> None:
-        self._waiting: deque[asyncio.Future[None]] = deque()
+    def __init__(self, share: float = 0.2, max_charge: float = 0.005) -> None:
+        if not 0 < share <= 1:
+            raise ValueError("Turnstile.share must be in (0, 1]")
+        self.share = share
+        self.max_charge = max_charge
+        self.free_at = 0.0  # loop time before which no pass is given
+        self._root: deque[asyncio.Future[None]] = deque()
+        self._others: deque[asyncio.Future[None]] = deque()
         self._spent = False  # a pass has been given in this turn of the loop
+        self._handle: asyncio.Handle | None = None  # the next pass, when scheduled
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._root) + len(self._others)
 
-    async def wait_turn(self) -> None:
+    async def wait_turn(self, *, root: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        if not self._spent and not self._waiting:
+        if not self._spent and not self.waiting and loop.time() >= self.free_at:
             self._spent = True
-            loop.call_soon(self._next)
+            loop.call_soon(self._turn_over)
             return
         fut: asyncio.Future[None] = loop.create_future()
-        self._waiting.append(fut)
+        (self._root if root else self._others).append(fut)
+        self._schedule(loop)
         await fut
 
+    def charge(self, seconds: float) -> None:
+        """`seconds` of the server's work were just done on the loop."""
+        rest = min(seconds, self.max_charge) * (1 - self.share) / self.share
+        self.free_at = max(self.free_at, asyncio.get_running_loop().time()) + rest
+
+    def _turn_over(self) -> None:
+        self._spent = False
+        self._schedule(asyncio.get_running_loop())
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._handle is not None or self._spent or not self.waiting:
+            return
+        if loop.time() < self.free_at:
+            self._handle = loop.call_at(self.free_at, self._next)
+        else:
+            self._handle = loop.call_soon(self._next)
+
     def _next(self) -> None:
-        # runs once per loop turn while anyone waits; the pass it gives is used next turn
-        while self._waiting:
-            fut = self._waiting.popleft()
+        self._handle = None
+        loop = asyncio.get_running_loop()
+        if self._spent or loop.time() < self.free_at:  # charged again meanwhile
+            self._schedule(loop)
+            return
+        while self._root or self._others:
+            fut = (self._root or self._others).popleft()
             if not fut.done():  # a cancelled waiter gives up its place
                 fut.set_result(None)
-                asyncio.get_running_loop().call_soon(self._next)
+                self._spent = True
+                # the pass is used in the next turn; the one after it, a turn later
+                loop.call_soon(self._turn_over)
                 return
-        self._spent = False

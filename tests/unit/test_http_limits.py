@@ -87,7 +87,7 @@ def test_turnstile_gives_one_pass_per_turn_of_the_loop() -> None:
             order.append(name)
 
         async def ticker() -> None:
-            for i in range(6):
+            for i in range(40):
                 order.append(f"tick{i}")
                 await asyncio.sleep(0)
 

@@ -32,7 +32,7 @@ HOSTS_MAX_AGE_S = 1.0
 # the socket's limits: its requests are small (POST bodies are `{}`)
 MAX_BODY = 64 << 10
 MAX_CONNECTIONS = 256
-ACCEPT_BATCH = 32
+ACCEPT_BATCH = 8  # per turn of the loop, when the socket's share of it allows
 LIMITS = PeerLimits(
     per_uid_connections=16, root_reserved=64, max_pipelined=16, buffered_total=4 << 20
 )
@@ -83,7 +83,7 @@ class StatusApi:
             max_body=MAX_BODY,
             max_connections=MAX_CONNECTIONS,
             peer_limits=LIMITS,
-            backlog=ACCEPT_BATCH,
+            accept_batch=ACCEPT_BATCH,
         )
 
     async def handle(self, req: Request) -> Response:

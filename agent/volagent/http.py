@@ -111,8 +111,8 @@ class HttpServer:
     per uid with slots kept for root, requests sent ahead of their answers, request bytes
     held in memory, and one request started per turn of the event loop within a share of
     the loop's time, so that a server sharing the loop with this one never waits behind
-    more than one of its requests. `backlog` is the listening queue's length and how many
-    connections are accepted per turn of the loop."""
+    more than one of its requests. `backlog` is the listening queue's length (of the sockets
+    it binds), `accept_batch` how many connections are accepted per turn of the loop."""
 
     def __init__(
         self,
@@ -129,7 +129,8 @@ class HttpServer:
         max_connections: int = 256,
         linger_idle: float = 0.0,
         peer_limits: PeerLimits | None = None,
-        backlog: int = 100,
+        backlog: int = 512,
+        accept_batch: int = 100,
     ) -> None:
         self.name = name
         self.handler = handler
@@ -144,6 +145,7 @@ class HttpServer:
         self.linger_idle = linger_idle
         self.peer_limits = peer_limits
         self.backlog = backlog
+        self.accept_batch = accept_batch
         self._ledger = ConnectionLedger(max_connections, peer_limits)
         self._budget = ByteBudget(peer_limits.buffered_total if peer_limits else None)
         self._turnstile = Turnstile() if peer_limits else None
@@ -200,7 +202,9 @@ class HttpServer:
         self._log.info("http_listening", address=f"{host}:{self.tcp_port or port}")
 
     def _listen(self, sock: socket.socket) -> None:
-        listener = Listener(sock, self._accepted, batch=self.backlog, turnstile=self._turnstile)
+        listener = Listener(
+            sock, self._accepted, batch=self.accept_batch, turnstile=self._turnstile
+        )
         listener.start()
         self._listeners.append(listener)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # the key of peers without credentials (TCP): they share one set of slots
@@ -120,12 +121,29 @@ class Turnstile:
         self.free_at = 0.0  # loop time before which no pass is given
         self._root: deque[asyncio.Future[None]] = deque()
         self._others: deque[asyncio.Future[None]] = deque()
+        # listeners waiting to accept: every other pass is theirs while requests wait too,
+        # so a queue of requests cannot keep root's next connection out
+        self._acceptors: deque[Callable[[], None]] = deque()
+        self._accepted_last = False
         self._spent = False  # a pass has been given in this turn of the loop
         self._handle: asyncio.Handle | None = None  # the next pass, when scheduled
 
     @property
     def waiting(self) -> int:
-        return len(self._root) + len(self._others)
+        return len(self._root) + len(self._others) + len(self._acceptors)
+
+    def call_in_turn(self, work: Callable[[], None]) -> None:
+        """Runs `work` (which charges its time itself) with a pass of its own: now, when
+        one is free, else when its turn comes."""
+        loop = asyncio.get_running_loop()
+        if not self._spent and not self.waiting and loop.time() >= self.free_at:
+            self._spent = True
+            self._accepted_last = True
+            loop.call_soon(self._turn_over)
+            work()
+            return
+        self._acceptors.append(work)
+        self._schedule(loop)
 
     async def wait_turn(self, *, root: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -161,11 +179,18 @@ class Turnstile:
         if self._spent or loop.time() < self.free_at:  # charged again meanwhile
             self._schedule(loop)
             return
+        requests = self._root or self._others
+        if self._acceptors and (not requests or not self._accepted_last):
+            self._spent = self._accepted_last = True
+            loop.call_soon(self._turn_over)
+            self._acceptors.popleft()()
+            return
         while self._root or self._others:
             fut = (self._root or self._others).popleft()
             if not fut.done():  # a cancelled waiter gives up its place
                 fut.set_result(None)
                 self._spent = True
+                self._accepted_last = False
                 # the pass is used in the next turn; the one after it, a turn later
                 loop.call_soon(self._turn_over)
                 return

@@ -49,19 +49,30 @@ class Listener:
             self._loop.add_reader(self.sock.fileno(), self._ready)
             self._reading = True
 
-    def _pause_until(self, when: float) -> None:
+    def _stop_reading(self) -> None:
         if self._reading:
             self._loop.remove_reader(self.sock.fileno())
             self._reading = False
-        if self._resume is None:
-            self._resume = self._loop.call_at(when, self._read)
 
     def _ready(self) -> None:
-        gate = self.turnstile
-        if gate is not None and (free_at := gate.free_at) > self._loop.time():
-            self._pause_until(free_at)  # the server has had its share of the loop for now
+        if self.turnstile is None:
+            self._accept()
+            return
+        # not readable again until the turnstile gives this listener its pass
+        self._stop_reading()
+        self.turnstile.call_in_turn(self._accept_in_turn)
+
+    def _accept_in_turn(self) -> None:
+        if self._closed:
             return
         started = time.perf_counter()
+        self._accept()
+        if self.turnstile is not None:
+            self.turnstile.charge(time.perf_counter() - started)
+        if self._resume is None:
+            self._read()
+
+    def _accept(self) -> None:
         for _ in range(self.batch):
             try:
                 conn, _ = self.sock.accept()
@@ -69,12 +80,12 @@ class Listener:
                 break
             except OSError:
                 # out of descriptors or the like: try again a little later, not in a loop
-                self._pause_until(self._loop.time() + 0.1)
+                self._stop_reading()
+                if self._resume is None:
+                    self._resume = self._loop.call_later(0.1, self._read)
                 break
             conn.setblocking(False)
             self.accepted(conn)
-        if gate is not None:
-            gate.charge(time.perf_counter() - started)
 
     @property
     def address(self) -> str:

@@ -5,8 +5,9 @@
 #   2. volagent from the release bundle into its own virtual environment under /opt/volagent
 #      (no network: every wheel is in the bundle),
 #   3. the config (/etc/volagent/volagent.toml, checked with `volagent check-config`),
-#   4. the systemd units, the docker.service drop-in and, when the guard is on, the
-#      authorization plugin in /etc/docker/daemon.json (merged into an existing file),
+#   4. the `volagent` group (members may use the status socket), the systemd units, the
+#      docker.service drop-in and, when the guard is on, the authorization plugin in
+#      /etc/docker/daemon.json (merged into an existing file),
 #   5. enables the units (started at next boot, or now with --now) and verifies them.
 # Idempotent: run it again to upgrade or to change the config.
 #
@@ -189,6 +190,18 @@ fi
 log "installed $("$volagent" --version), config $config_file, guard $guard"
 
 # --- 4. units, Docker drop-in, daemon.json ----------------------------------------------
+# the status socket's group (install.sh makes it too): `usermod -aG volagent USER` lets a
+# user run `volagent status` without root; volagent-api.socket fails without the group
+if ! getent group volagent >/dev/null 2>&1; then
+    if have groupadd; then
+        groupadd --system volagent
+    elif have addgroup; then
+        addgroup -S volagent
+    else
+        die "cannot create the group volagent (no groupadd or addgroup); create it by hand"
+    fi
+    log "created the group volagent: members may use the status socket"
+fi
 for unit in volagent.service volagent-api.socket volagent-guard.socket; do
     sed "s|/opt/volagent/|$prefix/|g" "$src/systemd/$unit" >"$work/$unit"
     install -m 0644 "$work/$unit" "$unit_dir/$unit"

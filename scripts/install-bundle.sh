@@ -9,16 +9,21 @@
 #   PREFIX/bin/python          runs current/bin/python (a wrapper: a symlink to a venv's
 #                              python would start it outside the venv)
 #
-# usage: install.sh [--prefix DIR] [--python PYTHON]   (defaults: /opt/volagent, the
-#        newest python3.X >= 3.11 on PATH)
+# As root it also creates the system group `volagent`, whose members may use the status
+# socket (`--no-group`: leave the host's groups alone, e.g. for a build or a test).
+#
+# usage: install.sh [--prefix DIR] [--python PYTHON] [--no-group]   (defaults: /opt/volagent,
+#        the newest python3.X >= 3.11 on PATH)
 set -eu
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
 prefix=/opt/volagent
 python=""
+make_group=1
 while [ $# -gt 0 ]; do
     case $1 in
         --prefix) prefix=$2; shift 2 ;;
         --python) python=$2; shift 2 ;;
+        --no-group) make_group=0; shift ;;
         *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -38,6 +43,22 @@ if [ -z "$python" ]; then
 fi
 if [ -z "$python" ] || ! python_ok "$python"; then
     die "volagent needs Python >= 3.11 (Amazon Linux: dnf install python3.11; Debian/Ubuntu: apt-get install python3)"
+fi
+
+# The group whose members may use the status socket (like Docker's `docker` group); its
+# socket unit names it, and systemd refuses a socket unit whose group does not exist.
+ensure_group() {
+    getent group volagent >/dev/null 2>&1 && return 0
+    if command -v groupadd >/dev/null 2>&1; then
+        groupadd --system volagent
+    elif command -v addgroup >/dev/null 2>&1; then
+        addgroup -S volagent
+    else
+        echo "install.sh: warning: no groupadd or addgroup: create the group volagent by hand, or the status socket is for root only" >&2
+    fi
+}
+if [ "$make_group" -eq 1 ] && [ "$(id -u)" -eq 0 ]; then
+    ensure_group
 fi
 
 version=$(cat "$here/VERSION")

@@ -1,26 +1,41 @@
 """The routes of the local socket: health, status, metrics, and two root-only actions.
 
 Every answer comes from the in-memory AgentState, never from the filesystem, so the socket
-answers at once even while the shared filesystem hangs. State-changing calls are for root
+answers at once even while the shared filesystem hangs, and rendered once per change (see
+status_cache), so a client asking in a loop costs little. State-changing calls are for root
 only, judged by the peer credentials of the Unix socket. Over TCP (`[api] metrics_address`,
 for node scraping) only `/metrics` and `/v1/health` are served.
+
+The socket shares the event loop with the start guard; `server()` gives it the limits that
+keep any one client from holding it (see http_limits, and README "Security model").
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from volagent import log, render
+from volagent import log
 from volagent.errors import VolagentError
-from volagent.http import Request, Response, error_response, json_response
+from volagent.http import HttpServer, Request, Response, error_response, json_response
+from volagent.http_limits import PeerLimits
 from volagent.state import AgentState
+from volagent.status_cache import StatusCache
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # how long `?rack=1` waits for the hosts list before answering without it
 HOSTS_TIMEOUT_S = 1.0
+# how long a hosts list read from the heartbeats serves further `?rack=1` requests
+HOSTS_MAX_AGE_S = 1.0
+# the socket's limits: its requests are small (POST bodies are `{}`)
+MAX_BODY = 64 << 10
+MAX_CONNECTIONS = 256
+ACCEPT_BATCH = 8  # per turn of the loop, when the socket's share of it allows
+LIMITS = PeerLimits(
+    per_uid_connections=16, root_reserved=64, max_pipelined=16, buffered_total=4 << 20
+)
 
 Action = Callable[[], Awaitable[dict[str, Any]]]
 HostsSource = Callable[[], Awaitable[list[dict[str, Any]]]]
@@ -50,6 +65,8 @@ class StatusApi:
         self.on_reconcile = on_reconcile
         self.on_remount = on_remount
         self.hosts = hosts
+        self.cache = StatusCache(state)
+        self._hosts_read: tuple[float, list[dict[str, Any]], str | None] | None = None
         self._log = log.get("api")
         self._routes: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {
             "/v1/health": {"GET": self._health},
@@ -58,6 +75,16 @@ class StatusApi:
             "/v1/reconcile": {"POST": self._reconcile},
             "/v1/remount": {"POST": self._remount},
         }
+
+    def server(self) -> HttpServer:
+        return HttpServer(
+            "api",
+            self.handle,
+            max_body=MAX_BODY,
+            max_connections=MAX_CONNECTIONS,
+            peer_limits=LIMITS,
+            accept_batch=ACCEPT_BATCH,
+        )
 
     async def handle(self, req: Request) -> Response:
         if req.transport == "tcp" and req.path not in _TCP_ROUTES:
@@ -84,28 +111,29 @@ class StatusApi:
         light by neither parsing JSON nor rendering: `format=text` (with `color=1`,
         `verbose=1`) is the human view, `pretty=1` indents the JSON, and the verdict travels
         in the `X-Volagent-Status` header."""
-        doc = self.state.status_document()
+        extra: dict[str, Any] | None = None
         if _flag(req, "rack"):
-            doc["hosts"], error = await self._rack_hosts()
-            if error:
-                doc["hosts_error"] = error
-        headers = {"X-Volagent-Status": str(doc["status"])}
+            hosts, error = await self._rack_hosts()
+            extra = {"hosts": hosts, **({"hosts_error": error} if error else {})}
         if req.query.get("format", "json") == "text":
-            text = render.render_status(
-                doc,
-                color=_flag(req, "color"),
-                verbose=_flag(req, "verbose"),
-                host=self.state.host_id,
+            text, verdict = self.cache.text(
+                color=_flag(req, "color"), verbose=_flag(req, "verbose"), extra=extra
             )
+            headers = {"X-Volagent-Status": verdict}
             return Response(200, text.encode(), "text/plain; charset=utf-8", headers)
-        if _flag(req, "pretty"):
-            body = json.dumps(doc, indent=2).encode() + b"\n"
-            return Response(200, body, headers=headers)
-        resp = json_response(200, doc)
-        resp.headers.update(headers)
-        return resp
+        verdict = self.state.verdict()
+        body = self.cache.document(pretty=_flag(req, "pretty"), extra=extra)
+        return Response(200, body, headers={"X-Volagent-Status": verdict})
 
     async def _rack_hosts(self) -> tuple[list[dict[str, Any]], str | None]:
+        now = time.monotonic()
+        if self._hosts_read is not None and now - self._hosts_read[0] < HOSTS_MAX_AGE_S:
+            return self._hosts_read[1], self._hosts_read[2]
+        hosts, error = await self._read_rack_hosts()
+        self._hosts_read = (time.monotonic(), hosts, error)
+        return hosts, error
+
+    async def _read_rack_hosts(self) -> tuple[list[dict[str, Any]], str | None]:
         if self.hosts is None:
             return [], "the rack view is not available in this agent"
         try:

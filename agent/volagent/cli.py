@@ -216,7 +216,9 @@ def cmd_status(args: StatusArgs | argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     verdict = headers.get("x-volagent-status", "")
     if code != 200 or verdict not in EXIT_BY_STATUS:
-        detail = body.decode("utf-8", "replace").strip()[:500]
+        from volagent.terminal import printable
+
+        detail = printable(body.decode("utf-8", "replace").strip()[:500])
         print(
             f"volagent: {socket_path} answered {code} without a status"
             + (f": {detail}" if detail else ""),

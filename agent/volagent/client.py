@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT_S = 5.0
 MAX_RESPONSE_BYTES = 64 << 20
+CONNECT_RETRY_S = 0.005
 
 
 class Unreachable(Exception):
@@ -35,15 +36,15 @@ def request(
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
-        try:
-            sock.connect(socket_path)
-        except OSError as exc:
-            raise Unreachable(_connect_problem(socket_path, exc)) from None
+        _connect(sock, socket_path, deadline)
         head = f"{method} {path} HTTP/1.1\r\nHost: volagent\r\nConnection: close\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         try:
-            sock.sendall(head.encode("ascii") + b"\r\n" + (body or b""))
+            try:  # noqa: SIM105 - contextlib is an import the fast path does without
+                sock.sendall(head.encode("ascii") + b"\r\n" + (body or b""))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused before it read the request: its answer may still be there
             raw = _read_all(sock, deadline)
         except TimeoutError:
             raise Unreachable(
@@ -55,6 +56,21 @@ def request(
     finally:
         sock.close()
     return parse_response(socket_path, raw)
+
+
+def _connect(sock: Any, socket_path: str, deadline: float) -> None:
+    # A Unix socket whose listening queue is full refuses at once (EAGAIN) instead of
+    # waiting in line: the daemon takes new connections a few at a time, so try again.
+    while True:
+        try:
+            sock.connect(socket_path)
+            return
+        except BlockingIOError as exc:
+            if time.monotonic() + CONNECT_RETRY_S >= deadline:
+                raise Unreachable(_connect_problem(socket_path, exc)) from None
+            time.sleep(CONNECT_RETRY_S)
+        except OSError as exc:
+            raise Unreachable(_connect_problem(socket_path, exc)) from None
 
 
 def get_json(socket_path: str, path: str, timeout: float = DEFAULT_TIMEOUT_S) -> tuple[int, Any]:
@@ -76,7 +92,12 @@ def _read_all(sock: Any, deadline: float) -> bytes:
         if remaining <= 0:
             raise TimeoutError
         sock.settimeout(remaining)
-        chunk = sock.recv(65536)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            if not chunks:
+                raise
+            chunk = b""  # after an answer: parse_response tells whether it came whole
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
@@ -123,4 +144,9 @@ def _connect_problem(socket_path: str, exc: OSError) -> str:
         return f"permission denied on {socket_path}: run as root or as a user who may use it"
     if isinstance(exc, TimeoutError):
         return f"{socket_path} did not accept the connection: the daemon may be hung"
+    if isinstance(exc, BlockingIOError):
+        return (
+            f"{socket_path} has more connections waiting than it takes: the daemon may be hung "
+            "or flooded; check `journalctl -u volagent`"
+        )
     return f"cannot connect to {socket_path}: {exc.strerror or exc}"

@@ -126,6 +126,10 @@ class DirectoriesConfig:
 class ApiConfig:
     socket: str = _doc("the local status socket", default="/run/volagent/volagent.sock")
     metrics_address: str = _doc('also serve /metrics on "host:port" (off when empty)', default="")
+    socket_group: str = _doc(
+        "group whose members may use the status socket (0660); empty: root only (0600)",
+        default="volagent",
+    )
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,12 @@ def validate(cfg: Config) -> Config:
     _check_abs("api.socket", cfg.api.socket)
     if cfg.api.metrics_address and not re.fullmatch(r"[^\s:]*:\d{1,5}", cfg.api.metrics_address):
         raise ConfigError("api.metrics_address", f"{cfg.api.metrics_address!r} is not host:port")
+    if cfg.api.socket_group and not re.fullmatch(
+        r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", cfg.api.socket_group
+    ):
+        raise ConfigError(
+            "api.socket_group", f"{cfg.api.socket_group!r} is not a group name (or empty)"
+        )
     _check_abs("guard.plugin_socket", cfg.guard.plugin_socket)
     _check_choice("guard.when_unhealthy", cfg.guard.when_unhealthy, ("deny", "allow"))
     _check_choice("guard.violations", cfg.guard.violations, ("deny", "warn"))

@@ -17,7 +17,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from volagent import config as config_mod
-from volagent import log, systemd
+from volagent import log, socket_access, systemd
 from volagent.api import StatusApi
 from volagent.asg import AsgReporter, instance_identity
 from volagent.config import Config
@@ -99,8 +99,18 @@ class Daemon:
             on_remount=self._api_remount,
             hosts=self.heartbeat.hosts,
         )
-        server = HttpServer("api", api.handle)
-        await server.start_unix(cfg.api.socket, sock=inherited.get("api"))
+        server = api.server()
+        api_sock = inherited.get("api")
+        if api_sock is None:
+            access = socket_access.access_for(cfg.api.socket_group)
+            await server.start_unix(cfg.api.socket, mode=access.mode, group=access.gid)
+            warning = access.warning
+        else:
+            await server.start_unix(sock=api_sock)
+            warning = socket_access.check_handed_over(cfg.api.socket)
+        if warning:
+            self.log.warning("api_socket_access", problem=warning)
+            self.state.warn("api.access", warning)
         self._servers.append(server)
         guard_sock = inherited.get("guard")
         if cfg.guard.enabled or guard_sock is not None:
@@ -264,6 +274,7 @@ _RESTART_KEYS = (
     "state_dir",
     "api.socket",
     "api.metrics_address",
+    "api.socket_group",
     "guard.enabled",
     "guard.plugin_socket",
     "docker.url",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from volagent.terminal import printable
+
 PASS = "pass"  # noqa: S105 - a check status, not a password
 FAIL = "fail"
 WARN = "warn"
@@ -54,9 +56,10 @@ def report(results: Sequence[CheckResult], color: bool = False) -> str:
         mark = _MARK[r.status]
         if color:
             mark = f"{_COLOR[r.status]}{mark}{_RESET}"
-        lines.append(f"{mark}  {r.name:<{width}}  {r.detail}")
+        # details quote what the host said (Docker's errors, names): shown escaped
+        lines.append(f"{mark}  {printable(r.name):<{width}}  {printable(r.detail)}")
         if r.fix:
-            lines.append(f"      {'':<{width}}  fix: {r.fix}")
+            lines.append(f"      {'':<{width}}  fix: {printable(r.fix)}")
     counts = {s: sum(1 for r in results if r.status == s) for s in _MARK}
     others = ", ".join(
         f"{counts[s]} {word}" for s, word in ((WARN, "warned"), (SKIP, "skipped")) if counts[s]

@@ -18,12 +18,15 @@ import select
 import socket
 import stat
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote
 
 from volagent import log
+from volagent.http_limits import BudgetExceeded, ByteBudget, ConnectionLedger, PeerLimits, Turnstile
+from volagent.http_listener import Listener
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token, ASCII only
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -33,6 +36,9 @@ _TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")  # controls and space
 # guard parses a request head for every Docker API call).
 _VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but tab
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+# a refused connection is answered when its request has come, or after this long
+REFUSE_WAIT_S = 0.5
+REFUSING_MAX = 64  # refusals waiting for their request at once
 
 
 @dataclass
@@ -99,7 +105,14 @@ class HttpServer:
     `linger_idle`: on close, idle kept-alive connections stay open up to that many seconds
     (within the grace) too, until their client sends one more request (answered with
     `Connection: close`) or hangs up: closing one from this side races with the client
-    sending on it."""
+    sending on it.
+
+    `peer_limits` shares the server out among its clients (see http_limits): connections
+    per uid with slots kept for root, requests sent ahead of their answers, request bytes
+    held in memory, and one request started per turn of the event loop within a share of
+    the loop's time, so that a server sharing the loop with this one never waits behind
+    more than one of its requests. `backlog` is the listening queue's length (of the sockets
+    it binds), `accept_batch` how many connections are accepted per turn of the loop."""
 
     def __init__(
         self,
@@ -115,6 +128,9 @@ class HttpServer:
         write_timeout: float = 30.0,
         max_connections: int = 256,
         linger_idle: float = 0.0,
+        peer_limits: PeerLimits | None = None,
+        backlog: int = 512,
+        accept_batch: int = 100,
     ) -> None:
         self.name = name
         self.handler = handler
@@ -127,7 +143,14 @@ class HttpServer:
         self.write_timeout = write_timeout
         self.max_connections = max_connections
         self.linger_idle = linger_idle
-        self._servers: list[asyncio.AbstractServer] = []
+        self.peer_limits = peer_limits
+        self.backlog = backlog
+        self.accept_batch = accept_batch
+        self._ledger = ConnectionLedger(max_connections, peer_limits)
+        self._budget = ByteBudget(peer_limits.buffered_total if peer_limits else None)
+        self._turnstile = Turnstile() if peer_limits else None
+        self._listeners: list[Listener] = []
+        self._refusing: dict[int, Callable[[], None]] = {}  # fd -> what ends its refusal
         self._connections: set[asyncio.Task[None]] = set()
         # connections between the first byte of a request and the end of its answer
         self._busy: set[asyncio.Task[None]] = set()
@@ -138,38 +161,59 @@ class HttpServer:
 
     # --- listeners ---------------------------------------------------------------------
     async def start_unix(
-        self, path: str | None = None, *, sock: socket.socket | None = None, mode: int = 0o666
+        self,
+        path: str | None = None,
+        *,
+        sock: socket.socket | None = None,
+        mode: int = 0o666,
+        group: int | None = None,
     ) -> None:
         """Listens on a Unix socket: `sock` when given (already bound and listening, e.g.
         handed over by systemd), else bound at `path` (a stale socket file there is replaced,
-        a live one or anything else is an error)."""
+        a live one or anything else is an error) with `mode`, and the group `group` (a gid)
+        when given."""
         if path is None and sock is None:
             raise ValueError("start_unix needs a path or a listening socket")
         if sock is not None:
-            sock.setblocking(False)
-            server = await asyncio.start_unix_server(self._on_connect, sock=sock)
+            self._listen(sock)
         elif path is not None:
             _clear_stale_socket(path)
             os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-            server = await asyncio.start_unix_server(self._on_connect, path=path)
-            os.chmod(path, mode)
+            listener = _bind_private(path)
+            try:
+                if group is not None:
+                    os.chown(path, -1, group)
+                os.chmod(path, mode)
+                listener.listen(self.backlog)
+            except BaseException:
+                listener.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                raise
+            self._listen(listener)
             st = os.stat(path)
             self._unix_paths.append((path, st.st_dev, st.st_ino))
-        self._servers.append(server)
-        self._log.info("http_listening", address=path or str(sock.getsockname() if sock else ""))
+        self._log.info("http_listening", address=path or self._listeners[-1].address)
 
     async def start_tcp(self, host: str, port: int) -> None:
-        server = await asyncio.start_server(self._on_connect, host=host or None, port=port)
-        self._servers.append(server)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=self.backlog)
+        self._listen(sock)
         self._log.info("http_listening", address=f"{host}:{self.tcp_port or port}")
+
+    def _listen(self, sock: socket.socket) -> None:
+        listener = Listener(
+            sock, self._accepted, batch=self.accept_batch, turnstile=self._turnstile
+        )
+        listener.start()
+        self._listeners.append(listener)
 
     @property
     def tcp_port(self) -> int | None:
         """The port of the first TCP listener (useful after binding port 0)."""
-        for server in self._servers:
-            for s in getattr(server, "sockets", ()):
-                if s.family in (socket.AF_INET, socket.AF_INET6):
-                    return int(s.getsockname()[1])
+        for listener in self._listeners:
+            if listener.sock.family in (socket.AF_INET, socket.AF_INET6):
+                return int(listener.sock.getsockname()[1])
         return None
 
     async def close(self, grace: float = 0.0) -> None:
@@ -181,8 +225,11 @@ class HttpServer:
         A listening socket handed over by systemd stays open in systemd, so new connections
         wait in its backlog for the next process instead of being refused."""
         self._draining = True
-        for server in self._servers:
-            server.close()
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        for finish in list(self._refusing.values()):
+            finish()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         linger_until = loop.time() + min(grace, self.linger_idle)
@@ -194,10 +241,6 @@ class HttpServer:
             task.cancel()
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2.0)
-        self._servers.clear()
         for path, dev, ino in self._unix_paths:
             # only our own socket file: a successor may already have bound a new one there
             with contextlib.suppress(OSError):
@@ -219,36 +262,100 @@ class HttpServer:
             return False
 
     # --- connections -------------------------------------------------------------------
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - asyncio always runs this callback in a task
+    def _accepted(self, sock: socket.socket) -> None:
+        """A new connection: refused at once, with a 503 saying why, when its peer has had
+        its share; else served by a task of its own."""
+        creds = peer_credentials(sock)
+        uid = creds[1] if creds is not None else None
+        refused = self._ledger.admit(uid)
+        if refused is not None:
+            self._refuse(sock, refused)
             return
+        task = asyncio.ensure_future(self._connection(sock, creds))
         self._connections.add(task)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            self._fds[task] = sock.fileno()
+        self._fds[task] = sock.fileno()
+
+    def _refuse(self, sock: socket.socket, why: str) -> None:
+        """Answers 503 and closes, without a task or streams: once the client's request has
+        come (or `REFUSE_WAIT_S` passed), so that the client reads the answer after sending
+        its request, and the request has been read (a socket closed with unread input
+        resets the connection, and the client may lose the answer). Beyond `REFUSING_MAX`
+        refusals at once, the answer is sent and the connection closed straight away."""
+        answer = encode_response(error_response(503, why), True)
+        fd = sock.fileno()
+        if len(self._refusing) >= REFUSING_MAX:
+            _answer_and_close(sock, answer)
+            return
+        loop = asyncio.get_running_loop()
+
+        def finish() -> None:
+            loop.remove_reader(fd)
+            timer.cancel()
+            self._refusing.pop(fd, None)
+            _answer_and_close(sock, answer)
+
+        timer = loop.call_later(REFUSE_WAIT_S, finish)
+        loop.add_reader(fd, finish)
+        self._refusing[fd] = finish
+
+    async def _connection(self, sock: socket.socket, creds: tuple[int, int, int] | None) -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        writer: asyncio.StreamWriter | None = None
+        conn: _Conn | None = None
         try:
-            if len(self._connections) > self.max_connections:
-                await self._send_quietly(writer, error_response(503, "too many connections"), True)
-                return
-            await self._serve(_Conn(reader), writer)
+            reader = asyncio.StreamReader(loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            conn = _Conn(reader, self._budget, self.max_header_bytes)
+            await self._serve(conn, writer, creds)
         except (_ClientGone, ConnectionError, asyncio.CancelledError):
             pass
         except Exception as exc:  # the server must outlive any one connection
             self._log.error("http_connection_error", error=repr(exc))
         finally:
-            self._connections.discard(task)
-            self._busy.discard(task)
-            self._fds.pop(task, None)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            self._ledger.release(creds[1] if creds is not None else None)
+            if conn is not None:
+                conn.release()
+            if task is not None:
+                self._connections.discard(task)
+                self._busy.discard(task)
+                self._fds.pop(task, None)
+            if writer is None:
+                sock.close()
+            else:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _serve(self, conn: _Conn, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, conn: _Conn, writer: asyncio.StreamWriter, creds: tuple[int, int, int] | None
+    ) -> None:
         sock = writer.get_extra_info("socket")
-        creds = peer_credentials(sock)
         tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+        ahead = 0  # requests in a row that were here before the previous answer went out
         while True:
+            if _holds_request(conn.buf):
+                # pipelined: the client sent it before reading the previous answer. Let the
+                # rest of the loop run first, and drop the work of a client that has gone.
+                ahead += 1
+                if self._turnstile is None:
+                    await asyncio.sleep(0)
+                if _gone(writer, sock):
+                    return
+                limits = self.peer_limits
+                if limits is not None and ahead > limits.max_pipelined:
+                    message = (
+                        f"more than {limits.max_pipelined} requests sent ahead of their "
+                        "answers; read each answer before sending more"
+                    )
+                    # debug: a flood would otherwise write a log line per connection
+                    self._log.debug("http_bad_request", status=429, error=message)
+                    await self._send_quietly(writer, error_response(429, message), True)
+                    return
+            else:
+                ahead = 0
             try:
                 req, keep_alive = await self._read_request(conn, writer)
             except BadRequest as exc:
@@ -259,11 +366,19 @@ class HttpServer:
                 req.peer_pid, req.peer_uid, req.peer_gid = creds
             if tcp:
                 req.transport = "tcp"
+            if self._turnstile is not None:
+                await self._turnstile.wait_turn(root=req.peer_uid == 0)
+                if _gone(writer, sock if ahead else None):
+                    return
+            started = time.perf_counter()
             resp = await self._dispatch(req)
             if req.method == "HEAD":
                 resp = Response(resp.status, b"", resp.content_type, resp.headers)
             keep_alive = keep_alive and not self._draining
-            await self._send(writer, resp, not keep_alive)
+            writer.write(encode_response(resp, not keep_alive))
+            if self._turnstile is not None:
+                self._turnstile.charge(time.perf_counter() - started)
+            await self._drain(writer, always=not keep_alive)
             self._busy.discard(asyncio.current_task())
             if not keep_alive:
                 return
@@ -284,7 +399,7 @@ class HttpServer:
     ) -> tuple[Request, bool]:
         # Idle keep-alive connections close quietly; a started but unfinished head gets 408.
         # Empty lines before a request line are tolerated, as RFC 9112 asks.
-        while not conn.buf.lstrip(b"\r\n"):
+        while not _holds_request(conn.buf):
             conn.buf.clear()
             await conn.fill(self.idle_timeout, quiet=True)
         if conn.buf[0] in b"\r\n":
@@ -307,6 +422,7 @@ class HttpServer:
         query = dict(parse_qsl(qs, keep_blank_values=True))
         keep_alive = _wants_keep_alive(version, headers.get("connection", ""))
         body = await self._read_body(conn, writer, headers, loop.time() + self.body_timeout)
+        conn.account()  # what the request took is given back
         return Request(method, unquote(path), query, headers, body), keep_alive
 
     async def _read_body(
@@ -396,11 +512,17 @@ class HttpServer:
 
 
 class _Conn:
-    """The read side of one connection: a buffer filled from the stream under deadlines."""
+    """The read side of one connection: a buffer filled from the stream under deadlines.
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    What the buffer holds beyond `free` bytes (a request head's worth) is charged to the
+    server's byte budget; over budget, the request is refused with 503."""
+
+    def __init__(self, reader: asyncio.StreamReader, budget: ByteBudget, free: int) -> None:
         self.reader = reader
         self.buf = bytearray()
+        self.budget = budget
+        self.free = free
+        self.charged = 0
 
     async def fill(self, timeout: float, *, quiet: bool = False, what: str = "request") -> None:
         try:
@@ -413,6 +535,25 @@ class _Conn:
         if not data:
             raise _ClientGone
         self.buf += data
+        self.account()
+
+    def account(self) -> None:
+        """Brings the budget up to date with what the buffer holds now."""
+        charge = max(0, len(self.buf) - self.free)
+        if charge == self.charged:
+            return
+        try:
+            self.budget.change(charge - self.charged)
+        except BudgetExceeded:
+            raise BadRequest(
+                503,
+                "the server holds as much unfinished request data as it may; try again later",
+            ) from None
+        self.charged = charge
+
+    def release(self) -> None:
+        self.budget.change(-self.charged)
+        self.charged = 0
 
     async def fill_until(self, deadline: float, what: str) -> None:
         await self.fill(deadline - asyncio.get_running_loop().time(), what=what)
@@ -485,6 +626,50 @@ def encode_response(resp: Response, close: bool) -> bytes:
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + resp.body
+
+
+def _answer_and_close(sock: socket.socket, answer: bytes) -> None:
+    with contextlib.suppress(OSError):
+        sock.recv(65536)  # the request (some of it): read, so the answer is not reset away
+    with contextlib.suppress(OSError):
+        sock.send(answer)
+    sock.close()
+
+
+def _holds_request(buf: bytearray) -> bool:
+    """Whether the buffer holds the start of a request, not just the empty lines a client
+    may send between requests (without copying a large buffer to find out)."""
+    return bool(buf) and (buf[0] not in b"\r\n" or bool(buf.lstrip(b"\r\n")))
+
+
+def _gone(writer: asyncio.StreamWriter, sock: socket.socket | None) -> bool:
+    """Whether the client has gone: its connection is closing here, or (with `sock`, a poll
+    of it) the peer has hung up, which a Unix socket shows at once even while requests it
+    sent are still unread."""
+    if writer.transport.is_closing():
+        return True
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    try:
+        events = poller.poll(0)
+    except OSError:
+        return True
+    return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in events)
+
+
+def _bind_private(path: str) -> socket.socket:
+    """A Unix socket bound at `path` whose file only root can connect to until it is given
+    its mode: on Linux the file takes the socket's own mode, set here before bind."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.fchmod(sock.fileno(), 0o600)
+        sock.bind(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _clear_stale_socket(path: str) -> None:

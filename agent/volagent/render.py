@@ -3,13 +3,17 @@
 One screen, the verdict first, then what to fix, then mount, Docker and guard, then the
 containers grouped by app and service. Healthy groups fold into one line each; every
 volume with a problem gets its own highlighted line. Colour only on a terminal, never with
-NO_COLOR. Standard library only: this runs on the fast `volagent status` path.
+NO_COLOR. Every string of the document is shown with its control characters escaped (see
+terminal): paths, names and errors come from containers' creators. Standard library only:
+this runs on the fast `volagent status` path.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import datetime
+
+from volagent.terminal import printable, printable_doc
 
 TYPE_CHECKING = False  # typing costs an import on the fast path; annotations stay lazy
 if TYPE_CHECKING:
@@ -97,6 +101,8 @@ def render_status(
     and with `hosts` in the document, the rack's hosts."""
     paint = _Painter(color)
     now = time.time() if now is None else now
+    doc = printable_doc(doc)
+    host = printable(host)
     out: list[str] = []
     verdict = str(doc.get("status", "unknown"))
     host = f" on {host}" if host else ""

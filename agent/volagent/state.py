@@ -136,6 +136,10 @@ class AgentState:
         self.reserved_binds: dict[bytes, tuple[str, ...]] = {}
         # binds other hosts of the rack report in their usage records: path -> host
         self.rack_binds: dict[str, str] = {}
+        # counts changes of the containers and their volumes, which go through the methods
+        # below: what is rendered from them (the status socket's cache) keys on it
+        self.containers_version = 0
+        self._problem_scan: tuple[int, bool] = (-1, False)  # (version, any volume in trouble)
         # keyed warnings, so a condition that clears takes its warning with it
         self._warnings: dict[str, str] = {}
         # st_dev of the healthy shared filesystem at the mount point; the fs layer refuses to
@@ -180,11 +184,13 @@ class AgentState:
         self.containers[record.id] = record
         if record.name:
             self._container_names[record.name] = record.id
+        self.containers_version += 1
 
     def forget_container(self, container_id: str) -> None:
         old = self.containers.pop(container_id, None)
         if old is not None and self._container_names.get(old.name) == container_id:
             del self._container_names[old.name]
+        self.containers_version += 1
 
     def container_named(self, name: str) -> ContainerRecord | None:
         cid = self._container_names.get(name)
@@ -216,6 +222,7 @@ class AgentState:
                 self.metrics.violations.inc()
         volume.state = state
         volume.error = error
+        self.containers_version += 1
 
     # --- warnings ----------------------------------------------------------------------
     def warn(self, key: str, text: str) -> None:
@@ -232,18 +239,29 @@ class AgentState:
     def verdict(self) -> str:
         if not self.mount_healthy or self.docker.state != "connected":
             return "critical"
-        if self.mount.state == "local":
+        if self.mount.state == "local" or self._any_problem_volume():
             return "degraded"
-        for c in self.containers.values():
-            if any(v.state in PROBLEM_VOLUME_STATES for v in c.volumes):
-                return "degraded"
         return "ok"
+
+    def _any_problem_volume(self) -> bool:
+        # the health check asks this for every request: scan once per change
+        version, found = self._problem_scan
+        if version != self.containers_version:
+            found = any(
+                v.state in PROBLEM_VOLUME_STATES
+                for c in self.containers.values()
+                for v in c.volumes
+            )
+            self._problem_scan = (self.containers_version, found)
+        return found
 
     def health(self) -> dict[str, Any]:
         verdict = self.verdict()
         return {"healthy": verdict == "ok", "status": verdict}
 
-    def status_document(self) -> dict[str, Any]:
+    def status_document(self, *, containers: bool = True) -> dict[str, Any]:
+        """The status document; `containers=False` leaves its list of containers empty (the
+        socket splices in one it rendered earlier, see status_cache)."""
         verdict = self.verdict()
         return {
             "status": verdict,
@@ -252,6 +270,8 @@ class AgentState:
             "mount": self.mount.to_dict(),
             "docker": self.docker.to_dict(),
             "guard": self.guard.to_dict(),
-            "containers": [c.to_dict() for c in self.containers.values() if c.volumes],
+            "containers": (
+                [c.to_dict() for c in self.containers.values() if c.volumes] if containers else []
+            ),
             "warnings": self.warnings,
         }

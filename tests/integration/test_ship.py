@@ -83,7 +83,8 @@ def test_bundle_installs_offline_into_an_empty_directory(bundle: Path, tmp_path:
     # pip settings of the host must not add a source: the bundle alone has to be enough
     leaky = {"PIP_FIND_LINKS": str(tmp_path), "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}
     run(
-        offline([str(unpacked / "install.sh"), "--prefix", str(prefix)]),
+        # --no-group: the test leaves this host's groups alone
+        offline([str(unpacked / "install.sh"), "--prefix", str(prefix), "--no-group"]),
         env={**os.environ, **leaky},
     )
     assert run([str(prefix / "bin" / "volagent"), "--version"]).strip() == (
@@ -183,6 +184,9 @@ def test_provision_sh_sets_up_a_debian_host_offline(dockerd: Dockerd, debian: st
         "systemd-analyze verify " + " ".join(f"/etc/systemd/system/{u}" for u in UNITS) + " 2>&1",
     )
     assert (code, out) == (0, "")
+    # the status socket's group, which volagent-api.socket names
+    code, out = sh(dockerd, debian, "getent group volagent")
+    assert code == 0, out
     code, out = sh(dockerd, debian, "cat /etc/systemd/system/docker.service.d/volagent.conf")
     assert (code, out) == (0, (ROOT / "systemd" / "docker.service.d" / "volagent.conf").read_text())
 

@@ -132,3 +132,11 @@ def test_report_lists_fixes_and_the_verdict() -> None:
     assert lines[2].strip() == "fix: allow the metadata service"
     assert lines[-1] == "1 of 4 checks failed, 1 warned, 1 skipped"
     assert report([CheckResult.ok("a", "b")]).splitlines()[-1] == "no check failed (1 passed)"
+
+
+def test_report_escapes_what_the_host_said() -> None:
+    results = [CheckResult.failed("docker", "said \x1b[2J\rPASS", "see \x1b]0;x\x07")]
+    text = report(results, color=False)
+    assert "\x1b" not in text and "\r" not in text and "\x07" not in text
+    assert "said \\x1b[2J\\rPASS" in text
+    assert "fix: see \\x1b]0;x\\x07" in text

@@ -20,6 +20,7 @@ from volagent.http import (
     json_response,
     parse_head,
 )
+from volagent.http_limits import PeerLimits
 
 Seen = list[Request]
 
@@ -297,3 +298,149 @@ def test_parse_head_joins_repeats_and_rejects_new_versions() -> None:
 def test_encode_response_drops_header_injection() -> None:
     raw = encode_response(Response(204, headers={"X-A": "1", "X-B": "evil\r\nSet: x"}), True)
     assert raw == b"HTTP/1.1 204 No Content\r\nX-A: 1\r\nConnection: close\r\n\r\n"
+
+
+# --- sharing the server out among its clients ------------------------------------------------
+def _pipelined(n: int, path: bytes = b"/p") -> bytes:
+    return b"".join(b"GET %s%d HTTP/1.1\r\n\r\n" % (path, i) for i in range(n))
+
+
+def test_too_many_requests_ahead_of_their_answers_get_429_and_a_close(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        raw = await _exchange(path, _pipelined(20))
+        answers = raw.split(b"HTTP/1.1 ")[1:]
+        assert [a[:3] for a in answers] == [b"200"] * 5 + [b"429"]
+        assert b"more than 4 requests sent ahead of their answers" in answers[-1]
+        assert b"Connection: close" in answers[-1]
+        # a client that waits for each answer may send as many as it likes
+        reader, writer = await asyncio.open_unix_connection(path)
+        for i in range(10):
+            writer.write(b"GET /w%d HTTP/1.1\r\n\r\n" % i)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        writer.close()
+
+    seen = _serve(tmp_path, body, peer_limits=PeerLimits(max_pipelined=4))
+    assert len(seen) == 5 + 10
+
+
+@pytest.mark.parametrize("limits", [None, PeerLimits(max_pipelined=1000)])
+def test_pipelined_requests_let_other_clients_in_between(
+    tmp_path: Path, limits: PeerLimits | None
+) -> None:
+    order: list[str] = []
+    others: list[asyncio.Task[bytes]] = []
+
+    async def main() -> None:
+        path = str(tmp_path / "api.sock")
+
+        async def handle(req: Request) -> Response:
+            order.append(req.path)
+            if req.path == "/p0":  # the flood has begun: another client asks once
+                get = b"GET /other HTTP/1.1\r\nConnection: close\r\n\r\n"
+                others.append(asyncio.ensure_future(_exchange(path, get)))
+            return json_response(200, {})
+
+        server = HttpServer("test", handle, peer_limits=limits)
+        await server.start_unix(path, mode=0o600)
+        try:
+            await _exchange(path, _pipelined(300), eof=True)
+            assert _status(await others[0]) == 200
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+    assert "/other" in order
+    assert order.index("/other") < order.index("/p299")
+
+
+def test_work_stops_for_a_client_that_has_gone(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        # sent and gone before the server even accepts: nobody will read the answers
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+            s.sendall(_pipelined(100))
+        for _ in range(200):
+            if seen and not server._connections:
+                break
+            await asyncio.sleep(0.02)
+        assert not server._connections
+
+    seen = _serve(tmp_path, body, peer_limits=PeerLimits(max_pipelined=1000))
+    assert [r.path for r in seen] == ["/p0"]
+
+
+def test_partial_bodies_share_one_memory_budget(tmp_path: Path) -> None:
+    half = b"POST /b HTTP/1.1\r\nContent-Length: 60000\r\n\r\n" + b"x" * 50000
+
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        held = []
+        for expected in (1, 2):
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(half)
+            held.append((reader, writer))
+            for _ in range(200):  # until the server holds what was sent
+                if server._budget.used >= expected * (50000 - 1024):
+                    break
+                await asyncio.sleep(0.02)
+        assert server._budget.used >= 2 * (50000 - 1024)
+        raw = await _exchange(path, half)
+        assert _status(raw) == 503
+        assert b"unfinished request data" in raw
+        for _, writer in held:  # the bodies end: the budget is given back
+            writer.write(b"y" * 10000)
+        for reader, _ in held:
+            assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        for _ in range(200):
+            if server._budget.used == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert server._budget.used == 0
+        for _, writer in held:
+            writer.close()
+
+    limits = PeerLimits(buffered_total=130 << 10)
+    seen = _serve(tmp_path, body, peer_limits=limits, max_body=64 << 10, max_header_bytes=1024)
+    assert [len(r.body) for r in seen] == [60000, 60000]
+
+
+def test_a_refused_connection_is_told_why(tmp_path: Path) -> None:
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        held = await asyncio.open_unix_connection(path)
+        for _ in range(100):
+            if server._connections:
+                break
+            await asyncio.sleep(0.02)
+
+        # a blocking client, as `volagent status` is: it must read the reason, not a reset
+        def ask() -> bytes:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(30)
+                s.connect(path)
+                s.sendall(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+                raw = b""
+                while chunk := s.recv(65536):
+                    raw += chunk
+                return raw
+
+        raw = await asyncio.to_thread(ask)
+        assert _status(raw) == 503
+        assert b"too many connections (1)" in raw
+        held[1].close()
+
+    _serve(tmp_path, body, max_connections=1)
+
+
+def test_socket_file_gets_its_mode_and_group(tmp_path: Path) -> None:
+    async def main() -> None:
+        path = str(tmp_path / "g.sock")
+        server = HttpServer("g", _handler([]))
+        gid = 65534 if os.geteuid() == 0 else os.getgid()
+        await server.start_unix(path, mode=0o660, group=gid)
+        st = os.stat(path)
+        assert (st.st_mode & 0o777, st.st_gid) == (0o660, gid)
+        await server.close()
+
+    asyncio.run(main())

@@ -108,3 +108,20 @@ def test_empty_and_odd_documents_still_render() -> None:
     assert "Containers none" in text
     assert render.ago("not a time", NOW) == "?"
     assert render.ago(None, NOW) == "?"
+
+
+def test_strings_from_containers_cannot_drive_the_terminal() -> None:
+    evil = "/volumes/r-a/web/\x1b[2J\x1b[H\rvolagent 0.1.0: OK\x1b]0;title\x07"
+    doc = _doc(warnings=["bad \x1b[31mwarning\r"])
+    c = doc["containers"][0]
+    c["name"] = "web\x1b[8m"
+    c["volumes"][0].update(host=evil, state="violation", error="nope\rOK")
+    for color in (False, True):
+        text = render.render_status(doc, now=NOW, verbose=True, host="h\x1b", color=color)
+        plain = ANSI.sub("", text)  # the view's own colours, when asked for
+        assert not set(plain) & {"\x1b", "\r", "\x07"}, repr(plain)
+        assert "/volumes/r-a/web/\\x1b[2J\\x1b[H\\rvolagent 0.1.0: OK\\x1b]0;title\\x07" in plain
+        assert "web\\x1b[8m" in plain
+        assert "nope\\rOK" in plain
+        assert "bad \\x1b[31mwarning\\r" in plain
+        assert plain.splitlines()[0].startswith("volagent 0.1.0 on h\\x1b: ")

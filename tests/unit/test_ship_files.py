@@ -153,8 +153,10 @@ def test_socket_units_listen_where_the_config_defaults_say() -> None:
     assert api["FileDescriptorName"] == ["api"]
     assert guard["FileDescriptorName"] == ["guard"]
     assert api["Service"] == guard["Service"] == ["volagent.service"]
-    # anyone may read the status (POSTs check the peer's uid); only dockerd, root, the guard
-    assert api["SocketMode"] == ["0666"]
+    # root and the volagent group may read the status (POSTs check the peer's uid); only
+    # dockerd, root, the guard
+    assert api["SocketMode"] == ["0660"]
+    assert api["SocketGroup"] == [ApiConfig().socket_group]
     assert guard["SocketMode"] == ["0600"]
 
 

@@ -135,7 +135,8 @@ class AgentProcess:
                 },
                 "aws": {"imds_endpoint": CLOSED_PORT_URL, "endpoint_url": CLOSED_PORT_URL},
                 "docker": {"url": docker_url},
-                "api": {"socket": self.socket_path},
+                # a group every Debian host has, so test agents need no group made for them
+                "api": {"socket": self.socket_path, "socket_group": "nogroup"},
                 "guard": {
                     "enabled": False,
                     "plugin_socket": os.path.join(self.base, "plugin.sock"),

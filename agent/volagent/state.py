@@ -192,6 +192,11 @@ class AgentState:
             del self._container_names[old.name]
         self.containers_version += 1
 
+    def listed_containers(self) -> list[ContainerRecord]:
+        """The containers the status document lists: those with something on the shared
+        filesystem (the others are known only to judge a VolumesFrom of them)."""
+        return [c for c in self.containers.values() if c.volumes]
+
     def container_named(self, name: str) -> ContainerRecord | None:
         cid = self._container_names.get(name)
         return self.containers.get(cid) if cid else None
@@ -270,8 +275,6 @@ class AgentState:
             "mount": self.mount.to_dict(),
             "docker": self.docker.to_dict(),
             "guard": self.guard.to_dict(),
-            "containers": (
-                [c.to_dict() for c in self.containers.values() if c.volumes] if containers else []
-            ),
+            "containers": ([c.to_dict() for c in self.listed_containers()] if containers else []),
             "warnings": self.warnings,
         }

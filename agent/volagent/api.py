@@ -24,6 +24,7 @@ HOSTS_TIMEOUT_S = 1.0
 
 Action = Callable[[], Awaitable[dict[str, Any]]]
 HostsSource = Callable[[], Awaitable[list[dict[str, Any]]]]
+UsageSource = Callable[[], list[dict[str, Any]]]
 
 _TRUE = ("1", "true", "yes", "on", "")
 
@@ -45,11 +46,13 @@ class StatusApi:
         on_reconcile: Action,
         on_remount: Action,
         hosts: HostsSource | None = None,
+        usage: UsageSource | None = None,
     ) -> None:
         self.state = state
         self.on_reconcile = on_reconcile
         self.on_remount = on_remount
         self.hosts = hosts
+        self.usage = usage
         self._log = log.get("api")
         self._routes: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {
             "/v1/health": {"GET": self._health},
@@ -89,6 +92,8 @@ class StatusApi:
             doc["hosts"], error = await self._rack_hosts()
             if error:
                 doc["hosts_error"] = error
+            # per app, from the usage walk's last records (in memory: never waits on the mount)
+            doc["usage"] = self.usage() if self.usage else []
         headers = {"X-Volagent-Status": str(doc["status"])}
         if req.query.get("format", "json") == "text":
             text = render.render_status(

@@ -145,6 +145,8 @@ class AgentState:
         self.instance_id = ""
         self.started_at = time.time()
         self.stopping = False
+        # app -> why it is over its [quotas] limit (set by the usage walk); makes us degraded
+        self.over_quota: dict[str, str] = {}
 
     # --- mount -------------------------------------------------------------------------
     @property
@@ -232,7 +234,7 @@ class AgentState:
     def verdict(self) -> str:
         if not self.mount_healthy or self.docker.state != "connected":
             return "critical"
-        if self.mount.state == "local":
+        if self.mount.state == "local" or self.over_quota:
             return "degraded"
         for c in self.containers.values():
             if any(v.state in PROBLEM_VOLUME_STATES for v in c.volumes):

@@ -125,9 +125,10 @@ class NamespaceWalk:
     # --- walking ------------------------------------------------------------------------
     def step(self, max_ops: int) -> bool:
         """Walks until `max_ops` operations are spent; True when the namespace is done."""
-        limit = self.budget.spent + max_ops
         if not self._opened:
             self._open()
+        # counted after the (re)opening, so every step makes progress however small
+        limit = self.budget.spent + max_ops
         while self._frames and self.budget.spent < limit:
             if self.cancelled:
                 return False
@@ -152,8 +153,7 @@ class NamespaceWalk:
         self._opened = True
         self._dev = os.fstat(self.root_fd).st_dev
         stack = self.cursor or [[self.namespace, 0]]
-        if stack[0][0] != self.namespace:
-            stack = [[self.namespace, 0]]
+        fresh = not self.cursor
         try:
             parent = self.root_fd
             for name, done in stack[:MAX_DEPTH]:
@@ -173,10 +173,11 @@ class NamespaceWalk:
             self.cancelled = False
             self.totals = {}
             self.started = time.time()
+            fresh = True
             frame = self._open_frame(self.root_fd, self.namespace)
             if frame is not None:
                 self._frames.append(frame)
-        if not self.cursor and self._frames:
+        if fresh and self._frames:
             st = os.fstat(self._frames[0].fd)
             self._add(LOOSE, st)
 

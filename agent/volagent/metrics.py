@@ -150,6 +150,17 @@ class Metrics:
             "The usage walk's budget, [usage] ops_per_second",
             registry=r,
         )
+        # label values known in advance are exported at 0 from the start, so rate() and
+        # the alert rules see a series before the first event of its kind
+        for counter, values in (
+            (self.guard_decisions, ("allow", "deny", "error")),
+            (self.heartbeats, ("written", "failed", "skipped")),
+            (self.usage_walks, ("finished", "interrupted")),
+        ):
+            for value in values:
+                counter.labels(result=value)
+        for freshness in ("fresh", "stale"):
+            self.rack_hosts.labels(freshness=freshness)
         self.set_mount_state("unmounted")
 
     def set_mount_state(self, state: str) -> None:

@@ -11,14 +11,18 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.unit.test_guard import create
 
 from volagent import quotas, usage_share
 from volagent.config import ConfigError, Size, from_dict
+from volagent.guard import Guard
+from volagent.preparer import Preparer
 from volagent.state import AgentState
 from volagent.usage_task import UsageWalker
+from volagent.worker import TimedWorker
 
 
-def make_state(mp: Path, host: str = "host-a", **quota: Any) -> AgentState:
+def make_state(mp: Path, host: str = "host-a", guard: bool = False, **quota: Any) -> AgentState:
     st = AgentState(
         from_dict(
             {
@@ -26,6 +30,7 @@ def make_state(mp: Path, host: str = "host-a", **quota: Any) -> AgentState:
                 "mount_point": str(mp),
                 "usage": {"ops_per_second": 10000},
                 "quotas": quota,
+                "guard": {"enabled": guard},
             }
         )
     )
@@ -147,3 +152,22 @@ def test_sizes_parse_once_and_bad_ones_name_the_key() -> None:
         with pytest.raises(ConfigError) as err:
             from_dict(data)
         assert err.value.key == key, data
+
+
+def test_the_guard_denies_creates_of_an_app_over_quota_with_deny(mp: Path) -> None:
+    fill(mp, "a", "web", 100_000)
+    labels_b = {"convox.app": "b", "convox.service": "web"}
+    for action, denied in (("deny", True), ("warn", False)):
+        st = make_state(mp, guard=True, over_quota=action, apps={"a": "10KiB"})
+        asyncio.run(walker(st, ["host-a"]).one_pass())
+        worker = TimedWorker("test-quota", max_threads=1)
+        try:
+            guard = Guard(st, Preparer(st, worker))
+            answer = create(guard, f"{mp}/r1-a/web/new:/data")
+            assert answer["Allow"] is not denied, answer
+            if denied:
+                assert "quota of 10KiB" in answer["Msg"] and not (mp / "r1-a/web/new").exists()
+            other = create(guard, f"{mp}/r1-b/web/data:/data", labels=labels_b, name="b-1")
+            assert other["Allow"] is True, other
+        finally:
+            worker.close()

@@ -190,8 +190,15 @@ class UsageWalker:
     async def refresh(self) -> None:
         """Reads every namespace's record and publishes them."""
         self._read_at = time.monotonic()
-        self._figures = await self._call(usage_walk.read_sizes, "reading usage records")
+        self._figures = await self._call(self._read_counted, "reading usage records")
         self.publish()
+
+    def _read_counted(self, root: int) -> dict[str, dict[str, Any]]:
+        """Blocking: every record, its reads charged to the walk's budget (they cost the
+        same requests on EFS)."""
+        found = usage_walk.read_sizes(root)
+        self.budget.spend(2 + len(found))
+        return found
 
     def publish(self) -> None:
         st = self.state

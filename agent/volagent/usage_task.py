@@ -42,13 +42,14 @@ class UsageWalker:
         self.hosts = hosts
         # a worker of its own: a walk stuck on a hung mount never takes another task's thread
         self.worker = TimedWorker("usage", max_threads=2)
-        self.budget = Budget(state.config.usage.ops_per_second)
+        self.budget = Budget(
+            state.config.usage.ops_per_second, on_spend=state.metrics.usage_walk_ops.inc
+        )
         self.log = log.get("usage_walk")
         self._figures: dict[str, dict[str, Any]] = {}  # namespace -> its record
         self._walk: NamespaceWalk | None = None
         self._in_flight = False  # a step of the walk is running in a thread
         self._read_at = 0.0
-        self._metered = 0
 
     # --- the loop ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -125,7 +126,6 @@ class UsageWalker:
                     step, STEP_S + max_ops / self.budget.rate + STEP_GRACE_S, what="the usage walk"
                 )
                 self._in_flight = False
-                self._meter()
                 if done:
                     st.metrics.usage_walks.labels(result="finished").inc()
                     self.log.info("usage_walked", namespace=ns, totals=walk.totals)
@@ -136,7 +136,6 @@ class UsageWalker:
             return False
         finally:
             self._give_up()
-            self._meter()
 
     def _step(self, walk: NamespaceWalk, previous: dict[str, Any] | None, max_ops: int) -> bool:
         """Blocking: one step of the walk, then its record saved (the cursor, or the result)."""
@@ -164,11 +163,6 @@ class UsageWalker:
     def _sync_budget(self) -> None:
         self.budget.rate = self.state.config.usage.ops_per_second
         self.state.metrics.usage_walk_budget.set(self.budget.rate)
-
-    def _meter(self) -> None:
-        spent = self.budget.spent
-        self.state.metrics.usage_walk_ops.inc(spent - self._metered)
-        self._metered = spent
 
     async def _call(self, fn: Callable[[int], Any], what: str) -> Any:
         st = self.state

@@ -54,10 +54,12 @@ class Budget:
         ops_per_second: float,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        on_spend: Callable[[int], None] | None = None,
     ) -> None:
         self.rate = ops_per_second
         self.clock = clock
         self.sleep = sleep
+        self.on_spend = on_spend  # told of every spend at once (a metric), from any thread
         self.spent = 0
         self._lock = threading.Lock()
         self._next = clock()
@@ -68,6 +70,8 @@ class Budget:
             self._next = max(self._next, now - self.BURST_S) + n / self.rate
             self.spent += n
             wait = self._next - now - self.BURST_S
+        if self.on_spend is not None:
+            self.on_spend(n)
         if wait > 0:
             self.sleep(wait)
 

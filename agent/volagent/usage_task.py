@@ -56,7 +56,7 @@ class UsageWalker:
         try:
             while True:
                 started = time.monotonic()
-                if await self._healthy():
+                if self._healthy():
                     try:
                         await self.one_pass()
                     except (VolagentError, OSError) as exc:
@@ -66,13 +66,13 @@ class UsageWalker:
             self._give_up()
             self.worker.close()
 
-    async def _healthy(self) -> bool:
+    def _healthy(self) -> bool:
         st = self.state
         return st.mount_healthy and st.mount_dev is not None and bool(st.config.rack)
 
     async def _rest_until(self, when: float) -> None:
         while time.monotonic() < when:
-            if time.monotonic() - self._read_at >= REFRESH_S and await self._healthy():
+            if time.monotonic() - self._read_at >= REFRESH_S and self._healthy():
                 with contextlib.suppress(VolagentError, OSError):
                     await self.refresh()
             await asyncio.sleep(min(IDLE_S, max(0.0, when - time.monotonic())))
@@ -115,7 +115,7 @@ class UsageWalker:
             self.log.info("usage_walk_resumed", namespace=ns, stack=len(walk.cursor))
         try:
             while True:
-                if not await self._healthy() or not await self._owned(ns):
+                if not self._healthy() or not await self._owned(ns):
                     st.metrics.usage_walks.labels(result="interrupted").inc()
                     return False
                 self._sync_budget()

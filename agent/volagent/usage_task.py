@@ -112,7 +112,7 @@ class UsageWalker:
         self._walk = walk
         self._in_flight = False
         if saved:
-            self.log.info("usage_walk_resumed", namespace=ns, stack=len(walk.cursor))
+            self.log.info("usage_walk_resumed", namespace=ns, depth=len(walk.cursor))
         try:
             while True:
                 if not self._healthy() or not await self._owned(ns):

@@ -13,12 +13,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.test_guard import create
 
-from volagent import quotas, usage_share
+from volagent import quotas, usage_share, usage_walk
 from volagent.config import ConfigError, Size, from_dict
 from volagent.guard import Guard
 from volagent.preparer import Preparer
 from volagent.state import AgentState
 from volagent.usage_task import UsageWalker
+from volagent.usage_walk import Budget
 from volagent.worker import TimedWorker
 
 
@@ -171,3 +172,53 @@ def test_the_guard_denies_creates_of_an_app_over_quota_with_deny(mp: Path) -> No
             assert other["Allow"] is True, other
         finally:
             worker.close()
+
+
+def test_a_walk_cut_short_resumes_from_its_saved_cursor_after_a_restart(mp: Path) -> None:
+    for i in range(6):
+        fill(mp, "shop", f"s{i}", 5000)
+        for j in range(10):
+            (mp / "r1-shop" / f"s{i}" / f"more{j}").write_bytes(b"x" * 100)
+    reference = make_state(mp)
+    asyncio.run(walker(reference, ["host-a"]).one_pass())
+    want = walker(reference, ["host-a"])
+    asyncio.run(want.refresh())
+
+    st = make_state(mp)
+    st.config = from_dict({**_config(mp), "usage": {"ops_per_second": 1}})  # 10 ops a step
+    first = walker(st, ["host-a"])
+    first.budget = Budget(1, clock=FakeClock(), sleep=lambda s: None, on_spend=None)
+    asked = 0
+
+    async def owned_twice(ns: str) -> bool:
+        nonlocal asked
+        asked += 1
+        return asked <= 3  # the pass's own check, then two steps: this host stops owning it
+
+    first._owned = owned_twice  # type: ignore[method-assign]
+    assert asyncio.run(first.one_pass()) == 0
+    saved = usage_walk.read_sizes(_root(mp))["r1-shop"]["walk"]
+    assert saved["host"] == "host-a" and len(saved["stack"]) >= 1 and saved["totals"]
+
+    restarted = walker(make_state(mp), ["host-a"])
+    assert asyncio.run(restarted.one_pass()) == 1
+    got = {u["app"]: u for u in restarted.view()}["shop"]
+    assert got["services"] == {u["app"]: u for u in want.view()}["shop"]["services"]
+    assert got["walking"] is False
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+def _config(mp: Path) -> dict[str, Any]:
+    return {"rack": "r1", "mount_point": str(mp)}
+
+
+def _root(mp: Path) -> int:
+    return os.open(mp, os.O_RDONLY | os.O_DIRECTORY)

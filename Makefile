@@ -4,9 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= $(if $(wildcard /etc/volagent/volagent.toml),/etc/volagent/volagent.toml,examples/local.toml)
 # Debian packages: the runtime (python, mount helpers) and the test bed (a private dockerd,
-# busybox for the test image, bindfs as the EFS stand-in, packer and systemd for the ship checks).
+# busybox for the test image, bindfs as the EFS stand-in, packer and systemd for the ship checks,
+# prometheus for promtool and a real server checking the alert rules and the dashboard).
 RUNTIME_DEBS := python3 python3-venv python3-pip e2fsprogs util-linux
-TESTBED_DEBS := docker.io docker-compose busybox-static bindfs fuse3 packer debootstrap systemd iproute2 shellcheck
+TESTBED_DEBS := docker.io docker-compose busybox-static bindfs fuse3 packer debootstrap systemd iproute2 shellcheck prometheus
 
 .PHONY: install host-deps testbed-deps run test unit integration lint bench dist ami clean
 

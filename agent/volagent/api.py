@@ -39,6 +39,7 @@ LIMITS = PeerLimits(
 
 Action = Callable[[], Awaitable[dict[str, Any]]]
 HostsSource = Callable[[], Awaitable[list[dict[str, Any]]]]
+UsageSource = Callable[[], list[dict[str, Any]]]
 
 _TRUE = ("1", "true", "yes", "on", "")
 
@@ -60,6 +61,7 @@ class StatusApi:
         on_reconcile: Action,
         on_remount: Action,
         hosts: HostsSource | None = None,
+        usage: UsageSource | None = None,
     ) -> None:
         self.state = state
         self.on_reconcile = on_reconcile
@@ -67,6 +69,7 @@ class StatusApi:
         self.hosts = hosts
         self.cache = StatusCache(state)
         self._hosts_read: tuple[float, list[dict[str, Any]], str | None] | None = None
+        self.usage = usage
         self._log = log.get("api")
         self._routes: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {
             "/v1/health": {"GET": self._health},
@@ -115,6 +118,8 @@ class StatusApi:
         if _flag(req, "rack"):
             hosts, error = await self._rack_hosts()
             extra = {"hosts": hosts, **({"hosts_error": error} if error else {})}
+            # per app, from the usage walk's last records (in memory: never waits on the mount)
+            extra["usage"] = self.usage() if self.usage else []
         if req.query.get("format", "json") == "text":
             text, verdict = self.cache.text(
                 color=_flag(req, "color"), verbose=_flag(req, "verbose"), extra=extra

@@ -23,6 +23,13 @@ DEFAULT_NFS_OPTIONS = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,re
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MOUNT_TYPES = ("auto", "efs", "nfs4", "nfs", "local")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+OVER_QUOTA_ACTIONS = ("warn", "deny")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "B": 1,
+    **{f"{p}B": 1000 ** (i + 1) for i, p in enumerate("KMGTP")},
+    **{f"{p}IB": 1024 ** (i + 1) for i, p in enumerate("KMGTP")},
+}
 
 
 def _doc(text: str, **kw: Any) -> Any:
@@ -51,6 +58,35 @@ def parse_owner(text: str) -> Owner:
     if uid >= 2**32 - 1 or gid >= 2**32 - 1:
         raise ValueError(f"{text!r} is out of range")
     return Owner(uid, gid)
+
+
+class Size:
+    """A size from the config, such as `"50GiB"`: the text as written and its bytes, parsed
+    once at load."""
+
+    __slots__ = ("bytes", "text")
+
+    def __init__(self, text: str) -> None:
+        match = _SIZE_RE.match(text)
+        if not match:
+            raise ValueError(f"{text!r} is not a size like 500MB or 50GiB")
+        number, unit = match.groups()
+        self.text = text.strip()
+        self.bytes = int(float(number) * _SIZE_UNITS[(unit or "B").upper()])
+        if self.bytes <= 0:
+            raise ValueError(f"{text!r} is not a positive size")
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Size({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Size) and other.bytes == self.bytes
+
+    def __hash__(self) -> int:
+        return hash(self.bytes)
 
 
 def parse_mode(text: str) -> int:
@@ -152,6 +188,33 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class UsageConfig:
+    ops_per_second: float = _doc(
+        "filesystem operations per second the usage walk may spend", default=100.0
+    )
+    interval_s: float = _doc(
+        "seconds from the start of one full usage pass to the next", default=3600.0
+    )
+
+
+@dataclass(frozen=True)
+class QuotasConfig:
+    # field() itself: sizes are objects, and a default of one must not be shared by call
+    default: Size | None = field(
+        default=None,
+        metadata={"doc": 'limit of an app not in apps, e.g. "100GiB" ("": none)'},
+    )
+    over_quota: str = _doc("warn | deny new creates of an app over its limit", default="warn")
+    apps: dict[str, Size] = field(
+        default_factory=dict, metadata={"doc": 'limit per app, e.g. { shop = "50GiB" }'}
+    )
+
+    def limit_of(self, app: str) -> Size | None:
+        """The limit of `app`: its own, else the default, else None."""
+        return self.apps.get(app, self.default)
+
+
+@dataclass(frozen=True)
 class Config:
     rack: str = _doc("rack name for containers without a rack label or env", default="")
     host_id: str = _doc(
@@ -167,6 +230,8 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -180,6 +245,8 @@ SECTIONS: dict[str, type[Any]] = {
     "api": ApiConfig,
     "guard": GuardConfig,
     "health": HealthConfig,
+    "usage": UsageConfig,
+    "quotas": QuotasConfig,
 }
 
 
@@ -199,11 +266,31 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {value!r}")
         return float(value)
+    if kind == "Size | None":
+        return _size(key, value) if value != "" else None
+    if kind == "dict[str, Size]":
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table of app = size, got {value!r}")
+        out = {}
+        for app, size in value.items():
+            if not NAME_RE.fullmatch(app):
+                raise ConfigError(f"{key}.{app}", f"{app!r} is not an app name")
+            out[app] = _size(f"{key}.{app}", size)
+        return out
     if kind in ("str", str):
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
         return value
     raise ConfigError(key, f"unsupported type {kind!r}")  # pragma: no cover
+
+
+def _size(key: str, value: Any) -> Size:
+    if not isinstance(value, str):
+        raise ConfigError(key, f'expected a size as a string like "50GiB", got {value!r}')
+    try:
+        return Size(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
 
 
 def _kind_name(kind: Any) -> str:
@@ -312,6 +399,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("health.stale_after_s", "must be longer than heartbeat_interval_s")
     if h.unhealthy_after_s < 0:
         raise ConfigError("health.unhealthy_after_s", "must not be negative")
+    u = cfg.usage
+    if not 1 <= u.ops_per_second <= 100_000:
+        raise ConfigError("usage.ops_per_second", f"{u.ops_per_second} is outside 1..100000")
+    if not 1 <= u.interval_s <= 30 * 86400:
+        raise ConfigError("usage.interval_s", f"{u.interval_s} is outside 1..2592000 seconds")
+    _check_choice("quotas.over_quota", cfg.quotas.over_quota, OVER_QUOTA_ACTIONS)
     return cfg
 
 
@@ -370,6 +463,11 @@ def to_toml(cfg: Config) -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if value is None:
+        return '""'
+    if isinstance(value, dict):
+        items = ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items())
+        return f"{{ {items} }}" if items else "{}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

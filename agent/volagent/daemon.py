@@ -32,6 +32,7 @@ from volagent.preparer import Preparer
 from volagent.rack_binds import RackBinds
 from volagent.state import AgentState
 from volagent.usage import UsageRecorder
+from volagent.usage_task import UsageWalker
 from volagent.worker import TimedWorker
 
 SHUTDOWN_GRACE_S = 5.0
@@ -55,6 +56,7 @@ class Daemon:
         self.heartbeat = Heartbeat(self.state, self.records_worker)
         self.usage = UsageRecorder(self.state, self.records_worker)
         self.rack_binds = RackBinds(self.state, self.records_worker)
+        self.usage_walker = UsageWalker(self.state, hosts=self.heartbeat.hosts)
         self.asg = AsgReporter(self.state, identity=instance_identity(self.state))
         self.log = log.get("daemon")
         self._stop = asyncio.Event()
@@ -98,6 +100,7 @@ class Daemon:
             on_reconcile=self._api_reconcile,
             on_remount=self._api_remount,
             hosts=self.heartbeat.hosts,
+            usage=self.usage_walker.view,
         )
         server = api.server()
         api_sock = inherited.get("api")
@@ -135,6 +138,7 @@ class Daemon:
         self._spawn("heartbeat", self.heartbeat.run())
         self._spawn("usage", self.usage.run())
         self._spawn("rack-binds", self.rack_binds.run())
+        self._spawn("usage-walk", self.usage_walker.run())
         self._spawn("asg", self.asg.run())
         watched = config_mod.config_path(self.config_path)
         self._spawn("config-watch", ConfigWatch(watched, self.reload).run())

@@ -31,7 +31,7 @@ import asyncio
 import time
 
 from volagent import guard_messages as messages
-from volagent import log
+from volagent import log, quotas
 from volagent.guard_memory import GuardMemory, Known
 from volagent.guard_protocol import (
     ACTIVATE_BODY,
@@ -253,6 +253,9 @@ class Guard:
         cfg = self.state.config.guard
         if outcome.violations and cfg.violations == "deny":
             return messages.violations_of(who, outcome, self.state.config.mount_point)
+        over_quota = quotas.refusal(self.state, outcome.identity.app)
+        if over_quota:
+            return over_quota
         if not self.state.mount_healthy:
             denial = self._unhealthy(who, [v.host for v in outcome.volumes])
             if denial:

@@ -106,6 +106,61 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.namespace_bytes = Gauge(
+            "volagent_namespace_bytes",
+            'Bytes used on the shared filesystem by an app\'s namespace (service "": all of '
+            "it), from the last finished usage walk",
+            ["app", "service"],
+            registry=r,
+        )
+        self.namespace_inodes = Gauge(
+            "volagent_namespace_inodes",
+            'Files and directories in an app\'s namespace (service "": all of it)',
+            ["app", "service"],
+            registry=r,
+        )
+        self.namespace_measured = Gauge(
+            "volagent_namespace_measured_timestamp_seconds",
+            "When the usage walk last finished measuring an app's namespace (Unix time)",
+            ["app"],
+            registry=r,
+        )
+        self.quota_bytes = Gauge(
+            "volagent_namespace_quota_bytes", "The app's limit from [quotas]", ["app"], registry=r
+        )
+        self.over_quota = Gauge(
+            "volagent_namespace_over_quota",
+            "1 while the app's namespace uses more than its limit",
+            ["app"],
+            registry=r,
+        )
+        self.usage_walk_ops = Counter(
+            "volagent_usage_walk_operations",
+            "Filesystem operations spent by the usage walk of this host",
+            registry=r,
+        )
+        self.usage_walks = Counter(
+            "volagent_usage_walks",
+            "Namespace walks of this host by result (finished, interrupted)",
+            ["result"],
+            registry=r,
+        )
+        self.usage_walk_budget = Gauge(
+            "volagent_usage_walk_budget_ops_per_second",
+            "The usage walk's budget, [usage] ops_per_second",
+            registry=r,
+        )
+        # label values known in advance are exported at 0 from the start, so rate() and
+        # the alert rules see a series before the first event of its kind
+        for counter, values in (
+            (self.guard_decisions, ("allow", "deny", "error")),
+            (self.heartbeats, ("written", "failed", "skipped")),
+            (self.usage_walks, ("finished", "interrupted")),
+        ):
+            for value in values:
+                counter.labels(result=value)
+        for freshness in ("fresh", "stale"):
+            self.rack_hosts.labels(freshness=freshness)
         self.set_mount_state("unmounted")
 
     def set_mount_state(self, state: str) -> None:

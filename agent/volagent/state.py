@@ -149,6 +149,8 @@ class AgentState:
         self.instance_id = ""
         self.started_at = time.time()
         self.stopping = False
+        # app -> why it is over its [quotas] limit (set by the usage walk); makes us degraded
+        self.over_quota: dict[str, str] = {}
 
     # --- mount -------------------------------------------------------------------------
     @property
@@ -244,7 +246,7 @@ class AgentState:
     def verdict(self) -> str:
         if not self.mount_healthy or self.docker.state != "connected":
             return "critical"
-        if self.mount.state == "local" or self._any_problem_volume():
+        if self.mount.state == "local" or self.over_quota or self._any_problem_volume():
             return "degraded"
         return "ok"
 

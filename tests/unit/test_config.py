@@ -87,7 +87,9 @@ def test_every_key_has_a_default() -> None:
 
 def _wrong_value(kind: Any) -> Any:
     """A TOML value of the wrong type for a field of `kind`."""
-    return {"str": 42, "bool": "yes", "int": "many", "float": "fast"}[str(kind)]
+    wrong = {"str": 42, "bool": "yes", "int": "many", "float": "fast"}
+    wrong.update({"Size | None": 50, "dict[str, Size]": "shop=1GiB"})
+    return wrong[str(kind)]
 
 
 def _all_keys() -> list[tuple[str, str, Any]]:

@@ -9,7 +9,11 @@ agent on Docker events alone:
   any authorization plugin costs here, dockerd's two extra calls per API call included;
 - `docker run` throughput (create + start, a bind under the mount point each) with bounded
   client concurrency (target >= 0.9x);
-- `late` volumes in a burst of `docker run`s: events only against the guard (target 0 with it).
+- `late` volumes in a burst of `docker run`s: events only against the guard (target 0 with it);
+- one guarded `docker run` (create + start, one bind) at a time, against the same run on the
+  engine without a plugin and on the do-nothing plugin's: what the guard's checks (the bind
+  located on the host, nesting, the walk at create and again at start, the mount check
+  after the start) cost a single run, above the floor every plugin costs.
 Figures are printed beside their targets; nothing here asserts a threshold.
 """
 
@@ -43,6 +47,8 @@ CALLS = 2000
 BLOCK = 100  # calls per turn before the other engine's turn
 BACKGROUND_CONTAINERS = 10  # what `docker ps -a` lists on each engine
 RUNS = 40
+SERIAL_RUNS = 60
+SERIAL_TURN = 5  # runs per turn before the next engine's turn
 RUN_CONCURRENCY = 8
 BURST = 50
 BURST_CONCURRENCY = 16
@@ -157,6 +163,39 @@ def run_throughput(plain: Side, guarded: Side) -> None:
     print(f"  ratio {ratio:5.2f}  (target >= 0.9)")
 
 
+def serial_run_latency(plain: Side, null: Side, guarded: Side) -> None:
+    sides = (plain, null, guarded)
+    times: dict[str, list[float]] = {side.label: [] for side in sides}
+    counter = {"n": 0}
+
+    def one(side: Side) -> None:
+        counter["n"] += 1
+        i = counter["n"]
+        if side.agent is not None:
+            path = side.agent.ns("serial", f"s{i}", "data")
+        else:
+            path = os.path.join(side.engine.base, "binds", f"s{i}")
+            os.makedirs(path, exist_ok=True)  # what the guard would have made
+        labels = app_labels("serial", f"s{i}", owner=OWNER)
+        started = time.perf_counter()
+        side.containers.run([f"{path}:/data"], labels=labels, command=["true"])
+        times[side.label].append(time.perf_counter() - started)
+
+    for side in sides:
+        one(side)  # warm
+        times[side.label].clear()
+    for _ in range(SERIAL_RUNS // SERIAL_TURN):
+        for side in sides:
+            for _ in range(SERIAL_TURN):
+                one(side)
+    print(f"one `docker run` at a time (create + start, one bind), {SERIAL_RUNS} each, in turns")
+    p50 = {label: statistics.median(t) for label, t in times.items()}
+    for label, value in p50.items():
+        print(f"  {label:<18} p50 {_ms(value)}   p99 {_ms(percentile(times[label], 99))}")
+    print(f"  ratio p50 guard / no plugin          {p50[guarded.label] / p50[plain.label]:5.2f}")
+    print(f"  ratio p50 guard / do-nothing plugin  {p50[guarded.label] / p50[null.label]:5.2f}")
+
+
 def _settled(ids: list[str], doc: dict[str, Any]) -> bool:
     return all_in(doc, ids, ["ready", "late"])
 
@@ -231,6 +270,7 @@ def main() -> None:
         plain, guarded = sides
         api_latency(plain, null, guarded)
         run_throughput(plain, guarded)
+        serial_run_latency(plain, null, guarded)
         late_volumes(plain, guarded)
         guard_decisions(guarded)
     finally:

@@ -45,7 +45,9 @@ class Result:
 
     def check(self) -> Result:
         if self.rc != 0:
-            raise GuestError(f"{self.cmd!r} exited {self.rc}\nstdout: {self.out}\nstderr: {self.err}")
+            raise GuestError(
+                f"{self.cmd!r} exited {self.rc}\nstdout: {self.out}\nstderr: {self.err}"
+            )
         return self
 
 
@@ -76,7 +78,18 @@ def qemu_version() -> str:
 def make_overlay(backing: Path, overlay: Path) -> None:
     """A qcow2 overlay whose reads fall through to `backing`, which stays untouched."""
     subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(overlay)],
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            str(backing),
+            str(overlay),
+        ],
         check=True,
     )
 

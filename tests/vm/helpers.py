@@ -84,7 +84,12 @@ def unit_monotonic(vm: Machine, unit: str, prop: str) -> int:
 
 
 def local_disk_under_mount_point(vm: Machine) -> list[str]:
-    """What lies in /volumes on the machine's own disk, beneath whatever is mounted there."""
-    vm.sh(f"mkdir -p {ROOT_VIEW} && (mountpoint -q {ROOT_VIEW} || mount --bind / {ROOT_VIEW})")
-    out = vm.sh(f"ls -A {ROOT_VIEW}/volumes").out
+    """What lies in /volumes on the machine's own disk, beneath whatever is mounted there.
+
+    A fresh, private bind of / each time: / is a shared mount (systemd), so a bind kept
+    from earlier would receive a later mount of /volumes by propagation."""
+    out = vm.sh(
+        f"mkdir -p {ROOT_VIEW} && mount --bind --make-private / {ROOT_VIEW} &&"
+        f" ls -A {ROOT_VIEW}/volumes; rc=$?; umount {ROOT_VIEW}; exit $rc"
+    ).out
     return out.split()

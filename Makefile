@@ -8,8 +8,14 @@ CONFIG ?= $(if $(wildcard /etc/volagent/volagent.toml),/etc/volagent/volagent.to
 # prometheus for promtool and a real server checking the alert rules and the dashboard).
 RUNTIME_DEBS := python3 python3-venv python3-pip e2fsprogs util-linux
 TESTBED_DEBS := docker.io docker-compose busybox-static bindfs fuse3 packer debootstrap systemd iproute2 shellcheck prometheus
+# The virtual machine test bed (tests/vm): QEMU on the host; the guest is built from Debian's
+# mirror with debootstrap and cached with the other test downloads.
+VM_DEBS := qemu-system-x86 qemu-utils debootstrap e2fsprogs
+TEST_CACHE ?= $(or $(VOLAGENT_TEST_CACHE),/var/cache/volagent-test)
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' agent/volagent/__init__.py)
+BUNDLE := dist/volagent-$(VERSION)-bundle.tar.gz
 
-.PHONY: install host-deps testbed-deps run test unit integration lint bench dist ami clean
+.PHONY: install host-deps testbed-deps run test unit integration lint bench dist ami clean vm-deps vm-image test-vm
 
 install: $(VENV)/.installed
 
@@ -30,7 +36,7 @@ run: install
 	$(VENV)/bin/volagent --config $(CONFIG) run
 
 test: install testbed-deps
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/vm tests
 
 unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
@@ -49,6 +55,19 @@ bench: install testbed-deps
 # The wheel and the offline release bundle in dist/ (wheels for every target host's Python).
 dist: install
 	scripts/build-dist --python $(PY) --out dist
+
+vm-deps:
+	@scripts/apt-ensure $(VM_DEBS)
+
+# The test machine's disk image (cached by its inputs under TEST_CACHE); prints its directory.
+vm-image: dist vm-deps
+	scripts/build-vm-image $(TEST_CACHE) $(BUNDLE)
+
+# The scenarios on a real Debian host in QEMU: systemd, the kernel's NFS client, reboots, hangs.
+test-vm: dist vm-deps
+	image=$$(scripts/build-vm-image $(TEST_CACHE) $(BUNDLE)) && \
+	VOLAGENT_VM_IMAGE=$$image VOLAGENT_TEST_CACHE=$(TEST_CACHE) \
+		$(PY) -m pytest -q -p no:cacheprovider --durations=0 -m vm tests/vm
 
 # An AMI with volagent baked in, for users with AWS credentials: make ami PACKER_VARS='-var region=...'
 ami: dist

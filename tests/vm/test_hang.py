@@ -1,0 +1,91 @@
+"""Scenario 3, a real hang of the kernel NFS client: packets to and from port 2049 dropped
+(iptables). volagent says `stalled` within its probe budget (probe_interval_s 5 +
+probe_timeout_s 3, the defaults), `volagent status` keeps answering, creates binding
+/volumes are denied, processes stuck in D state on the mount do not stall it; once packets
+flow again it is `mounted` without a reboot."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.vm.helpers import (
+    RACK,
+    mount_state,
+    run_container,
+    status,
+    wait_mount_state,
+    wait_until,
+)
+from tests.vm.machine import Machine
+
+pytestmark = pytest.mark.timeout(2400)
+
+PROBE_BUDGET_S = 5 + 3
+DROP = [
+    "INPUT -p tcp --dport 2049 -j DROP",
+    "INPUT -p tcp --sport 2049 -j DROP",
+]
+
+
+def status_seconds(vm: Machine, runs: int = 5) -> list[float]:
+    """Wall times of `volagent status` in the guest (python start-up included)."""
+    out = vm.sh(
+        f"for i in $(seq {runs}); do s=$(date +%s%N); volagent status >/dev/null;"
+        " e=$(date +%s%N); echo $(( (e - s) / 1000000 )); done",
+        check=False,
+        timeout=600,
+    ).out
+    return [int(x) / 1000 for x in out.split()]
+
+
+def d_state_processes(vm: Machine) -> list[str]:
+    out = vm.sh("ps -eo stat=,pid=,args=", check=False).out
+    return [line for line in out.splitlines() if line.strip().startswith("D")]
+
+
+def test_dropped_packets_stall_then_recover(vm: Machine) -> None:
+    run_container(vm, "before", "shop", "web", "/data")
+    calm = status_seconds(vm)
+    print(f"volagent status, healthy mount: {calm}")
+
+    for rule in DROP:
+        vm.sh(f"iptables -I {rule}")
+    dropped = time.monotonic()
+    stalled_after = wait_mount_state(vm, "stalled", timeout=600)
+    print(f"stalled {stalled_after:.1f}s after the drop (probe budget {PROBE_BUDGET_S}s)")
+
+    # processes that touch the hung mount sit in D state; volagent does not
+    vm.sh("setsid sh -c 'stat -f /volumes; ls /volumes/fresh-name-$$' </dev/null >/dev/null 2>&1 &")
+    stuck = wait_until("a process in D state on the mount", lambda: d_state_processes(vm), 120)
+    print(f"in D state: {stuck}")
+    hung = status_seconds(vm)
+    print(f"volagent status, hung mount: {hung}")
+    rc, doc = status(vm)
+    assert rc == 2, doc
+    assert doc["mount"]["state"] == "stalled"
+    assert doc["healthy"] is False
+
+    # the guard denies creates binding /volumes, and says why
+    denied = run_container(vm, "during", "shop", "web", "/data", check=False)
+    print(f"create during the hang: rc {denied.rc}: {denied.err.strip()}")
+    assert denied.rc != 0
+    assert "volagent" in denied.err
+    # a container binding nothing there is not volagent's business
+    vm.sh("docker run -d --name unrelated --network none volagent-test/busybox:latest sleep 100000")
+    assert mount_state(vm) in {"stalled", "mounting", "unmounted"}
+
+    for rule in DROP:
+        vm.sh(f"iptables -D {rule}")
+    flowing = time.monotonic()
+    back = wait_mount_state(vm, "mounted", timeout=900)
+    print(
+        f"mounted {back:.1f}s after packets flow again "
+        f"(hang lasted {flowing - dropped:.1f}s, D-state processes left: {d_state_processes(vm)})"
+    )
+    run_container(vm, "after", "shop", "web", "/data")
+    vm.sh(
+        f"docker exec after sh -c 'echo ok > /data/after' && cat /export/{RACK}-shop/web/data/after"
+    )
+    assert vm.sh("findmnt -n -o FSTYPE /volumes").out.strip() == "nfs4"

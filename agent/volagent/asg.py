@@ -38,7 +38,8 @@ def instance_identity(state: AgentState) -> Identity:
         instance_id, region = state.instance_id, cfg.mount.region
         if not instance_id or not region:
             imds = Imds(cfg.aws.imds_endpoint)
-            found = await asyncio.wait_for(asyncio.to_thread(imds.identity), CALL_TIMEOUT_S)
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                found = await asyncio.to_thread(imds.identity)
             instance_id = instance_id or found.instance_id
             region = region or found.region
             state.instance_id = instance_id
@@ -120,9 +121,8 @@ class AsgReporter:
         st = self.state
         try:
             instance_id, region = await self.identity(st.config)
-            await asyncio.wait_for(
-                asyncio.to_thread(self.report, st.config, instance_id, region), CALL_TIMEOUT_S
-            )
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await asyncio.to_thread(self.report, st.config, instance_id, region)
         except Exception as exc:
             reason = describe_failure(exc)
             self._retry_at = now + RETRY_S

@@ -103,7 +103,8 @@ class ConfigWatch:
         for _ in range(20):
             self.changed.clear()
             try:
-                await asyncio.wait_for(self.changed.wait(), self.debounce_s)
+                async with asyncio.timeout(self.debounce_s):
+                    await self.changed.wait()
             except TimeoutError:
                 return
         self.changed.clear()

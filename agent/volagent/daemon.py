@@ -153,7 +153,8 @@ class Daemon:
         tried once (reconciled, or found absent: dockerd starts after us at boot)."""
         deadline = asyncio.get_running_loop().time() + READY_WAIT_S
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.docker.first_attempt_done.wait(), READY_WAIT_S)
+            async with asyncio.timeout(READY_WAIT_S):
+                await self.docker.first_attempt_done.wait()
         while asyncio.get_running_loop().time() < deadline:
             if self.state.mount_healthy or self.state.mount.error:
                 break
@@ -172,7 +173,8 @@ class Daemon:
         tick = min(interval / 2, 1.0) if interval else 1.0
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), tick)
+                async with asyncio.timeout(tick):
+                    await self._stop.wait()
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
@@ -208,7 +210,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 # requests begun are answered first: dockerd fails a call whose answer is lost
                 drain = self.state.config.directories.timeout_s + 1.0
-                await asyncio.wait_for(server.close(grace=drain), drain + 2.0)
+                async with asyncio.timeout(drain + 2.0):
+                    await server.close(grace=drain)
         self.worker.close()
         self.records_worker.close()
         self.log.info("stopped", exit_code=self.exit_code)

@@ -158,7 +158,8 @@ class DockerWatch:
         while True:
             await asyncio.sleep(PING_INTERVAL_S)
             try:
-                await asyncio.wait_for(self._call(self._client.ping), API_TIMEOUT_S)
+                async with asyncio.timeout(API_TIMEOUT_S):
+                    await self._call(self._client.ping)
             except Exception as exc:
                 queue.put_nowait(StreamEnded(f"ping failed: {_describe(exc)}"))
                 return

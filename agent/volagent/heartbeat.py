@@ -144,9 +144,8 @@ class Heartbeat:
                 await self.beat()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wake.wait(), self.state.config.health.heartbeat_interval_s
-                    )
+                    async with asyncio.timeout(self.state.config.health.heartbeat_interval_s):
+                        await self._wake.wait()
         except asyncio.CancelledError:
             await self._farewell()
             raise
@@ -161,9 +160,8 @@ class Heartbeat:
         self._identify_at = time.monotonic() + IDENTIFY_RETRY_S
         imds = Imds(st.config.aws.imds_endpoint, timeout=IDENTIFY_TIMEOUT_S, attempts=1)
         try:
-            found = await asyncio.wait_for(
-                asyncio.to_thread(imds.required, "instance-id"), 3 * IDENTIFY_TIMEOUT_S
-            )
+            async with asyncio.timeout(3 * IDENTIFY_TIMEOUT_S):
+                found = await asyncio.to_thread(imds.required, "instance-id")
         except (TimeoutError, VolagentError) as exc:
             self.log.debug("instance_id_unknown", reason=str(exc))
             return
@@ -205,7 +203,8 @@ class Heartbeat:
     async def _farewell(self) -> None:
         """On stop, tell the rack this host stopped on purpose (bounded: may be hung)."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.beat(status=STOPPED), 1.0)
+            async with asyncio.timeout(1.0):
+                await self.beat(status=STOPPED)
 
     async def hosts(self) -> list[dict[str, Any]]:
         """The rack view for `GET /v1/status?rack=1`: read now if the filesystem answers
@@ -238,7 +237,8 @@ class Heartbeat:
             # a read nobody waits for any more still has its outcome collected
             self._reading.add_done_callback(_collect)
         try:
-            self._known = await asyncio.wait_for(asyncio.shield(self._reading), timeout)
+            async with asyncio.timeout(timeout):
+                self._known = await asyncio.shield(self._reading)
         except (TimeoutError, FilesystemHung):
             return
         except (VolagentError, OSError) as exc:

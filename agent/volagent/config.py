@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from volagent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/volagent/volagent.toml"
@@ -446,31 +448,15 @@ def load(path: str | None = None) -> Config:
 
 def to_toml(cfg: Config) -> str:
     """The effective config as TOML text (what `check-config` prints)."""
-    lines: list[str] = []
-    sections: list[tuple[str, Any]] = []
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            sections.append((f.name, value))
-        else:
-            lines.append(f"{f.name} = {_toml_value(value)}")
-    for name, section in sections:
-        lines.append("")
-        lines.append(f"[{name}]")
-        for f in dataclasses.fields(section):
-            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
-    return "\n".join(lines) + "\n"
+    return tomli_w.dumps(_plain(cfg))
 
 
-def _toml_value(value: Any) -> str:
-    if value is None:
-        return '""'
-    if isinstance(value, dict):
-        items = ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items())
-        return f"{{ {items} }}" if items else "{}"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+def _plain(value: Any) -> Any:
+    """Config values as TOML can hold them: sections as tables, None as an empty string."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return "" if value is None else value

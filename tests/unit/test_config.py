@@ -217,7 +217,11 @@ def test_to_toml_round_trips(tmp_path: Path) -> None:
     cfg = config.from_dict(
         {
             "rack": "r1",
-            "mount": {"type": "local", "local_path": '/srv/"quoted"\\dir', "probe_timeout_s": 1},
+            "mount": {
+                "type": "local",
+                "local_path": '/srv/"quoted"\\dir\nwith a newline\ttab\x7f',
+                "probe_timeout_s": 1,
+            },
             "guard": {"enabled": True},
             "directories": {"owner": "5:6"},
         }

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from volagent import config
 
@@ -19,14 +22,20 @@ ROW = re.compile(r"^\| `([^`]+)` \| `(.*)` \| (.*) \|$")
 
 
 def toml_defaults() -> dict[str, str]:
-    """dotted key -> its value as `check-config` prints it for an empty config file."""
-    values, section = {}, ""
-    for line in config.to_toml(config.from_dict({})).splitlines():
-        if line.startswith("["):
-            section = line.strip("[]") + "."
-        elif " = " in line:
-            key, _, value = line.partition(" = ")
-            values[section + key] = value
+    """dotted key -> its value as TOML, from what `check-config` prints for an empty file."""
+    doc = tomllib.loads(config.to_toml(config.from_dict({})))
+    values: dict[str, str] = {}
+
+    def walk(table: dict[str, Any], prefix: str, depth: int) -> None:
+        for key, value in table.items():
+            if isinstance(value, dict) and depth == 0:
+                walk(value, f"{prefix}{key}.", depth + 1)
+            elif isinstance(value, dict):
+                values[prefix + key] = "{}" if not value else repr(value)
+            else:
+                values[prefix + key] = tomli_w.dumps({"v": value}).partition(" = ")[2].strip()
+
+    walk(doc, "", 0)
     return values
 
 

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import tomli_w
+
 from tests.integration.testbed import mounts, unixhttp
 
 START_TIMEOUT_S = 60.0
@@ -66,20 +68,7 @@ def volagent_cli(
 
 
 def toml_text(data: Mapping[str, Any]) -> str:
-    """A small TOML writer: top-level scalars, then one table per nested mapping."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        return json.dumps(str(v))  # a JSON string is a valid TOML basic string
-
-    lines = [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, Mapping)]
-    for k, v in data.items():
-        if isinstance(v, Mapping):
-            lines += ["", f"[{k}]"] + [f"{kk} = {value(vv)}" for kk, vv in v.items()]
-    return "\n".join(lines) + "\n"
+    return tomli_w.dumps(dict(data))
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ what was checked at create may have been swapped since. Starts Docker makes with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from volagent import guard_messages as messages
@@ -133,6 +134,10 @@ class Guard:
         known = self.memory.created(authz.uri, authz.body, created_id(answered))
         if known is not None:
             self.log.debug("guard_learned", container=known.id[:12], name=known.name)
+            if known.spec is not None:
+                spec = dataclasses.replace(known.spec, id=known.id, name=known.name)
+                self.preparer.adopt(spec, known.volumes)
+                self.memory.settle()
         return self._allow
 
     async def _on_request(self, raw: bytes) -> Response:

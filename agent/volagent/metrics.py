@@ -57,6 +57,12 @@ class Metrics:
         self.violations = Counter(
             "volagent_violations", "Binds refused as namespace violations", registry=r
         )
+        self.directory_walks = Counter(
+            "volagent_directory_walks",
+            "Walks of a bind's directories on the shared filesystem (each a round trip per "
+            "component on NFS)",
+            registry=r,
+        )
         self.prepare_failures = Counter(
             "volagent_prepare_failures", "Directory preparations that failed", registry=r
         )

@@ -285,6 +285,13 @@ class Preparer:
             self._track(spec, ident, outcome.volumes)
         return outcome
 
+    def adopt(self, spec: ContainerSpec, volumes: list[VolumeRecord]) -> None:
+        """A container the guard prepared, now that Docker named it: recorded as the guard
+        left it, so the Docker watch's look at its create event finds the volumes settled
+        and does not walk them again."""
+        if spec.id and spec.id not in self.state.containers:
+            self._track(spec, namespace.identify(self.state.config, spec.labels, spec.env), volumes)
+
     def _track(
         self, spec: ContainerSpec, ident: namespace.Identity, volumes: list[VolumeRecord]
     ) -> None:
@@ -327,6 +334,7 @@ class Preparer:
             plan.mode,
             st.mount_dev,
         )
+        st.metrics.directory_walks.inc()
         try:
             result = await self.worker.run(
                 call, st.config.directories.timeout_s, what=f"preparing {vol.host}"

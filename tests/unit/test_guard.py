@@ -19,7 +19,7 @@ import pytest
 from volagent.config import from_dict
 from volagent.guard import Guard
 from volagent.http import Request, Response
-from volagent.preparer import Preparer
+from volagent.preparer import ContainerSpec, Preparer
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker
 
@@ -350,6 +350,28 @@ def test_own_errors_fail_closed_for_anything_that_binds(
 # --- start ----------------------------------------------------------------------------------
 def start(g: Guard, ref: str, action: str = "start") -> dict[str, Any]:
     return decision(ask(g, plugin_body("POST", f"/v1.41/containers/{ref}/{action}")))
+
+
+def walks(state: AgentState) -> float:
+    value = state.metrics.registry.get_sample_value("volagent_directory_walks_total")
+    return value or 0.0
+
+
+def test_a_guarded_create_is_walked_once_and_each_start_once_more(
+    guard: Guard, state: AgentState, mp: Path
+) -> None:
+    body = create_body(f"{mp}/r1-a/web/data:/data")
+    assert decision(ask(guard, plugin_body("POST", "/containers/create?name=web-1", body)))["Allow"]
+    assert walks(state) == 1
+    learn_id(guard, body, "web-1", CID)
+    # the Docker watch's look at the create event finds the volume settled: no second walk
+    inspected = ContainerSpec(CID, "web-1", LABELS, [], "", body["HostConfig"])
+    asyncio.run(guard.preparer.prepare(inspected))
+    assert walks(state) == 1
+    assert [v.state for v in state.containers[CID].volumes] == ["ready"]
+    # every start walks again: what was checked at create may have been swapped since
+    assert start(guard, "web-1") == {"Allow": True}
+    assert walks(state) == 2
 
 
 def test_start_is_judged_from_what_the_guard_saw(guard: Guard, state: AgentState, mp: Path) -> None:

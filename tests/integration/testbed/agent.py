@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -229,6 +230,13 @@ class AgentProcess:
         assert status == 200, f"/v1/status answered {status}: {doc}"
         assert isinstance(doc, dict)
         return doc
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample of `/metrics` (`labels` as written there, `{a="b"}`); 0 when absent."""
+        _, body = unixhttp.request(self.socket_path, "GET", "/metrics")
+        pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", re.M)
+        match = pattern.search(body.decode())
+        return float(match.group(1)) if match else 0.0
 
     def wait_for(
         self, predicate: Callable[[Document], Any], timeout: float = 60, what: str = ""

@@ -25,7 +25,7 @@ from volagent import log, mount_check
 from volagent.preparer import ContainerSpec, Preparer
 from volagent.state import AgentState, VolumeRecord
 
-_HANDLED = {"create", "start", "restart", "destroy"}
+_HANDLED = {"create", "start", "restart", "destroy", "rename"}
 API_TIMEOUT_S = 15
 PING_INTERVAL_S = 10.0
 RECONCILE_INTERVAL_S = 60.0

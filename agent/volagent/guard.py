@@ -261,16 +261,30 @@ class Guard:
         over_quota = quotas.refusal(self.state, outcome.identity.app)
         if over_quota:
             return over_quota
+        live = [v.host for v in outcome.volumes if v.state != "violation"]
+        self.memory.reserve(authz.uri, authz.body, live)
+        denial = "not judged"
+        try:
+            denial = await self._judge_create_prepared(authz.uri, authz.body, where, spec, outcome)
+        finally:
+            if denial is not None:
+                self.memory.release(authz.uri, authz.body)
+        return denial
+
+    async def _judge_create_prepared(
+        self, uri: str, body: bytes, where: Route, spec: ContainerSpec, outcome: Outcome
+    ) -> str | None:
+        who = messages.who(where.name)
         if not self.state.mount_healthy:
             denial = self._unhealthy(who, [v.host for v in outcome.volumes])
             if denial:
                 return denial
-            self.memory.expect(authz.uri, authz.body, Known(where.name, outcome.volumes, spec))
+            self.memory.expect(uri, body, Known(where.name, outcome.volumes, spec))
             return None
         prepared = await self._prepare(spec, outcome)
         denial = self._judge_prepared(who, prepared, "create")
         if denial is None:
-            self.memory.expect(authz.uri, authz.body, Known(where.name, prepared.volumes, spec))
+            self.memory.expect(uri, body, Known(where.name, prepared.volumes, spec))
         return denial
 
     async def _judge_inherited(self, who: str, create: CreateRequest) -> str | None:

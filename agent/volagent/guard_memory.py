@@ -66,6 +66,17 @@ class GuardMemory:
             old, _ = self._pending.popitem(last=False)
             self.state.reserved_binds.pop(old, None)
 
+    def reserve(self, uri: str, body: bytes, paths: list[str]) -> None:
+        """A create being judged: its binds count as live at once (rule 7), so that another
+        create judged meanwhile cannot nest with them."""
+        self.state.reserved_binds[_request_key(uri, body)] = tuple(paths)
+
+    def release(self, uri: str, body: bytes) -> None:
+        """A create that was refused after all gives its reservation back."""
+        key = _request_key(uri, body)
+        if key not in self._pending:
+            self.state.reserved_binds.pop(key, None)
+
     def created(self, uri: str, body: bytes, container_id: str) -> Known | None:
         """Docker answered the create: the container is known by its id from now on."""
         key = _request_key(uri, body)
@@ -105,6 +116,9 @@ class GuardMemory:
         hit = self._by_id.get(ref)
         if hit is None and ref in self._by_name:
             hit = self._by_id.get(self._by_name[ref])
+            seen = self.state.containers.get(hit.id) if hit is not None else None
+            if seen is not None and seen.name != ref:
+                hit = None  # renamed since: the Docker watch knows the name it has now
         if hit is not None:
             return hit
         return self._from_state(ref) or self._by_prefix(ref)

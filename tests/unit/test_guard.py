@@ -352,6 +352,27 @@ def start(g: Guard, ref: str, action: str = "start") -> dict[str, Any]:
     return decision(ask(g, plugin_body("POST", f"/v1.41/containers/{ref}/{action}")))
 
 
+def test_two_creates_judged_at_once_cannot_nest(guard: Guard, mp: Path) -> None:
+    outer = create_body(f"{mp}/r1-a/web:/all")
+    inner = create_body(f"{mp}/r1-a/web/data:/data")
+
+    async def both() -> list[Response]:
+        requests = [
+            Request("POST", "/AuthZPlugin.AuthZReq", {}, {}, plugin_body("POST", uri, body), 0)
+            for uri, body in (
+                ("/containers/create?name=outer", outer),
+                ("/containers/create?name=inner", inner),
+            )
+        ]
+        return list(await asyncio.gather(*(guard.handle(r) for r in requests)))
+
+    answers = [decision(r) for r in asyncio.run(both())]
+    assert sorted(a["Allow"] for a in answers) == [False, True], answers
+    assert any("rule 7" in a.get("Msg", "") for a in answers)
+    # the refused one holds nothing back: a create identical to the allowed one still fits
+    assert len(guard.state.reserved_binds) == 1
+
+
 def walks(state: AgentState) -> float:
     value = state.metrics.registry.get_sample_value("volagent_directory_walks_total")
     return value or 0.0

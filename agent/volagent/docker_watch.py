@@ -30,6 +30,7 @@ API_TIMEOUT_S = 15
 PING_INTERVAL_S = 10.0
 RECONCILE_INTERVAL_S = 60.0
 MAX_CONCURRENT_HANDLERS = 32
+MAX_VERIFIED = 8192
 
 
 class StreamEnded(Exception):
@@ -52,6 +53,7 @@ class DockerWatch:
         self._sem = asyncio.Semaphore(MAX_CONCURRENT_HANDLERS)
         self._reconcile_lock = asyncio.Lock()
         self.first_attempt_done = asyncio.Event()
+        self._verified: dict[str, int] = {}  # container id -> the pid whose mounts were checked
 
     # --- blocking calls, always through the pool -----------------------------------------
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -198,6 +200,7 @@ class DockerWatch:
         async with self._sem:
             if action == "destroy":
                 self.state.forget_container(cid)
+                self._verified.pop(cid, None)
                 self.state.metrics.containers.set(len(self.state.containers))
                 return
             await self.handle_container(cid, verify=action in ("start", "restart"))
@@ -223,6 +226,8 @@ class DockerWatch:
         """A container started (by anyone: a client through the guard, its restart policy,
         dockerd coming back) with a mount that is not what volagent prepared is stopped at
         once, its restart policy turned off, its volume marked `violation`."""
+        if self._verified.get(cid) == pid:
+            return  # this process of it was checked already
         st = self.state
         record = st.containers.get(cid)
         prepared = [
@@ -236,6 +241,9 @@ class DockerWatch:
         except Exception as exc:  # the process exited meanwhile: nothing left to check
             self.log.debug("mount_check_skipped", container=cid[:12], reason=str(exc))
             return
+        self._verified[cid] = pid
+        while len(self._verified) > MAX_VERIFIED:
+            self._verified.pop(next(iter(self._verified)))
         if not found:
             return
         reasons = "; ".join(m.reason for m in found)
@@ -287,7 +295,9 @@ class DockerWatch:
 
             async def one(cid: str) -> None:
                 async with self._sem:
-                    await self.handle_container(cid)
+                    # running containers are checked too: dockerd coming back starts
+                    # restart-policy containers, and their start events may be gone
+                    await self.handle_container(cid, verify=True)
 
             await asyncio.gather(*(one(cid) for cid in ids))
             self.state.metrics.containers.set(len(self.state.containers))

@@ -307,3 +307,46 @@ def test_guard_state_after_attacks_is_still_answering(bed: Guarded, ctr: Contain
     )
     assert ctr.wait(cid) == 0
     assert ctr.logs(cid).strip() == OWNER
+
+
+def test_symlink_swap_while_dockerd_is_down(bed: Guarded, ctr: Containers, victim: str) -> None:
+    # dockerd coming back starts `--restart always` containers without asking any plugin,
+    # and the start events of that moment may never reach volagent
+    agent = bed.agent
+    assert agent is not None
+    mine = agent.ns("evil", "web", "data")
+    created = ctr.api.create_container(
+        ctr.image,
+        command=["sleep", "300"],
+        labels={**EVIL, "volagent.test": "1"},
+        host_config=ctr.api.create_host_config(
+            binds=[f"{mine}:/data"], network_mode="none", restart_policy={"Name": "always"}
+        ),
+    )
+    cid = str(created["Id"])
+    ctr.start(cid)
+    agent.wait_for(
+        lambda d: any(
+            c["id"] == cid and c["volumes"][0]["state"] == "ready" for c in d["containers"]
+        ),
+        what="the volume ready",
+    )
+    bed.engine.halt()
+    _swap_for_symlink(mine, victim)
+    bed.engine.start()
+    doc = agent.wait_for(
+        lambda d: any(
+            c["id"] == cid and c["volumes"][0]["state"] == "violation" for c in d["containers"]
+        ),
+        what="the swapped mount found after dockerd came back",
+        timeout=120,
+    )
+    assert any("did not prepare" in w for w in doc["warnings"]), doc["warnings"]
+    api = docker.APIClient(base_url=bed.engine.url, version="auto", timeout=60)
+    try:
+        deadline = time.monotonic() + 30
+        while api.inspect_container(cid)["State"]["Running"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not api.inspect_container(cid)["State"]["Running"]
+    finally:
+        api.close()

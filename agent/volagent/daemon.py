@@ -151,14 +151,10 @@ class Daemon:
     async def _announce_ready(self) -> None:
         """READY=1 once the socket serves, the mount has settled once and Docker has been
         tried once (reconciled, or found absent: dockerd starts after us at boot)."""
-        deadline = asyncio.get_running_loop().time() + READY_WAIT_S
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(READY_WAIT_S):
                 await self.docker.first_attempt_done.wait()
-        while asyncio.get_running_loop().time() < deadline:
-            if self.state.mount_healthy or self.state.mount.error:
-                break
-            await asyncio.sleep(0.05)
+                await self.state.mount_known.wait()
         systemd.ready(self._status_line())
         self.log.info("ready", mount=self.state.mount.state, docker=self.state.docker.state)
 

@@ -28,6 +28,7 @@ what was checked at create may have been swapped since. Starts Docker makes with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 
@@ -80,7 +81,6 @@ class Guard:
         self.memory = GuardMemory(state)
         self.log = log.get("guard")
         self._allow = Response(200, ALLOW_BODY, PLUGIN_CONTENT_TYPE)
-        self._mount_known = False
         self._allowed_total = state.metrics.guard_decisions.labels(result="allow")
 
     def server(self) -> HttpServer:
@@ -227,15 +227,10 @@ class Guard:
         """Just after a (re)start the mount reads `unmounted` until the mount manager has
         looked at it (adopting the mount already there takes a moment): judging a create
         then would deny it for nothing. Wait until the state is known: healthy, or
-        unhealthy with a reason. Bounded, and only once per process."""
-        if self._mount_known:
-            return
-        st = self.state
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + MOUNT_SETTLE_S
-        while not (st.mount_healthy or st.mount.error) and loop.time() < deadline:
-            await asyncio.sleep(0.02)
-        self._mount_known = st.mount_healthy or st.mount.error is not None
+        unhealthy with a reason. Bounded."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(MOUNT_SETTLE_S):
+                await self.state.mount_known.wait()
 
     # --- create -------------------------------------------------------------------------
     async def _judge_create(self, authz: AuthzRequest, where: Route) -> str | None:

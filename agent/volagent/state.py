@@ -6,6 +6,7 @@ here does I/O, so a status answer never waits on the shared filesystem.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -128,6 +129,9 @@ class AgentState:
         self.config = config
         self.metrics = metrics or Metrics()
         self.mount = MountStatus(mount_point=config.mount_point)
+        # set once the mount side has looked at the mount point: healthy, or unhealthy with
+        # a reason (until then `unmounted` only means nobody has looked yet)
+        self.mount_known = asyncio.Event()
         self.docker = DockerStatus()
         self.guard = GuardStatus(enabled=config.guard.enabled)
         self.containers: dict[str, ContainerRecord] = {}
@@ -165,6 +169,8 @@ class AgentState:
             self.mount.since = now_iso()
         self.mount.error = error
         self.metrics.set_mount_state(state)
+        if self.mount_healthy or error:
+            self.mount_known.set()
 
     # --- docker ------------------------------------------------------------------------
     def set_docker_state(self, state: str, error: str | None = None) -> None:

@@ -273,6 +273,7 @@ def test_just_after_start_a_create_waits_for_the_mount_state(mp: Path, worker: T
     st = make_state(mp)
     st.set_mount_state("unmounted")  # as at start-up: nobody has looked at the mount yet
     st.mount.error = None
+    st.mount_known.clear()
     g = Guard(st, Preparer(st, worker))
 
     async def scenario() -> Response:

@@ -8,6 +8,7 @@ README's configuration table is checked against.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import tomllib
@@ -151,11 +152,12 @@ class DirectoriesConfig:
     mode: str = _doc("octal mode of created leaf directories", default="0755")
     timeout_s: float = _doc("seconds one directory preparation may take", default=5.0)
 
-    @property
+    # parsed once (validated at load), not for every container
+    @functools.cached_property
     def owner_ids(self) -> Owner:
         return parse_owner(self.owner)
 
-    @property
+    @functools.cached_property
     def mode_bits(self) -> int:
         return parse_mode(self.mode)
 

@@ -21,7 +21,7 @@ import docker.errors
 import pytest
 
 from tests.integration.test_guard import denied
-from tests.integration.testbed import Containers, app_labels, unixhttp
+from tests.integration.testbed import AgentProcess, Containers, app_labels, unixhttp
 from tests.integration.testbed import mounts as testbed_mounts
 from tests.integration.testbed.guarded import Guarded
 
@@ -254,6 +254,44 @@ def test_symlink_swap_before_a_docker_start(bed: Guarded, ctr: Containers, victi
     assert "symlink" in denied(excinfo)
 
 
+def _run_restarting(ctr: Containers, host: str, command: list[str]) -> str:
+    """`docker run --restart always -v host:/data` for app evil; its id."""
+    created = ctr.api.create_container(
+        ctr.image,
+        command=command,
+        labels={**EVIL, "volagent.test": "1"},
+        host_config=ctr.api.create_host_config(
+            binds=[f"{host}:/data"], network_mode="none", restart_policy={"Name": "always"}
+        ),
+    )
+    cid = str(created["Id"])
+    ctr.start(cid)
+    return cid
+
+
+def _volume_in(agent: AgentProcess, cid: str, state: str, what: str) -> dict[str, Any]:
+    return agent.wait_for(
+        lambda d: any(
+            c["id"] == cid and c["volumes"][0]["state"] == state for c in d["containers"]
+        ),
+        what=what,
+        timeout=120,
+    )
+
+
+def _stopped(url: str, cid: str) -> dict[str, Any]:
+    """The container's inspect data, once it no longer runs (bounded by a hang guard)."""
+    api = docker.APIClient(base_url=url, version="auto", timeout=60)
+    try:
+        deadline = time.monotonic() + 30
+        while api.inspect_container(cid)["State"]["Running"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        info: dict[str, Any] = api.inspect_container(cid)
+        return info
+    finally:
+        api.close()
+
+
 def test_symlink_swap_before_a_restart_by_restart_policy(
     bed: Guarded, ctr: Containers, victim: str
 ) -> None:
@@ -262,36 +300,13 @@ def test_symlink_swap_before_a_restart_by_restart_policy(
     agent = bed.agent
     assert agent is not None
     mine = agent.ns("evil", "web", "data")
-    created = ctr.api.create_container(
-        ctr.image,
-        command=["sh", "-c", "cat /data/secret 2>/dev/null; sleep 1; exit 1"],
-        labels={**EVIL, "volagent.test": "1"},
-        host_config=ctr.api.create_host_config(
-            binds=[f"{mine}:/data"], network_mode="none", restart_policy={"Name": "always"}
-        ),
-    )
-    cid = str(created["Id"])
-    ctr.start(cid)
-    agent.wait_for(
-        lambda d: any(
-            c["id"] == cid and c["volumes"][0]["state"] == "ready" for c in d["containers"]
-        ),
-        what="the volume ready",
-    )
+    cid = _run_restarting(ctr, mine, ["sh", "-c", "cat /data/secret 2>/dev/null; sleep 1; exit 1"])
+    _volume_in(agent, cid, "ready", "the volume ready")
     _swap_for_symlink(mine, victim)
-    doc = agent.wait_for(
-        lambda d: any(
-            c["id"] == cid and c["volumes"][0]["state"] == "violation" for c in d["containers"]
-        ),
-        what="the swapped mount found",
-        timeout=60,
-    )
+    doc = _volume_in(agent, cid, "violation", "the swapped mount found")
     assert any("did not prepare" in w for w in doc["warnings"]), doc["warnings"]
     assert doc["status"] != "ok"
-    deadline = time.monotonic() + 30
-    while ctr.api.inspect_container(cid)["State"]["Running"] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    info = ctr.api.inspect_container(cid)
+    info = _stopped(bed.engine.url, cid)
     assert not info["State"]["Running"]
     assert info["HostConfig"]["RestartPolicy"]["Name"] in ("no", "")
 
@@ -315,38 +330,11 @@ def test_symlink_swap_while_dockerd_is_down(bed: Guarded, ctr: Containers, victi
     agent = bed.agent
     assert agent is not None
     mine = agent.ns("evil", "web", "data")
-    created = ctr.api.create_container(
-        ctr.image,
-        command=["sleep", "300"],
-        labels={**EVIL, "volagent.test": "1"},
-        host_config=ctr.api.create_host_config(
-            binds=[f"{mine}:/data"], network_mode="none", restart_policy={"Name": "always"}
-        ),
-    )
-    cid = str(created["Id"])
-    ctr.start(cid)
-    agent.wait_for(
-        lambda d: any(
-            c["id"] == cid and c["volumes"][0]["state"] == "ready" for c in d["containers"]
-        ),
-        what="the volume ready",
-    )
+    cid = _run_restarting(ctr, mine, ["sleep", "300"])
+    _volume_in(agent, cid, "ready", "the volume ready")
     bed.engine.halt()
     _swap_for_symlink(mine, victim)
     bed.engine.start()
-    doc = agent.wait_for(
-        lambda d: any(
-            c["id"] == cid and c["volumes"][0]["state"] == "violation" for c in d["containers"]
-        ),
-        what="the swapped mount found after dockerd came back",
-        timeout=120,
-    )
+    doc = _volume_in(agent, cid, "violation", "the swapped mount found after dockerd came back")
     assert any("did not prepare" in w for w in doc["warnings"]), doc["warnings"]
-    api = docker.APIClient(base_url=bed.engine.url, version="auto", timeout=60)
-    try:
-        deadline = time.monotonic() + 30
-        while api.inspect_container(cid)["State"]["Running"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not api.inspect_container(cid)["State"]["Running"]
-    finally:
-        api.close()
+    assert not _stopped(bed.engine.url, cid)["State"]["Running"]

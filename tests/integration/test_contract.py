@@ -132,7 +132,7 @@ def iso(text: str) -> datetime:
 # --- the status document, health, metrics --------------------------------------------------------
 def check_document(doc: dict[str, Any], rack: bool = False) -> None:
     """Every key and value type the contract shows."""
-    keys = DOC_KEYS | ({"hosts"} if rack else set())
+    keys = DOC_KEYS | ({"hosts", "usage"} if rack else set())
     assert set(doc) == keys, set(doc)
     assert doc["status"] in ("ok", "degraded", "critical")
     assert doc["healthy"] is (doc["status"] == "ok")

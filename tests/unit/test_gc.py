@@ -68,10 +68,10 @@ def test_survey_judges_namespaces_and_service_dirs(mp: Path) -> None:
     record(mp, "r1-old", "web", "host-b", OLD)
     make_dir(mp, "r1-live/web")
     make_dir(mp, "r1-live/gone")
-    record(mp, "r1-live", "web", "host-b", NOW - 60)  # used on another host a minute ago
+    record(mp, "r1-live", "web", "host-b", time.time() - 60)  # used on another host a minute ago
     record(mp, "r1-live", "gone", "host-b", OLD)
     make_dir(mp, "r1-mine/web")  # old, unrecorded, but a container here uses it now
-    make_dir(mp, "r1-new/web", when=NOW - 60)  # unrecorded, but made a minute ago
+    make_dir(mp, "r1-new/web", when=time.time() - 60)  # unrecorded, but made a minute ago
     make_dir(mp, "lost+found")
     os.utime(mp / "r1-live", (OLD, OLD))
     s = run_survey(mp, local={("r1-mine", "web")})
@@ -93,7 +93,7 @@ def test_a_new_use_after_the_survey_keeps_the_directory(mp: Path) -> None:
     fd = root_fd(mp)
     try:
         assert gcsurvey.still_unused(fd, cand, CUTOFF, set())
-        record(mp, "r1-old", "web", "host-c", NOW)
+        record(mp, "r1-old", "web", "host-c", time.time())
         assert not gcsurvey.still_unused(fd, cand, CUTOFF, set())
     finally:
         os.close(fd)
@@ -149,12 +149,12 @@ def test_remove_tree_leaves_a_filesystem_mounted_inside(mp: Path) -> None:
 
 def test_prune_removes_only_records_older_than_the_window(mp: Path) -> None:
     record(mp, "r1-a", "web", "old-host", OLD)
-    record(mp, "r1-a", "web", "new-host", NOW)
+    record(mp, "r1-a", "web", "new-host", time.time())
     record(mp, "r1-b", "web", "old-host", OLD)
     hosts = mp / ".volagent" / "hosts"
     hosts.mkdir(parents=True)
     (hosts / "gone.json").write_text(json.dumps({"host": "gone", "time": OLD}))
-    (hosts / "here.json").write_text(json.dumps({"host": "here", "time": NOW}))
+    (hosts / "here.json").write_text(json.dumps({"host": "here", "time": time.time()}))
     fd = root_fd(mp)
     try:
         assert gcsurvey.prune_old_records(fd, CUTOFF, fstree.Progress()) == 3
@@ -210,7 +210,7 @@ def test_gc_lists_then_deletes_only_the_unused(
 ) -> None:
     make_dir(mounted, "r1-old/web", data=b"y" * 5000)
     make_dir(mounted, "r1-used/web")
-    record(mounted, "r1-used", "web", "host-b", NOW - 3600)
+    record(mounted, "r1-used", "web", "host-b", time.time() - 3600)
     cfg = config_for(mounted, tmp_path)
     assert gc.main(argparse.Namespace(older_than=30.0, delete=False), cfg) == 0
     out = capsys.readouterr().out

@@ -80,13 +80,13 @@ def test_entry_names_say_what_and_when_and_read_back() -> None:
 def test_dot_dirs_whole_namespaces_and_the_mount_point_count_as_use(mp: Path, root: int) -> None:
     make_dir(mp, "r1-dot/.shared/db")
     make_dir(mp, "r1-dot/web")
-    record(mp, "r1-dot/.shared", "host-b", NOW - 60)
+    record(mp, "r1-dot/.shared", "host-b", time.time() - 60)
     make_dir(mp, "r1-whole/web")
     make_dir(mp, "r1-whole/api")
-    record(mp, "r1-whole", "host-b", NOW - 60)  # a bind of <mp>/r1-whole itself
+    record(mp, "r1-whole", "host-b", time.time() - 60)  # a bind of <mp>/r1-whole itself
     found = {(c.namespace, c.directory) for c in candidates(mp, root)}
     assert found == {("r1-dot", "web")}
-    record(mp, "", "host-c", NOW - 60)  # a bind of the mount point: everything is in use
+    record(mp, "", "host-c", time.time() - 60)  # a bind of the mount point: everything is in use
     assert candidates(mp, root) == []
 
 
@@ -161,7 +161,7 @@ def test_a_judgement_that_fails_leaves_no_claim_behind(mp: Path, root: int) -> N
 
 def test_a_service_directory_entry_refuses_only_that_directory(mp: Path, root: int) -> None:
     make_dir(mp, "r1-mixed/old")
-    make_dir(mp, "r1-mixed/live", when=NOW)
+    make_dir(mp, "r1-mixed/live", when=time.time())
     [c] = candidates(mp, root)
     assert (c.namespace, c.directory) == ("r1-mixed", "old")
     moved = move(root, c)
@@ -202,7 +202,7 @@ def test_purge_removes_only_old_entries_nobody_uses(mp: Path, root: int) -> None
         path = trash_dir / f"{moved[ns]}.json"
         rec = json.loads(path.read_text())
         path.write_text(json.dumps({**rec, "time": NOW - 10 * DAY}))
-    record(mp, "r1-b/web", "host-b", NOW - 60)  # a host still reports it in use
+    record(mp, "r1-b/web", "host-b", time.time() - 60)  # a host still reports it in use
     results = gctrash.purge(root, NOW - 7 * DAY, str(mp), fstree.Progress())
     outcome = {r.entry: r.outcome for r in results}
     assert outcome == {moved["r1-a"]: "purged", moved["r1-b"]: "kept"}
@@ -262,7 +262,8 @@ def test_delete_refuses_while_a_host_is_stale_unless_named(
     make_dir(mounted, "r1-old/web")
     hosts = mounted / ".volagent" / "hosts"
     hosts.mkdir(parents=True)
-    for host, when in (("gone-1", NOW - 3600), ("gone-2", NOW - 7200), ("live", NOW)):
+    now = time.time()  # not the module's NOW: a slow run must not make "live" stale
+    for host, when in (("gone-1", now - 3600), ("gone-2", now - 7200), ("live", now)):
         (hosts / f"{host}.json").write_text(json.dumps({"host": host, "time": when}))
     assert run_gc(mounted, tmp_path, delete=True) == 1
     out = capsys.readouterr().out

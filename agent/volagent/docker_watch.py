@@ -255,6 +255,9 @@ class DockerWatch:
             action = "it was stopped and its restart policy turned off"
         except Exception as exc:
             action = f"stopping it failed ({_describe(exc)}): stop it by hand"
+        # the record as it is now: another look at the container may have replaced it
+        # meanwhile (what is marked here then stays marked, see the preparer)
+        record = st.containers.get(cid)
         if record is not None:
             by_host = {v.host: v for v in record.volumes}
             for m in found:
@@ -266,7 +269,7 @@ class DockerWatch:
                 st.set_volume_state(
                     vol,
                     "violation",
-                    f"the container's mount is not what volagent prepared: {m.reason}",
+                    f"{mount_check.MISMATCH}: {m.reason}",
                 )
         st.warn(
             f"mount-mismatch:{cid}",
@@ -274,6 +277,19 @@ class DockerWatch:
             f"{action}. Someone swapped a directory for a symlink or bound the shared "
             "filesystem another way: look at the log (mount_mismatch) before starting it again.",
         )
+
+    async def inspect(self, ref: str) -> dict[str, Any] | None:
+        """Docker's inspect data of the container `ref` names (id, name or id prefix, as
+        Docker resolves it); None when there is none. Raises while Docker is not connected."""
+        client = self._client
+        if client is None:
+            raise StreamEnded("not connected to Docker")
+        try:
+            async with asyncio.timeout(API_TIMEOUT_S):
+                data: dict[str, Any] = await self._call(client.inspect_container, ref)
+        except docker.errors.NotFound:
+            return None
+        return data
 
     async def _started(self, cid: str) -> bool:
         try:

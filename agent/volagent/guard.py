@@ -31,6 +31,8 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from volagent import guard_messages as messages
 from volagent import log, quotas
@@ -55,7 +57,11 @@ from volagent.guard_protocol import (
 from volagent.http import HttpServer, Request, Response
 from volagent.namespace import Bind
 from volagent.preparer import ContainerSpec, Outcome, Preparer
-from volagent.state import AgentState
+from volagent.state import AgentState, VolumeRecord
+
+# looks a container up in Docker by id, name or id prefix: its inspect data, None when
+# Docker knows no such container
+Inspect = Callable[[str], Awaitable[Mapping[str, Any] | None]]
 
 PLUGIN_CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 # dockerd keeps its plugin connections open and owns their lifetime: closing one while it
@@ -75,9 +81,15 @@ MOUNT_SETTLE_S = 30.0
 class Guard:
     """The plugin's request handler. `server()` makes the HTTP server for it."""
 
-    def __init__(self, state: AgentState, preparer: Preparer) -> None:
+    def __init__(
+        self, state: AgentState, preparer: Preparer, inspect: Inspect | None = None
+    ) -> None:
         self.state = state
         self.preparer = preparer
+        # Docker's own answer to "which container is this": what a VolumesFrom names is
+        # resolved there, not from what volagent remembers (a name removed or renamed a
+        # moment ago, an id prefix that another container's name shadows)
+        self.inspect = inspect
         self.memory = GuardMemory(state)
         self.log = log.get("guard")
         self._allow = Response(200, ALLOW_BODY, PLUGIN_CONTENT_TYPE)
@@ -161,6 +173,8 @@ class Guard:
                 denial = await self._judge_create(authz, where)
             elif where.kind == "volume":
                 denial = await self._judge_volume_create(authz)
+            elif where.kind == "swarm":
+                denial = messages.swarm()
             else:
                 denial = await self._judge_start(authz, where)
         except Exception as exc:
@@ -215,7 +229,9 @@ class Guard:
                 return body is None or parse_create_body(body).touches_anything
             if where.kind == "volume":
                 vol = parse_volume_body(body) if body else None
-                return vol is not None and (vol.is_bind or bool(vol.nfs_server))
+                return vol is not None and not vol.plain
+            if where.kind == "swarm":
+                return True
             if body and body.strip() not in (b"", b"{}", b"null"):
                 return True  # a start body carries a HostConfig (API below 1.24)
             known = self.memory.find(where.container)
@@ -289,12 +305,29 @@ class Guard:
             denial = await self._judge_local_volume(who, vol)
             if denial is not None:
                 return denial
-        inherited, unknown = self.memory.volumes_from(create.volumes_from)
+        inherited, unknown = await self._volumes_from(create.volumes_from)
         if unknown:
             return messages.unknown_volumes_from(who, unknown)
         if inherited:
             create.spec.inherited = tuple(Bind(v.host, v.container, v.read_only) for v in inherited)
         return None
+
+    async def _volumes_from(self, refs: list[str]) -> tuple[list[VolumeRecord], list[str]]:
+        """The binds each `name[:ro|:rw]` reference copies, as Docker resolves the name now;
+        the references Docker does not know."""
+        if self.inspect is None:
+            return self.memory.volumes_from(refs)
+        out: list[VolumeRecord] = []
+        unknown: list[str] = []
+        for ref in refs:
+            name, _, mode = ref.partition(":")
+            data = await self.inspect(name)
+            if data is None:
+                unknown.append(name)
+                continue
+            for b in ContainerSpec.from_inspect(data).binds:
+                out.append(VolumeRecord(b.host, b.container, b.read_only or mode == "ro"))
+        return out, unknown
 
     async def _judge_volume_create(self, authz: AuthzRequest) -> str | None:
         if not authz.body:
@@ -306,22 +339,27 @@ class Guard:
         return None if vol is None else await self._judge_local_volume("this volume", vol)
 
     async def _judge_local_volume(self, who: str, vol: LocalVolume) -> str | None:
-        """A local-driver volume that is a bind or an NFS mount of the shared filesystem is
-        a way around the namespace rules: Docker volumes are host-wide, so any container
-        of any app could use it by name later. Refused, wherever it points."""
+        """A local-driver volume is a mount dockerd makes as root, host-wide: any container
+        of any app may use it by name later. Only kinds that cannot reach the shared
+        filesystem or the host pass: plain volumes, tmpfs, binds that land outside the
+        shared filesystem, and NFS while the shared filesystem is not NFS itself (its
+        server has many names and addresses; one of them would mount every app's data)."""
         mount = self.state.mount
-        server = vol.nfs_server.strip("[]")
-        if server:
-            ours = {mount.source.rpartition(":")[0].strip("[]"), mount.file_system_id}
-            if server in ours or (mount.file_system_id and mount.file_system_id in server):
-                return messages.shared_volume(who, vol, mount.mount_point)
+        if vol.plain or (vol.type == "tmpfs" and not vol.is_bind):
             return None
-        if not vol.is_bind or not vol.device:
+        if vol.type.startswith("nfs"):
+            return None if mount.type == "local" else messages.shared_volume(who, vol, mount)
+        if vol.type in ("", "none") and vol.is_bind:
+            device = vol.device
+            if not device.startswith("/") or ".." in device.split("/") or "\x00" in device:
+                return messages.volume_kind(who, vol, "its device is not an absolute path")
+            probe = ContainerSpec(
+                "", "", {}, [], "", {"Mounts": [{"Type": "bind", "Source": device, "Target": "/"}]}
+            )
+            if await self.preparer.judge(probe) is not None:
+                return messages.shared_volume(who, vol, mount)
             return None
-        probe = ContainerSpec("", "", {}, [], "", {"Binds": [f"{vol.device}:/probe"]})
-        if await self.preparer.judge(probe) is not None:
-            return messages.shared_volume(who, vol, mount.mount_point)
-        return None
+        return messages.volume_kind(who, vol, f"type {vol.type or '(none)'} with {vol.options}")
 
     async def _prepare(
         self, spec: ContainerSpec, outcome: Outcome, track: bool = False, rewalk: bool = False

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from volagent.preparer import ContainerSpec
-from volagent.state import AgentState, VolumeRecord
+from volagent.state import AgentState, ContainerRecord, VolumeRecord
 
 MAX_KNOWN = 8192
 MAX_PENDING = 512
@@ -108,34 +108,33 @@ class GuardMemory:
             self.state.reserved_binds.pop(key, None)
 
     def find(self, ref: str) -> Known | None:
-        """The container a start names (full id, unique id prefix or name), from the
-        guard's memory first, then from the daemon's state; None when neither knows it."""
+        """The container a start or a VolumesFrom names, resolved the way Docker resolves
+        it: the full id, then the name, then a unique id prefix. The Docker watch's state
+        is the truth about containers that exist; the guard's own memory speaks only for
+        containers created a moment ago that the watch has not seen yet, so a name that
+        was removed or renamed since cannot point somewhere Docker does not."""
         ref = ref.lstrip("/")
         if not ref:
             return None
+        st = self.state
+        record = st.containers.get(ref)
+        if record is not None:
+            return _known(record)
         hit = self._by_id.get(ref)
-        if hit is None and ref in self._by_name:
-            hit = self._by_id.get(self._by_name[ref])
-            seen = self.state.containers.get(hit.id) if hit is not None else None
-            if seen is not None and seen.name != ref:
-                hit = None  # renamed since: the Docker watch knows the name it has now
-        if hit is not None:
+        if hit is not None and hit.id in self._settling:
             return hit
-        return self._from_state(ref) or self._by_prefix(ref)
+        record = st.container_named(ref)
+        if record is not None:
+            return _known(record)
+        hit = self._by_id.get(self._by_name.get(ref, ""))
+        if hit is not None and hit.id in self._settling:
+            return hit
+        found = [_known(c) for c in st.containers.values() if c.id.startswith(ref)]
+        found += [k for cid, k in self._settling_known() if cid.startswith(ref)]
+        return found[0] if len(found) == 1 else None  # none, or ambiguous: not known
 
-    def _from_state(self, ref: str) -> Known | None:
-        containers = self.state.containers
-        record = containers.get(ref) or self.state.container_named(ref)
-        if record is None:
-            prefixed = [c for c in containers.values() if c.id.startswith(ref)]
-            record = prefixed[0] if len(prefixed) == 1 else None
-        if record is None:
-            return None
-        return Known(name=record.name, volumes=list(record.volumes), spec=record.spec, id=record.id)
-
-    def _by_prefix(self, ref: str) -> Known | None:
-        matches = [k for cid, k in self._by_id.items() if cid.startswith(ref)]
-        return matches[0] if len(matches) == 1 else None
+    def _settling_known(self) -> list[tuple[str, Known]]:
+        return [(cid, self._by_id[cid]) for cid in self._settling if cid in self._by_id]
 
     def volumes_from(self, refs: list[str]) -> tuple[list[VolumeRecord], list[str]]:
         """The binds on the shared filesystem a container inherits through VolumesFrom
@@ -152,3 +151,7 @@ class GuardMemory:
                 ro = v.read_only or mode == "ro"
                 out.append(VolumeRecord(v.host, v.container, ro, v.state, v.error))
         return out, unknown
+
+
+def _known(record: ContainerRecord) -> Known:
+    return Known(name=record.name, volumes=list(record.volumes), spec=record.spec, id=record.id)

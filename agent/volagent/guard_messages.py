@@ -74,14 +74,37 @@ def unknown_volumes_from(who: str, refs: list[str]) -> str:
     )
 
 
-def shared_volume(who: str, vol: LocalVolume, mount_point: str) -> str:
-    what = f"binds {vol.device}" if vol.is_bind else f"mounts NFS from {vol.nfs_server}"
+def shared_volume(who: str, vol: LocalVolume, mount: MountStatus) -> str:
+    if vol.is_bind:
+        what = f"binds {vol.device}: that reaches the shared filesystem at {mount.mount_point}"
+    else:
+        what = (
+            f"mounts NFS from {vol.nfs_server or vol.device}: on a host whose shared filesystem "
+            f"is NFS ({mount.source or mount.type}), that may be the rack's filesystem"
+        )
     name = f" {vol.name}" if vol.name else ""
     return (
-        f"volagent: {who} uses local volume{name}, which {what}: that reaches the shared "
-        f"filesystem at {mount_point} around the namespace rules (volumes are host-wide, any "
-        "app could use it). Bind the app's own directory instead: `-v "
-        f"{mount_point.rstrip('/')}/<rack>-<app>/<service>/<path>:<container path>`."
+        f"volagent: {who} uses local volume{name}, which {what}, around the namespace rules "
+        "(volumes are host-wide, any app could use it). Bind the app's own directory "
+        f"instead: `-v {mount.mount_point.rstrip('/')}/<rack>-<app>/<service>/<path>:"
+        "<container path>`."
+    )
+
+
+def volume_kind(who: str, vol: LocalVolume, what: str) -> str:
+    name = f" {vol.name}" if vol.name else ""
+    return (
+        f"volagent: {who} uses local volume{name} ({what}): a mount dockerd makes as root, "
+        "host-wide, that volagent cannot judge. The start guard allows local volumes that are "
+        "plain, tmpfs, or binds of absolute paths outside the shared filesystem."
+    )
+
+
+def swarm() -> str:
+    return (
+        "volagent: swarm services and swarm membership are refused while the start guard is "
+        "on: the containers of a service never pass the guard, so their mounts could not be "
+        "judged. Run containers through the rack's scheduler instead."
     )
 
 

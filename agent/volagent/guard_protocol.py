@@ -35,6 +35,10 @@ MAX_FORWARDED_BODY = 1 << 20
 _CREATE_RE = re.compile(r"^(?:/v[0-9.]+)?/containers/create$")
 _START_RE = re.compile(r"^(?:/v[0-9.]+)?/containers/(.+)/(start|restart)$")
 _VOLUME_CREATE_RE = re.compile(r"^(?:/v[0-9.]+)?/volumes/create$")
+# swarm services make containers (with their own mounts) that never pass the guard
+_SWARM_RE = re.compile(
+    r"^(?:/v[0-9.]+)?/(?:swarm/(?:init|join)|services/create|services/.+/update)$"
+)
 # More VolumesFrom entries than any real container has; each is a lookup, and a create with
 # hundreds of thousands of them (under Docker's body limit) must not hold up the guard.
 MAX_VOLUMES_FROM = 64
@@ -78,7 +82,7 @@ class AuthzRequest:
 class Route:
     """What a Docker API call is, as far as the guard cares."""
 
-    kind: str  # "create" | "start" | "volume" | "other"
+    kind: str  # "create" | "start" | "volume" | "swarm" | "other"
     container: str = ""  # start/restart: the id, id prefix or name in the path
     name: str = ""  # create: the ?name= of the request
     action: str = ""  # start | restart
@@ -93,6 +97,11 @@ class LocalVolume:
     type: str
     options: tuple[str, ...]
     device: str
+
+    @property
+    def plain(self) -> bool:
+        """A volume of the driver's own directory, with no options of its own."""
+        return not (self.type or self.options or self.device)
 
     @property
     def is_bind(self) -> bool:
@@ -199,13 +208,16 @@ def route(method: str, uri: str) -> Route:
     if path.startswith("//"):
         path = "/" + path.lstrip("/")
     if _CREATE_RE.match(path):
-        names = parse_qs(query).get("name") or [""]
-        return Route("create", name=names[-1])
+        # Docker takes the first `name` (Go's Form.Get), blank or not
+        names = parse_qs(query, keep_blank_values=True).get("name") or [""]
+        return Route("create", name=names[0])
     m = _START_RE.match(path)
     if m:
         return Route("start", container=m.group(1), action=m.group(2))
     if _VOLUME_CREATE_RE.match(path):
         return Route("volume")
+    if _SWARM_RE.match(path):
+        return Route("swarm")
     return Route("other")
 
 

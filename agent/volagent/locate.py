@@ -90,7 +90,11 @@ class SharedFilesystem:
         if under(resolved, self.real_mp):
             return Landing(source, INSIDE, _join(self.mp, resolved[len(self.real_mp) :]))
         if strictly_under(self.real_mp, resolved):
-            return Landing(source, CONTAINS, self.mp)
+            return Landing(source, CONTAINS, f"the shared filesystem at {self.mp}")
+        if under(go_clean(source), "/proc") or under(resolved, "/proc"):
+            # /proc/<pid>/root and /cwd lead into other mount namespaces: a container's
+            # binds, another app's directories among them
+            return Landing(source, CONTAINS, "/proc, whose <pid>/root leads into every container")
         shared = self.mount
         if shared is None:
             return Landing(source, OUTSIDE)
@@ -104,7 +108,7 @@ class SharedFilesystem:
             # carries it along (mounts of other parts of that filesystem do not matter)
             overlaps = under(e.root, self.dir) or under(self.dir, e.root)
             if e.dev == shared.dev and strictly_under(e.mount_point, resolved) and overlaps:
-                return Landing(source, CONTAINS, e.mount_point)
+                return Landing(source, CONTAINS, f"the shared filesystem at {e.mount_point}")
         return Landing(source, OUTSIDE)
 
 

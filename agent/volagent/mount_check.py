@@ -23,6 +23,10 @@ from volagent.locate import SharedFilesystem
 from volagent.mount.table import MountEntry, read_table
 from volagent.namespace import go_clean, under
 
+# how a volume's error starts once this check found it wrong: it stays so (a later look at
+# the container must not call it ready again) until the container is gone
+MISMATCH = "the container's mount is not what volagent prepared"
+
 
 @dataclass(frozen=True)
 class Mismatch:

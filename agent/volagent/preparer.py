@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from volagent import locate, log, namespace, trashcheck
+from volagent import locate, log, mount_check, namespace, trashcheck
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker
@@ -160,8 +160,7 @@ class Preparer:
             elif land.kind == locate.CONTAINS:
                 found[len(mine)] = NamespaceViolation(
                     5,
-                    f"{b.host} contains the shared filesystem ({land.path}): a bind of it "
-                    "carries every app's data along",
+                    f"{b.host} contains {land.path}: a bind of it carries every app's data along",
                 )
                 mine.append(b)
             else:
@@ -265,8 +264,19 @@ class Preparer:
         ident = outcome.identity
         prior = self.state.containers.get(spec.id) if spec.id else None
         prior_volumes = {v.host: v for v in prior.volumes} if prior else {}
+        # what the check after a start found stays found: the directory walk cannot see that
+        # the container got something else mounted
+        found_wrong = {
+            host: v
+            for host, v in prior_volumes.items()
+            if v.state == "violation" and (v.error or "").startswith(mount_check.MISMATCH)
+        }
         bound = log.get("preparer", container=spec.id[:12], app=ident.app, service=ident.service)
         for vol, plan in zip(outcome.volumes, outcome.plans, strict=True):
+            if vol.host in found_wrong:
+                wrong = found_wrong.pop(vol.host)
+                self.state.set_volume_state(vol, "violation", wrong.error)
+                continue
             if isinstance(plan, NamespaceViolation):
                 self.state.set_volume_state(vol, "violation", str(plan))
                 bound.warning("namespace_violation", path=vol.host, reason=str(plan))
@@ -281,6 +291,10 @@ class Preparer:
             await self._prepare_one(spec, vol, plan, recheck, bound)
             if settled is not None and settled.state == "late" and vol.state == "ready":
                 vol.state, vol.error = settled.state, settled.error
+        outcome.volumes.extend(found_wrong.values())  # mounts it was never meant to have
+        outcome.plans.extend(
+            NamespaceViolation(5, v.error or mount_check.MISMATCH) for v in found_wrong.values()
+        )
         if track and spec.id:
             self._track(spec, ident, outcome.volumes)
         return outcome

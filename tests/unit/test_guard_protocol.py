@@ -114,7 +114,7 @@ def test_answers() -> None:
     [
         ("POST", "/containers/create", "create", ""),
         ("POST", "/v1.41/containers/create?name=web-1", "create", "web-1"),
-        ("POST", "/v1.24/containers/create?name=a&name=b", "create", "b"),
+        ("POST", "/v1.24/containers/create?name=a&name=b", "create", "a"),  # Docker takes the first
         ("POST", "/v1.41/containers/%63reate", "create", ""),
         ("POST", "http://docker/v1.41/containers/create?name=x", "create", "x"),
         ("POST", "/v1.41/containers/./create", "create", ""),

@@ -19,7 +19,7 @@ from volagent.config import Owner, from_dict
 from volagent.errors import NamespaceTrashed
 
 DAY = 86400.0
-NOW = time.time()
+NOW = time.time()  # for ages in days; anything that must be fresh takes time.time()
 OLD = NOW - 90 * DAY
 CUTOFF = NOW - 30 * DAY
 OWNER = Owner(1000, 1000)

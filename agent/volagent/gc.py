@@ -144,8 +144,9 @@ def print_survey(s: Survey, days: float, out: TextIO) -> None:
     when = now_iso(s.cutoff)
     if s.root_used_by:
         w(
-            f"nothing is a candidate: a container ({s.root_used_by}) binds the mount point "
-            "itself, so every directory under it is in use\n"
+            f"nothing is a candidate: a container on {s.root_used_by} binds the mount point "
+            "itself, so any directory under it may be in use; `volagent status` there "
+            "shows it\n"
         )
     elif not s.candidates:
         w(f"nothing unused for {days:g} days (since {when}); {s.kept} directories in use\n")

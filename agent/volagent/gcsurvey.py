@@ -19,10 +19,14 @@ from typing import Any
 from volagent import fstree, records
 from volagent.errors import RecordError
 from volagent.heartbeat import rack_view, read_heartbeats_at
-from volagent.usage import MOUNT_ROOT, Key
+from volagent.usage import MOUNT_ROOT, REFRESH_S, Key
 
 # `<rack>-<app>`: two names of the contract's form joined by a dash
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}-[a-z0-9][a-z0-9._-]{0,62}$")
+
+# A host refreshes its records every REFRESH_S while a container uses the path: a record this
+# recent, naming containers, means one exists now
+LIVE_S = 3 * REFRESH_S
 
 Usage = dict[Key, tuple[float, str]]  # newest use of each directory, and by which host
 
@@ -96,6 +100,9 @@ def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usag
             t = _record_time(rec)
             if t is None:
                 continue
+            if key == MOUNT_ROOT and rec.get("containers") == []:
+                continue  # its containers are gone: a bind of everything counts only while
+                # it exists (see root_in_use)
             count += 1
             if key not in usage or t > usage[key][0]:
                 usage[key] = (t, str(rec.get("host") or host))
@@ -134,9 +141,8 @@ def survey(
         # stale: its heartbeat is old, or it said it stopped; either way, what its
         # containers use is not being recorded
         result.stale_hosts = [h for h in rack_view(beats, stale_after_s, now) if h["stale"]]
-    root_last, root_host = usage.get(MOUNT_ROOT, (0.0, ""))
-    if MOUNT_ROOT in local or root_last >= cutoff:
-        result.root_used_by = root_host if MOUNT_ROOT not in local else "this host"
+    result.root_used_by = root_in_use(usage, local, now)
+    if result.root_used_by:
         return result
     for ns in records.subdirs(root_fd):
         progress.tick()
@@ -212,17 +218,30 @@ def _judge_namespace(
         result.candidates.append(c)
 
 
+def root_in_use(usage: Usage, local: set[Key], now: float) -> str:
+    """Who binds the mount point itself now ("" for nobody): such a container can use any
+    directory, so nothing goes while it exists. Unlike other uses it does not hold things
+    for the whole window once gone, or a daily backup container binding everything would
+    keep gc from ever deleting anything."""
+    if MOUNT_ROOT in local:
+        return "this host"
+    t, host = usage.get(MOUNT_ROOT, (0.0, ""))
+    return host if t >= now - LIVE_S else ""
+
+
 def still_unused(root_fd: int, c: Candidate, cutoff: float, local: set[Key]) -> bool:
     """The candidate judged again just before it goes: nothing used it since the survey
     (its records, a bind of its whole namespace or of the mount point, this host's
     containers, the directory's own mtime, which the preparer touches before it creates)."""
-    if MOUNT_ROOT in local or (c.namespace, "") in local:
+    if (c.namespace, "") in local:
         return False
     if any(k[0] == c.namespace and (c.directory is None or k[1] == c.directory) for k in local):
         return False
     usage, _ = collect_usage(root_fd, only_namespace=c.namespace)
+    if root_in_use(usage, local, time.time()):
+        return False
     for key, (t, _) in usage.items():
-        relevant = key == MOUNT_ROOT or key[1] == "" or c.directory in (None, key[1])
+        relevant = key != MOUNT_ROOT and (key[1] == "" or c.directory in (None, key[1]))
         if relevant and t >= cutoff:
             return False
     path = c.namespace if c.directory is None else f"{c.namespace}/{c.directory}"

@@ -33,14 +33,11 @@ from typing import Any
 
 from volagent import fstree, log, records, trash
 from volagent.errors import VolagentError
-from volagent.gcsurvey import Candidate, collect_usage
+from volagent.gcsurvey import LIVE_S, Candidate, collect_usage
 from volagent.state import now_iso
-from volagent.usage import MOUNT_ROOT, REFRESH_S
+from volagent.usage import MOUNT_ROOT
 
 RENAME_NOREPLACE = 1
-# a usage record this recent means a container still names the path: its host refreshes
-# records every REFRESH_S while the container exists
-STILL_USED_S = 3 * REFRESH_S
 
 
 class TrashError(VolagentError):
@@ -293,7 +290,7 @@ def _still_used(root_fd: int, held: trash.EntryName, moved_at: float) -> str:
     """Why the entry must stay: a host reported its path in use after the move, lately (a
     container bound it before the move, or names it still); "" when nobody does."""
     usage, _ = collect_usage(root_fd, only_namespace=held.namespace)
-    recent = time.time() - STILL_USED_S
+    recent = time.time() - LIVE_S
     for key, (t, host) in sorted(usage.items()):
         relevant = key == MOUNT_ROOT or key[1] == "" or held.directory in (None, key[1])
         if relevant and t > moved_at and t >= recent:

@@ -19,7 +19,7 @@ from volagent.config import Owner, from_dict
 from volagent.errors import NamespaceTrashed
 
 DAY = 86400.0
-NOW = time.time()
+NOW = time.time()  # for ages in days; anything that must be fresh takes time.time()
 OLD = NOW - 90 * DAY
 CUTOFF = NOW - 30 * DAY
 OWNER = Owner(1000, 1000)
@@ -86,8 +86,14 @@ def test_dot_dirs_whole_namespaces_and_the_mount_point_count_as_use(mp: Path, ro
     record(mp, "r1-whole", "host-b", time.time() - 60)  # a bind of <mp>/r1-whole itself
     found = {(c.namespace, c.directory) for c in candidates(mp, root)}
     assert found == {("r1-dot", "web")}
-    record(mp, "", "host-c", time.time() - 60)  # a bind of the mount point: everything is in use
+    # a bind of the mount point itself: anything may be in use, but only while it exists
+    record(mp, "", "host-c", time.time() - 60)
     assert candidates(mp, root) == []
+    record(mp, "", "host-c", time.time() - 3600)  # not refreshed for an hour: gone
+    assert len(candidates(mp, root)) == 1
+    rec = {"host": "host-c", "time": time.time() - 60, "containers": []}  # its last containers left
+    (mp / ".volagent" / "usage" / "host-c.json").write_text(json.dumps(rec))
+    assert len(candidates(mp, root)) == 1
 
 
 def test_move_is_one_rename_with_a_record(mp: Path, root: int) -> None:

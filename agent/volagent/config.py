@@ -35,8 +35,15 @@ _SIZE_UNITS = {
 }
 
 
-def _doc(text: str, **kw: Any) -> Any:
-    return field(metadata={"doc": text}, **kw)
+# When an edited key takes effect in a running daemon (the file watch, `systemctl reload`):
+LIVE = "live"  # at once
+REMOUNT = "remount"  # the mount side mounts the shared filesystem again with it
+RESTART = "restart"  # only once volagent is restarted
+RESTART_TO_ENABLE = "restart to turn on"  # turning it off applies at once
+
+
+def _doc(text: str, applies: str = LIVE, **kw: Any) -> Any:
+    return field(metadata={"doc": text, "applies": applies}, **kw)
 
 
 @dataclass(frozen=True)
@@ -104,19 +111,24 @@ def parse_mode(text: str) -> int:
 
 @dataclass(frozen=True)
 class MountConfig:
-    type: str = _doc("auto | efs | nfs4 | nfs | local", default="auto")
-    file_system_id: str = _doc("fs-..., or discover by tag", default="")
+    type: str = _doc("auto | efs | nfs4 | nfs | local", default="auto", applies=REMOUNT)
+    file_system_id: str = _doc("fs-..., or discover by tag", default="", applies=REMOUNT)
     discover_tag: str = _doc(
-        '"Key=Value" tag of the filesystem, e.g. "convox:rack=myrack"', default=""
+        '"Key=Value" tag of the filesystem, e.g. "convox:rack=myrack"', default="", applies=REMOUNT
     )
-    region: str = _doc("AWS region; default: from instance metadata", default="")
-    source: str = _doc('for type nfs: "server:/export"', default="")
+    region: str = _doc("AWS region; default: from instance metadata", default="", applies=REMOUNT)
+    source: str = _doc('for type nfs: "server:/export"', default="", applies=REMOUNT)
     local_path: str = _doc(
         "for type local: the directory bind-mounted on the mount point",
         default="/var/lib/volagent/local",
+        applies=REMOUNT,
     )
-    options: str = _doc("mount options for efs, nfs4 and nfs", default=DEFAULT_NFS_OPTIONS)
-    mount_program: str = _doc("called as PROG -t TYPE -o OPTS SOURCE MOUNT_POINT", default="mount")
+    options: str = _doc(
+        "mount options for efs, nfs4 and nfs", default=DEFAULT_NFS_OPTIONS, applies=REMOUNT
+    )
+    mount_program: str = _doc(
+        "called as PROG -t TYPE -o OPTS SOURCE MOUNT_POINT", default="mount", applies=REMOUNT
+    )
     probe_interval_s: float = _doc("seconds between health probes of the mount", default=5.0)
     probe_timeout_s: float = _doc(
         "seconds a probe may take before the mount is stalled", default=3.0
@@ -125,7 +137,7 @@ class MountConfig:
         "consecutive stalled probes before a forced remount", default=6
     )
     allow_local_fallback: bool = _doc(
-        "where EFS can't be had, use local_path and report local", default=False
+        "where EFS can't be had, use local_path and report local", default=False, applies=REMOUNT
     )
 
 
@@ -134,13 +146,18 @@ class AwsConfig:
     imds_endpoint: str = _doc(
         "instance metadata endpoint; AWS_EC2_METADATA_SERVICE_ENDPOINT overrides",
         default="http://169.254.169.254",
+        applies=REMOUNT,
     )
-    endpoint_url: str = _doc("AWS API endpoint; boto3 also honours AWS_ENDPOINT_URL", default="")
+    endpoint_url: str = _doc(
+        "AWS API endpoint; boto3 also honours AWS_ENDPOINT_URL", default="", applies=REMOUNT
+    )
 
 
 @dataclass(frozen=True)
 class DockerConfig:
-    url: str = _doc("Docker engine API address", default="unix:///var/run/docker.sock")
+    url: str = _doc(
+        "Docker engine API address", default="unix:///var/run/docker.sock", applies=RESTART
+    )
     rack_label: str = _doc("label naming the rack", default="convox.rack")
     app_label: str = _doc("label naming the app", default="convox.app")
     service_label: str = _doc("label naming the service", default="convox.service")
@@ -164,18 +181,27 @@ class DirectoriesConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    socket: str = _doc("the local status socket", default="/run/volagent/volagent.sock")
-    metrics_address: str = _doc('also serve /metrics on "host:port" (off when empty)', default="")
+    socket: str = _doc(
+        "the local status socket", default="/run/volagent/volagent.sock", applies=RESTART
+    )
+    metrics_address: str = _doc(
+        'also serve /metrics on "host:port" (off when empty)', default="", applies=RESTART
+    )
     socket_group: str = _doc(
         "group whose members may use the status socket (0660); empty: root only (0600)",
         default="volagent",
+        applies=RESTART,
     )
 
 
 @dataclass(frozen=True)
 class GuardConfig:
-    enabled: bool = _doc("serve the Docker authorization plugin", default=False)
-    plugin_socket: str = _doc("the plugin's socket", default="/run/docker/plugins/volagent.sock")
+    enabled: bool = _doc(
+        "serve the Docker authorization plugin", default=False, applies=RESTART_TO_ENABLE
+    )
+    plugin_socket: str = _doc(
+        "the plugin's socket", default="/run/docker/plugins/volagent.sock", applies=RESTART
+    )
     when_unhealthy: str = _doc(
         "deny | allow container create/start while the mount is unhealthy", default="deny"
     )
@@ -224,8 +250,10 @@ class Config:
     host_id: str = _doc(
         "names this host in the rack view; default: instance id, else hostname", default=""
     )
-    mount_point: str = _doc("where the shared filesystem is mounted", default="/volumes")
-    state_dir: str = _doc("local state of the agent", default="/var/lib/volagent")
+    mount_point: str = _doc(
+        "where the shared filesystem is mounted", default="/volumes", applies=RESTART
+    )
+    state_dir: str = _doc("local state of the agent", default="/var/lib/volagent", applies=RESTART)
     log_level: str = _doc("debug | info | warning | error", default="info")
     mount: MountConfig = field(default_factory=MountConfig)
     aws: AwsConfig = field(default_factory=AwsConfig)
@@ -239,6 +267,35 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def keys_applying(applies: str, cfg: Config | None = None) -> list[str]:
+    """The dotted keys that take effect the way `applies` says, in declaration order."""
+    out = []
+    cfg = cfg or Config()
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out += [
+                f"{f.name}.{sf.name}"
+                for sf in dataclasses.fields(value)
+                if sf.metadata.get("applies", LIVE) == applies
+            ]
+        elif f.metadata.get("applies", LIVE) == applies:
+            out.append(f.name)
+    return out
+
+
+def value_of(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def changed_keys(old: Config, new: Config, applies: str) -> list[str]:
+    """The keys of that kind whose value differs between two configs."""
+    return [k for k in keys_applying(applies) if value_of(old, k) != value_of(new, k)]
 
 
 SECTIONS: dict[str, type[Any]] = {

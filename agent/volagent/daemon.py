@@ -264,6 +264,9 @@ class Daemon:
             self.state.clear_warning("config-restart")
         self.state.config = new
         self.state.guard.enabled = new.guard.enabled and old.guard.enabled
+        if new.host_id != old.host_id:
+            # the rack view names this host by it: a new one applies with the next heartbeat
+            self.state.host_id = new.host_id or self.state.instance_id or socket.gethostname()
         self.state.clear_warning("config")
         log.configure(new.log_level)
         self.heartbeat.wake()  # a new heartbeat interval applies now, not after the old one
@@ -272,26 +275,11 @@ class Daemon:
         return True
 
 
-_RESTART_KEYS = (
-    "mount_point",
-    "state_dir",
-    "api.socket",
-    "api.metrics_address",
-    "api.socket_group",
-    "guard.enabled",
-    "guard.plugin_socket",
-    "docker.url",
-)
-
-
 def _needs_restart(old: Config, new: Config) -> list[str]:
-    def get(cfg: Config, dotted: str) -> Any:
-        obj: Any = cfg
-        for part in dotted.split("."):
-            obj = getattr(obj, part)
-        return obj
-
-    return [k for k in _RESTART_KEYS if get(old, k) != get(new, k)]
+    """The edited keys that apply only after a restart (declared on each config field)."""
+    fixed = config_mod.changed_keys(old, new, config_mod.RESTART)
+    turned_on = config_mod.changed_keys(old, new, config_mod.RESTART_TO_ENABLE)
+    return fixed + [k for k in turned_on if config_mod.value_of(new, k)]
 
 
 def main(config_path: str | None) -> int:

@@ -87,3 +87,21 @@ def test_every_config_key_is_documented_with_its_default_and_meaning() -> None:
 def test_every_field_has_a_doc() -> None:
     for key, _, doc in expected_rows():
         assert doc.strip(), f"{key} has no doc metadata"
+
+
+def _keys_in_sentence(text: str, opening: str) -> list[str]:
+    start = text.index(opening) + len(opening)
+    end = text.index(".", start)
+    while text[end + 1 : end + 2] not in (" ", "\n", ""):  # a dot inside a key name
+        end = text.index(".", end + 1)
+    return re.findall(r"`([a-z_.]+)`", text[start:end])
+
+
+def test_the_readme_says_which_keys_remount_and_which_need_a_restart() -> None:
+    # declared once, on each config field: the daemon, the mount side and this text agree
+    text = " ".join(README.read_text().split())
+    remount = _keys_in_sentence(text, "These keys make it remount with the new settings:")
+    assert sorted(remount) == sorted(config.keys_applying(config.REMOUNT))
+    restart = _keys_in_sentence(text, "These keys need a restart:")
+    assert sorted(restart) == sorted([*config.keys_applying(config.RESTART), "guard.enabled"])
+    assert config.keys_applying(config.RESTART_TO_ENABLE) == ["guard.enabled"]

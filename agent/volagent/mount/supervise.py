@@ -19,7 +19,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from volagent.config import Config
+from volagent.config import REMOUNT, Config, keys_applying, value_of
 from volagent.mount import probe, table
 from volagent.mount.report import Reporter
 from volagent.mount.target import Target
@@ -195,20 +195,8 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-# The keys that say what is mounted where; probe timing and the like apply live, without a
-# remount that would pull the filesystem from under running containers.
-_TARGET_KEYS = (
-    "type",
-    "file_system_id",
-    "discover_tag",
-    "region",
-    "source",
-    "local_path",
-    "options",
-    "mount_program",
-    "allow_local_fallback",
-)
-
-
 def _target(cfg: Config) -> tuple[object, ...]:
-    return (cfg.mount_point, cfg.aws, *(getattr(cfg.mount, k) for k in _TARGET_KEYS))
+    """What is mounted where: the keys declared to need a remount (probe timing and the
+    like apply live, without pulling the filesystem from under running containers), and
+    the mount point, which the mount follows while the sockets wait for a restart."""
+    return (cfg.mount_point, *(value_of(cfg, k) for k in keys_applying(REMOUNT)))

@@ -1,0 +1,50 @@
+"""What a config reload applies, as each config field declares it: turning the guard off
+applies at once (no restart asked for), an edited host_id names this host from then on,
+keys that need a restart say so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from volagent import config
+from volagent.daemon import Daemon
+
+
+def _daemon(tmp_path: Path, text: str) -> tuple[Daemon, Path]:
+    path = tmp_path / "volagent.toml"
+    path.write_text(text)
+    d = Daemon(config.load(str(path)), str(path))
+    return d, path
+
+
+def _restart_warning(d: Daemon) -> str:
+    return next((w for w in d.state.warnings if "need a restart" in w), "")
+
+
+def test_turning_the_guard_off_applies_without_a_restart(tmp_path: Path) -> None:
+    d, path = _daemon(tmp_path, 'host_id = "a"\n[guard]\nenabled = true\n')
+    assert d.state.guard.enabled
+    path.write_text('host_id = "a"\n[guard]\nenabled = false\n')
+    assert d.reload()
+    assert not d.state.guard.enabled
+    assert _restart_warning(d) == ""
+    path.write_text('host_id = "a"\n[guard]\nenabled = true\n')
+    assert d.reload()
+    assert "guard.enabled" in _restart_warning(d)
+
+
+def test_an_edited_host_id_applies(tmp_path: Path) -> None:
+    d, path = _daemon(tmp_path, 'host_id = "a"\n')
+    assert d.state.host_id == "a"
+    path.write_text('host_id = "b"\n')
+    assert d.reload()
+    assert d.state.host_id == "b"
+    assert _restart_warning(d) == ""
+
+
+def test_keys_that_need_a_restart_say_so(tmp_path: Path) -> None:
+    d, path = _daemon(tmp_path, "")
+    path.write_text('[docker]\nurl = "unix:///elsewhere.sock"\n[mount]\nprobe_interval_s = 1\n')
+    assert d.reload()
+    assert "docker.url" in _restart_warning(d)
+    assert "mount" not in _restart_warning(d)

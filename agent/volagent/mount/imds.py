@@ -2,8 +2,7 @@
 
 A session token is PUT first with a TTL, then every read carries it. Each request has a short
 timeout and a few quick retries, because IMDS is often not ready yet early in boot; the
-caller's backoff does the long waiting. Standard library only, and blocking: call it from a
-thread.
+caller's backoff does the long waiting. Blocking: call it from a thread.
 """
 
 from __future__ import annotations
@@ -12,6 +11,8 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+
+import tenacity
 
 from volagent.errors import DiscoveryError
 
@@ -50,20 +51,29 @@ class Imds:
         self._token_expires = 0.0
 
     def _request(self, req: urllib.request.Request) -> str:
-        last: Exception | None = None
-        for attempt in range(self.attempts):
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=tenacity.wait_incrementing(start=self.pause, increment=self.pause),
+            # a 404 is an answer (no such key), not a metadata service that is not ready
+            retry=tenacity.retry_if_exception(
+                lambda exc: (
+                    isinstance(exc, OSError | TimeoutError)
+                    and not (isinstance(exc, urllib.error.HTTPError) and exc.code == 404)
+                )
+            ),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt, urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
                     body: bytes = resp.read(65536)
                     return body.decode("utf-8", "replace").strip()
-            except urllib.error.HTTPError as exc:
-                if exc.code in (404,):
-                    raise
-                last = exc
-            except (OSError, TimeoutError) as exc:
-                last = exc
-            if attempt + 1 < self.attempts:
-                time.sleep(self.pause * (attempt + 1))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise
+            last: Exception = exc
+        except (OSError, TimeoutError) as exc:
+            last = exc
         raise DiscoveryError(
             f"instance metadata at {self.endpoint} is unreachable ({_reason(last)})", FIX
         )

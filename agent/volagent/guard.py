@@ -352,7 +352,7 @@ class Guard:
         if vol.type in ("", "none") and vol.is_bind:
             device = vol.device
             if not device.startswith("/") or ".." in device.split("/") or "\x00" in device:
-                return messages.volume_kind(who, vol, "its device is not an absolute path")
+                return messages.volume_kind(who, vol, "its device is not a plain absolute path")
             probe = ContainerSpec(
                 "", "", {}, [], "", {"Mounts": [{"Type": "bind", "Source": device, "Target": "/"}]}
             )

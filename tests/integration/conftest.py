@@ -8,6 +8,7 @@ package in a fixture of its own scope.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +26,7 @@ from tests.integration.testbed import (
     ensure_image,
 )
 from tests.integration.testbed import mounts as testbed_mounts
-from tests.integration.testbed.guarded import Guarded
+from tests.integration.testbed.guarded import VICTIM_SECRET, Guarded
 from tests.integration.testbed.plugin_home import PluginHome
 
 
@@ -168,3 +169,15 @@ def ctr(bed: Guarded) -> Iterator[Containers]:
     made = Containers(bed.engine.url)
     yield made
     made.close()
+
+
+@pytest.fixture
+def victim(bed: Guarded) -> str:
+    """Another app's directory (app `other`), holding a secret."""
+    agent = bed.agent
+    assert agent is not None
+    data = agent.ns("other", "web", "data")
+    os.makedirs(data, exist_ok=True)
+    with open(os.path.join(data, "secret"), "w") as f:
+        f.write(VICTIM_SECRET)
+    return data

@@ -31,18 +31,6 @@ OWNER = "33:33"
 EVIL = app_labels("evil", "web", owner=OWNER)
 
 
-@pytest.fixture
-def victim(bed: Guarded) -> str:
-    """Another app's directory, holding a secret."""
-    agent = bed.agent
-    assert agent is not None
-    data = agent.ns("other", "web", "data")
-    os.makedirs(data)
-    with open(os.path.join(data, "secret"), "w") as f:
-        f.write("other app's data")
-    return data
-
-
 def refused(ctr: Containers, binds: list[str], **kw: Any) -> str:
     with pytest.raises(docker.errors.APIError) as excinfo:
         ctr.run(binds, labels=kw.pop("labels", EVIL), command=["cat", "/data/secret"], **kw)

@@ -28,30 +28,17 @@ import docker.types
 import pytest
 
 from tests.integration.testbed import Containers, app_labels
-from tests.integration.testbed.guarded import Guarded
+from tests.integration.testbed.guarded import VICTIM_SECRET, Guarded
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 
 OWNER = "33:33"
 EVIL = {**app_labels("evil", "web", owner=OWNER), "volagent.test": "1"}
 OTHER = app_labels("other", "web", owner=OWNER)
-SECRET = "other app's data"
 IMAGE = "volagent-test/busybox:latest"
 
 
 # --- helpers ----------------------------------------------------------------------------------
-@pytest.fixture
-def victim(bed: Guarded) -> str:
-    """Another app's directory, holding a secret."""
-    agent = bed.agent
-    assert agent is not None
-    data = agent.ns("other", "web", "data")
-    os.makedirs(data, exist_ok=True)
-    with open(os.path.join(data, "secret"), "w") as f:
-        f.write(SECRET)
-    return data
-
-
 @pytest.fixture
 def victim_ctr(bed: Guarded, ctr: Containers, victim: str) -> str:
     """App other's own container, binding its directory (allowed: its own namespace)."""
@@ -123,7 +110,7 @@ def leaked(ctr: Containers, cid: str) -> bool:
     with contextlib.suppress(Exception):
         ctr.wait(cid, timeout=20)
     with contextlib.suppress(docker.errors.NotFound):
-        return SECRET in ctr.logs(cid)
+        return VICTIM_SECRET in ctr.logs(cid)
     return False
 
 
@@ -150,6 +137,15 @@ def removed_volumes(ctr: Containers, *names: str) -> Iterator[None]:
         for name in names:
             with contextlib.suppress(docker.errors.APIError):
                 ctr.api.remove_volume(name, force=True)
+
+
+def refused_volume(ctr: Containers, opts: Mapping[str, str], name: str = "evil-vol") -> str:
+    """Creates a local-driver volume with `opts`; the guard's refusal, which must come."""
+    with removed_volumes(ctr, name), pytest.raises(docker.errors.APIError) as excinfo:
+        ctr.api.create_volume(name, driver="local", driver_opts=dict(opts))
+    text = str(excinfo.value)
+    assert "authorization denied by plugin volagent" in text, text
+    return text
 
 
 def dockerd_cwd(bed: Guarded) -> str:
@@ -271,22 +267,7 @@ def test_local_volume_overlay_with_another_apps_directory_as_upperdir(
         "device": "overlay",
         "o": f"lowerdir={lower},upperdir={victim},workdir={work}",
     }
-    with removed_volumes(ctr, "rt-overlay"):
-        try:
-            ctr.api.create_volume("rt-overlay", driver="local", driver_opts=opts)
-        except docker.errors.APIError as exc:
-            assert "authorization denied by plugin volagent" in str(exc)
-            return
-        cid = ctr.api.create_container(
-            ctr.image,
-            command=["sh", "-c", "cat /data/secret; echo pwned > /data/planted"],
-            labels=EVIL,
-            host_config=ctr.api.create_host_config(network_mode="none", binds=["rt-overlay:/data"]),
-        )["Id"]
-        started = created_then_started(ctr, cid)
-        got = leaked(ctr, cid) if started else False
-        planted = os.path.exists(os.path.join(victim, "planted"))
-        assert not got and not planted, f"read={got} wrote={planted}"
+    assert "cannot judge" in refused_volume(ctr, opts)
 
 
 def test_local_volume_overlay_inline_in_mounts(bed: Guarded, ctr: Containers, victim: str) -> None:
@@ -302,19 +283,14 @@ def test_local_volume_overlay_inline_in_mounts(bed: Guarded, ctr: Containers, vi
         type="volume",
         driver_config=docker.types.DriverConfig("local", opts),
     )
-    with removed_volumes(ctr, "rt-overlay2"):
-        try:
-            cid = ctr.api.create_container(
-                ctr.image,
-                command=["cat", "/data/secret"],
-                labels=EVIL,
-                host_config=ctr.api.create_host_config(network_mode="none", mounts=[mount]),
-            )["Id"]
-        except docker.errors.APIError as exc:
-            assert "authorization denied by plugin volagent" in str(exc)
-            return
-        started = created_then_started(ctr, cid)
-        assert not (started and leaked(ctr, cid)), "read another app's data through overlay"
+    with removed_volumes(ctr), pytest.raises(docker.errors.APIError) as excinfo:
+        ctr.api.create_container(
+            ctr.image,
+            command=["cat", "/data/secret"],
+            labels=EVIL,
+            host_config=ctr.api.create_host_config(network_mode="none", mounts=[mount]),
+        )
+    assert "authorization denied by plugin volagent" in str(excinfo.value)
 
 
 def test_local_volume_bind_with_a_relative_device(
@@ -323,26 +299,7 @@ def test_local_volume_bind_with_a_relative_device(
     # `mount(2)` resolves a relative source against dockerd's working directory
     rel = os.path.relpath(victim, dockerd_cwd(bed))
     opts = {"type": "none", "o": "bind", "device": rel}
-    with removed_volumes(ctr, "rt-relative"):
-        try:
-            ctr.api.create_volume("rt-relative", driver="local", driver_opts=opts)
-        except docker.errors.APIError as exc:
-            assert "authorization denied by plugin volagent" in str(exc)
-            return
-        try:
-            cid = ctr.api.create_container(
-                ctr.image,
-                command=["cat", "/data/secret"],
-                labels=EVIL,
-                host_config=ctr.api.create_host_config(
-                    network_mode="none", binds=["rt-relative:/data"]
-                ),
-            )["Id"]
-        except docker.errors.APIError as exc:
-            assert "authorization denied by plugin volagent" in str(exc)
-            return
-        started = created_then_started(ctr, cid)
-        assert not (started and leaked(ctr, cid)), f"read another app's data via {rel}"
+    assert "not a plain absolute path" in refused_volume(ctr, opts)
 
 
 def test_local_volume_bind_spelled_with_rbind_and_spaces(
@@ -643,19 +600,7 @@ def test_overlay_volume_of_the_mount_point_root(bed: Guarded, ctr: Containers, v
     assert agent is not None
     # a second lower layer outside the shared filesystem (layers may not overlap)
     opts = {"type": "overlay", "device": "overlay", "o": f"lowerdir={agent.mount_point}:/etc"}
-    with removed_volumes(ctr, "rt-overlay3"):
-        try:
-            ctr.api.create_volume("rt-overlay3", driver="local", driver_opts=opts)
-        except docker.errors.APIError as exc:
-            assert "authorization denied by plugin volagent" in str(exc)
-            return
-        cid = ctr.api.create_container(
-            ctr.image,
-            command=["cat", f"/all/{agent.rack}-other/web/data/secret"],
-            labels=EVIL,
-            host_config=ctr.api.create_host_config(network_mode="none", binds=["rt-overlay3:/all"]),
-        )["Id"]
-        assert not (created_then_started(ctr, cid) and leaked(ctr, cid)), "read every app"
+    assert "cannot judge" in refused_volume(ctr, opts)
 
 
 def test_bind_through_proc_pid_root_of_the_victims_running_container(
@@ -703,19 +648,4 @@ def test_local_volume_bind_whose_device_hides_dotdot_after_a_colon(
     depth = os.path.realpath(entry).count("/")
     device = entry + "/" + "../" * depth + victim.lstrip("/")
     opts = {"type": "none", "o": "bind", "device": device}
-    with removed_volumes(ctr, "rt-colon"):
-        try:
-            ctr.api.create_volume("rt-colon", driver="local", driver_opts=opts)
-        except docker.errors.APIError as exc:
-            assert "authorization denied by plugin volagent" in str(exc)
-            return
-        cid = ctr.api.create_container(
-            ctr.image,
-            command=["sh", "-c", "cat /data/secret; echo pwned > /data/planted"],
-            labels=EVIL,
-            host_config=ctr.api.create_host_config(network_mode="none", binds=["rt-colon:/data"]),
-        )["Id"]
-        started = created_then_started(ctr, cid)
-        got = started and leaked(ctr, cid)
-        planted = os.path.exists(os.path.join(victim, "planted"))
-        assert not got and not planted, f"read={got} wrote={planted} via {device}"
+    assert "not a plain absolute path" in refused_volume(ctr, opts)

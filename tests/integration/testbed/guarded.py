@@ -9,6 +9,9 @@ from tests.integration.testbed.agent import AgentProcess
 from tests.integration.testbed.dockerd import Dockerd
 from tests.integration.testbed.plugin_home import PluginHome
 
+# the secret another app keeps, for the attacks on the guard to reach for
+VICTIM_SECRET = "other app's data"
+
 
 class Guarded:
     """The module's engine and plugin home; one agent at a time serves the held socket."""

@@ -23,7 +23,7 @@ import pytest
 from tests.integration.test_guard import denied
 from tests.integration.testbed import AgentProcess, Containers, app_labels, unixhttp
 from tests.integration.testbed import mounts as testbed_mounts
-from tests.integration.testbed.guarded import Guarded
+from tests.integration.testbed.guarded import Guarded, still_serving
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 
@@ -301,15 +301,7 @@ def test_symlink_swap_before_a_restart_by_restart_policy(
 
 def test_guard_state_after_attacks_is_still_answering(bed: Guarded, ctr: Containers) -> None:
     # after every refusal above, legitimate work goes on
-    agent = bed.agent
-    assert agent is not None
-    cid = ctr.run(
-        [agent.ns("evil", "web", "ok") + ":/data"],
-        labels=EVIL,
-        command=["stat", "-c", "%u:%g", "/data"],
-    )
-    assert ctr.wait(cid) == 0
-    assert ctr.logs(cid).strip() == OWNER
+    still_serving(bed, ctr, OWNER)
 
 
 def test_symlink_swap_while_dockerd_is_down(bed: Guarded, ctr: Containers, victim: str) -> None:

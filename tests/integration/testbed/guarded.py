@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.integration.testbed.agent import AgentProcess
+from tests.integration.testbed.containers import Containers, app_labels
 from tests.integration.testbed.dockerd import Dockerd
 from tests.integration.testbed.plugin_home import PluginHome
 
@@ -37,3 +38,17 @@ class Guarded:
         if self.agent is not None:
             self.agent.close()
             self.agent = None
+
+
+def still_serving(bed: Guarded, containers: Containers, owner: str = "33:33") -> None:
+    """After whatever was refused, a legitimate run of app evil works, its directory
+    prepared with its owner before it started."""
+    agent = bed.agent
+    assert agent is not None
+    cid = containers.run(
+        [agent.ns("evil", "web", "ok") + ":/data"],
+        labels=app_labels("evil", "web", owner=owner, **{"volagent.test": "1"}),
+        command=["stat", "-c", "%u:%g", "/data"],
+    )
+    assert containers.wait(cid) == 0
+    assert containers.logs(cid).strip() == owner

@@ -370,14 +370,14 @@ class HttpServer:
                 await self._turnstile.wait_turn(root=req.peer_uid == 0)
                 if _gone(writer, sock if ahead else None):
                     return
-            started = time.perf_counter()
+            started = time.thread_time()
             resp = await self._dispatch(req)
             if req.method == "HEAD":
                 resp = Response(resp.status, b"", resp.content_type, resp.headers)
             keep_alive = keep_alive and not self._draining
             writer.write(encode_response(resp, not keep_alive))
             if self._turnstile is not None:
-                self._turnstile.charge(time.perf_counter() - started)
+                self._turnstile.charge(time.thread_time() - started)
             await self._drain(writer, always=not keep_alive)
             self._busy.discard(asyncio.current_task())
             if not keep_alive:

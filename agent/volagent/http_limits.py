@@ -108,10 +108,11 @@ class Turnstile:
     and within `share` of the loop's time.
 
     A pass is a promise to do one piece of work (a request, a batch of accepts) before the
-    next await; `charge` says how long it took, and no pass is given again until the loop has
-    had `1/share - 1` times as long for everything else (the start guard's decisions). A
-    charge is counted up to `max_charge` seconds: a piece of work that awaited something
-    (the rack's hosts) held nobody up meanwhile."""
+    next await; `charge` says how much CPU time it took (the thread's, so that time the
+    process spent preempted by others is not held against the server), and no pass is given
+    again until the loop has had `1/share - 1` times as long for everything else (the start
+    guard's decisions). A charge is counted up to `max_charge` seconds: a piece of work that
+    awaited something (the rack's hosts) gave the loop to others meanwhile."""
 
     def __init__(self, share: float = 0.2, max_charge: float = 0.005) -> None:
         if not 0 < share <= 1:

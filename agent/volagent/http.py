@@ -148,7 +148,7 @@ class HttpServer:
         self.accept_batch = accept_batch
         self._ledger = ConnectionLedger(max_connections, peer_limits)
         self._budget = ByteBudget(peer_limits.buffered_total if peer_limits else None)
-        self._turnstile = Turnstile() if peer_limits else None
+        self._turnstile = Turnstile(peer_limits.loop_share) if peer_limits else None
         self._listeners: list[Listener] = []
         self._refusing: dict[int, Callable[[], None]] = {}  # fd -> what ends its refusal
         self._connections: set[asyncio.Task[None]] = set()

@@ -35,6 +35,9 @@ class PeerLimits:
     buffered_total: int = 4 << 20
     """request bytes all connections together may hold in memory beyond their request heads
     (partial bodies, pipelined requests)"""
+    loop_share: float = 0.2
+    """the most of the event loop's CPU time the server's work may take while other work
+    (the start guard's) waits"""
 
     def __post_init__(self) -> None:
         for name in ("per_uid_connections", "max_pipelined", "buffered_total"):
@@ -42,6 +45,8 @@ class PeerLimits:
                 raise ValueError(f"PeerLimits.{name} must be at least 1")
         if self.root_reserved < 0:
             raise ValueError("PeerLimits.root_reserved must not be negative")
+        if not 0 < self.loop_share <= 1:
+            raise ValueError("PeerLimits.loop_share must be in (0, 1]")
 
 
 class ConnectionLedger:

@@ -36,6 +36,8 @@ _TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")  # controls and space
 # guard parses a request head for every Docker API call).
 _VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but tab
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+# a larger body is written after its head instead of being copied behind it
+_COPY_LIMIT = 16 << 10
 # a refused connection is answered when its request has come, or after this long
 REFUSE_WAIT_S = 0.5
 REFUSING_MAX = 64  # refusals waiting for their request at once
@@ -375,7 +377,11 @@ class HttpServer:
             if req.method == "HEAD":
                 resp = Response(resp.status, b"", resp.content_type, resp.headers)
             keep_alive = keep_alive and not self._draining
-            writer.write(encode_response(resp, not keep_alive))
+            if len(resp.body) > _COPY_LIMIT:  # sent as it is rather than copied behind the head
+                writer.write(encode_head(resp, not keep_alive))
+                writer.write(resp.body)
+            else:
+                writer.write(encode_response(resp, not keep_alive))
             if self._turnstile is not None:
                 self._turnstile.charge(time.thread_time() - started)
             await self._drain(writer, always=not keep_alive)
@@ -615,6 +621,11 @@ def _wants_keep_alive(version: str, connection: str) -> bool:
 
 
 def encode_response(resp: Response, close: bool) -> bytes:
+    return encode_head(resp, close) + resp.body
+
+
+def encode_head(resp: Response, close: bool) -> bytes:
+    """The status line and header fields of `resp`, up to the blank line."""
     lines = [f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'Unknown')}"]
     if resp.status not in (204, 304):
         lines.append(f"Content-Type: {resp.content_type}")
@@ -625,7 +636,7 @@ def encode_response(resp: Response, close: bool) -> bytes:
         lines.append(f"{name}: {value}")
     if close:
         lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + resp.body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def _answer_and_close(sock: socket.socket, answer: bytes) -> None:

@@ -38,9 +38,9 @@ _VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but tab
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 # a larger body is written after its head instead of being copied behind it
 _COPY_LIMIT = 16 << 10
-# a refused connection is answered when its request has come, or after this long
-REFUSE_WAIT_S = 0.5
-REFUSING_MAX = 64  # refusals waiting for their request at once
+# a refused connection is answered this long after it came, at most so many at once
+REFUSE_DELAY_S = 0.25
+REFUSING_MAX = 64
 
 
 @dataclass
@@ -278,26 +278,23 @@ class HttpServer:
         self._fds[task] = sock.fileno()
 
     def _refuse(self, sock: socket.socket, why: str) -> None:
-        """Answers 503 and closes, without a task or streams: once the client's request has
-        come (or `REFUSE_WAIT_S` passed), so that the client reads the answer after sending
-        its request, and the request has been read (a socket closed with unread input
-        resets the connection, and the client may lose the answer). Beyond `REFUSING_MAX`
-        refusals at once, the answer is sent and the connection closed straight away."""
+        """Answers 503 and closes, without a task or streams, `REFUSE_DELAY_S` later: a
+        client refused for holding its share comes back no faster than that (a flood that
+        reconnects at once costs a few refusals per delay, not one per connection), and
+        its request has come by then, so it reads the answer after sending the request.
+        Beyond `REFUSING_MAX` refusals waiting, the answer goes at once."""
         answer = encode_response(error_response(503, why), True)
-        fd = sock.fileno()
         if len(self._refusing) >= REFUSING_MAX:
             _answer_and_close(sock, answer)
             return
-        loop = asyncio.get_running_loop()
+        fd = sock.fileno()
 
         def finish() -> None:
-            loop.remove_reader(fd)
             timer.cancel()
             self._refusing.pop(fd, None)
             _answer_and_close(sock, answer)
 
-        timer = loop.call_later(REFUSE_WAIT_S, finish)
-        loop.add_reader(fd, finish)
+        timer = asyncio.get_running_loop().call_later(REFUSE_DELAY_S, finish)
         self._refusing[fd] = finish
 
     async def _connection(self, sock: socket.socket, creds: tuple[int, int, int] | None) -> None:

@@ -38,7 +38,7 @@ LIMITS = PeerLimits(
     root_reserved=64,
     max_pipelined=16,
     buffered_total=4 << 20,
-    loop_share=0.2,
+    loop_share=0.1,
 )
 
 Action = Callable[[], Awaitable[dict[str, Any]]]

@@ -106,6 +106,12 @@ def _timed(fn: Callable[[], object], n: int, into: list[float]) -> None:
         into.append(time.perf_counter() - started)
 
 
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:8.3f} ms"
 
@@ -169,7 +175,17 @@ def main() -> None:
             k: {p: [] for p in PHASES} for k in ("guard", "ps", "health")
         }
 
+        cpu: dict[str, list[float]] = {p: [0.0, 0.0] for p in PHASES}  # agent CPU s, wall s
+
         def block(phase: str) -> None:
+            cpu_before, wall_before = _cpu_seconds(agent.pid), time.perf_counter()
+            try:
+                _calls(phase)
+            finally:
+                cpu[phase][0] += _cpu_seconds(agent.pid) - cpu_before
+                cpu[phase][1] += time.perf_counter() - wall_before
+
+        def _calls(phase: str) -> None:
             # interleaved in small steps so each kind sees the whole phase
             for _ in range(STEPS):
                 _timed(plugin.decide, CALLS_PER_BLOCK // STEPS, times["guard"][phase])
@@ -209,6 +225,8 @@ def main() -> None:
                 print(f"  {phase} {n + 1}: {flood_report_text(report)}")
                 for error in report.errors[:3]:
                     print(f"    error: {error}")
+        shares = ", ".join(f"{p} {100 * c / w:.0f}%" for p, (c, w) in cpu.items())
+        print(f"the agent's CPU use (of one core): {shares}")
         print("latency (ratios against idle: p50, p99)")
         _row("guard decision (AuthZReq round trip)", times["guard"], "  (target <= 1.5)")
         _row("docker ps (GET /containers/json)", times["ps"], "  (target <= 1.5)")

@@ -34,7 +34,11 @@ MAX_BODY = 64 << 10
 MAX_CONNECTIONS = 256
 ACCEPT_BATCH = 8  # per turn of the loop, when the socket's share of it allows
 LIMITS = PeerLimits(
-    per_uid_connections=16, root_reserved=64, max_pipelined=16, buffered_total=4 << 20
+    per_uid_connections=16,
+    root_reserved=64,
+    max_pipelined=16,
+    buffered_total=4 << 20,
+    loop_share=0.1,
 )
 
 Action = Callable[[], Awaitable[dict[str, Any]]]

@@ -141,7 +141,10 @@ def _connect_problem(socket_path: str, exc: OSError) -> str:
             "check `systemctl status volagent` and `journalctl -u volagent`"
         )
     if isinstance(exc, PermissionError):
-        return f"permission denied on {socket_path}: run as root or as a user who may use it"
+        return (
+            f"permission denied on {socket_path}: run as root, or as a member of its group "
+            "(`usermod -aG volagent USER`, then log in again)"
+        )
     if isinstance(exc, TimeoutError):
         return f"{socket_path} did not accept the connection: the daemon may be hung"
     if isinstance(exc, BlockingIOError):

@@ -36,9 +36,11 @@ _TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")  # controls and space
 # guard parses a request head for every Docker API call).
 _VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but tab
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
-# a refused connection is answered when its request has come, or after this long
-REFUSE_WAIT_S = 0.5
-REFUSING_MAX = 64  # refusals waiting for their request at once
+# a larger body is written after its head instead of being copied behind it
+_COPY_LIMIT = 16 << 10
+# a refused connection is answered this long after it came, at most so many at once
+REFUSE_DELAY_S = 0.25
+REFUSING_MAX = 64
 
 
 @dataclass
@@ -148,7 +150,7 @@ class HttpServer:
         self.accept_batch = accept_batch
         self._ledger = ConnectionLedger(max_connections, peer_limits)
         self._budget = ByteBudget(peer_limits.buffered_total if peer_limits else None)
-        self._turnstile = Turnstile() if peer_limits else None
+        self._turnstile = Turnstile(peer_limits.loop_share) if peer_limits else None
         self._listeners: list[Listener] = []
         self._refusing: dict[int, Callable[[], None]] = {}  # fd -> what ends its refusal
         self._connections: set[asyncio.Task[None]] = set()
@@ -276,26 +278,23 @@ class HttpServer:
         self._fds[task] = sock.fileno()
 
     def _refuse(self, sock: socket.socket, why: str) -> None:
-        """Answers 503 and closes, without a task or streams: once the client's request has
-        come (or `REFUSE_WAIT_S` passed), so that the client reads the answer after sending
-        its request, and the request has been read (a socket closed with unread input
-        resets the connection, and the client may lose the answer). Beyond `REFUSING_MAX`
-        refusals at once, the answer is sent and the connection closed straight away."""
+        """Answers 503 and closes, without a task or streams, `REFUSE_DELAY_S` later: a
+        client refused for holding its share comes back no faster than that (a flood that
+        reconnects at once costs a few refusals per delay, not one per connection), and
+        its request has come by then, so it reads the answer after sending the request.
+        Beyond `REFUSING_MAX` refusals waiting, the answer goes at once."""
         answer = encode_response(error_response(503, why), True)
-        fd = sock.fileno()
         if len(self._refusing) >= REFUSING_MAX:
             _answer_and_close(sock, answer)
             return
-        loop = asyncio.get_running_loop()
+        fd = sock.fileno()
 
         def finish() -> None:
-            loop.remove_reader(fd)
             timer.cancel()
             self._refusing.pop(fd, None)
             _answer_and_close(sock, answer)
 
-        timer = loop.call_later(REFUSE_WAIT_S, finish)
-        loop.add_reader(fd, finish)
+        timer = asyncio.get_running_loop().call_later(REFUSE_DELAY_S, finish)
         self._refusing[fd] = finish
 
     async def _connection(self, sock: socket.socket, creds: tuple[int, int, int] | None) -> None:
@@ -370,14 +369,18 @@ class HttpServer:
                 await self._turnstile.wait_turn(root=req.peer_uid == 0)
                 if _gone(writer, sock if ahead else None):
                     return
-            started = time.perf_counter()
+            started = time.thread_time()
             resp = await self._dispatch(req)
             if req.method == "HEAD":
                 resp = Response(resp.status, b"", resp.content_type, resp.headers)
             keep_alive = keep_alive and not self._draining
-            writer.write(encode_response(resp, not keep_alive))
+            if len(resp.body) > _COPY_LIMIT:  # sent as it is rather than copied behind the head
+                writer.write(encode_head(resp, not keep_alive))
+                writer.write(resp.body)
+            else:
+                writer.write(encode_response(resp, not keep_alive))
             if self._turnstile is not None:
-                self._turnstile.charge(time.perf_counter() - started)
+                self._turnstile.charge(time.thread_time() - started)
             await self._drain(writer, always=not keep_alive)
             self._busy.discard(asyncio.current_task())
             if not keep_alive:
@@ -615,6 +618,11 @@ def _wants_keep_alive(version: str, connection: str) -> bool:
 
 
 def encode_response(resp: Response, close: bool) -> bytes:
+    return encode_head(resp, close) + resp.body
+
+
+def encode_head(resp: Response, close: bool) -> bytes:
+    """The status line and header fields of `resp`, up to the blank line."""
     lines = [f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'Unknown')}"]
     if resp.status not in (204, 304):
         lines.append(f"Content-Type: {resp.content_type}")
@@ -625,7 +633,7 @@ def encode_response(resp: Response, close: bool) -> bytes:
         lines.append(f"{name}: {value}")
     if close:
         lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + resp.body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def _answer_and_close(sock: socket.socket, answer: bytes) -> None:

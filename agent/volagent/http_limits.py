@@ -35,6 +35,9 @@ class PeerLimits:
     buffered_total: int = 4 << 20
     """request bytes all connections together may hold in memory beyond their request heads
     (partial bodies, pipelined requests)"""
+    loop_share: float = 0.2
+    """the most of the event loop's CPU time the server's work may take while other work
+    (the start guard's) waits"""
 
     def __post_init__(self) -> None:
         for name in ("per_uid_connections", "max_pipelined", "buffered_total"):
@@ -42,6 +45,8 @@ class PeerLimits:
                 raise ValueError(f"PeerLimits.{name} must be at least 1")
         if self.root_reserved < 0:
             raise ValueError("PeerLimits.root_reserved must not be negative")
+        if not 0 < self.loop_share <= 1:
+            raise ValueError("PeerLimits.loop_share must be in (0, 1]")
 
 
 class ConnectionLedger:
@@ -108,10 +113,11 @@ class Turnstile:
     and within `share` of the loop's time.
 
     A pass is a promise to do one piece of work (a request, a batch of accepts) before the
-    next await; `charge` says how long it took, and no pass is given again until the loop has
-    had `1/share - 1` times as long for everything else (the start guard's decisions). A
-    charge is counted up to `max_charge` seconds: a piece of work that awaited something
-    (the rack's hosts) held nobody up meanwhile."""
+    next await; `charge` says how much CPU time it took (the thread's, so that time the
+    process spent preempted by others is not held against the server), and no pass is given
+    again until the loop has had `1/share - 1` times as long for everything else (the start
+    guard's decisions). A charge is counted up to `max_charge` seconds: a piece of work that
+    awaited something (the rack's hosts) gave the loop to others meanwhile."""
 
     def __init__(self, share: float = 0.2, max_charge: float = 0.005) -> None:
         if not 0 < share <= 1:

@@ -65,10 +65,10 @@ class Listener:
     def _accept_in_turn(self) -> None:
         if self._closed:
             return
-        started = time.perf_counter()
+        started = time.thread_time()
         self._accept()
         if self.turnstile is not None:
-            self.turnstile.charge(time.perf_counter() - started)
+            self.turnstile.charge(time.thread_time() - started)
         if self._resume is None:
             self._read()
 

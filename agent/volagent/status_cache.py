@@ -32,7 +32,7 @@ class StatusCache:
     def __init__(self, state: AgentState, clock: Callable[[], float] = time.monotonic) -> None:
         self.state = state
         self.clock = clock
-        self._containers: dict[bool, tuple[int, str]] = {}  # pretty -> (version, JSON text)
+        self._containers: dict[bool, tuple[int, bytes]] = {}  # pretty -> (version, JSON)
         self._text: dict[tuple[Any, ...], tuple[float, str]] = {}
 
     def document(self, *, pretty: bool = False, extra: dict[str, Any] | None = None) -> bytes:
@@ -47,19 +47,19 @@ class StatusCache:
         before = {k: head[k] for k in keys[:at]}
         after = {k: head[k] for k in keys[at + 1 :]}
         containers = self._containers_json(pretty)
+        # joined as bytes, the large part copied once
         if pretty:
-            parts = [json.dumps(before, indent=2)[2:-2]] if before else []
-            parts.append(f'  "containers": {containers}')
+            parts = [json.dumps(before, indent=2)[2:-2].encode()] if before else []
+            parts.append(b'  "containers": ' + containers)
             if after:
-                parts.append(json.dumps(after, indent=2)[2:-2])
-            return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
-        parts = [json.dumps(before, separators=_COMPACT)[1:-1]] if before else []
-        parts.append(f'"containers":{containers}')
-        if after:
-            parts.append(json.dumps(after, separators=_COMPACT)[1:-1])
-        return ("{" + ",".join(parts) + "}\n").encode()
+                parts.append(json.dumps(after, indent=2)[2:-2].encode())
+            return b"".join((b"{\n", b",\n".join(parts), b"\n}\n"))
+        lead = json.dumps(before, separators=_COMPACT)[1:-1] + "," if before else ""
+        tail = "," + json.dumps(after, separators=_COMPACT)[1:-1] if after else ""
+        lead += '"containers":'
+        return b"".join((b"{", lead.encode(), containers, tail.encode(), b"}\n"))
 
-    def _containers_json(self, pretty: bool) -> str:
+    def _containers_json(self, pretty: bool) -> bytes:
         version = self.state.containers_version
         cached = self._containers.get(pretty)
         if cached is not None and cached[0] == version:
@@ -70,8 +70,8 @@ class StatusCache:
             text = json.dumps(listed, indent=2).replace("\n", "\n  ")
         else:
             text = json.dumps(listed, separators=_COMPACT)
-        self._containers[pretty] = (version, text)
-        return text
+        self._containers[pretty] = (version, text.encode())
+        return self._containers[pretty][1]
 
     def text(
         self, *, color: bool, verbose: bool, extra: dict[str, Any] | None = None

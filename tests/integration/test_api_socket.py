@@ -20,7 +20,7 @@ import pytest
 from volagent import client
 from volagent.api import StatusApi
 from volagent.config import Config
-from volagent.http import HttpServer
+from volagent.socket_access import access_for
 from volagent.state import AgentState, ContainerRecord, VolumeRecord, now_iso
 
 T = TypeVar("T")
@@ -42,8 +42,10 @@ class ServedApi:
         self.thread.start()
         self.state = self.on_loop(lambda: AgentState(Config(rack="r")))
         api = StatusApi(self.state, self._reconcile, self._remount, hosts=self._hosts)
-        self.server = HttpServer("api", api.handle, max_body=4096)
-        self._wait(self.server.start_unix(self.socket, mode=0o666))
+        self.server = api.server()
+        # as the daemon makes it, for a group every Debian host has (nobody's own)
+        access = access_for("nogroup")
+        self._wait(self.server.start_unix(self.socket, mode=access.mode, group=access.gid))
 
     async def _reconcile(self) -> dict[str, Any]:
         self.actions.append("reconcile")
@@ -122,8 +124,9 @@ def test_health_follows_the_state(served: ServedApi) -> None:
     assert (status, doc) == (200, {"healthy": True, "status": "ok"})
 
 
-def test_root_may_post_and_the_socket_is_open_to_all(served: ServedApi) -> None:
-    assert os.stat(served.socket).st_mode & 0o777 == 0o666
+def test_root_may_post_and_the_socket_is_for_its_group(served: ServedApi) -> None:
+    st = os.stat(served.socket)
+    assert (st.st_mode & 0o777, st.st_gid) == (0o660, NOBODY)
     status, _, body = client.request(served.socket, "POST", "/v1/reconcile", b"{}")
     if os.geteuid() == 0:
         assert (status, json.loads(body)) == (200, {"reconciled": True})
@@ -163,6 +166,32 @@ def test_non_root_post_gets_403(served: ServedApi) -> None:
     assert "root only" in json.loads(body)["error"]
     assert f"uid {NOBODY}" in json.loads(body)["error"]
     assert served.actions == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+def test_a_user_outside_the_group_is_told_permission_denied(served: ServedApi) -> None:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(4321)
+            os.setuid(4321)
+            try:
+                client.request(served.socket, "GET", "/v1/health")
+                os.write(write_end, b"answered")
+            except client.Unreachable as exc:
+                os.write(write_end, str(exc).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        out = pipe.read().decode()
+    _, wait_status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(wait_status) == 0
+    assert out.startswith(f"permission denied on {served.socket}"), out
 
 
 def test_garbage_gets_400_oversized_413_and_serving_goes_on(served: ServedApi) -> None:

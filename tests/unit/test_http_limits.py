@@ -102,3 +102,41 @@ def test_turnstile_gives_one_pass_per_turn_of_the_loop() -> None:
         for a, b in itertools.pairwise(positions)
     ]
     assert all(n >= 1 for n in ticks_between), order
+
+
+def test_turnstile_serves_root_first_and_accepting_every_other_pass() -> None:
+    async def main() -> list[str]:
+        gate = Turnstile(share=1.0)
+        order: list[str] = []
+
+        async def request(name: str, root: bool = False) -> None:
+            await gate.wait_turn(root=root)
+            order.append(name)
+
+        # all in one turn: "first" takes the turn's pass, the rest queue in this order
+        first = asyncio.ensure_future(request("first"))
+        waiting = [asyncio.ensure_future(request(f"user{i}")) for i in range(3)]
+        waiting.append(asyncio.ensure_future(request("root", root=True)))
+        await asyncio.sleep(0)
+        gate.call_in_turn(lambda: order.append("accept"))
+        await asyncio.gather(first, *waiting)
+        return order
+
+    order = asyncio.run(main())
+    assert order[0] == "first"
+    assert order.index("root") < order.index("user0")
+    assert order.index("accept") <= 2  # not behind every request
+
+
+def test_turnstile_keeps_the_loop_for_others_in_proportion_to_work_done() -> None:
+    async def main() -> tuple[float, float]:
+        gate = Turnstile(share=0.5)
+        await gate.wait_turn()
+        loop = asyncio.get_running_loop()
+        done_at = loop.time()
+        gate.charge(0.002)  # 2 ms of work: the next pass waits 2 ms more
+        await gate.wait_turn()
+        return done_at, loop.time()
+
+    done_at, next_at = asyncio.run(main())
+    assert next_at - done_at >= 0.002

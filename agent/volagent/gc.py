@@ -37,6 +37,7 @@ from volagent.errors import FilesystemHung, MountUnhealthy, VolagentError
 from volagent.gcsurvey import Candidate, Survey, prune_old_records, survey
 from volagent.mount.table import find_mount
 from volagent.state import now_iso
+from volagent.terminal import printable as _p
 from volagent.usage import Key, key_of
 
 DEFAULT_DAYS = 30.0
@@ -144,7 +145,7 @@ def print_survey(s: Survey, days: float, out: TextIO) -> None:
     when = now_iso(s.cutoff)
     if s.root_used_by:
         w(
-            f"nothing is a candidate: a container on {s.root_used_by} binds the mount point "
+            f"nothing is a candidate: a container on {_p(s.root_used_by)} binds the mount point "
             "itself, so any directory under it may be in use; `volagent status` there "
             "shows it\n"
         )
@@ -153,14 +154,15 @@ def print_survey(s: Survey, days: float, out: TextIO) -> None:
     else:
         w(f"not used for {days:g} days (since {when}):\n")
         for c in s.candidates:
-            w(f"  {human_size(c.size):>10}  {c.path}  ({c.kind}; last use {last_use(c)})\n")
+            w(f"  {human_size(c.size):>10}  {_p(c.path)}  ({c.kind}; last use {_p(last_use(c))})\n")
         total = sum(c.size for c in s.candidates)
         w(f"{len(s.candidates)} unused, {human_size(total)}; {s.kept} directories in use\n")
     if not s.records:
         w("note: no usage records yet; last use is judged by directory times alone\n")
     for h in s.stale_hosts:
         w(
-            f"note: host {h['host']} is stale (last seen {h['last_seen']}, {h['status']}): "
+            f"note: host {_p(h['host'])} is stale (last seen {_p(h['last_seen'])}, "
+            f"{_p(h['status'])}): "
             "what its containers use is known only until then\n"
         )
 
@@ -186,20 +188,20 @@ def print_trash(root_fd: int, mount_point: str, out: TextIO) -> None:
         size = rec.get("size")
         shown_size = human_size(size) if isinstance(size, int) else "?"
         when = now_iso(e.moved_at) if e.moved_at else "unknown time"
-        w(f"  {e.entry.name}  {shown_size:>10}  {e.state}\n")
-        w(f"      was {rec.get('path') or e.entry.relative}; moved {when}")
+        w(f"  {_p(e.entry.name)}  {shown_size:>10}  {_p(e.state)}\n")
+        w(f"      was {_p(str(rec.get('path') or e.entry.relative))}; moved {when}")
         if by:
-            w(f" by {by.get('user', '?')} on {by.get('host', '?')}")
+            w(f" by {_p(str(by.get('user', '?')))} on {_p(str(by.get('host', '?')))}")
         w("\n")
         if rec.get("reason"):
-            w(f"      why: {rec['reason']}\n")
+            w(f"      why: {_p(str(rec['reason']))}\n")
         if e.state == trash.MOVING and not e.has_directory:
             w(
                 "      not moved (yet; or gc stopped): creates into it are refused until the "
                 "restore command clears it\n"
             )
         if e.state != trash.PURGING:
-            w(f"      restore: volagent gc --restore {e.entry.name}\n")
+            w(f"      restore: volagent gc --restore {_p(e.entry.name)}\n")
 
 
 def refuse_stale(s: Survey, ignore: list[str], out: TextIO) -> bool:
@@ -207,14 +209,14 @@ def refuse_stale(s: Survey, ignore: list[str], out: TextIO) -> bool:
     stale = [h for h in s.stale_hosts if h["host"] not in ignore]
     for name in ignore:
         if not any(h["host"] == name for h in s.stale_hosts):
-            out.write(f"note: --ignore-stale {name}: no such stale host; nothing to ignore\n")
+            out.write(f"note: --ignore-stale {_p(name)}: no such stale host; nothing to ignore\n")
     if not stale:
         return False
     out.write("refused: these hosts of the rack are stale, so their containers' use of the\n")
     out.write("shared filesystem is not being recorded and may look unused:\n")
     for h in stale:
-        out.write(f"  {h['host']}  last seen {h['last_seen']} ({h['status']})\n")
-    names = " ".join(h["host"] for h in stale)
+        out.write(f"  {_p(h['host'])}  last seen {_p(h['last_seen'])} ({_p(h['status'])})\n")
+    names = " ".join(_p(h["host"]) for h in stale)
     out.write(
         "start volagent on them, or, once you know they are gone for good or their "
         f"containers' data may go, run again with --ignore-stale {names}\n"
@@ -243,14 +245,14 @@ def delete(cfg: Config, root_fd: int, s: Survey, local: set[Key], out: TextIO) -
             )
         except (VolagentError, OSError) as exc:
             log.get("gc", path=c.path).error("gc_move_failed", reason=str(exc))
-            w(f"failed  {c.path}: {exc}\n")
+            w(f"failed  {_p(c.path)}: {_p(str(exc))}\n")
             return False
         if moved.outcome == "kept":
-            w(f"kept    {c.path}: used since the listing\n")
+            w(f"kept    {_p(c.path)}: used since the listing\n")
         elif moved.outcome == "gone":
-            w(f"gone    {c.path}: removed by someone else meanwhile\n")
+            w(f"gone    {_p(c.path)}: removed by someone else meanwhile\n")
         else:
-            w(f"trashed {c.path} ({human_size(c.size)}) as {moved.entry}\n")
+            w(f"trashed {_p(c.path)} ({human_size(c.size)}) as {_p(str(moved.entry))}\n")
     pruned = guarded(lambda p: prune_old_records(root_fd, s.cutoff, p), "pruning old records")
     if pruned:
         w(f"removed {pruned} records older than the window from {records.AGENT_DIR}/\n")
@@ -265,7 +267,7 @@ def _still_unused(cfg: Config, root_fd: int, c: Candidate, s: Survey, local: set
 
 def restore(root_fd: int, name: str, cfg: Config) -> int:
     if trash.parse(name) is None:
-        print(f"volagent gc: {name!r} is not a trash entry name; `volagent gc` lists them")
+        print(f"volagent gc: {_p(repr(name))} is not a trash entry name; `volagent gc` lists them")
         return 1
     try:
         done = guarded(
@@ -273,9 +275,9 @@ def restore(root_fd: int, name: str, cfg: Config) -> int:
         )
     except gctrash.TrashError as exc:
         log.get("gc", entry=name).warning("gc_restore_refused", reason=str(exc))
-        print(f"volagent gc: cannot restore: {exc}", file=sys.stderr)
+        print(f"volagent gc: cannot restore: {_p(str(exc))}", file=sys.stderr)
         return 1
-    print(done)
+    print(_p(str(done)))
     return 0
 
 
@@ -287,7 +289,7 @@ def purge(root_fd: int, days: float, cfg: Config) -> int:
     if not results:
         print(f"nothing has been in the trash for {days:g} days")
     for r in results:
-        print(f"{r.outcome:<7} {r.entry}" + (f": {r.detail}" if r.detail else ""))
+        print(f"{r.outcome:<7} {_p(str(r.entry))}" + (f": {_p(r.detail)}" if r.detail else ""))
     return 0 if all(r.outcome == "purged" for r in results) else 1
 
 
@@ -318,7 +320,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
             print("note: the volagent daemon did not answer; checking the mount table instead")
         root = open_shared(cfg, daemon_state)
     except VolagentError as exc:
-        print(f"volagent gc: refused: {exc}", file=sys.stderr)
+        print(f"volagent gc: refused: {_p(str(exc))}", file=sys.stderr)
         return 1
     try:
         if restoring:
@@ -346,7 +348,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
             return 1
         return 0 if delete(cfg, root, result, local, sys.stdout) else 1
     except VolagentError as exc:
-        print(f"volagent gc: {exc}", file=sys.stderr)
+        print(f"volagent gc: {_p(str(exc))}", file=sys.stderr)
         return 1
     finally:
         os.close(root)

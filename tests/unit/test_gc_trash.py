@@ -311,3 +311,16 @@ def test_list_restore_and_purge_from_the_command(
     assert run_gc(mounted, tmp_path, purge=True, older_than=0) == 0
     assert "purged  r1-old@" in capsys.readouterr().out
     assert list((mounted / ".volagent" / "trash").iterdir()) == []
+
+
+@pytest.mark.mount
+def test_the_listing_escapes_what_containers_named(
+    mounted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a directory a container's bind named, holding a terminal escape and a carriage return
+    make_dir(mounted, "r1-old/\x1b[2J\rOK web")
+    make_dir(mounted, "r1-old/web", when=time.time())  # in use: the other is listed alone
+    assert run_gc(mounted, tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out
+    assert "r1-old/\\x1b[2J\\rOK web" in out, out

@@ -39,6 +39,7 @@ def host_record(state: AgentState, status: str | None = None) -> dict[str, Any]:
     now = time.time()
     return {
         "host": state.host_id,
+        "rack": state.config.rack,
         "instance_id": state.instance_id,
         "status": status or state.verdict(),
         "version": __version__,
@@ -107,6 +108,7 @@ def rack_view(
         out.append(
             {
                 "host": rec["host"],
+                "rack": str(rec.get("rack") or ""),
                 "instance_id": str(rec.get("instance_id") or ""),
                 "status": status,
                 "version": str(rec.get("version") or ""),

@@ -30,10 +30,15 @@ def owner(hosts: Iterable[str], namespace: str) -> str | None:
     return best[1] if best else None
 
 
-def live_hosts(rack_view: Iterable[dict[str, Any]], me: str) -> list[str]:
-    """The hosts sharing the walk: every host of the rack view that is not stale, and this
-    host itself."""
-    hosts = {str(h["host"]) for h in rack_view if not h.get("stale")}
+def live_hosts(rack_view: Iterable[dict[str, Any]], me: str, rack: str) -> list[str]:
+    """The hosts sharing the walk of `rack`'s namespaces: every host of the rack view that is
+    not stale and is of this rack (another rack's hosts may share the filesystem; a heartbeat
+    that names no rack is counted in), and this host itself."""
+    hosts = {
+        str(h["host"])
+        for h in rack_view
+        if not h.get("stale") and str(h.get("rack") or rack) == rack
+    }
     hosts.add(me)
     return sorted(hosts)
 

@@ -85,21 +85,26 @@ class UsageWalker:
             lambda root: usage_walk.namespaces(root, prefix, self.budget), "listing namespaces"
         )
         await self.refresh()
-        gone = [ns for ns in self._figures if ns not in present]
+        # records of this rack only: another rack's hosts may share the filesystem
+        gone = [ns for ns in self._figures if ns.startswith(prefix) and ns not in present]
         if gone:
             await self._call(lambda root: usage_walk.forget(root, gone), "removing old records")
         finished = 0
         for ns in present:
             if not await self._owned(ns):
                 continue
-            if await self._walk_one(ns):
-                finished += 1
+            try:
+                if await self._walk_one(ns):
+                    finished += 1
+            except (VolagentError, OSError) as exc:
+                self.log.warning("usage_walk_failed", namespace=ns, reason=str(exc))
             await self.refresh()
         return finished
 
     async def _owned(self, ns: str) -> bool:
-        hosts = usage_share.live_hosts(await self.hosts(), self.state.host_id)
-        return usage_share.owner(hosts, ns) == self.state.host_id
+        st = self.state
+        hosts = usage_share.live_hosts(await self.hosts(), st.host_id, st.config.rack)
+        return usage_share.owner(hosts, ns) == st.host_id
 
     async def _walk_one(self, ns: str) -> bool:
         st = self.state
@@ -122,9 +127,7 @@ class UsageWalker:
                 max_ops = max(10, int(self.budget.rate * STEP_S))
                 step = functools.partial(self._step, walk, previous, max_ops)
                 self._in_flight = True
-                done = await self.worker.run(
-                    step, STEP_S + max_ops / self.budget.rate + STEP_GRACE_S, what="the usage walk"
-                )
+                done = await self.worker.run(step, STEP_S + STEP_GRACE_S, what="the usage walk")
                 self._in_flight = False
                 if done:
                     st.metrics.usage_walks.labels(result="finished").inc()
@@ -139,7 +142,7 @@ class UsageWalker:
 
     def _step(self, walk: NamespaceWalk, previous: dict[str, Any] | None, max_ops: int) -> bool:
         """Blocking: one step of the walk, then its record saved (the cursor, or the result)."""
-        done = walk.step(max_ops)
+        done = walk.step(max_ops, STEP_S)
         if walk.cancelled:  # given up while this thread was away: the descriptors are ours
             walk.close()
             with contextlib.suppress(OSError):

@@ -127,8 +127,11 @@ class NamespaceWalk:
         return walk
 
     # --- walking ------------------------------------------------------------------------
-    def step(self, max_ops: int) -> bool:
-        """Walks until `max_ops` operations are spent; True when the namespace is done."""
+    def step(self, max_ops: int, max_s: float = 3600.0) -> bool:
+        """Walks until `max_ops` operations are spent or `max_s` seconds have passed, whichever
+        comes first (a slow filesystem gets its cursor saved as often as a fast one); True
+        when the namespace is done."""
+        deadline = time.monotonic() + max_s
         if not self._opened:
             self._open()
         # counted after the (re)opening, so every step makes progress however small
@@ -137,7 +140,10 @@ class NamespaceWalk:
             if self.cancelled:
                 return False
             frame = self._frames[-1]
-            entry = next(frame.entries, None)
+            try:
+                entry = next(frame.entries, None)
+            except OSError:
+                entry = None  # the directory went away while it was read: done with it
             if entry is None:
                 self._frames.pop().close()
                 continue
@@ -145,6 +151,8 @@ class NamespaceWalk:
             if frame.done % NAMES_PER_OP == 0:
                 self.budget.spend(1)
             self._visit(frame, entry)
+            if frame.done % 64 == 0 and time.monotonic() > deadline:
+                break
         return not self._frames
 
     def close(self) -> None:

@@ -98,6 +98,20 @@ def test_hosts_walk_only_their_share_and_read_the_others(mp: Path) -> None:
     assert {u["measured_by"] for u in wa.view()} == {"host-a", "host-b"}
 
 
+def test_hosts_of_another_rack_on_the_filesystem_neither_share_nor_forget(mp: Path) -> None:
+    fill(mp, "shop", "web", 1000)
+    mine = make_state(mp, "host-a")
+    other = make_state(mp, "other")  # would win r1-shop if it counted
+    other.config = from_dict({**_config(mp), "rack": "r2"})
+
+    async def view() -> list[dict[str, Any]]:
+        return [{"host": "host-a", "rack": "r1"}, {"host": "other", "rack": "r2"}]
+
+    assert asyncio.run(UsageWalker(mine, view).one_pass()) == 1  # "other" is of r2
+    asyncio.run(UsageWalker(other, view).one_pass())  # r2 has no namespace: nothing to forget
+    assert "r1-shop" in usage_walk.read_sizes(_root(mp))
+
+
 def test_a_removed_namespace_loses_its_figures(mp: Path) -> None:
     fill(mp, "shop", "web", 1000)
     st = make_state(mp)

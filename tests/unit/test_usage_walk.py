@@ -193,7 +193,12 @@ def test_rendezvous_moves_only_the_share_of_a_host_that_leaves() -> None:
     assert all(usage_share.owner(list(reversed(hosts)), ns) == before[ns] for ns in spaces)
 
 
-def test_live_hosts_leave_out_stale_ones_and_count_this_one() -> None:
-    view = [{"host": "a", "stale": False}, {"host": "b", "stale": True}]
-    assert usage_share.live_hosts(view, "me") == ["a", "me"]
+def test_live_hosts_leave_out_stale_ones_and_other_racks_and_count_this_one() -> None:
+    view = [
+        {"host": "a", "rack": "r1", "stale": False},
+        {"host": "b", "rack": "r1", "stale": True},
+        {"host": "c", "rack": "r2", "stale": False},
+        {"host": "old", "stale": False},  # a heartbeat that names no rack counts in
+    ]
+    assert usage_share.live_hosts(view, "me", "r1") == ["a", "me", "old"]
     assert usage_share.mine(["x", "y"], ["me"], "me") == ["x", "y"]

@@ -44,20 +44,26 @@ def test_symlink_swap_before_a_restart(vm: Machine, restart: str) -> None:
     else:
         vm.sh("systemctl restart docker", timeout=600)
 
-    def stopped_and_reported() -> bool:
-        vol = evil_volume(vm)
-        state = inspect(vm, "evil")["State"]
-        return bool(vol and vol["state"] == "violation" and not state["Running"])
+    def stopped() -> bool:
+        info = inspect(vm, "evil")
+        policy = info["HostConfig"]["RestartPolicy"]["Name"]
+        warned = any("did not prepare" in w for w in status(vm)[1].get("warnings", []))
+        return not info["State"]["Running"] and policy in ("no", "") and warned
 
     try:
-        wait_until("the swapped mount found and stopped", stopped_and_reported, timeout=600)
+        wait_until("the swapped mount found and the container stopped", stopped, timeout=600)
     finally:
         print(f"{restart}: evil {inspect(vm, 'evil')['State']}, volume {evil_volume(vm)}")
     print(f"{restart}: stopped {time.monotonic() - started:.1f}s after the restart began")
-    info = inspect(vm, "evil")
-    assert info["HostConfig"]["RestartPolicy"]["Name"] in ("no", "")
-    doc = status(vm)[1]
-    assert any("did not prepare" in w for w in doc["warnings"]), doc["warnings"]
     # the victim's data is untouched
     assert vm.sh(f"cat {VICTIM}/secret").out.strip() == "secret"
     assert vm.sh(f"ls -A {VICTIM}").out.split() == ["secret"]
+    # and the status says so: the volume is a violation, volagent degraded
+    wait_until(
+        "evil's volume reported as a violation",
+        lambda: (v := evil_volume(vm)) is not None and v["state"] == "violation",
+        timeout=60,
+    )
+    rc, doc = status(vm)
+    assert rc == 1, doc
+    assert doc["status"] == "degraded"

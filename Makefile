@@ -67,7 +67,7 @@ vm-image: dist vm-deps
 test-vm: dist vm-deps
 	image=$$(scripts/build-vm-image $(TEST_CACHE) $(BUNDLE)) && \
 	VOLAGENT_VM_IMAGE=$$image VOLAGENT_TEST_CACHE=$(TEST_CACHE) \
-		$(PY) -m pytest -q -p no:cacheprovider --durations=0 -m vm tests/vm
+		$(PY) -m pytest -q -p no:cacheprovider --durations=0 -m vm $(PYTEST_ARGS) tests/vm
 
 # An AMI with volagent baked in, for users with AWS credentials: make ami PACKER_VARS='-var region=...'
 ami: dist

@@ -67,3 +67,17 @@ def test_source_forms_compare_equal() -> None:
     assert by_ip is not None and other is not None
     assert target.matches_source(by_ip)
     assert not target.matches_source(other)
+
+
+def test_nfs_mounts_take_their_root_from_the_source() -> None:
+    # what Linux's NFS client shows: root "/" for every mount, the directory in the source
+    export = parse_line("167 26 0:41 / /volumes rw - nfs4 127.0.0.1:/export rw,vers=4.1")
+    bind = parse_line("165 26 0:41 / /data rw - nfs4 127.0.0.1:/export/vmrack-a/web/data rw")
+    efs = parse_line("36 22 0:52 / /volumes rw - nfs4 fs-1.efs.us-east-1.amazonaws.com:/ rw")
+    efs_bind = parse_line("37 22 0:52 / /d rw - nfs4 fs-1.efs.us-east-1.amazonaws.com:/r-a/s rw")
+    v6 = parse_line("38 22 0:53 / /v rw - nfs [fd00::5]:/srv//x/ rw")
+    assert export is not None and bind is not None and efs is not None
+    assert efs_bind is not None and v6 is not None
+    assert (export.root, bind.root) == ("/export", "/export/vmrack-a/web/data")
+    assert (efs.root, efs_bind.root, v6.root) == ("/", "/r-a/s", "/srv/x")
+    assert bind.source == "127.0.0.1:/export/vmrack-a/web/data"

@@ -25,6 +25,8 @@ SCRIPTS = (
     "scripts/build-dist",
     "scripts/build-ami",
     "scripts/build-test-rootfs",
+    "scripts/build-vm-rootfs",
+    "scripts/build-vm-image",
     "scripts/install-bundle.sh",
 )
 INSTALLED_EXEC = "/opt/volagent/bin/volagent"

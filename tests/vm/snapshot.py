@@ -63,6 +63,14 @@ def prepare(machine: Machine) -> None:
     machine.sh("sync")
 
 
+def _prune(cache: Path) -> None:
+    """Removes snapshots whose image is gone (build-vm-image keeps the newest three)."""
+    for old in cache.glob("vm-snapshot-*"):
+        image = old / "image"
+        if old.is_dir() and (not image.exists() or not Path(image.read_text()).exists()):
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def ensure(image: Image, cache: Path) -> Snapshot:
     """The cached snapshot of `image`, made now when there is none."""
     directory = cache / f"vm-snapshot-{_key(image)}"
@@ -70,6 +78,7 @@ def ensure(image: Image, cache: Path) -> Snapshot:
     cache.mkdir(parents=True, exist_ok=True)
     with (cache / ".vm-snapshot.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        _prune(cache)
         if done.exists():
             return Snapshot(image, directory, float(done.read_text() or 0))
         work = Path(tempfile.mkdtemp(prefix="vm-snapshot.", dir=cache))
@@ -89,6 +98,7 @@ def ensure(image: Image, cache: Path) -> Snapshot:
                 machine.quit()
             for name in ("qmp.sock", "qga.sock"):
                 (work / name).unlink(missing_ok=True)
+            (work / "image").write_text(str(image.directory))
             (work / ".complete").write_text(f"{took:.1f}")
             shutil.rmtree(directory, ignore_errors=True)
             work.rename(directory)

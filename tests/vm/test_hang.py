@@ -89,3 +89,46 @@ def test_dropped_packets_stall_then_recover(vm: Machine) -> None:
         f"docker exec after sh -c 'echo ok > /data/after' && cat /export/{RACK}-shop/web/data/after"
     )
     assert vm.sh("findmnt -n -o FSTYPE /volumes").out.strip() == "nfs4"
+
+
+BREAK = {
+    # nfsd stopped: the client's hard mount retries for ever
+    "dead": ("systemctl stop nfs-server", "systemctl start nfs-server"),
+    # the export withdrawn under a live mount (its handles turn stale)
+    "unexported": ("exportfs -ua", "exportfs -a"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(BREAK))
+def test_server_dead_or_export_gone_then_back(vm: Machine, how: str) -> None:
+    run_container(vm, "before", "shop", "web", "/data")
+    vm.sh("docker exec before sh -c 'echo kept > /data/kept'")
+    breaking, repairing = BREAK[how]
+    vm.sh(breaking)
+    broken = time.monotonic()
+    unhealthy = wait_until(
+        "the mount reported unhealthy",
+        lambda: (s := mount_state(vm)) not in {"mounted", "unreachable"} and s,
+        timeout=600,
+    )
+    print(f"{how}: {unhealthy} {time.monotonic() - broken:.1f}s after the break")
+    print(f"{how}: volagent status: {status_seconds(vm)}")
+    rc, doc = status(vm)
+    print(f"{how}: {doc.get('mount')}")
+    assert rc == 2
+    denied = run_container(vm, "during", "shop", "web", "/data", check=False)
+    assert denied.rc != 0
+    assert "volagent" in denied.err
+    # whatever volagent does meanwhile (a lazy unmount, a remount that fails), it answers
+    time.sleep(30)
+    states = [mount_state(vm) for _ in range(3)]
+    print(f"{how}: 30s later: {states}, D state: {d_state_processes(vm)}")
+    assert "unreachable" not in states
+
+    vm.sh(repairing)
+    back = wait_mount_state(vm, "mounted", timeout=900)
+    print(f"{how}: mounted {back:.1f}s after the repair ({time.monotonic() - broken:.1f}s total)")
+    assert vm.sh("findmnt -n -o FSTYPE /volumes").out.strip() == "nfs4"
+    assert vm.sh(f"cat /volumes/{RACK}-shop/web/data/kept", timeout=120).out.strip() == "kept"
+    run_container(vm, "after", "shop", "web", "/data")
+    assert vm.sh("docker exec after cat /data/kept").out.strip() == "kept"

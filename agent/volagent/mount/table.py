@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 MOUNTINFO = "/proc/self/mountinfo"
 _ESCAPE = re.compile(r"\\([0-7]{3})")
+# The kernel's NFS client shows "/" as the root of every mount in mountinfo and puts the
+# directory in the source instead: a bind of /volumes/a/b reads `/ ... nfs4 server:/export/a/b`
+_NFS_TYPES = frozenset({"nfs", "nfs4"})
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,8 @@ class MountEntry:
     mount_id: int
     parent_id: int
     dev: int  # st_dev of files on this mount, from major:minor
-    root: str  # the directory of the filesystem mounted here ("/" unless a bind of a subdir)
+    root: str  # the directory of the filesystem mounted here ("/" unless a bind of a subdir;
+    # for NFS the server's path from the source, which is where the kernel shows it)
     mount_point: str
     options: str
     fstype: str
@@ -45,19 +49,32 @@ def parse_line(line: str) -> MountEntry | None:
     try:
         sep = fields.index("-", 6)
         major, minor = fields[2].split(":")
+        fstype = fields[sep + 1]
+        source = _unescape(fields[sep + 2])
+        root = _unescape(fields[3])
+        if fstype in _NFS_TYPES and root == "/":
+            root = _nfs_path(source) or root
         return MountEntry(
             mount_id=int(fields[0]),
             parent_id=int(fields[1]),
             dev=os.makedev(int(major), int(minor)),
-            root=_unescape(fields[3]),
+            root=root,
             mount_point=_unescape(fields[4]),
             options=fields[5],
-            fstype=fields[sep + 1],
-            source=_unescape(fields[sep + 2]),
+            fstype=fstype,
+            source=source,
             super_options=fields[sep + 3] if len(fields) > sep + 3 else "",
         )
     except (ValueError, IndexError):
         return None
+
+
+def _nfs_path(source: str) -> str:
+    """The server's path of an NFS source (`host:/path`, `[v6]:/path`), cleaned; "" if none."""
+    rest = source.partition("]:")[2] if source.startswith("[") else source.partition(":")[2]
+    if not rest.startswith("/"):
+        return ""
+    return "/" + "/".join(p for p in rest.split("/") if p and p != ".")
 
 
 def parse_mountinfo(text: str) -> list[MountEntry]:

@@ -36,6 +36,7 @@ from volagent.config import Config
 from volagent.errors import FilesystemHung, MountUnhealthy, VolagentError
 from volagent.gcsurvey import Candidate, Survey, prune_old_records, survey
 from volagent.mount.table import find_mount
+from volagent.render import human_size
 from volagent.state import now_iso
 from volagent.terminal import printable as _p
 from volagent.usage import Key, key_of
@@ -125,15 +126,6 @@ def open_shared(cfg: Config, daemon_state: str | None) -> int:
         return guarded(open_it, f"opening {mp}", stall_s=10.0)
     except OSError as exc:
         raise MountUnhealthy(f"cannot open {mp}: {exc.strerror}") from None
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def last_use(c: Candidate) -> str:

@@ -126,7 +126,46 @@ def render_status(
     if "hosts" in doc:
         out.append("")
         out.extend(_host_lines(doc, paint, now))
+    if doc.get("usage"):
+        out.append("")
+        out.extend(_usage_lines(doc["usage"], paint, now))
     return "\n".join(out) + "\n"
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _usage_lines(usage: list[dict[str, Any]], paint: _Painter, now: float) -> list[str]:
+    """Per app on the shared filesystem, biggest first, over-quota apps in red."""
+    over = sum(1 for u in usage if u.get("over_quota"))
+    summary = f"{len(usage)} apps measured" + (
+        ", " + paint(f"{over} over quota", "red+bold") if over else ""
+    )
+    lines = [f"Usage      {summary}"]
+    rows = [("APP", "SIZE", "FILES", "QUOTA", "MEASURED")]
+    for u in usage:
+        quota = u.get("quota_bytes")
+        rows.append(
+            (
+                str(u.get("app", "?")),
+                human_size(int(u.get("bytes") or 0)),
+                str(u.get("inodes", "?")),
+                human_size(int(quota)) if isinstance(quota, int) else "-",
+                ago(u.get("measured"), now) + " ago" if u.get("measured") else "?",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for n, row in enumerate(rows):
+        text = "  " + "  ".join(row[i].ljust(widths[i]) for i in range(5))
+        flagged = n and usage[n - 1].get("over_quota")
+        lines.append(paint(text.rstrip(), "red") if flagged else text.rstrip())
+    return lines
 
 
 def _fixes(doc: dict[str, Any]) -> list[str]:

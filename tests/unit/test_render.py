@@ -94,6 +94,32 @@ def test_rack_view_lists_hosts_and_flags_stale_ones() -> None:
     assert "cannot list hosts" in broken
 
 
+def test_rack_view_shows_usage_per_app_biggest_first() -> None:
+    usage = [
+        {
+            "app": "shop",
+            "bytes": 3 << 30,
+            "inodes": 1200,
+            "quota_bytes": 2 << 30,
+            "over_quota": True,
+            "measured": now_iso(NOW - 90),
+        },
+        {
+            "app": "blog",
+            "bytes": 5 << 20,
+            "inodes": 40,
+            "quota_bytes": None,
+            "over_quota": False,
+            "measured": now_iso(NOW - 30),
+        },
+    ]
+    lines = render.render_status(_doc(hosts=[], usage=usage), now=NOW).splitlines()
+    start = lines.index("Usage      2 apps measured, 1 over quota")
+    assert lines[start + 1].split() == ["APP", "SIZE", "FILES", "QUOTA", "MEASURED"]
+    assert lines[start + 2].split() == ["shop", "3.0", "GiB", "1200", "2.0", "GiB", "1m30s", "ago"]
+    assert lines[start + 3].split() == ["blog", "5.0", "MiB", "40", "-", "30s", "ago"]
+
+
 def test_colour_codes_only_add_to_the_plain_text() -> None:
     doc = _doc()
     doc["containers"][0]["volumes"][0]["state"] = "failed"

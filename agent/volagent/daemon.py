@@ -229,6 +229,7 @@ class Daemon:
             return  # the Docker connection reconciles by itself when it comes up
         try:
             await self.docker.reconcile()
+            await self.docker.start_held()
         except Exception as exc:
             self.log.warning("reconcile_failed", reason=str(exc))
 

@@ -135,6 +135,7 @@ class DockerWatch:
     async def _initial_reconcile(self) -> None:
         try:
             await self.reconcile()
+            await self.start_held()
         except Exception as exc:  # Docker went away mid-listing: the stream ends too
             self.log.warning("reconcile_failed", reason=_describe(exc))
         finally:
@@ -297,6 +298,40 @@ class DockerWatch:
         except Exception:
             return False
         return ContainerSpec.from_inspect(data).started
+
+    async def start_held(self) -> list[str]:
+        """Starts the containers Docker gave up on while the shared filesystem was away.
+
+        At boot with the filesystem unreachable, dockerd starts `--restart always` and
+        `unless-stopped` containers, the start fails on the locked mount point (nothing is
+        written to the local disk), and Docker never tries again. Once the mount is healthy
+        volagent starts them, through the start guard like any start. Only containers
+        whose last start failed on the mount point are touched."""
+        if self._client is None or not self.state.mount_healthy:
+            return []
+        mp = self.state.config.mount_point.rstrip("/") + "/"
+        listed = await self._call(
+            self._client.containers, all=True, filters={"status": ["exited", "created"]}
+        )
+        started = []
+        for c in listed:
+            cid = str(c["Id"])
+            try:
+                data = await self._call(self._client.inspect_container, cid)
+            except docker.errors.NotFound:
+                continue
+            policy = ((data.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name")
+            error = str((data.get("State") or {}).get("Error") or "")
+            if policy not in ("always", "unless-stopped") or mp not in error:
+                continue
+            try:
+                await self._call(self._client.start, cid)
+            except Exception as exc:
+                self.log.warning("held_start_failed", container=cid[:12], reason=_describe(exc))
+                continue
+            self.log.info("held_container_started", container=cid[:12], after=error[:200])
+            started.append(cid)
+        return started
 
     # --- reconcile ----------------------------------------------------------------------
     async def reconcile(self) -> dict[str, int]:

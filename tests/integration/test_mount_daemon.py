@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,3 +112,33 @@ def test_docker_run_while_unmounted_writes_nothing_locally(
         what="the volume ready",
     )
     assert Path(s.scratch.exports, s.host, "r1-a", "s", "x").is_dir()
+
+
+def test_a_restart_always_container_refused_while_unmounted_starts_once_mounted(
+    standin_agent: StandinAgent, containers: Containers
+) -> None:
+    # as at boot with the server away: Docker's start of a `--restart always` container
+    # fails on the locked mount point, and Docker never tries again by itself
+    s = standin_agent
+    s.scratch.refuse(s.host, "access denied by server while mounting")
+    s.agent.start()
+    s.agent.wait_for(
+        lambda d: "access denied" in (d["mount"]["error"] or ""), what="the mount failing"
+    )
+    bind = f"{s.agent.ns('a', 's', 'held')}:/x"
+    cid = containers.create([bind], labels=app_labels("a", "s"), command=("sleep", "300"))
+    containers.api.update_container(cid, restart_policy={"Name": "always"})
+    with pytest.raises(docker.errors.APIError):
+        containers.start(cid)
+    assert s.agent.mount_point in containers.api.inspect_container(cid)["State"]["Error"]
+    assert os.listdir(s.agent.mount_point) == []
+    s.scratch.export(s.host)
+    s.scratch.refuse(s.host, None)
+    s.agent.wait_for(lambda d: d["mount"]["state"] == "mounted", what="mounted")
+    deadline = time.monotonic() + 60
+    while not containers.api.inspect_container(cid)["State"]["Running"]:
+        assert time.monotonic() < deadline, "the held container was not started"
+        time.sleep(0.2)
+    assert Path(s.scratch.exports, s.host, "r1-a", "s", "held").is_dir()
+    events = [e.get("event") for e in s.agent.log_events()]
+    assert "held_container_started" in events

@@ -235,7 +235,7 @@ class Guard:
             if body and body.strip() not in (b"", b"{}", b"null"):
                 return True  # a start body carries a HostConfig (API below 1.24)
             known = self.memory.find(where.container)
-            return known is not None and bool(known.all_volumes or known.spec)
+            return known is not None and bool(known.volumes or known.spec)
         except Exception:
             return True
 
@@ -410,10 +410,10 @@ class Guard:
         healthy = self.state.mount_healthy
         deny_violations = self.state.config.guard.violations == "deny"
         if known.spec is None:
-            if not known.all_volumes:
+            if not known.volumes:
                 return None
             if not healthy:
-                return self._unhealthy(who, [v.host for v in known.all_volumes], where.action)
+                return self._unhealthy(who, [v.host for v in known.volumes], where.action)
             bad = [v for v in known.volumes if v.state == "violation"]
             return messages.violations(who, bad) if bad and deny_violations else None
         # judged and walked again, nothing trusted from before: a directory checked at

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from volagent.preparer import ContainerSpec
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
@@ -26,12 +26,7 @@ class Known:
     name: str
     volumes: list[VolumeRecord]
     spec: ContainerSpec | None = None  # from the create body: lets a start re-prepare
-    inherited: list[VolumeRecord] = field(default_factory=list)  # through VolumesFrom
     id: str = ""
-
-    @property
-    def all_volumes(self) -> list[VolumeRecord]:
-        return [*self.volumes, *self.inherited]
 
 
 def _request_key(uri: str, body: bytes) -> bytes:
@@ -60,7 +55,7 @@ class GuardMemory:
         self._pending[key] = known
         self._pending.move_to_end(key)
         self.state.reserved_binds[key] = tuple(
-            v.host for v in known.all_volumes if v.state != "violation"
+            v.host for v in known.volumes if v.state != "violation"
         )
         while len(self._pending) > MAX_PENDING:
             old, _ = self._pending.popitem(last=False)
@@ -147,7 +142,7 @@ class GuardMemory:
             if source is None:
                 unknown.append(name)
                 continue
-            for v in source.all_volumes:
+            for v in source.volumes:
                 ro = v.read_only or mode == "ro"
                 out.append(VolumeRecord(v.host, v.container, ro, v.state, v.error))
         return out, unknown

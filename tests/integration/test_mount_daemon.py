@@ -85,15 +85,27 @@ def test_a_hung_mount_is_stalled_and_status_still_answers(standin_agent: Standin
     s.agent.wait_for(lambda d: d["mount"]["state"] == "mounted", what="mounted again")
 
 
-def test_docker_run_while_unmounted_writes_nothing_locally(
-    standin_agent: StandinAgent, containers: Containers
-) -> None:
-    s = standin_agent
+def _start_refused(s: StandinAgent) -> None:
+    """The agent started while the server refuses it: the mount keeps failing."""
     s.scratch.refuse(s.host, "access denied by server while mounting")
     s.agent.start()
     s.agent.wait_for(
         lambda d: "access denied" in (d["mount"]["error"] or ""), what="the mount failing"
     )
+
+
+def _let_in(s: StandinAgent) -> None:
+    """The server lets the agent in: mounted."""
+    s.scratch.export(s.host)
+    s.scratch.refuse(s.host, None)
+    s.agent.wait_for(lambda d: d["mount"]["state"] == "mounted", what="mounted")
+
+
+def test_docker_run_while_unmounted_writes_nothing_locally(
+    standin_agent: StandinAgent, containers: Containers
+) -> None:
+    s = standin_agent
+    _start_refused(s)
     assert s.mount_state() == "mounting"
     bind = f"{s.agent.ns('a', 's', 'x')}:/x"
     cid = containers.create([bind], labels=app_labels("a", "s"), command=("true",))
@@ -104,9 +116,7 @@ def test_docker_run_while_unmounted_writes_nothing_locally(
     entry = container(doc, cid)
     assert entry is not None and entry["volumes"][0]["state"] != "ready"
     # the server lets us in: mounted, and the directory is made on the shared filesystem
-    s.scratch.export(s.host)
-    s.scratch.refuse(s.host, None)
-    s.agent.wait_for(lambda d: d["mount"]["state"] == "mounted", what="mounted")
+    _let_in(s)
     s.agent.wait_for(
         lambda d: (c := container(d, cid)) is not None and c["volumes"][0]["state"] == "ready",
         what="the volume ready",
@@ -120,11 +130,7 @@ def test_a_restart_always_container_refused_while_unmounted_starts_once_mounted(
     # as at boot with the server away: Docker's start of a `--restart always` container
     # fails on the locked mount point, and Docker never tries again by itself
     s = standin_agent
-    s.scratch.refuse(s.host, "access denied by server while mounting")
-    s.agent.start()
-    s.agent.wait_for(
-        lambda d: "access denied" in (d["mount"]["error"] or ""), what="the mount failing"
-    )
+    _start_refused(s)
     bind = f"{s.agent.ns('a', 's', 'held')}:/x"
     cid = containers.create([bind], labels=app_labels("a", "s"), command=("sleep", "300"))
     containers.api.update_container(cid, restart_policy={"Name": "always"})
@@ -132,9 +138,7 @@ def test_a_restart_always_container_refused_while_unmounted_starts_once_mounted(
         containers.start(cid)
     assert s.agent.mount_point in containers.api.inspect_container(cid)["State"]["Error"]
     assert os.listdir(s.agent.mount_point) == []
-    s.scratch.export(s.host)
-    s.scratch.refuse(s.host, None)
-    s.agent.wait_for(lambda d: d["mount"]["state"] == "mounted", what="mounted")
+    _let_in(s)
     deadline = time.monotonic() + 60
     while not containers.api.inspect_container(cid)["State"]["Running"]:
         assert time.monotonic() < deadline, "the held container was not started"

@@ -13,9 +13,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker.errors
 import pytest
@@ -30,6 +29,7 @@ from tests.integration.testbed import (
     volagent_cli,
 )
 from tests.integration.testbed.plugin_home import PluginHome
+from tests.integration.testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 
@@ -114,17 +114,6 @@ def age(top: str, days: float = 90) -> None:
     when = time.time() - days * DAY
     for path, _, _ in os.walk(top, topdown=False):
         os.utime(path, (when, when))
-
-
-def wait_until(cond: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = cond()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def usage_record(bed: Bed, *rel: str) -> str:

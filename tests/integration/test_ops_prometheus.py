@@ -28,6 +28,7 @@ from tests.integration.conftest import AgentFactory
 from tests.integration.efs_standin import Scratch, stop_agent_on_standin
 from tests.integration.prometheus_server import PrometheusServer, free_port
 from tests.integration.testbed import AgentProcess
+from tests.integration.testbed.waiting import wait_until as _wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.docker]
 _FIXTURES = (nfs_ports,)
@@ -45,15 +46,9 @@ class Rack:
     prometheus: PrometheusServer
 
 
-def wait_until(cond: Callable[[], Any], what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = cond()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
+def wait_until(cond: Callable[[], Any], what: str) -> Any:
+    # alerts take their `for:` time and the scrape interval: this module waits longer
+    return _wait_until(cond, what, timeout=90, interval=0.5)
 
 
 def fill(export: Path, app: str, n_bytes: int) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from tests.integration.testbed import (
     unixhttp,
     volagent_cli,
 )
+from tests.integration.testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 
@@ -51,17 +51,6 @@ def rack(agent: AgentProcess) -> dict[str, dict[str, Any]]:
     assert out.returncode in (0, 1, 2), out.stderr
     doc = json.loads(out.stdout)
     return {h["host"]: h for h in doc.get("hosts", [])}
-
-
-def wait_until(cond: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = cond()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def metric(agent: AgentProcess, name: str, **labels: str) -> float:

@@ -93,39 +93,53 @@ def ensure_dir(root_fd: int, parts: Sequence[str]) -> int:
 
 def write_record(dir_fd: int, name: str, record: dict[str, Any]) -> None:
     """Replaces `<name>.json` in `dir_fd` atomically with `record`."""
-    final = file_name(name) + SUFFIX
+    replace_json(dir_fd, file_name(name) + SUFFIX, record)
+
+
+def replace_json(dir_fd: int, final: str, record: dict[str, Any]) -> None:
+    """Replaces the file `final` in `dir_fd` atomically with `record` as JSON."""
     tmp = f".{final}.{os.getpid()}.{threading.get_ident()}.tmp"
-    data = json.dumps(record, sort_keys=True).encode()
     try:
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o644,
-            dir_fd=dir_fd,
-        )
+        fd = _create(dir_fd, tmp)
     except FileExistsError:
         # left behind by a thread that was given up on mid-write: ours to replace
         os.unlink(tmp, dir_fd=dir_fd)
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o644,
-            dir_fd=dir_fd,
-        )
+        fd = _create(dir_fd, tmp)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)  # a network filesystem answers now, not at some later write-back
-        finally:
-            os.close(fd)
+        _write_synced(fd, record)
         # rename replaces whatever has the final name, a symlink included, without following it
         os.rename(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
         raise
+
+
+def create_json(dir_fd: int, final: str, record: dict[str, Any]) -> bool:
+    """Writes the file `final` in `dir_fd` with `record` as JSON only if it does not exist
+    yet: False when it does."""
+    try:
+        fd = _create(dir_fd, final)
+    except FileExistsError:
+        return False
+    _write_synced(fd, record)
+    return True
+
+
+def _create(dir_fd: int, name: str) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(name, flags, 0o644, dir_fd=dir_fd)
+
+
+def _write_synced(fd: int, record: dict[str, Any]) -> None:
+    """Writes `record` as JSON to `fd`, syncs and closes it."""
+    try:
+        view = memoryview(json.dumps(record, sort_keys=True).encode())
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)  # a network filesystem answers now, not at some later write-back
+    finally:
+        os.close(fd)
 
 
 def remove_record(dir_fd: int, name: str) -> None:

@@ -22,7 +22,6 @@ TimedWorker or a watched thread.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import stat
@@ -186,46 +185,12 @@ def claim(trash_fd: int, entry: EntryName, record: dict[str, Any]) -> bool:
     the name is taken."""
     if entry.name in records.list_names(trash_fd):
         return False
-    final = entry.name + records.SUFFIX
-    data = json.dumps(record, sort_keys=True).encode()
-    try:
-        fd = os.open(
-            final,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o644,
-            dir_fd=trash_fd,
-        )
-    except FileExistsError:
-        return False
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return True
+    return records.create_json(trash_fd, entry.name + records.SUFFIX, record)
 
 
 def write(trash_fd: int, entry: EntryName, record: dict[str, Any]) -> None:
     """Replaces an entry's record atomically (a temporary file, then a rename)."""
-    final = entry.name + records.SUFFIX
-    tmp = f".{final}.{os.getpid()}.tmp"
-    data = json.dumps(record, sort_keys=True).encode()
-    fd = os.open(
-        tmp,
-        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o644,
-        dir_fd=trash_fd,
-    )
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, final, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
+    records.replace_json(trash_fd, entry.name + records.SUFFIX, record)
 
 
 def forget(trash_fd: int, entry: EntryName) -> None:

@@ -14,33 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.unit.aged import CUTOFF, OLD, make_dir, record
 
 from volagent import fstree, gc, gcsurvey, records
 from volagent.config import Config, from_dict
 from volagent.errors import FilesystemHung
-
-DAY = 86400.0
-NOW = time.time()
-OLD = NOW - 90 * DAY
-CUTOFF = NOW - 30 * DAY
-
-
-def record(mp: Path, ns: str, d: str, host: str, when: float) -> None:
-    base = mp / ".volagent" / "usage" / ns / d
-    base.mkdir(parents=True, exist_ok=True)
-    (base / f"{host}.json").write_text(json.dumps({"host": host, "time": when}))
-
-
-def make_dir(mp: Path, rel: str, when: float = OLD, data: bytes = b"") -> Path:
-    path = mp / rel
-    path.mkdir(parents=True, exist_ok=True)
-    if data:
-        (path / "file").write_bytes(data)
-    for p in [path, *path.parents]:
-        if p == mp:
-            break
-        os.utime(p, (when, when))
-    return path
 
 
 def root_fd(mp: Path) -> int:
@@ -65,11 +43,11 @@ def run_survey(mp: Path, local: set[tuple[str, str]] | None = None) -> gcsurvey.
 def test_survey_judges_namespaces_and_service_dirs(mp: Path) -> None:
     make_dir(mp, "r1-old/web", data=b"x" * 10000)
     make_dir(mp, "r1-old/worker")
-    record(mp, "r1-old", "web", "host-b", OLD)
+    record(mp, "r1-old/web", "host-b", OLD)
     make_dir(mp, "r1-live/web")
     make_dir(mp, "r1-live/gone")
-    record(mp, "r1-live", "web", "host-b", time.time() - 60)  # used on another host a minute ago
-    record(mp, "r1-live", "gone", "host-b", OLD)
+    record(mp, "r1-live/web", "host-b", time.time() - 60)  # used on another host a minute ago
+    record(mp, "r1-live/gone", "host-b", OLD)
     make_dir(mp, "r1-mine/web")  # old, unrecorded, but a container here uses it now
     make_dir(mp, "r1-new/web", when=time.time() - 60)  # unrecorded, but made a minute ago
     make_dir(mp, "lost+found")
@@ -93,7 +71,7 @@ def test_a_new_use_after_the_survey_keeps_the_directory(mp: Path) -> None:
     fd = root_fd(mp)
     try:
         assert gcsurvey.still_unused(fd, cand, CUTOFF, set())
-        record(mp, "r1-old", "web", "host-c", time.time())
+        record(mp, "r1-old/web", "host-c", time.time())
         assert not gcsurvey.still_unused(fd, cand, CUTOFF, set())
     finally:
         os.close(fd)
@@ -148,9 +126,9 @@ def test_remove_tree_leaves_a_filesystem_mounted_inside(mp: Path) -> None:
 
 
 def test_prune_removes_only_records_older_than_the_window(mp: Path) -> None:
-    record(mp, "r1-a", "web", "old-host", OLD)
-    record(mp, "r1-a", "web", "new-host", time.time())
-    record(mp, "r1-b", "web", "old-host", OLD)
+    record(mp, "r1-a/web", "old-host", OLD)
+    record(mp, "r1-a/web", "new-host", time.time())
+    record(mp, "r1-b/web", "old-host", OLD)
     hosts = mp / ".volagent" / "hosts"
     hosts.mkdir(parents=True)
     (hosts / "gone.json").write_text(json.dumps({"host": "gone", "time": OLD}))
@@ -210,7 +188,7 @@ def test_gc_lists_then_deletes_only_the_unused(
 ) -> None:
     make_dir(mounted, "r1-old/web", data=b"y" * 5000)
     make_dir(mounted, "r1-used/web")
-    record(mounted, "r1-used", "web", "host-b", time.time() - 3600)
+    record(mounted, "r1-used/web", "host-b", time.time() - 3600)
     cfg = config_for(mounted, tmp_path)
     assert gc.main(argparse.Namespace(older_than=30.0, delete=False), cfg) == 0
     out = capsys.readouterr().out

@@ -13,35 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.unit.aged import CUTOFF, DAY, NOW, make_dir, record
 
 from volagent import fstree, gc, gcsurvey, gctrash, trash, trashcheck
 from volagent.config import Owner, from_dict
 from volagent.errors import NamespaceTrashed
 
-DAY = 86400.0
-NOW = time.time()  # for ages in days; anything that must be fresh takes time.time()
-OLD = NOW - 90 * DAY
-CUTOFF = NOW - 30 * DAY
 OWNER = Owner(1000, 1000)
 WHO = {"host": "host-a", "user": "root", "pid": 1}
-
-
-def record(mp: Path, rel: str, host: str, when: float) -> None:
-    base = mp / ".volagent" / "usage" / rel
-    base.mkdir(parents=True, exist_ok=True)
-    (base / f"{host}.json").write_text(json.dumps({"host": host, "time": when}))
-
-
-def make_dir(mp: Path, rel: str, when: float = OLD, data: bytes = b"") -> Path:
-    path = mp / rel
-    path.mkdir(parents=True, exist_ok=True)
-    if data:
-        (path / "file").write_bytes(data)
-    for p in [path, *path.parents]:
-        if p == mp:
-            break
-        os.utime(p, (when, when))
-    return path
 
 
 @pytest.fixture

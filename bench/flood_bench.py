@@ -40,7 +40,7 @@ from tests.integration.testbed.flood import KINDS, Burn, Flood, FloodReport, flo
 from tests.integration.testbed.plugin_home import PluginHome
 
 from bench.stats import percentile
-from volagent import client
+from volagent.api import client
 
 CONTAINERS = 300
 ROUNDS = 4  # each: an idle, a pipelining flood, a mixed flood and a CPU burn block

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.stats import percentile
-from volagent import client
-from volagent.api import StatusApi
+from volagent.api import client
+from volagent.api.server import StatusApi
 from volagent.config import Config
 from volagent.http import HttpServer
 from volagent.state import AgentState, ContainerRecord, VolumeRecord

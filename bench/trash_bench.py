@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable, Iterator
 
 from bench.stats import percentile
-from volagent import fs, trashcheck
 from volagent.config import Owner
+from volagent.volumes import directories as fs
+from volagent.volumes import trashcheck
 
 RUNS = 2000
 TRASH_ENTRIES = 50

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 # --- status ------------------------------------------------------------------------------
 def cmd_status(args: StatusArgs | argparse.Namespace) -> int:
     """Asks the daemon; it renders the answer and names the verdict in a header."""
-    from volagent import client
+    from volagent.api import client
 
     socket_path = status_socket(args.socket, args.config)
     # JSON for a program comes compact (the daemon's fast encoder); a person gets it indented
@@ -311,7 +311,7 @@ def cmd_paths(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     from volagent.errors import NamespaceViolation
-    from volagent.namespace import host_path
+    from volagent.volumes.namespace import host_path
 
     rack = args.rack or cfg.rack
     if not rack:

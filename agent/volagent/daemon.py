@@ -18,21 +18,21 @@ from typing import Any
 
 from volagent import config as config_mod
 from volagent import log, socket_access, systemd
-from volagent.api import StatusApi
-from volagent.asg import AsgReporter, instance_identity
+from volagent.api.server import StatusApi
+from volagent.aws.asg import AsgReporter, instance_identity
 from volagent.config import Config
 from volagent.config_watch import ConfigWatch
-from volagent.docker_watch import DockerWatch
 from volagent.errors import ConfigError
-from volagent.guard import Guard
-from volagent.heartbeat import Heartbeat
+from volagent.guard.plugin import Guard
 from volagent.http import HttpServer
 from volagent.mount import MountManager
-from volagent.preparer import Preparer
-from volagent.rack_binds import RackBinds
+from volagent.rack.binds import RackBinds
+from volagent.rack.heartbeat import Heartbeat
+from volagent.rack.usage import UsageRecorder
+from volagent.rack.usage_task import UsageWalker
 from volagent.state import AgentState
-from volagent.usage import UsageRecorder
-from volagent.usage_task import UsageWalker
+from volagent.volumes.docker_watch import DockerWatch
+from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 
 SHUTDOWN_GRACE_S = 5.0

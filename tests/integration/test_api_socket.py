@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from volagent import client
-from volagent.api import StatusApi
+from volagent.api import client
+from volagent.api.server import StatusApi
 from volagent.config import Config
 from volagent.socket_access import access_for
 from volagent.state import AgentState, ContainerRecord, VolumeRecord, now_iso
@@ -311,7 +311,7 @@ def test_status_render_path_stays_light(served: ServedApi) -> None:
     rc, modules = out.stdout.splitlines()[-1].split(" ", 1)
     assert rc == "0"
     loaded = set(modules.split())
-    assert "volagent.client" in loaded
+    assert "volagent.api.client" in loaded
     heavy = {"docker", "boto3", "botocore", "structlog", "prometheus_client", "asyncio"}
-    heavy |= {"argparse", "json", "re", "tomllib", "volagent.config", "volagent.render"}
+    heavy |= {"argparse", "json", "re", "tomllib", "volagent.config", "volagent.api.render"}
     assert not heavy & loaded

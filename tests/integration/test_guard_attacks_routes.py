@@ -527,9 +527,9 @@ def test_nfs_volume_of_the_racks_efs_by_its_mount_target_ip(
     import asyncio
 
     from volagent.config import from_dict
-    from volagent.guard import Guard
-    from volagent.preparer import Preparer
+    from volagent.guard.plugin import Guard
     from volagent.state import AgentState
+    from volagent.volumes.preparer import Preparer
     from volagent.worker import TimedWorker
 
     cfg = from_dict(

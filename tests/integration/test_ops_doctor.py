@@ -32,10 +32,11 @@ from tests.integration.aws_fixtures import (
     standin_resolver,
 )
 from tests.integration.testbed import volagent_cli
-from volagent import doctor, doctor_host
+from volagent.aws.discovery import efs_dns_name
 from volagent.config import Config, from_dict
-from volagent.doctor_result import FAIL, PASS, SKIP, WARN, CheckResult
-from volagent.mount.discovery import efs_dns_name
+from volagent.ops.doctor import host_checks as doctor_host
+from volagent.ops.doctor import run as doctor
+from volagent.ops.doctor.result import FAIL, PASS, SKIP, WARN, CheckResult
 
 pytestmark = [pytest.mark.docker]
 

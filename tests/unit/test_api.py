@@ -8,7 +8,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from volagent.api import PROMETHEUS_CONTENT_TYPE, StatusApi
+from volagent.api.server import PROMETHEUS_CONTENT_TYPE, StatusApi
 from volagent.config import Config
 from volagent.errors import TemporaryError
 from volagent.http import Request, Response

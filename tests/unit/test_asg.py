@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from volagent import asg
+from volagent.aws import asg
 from volagent.config import Config, from_dict
 from volagent.state import AgentState
 

@@ -65,7 +65,7 @@ def test_status_path_imports_no_heavy_module(tmp_path: Path) -> None:
         "import sys\n"
         "from volagent import cli\n"
         "rc = cli.main(['status', '--config', sys.argv[1]])\n"
-        "from volagent import render, client\n"  # the render path's modules count too
+        "from volagent.api import client, render\n"  # the render path's modules count too
         "print(rc)\n"
         "print(' '.join(sorted(sys.modules)))\n"
     )

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from volagent import doctor_host
 from volagent.config import Config, from_dict
-from volagent.doctor_result import FAIL, PASS, SKIP, WARN, CheckResult, report
+from volagent.ops.doctor import host_checks as doctor_host
+from volagent.ops.doctor.result import FAIL, PASS, SKIP, WARN, CheckResult, report
 
 
 def cfg(**data: Any) -> Config:

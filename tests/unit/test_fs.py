@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from tests.disk import owner_mode, tree
 
-from volagent import fs
 from volagent.config import Owner
 from volagent.errors import MountUnhealthy, NamespaceViolation
+from volagent.volumes import directories as fs
 
 pytestmark = [pytest.mark.mount]  # chown to other users and tmpfs mounts need root
 

@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 from tests.unit.aged import CUTOFF, OLD, make_dir, record
 
-from volagent import fstree, gc, gcsurvey, records
 from volagent.config import Config, from_dict
 from volagent.errors import FilesystemHung
+from volagent.ops.gc import command as gc
+from volagent.ops.gc import survey as gcsurvey
+from volagent.ops.gc import tree as fstree
+from volagent.rack import records
 
 
 def root_fd(mp: Path) -> int:

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from volagent.config import from_dict
-from volagent.guard import Guard
+from volagent.guard.plugin import Guard
 from volagent.http import Request, Response
-from volagent.preparer import ContainerSpec, Preparer
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
+from volagent.volumes.preparer import ContainerSpec, Preparer
 from volagent.worker import TimedWorker
 
 pytestmark = [pytest.mark.mount]  # chown to other users needs root

@@ -20,15 +20,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from volagent.config import from_dict
-from volagent.guard_protocol import (
+from volagent.guard.protocol import (
     CreateBodyError,
     parse_create_body,
     parse_volume_body,
     route,
 )
-from volagent.locate import CONTAINS, INSIDE, OUTSIDE, Landing
-from volagent.preparer import Preparer
 from volagent.state import AgentState
+from volagent.volumes.locate import CONTAINS, INSIDE, OUTSIDE, Landing
+from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 
 MP = "/volumes"

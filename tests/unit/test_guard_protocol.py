@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from volagent import namespace
-from volagent.guard_protocol import (
+from volagent.guard.protocol import (
     CreateBodyError,
     PluginRequestError,
     created_id,
@@ -24,6 +23,7 @@ from volagent.guard_protocol import (
     parse_create_body,
     route,
 )
+from volagent.volumes import namespace
 
 
 def plugin_request(method: str, uri: str, body: bytes | None = None, **extra: object) -> bytes:

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from volagent.config import from_dict
-from volagent.guard import Guard
+from volagent.guard.plugin import Guard
 from volagent.http import HttpServer
-from volagent.preparer import Preparer
 from volagent.state import AgentState
+from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 
 pytestmark = [pytest.mark.mount]  # chown to other users needs root

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from volagent import records
 from volagent.config import from_dict
 from volagent.errors import MountUnhealthy, RecordError
-from volagent.heartbeat import Heartbeat, rack_view, read_heartbeats, write_heartbeat
+from volagent.rack import records
+from volagent.rack.heartbeat import Heartbeat, rack_view, read_heartbeats, write_heartbeat
 from volagent.state import AgentState
 from volagent.worker import TimedWorker
 

@@ -6,10 +6,11 @@ import errno
 
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+from volagent.aws import discovery
+from volagent.aws.discovery import Found
 from volagent.config import DEFAULT_NFS_OPTIONS, from_dict
 from volagent.errors import DiscoveryError, EfsUnavailable
-from volagent.mount import discovery, probe, shared
-from volagent.mount.discovery import Found
+from volagent.mount import probe, shared
 
 
 def _found(dns: tuple[str, ...] = ("10.0.2.5",)) -> Found:

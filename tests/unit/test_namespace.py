@@ -10,10 +10,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from volagent import namespace
 from volagent.config import Config, Owner, from_dict
 from volagent.errors import NamespaceViolation
-from volagent.namespace import Bind, Identity, Plan
+from volagent.volumes import namespace
+from volagent.volumes.namespace import Bind, Identity, Plan
 
 MP = "/volumes"
 CFG = from_dict({"rack": "r1", "mount_point": MP})

@@ -14,8 +14,8 @@ import pytest
 from tests.disk import owner_mode
 
 from volagent.config import from_dict
-from volagent.preparer import ContainerSpec, Outcome, Preparer
 from volagent.state import AgentState
+from volagent.volumes.preparer import ContainerSpec, Outcome, Preparer
 from volagent.worker import TimedWorker
 
 pytestmark = [pytest.mark.mount]  # chown to other users needs root

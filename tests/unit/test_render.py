@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from volagent import render
+from volagent.api import render
 from volagent.config import Config
 from volagent.state import AgentState, ContainerRecord, VolumeRecord, now_iso
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+from volagent.api.status_cache import MAX_AGE_S, StatusCache
 from volagent.config import Config
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
-from volagent.status_cache import MAX_AGE_S, StatusCache
 
 
 class Clock:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from volagent import rack_binds, usage
 from volagent.config import from_dict
+from volagent.rack import binds as rack_binds
+from volagent.rack import usage
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker
 

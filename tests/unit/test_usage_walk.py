@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from volagent import usage_share, usage_walk
-from volagent.usage_walk import LOOSE, Budget, NamespaceWalk
+from volagent.rack import usage_share, usage_walk
+from volagent.rack.usage_walk import LOOSE, Budget, NamespaceWalk
 
 
 def tree(mp: Path) -> Path:

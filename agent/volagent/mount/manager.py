@@ -25,6 +25,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_exponential_jitter
 
 from volagent import log
+from volagent.aws.discovery import Resolver, resolve_host
 from volagent.config import Config
 from volagent.errors import (
     EfsUnavailable,
@@ -33,8 +34,8 @@ from volagent.errors import (
     MountError,
     PermanentError,
 )
-from volagent.mount import kernel, record, shared, table, underlay
-from volagent.mount.discovery import Resolver, resolve_host
+from volagent.mount import kernel, shared, table, underlay
+from volagent.mount import remembered as record
 from volagent.mount.report import Reporter
 from volagent.mount.supervise import Current, Signals, Supervisor
 from volagent.mount.target import Target, local_target

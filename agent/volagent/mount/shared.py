@@ -14,10 +14,10 @@ import shutil
 import signal
 import tempfile
 
+from volagent.aws import discovery
+from volagent.aws.discovery import Found, Resolver
 from volagent.config import Config
 from volagent.errors import DiscoveryError, MountError
-from volagent.mount import discovery
-from volagent.mount.discovery import Found, Resolver
 from volagent.mount.target import Target
 
 EFS_HELPER = "mount.efs"

@@ -1,0 +1,1 @@
+"""AWS: instance metadata, EFS discovery, Auto Scaling health reports."""

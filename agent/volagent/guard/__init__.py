@@ -1,0 +1,1 @@
+"""The start guard: Docker's authorization plugin judging creates and starts."""

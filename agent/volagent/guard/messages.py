@@ -1,0 +1,125 @@
+"""What the start guard tells whoever ran `docker run` when it says no: what is wrong, and
+what to do about it. dockerd shows the text as `authorization denied by plugin volagent: ...`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from volagent.guard.protocol import MAX_FORWARDED_BODY, LocalVolume, header
+from volagent.state import MountStatus, VolumeRecord
+from volagent.volumes.preparer import Outcome
+
+_DONE = {"start": "started", "restart": "restarted", "create": "created"}
+
+
+def who(name: str) -> str:
+    return f"container {name}" if name else "this container"
+
+
+def unhealthy(mount: MountStatus, who: str, hosts: list[str], action: str) -> str:
+    why = f" ({mount.error})" if mount.error else ""
+    unique = sorted(set(hosts))
+    shown = ", ".join(unique[:3]) + (" ..." if len(unique) > 3 else "")
+    return (
+        f"volagent: the shared filesystem at {mount.mount_point} is {mount.state}{why}; "
+        f"{who} binds {shown} there, so it is not {_DONE.get(action, 'created')}: its data "
+        "would go to the local disk or hang. Retry once `volagent status` shows the mount "
+        'mounted; to let such containers through anyway set [guard] when_unhealthy = "allow".'
+    )
+
+
+def violations(who: str, bad: list[VolumeRecord], namespace: str = "") -> str:
+    reasons = "; ".join(f"{v.host}: {v.error}" for v in bad[:3])
+    where = f" ({namespace}/<service>/...)" if namespace else ""
+    return (
+        f"volagent: {who} breaks the volume namespace rules: {reasons}. Bind only paths "
+        f"under its own app's namespace{where}; `volagent paths --app APP --service "
+        "SERVICE PATH` prints them."
+    )
+
+
+def violations_of(who: str, outcome: Outcome, mount_point: str) -> str:
+    ident = outcome.identity
+    ns = f"{mount_point.rstrip('/')}/{ident.namespace}" if ident.app and ident.rack else ""
+    return violations(who, outcome.violations, ns)
+
+
+def failed(who: str, bad: list[VolumeRecord], mount_state: str, action: str) -> str:
+    reasons = "; ".join(f"{v.error}" for v in bad[:3])
+    return (
+        f"volagent could not prepare the directories of {who}: {reasons} (mount "
+        f"{mount_state}). The container was not {_DONE.get(action, 'created')}; check "
+        "`volagent status` and retry."
+    )
+
+
+def no_body(headers: Mapping[str, str]) -> str:
+    ctype = header(headers, "Content-Type") or "none"
+    length = header(headers, "Content-Length") or "unknown"
+    return (
+        "volagent cannot check this create request: Docker passes a request body to "
+        "authorization plugins only for Content-Type application/json under "
+        f"{MAX_FORWARDED_BODY} bytes, and this one had Content-Type {ctype}, length "
+        f"{length}. Send the container config as JSON (as the docker CLI does)."
+    )
+
+
+def unknown_volumes_from(who: str, refs: list[str]) -> str:
+    shown = ", ".join(refs[:3]) + (" ..." if len(refs) > 3 else "")
+    return (
+        f"volagent: {who} takes volumes from {shown}, which volagent does not know, so it "
+        "cannot judge what they bind. Create the source container first (through this "
+        "Docker), then this one."
+    )
+
+
+def shared_volume(who: str, vol: LocalVolume, mount: MountStatus) -> str:
+    if vol.is_bind:
+        what = f"binds {vol.device}: that reaches the shared filesystem at {mount.mount_point}"
+    else:
+        what = (
+            f"mounts NFS from {vol.nfs_server or vol.device}: on a host whose shared filesystem "
+            f"is NFS ({mount.source or mount.type}), that may be the rack's filesystem"
+        )
+    name = f" {vol.name}" if vol.name else ""
+    return (
+        f"volagent: {who} uses local volume{name}, which {what}, around the namespace rules "
+        "(volumes are host-wide, any app could use it). Bind the app's own directory "
+        f"instead: `-v {mount.mount_point.rstrip('/')}/<rack>-<app>/<service>/<path>:"
+        "<container path>`."
+    )
+
+
+def volume_kind(who: str, vol: LocalVolume, what: str) -> str:
+    name = f" {vol.name}" if vol.name else ""
+    return (
+        f"volagent: {who} uses local volume{name} ({what}): a mount dockerd makes as root, "
+        "host-wide, that volagent cannot judge. The start guard allows local volumes that are "
+        "plain, tmpfs, or binds of absolute paths outside the shared filesystem."
+    )
+
+
+def swarm() -> str:
+    return (
+        "volagent: swarm services and swarm membership are refused while the start guard is "
+        "on: the containers of a service never pass the guard, so their mounts could not be "
+        "judged. Run containers through the rack's scheduler instead."
+    )
+
+
+def legacy_start(who: str) -> str:
+    return (
+        f"volagent: {who} is started with binds in the start request (a HostConfig in the "
+        "body, Docker API below 1.24). Binds are judged at create only: give them when "
+        "creating the container, and use API 1.24 or later."
+    )
+
+
+def guard_failed(exc: Exception) -> str:
+    return (
+        "volagent: the start guard failed while judging this request "
+        f"({type(exc).__name__}: {str(exc)[:200]}), and it reaches the shared filesystem, so "
+        "it is refused rather than let through unchecked. Retry; if it keeps failing, see "
+        "`volagent status` and the log."
+    )

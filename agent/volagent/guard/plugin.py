@@ -1,0 +1,458 @@
+"""The start guard: volagent as Docker's authorization plugin (`--authorization-plugin=volagent`).
+
+dockerd asks before every API call. `POST /containers/create` is answered only after every
+directory of the container's binds under the mount point exists with its owner and mode, so
+the container can never start before them; a create that would break the namespace rules,
+or write to local disk because the mount is not healthy, is denied with a message saying
+why and what to do. `POST /containers/{id}/start` (and restart) is denied while the mount is
+unhealthy for a container that binds under it, judged from memory. Everything else is
+allowed at once, without reading the request body.
+
+Decisions never wait on a hung filesystem: the mount state is known in memory, and the
+directory walk runs in the timed worker, so a hang becomes a deny within the timeout.
+
+Errors in the guard's own logic never let through a request that could reach the shared
+filesystem: such a request (a create that binds, inherits or mounts anything, a start of a
+container that does, a local volume that binds or mounts) is denied, the error logged,
+counted (`volagent_guard_decisions{result="error"}`) and shown as a status warning. Only
+a request that touches nothing of it fails open: a guard that denied every Docker call on
+its own bugs would turn one bug into an outage of the host. Failures of the world (a hung
+filesystem, a body that cannot be read) are not bugs: they are denied.
+
+Every start is judged afresh: the directories are walked again (no symlink followed), since
+what was checked at create may have been swapped since. Starts Docker makes without asking
+(restart policies, dockerd's own restart) are checked after the fact by the Docker watch
+(see volumes/mount_check.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from volagent import log
+from volagent.guard import messages
+from volagent.guard.memory import GuardMemory, Known
+from volagent.guard.protocol import (
+    ACTIVATE_BODY,
+    ALLOW_BODY,
+    AuthzRequest,
+    CreateBodyError,
+    CreateRequest,
+    LocalVolume,
+    PluginRequestError,
+    Route,
+    created_id,
+    decision_body,
+    error_body,
+    parse_authz_request,
+    parse_create_body,
+    parse_volume_body,
+    route,
+)
+from volagent.http import HttpServer, Request, Response
+from volagent.rack import quotas
+from volagent.state import AgentState, VolumeRecord
+from volagent.volumes.namespace import Bind
+from volagent.volumes.preparer import ContainerSpec, Outcome, Preparer
+
+# looks a container up in Docker by id, name or id prefix: its inspect data, None when
+# Docker knows no such container
+Inspect = Callable[[str], Awaitable[Mapping[str, Any] | None]]
+
+PLUGIN_CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+# dockerd keeps its plugin connections open and owns their lifetime: closing one while it
+# sits idle races with dockerd reusing it, and a request lost that way fails a Docker call.
+IDLE_TIMEOUT_S = 24 * 3600.0
+# on stop, how long idle connections stay open for dockerd to use once more and let go
+IDLE_LINGER_S = 2.0
+# AuthZRes carries Docker's whole JSON answer (a long `docker ps -a` included)
+MAX_PLUGIN_BODY = 64 << 20
+MAX_CONNECTIONS = 1024
+# on top of the directory timeout, for the walk's queueing and the loop's own latency
+PREPARE_GRACE_S = 1.0
+# how long a create or start waits, just after volagent started, for the mount's state
+MOUNT_SETTLE_S = 30.0
+
+
+class Guard:
+    """The plugin's request handler. `server()` makes the HTTP server for it."""
+
+    def __init__(
+        self, state: AgentState, preparer: Preparer, inspect: Inspect | None = None
+    ) -> None:
+        self.state = state
+        self.preparer = preparer
+        # Docker's own answer to "which container is this": what a VolumesFrom names is
+        # resolved there, not from what volagent remembers (a name removed or renamed a
+        # moment ago, an id prefix that another container's name shadows)
+        self.inspect = inspect
+        self.memory = GuardMemory(state)
+        self.log = log.get("guard")
+        self._allow = Response(200, ALLOW_BODY, PLUGIN_CONTENT_TYPE)
+        self._allowed_total = state.metrics.guard_decisions.labels(result="allow")
+
+    def server(self) -> HttpServer:
+        return HttpServer(
+            "guard",
+            self.handle,
+            max_body=MAX_PLUGIN_BODY,
+            idle_timeout=IDLE_TIMEOUT_S,
+            max_connections=MAX_CONNECTIONS,
+            linger_idle=IDLE_LINGER_S,
+        )
+
+    # --- HTTP ---------------------------------------------------------------------------
+    async def handle(self, req: Request) -> Response:
+        if req.path == "/AuthZPlugin.AuthZRes":
+            return self._on_response(req)
+        if req.path == "/AuthZPlugin.AuthZReq":
+            if req.method != "POST":
+                return self._error(405, "use POST")
+            if req.peer_uid not in (None, 0):
+                return self._error(403, "only root (dockerd) may ask the start guard")
+            return await self._on_request(req.body)
+        if req.path == "/Plugin.Activate":
+            return Response(200, ACTIVATE_BODY, PLUGIN_CONTENT_TYPE)
+        return self._error(404, f"no such plugin endpoint {req.path}")
+
+    def _error(self, status: int, message: str) -> Response:
+        return Response(status, error_body(message), PLUGIN_CONTENT_TYPE)
+
+    def _on_response(self, req: Request) -> Response:
+        """AuthZRes: always allowed. Only a create's answer is read, for the new id."""
+        body = req.body.strip()
+        if not body:
+            # dockerd retries a plugin call whose connection broke without rewinding the
+            # body it had already sent: an empty AuthZRes is such a retry, and answers are
+            # never refused, so the Docker call need not fail for it
+            return self._allow
+        if not (body.startswith(b"{") and body.endswith(b"}")):
+            return self._error(400, "plugin request must be a JSON object")
+        if b"create" not in body and b"%" not in body:
+            # neither a create nor a URI with escapes (`/containers/%63reate` is routed as a
+            # create too): nothing to learn, and no JSON to parse
+            return self._allow
+        try:
+            authz = parse_authz_request(body)
+            if route(authz.method, authz.uri).kind != "create" or authz.body is None:
+                return self._allow
+            answered = authz.response_body
+        except PluginRequestError as exc:
+            return self._error(400, str(exc))
+        known = self.memory.created(authz.uri, authz.body, created_id(answered))
+        if known is not None:
+            self.log.debug("guard_learned", container=known.id[:12], name=known.name)
+            if known.spec is not None:
+                spec = dataclasses.replace(known.spec, id=known.id, name=known.name)
+                self.preparer.adopt(spec, known.volumes)
+                self.memory.settle()
+        return self._allow
+
+    async def _on_request(self, raw: bytes) -> Response:
+        started = time.perf_counter()
+        try:
+            authz = parse_authz_request(raw)
+        except PluginRequestError as exc:
+            self.log.warning("guard_bad_request", error=str(exc))
+            return self._error(400, str(exc))
+        where = route(authz.method, authz.uri)
+        if where.kind == "other" or not self.state.guard.enabled:
+            return self._decided(None, where, started)  # the hot path: no more than this
+        try:
+            _ = authz.body  # decoded here, so a body that is not base64 is a 400, not a bug
+        except PluginRequestError as exc:
+            return self._error(400, str(exc))
+        try:
+            await self._await_mount_state()
+            self.memory.settle()
+            if where.kind == "create":
+                denial = await self._judge_create(authz, where)
+            elif where.kind == "volume":
+                denial = await self._judge_volume_create(authz)
+            elif where.kind == "swarm":
+                denial = messages.swarm()
+            else:
+                denial = await self._judge_start(authz, where)
+        except Exception as exc:
+            return self._failed(authz, where, exc, started)
+        return self._decided(denial, where, started)
+
+    def _decided(self, denial: str | None, where: Route, started: float) -> Response:
+        st = self.state
+        st.metrics.guard_seconds.observe(time.perf_counter() - started)
+        if denial is None:
+            st.guard.allowed += 1
+            self._allowed_total.inc()
+            return self._allow
+        st.guard.denied += 1
+        st.metrics.guard_decisions.labels(result="deny").inc()
+        self.log.info(
+            "guard_denied",
+            action=where.kind,
+            container=where.container or where.name,
+            reason=denial,
+        )
+        return Response(200, decision_body(False, denial), PLUGIN_CONTENT_TYPE)
+
+    def _failed(
+        self, authz: AuthzRequest, where: Route, exc: Exception, started: float
+    ) -> Response:
+        """The guard's own code failed: deny what could reach the shared filesystem, allow
+        (fail open) only what cannot."""
+        st = self.state
+        st.metrics.guard_seconds.observe(time.perf_counter() - started)
+        st.metrics.guard_decisions.labels(result="error").inc()
+        risky = self._might_reach_shared(authz, where)
+        verdict = "denied it" if risky else "allowed it unchecked (it touches no shared data)"
+        st.warn(
+            "guard-error",
+            f"the start guard failed on {authz.method} {authz.uri[:120]} and {verdict} "
+            f"({type(exc).__name__}: {exc}); see the log",
+        )
+        self.log.exception("guard_error", action=where.kind, uri=authz.uri[:200], denied=risky)
+        if not risky:
+            st.guard.allowed += 1
+            return self._allow
+        st.guard.denied += 1
+        return Response(200, decision_body(False, messages.guard_failed(exc)), PLUGIN_CONTENT_TYPE)
+
+    def _might_reach_shared(self, authz: AuthzRequest, where: Route) -> bool:
+        """Whether a request the guard failed on could reach the shared filesystem; True
+        whenever that cannot be ruled out (this check failing included)."""
+        try:
+            body = authz.body
+            if where.kind == "create":
+                return body is None or parse_create_body(body).touches_anything
+            if where.kind == "volume":
+                vol = parse_volume_body(body) if body else None
+                return vol is not None and not vol.plain
+            if where.kind == "swarm":
+                return True
+            if body and body.strip() not in (b"", b"{}", b"null"):
+                return True  # a start body carries a HostConfig (API below 1.24)
+            known = self.memory.find(where.container)
+            return known is not None and bool(known.volumes or known.spec)
+        except Exception:
+            return True
+
+    async def _await_mount_state(self) -> None:
+        """Just after a (re)start the mount reads `unmounted` until the mount manager has
+        looked at it (adopting the mount already there takes a moment): judging a create
+        then would deny it for nothing. Wait until the state is known: healthy, or
+        unhealthy with a reason. Bounded."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(MOUNT_SETTLE_S):
+                await self.state.mount_known.wait()
+
+    # --- create -------------------------------------------------------------------------
+    async def _judge_create(self, authz: AuthzRequest, where: Route) -> str | None:
+        if authz.body is None:
+            return messages.no_body(authz.headers)
+        try:
+            create = parse_create_body(authz.body, where.name)
+        except CreateBodyError as exc:
+            return f"volagent cannot read this create request: {exc}"
+        who = messages.who(where.name)
+        denial = await self._judge_inherited(who, create)
+        if denial is not None:
+            return denial
+        spec = create.spec
+        outcome = await self.preparer.judge(spec)
+        if outcome is None:
+            self.memory.expect(authz.uri, authz.body, Known(where.name, [], spec))
+            return None
+        self.preparer.check_nesting(outcome)
+        cfg = self.state.config.guard
+        if outcome.violations and cfg.violations == "deny":
+            return messages.violations_of(who, outcome, self.state.config.mount_point)
+        over_quota = quotas.refusal(self.state, outcome.identity.app)
+        if over_quota:
+            return over_quota
+        live = [v.host for v in outcome.volumes if v.state != "violation"]
+        self.memory.reserve(authz.uri, authz.body, live)
+        denial = "not judged"
+        try:
+            denial = await self._judge_create_prepared(authz.uri, authz.body, where, spec, outcome)
+        finally:
+            if denial is not None:
+                self.memory.release(authz.uri, authz.body)
+        return denial
+
+    async def _judge_create_prepared(
+        self, uri: str, body: bytes, where: Route, spec: ContainerSpec, outcome: Outcome
+    ) -> str | None:
+        who = messages.who(where.name)
+        if not self.state.mount_healthy:
+            denial = self._unhealthy(who, [v.host for v in outcome.volumes])
+            if denial:
+                return denial
+            self.memory.expect(uri, body, Known(where.name, outcome.volumes, spec))
+            return None
+        prepared = await self._prepare(spec, outcome)
+        denial = self._judge_prepared(who, prepared, "create")
+        if denial is None:
+            self.memory.expect(uri, body, Known(where.name, prepared.volumes, spec))
+        return denial
+
+    async def _judge_inherited(self, who: str, create: CreateRequest) -> str | None:
+        """VolumesFrom and local-driver volumes: what the container gets besides its own
+        binds. Inherited binds join the container's own, judged against its namespace."""
+        for vol in create.volumes:
+            denial = await self._judge_local_volume(who, vol)
+            if denial is not None:
+                return denial
+        inherited, unknown = await self._volumes_from(create.volumes_from)
+        if unknown:
+            return messages.unknown_volumes_from(who, unknown)
+        if inherited:
+            create.spec.inherited = tuple(Bind(v.host, v.container, v.read_only) for v in inherited)
+        return None
+
+    async def _volumes_from(self, refs: list[str]) -> tuple[list[VolumeRecord], list[str]]:
+        """The binds each `name[:ro|:rw]` reference copies, as Docker resolves the name now;
+        the references Docker does not know."""
+        if self.inspect is None:
+            return self.memory.volumes_from(refs)
+        out: list[VolumeRecord] = []
+        unknown: list[str] = []
+        for ref in refs:
+            name, _, mode = ref.partition(":")
+            data = await self.inspect(name)
+            if data is None:
+                unknown.append(name)
+                continue
+            for b in ContainerSpec.from_inspect(data).binds:
+                out.append(VolumeRecord(b.host, b.container, b.read_only or mode == "ro"))
+        return out, unknown
+
+    async def _judge_volume_create(self, authz: AuthzRequest) -> str | None:
+        if not authz.body:
+            return None  # an anonymous volume of the default driver
+        try:
+            vol = parse_volume_body(authz.body)
+        except CreateBodyError as exc:
+            return f"volagent cannot read this volume create request: {exc}"
+        return None if vol is None else await self._judge_local_volume("this volume", vol)
+
+    async def _judge_local_volume(self, who: str, vol: LocalVolume) -> str | None:
+        """A local-driver volume is a mount dockerd makes as root, host-wide: any container
+        of any app may use it by name later. Only kinds that cannot reach the shared
+        filesystem or the host pass: plain volumes, tmpfs, binds that land outside the
+        shared filesystem, and NFS while the shared filesystem is not NFS itself (its
+        server has many names and addresses; one of them would mount every app's data)."""
+        mount = self.state.mount
+        if vol.plain or (vol.type == "tmpfs" and not vol.is_bind):
+            return None
+        if vol.type.startswith("nfs"):
+            return None if mount.type == "local" else messages.shared_volume(who, vol, mount)
+        if vol.type in ("", "none") and vol.is_bind:
+            device = vol.device
+            if not device.startswith("/") or ".." in device.split("/") or "\x00" in device:
+                return messages.volume_kind(who, vol, "its device is not a plain absolute path")
+            probe = ContainerSpec(
+                "", "", {}, [], "", {"Mounts": [{"Type": "bind", "Source": device, "Target": "/"}]}
+            )
+            if await self.preparer.judge(probe) is not None:
+                return messages.shared_volume(who, vol, mount)
+            return None
+        return messages.volume_kind(who, vol, f"type {vol.type or '(none)'} with {vol.options}")
+
+    async def _prepare(
+        self, spec: ContainerSpec, outcome: Outcome, track: bool = False, rewalk: bool = False
+    ) -> Outcome:
+        budget = self.state.config.directories.timeout_s + PREPARE_GRACE_S
+        try:
+            async with asyncio.timeout(budget):
+                prepared = await self.preparer.prepare(
+                    spec, track=track, outcome=outcome, rewalk=rewalk
+                )
+        except TimeoutError:
+            for vol in outcome.volumes:
+                if vol.state not in ("violation", "ready"):
+                    vol.state, vol.error = (
+                        "failed",
+                        f"preparing {vol.host} did not finish within {budget:g}s: "
+                        "the filesystem is not answering",
+                    )
+            return outcome
+        return prepared if prepared is not None else outcome
+
+    def _judge_prepared(self, who: str, prepared: Outcome, action: str) -> str | None:
+        cfg = self.state.config.guard
+        if prepared.violations and cfg.violations == "deny":
+            return messages.violations_of(who, prepared, self.state.config.mount_point)
+        pending = [v for v in prepared.volumes if v.state == "pending"]
+        if pending:
+            denial = self._unhealthy(who, [v.host for v in pending], action)
+            if denial:
+                return denial
+        failed = [v for v in prepared.volumes if v.state == "failed"]
+        if failed:
+            return messages.failed(who, failed, self.state.mount.state, action)
+        return None
+
+    # --- start --------------------------------------------------------------------------
+    async def _judge_start(self, authz: AuthzRequest, where: Route) -> str | None:
+        known = self.memory.find(where.container)
+        who = messages.who((known.name if known else "") or where.container)
+        body = (authz.body or b"").strip()
+        if body and body not in (b"{}", b"null"):
+            # API below 1.24: Docker 24 and older still apply a HostConfig sent at start
+            denial = await self._judge_start_body(who, known, body)
+            if denial is not None:
+                return denial
+        if known is None:
+            return None  # not known here: the check after the start covers it
+        healthy = self.state.mount_healthy
+        deny_violations = self.state.config.guard.violations == "deny"
+        if known.spec is None:
+            if not known.volumes:
+                return None
+            if not healthy:
+                return self._unhealthy(who, [v.host for v in known.volumes], where.action)
+            bad = [v for v in known.volumes if v.state == "violation"]
+            return messages.violations(who, bad) if bad and deny_violations else None
+        # judged and walked again, nothing trusted from before: a directory checked at
+        # create may have been swapped for a symlink since, and Docker follows it at every
+        # start (binds outside the mount point included)
+        outcome = await self.preparer.judge(known.spec)
+        if outcome is None:
+            return None
+        self.preparer.check_nesting(outcome, known.id)
+        if outcome.violations and deny_violations:
+            return messages.violations_of(who, outcome, self.state.config.mount_point)
+        if not healthy:
+            return self._unhealthy(who, [v.host for v in outcome.volumes], where.action)
+        tracked = bool(known.id) and known.id in self.state.containers
+        prepared = await self._prepare(known.spec, outcome, track=tracked, rewalk=True)
+        known.volumes = prepared.volumes
+        return self._judge_prepared(who, prepared, where.action)
+
+    async def _judge_start_body(self, who: str, known: Known | None, body: bytes) -> str | None:
+        try:
+            legacy = parse_create_body(body)
+        except CreateBodyError as exc:
+            return f"volagent cannot read this start request's body: {exc}"
+        if not legacy.touches_anything:
+            return None
+        spec = legacy.spec
+        if known is not None and known.spec is not None:
+            spec.labels, spec.env = known.spec.labels, known.spec.env
+        denial = await self._judge_inherited(who, legacy)
+        if denial is not None:
+            return denial
+        if await self.preparer.judge(spec) is not None or spec.inherited:
+            return messages.legacy_start(who)
+        return None
+
+    def _unhealthy(self, who: str, hosts: list[str], action: str = "create") -> str | None:
+        """The denial for a container binding under an unhealthy mount; None when the
+        config lets such containers through (`when_unhealthy = \"allow\"`)."""
+        if self.state.config.guard.when_unhealthy != "deny":
+            return None
+        return messages.unhealthy(self.state.mount, who, hosts, action)

@@ -1,0 +1,398 @@
+"""The Docker authorization plugin protocol, as pure functions: no state, no I/O.
+
+dockerd POSTs JSON to `/AuthZPlugin.AuthZReq` before it serves an API call and to
+`/AuthZPlugin.AuthZRes` after; each carries `RequestMethod`, `RequestUri`, `RequestHeaders`
+and, for JSON bodies under 1 MiB only, `RequestBody` (base64, as Go encodes []byte). The
+answer is `{"Allow": bool, "Msg": "..."}` with status 200; any other status is an error
+that makes dockerd fail the API call.
+
+The create body is read the way dockerd reads it, because the guard must see exactly the
+binds Docker will make: Go's encoding/json matches object keys to field names
+case-insensitively (`hostconfig` is `HostConfig`, and U+017F/U+212A fold to s/k), so lookups
+here fold the same way, and a body naming one field twice (`Binds` and `binds`) is refused
+as ambiguous instead of guessing which one Docker keeps. The URI is routed the way Docker's
+router routes it: absolute-form targets, percent-escapes and an optional `/v1.xx` prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from volagent.volumes.preparer import ContainerSpec
+
+# Docker hands a body to plugins only below this size and only for application/json.
+MAX_FORWARDED_BODY = 1 << 20
+
+_CREATE_RE = re.compile(r"^(?:/v[0-9.]+)?/containers/create$")
+_START_RE = re.compile(r"^(?:/v[0-9.]+)?/containers/(.+)/(start|restart)$")
+_VOLUME_CREATE_RE = re.compile(r"^(?:/v[0-9.]+)?/volumes/create$")
+# swarm services make containers (with their own mounts) that never pass the guard
+_SWARM_RE = re.compile(
+    r"^(?:/v[0-9.]+)?/(?:swarm/(?:init|join)|services/create|services/.+/update)$"
+)
+# More VolumesFrom entries than any real container has; each is a lookup, and a create with
+# hundreds of thousands of them (under Docker's body limit) must not hold up the guard.
+MAX_VOLUMES_FROM = 64
+
+ALLOW_BODY = b'{"Allow":true}\n'
+ACTIVATE_BODY = b'{"Implements":["authz"]}\n'
+
+
+class PluginRequestError(ValueError):
+    """The plugin request itself is malformed (not what dockerd sends)."""
+
+
+class CreateBodyError(ValueError):
+    """The container create body cannot be read the way Docker reads it."""
+
+
+@dataclass
+class AuthzRequest:
+    """One AuthZReq/AuthZRes call from dockerd. The bodies stay base64 until asked for:
+    most calls are decided without them."""
+
+    method: str
+    uri: str
+    body_b64: str | None  # None: Docker did not forward a body
+    headers: Mapping[str, str]
+    user: str = ""
+    status: int = 0  # AuthZRes only: the status Docker answered with
+    response_b64: str | None = None  # AuthZRes only
+
+    @functools.cached_property
+    def body(self) -> bytes | None:
+        """The Docker request's body; raises PluginRequestError when it is not base64."""
+        return _b64(self.body_b64, "RequestBody")
+
+    @functools.cached_property
+    def response_body(self) -> bytes | None:
+        return _b64(self.response_b64, "ResponseBody")
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a Docker API call is, as far as the guard cares."""
+
+    kind: str  # "create" | "start" | "volume" | "swarm" | "other"
+    container: str = ""  # start/restart: the id, id prefix or name in the path
+    name: str = ""  # create: the ?name= of the request
+    action: str = ""  # start | restart
+
+
+@dataclass(frozen=True)
+class LocalVolume:
+    """A volume of the local driver, with the options that make it a mount of its own:
+    `type=none,o=bind,device=PATH` is a bind of PATH, `type=nfs4,o=addr=HOST` an NFS mount."""
+
+    name: str
+    type: str
+    options: tuple[str, ...]
+    device: str
+
+    @property
+    def plain(self) -> bool:
+        """A volume of the driver's own directory, with no options of its own."""
+        return not (self.type or self.options or self.device)
+
+    @property
+    def is_bind(self) -> bool:
+        return bool({"bind", "rbind"} & set(self.options))
+
+    @property
+    def nfs_server(self) -> str:
+        """The server an NFS volume mounts from ("" when it is not NFS)."""
+        if not self.type.startswith("nfs"):
+            return ""
+        for opt in self.options:
+            if opt.startswith("addr="):
+                return opt[5:]
+        host, sep, _ = self.device.partition(":")
+        return host if sep else ""
+
+
+@dataclass
+class CreateRequest:
+    """The parts of a create body the guard reads, with Go's field names."""
+
+    spec: ContainerSpec
+    volumes_from: list[str] = field(default_factory=list)
+    volumes: list[LocalVolume] = field(default_factory=list)  # Mounts of type volume
+
+    @property
+    def touches_anything(self) -> bool:
+        """Whether the container binds, inherits or mounts anything at all."""
+        return bool(self.spec.binds or self.volumes_from or self.volumes)
+
+
+# --- the plugin request -------------------------------------------------------------------
+def _b64(value: str | None, what: str) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise PluginRequestError(f"{what} is not valid base64") from None
+
+
+def parse_authz_request(raw: bytes) -> AuthzRequest:
+    """The JSON dockerd posts to AuthZReq/AuthZRes; raises PluginRequestError."""
+    if not raw.strip():
+        raise PluginRequestError("empty plugin request: expected the JSON of an authz request")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise PluginRequestError(f"plugin request is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise PluginRequestError("plugin request must be a JSON object")
+    method, uri = doc.get("RequestMethod"), doc.get("RequestUri")
+    if not isinstance(method, str) or not method or not isinstance(uri, str) or not uri:
+        raise PluginRequestError("plugin request needs RequestMethod and RequestUri strings")
+    headers = doc.get("RequestHeaders")
+    if headers is None:
+        headers = {}
+    if not isinstance(headers, dict):
+        raise PluginRequestError("RequestHeaders must be an object")
+    status = doc.get("ResponseStatusCode") or 0
+    if not isinstance(status, int):
+        raise PluginRequestError("ResponseStatusCode must be a number")
+    bodies = [doc.get("RequestBody"), doc.get("ResponseBody")]
+    for what, value in zip(("RequestBody", "ResponseBody"), bodies, strict=True):
+        if value is not None and not isinstance(value, str):
+            raise PluginRequestError(f"{what} must be a base64 string")
+    return AuthzRequest(
+        method=method,
+        uri=uri,
+        body_b64=bodies[0],
+        headers={str(k): str(v) for k, v in headers.items()},
+        user=str(doc.get("User") or ""),
+        status=status,
+        response_b64=bodies[1],
+    )
+
+
+def header(headers: Mapping[str, str], name: str) -> str:
+    """A header of the Docker request, by case-insensitive name ("" when absent)."""
+    lowered = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lowered:
+            return value
+    return ""
+
+
+# --- routing ------------------------------------------------------------------------------
+def _path_and_query(uri: str) -> tuple[str, str]:
+    if uri.startswith("/"):
+        # origin-form: Go takes the path up to '?', even when it starts with '//'
+        path, _, query = uri.partition("?")
+        return path, query
+    parts = urlsplit(uri)  # absolute-form: http://host/v1.41/containers/create
+    return parts.path or "/", parts.query
+
+
+def route(method: str, uri: str) -> Route:
+    """Classifies a Docker API call. Only POSTs can be creates or starts; the path is
+    unescaped and cleaned before matching, so an encoded path cannot slip past."""
+    if method.upper() != "POST":
+        return Route("other")
+    raw_path, query = _path_and_query(uri)
+    path = posixpath.normpath(unquote(raw_path))
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    if _CREATE_RE.match(path):
+        # Docker takes the first `name` (Go's Form.Get), blank or not
+        names = parse_qs(query, keep_blank_values=True).get("name") or [""]
+        return Route("create", name=names[0])
+    m = _START_RE.match(path)
+    if m:
+        return Route("start", container=m.group(1), action=m.group(2))
+    if _VOLUME_CREATE_RE.match(path):
+        return Route("volume")
+    if _SWARM_RE.match(path):
+        return Route("swarm")
+    return Route("other")
+
+
+# --- Go-style reading of the create body ----------------------------------------------------
+def go_fold(key: str) -> str:
+    """The case folding Go's encoding/json applies when matching keys to field names."""
+    return key.replace("\u212a", "k").replace("\u017f", "s").lower()
+
+
+class _GoObject(dict[str, Any]):
+    """A JSON object that remembers every key under its Go-folded form, in order."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)  # a repeated exact key: the last wins, as in Go
+        self.folded: dict[str, list[Any]] = {}
+        for key, value in pairs:
+            self.folded.setdefault(go_fold(key), []).append(value)
+
+
+def _field(obj: Any, name: str, where: str) -> Any:
+    """obj's value for the Go field `name`; None when absent; refuses repeats."""
+    if not isinstance(obj, _GoObject):
+        return None
+    values = obj.folded.get(go_fold(name))
+    if not values:
+        return None
+    if len(values) > 1:
+        raise CreateBodyError(
+            f"{where}{name} is given {len(values)} times (keys differing only in case); "
+            "send it once"
+        )
+    return values[0]
+
+
+def _str_map(value: Any, what: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise CreateBodyError(f"{what} must be an object of strings")
+    return dict(value)
+
+
+def _str_list(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CreateBodyError(f"{what} must be a list of strings")
+    return list(value)
+
+
+def _mounts(value: Any, prefix: str) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise CreateBodyError(f"{prefix}Mounts must be a list")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{prefix}Mounts[{i}]."
+        if not isinstance(item, _GoObject):
+            raise CreateBodyError(f"{prefix}Mounts[{i}] must be an object")
+        mount: dict[str, Any] = {}
+        for name in ("Type", "Source", "Target"):
+            v = _field(item, name, where)
+            if v is not None and not isinstance(v, str):
+                raise CreateBodyError(f"{where}{name} must be a string")
+            mount[name] = v or ""
+        mount["ReadOnly"] = bool(_field(item, "ReadOnly", where))
+        options = _field(item, "VolumeOptions", where)
+        driver = _field(options, "DriverConfig", f"{where}VolumeOptions.")
+        mount["Driver"] = _field(driver, "Name", f"{where}VolumeOptions.DriverConfig.") or ""
+        mount["DriverOpts"] = _str_map(
+            _field(driver, "Options", f"{where}VolumeOptions.DriverConfig."),
+            f"{where}VolumeOptions.DriverConfig.Options",
+        )
+        out.append(mount)
+    return out
+
+
+def local_volume(name: str, driver: Any, opts: Mapping[str, str]) -> LocalVolume | None:
+    """The local driver's volume with its mount options; None for other drivers."""
+    if driver not in ("", "local", None):
+        return None
+    folded = {go_fold(k): v for k, v in opts.items()}
+    options = tuple(o.strip() for o in (folded.get("o") or "").split(",") if o.strip())
+    return LocalVolume(
+        name=name,
+        type=(folded.get("type") or "").strip(),
+        options=options,
+        device=folded.get("device") or "",
+    )
+
+
+def parse_volume_body(body: bytes) -> LocalVolume | None:
+    """`POST /volumes/create`: the local volume it makes; raises CreateBodyError."""
+    doc = _go_json(body, "volume create")
+    name = _field(doc, "Name", "")
+    driver = _field(doc, "Driver", "")
+    if name is not None and not isinstance(name, str):
+        raise CreateBodyError("Name must be a string")
+    if driver is not None and not isinstance(driver, str):
+        raise CreateBodyError("Driver must be a string")
+    return local_volume(name or "", driver, _str_map(_field(doc, "DriverOpts", ""), "DriverOpts"))
+
+
+def _go_json(body: bytes, what: str) -> _GoObject:
+    try:
+        doc = json.loads(body, object_pairs_hook=_GoObject)
+    except (ValueError, RecursionError) as exc:
+        raise CreateBodyError(f"the {what} request body is not JSON: {exc}") from None
+    if not isinstance(doc, _GoObject):
+        raise CreateBodyError(f"the {what} request body must be a JSON object")
+    return doc
+
+
+def parse_create_body(body: bytes, name: str = "") -> CreateRequest:
+    """The create body as Docker decodes it: Labels, Env, User, HostConfig.Binds, the bind
+    Mounts and VolumesFrom, with Go's field matching; raises CreateBodyError."""
+    doc = _go_json(body, "create")
+    labels = _str_map(_field(doc, "Labels", ""), "Labels")
+    env = _str_list(_field(doc, "Env", ""), "Env")
+    user = _field(doc, "User", "")
+    if user is not None and not isinstance(user, str):
+        raise CreateBodyError("User must be a string")
+    hc = _field(doc, "HostConfig", "")
+    if hc is not None and not isinstance(hc, _GoObject):
+        raise CreateBodyError("HostConfig must be an object")
+    where = "HostConfig."
+    if hc is None:
+        # Without a HostConfig object, dockerd (the deprecated embedded HostConfig of its
+        # create wrapper) takes Binds, Mounts and VolumesFrom from the top level.
+        hc, where = doc, ""
+    binds = _str_list(_field(hc, "Binds", where), f"{where}Binds")
+    mounts = _mounts(_field(hc, "Mounts", where), where)
+    volumes_from = _str_list(_field(hc, "VolumesFrom", where), f"{where}VolumesFrom")
+    if len(volumes_from) > MAX_VOLUMES_FROM:
+        raise CreateBodyError(
+            f"{where}VolumesFrom has {len(volumes_from)} entries; volagent judges at most "
+            f"{MAX_VOLUMES_FROM}"
+        )
+    volumes = [
+        vol
+        for m in mounts
+        if m["Type"] == "volume"
+        and (vol := local_volume(m["Source"], m["Driver"], m["DriverOpts"])) is not None
+    ]
+    spec = ContainerSpec(
+        id="",
+        name=name,
+        labels=labels,
+        env=env,
+        user=user or "",
+        host_config={"Binds": binds, "Mounts": mounts},
+    )
+    return CreateRequest(spec=spec, volumes_from=volumes_from, volumes=volumes)
+
+
+def created_id(response_body: bytes | None) -> str:
+    """The container id from Docker's create answer, "" when there is none."""
+    if not response_body:
+        return ""
+    try:
+        doc = json.loads(response_body)
+    except ValueError:
+        return ""
+    cid = doc.get("Id") if isinstance(doc, dict) else None
+    return cid if isinstance(cid, str) else ""
+
+
+# --- answers --------------------------------------------------------------------------------
+def decision_body(allow: bool, msg: str = "") -> bytes:
+    doc: dict[str, Any] = {"Allow": allow}
+    if msg:
+        doc["Msg"] = msg
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"Allow": False, "Err": message}, separators=(",", ":")).encode() + b"\n"

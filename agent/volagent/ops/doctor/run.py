@@ -1,0 +1,38 @@
+"""`volagent doctor`: checks this host for everything volagent needs and says what to fix.
+
+The checks of the contract, in the order a boot needs them: the mount helpers (NFS client,
+amazon-efs-utils), instance metadata, the AWS permissions discovery uses, the filesystem's DNS
+name, TCP 2049 to the mount target, the Docker engine, and the start guard's agreement with
+Docker's daemon.json. A check that needs an earlier one's answer is skipped when that failed.
+Each line is PASS, FAIL, WARN or SKIP, and every FAIL carries its fix: the package to install,
+the security group rule, the IAM action, the daemon.json line. Exit 0 when nothing failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from volagent.aws.discovery import resolve_host
+from volagent.config import Config
+from volagent.ops.doctor import aws_checks as doctor_aws
+from volagent.ops.doctor import host_checks as doctor_host
+from volagent.ops.doctor.result import CheckResult, report
+
+
+def run_checks(cfg: Config, resolve: doctor_aws.Resolver = resolve_host) -> list[CheckResult]:
+    """Every check, in order; `resolve` looks names up (the system resolver by default)."""
+    family = doctor_host.distro_family()
+    results = [
+        doctor_host.check_nfs_client(cfg, family),
+        doctor_host.check_efs_utils(cfg, family),
+    ]
+    results += doctor_aws.run_checks(cfg, resolve)
+    results += [doctor_host.check_docker(cfg), doctor_host.check_guard(cfg)]
+    return results
+
+
+def main(args: argparse.Namespace, cfg: Config) -> int:
+    results = run_checks(cfg)
+    sys.stdout.write(report(results, color=sys.stdout.isatty()))
+    return 1 if any(r.failing for r in results) else 0

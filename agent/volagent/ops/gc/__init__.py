@@ -1,0 +1,1 @@
+"""`volagent gc`: finding unused namespaces, the trash, sizing and removing trees."""

@@ -1,0 +1,304 @@
+"""What `volagent gc` may remove: the survey of namespaces against every host's usage records.
+
+Blocking, descriptor-based, and ticking a Progress so the caller can tell a hung mount from a
+slow walk. The rules (see command.py): a directory is unused when no usage record from any host and
+not its own mtime falls within the window, and no container of this host uses it now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from volagent.errors import RecordError
+from volagent.ops.gc import tree as fstree
+from volagent.rack import records
+from volagent.rack.heartbeat import rack_view, read_heartbeats_at
+from volagent.rack.usage import MOUNT_ROOT, REFRESH_S, Key
+
+# `<rack>-<app>`: two names of the contract's form joined by a dash
+NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}-[a-z0-9][a-z0-9._-]{0,62}$")
+
+# A host refreshes its records every REFRESH_S while a container uses the path: a record this
+# recent, naming containers, means one exists now
+LIVE_S = 3 * REFRESH_S
+
+Usage = dict[Key, tuple[float, str]]  # newest use of each directory, and by which host
+
+
+@dataclass
+class Candidate:
+    """An unused directory: a whole namespace (`directory` None) or one service directory."""
+
+    namespace: str
+    directory: str | None
+    path: str
+    last_used: float | None
+    last_host: str
+    mtime: float
+    size: int = 0
+
+    @property
+    def kind(self) -> str:
+        return "namespace" if self.directory is None else "service directory"
+
+
+@dataclass
+class Survey:
+    cutoff: float
+    candidates: list[Candidate] = field(default_factory=list)
+    kept: int = 0
+    records: int = 0
+    stale_hosts: list[dict[str, Any]] = field(default_factory=list)
+    # set when a container binds the mount point itself: then nothing is a candidate
+    root_used_by: str = ""
+
+
+def _record_time(rec: dict[str, Any]) -> float | None:
+    t = rec.get("time")
+    if isinstance(t, int | float) and not isinstance(t, bool):
+        return float(t)
+    return None
+
+
+def _open_each(
+    parent_fd: int, names: Iterable[str], *, skip_unusable: bool = False
+) -> Iterator[tuple[str, int]]:
+    """(name, descriptor) of each directory `names` below `parent_fd` that is still there; the
+    descriptor is closed when the next one is asked for. With `skip_unusable`, a name that is
+    not a directory of this filesystem is passed over instead of raising RecordError."""
+    for name in names:
+        try:
+            fd = records.open_dir(parent_fd, (name,), create=False)
+        except RecordError:
+            if not skip_unusable:
+                raise
+            continue
+        if fd is None:
+            continue
+        try:
+            yield name, fd
+        finally:
+            os.close(fd)
+
+
+def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usage, int]:
+    """The newest record of every (namespace, directory), of every whole namespace
+    ((namespace, "")) and of the mount point itself (MOUNT_ROOT), and how many records
+    were read."""
+    usage: Usage = {}
+    count = 0
+
+    def take(key: Key, dir_fd: int) -> None:
+        nonlocal count
+        for host, rec in records.read_records(dir_fd):
+            t = _record_time(rec)
+            if t is None:
+                continue
+            if key == MOUNT_ROOT and rec.get("containers") == []:
+                continue  # its containers are gone: a bind of everything counts only while
+                # it exists (see root_in_use)
+            count += 1
+            if key not in usage or t > usage[key][0]:
+                usage[key] = (t, str(rec.get("host") or host))
+
+    base = records.open_dir(root_fd, (records.AGENT_DIR, records.USAGE_DIR), create=False)
+    if base is None:
+        return usage, 0
+    try:
+        take(MOUNT_ROOT, base)
+        spaces = [only_namespace] if only_namespace else records.subdirs(base, dots=True)
+        for ns, ns_fd in _open_each(base, spaces, skip_unusable=True):
+            take((ns, ""), ns_fd)
+            for d, d_fd in _open_each(ns_fd, records.subdirs(ns_fd, dots=True)):
+                take((ns, d), d_fd)
+    finally:
+        os.close(base)
+    return usage, count
+
+
+def survey(
+    root_fd: int,
+    mount_point: str,
+    *,
+    cutoff: float,
+    local: set[Key],
+    stale_after_s: float,
+    progress: fstree.Progress,
+) -> Survey:
+    """Every namespace under the mount point judged; candidates sized."""
+    mp = mount_point.rstrip("/")
+    usage, count = collect_usage(root_fd)
+    result = Survey(cutoff=cutoff, records=count)
+    now = time.time()
+    with contextlib.suppress(RecordError, OSError):
+        beats = read_heartbeats_at(root_fd)
+        # stale: its heartbeat is old, or it said it stopped; either way, what its
+        # containers use is not being recorded
+        result.stale_hosts = [h for h in rack_view(beats, stale_after_s, now) if h["stale"]]
+    result.root_used_by = root_in_use(usage, local, now)
+    if result.root_used_by:
+        return result
+    for ns in records.subdirs(root_fd):
+        progress.tick()
+        if not NAMESPACE_RE.match(ns):
+            continue
+        try:
+            ns_fd = records.open_dir(root_fd, (ns,), create=False)
+        except RecordError:
+            continue
+        if ns_fd is None:
+            continue
+        try:
+            _judge_namespace(
+                result,
+                root_fd=root_fd,
+                ns_fd=ns_fd,
+                ns=ns,
+                shown=f"{mp}/{ns}",
+                usage=usage,
+                local=local,
+                progress=progress,
+            )
+        finally:
+            os.close(ns_fd)
+    return result
+
+
+def _judge_namespace(
+    result: Survey,
+    *,
+    root_fd: int,
+    ns_fd: int,
+    ns: str,
+    shown: str,
+    usage: Usage,
+    local: set[Key],
+    progress: fstree.Progress,
+) -> None:
+    cutoff = result.cutoff
+    ns_mtime = os.fstat(ns_fd).st_mtime
+    dirs = records.subdirs(ns_fd, dots=True)
+    whole_last, _ = usage.get((ns, ""), (0.0, ""))
+    if (ns, "") in local or whole_last >= cutoff:
+        result.kept += len(dirs)  # a bind of the whole namespace uses every directory in it
+        return
+    unused: list[Candidate] = []
+    for d in dirs:
+        progress.tick()
+        try:
+            mtime = os.stat(d, dir_fd=ns_fd, follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        last, host = usage.get((ns, d), (None, ""))
+        if (ns, d) in local or max(last or 0.0, mtime) >= cutoff:
+            result.kept += 1
+            continue
+        unused.append(Candidate(ns, d, f"{shown}/{d}", last, host, mtime))
+    records_of_ns = [(t, h) for (n, _), (t, h) in usage.items() if n == ns]
+    ns_in_use = (
+        ns_mtime >= cutoff
+        or any(k[0] == ns for k in local)
+        or any(t >= cutoff for t, _ in records_of_ns)
+    )
+    if len(unused) == len(dirs) and not ns_in_use:
+        last, host = max(records_of_ns, default=(None, ""))
+        mtime = max([ns_mtime, *(c.mtime for c in unused)])
+        whole = Candidate(ns, None, shown, last, host, mtime)
+        whole.size = fstree.tree_size(root_fd, ns, progress)
+        result.candidates.append(whole)
+        return
+    for c in unused:
+        c.size = fstree.tree_size(ns_fd, str(c.directory), progress)
+        result.candidates.append(c)
+
+
+def root_in_use(usage: Usage, local: set[Key], now: float) -> str:
+    """Who binds the mount point itself now ("" for nobody): such a container can use any
+    directory, so nothing goes while it exists. Unlike other uses it does not hold things
+    for the whole window once gone, or a daily backup container binding everything would
+    keep gc from ever deleting anything."""
+    if MOUNT_ROOT in local:
+        return "this host"
+    t, host = usage.get(MOUNT_ROOT, (0.0, ""))
+    return host if t >= now - LIVE_S else ""
+
+
+def still_unused(root_fd: int, c: Candidate, cutoff: float, local: set[Key]) -> bool:
+    """The candidate judged again just before it goes: nothing used it since the survey
+    (its records, a bind of its whole namespace or of the mount point, this host's
+    containers, the directory's own mtime, which the preparer touches before it creates)."""
+    if (c.namespace, "") in local:
+        return False
+    if any(k[0] == c.namespace and (c.directory is None or k[1] == c.directory) for k in local):
+        return False
+    usage, _ = collect_usage(root_fd, only_namespace=c.namespace)
+    if root_in_use(usage, local, time.time()):
+        return False
+    for key, (t, _) in usage.items():
+        relevant = key != MOUNT_ROOT and (key[1] == "" or c.directory in (None, key[1]))
+        if relevant and t >= cutoff:
+            return False
+    path = c.namespace if c.directory is None else f"{c.namespace}/{c.directory}"
+    try:
+        st = os.stat(path, dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False  # gone already
+    return stat.S_ISDIR(st.st_mode) and st.st_mtime < cutoff
+
+
+def prune_old_records(root_fd: int, cutoff: float, progress: fstree.Progress) -> int:
+    """Removes usage records and heartbeats older than the window (they can keep nothing
+    any more), and the record directories left empty; how many records went."""
+    removed = 0
+    agent = records.open_dir(root_fd, (records.AGENT_DIR,), create=False)
+    if agent is None:
+        return 0
+    try:
+        hosts = records.open_dir(agent, (records.HOSTS_DIR,), create=False)
+        if hosts is not None:
+            try:
+                removed += _prune_dir(hosts, cutoff, progress)
+            finally:
+                os.close(hosts)
+        usage = records.open_dir(agent, (records.USAGE_DIR,), create=False)
+        if usage is None:
+            return removed
+        try:
+            removed += _prune_dir(usage, cutoff, progress)
+            spaces = records.subdirs(usage, dots=True)
+            for _, ns_fd in _open_each(usage, spaces):
+                removed += _prune_dir(ns_fd, cutoff, progress)
+                dirs = records.subdirs(ns_fd, dots=True)
+                for _, d_fd in _open_each(ns_fd, dirs):
+                    removed += _prune_dir(d_fd, cutoff, progress)
+                # a record directory goes once it is empty (rmdir refuses otherwise)
+                for d in dirs:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(d, dir_fd=ns_fd)
+            for ns in spaces:
+                with contextlib.suppress(OSError):
+                    os.rmdir(ns, dir_fd=usage)
+        finally:
+            os.close(usage)
+    finally:
+        os.close(agent)
+    return removed
+
+
+def _prune_dir(dir_fd: int, cutoff: float, progress: fstree.Progress) -> int:
+    removed = 0
+    for name, rec in list(records.read_records(dir_fd)):
+        progress.tick()
+        t = _record_time(rec)
+        if t is not None and t < cutoff:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name + records.SUFFIX, dir_fd=dir_fd)
+            removed += 1
+    return removed

@@ -1,0 +1,304 @@
+"""gc's second phase: moving candidates into the trash, restoring them, purging the trash.
+
+A move is one rename on the shared filesystem, so no container ever sees a namespace half
+removed: it is all there, or all in the trash. The steps, each logged:
+
+1. claim an entry: write its record (`moving`, who, when, why) exclusively;
+2. judge the candidate a last time (usage records of every host, this host's containers,
+   its mtime, which the preparer touches before it creates: see volumes/trashcheck.py); kept: the
+   record goes again;
+3. rename `<mp>/<ns>` (or `<mp>/<ns>/<dir>`) to `<mp>/.volagent/trash/<entry>`, through
+   directory descriptors, so no symlink is followed;
+4. record it `trashed`.
+
+Restoring renames it back (never over anything that exists again) and marks it used now, so
+the next gc does not take it at once. Purging is the slow file-by-file removal, and only of
+data nobody can be using: creates into a trashed namespace are refused, and an entry a host
+still reports in use is kept. Blocking: command.py runs these in watched threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import getpass
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from volagent import log
+from volagent.errors import VolagentError
+from volagent.ops.gc import tree as fstree
+from volagent.ops.gc.survey import LIVE_S, Candidate, collect_usage
+from volagent.rack import records, trash
+from volagent.rack.usage import MOUNT_ROOT
+from volagent.state import now_iso
+
+RENAME_NOREPLACE = 1
+
+
+class TrashError(VolagentError):
+    """A restore or purge that cannot be done as asked; the message says what to do."""
+
+
+def operator(host_id: str) -> dict[str, Any]:
+    """Who is acting: this host, the user (the one behind sudo too) and the process."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    sudo = os.environ.get("SUDO_USER")
+    return {
+        "host": host_id or socket.gethostname(),
+        "user": f"{sudo} (sudo)" if sudo else user,
+        "pid": os.getpid(),
+    }
+
+
+@dataclass
+class Moved:
+    """What became of one candidate: `entry` is its trash entry when it was moved."""
+
+    candidate: Candidate
+    entry: str | None
+    outcome: str  # moved | kept | gone
+
+
+def move(
+    root_fd: int,
+    c: Candidate,
+    progress: fstree.Progress,
+    *,
+    still_unused: Callable[[], bool],
+    reason: str,
+    who: dict[str, Any],
+) -> Moved:
+    """Moves one candidate into the trash, judged again (`still_unused`) once its entry is
+    claimed."""
+    bound = log.get("gc", path=c.path)
+    trash_fd = records.ensure_dir(root_fd, (records.AGENT_DIR, trash.TRASH_DIR))
+    try:
+        now = time.time()
+        record: dict[str, Any] = {
+            "state": trash.MOVING,
+            "namespace": c.namespace,
+            "directory": c.directory,
+            "path": c.path,
+            "time": now,
+            "moved_at": now_iso(now),
+            "by": who,
+            "reason": reason,
+            "size": c.size,
+            "last_used": c.last_used,
+            "last_host": c.last_host,
+        }
+        for _ in range(10):  # another gc may claim the same name at the same second
+            entry = trash.new_entry(c.namespace, c.directory, now, trash_fd)
+            if trash.claim(trash_fd, entry, {**record, "entry": entry.name}):
+                break
+        else:
+            raise TrashError(f"{c.path}: could not claim a trash entry")
+        record["entry"] = entry.name
+        bound.info("gc_trash_claimed", entry=entry.name, reason=reason)
+        progress.tick()
+        try:
+            unused = still_unused()
+        except BaseException:
+            trash.forget(trash_fd, entry)  # a claim left behind would refuse creates
+            raise
+        if not unused:
+            trash.forget(trash_fd, entry)
+            bound.info("gc_kept", entry=entry.name, why="used since the listing")
+            return Moved(c, None, "kept")
+        parent = _open_parent(root_fd, c)
+        if parent is None:
+            trash.forget(trash_fd, entry)
+            return Moved(c, None, "gone")
+        try:
+            name = c.namespace if c.directory is None else c.directory
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_dev != os.fstat(root_fd).st_dev:
+                raise TrashError(f"{c.path} is no longer a directory of the shared filesystem")
+            os.rename(name, entry.name, src_dir_fd=parent, dst_dir_fd=trash_fd)
+        except FileNotFoundError:
+            trash.forget(trash_fd, entry)
+            bound.info("gc_gone", entry=entry.name)
+            return Moved(c, None, "gone")
+        except BaseException:
+            trash.forget(trash_fd, entry)
+            raise
+        finally:
+            os.close(parent)
+        progress.tick()
+        bound.info("gc_moved", entry=entry.name, size=c.size)
+        record["state"] = trash.TRASHED
+        trash.write(trash_fd, entry, record)
+        return Moved(c, entry.name, "moved")
+    finally:
+        os.close(trash_fd)
+
+
+def _open_parent(root_fd: int, c: Candidate) -> int | None:
+    if c.directory is None:
+        return os.dup(root_fd)
+    return records.open_dir(root_fd, (c.namespace,), create=False)
+
+
+def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> None:
+    """Renames, and fails with FileExistsError instead of replacing what is at `dst` (a
+    plain rename would silently replace an empty directory)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        done = renameat2(src_dir_fd, src.encode(), dst_dir_fd, dst.encode(), RENAME_NOREPLACE)
+        if done == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), dst)
+    # the filesystem cannot refuse a replacement itself (older NFS clients): look first
+    try:
+        os.stat(dst, dir_fd=dst_dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        return
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+
+
+def find(trash_fd: int, name: str) -> trash.Entry:
+    """The entry of that name, or a TrashError saying what is in the trash."""
+    for entry in trash.entries(trash_fd):
+        if entry.entry.name == name:
+            return entry
+    raise TrashError(f"no trash entry {name!r}; `volagent gc` lists the trash")
+
+
+def restore(root_fd: int, name: str, mount_point: str) -> str:
+    """Puts a trashed entry back where it was; what was done, in words."""
+    mp = mount_point.rstrip("/")
+    bound = log.get("gc", entry=name)
+    trash_fd = trash.open_trash(root_fd, create=False)
+    if trash_fd is None:
+        raise TrashError(f"the trash is empty: there is no {name!r}")
+    try:
+        found = find(trash_fd, name)
+        held = found.entry
+        target = f"{mp}/{held.relative}"
+        if found.state == trash.PURGING:
+            raise TrashError(
+                f"{name} is being purged (what is left of it is incomplete); finish with "
+                "`volagent gc --purge`"
+            )
+        if not found.has_directory:
+            trash.forget(trash_fd, held)
+            bound.info("gc_restore_nothing", why="the move never happened")
+            return f"nothing to restore: {target} was never moved; removed the record of {name}"
+        parent = records.ensure_dir(
+            root_fd, (held.namespace,) if held.directory is not None else ()
+        )
+        leaf = held.namespace if held.directory is None else held.directory
+        try:
+            rename_noreplace(trash_fd, name, parent, leaf)
+            with contextlib.suppress(OSError):
+                _mark_used(parent, leaf, whole=held.directory is None)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            raise TrashError(
+                f"{target} exists again (made after the move, e.g. by a container started "
+                f"without the guard): move whatever in it matters into "
+                f"{mp}/{records.AGENT_DIR}/{trash.TRASH_DIR}/{name}, remove {target}, then run "
+                f"`volagent gc --restore {name}` again"
+            ) from None
+        finally:
+            os.close(parent)
+        trash.forget(trash_fd, held)
+        bound.info("gc_restored", path=target)
+        return f"restored {target} from {name}"
+    finally:
+        os.close(trash_fd)
+
+
+def _mark_used(parent_fd: int, leaf: str, whole: bool) -> None:
+    """Sets the mtime of a restored directory (and of a namespace's directories) to now:
+    the next gc must not take it again at once."""
+    fd = records.open_dir(parent_fd, (leaf,), create=False)
+    if fd is None:
+        return
+    try:
+        os.utime(fd)
+        for d in records.subdirs(fd, dots=True) if whole else ():
+            os.utime(d, dir_fd=fd, follow_symlinks=False)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Purged:
+    entry: str
+    outcome: str  # purged | kept | partly
+    detail: str = ""
+
+
+def purge(root_fd: int, cutoff: float, mount_point: str, progress: fstree.Progress) -> list[Purged]:
+    """Removes every entry moved into the trash before `cutoff`, unless a host still reports
+    its path in use."""
+    mp = mount_point.rstrip("/")
+    trash_fd = trash.open_trash(root_fd, create=False)
+    if trash_fd is None:
+        return []
+    out: list[Purged] = []
+    dev = os.fstat(root_fd).st_dev
+    try:
+        for found in list(trash.entries(trash_fd)):
+            progress.tick()
+            held = found.entry
+            moved_at = found.moved_at
+            if moved_at is None and found.has_directory:
+                moved_at = os.stat(held.name, dir_fd=trash_fd, follow_symlinks=False).st_ctime
+            if moved_at is None or moved_at >= cutoff:
+                continue
+            bound = log.get("gc", entry=held.name)
+            user = _still_used(root_fd, held, moved_at)
+            if user:
+                bound.warning("gc_purge_kept", why=user)
+                out.append(Purged(held.name, "kept", user))
+                continue
+            if found.has_directory:
+                record = dict(found.record or {"entry": held.name, "time": moved_at})
+                record.update(state=trash.PURGING, purging_since=now_iso())
+                trash.write(trash_fd, held, record)
+                bound.info("gc_purge_started", path=f"{mp}/{held.relative}")
+                shown = f"{mp}/{records.AGENT_DIR}/{trash.TRASH_DIR}/{held.name}"
+                removal = fstree.remove_tree(trash_fd, held.name, dev, shown, progress)
+                if not removal.complete:
+                    bound.error("gc_purge_partly", problems=removal.problems[:5])
+                    out.append(Purged(held.name, "partly", "; ".join(removal.problems[:5])))
+                    continue
+            trash.forget(trash_fd, held)
+            bound.info("gc_purged")
+            out.append(Purged(held.name, "purged"))
+    finally:
+        os.close(trash_fd)
+    return out
+
+
+def _still_used(root_fd: int, held: trash.EntryName, moved_at: float) -> str:
+    """Why the entry must stay: a host reported its path in use after the move, lately (a
+    container bound it before the move, or names it still); "" when nobody does."""
+    usage, _ = collect_usage(root_fd, only_namespace=held.namespace)
+    recent = time.time() - LIVE_S
+    for key, (t, host) in sorted(usage.items()):
+        relevant = key == MOUNT_ROOT or key[1] == "" or held.directory in (None, key[1])
+        if relevant and t > moved_at and t >= recent:
+            where = "/".join(p for p in key if p)
+            return (
+                f"host {host} reported {where} in use at {now_iso(t)}, after it was trashed: "
+                "check that host's containers (`volagent status`), then restore or purge it"
+            )
+    return ""

@@ -1,0 +1,168 @@
+"""Sizing and removing whole directory trees under the mount point, through descriptors.
+
+Used by `volagent gc`. Like the directory walk that creates, these never follow a symlink
+(every directory is opened relative to its parent with O_NOFOLLOW, so a link swapped in
+mid-walk stops the walk there and the link itself is what gets removed) and never leave the
+shared filesystem's device (a filesystem mounted inside a namespace is left alone). A
+`Progress` is ticked at every entry, so a caller can tell a slow walk from a hung mount.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+
+from volagent.rack.records import list_names
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# a tree deeper than this is not walked further (each level holds a descriptor)
+MAX_DEPTH = 256
+
+
+@dataclass
+class Progress:
+    """The time of the last entry a walk reached, read by a watchdog in another thread."""
+
+    last: float = field(default_factory=time.monotonic)
+    entries: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def tick(self) -> None:
+        with self._lock:
+            self.last = time.monotonic()
+            self.entries += 1
+
+    def idle_for(self) -> float:
+        with self._lock:
+            return time.monotonic() - self.last
+
+
+@dataclass
+class Removal:
+    """What removing a tree came to: entries removed, and what could not be."""
+
+    removed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+
+def tree_size(parent_fd: int, name: str, progress: Progress | None = None) -> int:
+    """Bytes used on disk by the tree `name` below `parent_fd` (like du, each inode once)."""
+    progress = progress or Progress()
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError:
+        return 0
+    try:
+        st = os.fstat(fd)
+        seen: set[int] = set()
+        return st.st_blocks * 512 + _size_below(fd, st.st_dev, 1, seen, progress)
+    finally:
+        os.close(fd)
+
+
+def _size_below(fd: int, dev: int, depth: int, seen: set[int], progress: Progress) -> int:
+    total = 0
+    try:
+        names = list_names(fd)
+    except OSError:
+        return 0
+    for name in names:
+        progress.tick()
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_dev != dev or st.st_ino in seen:
+            continue
+        if st.st_nlink > 1:
+            seen.add(st.st_ino)
+        total += st.st_blocks * 512
+        if stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue
+            try:
+                if os.fstat(child).st_dev == dev:
+                    total += _size_below(child, dev, depth + 1, seen, progress)
+            finally:
+                os.close(child)
+    return total
+
+
+def remove_tree(
+    parent_fd: int, name: str, dev: int, shown: str, progress: Progress | None = None
+) -> Removal:
+    """Removes the directory `name` below `parent_fd` and everything in it, on device `dev`
+    only. Problems (a mount inside, an immutable file, a tree too deep) are collected, the
+    rest is removed, and the top directory stays when anything below it could not go."""
+    progress = progress or Progress()
+    result = Removal()
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        result.problems.append(f"{shown}: cannot open: {exc.strerror}")
+        return result
+    try:
+        if os.fstat(fd).st_dev != dev:
+            result.problems.append(f"{shown}: another filesystem is mounted here; left alone")
+            return result
+        _empty(fd, dev, shown, 1, result=result, progress=progress)
+    finally:
+        os.close(fd)
+    if result.complete:
+        try:
+            os.rmdir(name, dir_fd=parent_fd)
+            result.removed += 1
+        except OSError as exc:
+            result.problems.append(f"{shown}: cannot remove: {exc.strerror}")
+    return result
+
+
+def _empty(
+    fd: int, dev: int, shown: str, depth: int, *, result: Removal, progress: Progress
+) -> None:
+    try:
+        names = list_names(fd)
+    except OSError as exc:
+        result.problems.append(f"{shown}: cannot list: {exc.strerror}")
+        return
+    for name in names:
+        progress.tick()
+        path = f"{shown}/{name}"
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=fd)  # a symlink is removed itself, never followed
+                result.removed += 1
+                continue
+            if depth >= MAX_DEPTH:
+                result.problems.append(f"{path}: deeper than {MAX_DEPTH} levels; left alone")
+                continue
+            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            continue  # removed by someone else meanwhile
+        except OSError as exc:
+            result.problems.append(f"{path}: {exc.strerror}")
+            continue
+        try:
+            if os.fstat(child).st_dev != dev:
+                result.problems.append(f"{path}: another filesystem is mounted here; left alone")
+                continue
+            before = len(result.problems)
+            _empty(child, dev, path, depth + 1, result=result, progress=progress)
+        finally:
+            os.close(child)
+        if len(result.problems) == before:
+            try:
+                os.rmdir(name, dir_fd=fd)
+                result.removed += 1
+            except OSError as exc:
+                result.problems.append(f"{path}: cannot remove: {exc.strerror}")

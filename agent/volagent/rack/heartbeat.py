@@ -1,0 +1,254 @@
+"""Heartbeats and the rack view: which hosts really share this filesystem.
+
+Every `[health] heartbeat_interval_s` each host replaces `<mp>/.volagent/hosts/<host>.json`
+(host, instance id, status, version, time) through the safe record code and the timed worker,
+and only while the mount is the healthy shared filesystem: a heartbeat on local disk would
+claim a rack the host is not part of. The rack view lists every host's heartbeat and flags
+those older than `[health] stale_after_s`. It never hangs the socket: the hosts directory is
+read with a short timeout, at most one read at a time, and the last list read is answered
+when the filesystem does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import time
+from typing import Any
+
+from volagent import __version__, log
+from volagent.aws.imds import Imds
+from volagent.errors import FilesystemHung, VolagentError
+from volagent.rack import records
+from volagent.state import AgentState, now_iso
+from volagent.worker import TimedWorker
+
+# the socket answers within 100 ms; a read of the hosts directory gets most of that
+RACK_READ_TIMEOUT_S = 0.08
+WRITE_TIMEOUT_S = 5.0
+# a host whose last heartbeat said this stopped on purpose
+STOPPED = "stopped"
+# instance metadata is asked for this host's instance id at start, then this often until known
+IDENTIFY_RETRY_S = 600.0
+IDENTIFY_TIMEOUT_S = 1.0
+
+
+def host_record(state: AgentState, status: str | None = None) -> dict[str, Any]:
+    """What this host's heartbeat says now."""
+    now = time.time()
+    return {
+        "host": state.host_id,
+        "rack": state.config.rack,
+        "instance_id": state.instance_id,
+        "status": status or state.verdict(),
+        "version": __version__,
+        "mount_state": state.mount.state,
+        "time": now,
+        "last_seen": now_iso(now),
+        "interval_s": state.config.health.heartbeat_interval_s,
+    }
+
+
+def write_heartbeat(
+    mount_point: str, dev: int | None, record: dict[str, Any], previous_name: str | None
+) -> None:
+    """Blocking: replaces this host's heartbeat; removes the one of a former host name."""
+    root = records.open_root(mount_point, dev)
+    try:
+        hosts = records.ensure_dir(root, (records.AGENT_DIR, records.HOSTS_DIR))
+        try:
+            records.write_record(hosts, record["host"], record)
+            if previous_name and previous_name != record["host"]:
+                records.remove_record(hosts, previous_name)
+        finally:
+            os.close(hosts)
+    finally:
+        os.close(root)
+
+
+def read_heartbeats(mount_point: str, dev: int | None) -> list[dict[str, Any]]:
+    """Blocking: every valid heartbeat record under the mount point."""
+    root = records.open_root(mount_point, dev)
+    try:
+        return read_heartbeats_at(root)
+    finally:
+        os.close(root)
+
+
+def read_heartbeats_at(root_fd: int) -> list[dict[str, Any]]:
+    """Blocking: every valid heartbeat record below the mount point's descriptor."""
+    hosts = records.open_dir(root_fd, (records.AGENT_DIR, records.HOSTS_DIR), create=False)
+    if hosts is None:
+        return []
+    try:
+        return [rec for _, rec in records.read_records(hosts) if _valid(rec)]
+    finally:
+        os.close(hosts)
+
+
+def _valid(rec: dict[str, Any]) -> bool:
+    return (
+        isinstance(rec.get("host"), str)
+        and bool(rec["host"])
+        and isinstance(rec.get("time"), int | float)
+        and not isinstance(rec.get("time"), bool)
+    )
+
+
+def rack_view(
+    heartbeats: list[dict[str, Any]], stale_after_s: float, now: float
+) -> list[dict[str, Any]]:
+    """The hosts of the rack, sorted by name, each flagged stale when its heartbeat is old or
+    its last beat said it stopped."""
+    out = []
+    for rec in sorted(heartbeats, key=lambda r: str(r["host"])):
+        age = now - float(rec["time"])
+        status = str(rec.get("status") or "unknown")
+        out.append(
+            {
+                "host": rec["host"],
+                "rack": str(rec.get("rack") or ""),
+                "instance_id": str(rec.get("instance_id") or ""),
+                "status": status,
+                "version": str(rec.get("version") or ""),
+                "last_seen": now_iso(float(rec["time"])),
+                "age_s": round(age, 1),
+                # a host that said goodbye is not sharing the filesystem any more
+                "stale": age > stale_after_s or status == "stopped",
+            }
+        )
+    return out
+
+
+class Heartbeat:
+    """The root task writing this host's heartbeat, and the rack view for the socket."""
+
+    def __init__(self, state: AgentState, worker: TimedWorker) -> None:
+        self.state = state
+        self.worker = worker
+        self.log = log.get("heartbeat")
+        self._wake = asyncio.Event()
+        self._written_as: str | None = None
+        self._known: list[dict[str, Any]] = []
+        self._reading: asyncio.Future[list[dict[str, Any]]] | None = None
+        self._failing = False
+        self._identify_at = 0.0
+
+    def wake(self) -> None:
+        """Beat now (the config changed, the mount came back)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self.identify()
+                await self.beat()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.state.config.health.heartbeat_interval_s):
+                        await self._wake.wait()
+        except asyncio.CancelledError:
+            await self._farewell()
+            raise
+
+    async def identify(self) -> None:
+        """Learns this instance's id from instance metadata (the mount side's IMDSv2 client):
+        the contract names a host by its instance id unless `host_id` is set. Off EC2 the
+        hostname stays, and metadata is asked again only every IDENTIFY_RETRY_S."""
+        st = self.state
+        if st.instance_id or time.monotonic() < self._identify_at:
+            return
+        self._identify_at = time.monotonic() + IDENTIFY_RETRY_S
+        imds = Imds(st.config.aws.imds_endpoint, timeout=IDENTIFY_TIMEOUT_S, attempts=1)
+        try:
+            async with asyncio.timeout(3 * IDENTIFY_TIMEOUT_S):
+                found = await asyncio.to_thread(imds.required, "instance-id")
+        except (TimeoutError, VolagentError) as exc:
+            self.log.debug("instance_id_unknown", reason=str(exc))
+            return
+        st.instance_id = found
+        if not st.config.host_id:
+            st.host_id = found
+        self.log.info("host_identified", host=st.host_id, instance_id=found)
+
+    async def beat(self, status: str | None = None) -> bool:
+        """Writes one heartbeat; False when it was skipped or failed."""
+        st = self.state
+        metrics = st.metrics
+        if not st.mount_healthy or st.mount_dev is None or not st.host_id:
+            metrics.heartbeats.labels(result="skipped").inc()
+            return False
+        record = host_record(st, status)
+        call = functools.partial(
+            write_heartbeat, st.config.mount_point, st.mount_dev, record, self._written_as
+        )
+        try:
+            await self.worker.run(call, WRITE_TIMEOUT_S, what="writing the heartbeat")
+        except (VolagentError, OSError) as exc:
+            metrics.heartbeats.labels(result="failed").inc()
+            if not self._failing:
+                self.log.warning("heartbeat_failed", reason=str(exc))
+            self._failing = True
+            st.warn("heartbeat", f"cannot write this host's heartbeat: {exc}")
+            return False
+        if self._failing:
+            self.log.info("heartbeat_restored")
+        self._failing = False
+        st.clear_warning("heartbeat")
+        self._written_as = record["host"]
+        metrics.heartbeats.labels(result="written").inc()
+        # the rack view is refreshed with each beat, so the socket rarely reads it itself
+        await self._refresh(WRITE_TIMEOUT_S)
+        return True
+
+    async def _farewell(self) -> None:
+        """On stop, tell the rack this host stopped on purpose (bounded: may be hung)."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await self.beat(status=STOPPED)
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        """The rack view for `GET /v1/status?rack=1`: read now if the filesystem answers
+        quickly, else the last list read."""
+        await self._refresh(RACK_READ_TIMEOUT_S)
+        return self._view()
+
+    def _view(self) -> list[dict[str, Any]]:
+        h = self.state.config.health
+        view = rack_view(self._known, h.stale_after_s, time.time())
+        self.state.metrics.rack_hosts.labels(freshness="fresh").set(
+            sum(1 for v in view if not v["stale"])
+        )
+        self.state.metrics.rack_hosts.labels(freshness="stale").set(
+            sum(1 for v in view if v["stale"])
+        )
+        return view
+
+    async def _refresh(self, timeout: float) -> None:
+        st = self.state
+        if not st.mount_healthy or st.mount_dev is None:
+            return
+        if self._reading is None or self._reading.done():
+            # one read at a time: on a hung mount, callers share the read already waiting
+            self._reading = asyncio.wrap_future(
+                self.worker.submit(
+                    functools.partial(read_heartbeats, st.config.mount_point, st.mount_dev)
+                )
+            )
+            # a read nobody waits for any more still has its outcome collected
+            self._reading.add_done_callback(_collect)
+        try:
+            async with asyncio.timeout(timeout):
+                self._known = await asyncio.shield(self._reading)
+        except (TimeoutError, FilesystemHung):
+            return
+        except (VolagentError, OSError) as exc:
+            self.log.debug("rack_read_failed", reason=str(exc))
+        self._view()
+
+
+def _collect(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -1,0 +1,195 @@
+"""Usage records: which namespace directories the containers of each host use, for gc.
+
+A directory in use is the second-level directory `<mp>/<top>/<dir>` that a bind of any
+container known on this host reaches (created, running or stopped: a stopped container keeps
+its data), whoever the container is (labeled or not, in violation or not) and whatever the
+names (`<mp>/<rack>-<app>/.shared/db` is a use of `.shared`). Each host keeps one record per
+directory, `<mp>/.volagent/usage/<top>/<dir>/<host>.json`, holding the time it last saw the
+directory in use; a bind of a whole top-level directory is recorded as
+`<mp>/.volagent/usage/<top>/<host>.json`, one of the mount point itself as
+`<mp>/.volagent/usage/<host>.json`. gc on any host reads them all and takes the newest. A
+new use is recorded within a second; an ongoing one is refreshed every REFRESH_S, so writes
+stay few. Records are written like heartbeats: through the timed worker, only onto the
+healthy shared filesystem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import posixpath
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from volagent import log
+from volagent.errors import VolagentError
+from volagent.rack import records
+from volagent.state import AgentState, now_iso
+from volagent.worker import TimedWorker
+
+SCAN_INTERVAL_S = 1.0
+REFRESH_S = 300.0
+WRITE_TIMEOUT_S = 10.0
+MAX_CONTAINER_NAMES = 8
+MAX_BINDS = 256
+FAILURE_BACKOFF_S = 30.0
+
+Key = tuple[str, str]  # (top-level directory, directory below it); "" for the whole of it
+MOUNT_ROOT: Key = ("", "")
+
+
+def key_of(mount_point: str, host_path: str) -> Key | None:
+    """The (top-level directory, directory below it) a bind's host path lies in: ("ns", "")
+    for a top-level directory itself, MOUNT_ROOT for the mount point; None for a path not
+    under the mount point, or in volagent's own `.volagent`. Cleaned as Docker cleans a bind
+    source (a leading `//` is `/`, `..` resolved lexically)."""
+    mp = posixpath.normpath("/" + mount_point.lstrip("/"))
+    path = posixpath.normpath("/" + host_path.lstrip("/"))
+    if path == mp:
+        return MOUNT_ROOT
+    if not path.startswith(mp.rstrip("/") + "/"):
+        return None
+    parts = [p for p in path[len(mp) :].split("/") if p]
+    if parts[0] == records.AGENT_DIR:
+        return None
+    return parts[0], parts[1] if len(parts) > 1 else ""
+
+
+def in_use(state: AgentState) -> dict[Key, list[str]]:
+    """Every directory the containers known here use, with the names of those containers:
+    every volume on the shared filesystem counts, its state (violation included) and the
+    container's identity (unlabeled included) notwithstanding."""
+    mp = state.config.mount_point
+    out: dict[Key, list[str]] = {}
+    for c in state.containers.values():
+        for v in c.volumes:
+            key = key_of(mp, v.host)
+            if key is not None:
+                names = out.setdefault(key, [])
+                name = c.name or c.id[:12]
+                if name not in names:
+                    names.append(name)
+    return out
+
+
+def binds_in_use(state: AgentState) -> dict[Key, list[str]]:
+    """The bind paths of the containers known here, by the directory they lie in: other hosts
+    read them to keep binds from nesting across the rack (rule 7)."""
+    mp = state.config.mount_point
+    out: dict[Key, set[str]] = {}
+    for c in state.containers.values():
+        for v in c.volumes:
+            key = key_of(mp, v.host)
+            if key is not None and v.state != "violation":
+                out.setdefault(key, set()).add(posixpath.normpath(v.host))
+    return {key: sorted(paths) for key, paths in out.items()}
+
+
+def usage_record(
+    host: str, key: Key, containers: Iterable[str], now: float, binds: Iterable[str] = ()
+) -> dict[str, Any]:
+    return {
+        "host": host,
+        "namespace": key[0],
+        "directory": key[1],
+        "time": now,
+        "last_used": now_iso(now),
+        "containers": sorted(containers)[:MAX_CONTAINER_NAMES],
+        "binds": sorted(binds)[:MAX_BINDS],
+    }
+
+
+def write_usage(
+    mount_point: str, dev: int | None, host: str, batch: list[tuple[Key, dict[str, Any]]]
+) -> list[Key]:
+    """Blocking: writes each record; the keys written (all of them, or it raised)."""
+    root = records.open_root(mount_point, dev)
+    done = []
+    try:
+        for key, record in batch:
+            parts = (records.AGENT_DIR, records.USAGE_DIR, *(p for p in key if p))
+            d = records.ensure_dir(root, parts)
+            try:
+                records.write_record(d, host, record)
+            finally:
+                os.close(d)
+            done.append(key)
+    finally:
+        os.close(root)
+    return done
+
+
+class UsageRecorder:
+    """The root task keeping this host's usage records current."""
+
+    def __init__(self, state: AgentState, worker: TimedWorker) -> None:
+        self.state = state
+        self.worker = worker
+        self.log = log.get("usage")
+        self._written: dict[Key, float] = {}  # monotonic time of the last write per key
+        self._written_binds: dict[Key, list[str]] = {}  # the binds that write listed
+        self._failing = False
+        self._retry_at = 0.0
+
+    async def run(self) -> None:
+        while True:
+            await self.record_due()
+            await asyncio.sleep(SCAN_INTERVAL_S)
+
+    def due(self, now_mono: float) -> dict[Key, list[str]]:
+        """Directories in use never recorded by this agent, or not for REFRESH_S, or whose
+        binds changed since (other hosts judge nesting by them)."""
+        binds = binds_in_use(self.state)
+        return {
+            key: names
+            for key, names in in_use(self.state).items()
+            if now_mono - self._written.get(key, -REFRESH_S - 1) > REFRESH_S
+            or self._written_binds.get(key) != binds.get(key, [])
+        }
+
+    async def record_due(self) -> int:
+        """Writes the records that are due; how many were written."""
+        st = self.state
+        if not st.mount_healthy or st.mount_dev is None or not st.host_id:
+            return 0
+        if time.monotonic() < self._retry_at:
+            return 0  # a failing filesystem is not asked again every second
+        due = self.due(time.monotonic())
+        # directories no container here uses any more: one last record that lists no binds,
+        # so other hosts stop counting them (the time stays the last use, for gc)
+        gone = set(self._written) - set(in_use(st))
+        if not due and not gone:
+            return 0
+        now = time.time()
+        binds = binds_in_use(st)
+        batch = [
+            (key, usage_record(st.host_id, key, names, now, binds.get(key, [])))
+            for key, names in due.items()
+        ]
+        batch += [(key, usage_record(st.host_id, key, [], now)) for key in sorted(gone)]
+        call = functools.partial(
+            write_usage, st.config.mount_point, st.mount_dev, st.host_id, batch
+        )
+        try:
+            done = await self.worker.run(call, WRITE_TIMEOUT_S, what="writing usage records")
+        except (VolagentError, OSError) as exc:
+            st.metrics.usage_records.labels(result="failed").inc(len(batch))
+            if not self._failing:
+                self.log.warning("usage_record_failed", reason=str(exc), records=len(batch))
+            self._failing = True
+            self._retry_at = time.monotonic() + FAILURE_BACKOFF_S
+            return 0
+        self._failing = False
+        mono = time.monotonic()
+        for key in done:
+            self._written[key] = mono
+            self._written_binds[key] = binds.get(key, [])
+        # directories no container here uses any more need no refreshing
+        for key in set(self._written) - set(in_use(st)):
+            del self._written[key]
+            self._written_binds.pop(key, None)
+        st.metrics.usage_records.labels(result="written").inc(len(done))
+        self.log.debug("usage_recorded", records=len(done))
+        return len(done)

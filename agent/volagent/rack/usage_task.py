@@ -1,0 +1,286 @@
+"""The root task of the usage walk: which namespaces this host walks, the walk itself in a
+worker thread, and the rack's figures published as metrics, quota warnings and the `usage`
+of `volagent status --rack`.
+
+Every full pass starts `[usage] interval_s` after the last one started. The namespaces are
+shared among the live hosts of the heartbeats (usage_share); each walk step spends a few
+seconds' worth of the budget in a thread of its own worker, then saves the cursor with the
+partial totals, so a hung mount costs one stuck thread and a restart loses one step. Every
+host reads every namespace's record, so each host exports the whole rack's usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from volagent import log
+from volagent.errors import FilesystemHung, VolagentError
+from volagent.rack import quotas, records, usage_share, usage_walk
+from volagent.rack.usage_walk import LOOSE, Budget, NamespaceWalk
+from volagent.state import AgentState, now_iso
+from volagent.worker import TimedWorker
+
+STEP_S = 5.0  # budget seconds one step spends before it saves the cursor
+STEP_GRACE_S = 60.0  # beyond its budgeted time, a step taking this long means a hung mount
+READ_TIMEOUT_S = 30.0
+REFRESH_S = 30.0  # other hosts' figures are read at least this often
+IDLE_S = 1.0
+
+HostsSource = Callable[[], Awaitable[list[dict[str, Any]]]]
+
+
+class UsageWalker:
+    """Walks this host's share of the namespaces and publishes the rack's figures."""
+
+    def __init__(self, state: AgentState, hosts: HostsSource) -> None:
+        self.state = state
+        self.hosts = hosts
+        # a worker of its own: a walk stuck on a hung mount never takes another task's thread
+        self.worker = TimedWorker("usage", max_threads=2)
+        self.budget = Budget(
+            state.config.usage.ops_per_second, on_spend=state.metrics.usage_walk_ops.inc
+        )
+        self.log = log.get("usage_walk")
+        self._figures: dict[str, dict[str, Any]] = {}  # namespace -> its record
+        self._walk: NamespaceWalk | None = None
+        self._in_flight = False  # a step of the walk is running in a thread
+        self._read_at = 0.0
+
+    # --- the loop ---------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            while True:
+                started = time.monotonic()
+                if self._healthy():
+                    try:
+                        await self.one_pass()
+                    except (VolagentError, OSError) as exc:
+                        self.log.warning("usage_pass_failed", reason=str(exc))
+                await self._rest_until(started + self.state.config.usage.interval_s)
+        finally:
+            self._give_up()
+            self.worker.close()
+
+    def _healthy(self) -> bool:
+        st = self.state
+        return st.mount_healthy and st.mount_dev is not None and bool(st.config.rack)
+
+    async def _rest_until(self, when: float) -> None:
+        while time.monotonic() < when:
+            if time.monotonic() - self._read_at >= REFRESH_S and self._healthy():
+                with contextlib.suppress(VolagentError, OSError):
+                    await self.refresh()
+            await asyncio.sleep(min(IDLE_S, max(0.0, when - time.monotonic())))
+
+    async def one_pass(self) -> int:
+        """Walks every namespace this host owns now; how many it finished."""
+        prefix = f"{self.state.config.rack}-"
+        self._sync_budget()
+        present = await self._call(
+            lambda root: usage_walk.namespaces(root, prefix, self.budget), "listing namespaces"
+        )
+        await self.refresh()
+        # records of this rack only: another rack's hosts may share the filesystem
+        gone = [ns for ns in self._figures if ns.startswith(prefix) and ns not in present]
+        if gone:
+            await self._call(lambda root: usage_walk.forget(root, gone), "removing old records")
+        finished = 0
+        for ns in present:
+            if not await self._owned(ns):
+                continue
+            try:
+                if await self._walk_one(ns):
+                    finished += 1
+            except (VolagentError, OSError) as exc:
+                self.log.warning("usage_walk_failed", namespace=ns, reason=str(exc))
+            await self.refresh()
+        return finished
+
+    async def _owned(self, ns: str) -> bool:
+        st = self.state
+        hosts = usage_share.live_hosts(await self.hosts(), st.host_id, st.config.rack)
+        return usage_share.owner(hosts, ns) == st.host_id
+
+    async def _walk_one(self, ns: str) -> bool:
+        st = self.state
+        previous = self._figures.get(ns)
+        saved = (previous or {}).get("walk")
+        root = await self._call_keep(lambda: records.open_root(st.config.mount_point, st.mount_dev))
+        walk = NamespaceWalk.resume(
+            root, ns, self.budget, saved if isinstance(saved, dict) else None
+        )
+        self._walk = walk
+        self._in_flight = False
+        if saved:
+            self.log.info("usage_walk_resumed", namespace=ns, depth=len(walk.cursor))
+        try:
+            while True:
+                if not self._healthy() or not await self._owned(ns):
+                    st.metrics.usage_walks.labels(result="interrupted").inc()
+                    return False
+                self._sync_budget()
+                max_ops = max(10, int(self.budget.rate * STEP_S))
+                step = functools.partial(self._step, walk, previous, max_ops)
+                self._in_flight = True
+                done = await self.worker.run(step, STEP_S + STEP_GRACE_S, what="the usage walk")
+                self._in_flight = False
+                if done:
+                    st.metrics.usage_walks.labels(result="finished").inc()
+                    self.log.info("usage_walked", namespace=ns, totals=walk.totals)
+                    return True
+        except FilesystemHung as exc:
+            st.metrics.usage_walks.labels(result="interrupted").inc()
+            self.log.warning("usage_walk_hung", namespace=ns, reason=str(exc))
+            return False
+        finally:
+            self._give_up()
+
+    def _step(self, walk: NamespaceWalk, previous: dict[str, Any] | None, max_ops: int) -> bool:
+        """Blocking: one step of the walk, then its record saved (the cursor, or the result)."""
+        done = walk.step(max_ops, STEP_S)
+        if walk.cancelled:  # given up while this thread was away: the descriptors are ours
+            walk.close()
+            with contextlib.suppress(OSError):
+                os.close(walk.root_fd)
+            return False
+        record = usage_walk.record_of(previous, walk, self.state.host_id, done)
+        usage_walk.save(walk.root_fd, walk.namespace, record)
+        self.budget.spend(3)  # the record: create, write and sync, rename
+        return done
+
+    def _give_up(self) -> None:
+        walk, self._walk = self._walk, None
+        if walk is not None:
+            walk.cancelled = True
+            if self._in_flight:
+                return  # the thread still inside the step stops there and closes the walk
+            walk.close()
+            with contextlib.suppress(OSError):
+                os.close(walk.root_fd)
+
+    def _sync_budget(self) -> None:
+        self.budget.rate = self.state.config.usage.ops_per_second
+        self.state.metrics.usage_walk_budget.set(self.budget.rate)
+
+    async def _call(self, fn: Callable[[int], Any], what: str) -> Any:
+        st = self.state
+        mp, dev = st.config.mount_point, st.mount_dev
+
+        def call() -> Any:
+            root = records.open_root(mp, dev)
+            try:
+                return fn(root)
+            finally:
+                os.close(root)
+
+        return await self.worker.run(call, READ_TIMEOUT_S, what=what)
+
+    async def _call_keep(self, fn: Callable[[], int]) -> int:
+        return await self.worker.run(fn, READ_TIMEOUT_S, what="opening the mount point")
+
+    # --- the figures ------------------------------------------------------------------
+    async def refresh(self) -> None:
+        """Reads every namespace's record and publishes them."""
+        self._read_at = time.monotonic()
+        self._figures = await self._call(self._read_counted, "reading usage records")
+        self.publish()
+
+    def _read_counted(self, root: int) -> dict[str, dict[str, Any]]:
+        """Blocking: every record, its reads charged to the walk's budget (they cost the
+        same requests on EFS)."""
+        found = usage_walk.read_sizes(root)
+        self.budget.spend(2 + len(found))
+        return found
+
+    def publish(self) -> None:
+        st = self.state
+        m = st.metrics
+        for gauge in (m.namespace_bytes, m.namespace_inodes, m.namespace_measured):
+            gauge.clear()
+        used: dict[str, int] = {}
+        for app, rec in self._apps().items():
+            totals = rec["totals"]
+            all_bytes = all_inodes = 0
+            for service, (n_bytes, n_inodes) in totals.items():
+                all_bytes += n_bytes
+                all_inodes += n_inodes
+                if service != LOOSE:
+                    m.namespace_bytes.labels(app=app, service=service).set(n_bytes)
+                    m.namespace_inodes.labels(app=app, service=service).set(n_inodes)
+            m.namespace_bytes.labels(app=app, service="").set(all_bytes)
+            m.namespace_inodes.labels(app=app, service="").set(all_inodes)
+            m.namespace_measured.labels(app=app).set(float(rec.get("time") or 0))
+            used[app] = all_bytes
+        self._judge_quotas(used)
+
+    def _judge_quotas(self, used: dict[str, int]) -> None:
+        st = self.state
+        cfg = st.config.quotas
+        m = st.metrics
+        m.quota_bytes.clear()
+        m.over_quota.clear()
+        for app in {*used, *cfg.apps}:
+            limit = cfg.limit_of(app)
+            if limit is not None:
+                m.quota_bytes.labels(app=app).set(limit.bytes)
+        over = quotas.over(cfg, used)
+        for app in used:
+            if cfg.limit_of(app) is not None:
+                m.over_quota.labels(app=app).set(1 if app in over else 0)
+        for app in set(st.over_quota) - set(over):
+            st.clear_warning(f"quota:{app}")
+            self.log.info("quota_ok", app=app)
+        fresh = {}
+        for app, (n, limit) in over.items():
+            fresh[app] = quotas.warning(app, n, limit, cfg.over_quota)
+            st.warn(f"quota:{app}", fresh[app])
+            if app not in st.over_quota:
+                self.log.warning("over_quota", app=app, bytes=n, limit=limit.bytes)
+        st.over_quota = fresh
+
+    def _apps(self) -> dict[str, dict[str, Any]]:
+        """app -> its namespace's record, for the finished records of this rack."""
+        prefix = f"{self.state.config.rack}-"
+        out = {}
+        for ns, rec in self._figures.items():
+            if not ns.startswith(prefix) or not isinstance(rec.get("totals"), dict):
+                continue
+            try:
+                totals = {str(k): (int(v[0]), int(v[1])) for k, v in rec["totals"].items()}
+            except (TypeError, ValueError, IndexError):
+                continue
+            out[ns[len(prefix) :]] = {**rec, "totals": totals}
+        return out
+
+    def view(self) -> list[dict[str, Any]]:
+        """The `usage` of `volagent status --rack`: one entry per app, biggest first."""
+        cfg = self.state.config.quotas
+        out = []
+        for app, rec in self._apps().items():
+            totals = rec["totals"]
+            limit = cfg.limit_of(app)
+            n_bytes = sum(b for b, _ in totals.values())
+            walk = rec.get("walk")
+            out.append(
+                {
+                    "app": app,
+                    "namespace": rec.get("namespace"),
+                    "bytes": n_bytes,
+                    "inodes": sum(i for _, i in totals.values()),
+                    "quota_bytes": limit.bytes if limit else None,
+                    "over_quota": app in self.state.over_quota,
+                    "measured": now_iso(float(rec.get("time") or 0)),
+                    "measured_by": str(rec.get("host") or ""),
+                    "walking": bool(walk),
+                    "services": {
+                        s: {"bytes": b, "inodes": i} for s, (b, i) in totals.items() if s != LOOSE
+                    },
+                }
+            )
+        return sorted(out, key=lambda u: (-int(u["bytes"]), str(u["app"])))

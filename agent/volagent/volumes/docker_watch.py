@@ -1,0 +1,382 @@
+"""Docker events to prepared directories, without ever going deaf.
+
+The order matters: subscribe to events first, then list and reconcile every container, so
+nothing created in between is missed. The event stream is read by a dedicated thread that
+only hands events to the loop, so a slow handler never stalls the reader. When the stream
+ends or fails, reconnect with `since` = the last event seen (backoff while Docker is away),
+then reconcile again. A periodic ping and reconcile catch a stream that is silently stuck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import tenacity
+
+from volagent import log
+from volagent.state import AgentState, VolumeRecord
+from volagent.volumes import mount_check
+from volagent.volumes.preparer import ContainerSpec, Preparer
+
+_HANDLED = {"create", "start", "restart", "destroy", "rename"}
+API_TIMEOUT_S = 15
+PING_INTERVAL_S = 10.0
+RECONCILE_INTERVAL_S = 60.0
+MAX_CONCURRENT_HANDLERS = 32
+MAX_VERIFIED = 8192
+
+
+class StreamEnded(Exception):
+    """The event stream ended: Docker stopped, restarted, or the connection broke."""
+
+
+class DockerWatch:
+    """Connects to Docker, keeps the event stream alive, prepares containers' volumes."""
+
+    def __init__(self, state: AgentState, preparer: Preparer) -> None:
+        self.state = state
+        self.preparer = preparer
+        self.log = log.get("docker")
+        self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="docker-api")
+        self._client: Any = None
+        self._stream: Any = None
+        self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        self._last_event_time: str | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._sem = asyncio.Semaphore(MAX_CONCURRENT_HANDLERS)
+        self._reconcile_lock = asyncio.Lock()
+        self.first_attempt_done = asyncio.Event()
+        self._verified: dict[str, int] = {}  # container id -> the pid whose mounts were checked
+
+    # --- blocking calls, always through the pool -----------------------------------------
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    def _connect(self) -> Any:
+        client = docker.APIClient(
+            base_url=self.state.config.docker.url, version="auto", timeout=API_TIMEOUT_S
+        )
+        client.ping()
+        return client
+
+    # --- the root task ------------------------------------------------------------------
+    async def run(self) -> None:
+        """Until cancelled: connect, subscribe, reconcile, consume; reconnect on failure."""
+        try:
+            while True:
+                await self._connect_with_backoff()
+                try:
+                    await self._consume(
+                        asyncio.create_task(self._initial_reconcile(), name="docker-reconcile")
+                    )
+                except StreamEnded as exc:
+                    self.state.metrics.reconnects.inc()
+                    self.state.set_docker_state("connecting", str(exc))
+                    self.log.warning(
+                        "docker_stream_ended", reason=str(exc), since=self._last_event_time
+                    )
+        finally:
+            self._close_stream()
+            for task in list(self._handlers):
+                task.cancel()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _connect_with_backoff(self) -> None:
+        retrying = tenacity.AsyncRetrying(
+            wait=tenacity.wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.5),
+            retry=tenacity.retry_if_exception_type(Exception),
+            before_sleep=self._before_retry,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._subscribe()
+
+    def _before_retry(self, rs: tenacity.RetryCallState) -> None:
+        exc = rs.outcome.exception() if rs.outcome else None
+        reason = _describe(exc)
+        self.state.set_docker_state("connecting", reason)
+        self.first_attempt_done.set()
+        if rs.attempt_number in (1, 2) or rs.attempt_number % 20 == 0:
+            self.log.warning(
+                "docker_unavailable",
+                reason=reason,
+                attempt=rs.attempt_number,
+                url=self.state.config.docker.url,
+            )
+
+    async def _subscribe(self) -> None:
+        self._close_stream()
+        self._client = await self._call(self._connect)
+        since = self._last_event_time
+        # Subscribing first: the HTTP request is sent here, before the listing below.
+        self._stream = await self._call(
+            self._client.events, since=since, decode=True, filters={"type": "container"}
+        )
+        # The reader starts at once, so events queue up in memory, not in a socket buffer,
+        # while the reconcile runs.
+        self._queue = asyncio.Queue()
+        threading.Thread(
+            target=_read_stream,
+            args=(self._stream, asyncio.get_running_loop(), self._queue),
+            name="docker-events",
+            daemon=True,
+        ).start()
+        self.state.set_docker_state("connected")
+        self.log.info("docker_connected", url=self.state.config.docker.url, since=since)
+
+    async def _initial_reconcile(self) -> None:
+        try:
+            await self.reconcile()
+            await self.start_held()
+        except Exception as exc:  # Docker went away mid-listing: the stream ends too
+            self.log.warning("reconcile_failed", reason=_describe(exc))
+        finally:
+            self.first_attempt_done.set()
+
+    async def _consume(self, reconcile: asyncio.Task[None]) -> None:
+        queue = self._queue
+        ping = asyncio.create_task(self._keepalive(queue), name="docker-keepalive")
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise StreamEnded(_describe(item)) from None
+                self._dispatch(item)
+        finally:
+            ping.cancel()
+            reconcile.cancel()
+            self._close_stream()
+
+    async def _keepalive(self, queue: asyncio.Queue[dict[str, Any] | BaseException]) -> None:
+        """A stream can stay open while Docker is gone; ping, and reconcile now and then."""
+        since_reconcile = 0.0
+        while True:
+            await asyncio.sleep(PING_INTERVAL_S)
+            try:
+                async with asyncio.timeout(API_TIMEOUT_S):
+                    await self._call(self._client.ping)
+            except Exception as exc:
+                queue.put_nowait(StreamEnded(f"ping failed: {_describe(exc)}"))
+                return
+            since_reconcile += PING_INTERVAL_S
+            if since_reconcile >= RECONCILE_INTERVAL_S:
+                since_reconcile = 0.0
+                try:
+                    await self.reconcile()
+                except Exception as exc:
+                    queue.put_nowait(StreamEnded(f"reconcile failed: {_describe(exc)}"))
+                    return
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception as exc:  # a broken stream may fail to close; it is gone anyway
+                self.log.debug("docker_stream_close_failed", reason=_describe(exc))
+
+    # --- events -------------------------------------------------------------------------
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        self.state.count_event()
+        if event.get("timeNano"):
+            nanos = int(event["timeNano"])
+            self._last_event_time = f"{nanos // 1_000_000_000}.{nanos % 1_000_000_000:09d}"
+        action = str(event.get("Action") or event.get("status") or "").split(":")[0]
+        cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
+        if action not in _HANDLED or not cid:
+            return
+        task = asyncio.create_task(self._handle(action, cid), name=f"event-{action}-{cid[:12]}")
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, action: str, cid: str) -> None:
+        async with self._sem:
+            if action == "destroy":
+                self.state.forget_container(cid)
+                self._verified.pop(cid, None)
+                self.state.metrics.containers.set(len(self.state.containers))
+                return
+            await self.handle_container(cid, verify=action in ("start", "restart"))
+
+    async def handle_container(self, cid: str, verify: bool = False) -> None:
+        """Inspects one container and prepares its volumes; a vanished container is dropped.
+        With `verify` (it has just started), its actual mounts are checked as well."""
+        try:
+            data = await self._call(self._client.inspect_container, cid)
+        except docker.errors.NotFound:
+            self.state.forget_container(cid)
+            return
+        except Exception as exc:
+            self.log.warning("inspect_failed", container=cid[:12], reason=_describe(exc))
+            return
+        spec = ContainerSpec.from_inspect(data)
+        await self.preparer.prepare(spec, recheck=lambda: self._started(cid))
+        pid = (data.get("State") or {}).get("Pid") or 0
+        if verify and isinstance(pid, int) and pid > 0:
+            await self._verify_mounts(cid, pid)
+
+    async def _verify_mounts(self, cid: str, pid: int) -> None:
+        """A container started (by anyone: a client through the guard, its restart policy,
+        dockerd coming back) with a mount that is not what volagent prepared is stopped at
+        once, its restart policy turned off, its volume marked `violation`."""
+        if self._verified.get(cid) == pid:
+            return  # this process of it was checked already
+        st = self.state
+        record = st.containers.get(cid)
+        prepared = [
+            (v.host, v.container)
+            for v in (record.volumes if record else [])
+            if v.state in ("ready", "late")
+        ]
+        call = functools.partial(mount_check.check_container, pid, st.config.mount_point, prepared)
+        try:
+            found = await self.preparer.worker.run(call, API_TIMEOUT_S, what="checking mounts")
+        except Exception as exc:  # the process exited meanwhile: nothing left to check
+            self.log.debug("mount_check_skipped", container=cid[:12], reason=str(exc))
+            return
+        self._verified[cid] = pid
+        while len(self._verified) > MAX_VERIFIED:
+            self._verified.pop(next(iter(self._verified)))
+        if not found:
+            return
+        reasons = "; ".join(m.reason for m in found)
+        name = record.name if record else cid[:12]
+        self.log.error("mount_mismatch", container=cid[:12], name=name, reason=reasons)
+        try:
+            await self._call(self._client.update_container, cid, restart_policy={"Name": "no"})
+            await self._call(self._client.kill, cid)
+            action = "it was stopped and its restart policy turned off"
+        except Exception as exc:
+            action = f"stopping it failed ({_describe(exc)}): stop it by hand"
+        # the record as it is now: another look at the container may have replaced it
+        # meanwhile (what is marked here then stays marked, see the preparer)
+        record = st.containers.get(cid)
+        if record is not None:
+            by_host = {v.host: v for v in record.volumes}
+            for m in found:
+                vol = by_host.get(m.host)
+                if vol is None:
+                    vol = VolumeRecord(host=m.host, container=m.container, read_only=False)
+                    record.volumes.append(vol)
+                    by_host[m.host] = vol
+                st.set_volume_state(
+                    vol,
+                    "violation",
+                    f"{mount_check.MISMATCH}: {m.reason}",
+                )
+        st.warn(
+            f"mount-mismatch:{cid}",
+            f"container {name} started with a mount volagent did not prepare ({reasons}); "
+            f"{action}. Someone swapped a directory for a symlink or bound the shared "
+            "filesystem another way: look at the log (mount_mismatch) before starting it again.",
+        )
+
+    async def inspect(self, ref: str) -> dict[str, Any] | None:
+        """Docker's inspect data of the container `ref` names (id, name or id prefix, as
+        Docker resolves it); None when there is none. Raises while Docker is not connected."""
+        client = self._client
+        if client is None:
+            raise StreamEnded("not connected to Docker")
+        try:
+            async with asyncio.timeout(API_TIMEOUT_S):
+                data: dict[str, Any] = await self._call(client.inspect_container, ref)
+        except docker.errors.NotFound:
+            return None
+        return data
+
+    async def _started(self, cid: str) -> bool:
+        try:
+            data = await self._call(self._client.inspect_container, cid)
+        except Exception:
+            return False
+        return ContainerSpec.from_inspect(data).started
+
+    async def start_held(self) -> list[str]:
+        """Starts the containers Docker gave up on while the shared filesystem was away.
+
+        At boot with the filesystem unreachable, dockerd starts `--restart always` and
+        `unless-stopped` containers, the start fails on the locked mount point (nothing is
+        written to the local disk), and Docker never tries again. Once the mount is healthy
+        volagent starts them, through the start guard like any start. Only containers
+        whose last start failed on the mount point are touched."""
+        if self._client is None or not self.state.mount_healthy:
+            return []
+        mp = self.state.config.mount_point.rstrip("/") + "/"
+        listed = await self._call(
+            self._client.containers, all=True, filters={"status": ["exited", "created"]}
+        )
+        started = []
+        for c in listed:
+            cid = str(c["Id"])
+            try:
+                data = await self._call(self._client.inspect_container, cid)
+            except docker.errors.NotFound:
+                continue
+            policy = ((data.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name")
+            error = str((data.get("State") or {}).get("Error") or "")
+            if policy not in ("always", "unless-stopped") or mp not in error:
+                continue
+            try:
+                await self._call(self._client.start, cid)
+            except Exception as exc:
+                self.log.warning("held_start_failed", container=cid[:12], reason=_describe(exc))
+                continue
+            self.log.info("held_container_started", container=cid[:12], after=error[:200])
+            started.append(cid)
+        return started
+
+    # --- reconcile ----------------------------------------------------------------------
+    async def reconcile(self) -> dict[str, int]:
+        """Every container Docker has, prepared; containers gone from Docker forgotten."""
+        if self._client is None:
+            return {"containers": 0}
+        async with self._reconcile_lock:
+            listed = await self._call(self._client.containers, all=True)
+            ids = {str(c["Id"]) for c in listed}
+            for gone in set(self.state.containers) - ids:
+                self.state.forget_container(gone)
+
+            async def one(cid: str) -> None:
+                async with self._sem:
+                    # running containers are checked too: dockerd coming back starts
+                    # restart-policy containers, and their start events may be gone
+                    await self.handle_container(cid, verify=True)
+
+            await asyncio.gather(*(one(cid) for cid in ids))
+            self.state.metrics.containers.set(len(self.state.containers))
+            self.log.info("reconciled", containers=len(ids), tracked=len(self.state.containers))
+            return {"containers": len(ids), "tracked": len(self.state.containers)}
+
+
+def _read_stream(
+    stream: Iterator[dict[str, Any]],
+    loop: asyncio.AbstractEventLoop,
+    queue: asyncio.Queue[dict[str, Any] | BaseException],
+) -> None:
+    """The reader thread: hands every event to the loop; the end of the stream too."""
+    try:
+        for event in stream:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        end: BaseException = StreamEnded("Docker closed the event stream")
+    except BaseException as exc:
+        end = exc
+    with contextlib.suppress(RuntimeError):  # the loop is closed: the daemon is stopping
+        loop.call_soon_threadsafe(queue.put_nowait, end)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc) or type(exc).__name__
+    if "Connection refused" in text or "No such file" in text or "FileNotFoundError" in text:
+        return f"Docker is not answering ({text.splitlines()[0][:200]})"
+    return text.splitlines()[0][:300]

@@ -1,0 +1,401 @@
+"""From a container (inspected, or a create request the guard holds) to ready directories.
+
+The Preparer applies the namespace rules, runs the safe directory walk through the timed
+worker, and records each volume's state: ready, pending (the mount is not healthy yet),
+late (Docker made the directory first), violation or failed. The disk tells the truth about
+`late`: a leaf that exists as root:root 0755 when another owner or mode was asked for, under
+a container that had already started, was made by Docker, not by volagent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from volagent import log
+from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
+from volagent.state import AgentState, ContainerRecord, VolumeRecord
+from volagent.volumes import locate, mount_check, namespace, trashcheck
+from volagent.worker import TimedWorker
+
+UNRESOLVED = "unresolved"  # a Landing kind of the preparer's own: the lookup itself failed
+DOCKER_MADE = (0, 0, 0o755)  # what Docker's own auto-create leaves behind
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+@dataclass
+class ContainerSpec:
+    """The parts of a container volagent reads, from `docker inspect` or a create request."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    env: Sequence[str]
+    user: str
+    host_config: Mapping[str, Any]
+    started: bool = False
+    # binds the container gets from elsewhere (VolumesFrom, local-driver volumes that are
+    # binds): judged like its own, against its own namespace
+    inherited: tuple[namespace.Bind, ...] = ()
+
+    @classmethod
+    def from_inspect(cls, data: Mapping[str, Any]) -> ContainerSpec:
+        cfg = data.get("Config") or {}
+        st = data.get("State") or {}
+        started_at = st.get("StartedAt") or ZERO_TIME
+        host_config = data.get("HostConfig") or {}
+        own = {namespace.go_clean(b.host) for b in namespace.binds_of(host_config)}
+        # Docker's own list of what it mounts: binds copied through VolumesFrom show here
+        # and nowhere in HostConfig
+        inherited = tuple(
+            namespace.Bind(
+                host=str(m.get("Source")),
+                container=str(m.get("Destination") or ""),
+                read_only=not m.get("RW", True),
+            )
+            for m in data.get("Mounts") or ()
+            if isinstance(m, Mapping)
+            and m.get("Type") == "bind"
+            and isinstance(m.get("Source"), str)
+            and namespace.go_clean(m["Source"]) not in own
+        )
+        return cls(
+            id=str(data.get("Id", "")),
+            name=str(data.get("Name", "")).lstrip("/"),
+            labels=cfg.get("Labels") or {},
+            env=cfg.get("Env") or [],
+            user=str(cfg.get("User") or ""),
+            host_config=host_config,
+            started=bool(st.get("Running")) or not started_at.startswith("0001-"),
+            inherited=inherited,
+        )
+
+    @property
+    def binds(self) -> list[namespace.Bind]:
+        return [*namespace.binds_of(self.host_config), *self.inherited]
+
+
+@dataclass
+class Outcome:
+    """What preparing one container's volumes came to, each volume beside its plan."""
+
+    identity: namespace.Identity
+    volumes: list[VolumeRecord]
+    plans: list[namespace.Plan | NamespaceViolation]
+
+    @property
+    def violations(self) -> list[VolumeRecord]:
+        return [v for v in self.volumes if v.state == "violation"]
+
+    @property
+    def unready(self) -> list[VolumeRecord]:
+        return [v for v in self.volumes if v.state not in ("ready", "late")]
+
+
+Recheck = Callable[[], Awaitable[bool]]
+
+
+class Preparer:
+    """Prepares container volumes; one preparation per container at a time."""
+
+    def __init__(self, state: AgentState, worker: TimedWorker) -> None:
+        self.state = state
+        self.worker = worker
+        self.log = log.get("preparer")
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def judge(self, spec: ContainerSpec) -> Outcome | None:
+        """The namespace verdict for `spec`, every bind judged where it really lands: sources
+        spelled outside the mount point are resolved on the host first (in the worker, with
+        the directory timeout). None when nothing of the container is on the shared
+        filesystem."""
+        cfg = self.state.config
+        outside = sorted(
+            {
+                b.host
+                for b in spec.binds
+                if not namespace.touches_mount_point(cfg.mount_point, b.host)
+                and namespace.is_text(b.host)
+                and "\x00" not in b.host
+            }
+        )
+        landings: dict[str, locate.Landing] = {}
+        if outside:
+            call = functools.partial(locate.locate_all, cfg.mount_point, outside)
+            try:
+                found = await self.worker.run(
+                    call, cfg.directories.timeout_s, what="resolving bind sources"
+                )
+            except Exception as exc:  # a hung lookup, or one the kernel refused
+                why = f"volagent could not resolve it on the host ({exc})"
+                found = [locate.Landing(h, UNRESOLVED, why) for h in outside]
+            landings = {land.source: land for land in found}
+        return self.outcome_of(spec, landings)
+
+    def outcome_of(
+        self, spec: ContainerSpec, landings: Mapping[str, locate.Landing] | None = None
+    ) -> Outcome | None:
+        """The namespace verdict alone, no I/O, for binds already located (`judge`): None
+        when nothing of the container is on the shared filesystem."""
+        cfg = self.state.config
+        mp = cfg.mount_point
+        landings = landings or {}
+        ident = namespace.identify(cfg, spec.labels, spec.env)
+        mine: list[namespace.Bind] = []
+        found: dict[int, NamespaceViolation | str] = {}  # index in mine: a verdict already
+        for b in spec.binds:
+            if namespace.touches_mount_point(mp, b.host):
+                mine.append(b)
+                continue
+            land = landings.get(b.host)
+            if land is None or land.kind == locate.OUTSIDE:
+                if namespace.is_text(b.host) and "\x00" not in b.host:
+                    continue
+                mine.append(b)  # a path no host can hold: judged (and refused) below
+            elif land.kind == locate.INSIDE:
+                mine.append(dataclasses.replace(b, host=land.path))
+            elif land.kind == locate.CONTAINS:
+                found[len(mine)] = NamespaceViolation(
+                    5,
+                    f"{b.host} contains {land.path}: a bind of it carries every app's data along",
+                )
+                mine.append(b)
+            else:
+                found[len(mine)] = land.path
+                mine.append(b)
+        if not mine:
+            return None
+        if not ident.labeled:
+            unnamed = NamespaceViolation(
+                6,
+                f"the container names no app (label {cfg.docker.app_label} or env APP), so "
+                "it may not bind anything on the shared filesystem",
+            )
+            plans: list[namespace.Plan | NamespaceViolation] = [unnamed for _ in mine]
+        else:
+            plans = namespace.plans_for(cfg, ident, mine, spec.labels, spec.user)
+        vols = []
+        for i, verdict in found.items():
+            if isinstance(verdict, NamespaceViolation):
+                plans[i] = verdict
+        for i, (b, item) in enumerate(zip(mine, plans, strict=True)):
+            unresolved = found.get(i)
+            if isinstance(unresolved, str):
+                vols.append(
+                    VolumeRecord(b.host, b.container, b.read_only, state="failed", error=unresolved)
+                )
+            elif isinstance(item, NamespaceViolation):
+                vols.append(
+                    VolumeRecord(
+                        host=b.host,
+                        container=b.container,
+                        read_only=b.read_only,
+                        state="violation",
+                        error=str(item),
+                    )
+                )
+            else:
+                vols.append(
+                    VolumeRecord(host=item.host_path, container=b.container, read_only=b.read_only)
+                )
+        return Outcome(identity=ident, volumes=vols, plans=plans)
+
+    async def prepare(
+        self,
+        spec: ContainerSpec,
+        recheck: Recheck | None = None,
+        track: bool = True,
+        outcome: Outcome | None = None,
+        rewalk: bool = False,
+    ) -> Outcome | None:
+        """Prepares every bind of `spec` (judged by `judge` unless `outcome` is given);
+        records the container in the state when `track`. With `rewalk`, volumes already
+        ready are walked again (a start: what was checked then may have been swapped)."""
+        key = spec.id or f"request:{id(spec)}"
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                if outcome is None:
+                    outcome = await self.judge(spec)
+                    if outcome is not None:
+                        self.check_nesting(outcome, spec.id)
+                return await self._prepare(spec, outcome, recheck, track, rewalk)
+        finally:
+            if not lock.locked() and self._locks.get(key) is lock:
+                del self._locks[key]
+
+    def check_nesting(self, outcome: Outcome, container_id: str = "") -> None:
+        """Rule 7: a bind may not lie strictly inside, or strictly contain, another live bind
+        (of this container, another one here, or another host's). Whoever can rename a
+        directory above another container's bind source can swap it for a symlink that
+        Docker follows at that container's next start."""
+        planned = [
+            (vol, plan)
+            for vol, plan in zip(outcome.volumes, outcome.plans, strict=True)
+            if not isinstance(plan, NamespaceViolation) and vol.state != "failed"
+        ]
+        if not planned:
+            return
+        others = list(self.state.live_binds(exclude=container_id))
+        for i, (vol, _plan) in enumerate(planned):
+            siblings = [(v.host, "the same container") for v, _ in planned[:i] + planned[i + 1 :]]
+            clash = namespace.nested_with(vol.host, [*siblings, *others])
+            if clash is not None:
+                violation = NamespaceViolation(7, clash)
+                outcome.plans[outcome.volumes.index(vol)] = violation
+                self.state.set_volume_state(vol, "violation", str(violation))
+
+    async def _prepare(
+        self,
+        spec: ContainerSpec,
+        outcome: Outcome | None,
+        recheck: Recheck | None,
+        track: bool,
+        rewalk: bool,
+    ) -> Outcome | None:
+        if outcome is None:
+            if track and spec.id:
+                # known, with nothing on the shared filesystem: a VolumesFrom of it is judged
+                self._track(spec, namespace.identify(self.state.config, spec.labels, spec.env), [])
+            return None
+        ident = outcome.identity
+        prior = self.state.containers.get(spec.id) if spec.id else None
+        prior_volumes = {v.host: v for v in prior.volumes} if prior else {}
+        # what the check after a start found stays found: the directory walk cannot see that
+        # the container got something else mounted
+        found_wrong = {
+            host: v
+            for host, v in prior_volumes.items()
+            if v.state == "violation" and (v.error or "").startswith(mount_check.MISMATCH)
+        }
+        bound = log.get("preparer", container=spec.id[:12], app=ident.app, service=ident.service)
+        for vol, plan in zip(outcome.volumes, outcome.plans, strict=True):
+            if vol.host in found_wrong:
+                wrong = found_wrong.pop(vol.host)
+                self.state.set_volume_state(vol, "violation", wrong.error)
+                continue
+            if isinstance(plan, NamespaceViolation):
+                self.state.set_volume_state(vol, "violation", str(plan))
+                bound.warning("namespace_violation", path=vol.host, reason=str(plan))
+                continue
+            if vol.state == "failed":
+                continue  # its source could not be resolved: nothing to walk
+            settled = prior_volumes.get(vol.host)
+            if not rewalk and settled is not None and settled.state in ("ready", "late"):
+                # already settled: not walked again, and a late one keeps saying why
+                vol.state, vol.error = settled.state, settled.error
+                continue
+            await self._prepare_one(spec, vol, plan, recheck, bound)
+            if settled is not None and settled.state == "late" and vol.state == "ready":
+                vol.state, vol.error = settled.state, settled.error
+        outcome.volumes.extend(found_wrong.values())  # mounts it was never meant to have
+        outcome.plans.extend(
+            NamespaceViolation(5, v.error or mount_check.MISMATCH) for v in found_wrong.values()
+        )
+        if track and spec.id:
+            self._track(spec, ident, outcome.volumes)
+        return outcome
+
+    def adopt(self, spec: ContainerSpec, volumes: list[VolumeRecord]) -> None:
+        """A container the guard prepared, now that Docker named it: recorded as the guard
+        left it, so the Docker watch's look at its create event finds the volumes settled
+        and does not walk them again."""
+        if spec.id and spec.id not in self.state.containers:
+            self._track(spec, namespace.identify(self.state.config, spec.labels, spec.env), volumes)
+
+    def _track(
+        self, spec: ContainerSpec, ident: namespace.Identity, volumes: list[VolumeRecord]
+    ) -> None:
+        record = ContainerRecord(
+            id=spec.id,
+            name=spec.name,
+            rack=ident.rack,
+            app=ident.app,
+            service=ident.service,
+            volumes=volumes,
+            started=spec.started,
+            spec=spec,
+        )
+        self.state.upsert_container(record)
+        self.state.metrics.containers.set(len(self.state.containers))
+
+    async def _prepare_one(
+        self,
+        spec: ContainerSpec,
+        vol: VolumeRecord,
+        plan: namespace.Plan,
+        recheck: Recheck | None,
+        bound: Any,
+    ) -> None:
+        st = self.state
+        if not st.mount_healthy:
+            st.set_volume_state(
+                vol,
+                "pending",
+                f"mount is {st.mount.state}; directories are "
+                "created once the shared filesystem is back",
+            )
+            return
+        # not into a namespace that gc moved into the trash (a trashed one fails the volume)
+        call = functools.partial(
+            trashcheck.prepare_path,
+            st.config.mount_point,
+            plan.parts,
+            plan.owner,
+            plan.mode,
+            st.mount_dev,
+        )
+        st.metrics.directory_walks.inc()
+        try:
+            result = await self.worker.run(
+                call, st.config.directories.timeout_s, what=f"preparing {vol.host}"
+            )
+        except NamespaceViolation as exc:
+            st.set_volume_state(vol, "violation", str(exc))
+            bound.warning("namespace_violation", path=vol.host, reason=str(exc))
+            return
+        except MountUnhealthy as exc:
+            st.set_volume_state(vol, "pending", str(exc))
+            bound.warning("prepare_deferred", path=vol.host, reason=str(exc))
+            return
+        except FilesystemHung as exc:
+            st.set_volume_state(vol, "failed", str(exc))
+            st.metrics.prepare_failures.inc()
+            bound.error("prepare_hung", path=vol.host, reason=str(exc))
+            return
+        except Exception as exc:
+            st.set_volume_state(vol, "failed", str(exc))
+            st.metrics.prepare_failures.inc()
+            bound.error("prepare_failed", path=vol.host, reason=str(exc))
+            return
+        if result.created:
+            st.metrics.dirs_created.inc(result.created)
+        wanted = (plan.owner.uid, plan.owner.gid, plan.mode)
+        found = (result.uid, result.gid, result.mode)
+        if not result.leaf_created and found == DOCKER_MADE and wanted != DOCKER_MADE:
+            started = spec.started
+            if not started and recheck is not None:
+                started = await recheck()
+            if started:
+                st.set_volume_state(
+                    vol,
+                    "late",
+                    "the container started before volagent "
+                    "prepared the directory; Docker created it root:root 0755 "
+                    f"instead of {plan.owner} {plan.mode:04o} (enable the "
+                    "start guard to prevent this)",
+                )
+                bound.warning("volume_late", path=vol.host)
+                return
+        st.set_volume_state(vol, "ready")
+        bound.info(
+            "volume_ready",
+            path=vol.host,
+            created=result.created,
+            owner=f"{result.uid}:{result.gid}",
+            mode=f"{result.mode:04o}",
+        )

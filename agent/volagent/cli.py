@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check_config(args)
         if command == "paths":
             return cmd_paths(args)
-        return cmd_plugin(args, command)
+        return cmd_ops(args, command)
     except BrokenPipeError:
         # the reader went away (`volagent status | head`): not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -328,19 +328,18 @@ def cmd_paths(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plugin(args: argparse.Namespace, command: str) -> int:
-    """doctor and gc live in their own modules, loaded only when asked for."""
-    import importlib
-
-    module_name = f"volagent.{command}"
-    try:
-        module: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        print(f"volagent: `{command}` is not available in this build of volagent", file=sys.stderr)
-        return EXIT_USAGE
+def cmd_ops(args: argparse.Namespace, command: str) -> int:
+    """`doctor` and `gc`: their modules are loaded only when asked for, so `status` stays
+    quick."""
     cfg = _load_config(args)
     if cfg is None:
         return EXIT_USAGE
-    return int(module.main(args, cfg))
+    if command == "doctor":
+        from volagent.ops.doctor import run as doctor
+
+        return int(doctor.main(args, cfg))
+    if command == "gc":
+        from volagent.ops.gc import command as gc
+
+        return int(gc.main(args, cfg))
+    raise AssertionError(f"no such command: {command}")  # argparse knows the commands

@@ -209,6 +209,19 @@ class AgentState:
         cid = self._container_names.get(name)
         return self.containers.get(cid) if cid else None
 
+    def find_container(self, ref: str) -> ContainerRecord | None:
+        """The container a start or a VolumesFrom names, resolved the way Docker resolves
+        it: the full id, then the name, then a unique id prefix; None when none or several
+        match."""
+        ref = ref.lstrip("/")
+        if not ref:
+            return None
+        record = self.containers.get(ref) or self.container_named(ref)
+        if record is not None:
+            return record
+        found = [c for c in self.containers.values() if c.id.startswith(ref)]
+        return found[0] if len(found) == 1 else None
+
     def live_binds(self, exclude: str = "") -> Iterator[tuple[str, str]]:
         """Every bind on the shared filesystem that a container may be using, with whose it
         is: containers known here (but `exclude`), creates allowed a moment ago, and the

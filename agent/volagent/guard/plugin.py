@@ -4,9 +4,9 @@ dockerd asks before every API call. `POST /containers/create` is answered only a
 directory of the container's binds under the mount point exists with its owner and mode, so
 the container can never start before them; a create that would break the namespace rules,
 or write to local disk because the mount is not healthy, is denied with a message saying
-why and what to do. `POST /containers/{id}/start` (and restart) is denied while the mount is
-unhealthy for a container that binds under it, judged from memory. Everything else is
-allowed at once, without reading the request body.
+why and what to do. `POST /containers/{id}/start` (and restart) is judged again, from the
+daemon's table of containers, and denied while the mount is unhealthy for a container that
+binds under it. Everything else is allowed at once, without reading the request body.
 
 Decisions never wait on a hung filesystem: the mount state is known in memory, and the
 directory walk runs in the timed worker, so a hang becomes a deny within the timeout.
@@ -36,7 +36,7 @@ from typing import Any
 
 from volagent import log
 from volagent.guard import messages
-from volagent.guard.memory import GuardMemory, Known
+from volagent.guard.pending import AllowedCreate, PendingCreates
 from volagent.guard.protocol import (
     ACTIVATE_BODY,
     ALLOW_BODY,
@@ -56,7 +56,7 @@ from volagent.guard.protocol import (
 )
 from volagent.http import HttpServer, Request, Response
 from volagent.rack import quotas
-from volagent.state import AgentState, VolumeRecord
+from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.volumes.namespace import Bind
 from volagent.volumes.preparer import ContainerSpec, Outcome, Preparer
 
@@ -91,7 +91,7 @@ class Guard:
         # resolved there, not from what volagent remembers (a name removed or renamed a
         # moment ago, an id prefix that another container's name shadows)
         self.inspect = inspect
-        self.memory = GuardMemory(state)
+        self.pending = PendingCreates(state)
         self.log = log.get("guard")
         self._allow = Response(200, ALLOW_BODY, PLUGIN_CONTENT_TYPE)
         self._allowed_total = state.metrics.guard_decisions.labels(result="allow")
@@ -144,13 +144,11 @@ class Guard:
             answered = authz.response_body
         except PluginRequestError as exc:
             return self._error(400, str(exc))
-        known = self.memory.created(authz.uri, authz.body, created_id(answered))
-        if known is not None:
-            self.log.debug("guard_learned", container=known.id[:12], name=known.name)
-            if known.spec is not None:
-                spec = dataclasses.replace(known.spec, id=known.id, name=known.name)
-                self.preparer.adopt(spec, known.volumes)
-                self.memory.settle()
+        allowed = self.pending.answered(authz.uri, authz.body)
+        container_id = created_id(answered)
+        if allowed is not None and container_id:
+            self.log.debug("guard_learned", container=container_id[:12], name=allowed.spec.name)
+            self.preparer.adopt(dataclasses.replace(allowed.spec, id=container_id), allowed.volumes)
         return self._allow
 
     async def _on_request(self, raw: bytes) -> Response:
@@ -169,7 +167,6 @@ class Guard:
             return self._error(400, str(exc))
         try:
             await self._await_mount_state()
-            self.memory.settle()
             if where.kind == "create":
                 denial = await self._judge_create(authz, where)
             elif where.kind == "volume":
@@ -235,7 +232,7 @@ class Guard:
                 return True
             if body and body.strip() not in (b"", b"{}", b"null"):
                 return True  # a start body carries a HostConfig (API below 1.24)
-            known = self.memory.find(where.container)
+            known = self.state.find_container(where.container)
             return known is not None and bool(known.volumes or known.spec)
         except Exception:
             return True
@@ -264,7 +261,7 @@ class Guard:
         spec = create.spec
         outcome = await self.preparer.judge(spec)
         if outcome is None:
-            self.memory.expect(authz.uri, authz.body, Known(where.name, [], spec))
+            self.pending.allowed(authz.uri, authz.body, AllowedCreate(spec, []))
             return None
         self.preparer.check_nesting(outcome)
         cfg = self.state.config.guard
@@ -274,13 +271,13 @@ class Guard:
         if over_quota:
             return over_quota
         live = [v.host for v in outcome.volumes if v.state != "violation"]
-        self.memory.reserve(authz.uri, authz.body, live)
+        self.pending.reserve(authz.uri, authz.body, live)
         denial = "not judged"
         try:
             denial = await self._judge_create_prepared(authz.uri, authz.body, where, spec, outcome)
         finally:
             if denial is not None:
-                self.memory.release(authz.uri, authz.body)
+                self.pending.release(authz.uri, authz.body)
         return denial
 
     async def _judge_create_prepared(
@@ -291,12 +288,12 @@ class Guard:
             denial = self._unhealthy(who, [v.host for v in outcome.volumes])
             if denial:
                 return denial
-            self.memory.expect(uri, body, Known(where.name, outcome.volumes, spec))
+            self.pending.allowed(uri, body, AllowedCreate(spec, outcome.volumes))
             return None
         prepared = await self._prepare(spec, outcome)
         denial = self._judge_prepared(who, prepared, "create")
         if denial is None:
-            self.memory.expect(uri, body, Known(where.name, prepared.volumes, spec))
+            self.pending.allowed(uri, body, AllowedCreate(spec, prepared.volumes))
         return denial
 
     async def _judge_inherited(self, who: str, create: CreateRequest) -> str | None:
@@ -316,19 +313,28 @@ class Guard:
     async def _volumes_from(self, refs: list[str]) -> tuple[list[VolumeRecord], list[str]]:
         """The binds each `name[:ro|:rw]` reference copies, as Docker resolves the name now;
         the references Docker does not know."""
-        if self.inspect is None:
-            return self.memory.volumes_from(refs)
         out: list[VolumeRecord] = []
         unknown: list[str] = []
         for ref in refs:
             name, _, mode = ref.partition(":")
-            data = await self.inspect(name)
-            if data is None:
+            binds = await self._binds_of(name)
+            if binds is None:
                 unknown.append(name)
                 continue
-            for b in ContainerSpec.from_inspect(data).binds:
+            for b in binds:
                 out.append(VolumeRecord(b.host, b.container, b.read_only or mode == "ro"))
         return out, unknown
+
+    async def _binds_of(self, ref: str) -> list[Bind] | None:
+        """The binds of the container `ref` names, asked of Docker; of the daemon's table
+        of containers for a guard built without Docker access. None: no such container."""
+        if self.inspect is None:
+            record = self.state.find_container(ref)
+            if record is None:
+                return None
+            return [Bind(v.host, v.container, v.read_only) for v in record.volumes]
+        data = await self.inspect(ref)
+        return None if data is None else list(ContainerSpec.from_inspect(data).binds)
 
     async def _judge_volume_create(self, authz: AuthzRequest) -> str | None:
         if not authz.body:
@@ -398,7 +404,7 @@ class Guard:
 
     # --- start --------------------------------------------------------------------------
     async def _judge_start(self, authz: AuthzRequest, where: Route) -> str | None:
-        known = self.memory.find(where.container)
+        known = self.state.find_container(where.container)
         who = messages.who((known.name if known else "") or where.container)
         body = (authz.body or b"").strip()
         if body and body not in (b"{}", b"null"):
@@ -428,12 +434,13 @@ class Guard:
             return messages.violations_of(who, outcome, self.state.config.mount_point)
         if not healthy:
             return self._unhealthy(who, [v.host for v in outcome.volumes], where.action)
-        tracked = bool(known.id) and known.id in self.state.containers
-        prepared = await self._prepare(known.spec, outcome, track=tracked, rewalk=True)
-        known.volumes = prepared.volumes
+        # the table's record takes the volumes as walked now
+        prepared = await self._prepare(known.spec, outcome, track=True, rewalk=True)
         return self._judge_prepared(who, prepared, where.action)
 
-    async def _judge_start_body(self, who: str, known: Known | None, body: bytes) -> str | None:
+    async def _judge_start_body(
+        self, who: str, known: ContainerRecord | None, body: bytes
+    ) -> str | None:
         try:
             legacy = parse_create_body(body)
         except CreateBodyError as exc:

@@ -340,9 +340,12 @@ class DockerWatch:
         if self._client is None:
             return {"containers": 0}
         async with self._reconcile_lock:
+            # only what was known before Docker's list was asked for can be gone from it:
+            # a container the guard put in the table meanwhile was created after the list
+            known = set(self.state.containers)
             listed = await self._call(self._client.containers, all=True)
             ids = {str(c["Id"]) for c in listed}
-            for gone in set(self.state.containers) - ids:
+            for gone in known - ids:
                 self.state.forget_container(gone)
 
             async def one(cid: str) -> None:

@@ -132,6 +132,8 @@ class AgentState:
         # set once the mount side has looked at the mount point: healthy, or unhealthy with
         # a reason (until then `unmounted` only means nobody has looked yet)
         self.mount_known = asyncio.Event()
+        # set, and replaced by a fresh one, whenever the mount turns healthy or unhealthy
+        self._mount_flip = asyncio.Event()
         self.docker = DockerStatus()
         self.guard = GuardStatus(enabled=config.guard.enabled)
         self.containers: dict[str, ContainerRecord] = {}
@@ -164,6 +166,7 @@ class AgentState:
     def set_mount_state(self, state: str, error: str | None = None) -> None:
         if state not in MOUNT_STATES:
             raise ValueError(f"unknown mount state {state!r}")
+        was_healthy = self.mount_healthy
         if state != self.mount.state:
             self.mount.state = state
             self.mount.since = now_iso()
@@ -171,6 +174,13 @@ class AgentState:
         self.metrics.set_mount_state(state)
         if self.mount_healthy or error:
             self.mount_known.set()
+        if self.mount_healthy != was_healthy:
+            flipped, self._mount_flip = self._mount_flip, asyncio.Event()
+            flipped.set()
+
+    async def mount_health_flipped(self) -> None:
+        """Returns once the mount turns healthy or unhealthy, from what it is now."""
+        await self._mount_flip.wait()
 
     # --- docker ------------------------------------------------------------------------
     def set_docker_state(self, state: str, error: str | None = None) -> None:

@@ -118,3 +118,37 @@ def test_describe_failure(code: str, expected: str) -> None:
     exc = Exception("boom")
     exc.response = {"Error": {"Code": code}}  # type: ignore[attr-defined]
     assert expected in asg.describe_failure(exc)
+
+
+def test_while_healthy_the_reporter_waits_for_the_mount_to_flip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, rep, _ = make(tmp_path, after=10)
+    looks: list[str] = []
+    real_check = rep.check
+
+    async def check(now: float) -> None:
+        looks.append(st.mount.state)
+        await real_check(now)
+
+    monkeypatch.setattr(rep, "check", check)
+
+    async def scenario() -> None:
+        st.set_mount_state("mounted")
+        task = asyncio.create_task(rep.run())
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert looks == ["mounted"]  # one look, then waiting: no ticking while healthy
+        st.set_mount_state("mounted")  # a state set again that flips nothing wakes nobody
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert looks == ["mounted"]
+        st.set_mount_state("stalled")
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert looks == ["mounted", "stalled"]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())

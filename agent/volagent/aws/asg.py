@@ -11,6 +11,7 @@ when that is the cause. boto3 is imported here only, and only when a report is d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -98,7 +99,14 @@ class AsgReporter:
     async def run(self) -> None:
         while True:
             await self.check(time.monotonic())
-            await asyncio.sleep(TICK_S)
+            if self.state.mount_healthy:
+                await self.state.mount_health_flipped()  # nothing to time while healthy
+                continue
+            # an unhealthy episode: look again each tick, for its limit (which a config
+            # reload may change) or the mount coming back, whichever comes first
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_S):
+                    await self.state.mount_health_flipped()
 
     async def check(self, now: float) -> None:
         st = self.state

@@ -15,10 +15,11 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from volagent import safedir
+
 CANARY_DIR = ".volagent"
 # what a dead mount answers: FUSE server gone (ENOTCONN), NFS handle stale (ESTALE), I/O error
 DEAD_ERRNOS = frozenset({errno.ENOTCONN, errno.ESTALE, errno.EIO})
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ def canary_name() -> str:
 def probe(mount_point: str, name: str) -> ProbeResult:
     """Probes the filesystem at `mount_point`; raises OSError on any failure."""
     start = time.monotonic()
-    fd = os.open(mount_point, _DIR_FLAGS)
+    # the mount point may be an operator's symlink: followed here, like everywhere
+    fd = os.open(mount_point, safedir.DIR_FLAGS & ~os.O_NOFOLLOW)
     try:
         dev = os.fstat(fd).st_dev
         os.fstatvfs(fd)
@@ -55,7 +57,7 @@ def probe(mount_point: str, name: str) -> ProbeResult:
 def _canary(root_fd: int, name: str) -> None:
     with contextlib.suppress(FileExistsError):
         os.mkdir(CANARY_DIR, 0o755, dir_fd=root_fd)
-    dfd = os.open(CANARY_DIR, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=root_fd)
+    dfd = safedir.open_below(root_fd, CANARY_DIR)
     try:
         token = secrets.token_bytes(16)
         wfd = os.open(

@@ -17,10 +17,10 @@ import errno
 import os
 from dataclasses import dataclass
 
+from volagent import safedir
 from volagent.mount import kernel
 
 UNSUPPORTED = (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class NoImmutableFlag(Exception):
@@ -52,7 +52,7 @@ def canonical_mount_point(mount_point: str) -> str:
 def lock(mount_point: str) -> bool:
     """Makes the (unmounted) mount point directory immutable. True if it changed.
     Raises NoImmutableFlag where the filesystem does not support the flag."""
-    fd = os.open(mount_point, _DIR_FLAGS)
+    fd = os.open(mount_point, safedir.DIR_FLAGS)
     try:
         return _set(fd, True)
     finally:
@@ -69,7 +69,7 @@ class Lifted:
 
 def lift(mount_point: str) -> Lifted:
     """Opens the (unmounted) mount point directory and clears its immutable flag."""
-    fd = os.open(mount_point, _DIR_FLAGS)
+    fd = os.open(mount_point, safedir.DIR_FLAGS)
     try:
         _set(fd, False)
     except NoImmutableFlag:

@@ -16,7 +16,7 @@ import functools
 import os
 import time
 
-from volagent import log
+from volagent import log, safedir
 from volagent.errors import VolagentError
 from volagent.rack import records
 from volagent.rack.usage import REFRESH_S as USAGE_REFRESH_S
@@ -32,7 +32,7 @@ STALE_AFTER_S = 2 * USAGE_REFRESH_S
 
 def read_rack_binds(mount_point: str, dev: int | None, own_host: str, now: float) -> dict[str, str]:
     """Blocking: bind path -> host, from every fresh usage record of another host."""
-    root = records.open_root(mount_point, dev)
+    root = safedir.open_shared_root(mount_point, dev)
     out: dict[str, str] = {}
     try:
         usage = records.open_dir(root, (records.AGENT_DIR, records.USAGE_DIR), create=False)
@@ -40,13 +40,13 @@ def read_rack_binds(mount_point: str, dev: int | None, own_host: str, now: float
             return out
         try:
             _read_records(usage, own_host, now, out)  # binds of the mount point itself
-            for ns in records.subdirs(usage, dots=True):
+            for ns in safedir.subdirs(usage, dots=True):
                 ns_fd = records.open_dir(usage, (ns,), create=False)
                 if ns_fd is None:
                     continue
                 try:
                     _read_records(ns_fd, own_host, now, out)  # binds of a whole namespace
-                    for d in records.list_names(ns_fd):
+                    for d in safedir.list_names(ns_fd):
                         _read_dir(ns_fd, d, own_host, now, out)
                 finally:
                     os.close(ns_fd)

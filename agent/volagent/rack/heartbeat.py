@@ -18,7 +18,7 @@ import os
 import time
 from typing import Any
 
-from volagent import __version__, log
+from volagent import __version__, log, safedir
 from volagent.aws.imds import Imds
 from volagent.errors import FilesystemHung, VolagentError
 from volagent.rack import records
@@ -55,7 +55,7 @@ def write_heartbeat(
     mount_point: str, dev: int | None, record: dict[str, Any], previous_name: str | None
 ) -> None:
     """Blocking: replaces this host's heartbeat; removes the one of a former host name."""
-    root = records.open_root(mount_point, dev)
+    root = safedir.open_shared_root(mount_point, dev)
     try:
         hosts = records.ensure_dir(root, (records.AGENT_DIR, records.HOSTS_DIR))
         try:
@@ -70,7 +70,7 @@ def write_heartbeat(
 
 def read_heartbeats(mount_point: str, dev: int | None) -> list[dict[str, Any]]:
     """Blocking: every valid heartbeat record under the mount point."""
-    root = records.open_root(mount_point, dev)
+    root = safedir.open_shared_root(mount_point, dev)
     try:
         return read_heartbeats_at(root)
     finally:

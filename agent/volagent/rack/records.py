@@ -20,14 +20,14 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from volagent.errors import MountUnhealthy, RecordError
+from volagent import safedir
+from volagent.errors import RecordError
 
 AGENT_DIR = ".volagent"
 HOSTS_DIR = "hosts"
 USAGE_DIR = "usage"
 SUFFIX = ".json"
 MAX_RECORD_BYTES = 64 * 1024
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -36,20 +36,6 @@ def file_name(name: str) -> str:
     leading dot (dot files are temporary files), at most 200 bytes."""
     safe = _UNSAFE.sub("_", name).lstrip(".")[:200]
     return safe or "unnamed"
-
-
-def open_root(mount_point: str, expected_dev: int | None) -> int:
-    """A descriptor of the mount point, refused unless it is on `expected_dev`."""
-    if expected_dev is None:
-        raise MountUnhealthy(f"{mount_point} is not the healthy shared filesystem")
-    try:
-        fd = os.open(mount_point, _DIR_FLAGS)
-    except OSError as exc:
-        raise MountUnhealthy(f"cannot open {mount_point}: {exc.strerror}") from None
-    if os.fstat(fd).st_dev != expected_dev:
-        os.close(fd)
-        raise MountUnhealthy(f"{mount_point} is not the shared filesystem any more")
-    return fd
 
 
 def open_dir(root_fd: int, parts: Sequence[str], create: bool) -> int | None:
@@ -63,7 +49,7 @@ def open_dir(root_fd: int, parts: Sequence[str], create: bool) -> int | None:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(name, 0o755, dir_fd=fd)
             try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = safedir.open_below(fd, name)
             except FileNotFoundError:
                 if create:
                     raise RecordError(f"{name} vanished while it was being opened") from None
@@ -174,31 +160,9 @@ def read_record(dir_fd: int, file: str) -> dict[str, Any] | None:
 def read_records(dir_fd: int) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every valid record in `dir_fd`, as (name without .json, record). Temporary files,
     symlinks and anything else are skipped."""
-    for file in list_names(dir_fd):
+    for file in safedir.list_names(dir_fd):
         if file.startswith(".") or not file.endswith(SUFFIX):
             continue
         record = read_record(dir_fd, file)
         if record is not None:
             yield file[: -len(SUFFIX)], record
-
-
-def list_names(dir_fd: int) -> list[str]:
-    """The names in a directory, from its descriptor (the descriptor stays open)."""
-    with os.scandir(dir_fd) as it:
-        return [entry.name for entry in it]
-
-
-def subdirs(dir_fd: int, *, dots: bool = False) -> list[str]:
-    """Names of the real directories (not symlinks) in `dir_fd`; dot names left out unless
-    `dots` (inside a namespace, `.shared` is a directory like any other)."""
-    out = []
-    for name in list_names(dir_fd):
-        if name.startswith(".") and not dots:
-            continue
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            out.append(name)
-    return sorted(out)

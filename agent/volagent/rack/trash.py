@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from volagent import safedir
 from volagent.errors import RecordError
 from volagent.rack import records
 
@@ -121,7 +122,7 @@ class Entry:
 
 def entries(trash_fd: int) -> Iterator[Entry]:
     """Every entry of the trash, by name."""
-    names = records.list_names(trash_fd)
+    names = safedir.list_names(trash_fd)
     found: dict[str, EntryName] = {}
     for n in names:
         parsed = parse(n)
@@ -146,7 +147,7 @@ def holding(trash_fd: int, namespace: str, directory: str | None = None) -> str 
     when there is none. A record being written counts: the move may be under way."""
     # only names that start with the namespace are parsed: the trash may hold many
     prefixes = (namespace + "@", namespace + "+")
-    for name in records.list_names(trash_fd):
+    for name in safedir.list_names(trash_fd):
         if not name.startswith(prefixes):
             continue
         entry = parse(name)
@@ -173,7 +174,7 @@ def trashed(
 ) -> str | None:
     """Blocking: the trash entry that holds `namespace` (or its `directory`), if any: also
     while gc is moving it and after the move, until it is restored or purged."""
-    root = records.open_root(mount_point, dev)
+    root = safedir.open_shared_root(mount_point, dev)
     try:
         return trashed_at(root, namespace, directory)
     finally:
@@ -183,7 +184,7 @@ def trashed(
 def claim(trash_fd: int, entry: EntryName, record: dict[str, Any]) -> bool:
     """Writes the record of a new entry, only if no entry of that name exists: False when
     the name is taken."""
-    if entry.name in records.list_names(trash_fd):
+    if entry.name in safedir.list_names(trash_fd):
         return False
     return records.create_json(trash_fd, entry.name + records.SUFFIX, record)
 
@@ -202,7 +203,7 @@ def forget(trash_fd: int, entry: EntryName) -> None:
 def new_entry(namespace: str, directory: str | None, when: float, trash_fd: int) -> EntryName:
     """A fresh entry name for a move now; the caller claims it (and tries the next serial
     when the claim fails)."""
-    taken = set(records.list_names(trash_fd))
+    taken = set(safedir.list_names(trash_fd))
     for serial in range(1000):
         entry = EntryName(namespace, directory, stamp_of(when, serial))
         if len(entry.name.encode()) > MAX_ENTRY_BYTES:

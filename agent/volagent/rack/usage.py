@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from volagent import log
+from volagent import log, safedir
 from volagent.errors import VolagentError
 from volagent.rack import records
 from volagent.state import AgentState, now_iso
@@ -105,7 +105,7 @@ def write_usage(
     mount_point: str, dev: int | None, host: str, batch: list[tuple[Key, dict[str, Any]]]
 ) -> list[Key]:
     """Blocking: writes each record; the keys written (all of them, or it raised)."""
-    root = records.open_root(mount_point, dev)
+    root = safedir.open_shared_root(mount_point, dev)
     done = []
     try:
         for key, record in batch:

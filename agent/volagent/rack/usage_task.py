@@ -19,9 +19,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from volagent import log
+from volagent import log, safedir
 from volagent.errors import FilesystemHung, VolagentError
-from volagent.rack import quotas, records, usage_share, usage_walk
+from volagent.rack import quotas, usage_share, usage_walk
 from volagent.rack.usage_walk import LOOSE, Budget, NamespaceWalk
 from volagent.state import AgentState, now_iso
 from volagent.worker import TimedWorker
@@ -111,7 +111,8 @@ class UsageWalker:
         st = self.state
         previous = self._figures.get(ns)
         saved = (previous or {}).get("walk")
-        root = await self._call_keep(lambda: records.open_root(st.config.mount_point, st.mount_dev))
+        mp, dev = st.config.mount_point, st.mount_dev
+        root = await self._call_keep(lambda: safedir.open_shared_root(mp, dev))
         walk = NamespaceWalk.resume(
             root, ns, self.budget, saved if isinstance(saved, dict) else None
         )
@@ -173,7 +174,7 @@ class UsageWalker:
         mp, dev = st.config.mount_point, st.mount_dev
 
         def call() -> Any:
-            root = records.open_root(mp, dev)
+            root = safedir.open_shared_root(mp, dev)
             try:
                 return fn(root)
             finally:

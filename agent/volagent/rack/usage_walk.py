@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from volagent import safedir
 from volagent.errors import RecordError
 from volagent.rack import records
 
@@ -38,7 +39,6 @@ MAX_DEPTH = 64
 NAMES_PER_OP = 1024
 # the namespace's own entries (files next to the service directories, the directory itself)
 LOOSE = "."
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Totals = dict[str, list[int]]  # service -> [bytes, inodes]
 
@@ -196,7 +196,7 @@ class NamespaceWalk:
     def _open_frame(self, parent_fd: int, name: str) -> _Frame | None:
         self.budget.spend(1)
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            fd = safedir.open_below(parent_fd, name)
         except OSError:
             return None  # gone, or swapped for a symlink or a file: not entered
         if os.fstat(fd).st_dev != self._dev:
@@ -254,7 +254,7 @@ def _valid_snapshot(saved: dict[str, Any], namespace: str) -> bool:
 # --- the records ------------------------------------------------------------------------
 def namespaces(root_fd: int, prefix: str, budget: Budget) -> list[str]:
     """The namespace directories `<prefix>*` at the top of the mount point."""
-    names = records.list_names(root_fd)
+    names = safedir.list_names(root_fd)
     budget.spend(1 + len(names) // NAMES_PER_OP)
     out = []
     for name in names:

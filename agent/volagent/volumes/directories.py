@@ -16,10 +16,10 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from volagent import safedir
 from volagent.config import Owner
 from volagent.errors import MountUnhealthy, NamespaceViolation, VolagentError
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 PARENT_MODE = 0o755
 
 
@@ -39,26 +39,12 @@ class Prepared:
     mode: int
 
 
-def open_mount_point(mount_point: str, expected_dev: int | None) -> int:
-    """A descriptor of the mount point, refused unless it is on `expected_dev`."""
-    try:
-        # The mount point itself may be an operator's symlink; what counts is the device
-        # checked below. Below it, nothing is followed.
-        fd = os.open(mount_point, _DIR_FLAGS & ~os.O_NOFOLLOW)
-    except OSError as exc:
-        raise MountUnhealthy(f"cannot open {mount_point}: {exc.strerror}") from None
-    if expected_dev is not None and os.fstat(fd).st_dev != expected_dev:
-        os.close(fd)
-        raise MountUnhealthy(f"{mount_point} is not the shared filesystem any more")
-    return fd
-
-
 def _open_child(parent_fd: int, name: str, shown: str) -> int:
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        return safedir.open_below(parent_fd, name)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            kind = _kind_of(parent_fd, name)
+            kind = safedir.kind_of(parent_fd, name)
             raise NamespaceViolation(
                 4,
                 f"{shown} is a {kind}, not a directory; volagent "
@@ -67,24 +53,25 @@ def _open_child(parent_fd: int, name: str, shown: str) -> int:
         raise PrepareFailed(f"cannot open {shown}: {exc.strerror}") from None
 
 
-def _kind_of(parent_fd: int, name: str) -> str:
-    try:
-        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-    except OSError:
-        return "vanished entry"
-    if stat.S_ISLNK(st.st_mode):
-        return "symlink"
-    return "file" if stat.S_ISREG(st.st_mode) else "non-directory"
-
-
 def prepare_path(
     mount_point: str, parts: Sequence[str], owner: Owner, mode: int, expected_dev: int | None
 ) -> Prepared:
     """Creates every missing directory of `mount_point/parts...`. The leaf, if created, gets
     owner and mode; parents created on the way get root:root 0755."""
+    root = safedir.open_mount_point(mount_point, expected_dev)
+    try:
+        return prepare_below(root, mount_point, parts, owner, mode)
+    finally:
+        os.close(root)
+
+
+def prepare_below(
+    root_fd: int, mount_point: str, parts: Sequence[str], owner: Owner, mode: int
+) -> Prepared:
+    """`prepare_path` from a descriptor of the mount point (`mount_point` only names it)."""
     if not parts:
         raise NamespaceViolation(5, "nothing to create below the mount point")
-    fd = open_mount_point(mount_point, expected_dev)
+    fd = os.dup(root_fd)
     dev = os.fstat(fd).st_dev
     created = 0
     leaf_created = False

@@ -9,7 +9,7 @@ touched before the record existed, hence before gc's last judgement, and gc keep
 directory. Without this, a create that comes after the rename would make a fresh, empty
 namespace, and its container would start on it with its data in the trash.
 
-Blocking: runs in the timed worker, in place of `fs.prepare_path`.
+Blocking: runs in the timed worker, in place of `directories.prepare_path`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import contextlib
 import os
 from collections.abc import Sequence
 
+from volagent import safedir
 from volagent.config import Owner
 from volagent.errors import NamespaceTrashed
 from volagent.rack import records, trash
-from volagent.volumes import directories as fs
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+from volagent.volumes import directories
 
 
 def restore_command(entry: str) -> str:
@@ -34,21 +33,9 @@ def touch_in_use(root_fd: int, parts: Sequence[str]) -> None:
     """Sets the mtime of `<ns>` and `<ns>/<dir>` (those that exist) to now: a directory
     changed within gc's window is never a candidate. Never follows a symlink; a missing or
     odd component is left to the walk that creates, which reports it."""
-    dev = os.fstat(root_fd).st_dev
-    fd = os.dup(root_fd)
-    try:
-        for name in parts[:2]:
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError:
-                return
-            os.close(fd)
-            fd = child
-            if os.fstat(fd).st_dev != dev:
-                return
+    with contextlib.suppress(OSError, safedir.OtherDevice):
+        for fd in safedir.descend(root_fd, parts[:2]):
             os.utime(fd)
-    finally:
-        os.close(fd)
 
 
 def refuse_if_trashed(mount_point: str, root_fd: int, parts: Sequence[str]) -> None:
@@ -84,13 +71,14 @@ def refuse_if_trashed(mount_point: str, root_fd: int, parts: Sequence[str]) -> N
 
 def prepare_path(
     mount_point: str, parts: Sequence[str], owner: Owner, mode: int, expected_dev: int | None
-) -> fs.Prepared:
-    """fs.prepare_path, once the namespace is marked used and known not to be in the trash."""
-    root = fs.open_mount_point(mount_point, expected_dev)
+) -> directories.Prepared:
+    """directories.prepare_path, once the namespace is marked used and known not to be in
+    the trash; the mount point is opened once for all three."""
+    root = safedir.open_mount_point(mount_point, expected_dev)
     try:
         with contextlib.suppress(OSError):
             touch_in_use(root, parts)
         refuse_if_trashed(mount_point, root, parts)
+        return directories.prepare_below(root, mount_point, parts, owner, mode)
     finally:
         os.close(root)
-    return fs.prepare_path(mount_point, parts, owner, mode, expected_dev)

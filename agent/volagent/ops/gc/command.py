@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO, TypeVar
 
-from volagent import log
+from volagent import log, safedir
 from volagent.api import client
 from volagent.api.render import human_size
 from volagent.config import Config
@@ -50,7 +50,6 @@ DEFAULT_DAYS = 30.0
 PURGE_DEFAULT_DAYS = 7.0
 STALL_S = 30.0
 DAEMON_TIMEOUT_S = 3.0
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 T = TypeVar("T")
 
@@ -115,7 +114,7 @@ def open_shared(cfg: Config, daemon_state: str | None) -> int:
         raise GcRefused(f"nothing is mounted at {mp}: gc runs only on the shared filesystem")
 
     def open_it(_: fstree.Progress) -> int:
-        fd = os.open(mp, _DIR_FLAGS)
+        fd = os.open(mp, safedir.DIR_FLAGS)
         os.fstatvfs(fd)  # answers, or hangs here, where the watchdog sees it
         if daemon_state is None and cfg.mount.type != "local":
             parent = os.stat(os.path.dirname(mp) or "/")

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from volagent import safedir
 from volagent.errors import RecordError
 from volagent.ops.gc import tree as fstree
 from volagent.rack import records
@@ -113,10 +114,10 @@ def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usag
         return usage, 0
     try:
         take(MOUNT_ROOT, base)
-        spaces = [only_namespace] if only_namespace else records.subdirs(base, dots=True)
+        spaces = [only_namespace] if only_namespace else safedir.subdirs(base, dots=True)
         for ns, ns_fd in _open_each(base, spaces, skip_unusable=True):
             take((ns, ""), ns_fd)
-            for d, d_fd in _open_each(ns_fd, records.subdirs(ns_fd, dots=True)):
+            for d, d_fd in _open_each(ns_fd, safedir.subdirs(ns_fd, dots=True)):
                 take((ns, d), d_fd)
     finally:
         os.close(base)
@@ -145,7 +146,7 @@ def survey(
     result.root_used_by = root_in_use(usage, local, now)
     if result.root_used_by:
         return result
-    for ns in records.subdirs(root_fd):
+    for ns in safedir.subdirs(root_fd):
         progress.tick()
         if not NAMESPACE_RE.match(ns):
             continue
@@ -184,7 +185,7 @@ def _judge_namespace(
 ) -> None:
     cutoff = result.cutoff
     ns_mtime = os.fstat(ns_fd).st_mtime
-    dirs = records.subdirs(ns_fd, dots=True)
+    dirs = safedir.subdirs(ns_fd, dots=True)
     whole_last, _ = usage.get((ns, ""), (0.0, ""))
     if (ns, "") in local or whole_last >= cutoff:
         result.kept += len(dirs)  # a bind of the whole namespace uses every directory in it
@@ -272,10 +273,10 @@ def prune_old_records(root_fd: int, cutoff: float, progress: fstree.Progress) ->
             return removed
         try:
             removed += _prune_dir(usage, cutoff, progress)
-            spaces = records.subdirs(usage, dots=True)
+            spaces = safedir.subdirs(usage, dots=True)
             for _, ns_fd in _open_each(usage, spaces):
                 removed += _prune_dir(ns_fd, cutoff, progress)
-                dirs = records.subdirs(ns_fd, dots=True)
+                dirs = safedir.subdirs(ns_fd, dots=True)
                 for _, d_fd in _open_each(ns_fd, dirs):
                     removed += _prune_dir(d_fd, cutoff, progress)
                 # a record directory goes once it is empty (rmdir refuses otherwise)

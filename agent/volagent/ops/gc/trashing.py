@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from volagent import log
+from volagent import log, safedir
 from volagent.errors import VolagentError
 from volagent.ops.gc import tree as fstree
 from volagent.ops.gc.survey import LIVE_S, Candidate, collect_usage
@@ -232,7 +232,7 @@ def _mark_used(parent_fd: int, leaf: str, whole: bool) -> None:
         return
     try:
         os.utime(fd)
-        for d in records.subdirs(fd, dots=True) if whole else ():
+        for d in safedir.subdirs(fd, dots=True) if whole else ():
             os.utime(d, dir_fd=fd, follow_symlinks=False)
     finally:
         os.close(fd)

@@ -15,9 +15,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from volagent.rack.records import list_names
+from volagent import safedir
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # a tree deeper than this is not walked further (each level holds a descriptor)
 MAX_DEPTH = 256
 
@@ -56,7 +55,7 @@ def tree_size(parent_fd: int, name: str, progress: Progress | None = None) -> in
     """Bytes used on disk by the tree `name` below `parent_fd` (like du, each inode once)."""
     progress = progress or Progress()
     try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        fd = safedir.open_below(parent_fd, name)
     except OSError:
         return 0
     try:
@@ -70,7 +69,7 @@ def tree_size(parent_fd: int, name: str, progress: Progress | None = None) -> in
 def _size_below(fd: int, dev: int, depth: int, seen: set[int], progress: Progress) -> int:
     total = 0
     try:
-        names = list_names(fd)
+        names = safedir.list_names(fd)
     except OSError:
         return 0
     for name in names:
@@ -86,7 +85,7 @@ def _size_below(fd: int, dev: int, depth: int, seen: set[int], progress: Progres
         total += st.st_blocks * 512
         if stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
             try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = safedir.open_below(fd, name)
             except OSError:
                 continue
             try:
@@ -106,7 +105,7 @@ def remove_tree(
     progress = progress or Progress()
     result = Removal()
     try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        fd = safedir.open_below(parent_fd, name)
     except OSError as exc:
         result.problems.append(f"{shown}: cannot open: {exc.strerror}")
         return result
@@ -130,7 +129,7 @@ def _empty(
     fd: int, dev: int, shown: str, depth: int, *, result: Removal, progress: Progress
 ) -> None:
     try:
-        names = list_names(fd)
+        names = safedir.list_names(fd)
     except OSError as exc:
         result.problems.append(f"{shown}: cannot list: {exc.strerror}")
         return
@@ -146,7 +145,7 @@ def _empty(
             if depth >= MAX_DEPTH:
                 result.problems.append(f"{path}: deeper than {MAX_DEPTH} levels; left alone")
                 continue
-            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            child = safedir.open_below(fd, name)
         except FileNotFoundError:
             continue  # removed by someone else meanwhile
         except OSError as exc:

@@ -1,0 +1,114 @@
+"""The one safe way volagent goes through directories on the shared filesystem.
+
+Every directory below the mount point is opened relative to its parent's descriptor with
+O_NOFOLLOW and O_DIRECTORY, so a symlink planted anywhere on a path, before or during a
+walk, stops it there instead of leading elsewhere; every descriptor is checked to be on
+the shared filesystem's device, so nothing is read, created or removed on the local disk
+underneath a vanished mount, or on another filesystem mounted inside a namespace. The
+mount point itself may be an operator's symlink: it is followed, and its device decides.
+
+The creating walk (volumes/directories.py), the rack's records, the trash, the usage walk
+and gc's sizing and removal all go through these. They block: call them through a
+TimedWorker or a watched thread.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Sequence
+
+from volagent.errors import MountUnhealthy
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class OtherDevice(Exception):
+    """A directory on a path lies on another filesystem than its parent."""
+
+
+def open_mount_point(mount_point: str, expected_dev: int | None) -> int:
+    """A descriptor of the mount point, refused (MountUnhealthy) unless it is on
+    `expected_dev`; not checked when `expected_dev` is None."""
+    try:
+        fd = os.open(mount_point, DIR_FLAGS & ~os.O_NOFOLLOW)
+    except OSError as exc:
+        raise MountUnhealthy(f"cannot open {mount_point}: {exc.strerror}") from None
+    if expected_dev is not None and os.fstat(fd).st_dev != expected_dev:
+        os.close(fd)
+        raise MountUnhealthy(f"{mount_point} is not the shared filesystem any more")
+    return fd
+
+
+def open_shared_root(mount_point: str, expected_dev: int | None) -> int:
+    """The mount point, only while it is the healthy shared filesystem (`expected_dev` is
+    None when it is not)."""
+    if expected_dev is None:
+        raise MountUnhealthy(f"{mount_point} is not the healthy shared filesystem")
+    return open_mount_point(mount_point, expected_dev)
+
+
+def open_below(parent_fd: int, name: str) -> int:
+    """The directory `name` in `parent_fd`, never through a symlink: OSError (ELOOP or
+    ENOTDIR) for a symlink or a file, FileNotFoundError when missing."""
+    return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+
+
+def open_on(parent_fd: int, name: str, dev: int) -> int:
+    """`open_below`, and on device `dev` only (OtherDevice otherwise)."""
+    fd = open_below(parent_fd, name)
+    if os.fstat(fd).st_dev != dev:
+        os.close(fd)
+        raise OtherDevice(name)
+    return fd
+
+
+def descend(root_fd: int, parts: Sequence[str]) -> Iterator[int]:
+    """Opens `parts` one below the other from `root_fd`, on its device only, yielding each
+    directory's descriptor (closed when the walk moves on or ends). Stops with the OSError
+    of a component that is missing, a symlink or a file, or OtherDevice."""
+    dev = os.fstat(root_fd).st_dev
+    fd = os.dup(root_fd)
+    try:
+        for name in parts:
+            child = open_on(fd, name, dev)
+            os.close(fd)
+            fd = child
+            yield fd
+    finally:
+        os.close(fd)
+
+
+def kind_of(parent_fd: int, name: str) -> str:
+    """What `name` in `parent_fd` is, said for an error message."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except OSError:
+        return "vanished entry"
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink"
+    if stat.S_ISDIR(st.st_mode):
+        return "directory"
+    return "file" if stat.S_ISREG(st.st_mode) else "non-directory"
+
+
+def list_names(dir_fd: int) -> list[str]:
+    """The names in a directory, from its descriptor (the descriptor stays open)."""
+    with os.scandir(dir_fd) as it:
+        return [entry.name for entry in it]
+
+
+def subdirs(dir_fd: int, *, dots: bool = False) -> list[str]:
+    """Names of the real directories (not symlinks) in `dir_fd`, sorted; dot names left out
+    unless `dots` (inside a namespace, `.shared` is a directory like any other)."""
+    out = []
+    for name in list_names(dir_fd):
+        if name.startswith(".") and not dots:
+            continue
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            out.append(name)
+    return sorted(out)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from bench.stats import percentile
-from volagent.config import Owner
+from volagent.values import Owner
 from volagent.volumes import directories as fs
 from volagent.volumes import trashcheck
 

@@ -20,19 +20,13 @@ from typing import Any
 import tomli_w
 
 from volagent.errors import ConfigError
+from volagent.values import NAME_RE, Owner, Size, parse_mode, parse_owner
 
 DEFAULT_CONFIG_PATH = "/etc/volagent/volagent.toml"
 DEFAULT_NFS_OPTIONS = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport"
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MOUNT_TYPES = ("auto", "efs", "nfs4", "nfs", "local")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 OVER_QUOTA_ACTIONS = ("warn", "deny")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "B": 1,
-    **{f"{p}B": 1000 ** (i + 1) for i, p in enumerate("KMGTP")},
-    **{f"{p}IB": 1024 ** (i + 1) for i, p in enumerate("KMGTP")},
-}
 
 
 # When an edited key takes effect in a running daemon (the file watch, `systemctl reload`):
@@ -44,69 +38,6 @@ RESTART_TO_ENABLE = "restart to turn on"  # turning it off applies at once
 
 def _doc(text: str, applies: str = LIVE, **kw: Any) -> Any:
     return field(metadata={"doc": text, "applies": applies}, **kw)
-
-
-@dataclass(frozen=True)
-class Owner:
-    """A numeric owner, `UID:GID`."""
-
-    uid: int
-    gid: int
-
-    def __str__(self) -> str:
-        return f"{self.uid}:{self.gid}"
-
-
-def parse_owner(text: str) -> Owner:
-    """`"1000:1000"` or `"1000"` (gid = uid) to an Owner; raises ValueError."""
-    uid_s, sep, gid_s = text.strip().partition(":")
-    if not sep:
-        gid_s = uid_s
-    if not (uid_s.isdigit() and gid_s.isdigit()):
-        raise ValueError(f"{text!r} is not a numeric UID:GID")
-    uid, gid = int(uid_s), int(gid_s)
-    if uid >= 2**32 - 1 or gid >= 2**32 - 1:
-        raise ValueError(f"{text!r} is out of range")
-    return Owner(uid, gid)
-
-
-class Size:
-    """A size from the config, such as `"50GiB"`: the text as written and its bytes, parsed
-    once at load."""
-
-    __slots__ = ("bytes", "text")
-
-    def __init__(self, text: str) -> None:
-        match = _SIZE_RE.match(text)
-        if not match:
-            raise ValueError(f"{text!r} is not a size like 500MB or 50GiB")
-        number, unit = match.groups()
-        self.text = text.strip()
-        self.bytes = int(float(number) * _SIZE_UNITS[(unit or "B").upper()])
-        if self.bytes <= 0:
-            raise ValueError(f"{text!r} is not a positive size")
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __repr__(self) -> str:
-        return f"Size({self.text!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Size) and other.bytes == self.bytes
-
-    def __hash__(self) -> int:
-        return hash(self.bytes)
-
-
-def parse_mode(text: str) -> int:
-    """`"0750"` to 0o750; only permission bits (and setgid/sticky) are allowed."""
-    if not re.fullmatch(r"0?[0-7]{3,4}", text.strip()):
-        raise ValueError(f"{text!r} is not an octal mode like 0755")
-    mode = int(text, 8)
-    if mode & ~0o3777:
-        raise ValueError(f"{text!r}: setuid is not allowed on directories volagent creates")
-    return mode
 
 
 @dataclass(frozen=True)

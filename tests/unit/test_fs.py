@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from tests.disk import owner_mode, tree
 
-from volagent.config import Owner
 from volagent.errors import MountUnhealthy, NamespaceViolation
+from volagent.values import Owner
 from volagent.volumes import directories as fs
 
 pytestmark = [pytest.mark.mount]  # chown to other users and tmpfs mounts need root

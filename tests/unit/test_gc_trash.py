@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 from tests.unit.aged import CUTOFF, DAY, NOW, make_dir, record
 
-from volagent.config import Owner, from_dict
+from volagent.config import from_dict
 from volagent.errors import NamespaceTrashed
 from volagent.ops.gc import command as gc
 from volagent.ops.gc import survey as gcsurvey
 from volagent.ops.gc import trashing as gctrash
 from volagent.ops.gc import tree as fstree
 from volagent.rack import trash
+from volagent.values import Owner
 from volagent.volumes import trashcheck
 
 OWNER = Owner(1000, 1000)

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from volagent.config import Config, Owner, from_dict
+from volagent.config import Config, from_dict
 from volagent.errors import NamespaceViolation
+from volagent.values import Owner
 from volagent.volumes import namespace
 from volagent.volumes.namespace import Bind, Identity, Plan
 

@@ -13,12 +13,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.test_guard import create
 
-from volagent.config import ConfigError, Size, from_dict
+from volagent.config import ConfigError, from_dict
 from volagent.guard.plugin import Guard
 from volagent.rack import quotas, usage_share, usage_walk
 from volagent.rack.usage_task import UsageWalker
 from volagent.rack.usage_walk import Budget
 from volagent.state import AgentState
+from volagent.values import Size
 from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 

@@ -8,8 +8,9 @@ one `[usage] interval_s` of being crossed.
 
 from __future__ import annotations
 
-from volagent.config import QuotasConfig, Size
+from volagent.config import QuotasConfig
 from volagent.state import AgentState
+from volagent.values import Size
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from volagent import safedir
-from volagent.config import Owner
 from volagent.errors import MountUnhealthy, NamespaceViolation, VolagentError
+from volagent.values import Owner
 
 PARENT_MODE = 0o755
 

@@ -12,8 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from volagent.config import NAME_RE, Config, Owner, parse_mode, parse_owner
+from volagent.config import Config
 from volagent.errors import NamespaceViolation
+from volagent.values import NAME_RE, Owner, parse_mode, parse_owner
 
 OWNER_LABEL = "volagent.owner"
 MODE_LABEL = "volagent.mode"

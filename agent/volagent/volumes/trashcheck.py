@@ -19,9 +19,9 @@ import os
 from collections.abc import Sequence
 
 from volagent import safedir
-from volagent.config import Owner
 from volagent.errors import NamespaceTrashed
 from volagent.rack import records, trash
+from volagent.values import Owner
 from volagent.volumes import directories
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from tests.contract_example import CONTRACT_EXAMPLE
 
-from volagent import config
+from volagent import config, values
 from volagent.config import Config
 from volagent.errors import ConfigError
 
@@ -182,9 +182,9 @@ def test_values_are_typed_and_ints_widen_to_floats(tmp_path: Path) -> None:
 
 def test_owner_and_mode_parse() -> None:
     cfg = config.from_dict({"directories": {"owner": "1000:2000", "mode": "0750"}})
-    assert cfg.directories.owner_ids == config.Owner(1000, 2000)
+    assert cfg.directories.owner_ids == values.Owner(1000, 2000)
     assert cfg.directories.mode_bits == 0o750
-    assert config.parse_owner("33") == config.Owner(33, 33)
+    assert values.parse_owner("33") == values.Owner(33, 33)
 
 
 def test_not_toml_is_an_error(tmp_path: Path) -> None:

@@ -59,8 +59,11 @@ class Daemon:
         self.usage_walker = UsageWalker(self.state, hosts=self.heartbeat.hosts)
         self.asg = AsgReporter(self.state, identity=instance_identity(self.state))
         self.log = log.get("daemon")
+        # flags the signal handlers set; `_wake` makes the main loop look at them at once
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._died: list[asyncio.Task[Any]] = []  # root tasks that ended by themselves
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._servers: list[HttpServer] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -69,9 +72,11 @@ class Daemon:
     # --- flags set by signals -------------------------------------------------------------
     def request_stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def request_reload(self) -> None:
         self._reload.set()
+        self._wake.set()
 
     # --- lifecycle ----------------------------------------------------------------------
     async def serve(self) -> int:
@@ -147,6 +152,14 @@ class Daemon:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks[name] = task
+        task.add_done_callback(self._root_task_ended)
+
+    def _root_task_ended(self, task: asyncio.Task[Any]) -> None:
+        # a root task runs as long as the daemon: one that ends before the shutdown asked
+        # it to has died, and the main loop hears of it at once
+        if task.get_name() != "ready" and not self.state.stopping:
+            self._died.append(task)
+            self._wake.set()
 
     async def _announce_ready(self) -> None:
         """READY=1 once the socket serves, the mount has settled once and Docker has been
@@ -169,14 +182,16 @@ class Daemon:
         tick = min(interval / 2, 1.0) if interval else 1.0
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(tick):
-                    await self._stop.wait()
+                async with asyncio.timeout(tick):  # the watchdog's pace, when nothing happens
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            dead = [t for n, t in self._tasks.items() if n != "ready" and t.done()]
-            if dead:
-                for task in dead:
+            if self._died:
+                for task in self._died:
                     exc = task.exception() if not task.cancelled() else None
                     self.log.error(
                         "root_task_died",

@@ -91,7 +91,12 @@ def test_move_is_one_rename_with_a_record(mp: Path, root: int) -> None:
     assert (entry / "web" / "deep" / "file").read_bytes() == b"x" * 100
     rec = json.loads(entry.with_name(moved.entry + ".json").read_text())
     assert rec["state"] == "trashed" and rec["by"] == WHO and rec["path"] == f"{mp}/r1-old"
-    assert trash.trashed(str(mp), os.fstat(root).st_dev, "r1-old", "web") == moved.entry
+    trash_fd = trash.open_trash(root, create=False)
+    assert trash_fd is not None
+    try:
+        assert trash.holding(trash_fd, "r1-old", "web") == moved.entry
+    finally:
+        os.close(trash_fd)
 
 
 def test_a_candidate_used_since_the_listing_is_kept_and_unclaimed(mp: Path, root: int) -> None:

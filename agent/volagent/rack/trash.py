@@ -158,29 +158,6 @@ def holding(trash_fd: int, namespace: str, directory: str | None = None) -> str 
     return None
 
 
-def trashed_at(root_fd: int, namespace: str, directory: str | None = None) -> str | None:
-    """`holding` from the mount point's descriptor."""
-    trash = open_trash(root_fd, create=False)
-    if trash is None:
-        return None
-    try:
-        return holding(trash, namespace, directory)
-    finally:
-        os.close(trash)
-
-
-def trashed(
-    mount_point: str, dev: int | None, namespace: str, directory: str | None = None
-) -> str | None:
-    """Blocking: the trash entry that holds `namespace` (or its `directory`), if any: also
-    while gc is moving it and after the move, until it is restored or purged."""
-    root = safedir.open_shared_root(mount_point, dev)
-    try:
-        return trashed_at(root, namespace, directory)
-    finally:
-        os.close(root)
-
-
 def claim(trash_fd: int, entry: EntryName, record: dict[str, Any]) -> bool:
     """Writes the record of a new entry, only if no entry of that name exists: False when
     the name is taken."""

@@ -91,10 +91,6 @@ class Outcome:
     def violations(self) -> list[VolumeRecord]:
         return [v for v in self.volumes if v.state == "violation"]
 
-    @property
-    def unready(self) -> list[VolumeRecord]:
-        return [v for v in self.volumes if v.state not in ("ready", "late")]
-
 
 Recheck = Callable[[], Awaitable[bool]]
 

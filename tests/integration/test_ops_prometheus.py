@@ -151,8 +151,16 @@ def test_dashboard_queries_and_alerts_against_a_real_prometheus(rack: Rack) -> N
     assert [a["app"] for a in firing] == ["big"]
     doc = rack.agents[0].wait_for(lambda d: d["status"] == "degraded", what="degraded on quota")
     assert any("big" in w and "quota" in w for w in doc["warnings"])
-    big = next(u for u in rack_usage(rack.agents[1]) if u["app"] == "big")
-    assert big["over_quota"] and big["bytes"] > QUOTA and big["quota_bytes"] == QUOTA
+    # the other host reads the measurement from the records on the shared filesystem, which
+    # it refreshes on its own schedule: it may see it a moment later than Prometheus did
+    big = wait_until(
+        lambda: next(
+            (u for u in rack_usage(rack.agents[1]) if u["app"] == "big" and u["over_quota"]),
+            None,
+        ),
+        "the other host's rack view of the quota",
+    )
+    assert big["bytes"] > QUOTA and big["quota_bytes"] == QUOTA
 
     # the stand-in hangs: the mount alerts fire for both hosts, then resolve
     servers = [pid for a in rack.agents for pid in rack.scratch.server_pids(a.mount_point)]

@@ -34,7 +34,7 @@ from volagent.errors import (
     MountError,
     PermanentError,
 )
-from volagent.mount import kernel, shared, table, underlay
+from volagent.mount import child, kernel, shared, table, underlay
 from volagent.mount import remembered as record
 from volagent.mount.report import Reporter
 from volagent.mount.supervise import Current, Signals, Supervisor
@@ -320,10 +320,12 @@ class MountManager:
             self._signals.remount_requested = False
 
     async def _detach(self, mp: str) -> None:
+        # in a child process: on a dead server the unmount itself may hang for minutes
+        timeout = max(5.0, self.state.config.mount.probe_timeout_s)
         try:
-            await self._blocking(functools.partial(kernel.lazy_unmount, mp), "lazy unmount")
+            await child.lazy_unmount(mp, timeout)
             self._log.info("mount.detached", mount_point=mp)
-        except (OSError, FilesystemHung) as exc:
+        except (OSError, child.ChildHung) as exc:
             self._log.error("mount.detach_failed", mount_point=mp, error=str(exc))
 
 

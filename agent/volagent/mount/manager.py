@@ -34,8 +34,7 @@ from volagent.errors import (
     MountError,
     PermanentError,
 )
-from volagent.mount import child, kernel, shared, table, underlay
-from volagent.mount import remembered as record
+from volagent.mount import child, kernel, remembered, shared, table, underlay
 from volagent.mount.report import Reporter
 from volagent.mount.supervise import Current, Signals, Supervisor
 from volagent.mount.target import Target, local_target
@@ -227,7 +226,8 @@ class MountManager:
         if cfg.mount.type == "local" or self._fallback:
             return None
         return await self._blocking(
-            functools.partial(record.recorded_target, cfg, mp, entry), "reading the mount record"
+            functools.partial(remembered.recorded_target, cfg, mp, entry),
+            "reading the mount record",
         )
 
     async def _is_same(self, cfg: Config, target: Target, entry: table.MountEntry, mp: str) -> bool:
@@ -273,7 +273,7 @@ class MountManager:
         if not target.is_local:
             try:
                 await self._blocking(
-                    functools.partial(record.save, cfg, mp, entry, target), "saving the record"
+                    functools.partial(remembered.save, cfg, mp, entry, target), "saving the record"
                 )
             except (OSError, FilesystemHung) as exc:
                 self._log.warning("mount.record_failed", error=str(exc))

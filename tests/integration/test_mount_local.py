@@ -20,7 +20,7 @@ from tests.integration.efs_standin import (
     sh,
 )
 from tests.integration.efs_standin import run as run_async
-from volagent.mount import find_mount, kernel
+from volagent.mount import child, find_mount
 
 pytestmark = pytest.mark.mount
 
@@ -55,7 +55,7 @@ def test_mounts_local_path_and_reports_local(scratch: Scratch) -> None:
 
     run_async(scenario())
     # the directory underneath is immutable: nothing can land there if the mount goes
-    kernel.lazy_unmount(scratch.mount_point)
+    asyncio.run(child.lazy_unmount(scratch.mount_point, 30))
     with pytest.raises(PermissionError) as info:
         Path(scratch.mount_point, "x").mkdir()
     assert info.value.errno == errno.EPERM
@@ -232,5 +232,5 @@ def test_a_dead_local_path_is_reported_and_retried_with_backoff(scratch: Scratch
         for _ in range(5):
             if find_mount(scratch.mount_point) is None:
                 break
-            kernel.lazy_unmount(scratch.mount_point)
-        kernel.lazy_unmount(scratch.local_path)
+            asyncio.run(child.lazy_unmount(scratch.mount_point, 30))
+        asyncio.run(child.lazy_unmount(scratch.local_path, 30))

@@ -34,7 +34,7 @@ from tests.integration.aws_fixtures import (
 from tests.integration.testbed import volagent_cli
 from volagent.aws.discovery import efs_dns_name
 from volagent.config import Config, from_dict
-from volagent.ops.doctor import host_checks as doctor_host
+from volagent.ops.doctor import host_checks
 from volagent.ops.doctor import run as doctor
 from volagent.ops.doctor.result import FAIL, PASS, SKIP, WARN, CheckResult
 
@@ -51,14 +51,14 @@ def helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (d / "mount.nfs4").write_text("#!/bin/sh\nexit 0\n")
     (d / "mount.nfs4").chmod(0o755)
     monkeypatch.setenv("PATH", f"{d}:/usr/bin:/bin")
-    monkeypatch.setattr(doctor_host, "_SBIN", ())
+    monkeypatch.setattr(host_checks, "_SBIN", ())
     return d
 
 
 @pytest.fixture
 def daemon_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "daemon.json"
-    monkeypatch.setenv(doctor_host.DAEMON_JSON_ENV, str(path))
+    monkeypatch.setenv(host_checks.DAEMON_JSON_ENV, str(path))
     return path
 
 
@@ -214,7 +214,7 @@ def test_the_command_prints_fixes_and_exits_1(
     )
     out = volagent_cli(
         ["--config", str(cfg_path), "doctor"],
-        env={doctor_host.DAEMON_JSON_ENV: str(daemon_json)},
+        env={host_checks.DAEMON_JSON_ENV: str(daemon_json)},
     )
     assert out.returncode == 1, out.stdout + out.stderr
     lines = out.stdout.splitlines()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from volagent.config import Config, from_dict
-from volagent.ops.doctor import host_checks as doctor_host
+from volagent.ops.doctor import host_checks
 from volagent.ops.doctor.result import FAIL, PASS, SKIP, WARN, CheckResult, report
 
 
@@ -25,7 +25,7 @@ def helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "bin"
     d.mkdir()
     monkeypatch.setenv("PATH", str(d))
-    monkeypatch.setattr(doctor_host, "_SBIN", ())
+    monkeypatch.setattr(host_checks, "_SBIN", ())
     return d
 
 
@@ -45,33 +45,33 @@ def test_distro_family_from_os_release(tmp_path: Path) -> None:
     }
     for text, family in cases.items():
         (tmp_path / "os-release").write_text(text)
-        assert doctor_host.distro_family(str(tmp_path / "os-release")) == family, text
-    assert doctor_host.distro_family(str(tmp_path / "missing")) == ""
+        assert host_checks.distro_family(str(tmp_path / "os-release")) == family, text
+    assert host_checks.distro_family(str(tmp_path / "missing")) == ""
 
 
 def test_missing_nfs_client_names_the_package(helpers: Path) -> None:
-    r = doctor_host.check_nfs_client(cfg(), "debian")
+    r = host_checks.check_nfs_client(cfg(), "debian")
     assert r.status == FAIL
     assert "mount.nfs4" in r.detail
     assert r.fix == "apt-get install -y nfs-common"
-    assert doctor_host.check_nfs_client(cfg(), "amzn").fix == "yum install -y nfs-utils"
-    unknown = doctor_host.check_nfs_client(cfg(), "").fix
+    assert host_checks.check_nfs_client(cfg(), "amzn").fix == "yum install -y nfs-utils"
+    unknown = host_checks.check_nfs_client(cfg(), "").fix
     assert "nfs-common" in unknown and "nfs-utils" in unknown
     install(helpers, "mount.nfs4")
-    assert doctor_host.check_nfs_client(cfg(), "debian").status == PASS
-    assert doctor_host.check_nfs_client(cfg(mount={"type": "local"}), "debian").status == SKIP
+    assert host_checks.check_nfs_client(cfg(), "debian").status == PASS
+    assert host_checks.check_nfs_client(cfg(mount={"type": "local"}), "debian").status == SKIP
 
 
 def test_efs_utils_fails_for_efs_and_warns_for_auto(helpers: Path) -> None:
-    efs = doctor_host.check_efs_utils(cfg(mount={"type": "efs"}), "amzn")
+    efs = host_checks.check_efs_utils(cfg(mount={"type": "efs"}), "amzn")
     assert efs.status == FAIL
     assert efs.fix == "yum install -y amazon-efs-utils"
-    auto = doctor_host.check_efs_utils(cfg(), "debian")
+    auto = host_checks.check_efs_utils(cfg(), "debian")
     assert auto.status == WARN
     assert "github.com/aws/efs-utils" in auto.fix
-    assert doctor_host.check_efs_utils(cfg(mount={"type": "nfs4"}), "debian").status == SKIP
+    assert host_checks.check_efs_utils(cfg(mount={"type": "nfs4"}), "debian").status == SKIP
     install(helpers, "mount.efs")
-    assert doctor_host.check_efs_utils(cfg(mount={"type": "efs"}), "amzn").status == PASS
+    assert host_checks.check_efs_utils(cfg(mount={"type": "efs"}), "amzn").status == PASS
 
 
 def guard_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemon_json: Any, enabled: bool):  # type: ignore[no-untyped-def]
@@ -79,8 +79,8 @@ def guard_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemon_json: An
     path.unlink(missing_ok=True)
     if daemon_json is not None:
         path.write_text(daemon_json if isinstance(daemon_json, str) else json.dumps(daemon_json))
-    monkeypatch.setenv(doctor_host.DAEMON_JSON_ENV, str(path))
-    return doctor_host.check_guard(cfg(guard={"enabled": enabled}))
+    monkeypatch.setenv(host_checks.DAEMON_JSON_ENV, str(path))
+    return host_checks.check_guard(cfg(guard={"enabled": enabled}))
 
 
 def test_guard_in_daemon_json_but_disabled_fails(
@@ -112,7 +112,7 @@ def test_guard_consistent_passes_and_broken_json_fails(
 
 
 def test_docker_not_answering_fails_with_the_fix(tmp_path: Path) -> None:
-    r = doctor_host.check_docker(cfg(docker={"url": f"unix://{tmp_path}/none.sock"}))
+    r = host_checks.check_docker(cfg(docker={"url": f"unix://{tmp_path}/none.sock"}))
     assert r.status == FAIL
     assert "systemctl" in r.fix and "[docker] url" in r.fix
 

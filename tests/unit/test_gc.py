@@ -20,7 +20,7 @@ from volagent.config import Config, from_dict
 from volagent.errors import FilesystemHung
 from volagent.ops.gc import command as gc
 from volagent.ops.gc import survey as gcsurvey
-from volagent.ops.gc import tree as fstree
+from volagent.ops.gc import tree
 from volagent.rack import records
 
 
@@ -37,7 +37,7 @@ def run_survey(mp: Path, local: set[tuple[str, str]] | None = None) -> gcsurvey.
             cutoff=CUTOFF,
             local=local or set(),
             stale_after_s=90,
-            progress=fstree.Progress(),
+            progress=tree.Progress(),
         )
     finally:
         os.close(fd)
@@ -100,7 +100,7 @@ def test_remove_tree_removes_links_not_their_targets(mp: Path, tmp_path: Path) -
     (mp / "r1-old" / "web" / "dirlink").symlink_to(victim)
     fd = root_fd(mp)
     try:
-        result = fstree.remove_tree(fd, "r1-old", os.fstat(fd).st_dev, f"{mp}/r1-old")
+        result = tree.remove_tree(fd, "r1-old", os.fstat(fd).st_dev, f"{mp}/r1-old")
     finally:
         os.close(fd)
     assert result.complete, result.problems
@@ -117,7 +117,7 @@ def test_remove_tree_leaves_a_filesystem_mounted_inside(mp: Path) -> None:
         (mp / "r1-old" / "web" / "file").write_text("x")
         fd = root_fd(mp)
         try:
-            result = fstree.remove_tree(fd, "r1-old", os.fstat(fd).st_dev, f"{mp}/r1-old")
+            result = tree.remove_tree(fd, "r1-old", os.fstat(fd).st_dev, f"{mp}/r1-old")
         finally:
             os.close(fd)
         assert not result.complete
@@ -138,7 +138,7 @@ def test_prune_removes_only_records_older_than_the_window(mp: Path) -> None:
     (hosts / "here.json").write_text(json.dumps({"host": "here", "time": time.time()}))
     fd = root_fd(mp)
     try:
-        assert gcsurvey.prune_old_records(fd, CUTOFF, fstree.Progress()) == 3
+        assert gcsurvey.prune_old_records(fd, CUTOFF, tree.Progress()) == 3
     finally:
         os.close(fd)
     usage = mp / ".volagent" / "usage"

@@ -19,8 +19,7 @@ from volagent.config import from_dict
 from volagent.errors import NamespaceTrashed
 from volagent.ops.gc import command as gc
 from volagent.ops.gc import survey as gcsurvey
-from volagent.ops.gc import trashing as gctrash
-from volagent.ops.gc import tree as fstree
+from volagent.ops.gc import trashing, tree
 from volagent.rack import trash
 from volagent.values import Owner
 from volagent.volumes import trashcheck
@@ -38,14 +37,14 @@ def root(mp: Path) -> Iterator[int]:
 
 def candidates(mp: Path, root: int) -> list[gcsurvey.Candidate]:
     s = gcsurvey.survey(
-        root, str(mp), cutoff=CUTOFF, local=set(), stale_after_s=90, progress=fstree.Progress()
+        root, str(mp), cutoff=CUTOFF, local=set(), stale_after_s=90, progress=tree.Progress()
     )
     return s.candidates
 
 
-def move(root: int, c: gcsurvey.Candidate, unused: bool = True) -> gctrash.Moved:
-    return gctrash.move(
-        root, c, fstree.Progress(), still_unused=lambda: unused, reason="test", who=WHO
+def move(root: int, c: gcsurvey.Candidate, unused: bool = True) -> trashing.Moved:
+    return trashing.move(
+        root, c, tree.Progress(), still_unused=lambda: unused, reason="test", who=WHO
     )
 
 
@@ -138,7 +137,7 @@ def test_a_claim_alone_refuses_creates_while_the_move_is_under_way(mp: Path, roo
         seen.append(refused.value.entry)
         return True
 
-    moved = gctrash.move(root, c, fstree.Progress(), still_unused=judge, reason="test", who=WHO)
+    moved = trashing.move(root, c, tree.Progress(), still_unused=judge, reason="test", who=WHO)
     assert seen == [moved.entry]
 
 
@@ -150,7 +149,7 @@ def test_a_judgement_that_fails_leaves_no_claim_behind(mp: Path, root: int) -> N
         raise gc.GcRefused("the mount went bad")
 
     with pytest.raises(gc.GcRefused):
-        gctrash.move(root, c, fstree.Progress(), still_unused=judge, reason="test", who=WHO)
+        trashing.move(root, c, tree.Progress(), still_unused=judge, reason="test", who=WHO)
     assert list((mp / ".volagent" / "trash").iterdir()) == []
     assert (mp / "r1-old" / "web").is_dir()
 
@@ -165,7 +164,7 @@ def test_a_service_directory_entry_refuses_only_that_directory(mp: Path, root: i
     with pytest.raises(NamespaceTrashed):
         trashcheck.prepare_path(str(mp), ("r1-mixed", "old", "x"), OWNER, 0o750, None)
     trashcheck.prepare_path(str(mp), ("r1-mixed", "live", "x"), OWNER, 0o750, None)
-    assert gctrash.restore(root, moved.entry, str(mp)).startswith("restored")
+    assert trashing.restore(root, moved.entry, str(mp)).startswith("restored")
     assert (mp / "r1-mixed" / "old").is_dir()
 
 
@@ -175,18 +174,18 @@ def test_restore_puts_it_back_marked_used_and_never_over_a_new_one(mp: Path, roo
     moved = move(root, c)
     assert moved.entry is not None
     (mp / "r1-old").mkdir()  # made again meanwhile (empty: a plain rename would replace it)
-    with pytest.raises(gctrash.TrashError, match="exists again") as refused:
-        gctrash.restore(root, moved.entry, str(mp))
+    with pytest.raises(trashing.TrashError, match="exists again") as refused:
+        trashing.restore(root, moved.entry, str(mp))
     assert f"volagent gc --restore {moved.entry}" in str(refused.value)
     assert (mp / ".volagent" / "trash" / moved.entry / "web" / "file").exists()
     (mp / "r1-old").rmdir()
-    gctrash.restore(root, moved.entry, str(mp))
+    trashing.restore(root, moved.entry, str(mp))
     assert (mp / "r1-old" / "web" / "file").read_bytes() == b"keep"
     assert os.stat(mp / "r1-old").st_mtime >= CUTOFF  # not a candidate again at once
     assert candidates(mp, root) == []
     assert list((mp / ".volagent" / "trash").iterdir()) == []
-    with pytest.raises(gctrash.TrashError, match="no trash entry"):
-        gctrash.restore(root, moved.entry, str(mp))
+    with pytest.raises(trashing.TrashError, match="no trash entry"):
+        trashing.restore(root, moved.entry, str(mp))
 
 
 def test_purge_removes_only_old_entries_nobody_uses(mp: Path, root: int) -> None:
@@ -199,7 +198,7 @@ def test_purge_removes_only_old_entries_nobody_uses(mp: Path, root: int) -> None
         rec = json.loads(path.read_text())
         path.write_text(json.dumps({**rec, "time": NOW - 10 * DAY}))
     record(mp, "r1-b/web", "host-b", time.time() - 60)  # a host still reports it in use
-    results = gctrash.purge(root, NOW - 7 * DAY, str(mp), fstree.Progress())
+    results = trashing.purge(root, NOW - 7 * DAY, str(mp), tree.Progress())
     outcome = {r.entry: r.outcome for r in results}
     assert outcome == {moved["r1-a"]: "purged", moved["r1-b"]: "kept"}
     left = sorted(p.name for p in trash_dir.iterdir())
@@ -214,8 +213,8 @@ def test_purging_entries_cannot_be_restored_and_say_so_to_creates(mp: Path, root
     assert moved.entry is not None
     path = mp / ".volagent" / "trash" / f"{moved.entry}.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "state": "purging"}))
-    with pytest.raises(gctrash.TrashError, match="being purged"):
-        gctrash.restore(root, moved.entry, str(mp))
+    with pytest.raises(trashing.TrashError, match="being purged"):
+        trashing.restore(root, moved.entry, str(mp))
     with pytest.raises(NamespaceTrashed, match="being purged"):
         trashcheck.prepare_path(str(mp), ("r1-old", "web"), OWNER, 0o750, None)
 

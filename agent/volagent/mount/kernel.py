@@ -1,7 +1,7 @@
-"""The few system calls the mount side makes directly: bind mount, lazy unmount, and the
-immutable flag of the directory under the mount point.
+"""The few system calls the mount side makes directly: bind mount, and the immutable flag of
+the directory under the mount point (the lazy unmount runs in a child: see child.py).
 
-All of these block (a lazy unmount of a hung mount may too): call them through a TimedWorker.
+All of these block: call them through a TimedWorker.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import os
 import struct
 
 MS_BIND = 0x1000
-MNT_DETACH = 0x2
-UMOUNT_NOFOLLOW = 0x8
 # _IOR('f', 1, long) and _IOW('f', 2, long); the kernel reads and writes an int through them
 FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
@@ -28,7 +26,6 @@ _libc.mount.argtypes = [
     ctypes.c_ulong,
     ctypes.c_void_p,
 ]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 def _raise_errno(what: str, path: str) -> None:
@@ -40,16 +37,6 @@ def bind_mount(source: str, target: str) -> None:
     """`mount --bind source target`."""
     if _libc.mount(os.fsencode(source), os.fsencode(target), None, MS_BIND, None) != 0:
         _raise_errno(f"bind mount of {source}", target)
-
-
-def lazy_unmount(target: str) -> bool:
-    """`umount -l target`: detaches the mount now, frees it when the last user is gone.
-    False when nothing was mounted there."""
-    if _libc.umount2(os.fsencode(target), MNT_DETACH | UMOUNT_NOFOLLOW) != 0:
-        if ctypes.get_errno() == errno.EINVAL:  # not a mount point (any more)
-            return False
-        _raise_errno("lazy unmount", target)
-    return True
 
 
 def get_flags(fd: int) -> int:

@@ -34,8 +34,7 @@ from volagent.errors import (
     MountError,
     PermanentError,
 )
-from volagent.mount import kernel, shared, table, underlay
-from volagent.mount import remembered as record
+from volagent.mount import child, kernel, remembered, shared, table, underlay
 from volagent.mount.report import Reporter
 from volagent.mount.supervise import Current, Signals, Supervisor
 from volagent.mount.target import Target, local_target
@@ -227,7 +226,8 @@ class MountManager:
         if cfg.mount.type == "local" or self._fallback:
             return None
         return await self._blocking(
-            functools.partial(record.recorded_target, cfg, mp, entry), "reading the mount record"
+            functools.partial(remembered.recorded_target, cfg, mp, entry),
+            "reading the mount record",
         )
 
     async def _is_same(self, cfg: Config, target: Target, entry: table.MountEntry, mp: str) -> bool:
@@ -273,7 +273,7 @@ class MountManager:
         if not target.is_local:
             try:
                 await self._blocking(
-                    functools.partial(record.save, cfg, mp, entry, target), "saving the record"
+                    functools.partial(remembered.save, cfg, mp, entry, target), "saving the record"
                 )
             except (OSError, FilesystemHung) as exc:
                 self._log.warning("mount.record_failed", error=str(exc))
@@ -320,10 +320,12 @@ class MountManager:
             self._signals.remount_requested = False
 
     async def _detach(self, mp: str) -> None:
+        # in a child process: on a dead server the unmount itself may hang for minutes
+        timeout = max(5.0, self.state.config.mount.probe_timeout_s)
         try:
-            await self._blocking(functools.partial(kernel.lazy_unmount, mp), "lazy unmount")
+            await child.lazy_unmount(mp, timeout)
             self._log.info("mount.detached", mount_point=mp)
-        except (OSError, FilesystemHung) as exc:
+        except (OSError, child.ChildHung) as exc:
             self._log.error("mount.detach_failed", mount_point=mp, error=str(exc))
 
 

@@ -8,16 +8,14 @@ mount.efs leave daemons behind (stunnel, the watchdog) that would hold a pipe op
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
-import signal
-import tempfile
 
 from volagent.aws import discovery
 from volagent.aws.discovery import Found, Resolver
 from volagent.config import Config
 from volagent.errors import DiscoveryError, MountError
+from volagent.mount import child
 from volagent.mount.target import Target
 
 EFS_HELPER = "mount.efs"
@@ -120,37 +118,17 @@ async def run_mount_program(
 ) -> None:
     """Runs the mount program; raises MountError with its output when it fails."""
     argv = mount_argv(cfg, target, mount_point)
-    with tempfile.TemporaryFile() as out:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise MountError(
-                f"cannot run the mount program {argv[0]!r}: {exc.strerror}; fix: install "
-                "nfs-common (or amazon-efs-utils for type efs), or set [mount] mount_program"
-            ) from None
-        try:
-            async with asyncio.timeout(timeout):
-                await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            # a mount stuck in the kernel may not even die: do not wait for it long
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await proc.wait()
-            raise MountError(
-                f"{' '.join(argv)} did not finish within {timeout:g}s and was killed"
-            ) from None
-        out.seek(0)
-        output = out.read(8192).decode("utf-8", "replace").strip()
-    if proc.returncode != 0:
-        raise MountError(f"{' '.join(argv)} failed (exit {proc.returncode}): {_hint(output)}")
+    try:
+        done = await child.run(argv, timeout)
+    except OSError as exc:
+        raise MountError(
+            f"cannot run the mount program {argv[0]!r}: {exc.strerror}; fix: install "
+            "nfs-common (or amazon-efs-utils for type efs), or set [mount] mount_program"
+        ) from None
+    except child.ChildHung as exc:
+        raise MountError(str(exc)) from None
+    if done.returncode != 0:
+        raise MountError(f"{' '.join(argv)} failed (exit {done.returncode}): {_hint(done.output)}")
 
 
 def _hint(output: str) -> str:

@@ -15,20 +15,19 @@ import sys
 
 from volagent.aws.discovery import resolve_host
 from volagent.config import Config
-from volagent.ops.doctor import aws_checks as doctor_aws
-from volagent.ops.doctor import host_checks as doctor_host
+from volagent.ops.doctor import aws_checks, host_checks
 from volagent.ops.doctor.result import CheckResult, report
 
 
-def run_checks(cfg: Config, resolve: doctor_aws.Resolver = resolve_host) -> list[CheckResult]:
+def run_checks(cfg: Config, resolve: aws_checks.Resolver = resolve_host) -> list[CheckResult]:
     """Every check, in order; `resolve` looks names up (the system resolver by default)."""
-    family = doctor_host.distro_family()
+    family = host_checks.distro_family()
     results = [
-        doctor_host.check_nfs_client(cfg, family),
-        doctor_host.check_efs_utils(cfg, family),
+        host_checks.check_nfs_client(cfg, family),
+        host_checks.check_efs_utils(cfg, family),
     ]
-    results += doctor_aws.run_checks(cfg, resolve)
-    results += [doctor_host.check_docker(cfg), doctor_host.check_guard(cfg)]
+    results += aws_checks.run_checks(cfg, resolve)
+    results += [host_checks.check_docker(cfg), host_checks.check_guard(cfg)]
     return results
 
 

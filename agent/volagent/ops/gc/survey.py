@@ -18,7 +18,7 @@ from typing import Any
 
 from volagent import safedir
 from volagent.errors import RecordError
-from volagent.ops.gc import tree as fstree
+from volagent.ops.gc import tree
 from volagent.rack import records
 from volagent.rack.heartbeat import rack_view, read_heartbeats_at
 from volagent.rack.usage import MOUNT_ROOT, REFRESH_S, Key
@@ -131,7 +131,7 @@ def survey(
     cutoff: float,
     local: set[Key],
     stale_after_s: float,
-    progress: fstree.Progress,
+    progress: tree.Progress,
 ) -> Survey:
     """Every namespace under the mount point judged; candidates sized."""
     mp = mount_point.rstrip("/")
@@ -181,7 +181,7 @@ def _judge_namespace(
     shown: str,
     usage: Usage,
     local: set[Key],
-    progress: fstree.Progress,
+    progress: tree.Progress,
 ) -> None:
     cutoff = result.cutoff
     ns_mtime = os.fstat(ns_fd).st_mtime
@@ -212,11 +212,11 @@ def _judge_namespace(
         last, host = max(records_of_ns, default=(None, ""))
         mtime = max([ns_mtime, *(c.mtime for c in unused)])
         whole = Candidate(ns, None, shown, last, host, mtime)
-        whole.size = fstree.tree_size(root_fd, ns, progress)
+        whole.size = tree.tree_size(root_fd, ns, progress)
         result.candidates.append(whole)
         return
     for c in unused:
-        c.size = fstree.tree_size(ns_fd, str(c.directory), progress)
+        c.size = tree.tree_size(ns_fd, str(c.directory), progress)
         result.candidates.append(c)
 
 
@@ -254,7 +254,7 @@ def still_unused(root_fd: int, c: Candidate, cutoff: float, local: set[Key]) -> 
     return stat.S_ISDIR(st.st_mode) and st.st_mtime < cutoff
 
 
-def prune_old_records(root_fd: int, cutoff: float, progress: fstree.Progress) -> int:
+def prune_old_records(root_fd: int, cutoff: float, progress: tree.Progress) -> int:
     """Removes usage records and heartbeats older than the window (they can keep nothing
     any more), and the record directories left empty; how many records went."""
     removed = 0
@@ -293,7 +293,7 @@ def prune_old_records(root_fd: int, cutoff: float, progress: fstree.Progress) ->
     return removed
 
 
-def _prune_dir(dir_fd: int, cutoff: float, progress: fstree.Progress) -> int:
+def _prune_dir(dir_fd: int, cutoff: float, progress: tree.Progress) -> int:
     removed = 0
     for name, rec in list(records.read_records(dir_fd)):
         progress.tick()

@@ -33,7 +33,7 @@ from typing import Any
 
 from volagent import log, safedir
 from volagent.errors import VolagentError
-from volagent.ops.gc import tree as fstree
+from volagent.ops.gc import tree
 from volagent.ops.gc.survey import LIVE_S, Candidate, collect_usage
 from volagent.rack import records, trash
 from volagent.rack.usage import MOUNT_ROOT
@@ -72,7 +72,7 @@ class Moved:
 def move(
     root_fd: int,
     c: Candidate,
-    progress: fstree.Progress,
+    progress: tree.Progress,
     *,
     still_unused: Callable[[], bool],
     reason: str,
@@ -245,7 +245,7 @@ class Purged:
     detail: str = ""
 
 
-def purge(root_fd: int, cutoff: float, mount_point: str, progress: fstree.Progress) -> list[Purged]:
+def purge(root_fd: int, cutoff: float, mount_point: str, progress: tree.Progress) -> list[Purged]:
     """Removes every entry moved into the trash before `cutoff`, unless a host still reports
     its path in use."""
     mp = mount_point.rstrip("/")
@@ -275,7 +275,7 @@ def purge(root_fd: int, cutoff: float, mount_point: str, progress: fstree.Progre
                 trash.write(trash_fd, held, record)
                 bound.info("gc_purge_started", path=f"{mp}/{held.relative}")
                 shown = f"{mp}/{records.AGENT_DIR}/{trash.TRASH_DIR}/{held.name}"
-                removal = fstree.remove_tree(trash_fd, held.name, dev, shown, progress)
+                removal = tree.remove_tree(trash_fd, held.name, dev, shown, progress)
                 if not removal.complete:
                     bound.error("gc_purge_partly", problems=removal.problems[:5])
                     out.append(Purged(held.name, "partly", "; ".join(removal.problems[:5])))

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from volagent.state import AgentState, VolumeRecord
+from volagent.volumes.namespace import Identity
 from volagent.volumes.preparer import ContainerSpec
 
 MAX_PENDING = 512
@@ -25,6 +26,7 @@ class AllowedCreate:
 
     spec: ContainerSpec
     volumes: list[VolumeRecord]
+    identity: Identity | None = None  # None: nothing of it was on the shared filesystem
 
 
 def _request_key(uri: str, body: bytes) -> bytes:

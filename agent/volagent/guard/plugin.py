@@ -148,7 +148,8 @@ class Guard:
         container_id = created_id(answered)
         if allowed is not None and container_id:
             self.log.debug("guard_learned", container=container_id[:12], name=allowed.spec.name)
-            self.preparer.adopt(dataclasses.replace(allowed.spec, id=container_id), allowed.volumes)
+            spec = dataclasses.replace(allowed.spec, id=container_id)
+            self.preparer.adopt(spec, allowed.volumes, allowed.identity)
         return self._allow
 
     async def _on_request(self, raw: bytes) -> Response:
@@ -288,12 +289,14 @@ class Guard:
             denial = self._unhealthy(who, [v.host for v in outcome.volumes])
             if denial:
                 return denial
-            self.pending.allowed(uri, body, AllowedCreate(spec, outcome.volumes))
+            self.pending.allowed(uri, body, AllowedCreate(spec, outcome.volumes, outcome.identity))
             return None
         prepared = await self._prepare(spec, outcome)
         denial = self._judge_prepared(who, prepared, "create")
         if denial is None:
-            self.pending.allowed(uri, body, AllowedCreate(spec, prepared.volumes))
+            self.pending.allowed(
+                uri, body, AllowedCreate(spec, prepared.volumes, prepared.identity)
+            )
         return denial
 
     async def _judge_inherited(self, who: str, create: CreateRequest) -> str | None:

@@ -296,12 +296,18 @@ class Preparer:
             self._track(spec, ident, outcome.volumes)
         return outcome
 
-    def adopt(self, spec: ContainerSpec, volumes: list[VolumeRecord]) -> None:
+    def adopt(
+        self,
+        spec: ContainerSpec,
+        volumes: list[VolumeRecord],
+        identity: namespace.Identity | None = None,
+    ) -> None:
         """A container the guard prepared, now that Docker named it: recorded as the guard
-        left it, so the Docker watch's look at its create event finds the volumes settled
-        and does not walk them again."""
+        left it (with the identity it was judged under), so the Docker watch's look at its
+        create event finds the volumes settled and does not walk them again."""
         if spec.id and spec.id not in self.state.containers:
-            self._track(spec, namespace.identify(self.state.config, spec.labels, spec.env), volumes)
+            ident = identity or namespace.identify(self.state.config, spec.labels, spec.env)
+            self._track(spec, ident, volumes)
 
     def _track(
         self, spec: ContainerSpec, ident: namespace.Identity, volumes: list[VolumeRecord]

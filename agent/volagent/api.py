@@ -7,7 +7,7 @@ only, judged by the peer credentials of the Unix socket. Over TCP (`[api] metric
 for node scraping) only `/metrics` and `/v1/health` are served.
 
 The socket shares the event loop with the start guard; `server()` gives it the limits that
-keep any one client from holding it (see http_limits, and README "Security model").
+keep any one client from holding it (see httpserver.limits, and README "Security model").
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 from volagent import log
 from volagent.errors import VolagentError
-from volagent.http import HttpServer, Request, Response, error_response, json_response
-from volagent.http_limits import PeerLimits
+from volagent.httpserver import HttpServer, Request, Response, error_response, json_response
+from volagent.httpserver.limits import PeerLimits
 from volagent.state import AgentState
 from volagent.status_cache import StatusCache
 

@@ -26,7 +26,7 @@ from volagent.docker_watch import DockerWatch
 from volagent.errors import ConfigError
 from volagent.guard import Guard
 from volagent.heartbeat import Heartbeat
-from volagent.http import HttpServer
+from volagent.httpserver import HttpServer
 from volagent.mount import MountManager
 from volagent.preparer import Preparer
 from volagent.rack_binds import RackBinds

@@ -54,7 +54,7 @@ from volagent.guard_protocol import (
     parse_volume_body,
     route,
 )
-from volagent.http import HttpServer, Request, Response
+from volagent.httpserver import HttpServer, Request, Response
 from volagent.namespace import Bind
 from volagent.preparer import ContainerSpec, Outcome, Preparer
 from volagent.state import AgentState, VolumeRecord

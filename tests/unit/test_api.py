@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from volagent.api import PROMETHEUS_CONTENT_TYPE, StatusApi
 from volagent.config import Config
 from volagent.errors import TemporaryError
-from volagent.http import Request, Response
+from volagent.httpserver import Request, Response
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 
 

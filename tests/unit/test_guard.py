@@ -18,7 +18,7 @@ import pytest
 
 from volagent.config import from_dict
 from volagent.guard import Guard
-from volagent.http import Request, Response
+from volagent.httpserver import Request, Response
 from volagent.preparer import ContainerSpec, Preparer
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker

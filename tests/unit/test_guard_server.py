@@ -18,7 +18,7 @@ import pytest
 
 from volagent.config import from_dict
 from volagent.guard import Guard
-from volagent.http import HttpServer
+from volagent.httpserver import HttpServer
 from volagent.preparer import Preparer
 from volagent.state import AgentState
 from volagent.worker import TimedWorker

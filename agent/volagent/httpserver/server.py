@@ -25,8 +25,14 @@ from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote
 
 from volagent import log
-from volagent.http_limits import BudgetExceeded, ByteBudget, ConnectionLedger, PeerLimits, Turnstile
-from volagent.http_listener import Listener
+from volagent.httpserver.limits import (
+    BudgetExceeded,
+    ByteBudget,
+    ConnectionLedger,
+    PeerLimits,
+    Turnstile,
+)
+from volagent.httpserver.listener import Listener
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token, ASCII only
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -109,7 +115,7 @@ class HttpServer:
     `Connection: close`) or hangs up: closing one from this side races with the client
     sending on it.
 
-    `peer_limits` shares the server out among its clients (see http_limits): connections
+    `peer_limits` shares the server out among its clients (see httpserver.limits): connections
     per uid with slots kept for root, requests sent ahead of their answers, request bytes
     held in memory, and one request started per turn of the event loop within a share of
     the loop's time, so that a server sharing the loop with this one never waits behind

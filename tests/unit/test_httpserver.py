@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from volagent.http import (
+from volagent.httpserver import (
     BadRequest,
     HttpServer,
     Request,
@@ -20,7 +20,7 @@ from volagent.http import (
     json_response,
     parse_head,
 )
-from volagent.http_limits import PeerLimits
+from volagent.httpserver.limits import PeerLimits
 
 Seen = list[Request]
 

@@ -161,7 +161,7 @@ def test_stop_answers_the_request_in_progress(served: Served) -> None:
         asker = threading.Thread(target=ask)
         asker.start()
         # the stop begins while the request is being decided
-        while not served.server._busy:
+        while not served.server.busy:
             threading.Event().wait(0.01)
         served.call(served.server.close(grace=10))
         asker.join(30)

@@ -207,7 +207,7 @@ def test_connection_cap_answers_503(tmp_path: Path) -> None:
     async def body(server: HttpServer, path: str, seen: Seen) -> None:
         held = [await asyncio.open_unix_connection(path) for _ in range(2)]
         for _ in range(100):  # both held connections must be registered first
-            if len(server._connections) == 2:
+            if len(server.connections) == 2:
                 break
             await asyncio.sleep(0.05)
         raw = await _exchange(path, b"GET /x HTTP/1.1\r\n\r\n")
@@ -363,10 +363,10 @@ def test_work_stops_for_a_client_that_has_gone(tmp_path: Path) -> None:
             s.connect(path)
             s.sendall(_pipelined(100))
         for _ in range(200):
-            if seen and not server._connections:
+            if seen and not server.connections:
                 break
             await asyncio.sleep(0.02)
-        assert not server._connections
+        assert not server.connections
 
     seen = _serve(tmp_path, body, peer_limits=PeerLimits(max_pipelined=1000))
     assert [r.path for r in seen] == ["/p0"]
@@ -382,10 +382,10 @@ def test_partial_bodies_share_one_memory_budget(tmp_path: Path) -> None:
             writer.write(half)
             held.append((reader, writer))
             for _ in range(200):  # until the server holds what was sent
-                if server._budget.used >= expected * (50000 - 1024):
+                if server.budget.used >= expected * (50000 - 1024):
                     break
                 await asyncio.sleep(0.02)
-        assert server._budget.used >= 2 * (50000 - 1024)
+        assert server.budget.used >= 2 * (50000 - 1024)
         raw = await _exchange(path, half)
         assert _status(raw) == 503
         assert b"unfinished request data" in raw
@@ -394,10 +394,10 @@ def test_partial_bodies_share_one_memory_budget(tmp_path: Path) -> None:
         for reader, _ in held:
             assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
         for _ in range(200):
-            if server._budget.used == 0:
+            if server.budget.used == 0:
                 break
             await asyncio.sleep(0.02)
-        assert server._budget.used == 0
+        assert server.budget.used == 0
         for _, writer in held:
             writer.close()
 
@@ -410,7 +410,7 @@ def test_a_refused_connection_is_told_why(tmp_path: Path) -> None:
     async def body(server: HttpServer, path: str, seen: Seen) -> None:
         held = await asyncio.open_unix_connection(path)
         for _ in range(100):
-            if server._connections:
+            if server.connections:
                 break
             await asyncio.sleep(0.02)
 

@@ -146,7 +146,9 @@ class StatusApi:
         if self.hosts is None:
             return [], "the rack view is not available in this agent"
         try:
-            return list(await asyncio.wait_for(self.hosts(), HOSTS_TIMEOUT_S)), None
+            async with asyncio.timeout(HOSTS_TIMEOUT_S):
+                hosts = await self.hosts()
+            return list(hosts), None
         except TimeoutError:
             return [], f"the hosts list did not come within {HOSTS_TIMEOUT_S:g} s"
         except Exception as exc:  # a broken rack view must not break the status answer

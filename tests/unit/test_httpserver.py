@@ -190,6 +190,65 @@ def test_slow_client_gets_408_while_others_are_served(tmp_path: Path) -> None:
     assert [r.path for r in seen] == ["/fast"]
 
 
+def test_a_client_that_reads_no_answer_is_let_go_after_the_write_timeout(tmp_path: Path) -> None:
+    big = Response(200, b"x" * (8 << 20))
+
+    async def main() -> None:
+        server = HttpServer("test", lambda req: big, write_timeout=0.3)
+        path = str(tmp_path / "api.sock")
+        await server.start_unix(path, mode=0o600)
+        try:
+            _, writer = await asyncio.open_unix_connection(path)
+            writer.write(_pipelined(2))  # and reads nothing
+            for _ in range(100):
+                if server.connections:
+                    break
+                await asyncio.sleep(0.02)
+            assert server.connections
+            for _ in range(250):
+                if not server.connections:
+                    break
+                await asyncio.sleep(0.02)
+            assert not server.connections
+            assert server.budget.used == 0
+            writer.close()
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_handler_may_answer_at_once_or_later(tmp_path: Path) -> None:
+    seen: Seen = []
+
+    def handle(req: Request) -> Response | Awaitable[Response]:
+        seen.append(req)
+        if req.path == "/later":
+
+            async def later() -> Response:
+                await asyncio.sleep(0.01)
+                return json_response(200, {"when": "later"})
+
+            return later()
+        return json_response(200, {"when": "now"})
+
+    async def main() -> None:
+        server = HttpServer("test", handle)
+        path = str(tmp_path / "api.sock")
+        await server.start_unix(path, mode=0o600)
+        try:
+            raw = await _exchange(
+                path, b"GET /later HTTP/1.1\r\n\r\nGET /now HTTP/1.1\r\n\r\n", eof=True
+            )
+        finally:
+            await server.close()
+        # answers go out in the order of the requests
+        assert raw.index(b'"later"') < raw.index(b'"now"')
+
+    asyncio.run(main())
+    assert [r.path for r in seen] == ["/later", "/now"]
+
+
 def test_handler_exception_is_a_500_and_serving_goes_on(tmp_path: Path) -> None:
     async def body(server: HttpServer, path: str, seen: Seen) -> None:
         raw = await _exchange(

@@ -139,7 +139,9 @@ class RequestParser:
         path, _, qs = target.partition("?")
         query = dict(parse_qsl(qs, keep_blank_values=True)) if qs else {}
         keep_alive = _wants_keep_alive(version, headers.get("connection", ""))
-        request = Request(method, unquote(path), query, headers, keep_alive=keep_alive)
+        if "%" in path:
+            path = unquote(path)
+        request = Request(method, path, query, headers, keep_alive=keep_alive)
         te = headers.get("transfer-encoding")
         cl = headers.get("content-length")
         if te is not None and cl is not None:
@@ -291,8 +293,26 @@ def encode_response(resp: Response, close: bool) -> bytes:
     return encode_head(resp, close) + resp.body
 
 
+# heads of answers without header fields of their own, by what decides them: a server gives
+# few different answers (the start guard's "allow" to nearly every call)
+_HEADS: dict[tuple[int, str, int, bool], bytes] = {}
+_HEADS_MAX = 256
+
+
 def encode_head(resp: Response, close: bool) -> bytes:
     """The status line and header fields of `resp`, up to the blank line."""
+    if resp.headers:
+        return _encode_head(resp, close)
+    key = (resp.status, resp.content_type, len(resp.body), close)
+    head = _HEADS.get(key)
+    if head is None:
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        head = _HEADS[key] = _encode_head(resp, close)
+    return head
+
+
+def _encode_head(resp: Response, close: bool) -> bytes:
     lines = [f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'Unknown')}"]
     if resp.status not in (204, 304):
         lines.append(f"Content-Type: {resp.content_type}")

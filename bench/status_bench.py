@@ -25,7 +25,7 @@ from bench.stats import percentile
 from volagent.api import client
 from volagent.api.server import StatusApi
 from volagent.config import Config
-from volagent.http import HttpServer
+from volagent.httpserver import HttpServer
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 
 CONTAINERS = 500

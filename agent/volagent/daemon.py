@@ -24,7 +24,7 @@ from volagent.config import Config
 from volagent.config_watch import ConfigWatch
 from volagent.errors import ConfigError
 from volagent.guard.plugin import Guard
-from volagent.http import HttpServer
+from volagent.httpserver import HttpServer
 from volagent.mount import MountManager
 from volagent.rack.binds import RackBinds
 from volagent.rack.heartbeat import Heartbeat

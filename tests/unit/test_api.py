@@ -6,12 +6,14 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from volagent.api import server as api_module
 from volagent.api.server import PROMETHEUS_CONTENT_TYPE, StatusApi
 from volagent.config import Config
 from volagent.errors import TemporaryError
-from volagent.http import Request, Response
+from volagent.httpserver import Request, Response
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 
 
@@ -91,6 +93,26 @@ def test_rack_view_failures_do_not_break_status() -> None:
     doc = json.loads(_call(_api(_state()), "GET", "/v1/status", query={"rack": "1"}).body)
     assert doc["hosts"] == []
     assert doc["hosts_error"]
+
+
+def test_hosts_that_do_not_come_in_time_are_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_module, "HOSTS_TIMEOUT_S", 0.05)
+    ended: list[str] = []
+
+    async def slow() -> list[dict[str, Any]]:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
+        return []
+
+    doc = json.loads(
+        _call(_api(_state(), hosts=slow), "GET", "/v1/status", query={"rack": "1"}).body
+    )
+    assert doc["hosts"] == []
+    assert "did not come within 0.05 s" in doc["hosts_error"]
+    assert ended == ["cancelled"]
 
 
 def test_metrics_is_prometheus_text() -> None:

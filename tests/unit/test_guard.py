@@ -18,7 +18,7 @@ import pytest
 
 from volagent.config import from_dict
 from volagent.guard.plugin import Guard
-from volagent.http import Request, Response
+from volagent.httpserver import Request, Response
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.volumes.preparer import ContainerSpec, Preparer
 from volagent.worker import TimedWorker

@@ -18,7 +18,7 @@ import pytest
 
 from volagent.config import from_dict
 from volagent.guard.plugin import Guard
-from volagent.http import HttpServer
+from volagent.httpserver import HttpServer
 from volagent.state import AgentState
 from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
@@ -161,7 +161,7 @@ def test_stop_answers_the_request_in_progress(served: Served) -> None:
         asker = threading.Thread(target=ask)
         asker.start()
         # the stop begins while the request is being decided
-        while not served.server._busy:
+        while not served.server.busy:
             threading.Event().wait(0.01)
         served.call(served.server.close(grace=10))
         asker.join(30)

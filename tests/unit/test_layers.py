@@ -18,7 +18,7 @@ LAYERS: list[list[list[str]]] = [
     [["volagent.systemd", "volagent.socket_access"]],
     [["volagent.config", "volagent.worker", "volagent.config_watch"]],
     [["volagent.state"]],
-    [["volagent.http", "volagent.http_limits", "volagent.http_listener", "volagent.httpserver"]],
+    [["volagent.httpserver"]],
     [["volagent.aws"]],
     [["volagent.mount"]],
     [["volagent.rack"]],

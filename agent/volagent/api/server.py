@@ -7,7 +7,7 @@ only, judged by the peer credentials of the Unix socket. Over TCP (`[api] metric
 for node scraping) only `/metrics` and `/v1/health` are served.
 
 The socket shares the event loop with the start guard; `server()` gives it the limits that
-keep any one client from holding it (see http_limits, and README "Security model").
+keep any one client from holding it (see httpserver.limits, and README "Security model").
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 from volagent import log
 from volagent.api.status_cache import StatusCache
 from volagent.errors import VolagentError
-from volagent.http import HttpServer, Request, Response, error_response, json_response
-from volagent.http_limits import PeerLimits
+from volagent.httpserver import HttpServer, Request, Response, error_response, json_response
+from volagent.httpserver.limits import PeerLimits
 from volagent.state import AgentState
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -146,7 +146,9 @@ class StatusApi:
         if self.hosts is None:
             return [], "the rack view is not available in this agent"
         try:
-            return list(await asyncio.wait_for(self.hosts(), HOSTS_TIMEOUT_S)), None
+            async with asyncio.timeout(HOSTS_TIMEOUT_S):
+                hosts = await self.hosts()
+            return list(hosts), None
         except TimeoutError:
             return [], f"the hosts list did not come within {HOSTS_TIMEOUT_S:g} s"
         except Exception as exc:  # a broken rack view must not break the status answer

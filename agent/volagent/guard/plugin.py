@@ -54,7 +54,7 @@ from volagent.guard.protocol import (
     parse_volume_body,
     route,
 )
-from volagent.http import HttpServer, Request, Response
+from volagent.httpserver import HttpServer, Request, Response
 from volagent.rack import quotas
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.volumes.namespace import Bind
@@ -99,7 +99,7 @@ class Guard:
     def server(self) -> HttpServer:
         return HttpServer(
             "guard",
-            self.handle,
+            self.answer,
             max_body=MAX_PLUGIN_BODY,
             idle_timeout=IDLE_TIMEOUT_S,
             max_connections=MAX_CONNECTIONS,
@@ -107,7 +107,10 @@ class Guard:
         )
 
     # --- HTTP ---------------------------------------------------------------------------
-    async def handle(self, req: Request) -> Response:
+    def answer(self, req: Request) -> Response | Awaitable[Response]:
+        """The server's handler: the answer at once for every call the guard need not judge
+        (nearly every Docker API call: no task, no turn of the event loop), else an
+        awaitable of it."""
         if req.path == "/AuthZPlugin.AuthZRes":
             return self._on_response(req)
         if req.path == "/AuthZPlugin.AuthZReq":
@@ -115,10 +118,13 @@ class Guard:
                 return self._error(405, "use POST")
             if req.peer_uid not in (None, 0):
                 return self._error(403, "only root (dockerd) may ask the start guard")
-            return await self._on_request(req.body)
+            return self._request_answer(req.body)
         if req.path == "/Plugin.Activate":
             return Response(200, ACTIVATE_BODY, PLUGIN_CONTENT_TYPE)
         return self._error(404, f"no such plugin endpoint {req.path}")
+
+    async def handle(self, req: Request) -> Response:
+        return await _awaited(self.answer(req))
 
     def _error(self, status: int, message: str) -> Response:
         return Response(status, error_body(message), PLUGIN_CONTENT_TYPE)
@@ -153,6 +159,10 @@ class Guard:
         return self._allow
 
     async def _on_request(self, raw: bytes) -> Response:
+        return await _awaited(self._request_answer(raw))
+
+    def _request_answer(self, raw: bytes) -> Response | Awaitable[Response]:
+        """AuthZReq: allowed at once when the call is none the guard judges."""
         started = time.perf_counter()
         try:
             authz = parse_authz_request(raw)
@@ -166,6 +176,9 @@ class Guard:
             _ = authz.body  # decoded here, so a body that is not base64 is a 400, not a bug
         except PluginRequestError as exc:
             return self._error(400, str(exc))
+        return self._judge(authz, where, started)
+
+    async def _judge(self, authz: AuthzRequest, where: Route, started: float) -> Response:
         try:
             await self._await_mount_state()
             if where.kind == "create":
@@ -466,3 +479,7 @@ class Guard:
         if self.state.config.guard.when_unhealthy != "deny":
             return None
         return messages.unhealthy(self.state.mount, who, hosts, action)
+
+
+async def _awaited(answer: Response | Awaitable[Response]) -> Response:
+    return answer if isinstance(answer, Response) else await answer

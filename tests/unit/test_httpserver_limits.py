@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from volagent.http_limits import (
+from volagent.httpserver.limits import (
     BudgetExceeded,
     ByteBudget,
     ConnectionLedger,

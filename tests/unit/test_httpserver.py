@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from volagent.http import (
+from volagent.httpserver import (
     BadRequest,
     HttpServer,
     Request,
@@ -20,7 +20,7 @@ from volagent.http import (
     json_response,
     parse_head,
 )
-from volagent.http_limits import PeerLimits
+from volagent.httpserver.limits import PeerLimits
 
 Seen = list[Request]
 
@@ -190,6 +190,65 @@ def test_slow_client_gets_408_while_others_are_served(tmp_path: Path) -> None:
     assert [r.path for r in seen] == ["/fast"]
 
 
+def test_a_client_that_reads_no_answer_is_let_go_after_the_write_timeout(tmp_path: Path) -> None:
+    big = Response(200, b"x" * (8 << 20))
+
+    async def main() -> None:
+        server = HttpServer("test", lambda req: big, write_timeout=0.3)
+        path = str(tmp_path / "api.sock")
+        await server.start_unix(path, mode=0o600)
+        try:
+            _, writer = await asyncio.open_unix_connection(path)
+            writer.write(_pipelined(2))  # and reads nothing
+            for _ in range(100):
+                if server.connections:
+                    break
+                await asyncio.sleep(0.02)
+            assert server.connections
+            for _ in range(250):
+                if not server.connections:
+                    break
+                await asyncio.sleep(0.02)
+            assert not server.connections
+            assert server.budget.used == 0
+            writer.close()
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_handler_may_answer_at_once_or_later(tmp_path: Path) -> None:
+    seen: Seen = []
+
+    def handle(req: Request) -> Response | Awaitable[Response]:
+        seen.append(req)
+        if req.path == "/later":
+
+            async def later() -> Response:
+                await asyncio.sleep(0.01)
+                return json_response(200, {"when": "later"})
+
+            return later()
+        return json_response(200, {"when": "now"})
+
+    async def main() -> None:
+        server = HttpServer("test", handle)
+        path = str(tmp_path / "api.sock")
+        await server.start_unix(path, mode=0o600)
+        try:
+            raw = await _exchange(
+                path, b"GET /later HTTP/1.1\r\n\r\nGET /now HTTP/1.1\r\n\r\n", eof=True
+            )
+        finally:
+            await server.close()
+        # answers go out in the order of the requests
+        assert raw.index(b'"later"') < raw.index(b'"now"')
+
+    asyncio.run(main())
+    assert [r.path for r in seen] == ["/later", "/now"]
+
+
 def test_handler_exception_is_a_500_and_serving_goes_on(tmp_path: Path) -> None:
     async def body(server: HttpServer, path: str, seen: Seen) -> None:
         raw = await _exchange(
@@ -207,7 +266,7 @@ def test_connection_cap_answers_503(tmp_path: Path) -> None:
     async def body(server: HttpServer, path: str, seen: Seen) -> None:
         held = [await asyncio.open_unix_connection(path) for _ in range(2)]
         for _ in range(100):  # both held connections must be registered first
-            if len(server._connections) == 2:
+            if len(server.connections) == 2:
                 break
             await asyncio.sleep(0.05)
         raw = await _exchange(path, b"GET /x HTTP/1.1\r\n\r\n")
@@ -363,10 +422,10 @@ def test_work_stops_for_a_client_that_has_gone(tmp_path: Path) -> None:
             s.connect(path)
             s.sendall(_pipelined(100))
         for _ in range(200):
-            if seen and not server._connections:
+            if seen and not server.connections:
                 break
             await asyncio.sleep(0.02)
-        assert not server._connections
+        assert not server.connections
 
     seen = _serve(tmp_path, body, peer_limits=PeerLimits(max_pipelined=1000))
     assert [r.path for r in seen] == ["/p0"]
@@ -382,10 +441,10 @@ def test_partial_bodies_share_one_memory_budget(tmp_path: Path) -> None:
             writer.write(half)
             held.append((reader, writer))
             for _ in range(200):  # until the server holds what was sent
-                if server._budget.used >= expected * (50000 - 1024):
+                if server.budget.used >= expected * (50000 - 1024):
                     break
                 await asyncio.sleep(0.02)
-        assert server._budget.used >= 2 * (50000 - 1024)
+        assert server.budget.used >= 2 * (50000 - 1024)
         raw = await _exchange(path, half)
         assert _status(raw) == 503
         assert b"unfinished request data" in raw
@@ -394,10 +453,10 @@ def test_partial_bodies_share_one_memory_budget(tmp_path: Path) -> None:
         for reader, _ in held:
             assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
         for _ in range(200):
-            if server._budget.used == 0:
+            if server.budget.used == 0:
                 break
             await asyncio.sleep(0.02)
-        assert server._budget.used == 0
+        assert server.budget.used == 0
         for _, writer in held:
             writer.close()
 
@@ -410,7 +469,7 @@ def test_a_refused_connection_is_told_why(tmp_path: Path) -> None:
     async def body(server: HttpServer, path: str, seen: Seen) -> None:
         held = await asyncio.open_unix_connection(path)
         for _ in range(100):
-            if server._connections:
+            if server.connections:
                 break
             await asyncio.sleep(0.02)
 

@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from volagent.http_limits import Turnstile
+from volagent.httpserver.limits import Turnstile
 
 
 class Listener:

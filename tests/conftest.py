@@ -1,5 +1,5 @@
-"""Suite-wide settings: a safe environment, hypothesis without wall-clock deadlines, and the
-root requirement of tests marked `docker` or `mount`."""
+"""Suite-wide settings: a safe environment, hypothesis without wall-clock deadlines, the
+root requirement of tests marked `docker` or `mount`, and the test bed's shared fixtures."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import os
 
 import hypothesis
 import pytest
+
+# Fixtures shared by the test trees live with the test bed they start (tests/testbed/);
+# tests ask for them by name.
+pytest_plugins = ["tests.testbed.aws"]
 
 # No test may reach real AWS or a developer's own volagent: AWS goes to loopback with fake
 # credentials, boto3 never looks for instance metadata by itself, and no inherited variable

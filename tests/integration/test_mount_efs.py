@@ -15,24 +15,14 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.integration.aws_fixtures import (
-    OTHER_ZONE,
-    EfsWorld,
-    Imds,
-    NfsPorts,
-    efs_world,
-    imds,
-    moto_url,
-    nfs_ports,
-    standin_resolver,
-)
-from tests.integration.efs_standin import Scratch, eventually, running_manager, scratch_area, sh
-from tests.integration.efs_standin import run as run_async
+from tests.testbed.aws import OTHER_ZONE, EfsWorld, Imds, NfsPorts, standin_resolver
+from tests.testbed.efs_standin import Scratch, running_manager, scratch_area, sh
+from tests.testbed.efs_standin import run as run_async
+from tests.testbed.waiting import eventually
 from volagent.config import DEFAULT_NFS_OPTIONS, Config
 from volagent.mount import find_mount, kernel
 
 pytestmark = pytest.mark.mount
-_FIXTURES = (efs_world, imds, moto_url, nfs_ports)  # used by name below
 TAG = "convox:rack=myrack"
 
 

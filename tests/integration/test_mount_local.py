@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.efs_standin import (
+from tests.testbed.efs_standin import (
     Scratch,
-    eventually,
     running_manager,
     scratch_area,
     sh,
 )
-from tests.integration.efs_standin import run as run_async
+from tests.testbed.efs_standin import run as run_async
+from tests.testbed.waiting import eventually
 from volagent.mount import find_mount, kernel
 
 pytestmark = pytest.mark.mount

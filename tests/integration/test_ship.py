@@ -19,7 +19,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.testbed import Dockerd
+from tests.testbed import Dockerd
 from volagent import __version__
 
 ROOT = Path(__file__).resolve().parents[2]

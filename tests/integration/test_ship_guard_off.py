@@ -23,8 +23,8 @@ import docker
 import pytest
 import requests
 
-from tests.integration.testbed import Dockerd
-from tests.integration.testbed.agent import AgentProcess
+from tests.testbed import Dockerd
+from tests.testbed.agent import AgentProcess
 
 PLUGIN_DIR = Path("/run/docker/plugins")  # where dockerd looks a plugin up by name
 README = Path(__file__).resolve().parents[2] / "README.md"

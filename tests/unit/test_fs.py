@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.disk import owner_mode, tree
+from tests.testbed.disk import owner_mode, tree
 
 from volagent.config import Owner
 from volagent.errors import MountUnhealthy, NamespaceViolation

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit import factories
+from tests.unit.guard_requests import LABELS, ask, create, create_body, decision, plugin_body
 
-from volagent.config import from_dict
 from volagent.guard.plugin import Guard
 from volagent.http import Request, Response
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
@@ -25,24 +26,15 @@ from volagent.worker import TimedWorker
 
 pytestmark = [pytest.mark.mount]  # chown to other users needs root
 
-LABELS = {"convox.app": "a", "convox.service": "web", "volagent.owner": "33:33"}
 CID = "f" * 64
 
 
 def make_state(mp: Path, **guard: Any) -> AgentState:
-    cfg = from_dict(
-        {
-            "rack": "r1",
-            "mount_point": str(mp),
-            "guard": {"enabled": True, **guard},
-            "directories": {"timeout_s": 0.5},
-        }
+    """A state whose guard is on (with `guard` over its defaults) and gives up on a
+    directory walk after half a second."""
+    return factories.make_state(
+        mp, guard={"enabled": True, **guard}, directories={"timeout_s": 0.5}
     )
-    st = AgentState(cfg)
-    st.set_mount_state("mounted")
-    st.set_docker_state("connected")
-    st.mount_dev = os.stat(mp).st_dev
-    return st
 
 
 @pytest.fixture
@@ -60,45 +52,6 @@ def state(mp: Path) -> AgentState:
 @pytest.fixture
 def guard(state: AgentState, worker: TimedWorker) -> Guard:
     return Guard(state, Preparer(state, worker))
-
-
-def plugin_body(method: str, uri: str, body: Any = None, **extra: Any) -> bytes:
-    doc: dict[str, Any] = {
-        "User": "",
-        "RequestMethod": method,
-        "RequestUri": uri,
-        "RequestHeaders": {"Content-Type": "application/json"},
-    }
-    if body is not None:
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        doc["RequestBody"] = base64.b64encode(raw).decode()
-    doc.update(extra)
-    return json.dumps(doc).encode()
-
-
-def ask(g: Guard, raw: bytes, path: str = "/AuthZPlugin.AuthZReq", uid: int = 0) -> Response:
-    req = Request("POST", path, {}, {}, raw, peer_uid=uid)
-    return asyncio.run(g.handle(req))
-
-
-def decision(resp: Response) -> dict[str, Any]:
-    assert resp.status == 200, resp.body
-    doc = json.loads(resp.body)
-    assert isinstance(doc, dict)
-    return doc
-
-
-def create_body(*binds: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "Image": "busybox",
-        "Labels": LABELS if labels is None else labels,
-        "HostConfig": {"Binds": list(binds)},
-    }
-
-
-def create(g: Guard, *binds: str, name: str = "web-1", **kw: Any) -> dict[str, Any]:
-    uri = f"/v1.41/containers/create?name={name}"
-    return decision(ask(g, plugin_body("POST", uri, create_body(*binds, **kw))))
 
 
 def learn_id(g: Guard, body: dict[str, Any], name: str, cid: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.disk import owner_mode
+from tests.testbed.disk import owner_mode
 
 from volagent.config import from_dict
 from volagent.state import AgentState

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.unit.factories import make_state
 
-from volagent.config import from_dict
 from volagent.rack import binds as rack_binds
 from volagent.rack import usage
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
@@ -24,14 +24,6 @@ def worker() -> Iterator[TimedWorker]:
     w = TimedWorker("test-usage")
     yield w
     w.close()
-
-
-def make_state(mp: Path, host: str = "host-a") -> AgentState:
-    st = AgentState(from_dict({"rack": "r1", "mount_point": str(mp)}))
-    st.host_id = host
-    st.set_mount_state("mounted")
-    st.mount_dev = os.stat(mp).st_dev
-    return st
 
 
 def add_container(st: AgentState, cid: str, *volumes: tuple[str, str]) -> None:

@@ -194,7 +194,7 @@ def test_external_umount_comes_back_by_itself(bed: Bed) -> None:
             await r.wait_state("mounted")
             sh("umount", bed.scratch.mount_point)
             await eventually(lambda: len(r.healthy_calls) == 2, "mounted again")
-            assert r.state.metrics.remounts._value.get() == 1
+            assert r.state.metrics.registry.get_sample_value("volagent_remounts_total") == 1
 
     run_async(scenario())
     assert len(bed.scratch.mount_calls()) == 2
@@ -279,7 +279,7 @@ def test_restart_adopts_its_own_mount_without_discovery(bed: Bed) -> None:
         bed.imds.down()
         async with running_manager(cfg, resolve=resolve) as r:
             await r.wait_state("mounted")
-            assert r.state.metrics.remounts._value.get() == 0
+            assert r.state.metrics.registry.get_sample_value("volagent_remounts_total") == 0
 
     run_async(scenario())
     assert len(bed.scratch.mount_calls()) == 1

@@ -80,7 +80,12 @@ def test_other_requests_are_allowed_at_once_and_counted(guard: Guard, state: Age
     for method, uri in (("GET", "/v1.41/containers/json"), ("POST", "/v1.41/containers/x/stop")):
         assert decision(ask(guard, plugin_body(method, uri))) == {"Allow": True}
     assert (state.guard.allowed, state.guard.denied) == (2, 0)
-    assert state.metrics.guard_decisions.labels(result="allow")._value.get() == 2
+    assert (
+        state.metrics.registry.get_sample_value(
+            "volagent_guard_decisions_total", {"result": "allow"}
+        )
+        == 2
+    )
 
 
 def test_responses_are_always_allowed(guard: Guard) -> None:
@@ -127,7 +132,12 @@ def test_create_prepares_before_answering(guard: Guard, state: AgentState, mp: P
     assert owner_mode(mp / "r1-a/web/data") == (33, 33, 0o755)
     assert owner_mode(mp / "r1-a") == (0, 0, 0o755)
     assert (state.guard.allowed, state.guard.denied) == (1, 0)
-    assert state.metrics.guard_decisions.labels(result="allow")._value.get() == 1
+    assert (
+        state.metrics.registry.get_sample_value(
+            "volagent_guard_decisions_total", {"result": "allow"}
+        )
+        == 1
+    )
 
 
 def test_outside_binds_are_untouched(guard: Guard, mp: Path, tmp_path: Path) -> None:
@@ -296,7 +306,12 @@ def test_own_errors_fail_closed_for_anything_that_binds(
     body = {"Image": "x", "Labels": LABELS, "HostConfig": {}}
     plain = decision(ask(guard, plugin_body("POST", "/containers/create", body)))
     assert plain == {"Allow": True}
-    assert state.metrics.guard_decisions.labels(result="error")._value.get() == 3
+    assert (
+        state.metrics.registry.get_sample_value(
+            "volagent_guard_decisions_total", {"result": "error"}
+        )
+        == 3
+    )
     assert any("start guard failed" in w for w in state.warnings)
     assert not (mp / "r1-a").exists()
 

@@ -46,7 +46,10 @@ def test_beat_writes_the_contract_fields(mp: Path, worker: TimedWorker) -> None:
     assert abs(rec["time"] - time.time()) < 3600
     assert rec["last_seen"].endswith("Z")
     assert [p.name for p in hosts_dir(mp).iterdir()] == ["host-a.json"]  # no temp file left
-    assert st.metrics.heartbeats.labels(result="written")._value.get() == 1
+    assert (
+        st.metrics.registry.get_sample_value("volagent_heartbeats_total", {"result": "written"})
+        == 1
+    )
 
 
 def test_no_heartbeat_while_the_mount_is_unhealthy(mp: Path, worker: TimedWorker) -> None:
@@ -55,7 +58,10 @@ def test_no_heartbeat_while_the_mount_is_unhealthy(mp: Path, worker: TimedWorker
     st.mount_dev = None
     assert not asyncio.run(Heartbeat(st, worker).beat())
     assert not (mp / ".volagent").exists()
-    assert st.metrics.heartbeats.labels(result="skipped")._value.get() == 1
+    assert (
+        st.metrics.registry.get_sample_value("volagent_heartbeats_total", {"result": "skipped"})
+        == 1
+    )
 
 
 def test_write_refuses_another_device(mp: Path) -> None:
@@ -125,7 +131,7 @@ def test_hosts_lists_every_host_sharing_the_directory(mp: Path, worker: TimedWor
 
     view = asyncio.run(scenario())
     assert [(h["host"], h["stale"]) for h in view] == [("host-a", False), ("host-b", False)]
-    assert a.metrics.rack_hosts.labels(freshness="fresh")._value.get() == 2
+    assert a.metrics.registry.get_sample_value("volagent_rack_hosts", {"freshness": "fresh"}) == 2
 
 
 def test_a_host_that_stops_beating_turns_stale(mp: Path, worker: TimedWorker) -> None:

@@ -32,7 +32,7 @@ RECOVERY_DEADLINE_S = 60.0
 
 pytestmark = [
     pytest.mark.docker,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: dockerd and its plugin directory"),
+    pytest.mark.root,  # dockerd and its plugin directory
 ]
 
 

@@ -43,7 +43,7 @@ LAUNCHER = textwrap.dedent(
     """
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the agent mounts")
+pytestmark = pytest.mark.root  # the agent mounts
 
 
 class SystemdStandIn:

@@ -24,7 +24,8 @@ from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.volumes.preparer import ContainerSpec, Preparer
 from volagent.worker import TimedWorker
 
-pytestmark = [pytest.mark.mount]  # chown to other users needs root
+# tests marked `root` have the guard prepare a directory: volagent makes its parents
+# root 0755 (rule 2)
 
 CID = "f" * 64
 
@@ -127,6 +128,7 @@ def test_only_root_may_ask(guard: Guard, mp: Path) -> None:
 
 
 # --- create ---------------------------------------------------------------------------------
+@pytest.mark.root
 def test_create_prepares_before_answering(guard: Guard, state: AgentState, mp: Path) -> None:
     assert create(guard, f"{mp}/r1-a/web/data:/data") == {"Allow": True}
     assert owner_mode(mp / "r1-a/web/data") == (33, 33, 0o755)
@@ -186,6 +188,7 @@ def test_a_planted_symlink_is_denied(guard: Guard, mp: Path, tmp_path: Path) -> 
     assert os.listdir(target) == []
 
 
+@pytest.mark.root
 def test_warn_mode_lets_violations_through(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp, violations="warn")
     g = Guard(st, Preparer(st, worker))
@@ -232,6 +235,7 @@ def test_a_stuck_filesystem_is_a_deny_in_time(guard: Guard, worker: TimedWorker,
     assert "not answering" in answer["Msg"]
 
 
+@pytest.mark.root
 def test_just_after_start_a_create_waits_for_the_mount_state(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp)
     st.set_mount_state("unmounted")  # as at start-up: nobody has looked at the mount yet
@@ -321,6 +325,7 @@ def start(g: Guard, ref: str, action: str = "start") -> dict[str, Any]:
     return decision(ask(g, plugin_body("POST", f"/v1.41/containers/{ref}/{action}")))
 
 
+@pytest.mark.root
 def test_two_creates_judged_at_once_cannot_nest(guard: Guard, mp: Path) -> None:
     outer = create_body(f"{mp}/r1-a/web:/all")
     inner = create_body(f"{mp}/r1-a/web/data:/data")
@@ -347,6 +352,7 @@ def walks(state: AgentState) -> float:
     return value or 0.0
 
 
+@pytest.mark.root
 def test_a_guarded_create_is_walked_once_and_each_start_once_more(
     guard: Guard, state: AgentState, mp: Path
 ) -> None:
@@ -364,6 +370,7 @@ def test_a_guarded_create_is_walked_once_and_each_start_once_more(
     assert walks(state) == 2
 
 
+@pytest.mark.root
 def test_start_is_judged_from_what_the_guard_saw(guard: Guard, state: AgentState, mp: Path) -> None:
     body = create_body(f"{mp}/r1-a/web/data:/data")
     assert decision(ask(guard, plugin_body("POST", "/containers/create?name=web-1", body)))["Allow"]
@@ -380,6 +387,7 @@ def test_start_is_judged_from_what_the_guard_saw(guard: Guard, state: AgentState
     assert start(guard, "web-1") == {"Allow": True}
 
 
+@pytest.mark.root
 def test_an_escaped_create_uri_is_learned_too(guard: Guard, state: AgentState, mp: Path) -> None:
     uri = "/v1.41/containers/%63reate?name=web-1"  # routed as a create: its answer too
     body = create_body(f"{mp}/r1-a/web/data:/data")
@@ -402,6 +410,7 @@ def test_start_of_a_container_known_to_the_state(guard: Guard, state: AgentState
     assert start(guard, "unknown") == {"Allow": True}
 
 
+@pytest.mark.root
 def test_start_re_prepares_a_volume_left_pending(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp, when_unhealthy="allow")
     g = Guard(st, Preparer(st, worker))
@@ -415,6 +424,7 @@ def test_start_re_prepares_a_volume_left_pending(mp: Path, worker: TimedWorker) 
     assert owner_mode(mp / "r1-a/web/data") == (33, 33, 0o755)
 
 
+@pytest.mark.root
 def test_volumes_from_a_known_container_counts(guard: Guard, state: AgentState, mp: Path) -> None:
     body = create_body(f"{mp}/r1-a/web/data:/data")
     assert decision(ask(guard, plugin_body("POST", "/containers/create?name=src", body)))["Allow"]

@@ -158,6 +158,7 @@ def test_sizes_parse_once_and_bad_ones_name_the_key() -> None:
         assert err.value.key == key, data
 
 
+@pytest.mark.root
 def test_the_guard_denies_creates_of_an_app_over_quota_with_deny(mp: Path) -> None:
     fill(mp, "a", "web", 100_000)
     labels_b = {"convox.app": "b", "convox.service": "web"}

@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 
-from tests.integration.testbed import (
+from tests.testbed import (
     AgentProcess,
     Containers,
     Dockerd,
@@ -22,7 +22,7 @@ from tests.integration.testbed import (
     ensure_image,
     parallel,
 )
-from tests.integration.testbed.agent import all_in
+from tests.testbed.agent import all_in
 
 from bench.stats import percentile
 

@@ -29,15 +29,15 @@ import time
 from collections.abc import Callable
 
 import docker
-from tests.integration.testbed import (
+from tests.testbed import (
     Containers,
     app_labels,
     build_rootfs_tar,
     ensure_image,
     parallel,
 )
-from tests.integration.testbed.flood import KINDS, Burn, Flood, FloodReport, flood_report_text
-from tests.integration.testbed.plugin_home import PluginHome
+from tests.testbed.flood import KINDS, Burn, Flood, FloodReport, flood_report_text
+from tests.testbed.plugin_home import PluginHome
 
 from bench.stats import percentile
 from volagent.api import client

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import docker
-from tests.integration.testbed import (
+from tests.testbed import (
     AgentProcess,
     Containers,
     Dockerd,
@@ -40,8 +40,8 @@ from tests.integration.testbed import (
     ensure_image,
     parallel,
 )
-from tests.integration.testbed.agent import all_in
-from tests.integration.testbed.plugin_home import PluginHome
+from tests.testbed.agent import all_in
+from tests.testbed.plugin_home import PluginHome
 
 from bench.stats import percentile
 

@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.aws_fixtures import open_nfs_port
-from tests.integration.efs_standin import Scratch, cleanup, running_manager, stop_agent_on_standin
-from tests.integration.testbed import AgentProcess, unixhttp
-from tests.integration.testbed.agent import agent_env
+from tests.testbed import AgentProcess, unixhttp
+from tests.testbed.agent import agent_env
+from tests.testbed.aws import open_nfs_port
+from tests.testbed.efs_standin import Scratch, cleanup, running_manager, stop_agent_on_standin
 
 from bench.stats import percentile
 from volagent import log

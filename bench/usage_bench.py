@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.aws_fixtures import open_nfs_port
-from tests.integration.efs_standin import Scratch, stop_agent_on_standin
-from tests.integration.testbed import AgentProcess, unixhttp
-from tests.integration.testbed.agent import toml_text
+from tests.testbed import AgentProcess, unixhttp
+from tests.testbed.agent import toml_text
+from tests.testbed.aws import open_nfs_port
+from tests.testbed.efs_standin import Scratch, stop_agent_on_standin
 
 from bench.stats import percentile
 

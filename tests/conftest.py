@@ -1,5 +1,6 @@
-"""Suite-wide settings: a safe environment, hypothesis without wall-clock deadlines, and the
-root requirement of tests marked `docker` or `mount`."""
+"""Suite-wide settings: a safe environment, hypothesis without wall-clock deadlines, the
+root requirement of tests marked `root`, `docker` or `mount`, and the test bed's shared
+fixtures."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import os
 
 import hypothesis
 import pytest
+
+# Fixtures shared by the test trees live with the test bed they start (tests/testbed/);
+# tests ask for them by name.
+pytest_plugins = ["tests.testbed.aws"]
 
 # No test may reach real AWS or a developer's own volagent: AWS goes to loopback with fake
 # credentials, boto3 never looks for instance metadata by itself, and no inherited variable
@@ -28,16 +33,22 @@ hypothesis.settings.register_profile(
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "volagent"))
 
 IS_ROOT = os.geteuid() == 0
-NOT_ROOT_REASON = (
-    "needs root: the test bed starts a private dockerd and makes real mounts "
-    "(run `make test` as root; CI does)"
-)
+# Why a test needs root, by marker: `root` itself (directories given to other users, the
+# parents volagent makes root's, namespaces), the test bed's private dockerd and real mounts.
+NEEDS_ROOT = {
+    "root": "needs root: it gives directories to other users, or volagent makes root's parents",
+    "docker": "needs root: it starts a private dockerd",
+    "mount": "needs root: it makes real mounts (bind, tmpfs, FUSE)",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that need root skip, saying why, when the suite runs as another user (`make
+    test` runs as root; so does CI)."""
     if IS_ROOT:
         return
-    skip = pytest.mark.skip(reason=NOT_ROOT_REASON)
     for item in items:
-        if item.get_closest_marker("docker") or item.get_closest_marker("mount"):
-            item.add_marker(skip)
+        for marker, reason in NEEDS_ROOT.items():
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=f"{reason} (run as root)"))
+                break

@@ -15,7 +15,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.integration.testbed import (
+from tests.testbed import (
     IMAGE,
     AgentFactory,
     AgentProcess,
@@ -25,9 +25,9 @@ from tests.integration.testbed import (
     build_rootfs_tar,
     ensure_image,
 )
-from tests.integration.testbed import mounts as testbed_mounts
-from tests.integration.testbed.guarded import VICTIM_SECRET, Guarded
-from tests.integration.testbed.plugin_home import PluginHome
+from tests.testbed import mounts as testbed_mounts
+from tests.testbed.guarded import VICTIM_SECRET, Guarded
+from tests.testbed.plugin_home import PluginHome
 
 
 @pytest.fixture(scope="session")

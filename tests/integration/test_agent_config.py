@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.testbed import volagent_cli
+from tests.testbed import volagent_cli
 
 BAD = [
     pytest.param("[mount]\nbogus = 1\n", "mount.bogus", id="unknown-key"),

@@ -7,10 +7,9 @@ import os
 
 import pytest
 
-from tests.disk import owner_mode
-from tests.integration.testbed import AgentProcess, Containers, app_labels, parallel
-from tests.integration.testbed.agent import all_in, container
-from tests.integration.testbed.disk import on_the_mount, underneath_entries
+from tests.testbed import AgentProcess, Containers, app_labels, parallel
+from tests.testbed.agent import all_in, container
+from tests.testbed.disk import on_the_mount, owner_mode, underneath_entries
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 

@@ -11,10 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.disk import tree
-from tests.integration.testbed import AgentProcess, Containers, app_labels
-from tests.integration.testbed.agent import all_in, container
-from tests.integration.testbed.disk import namespaces_tree
+from tests.testbed import AgentProcess, Containers, app_labels
+from tests.testbed.agent import all_in, container
+from tests.testbed.disk import namespaces_tree, tree
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from tests.integration.testbed import AgentProcess, Containers, app_labels, mounts
-from tests.integration.testbed.agent import all_in
-from tests.integration.testbed.unixhttp import raw_exchange, request
+from tests.testbed import AgentProcess, Containers, app_labels, mounts
+from tests.testbed.agent import all_in
+from tests.testbed.unixhttp import raw_exchange, request
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 

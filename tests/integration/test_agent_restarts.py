@@ -11,8 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.disk import owner_mode
-from tests.integration.testbed import (
+from tests.testbed import (
     AgentFactory,
     AgentProcess,
     Containers,
@@ -20,8 +19,8 @@ from tests.integration.testbed import (
     app_labels,
     parallel,
 )
-from tests.integration.testbed.agent import all_in
-from tests.integration.testbed.disk import on_the_mount
+from tests.testbed.agent import all_in
+from tests.testbed.disk import on_the_mount, owner_mode
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from tests.integration.testbed import Containers, Dockerd, mounts
+from tests.testbed import Containers, Dockerd, mounts
 
 pytestmark = [pytest.mark.docker]
 

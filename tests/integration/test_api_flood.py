@@ -11,16 +11,16 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.integration.testbed import (
+from tests.testbed import (
     AgentProcess,
     Containers,
     app_labels,
     ensure_image,
     volagent_cli,
 )
-from tests.integration.testbed.agent import all_in
-from tests.integration.testbed.flood import Flood, flood_report_text
-from tests.integration.testbed.plugin_home import PluginHome
+from tests.testbed.agent import all_in
+from tests.testbed.flood import Flood, flood_report_text
+from tests.testbed.plugin_home import PluginHome
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 

@@ -28,15 +28,14 @@ from typing import Any
 
 import pytest
 
-from tests.contract_example import CONTRACT_EXAMPLE
-from tests.disk import owner_mode
-from tests.integration.aws_fixtures import NfsPorts, nfs_ports
-from tests.integration.efs_standin import Scratch, stop_agent_on_standin
-from tests.integration.testbed import AgentProcess, Containers, mounts, unixhttp, volagent_cli
-from tests.integration.testbed.agent import all_in, container
+from tests.testbed import AgentProcess, Containers, mounts, unixhttp, volagent_cli
+from tests.testbed.agent import all_in, container
+from tests.testbed.aws import NfsPorts
+from tests.testbed.contract_example import CONTRACT_EXAMPLE
+from tests.testbed.disk import owner_mode
+from tests.testbed.efs_standin import Scratch, stop_agent_on_standin
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
-_FIXTURES = (nfs_ports,)
 
 RACK = "r1"
 RACK_LABEL, APP_LABEL, SERVICE_LABEL = "acme.rack", "acme.app", "convox.service"

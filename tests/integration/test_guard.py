@@ -1,7 +1,7 @@
 """The start guard against a real dockerd started with `--authorization-plugin=volagent`.
 
 The engine runs in a mount namespace of its own where /run/docker/plugins is the test's
-directory (see testbed/plugin_home.py), and the plugin socket is held by the test the way
+directory (see tests/testbed/plugin_home.py), and the plugin socket is held by the test the way
 systemd's socket unit holds it, handed to each agent process it starts.
 """
 
@@ -19,16 +19,16 @@ import docker
 import docker.errors
 import pytest
 
-from tests.integration.testbed import (
+from tests.testbed import (
     Containers,
     Dockerd,
     app_labels,
     parallel,
     unixhttp,
 )
-from tests.integration.testbed import mounts as testbed_mounts
-from tests.integration.testbed.agent import all_in, volumes
-from tests.integration.testbed.guarded import Guarded
+from tests.testbed import mounts as testbed_mounts
+from tests.testbed.agent import all_in, volumes
+from tests.testbed.guarded import Guarded, denied
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 
@@ -46,12 +46,6 @@ def docker_cli(engine: Dockerd, *args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         env={**os.environ, "DOCKER_CONFIG": os.path.join(engine.base, "cli")},
     )
-
-
-def denied(excinfo: pytest.ExceptionInfo[docker.errors.APIError]) -> str:
-    text = str(excinfo.value)
-    assert "authorization denied by plugin volagent" in text, text
-    return text
 
 
 # --- acceptance -----------------------------------------------------------------------------

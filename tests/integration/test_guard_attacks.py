@@ -20,10 +20,9 @@ import docker
 import docker.errors
 import pytest
 
-from tests.integration.test_guard import denied
-from tests.integration.testbed import AgentProcess, Containers, app_labels, unixhttp
-from tests.integration.testbed import mounts as testbed_mounts
-from tests.integration.testbed.guarded import Guarded, still_serving
+from tests.testbed import AgentProcess, Containers, app_labels, unixhttp
+from tests.testbed import mounts as testbed_mounts
+from tests.testbed.guarded import Guarded, denied, still_serving
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 

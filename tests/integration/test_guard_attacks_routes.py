@@ -27,8 +27,8 @@ import docker.errors
 import docker.types
 import pytest
 
-from tests.integration.testbed import Containers, app_labels
-from tests.integration.testbed.guarded import VICTIM_SECRET, Guarded, still_serving
+from tests.testbed import Containers, app_labels
+from tests.testbed.guarded import VICTIM_SECRET, Guarded, still_serving
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.testbed.guarded import Guarded
+from tests.testbed.guarded import Guarded
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 

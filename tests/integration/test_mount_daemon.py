@@ -18,16 +18,14 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.aws_fixtures import NfsPorts, nfs_ports
-from tests.integration.conftest import AgentFactory
-from tests.integration.efs_standin import Scratch, stop_agent_on_standin
-from tests.integration.testbed import AgentProcess, Containers
-from tests.integration.testbed.agent import container, volagent_cli
-from tests.integration.testbed.containers import app_labels
-from tests.integration.testbed.waiting import wait_until
+from tests.testbed import AgentFactory, AgentProcess, Containers
+from tests.testbed.agent import container, volagent_cli
+from tests.testbed.aws import NfsPorts
+from tests.testbed.containers import app_labels
+from tests.testbed.efs_standin import Scratch, stop_agent_on_standin
+from tests.testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.docker]
-_FIXTURES = (nfs_ports,)
 
 
 @dataclass

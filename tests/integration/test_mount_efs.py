@@ -15,24 +15,14 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.integration.aws_fixtures import (
-    OTHER_ZONE,
-    EfsWorld,
-    Imds,
-    NfsPorts,
-    efs_world,
-    imds,
-    moto_url,
-    nfs_ports,
-    standin_resolver,
-)
-from tests.integration.efs_standin import Scratch, eventually, running_manager, scratch_area, sh
-from tests.integration.efs_standin import run as run_async
+from tests.testbed.aws import OTHER_ZONE, EfsWorld, Imds, NfsPorts, standin_resolver
+from tests.testbed.efs_standin import Scratch, running_manager, scratch_area, sh
+from tests.testbed.efs_standin import run as run_async
+from tests.testbed.waiting import eventually
 from volagent.config import DEFAULT_NFS_OPTIONS, Config
 from volagent.mount import find_mount, kernel
 
 pytestmark = pytest.mark.mount
-_FIXTURES = (efs_world, imds, moto_url, nfs_ports)  # used by name below
 TAG = "convox:rack=myrack"
 
 
@@ -204,7 +194,7 @@ def test_external_umount_comes_back_by_itself(bed: Bed) -> None:
             await r.wait_state("mounted")
             sh("umount", bed.scratch.mount_point)
             await eventually(lambda: len(r.healthy_calls) == 2, "mounted again")
-            assert r.state.metrics.remounts._value.get() == 1
+            assert r.state.metrics.registry.get_sample_value("volagent_remounts_total") == 1
 
     run_async(scenario())
     assert len(bed.scratch.mount_calls()) == 2
@@ -289,7 +279,7 @@ def test_restart_adopts_its_own_mount_without_discovery(bed: Bed) -> None:
         bed.imds.down()
         async with running_manager(cfg, resolve=resolve) as r:
             await r.wait_state("mounted")
-            assert r.state.metrics.remounts._value.get() == 0
+            assert r.state.metrics.registry.get_sample_value("volagent_remounts_total") == 0
 
     run_async(scenario())
     assert len(bed.scratch.mount_calls()) == 1

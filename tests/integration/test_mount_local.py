@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.efs_standin import (
+from tests.testbed.efs_standin import (
     Scratch,
-    eventually,
     running_manager,
     scratch_area,
     sh,
 )
-from tests.integration.efs_standin import run as run_async
+from tests.testbed.efs_standin import run as run_async
+from tests.testbed.waiting import eventually
 from volagent.mount import child, find_mount
 
 pytestmark = pytest.mark.mount
@@ -49,7 +49,7 @@ def test_mounts_local_path_and_reports_local(scratch: Scratch) -> None:
             assert _same_dir(scratch.mount_point, scratch.local_path)
             Path(scratch.mount_point, "hello").write_text("x")
             assert Path(scratch.local_path, "hello").read_text() == "x"
-            assert st.metrics.probe_seconds._sum.get() > 0
+            assert st.metrics.registry.get_sample_value("volagent_probe_seconds_sum") > 0
         # stopping never unmounts: containers keep using the mount
         assert find_mount(scratch.mount_point) is not None
 
@@ -73,7 +73,7 @@ def test_adopts_an_existing_bind_of_local_path(scratch: Scratch) -> None:
             await r.wait_state("local")
             after = find_mount(scratch.mount_point)
             assert after is not None and after.mount_id == before.mount_id
-            assert r.state.metrics.remounts._value.get() == 0
+            assert r.state.metrics.registry.get_sample_value("volagent_remounts_total") == 0
 
     run_async(scenario())
 
@@ -112,7 +112,7 @@ def test_external_umount_is_noticed_and_restored(scratch: Scratch) -> None:
             # mount ids are reused by the kernel: the counters tell it was mounted anew
             assert find_mount(scratch.mount_point) is not None
             assert len(r.healthy_calls) == 2
-            assert r.state.metrics.remounts._value.get() == 1
+            assert r.state.metrics.registry.get_sample_value("volagent_remounts_total") == 1
 
     run_async(scenario())
 
@@ -122,7 +122,10 @@ def test_requested_remount_mounts_again(scratch: Scratch) -> None:
         async with running_manager(scratch.config()) as r:
             await r.wait_state("local")
             r.manager.request_remount()
-            await eventually(lambda: r.state.metrics.remounts._value.get() == 1, "a new mount")
+            await eventually(
+                lambda: r.state.metrics.registry.get_sample_value("volagent_remounts_total") == 1,
+                "a new mount",
+            )
             await r.wait_state("local")
             assert len(r.healthy_calls) == 2
             # the old mount was detached, not stacked under the new one
@@ -222,7 +225,7 @@ def test_a_dead_local_path_is_reported_and_retried_with_backoff(scratch: Scratch
                 await asyncio.sleep(2.0)
                 # without backoff this would remount hundreds of times a second; with it, a
                 # handful of times however slow or fast the machine is
-                assert r.state.metrics.remounts._value.get() < 20
+                assert r.state.metrics.registry.get_sample_value("volagent_remounts_total") < 20
 
         run_async(scenario())
     finally:

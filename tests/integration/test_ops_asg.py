@@ -12,12 +12,11 @@ import boto3
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.aws_fixtures import REGION, ZONE, Imds, moto_reset, moto_url
-from tests.integration.testbed import AgentFactory, AgentProcess, unixhttp
+from tests.testbed import AgentFactory, AgentProcess, unixhttp
+from tests.testbed.aws import REGION, ZONE, Imds, moto_reset
 
 pytestmark = [pytest.mark.mount]
 
-__all__ = ["moto_url"]  # a fixture used by name
 NO_DOCKER = "unix:///nonexistent/docker.sock"
 
 

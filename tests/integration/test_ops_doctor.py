@@ -20,18 +20,8 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.integration.aws_fixtures import (
-    REGION,
-    EfsWorld,
-    Imds,
-    NfsPorts,
-    efs_world,
-    imds,
-    moto_url,
-    nfs_ports,
-    standin_resolver,
-)
-from tests.integration.testbed import volagent_cli
+from tests.testbed import volagent_cli
+from tests.testbed.aws import REGION, EfsWorld, Imds, NfsPorts, standin_resolver
 from volagent.aws.discovery import efs_dns_name
 from volagent.config import Config, from_dict
 from volagent.ops.doctor import host_checks
@@ -39,8 +29,6 @@ from volagent.ops.doctor import run as doctor
 from volagent.ops.doctor.result import FAIL, PASS, SKIP, WARN, CheckResult
 
 pytestmark = [pytest.mark.docker]
-
-__all__ = ["efs_world", "imds", "moto_url", "nfs_ports"]  # fixtures used by name
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from tests.integration.testbed import (
+from tests.testbed import (
     AgentProcess,
     Containers,
     Dockerd,
@@ -28,8 +28,8 @@ from tests.integration.testbed import (
     ensure_image,
     volagent_cli,
 )
-from tests.integration.testbed.plugin_home import PluginHome
-from tests.integration.testbed.waiting import wait_until
+from tests.testbed.plugin_home import PluginHome
+from tests.testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 

@@ -7,24 +7,22 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable
-from typing import Any
 
 import docker.errors
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.disk import owner_mode
-from tests.integration.testbed import (
+from tests.testbed import (
     AgentProcess,
     Containers,
     app_labels,
     ensure_image,
     unixhttp,
 )
-from tests.integration.testbed.agent import all_in, toml_text
-from tests.integration.testbed.plugin_home import PluginHome
+from tests.testbed.agent import all_in, toml_text
+from tests.testbed.disk import owner_mode
+from tests.testbed.plugin_home import PluginHome
+from tests.testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 
@@ -37,15 +35,6 @@ def reloads(agent: AgentProcess, result: str) -> float:
             if s.name == "volagent_config_reloads_total" and s.labels.get("result") == result:
                 return float(s.value)
     return 0.0
-
-
-def wait_until(cond: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return result
 
 
 def edit(agent: AgentProcess, text: str) -> None:

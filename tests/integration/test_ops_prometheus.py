@@ -23,15 +23,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.aws_fixtures import NfsPorts, nfs_ports
-from tests.integration.conftest import AgentFactory
-from tests.integration.efs_standin import Scratch, stop_agent_on_standin
-from tests.integration.prometheus_server import PrometheusServer, free_port
-from tests.integration.testbed import AgentProcess
-from tests.integration.testbed.waiting import wait_until as _wait_until
+from tests.testbed import AgentFactory, AgentProcess
+from tests.testbed.aws import NfsPorts
+from tests.testbed.efs_standin import Scratch, stop_agent_on_standin
+from tests.testbed.prometheus import PrometheusServer, free_port
+from tests.testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.docker]
-_FIXTURES = (nfs_ports,)
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 QUOTA = 1 << 20  # every app's quota: 1 MiB
@@ -46,9 +44,9 @@ class Rack:
     prometheus: PrometheusServer
 
 
-def wait_until(cond: Callable[[], Any], what: str) -> Any:
-    # alerts take their `for:` time and the scrape interval: this module waits longer
-    return _wait_until(cond, what, timeout=90, interval=0.5)
+def wait_for_alerting(cond: Callable[[], Any], what: str) -> Any:
+    """`wait_until` with the patience alerts need: their `for:` time and the scrape interval."""
+    return wait_until(cond, what, timeout=90, interval=0.5)
 
 
 def fill(export: Path, app: str, n_bytes: int) -> None:
@@ -122,8 +120,8 @@ def test_dashboard_queries_and_alerts_against_a_real_prometheus(rack: Rack) -> N
     prom = rack.prometheus
     fill(rack.export, "big", 100_000)
     fill(rack.export, "small", 10_000)
-    wait_until(lambda: prom.targets_up() == 2, "both agents scraped")
-    wait_until(
+    wait_for_alerting(lambda: prom.targets_up() == 2, "both agents scraped")
+    wait_for_alerting(
         lambda: len(prom.query('max by (app) (volagent_namespace_bytes{service=""})')) == 2,
         "both apps measured",
     )
@@ -147,7 +145,7 @@ def test_dashboard_queries_and_alerts_against_a_real_prometheus(rack: Rack) -> N
 
     # one app past its quota: the alert, and the warning in status
     fill(rack.export, "big", 2 * QUOTA)
-    firing = wait_until(lambda: prom.firing("VolagentOverQuota"), "the over-quota alert")
+    firing = wait_for_alerting(lambda: prom.firing("VolagentOverQuota"), "the over-quota alert")
     assert [a["app"] for a in firing] == ["big"]
     doc = rack.agents[0].wait_for(lambda d: d["status"] == "degraded", what="degraded on quota")
     assert any("big" in w and "quota" in w for w in doc["warnings"])
@@ -169,7 +167,7 @@ def test_dashboard_queries_and_alerts_against_a_real_prometheus(rack: Rack) -> N
         os.kill(pid, signal.SIGSTOP)
     try:
         for alert in ("VolagentMountStalled", "VolagentMountNotHealthy"):
-            wait_until(
+            wait_for_alerting(
                 lambda alert=alert: (
                     {a["instance"] for a in prom.firing(alert)} == set(rack.addresses)
                 ),
@@ -179,11 +177,11 @@ def test_dashboard_queries_and_alerts_against_a_real_prometheus(rack: Rack) -> N
         for pid in servers:
             os.kill(pid, signal.SIGCONT)
     for alert in ("VolagentMountStalled", "VolagentMountNotHealthy"):
-        wait_until(lambda alert=alert: not prom.firing(alert), f"{alert} resolved")
+        wait_for_alerting(lambda alert=alert: not prom.firing(alert), f"{alert} resolved")
 
 
 def rack_usage(agent: AgentProcess) -> list[dict[str, Any]]:
-    from tests.integration.testbed import volagent_cli
+    from tests.testbed import volagent_cli
 
     out = volagent_cli(["status", "--rack", "--json", "--socket", agent.socket_path])
     assert out.returncode in (0, 1, 2), out.stderr

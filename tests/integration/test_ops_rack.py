@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.aws_fixtures import INSTANCE_ID, Imds, imds
-from tests.integration.testbed import (
+from tests.testbed import (
     AgentFactory,
     AgentProcess,
     Containers,
@@ -22,14 +21,14 @@ from tests.integration.testbed import (
     unixhttp,
     volagent_cli,
 )
-from tests.integration.testbed.waiting import wait_until
+from tests.testbed.aws import INSTANCE_ID, Imds
+from tests.testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 
 HEALTH = {"heartbeat_interval_s": 0.3, "stale_after_s": 2.0}
 NO_DOCKER = "unix:///nonexistent/docker.sock"  # a host whose Docker is not ours to watch
 DAY = 86400.0
-__all__ = ["imds"]  # a fixture used by name
 
 
 def two_hosts(agent_factory: AgentFactory, docker_url: str) -> tuple[AgentProcess, AgentProcess]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.testbed import Dockerd
+from tests.testbed import Dockerd
 from volagent import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,9 +27,7 @@ CACHE = Path(os.environ.get("VOLAGENT_TEST_CACHE", "/var/cache/volagent-test"))
 UNITS = ("volagent.service", "volagent-api.socket", "volagent-guard.socket")
 BUILD_TIMEOUT_S = 900  # first run only: debootstrap and wheel downloads
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root: debootstrap, dockerd and a network namespace"
-)
+pytestmark = pytest.mark.root  # debootstrap, dockerd and a network namespace
 
 
 def run(

@@ -23,8 +23,8 @@ import docker
 import pytest
 import requests
 
-from tests.integration.testbed import Dockerd
-from tests.integration.testbed.agent import AgentProcess
+from tests.testbed import Dockerd
+from tests.testbed.agent import AgentProcess
 
 PLUGIN_DIR = Path("/run/docker/plugins")  # where dockerd looks a plugin up by name
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -32,7 +32,7 @@ RECOVERY_DEADLINE_S = 60.0
 
 pytestmark = [
     pytest.mark.docker,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: dockerd and its plugin directory"),
+    pytest.mark.root,  # dockerd and its plugin directory
 ]
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.testbed import unixhttp
-from tests.integration.testbed.agent import AgentProcess, agent_env
+from tests.testbed import unixhttp
+from tests.testbed.agent import AgentProcess, agent_env
 
 READY_DEADLINE_S = 60.0
 WATCHDOG_USEC = 2_000_000  # the daemon pings at least every second
@@ -43,7 +43,7 @@ LAUNCHER = textwrap.dedent(
     """
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the agent mounts")
+pytestmark = pytest.mark.root  # the agent mounts
 
 
 class SystemdStandIn:

@@ -63,7 +63,10 @@ def test_one_report_per_episode(tmp_path: Path) -> None:
         assert calls == ["i-0abc", "i-0abc"]
 
     asyncio.run(scenario())
-    assert st.metrics.asg_reports.labels(result="reported")._value.get() == 2
+    assert (
+        st.metrics.registry.get_sample_value("volagent_asg_reports_total", {"result": "reported"})
+        == 2
+    )
 
 
 def test_off_by_default_and_with_zero(tmp_path: Path) -> None:
@@ -97,7 +100,10 @@ def test_failure_names_the_iam_action_and_retries(tmp_path: Path) -> None:
     asyncio.run(scenario())
     [warning] = st.warnings
     assert "autoscaling:SetInstanceHealth" in warning
-    assert st.metrics.asg_reports.labels(result="failed")._value.get() == 2
+    assert (
+        st.metrics.registry.get_sample_value("volagent_asg_reports_total", {"result": "failed"})
+        == 2
+    )
 
 
 def test_unknown_instance_id_is_a_clear_failure(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.contract_example import CONTRACT_EXAMPLE
+from tests.testbed.contract_example import CONTRACT_EXAMPLE
 
 from volagent import config, values
 from volagent.config import Config

@@ -6,21 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from tests.testbed.waiting import eventually
+
 from volagent.config_watch import ConfigWatch
-
-DEADLINE_S = 30.0
-
-
-async def wait_until(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def watch_scenario(
@@ -48,14 +39,14 @@ def test_in_place_write_and_rename_each_give_one_call(tmp_path: Path) -> None:
 
     async def scenario(watch: ConfigWatch, calls: list[str]) -> None:
         cfg.write_text('rack = "b"\n')
-        await wait_until(lambda: len(calls) == 1, "the in-place write")
+        await eventually(lambda: len(calls) == 1, "the in-place write")
         tmp = tmp_path / ".volagent.toml.swp"
         tmp.write_text('rack = "c"\n')
         os.rename(tmp, cfg)
-        await wait_until(lambda: len(calls) == 2, "the rename")
+        await eventually(lambda: len(calls) == 2, "the rename")
         cfg.unlink()
         cfg.write_text('rack = "d"\n')
-        await wait_until(lambda: len(calls) == 3, "remove and create")
+        await eventually(lambda: len(calls) == 3, "remove and create")
 
     calls = watch_scenario(cfg, scenario)
     assert calls == ['rack = "b"\n', 'rack = "c"\n', 'rack = "d"\n']
@@ -68,7 +59,7 @@ def test_a_burst_gives_one_call_and_noise_none(tmp_path: Path) -> None:
     async def scenario(watch: ConfigWatch, calls: list[str]) -> None:
         for i in range(10):
             cfg.write_text(f'rack = "x{i}"\n')
-        await wait_until(lambda: bool(calls) and calls[-1] == 'rack = "x9"\n', "the burst")
+        await eventually(lambda: bool(calls) and calls[-1] == 'rack = "x9"\n', "the burst")
         # debounced: far fewer calls than writes (one, unless the machine stalled mid-burst)
         assert len(calls) < 10
         settled = len(calls)
@@ -80,7 +71,7 @@ def test_a_burst_gives_one_call_and_noise_none(tmp_path: Path) -> None:
         await asyncio.sleep(0.5)
         assert len(calls) == settled
         cfg.write_text('rack = "last"\n')
-        await wait_until(lambda: calls[-1] == 'rack = "last"\n', "the last change")
+        await eventually(lambda: calls[-1] == 'rack = "last"\n', "the last change")
         assert len(calls) == settled + 1
 
     watch_scenario(cfg, scenario)

@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.disk import owner_mode, tree
+from tests.testbed.disk import owner_mode, tree
 
 from volagent.errors import MountUnhealthy, NamespaceViolation
 from volagent.values import Owner
 from volagent.volumes import directories as fs
 
-pytestmark = [pytest.mark.mount]  # chown to other users and tmpfs mounts need root
+# tests marked `root` give directories to other users, or have volagent make a parent
+# (root 0755, rule 2); tests marked `mount` mount a tmpfs
 
 OWNER = Owner(1234, 1234)
 PARTS = ("r1-a", "web", "var", "data")
@@ -40,6 +41,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.root
 def test_creates_leaf_with_owner_and_mode_and_parents_root_0755(mp: Path) -> None:
     old = os.umask(0o077)  # the modes must not depend on the process umask
     try:
@@ -54,6 +56,7 @@ def test_creates_leaf_with_owner_and_mode_and_parents_root_0755(mp: Path) -> Non
         assert owner_mode(mp / parent) == (0, 0, 0o755), parent
 
 
+@pytest.mark.root
 def test_existing_directories_are_left_alone(mp: Path) -> None:
     leaf = mp / "r1-a/web/var/data"
     leaf.mkdir(parents=True)
@@ -67,6 +70,7 @@ def test_existing_directories_are_left_alone(mp: Path) -> None:
     assert {p: owner_mode(mp / p) for p in tree(mp)} == before
 
 
+@pytest.mark.root
 def test_only_missing_tail_is_created(mp: Path) -> None:
     (mp / "r1-a/web").mkdir(parents=True)
     os.chown(mp / "r1-a/web", 99, 99)
@@ -107,6 +111,7 @@ def test_symlink_at_every_level_is_refused(
     assert os.listdir(mp / "r1-b") == []
 
 
+@pytest.mark.root
 def test_mount_point_given_as_a_symlink_counts_only_by_its_device(
     tmp_path: Path, outside: Path
 ) -> None:
@@ -136,12 +141,14 @@ def test_another_device_than_expected_is_refused(mp: Path) -> None:
     assert tree(mp) == []
 
 
+@pytest.mark.mount
 def test_right_device_is_accepted(tmpfs: Path) -> None:
     got = fs.prepare_path(str(tmpfs), PARTS, OWNER, 0o750, os.stat(tmpfs).st_dev)
     assert got.leaf_created
     assert os.stat(tmpfs / "r1-a/web/var/data").st_dev == os.stat(tmpfs).st_dev
 
 
+@pytest.mark.mount
 def test_a_mount_inside_the_namespace_is_refused(mp: Path, tmp_path: Path) -> None:
     inner = mp / "r1-a/web"
     inner.mkdir(parents=True)
@@ -156,6 +163,7 @@ def test_a_mount_inside_the_namespace_is_refused(mp: Path, tmp_path: Path) -> No
         subprocess.run(["umount", "-l", str(inner)], check=False)
 
 
+@pytest.mark.root
 def test_bad_components_are_refused(mp: Path) -> None:
     for parts in [("r1-a", "..", "x"), ("r1-a", "a/b"), ("r1-a", "."), ("r1-a", ""), ()]:
         with pytest.raises(NamespaceViolation):

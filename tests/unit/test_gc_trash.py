@@ -24,7 +24,7 @@ from volagent.rack import trash
 from volagent.values import Owner
 from volagent.volumes import trashcheck
 
-OWNER = Owner(1000, 1000)
+OWNER = Owner(os.getuid(), os.getgid())  # the caller itself: no root needed
 WHO = {"host": "host-a", "user": "root", "pid": 1}
 
 
@@ -106,6 +106,7 @@ def test_a_candidate_used_since_the_listing_is_kept_and_unclaimed(mp: Path, root
     assert list((mp / ".volagent" / "trash").iterdir()) == []
 
 
+@pytest.mark.root  # the preparer makes a parent: root 0755 (rule 2)
 def test_the_preparer_touches_then_refuses_a_trashed_namespace(mp: Path, root: int) -> None:
     make_dir(mp, "r1-old/web")
     [c] = candidates(mp, root)

@@ -15,34 +15,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit import factories
+from tests.unit.guard_requests import LABELS, ask, create, create_body, decision, plugin_body
 
-from volagent.config import from_dict
 from volagent.guard.plugin import Guard
 from volagent.httpserver import Request, Response
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.volumes.preparer import ContainerSpec, Preparer
 from volagent.worker import TimedWorker
 
-pytestmark = [pytest.mark.mount]  # chown to other users needs root
+# tests marked `root` have the guard prepare a directory: volagent makes its parents
+# root 0755 (rule 2)
 
-LABELS = {"convox.app": "a", "convox.service": "web", "volagent.owner": "33:33"}
 CID = "f" * 64
 
 
 def make_state(mp: Path, **guard: Any) -> AgentState:
-    cfg = from_dict(
-        {
-            "rack": "r1",
-            "mount_point": str(mp),
-            "guard": {"enabled": True, **guard},
-            "directories": {"timeout_s": 0.5},
-        }
+    """A state whose guard is on (with `guard` over its defaults) and gives up on a
+    directory walk after half a second."""
+    return factories.make_state(
+        mp, guard={"enabled": True, **guard}, directories={"timeout_s": 0.5}
     )
-    st = AgentState(cfg)
-    st.set_mount_state("mounted")
-    st.set_docker_state("connected")
-    st.mount_dev = os.stat(mp).st_dev
-    return st
 
 
 @pytest.fixture
@@ -60,45 +53,6 @@ def state(mp: Path) -> AgentState:
 @pytest.fixture
 def guard(state: AgentState, worker: TimedWorker) -> Guard:
     return Guard(state, Preparer(state, worker))
-
-
-def plugin_body(method: str, uri: str, body: Any = None, **extra: Any) -> bytes:
-    doc: dict[str, Any] = {
-        "User": "",
-        "RequestMethod": method,
-        "RequestUri": uri,
-        "RequestHeaders": {"Content-Type": "application/json"},
-    }
-    if body is not None:
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        doc["RequestBody"] = base64.b64encode(raw).decode()
-    doc.update(extra)
-    return json.dumps(doc).encode()
-
-
-def ask(g: Guard, raw: bytes, path: str = "/AuthZPlugin.AuthZReq", uid: int = 0) -> Response:
-    req = Request("POST", path, {}, {}, raw, peer_uid=uid)
-    return asyncio.run(g.handle(req))
-
-
-def decision(resp: Response) -> dict[str, Any]:
-    assert resp.status == 200, resp.body
-    doc = json.loads(resp.body)
-    assert isinstance(doc, dict)
-    return doc
-
-
-def create_body(*binds: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "Image": "busybox",
-        "Labels": LABELS if labels is None else labels,
-        "HostConfig": {"Binds": list(binds)},
-    }
-
-
-def create(g: Guard, *binds: str, name: str = "web-1", **kw: Any) -> dict[str, Any]:
-    uri = f"/v1.41/containers/create?name={name}"
-    return decision(ask(g, plugin_body("POST", uri, create_body(*binds, **kw))))
 
 
 def learn_id(g: Guard, body: dict[str, Any], name: str, cid: str) -> None:
@@ -127,7 +81,12 @@ def test_other_requests_are_allowed_at_once_and_counted(guard: Guard, state: Age
     for method, uri in (("GET", "/v1.41/containers/json"), ("POST", "/v1.41/containers/x/stop")):
         assert decision(ask(guard, plugin_body(method, uri))) == {"Allow": True}
     assert (state.guard.allowed, state.guard.denied) == (2, 0)
-    assert state.metrics.guard_decisions.labels(result="allow")._value.get() == 2
+    assert (
+        state.metrics.registry.get_sample_value(
+            "volagent_guard_decisions_total", {"result": "allow"}
+        )
+        == 2
+    )
 
 
 def test_responses_are_always_allowed(guard: Guard) -> None:
@@ -169,12 +128,18 @@ def test_only_root_may_ask(guard: Guard, mp: Path) -> None:
 
 
 # --- create ---------------------------------------------------------------------------------
+@pytest.mark.root
 def test_create_prepares_before_answering(guard: Guard, state: AgentState, mp: Path) -> None:
     assert create(guard, f"{mp}/r1-a/web/data:/data") == {"Allow": True}
     assert owner_mode(mp / "r1-a/web/data") == (33, 33, 0o755)
     assert owner_mode(mp / "r1-a") == (0, 0, 0o755)
     assert (state.guard.allowed, state.guard.denied) == (1, 0)
-    assert state.metrics.guard_decisions.labels(result="allow")._value.get() == 1
+    assert (
+        state.metrics.registry.get_sample_value(
+            "volagent_guard_decisions_total", {"result": "allow"}
+        )
+        == 1
+    )
 
 
 def test_outside_binds_are_untouched(guard: Guard, mp: Path, tmp_path: Path) -> None:
@@ -223,6 +188,7 @@ def test_a_planted_symlink_is_denied(guard: Guard, mp: Path, tmp_path: Path) -> 
     assert os.listdir(target) == []
 
 
+@pytest.mark.root
 def test_warn_mode_lets_violations_through(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp, violations="warn")
     g = Guard(st, Preparer(st, worker))
@@ -269,6 +235,7 @@ def test_a_stuck_filesystem_is_a_deny_in_time(guard: Guard, worker: TimedWorker,
     assert "not answering" in answer["Msg"]
 
 
+@pytest.mark.root
 def test_just_after_start_a_create_waits_for_the_mount_state(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp)
     st.set_mount_state("unmounted")  # as at start-up: nobody has looked at the mount yet
@@ -343,7 +310,12 @@ def test_own_errors_fail_closed_for_anything_that_binds(
     body = {"Image": "x", "Labels": LABELS, "HostConfig": {}}
     plain = decision(ask(guard, plugin_body("POST", "/containers/create", body)))
     assert plain == {"Allow": True}
-    assert state.metrics.guard_decisions.labels(result="error")._value.get() == 3
+    assert (
+        state.metrics.registry.get_sample_value(
+            "volagent_guard_decisions_total", {"result": "error"}
+        )
+        == 3
+    )
     assert any("start guard failed" in w for w in state.warnings)
     assert not (mp / "r1-a").exists()
 
@@ -353,6 +325,7 @@ def start(g: Guard, ref: str, action: str = "start") -> dict[str, Any]:
     return decision(ask(g, plugin_body("POST", f"/v1.41/containers/{ref}/{action}")))
 
 
+@pytest.mark.root
 def test_two_creates_judged_at_once_cannot_nest(guard: Guard, mp: Path) -> None:
     outer = create_body(f"{mp}/r1-a/web:/all")
     inner = create_body(f"{mp}/r1-a/web/data:/data")
@@ -379,6 +352,7 @@ def walks(state: AgentState) -> float:
     return value or 0.0
 
 
+@pytest.mark.root
 def test_a_guarded_create_is_walked_once_and_each_start_once_more(
     guard: Guard, state: AgentState, mp: Path
 ) -> None:
@@ -396,6 +370,7 @@ def test_a_guarded_create_is_walked_once_and_each_start_once_more(
     assert walks(state) == 2
 
 
+@pytest.mark.root
 def test_start_is_judged_from_what_the_guard_saw(guard: Guard, state: AgentState, mp: Path) -> None:
     body = create_body(f"{mp}/r1-a/web/data:/data")
     assert decision(ask(guard, plugin_body("POST", "/containers/create?name=web-1", body)))["Allow"]
@@ -412,6 +387,7 @@ def test_start_is_judged_from_what_the_guard_saw(guard: Guard, state: AgentState
     assert start(guard, "web-1") == {"Allow": True}
 
 
+@pytest.mark.root
 def test_an_escaped_create_uri_is_learned_too(guard: Guard, state: AgentState, mp: Path) -> None:
     uri = "/v1.41/containers/%63reate?name=web-1"  # routed as a create: its answer too
     body = create_body(f"{mp}/r1-a/web/data:/data")
@@ -434,6 +410,7 @@ def test_start_of_a_container_known_to_the_state(guard: Guard, state: AgentState
     assert start(guard, "unknown") == {"Allow": True}
 
 
+@pytest.mark.root
 def test_start_re_prepares_a_volume_left_pending(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp, when_unhealthy="allow")
     g = Guard(st, Preparer(st, worker))
@@ -447,6 +424,7 @@ def test_start_re_prepares_a_volume_left_pending(mp: Path, worker: TimedWorker) 
     assert owner_mode(mp / "r1-a/web/data") == (33, 33, 0o755)
 
 
+@pytest.mark.root
 def test_volumes_from_a_known_container_counts(guard: Guard, state: AgentState, mp: Path) -> None:
     body = create_body(f"{mp}/r1-a/web/data:/data")
     assert decision(ask(guard, plugin_body("POST", "/containers/create?name=src", body)))["Allow"]

@@ -23,7 +23,8 @@ from volagent.state import AgentState
 from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 
-pytestmark = [pytest.mark.mount]  # chown to other users needs root
+# tests marked `root` have the guard prepare a directory: volagent makes its parents
+# root 0755 (rule 2)
 
 
 class UnixConnection(http.client.HTTPConnection):
@@ -108,6 +109,7 @@ def raw_exchange(path: str, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.root
 def test_keep_alive_serves_many_requests_on_one_connection(served: Served) -> None:
     conn = UnixConnection(served.socket)
     try:
@@ -125,6 +127,7 @@ def test_keep_alive_serves_many_requests_on_one_connection(served: Served) -> No
     assert (served.mp / "r1-a/web/data").is_dir()
 
 
+@pytest.mark.root
 def test_malformed_and_oversized_requests_get_errors(served: Served) -> None:
     answer = raw_exchange(served.socket, b"\x00\x01garbage\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400")
@@ -143,6 +146,7 @@ def test_malformed_and_oversized_requests_get_errors(served: Served) -> None:
         conn.close()
 
 
+@pytest.mark.root
 def test_stop_answers_the_request_in_progress(served: Served) -> None:
     # the worker's only thread is stuck, so a create waits for its timeout before the deny
     release = threading.Event()
@@ -175,6 +179,7 @@ def test_stop_answers_the_request_in_progress(served: Served) -> None:
     assert not os.path.exists(served.socket)
 
 
+@pytest.mark.root
 def test_stop_lets_an_idle_connection_be_used_once_more(served: Served) -> None:
     # dockerd keeps idle connections to its plugin and may send on one at any moment:
     # closing it under dockerd's feet would cut that request off

@@ -13,31 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.unit.factories import make_state
 
-from volagent.config import from_dict
 from volagent.errors import MountUnhealthy, RecordError
 from volagent.rack import records
 from volagent.rack.heartbeat import Heartbeat, rack_view, read_heartbeats, write_heartbeat
-from volagent.state import AgentState
 from volagent.worker import TimedWorker
 
-
-def make_state(mp: Path, host: str = "host-a", **health: float) -> AgentState:
-    st = AgentState(
-        from_dict(
-            {
-                "rack": "r1",
-                "mount_point": str(mp),
-                "health": {"heartbeat_interval_s": 0.2, "stale_after_s": 1.0, **health},
-            }
-        )
-    )
-    st.host_id = host
-    st.instance_id = "i-0123"
-    st.set_mount_state("mounted")
-    st.set_docker_state("connected")
-    st.mount_dev = os.stat(mp).st_dev
-    return st
+# beats often, and a host is stale soon: the tests wait in fractions of a second
+FAST = {"heartbeat_interval_s": 0.2, "stale_after_s": 1.0}
 
 
 @pytest.fixture
@@ -52,7 +36,7 @@ def hosts_dir(mp: Path) -> Path:
 
 
 def test_beat_writes_the_contract_fields(mp: Path, worker: TimedWorker) -> None:
-    st = make_state(mp)
+    st = make_state(mp, health=FAST)
     assert asyncio.run(Heartbeat(st, worker).beat())
     rec = json.loads((hosts_dir(mp) / "host-a.json").read_text())
     assert rec["host"] == "host-a"
@@ -62,16 +46,22 @@ def test_beat_writes_the_contract_fields(mp: Path, worker: TimedWorker) -> None:
     assert abs(rec["time"] - time.time()) < 3600
     assert rec["last_seen"].endswith("Z")
     assert [p.name for p in hosts_dir(mp).iterdir()] == ["host-a.json"]  # no temp file left
-    assert st.metrics.heartbeats.labels(result="written")._value.get() == 1
+    assert (
+        st.metrics.registry.get_sample_value("volagent_heartbeats_total", {"result": "written"})
+        == 1
+    )
 
 
 def test_no_heartbeat_while_the_mount_is_unhealthy(mp: Path, worker: TimedWorker) -> None:
-    st = make_state(mp)
+    st = make_state(mp, health=FAST)
     st.set_mount_state("stalled")
     st.mount_dev = None
     assert not asyncio.run(Heartbeat(st, worker).beat())
     assert not (mp / ".volagent").exists()
-    assert st.metrics.heartbeats.labels(result="skipped")._value.get() == 1
+    assert (
+        st.metrics.registry.get_sample_value("volagent_heartbeats_total", {"result": "skipped"})
+        == 1
+    )
 
 
 def test_write_refuses_another_device(mp: Path) -> None:
@@ -108,7 +98,7 @@ def test_host_names_become_safe_file_names(mp: Path) -> None:
 
 
 def test_renamed_host_removes_its_former_record(mp: Path, worker: TimedWorker) -> None:
-    st = make_state(mp, host="ip-10-0-0-1")
+    st = make_state(mp, host="ip-10-0-0-1", health=FAST)
     hb = Heartbeat(st, worker)
     asyncio.run(hb.beat())
     st.host_id = "i-0abc"  # the instance id became known
@@ -131,7 +121,7 @@ def test_rack_view_flags_stale_hosts_and_skips_garbage(mp: Path) -> None:
 
 
 def test_hosts_lists_every_host_sharing_the_directory(mp: Path, worker: TimedWorker) -> None:
-    a, b = make_state(mp, "host-a"), make_state(mp, "host-b")
+    a, b = make_state(mp, "host-a", health=FAST), make_state(mp, "host-b", health=FAST)
 
     async def scenario() -> list[dict[str, object]]:
         await Heartbeat(b, worker).beat()
@@ -141,11 +131,11 @@ def test_hosts_lists_every_host_sharing_the_directory(mp: Path, worker: TimedWor
 
     view = asyncio.run(scenario())
     assert [(h["host"], h["stale"]) for h in view] == [("host-a", False), ("host-b", False)]
-    assert a.metrics.rack_hosts.labels(freshness="fresh")._value.get() == 2
+    assert a.metrics.registry.get_sample_value("volagent_rack_hosts", {"freshness": "fresh"}) == 2
 
 
 def test_a_host_that_stops_beating_turns_stale(mp: Path, worker: TimedWorker) -> None:
-    a, b = make_state(mp, "host-a"), make_state(mp, "host-b")
+    a, b = make_state(mp, "host-a", health=FAST), make_state(mp, "host-b", health=FAST)
 
     async def scenario() -> list[dict[str, object]]:
         await Heartbeat(b, worker).beat()
@@ -170,7 +160,7 @@ def test_a_host_that_stops_beating_turns_stale(mp: Path, worker: TimedWorker) ->
 
 
 def test_stopping_says_stopped(mp: Path, worker: TimedWorker) -> None:
-    st = make_state(mp)
+    st = make_state(mp, health=FAST)
 
     async def scenario() -> None:
         hb = Heartbeat(st, worker)
@@ -188,7 +178,7 @@ def test_stopping_says_stopped(mp: Path, worker: TimedWorker) -> None:
 def test_hosts_answers_the_last_list_when_reading_hangs(mp: Path) -> None:
     """A read stuck in the filesystem must not hold up the answer: the list read before is
     answered at once, and reads do not pile up behind the stuck one."""
-    st = make_state(mp)
+    st = make_state(mp, health=FAST)
     worker = TimedWorker("test-hang", max_threads=4)
 
     async def scenario() -> tuple[list[dict[str, object]], int]:

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.disk import owner_mode
+from tests.testbed.disk import owner_mode
 
 from volagent.config import from_dict
 from volagent.state import AgentState
 from volagent.volumes.preparer import ContainerSpec, Outcome, Preparer
 from volagent.worker import TimedWorker
 
-pytestmark = [pytest.mark.mount]  # chown to other users needs root
+# tests marked `root` have volagent make a directory (its parents root 0755, rule 2) or
+# judge one another user owns (Docker makes missing bind sources root's)
 
 LABELS = {"convox.app": "a", "convox.service": "web", "volagent.owner": "1234:1234"}
 
@@ -78,6 +79,7 @@ def docker_made(path: Path) -> None:
     os.chmod(path, 0o755)  # noqa: S103 - Docker's own mode, on purpose
 
 
+@pytest.mark.root
 def test_missing_directory_is_created_ready(mp: Path, preparer: Preparer) -> None:
     outcome = run(preparer, spec(mp))
     assert [v.state for v in outcome.volumes] == ["ready"]
@@ -87,6 +89,7 @@ def test_missing_directory_is_created_ready(mp: Path, preparer: Preparer) -> Non
     assert (record.rack, record.app, record.service) == ("r1", "a", "web")
 
 
+@pytest.mark.root
 def test_docker_made_dir_under_a_started_container_is_late(mp: Path, preparer: Preparer) -> None:
     docker_made(mp / "r1-a/web/data")
     outcome = run(preparer, spec(mp, started=True))
@@ -101,6 +104,7 @@ def test_docker_made_dir_under_a_started_container_is_late(mp: Path, preparer: P
     assert preparer.state.verdict() == "degraded"  # late is a problem worth reporting
 
 
+@pytest.mark.root
 def test_docker_made_dir_is_late_when_the_recheck_sees_it_started(
     mp: Path, preparer: Preparer
 ) -> None:
@@ -116,6 +120,7 @@ def test_docker_made_dir_is_late_when_the_recheck_sees_it_started(
     assert calls == [1]
 
 
+@pytest.mark.root
 def test_root_dir_of_a_container_not_started_is_ready(mp: Path, preparer: Preparer) -> None:
     # e.g. made by an operator before: existing data, not a race that was lost
     docker_made(mp / "r1-a/web/data")
@@ -127,6 +132,7 @@ def test_root_dir_of_a_container_not_started_is_ready(mp: Path, preparer: Prepar
     assert vol.state == "ready"
 
 
+@pytest.mark.root
 def test_existing_dir_with_another_owner_is_ready_not_late(mp: Path, preparer: Preparer) -> None:
     leaf = mp / "r1-a/web/data"
     leaf.mkdir(parents=True)
@@ -136,6 +142,7 @@ def test_existing_dir_with_another_owner_is_ready_not_late(mp: Path, preparer: P
     assert owner_mode(leaf)[:2] == (999, 999)
 
 
+@pytest.mark.root
 def test_root_0755_asked_for_cannot_be_late(mp: Path, preparer: Preparer) -> None:
     docker_made(mp / "r1-a/web/data")
     labels = {"convox.app": "a", "convox.service": "web"}  # config default: 0:0 0755
@@ -143,6 +150,7 @@ def test_root_0755_asked_for_cannot_be_late(mp: Path, preparer: Preparer) -> Non
     assert vol.state == "ready"
 
 
+@pytest.mark.root
 def test_mode_label_difference_alone_makes_late(mp: Path, preparer: Preparer) -> None:
     docker_made(mp / "r1-a/web/data")
     labels = {"convox.app": "a", "convox.service": "web", "volagent.mode": "0700"}
@@ -150,6 +158,7 @@ def test_mode_label_difference_alone_makes_late(mp: Path, preparer: Preparer) ->
     assert vol.state == "late"
 
 
+@pytest.mark.root
 def test_late_stays_late_with_its_reason(mp: Path, preparer: Preparer) -> None:
     docker_made(mp / "r1-a/web/data")
     (first,) = run(preparer, spec(mp, started=True)).volumes
@@ -158,6 +167,7 @@ def test_late_stays_late_with_its_reason(mp: Path, preparer: Preparer) -> None:
     assert again.error
 
 
+@pytest.mark.root
 def test_settled_state_is_never_rejudged(mp: Path, preparer: Preparer) -> None:
     s = spec(mp)
     (vol,) = run(preparer, s).volumes
@@ -221,6 +231,7 @@ def test_unlabeled_container_binding_the_shared_filesystem_is_a_violation(
     assert [v.host for v in preparer.state.containers["c1"].volumes] == [vol.host]
 
 
+@pytest.mark.root
 def test_numeric_user_owns_the_leaf(mp: Path, preparer: Preparer) -> None:
     labels = {"convox.app": "a", "convox.service": "web"}
     run(preparer, spec(mp, labels=labels, user="33:44"))

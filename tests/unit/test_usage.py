@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.unit.factories import make_state
 
-from volagent.config import from_dict
 from volagent.rack import binds as rack_binds
 from volagent.rack import usage
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
@@ -24,14 +24,6 @@ def worker() -> Iterator[TimedWorker]:
     w = TimedWorker("test-usage")
     yield w
     w.close()
-
-
-def make_state(mp: Path, host: str = "host-a") -> AgentState:
-    st = AgentState(from_dict({"rack": "r1", "mount_point": str(mp)}))
-    st.host_id = host
-    st.set_mount_state("mounted")
-    st.mount_dev = os.stat(mp).st_dev
-    return st
 
 
 def add_container(st: AgentState, cid: str, *volumes: tuple[str, str]) -> None:
@@ -73,7 +65,10 @@ def test_new_use_is_recorded_once_per_directory(mp: Path, worker: TimedWorker) -
     assert asyncio.run(rec.record_due()) == 0
     add_container(st, "3", (f"{mp}/r1-c/web/x", "ready"))
     assert asyncio.run(rec.record_due()) == 1
-    assert st.metrics.usage_records.labels(result="written")._value.get() == 4
+    assert (
+        st.metrics.registry.get_sample_value("volagent_usage_records_total", {"result": "written"})
+        == 4
+    )
 
 
 def test_every_bind_on_the_shared_filesystem_is_use_whoever_made_it(
@@ -138,7 +133,10 @@ def test_a_failed_write_is_counted_and_retried_later(
     (mp / ".volagent" / "usage").symlink_to(tmp_path)  # planted: never followed
     rec = usage.UsageRecorder(st, worker)
     assert asyncio.run(rec.record_due()) == 0
-    assert st.metrics.usage_records.labels(result="failed")._value.get() == 1
+    assert (
+        st.metrics.registry.get_sample_value("volagent_usage_records_total", {"result": "failed"})
+        == 1
+    )
     assert not (tmp_path / "r1-a").exists()
     (mp / ".volagent" / "usage").unlink()
     assert asyncio.run(rec.record_due()) == 0  # backing off

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.unit.test_guard import create
+from tests.unit import factories
+from tests.unit.guard_requests import create
 
 from volagent.config import ConfigError, from_dict
 from volagent.guard.plugin import Guard
@@ -25,22 +26,10 @@ from volagent.worker import TimedWorker
 
 
 def make_state(mp: Path, host: str = "host-a", guard: bool = False, **quota: Any) -> AgentState:
-    st = AgentState(
-        from_dict(
-            {
-                "rack": "r1",
-                "mount_point": str(mp),
-                "usage": {"ops_per_second": 10000},
-                "quotas": quota,
-                "guard": {"enabled": guard},
-            }
-        )
+    """A state whose usage walk is not throttled, with `quota` as its [quotas] table."""
+    return factories.make_state(
+        mp, host, usage={"ops_per_second": 10000}, quotas=quota, guard={"enabled": guard}
     )
-    st.host_id = host
-    st.set_mount_state("mounted")
-    st.set_docker_state("connected")
-    st.mount_dev = os.stat(mp).st_dev
-    return st
 
 
 def fill(mp: Path, app: str, service: str, n_bytes: int) -> None:
@@ -170,6 +159,7 @@ def test_sizes_parse_once_and_bad_ones_name_the_key() -> None:
         assert err.value.key == key, data
 
 
+@pytest.mark.root
 def test_the_guard_denies_creates_of_an_app_over_quota_with_deny(mp: Path) -> None:
     fill(mp, "a", "web", 100_000)
     labels_b = {"convox.app": "b", "convox.service": "web"}

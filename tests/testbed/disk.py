@@ -1,12 +1,31 @@
-"""What the disk says, for comparing with what the agent's status says."""
+"""What the disk says about a directory tree, read without following symlinks: shared by the
+unit tests of the directory walk and by the integration tests that compare the disk with what
+the agent's status says."""
 
 from __future__ import annotations
 
 import os
+import stat
+from typing import TYPE_CHECKING
 
-from tests.disk import tree
-from tests.integration.testbed import mounts
-from tests.integration.testbed.agent import AgentProcess
+from tests.testbed import mounts
+
+if TYPE_CHECKING:
+    from tests.testbed.agent import AgentProcess
+
+
+def owner_mode(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """(uid, gid, permission bits) of path itself, never following a symlink."""
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def tree(root: str | os.PathLike[str]) -> list[str]:
+    """Every entry below root as a relative path; symlinks are listed, not followed."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        out += [os.path.relpath(os.path.join(dirpath, n), root) for n in dirnames + filenames]
+    return sorted(out)
 
 
 def namespaces_tree(mount_point: str) -> list[str]:

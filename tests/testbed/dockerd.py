@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import docker
 
-from tests.integration.testbed import mounts
+from tests.testbed import mounts
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0

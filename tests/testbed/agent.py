@@ -22,7 +22,7 @@ from typing import Any
 
 import tomli_w
 
-from tests.integration.testbed import mounts, unixhttp
+from tests.testbed import mounts, unixhttp
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0

@@ -12,7 +12,7 @@ import docker
 import docker.errors
 import docker.types
 
-from tests.integration.testbed.image import IMAGE
+from tests.testbed.image import IMAGE
 
 TEST_LABEL = "volagent.test"
 T = TypeVar("T")

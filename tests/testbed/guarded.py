@@ -5,13 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.integration.testbed.agent import AgentProcess
-from tests.integration.testbed.containers import Containers, app_labels
-from tests.integration.testbed.dockerd import Dockerd
-from tests.integration.testbed.plugin_home import PluginHome
+import docker.errors
+import pytest
+
+from tests.testbed.agent import AgentProcess
+from tests.testbed.containers import Containers, app_labels
+from tests.testbed.dockerd import Dockerd
+from tests.testbed.plugin_home import PluginHome
 
 # the secret another app keeps, for the attacks on the guard to reach for
 VICTIM_SECRET = "other app's data"
+
+
+def denied(excinfo: pytest.ExceptionInfo[docker.errors.APIError]) -> str:
+    """The text of a Docker error that volagent's start guard caused; fails on any other."""
+    text = str(excinfo.value)
+    assert "authorization denied by plugin volagent" in text, text
+    return text
 
 
 class Guarded:

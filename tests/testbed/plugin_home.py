@@ -26,9 +26,9 @@ import sys
 import tempfile
 from typing import Any
 
-from tests.integration.testbed import mounts
-from tests.integration.testbed.agent import AgentProcess, agent_env
-from tests.integration.testbed.dockerd import Dockerd
+from tests.testbed import mounts
+from tests.testbed.agent import AgentProcess, agent_env
+from tests.testbed.dockerd import Dockerd
 
 PLUGIN = "volagent"
 _ENTER = (

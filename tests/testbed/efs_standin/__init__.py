@@ -14,13 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.integration.testbed import mounts as testbed_mounts
-from tests.integration.testbed.agent import AgentProcess
+from tests.testbed import mounts as testbed_mounts
+from tests.testbed.agent import AgentProcess
+from tests.testbed.waiting import eventually
 from volagent import config as config_mod
 from volagent.config import Config
 from volagent.mount import MountManager, kernel
@@ -181,20 +182,6 @@ def scratch_area(base: Path) -> Iterator[Scratch]:
         yield scratch
     finally:
         cleanup(scratch)
-
-
-async def eventually(
-    cond: Callable[[], Any], what: str, timeout: float = 30.0, every: float = 0.02
-) -> Any:
-    """Polls `cond()` until it is truthy; fails naming `what` after a generous deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(every)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """AWS for the test bed, all on loopback: a moto server for the EFS and EC2 APIs, an IMDSv2
 emulator whose failures the tests control, and an "NFS port" listener for the TCP check.
 
-Import the fixtures into a test module (`from tests.integration.aws_fixtures import ...`).
+A pytest plugin of the suite (tests/conftest.py's `pytest_plugins`): its fixtures are
+there for any test by name; its helpers are imported as usual (benchmarks use them too).
 """
 
 from __future__ import annotations

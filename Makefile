@@ -15,7 +15,7 @@ TEST_CACHE ?= $(or $(VOLAGENT_TEST_CACHE),/var/cache/volagent-test)
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' agent/volagent/__init__.py)
 BUNDLE := dist/volagent-$(VERSION)-bundle.tar.gz
 
-.PHONY: install host-deps testbed-deps run test unit integration lint bench dist ami clean vm-deps vm-image test-vm
+.PHONY: install host-deps testbed-deps run test unit integration lint bench dist ami clean vm-deps vm-image test-vm bench-vm
 
 install: $(VENV)/.installed
 
@@ -68,6 +68,12 @@ test-vm: dist vm-deps
 	image=$$(scripts/build-vm-image $(TEST_CACHE) $(BUNDLE)) && \
 	VOLAGENT_VM_IMAGE=$$image VOLAGENT_TEST_CACHE=$(TEST_CACHE) \
 		$(PY) -m pytest -q -p no:cacheprovider --durations=0 -m vm $(PYTEST_ARGS) tests/vm
+
+# The benchmarks on the test machine (bench/vm_bench.py): a guarded docker run against Docker
+# alone over NFS with a netem delay, and how soon a real hang is noticed; ratios in one run.
+bench-vm: dist vm-deps
+	image=$$(scripts/build-vm-image $(TEST_CACHE) $(BUNDLE)) && \
+	VOLAGENT_VM_IMAGE=$$image VOLAGENT_TEST_CACHE=$(TEST_CACHE) $(PY) -m bench vm_bench
 
 # An AMI with volagent baked in, for users with AWS credentials: make ami PACKER_VARS='-var region=...'
 ami: dist

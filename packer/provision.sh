@@ -206,8 +206,19 @@ for unit in volagent.service volagent-api.socket volagent-guard.socket; do
     sed "s|/opt/volagent/|$prefix/|g" "$src/systemd/$unit" >"$work/$unit"
     install -m 0644 "$work/$unit" "$unit_dir/$unit"
 done
+# the drop-in orders dockerd after the mount unit of the default mount point, volumes.mount:
+# with another mount_point, after that one's unit instead (systemd-escape names it)
+mount_point=$("$prefix/bin/python" -c '
+import sys
+from volagent import config
+print(config.load(sys.argv[1]).mount_point)' "$config_file")
+mount_unit=volumes.mount
+if [ "$mount_point" != /volumes ] && have systemd-escape; then
+    mount_unit=$(systemd-escape --path --suffix=mount "$mount_point")
+fi
+sed "/^After=/s|volumes\.mount|$mount_unit|" "$src/systemd/docker.service.d/volagent.conf" >"$work/docker-volagent.conf"
 install -d -m 0755 "$unit_dir/docker.service.d"
-install -m 0644 "$src/systemd/docker.service.d/volagent.conf" "$unit_dir/docker.service.d/volagent.conf"
+install -m 0644 "$work/docker-volagent.conf" "$unit_dir/docker.service.d/volagent.conf"
 
 # Merges the fragment's lists into daemon.json (or takes them out, guard off); every other
 # key of an existing file is kept. Written to a temporary file and renamed into place.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.vm import snapshot
-from tests.vm.machine import QEMU, Image, Machine, make_overlay
+from tests.vm.helpers import resumed
+from tests.vm.machine import QEMU, Image, Machine
 
 CACHE = Path(os.environ.get("VOLAGENT_TEST_CACHE", "/var/cache/volagent-test"))
 
@@ -51,20 +51,5 @@ def vm_snapshot(vm_image: Image) -> snapshot.Snapshot:
 @pytest.fixture
 def vm(vm_snapshot: snapshot.Snapshot) -> Iterator[Machine]:
     """A machine resumed from the snapshot: booted, volagent ok, Docker with the image."""
-    workdir = Path(tempfile.mkdtemp(prefix="vm-", dir="/tmp"))  # short socket paths
-    try:
-        make_overlay(vm_snapshot.disk, workdir / "disk.qcow2")
-        machine = Machine(vm_snapshot.image, workdir, workdir / "disk.qcow2")
-        started = time.monotonic()
-        machine.start(incoming=vm_snapshot.state)
-        try:
-            machine.wait_agent(120)
-            machine.set_clock()
-            print(f"\nvm resumed in {time.monotonic() - started:.1f}s")
-            yield machine
-        finally:
-            # shown by pytest only when the test failed
-            print(f"console of the machine:\n{machine.console_tail()}")
-            machine.quit()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with resumed(vm_snapshot) as machine:
+        yield machine

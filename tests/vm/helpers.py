@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from tests.vm.machine import Machine, Result
-from tests.vm.snapshot import IMAGE_TAG
+from tests.vm.machine import Machine, Result, make_overlay
+from tests.vm.snapshot import IMAGE_TAG, Snapshot
 
 RACK = "vmrack"
 EXPORT = "/export"
 ROOT_VIEW = "/mnt/rootfs"  # / bind-mounted again: /volumes there is the local disk beneath
+
+
+@contextlib.contextmanager
+def resumed(snap: Snapshot, console: bool = True) -> Iterator[Machine]:
+    """A machine resumed from the snapshot on a disk overlay of its own, thrown away after."""
+    workdir = Path(tempfile.mkdtemp(prefix="vm-", dir="/tmp"))  # short socket paths
+    try:
+        make_overlay(snap.disk, workdir / "disk.qcow2")
+        machine = Machine(snap.image, workdir, workdir / "disk.qcow2")
+        started = time.monotonic()
+        machine.start(incoming=snap.state)
+        try:
+            machine.wait_agent(120)
+            machine.set_clock()
+            print(f"\nvm resumed in {time.monotonic() - started:.1f}s")
+            yield machine
+        finally:
+            if console:  # pytest shows it only when the test failed
+                print(f"console of the machine:\n{machine.console_tail()}")
+            machine.quit()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def status(vm: Machine, timeout: float = 30) -> tuple[int, dict[str, Any]]:

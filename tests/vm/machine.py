@@ -298,6 +298,18 @@ class Machine:
         result = Result(cmd, rc, out, err)
         return result.check() if check else result
 
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Writes `data` to `path` in the guest (through the guest agent's file calls)."""
+        assert self.agent is not None
+        handle = self.agent.call("guest-file-open", path=path, mode="w")
+        try:
+            for start in range(0, len(data), 1 << 20):
+                chunk = base64.b64encode(data[start : start + (1 << 20)]).decode()
+                self.agent.call("guest-file-write", handle=handle, **{"buf-b64": chunk})
+        finally:
+            self.agent.call("guest-file-close", handle=handle)
+        self.sh(f"chmod {mode:o} {shlex.quote(path)}")
+
     def boot_id(self) -> str:
         return self.sh("cat /proc/sys/kernel/random/boot_id").out.strip()
 

@@ -1,7 +1,6 @@
 """Scenario 5, `volagent doctor` on a real host: it passes here, and fails with the right fix
 when port 2049 is blocked or the NFS client package is removed. (The mount argv of type nfs
-mounting for real is scenario 1; types nfs4 and auto need EFS discovery, which has no
-stand-in inside the machine.)"""
+mounting for real is scenario 1; types nfs4 and auto are test_mount_types.)"""
 
 from __future__ import annotations
 

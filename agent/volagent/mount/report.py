@@ -31,6 +31,11 @@ class Reporter:
             m.type = target.type
             m.source = target.source
             m.file_system_id = target.file_system_id
+        elif not m.type:
+            # until a target is found: what the config names (efs and nfs4 find their source)
+            m.type = cfg.mount.type
+            m.source = cfg.mount.local_path if m.type == "local" else cfg.mount.source
+            m.file_system_id = cfg.mount.file_system_id
 
     def unhealthy(self, state: str, error: str | None) -> None:
         self.state.mount_dev = None

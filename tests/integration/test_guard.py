@@ -7,6 +7,7 @@ systemd's socket unit holds it, handed to each agent process it starts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -29,6 +30,11 @@ from tests.testbed import (
 from tests.testbed import mounts as testbed_mounts
 from tests.testbed.agent import all_in, volumes
 from tests.testbed.guarded import Guarded, denied
+from volagent.config import from_dict
+from volagent.state import AgentState
+from volagent.volumes.docker_watch import DockerWatch
+from volagent.volumes.preparer import Preparer
+from volagent.worker import TimedWorker
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
 
@@ -313,3 +319,25 @@ def test_guard_off_with_its_socket_handed_over_allows_everything(
     doc = agent.status()
     assert doc["guard"]["enabled"] is False
     assert any("hands over the guard socket" in w for w in doc["warnings"])
+
+
+def test_the_guards_lookups_do_not_wait_for_the_event_stream(
+    bed: Guarded, ctr: Containers, tmp_path: Any
+) -> None:
+    """Just after volagent (re)starts, the guard may be asked to judge a VolumesFrom before
+    the Docker watch has connected its event stream: dockerd is up (it is the one asking),
+    so the lookup asks Docker itself instead of failing (which denies the create)."""
+    source = ctr.create([], labels=app_labels("other", "web", owner=OWNER))
+    state = AgentState(from_dict({"mount_point": str(tmp_path), "docker": {"url": bed.engine.url}}))
+    worker = TimedWorker("test")
+    watch = DockerWatch(state, Preparer(state, worker))  # never run: no stream, no client
+
+    async def lookups() -> tuple[Any, Any]:
+        return await watch.inspect(source), await watch.inspect("no-such-container")
+
+    try:
+        found, missing = asyncio.run(lookups())
+    finally:
+        worker.close()
+    assert found is not None and found["Id"] == source
+    assert missing is None

@@ -47,6 +47,7 @@ class DockerWatch:
         self.log = log.get("docker")
         self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="docker-api")
         self._client: Any = None
+        self._lookup_client: Any = None  # the guard's, until the watch has connected
         self._stream: Any = None
         self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
         self._last_event_time: str | None = None
@@ -282,12 +283,14 @@ class DockerWatch:
 
     async def inspect(self, ref: str) -> dict[str, Any] | None:
         """Docker's inspect data of the container `ref` names (id, name or id prefix, as
-        Docker resolves it); None when there is none. Raises while Docker is not connected."""
-        client = self._client
-        if client is None:
-            raise StreamEnded("not connected to Docker")
+        Docker resolves it); None when there is none. Raises when Docker cannot be asked."""
         try:
             async with asyncio.timeout(API_TIMEOUT_S):
+                # dockerd asks the guard, so it is up even while the event stream is not
+                # (yet): the guard's lookups never wait for the watch to connect
+                client = self._client or self._lookup_client
+                if client is None:
+                    client = self._lookup_client = await self._call(self._connect)
                 data: dict[str, Any] = await self._call(client.inspect_container, ref)
         except docker.errors.NotFound:
             return None

@@ -465,6 +465,39 @@ def test_partial_bodies_share_one_memory_budget(tmp_path: Path) -> None:
     assert [len(r.body) for r in seen] == [60000, 60000]
 
 
+def test_over_the_budget_while_an_answer_is_due_the_answer_comes_first(tmp_path: Path) -> None:
+    async def handle(req: Request) -> Response:
+        if req.path == "/slow":
+            await asyncio.sleep(0.2)
+        return json_response(200, {"path": req.path})
+
+    async def main() -> None:
+        server = HttpServer(
+            "test",
+            handle,
+            max_header_bytes=1024,
+            max_body=64 << 10,
+            peer_limits=PeerLimits(buffered_total=8 << 10),
+        )
+        path = str(tmp_path / "api.sock")
+        await server.start_unix(path, mode=0o600)
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(b"GET /slow HTTP/1.1\r\n\r\n")
+            await asyncio.sleep(0.05)  # /slow is being served when the rest comes
+            writer.write(b"POST /big HTTP/1.1\r\nContent-Length: 60000\r\n\r\n" + b"x" * 20000)
+            raw = await asyncio.wait_for(reader.read(), 30)
+            writer.close()
+        finally:
+            await server.close()
+        first, _, rest = raw.partition(b"HTTP/1.1 503")
+        assert _status(first) == 200 and b'"/slow"' in first
+        assert b"unfinished request data" in rest
+        assert server.budget.used == 0
+
+    asyncio.run(main())
+
+
 def test_a_refused_connection_is_told_why(tmp_path: Path) -> None:
     async def body(server: HttpServer, path: str, seen: Seen) -> None:
         held = await asyncio.open_unix_connection(path)

@@ -183,12 +183,9 @@ class Connection(asyncio.Protocol):
     # --- reading ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
-        try:
-            self._account()
-        except BadRequest as exc:
-            self._fail(exc)
-            return
         if self._suspended:
+            # sent ahead of an answer still to come: charged, and refused if over the
+            # budget, when its turn comes (answers go out in order)
             if len(self.parser.buf) >= READ_AHEAD and self.transport and not self._reading_paused:
                 self.transport.pause_reading()
                 self._reading_paused = True
@@ -204,6 +201,11 @@ class Connection(asyncio.Protocol):
     def _process(self) -> None:
         """Parses on from the buffer: serves the next request, or waits for more bytes."""
         try:
+            try:
+                self._account()
+            except BadRequest as exc:
+                self._fail(exc)
+                return
             while not self._suspended and not self._closing:
                 try:
                     event = self.parser.next_event()

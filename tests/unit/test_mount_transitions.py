@@ -50,6 +50,11 @@ class Changes:
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
+        self.task: asyncio.Task[Any] | None = None  # the task under test: it must not end
+
+    def watch(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        task.add_done_callback(lambda _: self.poke())
 
     def bind(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -66,6 +71,10 @@ class Changes:
         try:
             async with asyncio.timeout(GUARD_S):
                 while not pred():
+                    task = self.task
+                    if task is not None and task.done():
+                        died = None if task.cancelled() else task.exception()
+                        pytest.fail(f"the task under test ended ({died!r}) before: {what}")
                     self._event.clear()
                     await self._event.wait()
         except TimeoutError:
@@ -335,6 +344,7 @@ async def running(b: Bed, mgr: MountManager | None = None) -> AsyncIterator[Moun
     b.changes.bind()
     mgr = mgr or b.manager()
     task = asyncio.create_task(mgr.run())
+    b.changes.watch(task)
     try:
         yield mgr
     finally:

@@ -188,16 +188,22 @@ class Probe:
     def __call__(self, mount_point: str, name: str) -> probe.ProbeResult:
         with self._lock:
             self.calls += 1
-            hang = self.hang
+            hang, gate = self.hang, self.gate
             fail = self.fail_next.pop(0) if self.fail_next and not hang else None
             if hang:
                 self.hanging += 1
         self.changes.poke()
         if hang:
-            self.gate.wait()
+            gate.wait()
         elif fail is not None:
             raise OSError(fail, os.strerror(fail), mount_point)
         return REAL_PROBE(mount_point, name)
+
+    def stall(self) -> None:
+        """The probes from now on hang until `release()`."""
+        with self._lock:
+            self.hang = True
+            self.gate = threading.Event()
 
     def release(self) -> None:
         """Answers the hung probes (and the ones to come)."""
@@ -434,37 +440,49 @@ def test_local_type_binds_local_path_and_warns(bed: Bed) -> None:
 # --- mounted <-> stalled ------------------------------------------------------------------
 def test_a_hung_probe_makes_it_stalled_and_its_answer_mounted_again(bed: Bed) -> None:
     bed.state.config = bed.config(probe_interval_s=0.05, stalled_remount_after=1000)
+    st = bed.state
+
+    async def stall_and_answer(episode: int) -> list[str | None]:
+        """One hung probe, stalled for two probes, then answering; the errors shown."""
+        mark = len(bed.history)
+        bed.probe.stall()
+        hanging = bed.probe.hanging
+        await bed.changes.until(lambda: bed.probe.hanging > hanging, "a hung probe")
+        # the short timeout only while the probe hangs: a busy machine may take longer than
+        # that for a good probe too
+        set_config(bed, probe_timeout_s=0.05)
+        await bed.changes.until(
+            lambda: "(2 in a row)" in (st.mount.error or ""), "stalled for two probes"
+        )
+        assert st.mount.state == "stalled"
+        assert st.mount_dev is None  # nothing is created on a stalled mount
+        assert not st.mount_healthy and st.verdict() == "critical"
+        assert "probe did not finish within 0.05s" in (st.mount.error or "")
+        assert bed.metric("volagent_mount_up") == 0
+        assert bed.metric("volagent_mount_state", state="stalled") == 1
+        set_config(bed, probe_timeout_s=3600)
+        bed.probe.release()  # the filesystem answers again
+        await bed.until_state("mounted", after=mark)
+        await bed.until_log("mount.healthy", count=episode + 1)
+        assert st.mount_dev == os.stat(bed.mp).st_dev
+        assert st.mount.error is None
+        return [e for s, e in bed.history[mark:] if s == "stalled"]
 
     async def scenario() -> None:
         async with running(bed):
             await bed.until_state("mounted")
-            # the short timeout only while the probe hangs: a busy machine may take longer
-            # than that for a good probe too
-            bed.probe.hang = True
-            await bed.changes.until(lambda: bed.probe.hanging > 0, "a hung probe")
-            set_config(bed, probe_timeout_s=0.05)
-            mark = len(bed.history)
-            await bed.until_state("stalled", after=mark)
-            st = bed.state
-            assert st.mount_dev is None  # nothing is created on a stalled mount
-            assert not st.mount_healthy and st.verdict() == "critical"
-            assert st.mount.error is not None
-            assert "probe did not finish within 0.05s" in st.mount.error
-            assert bed.metric("volagent_mount_up") == 0
-            assert bed.metric("volagent_mount_state", state="stalled") == 1
-            assert (bed.metric("volagent_probe_failures_total") or 0) >= 1
-            mark = len(bed.history)
-            set_config(bed, probe_timeout_s=3600)
-            bed.probe.release()  # the filesystem answers again
-            await bed.until_state("mounted", after=mark)
-            await bed.until_log("mount.healthy", count=2)
-            assert st.mount_dev == os.stat(bed.mp).st_dev
-            assert st.mount.error is None
+            first = await stall_and_answer(1)
+            assert (bed.metric("volagent_probe_failures_total") or 0) >= 2
+            # the count starts afresh once a probe has answered
+            second = await stall_and_answer(2)
+            for errors in (first, second):
+                assert "(1 in a row)" in (errors[0] or "")
 
     asyncio.run(scenario())
-    assert bed.states() == ["mounting", "mounted", "stalled", "mounted"]
-    assert len(bed.events("mount.stalled")) == 1  # said once, not at every overdue tick
-    assert bed.healthy_calls == 2
+    assert bed.states() == ["mounting", "mounted", "stalled", "mounted", "stalled", "mounted"]
+    # said when it stalls, not again at every overdue probe
+    assert len(bed.events("mount.stalled")) == 2
+    assert bed.healthy_calls == 3
     assert len(bed.mounted) == 1 and bed.kernel.unmounts == []  # never let go
     assert bed.metric("volagent_remounts_total") == 0
 
@@ -475,7 +493,7 @@ def test_stalled_for_too_many_probes_is_let_go_and_mounted_again(bed: Bed) -> No
     async def scenario() -> None:
         async with running(bed):
             await bed.until_state("mounted")
-            bed.probe.hang = True
+            bed.probe.stall()
             await bed.changes.until(lambda: bed.probe.hanging > 0, "a hung probe")
             set_config(bed, probe_timeout_s=0.05)  # only while the probe hangs
             await bed.changes.until(lambda: bed.kernel.unmounts != [], "the lazy unmount")
@@ -505,7 +523,7 @@ def test_a_live_probe_timeout_applies_without_a_remount(bed: Bed) -> None:
             calls = bed.probe.calls
             # two probes later the supervisor has seen the new config
             await bed.changes.until(lambda: bed.probe.calls >= calls + 2, "two more probes")
-            bed.probe.hang = True
+            bed.probe.stall()
             # with the old timeout (an hour) this would never come
             await bed.until_state("stalled")
 

@@ -126,6 +126,7 @@ class Engine:
         self.clients: list[dict[str, Any]] = []
         self.during_list: Callable[[], None] | None = None  # runs while a list is in flight
         self.fail_start: set[str] = set()
+        self.hold_inspect: dict[str, threading.Event] = {}  # id -> answer once it is set
         self.fail_kill = False
         self._lock = threading.Lock()
 
@@ -157,8 +158,11 @@ class Engine:
 
     def inspect_container(self, container: str) -> dict[str, Any]:
         self.inspected.append(container)
-        self._called()
         data = self.data.get(container)
+        held = self.hold_inspect.pop(container, None)
+        self._called()
+        if held is not None:
+            held.wait(GUARD_S)  # Docker answered; the answer is still on its way
         if data is None:
             raise docker.errors.NotFound(f"No such container: {container}")
         return data
@@ -351,7 +355,13 @@ def bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bed]:
 
     monkeypatch.setattr(docker, "APIClient", engine.client)
     monkeypatch.setattr(mount_check, "read_table", read_table)
-    for name in ("upsert_container", "forget_container", "set_volume_state", "set_docker_state"):
+    for name in (
+        "upsert_container",
+        "forget_container",
+        "set_volume_state",
+        "set_docker_state",
+        "count_event",
+    ):
         real = getattr(state, name)
 
         def poked(*args: Any, _real: Callable[..., None] = real, **kwargs: Any) -> None:
@@ -469,6 +479,33 @@ def test_an_event_for_a_container_already_gone_forgets_it(bed: Bed) -> None:
             await bed.until(lambda: "c1" not in bed.state.containers, "c1 forgotten")
 
     asyncio.run(scenario())
+
+
+def test_a_destroy_is_not_undone_by_an_earlier_event_still_being_handled(bed: Bed) -> None:
+    """`docker run --rm`: create, start, die and destroy come within moments. The start's
+    handler has Docker's answer while the destroy is handled; the container must not come
+    back into the table (its binds would count for the nesting rule) once both are done."""
+    eng = bed.engine
+
+    async def scenario() -> None:
+        async with watching(bed):
+            eng.add("c1", binds=[bed.bind("r1-a/web/data")], labels=bed.labels)
+            eng.emit("create", "c1")
+            await bed.until(lambda: bed.upserts == ["c1"], "c1 recorded")
+            answer = eng.hold_inspect["c1"] = threading.Event()
+            eng.emit("start", "c1")
+            await bed.until(lambda: "c1" not in eng.hold_inspect, "the start's inspect")
+            del eng.data["c1"]  # gone from Docker: its destroy event follows
+            eng.emit("destroy", "c1")
+            await bed.until(lambda: bed.metric("volagent_docker_events_total") == 3, "dispatch")
+            await asyncio.sleep(0)  # the destroy's handler gets its turn
+            answer.set()
+            await bed.until(lambda: bed.upserts == ["c1", "c1"], "the start handled")
+            await bed.until(lambda: "c1" not in bed.state.containers, "c1 forgotten")
+
+    asyncio.run(scenario())
+    assert bed.state.listed_containers() == []
+    assert list(bed.state.live_binds()) == []
 
 
 # --- the stream ends ----------------------------------------------------------------------

@@ -27,11 +27,12 @@ import docker
 import docker.errors
 import pytest
 import structlog
+import tenacity
 
 from volagent.config import from_dict
 from volagent.mount import table
 from volagent.state import AgentState, ContainerRecord
-from volagent.volumes import mount_check
+from volagent.volumes import docker_watch, mount_check
 from volagent.volumes.docker_watch import DockerWatch
 from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
@@ -126,6 +127,8 @@ class Engine:
         self.clients: list[dict[str, Any]] = []
         self.during_list: Callable[[], None] | None = None  # runs while a list is in flight
         self.fail_start: set[str] = set()
+        self.fail_pings = 0  # the next pings that find nobody answering
+        self.pings = 0
         self.hold_inspect: dict[str, threading.Event] = {}  # id -> answer once it is set
         self.fail_kill = False
         self._lock = threading.Lock()
@@ -140,6 +143,16 @@ class Engine:
 
     # docker.APIClient's methods, same names and shapes
     def ping(self) -> bool:
+        with self._lock:
+            self.pings += 1
+            fail, self.fail_pings = self.fail_pings > 0, max(0, self.fail_pings - 1)
+        self._called()
+        if fail:
+            # what docker-py raises when the socket is there but nobody listens
+            raise docker.errors.DockerException(
+                "Error while fetching server API version: ('Connection aborted.', "
+                "ConnectionRefusedError(111, 'Connection refused'))"
+            )
         return True
 
     def events(
@@ -546,6 +559,48 @@ def test_a_stream_that_ends_reconnects_with_since_the_last_event(bed: Bed) -> No
     ]
     assert len(bed.events("reconciled")) == 2
     assert [c["base_url"] for c in eng.clients] == [bed.state.config.docker.url] * 2
+
+
+def test_docker_away_at_start_is_retried_and_said(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[dict[str, float]] = []
+
+    def no_wait(**kwargs: float) -> tenacity.wait.wait_base:
+        waits.append(kwargs)
+        return tenacity.wait_none()  # the backoff's sleep, injected: no real waiting
+
+    monkeypatch.setattr(tenacity, "wait_exponential_jitter", no_wait)
+    bed.engine.fail_pings = 3
+
+    async def scenario() -> None:
+        async with watching(bed):
+            await bed.until(lambda: bed.state.docker.state == "connected", "connected")
+
+    asyncio.run(scenario())
+    assert waits  # the retry has a backoff
+    states = [s for s, _ in bed.docker_states]
+    assert states == ["connecting", "connecting", "connecting", "connected"]
+    for _, error in bed.docker_states[:3]:
+        assert error is not None and error.startswith("Docker is not answering (")
+    # said on the first two attempts, not at every one
+    assert [e["attempt"] for e in bed.events("docker_unavailable")] == [1, 2]
+    assert len(bed.engine.events_calls) == 1
+
+
+def test_the_keepalive_reconciles_now_and_then(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docker_watch, "PING_INTERVAL_S", 0.01)
+    monkeypatch.setattr(docker_watch, "RECONCILE_INTERVAL_S", 0.02)
+
+    async def scenario() -> None:
+        async with watching(bed):
+            # a container whose events were lost
+            bed.engine.add("quiet", labels=bed.labels)
+            await bed.until(lambda: "quiet" in bed.state.containers, "found by a reconcile")
+
+    asyncio.run(scenario())
+    assert len(bed.engine.events_calls) == 1  # no reconnect was needed
+    assert len(bed.events("reconciled")) >= 2
 
 
 # --- reconcile ----------------------------------------------------------------------------

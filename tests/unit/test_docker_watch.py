@@ -589,6 +589,31 @@ def test_docker_away_at_start_is_retried_and_said(
     assert len(bed.engine.events_calls) == 1
 
 
+def test_a_silent_stream_is_found_out_by_the_ping_and_reconnected(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(docker_watch, "PING_INTERVAL_S", 0.01)
+    monkeypatch.setattr(docker_watch, "RECONCILE_INTERVAL_S", 3600.0)
+    eng = bed.engine
+
+    async def scenario() -> None:
+        async with watching(bed):
+            pings = eng.pings
+            await bed.until(lambda: eng.pings >= pings + 2, "the keepalive pinging")
+            eng.fail_pings = 1  # Docker went away; its stream says nothing
+            await bed.until(lambda: len(eng.events_calls) == 2, "a new subscription")
+            await bed.until(lambda: bed.state.docker.state == "connected", "connected")
+
+    asyncio.run(scenario())
+    assert eng.streams[0].closed
+    (ended,) = bed.events("docker_stream_ended")
+    # said once, as the status showed it meanwhile
+    assert ended["reason"].startswith("ping failed: Docker is not answering (Error while")
+    assert ended["reason"].count("Docker is not answering") == 1
+    assert ("connecting", ended["reason"]) in bed.docker_states
+    assert bed.metric("volagent_docker_reconnects_total") == 1
+
+
 def test_the_keepalive_reconciles_now_and_then(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(docker_watch, "PING_INTERVAL_S", 0.01)
     monkeypatch.setattr(docker_watch, "RECONCILE_INTERVAL_S", 0.02)

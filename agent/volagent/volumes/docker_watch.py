@@ -152,6 +152,8 @@ class DockerWatch:
         try:
             while True:
                 item = await queue.get()
+                if isinstance(item, StreamEnded):
+                    raise item  # says why already (and described once is enough)
                 if isinstance(item, BaseException):
                     raise StreamEnded(_describe(item)) from None
                 self._dispatch(item)

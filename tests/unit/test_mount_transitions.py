@@ -29,7 +29,7 @@ import structlog
 
 from volagent.aws import discovery
 from volagent.config import LIVE, REMOUNT, Config, from_dict, keys_applying, value_of
-from volagent.errors import MountError
+from volagent.errors import EfsUnavailable, MountError
 from volagent.mount import kernel, manager, probe, table
 from volagent.mount.manager import MountManager
 from volagent.mount.report import Reporter
@@ -93,6 +93,7 @@ class Kernel:
         self.watchers: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         self._next_id = 100
         self._lock = threading.Lock()
+        self.fail_reads = 0  # the next reads of the table that fail unexpectedly
 
     def mount(self, source: str, fstype: str, mount_point: str, root: str = "/") -> None:
         with self._lock:
@@ -135,6 +136,9 @@ class Kernel:
     def read_table(self, path: str = table.MOUNTINFO) -> list[table.MountEntry]:
         assert path == table.MOUNTINFO
         with self._lock:
+            if self.fail_reads > 0:
+                self.fail_reads -= 1
+                raise RuntimeError("unexpected")
             return list(self.entries)
 
     def lazy_unmount(self, target: str) -> bool:
@@ -435,6 +439,58 @@ def test_local_type_binds_local_path_and_warns(bed: Bed) -> None:
     assert any("data is not shared" in w for w in bed.state.warnings)
     assert bed.metric("volagent_mount_state", state="local") == 1
     assert bed.metric("volagent_mount_up") == 1
+
+
+def test_local_fallback_where_efs_cannot_be_had_and_efs_tried_again_on_request(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = bed.tmp / "local"
+    bed.state.config = bed.config(
+        type="efs", source="", local_path=str(local), allow_local_fallback=True
+    )
+    asked: list[str] = []
+
+    def discover(cfg: Config, resolve: Any = None, identity: Any = None) -> Any:
+        asked.append(cfg.mount.type)
+        raise EfsUnavailable("no EFS filesystem tagged for this rack", "create one")
+
+    monkeypatch.setattr(discovery, "discover", discover)
+
+    async def scenario() -> None:
+        async with running(bed) as mgr:
+            await bed.until_state("local")
+            assert any("(EFS could not be had)" in w for w in bed.state.warnings)
+            mgr.request_remount()  # tries EFS again
+            await bed.until_log("mount.local_fallback", count=2)
+            await bed.until_log("mount.healthy", count=2)
+
+    asyncio.run(scenario())
+    assert asked == ["efs", "efs"]
+    assert bed.states() == ["mounting", "local", "mounting", "local"]
+    assert bed.kernel.unmounts == [str(bed.mp)]
+    assert bed.metric("volagent_mount_state", state="local") == 1
+    assert bed.state.verdict() != "ok"  # data is not shared: never simply ok
+
+
+def test_an_internal_error_is_said_and_the_mount_watched_again(bed: Bed) -> None:
+    bed.state.config = bed.config(probe_interval_s=0.05)
+
+    async def scenario() -> None:
+        async with running(bed):
+            await bed.until_state("mounted")
+            bed.kernel.fail_reads = 1  # the supervisor's next look at the table
+            await bed.until_log("mount.crashed")
+            await bed.until_log("mount.healthy", count=2)
+
+    asyncio.run(scenario())
+    (crashed,) = bed.events("mount.crashed")
+    assert crashed["error"] == "RuntimeError('unexpected')"
+    assert ("unmounted", "internal error: RuntimeError('unexpected')") in bed.history
+    assert bed.states() == ["mounting", "mounted", "unmounted", "mounting", "mounted"]
+    # its own mount, still there, is adopted: not mounted again, not unmounted
+    assert bed.events("mount.adopted")
+    assert len(bed.mounted) == 1 and bed.kernel.unmounts == []
+    bed.logs.remove(crashed)  # expected here, unlike in every other test
 
 
 # --- mounted <-> stalled ------------------------------------------------------------------

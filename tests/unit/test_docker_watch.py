@@ -751,6 +751,24 @@ def test_a_container_started_with_the_prepared_mounts_is_left_alone(bed: Bed) ->
     assert not bed.events("mount_mismatch")
 
 
+def test_each_process_of_a_container_is_checked_once(bed: Bed) -> None:
+    async def scenario() -> None:
+        async with watching(bed) as watch:
+            started_container(bed, 4242)
+            bed.sees(4242, {"/data": str(bed.mp / "r1-a/web/data")})
+            await watch.handle_container("c1", verify=True)
+            await watch.handle_container("c1", verify=True)  # the same process: known good
+            assert bed.checked == [4242]
+            # restarted: a new process, whose mounts Docker resolved afresh
+            bed.engine.data["c1"]["State"]["Pid"] = 5151
+            bed.sees(5151, {"/data": str(bed.mp / "r1-a/web/other")})
+            await watch.handle_container("c1", verify=True)
+
+    asyncio.run(scenario())
+    assert bed.checked == [4242, 5151]
+    assert bed.engine.killed == ["c1"]
+
+
 def test_a_container_started_with_another_mount_is_stopped_and_marked(bed: Bed) -> None:
     swapped = bed.mp / "r1-a/web/other"
 

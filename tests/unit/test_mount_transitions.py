@@ -94,6 +94,7 @@ class Kernel:
         self._next_id = 100
         self._lock = threading.Lock()
         self.fail_reads = 0  # the next reads of the table that fail unexpectedly
+        self.no_immutable_flag = False  # the root filesystem has no immutable flag (tmpfs)
 
     def mount(self, source: str, fstype: str, mount_point: str, root: str = "/") -> None:
         with self._lock:
@@ -149,6 +150,8 @@ class Kernel:
         self.mount(source, "ext4", target, root=source)
 
     def set_immutable(self, fd: int, on: bool) -> bool:
+        if self.no_immutable_flag:
+            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         was = self.immutable.get(key, False)
@@ -420,6 +423,20 @@ def test_a_mount_already_there_is_adopted_not_mounted_again(bed: Bed) -> None:
     assert bed.mounted == []
     assert bed.events("mount.adopted", source=SOURCE)
     assert bed.kernel.unmounts == []
+
+
+def test_a_mount_point_that_cannot_be_locked_is_warned_about_and_mounted(bed: Bed) -> None:
+    bed.kernel.no_immutable_flag = True
+
+    async def scenario() -> None:
+        async with running(bed):
+            await bed.until_state("mounted")
+
+    asyncio.run(scenario())
+    (warning,) = bed.state.warnings
+    assert f"{bed.mp} cannot be made immutable" in warning
+    assert "writes under it would land on local disk" in warning
+    assert len(bed.mounted) == 1
 
 
 def test_local_type_binds_local_path_and_warns(bed: Bed) -> None:

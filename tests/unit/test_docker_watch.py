@@ -395,13 +395,13 @@ def bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bed]:
     state.upsert_container = upsert  # type: ignore[method-assign]
     state.set_docker_state = docker_state  # type: ignore[method-assign]
 
-    def record(_: Any, method: str, event: dict[str, Any]) -> Any:
+    def capture(_: Any, method: str, event: dict[str, Any]) -> Any:
         b.logs.append({**event, "log_level": method})
         changes.poke()
         raise structlog.DropEvent
 
     old = structlog.get_config()
-    structlog.configure(processors=[record])
+    structlog.configure(processors=[capture])
     try:
         yield b
     finally:
@@ -633,14 +633,14 @@ def test_the_keepalive_reconciles_now_and_then(bed: Bed, monkeypatch: pytest.Mon
 
 
 # --- reconcile ----------------------------------------------------------------------------
-def record(cid: str) -> ContainerRecord:
+def container_record(cid: str) -> ContainerRecord:
     return ContainerRecord(id=cid, name=cid, rack="r1", app="a", service="web")
 
 
 def test_reconcile_forgets_what_docker_lost_but_not_what_came_during_the_list(bed: Bed) -> None:
     eng = bed.engine
     eng.add("kept", labels=bed.labels)
-    bed.state.upsert_container(record("gone"))  # known here, no longer in Docker
+    bed.state.upsert_container(container_record("gone"))  # known here, no longer in Docker
     added: list[str] = []
 
     async def scenario() -> None:
@@ -649,7 +649,7 @@ def test_reconcile_forgets_what_docker_lost_but_not_what_came_during_the_list(be
         async def guard_adopts() -> None:
             # the guard allowed a create and Docker named the container: it is in the table
             # now, though the list Docker is answering was made before it existed
-            bed.state.upsert_container(record("fresh"))
+            bed.state.upsert_container(container_record("fresh"))
             added.append("fresh")
 
         eng.during_list = lambda: asyncio.run_coroutine_threadsafe(guard_adopts(), loop).result(

@@ -238,6 +238,11 @@ class Bed:
     mgr: MountManager | None = None
 
     def config(self, **mount: Any) -> Config:
+        return self.default_config(self.tmp, self.mp, **mount)
+
+    @staticmethod
+    def default_config(tmp: Path, mp: Path, **mount: Any) -> Config:
+        """NFS from SOURCE; probes an hour apart with an hour to answer, unless told."""
         base = {
             "type": "nfs",
             "source": SOURCE,
@@ -246,8 +251,8 @@ class Bed:
         }
         return from_dict(
             {
-                "mount_point": str(self.mp),
-                "state_dir": str(self.tmp / "state"),
+                "mount_point": str(mp),
+                "state_dir": str(tmp / "state"),
                 "mount": {**base, **mount},
             }
         )
@@ -314,12 +319,11 @@ def bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bed]:
     b = Bed(
         tmp=tmp_path,
         mp=mp,
-        state=AgentState(from_dict({})),
+        state=AgentState(Bed.default_config(tmp_path, mp)),
         changes=changes,
         kernel=kern,
         probe=fake_probe,
     )
-    b.state = AgentState(b.config())
 
     def delay(times: int) -> float:
         b.delays.append(times)
@@ -337,13 +341,13 @@ def bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bed]:
 
     b.state.set_mount_state = set_mount_state  # type: ignore[method-assign]
 
-    def record(_: Any, method: str, event: dict[str, Any]) -> Any:
+    def capture(_: Any, method: str, event: dict[str, Any]) -> Any:
         b.logs.append({**event, "log_level": method})
         changes.poke()
         raise structlog.DropEvent
 
     old = structlog.get_config()
-    structlog.configure(processors=[record])
+    structlog.configure(processors=[capture])
     try:
         yield b
     finally:

@@ -97,6 +97,8 @@ class Stream:
         if item is self._END:
             self._q.put(self._END)
             raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
         event: dict[str, Any] = item
         return event
 
@@ -105,6 +107,10 @@ class Stream:
 
     def end(self) -> None:
         self._q.put(self._END)
+
+    def fail(self, exc: BaseException) -> None:
+        """The connection breaks mid-stream: iterating raises, as urllib3 does."""
+        self._q.put(exc)
 
     def close(self) -> None:
         self.closed = True
@@ -560,6 +566,23 @@ def test_a_stream_that_ends_reconnects_with_since_the_last_event(bed: Bed) -> No
     ]
     assert len(bed.events("reconciled")) == 2
     assert [c["base_url"] for c in eng.clients] == [bed.state.config.docker.url] * 2
+
+
+def test_a_stream_that_breaks_reconnects_saying_why(bed: Bed) -> None:
+    eng = bed.engine
+
+    async def scenario() -> None:
+        async with watching(bed):
+            eng.streams[-1].fail(ConnectionResetError(104, "Connection reset by peer"))
+            await bed.until(lambda: len(eng.events_calls) == 2, "a new subscription")
+            await bed.until(lambda: bed.state.docker.state == "connected", "connected")
+
+    asyncio.run(scenario())
+    (ended,) = bed.events("docker_stream_ended")
+    assert ended["reason"] == "[Errno 104] Connection reset by peer"
+    assert bed.docker_states[1] == ("connecting", ended["reason"])
+    assert eng.events_calls[1]["since"] is None  # no event was seen before it broke
+    assert bed.metric("volagent_docker_reconnects_total") == 1
 
 
 def test_docker_away_at_start_is_retried_and_said(

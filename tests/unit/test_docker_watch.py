@@ -498,6 +498,7 @@ def test_an_event_for_a_container_already_gone_forgets_it(bed: Bed) -> None:
             await bed.until(lambda: "c1" not in bed.state.containers, "c1 forgotten")
 
     asyncio.run(scenario())
+    assert bed.metric("volagent_containers") == 0
 
 
 def test_a_destroy_is_not_undone_by_an_earlier_event_still_being_handled(bed: Bed) -> None:

@@ -236,6 +236,7 @@ class DockerWatch:
             data = await self._call(self._client.inspect_container, cid)
         except docker.errors.NotFound:
             self.state.forget_container(cid)
+            self.state.metrics.containers.set(len(self.state.containers))
             return
         except Exception as exc:
             self.log.warning("inspect_failed", container=cid[:12], reason=_describe(exc))

@@ -14,7 +14,8 @@ import concurrent.futures
 import contextlib
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import docker
@@ -56,6 +57,9 @@ class DockerWatch:
         self._reconcile_lock = asyncio.Lock()
         self.first_attempt_done = asyncio.Event()
         self._verified: dict[str, int] = {}  # container id -> the pid whose mounts were checked
+        # one look at a container at a time, in the order of its events: a destroy handled
+        # while an earlier event's look is still under way would be undone by its record
+        self._turns: dict[str, _Turn] = {}
 
     # --- blocking calls, always through the pool -----------------------------------------
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -149,6 +153,8 @@ class DockerWatch:
         try:
             while True:
                 item = await queue.get()
+                if isinstance(item, StreamEnded):
+                    raise item  # says why already (and described once is enough)
                 if isinstance(item, BaseException):
                     raise StreamEnded(_describe(item)) from None
                 self._dispatch(item)
@@ -200,13 +206,29 @@ class DockerWatch:
         task.add_done_callback(self._handlers.discard)
 
     async def _handle(self, action: str, cid: str) -> None:
-        async with self._sem:
+        async with self._one_at_a_time(cid), self._sem:
             if action == "destroy":
                 self.state.forget_container(cid)
                 self._verified.pop(cid, None)
                 self.state.metrics.containers.set(len(self.state.containers))
                 return
             await self.handle_container(cid, verify=action in ("start", "restart"))
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, cid: str) -> AsyncIterator[None]:
+        """Holds the container's turn; waiters get it in the order they asked (asyncio.Lock
+        is first come, first served)."""
+        turn = self._turns.get(cid)
+        if turn is None:
+            turn = self._turns[cid] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                del self._turns[cid]
 
     async def handle_container(self, cid: str, verify: bool = False) -> None:
         """Inspects one container and prepares its volumes; a vanished container is dropped.
@@ -215,6 +237,7 @@ class DockerWatch:
             data = await self._call(self._client.inspect_container, cid)
         except docker.errors.NotFound:
             self.state.forget_container(cid)
+            self.state.metrics.containers.set(len(self.state.containers))
             return
         except Exception as exc:
             self.log.warning("inspect_failed", container=cid[:12], reason=_describe(exc))
@@ -352,7 +375,7 @@ class DockerWatch:
                 self.state.forget_container(gone)
 
             async def one(cid: str) -> None:
-                async with self._sem:
+                async with self._one_at_a_time(cid), self._sem:
                     # running containers are checked too: dockerd coming back starts
                     # restart-policy containers, and their start events may be gone
                     await self.handle_container(cid, verify=True)
@@ -361,6 +384,14 @@ class DockerWatch:
             self.state.metrics.containers.set(len(self.state.containers))
             self.log.info("reconciled", containers=len(ids), tracked=len(self.state.containers))
             return {"containers": len(ids), "tracked": len(self.state.containers)}
+
+
+@dataclass
+class _Turn:
+    """The looks at one container, one at a time: its lock, and how many hold or await it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 def _read_stream(

@@ -30,7 +30,7 @@ import structlog
 from volagent.aws import discovery
 from volagent.config import LIVE, REMOUNT, Config, from_dict, keys_applying, value_of
 from volagent.errors import EfsUnavailable, MountError
-from volagent.mount import kernel, manager, probe, table
+from volagent.mount import child, kernel, manager, probe, table
 from volagent.mount.manager import MountManager
 from volagent.mount.report import Reporter
 from volagent.mount.supervise import Current, Signals, Supervisor
@@ -142,7 +142,7 @@ class Kernel:
                 raise RuntimeError("unexpected")
             return list(self.entries)
 
-    def lazy_unmount(self, target: str) -> bool:
+    async def lazy_unmount(self, target: str, timeout: float) -> bool:
         self.unmounts.append(target)
         return self.remove(target)
 
@@ -311,7 +311,7 @@ def bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bed]:
     mp = tmp_path / "mp"
     monkeypatch.setattr(table, "read_table", kern.read_table)
     monkeypatch.setattr(table, "TableWatch", kern.watch())
-    monkeypatch.setattr(kernel, "lazy_unmount", kern.lazy_unmount)
+    monkeypatch.setattr(child, "lazy_unmount", kern.lazy_unmount)
     monkeypatch.setattr(kernel, "bind_mount", kern.bind_mount)
     monkeypatch.setattr(kernel, "set_immutable", kern.set_immutable)
     monkeypatch.setattr(probe, "probe", fake_probe)

@@ -589,13 +589,13 @@ def test_a_stream_that_breaks_reconnects_saying_why(bed: Bed) -> None:
 def test_docker_away_at_start_is_retried_and_said(
     bed: Bed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    waits: list[dict[str, float]] = []
+    waits: list[tuple[float, float, float]] = []
 
-    def no_wait(**kwargs: float) -> tenacity.wait.wait_base:
-        waits.append(kwargs)
+    def no_wait(initial: float, cap: float, jitter: float) -> tenacity.wait.wait_base:
+        waits.append((initial, cap, jitter))
         return tenacity.wait_none()  # the backoff's sleep, injected: no real waiting
 
-    monkeypatch.setattr(tenacity, "wait_exponential_jitter", no_wait)
+    monkeypatch.setattr(docker_watch, "exponential_jitter", no_wait)
     bed.engine.fail_pings = 3
 
     async def scenario() -> None:

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "agent" / "volagent"
 # one layer are peers: neither imports the other.
 LAYERS: list[list[list[str]]] = [
     [["volagent", "volagent.errors", "volagent.log", "volagent.metrics", "volagent.terminal"]],
-    [["volagent.safedir", "volagent.values"]],
+    [["volagent.safedir", "volagent.values", "volagent.retrying"]],
     [["volagent.systemd", "volagent.socket_access"]],
     [["volagent.config", "volagent.worker", "volagent.config_watch"]],
     [["volagent.state"]],

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
-from tenacity.wait import wait_exponential_jitter
 
 from volagent import log
 from volagent.aws.discovery import Resolver, resolve_host
@@ -38,6 +37,7 @@ from volagent.mount import child, kernel, remembered, shared, table, underlay
 from volagent.mount.report import Reporter
 from volagent.mount.supervise import Current, Signals, Supervisor
 from volagent.mount.target import Target, local_target
+from volagent.retrying import exponential_jitter
 from volagent.state import AgentState
 from volagent.worker import TimedWorker
 
@@ -128,10 +128,8 @@ class MountManager:
                 retry=retry_if_exception(
                     lambda e: isinstance(e, Exception) and not isinstance(e, PermanentError)
                 ),
-                wait=wait_exponential_jitter(
-                    initial=initial,
-                    max=min(60.0, max(2.0, 4 * mcfg.probe_interval_s)),
-                    jitter=initial,
+                wait=exponential_jitter(
+                    initial, cap=min(60.0, max(2.0, 4 * mcfg.probe_interval_s)), jitter=initial
                 ),
                 sleep=self._backoff,
                 before_sleep=self._attempt_failed,

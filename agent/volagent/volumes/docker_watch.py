@@ -23,6 +23,7 @@ import docker.errors
 import tenacity
 
 from volagent import log
+from volagent.retrying import exponential_jitter
 from volagent.state import AgentState, VolumeRecord
 from volagent.volumes import mount_check
 from volagent.volumes.preparer import ContainerSpec, Preparer
@@ -97,7 +98,7 @@ class DockerWatch:
 
     async def _connect_with_backoff(self) -> None:
         retrying = tenacity.AsyncRetrying(
-            wait=tenacity.wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.5),
+            wait=exponential_jitter(0.2, cap=5.0, jitter=0.5),
             retry=tenacity.retry_if_exception_type(Exception),
             before_sleep=self._before_retry,
         )

@@ -286,6 +286,7 @@ class Daemon:
         self.state.clear_warning("config")
         log.configure(new.log_level)
         self.heartbeat.wake()  # a new heartbeat interval applies now, not after the old one
+        self.mount.config_changed()  # so does a change that needs a remount
         self.state.metrics.config_reloads.labels(result="applied").inc()
         self.log.info("config_reloaded", restart_needed=fixed)
         return True

@@ -755,6 +755,24 @@ def test_a_config_change_needing_a_remount_mounts_with_the_new_config(bed: Bed) 
     assert bed.metric("volagent_remounts_total") == 1
 
 
+def test_a_reload_is_looked_at_at_once_not_at_the_next_probe(bed: Bed) -> None:
+    # probes an hour apart: only the daemon's word that the config changed can wake the
+    # watch, as a reload does
+    bed.state.config = bed.config(probe_interval_s=3600)
+
+    async def scenario() -> None:
+        async with running(bed) as mgr:
+            await bed.until_state("mounted")
+            probes = bed.probe.calls
+            bed.state.config = bed.config(probe_interval_s=3600, options="nfsvers=4.1,hard,ro")
+            mgr.config_changed()
+            await bed.until_log("mount.healthy", count=2)
+            assert bed.probe.calls <= probes + 1  # the new mount's first probe, no tick
+
+    asyncio.run(scenario())
+    assert bed.events("mount.remount", reason="config")
+
+
 def test_a_moved_mount_point_keeps_the_old_mount_for_running_containers(bed: Bed) -> None:
     bed.state.config = bed.config(probe_interval_s=0.05)
     new = bed.tmp / "elsewhere"

@@ -72,6 +72,10 @@ class MountManager:
         """Lazily unmount and mount again (also retries EFS after a local fallback)."""
         self._signals.request_remount()
 
+    def config_changed(self) -> None:
+        """The daemon's config was replaced: the watch looks at it now."""
+        self._signals.config_changed()
+
     async def run(self) -> None:
         self._signals.bind(asyncio.get_running_loop())
         watch = table.TableWatch(self._signals.table_changed)

@@ -56,6 +56,11 @@ class Signals:
         self.remount_requested = True
         self.wakeup.set()
 
+    def config_changed(self) -> None:
+        # looked at now: a change that needs a remount, or a shorter probe interval, need
+        # not wait for the next probe
+        self.wakeup.set()
+
     def wake_threadsafe(self, _: object = None) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
@@ -118,9 +123,12 @@ class Supervisor:
             self._signals.table_dirty = False
             if self._signals.remount_requested:
                 return "requested", "remount requested"
+            interval = mcfg.probe_interval_s
             changed = self._config_change(cur)
             if changed:
                 return "config", changed
+            if cur.config.mount.probe_interval_s < interval:
+                next_tick = min(next_tick, loop.time() + cur.config.mount.probe_interval_s)
             entry = table.find_mount(cur.mount_point)
             if entry is None or entry.mount_id != cur.entry.mount_id:
                 what = "unmounted" if entry is None else f"covered by {entry.source}"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from volagent.mount.table import mount_at, parse_line, parse_mountinfo
+from volagent.mount.table import find_mount, mount_at, parse_line, parse_mountinfo, read_table
 from volagent.mount.target import Target, normalise_source
 
 EFS_LINE = (
@@ -81,3 +82,19 @@ def test_nfs_mounts_take_their_root_from_the_source() -> None:
     assert (export.root, bind.root) == ("/export", "/export/vmrack-a/web/data")
     assert (efs.root, efs_bind.root, v6.root) == ("/", "/r-a/s", "/srv/x")
     assert bind.source == "127.0.0.1:/export/vmrack-a/web/data"
+
+
+def test_reading_only_the_mounts_at_a_point_finds_what_the_whole_table_finds(
+    tmp_path: Path,
+) -> None:
+    info = tmp_path / "mountinfo"
+    # a mount whose root names the mount point, and a deeper mount below it: neither is at it
+    extra = (
+        "41 22 254:0 /volumes /srv/copy rw - ext4 /dev/vda rw\n"
+        "42 36 0:54 / /volumes/a rw - tmpfs tmpfs rw\n"
+    )
+    info.write_text(SAMPLE + extra)
+    for point in ("/volumes", "/volumes/", "/mnt/with space", "/", "/volumes/a", "/nowhere"):
+        whole = mount_at(parse_mountinfo(SAMPLE + extra), point)
+        assert find_mount(point, str(info)) == whole, point
+    assert [e.mount_id for e in read_table(str(info), at="/volumes")] == [36, 37]

@@ -134,7 +134,9 @@ class Kernel:
         self.changes.poke()
 
     # what the code calls
-    def read_table(self, path: str = table.MOUNTINFO) -> list[table.MountEntry]:
+    def read_table(
+        self, path: str = table.MOUNTINFO, at: str | None = None
+    ) -> list[table.MountEntry]:
         assert path == table.MOUNTINFO
         with self._lock:
             if self.fail_reads > 0:

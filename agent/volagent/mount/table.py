@@ -82,9 +82,22 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
     return [e for e in (parse_line(line) for line in text.splitlines()) if e is not None]
 
 
-def read_table(path: str = MOUNTINFO) -> list[MountEntry]:
+def read_table(path: str = MOUNTINFO, at: str | None = None) -> list[MountEntry]:
+    """The mount table; with `at`, only the mounts at exactly that (normalized) mount point,
+    the other lines not even parsed: a host running hundreds of containers has hundreds of
+    mounts, and the mount side looks at the table, on the event loop, at every change."""
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        return parse_mountinfo(f.read())
+        text = f.read()
+    if at is None:
+        return parse_mountinfo(text)
+    needle = f" {_escape(at)} "
+    lines = (line for line in text.splitlines() if needle in line)
+    return [e for e in map(parse_line, lines) if e is not None and e.mount_point == at]
+
+
+def _escape(path: str) -> str:
+    # as the kernel writes a path in mountinfo
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
 
 
 def mount_at(entries: Iterable[MountEntry], mount_point: str) -> MountEntry | None:
@@ -99,7 +112,8 @@ def mount_at(entries: Iterable[MountEntry], mount_point: str) -> MountEntry | No
 
 def find_mount(mount_point: str, path: str = MOUNTINFO) -> MountEntry | None:
     """What is mounted at `mount_point` right now, or None."""
-    return mount_at(read_table(path), mount_point)
+    target = os.path.normpath(mount_point)
+    return mount_at(read_table(path, at=target), target)
 
 
 class TableWatch:

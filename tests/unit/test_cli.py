@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import tomllib
@@ -71,6 +72,8 @@ def test_status_path_imports_no_heavy_module(tmp_path: Path) -> None:
     )
     out = subprocess.run(
         [sys.executable, "-c", probe, str(cfg)],
+        # not measured for coverage: the measuring would bring in modules of its own
+        env={k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")},
         capture_output=True,
         text=True,
         timeout=60,

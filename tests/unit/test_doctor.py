@@ -111,6 +111,7 @@ def test_guard_consistent_passes_and_broken_json_fails(
     assert broken.status == FAIL and "JSON" in broken.fix
 
 
+@pytest.mark.usefixtures("docker_py_failed_connects")
 def test_docker_not_answering_fails_with_the_fix(tmp_path: Path) -> None:
     r = host_checks.check_docker(cfg(docker={"url": f"unix://{tmp_path}/none.sock"}))
     assert r.status == FAIL

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from volagent.config import from_dict
 from volagent.config_watch import ConfigWatch
 from volagent.daemon import Daemon
@@ -54,6 +56,7 @@ def root_tasks(d: Daemon, config_path: Path) -> dict[str, Callable[[], Awaitable
     }
 
 
+@pytest.mark.usefixtures("docker_py_failed_connects")
 def test_every_root_task_ends_when_cancelled_at_any_point(tmp_path: Path, mp: Path) -> None:
     config_path = tmp_path / "volagent.toml"
     config_path.write_text("")

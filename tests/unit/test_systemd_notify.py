@@ -232,6 +232,7 @@ def test_inherited_sockets_arrive_by_name_and_serve(tmp_path: Path) -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
         for sock in listeners:
             sock.close()
 

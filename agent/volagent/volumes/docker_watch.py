@@ -71,7 +71,11 @@ class DockerWatch:
         client = docker.APIClient(
             base_url=self.state.config.docker.url, version="auto", timeout=API_TIMEOUT_S
         )
-        client.ping()
+        try:
+            client.ping()
+        except BaseException:
+            client.close()  # its connection pool, and the socket of the version check
+            raise
         return client
 
     # --- the root task ------------------------------------------------------------------

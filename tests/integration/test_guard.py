@@ -341,5 +341,7 @@ def test_the_guards_lookups_do_not_wait_for_the_event_stream(
         found, missing = asyncio.run(lookups())
     finally:
         worker.close()
+        if watch._lookup_client is not None:
+            watch._lookup_client.close()  # the daemon keeps it for its lifetime
     assert found is not None and found["Id"] == source
     assert missing is None

@@ -138,6 +138,7 @@ class Engine:
         self.hold_inspect: dict[str, threading.Event] = {}  # id -> answer once it is set
         self.fail_kill = False
         self._lock = threading.Lock()
+        self.closed = 0  # clients volagent closed (those whose first ping failed)
 
     def client(self, **kwargs: Any) -> Engine:
         """Stands in for `docker.APIClient(...)`."""
@@ -148,6 +149,9 @@ class Engine:
         self.changes.poke()
 
     # docker.APIClient's methods, same names and shapes
+    def close(self) -> None:
+        self.closed += 1
+
     def ping(self) -> bool:
         with self._lock:
             self.pings += 1
@@ -604,6 +608,7 @@ def test_docker_away_at_start_is_retried_and_said(
 
     asyncio.run(scenario())
     assert waits  # the retry has a backoff
+    assert bed.engine.closed == 3  # each client whose ping failed was closed
     states = [s for s, _ in bed.docker_states]
     assert states == ["connecting", "connecting", "connecting", "connected"]
     for _, error in bed.docker_states[:3]:

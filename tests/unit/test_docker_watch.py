@@ -28,6 +28,7 @@ import docker.errors
 import pytest
 import structlog
 import tenacity
+from tests.unit.changes import GUARD_S, Changes
 
 from volagent.config import from_dict
 from volagent.mount import table
@@ -37,45 +38,7 @@ from volagent.volumes.docker_watch import DockerWatch
 from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 
-GUARD_S = 30.0  # only turns a hang into a failure; no step should come near it
 ZERO_TIME = "0001-01-01T00:00:00Z"
-
-
-class Changes:
-    """Wakes the test whenever something it may be waiting for happened, from any thread."""
-
-    def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
-        self.task: asyncio.Task[Any] | None = None  # the task under test: it must not end
-
-    def watch(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        task.add_done_callback(lambda _: self.poke())
-
-    def bind(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._event = asyncio.Event()
-
-    def poke(self) -> None:
-        loop, event = self.loop, self._event
-        if loop is not None and event is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(event.set)
-
-    async def until(self, pred: Callable[[], bool], what: str) -> None:
-        assert self._event is not None
-        try:
-            async with asyncio.timeout(GUARD_S):
-                while not pred():
-                    task = self.task
-                    if task is not None and task.done():
-                        died = None if task.cancelled() else task.exception()
-                        pytest.fail(f"the task under test ended ({died!r}) before: {what}")
-                    self._event.clear()
-                    await self._event.wait()
-        except TimeoutError:
-            pytest.fail(f"never happened: {what}")
 
 
 # --- docker-py's APIClient, in memory -------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import structlog
+from tests.unit.changes import GUARD_S, Changes
 
 from volagent.aws import discovery
 from volagent.config import LIVE, REMOUNT, Config, from_dict, keys_applying, value_of
@@ -37,50 +38,11 @@ from volagent.mount.supervise import Current, Signals, Supervisor
 from volagent.mount.target import Target
 from volagent.state import MOUNT_STATES, AgentState
 
-GUARD_S = 30.0  # only turns a hang into a failure; no step should come near it
 SOURCE = "server:/export"
 REAL_PROBE = probe.probe
 
 
 # --- the fakes at the boundary ------------------------------------------------------------
-class Changes:
-    """Wakes the test whenever something it may be waiting for happened (a state set, a log
-    line, a probe, a mount table change), from the loop or from a worker thread."""
-
-    def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
-        self.task: asyncio.Task[Any] | None = None  # the task under test: it must not end
-
-    def watch(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        task.add_done_callback(lambda _: self.poke())
-
-    def bind(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._event = asyncio.Event()
-
-    def poke(self) -> None:
-        loop, event = self.loop, self._event
-        if loop is not None and event is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(event.set)
-
-    async def until(self, pred: Callable[[], bool], what: str) -> None:
-        assert self._event is not None
-        try:
-            async with asyncio.timeout(GUARD_S):
-                while not pred():
-                    task = self.task
-                    if task is not None and task.done():
-                        died = None if task.cancelled() else task.exception()
-                        pytest.fail(f"the task under test ended ({died!r}) before: {what}")
-                    self._event.clear()
-                    await self._event.wait()
-        except TimeoutError:
-            pytest.fail(f"never happened: {what}")
-
-
 class Kernel:
     """The mount table (what /proc/self/mountinfo would say), its change notification, and
     the mount system calls, kept in memory."""

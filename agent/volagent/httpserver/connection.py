@@ -63,6 +63,8 @@ class Host(Protocol):
     draining: bool
     log: Any
 
+    def idle(self, conn: Connection) -> None: ...
+
     def forget(self, conn: Connection) -> None: ...
 
 
@@ -230,7 +232,7 @@ class Connection(asyncio.Protocol):
         server = self.server
         phase = self.parser.phase
         if phase == IDLE and not self.parser.buf:
-            server.busy.discard(self)
+            server.idle(self)
             self._arm(server.idle_timeout, IDLE)
         elif self._timed_phase != phase:
             # a request has begun: its head within header_timeout, its body within
@@ -379,7 +381,7 @@ class Connection(asyncio.Protocol):
             self._next()
 
     def _next(self) -> None:
-        self.server.busy.discard(self)
+        self.server.idle(self)
         if not self.parser.pending():
             self.ahead = 0
             self._process()

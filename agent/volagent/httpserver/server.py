@@ -107,6 +107,7 @@ class HttpServer:
         # connections between the first byte of a request and the end of its answer
         self.busy: set[Connection] = set()
         self.draining = False  # closing: answers say `Connection: close`
+        self._settled = asyncio.Event()  # a connection went idle or ended: close() looks again
         self.log = log.get("http", server=name)
         self._fds: dict[Connection, int] = {}  # each connection's descriptor
         self._listeners: list[Listener] = []
@@ -185,10 +186,16 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         linger_until = loop.time() + min(grace, self.linger_idle)
-        while loop.time() < deadline and (
-            self.busy or self._unread_input() or (self.connections and loop.time() < linger_until)
-        ):
-            await asyncio.sleep(0.01)
+        while True:
+            working = bool(self.busy) or self._unread_input()
+            lingering = bool(self.connections) and loop.time() < linger_until
+            if loop.time() >= deadline or not (working or lingering):
+                break
+            # woken when a connection goes idle or ends, or at the deadline that applies
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline if working else linger_until):
+                    await self._settled.wait()
         await self._close_connections()
         for path, dev, ino in self._unix_paths:
             # only our own socket file: a successor may already have bound a new one there
@@ -241,11 +248,17 @@ class HttpServer:
         self._fds[conn] = sock.fileno()
         conn.start()
 
+    def idle(self, conn: Connection) -> None:
+        """A connection has answered its requests and waits for the next."""
+        self.busy.discard(conn)
+        self._settled.set()
+
     def forget(self, conn: Connection) -> None:
         """A connection has ended."""
         self.connections.discard(conn)
         self.busy.discard(conn)
         self._fds.pop(conn, None)
+        self._settled.set()
 
     def _refuse(self, sock: socket.socket, why: str) -> None:
         """Answers 503 and closes, without a task or streams, `REFUSE_DELAY_S` later: a

@@ -303,6 +303,8 @@ def test_status_render_path_stays_light(served: ServedApi) -> None:
     )
     out = subprocess.run(
         [sys.executable, "-c", probe, served.socket],
+        # not measured for coverage: the measuring would bring in modules of its own
+        env={k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")},
         capture_output=True,
         text=True,
         timeout=60,

@@ -152,6 +152,8 @@ class Bindfs:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
 
 
 @pytest.mark.parametrize("outage", ["hung", "dead"])

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 import tenacity
 
@@ -65,7 +66,7 @@ class Imds:
         )
         try:
             for attempt in retrying:
-                with attempt, urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                with attempt, _open(req, self.timeout) as resp:
                     body: bytes = resp.read(65536)
                     return body.decode("utf-8", "replace").strip()
         except urllib.error.HTTPError as exc:
@@ -134,3 +135,13 @@ def _reason(exc: Exception | None) -> str:
     if isinstance(exc, urllib.error.URLError):
         return str(exc.reason)
     return str(exc) or type(exc).__name__
+
+
+def _open(req: urllib.request.Request, timeout: float) -> Any:
+    """urlopen, whose HTTPError (itself an open answer) gives its connection back at once:
+    the retries and the callers keep only its code."""
+    try:
+        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise

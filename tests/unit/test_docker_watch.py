@@ -822,3 +822,28 @@ def test_the_reconcile_checks_running_containers_too(bed: Bed) -> None:
     assert bed.engine.killed == ["c1"]
     states = {v.host: v.state for v in record_.volumes}
     assert states == {str(bed.mp / "r1-a/web/data"): "ready", str(bed.mp / "r1-b"): "violation"}
+
+
+def test_a_running_container_is_not_judged_while_its_volumes_wait_for_the_mount(
+    bed: Bed,
+) -> None:
+    """volagent (re)starting next to running containers: Docker answers before the mount has
+    been looked at, so their volumes are `pending`, not prepared. Their mounts are checked
+    once they are, never against nothing (which stopped a healthy container)."""
+    bed.state.set_mount_state("mounting")
+    started_container(bed, 4242)
+    bed.sees(4242, {"/data": str(bed.mp / "r1-a/web/data")})
+
+    async def scenario() -> None:
+        async with watching(bed) as watch:
+            await watch.handle_container("c1", verify=True)
+            assert bed.volume_states("c1") == ["pending"]
+            assert bed.checked == []
+            bed.state.set_mount_state("mounted")
+            await watch.handle_container("c1", verify=True)  # the reconcile once it is up
+            assert bed.volume_states("c1") == ["ready"]
+
+    asyncio.run(scenario())
+    assert bed.checked == [4242]
+    assert bed.engine.killed == [] and bed.engine.updated == []
+    assert not bed.events("mount_mismatch")

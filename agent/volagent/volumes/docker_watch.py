@@ -261,6 +261,10 @@ class DockerWatch:
             return  # this process of it was checked already
         st = self.state
         record = st.containers.get(cid)
+        if record is not None and any(v.state == "pending" for v in record.volumes):
+            # not prepared yet (the mount is not healthy): nothing to compare with. Checked
+            # by the reconcile that follows the mount's return, never against nothing
+            return
         prepared = [
             (v.host, v.container)
             for v in (record.volumes if record else [])

@@ -642,3 +642,40 @@ def test_local_volume_bind_whose_device_hides_dotdot_after_a_colon(
     device = entry + "/" + "../" * depth + victim.lstrip("/")
     opts = {"type": "none", "o": "bind", "device": device}
     assert "not a plain absolute path" in refused_volume(ctr, opts)
+
+
+# --- moments: a start of a container the guard's table does not know ---------------------------
+def test_start_of_a_container_unknown_after_a_restart_onto_a_swapped_symlink(
+    bed: Guarded, ctr: Containers, victim: str
+) -> None:
+    # a (re)started volagent knows no container until the Docker watch has looked at them
+    # all (it has not reached Docker yet here): a start of a container it does not know was
+    # allowed unjudged ("the check after the start covers it", which needs the watch), and
+    # the nesting rule did not see it either, so a container binding the parent could swap
+    # its directory for a symlink to another app's first
+    agent = bed.agent
+    assert agent is not None
+    mine = agent.ns("evil", "web", "data")
+    cid = ctr.create([f"{mine}:/data"], labels=EVIL, command=["cat", "/data/secret"])
+    agent.config["docker"]["url"] = "unix:///nonexistent/docker.sock"
+    agent.write_config()
+    agent.restart()
+    agent.wait_for(lambda d: d["mount"]["state"] in ("mounted", "local"), what="the mount")
+    swapper = None
+    with contextlib.suppress(docker.errors.APIError):
+        swapper = ctr.run(
+            [agent.ns("evil", "web") + ":/p"],
+            labels=EVIL,
+            command=["sh", "-c", f"mv /p/data /p/data.moved && ln -s {victim} /p/data"],
+        )
+    if swapper is not None:
+        assert ctr.wait(swapper) == 0, ctr.logs(swapper)
+    else:  # refused: as from a container on another host of the rack, binding the parent
+        os.rename(mine, mine + ".moved")
+        os.symlink(victim, mine)
+    try:
+        ctr.start(cid)
+    except docker.errors.APIError as exc:
+        assert "authorization denied by plugin volagent" in str(exc), exc
+        return
+    assert not leaked(ctr, cid), "a container the guard did not know started on another app's data"

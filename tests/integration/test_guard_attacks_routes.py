@@ -750,3 +750,45 @@ def test_status_socket_flooded_with_one_byte_chunks_stalls_the_guard(
         flood.wait(30)
     # the machine's CPUs are shared with the flood itself: a few times slower is its cost
     assert stormy < max(0.1, 4 * calm), f"creates took {stormy:.3f}s (calm: {calm:.3f}s)"
+
+
+def test_start_by_a_name_just_renamed_onto_a_swapped_container(
+    bed: Guarded, ctr: Containers, victim: str
+) -> None:
+    # the guard resolves a start's name when it judges it, Docker again when it starts: give
+    # a harmless container's name to one whose directory was swapped for a symlink to
+    # another app's, in the moment between, by renaming while the start is under way
+    import concurrent.futures
+
+    agent = bed.agent
+    assert agent is not None
+    hits = []
+    for i in range(20):
+        mine = agent.ns("evil", "web", f"renamed{i}")
+        name = f"evil-harmless-{i}"
+        harmless = ctr.create([], labels=EVIL, command=["sleep", "1"], name=name)
+        swapped = ctr.create([f"{mine}:/data"], labels=EVIL, command=["cat", "/data/secret"])
+        agent.wait_for(
+            lambda d, cid=swapped: any(c["id"] == cid for c in d["containers"]),
+            what="the container",
+        )
+        os.rename(mine, mine + ".moved")  # as from a container on another host of the rack
+        os.symlink(victim, mine)
+
+        def start(name: str = name) -> None:
+            with contextlib.suppress(docker.errors.APIError):
+                ctr.start(name)
+
+        def rename(harmless: str = harmless, swapped: str = swapped, name: str = name) -> None:
+            with contextlib.suppress(docker.errors.APIError):
+                ctr.api.rename(harmless, f"{name}-old")
+                ctr.api.rename(swapped, name)
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for f in [pool.submit(start), pool.submit(rename)]:
+                f.result()
+        if leaked(ctr, swapped):
+            hits.append(i)
+        ctr.remove(swapped)
+        ctr.remove(harmless)
+    assert not hits, f"rounds {hits}: started on another app's data"

@@ -792,3 +792,28 @@ def test_start_by_a_name_just_renamed_onto_a_swapped_container(
         ctr.remove(swapped)
         ctr.remove(harmless)
     assert not hits, f"rounds {hits}: started on another app's data"
+
+
+def test_two_identical_creates_at_once_then_a_swap_and_both_started(
+    bed: Guarded, ctr: Containers, victim: str
+) -> None:
+    # the guard holds an allowed create under a digest of its URI and body until Docker's
+    # answer names it: two identical creates at once share one entry, and the second
+    # container is not learned from its answer. Both are started on a swapped directory.
+    import concurrent.futures
+
+    agent = bed.agent
+    assert agent is not None
+    for i in range(3):
+        mine = agent.ns("evil", "web", f"twin{i}")
+        body = body_of({"Binds": [f"{mine}:/data"]})
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda b: create_raw(bed, b), [body, body]))
+        ids = [json.loads(a)["Id"] for s, a in answers if s == 201]
+        assert len(ids) == 2, answers
+        os.rename(mine, mine + ".moved")  # as from a container on another host of the rack
+        os.symlink(victim, mine)
+        for cid in ids:
+            with contextlib.suppress(docker.errors.APIError):
+                ctr.start(cid)
+        assert not any(leaked(ctr, cid) for cid in ids), f"round {i}"

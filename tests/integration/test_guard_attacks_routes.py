@@ -642,3 +642,178 @@ def test_local_volume_bind_whose_device_hides_dotdot_after_a_colon(
     device = entry + "/" + "../" * depth + victim.lstrip("/")
     opts = {"type": "none", "o": "bind", "device": device}
     assert "not a plain absolute path" in refused_volume(ctr, opts)
+
+
+# --- moments: a start of a container the guard's table does not know ---------------------------
+def test_start_of_a_container_unknown_after_a_restart_onto_a_swapped_symlink(
+    bed: Guarded, ctr: Containers, victim: str
+) -> None:
+    # a (re)started volagent knows no container until the Docker watch has looked at them
+    # all (it has not reached Docker yet here): a start of a container it does not know was
+    # allowed unjudged ("the check after the start covers it", which needs the watch), and
+    # the nesting rule did not see it either, so a container binding the parent could swap
+    # its directory for a symlink to another app's first
+    agent = bed.agent
+    assert agent is not None
+    mine = agent.ns("evil", "web", "data")
+    cid = ctr.create([f"{mine}:/data"], labels=EVIL, command=["cat", "/data/secret"])
+    agent.config["docker"]["url"] = "unix:///nonexistent/docker.sock"
+    agent.write_config()
+    agent.restart()
+    agent.wait_for(lambda d: d["mount"]["state"] in ("mounted", "local"), what="the mount")
+    swapper = None
+    with contextlib.suppress(docker.errors.APIError):
+        swapper = ctr.run(
+            [agent.ns("evil", "web") + ":/p"],
+            labels=EVIL,
+            command=["sh", "-c", f"mv /p/data /p/data.moved && ln -s {victim} /p/data"],
+        )
+    if swapper is not None:
+        assert ctr.wait(swapper) == 0, ctr.logs(swapper)
+    else:  # refused: as from a container on another host of the rack, binding the parent
+        os.rename(mine, mine + ".moved")
+        os.symlink(victim, mine)
+    try:
+        ctr.start(cid)
+    except docker.errors.APIError as exc:
+        assert "authorization denied by plugin volagent" in str(exc), exc
+        return
+    assert not leaked(ctr, cid), "a container the guard did not know started on another app's data"
+
+
+# --- the status socket: a member of its group stalling the event loop ---------------------------
+_FLOOD = r"""
+import socket, sys, threading, time
+path, conns, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+# one byte per chunk: the most parsing per byte sent, within the socket's body limit
+body = b"1\r\nx\r\n" * (64 * 1024 - 16) + b"0\r\n\r\n"
+req = b"POST /v1/none HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+def one():
+    end = time.time() + secs
+    while time.time() < end:
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.settimeout(10)
+            while time.time() < end:
+                s.sendall(req)
+                s.recv(65536)
+        except OSError:
+            time.sleep(0.01)
+threads = [threading.Thread(target=one) for _ in range(conns)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_status_socket_flooded_with_one_byte_chunks_stalls_the_guard(
+    bed: Guarded, ctr: Containers
+) -> None:
+    # a member of the socket's group (here: nobody in group nogroup) sends bodies of
+    # one-byte chunks on every connection it may hold: parsing them is the loop's own work,
+    # outside the share of it the socket's requests are held to
+    import grp
+    import subprocess
+    import sys
+
+    agent = bed.agent
+    assert agent is not None
+    gid = grp.getgrnam("nogroup").gr_gid
+
+    def creates(seconds: float) -> float:
+        """The median time a judged create takes (one binding the shared filesystem)."""
+        took, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            cid = ctr.create([agent.ns("evil", "web", "flood") + ":/data"], labels=EVIL)
+            took.append(time.monotonic() - t0)
+            ctr.remove(cid)
+        return sorted(took)[len(took) // 2]
+
+    # the socket's own directory is the agent's private one here: let nobody reach it
+    for d in (os.path.dirname(agent.base), agent.base):
+        os.chmod(d, 0o711)  # noqa: S103 (search only, for the test's unprivileged client)
+    calm = creates(1.5)
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    flood = subprocess.Popen(
+        [python, "-c", _FLOOD, agent.socket_path, "16", "6"],
+        user=65534,
+        group=gid,
+        extra_groups=[gid],
+    )
+    try:
+        time.sleep(1.0)
+        stormy = creates(4.0)
+    finally:
+        flood.wait(30)
+    # the machine's CPUs are shared with the flood itself: a few times slower is its cost
+    assert stormy < max(0.1, 4 * calm), f"creates took {stormy:.3f}s (calm: {calm:.3f}s)"
+
+
+def test_start_by_a_name_just_renamed_onto_a_swapped_container(
+    bed: Guarded, ctr: Containers, victim: str
+) -> None:
+    # the guard resolves a start's name when it judges it, Docker again when it starts: give
+    # a harmless container's name to one whose directory was swapped for a symlink to
+    # another app's, in the moment between, by renaming while the start is under way
+    import concurrent.futures
+
+    agent = bed.agent
+    assert agent is not None
+    hits = []
+    for i in range(20):
+        mine = agent.ns("evil", "web", f"renamed{i}")
+        name = f"evil-harmless-{i}"
+        harmless = ctr.create([], labels=EVIL, command=["sleep", "1"], name=name)
+        swapped = ctr.create([f"{mine}:/data"], labels=EVIL, command=["cat", "/data/secret"])
+        agent.wait_for(
+            lambda d, cid=swapped: any(c["id"] == cid for c in d["containers"]),
+            what="the container",
+        )
+        os.rename(mine, mine + ".moved")  # as from a container on another host of the rack
+        os.symlink(victim, mine)
+
+        def start(name: str = name) -> None:
+            with contextlib.suppress(docker.errors.APIError):
+                ctr.start(name)
+
+        def rename(harmless: str = harmless, swapped: str = swapped, name: str = name) -> None:
+            with contextlib.suppress(docker.errors.APIError):
+                ctr.api.rename(harmless, f"{name}-old")
+                ctr.api.rename(swapped, name)
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for f in [pool.submit(start), pool.submit(rename)]:
+                f.result()
+        if leaked(ctr, swapped):
+            hits.append(i)
+        ctr.remove(swapped)
+        ctr.remove(harmless)
+    assert not hits, f"rounds {hits}: started on another app's data"
+
+
+def test_two_identical_creates_at_once_then_a_swap_and_both_started(
+    bed: Guarded, ctr: Containers, victim: str
+) -> None:
+    # the guard holds an allowed create under a digest of its URI and body until Docker's
+    # answer names it: two identical creates at once share one entry, and the second
+    # container is not learned from its answer. Both are started on a swapped directory.
+    import concurrent.futures
+
+    agent = bed.agent
+    assert agent is not None
+    for i in range(3):
+        mine = agent.ns("evil", "web", f"twin{i}")
+        body = body_of({"Binds": [f"{mine}:/data"]})
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda b: create_raw(bed, b), [body, body]))
+        ids = [json.loads(a)["Id"] for s, a in answers if s == 201]
+        assert len(ids) == 2, answers
+        os.rename(mine, mine + ".moved")  # as from a container on another host of the rack
+        os.symlink(victim, mine)
+        for cid in ids:
+            with contextlib.suppress(docker.errors.APIError):
+                ctr.start(cid)
+        assert not any(leaked(ctr, cid) for cid in ids), f"round {i}"

@@ -407,7 +407,29 @@ def test_start_of_a_container_known_to_the_state(guard: Guard, state: AgentState
     assert start(guard, "old")["Allow"] is False
     assert start(guard, "ccc")["Allow"] is False
     assert start(guard, "plain") == {"Allow": True}
-    assert start(guard, "unknown") == {"Allow": True}
+    # not in the table, and no Docker to ask what it binds: refused
+    assert start(guard, "unknown")["Allow"] is False
+
+
+def test_start_of_a_container_not_in_the_table_is_judged_from_docker(
+    state: AgentState, worker: TimedWorker, mp: Path
+) -> None:
+    # just after a restart the table is empty until the Docker watch has looked: Docker
+    # says what the container binds, and it is judged like a known one
+    inspected = {
+        "Id": CID,
+        "Name": "/web-1",
+        "Config": {"Labels": {"convox.app": "a", "convox.service": "web"}},
+        "HostConfig": {"Binds": [f"{mp}/r1-a/web/data:/data"]},
+    }
+
+    async def inspect(ref: str) -> dict[str, Any] | None:
+        return inspected if CID.startswith(ref) or ref == "web-1" else None
+
+    g = Guard(state, Preparer(state, worker), inspect=inspect)
+    state.set_mount_state("unmounted", "mount failed")
+    assert "not started" in start(g, "web-1")["Msg"]
+    assert start(g, "gone") == {"Allow": True}  # Docker knows none: its start fails there
 
 
 @pytest.mark.root

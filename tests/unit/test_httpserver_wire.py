@@ -123,3 +123,19 @@ def test_encoding_an_answer() -> None:
         b'X-A: 1\r\n\r\n{"Allow":true}\n'
     )
     assert encode_head(resp, True).endswith(b"X-A: 1\r\nConnection: close\r\n\r\n")
+
+
+def test_a_chunked_body_in_too_many_chunks_is_refused() -> None:
+    # every chunk is a turn of a Python loop on the event loop: a body of one-byte chunks
+    # cost 60 ms per 64 KiB before the request ever waited for its turn
+    parser = _parser(max_body=64 << 10)
+    assert parser.max_chunks == 1024
+    head = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ok = head + b"1\r\nx\r\n" * 1024 + b"0\r\n\r\n"
+    (req,) = _events(parser, ok, 4096)
+    assert isinstance(req, Request) and req.body == b"x" * 1024
+    parser.feed(head + b"1\r\nx\r\n" * 1025 + b"0\r\n\r\n")
+    with pytest.raises(BadRequest) as excinfo:
+        parser.next_event()
+    assert excinfo.value.status == 413
+    assert _parser(max_body=64 << 20).max_chunks == 65536

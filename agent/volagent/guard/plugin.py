@@ -247,7 +247,8 @@ class Guard:
             if body and body.strip() not in (b"", b"{}", b"null"):
                 return True  # a start body carries a HostConfig (API below 1.24)
             known = self.state.find_container(where.container)
-            return known is not None and bool(known.volumes or known.spec)
+            # not known: what it binds cannot be ruled out
+            return known is None or bool(known.volumes or known.spec)
         except Exception:
             return True
 
@@ -428,31 +429,49 @@ class Guard:
             denial = await self._judge_start_body(who, known, body)
             if denial is not None:
                 return denial
-        if known is None:
-            return None  # not known here: the check after the start covers it
         healthy = self.state.mount_healthy
         deny_violations = self.state.config.guard.violations == "deny"
-        if known.spec is None:
+        if known is None:
+            # not in the table (yet): volagent has just started and the Docker watch has not
+            # looked at every container, or the answer to its create went astray. Docker
+            # says what it is, and it is judged like any other: the check after the start
+            # needs the watch, and the nesting rule did not see it either
+            spec = await self._inspected(where.container)
+            if spec is None:
+                return None  # Docker knows no such container: the start fails there
+            who = messages.who(spec.name or where.container)
+        elif known.spec is None:
             if not known.volumes:
                 return None
             if not healthy:
                 return self._unhealthy(who, [v.host for v in known.volumes], where.action)
             bad = [v for v in known.volumes if v.state == "violation"]
             return messages.violations(who, bad) if bad and deny_violations else None
+        else:
+            spec = known.spec
         # judged and walked again, nothing trusted from before: a directory checked at
         # create may have been swapped for a symlink since, and Docker follows it at every
         # start (binds outside the mount point included)
-        outcome = await self.preparer.judge(known.spec)
+        outcome = await self.preparer.judge(spec)
         if outcome is None:
             return None
-        self.preparer.check_nesting(outcome, known.id)
+        self.preparer.check_nesting(outcome, spec.id)
         if outcome.violations and deny_violations:
             return messages.violations_of(who, outcome, self.state.config.mount_point)
         if not healthy:
             return self._unhealthy(who, [v.host for v in outcome.volumes], where.action)
         # the table's record takes the volumes as walked now
-        prepared = await self._prepare(known.spec, outcome, track=True, rewalk=True)
+        prepared = await self._prepare(spec, outcome, track=True, rewalk=True)
         return self._judge_prepared(who, prepared, where.action)
+
+    async def _inspected(self, ref: str) -> ContainerSpec | None:
+        """The container a start names that the table does not know, as Docker has it; None
+        when Docker knows no such container. Raises when Docker cannot be asked (the start
+        is then refused: it may bind anything)."""
+        if self.inspect is None:
+            raise RuntimeError(f"container {ref[:64]} is not known and Docker cannot be asked")
+        data = await self.inspect(ref)
+        return None if data is None else ContainerSpec.from_inspect(data)
 
     async def _judge_start_body(
         self, who: str, known: ContainerRecord | None, body: bytes

@@ -265,8 +265,9 @@ class Machine:
         argv = self.qemu_argv()
         if incoming is not None:
             argv += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
-        log = (self.workdir / "qemu.log").open("wb")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        # the child writes to its own copy of the descriptor: ours is closed at once
+        with (self.workdir / "qemu.log").open("wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         self.qmp = Qmp(self.qmp_path)
         if incoming is not None:
             self._finish_incoming()

@@ -194,6 +194,9 @@ class Bed:
     kernel: Kernel
     probe: Probe
     mounted: list[Target] = field(default_factory=list)  # what the mount program was asked
+    # whether the directory was locked at each call of the mount program: a bind source
+    # Docker creates during a mount attempt must never land on the local disk
+    locked_while_mounting: list[bool] = field(default_factory=list)
     fail_mounts: list[Exception] = field(default_factory=list)
     healthy_calls: int = 0
     history: list[tuple[str, str | None]] = field(default_factory=list)
@@ -224,6 +227,7 @@ class Bed:
     def manager(self) -> MountManager:
         async def program(cfg: Config, target: Target, mount_point: str) -> None:
             self.mounted.append(target)
+            self.locked_while_mounting.append(self.kernel.is_immutable(Path(mount_point)))
             self.changes.poke()
             if self.fail_mounts:
                 raise self.fail_mounts.pop(0)
@@ -361,7 +365,8 @@ def test_mounting_then_mounted(bed: Bed) -> None:
     assert st.mount.last_probe_ms is not None
     assert bed.healthy_calls == 1
     assert st.warnings == []
-    # the directory underneath was locked before the mount and relocked under it
+    # the directory underneath was locked before the mount, during it, and stays so under it
+    assert bed.locked_while_mounting == [True]
     assert bed.kernel.is_immutable(bed.mp)
     assert [e["event"] for e in bed.logs if e["event"].startswith("mount.")] == [
         "mount.locked",
@@ -835,6 +840,7 @@ def test_failed_attempts_back_off_showing_mounting_and_the_error(bed: Bed) -> No
 
     asyncio.run(scenario())
     assert len(bed.mounted) == 9
+    assert bed.locked_while_mounting == [True] * 9  # never unlocked for an attempt
     seconds = [w for w, _, _ in waits]
     assert len(seconds) == 8
     assert seconds == sorted(seconds)  # exponential, jitter never undoes a doubling

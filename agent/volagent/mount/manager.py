@@ -249,9 +249,9 @@ class MountManager:
         if target.is_local:
             await self._blocking(functools.partial(_ensure_dir, target.source), "local_path")
         self._log.info("mount.mounting", mount_point=mp, type=target.type, source=target.source)
-        lifted = await self._blocking(
-            functools.partial(underlay.lift, mp), "unlocking the mount point"
-        )
+        # mounted onto the locked directory as it is: the kernel mounts on an immutable
+        # directory, and unlocking it for the mount would let anything that creates a bind
+        # source meanwhile (Docker starting a container) write to the local disk
         try:
             if target.is_local:
                 await self._blocking(
@@ -261,10 +261,6 @@ class MountManager:
                 await self._mount_program(cfg, target, mp)
         except OSError as exc:
             raise MountError(f"mounting {target.source} on {mp} failed: {exc.strerror}") from None
-        finally:
-            await self._blocking(
-                functools.partial(underlay.relock, lifted), "locking the directory underneath"
-            )
         entry = table.find_mount(mp)
         if entry is None:
             raise MountError(f"mounting {target.source} reported success, but {mp} is empty")

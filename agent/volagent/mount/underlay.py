@@ -2,9 +2,10 @@
 
 While the shared filesystem is not mounted, the mount point is just a directory of the root
 disk, and Docker's own auto-create of a bind source would write beneath it. With the immutable
-flag set (`chattr +i`), nobody can, root included. The flag is lifted only for the mount
-itself, and set again on the directory underneath right after, through a descriptor opened
-before mounting: so the moment the mount vanishes the directory is already locked.
+flag set (`chattr +i`), nobody can, root included. The flag stays on while the shared filesystem is
+mounted over the directory (the kernel mounts on an immutable directory), so the moment the
+mount vanishes the directory is already locked, and there is no moment during a mount
+attempt when it is not.
 
 These functions block; run them through a TimedWorker, and only while nothing is mounted at
 the mount point, so the directory they touch is the local one.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from dataclasses import dataclass
 
 from volagent import safedir
 from volagent.mount import kernel
@@ -57,37 +57,6 @@ def lock(mount_point: str) -> bool:
         return _set(fd, True)
     finally:
         os.close(fd)
-
-
-@dataclass(frozen=True)
-class Lifted:
-    """The mount point directory, opened before mounting, its flag lifted for the mount."""
-
-    fd: int
-    supported: bool
-
-
-def lift(mount_point: str) -> Lifted:
-    """Opens the (unmounted) mount point directory and clears its immutable flag."""
-    fd = os.open(mount_point, safedir.DIR_FLAGS)
-    try:
-        _set(fd, False)
-    except NoImmutableFlag:
-        return Lifted(fd, supported=False)
-    except BaseException:
-        os.close(fd)
-        raise
-    return Lifted(fd, supported=True)
-
-
-def relock(lifted: Lifted) -> None:
-    """Sets the flag again on the directory opened by `lift` (now underneath the new mount,
-    if the mount worked) and closes it."""
-    try:
-        if lifted.supported:
-            _set(lifted.fd, True)
-    finally:
-        os.close(lifted.fd)
 
 
 def _set(fd: int, on: bool) -> bool:

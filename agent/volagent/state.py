@@ -132,6 +132,8 @@ class AgentState:
         # set once the mount side has looked at the mount point: healthy, or unhealthy with
         # a reason (until then `unmounted` only means nobody has looked yet)
         self.mount_known = asyncio.Event()
+        # set once the Docker watch has listed every container: the table is then complete
+        self.containers_listed = asyncio.Event()
         # set, and replaced by a fresh one, whenever the mount turns healthy or unhealthy
         self._mount_flip = asyncio.Event()
         self.docker = DockerStatus()

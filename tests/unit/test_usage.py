@@ -165,3 +165,30 @@ def test_other_hosts_binds_are_read_from_every_record_level(mp: Path) -> None:
         f"{mp}/r1-b/.shared/db": "host-b",
         f"{mp}/r1-c/web/data": "host-b",
     }
+
+
+def test_records_of_an_earlier_run_are_ended_once_the_containers_are_listed(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """A container removed while volagent was not running: the record its last run wrote
+    says the directory is in use for ever, unless the next run ends it."""
+    earlier = make_state(mp)
+    add_container(earlier, "1", (f"{mp}/r1-a/web/data", "ready"), (f"{mp}/r1-b/web/x", "ready"))
+    add_container(earlier, "2", (mp.as_posix(), "violation"))  # one binding the mount point
+    assert asyncio.run(usage.UsageRecorder(earlier, worker).record_due()) == 3
+    base = mp / ".volagent" / "usage"
+
+    def listed(path: Path) -> list[str]:
+        return list(json.loads(path.read_text())["containers"])
+
+    # the next run: container 1 is still there, 2 went while volagent was down
+    st = make_state(mp)
+    add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"), (f"{mp}/r1-b/web/x", "ready"))
+    rec = usage.UsageRecorder(st, worker)
+    asyncio.run(rec.record_due())
+    assert listed(base / "host-a.json") == ["c-2"]  # not before Docker has been listed
+    st.containers_listed.set()
+    asyncio.run(rec.record_due())
+    assert listed(base / "host-a.json") == []
+    assert listed(base / "r1-a" / "web" / "host-a.json") == ["c-1"]
+    assert listed(base / "r1-b" / "web" / "host-a.json") == ["c-1"]

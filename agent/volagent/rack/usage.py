@@ -121,6 +121,47 @@ def write_usage(
     return done
 
 
+def own_records(mount_point: str, dev: int | None, host: str) -> dict[Key, list[str]]:
+    """Blocking: the directories this host's records (of an earlier run too) say it uses,
+    with the binds they list; those listing no container are left out."""
+    root = safedir.open_shared_root(mount_point, dev)
+    found: dict[Key, list[str]] = {}
+    name = records.file_name(host) + records.SUFFIX
+
+    def look(fd: int, key: Key) -> None:
+        record = records.read_record(fd, name)
+        if record and record.get("containers"):
+            binds = record.get("binds")
+            found[key] = [str(b) for b in binds] if isinstance(binds, list) else []
+
+    try:
+        usage = records.open_dir(root, (records.AGENT_DIR, records.USAGE_DIR), create=False)
+        if usage is None:
+            return found
+        try:
+            look(usage, MOUNT_ROOT)
+            for top in safedir.subdirs(usage, dots=True):
+                top_fd = records.open_dir(usage, (top,), create=False)
+                if top_fd is None:
+                    continue
+                try:
+                    look(top_fd, (top, ""))
+                    for d in safedir.subdirs(top_fd, dots=True):
+                        d_fd = records.open_dir(top_fd, (d,), create=False)
+                        if d_fd is not None:
+                            try:
+                                look(d_fd, (top, d))
+                            finally:
+                                os.close(d_fd)
+                finally:
+                    os.close(top_fd)
+        finally:
+            os.close(usage)
+    finally:
+        os.close(root)
+    return found
+
+
 class UsageRecorder:
     """The root task keeping this host's usage records current."""
 
@@ -132,6 +173,7 @@ class UsageRecorder:
         self._written_binds: dict[Key, list[str]] = {}  # the binds that write listed
         self._failing = False
         self._retry_at = 0.0
+        self._adopted = False  # this host's records of an earlier run taken over
 
     async def run(self) -> None:
         while True:
@@ -149,6 +191,23 @@ class UsageRecorder:
             or self._written_binds.get(key) != binds.get(key, [])
         }
 
+    async def _adopt_own_records(self) -> None:
+        """Takes over what this host's records say it uses, once the table of containers is
+        complete: a directory whose containers went while volagent was not running gets
+        its last record now, instead of claiming its use for ever."""
+        st = self.state
+        call = functools.partial(own_records, st.config.mount_point, st.mount_dev, st.host_id)
+        try:
+            claimed = await self.worker.run(call, WRITE_TIMEOUT_S, what="reading usage records")
+        except (VolagentError, OSError) as exc:
+            self.log.warning("usage_records_unread", reason=str(exc))
+            return
+        self._adopted = True
+        for key, binds in claimed.items():
+            if key not in self._written:
+                self._written[key] = -REFRESH_S - 1.0  # due at once: refreshed, or the last
+                self._written_binds[key] = binds
+
     async def record_due(self) -> int:
         """Writes the records that are due; how many were written."""
         st = self.state
@@ -156,6 +215,8 @@ class UsageRecorder:
             return 0
         if time.monotonic() < self._retry_at:
             return 0  # a failing filesystem is not asked again every second
+        if not self._adopted and st.containers_listed.is_set():
+            await self._adopt_own_records()
         due = self.due(time.monotonic())
         # directories no container here uses any more: one last record that lists no binds,
         # so other hosts stop counting them (the time stays the last use, for gc)

@@ -391,6 +391,7 @@ class DockerWatch:
 
             await asyncio.gather(*(one(cid) for cid in ids))
             self.state.metrics.containers.set(len(self.state.containers))
+            self.state.containers_listed.set()
             self.log.info("reconciled", containers=len(ids), tracked=len(self.state.containers))
             return {"containers": len(ids), "tracked": len(self.state.containers)}
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 GUARD_S = 30.0  # only turns a hang into a failure; no step should come near it
 
@@ -50,3 +51,20 @@ class Changes:
                     await self._event.wait()
         except TimeoutError:
             pytest.fail(f"never happened: {what}")
+
+
+@contextlib.contextmanager
+def capturing_logs(logs: list[dict[str, Any]], changes: Changes) -> Iterator[None]:
+    """Every log event into `logs`, with its level, waking the test; nothing printed."""
+
+    def capture(_: Any, method: str, event: dict[str, Any]) -> Any:
+        logs.append({**event, "log_level": method})
+        changes.poke()
+        raise structlog.DropEvent
+
+    old = structlog.get_config()
+    structlog.configure(processors=[capture])
+    try:
+        yield
+    finally:
+        structlog.configure(**old)

@@ -26,9 +26,8 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
-import structlog
 import tenacity
-from tests.unit.changes import GUARD_S, Changes
+from tests.unit.changes import GUARD_S, Changes, capturing_logs
 
 from volagent.config import from_dict
 from volagent.mount import table
@@ -368,17 +367,8 @@ def bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bed]:
     state.upsert_container = upsert  # type: ignore[method-assign]
     state.set_docker_state = docker_state  # type: ignore[method-assign]
 
-    def capture(_: Any, method: str, event: dict[str, Any]) -> Any:
-        b.logs.append({**event, "log_level": method})
-        changes.poke()
-        raise structlog.DropEvent
-
-    old = structlog.get_config()
-    structlog.configure(processors=[capture])
-    try:
+    with capturing_logs(b.logs, changes):
         yield b
-    finally:
-        structlog.configure(**old)
 
 
 @contextlib.asynccontextmanager

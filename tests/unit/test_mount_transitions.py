@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import structlog
-from tests.unit.changes import GUARD_S, Changes
+from tests.unit.changes import GUARD_S, Changes, capturing_logs
 
 from volagent.aws import discovery
 from volagent.config import LIVE, REMOUNT, Config, from_dict, keys_applying, value_of
@@ -309,17 +309,10 @@ def bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bed]:
 
     b.state.set_mount_state = set_mount_state  # type: ignore[method-assign]
 
-    def capture(_: Any, method: str, event: dict[str, Any]) -> Any:
-        b.logs.append({**event, "log_level": method})
-        changes.poke()
-        raise structlog.DropEvent
-
-    old = structlog.get_config()
-    structlog.configure(processors=[capture])
     try:
-        yield b
+        with capturing_logs(b.logs, changes):
+            yield b
     finally:
-        structlog.configure(**old)
         fake_probe.release()  # no probe thread is left hanging
     assert not b.events("mount.crashed"), b.events("mount.crashed")
 

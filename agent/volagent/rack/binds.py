@@ -20,6 +20,7 @@ from volagent import log, safedir
 from volagent.errors import VolagentError
 from volagent.rack import records
 from volagent.rack.usage import REFRESH_S as USAGE_REFRESH_S
+from volagent.rack.usage import usage_dirs
 from volagent.state import AgentState
 from volagent.worker import TimedWorker
 
@@ -35,39 +36,11 @@ def read_rack_binds(mount_point: str, dev: int | None, own_host: str, now: float
     root = safedir.open_shared_root(mount_point, dev)
     out: dict[str, str] = {}
     try:
-        usage = records.open_dir(root, (records.AGENT_DIR, records.USAGE_DIR), create=False)
-        if usage is None:
-            return out
-        try:
-            _read_records(usage, own_host, now, out)  # binds of the mount point itself
-            for ns in safedir.subdirs(usage, dots=True):
-                ns_fd = records.open_dir(usage, (ns,), create=False)
-                if ns_fd is None:
-                    continue
-                try:
-                    _read_records(ns_fd, own_host, now, out)  # binds of a whole namespace
-                    for d in safedir.list_names(ns_fd):
-                        _read_dir(ns_fd, d, own_host, now, out)
-                finally:
-                    os.close(ns_fd)
-        finally:
-            os.close(usage)
+        for _, fd in usage_dirs(root):
+            _read_records(fd, own_host, now, out)
     finally:
         os.close(root)
     return out
-
-
-def _read_dir(ns_fd: int, name: str, own_host: str, now: float, out: dict[str, str]) -> None:
-    try:
-        fd = records.open_dir(ns_fd, (name,), create=False)
-    except VolagentError:
-        return
-    if fd is None:
-        return
-    try:
-        _read_records(fd, own_host, now, out)
-    finally:
-        os.close(fd)
 
 
 def _read_records(fd: int, own_host: str, now: float, out: dict[str, str]) -> None:

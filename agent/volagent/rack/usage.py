@@ -20,7 +20,7 @@ import functools
 import os
 import posixpath
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from volagent import log, safedir
@@ -121,42 +121,50 @@ def write_usage(
     return done
 
 
+def usage_dirs(root_fd: int) -> Iterator[tuple[Key, int]]:
+    """Blocking: each directory of usage records below the mount point's descriptor, with
+    the key its records are of: the mount point's own, each top-level directory's, each
+    directory's below those. A descriptor is closed when the walk moves on."""
+    usage = records.open_dir(root_fd, (records.AGENT_DIR, records.USAGE_DIR), create=False)
+    if usage is None:
+        return
+    try:
+        yield MOUNT_ROOT, usage
+        for top in safedir.subdirs(usage, dots=True):
+            top_fd = records.open_dir(usage, (top,), create=False)
+            if top_fd is None:
+                continue
+            try:
+                yield (top, ""), top_fd
+                for d in safedir.subdirs(top_fd, dots=True):
+                    try:
+                        d_fd = records.open_dir(top_fd, (d,), create=False)
+                    except VolagentError:
+                        continue  # swapped for something else since it was listed
+                    if d_fd is None:
+                        continue
+                    try:
+                        yield (top, d), d_fd
+                    finally:
+                        os.close(d_fd)
+            finally:
+                os.close(top_fd)
+    finally:
+        os.close(usage)
+
+
 def own_records(mount_point: str, dev: int | None, host: str) -> dict[Key, list[str]]:
     """Blocking: the directories this host's records (of an earlier run too) say it uses,
     with the binds they list; those listing no container are left out."""
     root = safedir.open_shared_root(mount_point, dev)
     found: dict[Key, list[str]] = {}
     name = records.file_name(host) + records.SUFFIX
-
-    def look(fd: int, key: Key) -> None:
-        record = records.read_record(fd, name)
-        if record and record.get("containers"):
-            binds = record.get("binds")
-            found[key] = [str(b) for b in binds] if isinstance(binds, list) else []
-
     try:
-        usage = records.open_dir(root, (records.AGENT_DIR, records.USAGE_DIR), create=False)
-        if usage is None:
-            return found
-        try:
-            look(usage, MOUNT_ROOT)
-            for top in safedir.subdirs(usage, dots=True):
-                top_fd = records.open_dir(usage, (top,), create=False)
-                if top_fd is None:
-                    continue
-                try:
-                    look(top_fd, (top, ""))
-                    for d in safedir.subdirs(top_fd, dots=True):
-                        d_fd = records.open_dir(top_fd, (d,), create=False)
-                        if d_fd is not None:
-                            try:
-                                look(d_fd, (top, d))
-                            finally:
-                                os.close(d_fd)
-                finally:
-                    os.close(top_fd)
-        finally:
-            os.close(usage)
+        for key, fd in usage_dirs(root):
+            record = records.read_record(fd, name)
+            if record and record.get("containers"):
+                binds = record.get("binds")
+                found[key] = [str(b) for b in binds] if isinstance(binds, list) else []
     finally:
         os.close(root)
     return found

@@ -12,6 +12,7 @@ steadily enough to compare two versions of it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib.util
 import json
@@ -22,36 +23,44 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from bench.guard_bench import NULL_PLUGIN
+from volagent import log
+from volagent.config import from_dict
+from volagent.guard.plugin import Guard
+from volagent.state import AgentState
+from volagent.volumes.preparer import Preparer
+from volagent.worker import TimedWorker
+
+_ROOT = Path(__file__).resolve().parent.parent
 
 PAIRS = 3000
 WARM = 200
 ROUNDS = 3
 
-_GUARD = r"""
-import asyncio, os, sys, tempfile
-from volagent import log
-from volagent.config import from_dict
-from volagent.guard import Guard
-from volagent.preparer import Preparer
-from volagent.state import AgentState
-from volagent.worker import TimedWorker
-log.configure("warning")
-async def main():
+
+async def _serve_guard(path: str) -> None:
+    """The guard's own server on `path`, with a mount point that is a plain directory."""
     mp = tempfile.mkdtemp()
     state = AgentState(from_dict({"rack": "r1", "mount_point": mp, "guard": {"enabled": True}}))
     state.set_mount_state("mounted")
     state.mount_dev = os.stat(mp).st_dev
     server = Guard(state, Preparer(state, TimedWorker("bench", max_threads=1))).server()
-    await server.start_unix(sys.argv[1])
+    await server.start_unix(path)
     await asyncio.Event().wait()
-if os.environ.get("BENCH_UVLOOP"):
-    import uvloop
-    uvloop.run(main())
-else:
-    asyncio.run(main())
-"""
+
+
+def serve_guard(path: str) -> None:
+    """The child the bench times: real imports, so a moved module fails here, not in a string."""
+    log.configure("warning")
+    if os.environ.get("BENCH_UVLOOP"):
+        import uvloop  # noqa: PLC0415 (optional: only where it is installed)
+
+        uvloop.run(_serve_guard(path))
+    else:
+        asyncio.run(_serve_guard(path))
+
 
 _NULL = NULL_PLUGIN.replace(
     "asyncio.run(main())",
@@ -113,7 +122,7 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _run(code: str, uvloop: bool, pair: tuple[bytes, bytes]) -> tuple[float, float]:
+def _run(command: list[str], uvloop: bool, pair: tuple[bytes, bytes]) -> tuple[float, float]:
     """(p50 of a pair's round trip, the server's CPU per pair), in seconds."""
     base = tempfile.mkdtemp(prefix="vt-http-")
     path = os.path.join(base, "plugin.sock")
@@ -122,9 +131,7 @@ def _run(code: str, uvloop: bool, pair: tuple[bytes, bytes]) -> tuple[float, flo
     if uvloop:
         env["BENCH_UVLOOP"] = "1"
     cpu = min(os.sched_getaffinity(0))
-    server = subprocess.Popen(
-        ["taskset", "-c", str(cpu), sys.executable, "-c", code, path], env=env
-    )
+    server = subprocess.Popen(["taskset", "-c", str(cpu), *command, path], env=env, cwd=_ROOT)
     try:
         deadline = time.monotonic() + 30
         while not os.path.exists(path):
@@ -156,14 +163,17 @@ def main() -> None:
     cpu = min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
     try:
-        servers = [("asyncio do-nothing protocol", _NULL), ("guard", _GUARD)]
+        servers = [
+            ("asyncio do-nothing protocol", [sys.executable, "-c", _NULL]),
+            ("guard", [sys.executable, "-m", "bench.http_bench", "serve-guard"]),
+        ]
         print(
             f"plugin request pairs (AuthZReq {len(pair[0])} B + AuthZRes {len(pair[1])} B), "
             f"{PAIRS} a run, median of {ROUNDS} runs, client and server on one CPU"
         )
         for uvloop in loops:
-            for label, code in servers:
-                runs = [_run(code, uvloop, pair) for _ in range(ROUNDS)]
+            for label, command in servers:
+                runs = [_run(command, uvloop, pair) for _ in range(ROUNDS)]
                 p50 = statistics.median(r[0] for r in runs)
                 used = statistics.median(r[1] for r in runs)
                 name = label + (" on uvloop" if uvloop else "")
@@ -173,4 +183,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["serve-guard"]:
+        serve_guard(sys.argv[2])
+    else:
+        main()

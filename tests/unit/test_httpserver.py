@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import socket
@@ -21,6 +22,7 @@ from volagent.httpserver import (
     parse_head,
 )
 from volagent.httpserver.limits import PeerLimits
+from volagent.httpserver.server import READ_SIZE
 
 Seen = list[Request]
 
@@ -247,6 +249,43 @@ def test_a_handler_may_answer_at_once_or_later(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert [r.path for r in seen] == ["/later", "/now"]
+
+
+def test_connections_reading_in_turns_each_get_their_own_bytes(tmp_path: Path) -> None:
+    # every read lands first in one buffer the server's connections share: a piece of one
+    # client's body must never turn up in another's
+    def handle(req: Request) -> Response:
+        return json_response(200, {"path": req.path, "sha": hashlib.sha256(req.body).hexdigest()})
+
+    bodies = {f"/c{i}": os.urandom(3 * READ_SIZE + 1000 * i) for i in range(3)}
+
+    async def main() -> dict[str, str]:
+        server = HttpServer("test", handle, max_body=1 << 20)
+        path = str(tmp_path / "api.sock")
+        await server.start_unix(path, mode=0o600)
+        try:
+            streams = {p: await asyncio.open_unix_connection(path) for p in bodies}
+            for p, (_, writer) in streams.items():
+                head = f"POST {p} HTTP/1.1\r\nContent-Length: {len(bodies[p])}\r\n\r\n"
+                writer.write(head.encode())
+            step = READ_SIZE // 3 + 7  # pieces that straddle the reads
+            for at in range(0, max(map(len, bodies.values())), step):
+                for p, (_, writer) in streams.items():
+                    writer.write(bodies[p][at : at + step])
+                    await writer.drain()
+                await asyncio.sleep(0)
+            got = {}
+            for p, (reader, writer) in streams.items():
+                writer.write_eof()
+                raw = await asyncio.wait_for(reader.read(), 30)
+                got[p] = json.loads(raw.split(b"\r\n\r\n", 1)[1])["sha"]
+                writer.close()
+            return got
+        finally:
+            await server.close()
+
+    got = asyncio.run(main())
+    assert got == {p: hashlib.sha256(b).hexdigest() for p, b in bodies.items()}
 
 
 def test_handler_exception_is_a_500_and_serving_goes_on(tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 # a refused connection is answered this long after it came, at most so many at once
 REFUSE_DELAY_S = 0.25
 REFUSING_MAX = 64
+# bytes taken from a socket per read, into the one buffer the server's connections share
+READ_SIZE = 64 << 10
 # how long a closing server waits for its connections' transports to close, twice: once
 # after closing them, once after aborting those still open
 CLOSE_WAIT_S = 1.0
@@ -107,6 +109,7 @@ class HttpServer:
         # connections between the first byte of a request and the end of its answer
         self.busy: set[Connection] = set()
         self.draining = False  # closing: answers say `Connection: close`
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
         self._settled = asyncio.Event()  # a connection went idle or ended: close() looks again
         self.log = log.get("http", server=name)
         self._fds: dict[Connection, int] = {}  # each connection's descriptor

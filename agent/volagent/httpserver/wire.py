@@ -108,7 +108,7 @@ class RequestParser:
         self._chunks_seen = 0
         self.max_chunks = max(MIN_MAX_CHUNKS, max_body >> 10)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         self.buf += data
 
     def pending(self) -> bool:

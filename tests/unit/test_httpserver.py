@@ -288,6 +288,25 @@ def test_connections_reading_in_turns_each_get_their_own_bytes(tmp_path: Path) -
     assert got == {p: hashlib.sha256(b).hexdigest() for p, b in bodies.items()}
 
 
+def test_a_body_too_large_gets_its_413_and_an_orderly_end_not_a_reset(tmp_path: Path) -> None:
+    # the answer is decided at the head, with most of the body still on its way: closing
+    # with it unread would reset the connection under the client before it read the 413
+    async def body(server: HttpServer, path: str, seen: Seen) -> None:
+        reader, writer = await asyncio.open_unix_connection(path)
+        size = 8 * READ_SIZE
+        writer.write(f"POST /big HTTP/1.1\r\nContent-Length: {size}\r\n\r\n".encode())
+        for _ in range(size // 4096):
+            writer.write(b"x" * 4096)
+            await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        assert _status(raw) == 413, raw
+        assert b"larger than" in raw
+        assert seen == []
+
+    _serve(tmp_path, body, max_body=1024)
+
+
 def test_handler_exception_is_a_500_and_serving_goes_on(tmp_path: Path) -> None:
     async def body(server: HttpServer, path: str, seen: Seen) -> None:
         raw = await _exchange(

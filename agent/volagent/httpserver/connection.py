@@ -74,6 +74,11 @@ COPY_LIMIT = 16 << 10
 # unparsed bytes a connection reads ahead while a request of it is being served
 READ_AHEAD = 64 << 10
 _WRITE = "write"  # the deadline of a slow reader
+_LINGER = "linger"  # the deadline of a refused client's last bytes
+# after a refusal, what the client still sends is read and dropped for at most this long
+# and this much, so that it reads the answer instead of a reset
+LINGER_S = 2.0
+LINGER_BYTES = 16 << 20
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -105,6 +110,7 @@ class Connection(asyncio.BufferedProtocol):
         self._lost = False
         self._released = False
         self._reading_paused = False
+        self._lingering = 0  # after a refusal: bytes still read and dropped, plus one
         self._write_paused = False
         self._waiting_drain = False
         self._timed_phase = ""  # the parser phase the current deadline is for
@@ -191,6 +197,11 @@ class Connection(asyncio.BufferedProtocol):
         return self.server.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._lingering:
+            self._lingering += nbytes
+            if self._lingering > LINGER_BYTES:
+                self._close()
+            return
         # copied out at once: the next read, of any connection, reuses the buffer
         self.parser.feed(self.server.read_buffer[:nbytes])
         if self._suspended:
@@ -204,6 +215,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        if self._lingering:
+            self._close()
+            return True
         if not self._suspended:
             self._process()
         return True  # the answers to what was sent still go out
@@ -294,6 +308,8 @@ class Connection(asyncio.BufferedProtocol):
         kind = self._deadline_kind
         if kind == _WRITE:
             self.abort()  # a client that reads nothing is not waited for
+        elif kind == _LINGER:
+            self._close()
         elif self._closing:
             return
         elif kind == IDLE:
@@ -427,10 +443,26 @@ class Connection(asyncio.BufferedProtocol):
         self._refuse(error_response(exc.status, exc.message))
 
     def _refuse(self, resp: Response) -> None:
-        """Answers `resp` and closes: nothing more the client sent is read."""
+        """Answers `resp` and ends the connection: nothing more the client sent is parsed.
+
+        Closed with bytes of the client's still unread, a socket is reset, and the client
+        would meet the reset before the answer (a body too large is refused at its head,
+        with the body still coming). So the answer is followed by the end of our side, and
+        what the client still sends is dropped until it ends its side, or for `LINGER_S`."""
         self._suspended = True
         self._write(encode_response(resp, True))
-        self._close_after_write()
+        transport = self.transport
+        if self._write_paused or self._eof or transport is None or transport.is_closing():
+            self._close_after_write()
+            return
+        transport.write_eof()
+        self._lingering = 1
+        self.parser.buf.clear()
+        self._account()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        self._arm(LINGER_S, _LINGER)
 
     def _close_after_write(self) -> None:
         paused = self._write_paused

@@ -31,7 +31,7 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 REFUSE_DELAY_S = 0.25
 REFUSING_MAX = 64
 # bytes taken from a socket per read, into the one buffer the server's connections share
-READ_SIZE = 64 << 10
+READ_SIZE = 256 << 10  # what asyncio's transports read at once
 # how long a closing server waits for its connections' transports to close, twice: once
 # after closing them, once after aborting those still open
 CLOSE_WAIT_S = 1.0

@@ -262,6 +262,9 @@ class Connection(asyncio.BufferedProtocol):
             server.busy.add(self)
             self._timed_phase = phase
             self._arm(server.body_timeout if phase == BODY else server.header_timeout, phase)
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
@@ -459,9 +462,7 @@ class Connection(asyncio.BufferedProtocol):
         self._lingering = 1
         self.parser.buf.clear()
         self._account()
-        if self._reading_paused:
-            self._reading_paused = False
-            transport.resume_reading()
+        self._resume_reading()
         self._arm(LINGER_S, _LINGER)
 
     def _close_after_write(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -51,9 +52,10 @@ class _JournalRenderer:
     def __init__(self) -> None:
         self._json = structlog.processors.JSONRenderer(sort_keys=False)
 
-    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
         priority = _PRIORITIES.get(str(event.get("level", method)), 6)
-        return f"<{priority}>{self._json(logger, method, event)}"
+        line = self._json(logger, method, event)
+        return f"<{priority}>{line.decode() if isinstance(line, bytes) else line}"
 
 
 class _ToStructlog(logging.Handler):
@@ -93,7 +95,7 @@ def configure(level: str = "info", stderr: bool = False) -> None:
     report)."""
     _forward_stdlib_logging()
     stream = sys.stderr if stderr else sys.stdout
-    renderer = (
+    renderer: structlog.typing.Processor = (
         _JournalRenderer()
         if goes_to_journal(stream)
         else structlog.processors.JSONRenderer(sort_keys=False)

@@ -4,7 +4,7 @@
 #      Python >= 3.11 (apt: Debian/Ubuntu; dnf: Amazon Linux 2023, Fedora, RHEL; yum: AL2),
 #   2. volagent from the release bundle into its own virtual environment under /opt/volagent
 #      (no network: every wheel is in the bundle), the command linked as /usr/bin/volagent
-#      (install.sh says why there),
+#      (install.sh says why there), its man page and bash completion into /usr/local/share,
 #   3. the config (/etc/volagent/volagent.toml, checked with `volagent check-config`),
 #   4. the `volagent` group (members may use the status socket), the systemd units, the
 #      docker.service drop-in and, when the guard is on, the authorization plugin in
@@ -33,6 +33,7 @@ guard=${VOLAGENT_GUARD:-auto}
 skip_packages=0
 start_now=0
 uninstall=0
+docs="man/man1/volagent.1 bash-completion/completions/volagent"
 unit_dir=/etc/systemd/system
 config_file=/etc/volagent/volagent.toml
 daemon_json=/etc/docker/daemon.json
@@ -127,6 +128,11 @@ if [ "$uninstall" -eq 1 ]; then
     for unit in $units; do rm -f "$unit_dir/$unit"; done
     rm -f "$unit_dir/docker.service.d/volagent.conf"
     rmdir "$unit_dir/docker.service.d" 2>/dev/null || true
+    for doc in $docs; do
+        case $(readlink "/usr/local/share/$doc" 2>/dev/null) in
+            "$prefix"/*) rm -f "/usr/local/share/$doc" ;;
+        esac
+    done
     [ -d /run/systemd/system ] && systemctl daemon-reload
     if [ -x "$prefix/install.sh" ]; then
         "$prefix/install.sh" --uninstall --prefix "$prefix" --link /usr/bin
@@ -232,6 +238,12 @@ else
 fi
 "$src/install.sh" --prefix "$prefix" --python "$python" --link /usr/bin
 volagent="$prefix/bin/volagent"
+# `man volagent` and completion, following PREFIX/current (an upgrade or a rollback
+# switches them too); bash-completion 2 looks in /usr/local/share by default
+for doc in $docs; do
+    install -d -m 0755 "/usr/local/share/$(dirname "$doc")"
+    ln -sfn "$prefix/current/share/$doc" "/usr/local/share/$doc"
+done
 
 # --- 3. the config ----------------------------------------------------------------------
 install -d -m 0755 /etc/volagent

@@ -3,7 +3,8 @@
 # every wheel it needs is in wheels/ next to this script (pip itself included, so the
 # distro's ensurepip/python3-venv is not needed).
 #
-#   PREFIX/versions/VERSION/   the virtual environment, one per version installed
+#   PREFIX/versions/VERSION/   the virtual environment, one per version installed, with
+#                              share/man/man1/volagent.1 and share/bash-completion/
 #   PREFIX/current             -> versions/VERSION (switched atomically on upgrade)
 #   PREFIX/previous            -> the version current pointed to before (what --rollback
 #                              goes back to)
@@ -210,6 +211,11 @@ else
         --disable-pip-version-check --no-warn-script-location \
         pip "volagent==$version" ||
         die "installing the wheels into $venv failed (a Python or platform this bundle has no wheels for?)"
+    # the man page and bash completion of this version (provision.sh links them)
+    if [ -d "$here/share" ]; then
+        mkdir -p "$venv/share"
+        cp -R "$here/share/." "$venv/share/"
+    fi
 fi
 cp "$here/README.md" "$prefix/README.md" 2>/dev/null || true
 # the scripts stay with the install, for --rollback and --uninstall

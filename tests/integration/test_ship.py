@@ -98,6 +98,13 @@ def test_bundle_installs_offline_into_an_empty_directory(bundle: Path, tmp_path:
         ]
     )
     assert imported.strip() == str(prefix / "current")
+    # the man page and the completion, generated from this version's argument parser
+    share = prefix / "current" / "share"
+    assert ".TH VOLAGENT 1" in (share / "man" / "man1" / "volagent.1").read_text()
+    assert (
+        "complete -F _volagent volagent"
+        in (share / "bash-completion" / "completions" / "volagent").read_text()
+    )
     checked = run(
         [
             str(prefix / "bin" / "volagent"),
@@ -172,6 +179,15 @@ def test_provision_sh_sets_up_a_debian_host_offline(dockerd: Dockerd, debian: st
     for shell in ("env -i bash -lc", "env -i PATH=/usr/bin:/bin sh -c"):
         code, out = sh(dockerd, debian, f"{shell} 'volagent --version'")
         assert (code, out.strip()) == (0, f"volagent {__version__}"), shell
+    # `man volagent` and bash completion, from the installed version
+    code, out = sh(
+        dockerd,
+        debian,
+        "grep -c '^.TH VOLAGENT' /usr/local/share/man/man1/volagent.1 && "
+        "bash -c 'source /usr/local/share/bash-completion/completions/volagent && "
+        "complete -p volagent'",
+    )
+    assert code == 0 and "_volagent" in out, out
 
     # the OS packages came from apt's cache: the NFS client, Docker, Python
     code, out = sh(dockerd, debian, "command -v mount.nfs4 dockerd python3")
@@ -245,6 +261,8 @@ def test_provision_sh_uninstalls_and_keeps_config_and_data(dockerd: Dockerd, deb
             "/etc/systemd/system/docker.service.d/volagent.conf",
             "/opt/volagent",
             "/usr/bin/volagent",
+            "/usr/local/share/man/man1/volagent.1",
+            "/usr/local/share/bash-completion/completions/volagent",
         ]
     )
     code, out = sh(

@@ -55,8 +55,8 @@ integration: install testbed-deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 lint: install
-	$(VENV)/bin/ruff check agent tests bench
-	$(VENV)/bin/ruff format --check agent tests bench
+	$(VENV)/bin/ruff check agent tests bench scripts/cli-docs
+	$(VENV)/bin/ruff format --check agent tests bench scripts/cli-docs
 	$(VENV)/bin/mypy
 
 bench: install testbed-deps

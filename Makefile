@@ -17,12 +17,18 @@ BUNDLE := dist/volagent-$(VERSION)-bundle.tar.gz
 
 .PHONY: install host-deps testbed-deps run test unit integration lint bench dist ami clean vm-deps vm-image test-vm bench-vm
 
+# Two stamps: `make run` needs the package and its dependencies alone (.runtime); the tests,
+# lint and the builds add the test tools (.installed: moto, mypy, pytest, ...).
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.runtime: pyproject.toml
 	@$(MAKE) --no-print-directory host-deps
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -32,7 +38,7 @@ host-deps:
 testbed-deps:
 	@scripts/apt-ensure $(TESTBED_DEBS)
 
-run: install
+run: $(VENV)/.runtime
 	$(VENV)/bin/volagent --config $(CONFIG) run
 
 # Branch coverage of the volagent package, in-process and in the agent processes the tests
@@ -49,8 +55,8 @@ integration: install testbed-deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 lint: install
-	$(VENV)/bin/ruff check agent tests bench
-	$(VENV)/bin/ruff format --check agent tests bench
+	$(VENV)/bin/ruff check agent tests bench scripts/cli-docs
+	$(VENV)/bin/ruff format --check agent tests bench scripts/cli-docs
 	$(VENV)/bin/mypy
 
 bench: install testbed-deps

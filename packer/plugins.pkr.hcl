@@ -1,6 +1,5 @@
 # Packer 1.7 and later: the amazon-ebs builder comes from this plugin (`packer init packer/`).
-# Packer 1.6.6 builds the template file alone (`packer build packer/volagent.pkr.hcl`), as
-# the builder is part of it and this block is unknown to it.
+# Packer 1.6.6's built-in builder cannot build the template: it lacks the IMDSv2 settings.
 packer {
   required_plugins {
     amazon = {

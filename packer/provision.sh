@@ -3,7 +3,8 @@
 #   1. OS packages: the NFS client, amazon-efs-utils where the distro has it, Docker, and a
 #      Python >= 3.11 (apt: Debian/Ubuntu; dnf: Amazon Linux 2023, Fedora, RHEL; yum: AL2),
 #   2. volagent from the release bundle into its own virtual environment under /opt/volagent
-#      (no network: every wheel is in the bundle),
+#      (no network: every wheel is in the bundle), the command linked as /usr/bin/volagent
+#      (install.sh says why there), its man page and bash completion into /usr/local/share,
 #   3. the config (/etc/volagent/volagent.toml, checked with `volagent check-config`),
 #   4. the `volagent` group (members may use the status socket), the systemd units, the
 #      docker.service drop-in and, when the guard is on, the authorization plugin in
@@ -11,8 +12,15 @@
 #   5. enables the units (started at next boot, or now with --now) and verifies them.
 # Idempotent: run it again to upgrade or to change the config.
 #
+# --uninstall takes out what steps 2, 4 and 5 put in: volagent from Docker's daemon.json
+# first (then dockerd is reloaded, so its calls never wait for a plugin that is gone), the
+# units (stopped and disabled), the Docker drop-in, /opt/volagent and the command on PATH.
+# It keeps the config (/etc/volagent), volagent's state (/var/lib/volagent), the group, the
+# OS packages, and the shared filesystem's mount and data: containers may still use them.
+#
 # usage: provision.sh [--bundle FILE.tar.gz|DIR] [--config FILE] [--prefix DIR]
 #                     [--guard auto|on|off] [--skip-packages] [--now]
+#        provision.sh --uninstall [--prefix DIR]
 #        provision.sh --print-packages apt|dnf|yum
 # The same settings from the environment: VOLAGENT_BUNDLE, VOLAGENT_CONFIG_SRC,
 # VOLAGENT_PREFIX, VOLAGENT_GUARD.
@@ -24,6 +32,8 @@ prefix=${VOLAGENT_PREFIX:-/opt/volagent}
 guard=${VOLAGENT_GUARD:-auto}
 skip_packages=0
 start_now=0
+uninstall=0
+docs="man/man1/volagent.1 bash-completion/completions/volagent"
 unit_dir=/etc/systemd/system
 config_file=/etc/volagent/volagent.toml
 daemon_json=/etc/docker/daemon.json
@@ -68,6 +78,7 @@ while [ $# -gt 0 ]; do
         --guard) guard=$2; shift 2 ;;
         --skip-packages) skip_packages=1; shift ;;
         --now) start_now=1; shift ;;
+        --uninstall) uninstall=1; shift ;;
         --print-packages) packages "$2"; exit 0 ;;
         -h | --help) sed -n '2,/^set -e/p' "$0" | grep '^#' | cut -c3-; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
@@ -75,6 +86,62 @@ while [ $# -gt 0 ]; do
 done
 case $guard in auto | on | off) ;; *) die "--guard must be auto, on or off, not $guard" ;; esac
 [ "$(id -u)" -eq 0 ] || die "run as root"
+
+# Takes volagent out of daemon.json's authorization plugins, keeping every other setting.
+drop_plugin() {
+    [ -e "$daemon_json" ] || return 0
+    grep -q '"volagent"' "$daemon_json" || return 0
+    local python
+    python=$(find_python) || python=python3
+    "$python" - "$daemon_json" <<'EOF'
+import json, os, sys
+
+path = sys.argv[1]
+with open(path) as f:
+    current = json.load(f)
+plugins = [p for p in current.get("authorization-plugins", []) if p != "volagent"]
+if plugins:
+    current["authorization-plugins"] = plugins
+else:
+    current.pop("authorization-plugins", None)
+tmp = f"{path}.volagent-tmp"
+with open(tmp, "w") as f:
+    json.dump(current, f, indent=2)
+    f.write("\n")
+os.chmod(tmp, 0o644)
+os.replace(tmp, path)
+EOF
+    log "took volagent out of $daemon_json"
+    if [ -d /run/systemd/system ] && systemctl is-active --quiet docker.service; then
+        systemctl reload docker.service # SIGHUP: dockerd re-reads authorization-plugins
+    fi
+}
+
+if [ "$uninstall" -eq 1 ]; then
+    # Docker first: a plugin named in daemon.json but gone makes every Docker call fail
+    drop_plugin
+    units="volagent.service volagent-api.socket volagent-guard.socket"
+    now=""
+    [ -d /run/systemd/system ] && now=--now
+    # shellcheck disable=SC2086
+    systemctl disable $now $units >/dev/null 2>&1 || true
+    for unit in $units; do rm -f "$unit_dir/$unit"; done
+    rm -f "$unit_dir/docker.service.d/volagent.conf"
+    rmdir "$unit_dir/docker.service.d" 2>/dev/null || true
+    for doc in $docs; do
+        case $(readlink "/usr/local/share/$doc" 2>/dev/null) in
+            "$prefix"/*) rm -f "/usr/local/share/$doc" ;;
+        esac
+    done
+    [ -d /run/systemd/system ] && systemctl daemon-reload
+    if [ -x "$prefix/install.sh" ]; then
+        "$prefix/install.sh" --uninstall --prefix "$prefix" --link /usr/bin
+    elif [ -d "$prefix" ]; then
+        die "$prefix/install.sh is missing: remove $prefix and /usr/bin/volagent by hand"
+    fi
+    log "volagent uninstalled; kept $config_file, /var/lib/volagent, the group volagent and what is on the shared filesystem (still mounted while containers use it)"
+    exit 0
+fi
 
 # --- 1. OS packages ---------------------------------------------------------------------
 apt_missing() {
@@ -169,8 +236,14 @@ else
     src=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'volagent-*' | head -n 1)
     [ -n "$src" ] || die "$bundle holds no volagent-VERSION directory"
 fi
-"$src/install.sh" --prefix "$prefix" --python "$python"
+"$src/install.sh" --prefix "$prefix" --python "$python" --link /usr/bin
 volagent="$prefix/bin/volagent"
+# `man volagent` and completion, following PREFIX/current (an upgrade or a rollback
+# switches them too); bash-completion 2 looks in /usr/local/share by default
+for doc in $docs; do
+    install -d -m 0755 "/usr/local/share/$(dirname "$doc")"
+    ln -sfn "$prefix/current/share/$doc" "/usr/local/share/$doc"
+done
 
 # --- 3. the config ----------------------------------------------------------------------
 install -d -m 0755 /etc/volagent

@@ -108,6 +108,18 @@ source "amazon-ebs" "volagent" {
   subnet_id     = var.subnet_id
   ami_name      = "${var.ami_name_prefix}-${var.volagent_version}-${local.timestamp}"
 
+  # IMDSv2 only (instance metadata with a session token), which is all volagent speaks:
+  # required on the build instance, and the AMI's instances default to it (imds_support).
+  # Packer >= 1.7 with the amazon plugin; Packer 1.6.6's builder knows neither setting.
+  # imds: begin
+  imds_support = "v2.0"
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+  # imds: end
+
   source_ami_filter {
     filters = {
       name                  = var.source_ami_name

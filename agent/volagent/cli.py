@@ -31,31 +31,114 @@ DEFAULT_SOCKET = "/run/volagent/volagent.sock"
 
 EXIT_BY_STATUS = {"ok": 0, "degraded": 1, "critical": 2}
 EXIT_UNREACHABLE = 3
-EXIT_USAGE = 2
+EXIT_INVALID = 2  # an invalid config or name (check-config, paths, doctor, gc)
+# A command line volagent cannot parse: EX_USAGE of sysexits.h, not argparse's 2, which
+# `volagent status` gives for "critical".
+EXIT_USAGE = 64
+
+# Each command's help: what it does and examples (also the man page's, scripts/cli-docs).
+DESCRIPTIONS = {
+    "run": (
+        "Runs the daemon in the foreground: keeps the shared filesystem mounted, prepares "
+        "container volume directories, serves the status socket and, with [guard] enabled, "
+        "Docker's authorization plugin. Logs JSON lines on stdout (under systemd each with its "
+        "syslog priority). Exit 0 on SIGTERM or SIGINT, 2 on an invalid config.",
+        [
+            "systemctl start volagent               how a host runs it",
+            "volagent --config examples/local.toml run",
+        ],
+    ),
+    "status": (
+        "Asks the running daemon how things are: the verdict, what to fix, the mount, Docker, "
+        "the guard and the containers' volumes. Exit 0 ok, 1 degraded, 2 critical, 3 daemon "
+        "unreachable.",
+        [
+            "volagent status",
+            "volagent status -v                     every volume, not only problems",
+            "volagent status --json | jq .mount",
+            "volagent status --rack                 every host sharing the filesystem",
+        ],
+    ),
+    "check-config": (
+        "Validates the config file and prints the effective config (every key, defaults "
+        "included) as TOML. Exit 0 when valid, 2 when not, naming the key.",
+        [
+            "volagent check-config",
+            "volagent check-config --config my-rack.toml",
+        ],
+    ),
+    "paths": (
+        "Prints the host path of each container path of a service: where its data lives on "
+        "the shared filesystem. Exit 2 on invalid names or paths.",
+        [
+            "volagent paths --app shop --service web /var/www/html",
+            "volagent paths --rack prod --app shop --service db /data /backup",
+        ],
+    ),
+    "doctor": (
+        "Checks this host for what volagent needs, in the order a boot needs it (NFS client, "
+        "amazon-efs-utils, instance metadata, AWS permissions, DNS, TCP 2049, Docker, the "
+        "guard in daemon.json) and says what to fix. Exit 0 when nothing failed, 1 otherwise.",
+        [
+            "volagent doctor",
+            "volagent doctor --json | jq '.checks[] | select(.status == \"fail\")'",
+        ],
+    ),
+    "gc": (
+        "Lists the namespaces no container has used for a while, with their sizes, and the "
+        "trash; deletes in two phases: --delete moves them into the trash, --purge removes "
+        "what has been there long enough, --restore puts one back.",
+        [
+            "volagent gc",
+            "volagent gc --delete --older-than 60",
+            "volagent gc --restore myrack-web@20261129T193012Z",
+            "volagent gc --purge --older-than 7",
+        ],
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
-    parser = argparse.ArgumentParser(
+    class Parser(argparse.ArgumentParser):
+        """argparse, with EX_USAGE for a command line it cannot parse."""
+
+        def error(self, message: str) -> Any:
+            self.print_usage(sys.stderr)
+            self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        text, examples = DESCRIPTIONS[name]
+        return sub.add_parser(
+            name,
+            parents=[common],
+            description=text,
+            epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,
+        )
+
+    parser = Parser(
         prog="volagent",
         description="Keeps the rack's shared filesystem mounted and container volume "
         "directories ready before containers start.",
+        epilog=f"exit {EXIT_USAGE} (EX_USAGE) for a command line volagent cannot parse; "
+        "`volagent COMMAND --help` for each command's",
     )
     parser.add_argument("--version", action="version", version=f"volagent {__version__}")
     parser.add_argument(
         "--config", metavar="PATH", help=f"config file (env VOLAGENT_CONFIG; {DEFAULT_CONFIG_PATH})"
     )
     # --config is also accepted after the subcommand; SUPPRESS keeps a global one
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    command("run", help="run the daemon in the foreground")
 
-    status = sub.add_parser(
+    status = command(
         "status",
-        parents=[common],
         help="ask the daemon how things are (exit 0 ok, 1 degraded, 2 critical, 3 unreachable)",
     )
     status.add_argument("--json", action="store_true", help="print the status document")
@@ -70,23 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=5.0, metavar="SECONDS", help="give up after (5)"
     )
 
-    sub.add_parser("check-config", parents=[common], help="validate and print the effective config")
+    command("check-config", help="validate and print the effective config")
 
-    paths = sub.add_parser(
-        "paths", parents=[common], help="print the host path of each container path"
-    )
-    paths.add_argument("--app", required=True)
-    paths.add_argument("--service", required=True)
+    paths = command("paths", help="print the host path of each container path")
+    paths.add_argument("--app", required=True, help="the app (label convox.app)")
+    paths.add_argument("--service", required=True, help="the service (label convox.service)")
     paths.add_argument("--rack", help="default: rack in the config")
     paths.add_argument("paths", nargs="+", metavar="PATH", help="absolute container path")
 
-    sub.add_parser(
-        "doctor", parents=[common], help="check this host and say what to fix (exit 0 all pass)"
-    )
+    doctor = command("doctor", help="check this host and say what to fix (exit 0 all pass)")
+    doctor.add_argument("--json", action="store_true", help="print the checks as a JSON document")
 
-    gc = sub.add_parser(
+    gc = command(
         "gc",
-        parents=[common],
         help="list namespaces no container has used, and the trash; move them into the "
         "trash, restore, purge",
     )
@@ -299,7 +378,7 @@ def _load_config(args: argparse.Namespace) -> Config | None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     if cfg is None:
-        return EXIT_USAGE
+        return EXIT_INVALID
     from volagent import config
 
     sys.stdout.write(config.to_toml(cfg))
@@ -309,21 +388,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_paths(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     if cfg is None:
-        return EXIT_USAGE
+        return EXIT_INVALID
     from volagent.errors import NamespaceViolation
     from volagent.volumes.namespace import host_path
 
     rack = args.rack or cfg.rack
     if not rack:
         print("volagent: no rack: pass --rack or set rack in the config", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_INVALID
     out: list[str] = []
     for path in args.paths:
         try:
             out.append(host_path(cfg.mount_point, rack, args.app, args.service, path))
         except NamespaceViolation as exc:
             print(f"volagent: cannot map {path}: {exc.reason}", file=sys.stderr)
-            return EXIT_USAGE
+            return EXIT_INVALID
     print("\n".join(out))
     return 0
 
@@ -333,7 +412,7 @@ def cmd_ops(args: argparse.Namespace, command: str) -> int:
     quick."""
     cfg = _load_config(args)
     if cfg is None:
-        return EXIT_USAGE
+        return EXIT_INVALID
     if command == "doctor":
         from volagent.ops.doctor import run as doctor
 

@@ -400,9 +400,16 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def build(data: Mapping[str, Any]) -> Config:
+    """A Config from parsed TOML with every value's type checked (ConfigError naming the key)
+    but not yet its value: `from_dict` validates too."""
+    cfg: Config = _build(Config, data, "")
+    return cfg
+
+
 def from_dict(data: Mapping[str, Any]) -> Config:
     """Builds and validates a Config from parsed TOML, applying environment overrides."""
-    cfg: Config = _build(Config, data, "")
+    cfg = build(data)
     imds_env = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
     if imds_env:
         cfg = dataclasses.replace(cfg, aws=dataclasses.replace(cfg.aws, imds_endpoint=imds_env))
@@ -442,11 +449,14 @@ def to_toml(cfg: Config) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """Config values as TOML can hold them: sections as tables, None as an empty string."""
+    """Config values as TOML can hold them: sections as tables, None as an empty string,
+    sizes as the text they were written as."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, Size):
+        return str(value)
     return "" if value is None else value

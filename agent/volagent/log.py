@@ -3,13 +3,20 @@
 Libraries log through the standard `logging` module (watchdog, urllib3, botocore): their
 warnings and errors are forwarded into the same JSON lines, so nothing the daemon logs goes
 to stderr as free text.
+
+Under systemd, with the lines going straight to the journal, each starts with its syslog
+priority (`<4>` for a warning, sd-daemon(3)), which journald takes off and keeps as the
+entry's priority (`SyslogLevelPrefix=`, on by default): `journalctl -p warning -u volagent`
+then shows the warnings and errors alone.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Any
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
@@ -19,6 +26,36 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+# syslog priorities (sd-daemon(3)) of the log levels
+_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
+
+
+def goes_to_journal(stream: TextIO) -> bool:
+    """Whether `stream` is the journal's own stream: systemd sets JOURNAL_STREAM to its
+    device and inode, and only a match means the lines reach journald unchanged (not a pipe
+    or file the service redirected them to)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+class _JournalRenderer:
+    """The JSON line, prefixed with the syslog priority of its level."""
+
+    def __init__(self) -> None:
+        self._json = structlog.processors.JSONRenderer(sort_keys=False)
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+        priority = _PRIORITIES.get(str(event.get("level", method)), 6)
+        line = self._json(logger, method, event)
+        return f"<{priority}>{line.decode() if isinstance(line, bytes) else line}"
 
 
 class _ToStructlog(logging.Handler):
@@ -57,13 +94,19 @@ def configure(level: str = "info", stderr: bool = False) -> None:
     The lines go to stdout, or with `stderr` to stderr (a command whose stdout is its
     report)."""
     _forward_stdlib_logging()
+    stream = sys.stderr if stderr else sys.stdout
+    renderer: structlog.typing.Processor = (
+        _JournalRenderer()
+        if goes_to_journal(stream)
+        else structlog.processors.JSONRenderer(sort_keys=False)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=False),
+            renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(_Stderr() if stderr else sys.stdout),  # type: ignore[arg-type]

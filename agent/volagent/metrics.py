@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+from volagent import __version__
 
 _MOUNT_STATES = ("mounted", "mounting", "stalled", "unmounted", "local", "disabled")
 _FAST_BUCKETS = (
@@ -28,6 +37,16 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # the process' own figures (process_resident_memory_bytes, process_open_fds,
+        # process_start_time_seconds, CPU), as every Prometheus client exports them
+        ProcessCollector(registry=r)
+        self.build_info = Gauge(
+            "volagent_build_info",
+            "Always 1; the version of volagent this host runs",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(version=__version__).set(1)
         self.mount_up = Gauge(
             "volagent_mount_up",
             "1 when the shared filesystem is healthy (mounted or local)",
@@ -162,6 +181,7 @@ class Metrics:
             (self.guard_decisions, ("allow", "deny", "error")),
             (self.heartbeats, ("written", "failed", "skipped")),
             (self.usage_walks, ("finished", "interrupted")),
+            (self.config_reloads, ("applied", "refused")),
         ):
             for value in values:
                 counter.labels(result=value)

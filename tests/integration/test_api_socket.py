@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from volagent import __version__
 from volagent.api import client
 from volagent.api.server import StatusApi
 from volagent.config import Config
@@ -230,7 +231,7 @@ def test_cli_status_exit_codes_against_a_real_socket(served: ServedApi) -> None:
     sock = served.socket
     out = _cli("status", "--socket", sock)
     assert out.returncode == 2, out.stderr
-    assert out.stdout.startswith("volagent 0.1.0: CRITICAL")
+    assert out.stdout.startswith(f"volagent {__version__}: CRITICAL")
 
     served.on_loop(lambda: _healthy(served.state))
     out = _cli("status", "--socket", sock, "--json")
@@ -247,7 +248,7 @@ def test_cli_status_exit_codes_against_a_real_socket(served: ServedApi) -> None:
     served.on_loop(add_late)
     out = _cli("status", "--socket", sock)
     assert out.returncode == 1, out.stderr
-    assert out.stdout.startswith("volagent 0.1.0: DEGRADED")
+    assert out.stdout.startswith(f"volagent {__version__}: DEGRADED")
     assert "x late      web-1 /data -> /volumes/r-a/web/data" in out.stdout
 
     out = _cli("status", "--rack", "--json", "--socket", sock)

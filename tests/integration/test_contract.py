@@ -556,7 +556,9 @@ def test_paths_prints_host_paths_and_refuses_invalid_names(tmp_path: Path) -> No
     cfg.write_text('rack = "fromcfg"\nmount_point = "/srv/shared"\n')
     done = volagent_cli(["paths", "--config", str(cfg), "--app", "web", "--service", "api", "/d"])
     assert (done.returncode, done.stdout.strip()) == (0, "/srv/shared/fromcfg-web/api/d")
-    for bad in (["--app", "Web"], ["--app", "web", "--rack", "-r"], ["--app", "w" * 64]):
+    # (`--rack -r` would be a command line argparse cannot parse, exit 64: `--rack=-r` names
+    # the bad rack)
+    for bad in (["--app", "Web"], ["--app", "web", "--rack=-r"], ["--app", "w" * 64]):
         argv = ["paths", "--service", "api", "--rack", "prod", *bad, "/data"]
         done = volagent_cli(argv)
         assert done.returncode == 2, (bad, done.stdout)

@@ -98,6 +98,13 @@ def test_bundle_installs_offline_into_an_empty_directory(bundle: Path, tmp_path:
         ]
     )
     assert imported.strip() == str(prefix / "current")
+    # the man page and the completion, generated from this version's argument parser
+    share = prefix / "current" / "share"
+    assert ".TH VOLAGENT 1" in (share / "man" / "man1" / "volagent.1").read_text()
+    assert (
+        "complete -F _volagent volagent"
+        in (share / "bash-completion" / "completions" / "volagent").read_text()
+    )
     checked = run(
         [
             str(prefix / "bin" / "volagent"),
@@ -167,6 +174,20 @@ def test_provision_sh_sets_up_a_debian_host_offline(dockerd: Dockerd, debian: st
 
     code, out = sh(dockerd, debian, "/opt/volagent/bin/volagent --version")
     assert (code, out.strip()) == (0, f"volagent {__version__}")
+    # on PATH: root's login shell with the default PATH, and cron's PATH (sudo's on Amazon
+    # Linux: /sbin:/bin:/usr/sbin:/usr/bin) find it
+    for shell in ("env -i bash -lc", "env -i PATH=/usr/bin:/bin sh -c"):
+        code, out = sh(dockerd, debian, f"{shell} 'volagent --version'")
+        assert (code, out.strip()) == (0, f"volagent {__version__}"), shell
+    # `man volagent` and bash completion, from the installed version
+    code, out = sh(
+        dockerd,
+        debian,
+        "grep -c '^.TH VOLAGENT' /usr/local/share/man/man1/volagent.1 && "
+        "bash -c 'source /usr/local/share/bash-completion/completions/volagent && "
+        "complete -p volagent'",
+    )
+    assert code == 0 and "_volagent" in out, out
 
     # the OS packages came from apt's cache: the NFS client, Docker, Python
     code, out = sh(dockerd, debian, "command -v mount.nfs4 dockerd python3")
@@ -215,3 +236,43 @@ def test_provision_sh_sets_up_a_debian_host_offline(dockerd: Dockerd, debian: st
     code, out = sh(dockerd, debian, "ls /etc/systemd/system/sockets.target.wants/")
     assert "volagent-api.socket" in out.split()
     assert "volagent-guard.socket" not in out.split()
+
+
+@pytest.mark.docker
+def test_provision_sh_uninstalls_and_keeps_config_and_data(dockerd: Dockerd, debian: str) -> None:
+    code, out = sh(
+        dockerd,
+        debian,
+        'echo \'{"log-driver": "journald"}\' > /tmp/daemon.json && mkdir -p /etc/docker && '
+        "cp /tmp/daemon.json /etc/docker/daemon.json && mkdir -p /var/lib/volagent && "
+        "touch /var/lib/volagent/kept && "
+        "/ship/provision.sh --bundle /ship/bundle.tar.gz --config /ship/volagent.toml",
+    )
+    assert code == 0, out
+    code, out = sh(dockerd, debian, "/opt/volagent/provision.sh --uninstall")
+    assert code == 0, out
+    assert "volagent uninstalled" in out
+    # Docker's config as it was before, the units, the drop-in, the install and the command gone
+    code, out = sh(dockerd, debian, "cat /etc/docker/daemon.json")
+    assert json.loads(out) == {"log-driver": "journald"}
+    left = " ".join(
+        [f"/etc/systemd/system/{unit}" for unit in UNITS]
+        + [
+            "/etc/systemd/system/docker.service.d/volagent.conf",
+            "/opt/volagent",
+            "/usr/bin/volagent",
+            "/usr/local/share/man/man1/volagent.1",
+            "/usr/local/share/bash-completion/completions/volagent",
+        ]
+    )
+    code, out = sh(
+        dockerd, debian, f"for f in {left}; do [ -e $f ] || [ -L $f ] && echo $f; done; true"
+    )
+    assert (code, out) == (0, "")
+    code, out = sh(
+        dockerd,
+        debian,
+        "cmp /ship/volagent.toml /etc/volagent/volagent.toml && "
+        "ls /var/lib/volagent/kept && getent group volagent",
+    )
+    assert code == 0, out

@@ -25,10 +25,16 @@ def free_port() -> int:
 
 
 class PrometheusServer:
-    """`prometheus` scraping `targets` in job `job`, every `interval`."""
+    """`prometheus` scraping `targets` in job `job` every second, each target with the labels
+    `target_labels` gives it (as a scrape config's static labels or relabelling would)."""
 
     def __init__(
-        self, base: Path, targets: list[str], rule_files: list[Path], job: str = "volagent"
+        self,
+        base: Path,
+        targets: list[str],
+        rule_files: list[Path],
+        job: str = "volagent",
+        target_labels: dict[str, dict[str, str]] | None = None,
     ) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
@@ -42,7 +48,14 @@ class PrometheusServer:
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(p) for p in rule_files],
             "scrape_configs": [
-                {"job_name": job, "scrape_timeout": "1s", "static_configs": [{"targets": targets}]}
+                {
+                    "job_name": job,
+                    "scrape_timeout": "1s",
+                    "static_configs": [
+                        {"targets": [target], "labels": (target_labels or {}).get(target, {})}
+                        for target in targets
+                    ],
+                }
             ],
         }
         self.config_path = base / "prometheus.yml"

@@ -226,5 +226,42 @@ def test_gc_phases_are_one_at_a_time(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main([]) == 2
+    assert cli.main([]) == cli.EXIT_USAGE
     assert "usage: volagent" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "--bogus"],
+        ["status", "--timeout", "soon"],
+        ["--config"],
+        ["frobnicate"],
+        ["paths", "--app", "a", "/d"],
+        ["gc", "--delete", "--purge"],
+    ],
+)
+def test_a_command_line_volagent_cannot_parse_exits_ex_usage_not_critical(
+    argv: list[str],
+) -> None:
+    # 2 is `volagent status`'s "critical": a monitor running a mistyped status command must
+    # not read it as the host's state
+    out = _run(*argv)
+    assert out.returncode == 64 == cli.EXIT_USAGE, out.stderr
+    assert out.stderr.startswith("usage: volagent")
+    assert "error:" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "status", "check-config", "paths", "doctor", "gc"])
+def test_every_command_explains_itself_with_examples(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    description, examples = cli.DESCRIPTIONS[command]
+    assert " ".join(description.split()[:6]) in " ".join(text.split())
+    assert "examples:" in text
+    assert all(example in text for example in examples)
+    assert all(example.startswith(("volagent ", "systemctl ")) for example in examples)

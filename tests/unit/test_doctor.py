@@ -141,3 +141,26 @@ def test_report_escapes_what_the_host_said() -> None:
     assert "\x1b" not in text and "\r" not in text and "\x07" not in text
     assert "said \\x1b[2J\\rPASS" in text
     assert "fix: see \\x1b]0;x\\x07" in text
+
+
+def test_doctor_json_is_the_report_for_a_program(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from volagent import cli
+
+    config = tmp_path / "volagent.toml"
+    config.write_text(
+        '[mount]\ntype = "local"\n[aws]\nimds_endpoint = "http://127.0.0.1:9"\n'
+        f'[docker]\nurl = "unix://{tmp_path}/none.sock"\n'
+    )
+    assert cli.main(["--config", str(config), "doctor"]) == 1
+    text = capsys.readouterr().out
+    assert cli.main(["--config", str(config), "doctor", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and doc["failed"] >= 1
+    # the same checks as the text report, each with its status, detail and fix
+    marks = [line[:4] for line in text.splitlines() if line[:4] in {"PASS", "FAIL", "WARN", "SKIP"}]
+    assert [c["status"].upper() for c in doc["checks"]] == marks
+    assert all(f"  {c['name']}  " in text for c in doc["checks"])
+    docker = next(c for c in doc["checks"] if c["name"] == "docker")
+    assert docker["status"] == "fail" and "[docker] url" in docker["fix"]

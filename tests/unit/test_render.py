@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from volagent import __version__
 from volagent.api import render
 from volagent.config import Config
 from volagent.state import AgentState, ContainerRecord, VolumeRecord, now_iso
@@ -34,7 +35,7 @@ def _doc(**changes: Any) -> dict[str, Any]:
 def test_healthy_view_folds_containers_and_leads_with_the_verdict() -> None:
     text = render.render_status(_doc(), now=NOW, host="host-1")
     lines = text.splitlines()
-    assert lines[0] == "volagent 0.1.0 on host-1: OK"
+    assert lines[0] == f"volagent {__version__} on host-1: OK"
     assert "!" not in text
     assert "Mount      mounted for 3h01m at /volumes, last probe 1.2 ms" in lines
     assert "           nfs4 fs-1.efs:/ (fs-1)" in lines
@@ -150,4 +151,4 @@ def test_strings_from_containers_cannot_drive_the_terminal() -> None:
         assert "web\\x1b[8m" in plain
         assert "nope\\rOK" in plain
         assert "bad \\x1b[31mwarning\\r" in plain
-        assert plain.splitlines()[0].startswith("volagent 0.1.0 on h\\x1b: ")
+        assert plain.splitlines()[0].startswith(f"volagent {__version__} on h\\x1b: ")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -193,12 +194,39 @@ def offline(argv: list[str]) -> list[str]:
     return [tool("unshare"), "--net", *([] if os.geteuid() == 0 else ["--map-root-user"]), *argv]
 
 
+IMDS_SETTINGS = re.compile(r"^  # imds: begin\n.*?^  # imds: end\n", re.MULTILINE | re.DOTALL)
+
+
+def packer_version() -> tuple[int, ...]:
+    out = subprocess.run(
+        [tool("packer"), "version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    match = re.search(r"v(\d+)\.(\d+)", out.stdout)
+    assert match, out.stdout + out.stderr
+    return (int(match[1]), int(match[2]))
+
+
+def packer_tree(tmp_path: Path) -> Path:
+    """A copy of packer/ and examples/ with the AMI template as this machine's Packer can
+    check it: Debian's Packer 1.6.6 has the amazon builder built in, without its IMDS
+    settings (test_packer_requires_imdsv2 reads those), so they are left out of the copy it
+    validates. Returns the template's path."""
+    shutil.copytree(PACKER, tmp_path / "packer", dirs_exist_ok=True)
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", dirs_exist_ok=True)
+    template = tmp_path / "packer" / "volagent.pkr.hcl"
+    if packer_version() < (1, 7):
+        text, count = IMDS_SETTINGS.subn("", template.read_text())
+        assert count == 1, "the template lost its '# imds: begin' / '# imds: end' markers"
+        template.write_text(text)
+    return template
+
+
 def packer_validate(tmp_path: Path, *variables: str) -> subprocess.CompletedProcess[str]:
     bundle = tmp_path / "bundle.tar.gz"  # the file provisioner checks that its source exists
     bundle.write_bytes(b"")
     argv = [tool("packer"), "validate", "-var", f"bundle={bundle}", *variables]
     return subprocess.run(
-        offline([*argv, str(PACKER / "volagent.pkr.hcl")]),
+        offline([*argv, str(packer_tree(tmp_path))]),
         capture_output=True,
         text=True,
         timeout=120,
@@ -231,12 +259,11 @@ def test_packer_template_validates(tmp_path: Path) -> None:
 def test_packer_defaults_find_what_make_dist_builds(tmp_path: Path) -> None:
     # the template's default bundle is ../dist/volagent-VERSION-bundle.tar.gz of this version
     # (scripts/build-dist's name) and its default config ../examples/volagent.toml
-    shutil.copytree(PACKER, tmp_path / "packer")
-    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    template = packer_tree(tmp_path)
     (tmp_path / "dist").mkdir()
     (tmp_path / "dist" / f"volagent-{__version__}-bundle.tar.gz").write_bytes(b"")
     result = subprocess.run(
-        offline([tool("packer"), "validate", str(tmp_path / "packer" / "volagent.pkr.hcl")]),
+        offline([tool("packer"), "validate", str(template)]),
         capture_output=True,
         text=True,
         timeout=120,
@@ -245,6 +272,23 @@ def test_packer_defaults_find_what_make_dist_builds(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_packer_requires_imdsv2() -> None:
+    # volagent asks instance metadata only with a session token (IMDSv2): the build instance
+    # requires it, and the AMI's instances default to requiring it
+    text = (PACKER / "volagent.pkr.hcl").read_text()
+    source = text[text.index('source "amazon-ebs"') :]
+    source = source[: source.index("\n}\n")]
+    block = re.search(r"^  metadata_options \{\n(.*?)^  \}", source, re.MULTILINE | re.DOTALL)
+    assert block, "the amazon-ebs source has no metadata_options block"
+    settings = dict(re.findall(r'^\s*(\w+)\s*=\s*"?([^"\n]*)"?\s*$', block[1], re.MULTILINE))
+    assert settings["http_tokens"] == "required"
+    assert settings["http_endpoint"] == "enabled"
+    assert re.search(r'^  imds_support\s*=\s*"v2\.0"\s*$', source, re.MULTILINE)
+    # the plugin that knows both settings
+    plugins = (PACKER / "plugins.pkr.hcl").read_text()
+    assert re.search(r'version\s*=\s*">= 1\.[2-9]', plugins)
 
 
 @pytest.mark.parametrize("name", ["volagent.toml", "local.toml"])

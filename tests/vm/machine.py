@@ -27,7 +27,9 @@ QEMU = "qemu-system-x86_64"
 MEMORY_MB = 1536
 CPUS = 2
 KERNEL_ARGS = "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0"
-GUEST_PATH = "PATH=/opt/volagent/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# root's PATH of a login shell on Debian (/etc/profile) and nothing of volagent's: the
+# commands the tests run (`volagent status`) are found where the install put them
+GUEST_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class GuestError(RuntimeError):

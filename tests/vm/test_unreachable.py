@@ -5,6 +5,7 @@ operator, and the container starts by itself with its data."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -51,6 +52,7 @@ def test_boot_with_the_server_down_writes_nothing_locally(vm: Machine) -> None:
     print(f"a create meanwhile: rc {denied.rc}: {denied.err.strip()}")
     assert denied.rc != 0
     assert local_disk_under_mount_point(vm) == []
+    assert_journal_priorities(vm)
 
     vm.sh("systemctl start nfs-server")
     started = time.monotonic()
@@ -67,3 +69,20 @@ def test_boot_with_the_server_down_writes_nothing_locally(vm: Machine) -> None:
     wait_until("the restart-always container running again", running, timeout=240)
     print(f"container running {time.monotonic() - started:.1f}s after the server came back")
     assert vm.sh("docker exec web cat /data/marker").out.strip() == "kept"
+
+
+def assert_journal_priorities(vm: Machine) -> None:
+    """`journalctl -p warning -u volagent` shows volagent's warnings, and only those: each
+    line's syslog priority came with it (its `<N>` prefix), not journald's default (info)."""
+    out = vm.sh("journalctl -b -u volagent -p warning -o json --no-pager").out
+    warnings = [json.loads(line) for line in out.splitlines()]
+    logged = [json.loads(w["MESSAGE"]) for w in warnings if str(w["MESSAGE"]).startswith("{")]
+    print(f"journalctl -p warning: {[(e['level'], e['event']) for e in logged][:5]}")
+    assert logged, f"no warning of volagent's in journalctl -p warning:\n{out[-2000:]}"
+    assert {e["level"] for e in logged} <= {"warning", "error", "critical"}
+    everything = [
+        json.loads(line)
+        for line in vm.sh("journalctl -b -u volagent -o json --no-pager").out.splitlines()
+    ]
+    info = [e for e in everything if str(e["MESSAGE"]).startswith('{"') and e["PRIORITY"] == "6"]
+    assert info, "volagent's info lines are kept at priority info"

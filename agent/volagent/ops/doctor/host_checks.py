@@ -104,13 +104,22 @@ def check_efs_utils(cfg: Config, family: str) -> CheckResult:
 def check_docker(cfg: Config) -> CheckResult:
     name = "docker"
     url = cfg.docker.url
+    if url.startswith("unix://") and not os.path.exists(url[len("unix://") :]):
+        # no socket, no engine; and docker-py leaks the socket of a connect that fails
+        return CheckResult.failed(
+            name,
+            f"Docker does not answer at {url}: no such socket",
+            f"start Docker (systemctl enable --now docker), or set [docker] url to its "
+            f"socket (now {url})",
+        )
     try:
         import docker  # noqa: PLC0415 - heavy; doctor only
 
-        client = docker.APIClient(base_url=url, version="auto", timeout=5)
+        # a fixed version: "auto" asks the engine inside the constructor, whose connection
+        # then leaks when the engine does not answer; the one call made is unversioned
+        client = docker.APIClient(base_url=url, version="1.24", timeout=5)
         try:
-            client.ping()
-            info = client.version()
+            info = client.version(api_version=False)
             version = info.get("Version", "?")
             min_api = str(info.get("MinAPIVersion") or "")
         finally:

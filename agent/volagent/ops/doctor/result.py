@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from volagent.terminal import printable
 
@@ -71,3 +72,14 @@ def report(results: Sequence[CheckResult], color: bool = False) -> str:
     )
     lines.append(verdict + (f", {others}" if others else ""))
     return "\n".join(lines) + "\n"
+
+
+def json_report(results: Sequence[CheckResult]) -> str:
+    """The report for a program (`volagent doctor --json`): every check in order, and
+    whether none failed. Strings are as found (JSON escapes what a terminal would not)."""
+    doc = {
+        "ok": not any(r.failing for r in results),
+        "failed": sum(1 for r in results if r.failing),
+        "checks": [asdict(r) for r in results],
+    }
+    return json.dumps(doc, indent=2) + "\n"

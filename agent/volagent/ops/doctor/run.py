@@ -16,7 +16,7 @@ import sys
 from volagent.aws.discovery import resolve_host
 from volagent.config import Config
 from volagent.ops.doctor import aws_checks, host_checks
-from volagent.ops.doctor.result import CheckResult, report
+from volagent.ops.doctor.result import CheckResult, json_report, report
 
 
 def run_checks(cfg: Config, resolve: aws_checks.Resolver = resolve_host) -> list[CheckResult]:
@@ -33,5 +33,8 @@ def run_checks(cfg: Config, resolve: aws_checks.Resolver = resolve_host) -> list
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
     results = run_checks(cfg)
-    sys.stdout.write(report(results, color=sys.stdout.isatty()))
+    if getattr(args, "json", False):
+        sys.stdout.write(json_report(results))
+    else:
+        sys.stdout.write(report(results, color=sys.stdout.isatty()))
     return 1 if any(r.failing for r in results) else 0

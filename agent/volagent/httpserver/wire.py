@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote
 
@@ -75,12 +76,20 @@ class BadRequest(Exception):
 
 
 # --- requests ----------------------------------------------------------------------------
-# where the parser is: between requests, inside a request head, inside a request body
-IDLE = "idle"
-HEAD = "head"
-BODY = "body"
-# inside a chunked body: a chunk-size line, a chunk's data, the trailer fields
-_SIZE, _DATA, _TRAILERS = range(3)
+class Phase(StrEnum):
+    """Where the parser is: between requests, inside a request head, inside a request body
+    (`RequestParser.phase`); and inside a chunked body, where the body is: a chunk-size
+    line, a chunk's data, the trailer fields."""
+
+    IDLE = "idle"
+    HEAD = "head"
+    BODY = "body"
+    CHUNK_SIZE = "chunk size"
+    CHUNK_DATA = "chunk data"
+    TRAILERS = "trailers"
+
+
+IDLE, HEAD, BODY = Phase.IDLE, Phase.HEAD, Phase.BODY
 
 
 class RequestParser:
@@ -98,11 +107,11 @@ class RequestParser:
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.buf = bytearray()
-        self.phase = IDLE
+        self.phase: Phase = IDLE
         self._request: Request | None = None  # its head parsed, its body not yet
         self._length = 0  # the body's Content-Length; -1: chunked
         self._chunked = bytearray()
-        self._chunk_state = _SIZE
+        self._chunk_state = Phase.CHUNK_SIZE
         self._chunk_size = 0
         self._trailers = 0
         self._chunks_seen = 0
@@ -114,20 +123,20 @@ class RequestParser:
     def pending(self) -> bool:
         """Whether the bytes held begin a request, not just the empty lines a client may
         send between requests (without copying a large buffer to find out)."""
-        if self.phase != IDLE:
+        if self.phase is not IDLE:
             return True
         buf = self.buf
         return bool(buf) and (buf[0] not in b"\r\n" or bool(buf.lstrip(b"\r\n")))
 
     def next_event(self) -> Request | bytes | None:
-        if self.phase == IDLE:
+        if self.phase is IDLE:
             buf = self.buf
             if buf and buf[0] in b"\r\n":  # empty lines before a request line (RFC 9112)
                 del buf[: len(buf) - len(buf.lstrip(b"\r\n"))]
             if not buf:
                 return None
             self.phase = HEAD
-        if self.phase == HEAD:
+        if self.phase is HEAD:
             return self._head()
         return self._body()
 
@@ -158,7 +167,7 @@ class RequestParser:
                 raise BadRequest(501, f"transfer-encoding {te!r} is not supported")
             self._length = -1
             self._chunked = bytearray()
-            self._chunk_state = _SIZE
+            self._chunk_state = Phase.CHUNK_SIZE
             self._trailers = 0
             self._chunks_seen = 0
         elif cl is None:
@@ -201,7 +210,7 @@ class RequestParser:
         """Reads a chunked body on; whether it has ended (trailers included)."""
         buf = self.buf
         while True:
-            if self._chunk_state == _DATA:
+            if self._chunk_state is Phase.CHUNK_DATA:
                 size = self._chunk_size
                 if len(buf) < size + 2:
                     return False
@@ -209,12 +218,12 @@ class RequestParser:
                     raise BadRequest(400, "chunk not followed by CRLF")
                 self._chunked += buf[:size]
                 del buf[: size + 2]
-                self._chunk_state = _SIZE
+                self._chunk_state = Phase.CHUNK_SIZE
                 continue
-            line = self._line(MAX_CHUNK_LINE if self._chunk_state == _SIZE else None)
+            line = self._line(MAX_CHUNK_LINE if self._chunk_state is Phase.CHUNK_SIZE else None)
             if line is None:
                 return False
-            if self._chunk_state == _TRAILERS:  # ignored
+            if self._chunk_state is Phase.TRAILERS:  # ignored
                 if not line:
                     return True
                 self._trailers += 1
@@ -229,7 +238,7 @@ class RequestParser:
             if size < 0:
                 raise BadRequest(400, "bad chunk size")
             if size == 0:
-                self._chunk_state = _TRAILERS
+                self._chunk_state = Phase.TRAILERS
                 continue
             if len(self._chunked) + size > self.max_body:
                 raise BadRequest(413, f"chunked body larger than {self.max_body} bytes")
@@ -237,7 +246,7 @@ class RequestParser:
             if self._chunks_seen > self.max_chunks:
                 raise BadRequest(413, f"chunked body in more than {self.max_chunks} chunks")
             self._chunk_size = size
-            self._chunk_state = _DATA
+            self._chunk_state = Phase.CHUNK_DATA
 
     def _line(self, limit: int | None) -> bytes | None:
         """A line up to its CRLF, None when it has not all come yet."""

@@ -24,6 +24,12 @@ _TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")  # controls and space
 # regex search, so the search runs only on the rare value that is not printable (the start
 # guard parses a request head for every Docker API call).
 _VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but tab
+# empty lines, not bare CRs: "\rGET" is no request line
+_EMPTY_LINES = re.compile(rb"(?:\r?\n)*")
+# a chunk-size line: hex digits only (int(x, 16) alone would take "0x1a", "+1a", " 1a" and
+# "1_a", which other parsers frame differently), then extensions without controls, which are
+# ignored; white space before ";" (RFC 9112's BWS) or at the end is let through
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 # the longest chunk-size line of a chunked body
 MAX_CHUNK_LINE = 1024
@@ -132,8 +138,9 @@ class RequestParser:
         if self.phase is IDLE:
             buf = self.buf
             if buf and buf[0] in b"\r\n":  # empty lines before a request line (RFC 9112)
-                del buf[: len(buf) - len(buf.lstrip(b"\r\n"))]
-            if not buf:
+                empty = _EMPTY_LINES.match(buf)
+                del buf[: empty.end() if empty else 0]
+            if not buf or buf == b"\r":  # (the CR of a CRLF still to come)
                 return None
             self.phase = HEAD
         if self.phase is HEAD:
@@ -223,20 +230,18 @@ class RequestParser:
             line = self._line(MAX_CHUNK_LINE if self._chunk_state is Phase.CHUNK_SIZE else None)
             if line is None:
                 return False
-            if self._chunk_state is Phase.TRAILERS:  # ignored
+            if self._chunk_state is Phase.TRAILERS:  # checked, then dropped
                 if not line:
                     return True
                 self._trailers += 1
                 if self._trailers > self.max_headers:
                     raise BadRequest(431, "too many trailer fields")
+                _check_trailer(line)
                 continue
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise BadRequest(400, f"bad chunk size {size_text[:20]!r}") from None
-            if size < 0:
-                raise BadRequest(400, "bad chunk size")
+            match = _CHUNK_LINE.fullmatch(line)
+            if match is None:
+                raise BadRequest(400, f"bad chunk size line {line[:20]!r}")
+            size = int(match[1], 16)
             if size == 0:
                 self._chunk_state = Phase.TRAILERS
                 continue
@@ -297,6 +302,16 @@ def parse_head(head: bytes, max_headers: int) -> tuple[str, str, str, dict[str, 
         else:
             headers[name] = value
     return method, target, version, headers
+
+
+def _check_trailer(line: bytes) -> None:
+    """A trailer field is never read, but it must be one (a name, a colon, a value without
+    controls), as a header field must."""
+    name, sep, value = line.partition(b":")
+    if not sep or not _TOKEN.fullmatch(name.decode("latin-1")) or not value.isascii():
+        raise BadRequest(400, "malformed trailer field")
+    if _VALUE_BAD.search(value.decode("ascii")):
+        raise BadRequest(400, "control character in a trailer field")
 
 
 def _wants_keep_alive(version: str, connection: str) -> bool:

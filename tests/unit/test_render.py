@@ -8,6 +8,7 @@ from typing import Any
 from volagent.api import render
 from volagent.config import Config
 from volagent.state import AgentState, ContainerRecord, VolumeRecord, now_iso
+from volagent.values import Size, format_size
 
 NOW = 1_800_000_000.0
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -151,3 +152,15 @@ def test_strings_from_containers_cannot_drive_the_terminal() -> None:
         assert "nope\\rOK" in plain
         assert "bad \\x1b[31mwarning\\r" in plain
         assert plain.splitlines()[0].startswith("volagent 0.1.0 on h\\x1b: ")
+
+
+def test_one_formatter_for_sizes_in_both_spellings() -> None:
+    # status, gc and the quota warning; the warning writes sizes as the config does
+    spelled = [(n, format_size(n), format_size(n, sep="")) for n in (0, 1023, 1536, 50 << 30)]
+    assert spelled == [
+        (0, "0 B", "0B"),
+        (1023, "1023 B", "1023B"),
+        (1536, "1.5 KiB", "1.5KiB"),
+        (50 << 30, "50.0 GiB", "50.0GiB"),
+    ]
+    assert Size(format_size(50 << 30, sep="")).bytes == 50 << 30

@@ -77,16 +77,3 @@ def parse_mode(text: str) -> int:
     if mode & ~0o3777:
         raise ValueError(f"{text!r}: setuid is not allowed on directories volagent creates")
     return mode
-
-
-_BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-
-
-def format_size(n: float, sep: str = " ") -> str:
-    """Bytes for people, in binary units: 1536 -> "1.5 KiB"; with `sep=""` as the config
-    writes sizes ("1.5KiB")."""
-    unit = 0
-    while abs(n) >= 1024 and unit < len(_BINARY_UNITS) - 1:
-        n /= 1024
-        unit += 1
-    return f"{n:.0f}{sep}B" if unit == 0 else f"{n:.1f}{sep}{_BINARY_UNITS[unit]}"

@@ -8,7 +8,8 @@ from typing import Any
 from volagent.api import render
 from volagent.config import Config
 from volagent.state import AgentState, ContainerRecord, VolumeRecord, now_iso
-from volagent.values import Size, format_size
+from volagent.terminal import format_size
+from volagent.values import Size
 
 NOW = 1_800_000_000.0
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -13,8 +13,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from volagent.terminal import printable, printable_doc
-from volagent.values import format_size
+from volagent.terminal import format_size, printable, printable_doc
 
 TYPE_CHECKING = False  # typing costs an import on the fast path; annotations stay lazy
 if TYPE_CHECKING:

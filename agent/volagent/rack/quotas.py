@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from volagent.config import QuotasConfig
 from volagent.state import AgentState
-from volagent.values import Size, format_size
+from volagent.terminal import format_size
+from volagent.values import Size
 
 
 def over(cfg: QuotasConfig, used: dict[str, int]) -> dict[str, tuple[int, Size]]:

@@ -43,8 +43,8 @@ from volagent.ops.gc.survey import Candidate, Survey, prune_old_records, survey
 from volagent.rack import records, trash
 from volagent.rack.usage import Key, key_of
 from volagent.state import now_iso
+from volagent.terminal import format_size
 from volagent.terminal import printable as _p
-from volagent.values import format_size
 
 DEFAULT_DAYS = 30.0
 PURGE_DEFAULT_DAYS = 7.0

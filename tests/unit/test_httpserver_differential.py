@@ -192,18 +192,23 @@ DELIBERATE = [
         b"GET / HTTP/1.1\nHost: x\n\n",
     ),
     Difference(
-        "bytes above 0x7f in a head",
+        "bytes above 0x7f in a head or trailers",
         True,
-        lambda rest, v, h: any(b > 0x7F for b in _head(rest)),
+        lambda rest, v, h: (
+            any(b > 0x7F for b in _head(rest))
+            or (v.reason == "malformed trailer field" and any(b > 0x7F for b in _trailers(rest)))
+        ),
         "obs-text (RFC 9110 5.5) is legal in a field value, but nothing volagent serves uses "
-        "it, and parsers decode it differently; a head is ASCII or refused.",
+        "it, and parsers decode it differently; a head (and a trailer field) is ASCII or "
+        "refused.",
         b"GET / HTTP/1.1\r\nHost: x\r\nX: \x80\r\n\r\n",
     ),
     Difference(
-        "controls in a field value",
+        "controls in a field value, of a head or trailers",
         True,
-        lambda rest, v, h: any(
-            re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", f) for _, f in _fields(rest)
+        lambda rest, v, h: (
+            any(re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", f) for _, f in _fields(rest))
+            or v.reason == "control character in a trailer field"
         ),
         "h11 takes any byte but NUL and white space as a value's character; RFC 9110 5.5 "
         "allows none of the controls but HTAB, and volagent refuses them.",
@@ -514,14 +519,15 @@ def streams(draw: st.DrawFn) -> bytes:
 HIT: Counter[str] = Counter()
 
 
-@settings(max_examples=2000)
+# derandomized: the same streams every run (a wider search: raise max_examples locally)
+@settings(max_examples=2000, derandomize=True)
 @given(streams())
 def test_volagent_and_h11_agree_on_every_request_both_accept(data: bytes) -> None:
     difference = compare(data)
     HIT["agreed" if difference is None else difference.name] += 1
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, derandomize=True)
 @given(st.data())
 def test_pieces_of_any_size_frame_the_same_requests(data: st.DataObject) -> None:
     stream = data.draw(streams())

@@ -122,24 +122,38 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _run(command: list[str], uvloop: bool, pair: tuple[bytes, bytes]) -> tuple[float, float]:
-    """(p50 of a pair's round trip, the server's CPU per pair), in seconds."""
+def _connect(server: subprocess.Popen[bytes], path: str) -> socket.socket:
+    """A connection to the server once it listens: its socket file is bound a moment
+    before it listens, so a connection refused is tried again."""
+    deadline = time.monotonic() + 30
+    while True:
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start") from None
+            time.sleep(0.02)
+
+
+def _run(
+    command: list[str], uvloop: bool, pair: tuple[bytes, bytes], cpu: int | None = None
+) -> tuple[float, float]:
+    """(p50 of a pair's round trip, the server's CPU per pair), in seconds; the server runs
+    on `cpu`, by default the client's."""
     base = tempfile.mkdtemp(prefix="vt-http-")
     path = os.path.join(base, "plugin.sock")
     env = dict(os.environ)
     env.pop("BENCH_UVLOOP", None)
     if uvloop:
         env["BENCH_UVLOOP"] = "1"
-    cpu = min(os.sched_getaffinity(0))
+    if cpu is None:
+        cpu = min(os.sched_getaffinity(0))
     server = subprocess.Popen(["taskset", "-c", str(cpu), *command, path], env=env, cwd=_ROOT)
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(path):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.02)
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(path)
+        with _connect(server, path) as sock:
             buf, times = b"", []
             for i in range(WARM + PAIRS):
                 if i == WARM:

@@ -13,7 +13,8 @@ from prometheus_client import (
 
 from volagent import __version__
 
-_MOUNT_STATES = ("mounted", "mounting", "stalled", "unmounted", "local", "disabled")
+from volagent.vocabulary import HEALTHY_MOUNT_STATES, MountState
+
 _FAST_BUCKETS = (
     0.0005,
     0.001,
@@ -187,12 +188,12 @@ class Metrics:
                 counter.labels(result=value)
         for freshness in ("fresh", "stale"):
             self.rack_hosts.labels(freshness=freshness)
-        self.set_mount_state("unmounted")
+        self.set_mount_state(MountState.UNMOUNTED)
 
-    def set_mount_state(self, state: str) -> None:
-        for s in _MOUNT_STATES:
-            self.mount_state.labels(state=s).set(1 if s == state else 0)
-        self.mount_up.set(1 if state in ("mounted", "local") else 0)
+    def set_mount_state(self, state: MountState) -> None:
+        for s in MountState:
+            self.mount_state.labels(state=s).set(1 if s is state else 0)
+        self.mount_up.set(1 if state in HEALTHY_MOUNT_STATES else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

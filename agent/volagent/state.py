@@ -16,9 +16,9 @@ from typing import Any
 from volagent import __version__
 from volagent.config import Config
 from volagent.metrics import Metrics
+from volagent.vocabulary import HEALTHY_MOUNT_STATES, MountState
 
-MOUNT_STATES = ("mounted", "mounting", "stalled", "unmounted", "local", "disabled")
-HEALTHY_MOUNT_STATES = ("mounted", "local")
+MOUNT_STATES = tuple(MountState)
 VOLUME_STATES = ("ready", "pending", "late", "violation", "failed")
 PROBLEM_VOLUME_STATES = ("late", "violation", "failed")
 
@@ -34,7 +34,7 @@ def now_iso(ts: float | None = None) -> str:
 
 @dataclass
 class MountStatus:
-    state: str = "unmounted"
+    state: MountState = MountState.UNMOUNTED
     mount_point: str = "/volumes"
     type: str = ""
     source: str = ""
@@ -165,9 +165,11 @@ class AgentState:
     def mount_healthy(self) -> bool:
         return self.mount.state in HEALTHY_MOUNT_STATES
 
-    def set_mount_state(self, state: str, error: str | None = None) -> None:
-        if state not in MOUNT_STATES:
-            raise ValueError(f"unknown mount state {state!r}")
+    def set_mount_state(self, name: MountState | str, error: str | None = None) -> None:
+        try:
+            state = MountState(name)
+        except ValueError:
+            raise ValueError(f"unknown mount state {name!r}") from None
         was_healthy = self.mount_healthy
         if state != self.mount.state:
             self.mount.state = state

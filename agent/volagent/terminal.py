@@ -5,7 +5,8 @@ A control character in a bind path or a container name would otherwise reach the
 as itself: an escape sequence can clear the screen, move the cursor, retitle the window or
 paint a fake "OK"; a carriage return or newline can overwrite or forge a line. Every such
 character is shown escaped instead (`\\x1b`, `\\r`, `\\u202e`), so the text stays readable
-and tells the truth. Standard library only, nothing imported: `volagent status` uses it.
+and tells the truth. Also sizes spelled for people (`format_size`). Standard library only,
+nothing imported: `volagent status` uses it.
 """
 
 from __future__ import annotations
@@ -60,3 +61,16 @@ def printable_tree(value: object) -> object:
 def printable_doc(doc: dict[str, Any]) -> dict[str, Any]:
     """`printable_tree` of a JSON object (the status document)."""
     return {printable(k): printable_tree(v) for k, v in doc.items()}
+
+
+_BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def format_size(n: float, sep: str = " ") -> str:
+    """Bytes for people, in binary units: 1536 -> "1.5 KiB"; with `sep=""` as the config
+    writes sizes ("1.5KiB")."""
+    unit = 0
+    while abs(n) >= 1024 and unit < len(_BINARY_UNITS) - 1:
+        n /= 1024
+        unit += 1
+    return f"{n:.0f}{sep}B" if unit == 0 else f"{n:.1f}{sep}{_BINARY_UNITS[unit]}"

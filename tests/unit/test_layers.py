@@ -13,7 +13,16 @@ PACKAGE = Path(__file__).resolve().parents[2] / "agent" / "volagent"
 # Bottom first. A layer is a list of groups; a group is a list of module prefixes. Groups on
 # one layer are peers: neither imports the other.
 LAYERS: list[list[list[str]]] = [
-    [["volagent", "volagent.errors", "volagent.log", "volagent.metrics", "volagent.terminal"]],
+    [
+        [
+            "volagent",
+            "volagent.errors",
+            "volagent.log",
+            "volagent.metrics",
+            "volagent.terminal",
+            "volagent.vocabulary",
+        ]
+    ],
     [["volagent.safedir", "volagent.values", "volagent.retrying"]],
     [["volagent.systemd", "volagent.socket_access"]],
     [["volagent.config", "volagent.worker", "volagent.config_watch"]],

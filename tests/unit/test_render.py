@@ -9,6 +9,8 @@ from volagent import __version__
 from volagent.api import render
 from volagent.config import Config
 from volagent.state import AgentState, ContainerRecord, VolumeRecord, now_iso
+from volagent.terminal import format_size
+from volagent.values import Size
 
 NOW = 1_800_000_000.0
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -152,3 +154,15 @@ def test_strings_from_containers_cannot_drive_the_terminal() -> None:
         assert "nope\\rOK" in plain
         assert "bad \\x1b[31mwarning\\r" in plain
         assert plain.splitlines()[0].startswith(f"volagent {__version__} on h\\x1b: ")
+
+
+def test_one_formatter_for_sizes_in_both_spellings() -> None:
+    # status, gc and the quota warning; the warning writes sizes as the config does
+    spelled = [(n, format_size(n), format_size(n, sep="")) for n in (0, 1023, 1536, 50 << 30)]
+    assert spelled == [
+        (0, "0 B", "0B"),
+        (1023, "1023 B", "1023B"),
+        (1536, "1.5 KiB", "1.5KiB"),
+        (50 << 30, "50.0 GiB", "50.0GiB"),
+    ]
+    assert Size(format_size(50 << 30, sep="")).bytes == 50 << 30

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from volagent.terminal import printable, printable_doc
+from volagent.terminal import format_size, printable, printable_doc
 
 TYPE_CHECKING = False  # typing costs an import on the fast path; annotations stay lazy
 if TYPE_CHECKING:
@@ -132,15 +132,6 @@ def render_status(
     return "\n".join(out) + "\n"
 
 
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def _usage_lines(usage: list[dict[str, Any]], paint: _Painter, now: float) -> list[str]:
     """Per app on the shared filesystem, biggest first, over-quota apps in red."""
     over = sum(1 for u in usage if u.get("over_quota"))
@@ -154,9 +145,9 @@ def _usage_lines(usage: list[dict[str, Any]], paint: _Painter, now: float) -> li
         rows.append(
             (
                 str(u.get("app", "?")),
-                human_size(int(u.get("bytes") or 0)),
+                format_size(int(u.get("bytes") or 0)),
                 str(u.get("inodes", "?")),
-                human_size(int(quota)) if isinstance(quota, int) else "-",
+                format_size(int(quota)) if isinstance(quota, int) else "-",
                 ago(u.get("measured"), now) + " ago" if u.get("measured") else "?",
             )
         )

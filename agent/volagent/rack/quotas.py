@@ -10,18 +10,8 @@ from __future__ import annotations
 
 from volagent.config import QuotasConfig
 from volagent.state import AgentState
+from volagent.terminal import format_size
 from volagent.values import Size
-
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-
-
-def human(n: float) -> str:
-    """Bytes as the config writes sizes: 1536 -> "1.5KiB"."""
-    for unit in _UNITS:
-        if abs(n) < 1024 or unit == _UNITS[-1]:
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return f"{n:.1f}PiB"  # pragma: no cover - the loop returns
 
 
 def over(cfg: QuotasConfig, used: dict[str, int]) -> dict[str, tuple[int, Size]]:
@@ -38,8 +28,9 @@ def warning(app: str, used: int, limit: Size, action: str) -> str:
     then = (
         "new creates of this app are denied" if action == "deny" else "nothing is denied or deleted"
     )
+    size = format_size(used, sep="")  # as the config writes sizes, like the limit beside it
     return (
-        f"app {app} uses {human(used)} of the shared filesystem, over its quota of {limit} "
+        f"app {app} uses {size} of the shared filesystem, over its quota of {limit} "
         f"({then}): remove data with `volagent gc`, or raise [quotas.apps] {app}"
     )
 

@@ -33,7 +33,6 @@ from typing import TextIO, TypeVar
 
 from volagent import log, safedir
 from volagent.api import client
-from volagent.api.render import human_size
 from volagent.config import Config
 from volagent.errors import FilesystemHung, MountUnhealthy, VolagentError
 from volagent.mount.table import find_mount
@@ -44,6 +43,7 @@ from volagent.ops.gc.survey import Candidate, Survey, prune_old_records, survey
 from volagent.rack import records, trash
 from volagent.rack.usage import Key, key_of
 from volagent.state import now_iso
+from volagent.terminal import format_size
 from volagent.terminal import printable as _p
 
 DEFAULT_DAYS = 30.0
@@ -150,9 +150,10 @@ def print_survey(s: Survey, days: float, out: TextIO) -> None:
     else:
         w(f"not used for {days:g} days (since {when}):\n")
         for c in s.candidates:
-            w(f"  {human_size(c.size):>10}  {_p(c.path)}  ({c.kind}; last use {_p(last_use(c))})\n")
+            size = format_size(c.size)
+            w(f"  {size:>10}  {_p(c.path)}  ({c.kind}; last use {_p(last_use(c))})\n")
         total = sum(c.size for c in s.candidates)
-        w(f"{len(s.candidates)} unused, {human_size(total)}; {s.kept} directories in use\n")
+        w(f"{len(s.candidates)} unused, {format_size(total)}; {s.kept} directories in use\n")
     if not s.records:
         w("note: no usage records yet; last use is judged by directory times alone\n")
     for h in s.stale_hosts:
@@ -182,7 +183,7 @@ def print_trash(root_fd: int, mount_point: str, out: TextIO) -> None:
         rec = e.record or {}
         by = rec.get("by") if isinstance(rec.get("by"), dict) else {}
         size = rec.get("size")
-        shown_size = human_size(size) if isinstance(size, int) else "?"
+        shown_size = format_size(size) if isinstance(size, int) else "?"
         when = now_iso(e.moved_at) if e.moved_at else "unknown time"
         w(f"  {_p(e.entry.name)}  {shown_size:>10}  {_p(e.state)}\n")
         w(f"      was {_p(str(rec.get('path') or e.entry.relative))}; moved {when}")
@@ -248,7 +249,7 @@ def delete(cfg: Config, root_fd: int, s: Survey, local: set[Key], out: TextIO) -
         elif moved.outcome == "gone":
             w(f"gone    {_p(c.path)}: removed by someone else meanwhile\n")
         else:
-            w(f"trashed {_p(c.path)} ({human_size(c.size)}) as {_p(str(moved.entry))}\n")
+            w(f"trashed {_p(c.path)} ({format_size(c.size)}) as {_p(str(moved.entry))}\n")
     pruned = guarded(lambda p: prune_old_records(root_fd, s.cutoff, p), "pruning old records")
     if pruned:
         w(f"removed {pruned} records older than the window from {records.AGENT_DIR}/\n")

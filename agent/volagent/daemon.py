@@ -26,8 +26,8 @@ from volagent.errors import ConfigError
 from volagent.guard.plugin import Guard
 from volagent.httpserver import HttpServer
 from volagent.mount import MountManager
-from volagent.rack.binds import RackBinds
 from volagent.rack.heartbeat import Heartbeat
+from volagent.rack.registry_task import Registry
 from volagent.rack.usage import UsageRecorder
 from volagent.rack.usage_task import UsageWalker
 from volagent.state import AgentState
@@ -47,7 +47,8 @@ class Daemon:
         self.state = AgentState(cfg)
         self.state.host_id = cfg.host_id or socket.gethostname()
         self.worker = TimedWorker("fs", max_threads=16)
-        self.preparer = Preparer(self.state, self.worker)
+        self.registry = Registry(self.state)
+        self.preparer = Preparer(self.state, self.worker, registry=self.registry)
         self.docker = DockerWatch(self.state, self.preparer)
         self.mount = MountManager(self.state, on_healthy=self._on_mount_healthy)
         # records on the shared filesystem get threads of their own: a hung mount that holds
@@ -55,7 +56,6 @@ class Daemon:
         self.records_worker = TimedWorker("records", max_threads=4)
         self.heartbeat = Heartbeat(self.state, self.records_worker)
         self.usage = UsageRecorder(self.state, self.records_worker)
-        self.rack_binds = RackBinds(self.state, self.records_worker)
         self.usage_walker = UsageWalker(self.state, hosts=self.heartbeat.hosts)
         self.asg = AsgReporter(self.state, identity=instance_identity(self.state))
         self.log = log.get("daemon")
@@ -142,7 +142,7 @@ class Daemon:
         self._spawn("ready", self._announce_ready())
         self._spawn("heartbeat", self.heartbeat.run())
         self._spawn("usage", self.usage.run())
-        self._spawn("rack-binds", self.rack_binds.run())
+        self._spawn("registry", self.registry.run())
         self._spawn("usage-walk", self.usage_walker.run())
         self._spawn("asg", self.asg.run())
         watched = config_mod.config_path(self.config_path)

@@ -100,6 +100,12 @@ class Metrics:
             ["freshness"],
             registry=r,
         )
+        self.registry_claims = Counter(
+            "volagent_registry_claims",
+            "Claims of binds in the rack's registry by result (registered, clash, failed)",
+            ["result"],
+            registry=r,
+        )
         self.usage_records = Counter(
             "volagent_usage_records",
             "Records of namespace use written for gc, by result (written, failed)",
@@ -162,6 +168,7 @@ class Metrics:
             (self.guard_decisions, ("allow", "deny", "error")),
             (self.heartbeats, ("written", "failed", "skipped")),
             (self.usage_walks, ("finished", "interrupted")),
+            (self.registry_claims, ("registered", "clash", "failed")),
         ):
             for value in values:
                 counter.labels(result=value)

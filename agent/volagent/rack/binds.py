@@ -64,14 +64,14 @@ def legacy_binds(
     now = time.time()
     own = records.file_name(own_host)
     try:
-        _read_dir(top, own, participants, now, out, hosts)
+        _read_dir(top, own, participants, now=now, out=out, hosts=hosts)
         for d in safedir.subdirs(top, dots=True):
             with contextlib.suppress(VolagentError):  # swapped for something else: skipped
                 fd = records.open_dir(top, (d,), create=False)
                 if fd is None:
                     continue
                 try:
-                    _read_dir(fd, own, participants, now, out, hosts)
+                    _read_dir(fd, own, participants, now=now, out=out, hosts=hosts)
                 finally:
                     os.close(fd)
     finally:
@@ -83,6 +83,7 @@ def _read_dir(
     fd: int,
     own: str,
     participants: Participants,
+    *,
     now: float,
     out: list[tuple[str, str]],
     hosts: set[str],

@@ -53,7 +53,9 @@ class RegistryError(RecordError):
 @dataclass(frozen=True)
 class Entry:
     """One live bind: which host's container (`ref`: its id, or `request:<digest>` for a
-    create allowed and not answered yet) binds `path`, as of `time` (epoch seconds)."""
+    create allowed and not answered yet) binds `path`, as of `time` (epoch seconds). The
+    path is relative to the mount point (`<rack>-<app>/<service>/...`): hosts may mount
+    the shared filesystem at different places."""
 
     host: str
     ref: str
@@ -71,8 +73,11 @@ class Entry:
         host, ref, name, path, when = (raw.get(k) for k in ("host", "ref", "name", "path", "time"))
         if not (isinstance(host, str) and host and isinstance(ref, str) and isinstance(path, str)):
             raise ValueError("an entry lacks its host, ref or path")
-        if not path.startswith("/") or not isinstance(when, int | float) or isinstance(when, bool):
-            raise ValueError(f"entry {path!r} has no absolute path or no time")
+        parts = path.split("/")
+        if path.startswith("/") or "" in parts or ".." in parts or "." in parts:
+            raise ValueError(f"entry {path!r} is not a clean path relative to the mount point")
+        if not isinstance(when, int | float) or isinstance(when, bool):
+            raise ValueError(f"entry {path!r} has no time")
         return cls(host, ref, str(name or ""), path, float(when))
 
     @property

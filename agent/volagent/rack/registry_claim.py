@@ -13,6 +13,7 @@ Blocking: call these through a TimedWorker.
 from __future__ import annotations
 
 import os
+import posixpath
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ def claim(
     mount_point: str,
     dev: int | None,
     ns: str,
+    *,
     host: str,
     wanted: list[Entry],
     legacy: Iterable[tuple[str, str]],
@@ -52,11 +54,15 @@ def claim(
         dead: set[str] = set()
         checked: set[str] = set()
         while True:
-            others = [(e.path, _whose(e)) for e in entries if e.host != host and e.host not in dead]
+            others = [
+                (absolute(mount_point, e.path), _whose(e))
+                for e in entries
+                if e.host != host and e.host not in dead
+            ]
             result.clashes = {}
             blocking: set[str] = set()
             for w in wanted:
-                why = nested_with(w.path, [*others, *legacy])
+                why = nested_with(absolute(mount_point, w.path), [*others, *legacy])
                 if why is None:
                     continue
                 result.clashes[w.path] = why
@@ -72,7 +78,15 @@ def claim(
             now = time.time()
             for other in unchecked:
                 checked.add(other)
-                if _expired(mount_point, dev, other, entries, now, expire_after_s, result.counts):
+                if _expired(
+                    mount_point,
+                    dev,
+                    other,
+                    entries=entries,
+                    now=now,
+                    expire_after_s=expire_after_s,
+                    counts=result.counts,
+                ):
                     dead.add(other)
                     result.expired.append(other)
         if result.clashes:
@@ -94,6 +108,7 @@ def set_own(
     mount_point: str,
     dev: int | None,
     ns: str,
+    *,
     host: str,
     live: list[Entry],
     live_refs: set[str],
@@ -113,6 +128,16 @@ def set_own(
         if {e.key for e in after} != {e.key for e in tx.entries}:
             tx.write(after)
     return counts
+
+
+def absolute(mount_point: str, relative: str) -> str:
+    """An entry's path on this host."""
+    return mount_point.rstrip("/") + "/" + relative
+
+
+def relative(mount_point: str, path: str) -> str:
+    """A cleaned host path under the mount point, as an entry holds it."""
+    return posixpath.normpath(path)[len(mount_point.rstrip("/")) + 1 :]
 
 
 def _whose(e: Entry) -> str:
@@ -145,6 +170,7 @@ def _expired(
     mount_point: str,
     dev: int | None,
     host: str,
+    *,
     entries: list[Entry],
     now: float,
     expire_after_s: float,

@@ -21,7 +21,6 @@ import contextlib
 import functools
 import json
 import os
-import posixpath
 import time
 from typing import Any
 
@@ -61,7 +60,9 @@ class Registry:
         self.last_counts: Counts | None = None
 
     # --- the claim ----------------------------------------------------------------------
-    async def claim(self, volumes: list[VolumeRecord], plans: list[Any], ref: str, name: str) -> None:
+    async def claim(
+        self, volumes: list[VolumeRecord], plans: list[Any], ref: str, name: str
+    ) -> None:
         """Registers the planned binds among `volumes` under `ref`; a bind that nests another
         host's becomes a violation, one the registry could not be asked about `failed`."""
         st = self.state
@@ -75,21 +76,24 @@ class Registry:
             if key is not None and key[0]:
                 by_ns.setdefault(key[0], []).append(vol)
         for ns, vols in by_ns.items():
-            await self._claim_in(ns, vols, volumes, plans, ref, name)
+            await self._claim_in(ns, vols, (volumes, plans), ref, name)
 
     async def _claim_in(
         self,
         ns: str,
         vols: list[VolumeRecord],
-        volumes: list[VolumeRecord],
-        plans: list[Any],
+        outcome: tuple[list[VolumeRecord], list[Any]],
         ref: str,
         name: str,
     ) -> None:
         st = self.state
+        volumes, plans = outcome
         timeout = st.config.directories.timeout_s
         now = time.time()
-        wanted = [Entry(st.host_id, ref, name, posixpath.normpath(v.host), now) for v in vols]
+        mp = st.config.mount_point
+        wanted = [
+            Entry(st.host_id, ref, name, registry_claim.relative(mp, v.host), now) for v in vols
+        ]
         job = functools.partial(self._claim_job, ns, wanted, timeout)
         try:
             result = await self.worker.run(job, timeout, what=f"consulting the registry of {ns}")
@@ -110,16 +114,18 @@ class Registry:
         if result.clashes:
             st.metrics.registry_claims.labels(result="clash").inc()
             for v in vols:
-                why = result.clashes.get(posixpath.normpath(v.host))
-                if why is not None:
-                    violation = NamespaceViolation(7, why)
+                clash = result.clashes.get(registry_claim.relative(mp, v.host))
+                if clash is not None:
+                    violation = NamespaceViolation(7, clash)
                     plans[volumes.index(v)] = violation
                     st.set_volume_state(v, "violation", str(violation))
             return
         st.metrics.registry_claims.labels(result="registered").inc()
         self._written[ns] = self._written.get(ns, frozenset()) | {(e.ref, e.path) for e in wanted}
 
-    def _claim_job(self, ns: str, wanted: list[Entry], timeout: float) -> registry_claim.ClaimResult:
+    def _claim_job(
+        self, ns: str, wanted: list[Entry], timeout: float
+    ) -> registry_claim.ClaimResult:
         """Blocking: the 0.2 hosts' binds of the namespace, then the claim under the lock."""
         st = self.state
         deadline = time.monotonic() + timeout
@@ -133,11 +139,11 @@ class Registry:
             st.config.mount_point,
             st.mount_dev,
             ns,
-            st.host_id,
-            wanted,
-            legacy,
-            st.config.health.forget_after_s,
-            deadline,
+            host=st.host_id,
+            wanted=wanted,
+            legacy=legacy,
+            expire_after_s=st.config.health.forget_after_s,
+            deadline=deadline,
         )
 
     def _show_legacy(self) -> None:
@@ -169,7 +175,7 @@ class Registry:
         def add(ref: str, path: str, name: str) -> None:
             key = usage.key_of(mp, path)
             if key is not None and key[0]:
-                out.setdefault(key[0], {})[(ref, posixpath.normpath(path))] = name
+                out.setdefault(key[0], {})[(ref, registry_claim.relative(mp, path))] = name
 
         for c in st.containers.values():
             for v in c.volumes:
@@ -209,17 +215,20 @@ class Registry:
         live_refs = {ref for entries in own.values() for ref, _ in entries}
         done = 0
         for ns in sorted(todo):
-            wanted = [Entry(st.host_id, ref, name, path, since) for (ref, path), name in own.get(ns, {}).items()]
+            wanted = [
+                Entry(st.host_id, ref, name, path, since)
+                for (ref, path), name in own.get(ns, {}).items()
+            ]
             job = functools.partial(
                 registry_claim.set_own,
                 st.config.mount_point,
                 st.mount_dev,
                 ns,
-                st.host_id,
-                wanted,
-                live_refs,
-                since,
-                time.monotonic() + st.config.directories.timeout_s,
+                host=st.host_id,
+                live=wanted,
+                live_refs=live_refs,
+                since=since,
+                deadline=time.monotonic() + st.config.directories.timeout_s,
             )
             try:
                 await self.worker.run(

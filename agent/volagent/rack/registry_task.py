@@ -32,6 +32,7 @@ from volagent.state import AgentState, VolumeRecord
 from volagent.worker import TimedWorker
 
 SYNC_INTERVAL_S = 1.0
+DEADLINE_SHARE = 0.8
 FAILURE_BACKOFF_S = 10.0
 REMEMBERED = "registry-namespaces.json"
 # what a `ref` of an entry says for a create not answered yet: the digest of its request
@@ -128,7 +129,9 @@ class Registry:
     ) -> registry_claim.ClaimResult:
         """Blocking: the 0.2 hosts' binds of the namespace, then the claim under the lock."""
         st = self.state
-        deadline = time.monotonic() + timeout
+        # the thread gives up a little before its caller does, so a lock held elsewhere is
+        # refused as that, not as a hung filesystem
+        deadline = time.monotonic() + timeout * DEADLINE_SHARE
         legacy, hosts = binds.legacy_binds(
             st.config.mount_point, st.mount_dev, ns, st.host_id, self.participants
         )

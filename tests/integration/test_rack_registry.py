@@ -136,18 +136,17 @@ def test_two_hosts_racing_nested_creates_one_is_allowed_every_time(
 ) -> None:
     one, two = rack
     for i in range(6):
-        outer, inner = one.ns(f"lag{i}"), two.ns(f"lag{i}", "s1")
-        if i % 2:  # each host in turn asks for the outer one
-            outer, inner = two.ns(f"lag{i}"), one.ns(f"lag{i}", "s1")
+        # each host in turn asks for the outer directory, the other for one inside it
+        outer_host, inner_host = (one, two) if i % 2 == 0 else (two, one)
         start = threading.Barrier(2)
 
-        def make(host: Host, src: str) -> str | None:
+        def make(host: Host, src: str, start: threading.Barrier = start) -> str | None:
             start.wait()
             return _create(host, src, restart="always")
 
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            a = pool.submit(make, one, outer if i % 2 == 0 else inner)
-            b = pool.submit(make, two, inner if i % 2 == 0 else outer)
+            a = pool.submit(make, outer_host, outer_host.ns(f"lag{i}"))
+            b = pool.submit(make, inner_host, inner_host.ns(f"lag{i}", "s1"))
             got = [a.result(), b.result()]
         assert sum(1 for g in got if g) == 1, f"round {i}: {got}"
 

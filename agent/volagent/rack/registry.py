@@ -210,7 +210,9 @@ def locked(
     try:
         root = safedir.open_shared_root(mount_point, dev)
         try:
-            reg = records.ensure_dir(root, (records.AGENT_DIR, REGISTRY_DIR))
+            parts = (records.AGENT_DIR, REGISTRY_DIR)
+            # made once per rack: looked up first, so a claim costs no mkdir
+            reg = records.open_dir(root, parts, create=False) or records.ensure_dir(root, parts)
         finally:
             os.close(root)
         try:

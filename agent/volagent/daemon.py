@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import socket
 import sys
@@ -36,6 +37,7 @@ from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 
 SHUTDOWN_GRACE_S = 5.0
+HOSTS_READ_S = 30.0
 READY_WAIT_S = 60.0
 
 
@@ -56,7 +58,11 @@ class Daemon:
         self.records_worker = TimedWorker("records", max_threads=4)
         self.heartbeat = Heartbeat(self.state, self.records_worker)
         self.usage = UsageRecorder(self.state, self.records_worker)
-        self.usage_walker = UsageWalker(self.state, hosts=self.heartbeat.hosts)
+        # the walk's share of the namespaces is read once a pass, and may take its time: a
+        # list cut short by the socket's deadline would make this host walk everything
+        self.usage_walker = UsageWalker(
+            self.state, hosts=functools.partial(self.heartbeat.hosts, timeout=HOSTS_READ_S)
+        )
         self.asg = AsgReporter(self.state, identity=instance_identity(self.state))
         self.log = log.get("daemon")
         # flags the signal handlers set; `_wake` makes the main loop look at them at once

@@ -16,7 +16,7 @@ from tests.unit.guard_requests import create
 
 from volagent.config import ConfigError, from_dict
 from volagent.guard.plugin import Guard
-from volagent.rack import quotas, usage_share, usage_walk
+from volagent.rack import quotas, usage_share, usage_task, usage_walk
 from volagent.rack.usage_task import UsageWalker
 from volagent.rack.usage_walk import Budget
 from volagent.state import AgentState
@@ -227,3 +227,25 @@ def _config(mp: Path) -> dict[str, Any]:
 
 def _root(mp: Path) -> int:
     return os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def test_a_pass_reads_the_heartbeats_once_and_the_records_at_a_flat_pace(mp: Path) -> None:
+    """A host's reads of the rack's records do not grow with the rack: the live hosts are
+    read once a pass (not once a namespace or a walk step), and the size records every
+    REFRESH_S, or one a second on average where there are more of them."""
+    for i in range(6):
+        fill(mp, f"app{i}", "s", 1000)
+    st = make_state(mp)
+    reads = 0
+
+    async def view() -> list[dict[str, Any]]:
+        nonlocal reads
+        reads += 1
+        return [{"host": "host-a", "stale": False}]
+
+    w = UsageWalker(st, view)
+    assert asyncio.run(w.one_pass()) == 6
+    assert reads == 1
+    assert w.refresh_period() == usage_task.REFRESH_S
+    w._figures = {f"r1-ns{i}": {} for i in range(3000)}  # a rack of 1,000 hosts
+    assert w.refresh_period() == 3000 * usage_task.RECORD_READ_S

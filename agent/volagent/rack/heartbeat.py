@@ -213,10 +213,10 @@ class Heartbeat:
             async with asyncio.timeout(1.0):
                 await self.beat(status=STOPPED)
 
-    async def hosts(self) -> list[dict[str, Any]]:
+    async def hosts(self, timeout: float = RACK_READ_TIMEOUT_S) -> list[dict[str, Any]]:
         """The rack view for `GET /v1/status?rack=1`: read now if the filesystem answers
-        quickly, else the last list read."""
-        await self._refresh(RACK_READ_TIMEOUT_S)
+        within `timeout`, else the last list read."""
+        await self._refresh(timeout)
         return self._view()
 
     def _view(self) -> list[dict[str, Any]]:

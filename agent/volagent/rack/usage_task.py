@@ -7,9 +7,10 @@ shared among the live hosts of the heartbeats (usage_share), read once a pass; e
 step spends a few seconds' worth of the budget in a thread of its own worker, then saves the
 cursor with the partial totals, so a hung mount costs one stuck thread and a restart loses
 one step. Every host reads every namespace's record, so each host exports the whole rack's
-usage, but at a pace that keeps its reads flat as the rack grows: every REFRESH_S, or one
-record a second on average where there are more records than that (figures change once a
-pass, `[usage] interval_s`, anyway).
+usage, but at a pace that keeps its reads flat as the rack grows: all of them every
+REFRESH_S while there are no more than REFRESH_S / RECORD_READ_S, else one at a time, one a
+second, from a listing taken once they have all been read (figures change once a pass,
+`[usage] interval_s`, anyway).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class UsageWalker:
         self._in_flight = False  # a step of the walk is running in a thread
         self._read_at = 0.0
         self._pass_hosts: list[str] | None = None  # the live hosts, read once a pass
+        self._to_read: list[str] = []  # records still to read one by one, from a listing
 
     # --- the loop ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -80,16 +82,49 @@ class UsageWalker:
 
     async def _rest_until(self, when: float) -> None:
         while time.monotonic() < when:
-            if self.refresh_due() and self._healthy():
+            if self._healthy():
                 with contextlib.suppress(VolagentError, OSError):
-                    await self.refresh()
+                    await self.refresh_step()
             await asyncio.sleep(min(IDLE_S, max(0.0, when - time.monotonic())))
 
-    def refresh_period(self) -> float:
-        return max(REFRESH_S, len(self._figures) * RECORD_READ_S)
-
     def refresh_due(self) -> bool:
-        return time.monotonic() - self._read_at >= self.refresh_period()
+        return time.monotonic() - self._read_at >= REFRESH_S
+
+    async def refresh_step(self) -> int:
+        """One second's reading of the other hosts' figures: the next record of a rolling
+        read, or, when due, a listing (and all records when there are few); how many records
+        were read."""
+        if self._to_read:
+            ns = self._to_read.pop()
+            found = await self._call(lambda root: self._read_one(root, ns), "reading a record")
+            figures = dict(self._figures)
+            if found is None:
+                figures.pop(ns, None)
+            else:
+                figures[ns] = found
+            self._figures = figures
+            if not self._to_read:
+                self.publish()
+            return 1
+        if not self.refresh_due():
+            return 0
+        self._read_at = time.monotonic()
+        names = await self._call(self._list_counted, "listing usage records")
+        if len(names) <= REFRESH_S / RECORD_READ_S:
+            await self.refresh()
+            return len(names)
+        self._figures = {ns: rec for ns, rec in self._figures.items() if ns in set(names)}
+        self._to_read = sorted(names, reverse=True)
+        return 0
+
+    def _list_counted(self, root: int) -> list[str]:
+        names = usage_walk.list_sizes(root)
+        self.budget.spend(2 + len(names) // usage_walk.NAMES_PER_OP)
+        return names
+
+    def _read_one(self, root: int, ns: str) -> dict[str, Any] | None:
+        self.budget.spend(1)
+        return usage_walk.read_size(root, ns)
 
     async def one_pass(self) -> int:
         """Walks every namespace this host owns now; how many it finished."""

@@ -282,6 +282,32 @@ def read_sizes(root_fd: int) -> dict[str, dict[str, Any]]:
         os.close(d)
 
 
+def list_sizes(root_fd: int) -> list[str]:
+    """The namespaces that have a size record."""
+    d = sizes_dir(root_fd, create=False)
+    if d is None:
+        return []
+    try:
+        return [
+            f[: -len(records.SUFFIX)]
+            for f in safedir.list_names(d)
+            if f.endswith(records.SUFFIX) and not f.startswith(".")
+        ]
+    finally:
+        os.close(d)
+
+
+def read_size(root_fd: int, namespace: str) -> dict[str, Any] | None:
+    """One namespace's size record, None when it is gone or not valid."""
+    d = sizes_dir(root_fd, create=False)
+    if d is None:
+        return None
+    try:
+        return records.read_record(d, records.file_name(namespace) + records.SUFFIX)
+    finally:
+        os.close(d)
+
+
 def save(root_fd: int, namespace: str, record: dict[str, Any]) -> None:
     d = records.ensure_dir(root_fd, (records.AGENT_DIR, SIZES_DIR))
     try:

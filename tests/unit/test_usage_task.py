@@ -233,7 +233,7 @@ def _root(mp: Path) -> int:
 def test_a_pass_reads_the_heartbeats_once_and_the_records_at_a_flat_pace(mp: Path) -> None:
     """A host's reads of the rack's records do not grow with the rack: the live hosts are
     read once a pass (not once a namespace or a walk step), and where there are more size
-    records than REFRESH_S, they are read one a second, from one listing."""
+    records than BATCH, a BATCH of them every REFRESH_S, from one listing."""
     for i in range(6):
         fill(mp, f"app{i}", "s", 1000)
     st = make_state(mp)
@@ -248,14 +248,18 @@ def test_a_pass_reads_the_heartbeats_once_and_the_records_at_a_flat_pace(mp: Pat
     assert asyncio.run(w.one_pass()) == 6
     assert reads == 1
     sizes = mp / ".volagent" / usage_walk.SIZES_DIR
-    many = int(usage_task.REFRESH_S / usage_task.RECORD_READ_S) + 10
+    many = 2 * usage_task.BATCH + 10
     for i in range(many):
         (sizes / f"r1-other{i}.json").write_text(json.dumps({"namespace": f"r1-other{i}"}))
 
     async def rolling() -> list[int]:
-        w._read_at = 0.0  # due
-        return [await w.refresh_step() for _ in range(many + 8)]
+        steps = []
+        for _ in range(4):
+            w._read_at = 0.0  # due
+            steps.append(await w.refresh_step())
+        steps.append(await w.refresh_step())  # not due
+        return steps
 
-    steps = asyncio.run(rolling())
-    assert steps[0] == 0 and steps[1 : many + 7] == [1] * (many + 6) and steps[-1] == 0
+    b = usage_task.BATCH
+    assert asyncio.run(rolling()) == [b, b, 16, b, 0]  # 6 of the walk's own records too
     assert len(w._figures) == many + 6

@@ -7,10 +7,10 @@ shared among the live hosts of the heartbeats (usage_share), read once a pass; e
 step spends a few seconds' worth of the budget in a thread of its own worker, then saves the
 cursor with the partial totals, so a hung mount costs one stuck thread and a restart loses
 one step. Every host reads every namespace's record, so each host exports the whole rack's
-usage, but at a pace that keeps its reads flat as the rack grows: all of them every
-REFRESH_S while there are no more than REFRESH_S / RECORD_READ_S, else one at a time, one a
-second, from a listing taken once they have all been read (figures change once a pass,
-`[usage] interval_s`, anyway).
+usage, but at a pace that keeps its reads flat as the rack grows: every REFRESH_S it reads
+BATCH records, all of them while there are no more, else the next BATCH of a listing taken
+once the last one has been read through (figures change once a pass, `[usage] interval_s`,
+anyway: at 1,000 hosts, 3,000 records are read through in 50 minutes).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ REFRESH_S = 30.0  # other hosts' figures are read at most this often
 # ... and no more than one record a second on average: a rack of N hosts has about 3N
 # namespaces, so reading them all every REFRESH_S would grow with the rack on every host
 RECORD_READ_S = 1.0
+BATCH = int(REFRESH_S / RECORD_READ_S)
 IDLE_S = 1.0
 
 HostsSource = Callable[[], Awaitable[list[dict[str, Any]]]]
@@ -91,40 +92,35 @@ class UsageWalker:
         return time.monotonic() - self._read_at >= REFRESH_S
 
     async def refresh_step(self) -> int:
-        """One second's reading of the other hosts' figures: the next record of a rolling
-        read, or, when due, a listing (and all records when there are few); how many records
-        were read."""
-        if self._to_read:
-            ns = self._to_read.pop()
-            found = await self._call(lambda root: self._read_one(root, ns), "reading a record")
-            figures = dict(self._figures)
-            if found is None:
-                figures.pop(ns, None)
-            else:
-                figures[ns] = found
-            self._figures = figures
-            if not self._to_read:
-                self.publish()
-            return 1
+        """When due, the other hosts' figures: all of them when there are no more than
+        BATCH, else the next BATCH of a rolling read; how many records were read."""
         if not self.refresh_due():
             return 0
         self._read_at = time.monotonic()
-        names = await self._call(self._list_counted, "listing usage records")
-        if len(names) <= REFRESH_S / RECORD_READ_S:
-            await self.refresh()
-            return len(names)
-        self._figures = {ns: rec for ns, rec in self._figures.items() if ns in set(names)}
-        self._to_read = sorted(names, reverse=True)
-        return 0
+        if not self._to_read:
+            names = await self._call(self._list_counted, "listing usage records")
+            if len(names) <= BATCH:
+                await self.refresh()
+                return len(names)
+            listed = set(names)
+            self._figures = {ns: rec for ns, rec in self._figures.items() if ns in listed}
+            self._to_read = sorted(names, reverse=True)
+        batch = [self._to_read.pop() for _ in range(min(BATCH, len(self._to_read)))]
+        found = await self._call(lambda root: self._read_batch(root, batch), "reading records")
+        figures = {ns: rec for ns, rec in self._figures.items() if ns not in batch}
+        figures.update(found)
+        self._figures = figures
+        self.publish()
+        return len(batch)
 
     def _list_counted(self, root: int) -> list[str]:
         names = usage_walk.list_sizes(root)
         self.budget.spend(2 + len(names) // usage_walk.NAMES_PER_OP)
         return names
 
-    def _read_one(self, root: int, ns: str) -> dict[str, Any] | None:
-        self.budget.spend(1)
-        return usage_walk.read_size(root, ns)
+    def _read_batch(self, root: int, batch: list[str]) -> dict[str, dict[str, Any]]:
+        self.budget.spend(2 + len(batch))
+        return usage_walk.read_sizes_of(root, batch)
 
     async def one_pass(self) -> int:
         """Walks every namespace this host owns now; how many it finished."""

@@ -297,15 +297,20 @@ def list_sizes(root_fd: int) -> list[str]:
         os.close(d)
 
 
-def read_size(root_fd: int, namespace: str) -> dict[str, Any] | None:
-    """One namespace's size record, None when it is gone or not valid."""
+def read_sizes_of(root_fd: int, namespaces: list[str]) -> dict[str, dict[str, Any]]:
+    """The size records of these namespaces (those gone or not valid left out)."""
     d = sizes_dir(root_fd, create=False)
     if d is None:
-        return None
+        return {}
+    out = {}
     try:
-        return records.read_record(d, records.file_name(namespace) + records.SUFFIX)
+        for ns in namespaces:
+            rec = records.read_record(d, records.file_name(ns) + records.SUFFIX)
+            if rec is not None:
+                out[ns] = rec
     finally:
         os.close(d)
+    return out
 
 
 def save(root_fd: int, namespace: str, record: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ from volagent.worker import TimedWorker
 
 SHUTDOWN_GRACE_S = 5.0
 HOSTS_READ_S = 30.0
+RACK_VIEW_READ_S = 0.9
 READY_WAIT_S = 60.0
 
 
@@ -110,7 +111,8 @@ class Daemon:
             self.state,
             on_reconcile=self._api_reconcile,
             on_remount=self._api_remount,
-            hosts=self.heartbeat.hosts,
+            # `?rack=1` waits up to a second: the heartbeats of a big rack take a moment
+            hosts=functools.partial(self.heartbeat.hosts, timeout=RACK_VIEW_READ_S),
             usage=self.usage_walker.view,
         )
         server = api.server()
@@ -231,6 +233,7 @@ class Daemon:
                     await server.close(grace=drain)
         self.worker.close()
         self.records_worker.close()
+        self.registry.worker.close()
         self.log.info("stopped", exit_code=self.exit_code)
 
     # --- reactions ------------------------------------------------------------------------

@@ -190,13 +190,12 @@ class Registry:
         return out
 
     async def run(self) -> None:
-        try:
-            while True:
-                with contextlib.suppress(VolagentError, OSError):
-                    await self.sync()
-                await asyncio.sleep(SYNC_INTERVAL_S)
-        finally:
-            self.worker.close()
+        # the worker stays open when this task ends: the guard, still answering while the
+        # daemon stops, claims through it (the daemon closes it once the guard has stopped)
+        while True:
+            with contextlib.suppress(VolagentError, OSError):
+                await self.sync()
+            await asyncio.sleep(SYNC_INTERVAL_S)
 
     async def sync(self) -> int:
         """Sets this host's entries where they changed; how many namespaces were set."""

@@ -19,6 +19,7 @@ from tests.unit.factories import make_state
 
 from volagent.errors import NamespaceViolation
 from volagent.rack import registry, registry_claim
+from volagent.rack.heartbeat import rack_view
 from volagent.rack.registry import Entry, RegistryError
 from volagent.rack.registry_task import Registry, request_ref
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
@@ -278,3 +279,39 @@ def test_a_lock_is_released_when_the_transaction_ends(mp: Path) -> None:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+
+
+def test_a_0_2_hosts_bind_from_its_usage_record_is_judged_and_named_in_the_status(
+    mp: Path,
+) -> None:
+    """During a rolling update a 0.2 host writes no registry entries: its fresh usage record
+    of the namespace stands in for them, and the status says it did."""
+    usage_dir = mp / ".volagent" / "usage" / NS / "web"
+    usage_dir.mkdir(parents=True)
+    record = {"host": "old-host", "time": time.time(), "binds": [f"{mp}/{NS}/web/lag"]}
+    (usage_dir / "old-host.json").write_text(json.dumps(record))
+    st = make_state(mp, host="h1")
+    vols, plans = volumes_of(f"{mp}/{NS}/web/lag/s1")
+
+    async def scenario() -> None:
+        reg = Registry(st)
+        try:
+            await reg.claim(vols, plans, "c1", "")
+        finally:
+            reg.worker.close()
+
+    asyncio.run(scenario())
+    assert vols[0].state == "violation"
+    assert "old-host (volagent 0.2" in (vols[0].error or "")
+    assert any("old-host" in w and "take no part" in w for w in st.warnings)
+
+
+def test_the_rack_view_says_who_takes_part_in_the_registry() -> None:
+    now = time.time()
+    beats = [
+        {"host": "new", "time": now, "version": "0.3.0", "registry": 1},
+        {"host": "old", "time": now, "version": "0.2.1"},
+    ]
+    view = {h["host"]: h for h in rack_view(beats, stale_after_s=90, now=now)}
+    assert view["new"]["registry"] is True and view["old"]["registry"] is False
+    assert view["old"]["version"] == "0.2.1"

@@ -32,6 +32,7 @@ class ClaimResult:
     expired: list[str] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
     written: bool = False
+    legacy_hosts: list[str] = field(default_factory=list)  # 0.2 hosts whose binds counted
 
 
 def claim(

@@ -109,6 +109,9 @@ class Registry:
                 st.set_volume_state(v, "failed", why)
             return
         self.last_counts = result.counts
+        seen = time.time()
+        for h in result.legacy_hosts:  # on the loop: the status reads this dict
+            self.legacy_hosts[h] = seen
         self._show_legacy()
         if result.expired:
             self.log.info("registry_hosts_forgotten", namespace=ns, hosts=result.expired)
@@ -135,10 +138,7 @@ class Registry:
         legacy, hosts = binds.legacy_binds(
             st.config.mount_point, st.mount_dev, ns, st.host_id, self.participants
         )
-        now = time.time()
-        for h in hosts:
-            self.legacy_hosts[h] = now
-        return registry_claim.claim(
+        result = registry_claim.claim(
             st.config.mount_point,
             st.mount_dev,
             ns,
@@ -148,6 +148,8 @@ class Registry:
             expire_after_s=st.config.health.forget_after_s,
             deadline=deadline,
         )
+        result.legacy_hosts = hosts
+        return result
 
     def _show_legacy(self) -> None:
         warning = self.status_warning()

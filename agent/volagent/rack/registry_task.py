@@ -27,7 +27,7 @@ from typing import Any
 from volagent import log
 from volagent.errors import NamespaceViolation, VolagentError
 from volagent.rack import binds, registry_claim, usage
-from volagent.rack.registry import Counts, Entry
+from volagent.rack.registry import Entry
 from volagent.state import AgentState, VolumeRecord
 from volagent.worker import TimedWorker
 
@@ -58,7 +58,6 @@ class Registry:
         self._synced_once = False
         self._retry_at = 0.0
         self.legacy_hosts: dict[str, float] = {}  # 0.2 hosts whose records were read, when
-        self.last_counts: Counts | None = None
 
     # --- the claim ----------------------------------------------------------------------
     async def claim(
@@ -108,7 +107,6 @@ class Registry:
             for v in vols:
                 st.set_volume_state(v, "failed", why)
             return
-        self.last_counts = result.counts
         seen = time.time()
         for h in result.legacy_hosts:  # on the loop: the status reads this dict
             self.legacy_hosts[h] = seen

@@ -96,7 +96,8 @@ class Metrics:
         )
         self.rack_hosts = Gauge(
             "volagent_rack_hosts",
-            "Hosts sharing the filesystem, by freshness of their heartbeat (fresh, stale)",
+            "Hosts sharing the filesystem, by freshness of their heartbeat (fresh, stale), as of "
+            "the last read of the heartbeats (status --rack, each usage pass)",
             ["freshness"],
             registry=r,
         )

@@ -139,10 +139,17 @@ class GuardConfig:
     violations: str = _doc("deny | warn on namespace violations", default="deny")
 
 
+# the NFSv4 lease of Linux's nfsd and of EFS: a dead client's locks are released after it
+NFS_LEASE_S = 90.0
+
+
 @dataclass(frozen=True)
 class HealthConfig:
     heartbeat_interval_s: float = _doc("seconds between heartbeats of this host", default=30.0)
     stale_after_s: float = _doc("a host whose heartbeat is older is stale", default=90.0)
+    forget_after_s: float = _doc(
+        "a host silent this long no longer holds its binds in the rack's registry", default=900.0
+    )
     unhealthy_after_s: float = _doc(
         "critical this long: report unhealthy to the Auto Scaling group (0: never)", default=0.0
     )
@@ -389,6 +396,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("health.heartbeat_interval_s", "must be at least 0.1")
     if h.stale_after_s <= h.heartbeat_interval_s:
         raise ConfigError("health.stale_after_s", "must be longer than heartbeat_interval_s")
+    if h.forget_after_s < h.stale_after_s + NFS_LEASE_S:
+        raise ConfigError(
+            "health.forget_after_s",
+            f"must be at least stale_after_s + {NFS_LEASE_S:g} (an NFS lease): a host is "
+            "forgotten only once it is stale and any lock it held has expired",
+        )
     if h.unhealthy_after_s < 0:
         raise ConfigError("health.unhealthy_after_s", "must not be negative")
     u = cfg.usage

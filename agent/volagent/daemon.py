@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import socket
 import sys
@@ -26,8 +27,8 @@ from volagent.errors import ConfigError
 from volagent.guard.plugin import Guard
 from volagent.httpserver import HttpServer
 from volagent.mount import MountManager
-from volagent.rack.binds import RackBinds
 from volagent.rack.heartbeat import Heartbeat
+from volagent.rack.registry_task import Registry
 from volagent.rack.usage import UsageRecorder
 from volagent.rack.usage_task import UsageWalker
 from volagent.state import AgentState
@@ -36,6 +37,8 @@ from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 
 SHUTDOWN_GRACE_S = 5.0
+HOSTS_READ_S = 30.0
+RACK_VIEW_READ_S = 0.9
 READY_WAIT_S = 60.0
 
 
@@ -47,7 +50,8 @@ class Daemon:
         self.state = AgentState(cfg)
         self.state.host_id = cfg.host_id or socket.gethostname()
         self.worker = TimedWorker("fs", max_threads=16)
-        self.preparer = Preparer(self.state, self.worker)
+        self.registry = Registry(self.state)
+        self.preparer = Preparer(self.state, self.worker, registry=self.registry)
         self.docker = DockerWatch(self.state, self.preparer)
         self.mount = MountManager(self.state, on_healthy=self._on_mount_healthy)
         # records on the shared filesystem get threads of their own: a hung mount that holds
@@ -55,8 +59,11 @@ class Daemon:
         self.records_worker = TimedWorker("records", max_threads=4)
         self.heartbeat = Heartbeat(self.state, self.records_worker)
         self.usage = UsageRecorder(self.state, self.records_worker)
-        self.rack_binds = RackBinds(self.state, self.records_worker)
-        self.usage_walker = UsageWalker(self.state, hosts=self.heartbeat.hosts)
+        # the walk's share of the namespaces is read once a pass, and may take its time: a
+        # list cut short by the socket's deadline would make this host walk everything
+        self.usage_walker = UsageWalker(
+            self.state, hosts=functools.partial(self.heartbeat.hosts, timeout=HOSTS_READ_S)
+        )
         self.asg = AsgReporter(self.state, identity=instance_identity(self.state))
         self.log = log.get("daemon")
         # flags the signal handlers set; `_wake` makes the main loop look at them at once
@@ -104,7 +111,8 @@ class Daemon:
             self.state,
             on_reconcile=self._api_reconcile,
             on_remount=self._api_remount,
-            hosts=self.heartbeat.hosts,
+            # `?rack=1` waits up to a second: the heartbeats of a big rack take a moment
+            hosts=functools.partial(self.heartbeat.hosts, timeout=RACK_VIEW_READ_S),
             usage=self.usage_walker.view,
         )
         server = api.server()
@@ -142,7 +150,7 @@ class Daemon:
         self._spawn("ready", self._announce_ready())
         self._spawn("heartbeat", self.heartbeat.run())
         self._spawn("usage", self.usage.run())
-        self._spawn("rack-binds", self.rack_binds.run())
+        self._spawn("registry", self.registry.run())
         self._spawn("usage-walk", self.usage_walker.run())
         self._spawn("asg", self.asg.run())
         watched = config_mod.config_path(self.config_path)
@@ -225,6 +233,7 @@ class Daemon:
                     await server.close(grace=drain)
         self.worker.close()
         self.records_worker.close()
+        self.registry.worker.close()
         self.log.info("stopped", exit_code=self.exit_code)
 
     # --- reactions ------------------------------------------------------------------------

@@ -116,8 +116,15 @@ class Metrics:
         )
         self.rack_hosts = Gauge(
             "volagent_rack_hosts",
-            "Hosts sharing the filesystem, by freshness of their heartbeat (fresh, stale)",
+            "Hosts sharing the filesystem, by freshness of their heartbeat (fresh, stale), as of "
+            "the last read of the heartbeats (status --rack, each usage pass)",
             ["freshness"],
+            registry=r,
+        )
+        self.registry_claims = Counter(
+            "volagent_registry_claims",
+            "Claims of binds in the rack's registry by result (registered, clash, failed)",
+            ["result"],
             registry=r,
         )
         self.usage_records = Counter(
@@ -183,6 +190,7 @@ class Metrics:
             (self.heartbeats, ("written", "failed", "skipped")),
             (self.usage_walks, ("finished", "interrupted")),
             (self.config_reloads, ("applied", "refused")),
+            (self.registry_claims, ("registered", "clash", "failed")),
         ):
             for value in values:
                 counter.labels(result=value)

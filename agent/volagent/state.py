@@ -142,8 +142,6 @@ class AgentState:
         self._container_names: dict[str, str] = {}  # name -> id, for lookups by name
         # binds of creates the guard allowed whose container has no id yet, by request
         self.reserved_binds: dict[bytes, tuple[str, ...]] = {}
-        # binds other hosts of the rack report in their usage records: path -> host
-        self.rack_binds: dict[str, str] = {}
         # counts changes of the containers and their volumes, which go through the methods
         # below: what is rendered from them (the status socket's cache) keys on it
         self.containers_version = 0
@@ -238,8 +236,8 @@ class AgentState:
 
     def live_binds(self, exclude: str = "") -> Iterator[tuple[str, str]]:
         """Every bind on the shared filesystem that a container may be using, with whose it
-        is: containers known here (but `exclude`), creates allowed a moment ago, and the
-        binds other hosts of the rack report."""
+        is: containers known here (but `exclude`) and creates allowed a moment ago. Other
+        hosts' binds are in the rack's registry, judged at the claim (rack/registry_task.py)."""
         for c in self.containers.values():
             if c.id == exclude:
                 continue
@@ -249,8 +247,6 @@ class AgentState:
         for paths in self.reserved_binds.values():
             for path in paths:
                 yield path, "a container being created"
-        for path, host in self.rack_binds.items():
-            yield path, f"a container on host {host}"
 
     def set_volume_state(self, volume: VolumeRecord, state: str, error: str | None = None) -> None:
         if state not in VOLUME_STATES:

@@ -74,6 +74,7 @@ def test_status_rack_lists_both_hosts_and_a_stopped_one_turns_stale(
         assert not hosts["host-a"]["stale"] and not hosts["host-b"]["stale"]
         for h in hosts.values():
             assert h["last_seen"].endswith("Z") and h["version"] and h["status"]
+            assert h["registry"] is True  # both take part in the rack's registry
     assert metric(a, "volagent_heartbeats_total", result="written") >= 1
 
     assert b.stop() == 0

@@ -50,10 +50,13 @@ class Containers:
         mounts: Sequence[Mapping[str, Any]] = (),
         env: Sequence[str] = (),
         name: str | None = None,
+        restart: str | None = None,
     ) -> str:
         """`docker create`: returns the container id. `mounts` are HostConfig.Mounts entries
-        of type bind, as {"Source": ..., "Target": ..., "ReadOnly": ...}."""
+        of type bind, as {"Source": ..., "Target": ..., "ReadOnly": ...}; `restart` a restart
+        policy's name (`always`)."""
         host_config = self.api.create_host_config(
+            restart_policy={"Name": restart} if restart else None,
             binds=list(binds),
             network_mode="none",
             mounts=[

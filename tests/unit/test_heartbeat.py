@@ -184,6 +184,7 @@ def test_hosts_answers_the_last_list_when_reading_hangs(mp: Path) -> None:
     async def scenario() -> tuple[list[dict[str, object]], int]:
         hb = Heartbeat(st, worker)
         await hb.beat()
+        await hb.hosts()  # one list read while the filesystem answered
         release = threading.Event()
         real_submit = worker.submit
         calls = 0

@@ -48,7 +48,7 @@ def root_tasks(d: Daemon, config_path: Path) -> dict[str, Callable[[], Awaitable
         "docker": d.docker.run,
         "heartbeat": d.heartbeat.run,
         "usage": d.usage.run,
-        "rack-binds": d.rack_binds.run,
+        "registry": d.registry.run,
         "usage-walk": d.usage_walker.run,
         "asg": d.asg.run,
         "ready": d._announce_ready,

@@ -144,27 +144,28 @@ def test_a_failed_write_is_counted_and_retried_later(
     assert asyncio.run(rec.record_due()) == 1
 
 
-def test_other_hosts_binds_are_read_from_every_record_level(mp: Path) -> None:
-    """Rule 7 across hosts sees binds of a whole namespace, of the mount point and under
-    dot directories, where usage records of those uses lie."""
+def test_a_legacy_hosts_binds_are_read_from_the_namespaces_records_only(mp: Path) -> None:
+    """For the namespace a claim touches, a 0.2 host's binds are read from its usage records
+    of that namespace at every level (the namespace's own, dot directories); a participant's
+    record (it carries the registry marker) is skipped and its host remembered, a stale
+    record does not count, and other namespaces are not read."""
     now = time.time()
-    for rel, bind in (
-        ("", f"{mp}"),
-        ("r1-a", f"{mp}/r1-a"),
-        ("r1-b/.shared", f"{mp}/r1-b/.shared/db"),
-        ("r1-c/web", f"{mp}/r1-c/web/data"),
+    for rel, host, bind, extra in (
+        ("r1-a", "old", f"{mp}/r1-a", {}),
+        ("r1-a/.shared", "old", f"{mp}/r1-a/.shared/db", {}),
+        ("r1-a/web", "new", f"{mp}/r1-a/web/x", {"registry": 1}),
+        ("r1-a/web", "gone", f"{mp}/r1-a/web/y", {"time": now - rack_binds.STALE_AFTER_S - 1}),
+        ("r1-b/web", "old", f"{mp}/r1-b/web/data", {}),
     ):
         base = mp / ".volagent" / "usage" / rel
         base.mkdir(parents=True, exist_ok=True)
-        rec = {"host": "host-b", "time": now, "binds": [bind]}
-        (base / "host-b.json").write_text(json.dumps(rec))
-    found = rack_binds.read_rack_binds(str(mp), os.stat(mp).st_dev, "host-a", now)
-    assert found == {
-        f"{mp}": "host-b",
-        f"{mp}/r1-a": "host-b",
-        f"{mp}/r1-b/.shared/db": "host-b",
-        f"{mp}/r1-c/web/data": "host-b",
-    }
+        rec = {"host": host, "time": now, "binds": [bind], **extra}
+        (base / f"{host}.json").write_text(json.dumps(rec))
+    known = rack_binds.Participants()
+    found, hosts = rack_binds.legacy_binds(str(mp), os.stat(mp).st_dev, "r1-a", "me", known)
+    assert sorted(p for p, _ in found) == [f"{mp}/r1-a", f"{mp}/r1-a/.shared/db"]
+    assert hosts == ["old"] and "0.2" in found[0][1]
+    assert known.known() == ["new"]
 
 
 def test_records_of_an_earlier_run_are_ended_once_the_containers_are_listed(

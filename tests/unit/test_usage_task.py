@@ -5,6 +5,7 @@ rack view and quota warnings, and `over_quota = "deny"` refuses new creates of t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from tests.unit.guard_requests import create
 
 from volagent.config import ConfigError, from_dict
 from volagent.guard.plugin import Guard
-from volagent.rack import quotas, usage_share, usage_walk
+from volagent.rack import quotas, usage_share, usage_task, usage_walk
 from volagent.rack.usage_task import UsageWalker
 from volagent.rack.usage_walk import Budget
 from volagent.state import AgentState
@@ -227,3 +228,38 @@ def _config(mp: Path) -> dict[str, Any]:
 
 def _root(mp: Path) -> int:
     return os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def test_a_pass_reads_the_heartbeats_once_and_the_records_at_a_flat_pace(mp: Path) -> None:
+    """A host's reads of the rack's records do not grow with the rack: the live hosts are
+    read once a pass (not once a namespace or a walk step), and where there are more size
+    records than BATCH, a BATCH of them every REFRESH_S, from one listing."""
+    for i in range(6):
+        fill(mp, f"app{i}", "s", 1000)
+    st = make_state(mp)
+    reads = 0
+
+    async def view() -> list[dict[str, Any]]:
+        nonlocal reads
+        reads += 1
+        return [{"host": "host-a", "stale": False}]
+
+    w = UsageWalker(st, view)
+    assert asyncio.run(w.one_pass()) == 6
+    assert reads == 1
+    sizes = mp / ".volagent" / usage_walk.SIZES_DIR
+    many = 2 * usage_task.BATCH + 10
+    for i in range(many):
+        (sizes / f"r1-other{i}.json").write_text(json.dumps({"namespace": f"r1-other{i}"}))
+
+    async def rolling() -> list[int]:
+        steps = []
+        for _ in range(4):
+            w._read_at = 0.0  # due
+            steps.append(await w.refresh_step())
+        steps.append(await w.refresh_step())  # not due
+        return steps
+
+    b = usage_task.BATCH
+    assert asyncio.run(rolling()) == [b, b, 16, b, 0]  # 6 of the walk's own records too
+    assert len(w._figures) == many + 6

@@ -29,7 +29,8 @@ class AllowedCreate:
     identity: Identity | None = None  # None: nothing of it was on the shared filesystem
 
 
-def _request_key(uri: str, body: bytes) -> bytes:
+def request_key(uri: str, body: bytes) -> bytes:
+    """The key of a create request: a digest of its URI and body."""
     # a digest, so creates waiting for their answer hold no bodies (up to 1 MiB each)
     return hashlib.sha256(uri.encode() + b"\0" + body).digest()
 
@@ -47,17 +48,17 @@ class PendingCreates:
 
     def reserve(self, uri: str, body: bytes, paths: list[str]) -> None:
         """A create being judged: its binds count as live at once."""
-        self.state.reserved_binds[_request_key(uri, body)] = tuple(paths)
+        self.state.reserved_binds[request_key(uri, body)] = tuple(paths)
 
     def release(self, uri: str, body: bytes) -> None:
         """A create that was refused after all gives its reservation back."""
-        key = _request_key(uri, body)
+        key = request_key(uri, body)
         if key not in self._pending:
             self.state.reserved_binds.pop(key, None)
 
     def allowed(self, uri: str, body: bytes, create: AllowedCreate) -> None:
         """An allowed create: held until Docker answers it, its binds reserved."""
-        key = _request_key(uri, body)
+        key = request_key(uri, body)
         self._pending[key] = create
         self._pending.move_to_end(key)
         self.state.reserved_binds[key] = tuple(
@@ -71,6 +72,6 @@ class PendingCreates:
         """Docker answered the create: what was allowed, no longer pending, its reservation
         given back (the caller puts the container in the state's table, whose binds are
         live from then on)."""
-        key = _request_key(uri, body)
+        key = request_key(uri, body)
         self.state.reserved_binds.pop(key, None)
         return self._pending.pop(key, None)

@@ -36,7 +36,7 @@ from typing import Any
 
 from volagent import log
 from volagent.guard import messages
-from volagent.guard.pending import AllowedCreate, PendingCreates
+from volagent.guard.pending import AllowedCreate, PendingCreates, request_key
 from volagent.guard.protocol import (
     ACTIVATE_BODY,
     ALLOW_BODY,
@@ -56,6 +56,7 @@ from volagent.guard.protocol import (
 )
 from volagent.httpserver import HttpServer, Request, Response
 from volagent.rack import quotas
+from volagent.rack.registry_task import request_ref
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.volumes.namespace import Bind
 from volagent.volumes.preparer import ContainerSpec, Outcome, Preparer
@@ -286,10 +287,19 @@ class Guard:
         if over_quota:
             return over_quota
         live = [v.host for v in outcome.volumes if v.state != "violation"]
+        # reserved before the rack's registry is asked: from the claim on, this host's entry
+        # for the create is kept by the registry's keeper until the create is answered
         self.pending.reserve(authz.uri, authz.body, live)
         denial = "not judged"
         try:
-            denial = await self._judge_create_prepared(authz.uri, authz.body, where, spec, outcome)
+            ref = request_ref(request_key(authz.uri, authz.body))
+            await self.preparer.check_rack(outcome, ref, spec.name)
+            if outcome.violations and cfg.violations == "deny":
+                denial = messages.violations_of(who, outcome, self.state.config.mount_point)
+            else:
+                denial = await self._judge_create_prepared(
+                    authz.uri, authz.body, where, spec, outcome
+                )
         finally:
             if denial is not None:
                 self.pending.release(authz.uri, authz.body)
@@ -456,6 +466,8 @@ class Guard:
         if outcome is None:
             return None
         self.preparer.check_nesting(outcome, spec.id)
+        if healthy:
+            await self.preparer.check_rack(outcome, spec.id, spec.name)
         if outcome.violations and deny_violations:
             return messages.violations_of(who, outcome, self.state.config.mount_point)
         if not healthy:

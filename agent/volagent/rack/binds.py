@@ -1,80 +1,110 @@
-"""The binds other hosts of the rack use, read from their usage records, so that rule 7
-(binds do not nest) holds across hosts and not only on this one.
+"""The binds of hosts that take no part in the registry (volagent 0.2), read from their usage
+records of one namespace when a create or start touches it.
 
-Each host lists its containers' bind paths in its usage records (`usage.py`); this root task
-reads every other host's records every REFRESH_S into `state.rack_binds`, through the
-records worker, only while the mount is healthy. A decision here can lag another host by
-that interval plus its own recording delay and, on NFS, the client's attribute cache; the
-check at every container start (`volumes/mount_check.py`) covers that window.
+A 0.2 host lists its containers' bind paths in its usage records (`usage.py`) and writes no
+registry entries. During a rolling update the new version reads, for the namespace a claim
+touches, the records under `<mp>/.volagent/usage/<ns>/` (the namespace's own and those of
+each directory below it) of the hosts that are not known to take part: a record that carries
+`"registry"` is a participant's (its binds are in the registry) and its host is remembered
+as one for PARTICIPANT_TTL_S. A 0.2 host's binds count while its record is fresh by 0.2's
+own rule (STALE_AFTER_S), as 0.2 hosts judge each other. This lags the 0.2 host by its
+recording delay: the registry's guarantee holds between hosts that take part, not with 0.2.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import os
 import time
 
-from volagent import log, safedir
+from volagent import safedir
 from volagent.errors import VolagentError
 from volagent.rack import records
 from volagent.rack.usage import REFRESH_S as USAGE_REFRESH_S
-from volagent.rack.usage import usage_dirs
-from volagent.state import AgentState
-from volagent.worker import TimedWorker
+from volagent.rack.usage import REGISTRY_MARKER
 
-REFRESH_S = 10.0
-READ_TIMEOUT_S = 10.0
-# a record not refreshed for this long belongs to a host that stopped recording: its
-# containers' binds no longer count
+# a record not refreshed for this long belongs to a host that stopped recording (0.2's rule)
 STALE_AFTER_S = 2 * USAGE_REFRESH_S
+# a host seen taking part is not read again for this long (a downgrade shows after it)
+PARTICIPANT_TTL_S = 600.0
+MARKER = REGISTRY_MARKER
 
 
-def read_rack_binds(mount_point: str, dev: int | None, own_host: str, now: float) -> dict[str, str]:
-    """Blocking: bind path -> host, from every fresh usage record of another host."""
+class Participants:
+    """Hosts known to take part in the registry, by record file name (shared by threads)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def add(self, host: str) -> None:
+        self._until[records.file_name(host)] = time.monotonic() + PARTICIPANT_TTL_S
+
+    def __contains__(self, file_stem: str) -> bool:
+        return self._until.get(file_stem, 0.0) > time.monotonic()
+
+    def known(self) -> list[str]:
+        now = time.monotonic()
+        return sorted(h for h, until in self._until.items() if until > now)
+
+
+def legacy_binds(
+    mount_point: str, dev: int | None, ns: str, own_host: str, participants: Participants
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Blocking: (path, whose) of every bind a fresh record of a host outside the registry
+    lists in namespace `ns`, and those hosts."""
     root = safedir.open_shared_root(mount_point, dev)
-    out: dict[str, str] = {}
     try:
-        for _, fd in usage_dirs(root):
-            _read_records(fd, own_host, now, out)
+        top = records.open_dir(root, (records.AGENT_DIR, records.USAGE_DIR, ns), create=False)
     finally:
         os.close(root)
-    return out
+    if top is None:
+        return [], []
+    out: list[tuple[str, str]] = []
+    hosts: set[str] = set()
+    now = time.time()
+    own = records.file_name(own_host)
+    try:
+        _read_dir(top, own, participants, now=now, out=out, hosts=hosts)
+        for d in safedir.subdirs(top, dots=True):
+            with contextlib.suppress(VolagentError):  # swapped for something else: skipped
+                fd = records.open_dir(top, (d,), create=False)
+                if fd is None:
+                    continue
+                try:
+                    _read_dir(fd, own, participants, now=now, out=out, hosts=hosts)
+                finally:
+                    os.close(fd)
+    finally:
+        os.close(top)
+    return out, sorted(hosts)
 
 
-def _read_records(fd: int, own_host: str, now: float, out: dict[str, str]) -> None:
-    for host_file, record in records.read_records(fd):
-        host = str(record.get("host") or host_file)
-        fresh = isinstance(record.get("time"), (int, float)) and (
-            now - float(record["time"]) < STALE_AFTER_S
-        )
-        if host == own_host or not fresh:
+def _read_dir(
+    fd: int,
+    own: str,
+    participants: Participants,
+    *,
+    now: float,
+    out: list[tuple[str, str]],
+    hosts: set[str],
+) -> None:
+    for file in safedir.list_names(fd):
+        if file.startswith(".") or not file.endswith(records.SUFFIX):
+            continue
+        stem = file[: -len(records.SUFFIX)]
+        if stem == own or stem in participants:
+            continue  # this host knows its own binds; a participant's are in the registry
+        record = records.read_record(fd, file)
+        if record is None:
+            continue
+        host = str(record.get("host") or stem)
+        if record.get(MARKER):
+            participants.add(host)
+            continue
+        when = record.get("time")
+        if not isinstance(when, int | float) or now - float(when) >= STALE_AFTER_S:
             continue
         for path in record.get("binds") or ():
             if isinstance(path, str):
-                out.setdefault(path, host)
-
-
-class RackBinds:
-    """The root task keeping `state.rack_binds` current."""
-
-    def __init__(self, state: AgentState, worker: TimedWorker) -> None:
-        self.state = state
-        self.worker = worker
-        self.log = log.get("rack-binds")
-
-    async def run(self) -> None:
-        while True:
-            with contextlib.suppress(VolagentError, OSError):
-                await self.refresh()
-            await asyncio.sleep(REFRESH_S)
-
-    async def refresh(self) -> None:
-        st = self.state
-        if not st.mount_healthy or st.mount_dev is None:
-            return
-        call = functools.partial(
-            read_rack_binds, st.config.mount_point, st.mount_dev, st.host_id, time.time()
-        )
-        st.rack_binds = await self.worker.run(call, READ_TIMEOUT_S, what="reading rack binds")
+                out.append((path, f"a container on host {host} (volagent 0.2, usage records)"))
+                hosts.add(host)

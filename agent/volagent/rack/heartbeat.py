@@ -22,6 +22,7 @@ from volagent import __version__, log, safedir
 from volagent.aws.imds import Imds
 from volagent.errors import FilesystemHung, VolagentError
 from volagent.rack import records
+from volagent.rack.registry import FORMAT as REGISTRY_FORMAT
 from volagent.state import AgentState, now_iso
 from volagent.worker import TimedWorker
 
@@ -44,6 +45,8 @@ def host_record(state: AgentState, status: str | None = None) -> dict[str, Any]:
         "instance_id": state.instance_id,
         "status": status or state.verdict(),
         "version": __version__,
+        # the registry format this host writes (hosts on 0.2 write none: they take no part)
+        "registry": REGISTRY_FORMAT,
         "mount_state": state.mount.state,
         "time": now,
         "last_seen": now_iso(now),
@@ -113,6 +116,7 @@ def rack_view(
                 "instance_id": str(rec.get("instance_id") or ""),
                 "status": status,
                 "version": str(rec.get("version") or ""),
+                "registry": isinstance(rec.get("registry"), int) and rec["registry"] >= 1,
                 "last_seen": now_iso(float(rec["time"])),
                 "age_s": round(age, 1),
                 # a host that said goodbye is not sharing the filesystem any more
@@ -199,8 +203,8 @@ class Heartbeat:
         st.clear_warning("heartbeat")
         self._written_as = record["host"]
         metrics.heartbeats.labels(result="written").inc()
-        # the rack view is refreshed with each beat, so the socket rarely reads it itself
-        await self._refresh(WRITE_TIMEOUT_S)
+        # the rack view is read when asked (status --rack, the usage walk), never with each
+        # beat: every host reading every heartbeat each beat grows with the square of the rack
         return True
 
     async def _farewell(self) -> None:
@@ -209,10 +213,10 @@ class Heartbeat:
             async with asyncio.timeout(1.0):
                 await self.beat(status=STOPPED)
 
-    async def hosts(self) -> list[dict[str, Any]]:
+    async def hosts(self, timeout: float = RACK_READ_TIMEOUT_S) -> list[dict[str, Any]]:
         """The rack view for `GET /v1/status?rack=1`: read now if the filesystem answers
-        quickly, else the last list read."""
-        await self._refresh(RACK_READ_TIMEOUT_S)
+        within `timeout`, else the last list read."""
+        await self._refresh(timeout)
         return self._view()
 
     def _view(self) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from typing import Any
 from volagent import log, safedir
 from volagent.errors import VolagentError
 from volagent.rack import records
+from volagent.rack.registry import FORMAT as REGISTRY_FORMAT
 from volagent.state import AgentState, now_iso
 from volagent.worker import TimedWorker
 
@@ -33,7 +34,9 @@ SCAN_INTERVAL_S = 1.0
 REFRESH_S = 300.0
 WRITE_TIMEOUT_S = 10.0
 MAX_CONTAINER_NAMES = 8
-MAX_BINDS = 256
+# the registry format this host writes: a usage record that carries it is a participant's,
+# whose binds other hosts find in the registry (rack/binds.py reads only the others')
+REGISTRY_MARKER = "registry"
 FAILURE_BACKOFF_S = 30.0
 
 Key = tuple[str, str]  # (top-level directory, directory below it); "" for the whole of it
@@ -97,7 +100,9 @@ def usage_record(
         "time": now,
         "last_used": now_iso(now),
         "containers": sorted(containers)[:MAX_CONTAINER_NAMES],
-        "binds": sorted(binds)[:MAX_BINDS],
+        # every bind: 0.2 hosts judge nesting by them, and a cut list would hide some
+        "binds": sorted(binds),
+        REGISTRY_MARKER: REGISTRY_FORMAT,
     }
 
 

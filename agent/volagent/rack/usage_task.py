@@ -3,10 +3,14 @@ worker thread, and the rack's figures published as metrics, quota warnings and t
 of `volagent status --rack`.
 
 Every full pass starts `[usage] interval_s` after the last one started. The namespaces are
-shared among the live hosts of the heartbeats (usage_share); each walk step spends a few
-seconds' worth of the budget in a thread of its own worker, then saves the cursor with the
-partial totals, so a hung mount costs one stuck thread and a restart loses one step. Every
-host reads every namespace's record, so each host exports the whole rack's usage.
+shared among the live hosts of the heartbeats (usage_share), read once a pass; each walk
+step spends a few seconds' worth of the budget in a thread of its own worker, then saves the
+cursor with the partial totals, so a hung mount costs one stuck thread and a restart loses
+one step. Every host reads every namespace's record, so each host exports the whole rack's
+usage, but at a pace that keeps its reads flat as the rack grows: every REFRESH_S it reads
+BATCH records, all of them while there are no more, else the next BATCH of a listing taken
+once the last one has been read through (figures change once a pass, `[usage] interval_s`,
+anyway: at 1,000 hosts, 3,000 records are read through in 50 minutes).
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ from volagent.worker import TimedWorker
 STEP_S = 5.0  # budget seconds one step spends before it saves the cursor
 STEP_GRACE_S = 60.0  # beyond its budgeted time, a step taking this long means a hung mount
 READ_TIMEOUT_S = 30.0
-REFRESH_S = 30.0  # other hosts' figures are read at least this often
+REFRESH_S = 30.0  # other hosts' figures are read at most this often
+# ... and no more than one record a second on average: a rack of N hosts has about 3N
+# namespaces, so reading them all every REFRESH_S would grow with the rack on every host
+RECORD_READ_S = 1.0
+BATCH = int(REFRESH_S / RECORD_READ_S)
 IDLE_S = 1.0
 
 HostsSource = Callable[[], Awaitable[list[dict[str, Any]]]]
@@ -51,6 +59,8 @@ class UsageWalker:
         self._walk: NamespaceWalk | None = None
         self._in_flight = False  # a step of the walk is running in a thread
         self._read_at = 0.0
+        self._pass_hosts: list[str] | None = None  # the live hosts, read once a pass
+        self._to_read: list[str] = []  # records still to read one by one, from a listing
 
     # --- the loop ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -73,19 +83,57 @@ class UsageWalker:
 
     async def _rest_until(self, when: float) -> None:
         while time.monotonic() < when:
-            if time.monotonic() - self._read_at >= REFRESH_S and self._healthy():
+            if self._healthy():
                 with contextlib.suppress(VolagentError, OSError):
-                    await self.refresh()
+                    await self.refresh_step()
             await asyncio.sleep(min(IDLE_S, max(0.0, when - time.monotonic())))
+
+    def refresh_due(self) -> bool:
+        return time.monotonic() - self._read_at >= REFRESH_S
+
+    async def refresh_step(self) -> int:
+        """When due, the other hosts' figures: all of them when there are no more than
+        BATCH, else the next BATCH of a rolling read; how many records were read."""
+        if not self.refresh_due():
+            return 0
+        self._read_at = time.monotonic()
+        if not self._to_read:
+            names = await self._call(self._list_counted, "listing usage records")
+            if len(names) <= BATCH:
+                await self.refresh()
+                return len(names)
+            listed = set(names)
+            self._figures = {ns: rec for ns, rec in self._figures.items() if ns in listed}
+            self._to_read = sorted(names, reverse=True)
+        batch = [self._to_read.pop() for _ in range(min(BATCH, len(self._to_read)))]
+        found = await self._call(lambda root: self._read_batch(root, batch), "reading records")
+        figures = {ns: rec for ns, rec in self._figures.items() if ns not in batch}
+        figures.update(found)
+        self._figures = figures
+        self.publish()
+        return len(batch)
+
+    def _list_counted(self, root: int) -> list[str]:
+        names = usage_walk.list_sizes(root)
+        self.budget.spend(2 + len(names) // usage_walk.NAMES_PER_OP)
+        return names
+
+    def _read_batch(self, root: int, batch: list[str]) -> dict[str, dict[str, Any]]:
+        self.budget.spend(2 + len(batch))
+        return usage_walk.read_sizes_of(root, batch)
 
     async def one_pass(self) -> int:
         """Walks every namespace this host owns now; how many it finished."""
-        prefix = f"{self.state.config.rack}-"
+        st = self.state
+        prefix = f"{st.config.rack}-"
         self._sync_budget()
         present = await self._call(
             lambda root: usage_walk.namespaces(root, prefix, self.budget), "listing namespaces"
         )
-        await self.refresh()
+        # who walks what: the heartbeats read once a pass, not once a namespace or a step
+        self._pass_hosts = usage_share.live_hosts(await self.hosts(), st.host_id, st.config.rack)
+        if self.refresh_due() or not self._figures:
+            await self.refresh()
         # records of this rack only: another rack's hosts may share the filesystem
         gone = [ns for ns in self._figures if ns.startswith(prefix) and ns not in present]
         if gone:
@@ -99,12 +147,14 @@ class UsageWalker:
                     finished += 1
             except (VolagentError, OSError) as exc:
                 self.log.warning("usage_walk_failed", namespace=ns, reason=str(exc))
-            await self.refresh()
+            self.publish()  # this host's own figures, known without reading them back
         return finished
 
     async def _owned(self, ns: str) -> bool:
         st = self.state
-        hosts = usage_share.live_hosts(await self.hosts(), st.host_id, st.config.rack)
+        hosts = self._pass_hosts
+        if hosts is None:
+            hosts = usage_share.live_hosts(await self.hosts(), st.host_id, st.config.rack)
         return usage_share.owner(hosts, ns) == st.host_id
 
     async def _walk_one(self, ns: str) -> bool:
@@ -152,6 +202,7 @@ class UsageWalker:
             return False
         record = usage_walk.record_of(previous, walk, self.state.host_id, done)
         usage_walk.save(walk.root_fd, walk.namespace, record)
+        self._figures = {**self._figures, walk.namespace: record}  # replaced, never mutated
         self.budget.spend(3)  # the record: create, write and sync, rename
         return done
 

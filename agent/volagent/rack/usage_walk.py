@@ -282,6 +282,37 @@ def read_sizes(root_fd: int) -> dict[str, dict[str, Any]]:
         os.close(d)
 
 
+def list_sizes(root_fd: int) -> list[str]:
+    """The namespaces that have a size record."""
+    d = sizes_dir(root_fd, create=False)
+    if d is None:
+        return []
+    try:
+        return [
+            f[: -len(records.SUFFIX)]
+            for f in safedir.list_names(d)
+            if f.endswith(records.SUFFIX) and not f.startswith(".")
+        ]
+    finally:
+        os.close(d)
+
+
+def read_sizes_of(root_fd: int, namespaces: list[str]) -> dict[str, dict[str, Any]]:
+    """The size records of these namespaces (those gone or not valid left out)."""
+    d = sizes_dir(root_fd, create=False)
+    if d is None:
+        return {}
+    out = {}
+    try:
+        for ns in namespaces:
+            rec = records.read_record(d, records.file_name(ns) + records.SUFFIX)
+            if rec is not None:
+                out[ns] = rec
+    finally:
+        os.close(d)
+    return out
+
+
 def save(root_fd: int, namespace: str, record: dict[str, Any]) -> None:
     d = records.ensure_dir(root_fd, (records.AGENT_DIR, SIZES_DIR))
     try:

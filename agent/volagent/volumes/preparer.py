@@ -18,6 +18,7 @@ from typing import Any
 
 from volagent import log
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
+from volagent.rack.registry_task import Registry
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.volumes import locate, mount_check, namespace, trashcheck
 from volagent.worker import TimedWorker
@@ -98,9 +99,13 @@ Recheck = Callable[[], Awaitable[bool]]
 class Preparer:
     """Prepares container volumes; one preparation per container at a time."""
 
-    def __init__(self, state: AgentState, worker: TimedWorker) -> None:
+    def __init__(
+        self, state: AgentState, worker: TimedWorker, registry: Registry | None = None
+    ) -> None:
         self.state = state
         self.worker = worker
+        # the rack-wide registry of binds; None: rule 7 is judged on this host alone
+        self.registry = registry
         self.log = log.get("preparer")
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -244,6 +249,14 @@ class Preparer:
                 violation = NamespaceViolation(7, clash)
                 outcome.plans[outcome.volumes.index(vol)] = violation
                 self.state.set_volume_state(vol, "violation", str(violation))
+
+    async def check_rack(self, outcome: Outcome, ref: str, name: str) -> None:
+        """Rule 7 across the rack, at the moment of the decision: the binds still planned are
+        claimed in the rack's registry (the guard's create and start call this, after
+        `check_nesting`). A bind nesting another host's becomes a violation; one the registry
+        could not be asked about in time is `failed`, so the guard refuses it."""
+        if self.registry is not None:
+            await self.registry.claim(outcome.volumes, outcome.plans, ref, name)
 
     async def _prepare(
         self,

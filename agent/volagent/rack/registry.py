@@ -1,0 +1,280 @@
+"""The rack-wide registry of live binds: its format and its one blocking transaction.
+
+One registry file per namespace (`<rack>-<app>`, the top-level directory a bind lies in):
+rule 5 keeps every bind of an app inside its namespace, so binds can nest only within one.
+`<mp>/.volagent/registry/<ns>.json` holds the entries (format below, `FORMAT` its version);
+`<mp>/.volagent/registry/<ns>.lock` is the lock file, created once and never replaced, on
+which every host takes an exclusive byte-range lock (`lockf`, an NFSv4 LOCK) around its
+read-decide-write. The entries file is replaced atomically (a temporary file, fsync, a
+rename) while the lock is held, so a reader never sees half of it and a host dying mid-write
+leaves the previous version. Why this is correct on NFSv4.1 with the Linux client's caches:
+docs/REGISTRY.md.
+
+A transaction is bounded by a deadline the thread itself keeps: the lock is polled without
+blocking (a host that died holding it keeps it until its lease expires), and nothing is
+written once the deadline has passed, since the caller has stopped waiting by then. Blocking:
+call it through a TimedWorker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from volagent import safedir
+from volagent.errors import RecordError
+from volagent.rack import records
+
+REGISTRY_DIR = "registry"
+KIND = "volagent.registry"
+FORMAT = 1  # the version of the entries file's format; a newer one is refused, never guessed
+LOCK_SUFFIX = ".lock"
+# an app's binds in one file: about 250 bytes an entry, so some 16,000 binds; past it a claim
+# is refused with a message, never cut silently
+MAX_REGISTRY_BYTES = 4 << 20
+LOCK_POLL_FIRST_S = 0.002
+LOCK_POLL_MAX_S = 0.05
+
+
+class RegistryError(RecordError):
+    """The registry could not be consulted or updated: a create that could nest is refused."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One live bind: which host's container (`ref`: its id, or `request:<digest>` for a
+    create allowed and not answered yet) binds `path`, as of `time` (epoch seconds). The
+    path is relative to the mount point (`<rack>-<app>/<service>/...`): hosts may mount
+    the shared filesystem at different places."""
+
+    host: str
+    ref: str
+    name: str
+    path: str
+    time: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Entry:
+        if not isinstance(raw, dict):
+            raise ValueError("an entry is not an object")
+        host, ref, name, path, when = (raw.get(k) for k in ("host", "ref", "name", "path", "time"))
+        if not (isinstance(host, str) and host and isinstance(ref, str) and isinstance(path, str)):
+            raise ValueError("an entry lacks its host, ref or path")
+        parts = path.split("/")
+        if path.startswith("/") or "" in parts or ".." in parts or "." in parts:
+            raise ValueError(f"entry {path!r} is not a clean path relative to the mount point")
+        if not isinstance(when, int | float) or isinstance(when, bool):
+            raise ValueError(f"entry {path!r} has no time")
+        return cls(host, ref, str(name or ""), path, float(when))
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.host, self.ref, self.path)
+
+
+def file_of(namespace: str) -> str:
+    return records.file_name(namespace) + records.SUFFIX
+
+
+def document(namespace: str, entries: list[Entry]) -> dict[str, Any]:
+    return {
+        "kind": KIND,
+        "format": FORMAT,
+        "namespace": namespace,
+        "entries": [e.to_dict() for e in sorted(entries, key=lambda e: e.key)],
+    }
+
+
+def parse(namespace: str, data: bytes) -> list[Entry]:
+    """The entries of a registry file's bytes; RegistryError for anything but this format."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise RegistryError(f"the registry of {namespace} is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("kind") != KIND:
+        raise RegistryError(f"the registry of {namespace} is not a volagent registry")
+    if doc.get("format") != FORMAT:
+        raise RegistryError(
+            f"the registry of {namespace} has format {doc.get('format')!r}, this volagent "
+            f"reads format {FORMAT}: upgrade it (a newer host wrote the registry)"
+        )
+    try:
+        return [Entry.from_dict(raw) for raw in doc.get("entries") or ()]
+    except ValueError as exc:
+        raise RegistryError(f"the registry of {namespace} holds a bad entry: {exc}") from None
+
+
+# --- the transaction ---------------------------------------------------------------------
+# fcntl locks belong to the process: two threads of this one would both get it. A lock per
+# namespace in the process comes first; it is taken with the same deadline.
+_local_locks: dict[str, threading.Lock] = {}
+_local_locks_guard = threading.Lock()
+
+
+def _local_lock(key: str) -> threading.Lock:
+    with _local_locks_guard:
+        return _local_locks.setdefault(key, threading.Lock())
+
+
+@dataclass
+class Counts:
+    """File operations one transaction made on the shared filesystem (for the bench)."""
+
+    opens: int = 0
+    locks: int = 0
+    reads: int = 0
+    writes: int = 0
+
+
+class Transaction:
+    """The registry file of one namespace, locked: `entries` as read, `write` to replace."""
+
+    def __init__(self, dir_fd: int, namespace: str, deadline: float, counts: Counts) -> None:
+        self.dir_fd = dir_fd
+        self.namespace = namespace
+        self.deadline = deadline
+        self.counts = counts
+        self.entries = self._read()
+
+    def _read(self) -> list[Entry]:
+        name = file_of(self.namespace)
+        try:
+            fd = os.open(
+                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self.dir_fd
+            )
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise RegistryError(f"cannot open the registry of {self.namespace}: {exc}") from None
+        self.counts.opens += 1
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RegistryError(f"the registry of {self.namespace} is not a regular file")
+            chunks = []
+            size = 0
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                self.counts.reads += 1
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_REGISTRY_BYTES:
+                    raise RegistryError(f"the registry of {self.namespace} is too large")
+        finally:
+            os.close(fd)
+        return parse(self.namespace, b"".join(chunks))
+
+    def write(self, entries: list[Entry]) -> None:
+        """Replaces the entries file (atomically); refused once the deadline has passed."""
+        doc = document(self.namespace, entries)
+        if len(json.dumps(doc)) > MAX_REGISTRY_BYTES:
+            raise RegistryError(
+                f"the registry of {self.namespace} would exceed {MAX_REGISTRY_BYTES >> 20} MiB "
+                f"({len(entries)} binds): remove containers of this app first"
+            )
+        if time.monotonic() > self.deadline:
+            raise RegistryError("the registry update came too late: the caller gave up")
+        records.replace_json(self.dir_fd, file_of(self.namespace), doc)
+        self.counts.opens += 1
+        self.counts.writes += 1
+        self.entries = entries
+
+
+@contextlib.contextmanager
+def locked(
+    mount_point: str,
+    dev: int | None,
+    namespace: str,
+    deadline: float,
+    counts: Counts | None = None,
+) -> Iterator[Transaction]:
+    """The namespace's registry, read under its exclusive lock, until the block ends."""
+    counts = counts or Counts()
+    local = _local_lock(f"{mount_point}\0{namespace}")
+    if not local.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise RegistryError(f"the registry of {namespace} is busy in this process")
+    try:
+        root = safedir.open_shared_root(mount_point, dev)
+        try:
+            parts = (records.AGENT_DIR, REGISTRY_DIR)
+            # made once per rack: looked up first, so a claim costs no mkdir
+            reg = records.open_dir(root, parts, create=False) or records.ensure_dir(root, parts)
+        finally:
+            os.close(root)
+        try:
+            lock_fd = _open_lock_file(reg, namespace)
+            counts.opens += 1
+            try:
+                _lock(lock_fd, namespace, deadline, counts)
+                yield Transaction(reg, namespace, deadline, counts)
+            finally:
+                # the close drops the lock (an NFS LOCKU); the writes were synced before it
+                os.close(lock_fd)
+        finally:
+            os.close(reg)
+    finally:
+        local.release()
+
+
+def _open_lock_file(dir_fd: int, namespace: str) -> int:
+    name = records.file_name(namespace) + LOCK_SUFFIX
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        # O_CREAT without O_EXCL: hosts racing to make it all open the one file the server made
+        fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+    except OSError as exc:
+        raise RegistryError(f"cannot open the lock of the registry of {namespace}: {exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RegistryError(f"the lock of the registry of {namespace} is not a regular file")
+    return fd
+
+
+def _lock(fd: int, namespace: str, deadline: float, counts: Counts) -> None:
+    """Takes the exclusive lock, polling until the deadline: a blocking lock left behind by
+    a caller that gave up would take the lock later and hold it for nobody."""
+    pause = LOCK_POLL_FIRST_S
+    while True:
+        counts.locks += 1
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise RegistryError(f"cannot lock the registry of {namespace}: {exc}") from None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RegistryError(
+                f"the registry of {namespace} stayed locked by another host: a host that "
+                "died holding it keeps it until its NFS lease expires"
+            )
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, LOCK_POLL_MAX_S)
+
+
+def merged(entries: list[Entry], add: list[Entry], drop: Callable[[Entry], bool]) -> list[Entry]:
+    """`entries` without those `drop` says go, with those of `add` not there yet (by host,
+    ref and path: an entry already there stays as it is, so a claim repeated at a start
+    writes nothing)."""
+    out = {e.key: e for e in entries if not drop(e)}
+    for e in add:
+        out.setdefault(e.key, e)
+    return list(out.values())
+
+
+def changed(before: list[Entry], after: list[Entry]) -> bool:
+    return {e.key for e in before} != {e.key for e in after}

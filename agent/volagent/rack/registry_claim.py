@@ -1,0 +1,202 @@
+"""What a host does in the registry, each a blocking transaction on one namespace's file:
+claim binds before a create or start is allowed, and set its own entries to what it runs.
+
+A claim checks the binds it asks for against every other host's entries under the lock, and
+adds them only if none nests (rule 7). Another host's entries stop counting only when that
+host has shown no sign of life for `expire_after_s`: neither a heartbeat nor an entry
+written since. Its heartbeat is read only when one of its entries stands in the way, so a
+claim that clashes with nothing reads nothing but the registry. Hosts on 0.2 write no
+entries: their binds are read from their usage records of the namespace (legacy.py).
+Blocking: call these through a TimedWorker.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from volagent import safedir
+from volagent.rack import records
+from volagent.rack.registry import Counts, Entry, locked, merged
+
+
+@dataclass
+class ClaimResult:
+    """A claim's outcome: the clash per path asked for (none: all were registered), the
+    hosts whose entries were dropped as expired, and the operations it made."""
+
+    clashes: dict[str, str] = field(default_factory=dict)
+    expired: list[str] = field(default_factory=list)
+    counts: Counts = field(default_factory=Counts)
+    written: bool = False
+    legacy_hosts: list[str] = field(default_factory=list)  # 0.2 hosts whose binds counted
+
+
+def claim(
+    mount_point: str,
+    dev: int | None,
+    ns: str,
+    *,
+    host: str,
+    wanted: list[Entry],
+    legacy: Iterable[tuple[str, str]],
+    expire_after_s: float,
+    deadline: float,
+) -> ClaimResult:
+    """Registers `wanted` (this host's entries) unless one nests with a live bind of another
+    host: its registry entries, or `legacy` (path, whose) of hosts outside the registry."""
+    result = ClaimResult()
+    legacy = list(legacy)
+    with locked(mount_point, dev, ns, deadline, result.counts) as tx:
+        entries = tx.entries
+        dead: set[str] = set()
+        checked: set[str] = set()
+        while True:
+            others = [
+                (absolute(mount_point, e.path), _whose(e))
+                for e in entries
+                if e.host != host and e.host not in dead
+            ]
+            result.clashes = {}
+            blocking: set[str] = set()
+            for w in wanted:
+                why = nested_with(absolute(mount_point, w.path), [*others, *legacy])
+                if why is None:
+                    continue
+                result.clashes[w.path] = why
+                blocking |= {
+                    e.host
+                    for e in entries
+                    if e.host != host and e.host not in dead and _nests(w.path, e.path)
+                }
+            unchecked = blocking - checked
+            if not result.clashes or not unchecked:
+                break
+            # only the hosts in the way: is any of them gone for good?
+            now = time.time()
+            for other in unchecked:
+                checked.add(other)
+                if _expired(
+                    mount_point,
+                    dev,
+                    other,
+                    entries=entries,
+                    now=now,
+                    expire_after_s=expire_after_s,
+                    counts=result.counts,
+                ):
+                    dead.add(other)
+                    result.expired.append(other)
+        if result.clashes:
+            if dead:  # the expired hosts' entries go anyway: they would be read again
+                tx.write(merged(entries, [], lambda e: e.host in dead))
+            return result
+        # a path this host holds already (under the create's request, say) needs no entry more
+        held = {(e.host, e.path) for e in entries}
+        after = merged(
+            entries, [w for w in wanted if (w.host, w.path) not in held], lambda e: e.host in dead
+        )
+        if {e.key for e in after} != {e.key for e in entries}:
+            tx.write(after)
+            result.written = True
+    return result
+
+
+def set_own(
+    mount_point: str,
+    dev: int | None,
+    ns: str,
+    *,
+    host: str,
+    live: list[Entry],
+    live_refs: set[str],
+    since: float,
+    deadline: float,
+) -> Counts:
+    """Makes this host's entries in `ns` what it runs: adds `live` where missing, removes its
+    entries whose container is not among `live_refs` and that are older than `since` (the
+    moment the caller looked at what runs: a claim written after it is kept)."""
+    counts = Counts()
+    with locked(mount_point, dev, ns, deadline, counts) as tx:
+        after = merged(
+            tx.entries,
+            live,
+            lambda e: e.host == host and e.ref not in live_refs and e.time < since,
+        )
+        if {e.key for e in after} != {e.key for e in tx.entries}:
+            tx.write(after)
+    return counts
+
+
+def absolute(mount_point: str, relative: str) -> str:
+    """An entry's path on this host."""
+    return mount_point.rstrip("/") + "/" + relative
+
+
+def relative(mount_point: str, path: str) -> str:
+    """A cleaned host path under the mount point, as an entry holds it."""
+    return posixpath.normpath(path)[len(mount_point.rstrip("/")) + 1 :]
+
+
+def _whose(e: Entry) -> str:
+    name = f" {e.name}" if e.name else ""
+    return f"container{name} on host {e.host}"
+
+
+# rule 7 on cleaned paths, as volumes.namespace states it for one host (the rack layer sits
+# below the volumes layer, so it keeps its own copy of these three lines; a test holds both
+# to the same answers)
+def _inside(path: str, root: str) -> bool:
+    return path != root and path.startswith(root.rstrip("/") + "/")
+
+
+def _nests(a: str, b: str) -> bool:
+    return _inside(a, b) or _inside(b, a)
+
+
+def nested_with(path: str, others: Iterable[tuple[str, str]]) -> str | None:
+    """Why `path` may not be bound beside `others` ((path, whose) pairs), or None."""
+    for other, whose in others:
+        if _inside(path, other):
+            return f"{path} lies inside {other}, which {whose} binds; binds may not nest"
+        if _inside(other, path):
+            return f"{path} contains {other}, which {whose} binds; binds may not nest"
+    return None
+
+
+def _expired(
+    mount_point: str,
+    dev: int | None,
+    host: str,
+    *,
+    entries: list[Entry],
+    now: float,
+    expire_after_s: float,
+    counts: Counts,
+) -> bool:
+    """Whether `host` has shown no sign of life for `expire_after_s`: its heartbeat and its
+    newest entry here are both older (a host without a heartbeat counts by its entries)."""
+    newest = max((e.time for e in entries if e.host == host), default=0.0)
+    beat = read_heartbeat(mount_point, dev, host)
+    counts.opens += 1
+    beat_time = beat.get("time") if beat else None
+    seen = float(beat_time) if isinstance(beat_time, int | float) else 0.0
+    return now - max(newest, seen) > expire_after_s
+
+
+def read_heartbeat(mount_point: str, dev: int | None, host: str) -> dict[str, object] | None:
+    """One host's heartbeat record, or None."""
+    root = safedir.open_shared_root(mount_point, dev)
+    try:
+        hosts = records.open_dir(root, (records.AGENT_DIR, records.HOSTS_DIR), create=False)
+    finally:
+        os.close(root)
+    if hosts is None:
+        return None
+    try:
+        return records.read_record(hosts, records.file_name(host) + records.SUFFIX)
+    finally:
+        os.close(hosts)

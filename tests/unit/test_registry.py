@@ -1,0 +1,317 @@
+"""The rack-wide registry of binds: its format, the claim under the lock, expiry of a silent
+host's entries, this host's entries kept to what it runs, and fail closed when the lock or the
+file cannot be had (the two-host races on real engines: tests/integration/test_rack_registry)."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.unit.factories import make_state
+
+from volagent.errors import NamespaceViolation
+from volagent.rack import registry, registry_claim
+from volagent.rack.heartbeat import rack_view
+from volagent.rack.registry import Entry, RegistryError
+from volagent.rack.registry_task import Registry, request_ref
+from volagent.state import AgentState, ContainerRecord, VolumeRecord
+from volagent.volumes import namespace
+
+NS = "r1-evil"
+FORGET = 900.0
+
+
+def entry(host: str, path: str, ref: str = "c1", when: float | None = None) -> Entry:
+    return Entry(host, ref, "", path, time.time() if when is None else when)
+
+
+def claim(mp: Path, host: str, *paths: str, ref: str = "c1") -> registry_claim.ClaimResult:
+    return registry_claim.claim(
+        str(mp),
+        os.stat(mp).st_dev,
+        NS,
+        host=host,
+        wanted=[entry(host, p, ref) for p in paths],
+        legacy=[],
+        expire_after_s=FORGET,
+        deadline=time.monotonic() + 5,
+    )
+
+
+def registry_doc(mp: Path) -> dict[str, object]:
+    data = json.loads((mp / ".volagent" / "registry" / f"{NS}.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def paths(mp: Path) -> list[tuple[str, str]]:
+    entries = registry_doc(mp)["entries"]
+    assert isinstance(entries, list)
+    return sorted((e["host"], e["path"]) for e in entries)
+
+
+def test_a_nested_claim_of_another_host_is_refused_and_an_identical_one_shares(mp: Path) -> None:
+    assert not claim(mp, "h1", f"{NS}/web/lag").clashes
+    inner = claim(mp, "h2", f"{NS}/web/lag/s1")
+    assert "lies inside" in inner.clashes[f"{NS}/web/lag/s1"]
+    assert "host h1" in inner.clashes[f"{NS}/web/lag/s1"]
+    outer = claim(mp, "h2", f"{NS}/web")
+    assert "contains" in outer.clashes[f"{NS}/web"]
+    assert not claim(mp, "h2", f"{NS}/web/lag").clashes  # one directory, shared
+    assert paths(mp) == [("h1", f"{NS}/web/lag"), ("h2", f"{NS}/web/lag")]
+    doc = registry_doc(mp)
+    assert doc["kind"] == "volagent.registry" and doc["format"] == registry.FORMAT
+
+
+def test_a_claim_repeated_at_a_start_writes_nothing(mp: Path) -> None:
+    first = claim(mp, "h1", f"{NS}/web/a")
+    again = claim(mp, "h1", f"{NS}/web/a", ref="other-ref")  # the path is held already
+    assert first.written and not again.written
+    assert again.counts.writes == 0 and again.counts.locks == 1
+
+
+def test_a_silent_hosts_entries_stop_blocking_only_after_forget_after_s(mp: Path) -> None:
+    old = time.time() - FORGET - 10
+    base = mp / ".volagent" / "registry"
+    base.mkdir(parents=True)
+    doc = registry.document(NS, [entry("dead", f"{NS}/web/lag", when=old)])
+    (base / f"{NS}.json").write_text(json.dumps(doc))
+    # a heartbeat of a moment ago keeps the host's entries (its containers may still run)
+    hosts = mp / ".volagent" / "hosts"
+    hosts.mkdir(parents=True)
+    (hosts / "dead.json").write_text(json.dumps({"host": "dead", "time": time.time() - 60}))
+    assert claim(mp, "h1", f"{NS}/web/lag/s1").clashes
+    # silent for longer than forget_after_s: forgotten, and its entries removed
+    (hosts / "dead.json").write_text(json.dumps({"host": "dead", "time": old}))
+    result = claim(mp, "h1", f"{NS}/web/lag/s1")
+    assert not result.clashes and result.expired == ["dead"]
+    assert paths(mp) == [("h1", f"{NS}/web/lag/s1")]
+
+
+def test_a_claim_that_clashes_with_nothing_reads_no_heartbeat(mp: Path) -> None:
+    claim(mp, "h1", f"{NS}/web/a")
+    result = claim(mp, "h2", f"{NS}/web/b")
+    # the lock file, the registry, the new registry: no heartbeat opened
+    assert (result.counts.opens, result.counts.locks, result.counts.writes) == (3, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"{not json", "not JSON"),
+        (json.dumps({"kind": "volagent.registry", "format": 2}).encode(), "format 2"),
+        (json.dumps({"kind": "something else"}).encode(), "not a volagent registry"),
+        (
+            json.dumps(
+                {"kind": "volagent.registry", "format": 1, "entries": [{"host": "h", "ref": "r"}]}
+            ).encode(),
+            "bad entry",
+        ),
+    ],
+)
+def test_a_registry_this_version_cannot_read_refuses_the_claim(
+    mp: Path, content: bytes, problem: str
+) -> None:
+    base = mp / ".volagent" / "registry"
+    base.mkdir(parents=True)
+    (base / f"{NS}.json").write_bytes(content)
+    with pytest.raises(RegistryError, match=problem):
+        claim(mp, "h1", f"{NS}/web/a")
+
+
+def test_entries_hold_clean_relative_paths_only() -> None:
+    for bad in ("/abs/path", "a/../b", "a//b", "./a"):
+        with pytest.raises(ValueError, match="relative"):
+            Entry.from_dict({"host": "h", "ref": "r", "path": bad, "time": 1})
+
+
+def test_the_rack_layers_rule_7_says_what_the_volumes_layer_says() -> None:
+    others = [("/v/a/b", "x"), ("/v/c", "y"), ("/v/d/e", "z")]
+    for path in ("/v/a", "/v/a/b", "/v/a/b/c", "/v/c/d", "/v/cc", "/v/d", "/v/x"):
+        assert registry_claim.nested_with(path, others) == namespace.nested_with(path, others)
+
+
+@pytest.fixture
+def other_process_holds_the_lock(mp: Path) -> Iterator[None]:
+    """Another process (another host, as far as fcntl locks go) holds the namespace's lock."""
+    base = mp / ".volagent" / "registry"
+    base.mkdir(parents=True)
+    lock = base / f"{NS}.lock"
+    lock.touch()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+            "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    try:
+        yield
+    finally:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.close()
+        holder.stdout.close()
+        holder.wait(10)
+
+
+@pytest.mark.usefixtures("other_process_holds_the_lock")
+def test_a_lock_held_elsewhere_fails_the_claim_by_its_deadline(mp: Path) -> None:
+    with pytest.raises(RegistryError, match="stayed locked"):
+        registry_claim.claim(
+            str(mp),
+            os.stat(mp).st_dev,
+            NS,
+            host="h1",
+            wanted=[entry("h1", f"{NS}/web/a")],
+            legacy=[],
+            expire_after_s=FORGET,
+            deadline=time.monotonic() + 0.2,
+        )
+    assert not (mp / ".volagent" / "registry" / f"{NS}.json").exists()
+
+
+# --- the daemon's side -------------------------------------------------------------------
+def container(st: AgentState, cid: str, *hosts: str) -> None:
+    vols = [VolumeRecord(host=h, container="/d", read_only=False, state="ready") for h in hosts]
+    st.upsert_container(
+        ContainerRecord(id=cid, name=f"n-{cid}", rack="r1", app="evil", service="web", volumes=vols)
+    )
+
+
+def volumes_of(*hosts: str) -> tuple[list[VolumeRecord], list[object]]:
+    vols = [VolumeRecord(host=h, container="/d", read_only=False) for h in hosts]
+    return vols, [object() for _ in vols]  # plans: anything but a violation
+
+
+@pytest.mark.usefixtures("other_process_holds_the_lock")
+def test_a_registry_that_does_not_answer_in_time_fails_the_volumes(mp: Path) -> None:
+    st = make_state(mp, directories={"timeout_s": 0.3})
+    vols, plans = volumes_of(f"{mp}/{NS}/web/a")
+
+    async def scenario() -> None:
+        reg = Registry(st)
+        try:
+            await reg.claim(vols, plans, "c1", "")
+        finally:
+            reg.worker.close()
+
+    asyncio.run(scenario())
+    assert vols[0].state == "failed"
+    assert "could not consult the rack's registry" in (vols[0].error or "")
+    assert "stayed locked" in (vols[0].error or "")  # the thread's own deadline, not the hang
+
+
+def test_a_clash_in_the_registry_is_a_rule_7_violation(mp: Path) -> None:
+    claim(mp, "h2", f"{NS}/web/lag")
+    st = make_state(mp, host="h1")
+    vols, plans = volumes_of(f"{mp}/{NS}/web/lag/s1", f"{mp}/{NS}/web/other")
+
+    async def scenario() -> None:
+        reg = Registry(st)
+        try:
+            await reg.claim(vols, plans, "c1", "")
+        finally:
+            reg.worker.close()
+
+    asyncio.run(scenario())
+    assert vols[0].state == "violation" and "host h2" in (vols[0].error or "")
+    assert isinstance(plans[0], NamespaceViolation) and plans[0].rule == 7
+    assert vols[1].state != "violation"
+    assert paths(mp) == [("h2", f"{NS}/web/lag")]  # nothing of a refused claim registered
+
+
+def test_the_keeper_sets_this_hosts_entries_to_what_it_runs(mp: Path) -> None:
+    st = make_state(mp, host="h1", state_dir=str(mp.parent / "state"))
+    claim(mp, "h2", f"{NS}/web/theirs")
+    # an entry of this host from an earlier run, its container gone while volagent was down
+    claim(mp, "h1", f"{NS}/web/gone", ref="old-container")
+    container(st, "c1", f"{mp}/{NS}/web/mine")
+    st.reserved_binds[b"k" * 32] = (f"{mp}/{NS}/web/creating",)
+
+    async def scenario() -> None:
+        reg = Registry(st)
+        try:
+            assert await reg.sync() == 0  # not before Docker's containers are listed
+            st.containers_listed.set()
+            await asyncio.sleep(0.01)  # the gone entry is older than the keeper's look
+            assert await reg.sync() == 1
+            assert paths(mp) == [
+                ("h1", f"{NS}/web/creating"),
+                ("h1", f"{NS}/web/mine"),
+                ("h2", f"{NS}/web/theirs"),
+            ]
+            refs = {e["path"]: e["ref"] for e in registry_doc(mp)["entries"]}  # type: ignore[attr-defined]
+            assert refs[f"{NS}/web/creating"] == request_ref(b"k" * 32)
+            assert await reg.sync() == 0  # nothing changed: nothing read
+            st.forget_container("c1")
+            del st.reserved_binds[b"k" * 32]
+            assert await reg.sync() == 1
+            assert paths(mp) == [("h2", f"{NS}/web/theirs")]
+        finally:
+            reg.worker.close()
+
+    asyncio.run(scenario())
+    remembered = json.loads((mp.parent / "state" / "registry-namespaces.json").read_text())
+    assert remembered == {"namespaces": []}
+
+
+def test_a_lock_is_released_when_the_transaction_ends(mp: Path) -> None:
+    claim(mp, "h1", f"{NS}/web/a")
+    fd = os.open(mp / ".volagent" / "registry" / f"{NS}.lock", os.O_RDWR)
+    try:
+        # another process could take it now: this one can, without blocking
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+def test_a_0_2_hosts_bind_from_its_usage_record_is_judged_and_named_in_the_status(
+    mp: Path,
+) -> None:
+    """During a rolling update a 0.2 host writes no registry entries: its fresh usage record
+    of the namespace stands in for them, and the status says it did."""
+    usage_dir = mp / ".volagent" / "usage" / NS / "web"
+    usage_dir.mkdir(parents=True)
+    record = {"host": "old-host", "time": time.time(), "binds": [f"{mp}/{NS}/web/lag"]}
+    (usage_dir / "old-host.json").write_text(json.dumps(record))
+    st = make_state(mp, host="h1")
+    vols, plans = volumes_of(f"{mp}/{NS}/web/lag/s1")
+
+    async def scenario() -> None:
+        reg = Registry(st)
+        try:
+            await reg.claim(vols, plans, "c1", "")
+        finally:
+            reg.worker.close()
+
+    asyncio.run(scenario())
+    assert vols[0].state == "violation"
+    assert "old-host (volagent 0.2" in (vols[0].error or "")
+    assert any("old-host" in w and "take no part" in w for w in st.warnings)
+
+
+def test_the_rack_view_says_who_takes_part_in_the_registry() -> None:
+    now = time.time()
+    beats = [
+        {"host": "new", "time": now, "version": "0.3.0", "registry": 1},
+        {"host": "old", "time": now, "version": "0.2.1"},
+    ]
+    view = {h["host"]: h for h in rack_view(beats, stale_after_s=90, now=now)}
+    assert view["new"]["registry"] is True and view["old"]["registry"] is False
+    assert view["old"]["version"] == "0.2.1"

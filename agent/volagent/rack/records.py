@@ -45,11 +45,10 @@ def open_dir(root_fd: int, parts: Sequence[str], create: bool) -> int | None:
     fd = os.dup(root_fd)
     try:
         for name in parts:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o755, dir_fd=fd)
+            # opened first, made only where missing: on NFS a mkdir of an existing name costs
+            # a fresh lookup before the server's EEXIST
             try:
-                child = safedir.open_below(fd, name)
+                child = _open_or_make(fd, name, create)
             except FileNotFoundError:
                 if create:
                     raise RecordError(f"{name} vanished while it was being opened") from None
@@ -67,6 +66,17 @@ def open_dir(root_fd: int, parts: Sequence[str], create: bool) -> int | None:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_or_make(parent_fd: int, name: str, create: bool) -> int:
+    try:
+        return safedir.open_below(parent_fd, name)
+    except FileNotFoundError:
+        if not create:
+            raise
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+    return safedir.open_below(parent_fd, name)
 
 
 def ensure_dir(root_fd: int, parts: Sequence[str]) -> int:
@@ -113,7 +123,9 @@ def create_json(dir_fd: int, final: str, record: dict[str, Any]) -> bool:
 
 
 def _create(dir_fd: int, name: str) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    # O_DSYNC: the write reaches the server's disk as it is made (on NFS a stable WRITE),
+    # so the fsync after it has nothing left to commit (no COMMIT round trip)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DSYNC
     return os.open(name, flags, 0o644, dir_fd=dir_fd)
 
 

@@ -11,7 +11,9 @@ directory's last use is the newest of its usage records from every host (see rac
 its own mtime (a directory made or changed lately is not orphaned, recorded or not); a
 directory a container of this host uses now, by the local daemon's word, is always kept. A
 namespace whose every directory is unused is listed whole; otherwise its unused service
-directories are listed one by one. Nothing is moved without `--delete`, and then each
+directories are listed one by one. The window is at least MIN_WINDOW_DAYS: the preparer
+leaves a directory's mtime alone when it is recent by its own, much shorter, measure
+(volumes/trashcheck.py), which is safe only against a longer window. Nothing is moved without `--delete`, and then each
 candidate is judged again just before it goes.
 
 gc only runs on the healthy shared filesystem: the mount point must be a mount, the local
@@ -48,6 +50,8 @@ from volagent.terminal import printable as _p
 
 DEFAULT_DAYS = 30.0
 PURGE_DEFAULT_DAYS = 7.0
+# the shortest window of disuse gc judges by (the preparer's TOUCH_AFTER_S is an hour)
+MIN_WINDOW_DAYS = 1.0
 STALL_S = 30.0
 DAEMON_TIMEOUT_S = 3.0
 
@@ -307,6 +311,14 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     )
     if days is None:
         print("volagent gc: --older-than must be a positive number of days", file=sys.stderr)
+        return 2
+    if not purging and days < MIN_WINDOW_DAYS:
+        print(
+            f"volagent gc: --older-than {days:g} is too short: a directory is judged unused"
+            f" only after at least {MIN_WINDOW_DAYS:g} day (give --older-than"
+            f" {MIN_WINDOW_DAYS:g} or more)",
+            file=sys.stderr,
+        )
         return 2
     log.configure(cfg.log_level, stderr=True)
     cutoff = time.time() - days * 86400

@@ -10,7 +10,14 @@ volagent mounts it as NFSv4.1 with the production options.
    made beforehand), with 1 ms of netem delay on each end of the veth. The conditions take
    turns in blocks; the ratio is of the medians, both measured in this run. NFS operations
    per run are /proc/self/mountstats deltas across the `docker run`.
-2. Hang noticed: packets to and from port 2049 dropped (iptables) at a random phase of the
+2. Each step of a guarded `docker run`, counted apart, for an existing directory three levels
+   below the service's namespace (made beforehand, its namespace directories last changed two
+   days ago, as on a rack) and for a new one: the create (volagent's create walk and its
+   trash check; the trash check alone is counted by running it in the guest just before),
+   the usage record written after it, the start (the start walk) and the check after the
+   start (a few seconds after it), as `docker create`, a wait, `docker start`, a wait. Each
+   count has volagent's idle traffic (measured in the same run) taken out.
+3. Hang noticed: packets to and from port 2049 dropped (iptables) at a random phase of the
    probe cycle; seconds until volagent logs `mount.stalled`, against the configured probe
    interval and timeout, and until it is `mounted` again once packets flow.
 
@@ -39,6 +46,8 @@ from tests.vm.snapshot import IMAGE_TAG
 BLOCKS = int(os.environ.get("VOLAGENT_BENCH_VM_BLOCKS", "4"))
 PER_BLOCK = int(os.environ.get("VOLAGENT_BENCH_VM_PER_BLOCK", "3"))
 HANG_ROUNDS = int(os.environ.get("VOLAGENT_BENCH_VM_HANG_ROUNDS", "4"))
+STEP_RUNS = int(os.environ.get("VOLAGENT_BENCH_VM_STEP_RUNS", "5"))
+STEP_WAIT_S = 3  # after a create: the usage record is written within a second
 IDLE_S = 30
 DELAY = "1ms"
 SERVER_IP = "10.99.0.1"
@@ -205,7 +214,7 @@ def guard_allowed(vm: Machine) -> int:
     return int(status(vm)[1].get("guard", {}).get("allowed", 0))
 
 
-def run_bench(vm: Machine) -> dict[str, object]:
+def run_bench(vm: Machine) -> dict[str, float]:
     plain_ms = tcp_connect_ms(vm)
     add_delay(vm)
     delayed_ms = tcp_connect_ms(vm)
@@ -291,7 +300,111 @@ def run_bench(vm: Machine) -> dict[str, object]:
         f" {statistics.median(own):.0f} ops, against Docker alone's"
         f" {statistics.median(totals['alone']):g}"
     )
-    return {"ratio": ratio, "runs": runs}
+    return {"ratio": ratio, "runs": runs, "idle_rate": idle_rate}
+
+
+# the trash check alone, as the agent's worker runs it (the same call in every version)
+TRASH_CHECK = """/opt/volagent/bin/python -c '
+import os, sys
+from volagent import safedir
+from volagent.volumes import trashcheck
+root = safedir.open_mount_point("/volumes", None)
+trashcheck.refuse_if_trashed("/volumes", root, sys.argv[1].split("/"))' """
+
+STEPS = ("create walk", "trash check", "usage record", "start walk", "check after start")
+
+
+def step_container(service: str, below: str) -> str:
+    return (
+        f"docker create --name {service} --network none --label convox.app=bench"
+        f" --label convox.service={service}"
+        f" -v /volumes/{RACK}-bench/{service}/{below}:/data {IMAGE_TAG} sleep 1000000"
+    )
+
+
+def one_guarded_run(
+    vm: Machine, service: str, below: str, idle_rate: float
+) -> tuple[dict[str, float], Counter[str], float]:
+    """One guarded `docker run` in steps: ops per step (idle traffic taken out), the ops of
+    the whole run by operation, and the guard's decision seconds."""
+
+    def own(took: float, counted: Counter[str]) -> float:
+        return sum(counted.values()) - idle_rate * took
+
+    spent, _ = guard_decisions(vm)
+    took, trash_ops = timed(vm, TRASH_CHECK + f"{RACK}-bench/{service}/{below}")
+    trash = own(took, trash_ops)
+    took, create = timed(vm, step_container(service, below))
+    created = own(took, create)
+    took, usage = timed(vm, f"sleep {STEP_WAIT_S}")
+    recorded = own(took, usage)
+    took, start = timed(vm, f"docker start {service}")
+    started = own(took, start)
+    took, after = timed(vm, f"sleep {STEP_WAIT_S}")
+    checked = own(took, after)
+    spent_after, _ = guard_decisions(vm)
+    whole = create + usage + start + after
+    steps = {
+        "create walk": created,
+        "trash check": trash,
+        "usage record": recorded,
+        "start walk": started,
+        "check after start": checked,
+    }
+    return steps, whole, spent_after - spent
+
+
+def steps_bench(vm: Machine, idle_rate: float) -> dict[str, float]:
+    """The steps of a guarded `docker run`, for an existing and a new directory."""
+    guard(vm, on=True)
+    cases = {
+        "an existing directory three levels below the namespace": "a/b/c",
+        "a new directory": "data",
+    }
+    totals: dict[str, float] = {}
+    for case, below in cases.items():
+        per_step: dict[str, list[float]] = {step: [] for step in STEPS}
+        wholes: list[Counter[str]] = []
+        deciding: list[float] = []
+        for i in range(STEP_RUNS):
+            service = f"s{'e' if below != 'data' else 'n'}{i}"
+            ns = f"/volumes/{RACK}-bench"
+            if below != "data":
+                # an existing directory as a rack has it: made long ago, its namespace's
+                # directories last changed two days ago; read once since, so the client
+                # knows it (as after an earlier container of the service on this host)
+                vm.sh(
+                    f"mkdir -p {ns}/{service}/{below} && touch -d '2 days ago' {ns} {ns}/{service}"
+                    f" && ls {ns}/{service}/{below} >/dev/null"
+                )
+            steps, whole, decided = one_guarded_run(vm, service, below, idle_rate)
+            for step, n in steps.items():
+                per_step[step].append(n)
+            wholes.append(whole)
+            deciding.append(decided)
+            vm.sh(f"docker rm -f {service}", timeout=300)
+            time.sleep(STEP_WAIT_S)  # the last usage record of the removed container
+        med = {step: statistics.median(v) for step, v in per_step.items()}
+        # the create's own count holds its trash check: shown apart
+        med["create walk"] = max(0.0, med["create walk"] - med["trash check"])
+        run = [
+            sum(v[i] for v in per_step.values()) - per_step["trash check"][i]
+            for i in range(STEP_RUNS)
+        ]
+        names = sorted({name for c in wholes for name in c})
+        by_op = {name: statistics.median([c[name] for c in wholes]) for name in names}
+        shown = ", ".join(f"{k} {v:g}" for k, v in sorted(by_op.items(), key=lambda x: -x[1]))
+        critical = med["create walk"] + med["trash check"]
+        print(
+            f"  per guarded create of {case}, idle traffic taken out: median"
+            f" {statistics.median(run):.0f} ops for the whole run, {critical:.0f} on the"
+            f" create's critical path ({STEP_RUNS} runs)"
+        )
+        print("    " + ", ".join(f"{step} {med[step]:.0f}" for step in STEPS))
+        print(f"    the whole run by operation (idle traffic in): {shown}")
+        print(f"    the guard's own decisions: median {statistics.median(deciding) * 1000:.0f} ms")
+        totals[case] = statistics.median(run)
+    return totals
 
 
 def probe_budget(vm: Machine) -> tuple[float, float]:
@@ -373,7 +486,10 @@ def main() -> None:
     with resumed(snap, console=False) as vm:
         print("NFS server in a second network namespace, over a veth pair:")
         nfs_server_in_netns(vm)
-        run_bench(vm)
-        if mount_state(vm) != "mounted":
-            wait_mount_state(vm, "mounted", timeout=600)
-        hang_bench(vm)
+        idle_rate = run_bench(vm)["idle_rate"]
+        print(f"the steps of a guarded docker run (NFS operations, netem {DELAY} each way):")
+        steps_bench(vm, idle_rate)
+        if HANG_ROUNDS > 0:
+            if mount_state(vm) != "mounted":
+                wait_mount_state(vm, "mounted", timeout=600)
+            hang_bench(vm)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from tests.testbed.waiting import wait_until
 
 from volagent.values import Owner
 from volagent.volumes import trashcheck
+from volagent.volumes.directories import Identity, Prepared
 
 pytestmark = pytest.mark.mount
 
@@ -47,10 +48,10 @@ class Counted:
     def ops(self) -> Counter[str]:
         return Counter(self.log.read_text().split())
 
-    def count(self, walk: object) -> tuple[Counter[str], object]:
+    def count(self, walk: Callable[[], Prepared]) -> tuple[Counter[str], Prepared]:
         """The operations `walk()` asked of the filesystem, and what it returned."""
         before = self.ops()
-        result = walk() if callable(walk) else None
+        result = walk()
         return self.ops() - before, result
 
 
@@ -62,9 +63,8 @@ def counted(tmp_path: Path) -> Iterator[Counted]:
     mount_point.mkdir()
     log = tmp_path / "ops.log"
     log.touch()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tests.testbed.counting_fs", str(backing), str(mount_point), str(log)]
-    )
+    argv = ["-m", "tests.testbed.counting_fs", str(backing), str(mount_point), str(log)]
+    server = subprocess.Popen([sys.executable, *argv])
     try:
         wait_until(
             lambda: is_mount_point(str(mount_point)) or server.poll() is not None,
@@ -86,21 +86,18 @@ def aged(backing: Path, *rels: str) -> None:
         os.utime(backing / rel, (then, then))
 
 
-def create_walk(c: Counted, parts: tuple[str, ...]) -> trashcheck.directories.Prepared:
+def create_walk(c: Counted, parts: tuple[str, ...]) -> Prepared:
     return trashcheck.prepare_path(str(c.mount_point), parts, OWNER, 0o750, c.dev)
 
 
-def start_walk(
-    c: Counted, parts: tuple[str, ...], known: trashcheck.directories.Identity
-) -> trashcheck.directories.Prepared:
-    return trashcheck.prepare_path(str(c.mount_point), parts, OWNER, 0o750, c.dev, known)
+def start_walk(c: Counted, parts: tuple[str, ...], known: Identity) -> Prepared:
+    return trashcheck.prepare_path(str(c.mount_point), parts, OWNER, 0o750, c.dev, known=known)
 
 
 def test_existing_directory_three_levels_below_the_namespace(counted: Counted) -> None:
     (counted.backing / "/".join(EXISTING)).mkdir(parents=True)
     aged(counted.backing, "r1-a", "r1-a/web")
     ops, got = counted.count(lambda: create_walk(counted, EXISTING))
-    assert isinstance(got, trashcheck.directories.Prepared)
     assert got.created == 0
     # open and stat each component once; mark the two that gc judges (their mtime is old);
     # the trash check finds no .volagent; nothing is created, chowned or chmodded
@@ -128,7 +125,6 @@ def test_new_directory(counted: Counted) -> None:
         ops, got = counted.count(lambda: create_walk(counted, NEW))
     finally:
         os.umask(old)
-    assert isinstance(got, trashcheck.directories.Prepared)
     assert (got.created, got.leaf_created) == (2, True)
     # made with their final mode: the parent (root 0755) needs neither chown nor chmod, the
     # leaf one chown
@@ -146,7 +142,6 @@ def test_a_start_after_a_swap_judges_from_scratch(counted: Counted) -> None:
     (counted.backing / "/".join(EXISTING)).rename(counted.backing / "r1-a/web/x/y/moved")
     (counted.backing / "/".join(EXISTING)).mkdir()
     ops, again = counted.count(lambda: start_walk(counted, EXISTING, got.identity))
-    assert isinstance(again, trashcheck.directories.Prepared)
     assert again.identity != got.identity
     # judged as a create: the trash looked at (a lookup of .volagent among the operations)
     assert ops.total() > 18, ops

@@ -216,7 +216,7 @@ def verify_below(
     fds: list[int] = []
     try:
         parent = root_fd
-        st = None
+        st = os.fstat(root_fd)  # replaced by each component's (parts is not empty)
         for name, known in zip(parts, identity, strict=True):
             shown = f"{shown}/{name}"
             child = _open_child(parent, name, shown)
@@ -227,7 +227,6 @@ def verify_below(
             if (st.st_dev, st.st_ino) != known:
                 return None
             parent = child
-        assert st is not None  # parts is not empty
         return Prepared(0, False, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), identity)
     finally:
         for fd in fds:

@@ -292,7 +292,7 @@ class Preparer:
                 # already settled: not walked again, and a late one keeps saying why
                 vol.state, vol.error = settled.state, settled.error
                 continue
-            await self._prepare_one(spec, vol, plan, recheck, bound, rewalk)
+            await self._prepare_one(spec, vol, plan, recheck, bound, rewalk=rewalk)
             if settled is not None and settled.state == "late" and vol.state == "ready":
                 vol.state, vol.error = settled.state, settled.error
         outcome.volumes.extend(found_wrong.values())  # mounts it was never meant to have
@@ -339,6 +339,7 @@ class Preparer:
         plan: namespace.Plan,
         recheck: Recheck | None,
         bound: Any,
+        *,
         rewalk: bool = False,
     ) -> None:
         st = self.state
@@ -361,7 +362,7 @@ class Preparer:
             plan.owner,
             plan.mode,
             st.mount_dev,
-            known,
+            known=known,
         )
         st.metrics.directory_walks.inc()
         try:

@@ -37,7 +37,6 @@ from volagent.rack import records, trash
 from volagent.values import Owner
 from volagent.volumes import directories
 
-
 # how recent an mtime counts as marked; far below MIN_WINDOW_DAYS of gc (clocks of the hosts
 # and of the server may differ by much less than the difference)
 TOUCH_AFTER_S = 3600.0
@@ -100,6 +99,7 @@ def prepare_path(
     owner: Owner,
     mode: int,
     expected_dev: int | None,
+    *,
     known: directories.Identity = (),
 ) -> directories.Prepared:
     """directories.prepare_path, with the namespace marked used and known not to be in the

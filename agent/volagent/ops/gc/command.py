@@ -11,10 +11,10 @@ directory's last use is the newest of its usage records from every host (see rac
 its own mtime (a directory made or changed lately is not orphaned, recorded or not); a
 directory a container of this host uses now, by the local daemon's word, is always kept. A
 namespace whose every directory is unused is listed whole; otherwise its unused service
-directories are listed one by one. The window is at least MIN_WINDOW_DAYS: the preparer
-leaves a directory's mtime alone when it is recent by its own, much shorter, measure
-(volumes/trashcheck.py), which is safe only against a longer window. Nothing is moved without `--delete`, and then each
-candidate is judged again just before it goes.
+directories are listed one by one. Nothing is moved without `--delete`, and then each
+candidate is judged again just before it goes. The window is at least MIN_WINDOW_DAYS: the
+preparer leaves a directory's mtime alone when it is recent by its own, much shorter,
+measure (volumes/trashcheck.py), which is safe only against a longer window.
 
 gc only runs on the healthy shared filesystem: the mount point must be a mount, the local
 daemon (when it answers) must call it mounted or local, and the walk goes through

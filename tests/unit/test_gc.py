@@ -209,6 +209,20 @@ def test_gc_lists_then_deletes_only_the_unused(
     assert (entry / "web" / "file").read_bytes() == b"y" * 5000
 
 
+def test_gc_refuses_a_window_shorter_than_a_day(
+    mp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the preparer counts an mtime of the last hour as marked: a shorter window than a day
+    # could take a directory a create is about to use
+    make_dir(mp, "r1-old/web")
+    cfg = config_for(mp, tmp_path)
+    assert gc.main(argparse.Namespace(older_than=0.5, delete=True), cfg) == 2
+    err = capsys.readouterr().err
+    assert "--older-than 0.5 is too short" in err
+    assert "--older-than 1 or more" in err
+    assert (mp / "r1-old" / "web").is_dir()
+
+
 def test_gc_refuses_a_mount_point_that_is_not_mounted(
     mp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

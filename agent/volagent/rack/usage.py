@@ -110,7 +110,7 @@ def write_usage(
     try:
         for key, record in batch:
             parts = (records.AGENT_DIR, records.USAGE_DIR, *(p for p in key if p))
-            d = records.ensure_dir(root, parts)
+            d = records.open_own_dir(root, parts)
             try:
                 records.write_record(d, host, record)
             finally:

@@ -10,13 +10,13 @@ volagent mounts it as NFSv4.1 with the production options.
    made beforehand), with 1 ms of netem delay on each end of the veth. The conditions take
    turns in blocks; the ratio is of the medians, both measured in this run. NFS operations
    per run are /proc/self/mountstats deltas across the `docker run`.
-2. Each step of a guarded `docker run`, counted apart, for an existing directory three levels
-   below the service's namespace (made beforehand, its namespace directories last changed two
-   days ago, as on a rack) and for a new one: the create (volagent's create walk and its
-   trash check; the trash check alone is counted by running it in the guest just before),
-   the usage record written after it, the start (the start walk) and the check after the
-   start (a few seconds after it), as `docker create`, a wait, `docker start`, a wait. Each
-   count has volagent's idle traffic (measured in the same run) taken out.
+2. Each step of a guarded `docker run` on the shared filesystem (create walk, trash check,
+   usage record, start walk, check after start), counted apart in NFS operations for an
+   existing directory three levels below the service's namespace (used before: made long
+   ago, another host's usage record of it) and for a new one: bench/vm_steps.py makes, in the
+   guest, the calls volagent's worker makes, in its order, with the daemon stopped, so no
+   idle traffic is in the counts (the client's lease renewals are left out too).
+   `VOLAGENT_BENCH_VM_BLOCKS=0` runs this part alone.
 3. Hang noticed: packets to and from port 2049 dropped (iptables) at a random phase of the
    probe cycle; seconds until volagent logs `mount.stalled`, against the configured probe
    interval and timeout, and until it is `mounted` again once packets flow.
@@ -27,6 +27,7 @@ ratios are the figures. Nothing here asserts a threshold.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -47,7 +48,6 @@ BLOCKS = int(os.environ.get("VOLAGENT_BENCH_VM_BLOCKS", "4"))
 PER_BLOCK = int(os.environ.get("VOLAGENT_BENCH_VM_PER_BLOCK", "3"))
 HANG_ROUNDS = int(os.environ.get("VOLAGENT_BENCH_VM_HANG_ROUNDS", "4"))
 STEP_RUNS = int(os.environ.get("VOLAGENT_BENCH_VM_STEP_RUNS", "5"))
-STEP_WAIT_S = 3  # after a create: the usage record is written within a second
 IDLE_S = 30
 DELAY = "1ms"
 SERVER_IP = "10.99.0.1"
@@ -303,108 +303,52 @@ def run_bench(vm: Machine) -> dict[str, float]:
     return {"ratio": ratio, "runs": runs, "idle_rate": idle_rate}
 
 
-# the trash check alone, as the agent's worker runs it (the same call in every version)
-TRASH_CHECK = """/opt/volagent/bin/python -c '
-import os, sys
-from volagent import safedir
-from volagent.volumes import trashcheck
-root = safedir.open_mount_point("/volumes", None)
-trashcheck.refuse_if_trashed("/volumes", root, sys.argv[1].split("/"))' """
-
 STEPS = ("create walk", "trash check", "usage record", "start walk", "check after start")
+CASES = {
+    "existing": "an existing directory three levels below the namespace",
+    "new": "a new directory",
+}
+# renewals of the client's NFSv4.1 lease: the client's own, whoever runs
+LEASE_OPS = {"SEQUENCE"}
 
 
-def step_container(service: str, below: str) -> str:
-    return (
-        f"docker create --name {service} --network none --label convox.app=bench"
-        f" --label convox.service={service}"
-        f" -v /volumes/{RACK}-bench/{service}/{below}:/data {IMAGE_TAG} sleep 1000000"
-    )
-
-
-def one_guarded_run(
-    vm: Machine, service: str, below: str, idle_rate: float
-) -> tuple[dict[str, float], Counter[str], float]:
-    """One guarded `docker run` in steps: ops per step (idle traffic taken out), the ops of
-    the whole run by operation, and the guard's decision seconds."""
-
-    def own(took: float, counted: Counter[str]) -> float:
-        return sum(counted.values()) - idle_rate * took
-
-    spent, _ = guard_decisions(vm)
-    took, trash_ops = timed(vm, TRASH_CHECK + f"{RACK}-bench/{service}/{below}")
-    trash = own(took, trash_ops)
-    took, create = timed(vm, step_container(service, below))
-    created = own(took, create)
-    took, usage = timed(vm, f"sleep {STEP_WAIT_S}")
-    recorded = own(took, usage)
-    took, start = timed(vm, f"docker start {service}")
-    started = own(took, start)
-    took, after = timed(vm, f"sleep {STEP_WAIT_S}")
-    checked = own(took, after)
-    spent_after, _ = guard_decisions(vm)
-    whole = create + usage + start + after
-    steps = {
-        "create walk": created,
-        "trash check": trash,
-        "usage record": recorded,
-        "start walk": started,
-        "check after start": checked,
-    }
-    return steps, whole, spent_after - spent
-
-
-def steps_bench(vm: Machine, idle_rate: float) -> dict[str, float]:
-    """The steps of a guarded `docker run`, for an existing and a new directory."""
-    guard(vm, on=True)
-    cases = {
-        "an existing directory three levels below the namespace": "a/b/c",
-        "a new directory": "data",
-    }
-    totals: dict[str, float] = {}
-    for case, below in cases.items():
-        per_step: dict[str, list[float]] = {step: [] for step in STEPS}
-        wholes: list[Counter[str]] = []
-        deciding: list[float] = []
-        for i in range(STEP_RUNS):
-            service = f"s{'e' if below != 'data' else 'n'}{i}"
-            ns = f"/volumes/{RACK}-bench"
-            if below != "data":
-                # an existing directory as a rack has it: made long ago, its namespace's
-                # directories last changed two days ago; read once since, so the client
-                # knows it (as after an earlier container of the service on this host)
-                vm.sh(
-                    f"mkdir -p {ns}/{service}/{below} && touch -d '2 days ago' {ns} {ns}/{service}"
-                    f" && ls {ns}/{service}/{below} >/dev/null"
-                )
-            steps, whole, decided = one_guarded_run(vm, service, below, idle_rate)
-            for step, n in steps.items():
-                per_step[step].append(n)
-            wholes.append(whole)
-            deciding.append(decided)
-            vm.sh(f"docker rm -f {service}", timeout=300)
-            time.sleep(STEP_WAIT_S)  # the last usage record of the removed container
-        med = {step: statistics.median(v) for step, v in per_step.items()}
-        # the create's own count holds its trash check: shown apart
-        med["create walk"] = max(0.0, med["create walk"] - med["trash check"])
-        run = [
-            sum(v[i] for v in per_step.values()) - per_step["trash check"][i]
-            for i in range(STEP_RUNS)
-        ]
-        names = sorted({name for c in wholes for name in c})
-        by_op = {name: statistics.median([c[name] for c in wholes]) for name in names}
-        shown = ", ".join(f"{k} {v:g}" for k, v in sorted(by_op.items(), key=lambda x: -x[1]))
-        critical = med["create walk"] + med["trash check"]
-        print(
-            f"  per guarded create of {case}, idle traffic taken out: median"
-            f" {statistics.median(run):.0f} ops for the whole run, {critical:.0f} on the"
-            f" create's critical path ({STEP_RUNS} runs)"
-        )
-        print("    " + ", ".join(f"{step} {med[step]:.0f}" for step in STEPS))
-        print(f"    the whole run by operation (idle traffic in): {shown}")
-        print(f"    the guard's own decisions: median {statistics.median(deciding) * 1000:.0f} ms")
-        totals[case] = statistics.median(run)
-    return totals
+def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
+    """The steps of a guarded `docker run`, for an existing and a new directory, each the
+    call volagent's worker makes, run by vm_steps.py in the guest with the daemon stopped
+    (so no idle traffic is in the count at all)."""
+    script = base64.b64encode(Path(__file__).with_name("vm_steps.py").read_bytes()).decode()
+    vm.sh(f"systemctl stop volagent && echo {script} | base64 -d > /tmp/vm_steps.py", timeout=300)
+    medians: dict[str, dict[str, float]] = {}
+    try:
+        for case, shown in CASES.items():
+            out = vm.sh(f"/opt/volagent/bin/python /tmp/vm_steps.py {case} {STEP_RUNS}", 900)
+            runs = [json.loads(line) for line in out.out.splitlines() if line.startswith("{")]
+            per_step = {
+                step: [sum(n for op, n in r[step].items() if op not in LEASE_OPS) for r in runs]
+                for step in STEPS
+            }
+            whole = [sum(per_step[step][i] for step in STEPS) for i in range(len(runs))]
+            critical = [
+                per_step["create walk"][i] + per_step["trash check"][i] for i in range(len(runs))
+            ]
+            med = {step: statistics.median(v) for step, v in per_step.items()}
+            by_op: Counter[str] = Counter()
+            for r in runs:
+                for step in STEPS:
+                    by_op.update({op: n for op, n in r[step].items() if op not in LEASE_OPS})
+            ops = ", ".join(f"{op} {n / len(runs):g}" for op, n in by_op.most_common())
+            print(
+                f"  per guarded create of {shown}, idle traffic taken out: median"
+                f" {statistics.median(whole):g} ops for the whole run,"
+                f" {statistics.median(critical):g} on the create's critical path ({len(runs)} runs)"
+            )
+            print("    " + ", ".join(f"{step} {med[step]:g}" for step in STEPS))
+            print(f"    by operation, per run: {ops}")
+            medians[case] = {**med, "whole": statistics.median(whole)}
+    finally:
+        vm.sh("systemctl start volagent", timeout=300)
+        wait_mount_state(vm, "mounted", timeout=300)
+    return medians
 
 
 def probe_budget(vm: Machine) -> tuple[float, float]:
@@ -486,9 +430,15 @@ def main() -> None:
     with resumed(snap, console=False) as vm:
         print("NFS server in a second network namespace, over a veth pair:")
         nfs_server_in_netns(vm)
-        idle_rate = run_bench(vm)["idle_rate"]
-        print(f"the steps of a guarded docker run (NFS operations, netem {DELAY} each way):")
-        steps_bench(vm, idle_rate)
+        if BLOCKS > 0:
+            run_bench(vm)
+        else:
+            add_delay(vm)
+        print(
+            f"the steps of a guarded docker run (NFS operations, netem {DELAY} each way;"
+            " each step as volagent's worker calls it, the daemon stopped meanwhile):"
+        )
+        steps_bench(vm)
         if HANG_ROUNDS > 0:
             if mount_state(vm) != "mounted":
                 wait_mount_state(vm, "mounted", timeout=600)

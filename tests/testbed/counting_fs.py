@@ -2,8 +2,10 @@
 filesystem, where every operation the kernel passes on is a round trip.
 
 `python -m tests.testbed.counting_fs BACKING MOUNTPOINT LOG` serves BACKING (a directory) at
-MOUNTPOINT, passing every operation through, and appends each operation's name to LOG (one
-line each, written before it is answered, so a call that returned has its operations in LOG).
+MOUNTPOINT, passing every operation through, and appends each operation's name and the id of
+the process that caused it to LOG (one line each, written before it is answered, so a call
+that returned has its operations in LOG). Other processes of the machine look at every mount
+now and then (a stat of each mount point): `ops_of` counts one process's operations only.
 Inode numbers are the backing directory's own (`use_ino`), so a walk that compares inodes
 sees what the backing filesystem has.
 
@@ -23,9 +25,10 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections import Counter
 from typing import Any
 
-from fuse import FUSE, FuseOSError, Operations
+from fuse import FUSE, FuseOSError, Operations, fuse_get_context
 
 COUNTED_OPTIONS = {
     "entry_timeout": 0,
@@ -46,7 +49,8 @@ class Counting(Operations):  # type: ignore[misc]
 
     def __call__(self, op: str, path: str, *args: Any) -> Any:
         if op not in ("releasedir", "release", "destroy", "init"):
-            os.write(self.log_fd, f"{op}\n".encode())
+            _uid, _gid, pid = fuse_get_context()
+            os.write(self.log_fd, f"{op} {pid}\n".encode())
         method = getattr(self, op, None)
         if method is None:
             raise FuseOSError(errno.ENOSYS)
@@ -106,6 +110,16 @@ class Counting(Operations):  # type: ignore[misc]
         st = os.statvfs(path)
         keys = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree")
         return {k: getattr(st, k) for k in keys} | {"f_namemax": st.f_namemax}
+
+
+def ops_of(log: str, pid: int) -> Counter[str]:
+    """The operations LOG's text holds of process `pid`, by name."""
+    out: Counter[str] = Counter()
+    for line in log.splitlines():
+        op, _, who = line.partition(" ")
+        if who == str(pid):
+            out[op] += 1
+    return out
 
 
 def main() -> None:

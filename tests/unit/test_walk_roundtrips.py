@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.testbed.counting_fs import ops_of
 from tests.testbed.mounts import is_mount_point, umount_lazy
 from tests.testbed.waiting import wait_until
 
@@ -46,7 +47,7 @@ class Counted:
     dev: int  # the mount's device, known to the walks beforehand (the daemon's mount_dev)
 
     def ops(self) -> Counter[str]:
-        return Counter(self.log.read_text().split())
+        return ops_of(self.log.read_text(), os.getpid())  # the walks run in this process
 
     def count(self, walk: Callable[[], Prepared]) -> tuple[Counter[str], Prepared]:
         """The operations `walk()` asked of the filesystem, and what it returned."""

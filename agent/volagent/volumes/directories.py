@@ -216,7 +216,7 @@ def verify_below(
     fds: list[int] = []
     try:
         parent = root_fd
-        st = os.fstat(root_fd)  # replaced by each component's (parts is not empty)
+        leaf: Prepared | None = None
         for name, known in zip(parts, identity, strict=True):
             shown = f"{shown}/{name}"
             child = _open_child(parent, name, shown)
@@ -227,7 +227,8 @@ def verify_below(
             if (st.st_dev, st.st_ino) != known:
                 return None
             parent = child
-        return Prepared(0, False, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), identity)
+            leaf = Prepared(0, False, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), identity)
+        return leaf
     finally:
         for fd in fds:
             os.close(fd)

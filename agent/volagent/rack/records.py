@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import re
 import stat
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,6 +29,7 @@ USAGE_DIR = "usage"
 SUFFIX = ".json"
 MAX_RECORD_BYTES = 64 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_serial = itertools.count()  # next() of it is atomic: one name for each temporary file
 
 
 def file_name(name: str) -> str:
@@ -112,13 +113,11 @@ def write_record(dir_fd: int, name: str, record: dict[str, Any]) -> None:
 
 def replace_json(dir_fd: int, final: str, record: dict[str, Any]) -> None:
     """Replaces the file `final` in `dir_fd` atomically with `record` as JSON."""
-    tmp = f".{final}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        fd = _create(dir_fd, tmp)
-    except FileExistsError:
-        # left behind by a thread that was given up on mid-write: ours to replace
-        os.unlink(tmp, dir_fd=dir_fd)
-        fd = _create(dir_fd, tmp)
+    # a name no other write of this process uses, so a thread given up on mid-write never
+    # shares the file; made without O_EXCL, which on NFSv4.1 costs a SETATTR after the OPEN
+    # (the server keeps the exclusive create's verifier in the file's times)
+    tmp = f".{final}.{os.getpid()}.{next(_serial)}.tmp"
+    fd = _open_temporary(dir_fd, tmp)
     try:
         _write_synced(fd, record)
         # rename replaces whatever has the final name, a symlink included, without following it
@@ -138,6 +137,17 @@ def create_json(dir_fd: int, final: str, record: dict[str, Any]) -> bool:
         return False
     _write_synced(fd, record)
     return True
+
+
+def _open_temporary(dir_fd: int, name: str) -> int:
+    """A temporary file of ours, empty; one of an earlier process of the same id, left
+    behind, is taken over. Anything but a regular file under its name is refused."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(name, flags | os.O_DSYNC, 0o644, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RecordError(f"{name} is not a regular file")
+    return fd
 
 
 def _create(dir_fd: int, name: str) -> int:

@@ -143,9 +143,7 @@ def test_a_namespace_marked_within_the_hour_is_kept_by_the_shortest_window(
 
 
 @pytest.mark.root  # the preparer makes a parent: root 0755 (rule 2)
-def test_a_start_walk_after_its_namespace_went_to_the_trash_is_refused(
-    mp: Path, root: int
-) -> None:
+def test_a_start_walk_after_its_namespace_went_to_the_trash_is_refused(mp: Path, root: int) -> None:
     # what the create walk recorded is of directories now in the trash: the start does not
     # take the path for the one it judged, and looks in the trash again
     make_dir(mp, "r1-old/web/data")

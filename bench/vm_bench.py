@@ -306,6 +306,7 @@ def run_bench(vm: Machine) -> dict[str, float]:
 STEPS = ("create walk", "trash check", "usage record", "start walk", "check after start")
 CASES = {
     "existing": "an existing directory three levels below the namespace",
+    "in-use": "an existing directory three levels below the namespace, in use on this host",
     "new": "a new directory",
 }
 # renewals of the client's NFSv4.1 lease: the client's own, whoever runs

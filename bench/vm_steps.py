@@ -7,8 +7,11 @@ Each step is the call the daemon's worker makes, in the daemon's order: the tras
 alone (to tell it from the create walk that holds it), the create walk with its trash check
 (`trashcheck.prepare_path`), the usage record (`usage.write_usage`), the start walk (the same
 call again; given the create walk's record where the installed version takes one) and the
-check after the start (`mount_check.check_container`). Prints one JSON line per run: the
-operations of each step, by NFS operation.
+check after the start (`mount_check.check_container`). Cases: `new` directory, `existing`
+directory used before (another host's record of it, its namespace last changed two days
+ago), `in-use` (the same, and this host records its use already: a container of the service
+runs here, so no usage record is due). Prints one JSON line per run: the operations of each
+step, by NFS operation.
 
 Standard library and the installed volagent only: the guest has nothing else.
 """
@@ -60,7 +63,7 @@ def counted(step: Any) -> tuple[Counter[str], Any]:
 def setup(case: str, service: str) -> tuple[str, ...]:
     """The directory of the case, and the path parts volagent walks."""
     ns = f"{MOUNT_POINT}/{RACK}-bench"
-    if case == "existing":
+    if case in ("existing", "in-use"):
         below: tuple[str, ...] = ("a", "b", "c")
         # used before on the rack: its directories made long ago (the namespace's last
         # changed two days ago) and another host's usage record of it; read once since,
@@ -96,16 +99,26 @@ def one_run(case: str, service: str) -> dict[str, Any]:
         finally:
             os.close(root)
 
+    params = inspect.signature(trashcheck.prepare_path).parameters
+    create_args: dict[str, Any] = {}
+    if case == "in-use" and "recorded_at" in params:
+        # this host has recorded the directory's use lately (a container of the service
+        # runs here, as during a rolling deploy)
+        create_args["recorded_at"] = time.time() - 60
     steps["trash check"], _ = counted(trash_alone)
-    create, walked = counted(lambda: trashcheck.prepare_path(MOUNT_POINT, parts, owner, 0o750, dev))
+    create, walked = counted(
+        lambda: trashcheck.prepare_path(MOUNT_POINT, parts, owner, 0o750, dev, **create_args)
+    )
     steps["create walk"] = create - steps["trash check"]
     key = (parts[0], parts[1])
     record = usage.usage_record(HOST, key, [service], time.time(), [host_path])
-    steps["usage record"], _ = counted(
-        lambda: usage.write_usage(MOUNT_POINT, dev, HOST, [(key, record)])
-    )
+    steps["usage record"] = Counter()
+    if case != "in-use":  # else not due: this host's record of it is current
+        steps["usage record"], _ = counted(
+            lambda: usage.write_usage(MOUNT_POINT, dev, HOST, [(key, record)])
+        )
     again: dict[str, Any] = {}
-    if "known" in inspect.signature(trashcheck.prepare_path).parameters:
+    if "known" in params:
         again["known"] = walked.identity
     steps["start walk"], _ = counted(
         lambda: trashcheck.prepare_path(MOUNT_POINT, parts, owner, 0o750, dev, **again)

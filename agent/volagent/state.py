@@ -144,6 +144,9 @@ class AgentState:
         self.reserved_binds: dict[bytes, tuple[str, ...]] = {}
         # binds other hosts of the rack report in their usage records: path -> host
         self.rack_binds: dict[str, str] = {}
+        # the time of this host's last usage record of each (top-level directory, directory
+        # below it) on the shared filesystem: a recent one marks it used for gc
+        self.usage_recorded: dict[tuple[str, str], float] = {}
         # counts changes of the containers and their volumes, which go through the methods
         # below: what is rendered from them (the status socket's cache) keys on it
         self.containers_version = 0

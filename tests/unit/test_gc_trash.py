@@ -143,6 +143,25 @@ def test_a_namespace_marked_within_the_hour_is_kept_by_the_shortest_window(
 
 
 @pytest.mark.root  # the preparer makes a parent: root 0755 (rule 2)
+def test_a_namespace_this_host_recorded_within_the_hour_is_kept_untouched(
+    mp: Path, root: int
+) -> None:
+    # the preparer leaves an old mtime alone when this host's usage record of the directory
+    # is recent: gc's last judgement reads that record and keeps the directory
+    make_dir(mp, "r1-busy/web")
+    recorded = time.time() - trashcheck.TOUCH_AFTER_S / 2
+    record(mp, "r1-busy/web", "host-a", recorded)
+    trashcheck.prepare_path(
+        str(mp), ("r1-busy", "web", "data"), OWNER, 0o750, None, recorded_at=recorded
+    )
+    assert os.stat(mp / "r1-busy").st_mtime < CUTOFF  # not touched
+    cutoff = time.time() - gc.MIN_WINDOW_DAYS * DAY
+    for directory in (None, "web"):
+        c = gcsurvey.Candidate("r1-busy", directory, str(mp / "r1-busy"), None, "", 0.0)
+        assert not gcsurvey.still_unused(root, c, cutoff, set())
+
+
+@pytest.mark.root  # the preparer makes a parent: root 0755 (rule 2)
 def test_a_start_walk_after_its_namespace_went_to_the_trash_is_refused(mp: Path, root: int) -> None:
     # what the create walk recorded is of directories now in the trash: the start does not
     # take the path for the one it judged, and looks in the trash again

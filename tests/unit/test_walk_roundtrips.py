@@ -119,6 +119,18 @@ def test_a_recently_marked_namespace_is_not_touched_again(counted: Counted) -> N
     assert ops.total() <= 20, ops  # 37 before
 
 
+def test_a_namespace_this_host_recorded_within_the_hour_is_not_touched(counted: Counted) -> None:
+    (counted.backing / "/".join(EXISTING)).mkdir(parents=True)
+    aged(counted.backing, "r1-a", "r1-a/web")
+    ops, _ = counted.count(
+        lambda: trashcheck.prepare_path(
+            str(counted.mount_point), EXISTING, OWNER, 0o750, counted.dev, recorded_at=time.time()
+        )
+    )
+    assert ops["utimens"] == 0, ops
+    assert ops.total() <= 20, ops
+
+
 def test_new_directory(counted: Counted) -> None:
     (counted.backing / "r1-a").mkdir()
     old = os.umask(0o022)

@@ -35,6 +35,7 @@ WRITE_TIMEOUT_S = 10.0
 MAX_CONTAINER_NAMES = 8
 MAX_BINDS = 256
 FAILURE_BACKOFF_S = 30.0
+RECORDED_KEPT_S = 2 * REFRESH_S  # older times of this host's records are not asked for
 
 Key = tuple[str, str]  # (top-level directory, directory below it); "" for the whole of it
 MOUNT_ROOT: Key = ("", "")
@@ -255,6 +256,10 @@ class UsageRecorder:
         for key in done:
             self._written[key] = mono
             self._written_binds[key] = binds.get(key, [])
+            st.usage_recorded[key] = now
+        for key, at in list(st.usage_recorded.items()):
+            if at < now - RECORDED_KEPT_S:
+                del st.usage_recorded[key]
         # directories no container here uses any more need no refreshing
         for key in set(self._written) - set(in_use(st)):
             del self._written[key]

@@ -22,6 +22,7 @@ from typing import Any
 
 from volagent import log
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
+from volagent.rack import usage
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.volumes import directories, locate, mount_check, namespace, trashcheck
 from volagent.worker import TimedWorker
@@ -354,6 +355,8 @@ class Preparer:
         # not into a namespace that gc moved into the trash (a trashed one fails the volume);
         # a start (rewalk) compares with what the last walk of the path found
         known = self._walked.get(vol.host, ()) if rewalk else ()
+        key = usage.key_of(st.config.mount_point, vol.host)
+        recorded_at = st.usage_recorded.get(key) if key is not None else None
         self._walked.pop(vol.host, None)  # a walk that fails leaves nothing to compare with
         call = functools.partial(
             trashcheck.prepare_path,
@@ -363,6 +366,7 @@ class Preparer:
             plan.mode,
             st.mount_dev,
             known=known,
+            recorded_at=recorded_at,
         )
         st.metrics.directory_walks.inc()
         try:

@@ -9,11 +9,12 @@ it marked before the record existed, hence before gc's last judgement, and gc ke
 directory. Without this, a create that comes after the rename would make a fresh, empty
 namespace, and its container would start on it with its data in the trash.
 
-A directory whose mtime is within TOUCH_AFTER_S of now is marked already: gc takes only what
-is unused for at least MIN_WINDOW_DAYS (ops/gc/command.py), far longer, so its last judgement
-keeps it as surely as after a touch, and the touch (a write round trip, which also makes the
-kernel's NFS client revalidate the directory's caches) is left out. The usage record of the
-container (rack/usage.py) keeps it from then on.
+A directory whose mtime, or this host's usage record of it (rack/usage.py), is within
+TOUCH_AFTER_S of now is marked already: gc takes only what is unused for at least
+MIN_WINDOW_DAYS (ops/gc/command.py), far longer, and counts both the mtime and every host's
+records, so its last judgement keeps it as surely as after a touch, and the touch (a write
+round trip, which also makes the kernel's NFS client revalidate the directory's caches) is
+left out. The usage record of the container keeps it from then on.
 
 A start walks the path again. When the create walk here recorded it (device and inode of
 every component) and every component is still the same directory, nothing else is asked:
@@ -48,11 +49,18 @@ def restore_command(entry: str) -> str:
     return f"volagent gc --restore {entry}"
 
 
-def mark_used(opened: Sequence[tuple[int, os.stat_result]], now: float | None = None) -> int:
+def mark_used(
+    opened: Sequence[tuple[int, os.stat_result]],
+    now: float | None = None,
+    recorded_at: float | None = None,
+) -> int:
     """Sets the mtime of `<ns>` and `<ns>/<dir>` (those the walk opened) to now where it is
     older than TOUCH_AFTER_S: a directory changed within gc's window is never a candidate.
-    How many were touched."""
+    Nothing is touched when this host's usage record of the directory (`recorded_at`) is
+    that recent: gc keeps what a record of its window names. How many were touched."""
     now = time.time() if now is None else now
+    if recorded_at is not None and recorded_at >= now - TOUCH_AFTER_S:
+        return 0
     touched = 0
     for fd, st in opened:
         if st.st_mtime < now - TOUCH_AFTER_S:
@@ -101,11 +109,13 @@ def prepare_path(
     expected_dev: int | None,
     *,
     known: directories.Identity = (),
+    recorded_at: float | None = None,
 ) -> directories.Prepared:
     """directories.prepare_path, with the namespace marked used and known not to be in the
     trash before anything is created; the mount point is opened once for all three. With
     `known` (what the create walk recorded), a path whose components are all still those
-    directories is only walked (a start)."""
+    directories is only walked (a start). `recorded_at`: the time of this host's last usage
+    record of the bind's directory, if any (see `mark_used`)."""
     root = safedir.open_mount_point(mount_point, expected_dev)
     try:
         if known:
@@ -114,7 +124,7 @@ def prepare_path(
                 return same
 
         def marked_and_not_trashed(opened: list[tuple[int, os.stat_result]]) -> None:
-            mark_used(opened)
+            mark_used(opened, recorded_at=recorded_at)
             refuse_if_trashed(mount_point, root, parts)
 
         return directories.prepare_below(

@@ -226,3 +226,12 @@ def test_a_mount_on_an_existing_records_path_is_refused(mp: Path) -> None:
         assert os.listdir(web) == []
     finally:
         subprocess.run(["umount", "-l", str(web)], check=False)
+
+
+def test_a_directorys_first_record_makes_its_directory_below_an_existing_one(mp: Path) -> None:
+    (mp / ".volagent" / "usage" / "r1-a").mkdir(parents=True)
+    record = usage.usage_record("host-a", ("r1-a", "web"), ["c"], time.time())
+    assert usage.write_usage(str(mp), os.stat(mp).st_dev, "host-a", [(("r1-a", "web"), record)])
+    web = mp / ".volagent" / "usage" / "r1-a" / "web"
+    assert json.loads((web / "host-a.json").read_text())["containers"] == ["c"]
+    assert [p.name for p in web.iterdir()] == ["host-a.json"]  # no temporary file left

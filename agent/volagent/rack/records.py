@@ -83,15 +83,41 @@ def _open_or_make(parent_fd: int, name: str, create: bool) -> int:
 def open_own_dir(root_fd: int, parts: Sequence[str]) -> int:
     """`ensure_dir` for directories of volagent's own under `.volagent` (usage records): one
     lookup of the whole path where it exists (on NFS, one round trip instead of one for each
-    component), the walk that makes what is missing otherwise."""
+    component); where only the last is missing (a directory's first record), one lookup of
+    its parent and the last made there; the walk that makes what is missing otherwise."""
+    fd = _open_own_at_once(root_fd, parts)
+    if fd is not None:
+        return fd
+    parent = _open_own_at_once(root_fd, parts[:-1]) if len(parts) > 1 else None
+    if parent is None:
+        return ensure_dir(root_fd, parts)
+    try:
+        fd = _open_or_make(parent, parts[-1], True)
+    except OSError as exc:
+        raise RecordError(f"cannot make {'/'.join(parts)}: {exc.strerror}") from None
+    finally:
+        os.close(parent)
+    if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev:  # pragma: no cover - a mount made now
+        os.close(fd)
+        raise RecordError(f"{'/'.join(parts)} is on another filesystem")
+    return fd
+
+
+def _open_own_at_once(root_fd: int, parts: Sequence[str]) -> int | None:
+    """`safedir.open_at_once`, None where a component is missing (or the kernel has no
+    openat2)."""
     try:
         fd = safedir.open_at_once(root_fd, parts)
     except OSError as exc:
         if exc.errno == errno.EXDEV:
             raise RecordError(f"{'/'.join(parts)} crosses into another filesystem") from None
-        if exc.errno not in (errno.ENOENT, errno.ENOSYS, errno.E2BIG):
-            raise RecordError(f"cannot open {'/'.join(parts)}: {exc.strerror}") from None
-        return ensure_dir(root_fd, parts)
+        if exc.errno in (errno.ENOENT, errno.ENOSYS, errno.E2BIG):
+            return None
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise RecordError(
+                f"{'/'.join(parts)} is not a directory (a symlink or a file)"
+            ) from None
+        raise RecordError(f"cannot open {'/'.join(parts)}: {exc.strerror}") from None
     if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev:  # pragma: no cover - RESOLVE_NO_XDEV
         os.close(fd)
         raise RecordError(f"{'/'.join(parts)} is on another filesystem")

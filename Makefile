@@ -4,11 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= $(if $(wildcard /etc/volagent/volagent.toml),/etc/volagent/volagent.toml,examples/local.toml)
 # Debian packages: the runtime (python, mount helpers) and the test bed (a private dockerd,
-# busybox for the test image, bindfs as the EFS stand-in, packer and systemd for the ship checks,
+# busybox for the test image, bindfs as the EFS stand-in, libfuse2 for the counting FUSE
+# stand-in (fusepy), packer and systemd for the ship checks,
 # prometheus for promtool and a real server checking the alert rules and the dashboard,
 # strace for the rack bench's count of file calls).
 RUNTIME_DEBS := python3 python3-venv python3-pip e2fsprogs util-linux
-TESTBED_DEBS := docker.io docker-compose busybox-static bindfs fuse3 packer debootstrap systemd iproute2 shellcheck prometheus strace
+TESTBED_DEBS := docker.io docker-compose busybox-static bindfs fuse3 libfuse2 packer debootstrap systemd iproute2 shellcheck prometheus strace
 # The virtual machine test bed (tests/vm): QEMU on the host; the guest is built from Debian's
 # mirror with debootstrap and cached with the other test downloads.
 VM_DEBS := qemu-system-x86 qemu-utils debootstrap e2fsprogs

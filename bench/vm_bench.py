@@ -10,7 +10,14 @@ volagent mounts it as NFSv4.1 with the production options.
    made beforehand), with 1 ms of netem delay on each end of the veth. The conditions take
    turns in blocks; the ratio is of the medians, both measured in this run. NFS operations
    per run are /proc/self/mountstats deltas across the `docker run`.
-2. Hang noticed: packets to and from port 2049 dropped (iptables) at a random phase of the
+2. Each step of a guarded `docker run` on the shared filesystem (create walk, trash check,
+   usage record, start walk, check after start), counted apart in NFS operations for an
+   existing directory three levels below the service's namespace (used before: made long
+   ago, another host's usage record of it) and for a new one: bench/vm_steps.py makes, in the
+   guest, the calls volagent's worker makes, in its order, with the daemon stopped, so no
+   idle traffic is in the counts (the client's lease renewals are left out too).
+   `VOLAGENT_BENCH_VM_BLOCKS=0` runs this part alone.
+3. Hang noticed: packets to and from port 2049 dropped (iptables) at a random phase of the
    probe cycle; seconds until volagent logs `mount.stalled`, against the configured probe
    interval and timeout, and until it is `mounted` again once packets flow.
 
@@ -20,6 +27,7 @@ ratios are the figures. Nothing here asserts a threshold.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -39,6 +47,7 @@ from tests.vm.snapshot import IMAGE_TAG
 BLOCKS = int(os.environ.get("VOLAGENT_BENCH_VM_BLOCKS", "4"))
 PER_BLOCK = int(os.environ.get("VOLAGENT_BENCH_VM_PER_BLOCK", "3"))
 HANG_ROUNDS = int(os.environ.get("VOLAGENT_BENCH_VM_HANG_ROUNDS", "4"))
+STEP_RUNS = int(os.environ.get("VOLAGENT_BENCH_VM_STEP_RUNS", "5"))
 IDLE_S = 30
 DELAY = "1ms"
 SERVER_IP = "10.99.0.1"
@@ -205,7 +214,7 @@ def guard_allowed(vm: Machine) -> int:
     return int(status(vm)[1].get("guard", {}).get("allowed", 0))
 
 
-def run_bench(vm: Machine) -> dict[str, object]:
+def run_bench(vm: Machine) -> dict[str, float]:
     plain_ms = tcp_connect_ms(vm)
     add_delay(vm)
     delayed_ms = tcp_connect_ms(vm)
@@ -291,7 +300,56 @@ def run_bench(vm: Machine) -> dict[str, object]:
         f" {statistics.median(own):.0f} ops, against Docker alone's"
         f" {statistics.median(totals['alone']):g}"
     )
-    return {"ratio": ratio, "runs": runs}
+    return {"ratio": ratio, "runs": runs, "idle_rate": idle_rate}
+
+
+STEPS = ("create walk", "trash check", "usage record", "start walk", "check after start")
+CASES = {
+    "existing": "an existing directory three levels below the namespace",
+    "in-use": "an existing directory three levels below the namespace, in use on this host",
+    "new": "a new directory",
+}
+# renewals of the client's NFSv4.1 lease: the client's own, whoever runs
+LEASE_OPS = {"SEQUENCE"}
+
+
+def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
+    """The steps of a guarded `docker run`, for an existing and a new directory, each the
+    call volagent's worker makes, run by vm_steps.py in the guest with the daemon stopped
+    (so no idle traffic is in the count at all)."""
+    script = base64.b64encode(Path(__file__).with_name("vm_steps.py").read_bytes()).decode()
+    vm.sh(f"systemctl stop volagent && echo {script} | base64 -d > /tmp/vm_steps.py", timeout=300)
+    medians: dict[str, dict[str, float]] = {}
+    try:
+        for case, shown in CASES.items():
+            out = vm.sh(f"/opt/volagent/bin/python /tmp/vm_steps.py {case} {STEP_RUNS}", 900)
+            runs = [json.loads(line) for line in out.out.splitlines() if line.startswith("{")]
+            per_step = {
+                step: [sum(n for op, n in r[step].items() if op not in LEASE_OPS) for r in runs]
+                for step in STEPS
+            }
+            whole = [sum(per_step[step][i] for step in STEPS) for i in range(len(runs))]
+            critical = [
+                per_step["create walk"][i] + per_step["trash check"][i] for i in range(len(runs))
+            ]
+            med = {step: statistics.median(v) for step, v in per_step.items()}
+            by_op: Counter[str] = Counter()
+            for r in runs:
+                for step in STEPS:
+                    by_op.update({op: n for op, n in r[step].items() if op not in LEASE_OPS})
+            ops = ", ".join(f"{op} {n / len(runs):g}" for op, n in by_op.most_common())
+            print(
+                f"  per guarded create of {shown}, idle traffic taken out: median"
+                f" {statistics.median(whole):g} ops for the whole run,"
+                f" {statistics.median(critical):g} on the create's critical path ({len(runs)} runs)"
+            )
+            print("    " + ", ".join(f"{step} {med[step]:g}" for step in STEPS))
+            print(f"    by operation, per run: {ops}")
+            medians[case] = {**med, "whole": statistics.median(whole)}
+    finally:
+        vm.sh("systemctl start volagent", timeout=300)
+        wait_mount_state(vm, "mounted", timeout=300)
+    return medians
 
 
 def probe_budget(vm: Machine) -> tuple[float, float]:
@@ -373,7 +431,16 @@ def main() -> None:
     with resumed(snap, console=False) as vm:
         print("NFS server in a second network namespace, over a veth pair:")
         nfs_server_in_netns(vm)
-        run_bench(vm)
-        if mount_state(vm) != "mounted":
-            wait_mount_state(vm, "mounted", timeout=600)
-        hang_bench(vm)
+        if BLOCKS > 0:
+            run_bench(vm)
+        else:
+            add_delay(vm)
+        print(
+            f"the steps of a guarded docker run (NFS operations, netem {DELAY} each way;"
+            " each step as volagent's worker calls it, the daemon stopped meanwhile):"
+        )
+        steps_bench(vm)
+        if HANG_ROUNDS > 0:
+            if mount_state(vm) != "mounted":
+                wait_mount_state(vm, "mounted", timeout=600)
+            hang_bench(vm)

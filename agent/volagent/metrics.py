@@ -12,7 +12,6 @@ from prometheus_client import (
 )
 
 from volagent import __version__
-
 from volagent.vocabulary import HEALTHY_MOUNT_STATES, MountState
 
 _FAST_BUCKETS = (

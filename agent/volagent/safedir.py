@@ -14,6 +14,8 @@ TimedWorker or a watched thread.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -21,6 +23,21 @@ from collections.abc import Iterator, Sequence
 from volagent.errors import MountUnhealthy
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# openat2(2) (Linux 5.6): one lookup of a whole relative path that follows no symlink, crosses
+# no mount and never leaves the starting directory
+_SYS_OPENAT2 = 437  # the same number on every architecture
+_RESOLVE_NO_XDEV = 0x01
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
 
 
 class OtherDevice(Exception):
@@ -52,6 +69,32 @@ def open_below(parent_fd: int, name: str) -> int:
     """The directory `name` in `parent_fd`, never through a symlink: OSError (ELOOP or
     ENOTDIR) for a symlink or a file, FileNotFoundError when missing."""
     return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+
+
+def open_at_once(root_fd: int, parts: Sequence[str]) -> int:
+    """The directory `parts` below `root_fd` in one lookup of the whole path: no symlink
+    followed, no mount crossed, nothing outside `root_fd` reached. Only the last component
+    is revalidated by the kernel's NFS client (close-to-open); the others are answered from
+    its caches, so use it only for volagent's own directories, which nobody else renames.
+    OSError as for `open_below` (EXDEV for a mount on the way); ENOSYS where the kernel has
+    no openat2 (or a sandbox forbids it)."""
+    how = _OpenHow(DIR_FLAGS, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_XDEV | _RESOLVE_BENEATH)
+    path = "/".join(parts).encode()
+    fd = int(
+        _libc.syscall(
+            ctypes.c_long(_SYS_OPENAT2),
+            ctypes.c_int(root_fd),
+            ctypes.c_char_p(path),
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        if err == errno.EPERM:  # a seccomp filter that does not know the call
+            err = errno.ENOSYS
+        raise OSError(err, os.strerror(err), path.decode())
+    return fd
 
 
 def open_on(parent_fd: int, name: str, dev: int) -> int:

@@ -142,6 +142,9 @@ class AgentState:
         self._container_names: dict[str, str] = {}  # name -> id, for lookups by name
         # binds of creates the guard allowed whose container has no id yet, by request
         self.reserved_binds: dict[bytes, tuple[str, ...]] = {}
+        # the time of this host's last usage record of each (top-level directory, directory
+        # below it) on the shared filesystem: a recent one marks it used for gc
+        self.usage_recorded: dict[tuple[str, str], float] = {}
         # counts changes of the containers and their volumes, which go through the methods
         # below: what is rendered from them (the status socket's cache) keys on it
         self.containers_version = 0

@@ -209,6 +209,23 @@ def test_gc_lists_then_deletes_only_the_unused(
     assert (entry / "web" / "file").read_bytes() == b"y" * 5000
 
 
+@pytest.mark.mount
+def test_gc_with_a_short_window_keeps_a_namespace_marked_within_the_hour(
+    mounted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the preparer counts an mtime of the last hour as marked and leaves it alone: a window
+    # of minutes must not take a directory a create may be using since
+    make_dir(mounted, "r1-old/web")
+    make_dir(mounted, "r1-busy/web", when=time.time() - 1800)
+    os.utime(mounted / "r1-busy", (time.time() - 1800,) * 2)
+    cfg = config_for(mounted, tmp_path)
+    assert gc.main(argparse.Namespace(older_than=0.01, delete=True), cfg) == 0
+    out = capsys.readouterr().out
+    assert f"trashed {mounted}/r1-old" in out
+    assert "r1-busy" not in out
+    assert (mounted / "r1-busy" / "web").is_dir()
+
+
 def test_gc_refuses_a_mount_point_that_is_not_mounted(
     mp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -127,6 +127,57 @@ def test_the_preparer_touches_then_refuses_a_trashed_namespace(mp: Path, root: i
     assert (mp / "r1-new" / "web" / "data").is_dir()
 
 
+@pytest.mark.root  # the preparer makes a parent: root 0755 (rule 2)
+def test_a_namespace_marked_within_the_hour_is_kept_by_a_window_of_seconds(
+    mp: Path, root: int
+) -> None:
+    # the preparer leaves a recent mtime alone (no write round trip): gc's shortest window
+    # widens every window by that hour, so a move racing the create keeps it
+    recent = time.time() - trashcheck.TOUCH_AFTER_S / 2
+    make_dir(mp, "r1-busy/web", when=recent)
+    trashcheck.prepare_path(str(mp), ("r1-busy", "web", "data"), OWNER, 0o750, None)
+    assert os.stat(mp / "r1-busy").st_mtime == pytest.approx(recent)
+    cutoff = gc.window_cutoff(0.001, time.time())  # a window of 86 s
+    c = gcsurvey.Candidate("r1-busy", None, str(mp / "r1-busy"), None, "", recent)
+    assert not gcsurvey.still_unused(root, c, cutoff, set())
+
+
+@pytest.mark.root  # the preparer makes a parent: root 0755 (rule 2)
+def test_a_namespace_this_host_recorded_within_the_hour_is_kept_untouched(
+    mp: Path, root: int
+) -> None:
+    # the preparer leaves an old mtime alone when this host's usage record of the directory
+    # is recent: gc's last judgement reads that record and keeps the directory
+    make_dir(mp, "r1-busy/web")
+    recorded = time.time() - trashcheck.TOUCH_AFTER_S / 2
+    record(mp, "r1-busy/web", "host-a", recorded)
+    trashcheck.prepare_path(
+        str(mp), ("r1-busy", "web", "data"), OWNER, 0o750, None, recorded_at=recorded
+    )
+    assert os.stat(mp / "r1-busy").st_mtime < CUTOFF  # not touched
+    cutoff = gc.window_cutoff(0.001, time.time())  # a window of 86 s
+    for directory in (None, "web"):
+        c = gcsurvey.Candidate("r1-busy", directory, str(mp / "r1-busy"), None, "", 0.0)
+        assert not gcsurvey.still_unused(root, c, cutoff, set())
+
+
+@pytest.mark.root  # the preparer makes a parent: root 0755 (rule 2)
+def test_a_start_walk_after_its_namespace_went_to_the_trash_is_refused(mp: Path, root: int) -> None:
+    # what the create walk recorded is of directories now in the trash: the start does not
+    # take the path for the one it judged, and looks in the trash again
+    make_dir(mp, "r1-old/web/data")
+    walked = trashcheck.prepare_path(str(mp), ("r1-old", "web", "data"), OWNER, 0o750, None)
+    make_dir(mp, "r1-old/web")
+    [c] = candidates(mp, root)
+    moved = move(root, c)
+    with pytest.raises(NamespaceTrashed) as refused:
+        trashcheck.prepare_path(
+            str(mp), ("r1-old", "web", "data"), OWNER, 0o750, None, known=walked.identity
+        )
+    assert refused.value.entry == moved.entry
+    assert not (mp / "r1-old").exists(), "nothing fresh made in its place"
+
+
 def test_a_claim_alone_refuses_creates_while_the_move_is_under_way(mp: Path, root: int) -> None:
     make_dir(mp, "r1-old/web")
     [c] = candidates(mp, root)

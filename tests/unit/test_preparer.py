@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,36 @@ def test_numeric_user_owns_the_leaf(mp: Path, preparer: Preparer) -> None:
     labels = {"convox.app": "a", "convox.service": "web"}
     run(preparer, spec(mp, labels=labels, user="33:44"))
     assert owner_mode(mp / "r1-a/web/data")[:2] == (33, 44)
+
+
+def test_a_directory_this_host_recorded_lately_is_not_touched(mp: Path, preparer: Preparer) -> None:
+    # this host's usage record of the directory is recent: the mtime gc reads is left alone
+    # (gc reads the record); without one, an old mtime is set to now
+    then = time.time() - 2 * 86400
+    for rel in ("r1-a/web/data", "r1-b/web/data"):
+        (mp / rel).mkdir(parents=True)
+        for p in (mp / rel.split("/")[0], mp / rel.rsplit("/", 1)[0]):
+            os.utime(p, (then, then))
+    preparer.state.usage_recorded[("r1-a", "web")] = time.time() - 60
+    run(preparer, spec(mp, rel="r1-a/web/data", cid="c1"))
+    b = {**LABELS, "convox.app": "b"}
+    run(preparer, spec(mp, rel="r1-b/web/data", labels=b, cid="c2"))
+    assert os.stat(mp / "r1-a/web").st_mtime == pytest.approx(then)
+    assert os.stat(mp / "r1-b/web").st_mtime > then + 86400
+
+
+def test_a_start_compares_with_the_create_walk(mp: Path, preparer: Preparer) -> None:
+    # a start walks again; a directory swapped since the create (another inode at the path)
+    # is judged from scratch, and the record of the path follows what is there now
+    (mp / "r1-a/web/data").mkdir(parents=True)
+    s = spec(mp)
+    run(preparer, s)
+    host = f"{mp}/r1-a/web/data"
+    first = preparer._walked[host]
+    asyncio.run(preparer.prepare(s, rewalk=True))
+    assert preparer._walked[host] == first
+    (mp / "r1-a/web/data").rename(mp / "r1-a/web/old")
+    (mp / "r1-a/web/data").mkdir()
+    asyncio.run(preparer.prepare(s, rewalk=True))
+    assert preparer._walked[host] != first
+    assert preparer._walked[host][-1][1] == os.stat(mp / "r1-a/web/data").st_ino

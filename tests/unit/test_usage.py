@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from tests.unit.factories import make_state
 
+from volagent.errors import RecordError
 from volagent.rack import binds as rack_binds
 from volagent.rack import usage
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
@@ -193,3 +195,44 @@ def test_records_of_an_earlier_run_are_ended_once_the_containers_are_listed(
     assert listed(base / "host-a.json") == []
     assert listed(base / "r1-a" / "web" / "host-a.json") == ["c-1"]
     assert listed(base / "r1-b" / "web" / "host-a.json") == ["c-1"]
+
+
+@pytest.mark.parametrize("level", range(4))
+def test_a_symlink_anywhere_on_an_existing_records_path_is_never_followed(
+    mp: Path, tmp_path: Path, level: int
+) -> None:
+    # the records' directories are opened in one lookup of the whole path where they exist:
+    # a symlink at any level of it, with the whole path behind it, is still refused
+    parts = (".volagent", "usage", "r1-a", "web")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.joinpath(*parts[level + 1 :]).mkdir(parents=True)
+    if level:
+        mp.joinpath(*parts[:level]).mkdir(parents=True)
+    mp.joinpath(*parts[: level + 1]).symlink_to(elsewhere)
+    record = usage.usage_record("host-a", ("r1-a", "web"), ["c"], time.time())
+    with pytest.raises(RecordError, match=r"not a directory|cannot open"):
+        usage.write_usage(str(mp), os.stat(mp).st_dev, "host-a", [(("r1-a", "web"), record)])
+    assert [p.name for p in elsewhere.rglob("*.json")] == []
+
+
+@pytest.mark.mount
+def test_a_mount_on_an_existing_records_path_is_refused(mp: Path) -> None:
+    web = mp / ".volagent" / "usage" / "r1-a" / "web"
+    web.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(web)], check=True)
+    try:
+        record = usage.usage_record("host-a", ("r1-a", "web"), ["c"], time.time())
+        with pytest.raises(RecordError, match="another filesystem"):
+            usage.write_usage(str(mp), os.stat(mp).st_dev, "host-a", [(("r1-a", "web"), record)])
+        assert os.listdir(web) == []
+    finally:
+        subprocess.run(["umount", "-l", str(web)], check=False)
+
+
+def test_a_directorys_first_record_makes_its_directory_below_an_existing_one(mp: Path) -> None:
+    (mp / ".volagent" / "usage" / "r1-a").mkdir(parents=True)
+    record = usage.usage_record("host-a", ("r1-a", "web"), ["c"], time.time())
+    assert usage.write_usage(str(mp), os.stat(mp).st_dev, "host-a", [(("r1-a", "web"), record)])
+    web = mp / ".volagent" / "usage" / "r1-a" / "web"
+    assert json.loads((web / "host-a.json").read_text())["containers"] == ["c"]
+    assert [p.name for p in web.iterdir()] == ["host-a.json"]  # no temporary file left

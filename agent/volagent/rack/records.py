@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import re
 import stat
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,6 +29,7 @@ USAGE_DIR = "usage"
 SUFFIX = ".json"
 MAX_RECORD_BYTES = 64 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_serial = itertools.count()  # next() of it is atomic: one name for each temporary file
 
 
 def file_name(name: str) -> str:
@@ -45,11 +46,10 @@ def open_dir(root_fd: int, parts: Sequence[str], create: bool) -> int | None:
     fd = os.dup(root_fd)
     try:
         for name in parts:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o755, dir_fd=fd)
+            # opened first, made only where missing: on NFS a mkdir of an existing name costs
+            # a fresh lookup before the server's EEXIST
             try:
-                child = safedir.open_below(fd, name)
+                child = _open_or_make(fd, name, create)
             except FileNotFoundError:
                 if create:
                     raise RecordError(f"{name} vanished while it was being opened") from None
@@ -69,6 +69,61 @@ def open_dir(root_fd: int, parts: Sequence[str], create: bool) -> int | None:
         raise
 
 
+def _open_or_make(parent_fd: int, name: str, create: bool) -> int:
+    try:
+        return safedir.open_below(parent_fd, name)
+    except FileNotFoundError:
+        if not create:
+            raise
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+    return safedir.open_below(parent_fd, name)
+
+
+def open_own_dir(root_fd: int, parts: Sequence[str]) -> int:
+    """`ensure_dir` for directories of volagent's own under `.volagent` (usage records): one
+    lookup of the whole path where it exists (on NFS, one round trip instead of one for each
+    component); where only the last is missing (a directory's first record), one lookup of
+    its parent and the last made there; the walk that makes what is missing otherwise."""
+    fd = _open_own_at_once(root_fd, parts)
+    if fd is not None:
+        return fd
+    parent = _open_own_at_once(root_fd, parts[:-1]) if len(parts) > 1 else None
+    if parent is None:
+        return ensure_dir(root_fd, parts)
+    try:
+        fd = _open_or_make(parent, parts[-1], True)
+    except OSError as exc:
+        raise RecordError(f"cannot make {'/'.join(parts)}: {exc.strerror}") from None
+    finally:
+        os.close(parent)
+    if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev:  # pragma: no cover - a mount made now
+        os.close(fd)
+        raise RecordError(f"{'/'.join(parts)} is on another filesystem")
+    return fd
+
+
+def _open_own_at_once(root_fd: int, parts: Sequence[str]) -> int | None:
+    """`safedir.open_at_once`, None where a component is missing (or the kernel has no
+    openat2)."""
+    try:
+        fd = safedir.open_at_once(root_fd, parts)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            raise RecordError(f"{'/'.join(parts)} crosses into another filesystem") from None
+        if exc.errno in (errno.ENOENT, errno.ENOSYS, errno.E2BIG):
+            return None
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise RecordError(
+                f"{'/'.join(parts)} is not a directory (a symlink or a file)"
+            ) from None
+        raise RecordError(f"cannot open {'/'.join(parts)}: {exc.strerror}") from None
+    if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev:  # pragma: no cover - RESOLVE_NO_XDEV
+        os.close(fd)
+        raise RecordError(f"{'/'.join(parts)} is on another filesystem")
+    return fd
+
+
 def ensure_dir(root_fd: int, parts: Sequence[str]) -> int:
     """The directory `parts` below `root_fd`, created (0755) where missing."""
     fd = open_dir(root_fd, parts, create=True)
@@ -84,13 +139,11 @@ def write_record(dir_fd: int, name: str, record: dict[str, Any]) -> None:
 
 def replace_json(dir_fd: int, final: str, record: dict[str, Any]) -> None:
     """Replaces the file `final` in `dir_fd` atomically with `record` as JSON."""
-    tmp = f".{final}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        fd = _create(dir_fd, tmp)
-    except FileExistsError:
-        # left behind by a thread that was given up on mid-write: ours to replace
-        os.unlink(tmp, dir_fd=dir_fd)
-        fd = _create(dir_fd, tmp)
+    # a name no other write of this process uses, so a thread given up on mid-write never
+    # shares the file; made without O_EXCL, which on NFSv4.1 costs a SETATTR after the OPEN
+    # (the server keeps the exclusive create's verifier in the file's times)
+    tmp = f".{final}.{os.getpid()}.{next(_serial)}.tmp"
+    fd = _open_temporary(dir_fd, tmp)
     try:
         _write_synced(fd, record)
         # rename replaces whatever has the final name, a symlink included, without following it
@@ -112,8 +165,21 @@ def create_json(dir_fd: int, final: str, record: dict[str, Any]) -> bool:
     return True
 
 
+def _open_temporary(dir_fd: int, name: str) -> int:
+    """A temporary file of ours, empty; one of an earlier process of the same id, left
+    behind, is taken over. Anything but a regular file under its name is refused."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(name, flags | os.O_DSYNC, 0o644, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RecordError(f"{name} is not a regular file")
+    return fd
+
+
 def _create(dir_fd: int, name: str) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    # O_DSYNC: the write reaches the server's disk as it is made (on NFS a stable WRITE),
+    # so the fsync after it has nothing left to commit (no COMMIT round trip)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DSYNC
     return os.open(name, flags, 0o644, dir_fd=dir_fd)
 
 

@@ -38,6 +38,7 @@ MAX_CONTAINER_NAMES = 8
 # whose binds other hosts find in the registry (rack/binds.py reads only the others')
 REGISTRY_MARKER = "registry"
 FAILURE_BACKOFF_S = 30.0
+RECORDED_KEPT_S = 2 * REFRESH_S  # older times of this host's records are not asked for
 
 Key = tuple[str, str]  # (top-level directory, directory below it); "" for the whole of it
 MOUNT_ROOT: Key = ("", "")
@@ -115,7 +116,7 @@ def write_usage(
     try:
         for key, record in batch:
             parts = (records.AGENT_DIR, records.USAGE_DIR, *(p for p in key if p))
-            d = records.ensure_dir(root, parts)
+            d = records.open_own_dir(root, parts)
             try:
                 records.write_record(d, host, record)
             finally:
@@ -260,6 +261,10 @@ class UsageRecorder:
         for key in done:
             self._written[key] = mono
             self._written_binds[key] = binds.get(key, [])
+            st.usage_recorded[key] = now
+        for key, at in list(st.usage_recorded.items()):
+            if at < now - RECORDED_KEPT_S:
+                del st.usage_recorded[key]
         # directories no container here uses any more need no refreshing
         for key in set(self._written) - set(in_use(st)):
             del self._written[key]

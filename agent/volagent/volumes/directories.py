@@ -1,11 +1,27 @@
-"""Safe directory creation under the mount point.
+"""Safe directory creation under the mount point, in as few filesystem round trips as the
+rules allow.
 
 The walk opens every component relative to its parent's descriptor with O_NOFOLLOW and
 O_DIRECTORY, so a symlink anywhere on the path, planted before or during the walk, stops it
 (rule 4). Every descriptor is checked to be on the shared filesystem's device, so nothing is
 ever created on the local disk underneath a vanished mount (rule 3). Existing directories are
-opened, never chowned or chmodded (rule 2). These functions block: call them through a
-TimedWorker.
+opened, never chowned or chmodded (rule 2).
+
+On NFS each of these is a network round trip, so the walk asks only what it needs:
+- an existing component is opened first, and `mkdir` is tried only where the open found
+  nothing (a `mkdir` of an existing name makes the kernel's client look the name up afresh
+  before the server answers EEXIST);
+- one `fstat` per component; it answers the device, the time for gc and, at the leaf, the
+  owner and mode reported;
+- a created directory is made with its final mode, and chowned or chmodded only where the
+  result differs from what was asked (a parent made by root as 0755 needs neither);
+- each component is opened by a fresh `open` (the client revalidates the directory it opens:
+  close-to-open), so every name is looked up in a parent whose attributes were just fetched
+  from the server: a swap made from another host is seen, not answered from a cache.
+
+`Prepared.identity` records (device, inode) of every component; `verify_below` walks the
+path again and compares, which is what a start needs when the create walk judged the same
+path (see volumes/trashcheck.py). These functions block: call them through a TimedWorker.
 """
 
 from __future__ import annotations
@@ -13,7 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from volagent import safedir
@@ -21,6 +37,10 @@ from volagent.errors import MountUnhealthy, NamespaceViolation, VolagentError
 from volagent.values import Owner
 
 PARENT_MODE = 0o755
+# errors of a filesystem that is gone or broken underneath, not of the path
+_UNHEALTHY = (errno.ENOTCONN, errno.ESTALE, errno.EIO)
+
+Identity = tuple[tuple[int, int], ...]  # (st_dev, st_ino) of each component, top first
 
 
 class PrepareFailed(VolagentError):
@@ -29,19 +49,23 @@ class PrepareFailed(VolagentError):
 
 @dataclass(frozen=True)
 class Prepared:
-    """The outcome of one preparation: how many directories were created, and the leaf as
-    it is now."""
+    """The outcome of one preparation: how many directories were created, the leaf as it is
+    now, and what each component of the path was (for the walk at the next start)."""
 
     created: int
     leaf_created: bool
     uid: int
     gid: int
     mode: int
+    identity: Identity = ()
 
 
-def _open_child(parent_fd: int, name: str, shown: str) -> int:
+def _open_child(parent_fd: int, name: str, shown: str) -> int | None:
+    """The directory `name` in `parent_fd`; None when there is none."""
     try:
         return safedir.open_below(parent_fd, name)
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             kind = safedir.kind_of(parent_fd, name)
@@ -50,7 +74,27 @@ def _open_child(parent_fd: int, name: str, shown: str) -> int:
                 f"{shown} is a {kind}, not a directory; volagent "
                 "never follows links under the mount point",
             ) from None
+        if exc.errno in _UNHEALTHY:
+            raise MountUnhealthy(f"cannot open {shown}: {exc.strerror}") from None
         raise PrepareFailed(f"cannot open {shown}: {exc.strerror}") from None
+
+
+def _checked_stat(fd: int, dev: int, shown: str) -> os.stat_result:
+    st = os.fstat(fd)
+    if st.st_dev != dev:
+        # not the shared filesystem: whatever were made there would not be shared
+        raise NamespaceViolation(
+            3, f"{shown} is on another filesystem (a mount inside the namespace)"
+        )
+    return st
+
+
+def _check_names(parts: Sequence[str]) -> None:
+    if not parts:
+        raise NamespaceViolation(5, "nothing to create below the mount point")
+    for name in parts:
+        if name in ("", ".", "..") or "/" in name:
+            raise NamespaceViolation(5, f"bad path component {name!r}")
 
 
 def prepare_path(
@@ -66,53 +110,125 @@ def prepare_path(
 
 
 def prepare_below(
-    root_fd: int, mount_point: str, parts: Sequence[str], owner: Owner, mode: int
+    root_fd: int,
+    mount_point: str,
+    parts: Sequence[str],
+    owner: Owner,
+    mode: int,
+    *,
+    held: int = 0,
+    before_create: Callable[[list[tuple[int, os.stat_result]]], None] | None = None,
 ) -> Prepared:
-    """`prepare_path` from a descriptor of the mount point (`mount_point` only names it)."""
-    if not parts:
-        raise NamespaceViolation(5, "nothing to create below the mount point")
-    fd = os.dup(root_fd)
-    dev = os.fstat(fd).st_dev
-    created = 0
-    leaf_created = False
-    shown = mount_point.rstrip("/")
+    """`prepare_path` from a descriptor of the mount point (`mount_point` only names it).
+
+    The existing part of the path is opened first; then `before_create` is called (always,
+    whether anything is missing or not) with the descriptors and stats of those of the
+    first `held` components that exist, and only then is the missing rest created."""
+    _check_names(parts)
+    dev = os.fstat(root_fd).st_dev
+    shown = [mount_point.rstrip("/")]
+    for name in parts:
+        shown.append(f"{shown[-1]}/{name}")
+    fds: list[int] = []  # every component's descriptor, closed at the end (a path is short)
+    stats: list[os.stat_result] = []
     try:
-        for i, name in enumerate(parts):
-            if name in ("", ".", "..") or "/" in name:
-                raise NamespaceViolation(5, f"bad path component {name!r}")
-            shown = f"{shown}/{name}"
-            is_leaf = i == len(parts) - 1
-            made = False
-            try:
-                os.mkdir(name, 0o700, dir_fd=fd)  # tight until chowned, then opened up
-                made = True
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                if exc.errno in (errno.ENOTCONN, errno.ESTALE, errno.EIO):
-                    raise MountUnhealthy(f"cannot create {shown}: {exc.strerror}") from None
-                raise PrepareFailed(f"cannot create {shown}: {exc.strerror}") from None
-            child = _open_child(fd, name, shown)
-            os.close(fd)
-            fd = child
-            if os.fstat(fd).st_dev != dev:
-                # not the shared filesystem: whatever were made there would not be shared
-                raise NamespaceViolation(
-                    3, f"{shown} is on another filesystem (a mount inside the namespace)"
-                )
+        parent = root_fd
+        for k, name in enumerate(parts):
+            child = _open_child(parent, name, shown[k + 1])
+            if child is None:
+                break
+            fds.append(child)
+            stats.append(_checked_stat(child, dev, shown[k + 1]))
+            parent = child
+        if before_create is not None:
+            before_create(list(zip(fds[:held], stats[:held], strict=True)))
+        created = 0
+        leaf_created = False
+        found = (0, 0, 0)
+        for k in range(len(fds), len(parts)):
+            is_leaf = k == len(parts) - 1
+            wanted = (owner.uid, owner.gid, mode) if is_leaf else (0, 0, PARENT_MODE)
+            made = _make(parent, parts[k], wanted[2], shown[k + 1])
+            child = _open_child(parent, parts[k], shown[k + 1])
+            if child is None:
+                raise PrepareFailed(f"{shown[k + 1]} vanished while it was being created")
+            fds.append(child)
+            st = _checked_stat(child, dev, shown[k + 1])
+            stats.append(st)
+            parent = child
             if made:
                 created += 1
-                uid, gid, bits = (owner.uid, owner.gid, mode) if is_leaf else (0, 0, PARENT_MODE)
-                os.fchown(fd, uid, gid)
-                os.fchmod(fd, bits)
                 leaf_created = is_leaf
-        st = os.fstat(fd)
+                found = _settle(child, st, *wanted)
+        leaf = stats[-1]
+        if not leaf_created:
+            found = (leaf.st_uid, leaf.st_gid, stat.S_IMODE(leaf.st_mode))
         return Prepared(
             created=created,
             leaf_created=leaf_created,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            mode=stat.S_IMODE(st.st_mode),
+            uid=found[0],
+            gid=found[1],
+            mode=found[2],
+            identity=tuple((s.st_dev, s.st_ino) for s in stats),
         )
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
+
+
+def _make(parent_fd: int, name: str, bits: int, shown: str) -> bool:
+    """mkdir with the final mode (the umask may take bits away: `_settle` puts them back);
+    False when the name exists already (made by another host or Docker meanwhile)."""
+    try:
+        os.mkdir(name, bits, dir_fd=parent_fd)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno in _UNHEALTHY:
+            raise MountUnhealthy(f"cannot create {shown}: {exc.strerror}") from None
+        raise PrepareFailed(f"cannot create {shown}: {exc.strerror}") from None
+    return True
+
+
+def _settle(fd: int, st: os.stat_result, uid: int, gid: int, bits: int) -> tuple[int, int, int]:
+    """Gives a directory volagent has just made its owner and mode, each only where it is
+    not so already (root made it, so a root-owned parent needs no chown)."""
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        os.fchown(fd, uid, gid)
+    # a chown of a directory keeps its mode bits; a setgid parent's bit, inherited, goes
+    if stat.S_IMODE(st.st_mode) != bits:
+        os.fchmod(fd, bits)
+    return uid, gid, bits
+
+
+def verify_below(
+    root_fd: int, mount_point: str, parts: Sequence[str], identity: Identity
+) -> Prepared | None:
+    """The path walked again, opening only: the leaf as `Prepared` when every component is
+    still the directory `identity` recorded (same device and inode), None when any differs
+    or is missing (then judge it from scratch). A symlink or a mount met on the way is
+    refused as in `prepare_below`."""
+    _check_names(parts)
+    if len(identity) != len(parts):
+        return None
+    dev = os.fstat(root_fd).st_dev
+    shown = mount_point.rstrip("/")
+    fds: list[int] = []
+    try:
+        parent = root_fd
+        leaf: Prepared | None = None
+        for name, known in zip(parts, identity, strict=True):
+            shown = f"{shown}/{name}"
+            child = _open_child(parent, name, shown)
+            if child is None:
+                return None
+            fds.append(child)
+            st = _checked_stat(child, dev, shown)
+            if (st.st_dev, st.st_ino) != known:
+                return None
+            parent = child
+            leaf = Prepared(0, False, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), identity)
+        return leaf
+    finally:
+        for fd in fds:
+            os.close(fd)

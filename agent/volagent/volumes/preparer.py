@@ -5,6 +5,9 @@ worker, and records each volume's state: ready, pending (the mount is not health
 late (Docker made the directory first), violation or failed. The disk tells the truth about
 `late`: a leaf that exists as root:root 0755 when another owner or mode was asked for, under
 a container that had already started, was made by Docker, not by volagent.
+
+Each walk's record of the path (device and inode of every component) is kept by host path,
+so a start's walk compares against it instead of judging from scratch (volumes/trashcheck.py).
 """
 
 from __future__ import annotations
@@ -12,20 +15,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from volagent import log
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
+from volagent.rack import usage
 from volagent.rack.registry_task import Registry
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
-from volagent.volumes import locate, mount_check, namespace, trashcheck
+from volagent.volumes import directories, locate, mount_check, namespace, trashcheck
 from volagent.worker import TimedWorker
 
 UNRESOLVED = "unresolved"  # a Landing kind of the preparer's own: the lookup itself failed
 DOCKER_MADE = (0, 0, 0o755)  # what Docker's own auto-create leaves behind
 ZERO_TIME = "0001-01-01T00:00:00Z"
+MAX_WALKED = 4096  # paths whose last walk is remembered for the next start
 
 
 @dataclass
@@ -108,6 +114,8 @@ class Preparer:
         self.registry = registry
         self.log = log.get("preparer")
         self._locks: dict[str, asyncio.Lock] = {}
+        # host path: what its last complete walk found (device, inode of each component)
+        self._walked: OrderedDict[str, directories.Identity] = OrderedDict()
 
     async def judge(self, spec: ContainerSpec) -> Outcome | None:
         """The namespace verdict for `spec`, every bind judged where it really lands: sources
@@ -298,7 +306,7 @@ class Preparer:
                 # already settled: not walked again, and a late one keeps saying why
                 vol.state, vol.error = settled.state, settled.error
                 continue
-            await self._prepare_one(spec, vol, plan, recheck, bound)
+            await self._prepare_one(spec, vol, plan, recheck, bound, rewalk=rewalk)
             if settled is not None and settled.state == "late" and vol.state == "ready":
                 vol.state, vol.error = settled.state, settled.error
         outcome.volumes.extend(found_wrong.values())  # mounts it was never meant to have
@@ -345,6 +353,8 @@ class Preparer:
         plan: namespace.Plan,
         recheck: Recheck | None,
         bound: Any,
+        *,
+        rewalk: bool = False,
     ) -> None:
         st = self.state
         if not st.mount_healthy:
@@ -355,7 +365,12 @@ class Preparer:
                 "created once the shared filesystem is back",
             )
             return
-        # not into a namespace that gc moved into the trash (a trashed one fails the volume)
+        # not into a namespace that gc moved into the trash (a trashed one fails the volume);
+        # a start (rewalk) compares with what the last walk of the path found
+        known = self._walked.get(vol.host, ()) if rewalk else ()
+        key = usage.key_of(st.config.mount_point, vol.host)
+        recorded_at = st.usage_recorded.get(key) if key is not None else None
+        self._walked.pop(vol.host, None)  # a walk that fails leaves nothing to compare with
         call = functools.partial(
             trashcheck.prepare_path,
             st.config.mount_point,
@@ -363,6 +378,8 @@ class Preparer:
             plan.owner,
             plan.mode,
             st.mount_dev,
+            known=known,
+            recorded_at=recorded_at,
         )
         st.metrics.directory_walks.inc()
         try:
@@ -387,6 +404,9 @@ class Preparer:
             st.metrics.prepare_failures.inc()
             bound.error("prepare_failed", path=vol.host, reason=str(exc))
             return
+        self._walked[vol.host] = result.identity
+        while len(self._walked) > MAX_WALKED:
+            self._walked.popitem(last=False)
         if result.created:
             st.metrics.dirs_created.inc(result.created)
         wanted = (plan.owner.uid, plan.owner.gid, plan.mode)

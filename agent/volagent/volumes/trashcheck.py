@@ -3,11 +3,24 @@ namespace that is in the trash.
 
 The order is what makes gc safe (see ops/gc/trashing.py). gc writes the entry's record first, then
 judges the candidate a last time (its mtime among the rest), then renames it. The preparer
-touches the mtime of the namespace and of the bind's directory in it first, then looks for a
-trash entry. So either the preparer looks after the record exists, and refuses; or it
-touched before the record existed, hence before gc's last judgement, and gc keeps the
+marks the namespace and the bind's directory in it used first (their mtime is recent), then
+looks for a trash entry. So either the preparer looks after the record exists, and refuses; or
+it marked before the record existed, hence before gc's last judgement, and gc keeps the
 directory. Without this, a create that comes after the rename would make a fresh, empty
 namespace, and its container would start on it with its data in the trash.
+
+A directory whose mtime, or this host's usage record of it (rack/usage.py), is within
+TOUCH_AFTER_S of now is marked already: gc widens every window by TOUCH_AFTER_S
+(ops/gc/command.py window_cutoff) and counts both the mtime and every host's records, so
+its last judgement keeps it as surely as after a touch, and the touch (a write
+round trip, which also makes the kernel's NFS client revalidate the directory's caches) is
+left out. The usage record of the container keeps it from then on.
+
+A start walks the path again. When the create walk here recorded it (device and inode of
+every component) and every component is still the same directory, nothing else is asked:
+the directories are the ones judged at create, which were marked then and not in the trash
+(a move into the trash takes the directory away from its path: it would not be found there).
+Anything else is judged from scratch, as a create.
 
 Blocking: runs in the timed worker, in place of `directories.prepare_path`.
 """
@@ -16,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Sequence
 
 from volagent import safedir
@@ -24,18 +38,36 @@ from volagent.rack import records, trash
 from volagent.values import Owner
 from volagent.volumes import directories
 
+# how recent an mtime counts as marked; gc widens its window by as much (clocks of the hosts
+# and of the server differ by far less than an hour)
+TOUCH_AFTER_S = 3600.0
+# the components gc judges by their mtime: the namespace, and the bind's directory in it
+MARKED = 2
+
 
 def restore_command(entry: str) -> str:
     return f"volagent gc --restore {entry}"
 
 
-def touch_in_use(root_fd: int, parts: Sequence[str]) -> None:
-    """Sets the mtime of `<ns>` and `<ns>/<dir>` (those that exist) to now: a directory
-    changed within gc's window is never a candidate. Never follows a symlink; a missing or
-    odd component is left to the walk that creates, which reports it."""
-    with contextlib.suppress(OSError, safedir.OtherDevice):
-        for fd in safedir.descend(root_fd, parts[:2]):
-            os.utime(fd)
+def mark_used(
+    opened: Sequence[tuple[int, os.stat_result]],
+    now: float | None = None,
+    recorded_at: float | None = None,
+) -> int:
+    """Sets the mtime of `<ns>` and `<ns>/<dir>` (those the walk opened) to now where it is
+    older than TOUCH_AFTER_S: a directory changed within gc's window is never a candidate.
+    Nothing is touched when this host's usage record of the directory (`recorded_at`) is
+    that recent: gc keeps what a record of its window names. How many were touched."""
+    now = time.time() if now is None else now
+    if recorded_at is not None and recorded_at >= now - TOUCH_AFTER_S:
+        return 0
+    touched = 0
+    for fd, st in opened:
+        if st.st_mtime < now - TOUCH_AFTER_S:
+            with contextlib.suppress(OSError):  # a failure is the walk's to report
+                os.utime(fd)
+                touched += 1
+    return touched
 
 
 def refuse_if_trashed(mount_point: str, root_fd: int, parts: Sequence[str]) -> None:
@@ -70,15 +102,33 @@ def refuse_if_trashed(mount_point: str, root_fd: int, parts: Sequence[str]) -> N
 
 
 def prepare_path(
-    mount_point: str, parts: Sequence[str], owner: Owner, mode: int, expected_dev: int | None
+    mount_point: str,
+    parts: Sequence[str],
+    owner: Owner,
+    mode: int,
+    expected_dev: int | None,
+    *,
+    known: directories.Identity = (),
+    recorded_at: float | None = None,
 ) -> directories.Prepared:
-    """directories.prepare_path, once the namespace is marked used and known not to be in
-    the trash; the mount point is opened once for all three."""
+    """directories.prepare_path, with the namespace marked used and known not to be in the
+    trash before anything is created; the mount point is opened once for all three. With
+    `known` (what the create walk recorded), a path whose components are all still those
+    directories is only walked (a start). `recorded_at`: the time of this host's last usage
+    record of the bind's directory, if any (see `mark_used`)."""
     root = safedir.open_mount_point(mount_point, expected_dev)
     try:
-        with contextlib.suppress(OSError):
-            touch_in_use(root, parts)
-        refuse_if_trashed(mount_point, root, parts)
-        return directories.prepare_below(root, mount_point, parts, owner, mode)
+        if known:
+            same = directories.verify_below(root, mount_point, parts, known)
+            if same is not None:
+                return same
+
+        def marked_and_not_trashed(opened: list[tuple[int, os.stat_result]]) -> None:
+            mark_used(opened, recorded_at=recorded_at)
+            refuse_if_trashed(mount_point, root, parts)
+
+        return directories.prepare_below(
+            root, mount_point, parts, owner, mode, held=MARKED, before_create=marked_and_not_trashed
+        )
     finally:
         os.close(root)

@@ -12,7 +12,9 @@ its own mtime (a directory made or changed lately is not orphaned, recorded or n
 directory a container of this host uses now, by the local daemon's word, is always kept. A
 namespace whose every directory is unused is listed whole; otherwise its unused service
 directories are listed one by one. Nothing is moved without `--delete`, and then each
-candidate is judged again just before it goes.
+candidate is judged again just before it goes. The preparer leaves a directory's mtime
+alone when it is less than TOUCH_AFTER_S old (volumes/trashcheck.py): such an mtime may stand
+for a use up to that much later, so every window is widened by it (window_cutoff).
 
 gc only runs on the healthy shared filesystem: the mount point must be a mount, the local
 daemon (when it answers) must call it mounted or local, and the walk goes through
@@ -45,6 +47,7 @@ from volagent.rack.usage import Key, key_of
 from volagent.state import now_iso
 from volagent.terminal import format_size
 from volagent.terminal import printable as _p
+from volagent.volumes import trashcheck
 
 DEFAULT_DAYS = 30.0
 PURGE_DEFAULT_DAYS = 7.0
@@ -295,6 +298,14 @@ def _days(value: float | None, default: float, allow_zero: bool) -> float | None
     return days if days > 0 or (allow_zero and days == 0) else None
 
 
+def window_cutoff(days: float, now: float) -> float:
+    """The time before which a directory's last use must lie for it to be unused for `days`.
+    A create marks a directory's mtime only when it is more than TOUCH_AFTER_S old, so a
+    recent mtime may stand for a use up to that much later: the window is widened by it,
+    and a create racing gc always finds the namespace kept or in the trash."""
+    return now - days * 86400 - trashcheck.TOUCH_AFTER_S
+
+
 def main(args: argparse.Namespace, cfg: Config) -> int:
     restoring = getattr(args, "restore", None)
     purging = bool(getattr(args, "purge", False))
@@ -310,7 +321,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
         print("volagent gc: --older-than must be a positive number of days", file=sys.stderr)
         return 2
     log.configure(cfg.log_level, stderr=True)
-    cutoff = time.time() - days * 86400
+    cutoff = window_cutoff(days, time.time())
     try:
         local, daemon_state = local_use(cfg)
         if daemon_state is None:

@@ -1,0 +1,139 @@
+"""The steps of a guarded `docker run` on the shared filesystem, one by one, counted in NFS
+operations: run inside the test virtual machine by vm_bench.py with the installed volagent's
+Python (`/opt/volagent/bin/python vm_steps.py CASE RUNS`), while the daemon is stopped, so
+that nothing else of volagent talks to the server and every operation counted is the step's.
+
+Each step is the call the daemon's worker makes, in the daemon's order: the trash check
+alone (to tell it from the create walk that holds it), the create walk with its trash check
+(`trashcheck.prepare_path`), the usage record (`usage.write_usage`), the start walk (the same
+call again; given the create walk's record where the installed version takes one) and the
+check after the start (`mount_check.check_container`). Cases: `new` directory, `existing`
+directory used before (another host's record of it, its namespace last changed two days
+ago), `in-use` (the same, and this host records its use already: a container of the service
+runs here, so no usage record is due). Prints one JSON line per run: the operations of each
+step, by NFS operation.
+
+Standard library and the installed volagent only: the guest has nothing else.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from volagent import safedir
+from volagent.rack import usage
+from volagent.values import Owner
+from volagent.volumes import mount_check, trashcheck
+
+MOUNT_POINT = "/volumes"
+RACK = "vmrack"
+HOST = "vmhost"
+TWO_DAYS_S = 2 * 86400
+
+
+def nfs_ops() -> Counter[str]:
+    ops: Counter[str] = Counter()
+    inside = per_op = False
+    with open("/proc/self/mountstats", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("device "):
+                inside = f" mounted on {MOUNT_POINT} with fstype nfs" in line
+                per_op = False
+            elif inside and line.strip() == "per-op statistics":
+                per_op = True
+            elif inside and per_op and (m := re.match(r"\s+([A-Z_0-9]+): (\d+) ", line)):
+                ops[m.group(1)] += int(m.group(2))
+    return ops
+
+
+def counted(step: Any) -> tuple[Counter[str], Any]:
+    before = nfs_ops()
+    result = step()
+    after = nfs_ops()
+    return Counter({k: after[k] - before[k] for k in after if after[k] > before[k]}), result
+
+
+def setup(case: str, service: str) -> tuple[str, ...]:
+    """The directory of the case, and the path parts volagent walks."""
+    ns = f"{MOUNT_POINT}/{RACK}-bench"
+    if case in ("existing", "in-use"):
+        below: tuple[str, ...] = ("a", "b", "c")
+        # used before on the rack: its directories made long ago (the namespace's last
+        # changed two days ago) and another host's usage record of it; read once since,
+        # so the client knows the path (as after an earlier container of the service here)
+        path = "/".join((ns, service, *below))
+        records = f"{MOUNT_POINT}/.volagent/usage/{RACK}-bench/{service}"
+        os.makedirs(path)
+        os.makedirs(records, exist_ok=True)
+        with open(f"{records}/host-old.json", "w", encoding="utf-8") as f:
+            f.write("{}")
+        then = time.time() - TWO_DAYS_S
+        for d in (ns, f"{ns}/{service}"):
+            os.utime(d, (then, then))
+        os.listdir(path)
+    else:
+        below = ("data",)
+        os.makedirs(ns, exist_ok=True)
+        os.listdir(ns)
+    return (f"{RACK}-bench", service, *below)
+
+
+def one_run(case: str, service: str) -> dict[str, Any]:
+    parts = setup(case, service)
+    owner = Owner(1000, 1000)
+    dev = os.stat(MOUNT_POINT).st_dev
+    host_path = "/".join((MOUNT_POINT, *parts))
+    steps: dict[str, Counter[str]] = {}
+
+    def trash_alone() -> None:
+        root = safedir.open_mount_point(MOUNT_POINT, dev)
+        try:
+            trashcheck.refuse_if_trashed(MOUNT_POINT, root, parts)
+        finally:
+            os.close(root)
+
+    params = inspect.signature(trashcheck.prepare_path).parameters
+    create_args: dict[str, Any] = {}
+    if case == "in-use" and "recorded_at" in params:
+        # this host has recorded the directory's use lately (a container of the service
+        # runs here, as during a rolling deploy)
+        create_args["recorded_at"] = time.time() - 60
+    steps["trash check"], _ = counted(trash_alone)
+    create, walked = counted(
+        lambda: trashcheck.prepare_path(MOUNT_POINT, parts, owner, 0o750, dev, **create_args)
+    )
+    steps["create walk"] = create - steps["trash check"]
+    key = (parts[0], parts[1])
+    record = usage.usage_record(HOST, key, [service], time.time(), [host_path])
+    steps["usage record"] = Counter()
+    if case != "in-use":  # else not due: this host's record of it is current
+        steps["usage record"], _ = counted(
+            lambda: usage.write_usage(MOUNT_POINT, dev, HOST, [(key, record)])
+        )
+    again: dict[str, Any] = {}
+    if "known" in params:
+        again["known"] = walked.identity
+    steps["start walk"], _ = counted(
+        lambda: trashcheck.prepare_path(MOUNT_POINT, parts, owner, 0o750, dev, **again)
+    )
+    steps["check after start"], _ = counted(
+        lambda: mount_check.check_container(os.getpid(), MOUNT_POINT, [(host_path, "/data")])
+    )
+    return {step: dict(ops) for step, ops in steps.items()}
+
+
+def main() -> None:
+    case, runs = sys.argv[1], int(sys.argv[2])
+    for i in range(runs):
+        print(json.dumps(one_run(case, f"step-{case[0]}{i}-{os.getpid()}")), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""What the directory walks ask of the filesystem, counted on a FUSE stand-in
+(tests/testbed/counting_fs.py) where every operation the kernel passes on would be a round trip
+to the server on NFS. The figures are what the walks cost when they were last made leaner:
+a change that adds an operation fails here, so the count cannot creep back unseen.
+
+The stand-in caches nothing in the kernel (its entry and attribute timeouts are 0), so every
+lookup, stat, open, mkdir, chown, chmod and utime of the walk is counted, the same at every
+run; `getattr` counts the kernel's lookups of names and its stats alike. The kernel's NFS
+client answers some of these from its caches; `make bench-vm` counts what it really sends.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tests.testbed.counting_fs import ops_of
+from tests.testbed.mounts import is_mount_point, umount_lazy
+from tests.testbed.waiting import wait_until
+
+from volagent.values import Owner
+from volagent.volumes import trashcheck
+from volagent.volumes.directories import Identity, Prepared
+
+pytestmark = pytest.mark.mount
+
+OWNER = Owner(1234, 1234)
+DAY = 86400.0
+EXISTING = ("r1-a", "web", "x", "y", "z")  # three levels below the service's namespace
+NEW = ("r1-a", "web", "data")
+
+
+@dataclass
+class Counted:
+    """The mount point of the counting filesystem, its backing directory, and its log."""
+
+    mount_point: Path
+    backing: Path
+    log: Path
+    dev: int  # the mount's device, known to the walks beforehand (the daemon's mount_dev)
+
+    def ops(self) -> Counter[str]:
+        return ops_of(self.log.read_text(), os.getpid())  # the walks run in this process
+
+    def count(self, walk: Callable[[], Prepared]) -> tuple[Counter[str], Prepared]:
+        """The operations `walk()` asked of the filesystem, and what it returned."""
+        before = self.ops()
+        result = walk()
+        return self.ops() - before, result
+
+
+@pytest.fixture
+def counted(tmp_path: Path) -> Iterator[Counted]:
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    mount_point = tmp_path / "mp"
+    mount_point.mkdir()
+    log = tmp_path / "ops.log"
+    log.touch()
+    argv = ["-m", "tests.testbed.counting_fs", str(backing), str(mount_point), str(log)]
+    server = subprocess.Popen([sys.executable, *argv])
+    try:
+        wait_until(
+            lambda: is_mount_point(str(mount_point)) or server.poll() is not None,
+            "the counting filesystem",
+            timeout=30,
+        )
+        assert server.poll() is None, "the counting filesystem did not start"
+        yield Counted(mount_point, backing, log, os.stat(mount_point).st_dev)
+    finally:
+        umount_lazy(str(mount_point))
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def aged(backing: Path, *rels: str) -> None:
+    """The directories `rels` last changed two days ago, as gc sees a namespace on a rack."""
+    then = time.time() - 2 * DAY
+    for rel in rels:
+        os.utime(backing / rel, (then, then))
+
+
+def create_walk(c: Counted, parts: tuple[str, ...]) -> Prepared:
+    return trashcheck.prepare_path(str(c.mount_point), parts, OWNER, 0o750, c.dev)
+
+
+def start_walk(c: Counted, parts: tuple[str, ...], known: Identity) -> Prepared:
+    return trashcheck.prepare_path(str(c.mount_point), parts, OWNER, 0o750, c.dev, known=known)
+
+
+def test_existing_directory_three_levels_below_the_namespace(counted: Counted) -> None:
+    (counted.backing / "/".join(EXISTING)).mkdir(parents=True)
+    aged(counted.backing, "r1-a", "r1-a/web")
+    ops, got = counted.count(lambda: create_walk(counted, EXISTING))
+    assert got.created == 0
+    # open and stat each component once; mark the two that gc judges (their mtime is old);
+    # the trash check finds no .volagent; nothing is created, chowned or chmodded
+    assert ops["utimens"] == 2
+    assert ops["mkdir"] == ops["chown"] == ops["chmod"] == 0
+    assert ops.total() <= 24, ops  # 37 before the walk opened first
+    # the walk at the start only opens and compares: same directories, nothing else asked
+    ops, again = counted.count(lambda: start_walk(counted, EXISTING, got.identity))
+    assert again == got
+    assert ops.total() <= 18, ops  # 37 before it compared with the create walk
+    assert set(ops) <= {"getattr", "opendir"}, ops
+
+
+def test_a_recently_marked_namespace_is_not_touched_again(counted: Counted) -> None:
+    (counted.backing / "/".join(EXISTING)).mkdir(parents=True)
+    ops, _ = counted.count(lambda: create_walk(counted, EXISTING))
+    assert ops["utimens"] == 0, ops
+    assert ops.total() <= 20, ops  # 37 before
+
+
+def test_a_namespace_this_host_recorded_within_the_hour_is_not_touched(counted: Counted) -> None:
+    (counted.backing / "/".join(EXISTING)).mkdir(parents=True)
+    aged(counted.backing, "r1-a", "r1-a/web")
+    ops, _ = counted.count(
+        lambda: trashcheck.prepare_path(
+            str(counted.mount_point), EXISTING, OWNER, 0o750, counted.dev, recorded_at=time.time()
+        )
+    )
+    assert ops["utimens"] == 0, ops
+    assert ops.total() <= 20, ops
+
+
+def test_new_directory(counted: Counted) -> None:
+    (counted.backing / "r1-a").mkdir()
+    old = os.umask(0o022)
+    try:
+        ops, got = counted.count(lambda: create_walk(counted, NEW))
+    finally:
+        os.umask(old)
+    assert (got.created, got.leaf_created) == (2, True)
+    # made with their final mode: the parent (root 0755) needs neither chown nor chmod, the
+    # leaf one chown
+    assert (ops["mkdir"], ops["chown"], ops["chmod"]) == (2, 1, 0), ops
+    assert ops.total() <= 23, ops  # 37 before
+    ops, again = counted.count(lambda: start_walk(counted, NEW, got.identity))
+    assert (again.uid, again.gid, again.mode) == (1234, 1234, 0o750)
+    assert ops.total() <= 12, ops  # 29 before
+
+
+def test_a_start_after_a_swap_judges_from_scratch(counted: Counted) -> None:
+    (counted.backing / "/".join(EXISTING)).mkdir(parents=True)
+    got = create_walk(counted, EXISTING)
+    # the leaf replaced by another directory of the same name: not the one judged at create
+    (counted.backing / "/".join(EXISTING)).rename(counted.backing / "r1-a/web/x/y/moved")
+    (counted.backing / "/".join(EXISTING)).mkdir()
+    ops, again = counted.count(lambda: start_walk(counted, EXISTING, got.identity))
+    assert again.identity != got.identity
+    # judged as a create: the trash looked at (a lookup of .volagent among the operations)
+    assert ops.total() > 18, ops

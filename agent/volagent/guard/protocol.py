@@ -66,9 +66,9 @@ _JUDGED: dict[str, list[tuple[re.Pattern[str], str]]] = {
     ],
 }
 _JUDGED["HEAD"] = _JUDGED["GET"][:1]
-# The POST and PUT routes of Docker 20.10 to 27 that cannot make a mount or grant privilege:
-# allowed at once, whatever their body. Any other POST or PUT is a route volagent does not
-# know (a newer dockerd's): allowed only when its body, if any, reached the guard.
+# The POST routes of Docker 20.10 to 27 that cannot make a mount or grant privilege: allowed
+# at once, whatever their body. Any other POST or PUT is a route volagent does not know (a
+# newer dockerd's): allowed only when its body, if any, reached the guard.
 _HARMLESS = re.compile(
     _V + r"/(?:auth.*|build|build/cancel|build/prune|commit|session|grpc"
     r"|containers/prune|containers/.+/(?:attach|kill|pause|rename|resize|stop|unpause|update|wait)"
@@ -312,8 +312,8 @@ def route(method: str, uri: str) -> Route:
             version=found.get("version") or "",
             query=query,
         )
-    if method in ("POST", "PUT") and not _HARMLESS.match(path):
-        return Route("unknown", version="")
+    if method == "PUT" or (method == "POST" and not _HARMLESS.match(path)):
+        return Route("unknown")
     return _OTHER
 
 

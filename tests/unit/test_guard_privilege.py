@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.unit.guard_requests import ask, decision, plugin_body
+
 from volagent.config import from_dict
 from volagent.guard import privilege
 from volagent.guard.plugin import Guard
@@ -75,7 +75,13 @@ def test_each_privilege_is_refused_by_name(host_config: dict[str, Any], fragment
         {},
         {"Privileged": False, "PidMode": "", "IpcMode": "shareable", "CgroupnsMode": "private"},
         {"CapAdd": ["NET_BIND_SERVICE", "cap_chown"], "CapDrop": ["ALL"]},
-        {"SecurityOpt": ["no-new-privileges", "no-new-privileges=false", "apparmor=docker-default"]},
+        {
+            "SecurityOpt": [
+                "no-new-privileges",
+                "no-new-privileges=false",
+                "apparmor=docker-default",
+            ]
+        },
         {"SecurityOpt": ["seccomp=builtin"]},
         {"Sysctls": {"net.ipv4.ip_unprivileged_port_start": "0", "kernel.shmmax": "1"}},
         {"Sysctls": {"fs.mqueue.msg_max": "20", "net/ipv4/ping_group_range": "0 1"}},
@@ -155,7 +161,14 @@ def test_every_route_that_mounts_or_grants_is_judged(method: str, uri: str, kind
 
 @pytest.mark.parametrize(
     ("version", "legacy"),
-    [("1.23", True), ("1.023", True), ("1.12", True), ("1.24", False), ("1.41", False), ("", False)],
+    [
+        ("1.23", True),
+        ("1.023", True),
+        ("1.12", True),
+        ("1.24", False),
+        ("1.41", False),
+        ("", False),
+    ],
 )
 def test_api_versions_below_1_24_are_legacy(version: str, legacy: bool) -> None:
     prefix = f"/v{version}" if version else ""

@@ -141,3 +141,13 @@ def test_report_escapes_what_the_host_said() -> None:
     assert "\x1b" not in text and "\r" not in text and "\x07" not in text
     assert "said \\x1b[2J\\rPASS" in text
     assert "fix: see \\x1b]0;x\\x07" in text
+
+
+def test_doctor_lists_the_apps_allowed_privilege() -> None:
+    listed = host_checks.check_privileged_apps(
+        cfg(guard={"enabled": True, "privileged_apps": ["ci", "builder"]})
+    )
+    assert listed.status == PASS and "ci, builder" in listed.detail
+    none = host_checks.check_privileged_apps(cfg(guard={"enabled": True}))
+    assert none.status == PASS and none.detail.startswith("none")
+    assert host_checks.check_privileged_apps(cfg(guard={"enabled": False})).status == SKIP

@@ -10,7 +10,13 @@ from volagent.guard.protocol import MAX_FORWARDED_BODY, LocalVolume, header
 from volagent.state import MountStatus, VolumeRecord
 from volagent.volumes.preparer import Outcome
 
-_DONE = {"start": "started", "restart": "restarted", "create": "created"}
+_DONE = {
+    "start": "started",
+    "restart": "restarted",
+    "create": "created",
+    "archive": "copied to or from",  # docker cp mounts the container's binds again
+    "copy": "copied from",
+}
 
 
 def who(name: str) -> str:

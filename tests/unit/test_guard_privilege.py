@@ -262,3 +262,18 @@ def test_plugins_swarm_volumes_and_checkpoint_dirs_are_refused(guard: Guard) -> 
     ):
         doc = decision(ask(guard, plugin_body(method, uri, body)))
         assert doc["Allow"] is False, (method, uri)
+
+
+def test_stored_settings_read_back_as_docker_inspect_shows_them() -> None:
+    body = {"Image": "x", "HostConfig": {"PidMode": "host", "CapAdd": "SYS_ADMIN", "Devices": [{}]}}
+    create = parse_create_body(json.dumps(body).encode())
+    stored = privilege.HostPrivileges.from_host_config(create.spec.host_config)
+    assert stored.refused({}, {"a"}) == create.privileges.refused({}, {"a"})
+    # Docker fills CgroupnsMode in itself (host on cgroup v1): not a use of privilege
+    inspected = {
+        "CgroupnsMode": "host",
+        "IpcMode": "private",
+        "MaskedPaths": sorted(privilege.DEFAULT_MASKED_PATHS),
+        "SecurityOpt": None,
+    }
+    assert privilege.HostPrivileges.from_host_config(inspected).plain

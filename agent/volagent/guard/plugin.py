@@ -484,6 +484,7 @@ class Guard:
             return messages.violations(who, bad) if bad and deny_violations else None
         else:
             spec = known.spec
+        self._note_privileged_start(where.action, who, spec)
         # judged and walked again, nothing trusted from before: a directory checked at
         # create may have been swapped for a symlink since, and Docker follows it at every
         # start (binds outside the mount point included)
@@ -568,6 +569,25 @@ class Guard:
     def _log_privileged(self, action: str, who: str, apps: frozenset[str], used: list[str]) -> None:
         """Every privilege allowed by `[guard] privileged_apps` leaves a line in the log."""
         self.log.warning("guard_privileged", action=action, who=who, apps=sorted(apps), uses=used)
+
+    def _note_privileged_start(self, action: str, who: str, spec: ContainerSpec) -> None:
+        """A start of a container whose stored settings use privilege: logged. Judged at
+        create already; one created before the policy (or while its app was listed) is
+        named in the log as not listed."""
+        wanted = privilege.HostPrivileges.from_host_config(spec.host_config)
+        if wanted.plain:
+            return
+        cfg = self.state.config
+        apps = privilege.apps_named(spec.labels.get(cfg.docker.app_label) or "", spec.env)
+        if not apps:
+            return
+        used = wanted.refused({}, apps, ignore_joined=True)
+        if privilege.allowed_apps(apps, cfg.guard.privileged_apps):
+            self._log_privileged(action, who, apps, used)
+        else:
+            self.log.warning(
+                "guard_privileged_unlisted", action=action, who=who, apps=sorted(apps), uses=used
+            )
 
     async def _apps_of(self, ref: str) -> frozenset[str] | None:
         """The apps the container `ref` names, as Docker resolves `ref` now; None when Docker

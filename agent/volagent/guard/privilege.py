@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # moby's oci/caps/defaults.go, the same from Docker 20.10 to 27
 DEFAULT_CAPABILITIES = frozenset(
@@ -100,6 +101,60 @@ class HostPrivileges:
     sysctls: tuple[str, ...] = ()
     masked_paths: tuple[str, ...] | None = None  # None: Docker's default list
     readonly_paths: tuple[str, ...] | None = None
+
+    def to_host_config(self) -> dict[str, Any]:
+        """These settings under their HostConfig keys, as `docker inspect` shows them."""
+        return {
+            "Privileged": self.privileged,
+            **dict(self.modes),
+            "NetworkMode": self.network_mode,
+            "UTSMode": self.uts_mode,
+            "CapAdd": list(self.cap_add),
+            "Devices": [{}] * self.devices,
+            "DeviceRequests": [{}] * self.device_requests,
+            "DeviceCgroupRules": [""] * self.device_cgroup_rules,
+            "SecurityOpt": list(self.security_opt),
+            "Sysctls": dict.fromkeys(self.sysctls, ""),
+            "MaskedPaths": None if self.masked_paths is None else list(self.masked_paths),
+            "ReadonlyPaths": None if self.readonly_paths is None else list(self.readonly_paths),
+        }
+
+    @classmethod
+    def from_host_config(cls, hc: Mapping[str, Any]) -> HostPrivileges:
+        """The settings of a HostConfig as Docker stores it (`docker inspect`), for the log
+        of a start. Docker fills in CgroupnsMode itself (`host` on cgroup v1 hosts), so it
+        is left out."""
+
+        def text(key: str) -> str:
+            value = hc.get(key)
+            return value if isinstance(value, str) else ""
+
+        def strings(key: str) -> tuple[str, ...]:
+            value = hc.get(key)
+            return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+        def count(key: str) -> int:
+            value = hc.get(key)
+            return len(value) if isinstance(value, list) else 0
+
+        def paths(key: str) -> tuple[str, ...] | None:
+            return None if hc.get(key) is None else strings(key)
+
+        sysctls = hc.get("Sysctls")
+        return cls(
+            privileged=hc.get("Privileged") is True,
+            modes=tuple((key, text(key)) for key in ("PidMode", "IpcMode", "UsernsMode")),
+            network_mode=text("NetworkMode"),
+            uts_mode=text("UTSMode"),
+            cap_add=strings("CapAdd"),
+            devices=count("Devices"),
+            device_requests=count("DeviceRequests"),
+            device_cgroup_rules=count("DeviceCgroupRules"),
+            security_opt=strings("SecurityOpt"),
+            sysctls=tuple(sysctls) if isinstance(sysctls, Mapping) else (),
+            masked_paths=paths("MaskedPaths"),
+            readonly_paths=paths("ReadonlyPaths"),
+        )
 
     def mode(self, key: str) -> str:
         return dict(self.modes).get(key, "")

@@ -471,7 +471,8 @@ def parse_create_body(body: bytes, name: str = "") -> CreateRequest:
         labels=labels,
         env=env,
         user=user or "",
-        host_config={"Binds": binds, "Mounts": mounts},
+        # the parts of the HostConfig volagent reads, under Docker's own keys
+        host_config={"Binds": binds, "Mounts": mounts, **privileges.to_host_config()},
     )
     return CreateRequest(
         spec=spec, volumes_from=volumes_from, volumes=volumes, privileges=privileges

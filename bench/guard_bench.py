@@ -15,7 +15,13 @@ agent on Docker events alone:
 - one guarded `docker run` (create + start, one bind) at a time, against the same run on the
   engine without a plugin and on the do-nothing plugin's: what the guard's checks (the bind
   located on the host, nesting, the walk at create and again at start, the mount check
-  after the start) cost a single run, above the floor every plugin costs.
+  after the start) cost a single run, above the floor every plugin costs;
+- one `docker create` at a time (no bind) carrying the privilege fields the guard reads
+  (capabilities, security options, sysctls, namespace modes, all within Docker's defaults, so
+  it is allowed), against the engine without a plugin and the do-nothing plugin's: what the
+  privilege policy adds to a create; and the guard's own decision time, in-process, for a
+  `GET /containers/json`, a create without and one with those fields (what to compare
+  against the last release's guard on the same machine).
 Figures are printed beside their targets; nothing here asserts a threshold.
 """
 
@@ -221,6 +227,120 @@ def serial_run_latency(plain: Side, null: Side, guarded: Side) -> None:
     )
 
 
+# the HostConfig of a create that uses every field the privilege policy reads, within
+# Docker's defaults (allowed for any app)
+PRIVILEGE_FIELDS: dict[str, Any] = {
+    "cap_add": ["CHOWN", "NET_BIND_SERVICE"],
+    "cap_drop": ["NET_RAW"],
+    "security_opt": ["no-new-privileges", "apparmor=docker-default"],
+    "sysctls": {"net.ipv4.ip_unprivileged_port_start": "0", "kernel.shmmax": "65536"},
+    "ipc_mode": "shareable",
+    "privileged": False,
+}
+PRIVILEGED_CREATES = 60
+
+
+def privileged_create_latency(plain: Side, null: Side, guarded: Side) -> None:
+    sides = (plain, null, guarded)
+    times: dict[str, list[float]] = {side.label: [] for side in sides}
+
+    def one(side: Side, i: int) -> None:
+        api = side.containers.api
+        host_config = api.create_host_config(network_mode="none", **PRIVILEGE_FIELDS)
+        labels = {**app_labels("priv", f"s{i}"), "volagent.test": "1"}
+        started = time.perf_counter()
+        created = api.create_container(
+            side.containers.image, command=["true"], labels=labels, host_config=host_config
+        )
+        times[side.label].append(time.perf_counter() - started)
+        api.remove_container(created["Id"], force=True)
+
+    for side in sides:
+        one(side, 0)  # warm
+        times[side.label].clear()
+    for turn in range(PRIVILEGED_CREATES // SERIAL_TURN):
+        for side in sides:
+            for j in range(SERIAL_TURN):
+                one(side, turn * SERIAL_TURN + j)
+    print(
+        f"one `docker create` carrying the privilege fields (no bind), {PRIVILEGED_CREATES} "
+        "each, in turns"
+    )
+    p50 = {label: statistics.median(t) for label, t in times.items()}
+    for label, value in p50.items():
+        print(f"  {label:<18} p50 {_ms(value)}   p99 {_ms(percentile(times[label], 99))}")
+    print(f"  ratio p50 guard / no plugin          {p50[guarded.label] / p50[plain.label]:5.2f}")
+    print(f"  ratio p50 guard / do-nothing plugin  {p50[guarded.label] / p50[null.label]:5.2f}")
+
+
+def guard_decision_cost() -> None:
+    """The guard's decision, in-process (no sockets, no Docker): microseconds per AuthZReq."""
+    import asyncio  # noqa: PLC0415
+    import base64  # noqa: PLC0415
+    import json  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from volagent.config import from_dict  # noqa: PLC0415
+    from volagent.guard.plugin import Guard  # noqa: PLC0415
+    from volagent.httpserver import Request  # noqa: PLC0415
+    from volagent.state import AgentState  # noqa: PLC0415
+    from volagent.volumes.preparer import Preparer  # noqa: PLC0415
+    from volagent.worker import TimedWorker  # noqa: PLC0415
+
+    base = tempfile.mkdtemp(prefix="vt-gd-")
+    cfg = from_dict(
+        {"rack": "r", "mount_point": f"{base}/mp", "state_dir": base, "guard": {"enabled": True}}
+    )
+    state = AgentState(cfg)
+    state.set_mount_state("mounted")
+    state.mount_known.set()
+    guard = Guard(state, Preparer(state, TimedWorker("bench", max_threads=1)))
+    host_config = {
+        "NetworkMode": "none",
+        "CapAdd": PRIVILEGE_FIELDS["cap_add"],
+        "CapDrop": PRIVILEGE_FIELDS["cap_drop"],
+        "SecurityOpt": PRIVILEGE_FIELDS["security_opt"],
+        "Sysctls": PRIVILEGE_FIELDS["sysctls"],
+        "IpcMode": "shareable",
+        "Privileged": False,
+        "PidMode": "",
+        "MaskedPaths": None,
+    }
+
+    def authz(method: str, uri: str, body: dict[str, Any] | None) -> bytes:
+        doc: dict[str, Any] = {
+            "RequestMethod": method,
+            "RequestUri": uri,
+            "RequestHeaders": {"Content-Type": "application/json"},
+        }
+        if body is not None:
+            doc["RequestBody"] = base64.b64encode(json.dumps(body).encode()).decode()
+        return json.dumps(doc).encode()
+
+    create = {"Image": "x", "Labels": app_labels("bench", "web"), "Cmd": ["true"]}
+    cases = {
+        "GET /containers/json": authz("GET", "/v1.41/containers/json?all=1", None),
+        "create, no privilege fields": authz(
+            "POST", "/v1.41/containers/create", {**create, "HostConfig": {"NetworkMode": "none"}}
+        ),
+        "create, privilege fields": authz(
+            "POST", "/v1.41/containers/create", {**create, "HostConfig": host_config}
+        ),
+    }
+
+    async def timed(raw: bytes, n: int) -> float:
+        req = Request("POST", "/AuthZPlugin.AuthZReq", {}, {}, raw, peer_uid=0)
+        started = time.perf_counter()
+        for _ in range(n):
+            await guard.handle(req)
+        return (time.perf_counter() - started) / n
+
+    print("the guard's decision in-process, microseconds per AuthZReq (best of 5 x 2000)")
+    for label, raw in cases.items():
+        best = min(asyncio.run(timed(raw, 2000)) for _ in range(5))
+        print(f"  {label:<30} {best * 1e6:8.1f} us")
+
+
 def _settled(ids: list[str], doc: dict[str, Any]) -> bool:
     return all_in(doc, ids, ["ready", "late"])
 
@@ -314,6 +434,8 @@ def main() -> None:
         api_latency(plain, floor, null, guarded)
         run_throughput(plain, guarded)
         serial_run_latency(plain, null, guarded)
+        privileged_create_latency(plain, null, guarded)
+        guard_decision_cost()
         late_volumes(plain, guarded)
         guard_decisions(guarded)
     finally:

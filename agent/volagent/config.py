@@ -137,6 +137,11 @@ class GuardConfig:
         "deny | allow container create/start while the mount is unhealthy", default="deny"
     )
     violations: str = _doc("deny | warn on namespace violations", default="deny")
+    privileged_apps: tuple[str, ...] = _doc(
+        "apps whose containers may use privilege, host namespaces, added capabilities, "
+        'devices and unconfined security options, e.g. ["ci"]',
+        default=(),
+    )
 
 
 # the NFSv4 lease of Linux's nfsd and of EFS: a dead client's locks are released after it
@@ -265,6 +270,13 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {value!r}")
         return float(value)
+    if kind == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"expected a list of app names, got {value!r}")
+        for name in value:
+            if not NAME_RE.fullmatch(name):
+                raise ConfigError(key, f"{name!r} is not an app name ({NAME_RE.pattern})")
+        return tuple(value)
     if kind == "Size | None":
         return _size(key, value) if value != "" else None
     if kind == "dict[str, Size]":

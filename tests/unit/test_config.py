@@ -88,7 +88,7 @@ def test_every_key_has_a_default() -> None:
 def _wrong_value(kind: Any) -> Any:
     """A TOML value of the wrong type for a field of `kind`."""
     wrong = {"str": 42, "bool": "yes", "int": "many", "float": "fast"}
-    wrong.update({"Size | None": 50, "dict[str, Size]": "shop=1GiB"})
+    wrong.update({"Size | None": 50, "dict[str, Size]": "shop=1GiB", "tuple[str, ...]": "ci"})
     return wrong[str(kind)]
 
 
@@ -229,3 +229,16 @@ def test_to_toml_round_trips(tmp_path: Path) -> None:
     text = config.to_toml(cfg)
     assert config.from_dict(tomllib.loads(text)) == cfg
     assert config.load(write(tmp_path, text)) == cfg
+
+
+@pytest.mark.parametrize("apps", [["Ci"], ["ci", ""], ["ci", 1], ["a" * 64]])
+def test_privileged_apps_are_app_names(apps: list[Any]) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.from_dict({"guard": {"privileged_apps": apps}})
+    assert info.value.key == "guard.privileged_apps"
+
+
+def test_privileged_apps_apply_live() -> None:
+    assert "guard.privileged_apps" in config.keys_applying(config.LIVE)
+    cfg = config.from_dict({"guard": {"privileged_apps": ["ci", "builder"]}})
+    assert cfg.guard.privileged_apps == ("ci", "builder")

@@ -164,3 +164,13 @@ def test_doctor_json_is_the_report_for_a_program(
     assert all(f"  {c['name']}  " in text for c in doc["checks"])
     docker = next(c for c in doc["checks"] if c["name"] == "docker")
     assert docker["status"] == "fail" and "[docker] url" in docker["fix"]
+
+
+def test_doctor_lists_the_apps_allowed_privilege() -> None:
+    listed = host_checks.check_privileged_apps(
+        cfg(guard={"enabled": True, "privileged_apps": ["ci", "builder"]})
+    )
+    assert listed.status == PASS and "ci, builder" in listed.detail
+    none = host_checks.check_privileged_apps(cfg(guard={"enabled": True}))
+    assert none.status == PASS and none.detail.startswith("none")
+    assert host_checks.check_privileged_apps(cfg(guard={"enabled": False})).status == SKIP

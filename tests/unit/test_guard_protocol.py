@@ -125,7 +125,7 @@ def test_answers() -> None:
         ("GET", "/v1.41/containers/create", "other", ""),
         ("GET", "/v1.41/containers/json", "other", ""),
         ("POST", "/v1.41/containers/abc/stop", "other", ""),
-        ("POST", "/v1.41/containers/create/extra", "other", ""),
+        ("POST", "/v1.41/containers/create/extra", "unknown", ""),
         ("POST", "/v1.41/images/create", "other", ""),
         ("DELETE", "/v1.41/containers/abc", "other", ""),
     ],

@@ -4,13 +4,19 @@ what to do about it. dockerd shows the text as `authorization denied by plugin v
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from volagent.guard.protocol import MAX_FORWARDED_BODY, LocalVolume, header
 from volagent.state import MountStatus, VolumeRecord
 from volagent.volumes.preparer import Outcome
 
-_DONE = {"start": "started", "restart": "restarted", "create": "created"}
+_DONE = {
+    "start": "started",
+    "restart": "restarted",
+    "create": "created",
+    "archive": "copied to or from",  # docker cp mounts the container's binds again
+    "copy": "copied from",
+}
 
 
 def who(name: str) -> str:
@@ -54,14 +60,48 @@ def failed(who: str, bad: list[VolumeRecord], mount_state: str, action: str) -> 
     )
 
 
-def no_body(headers: Mapping[str, str]) -> str:
+def hidden_body(headers: Mapping[str, str], what: str) -> str:
     ctype = header(headers, "Content-Type") or "none"
-    length = header(headers, "Content-Length") or "unknown"
+    length = header(headers, "Content-Length") or "none (chunked?)"
     return (
-        "volagent cannot check this create request: Docker passes a request body to "
-        "authorization plugins only for Content-Type application/json under "
-        f"{MAX_FORWARDED_BODY} bytes, and this one had Content-Type {ctype}, length "
-        f"{length}. Send the container config as JSON (as the docker CLI does)."
+        f"volagent cannot judge {what}: its body did not reach the start guard. dockerd "
+        "passes a request body to authorization plugins only when it is application/json "
+        f"with a Content-Length under {MAX_FORWARDED_BODY} bytes (1 MiB); this one had "
+        f"Content-Type {ctype}, Content-Length {length}. A request body over 1 MiB (or not "
+        "application/json) cannot be judged, so it is refused: send it as JSON under 1 MiB "
+        "with a Content-Length, as the docker CLI does."
+    )
+
+
+def privileged(who: str, apps: Iterable[str], used: list[str], action: str = "create") -> str:
+    names = ", ".join(sorted(apps))
+    shown = "; ".join(used[:6]) + (" ..." if len(used) > 6 else "")
+    verb = "execs with" if action == "exec" else "asks for"
+    return (
+        f"volagent: {who} (app {names}) {verb} {shown}: privilege, host namespaces, added "
+        "capabilities, devices and unconfined security options are refused for app "
+        "containers (with them a container reaches other apps' data and the host). Drop "
+        "these settings; if the app really needs them (a CI builder that runs Docker "
+        f"itself), add it to [guard] privileged_apps in the volagent config (privileged_apps "
+        f'= ["{sorted(apps)[0]}"]).'
+    )
+
+
+def plugin(action: str) -> str:
+    return (
+        f"volagent: `docker plugin {action}` is refused while the start guard is on: a "
+        "managed plugin runs as root with the host mounts, devices and capabilities it "
+        "declares, where the guard cannot judge them. Install and configure plugins when "
+        "the host is built (before dockerd is started with the guard); installed plugins "
+        "keep working."
+    )
+
+
+def checkpoint_dir() -> str:
+    return (
+        "volagent: a checkpoint directory of one's own is refused while the start guard is "
+        "on: dockerd reads, writes and deletes it as root, anywhere on the host. Use the "
+        "container's own checkpoint directory (leave out --checkpoint-dir)."
     )
 
 

@@ -31,11 +31,11 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from volagent import log
-from volagent.guard import messages
+from volagent.guard import messages, privilege
 from volagent.guard.pending import AllowedCreate, PendingCreates, request_key
 from volagent.guard.protocol import (
     ACTIVATE_BODY,
@@ -50,8 +50,11 @@ from volagent.guard.protocol import (
     decision_body,
     error_body,
     parse_authz_request,
+    parse_checkpoint_dir,
     parse_create_body,
+    parse_exec_privileged,
     parse_volume_body,
+    query_value,
     route,
 )
 from volagent.httpserver import HttpServer, Request, Response
@@ -173,6 +176,14 @@ class Guard:
         where = route(authz.method, authz.uri)
         if where.kind == "other" or not self.state.guard.enabled:
             return self._decided(None, where, started)  # the hot path: no more than this
+        if where.kind == "unknown":
+            # a route volagent does not know (a newer dockerd's): what it does cannot be
+            # judged, but a body kept from the guard must not carry it
+            hidden = authz.body_hidden
+            what = f"{authz.method} {authz.uri[:80]} (a route volagent does not know)"
+            return self._decided(
+                messages.hidden_body(authz.headers, what) if hidden else None, where, started
+            )
         try:
             _ = authz.body  # decoded here, so a body that is not base64 is a 400, not a bug
         except PluginRequestError as exc:
@@ -188,7 +199,13 @@ class Guard:
                 denial = await self._judge_volume_create(authz)
             elif where.kind == "swarm":
                 denial = messages.swarm()
-            else:
+            elif where.kind == "plugin":
+                denial = messages.plugin(where.action)
+            elif where.kind == "exec":
+                denial = await self._judge_exec(authz, where)
+            elif where.kind == "checkpoint":
+                denial = self._judge_checkpoint(authz, where)
+            else:  # start, restart, and copies in or out of a container (its binds mounted)
                 denial = await self._judge_start(authz, where)
         except Exception as exc:
             return self._failed(authz, where, exc, started)
@@ -239,11 +256,14 @@ class Guard:
         try:
             body = authz.body
             if where.kind == "create":
-                return body is None or parse_create_body(body).touches_anything
+                if body is None:
+                    return True
+                create = parse_create_body(body)
+                return create.touches_anything or not create.privileges.plain
             if where.kind == "volume":
                 vol = parse_volume_body(body) if body else None
                 return vol is not None and not vol.plain
-            if where.kind == "swarm":
+            if where.kind in ("swarm", "plugin", "exec", "checkpoint", "unknown"):
                 return True
             if body and body.strip() not in (b"", b"{}", b"null"):
                 return True  # a start body carries a HostConfig (API below 1.24)
@@ -265,12 +285,16 @@ class Guard:
     # --- create -------------------------------------------------------------------------
     async def _judge_create(self, authz: AuthzRequest, where: Route) -> str | None:
         if authz.body is None:
-            return messages.no_body(authz.headers)
+            return messages.hidden_body(authz.headers, "this container create")
         try:
             create = parse_create_body(authz.body, where.name)
         except CreateBodyError as exc:
             return f"volagent cannot read this create request: {exc}"
         who = messages.who(where.name)
+        spec = create.spec
+        denial = await self._judge_privileges(who, create.privileges, spec.labels, spec.env)
+        if denial is not None:
+            return denial
         denial = await self._judge_inherited(who, create)
         if denial is not None:
             return denial
@@ -364,8 +388,12 @@ class Guard:
         return None if data is None else list(ContainerSpec.from_inspect(data).binds)
 
     async def _judge_volume_create(self, authz: AuthzRequest) -> str | None:
-        if not authz.body:
-            return None  # an anonymous volume of the default driver
+        if authz.body is None:
+            # dockerd's handler needs a body (the CLI always sends one): one kept from the
+            # guard (padded past 1 MiB, not JSON) may make a bind or mount of anything
+            return messages.hidden_body(authz.headers, "this volume create")
+        if not authz.body.strip():
+            return None  # nothing to make: dockerd refuses it
         try:
             vol = parse_volume_body(authz.body)
         except CreateBodyError as exc:
@@ -433,10 +461,17 @@ class Guard:
     async def _judge_start(self, authz: AuthzRequest, where: Route) -> str | None:
         known = self.state.find_container(where.container)
         who = messages.who((known.name if known else "") or where.container)
-        body = (authz.body or b"").strip()
+        if where.action == "start":
+            if where.legacy and authz.body_hidden:
+                # below API 1.24 dockerd 25 and older apply a HostConfig from any start body
+                # longer than 7 bytes, or of unknown length, that the guard may never see
+                return messages.hidden_body(authz.headers, f"this start of {who}")
+            if query_value(where.query, "checkpoint-dir"):
+                return messages.checkpoint_dir()
+        body = (authz.body or b"").strip() if where.action == "start" else b""
         if body and body not in (b"{}", b"null"):
             # API below 1.24: Docker 24 and older still apply a HostConfig sent at start
-            denial = await self._judge_start_body(who, known, body)
+            denial = await self._judge_start_body(who, known, body, where.container)
             if denial is not None:
                 return denial
         healthy = self.state.mount_healthy
@@ -459,6 +494,7 @@ class Guard:
             return messages.violations(who, bad) if bad and deny_violations else None
         else:
             spec = known.spec
+        self._note_privileged_start(where.action, who, spec)
         # judged and walked again, nothing trusted from before: a directory checked at
         # create may have been swapped for a symlink since, and Docker follows it at every
         # start (binds outside the mount point included)
@@ -486,23 +522,132 @@ class Guard:
         return None if data is None else ContainerSpec.from_inspect(data)
 
     async def _judge_start_body(
-        self, who: str, known: ContainerRecord | None, body: bytes
+        self, who: str, known: ContainerRecord | None, body: bytes, ref: str
     ) -> str | None:
         try:
             legacy = parse_create_body(body)
         except CreateBodyError as exc:
             return f"volagent cannot read this start request's body: {exc}"
-        if not legacy.touches_anything:
-            return None
         spec = legacy.spec
         if known is not None and known.spec is not None:
             spec.labels, spec.env = known.spec.labels, known.spec.env
+        if not legacy.privileges.plain:
+            # the start body replaces the container's whole HostConfig
+            if known is None or known.spec is None:
+                found = await self._inspected(ref)
+                if found is not None:
+                    spec.labels, spec.env = found.labels, found.env
+            denial = await self._judge_privileges(
+                who, legacy.privileges, spec.labels, spec.env, "start"
+            )
+            if denial is not None:
+                return denial
+        if not legacy.touches_anything:
+            return None
         denial = await self._judge_inherited(who, legacy)
         if denial is not None:
             return denial
         if await self.preparer.judge(spec) is not None or spec.inherited:
             return messages.legacy_start(who)
         return None
+
+    # --- privilege ------------------------------------------------------------------------
+    async def _judge_privileges(
+        self,
+        who: str,
+        wanted: privilege.HostPrivileges,
+        labels: Mapping[str, str],
+        env: Sequence[str],
+        action: str = "create",
+    ) -> str | None:
+        """The privilege policy for a container's HostConfig (see guard/privilege.py): None
+        when it asks for nothing beyond Docker's defaults, names no app, or its app is in
+        `[guard] privileged_apps` (then logged)."""
+        if wanted.plain:
+            return None
+        cfg = self.state.config
+        apps = privilege.apps_named(labels.get(cfg.docker.app_label) or "", env)
+        if not apps:
+            return None  # not an app's container: not volagent's business
+        joined = {key: await self._apps_of(ref) for key, ref in wanted.joined().items()}
+        used = wanted.refused(joined, apps)
+        if not used:
+            return None
+        if privilege.allowed_apps(apps, cfg.guard.privileged_apps):
+            self._log_privileged(action, who, apps, used)
+            return None
+        return messages.privileged(who, apps, used, action)
+
+    def _log_privileged(self, action: str, who: str, apps: frozenset[str], used: list[str]) -> None:
+        """Every privilege allowed by `[guard] privileged_apps` leaves a line in the log."""
+        self.log.warning("guard_privileged", action=action, who=who, apps=sorted(apps), uses=used)
+
+    def _note_privileged_start(self, action: str, who: str, spec: ContainerSpec) -> None:
+        """A start of a container whose stored settings use privilege: logged. Judged at
+        create already; one created before the policy (or while its app was listed) is
+        named in the log as not listed."""
+        wanted = privilege.HostPrivileges.from_host_config(spec.host_config)
+        if wanted.plain:
+            return
+        cfg = self.state.config
+        apps = privilege.apps_named(spec.labels.get(cfg.docker.app_label) or "", spec.env)
+        if not apps:
+            return
+        used = wanted.refused({}, apps, ignore_joined=True)
+        if privilege.allowed_apps(apps, cfg.guard.privileged_apps):
+            self._log_privileged(action, who, apps, used)
+        else:
+            self.log.warning(
+                "guard_privileged_unlisted", action=action, who=who, apps=sorted(apps), uses=used
+            )
+
+    async def _apps_of(self, ref: str) -> frozenset[str] | None:
+        """The apps the container `ref` names, as Docker resolves `ref` now; None when Docker
+        knows no such container."""
+        spec = await self._inspected(ref)
+        if spec is None:
+            return None
+        label = spec.labels.get(self.state.config.docker.app_label) or ""
+        return privilege.apps_named(label, spec.env)
+
+    async def _judge_exec(self, authz: AuthzRequest, where: Route) -> str | None:
+        """`docker exec --privileged` runs a process with every capability and no
+        confinement in the container: the policy of its app decides."""
+        if authz.body is None:
+            return messages.hidden_body(authz.headers, "this exec create")
+        try:
+            wants = parse_exec_privileged(authz.body)
+        except CreateBodyError as exc:
+            return f"volagent cannot read this exec request: {exc}"
+        if not wants:
+            return None
+        spec = await self._inspected(where.container)
+        if spec is None:
+            return None  # Docker knows no such container: the exec fails there
+        who = messages.who(spec.name or where.container)
+        cfg = self.state.config
+        apps = privilege.apps_named(spec.labels.get(cfg.docker.app_label) or "", spec.env)
+        if not apps:
+            return None
+        used = ["Privileged (docker exec --privileged)"]
+        if privilege.allowed_apps(apps, cfg.guard.privileged_apps):
+            self._log_privileged("exec", who, apps, used)
+            return None
+        return messages.privileged(who, apps, used, "exec")
+
+    def _judge_checkpoint(self, authz: AuthzRequest, where: Route) -> str | None:
+        """Checkpoints (experimental dockerd): a directory of the caller's choosing is read,
+        written or deleted by dockerd as root."""
+        if authz.method.upper() == "POST":
+            if authz.body is None:
+                return messages.hidden_body(authz.headers, "this checkpoint create")
+            try:
+                chosen = parse_checkpoint_dir(authz.body) if authz.body.strip() else ""
+            except CreateBodyError as exc:
+                return f"volagent cannot read this checkpoint request: {exc}"
+        else:
+            chosen = query_value(where.query, "dir")
+        return messages.checkpoint_dir() if chosen else None
 
     def _unhealthy(self, who: str, hosts: list[str], action: str = "create") -> str | None:
         """The denial for a container binding under an unhealthy mount; None when the

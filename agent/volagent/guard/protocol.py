@@ -27,18 +27,60 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from volagent.guard.privilege import HostPrivileges
 from volagent.volumes.preparer import ContainerSpec
 
 # Docker hands a body to plugins only below this size and only for application/json.
 MAX_FORWARDED_BODY = 1 << 20
 
-_CREATE_RE = re.compile(r"^(?:/v[0-9.]+)?/containers/create$")
-_START_RE = re.compile(r"^(?:/v[0-9.]+)?/containers/(.+)/(start|restart)$")
-_VOLUME_CREATE_RE = re.compile(r"^(?:/v[0-9.]+)?/volumes/create$")
-# swarm services make containers (with their own mounts) that never pass the guard
-_SWARM_RE = re.compile(
-    r"^(?:/v[0-9.]+)?/(?:swarm/(?:init|join)|services/create|services/.+/update)$"
+_V = r"^(?:/v(?P<version>[0-9.]+))?"
+# What the guard judges or refuses, by method, in the order checked: the first match wins.
+# Every pattern is anchored at both ends like the routes of Docker's router (20.10 to 27),
+# whose `{name:.*}` may hold slashes.
+_JUDGED: dict[str, list[tuple[re.Pattern[str], str]]] = {
+    "POST": [
+        (re.compile(_V + r"/containers/create$"), "create"),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/(?P<action>start|restart)$"), "start"),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/exec$"), "exec"),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/(?P<action>copy)$"), "archive"),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/checkpoints$"), "checkpoint"),
+        (re.compile(_V + r"/volumes/create$"), "volume"),
+        # swarm services make containers (with their own mounts) that never pass the guard
+        (re.compile(_V + r"/(?:swarm/(?:init|join)|services/create|services/.+/update)$"), "swarm"),
+        # a managed plugin runs as root with the host mounts, devices and capabilities it
+        # declares (create: from a tarball, no privileges asked for at all)
+        (re.compile(_V + r"/plugins/(?P<action>pull|create)$"), "plugin"),
+        (re.compile(_V + r"/plugins/(?P<ref>.+)/(?P<action>enable|set|upgrade)$"), "plugin"),
+    ],
+    "PUT": [
+        (re.compile(_V + r"/containers/(?P<ref>.+)/(?P<action>archive)$"), "archive"),
+        # swarm cluster volumes (API 1.42+)
+        (re.compile(_V + r"/volumes/.+$"), "swarm"),
+    ],
+    "GET": [
+        (re.compile(_V + r"/containers/(?P<ref>.+)/(?P<action>archive)$"), "archive"),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/checkpoints$"), "checkpoint"),
+    ],
+    "DELETE": [
+        (re.compile(_V + r"/containers/(?P<ref>.+)/checkpoints/.+$"), "checkpoint"),
+    ],
+}
+_JUDGED["HEAD"] = _JUDGED["GET"][:1]
+# The POST routes of Docker 20.10 to 27 that cannot make a mount or grant privilege: allowed
+# at once, whatever their body. Any other POST or PUT is a route volagent does not know (a
+# newer dockerd's): allowed only when its body, if any, reached the guard.
+_HARMLESS = re.compile(
+    _V + r"/(?:auth.*|build|build/cancel|build/prune|commit|session|grpc"
+    r"|containers/prune|containers/.+/(?:attach|kill|pause|rename|resize|stop|unpause|update|wait)"
+    r"|exec/.+/(?:resize|start)"
+    r"|images/(?:create|load|prune)|images/.+/(?:push|tag)"
+    r"|networks/(?:create|prune)|networks/.+/(?:connect|disconnect)"
+    r"|volumes/prune|swarm/(?:leave|unlock|update)|nodes/.+/update"
+    r"|(?:secrets|configs)/create|(?:secrets|configs)/.+/update"
+    r"|plugins/.+/(?:disable|push))$"
 )
+# the judged routes of other methods hold these words (or escapes hide them)
+_JUDGED_WORDS = ("archive", "checkpoints", "%")
 # More VolumesFrom entries than any real container has; each is a lookup, and a create with
 # hundreds of thousands of them (under Docker's body limit) must not hold up the guard.
 MAX_VOLUMES_FROM = 64
@@ -77,15 +119,29 @@ class AuthzRequest:
     def response_body(self) -> bytes | None:
         return _b64(self.response_b64, "ResponseBody")
 
+    @property
+    def body_hidden(self) -> bool:
+        """The Docker request carries a body that dockerd kept from the plugin."""
+        return self.body_b64 is None and body_announced(self.headers)
+
 
 @dataclass(frozen=True)
 class Route:
     """What a Docker API call is, as far as the guard cares."""
 
-    kind: str  # "create" | "start" | "volume" | "swarm" | "other"
-    container: str = ""  # start/restart: the id, id prefix or name in the path
+    # create | start | exec | archive | checkpoint | volume | swarm | plugin: judged or refused;
+    # unknown: a POST or PUT of no route volagent knows; other: allowed at once
+    kind: str
+    container: str = ""  # the id, id prefix or name in the path
     name: str = ""  # create: the ?name= of the request
-    action: str = ""  # start | restart
+    action: str = ""  # start | restart | copy | archive | pull | create | enable | set | upgrade
+    version: str = ""  # the API version in the path ("" when none: dockerd's own)
+    query: str = ""  # judged routes only
+
+    @property
+    def legacy(self) -> bool:
+        """An API version below 1.24, where dockerd 25 and older apply a start's body."""
+        return bool(self.version) and api_below(self.version, (1, 24))
 
 
 @dataclass(frozen=True)
@@ -126,6 +182,7 @@ class CreateRequest:
     spec: ContainerSpec
     volumes_from: list[str] = field(default_factory=list)
     volumes: list[LocalVolume] = field(default_factory=list)  # Mounts of type volume
+    privileges: HostPrivileges = field(default_factory=HostPrivileges)
 
     @property
     def touches_anything(self) -> bool:
@@ -198,27 +255,71 @@ def _path_and_query(uri: str) -> tuple[str, str]:
     return parts.path or "/", parts.query
 
 
+def body_announced(headers: Mapping[str, str]) -> bool:
+    """Whether the headers dockerd passes on announce a request body. Go's HTTP server
+    removes both Transfer-Encoding and Content-Length from a chunked request's headers, so a
+    request without a Content-Length may carry a chunked body (one dockerd forwards only when
+    it is chunked, JSON and under 1 MiB, and only since the CVE-2024-41110 fix)."""
+    if header(headers, "Transfer-Encoding"):
+        return True
+    length = header(headers, "Content-Length").strip()
+    return length != "0"
+
+
+def api_below(version: str, minimum: tuple[int, int]) -> bool:
+    """Docker's version comparison (api/types/versions): dot-separated integers, a part that
+    is not a number counting as 0."""
+    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")]
+    want = list(minimum)
+    width = max(len(parts), len(want))
+    parts += [0] * (width - len(parts))
+    want += [0] * (width - len(want))
+    return parts < want
+
+
+_OTHER = Route("other")
+
+
 def route(method: str, uri: str) -> Route:
-    """Classifies a Docker API call. Only POSTs can be creates or starts; the path is
-    unescaped and cleaned before matching, so an encoded path cannot slip past."""
-    if method.upper() != "POST":
-        return Route("other")
+    """Classifies a Docker API call. The path is unescaped and cleaned before matching, so
+    an encoded path cannot slip past; a GET that names none of the judged routes' words is
+    decided on sight (nearly every Docker call)."""
+    method = method.upper()
+    if (
+        method not in ("POST", "PUT")
+        and uri.startswith("/")
+        and (method not in _JUDGED or not any(w in uri.partition("?")[0] for w in _JUDGED_WORDS))
+    ):
+        return _OTHER
     raw_path, query = _path_and_query(uri)
     path = posixpath.normpath(unquote(raw_path))
     if path.startswith("//"):
         path = "/" + path.lstrip("/")
-    if _CREATE_RE.match(path):
-        # Docker takes the first `name` (Go's Form.Get), blank or not
-        names = parse_qs(query, keep_blank_values=True).get("name") or [""]
-        return Route("create", name=names[0])
-    m = _START_RE.match(path)
-    if m:
-        return Route("start", container=m.group(1), action=m.group(2))
-    if _VOLUME_CREATE_RE.match(path):
-        return Route("volume")
-    if _SWARM_RE.match(path):
-        return Route("swarm")
-    return Route("other")
+    for pattern, kind in _JUDGED.get(method, ()):
+        m = pattern.match(path)
+        if m is None:
+            continue
+        found = m.groupdict()
+        name = ""
+        if kind == "create":
+            # Docker takes the first `name` (Go's Form.Get), blank or not
+            name = (parse_qs(query, keep_blank_values=True).get("name") or [""])[0]
+        return Route(
+            kind,
+            container=found.get("ref") or "",
+            name=name,
+            action=found.get("action") or "",
+            version=found.get("version") or "",
+            query=query,
+        )
+    if method == "PUT" or (method == "POST" and not _HARMLESS.match(path)):
+        return Route("unknown")
+    return _OTHER
+
+
+def query_value(query: str, key: str) -> str:
+    """The first value of `key` in a query string, as Go's Form.Get reads it."""
+    return (parse_qs(query, keep_blank_values=True).get(key) or [""])[0]
 
 
 # --- Go-style reading of the create body ----------------------------------------------------
@@ -363,15 +464,80 @@ def parse_create_body(body: bytes, name: str = "") -> CreateRequest:
         if m["Type"] == "volume"
         and (vol := local_volume(m["Source"], m["Driver"], m["DriverOpts"])) is not None
     ]
+    privileges = _host_privileges(hc, where)
     spec = ContainerSpec(
         id="",
         name=name,
         labels=labels,
         env=env,
         user=user or "",
-        host_config={"Binds": binds, "Mounts": mounts},
+        # the parts of the HostConfig volagent reads, under Docker's own keys
+        host_config={"Binds": binds, "Mounts": mounts, **privileges.to_host_config()},
     )
-    return CreateRequest(spec=spec, volumes_from=volumes_from, volumes=volumes)
+    return CreateRequest(
+        spec=spec, volumes_from=volumes_from, volumes=volumes, privileges=privileges
+    )
+
+
+def _str_field(obj: Any, name: str, where: str) -> str:
+    value = _field(obj, name, where)
+    if value is not None and not isinstance(value, str):
+        raise CreateBodyError(f"{where}{name} must be a string")
+    return value or ""
+
+
+def _count(obj: Any, name: str, where: str) -> int:
+    value = _field(obj, name, where)
+    if value is not None and not isinstance(value, list):
+        raise CreateBodyError(f"{where}{name} must be a list")
+    return len(value or ())
+
+
+def _paths(obj: Any, name: str, where: str) -> tuple[str, ...] | None:
+    value = _field(obj, name, where)
+    return None if value is None else tuple(_str_list(value, f"{where}{name}"))
+
+
+def _host_privileges(hc: Any, where: str) -> HostPrivileges:
+    """The HostConfig settings that can grant privilege, read as Docker decodes them."""
+    privileged = _field(hc, "Privileged", where)
+    if privileged is not None and not isinstance(privileged, bool):
+        raise CreateBodyError(f"{where}Privileged must be true or false")
+    cap_add = _field(hc, "CapAdd", where)
+    if isinstance(cap_add, str):  # a StrSlice: one string or a list of them
+        cap_add = [cap_add]
+    sysctls = _str_map(_field(hc, "Sysctls", where), f"{where}Sysctls")
+    return HostPrivileges(
+        privileged=bool(privileged),
+        modes=tuple(
+            (key, _str_field(hc, key, where))
+            for key in ("PidMode", "IpcMode", "UsernsMode", "CgroupnsMode")
+        ),
+        network_mode=_str_field(hc, "NetworkMode", where),
+        uts_mode=_str_field(hc, "UTSMode", where),
+        cap_add=tuple(_str_list(cap_add, f"{where}CapAdd")),
+        devices=_count(hc, "Devices", where),
+        device_requests=_count(hc, "DeviceRequests", where),
+        device_cgroup_rules=_count(hc, "DeviceCgroupRules", where),
+        security_opt=tuple(_str_list(_field(hc, "SecurityOpt", where), f"{where}SecurityOpt")),
+        sysctls=tuple(sysctls),
+        masked_paths=_paths(hc, "MaskedPaths", where),
+        readonly_paths=_paths(hc, "ReadonlyPaths", where),
+    )
+
+
+def parse_exec_privileged(body: bytes) -> bool:
+    """`POST /containers/{id}/exec`: whether the exec asks for `Privileged`."""
+    doc = _go_json(body, "exec create")
+    value = _field(doc, "Privileged", "")
+    if value is not None and not isinstance(value, bool):
+        raise CreateBodyError("Privileged must be true or false")
+    return bool(value)
+
+
+def parse_checkpoint_dir(body: bytes) -> str:
+    """`POST /containers/{id}/checkpoints`: the host directory the checkpoint goes to."""
+    return _str_field(_go_json(body, "checkpoint create"), "CheckpointDir", "")
 
 
 def created_id(response_body: bytes | None) -> str:

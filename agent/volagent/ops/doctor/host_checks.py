@@ -205,3 +205,23 @@ def check_guard(cfg: Config) -> CheckResult:
     if named:
         return CheckResult.ok(name, f"the start guard is on, and {path} names {plugin!r}")
     return CheckResult.ok(name, f"the start guard is off, and {path} does not name it")
+
+
+def check_privileged_apps(cfg: Config) -> CheckResult:
+    """Which apps' containers the guard lets have privilege and host namespaces."""
+    name = "privileged apps"
+    apps = cfg.guard.privileged_apps
+    if not cfg.guard.enabled:
+        return CheckResult.skip(name, "the start guard is off: Docker refuses no privilege")
+    if not apps:
+        return CheckResult.ok(
+            name,
+            "none: containers of every app are refused --privileged, host namespaces, added "
+            "capabilities, devices and unconfined security options ([guard] privileged_apps)",
+        )
+    return CheckResult.ok(
+        name,
+        f"containers of {', '.join(apps)} may use --privileged, host namespaces, added "
+        "capabilities, devices and unconfined security options (each use is logged as "
+        "guard_privileged); every other app is refused them ([guard] privileged_apps)",
+    )

@@ -2,8 +2,9 @@
 
 The checks of the contract, in the order a boot needs them: the mount helpers (NFS client,
 amazon-efs-utils), instance metadata, the AWS permissions discovery uses, the filesystem's DNS
-name, TCP 2049 to the mount target, the Docker engine, and the start guard's agreement with
-Docker's daemon.json. A check that needs an earlier one's answer is skipped when that failed.
+name, TCP 2049 to the mount target, the Docker engine, the start guard's agreement with
+Docker's daemon.json, and the apps allowed privilege. A check that needs an earlier one's
+answer is skipped when that failed.
 Each line is PASS, FAIL, WARN or SKIP, and every FAIL carries its fix: the package to install,
 the security group rule, the IAM action, the daemon.json line. Exit 0 when nothing failed.
 """
@@ -28,6 +29,7 @@ def run_checks(cfg: Config, resolve: aws_checks.Resolver = resolve_host) -> list
     ]
     results += aws_checks.run_checks(cfg, resolve)
     results += [host_checks.check_docker(cfg), host_checks.check_guard(cfg)]
+    results.append(host_checks.check_privileged_apps(cfg))
     return results
 
 

@@ -79,6 +79,11 @@ class Metrics:
         self.guard_decisions = Counter(
             "volagent_guard_decisions", "Authorization decisions", ["result"], registry=r
         )
+        self.volume_lookups = Counter(
+            "volagent_guard_volume_lookups",
+            "Named volumes looked up in Docker to judge a container that mounts them",
+            registry=r,
+        )
         self.guard_seconds = Histogram(
             "volagent_guard_decision_seconds",
             "Time to decide an authorization request",

@@ -328,6 +328,19 @@ class DockerWatch:
             return None
         return data
 
+    async def inspect_volume(self, name: str) -> dict[str, Any] | None:
+        """Docker's data of the volume `name` (Driver, Options, ...); None when there is none.
+        Raises when Docker cannot be asked. Like `inspect`, never waits for the watch."""
+        try:
+            async with asyncio.timeout(API_TIMEOUT_S):
+                client = self._client or self._lookup_client
+                if client is None:
+                    client = self._lookup_client = await self._call(self._connect)
+                data: dict[str, Any] = await self._call(client.inspect_volume, name)
+        except docker.errors.NotFound:
+            return None
+        return data
+
     async def _started(self, cid: str) -> bool:
         try:
             data = await self._call(self._client.inspect_container, cid)

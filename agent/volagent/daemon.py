@@ -129,6 +129,7 @@ class Daemon:
                 self.preparer,
                 inspect=self.docker.inspect,
                 inspect_volume=self.docker.inspect_volume,
+                on_activate=self.docker.wake,
             ).server()
             await guard.start_unix(cfg.guard.plugin_socket, sock=guard_sock, mode=0o600)
             self._servers.append(guard)

@@ -57,6 +57,12 @@ class Metrics:
         self.violations = Counter(
             "volagent_violations", "Binds refused as namespace violations", registry=r
         )
+        self.mount_mismatches = Counter(
+            "volagent_mount_mismatches",
+            "Containers found, after a start, on something other than what volagent prepared "
+            "(stopped, their restart policy turned off)",
+            registry=r,
+        )
         self.directory_walks = Counter(
             "volagent_directory_walks",
             "Walks of a bind's directories on the shared filesystem (each a round trip per "

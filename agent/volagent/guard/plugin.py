@@ -46,10 +46,10 @@ from volagent.guard.protocol import (
     LocalVolume,
     PluginRequestError,
     Route,
-    local_volume,
     created_id,
     decision_body,
     error_body,
+    local_volume,
     parse_authz_request,
     parse_create_body,
     parse_volume_body,
@@ -92,6 +92,7 @@ class Guard:
         preparer: Preparer,
         inspect: Inspect | None = None,
         inspect_volume: InspectVolume | None = None,
+        on_activate: Callable[[], None] | None = None,
     ) -> None:
         self.state = state
         self.preparer = preparer
@@ -101,6 +102,9 @@ class Guard:
         self.inspect = inspect
         # a named volume is judged by what Docker has under its name, however it was made
         self.inspect_volume = inspect_volume
+        # dockerd activates its plugin when it (re)starts, once it has restarted containers
+        # by their restart policy: the Docker watch is told, to check them at once
+        self.on_activate = on_activate
         self.pending = PendingCreates(state)
         self.log = log.get("guard")
         self._allow = Response(200, ALLOW_BODY, PLUGIN_CONTENT_TYPE)
@@ -130,6 +134,8 @@ class Guard:
                 return self._error(403, "only root (dockerd) may ask the start guard")
             return self._request_answer(req.body)
         if req.path == "/Plugin.Activate":
+            if self.on_activate is not None:
+                self.on_activate()
             return Response(200, ACTIVATE_BODY, PLUGIN_CONTENT_TYPE)
         return self._error(404, f"no such plugin endpoint {req.path}")
 

@@ -37,6 +37,9 @@ class Prepared:
     uid: int
     gid: int
     mode: int
+    # the leaf's identity, for the check after a start (volumes/start_check.py)
+    dev: int = 0
+    ino: int = 0
 
 
 def _open_child(parent_fd: int, name: str, shown: str) -> int:
@@ -113,6 +116,8 @@ def prepare_below(
             uid=st.st_uid,
             gid=st.st_gid,
             mode=stat.S_IMODE(st.st_mode),
+            dev=st.st_dev,
+            ino=st.st_ino,
         )
     finally:
         os.close(fd)

@@ -181,9 +181,9 @@ def volume_names_of(host_config: Mapping[str, Any] | None) -> list[str]:
                 names.append(source)
     for m in hc.get("Mounts") or ():
         if isinstance(m, Mapping) and m.get("Type") == "volume":
-            source = m.get("Source")
-            if isinstance(source, str) and source:
-                names.append(source)
+            name = m.get("Source")
+            if isinstance(name, str) and name:
+                names.append(name)
     return list(dict.fromkeys(names))
 
 

@@ -298,6 +298,7 @@ class Preparer:
             if not rewalk and settled is not None and settled.state in ("ready", "late"):
                 # already settled: not walked again, and a late one keeps saying why
                 vol.state, vol.error = settled.state, settled.error
+                vol.leaf = vol.leaf or settled.leaf
                 continue
             await self._prepare_one(spec, vol, plan, recheck, bound)
             if settled is not None and settled.state == "late" and vol.state == "ready":
@@ -390,6 +391,7 @@ class Preparer:
             return
         if result.created:
             st.metrics.dirs_created.inc(result.created)
+        vol.leaf = (result.dev, result.ino)
         wanted = (plan.owner.uid, plan.owner.gid, plan.mode)
         found = (result.uid, result.gid, result.mode)
         if not result.leaf_created and found == DOCKER_MADE and wanted != DOCKER_MADE:

@@ -124,9 +124,10 @@ class DockerWatch:
     def wake(self) -> None:
         """dockerd has just (re)started (it activates its authorization plugin once it has
         restored its containers, just before it serves its API): connect now, not at the
-        end of the backoff, since the containers it restarted are to be checked at once."""
-        if self.state.docker.state != "connected":
-            self._woken.set()
+        end of the backoff, since the containers it restarted are to be checked at once.
+        (Set even while the watch still counts as connected: the old stream's end may not
+        have been read yet.)"""
+        self._woken.set()
 
     def _before_retry(self, rs: tenacity.RetryCallState) -> None:
         exc = rs.outcome.exception() if rs.outcome else None

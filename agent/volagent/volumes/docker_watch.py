@@ -395,6 +395,11 @@ class DockerWatch:
         try:
             await self._stop_for_good(cid)
             action = "it was stopped and its restart policy turned off"
+        except docker.errors.NotFound:
+            # removed meanwhile (the walk at a reconnect looks at containers known from
+            # before): nothing left to stop
+            st.forget_container(cid)
+            return
         except Exception as exc:
             action = f"stopping it failed ({_describe(exc)}): stop it by hand"
         # the record as it is now: another look at the container may have replaced it

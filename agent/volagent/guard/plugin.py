@@ -22,7 +22,12 @@ filesystem, a body that cannot be read) are not bugs: they are denied.
 Every start is judged afresh: the directories are walked again (no symlink followed), since
 what was checked at create may have been swapped since. Starts Docker makes without asking
 (restart policies, dockerd's own restart) are checked after the fact by the Docker watch
-(see volumes/mount_check.py).
+(see volumes/start_check.py and volumes/mount_check.py).
+
+A named volume is judged where a container uses it (`-v NAME:/x`, `Mounts` of type volume,
+volumes copied by VolumesFrom, at create and at start): looked up in Docker and judged by
+its driver and options like a volume create, since it may have been made before volagent
+ran or by a request whose body the guard never saw. A create without one looks nothing up.
 """
 
 from __future__ import annotations

@@ -15,13 +15,16 @@ agent on Docker events alone:
 - one guarded `docker run` (create + start, one bind) at a time, against the same run on the
   engine without a plugin and on the do-nothing plugin's: what the guard's checks (the bind
   located on the host, nesting, the walk at create and again at start, the mount check
-  after the start) cost a single run, above the floor every plugin costs;
+  after the start) cost a single run, above the floor every plugin costs; the named volumes
+  looked up per run (none: a create without named volumes asks Docker nothing more);
 - one `docker create` at a time (no bind) carrying the privilege fields the guard reads
   (capabilities, security options, sysctls, namespace modes, all within Docker's defaults, so
   it is allowed), against the engine without a plugin and the do-nothing plugin's: what the
   privilege policy adds to a create; and the guard's own decision time, in-process, for a
   `GET /containers/json`, a create without and one with those fields (what to compare
   against the last release's guard on the same machine).
+- one guarded `docker run` that also mounts a named volume (`-v NAME:/v`), against the same
+  run on the engine without a plugin: the cost of looking the volume up and judging it;
 Figures are printed beside their targets; nothing here asserts a threshold.
 """
 
@@ -208,6 +211,7 @@ def serial_run_latency(plain: Side, null: Side, guarded: Side) -> None:
         times[side.label].clear()
     assert guarded.agent is not None
     walks_before = guarded.agent.metric("volagent_directory_walks_total")
+    lookups_before = guarded.agent.metric("volagent_guard_volume_lookups_total")
     for _ in range(SERIAL_RUNS // SERIAL_TURN):
         for side in sides:
             for _ in range(SERIAL_TURN):
@@ -223,7 +227,50 @@ def serial_run_latency(plain: Side, null: Side, guarded: Side) -> None:
     walks = guarded.agent.metric("volagent_directory_walks_total") - walks_before
     print(
         f"  directory walks per guarded run       {walks / SERIAL_RUNS:5.2f}"
-        "  (1 at create, 1 at the start; the create event walks nothing)"
+        "  (1 at create, 1 at the start, 1 after the start; the create event walks nothing)"
+    )
+    lookups = guarded.agent.metric("volagent_guard_volume_lookups_total") - lookups_before
+    print(
+        f"  named volumes looked up per run       {lookups / SERIAL_RUNS:5.2f}"
+        "  (target 0: these runs mount no named volume)"
+    )
+
+
+def named_volume_runs(plain: Side, guarded: Side) -> None:
+    """One `docker run` at a time with a bind and a named volume (made at the first run, then
+    used as it exists), taking turns with the engine without a plugin."""
+    sides = (plain, guarded)
+    times: dict[str, list[float]] = {side.label: [] for side in sides}
+    counter = {"n": 0}
+
+    def one(side: Side) -> None:
+        assert side.agent is not None
+        counter["n"] += 1
+        i = counter["n"]
+        path = side.agent.ns("named", f"s{i}", "data")
+        labels = app_labels("named", f"s{i}", owner=OWNER)
+        started = time.perf_counter()
+        side.containers.run([f"{path}:/data", "bench-named:/v"], labels=labels, command=["true"])
+        times[side.label].append(time.perf_counter() - started)
+
+    for side in sides:
+        one(side)  # warm, and makes the volume
+        times[side.label].clear()
+    assert guarded.agent is not None
+    before = guarded.agent.metric("volagent_guard_volume_lookups_total")
+    for _ in range(SERIAL_RUNS // SERIAL_TURN):
+        for side in sides:
+            for _ in range(SERIAL_TURN):
+                one(side)
+    lookups = guarded.agent.metric("volagent_guard_volume_lookups_total") - before
+    print(f"one `docker run` at a time with a bind and a named volume, {SERIAL_RUNS} each")
+    p50 = {label: statistics.median(t) for label, t in times.items()}
+    for label, value in p50.items():
+        print(f"  {label:<18} p50 {_ms(value)}   p99 {_ms(percentile(times[label], 99))}")
+    print(f"  ratio p50 guard / no plugin          {p50[guarded.label] / p50[plain.label]:5.2f}")
+    print(
+        f"  named volumes looked up per run       {lookups / SERIAL_RUNS:5.2f}"
+        "  (1 at create, 1 at the start)"
     )
 
 
@@ -436,6 +483,7 @@ def main() -> None:
         serial_run_latency(plain, null, guarded)
         privileged_create_latency(plain, null, guarded)
         guard_decision_cost()
+        named_volume_runs(plain, guarded)
         late_volumes(plain, guarded)
         guard_decisions(guarded)
     finally:

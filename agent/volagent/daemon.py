@@ -132,7 +132,13 @@ class Daemon:
         if cfg.guard.enabled or guard_sock is not None:
             # A guard socket handed over with the guard off is still where dockerd asks:
             # answering it (allowing everything) beats every Docker call hanging there.
-            guard = Guard(self.state, self.preparer, inspect=self.docker.inspect).server()
+            guard = Guard(
+                self.state,
+                self.preparer,
+                inspect=self.docker.inspect,
+                inspect_volume=self.docker.inspect_volume,
+                on_activate=self.docker.wake,
+            ).server()
             await guard.start_unix(cfg.guard.plugin_socket, sock=guard_sock, mode=0o600)
             self._servers.append(guard)
             if not cfg.guard.enabled:

@@ -76,6 +76,12 @@ class Metrics:
         self.violations = Counter(
             "volagent_violations", "Binds refused as namespace violations", registry=r
         )
+        self.mount_mismatches = Counter(
+            "volagent_mount_mismatches",
+            "Containers found, after a start, on something other than what volagent prepared "
+            "(stopped, their restart policy turned off)",
+            registry=r,
+        )
         self.directory_walks = Counter(
             "volagent_directory_walks",
             "Walks of a bind's directories on the shared filesystem (each a round trip per "
@@ -97,6 +103,11 @@ class Metrics:
         )
         self.guard_decisions = Counter(
             "volagent_guard_decisions", "Authorization decisions", ["result"], registry=r
+        )
+        self.volume_lookups = Counter(
+            "volagent_guard_volume_lookups",
+            "Named volumes looked up in Docker to judge a container that mounts them",
+            registry=r,
         )
         self.guard_seconds = Histogram(
             "volagent_guard_decision_seconds",

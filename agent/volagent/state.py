@@ -79,6 +79,8 @@ class VolumeRecord:
     read_only: bool
     state: str = "pending"
     error: str | None = None
+    # (device, inode) of the directory volagent prepared for it: what a start must mount
+    leaf: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

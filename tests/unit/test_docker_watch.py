@@ -781,6 +781,36 @@ def test_a_container_started_with_another_mount_is_stopped_and_marked(bed: Bed) 
     assert bed.state.verdict() == "degraded"
 
 
+def test_a_container_that_exited_at_once_is_walked_and_stopped_after_a_swap(bed: Bed) -> None:
+    """No process is left whose mounts could be read: the start event walks the bind source
+    again, finds the symlink, stops the container and turns its restart policy off."""
+    data = bed.mp / "r1-a/web/data"
+    other = bed.mp / "r1-b/web/data"
+
+    async def scenario() -> None:
+        async with watching(bed) as watch:
+            bed.engine.add(
+                "c1", binds=[bed.bind("r1-a/web/data")], labels=bed.labels, policy="always"
+            )
+            await watch.handle_container("c1")  # its create event: prepared
+            assert bed.volume_states("c1") == ["ready"]
+            other.mkdir(parents=True)
+            data.rename(data.with_name("data.moved"))
+            data.symlink_to(other)
+            bed.engine.data["c1"]["State"]["Status"] = "exited"
+            bed.engine.emit("start", "c1")
+            await bed.until(lambda: bed.state.warnings != [], "the warning")
+
+    asyncio.run(scenario())
+    assert bed.checked == []  # no process: nothing to read in /proc
+    assert bed.engine.killed == ["c1"]
+    assert bed.engine.updated == [("c1", {"restart_policy": {"Name": "no"}})]
+    assert bed.volume_states("c1") == ["violation"]
+    (warning,) = bed.state.warnings
+    assert "is a symlink now" in warning and "restart policy turned off" in warning
+    assert bed.metric("volagent_mount_mismatches_total") == 1
+
+
 def test_a_container_that_cannot_be_stopped_says_so(bed: Bed) -> None:
     bed.engine.fail_kill = True
 

@@ -140,6 +140,15 @@ def volume_kind(who: str, vol: LocalVolume, what: str) -> str:
     )
 
 
+def existing_volume(denial: str, name: str) -> str:
+    """A named volume's refusal: it exists already, made before or around the guard."""
+    return (
+        f"{denial} The volume {name} exists already (made before volagent judged it, or by "
+        "a request it could not see): root can remove it with `docker volume rm "
+        f"{name}`."
+    )
+
+
 def swarm() -> str:
     return (
         "volagent: swarm services and swarm membership are refused while the start guard is "

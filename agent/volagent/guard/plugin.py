@@ -22,7 +22,12 @@ filesystem, a body that cannot be read) are not bugs: they are denied.
 Every start is judged afresh: the directories are walked again (no symlink followed), since
 what was checked at create may have been swapped since. Starts Docker makes without asking
 (restart policies, dockerd's own restart) are checked after the fact by the Docker watch
-(see volumes/mount_check.py).
+(see volumes/start_check.py and volumes/mount_check.py).
+
+A named volume is judged where a container uses it (`-v NAME:/x`, `Mounts` of type volume,
+volumes copied by VolumesFrom, at create and at start): looked up in Docker and judged by
+its driver and options like a volume create, since it may have been made before volagent
+ran or by a request whose body the guard never saw. A create without one looks nothing up.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from volagent.guard.protocol import (
     created_id,
     decision_body,
     error_body,
+    local_volume,
     parse_authz_request,
     parse_checkpoint_dir,
     parse_create_body,
@@ -67,6 +73,9 @@ from volagent.volumes.preparer import ContainerSpec, Outcome, Preparer
 # looks a container up in Docker by id, name or id prefix: its inspect data, None when
 # Docker knows no such container
 Inspect = Callable[[str], Awaitable[Mapping[str, Any] | None]]
+# looks a volume up in Docker by name: its inspect data (Driver, Options), None when Docker
+# knows no such volume
+InspectVolume = Callable[[str], Awaitable[Mapping[str, Any] | None]]
 
 PLUGIN_CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 # dockerd keeps its plugin connections open and owns their lifetime: closing one while it
@@ -87,7 +96,12 @@ class Guard:
     """The plugin's request handler. `server()` makes the HTTP server for it."""
 
     def __init__(
-        self, state: AgentState, preparer: Preparer, inspect: Inspect | None = None
+        self,
+        state: AgentState,
+        preparer: Preparer,
+        inspect: Inspect | None = None,
+        inspect_volume: InspectVolume | None = None,
+        on_activate: Callable[[], None] | None = None,
     ) -> None:
         self.state = state
         self.preparer = preparer
@@ -95,6 +109,11 @@ class Guard:
         # resolved there, not from what volagent remembers (a name removed or renamed a
         # moment ago, an id prefix that another container's name shadows)
         self.inspect = inspect
+        # a named volume is judged by what Docker has under its name, however it was made
+        self.inspect_volume = inspect_volume
+        # dockerd activates its plugin when it (re)starts, once it has restarted containers
+        # by their restart policy: the Docker watch is told, to check them at once
+        self.on_activate = on_activate
         self.pending = PendingCreates(state)
         self.log = log.get("guard")
         self._allow = Response(200, ALLOW_BODY, PLUGIN_CONTENT_TYPE)
@@ -124,6 +143,8 @@ class Guard:
                 return self._error(403, "only root (dockerd) may ask the start guard")
             return self._request_answer(req.body)
         if req.path == "/Plugin.Activate":
+            if self.on_activate is not None:
+                self.on_activate()
             return Response(200, ACTIVATE_BODY, PLUGIN_CONTENT_TYPE)
         return self._error(404, f"no such plugin endpoint {req.path}")
 
@@ -348,44 +369,89 @@ class Guard:
         return denial
 
     async def _judge_inherited(self, who: str, create: CreateRequest) -> str | None:
-        """VolumesFrom and local-driver volumes: what the container gets besides its own
-        binds. Inherited binds join the container's own, judged against its namespace."""
+        """VolumesFrom, local-driver volumes and named volumes: what the container gets
+        besides its own binds. Inherited binds join the container's own, judged against its
+        namespace; every named volume, its own or inherited, is judged as Docker has it."""
         for vol in create.volumes:
             denial = await self._judge_local_volume(who, vol)
             if denial is not None:
                 return denial
-        inherited, unknown = await self._volumes_from(create.volumes_from)
+        inherited, unknown, their_volumes = await self._volumes_from(create.volumes_from)
         if unknown:
             return messages.unknown_volumes_from(who, unknown)
         if inherited:
             create.spec.inherited = tuple(Bind(v.host, v.container, v.read_only) for v in inherited)
-        return None
+        names = list(dict.fromkeys([*create.spec.named_volumes, *their_volumes]))
+        if not names:
+            return None  # the common create: no lookup at all
+        create.spec.volume_names = tuple(names)
+        return await self._judge_named_volumes(who, names)
 
-    async def _volumes_from(self, refs: list[str]) -> tuple[list[VolumeRecord], list[str]]:
+    async def _volumes_from(
+        self, refs: list[str]
+    ) -> tuple[list[VolumeRecord], list[str], list[str]]:
         """The binds each `name[:ro|:rw]` reference copies, as Docker resolves the name now;
-        the references Docker does not know."""
+        the references Docker does not know; the named volumes they copy."""
         out: list[VolumeRecord] = []
         unknown: list[str] = []
+        volumes: list[str] = []
         for ref in refs:
             name, _, mode = ref.partition(":")
-            binds = await self._binds_of(name)
-            if binds is None:
+            source = await self._source_of(name)
+            if source is None:
                 unknown.append(name)
                 continue
+            binds, named = source
+            volumes.extend(named)
             for b in binds:
                 out.append(VolumeRecord(b.host, b.container, b.read_only or mode == "ro"))
-        return out, unknown
+        return out, unknown, volumes
 
-    async def _binds_of(self, ref: str) -> list[Bind] | None:
-        """The binds of the container `ref` names, asked of Docker; of the daemon's table
-        of containers for a guard built without Docker access. None: no such container."""
+    async def _source_of(self, ref: str) -> tuple[list[Bind], list[str]] | None:
+        """The binds and named volumes of the container `ref` names, asked of Docker; of
+        the daemon's table of containers for a guard built without Docker access. None: no
+        such container."""
         if self.inspect is None:
             record = self.state.find_container(ref)
             if record is None:
                 return None
-            return [Bind(v.host, v.container, v.read_only) for v in record.volumes]
+            named = record.spec.named_volumes if record.spec is not None else []
+            return [Bind(v.host, v.container, v.read_only) for v in record.volumes], named
         data = await self.inspect(ref)
-        return None if data is None else list(ContainerSpec.from_inspect(data).binds)
+        if data is None:
+            return None
+        spec = ContainerSpec.from_inspect(data)
+        return list(spec.binds), spec.named_volumes
+
+    async def _judge_named_volumes(self, who: str, names: list[str]) -> str | None:
+        for name in names:
+            denial = await self._judge_named_volume(who, name)
+            if denial is not None:
+                return denial
+        return None
+
+    async def _judge_named_volume(self, who: str, name: str) -> str | None:
+        """A named volume as Docker has it now, judged like a volume create: whatever route
+        or moment made it (before volagent ran, or by a request whose body the guard never
+        saw). One that does not exist yet is made by Docker at the create: a plain volume
+        of the container's volume driver, or as its Mounts entry says (judged above)."""
+        if self.inspect_volume is None:
+            raise RuntimeError(f"volume {name[:64]} cannot be judged: Docker cannot be asked")
+        self.state.metrics.volume_lookups.inc()
+        data = await self.inspect_volume(name)
+        if data is None:
+            return None
+        driver = data.get("Driver")
+        raw = data.get("Options")
+        options = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
+        vol = local_volume(name, driver, options)
+        if vol is None:
+            # a volume plugin's: plugins are installed by root, and what their volumes mount
+            # is theirs to answer for (managed plugins are judged where they are installed)
+            self.log.info("guard_plugin_volume", volume=name[:128], driver=str(driver)[:128])
+            return None
+        denial = await self._judge_local_volume(who, vol)
+        return None if denial is None else messages.existing_volume(denial, name)
 
     async def _judge_volume_create(self, authz: AuthzRequest) -> str | None:
         if authz.body is None:
@@ -495,6 +561,13 @@ class Guard:
         else:
             spec = known.spec
         self._note_privileged_start(where.action, who, spec)
+        # its named volumes as Docker has them: the container may have been made before
+        # volagent ran, or by a request the guard never saw
+        names = spec.named_volumes
+        if names:
+            denial = await self._judge_named_volumes(who, names)
+            if denial is not None:
+                return denial
         # judged and walked again, nothing trusted from before: a directory checked at
         # create may have been swapped for a symlink since, and Docker follows it at every
         # start (binds outside the mount point included)

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from volagent.guard.privilege import HostPrivileges
+from volagent.volumes import namespace
 from volagent.volumes.preparer import ContainerSpec
 
 # Docker hands a body to plugins only below this size and only for application/json.
@@ -187,7 +188,12 @@ class CreateRequest:
     @property
     def touches_anything(self) -> bool:
         """Whether the container binds, inherits or mounts anything at all."""
-        return bool(self.spec.binds or self.volumes_from or self.volumes)
+        return bool(
+            self.spec.binds
+            or self.volumes_from
+            or self.volumes
+            or namespace.volume_names_of(self.spec.host_config)
+        )
 
 
 # --- the plugin request -------------------------------------------------------------------

@@ -59,6 +59,12 @@ class Prepared:
     mode: int
     identity: Identity = ()
 
+    @property
+    def leaf(self) -> tuple[int, int]:
+        """The leaf's (st_dev, st_ino), for the check after a start (volumes/start_check.py);
+        (0, 0) when nothing was walked."""
+        return self.identity[-1] if self.identity else (0, 0)
+
 
 def _open_child(parent_fd: int, name: str, shown: str) -> int | None:
     """The directory `name` in `parent_fd`; None when there is none."""

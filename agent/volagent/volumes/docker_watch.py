@@ -25,7 +25,7 @@ import tenacity
 from volagent import log
 from volagent.retrying import exponential_jitter
 from volagent.state import AgentState, VolumeRecord
-from volagent.volumes import mount_check
+from volagent.volumes import mount_check, start_check
 from volagent.volumes.preparer import ContainerSpec, Preparer
 
 _HANDLED = {"create", "start", "restart", "destroy", "rename"}
@@ -34,6 +34,7 @@ PING_INTERVAL_S = 10.0
 RECONCILE_INTERVAL_S = 60.0
 MAX_CONCURRENT_HANDLERS = 32
 MAX_VERIFIED = 8192
+UPDATE_ATTEMPTS = 5
 
 
 class StreamEnded(Exception):
@@ -61,6 +62,8 @@ class DockerWatch:
         # one look at a container at a time, in the order of its events: a destroy handled
         # while an earlier event's look is still under way would be undone by its record
         self._turns: dict[str, _Turn] = {}
+        # set when dockerd is known to be (re)starting: the next connection attempt is now
+        self._woken = asyncio.Event()
 
     # --- blocking calls, always through the pool -----------------------------------------
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -105,10 +108,26 @@ class DockerWatch:
             wait=exponential_jitter(0.2, cap=5.0, jitter=0.5),
             retry=tenacity.retry_if_exception_type(Exception),
             before_sleep=self._before_retry,
+            sleep=self._backoff,
         )
         async for attempt in retrying:
             with attempt:
                 await self._subscribe()
+
+    async def _backoff(self, seconds: float) -> None:
+        """The wait before the next connection attempt, cut short by `wake`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._woken.wait()
+        self._woken.clear()
+
+    def wake(self) -> None:
+        """dockerd has just (re)started (it activates its authorization plugin once it has
+        restored its containers, just before it serves its API): connect now, not at the
+        end of the backoff, since the containers it restarted are to be checked at once.
+        (Set even while the watch still counts as connected: the old stream's end may not
+        have been read yet.)"""
+        self._woken.set()
 
     def _before_retry(self, rs: tenacity.RetryCallState) -> None:
         exc = rs.outcome.exception() if rs.outcome else None
@@ -145,6 +164,7 @@ class DockerWatch:
 
     async def _initial_reconcile(self) -> None:
         try:
+            await self._check_known_binds()
             await self.reconcile()
             await self.start_held()
         except Exception as exc:  # Docker went away mid-listing: the stream ends too
@@ -217,7 +237,8 @@ class DockerWatch:
                 self._verified.pop(cid, None)
                 self.state.metrics.containers.set(len(self.state.containers))
                 return
-            await self.handle_container(cid, verify=action in ("start", "restart"))
+            started = action in ("start", "restart")
+            await self.handle_container(cid, verify=started, started=started)
 
     @contextlib.asynccontextmanager
     async def _one_at_a_time(self, cid: str) -> AsyncIterator[None]:
@@ -235,9 +256,11 @@ class DockerWatch:
             if turn.users == 0:
                 del self._turns[cid]
 
-    async def handle_container(self, cid: str, verify: bool = False) -> None:
+    async def handle_container(self, cid: str, verify: bool = False, started: bool = False) -> None:
         """Inspects one container and prepares its volumes; a vanished container is dropped.
-        With `verify` (it has just started), its actual mounts are checked as well."""
+        With `verify`, what it got mounted is checked as well: its bind sources walked again
+        when it has just `started` (a start event) or has no process left (it exited at once,
+        or waits for its restart policy), and its process's mounts when there is one."""
         try:
             data = await self._call(self._client.inspect_container, cid)
         except docker.errors.NotFound:
@@ -249,45 +272,134 @@ class DockerWatch:
             return
         spec = ContainerSpec.from_inspect(data)
         await self.preparer.prepare(spec, recheck=lambda: self._started(cid))
-        pid = (data.get("State") or {}).get("Pid") or 0
-        if verify and isinstance(pid, int) and pid > 0:
-            await self._verify_mounts(cid, pid)
+        if not verify:
+            return
+        st = data.get("State") or {}
+        pid = st.get("Pid") or 0
+        has_process = isinstance(pid, int) and pid > 0
+        found: list[mount_check.Mismatch] = []
+        if started or (not has_process and (st.get("Running") or st.get("Restarting"))):
+            found += await self._walk_binds(cid)
+        if has_process:
+            seen = {m.host for m in found}
+            found += [m for m in await self._verify_mounts(cid, pid) if m.host not in seen]
+        if found:
+            await self._stop_mismatched(cid, found)
 
-    async def _verify_mounts(self, cid: str, pid: int) -> None:
-        """A container started (by anyone: a client through the guard, its restart policy,
-        dockerd coming back) with a mount that is not what volagent prepared is stopped at
-        once, its restart policy turned off, its volume marked `violation`."""
-        if self._verified.get(cid) == pid:
-            return  # this process of it was checked already
-        st = self.state
-        record = st.containers.get(cid)
+    def _prepared(self, cid: str) -> list[VolumeRecord] | None:
+        """The container's volumes volagent prepared, None when there is nothing to compare
+        with yet (not prepared: the mount is not healthy; checked by the reconcile that
+        follows the mount's return, never against nothing)."""
+        record = self.state.containers.get(cid)
         if record is not None and any(v.state == "pending" for v in record.volumes):
-            # not prepared yet (the mount is not healthy): nothing to compare with. Checked
-            # by the reconcile that follows the mount's return, never against nothing
-            return
-        prepared = [
-            (v.host, v.container)
-            for v in (record.volumes if record else [])
-            if v.state in ("ready", "late")
+            return None
+        return [v for v in (record.volumes if record else []) if v.state in ("ready", "late")]
+
+    async def _check_known_binds(self) -> None:
+        """Just (re)connected: dockerd may have started containers by their restart policy
+        while volagent could not look (its own restart, a reboot), and their start events
+        may be gone. Every known container that may restart has its binds walked again at
+        once, from what volagent recorded, before the listing and inspecting of all."""
+
+        async def one(cid: str) -> None:
+            async with self._one_at_a_time(cid), self._sem:
+                found = await self._walk_binds(cid)
+                if found:
+                    await self._stop_mismatched(cid, found)
+
+        restarting = [
+            cid for cid, record in self.state.containers.items() if _may_restart(record.spec)
         ]
-        call = functools.partial(mount_check.check_container, pid, st.config.mount_point, prepared)
+        await asyncio.gather(*(one(cid) for cid in restarting))
+
+    async def _walk_binds(self, cid: str) -> list[mount_check.Mismatch]:
+        """The check after a start that needs no process: every prepared bind source walked
+        again as the host resolves it now (see volumes/start_check.py)."""
+        st = self.state
+        prepared = self._prepared(cid)
+        dev = st.mount_dev
+        if not prepared or dev is None or not st.mount_healthy:
+            return []
+        binds = [
+            start_check.PreparedBind(v.host, v.container, v.leaf)
+            for v in prepared
+            if v.leaf is not None
+        ]
+        if not binds:
+            return []
+        call = functools.partial(start_check.check_binds, st.config.mount_point, dev, binds)
+        st.metrics.directory_walks.inc(len(binds))
         try:
-            found = await self.preparer.worker.run(call, API_TIMEOUT_S, what="checking mounts")
-        except Exception as exc:  # the process exited meanwhile: nothing left to check
+            found: list[mount_check.Mismatch] = await self.preparer.worker.run(
+                call, st.config.directories.timeout_s, what="checking binds after a start"
+            )
+        except Exception as exc:  # the mount went away or hangs: the mount watch says so
+            self.log.warning("start_check_skipped", container=cid[:12], reason=str(exc))
+            return []
+        return found
+
+    async def _verify_mounts(self, cid: str, pid: int) -> list[mount_check.Mismatch]:
+        """What the container's process has mounted against what volagent prepared, once
+        per process: catches what a walk after the start cannot see (a swap undone since)."""
+        if self._verified.get(cid) == pid:
+            return []  # this process of it was checked already
+        prepared = self._prepared(cid)
+        if prepared is None:
+            return []
+        pairs = [(v.host, v.container) for v in prepared]
+        call = functools.partial(
+            mount_check.check_container, pid, self.state.config.mount_point, pairs
+        )
+        try:
+            found: list[mount_check.Mismatch] = await self.preparer.worker.run(
+                call, API_TIMEOUT_S, what="checking mounts"
+            )
+        except Exception as exc:  # the process exited meanwhile: the walk covers it
             self.log.debug("mount_check_skipped", container=cid[:12], reason=str(exc))
-            return
+            return []
         self._verified[cid] = pid
         while len(self._verified) > MAX_VERIFIED:
             self._verified.pop(next(iter(self._verified)))
-        if not found:
-            return
+        return found
+
+    async def _stop_for_good(self, cid: str) -> None:
+        """Kill first: it also cancels a restart Docker has scheduled (a container waiting
+        for its restart policy is `restarting`, and a kill ends that). Then the restart
+        policy `no`, so that dockerd's own restart does not start it either: on a container
+        that is stopped, since Docker undoes an update that races with the exit of a
+        running one (its resources cannot be updated then); tried again if it failed."""
+        try:
+            await self._call(self._client.kill, cid)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: not running, nothing to stop
+                raise
+        for attempt in range(UPDATE_ATTEMPTS):
+            try:
+                await self._call(self._client.update_container, cid, restart_policy={"Name": "no"})
+                return
+            except docker.errors.APIError:
+                if attempt == UPDATE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
+
+    async def _stop_mismatched(self, cid: str, found: list[mount_check.Mismatch]) -> None:
+        """A container started (by anyone: a client through the guard, its restart policy,
+        dockerd coming back) onto something other than what volagent prepared: stopped, its
+        restart policy turned off, its volume marked `violation` for good."""
+        st = self.state
+        record = st.containers.get(cid)
         reasons = "; ".join(m.reason for m in found)
         name = record.name if record else cid[:12]
         self.log.error("mount_mismatch", container=cid[:12], name=name, reason=reasons)
+        st.metrics.mount_mismatches.inc()
         try:
-            await self._call(self._client.update_container, cid, restart_policy={"Name": "no"})
-            await self._call(self._client.kill, cid)
+            await self._stop_for_good(cid)
             action = "it was stopped and its restart policy turned off"
+        except docker.errors.NotFound:
+            # removed meanwhile (the walk at a reconnect looks at containers known from
+            # before): nothing left to stop
+            st.forget_container(cid)
+            return
         except Exception as exc:
             action = f"stopping it failed ({_describe(exc)}): stop it by hand"
         # the record as it is now: another look at the container may have replaced it
@@ -324,6 +436,19 @@ class DockerWatch:
                 if client is None:
                     client = self._lookup_client = await self._call(self._connect)
                 data: dict[str, Any] = await self._call(client.inspect_container, ref)
+        except docker.errors.NotFound:
+            return None
+        return data
+
+    async def inspect_volume(self, name: str) -> dict[str, Any] | None:
+        """Docker's data of the volume `name` (Driver, Options, ...); None when there is none.
+        Raises when Docker cannot be asked. Like `inspect`, never waits for the watch."""
+        try:
+            async with asyncio.timeout(API_TIMEOUT_S):
+                client = self._client or self._lookup_client
+                if client is None:
+                    client = self._lookup_client = await self._call(self._connect)
+                data: dict[str, Any] = await self._call(client.inspect_volume, name)
         except docker.errors.NotFound:
             return None
         return data
@@ -418,6 +543,17 @@ def _read_stream(
         end = exc
     with contextlib.suppress(RuntimeError):  # the loop is closed: the daemon is stopping
         loop.call_soon_threadsafe(queue.put_nowait, end)
+
+
+def _may_restart(spec: ContainerSpec | None) -> bool:
+    """Whether Docker may start the container by itself (a restart policy other than
+    `no`); True when that is not known."""
+    if spec is None:
+        return False
+    policy = spec.host_config.get("RestartPolicy")
+    if not isinstance(policy, dict) or "Name" not in policy:
+        return True
+    return policy.get("Name") not in ("", "no")
 
 
 def _describe(exc: BaseException | None) -> str:

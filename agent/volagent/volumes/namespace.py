@@ -167,6 +167,26 @@ def binds_of(host_config: Mapping[str, Any] | None) -> list[Bind]:
     return out
 
 
+def volume_names_of(host_config: Mapping[str, Any] | None) -> list[str]:
+    """The named volumes a container mounts by its own config, in order, each once:
+    `HostConfig.Binds` entries whose source is not an absolute path (`NAME:/x`) and
+    `HostConfig.Mounts` of type volume with a Source. Docker uses an existing volume of that
+    name as it was made (a DriverConfig given here is ignored then), and makes a missing one."""
+    hc = host_config or {}
+    names: list[str] = []
+    for spec in hc.get("Binds") or ():
+        if isinstance(spec, str):
+            source, sep, _ = spec.partition(":")
+            if sep and source and not source.startswith("/"):
+                names.append(source)
+    for m in hc.get("Mounts") or ():
+        if isinstance(m, Mapping) and m.get("Type") == "volume":
+            name = m.get("Source")
+            if isinstance(name, str) and name:
+                names.append(name)
+    return list(dict.fromkeys(names))
+
+
 def go_clean(path: str) -> str:
     """The path as Docker cleans a bind source (Go's `filepath.Clean`): like
     `posixpath.normpath`, except that a leading `//` collapses to `/` as well. A bind written

@@ -48,6 +48,9 @@ class ContainerSpec:
     # binds the container gets from elsewhere (VolumesFrom, local-driver volumes that are
     # binds): judged like its own, against its own namespace
     inherited: tuple[namespace.Bind, ...] = ()
+    # every named volume it mounts, as Docker lists them (its own, VolumesFrom's, anonymous
+    # ones): empty when not known, and then read from its own config
+    volume_names: tuple[str, ...] = ()
 
     @classmethod
     def from_inspect(cls, data: Mapping[str, Any]) -> ContainerSpec:
@@ -70,6 +73,11 @@ class ContainerSpec:
             and isinstance(m.get("Source"), str)
             and namespace.go_clean(m["Source"]) not in own
         )
+        volume_names = tuple(
+            str(m["Name"])
+            for m in data.get("Mounts") or ()
+            if isinstance(m, Mapping) and m.get("Type") == "volume" and m.get("Name")
+        )
         return cls(
             id=str(data.get("Id", "")),
             name=str(data.get("Name", "")).lstrip("/"),
@@ -79,7 +87,13 @@ class ContainerSpec:
             host_config=host_config,
             started=bool(st.get("Running")) or not started_at.startswith("0001-"),
             inherited=inherited,
+            volume_names=volume_names,
         )
+
+    @property
+    def named_volumes(self) -> list[str]:
+        """The named volumes it mounts: as Docker listed them, else from its own config."""
+        return list(self.volume_names) or namespace.volume_names_of(self.host_config)
 
     @property
     def binds(self) -> list[namespace.Bind]:
@@ -305,6 +319,7 @@ class Preparer:
             if not rewalk and settled is not None and settled.state in ("ready", "late"):
                 # already settled: not walked again, and a late one keeps saying why
                 vol.state, vol.error = settled.state, settled.error
+                vol.leaf = vol.leaf or settled.leaf
                 continue
             await self._prepare_one(spec, vol, plan, recheck, bound, rewalk=rewalk)
             if settled is not None and settled.state == "late" and vol.state == "ready":
@@ -409,6 +424,7 @@ class Preparer:
             self._walked.popitem(last=False)
         if result.created:
             st.metrics.dirs_created.inc(result.created)
+        vol.leaf = result.leaf
         wanted = (plan.owner.uid, plan.owner.gid, plan.mode)
         found = (result.uid, result.gid, result.mode)
         if not result.leaf_created and found == DOCKER_MADE and wanted != DOCKER_MADE:

@@ -23,7 +23,7 @@ LAYERS: list[list[list[str]]] = [
             "volagent.vocabulary",
         ]
     ],
-    [["volagent.safedir", "volagent.values", "volagent.retrying"]],
+    [["volagent.safedir", "volagent.values", "volagent.retrying", "volagent.nesting"]],
     [["volagent.systemd", "volagent.socket_access"]],
     [["volagent.config", "volagent.worker", "volagent.config_watch"]],
     [["volagent.state"]],

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from volagent import nesting
 from volagent.config import Config, from_dict
 from volagent.errors import NamespaceViolation
 from volagent.values import Owner
@@ -221,10 +222,10 @@ def test_a_path_no_host_can_hold_is_a_violation_not_an_error() -> None:
 
 def test_nested_binds() -> None:
     others = [("/volumes/r1-a/s/data", "container x")]
-    assert namespace.nested_with("/volumes/r1-a/s/data", others) is None
-    assert "lies inside" in (namespace.nested_with("/volumes/r1-a/s/data/db", others) or "")
-    assert "contains" in (namespace.nested_with("/volumes/r1-a/s", others) or "")
-    assert namespace.nested_with("/volumes/r1-a/s/database", others) is None
+    assert nesting.nested_with("/volumes/r1-a/s/data", others) is None
+    assert "lies inside" in (nesting.nested_with("/volumes/r1-a/s/data/db", others) or "")
+    assert "contains" in (nesting.nested_with("/volumes/r1-a/s", others) or "")
+    assert nesting.nested_with("/volumes/r1-a/s/database", others) is None
 
 
 def test_no_rack_anywhere_is_a_violation() -> None:

@@ -23,7 +23,6 @@ from volagent.rack.heartbeat import rack_view
 from volagent.rack.registry import Entry, RegistryError
 from volagent.rack.registry_task import Registry, request_ref
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
-from volagent.volumes import namespace
 
 NS = "r1-evil"
 FORGET = 900.0
@@ -131,12 +130,6 @@ def test_entries_hold_clean_relative_paths_only() -> None:
     for bad in ("/abs/path", "a/../b", "a//b", "./a"):
         with pytest.raises(ValueError, match="relative"):
             Entry.from_dict({"host": "h", "ref": "r", "path": bad, "time": 1})
-
-
-def test_the_rack_layers_rule_7_says_what_the_volumes_layer_says() -> None:
-    others = [("/v/a/b", "x"), ("/v/c", "y"), ("/v/d/e", "z")]
-    for path in ("/v/a", "/v/a/b", "/v/a/b/c", "/v/c/d", "/v/cc", "/v/d", "/v/x"):
-        assert registry_claim.nested_with(path, others) == namespace.nested_with(path, others)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from volagent import safedir
+from volagent.nesting import nested_with, strictly_under
 from volagent.rack import records
 from volagent.rack.registry import Counts, Entry, locked, merged
 
@@ -70,7 +71,9 @@ def claim(
                 blocking |= {
                     e.host
                     for e in entries
-                    if e.host != host and e.host not in dead and _nests(w.path, e.path)
+                    if e.host != host
+                    and e.host not in dead
+                    and (strictly_under(w.path, e.path) or strictly_under(e.path, w.path))
                 }
             unchecked = blocking - checked
             if not result.clashes or not unchecked:
@@ -149,24 +152,6 @@ def _whose(e: Entry) -> str:
 # rule 7 on cleaned paths, as volumes.namespace states it for one host (the rack layer sits
 # below the volumes layer, so it keeps its own copy of these three lines; a test holds both
 # to the same answers)
-def _inside(path: str, root: str) -> bool:
-    return path != root and path.startswith(root.rstrip("/") + "/")
-
-
-def _nests(a: str, b: str) -> bool:
-    return _inside(a, b) or _inside(b, a)
-
-
-def nested_with(path: str, others: Iterable[tuple[str, str]]) -> str | None:
-    """Why `path` may not be bound beside `others` ((path, whose) pairs), or None."""
-    for other, whose in others:
-        if _inside(path, other):
-            return f"{path} lies inside {other}, which {whose} binds; binds may not nest"
-        if _inside(other, path):
-            return f"{path} contains {other}, which {whose} binds; binds may not nest"
-    return None
-
-
 def _expired(
     mount_point: str,
     dev: int | None,

@@ -21,7 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from volagent.mount.table import MountEntry, read_table
-from volagent.volumes.namespace import go_clean, strictly_under, under
+from volagent.nesting import strictly_under, under
+from volagent.volumes.namespace import go_clean
 
 OUTSIDE = "outside"  # not the shared filesystem: not volagent's business
 INSIDE = "inside"  # on the shared filesystem, reached at `path` under the mount point

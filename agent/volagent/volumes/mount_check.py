@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from volagent.mount.table import MountEntry, read_table
+from volagent.nesting import under
 from volagent.volumes.locate import SharedFilesystem
-from volagent.volumes.namespace import go_clean, under
+from volagent.volumes.namespace import go_clean
 
 # how a volume's error starts once this check found it wrong: it stays so (a later look at
 # the container must not call it ready again) until the container is gone

@@ -14,6 +14,7 @@ from typing import Any
 
 from volagent.config import Config
 from volagent.errors import NamespaceViolation
+from volagent.nesting import under
 from volagent.values import NAME_RE, Owner, parse_mode, parse_owner
 
 OWNER_LABEL = "volagent.owner"
@@ -197,15 +198,6 @@ def go_clean(path: str) -> str:
     return cleaned
 
 
-def under(path: str, root: str) -> bool:
-    """`path` is `root` or lies below it (both cleaned)."""
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def strictly_under(path: str, root: str) -> bool:
-    return path != root and under(path, root)
-
-
 def touches_mount_point(mount_point: str, host: str) -> bool:
     """A bind concerns volagent when its host side, as written or cleaned, is under the mount
     point. As written counts too: `/volumes/../etc` is an escape, not somebody else's bind."""
@@ -311,14 +303,3 @@ def plans_for(
         except Exception as exc:  # attacker input must not turn into an allowed request
             out.append(NamespaceViolation(5, f"{b.host[:200]!r} cannot be judged: {exc}"))
     return out
-
-
-def nested_with(path: str, others: Iterable[tuple[str, str]]) -> str | None:
-    """Rule 7: why `path` may not be bound beside `others` ((path, whose) pairs), or None.
-    Identical paths share one directory and are fine; strict nesting is not."""
-    for other, whose in others:
-        if strictly_under(path, other):
-            return f"{path} lies inside {other}, which {whose} binds; binds may not nest"
-        if strictly_under(other, path):
-            return f"{path} contains {other}, which {whose} binds; binds may not nest"
-    return None

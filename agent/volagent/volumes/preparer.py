@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from volagent import log
+from volagent import log, nesting
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
 from volagent.rack import usage
 from volagent.rack.registry_task import Registry
@@ -266,7 +266,7 @@ class Preparer:
         others = list(self.state.live_binds(exclude=container_id))
         for i, (vol, _plan) in enumerate(planned):
             siblings = [(v.host, "the same container") for v, _ in planned[:i] + planned[i + 1 :]]
-            clash = namespace.nested_with(vol.host, [*siblings, *others])
+            clash = nesting.nested_with(vol.host, [*siblings, *others])
             if clash is not None:
                 violation = NamespaceViolation(7, clash)
                 outcome.plans[outcome.volumes.index(vol)] = violation

@@ -11,7 +11,8 @@ follows it and every file system call naming a path on the mount point is counte
 - during CREATES guarded creates (each binding a new directory of namespace `r1-bench`):
   all calls, and those on `.volagent/registry` (the registry's own part), per create.
 It prints each N's figures, the growth from N = 10 to N = 1,000 as ratios (target: idle
-calls per second at most 2x, RSS within 5 MiB) and the agent's RSS. Nothing is asserted.
+calls per second at most 2x, RSS within 5 MiB) and the agent's RSS, and how long
+`status --rack` and `volagent gc`'s listing take at each N. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +37,7 @@ from tests.testbed.efs_standin import Scratch, stop_agent_on_standin
 SIZES = tuple(int(n) for n in os.environ.get("VOLAGENT_BENCH_RACK_SIZES", "10,100,1000").split(","))
 WINDOW_S = float(os.environ.get("VOLAGENT_BENCH_RACK_WINDOW_S", "60"))
 CREATES = 50
+GC_STALL_S = 30.0  # ops/gc/command.py STALL_S: a walk that stops moving for this long gives up
 NAMESPACES_PER_HOST = 3
 HEARTBEAT_S = 30.0
 USAGE_S = 300.0
@@ -221,6 +224,19 @@ def creates(agent: AgentProcess, first: int, n: int) -> None:
         conn.close()
 
 
+def gc_listing(agent: AgentProcess) -> tuple[float, int]:
+    """`volagent gc` (listing only) against the rack, as an operator runs it: seconds, exit."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "volagent", "--config", agent.config_path, "gc"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return time.monotonic() - started, done.returncode
+
+
 def settle(agent: AgentProcess) -> None:
     """Until the agent's first usage pass is over: its walk's operations (the rolling reads
     of the records are charged there too) below SETTLED_OPS_S a second for SETTLE_S."""
@@ -278,15 +294,27 @@ def one_rack(base: Path, n: int) -> dict[str, float]:
         tracer.stop()
         per_create = (count(create_trace, mp) - idle * took) / CREATES
         registry_part = count(create_trace, mp, "/.volagent/registry") / CREATES
+        started = time.monotonic()
         status = unixhttp.get_json(agent.socket_path, "/v1/status?rack=1", timeout=30)[1]
+        rack_view_s = time.monotonic() - started
         hosts = len(status.get("hosts") or [])
+        gc_s, gc_rc = gc_listing(agent)
         print(
             f"N={n:5d}: idle {idle:7.2f} calls/s on the shared tree; per create {per_create:6.1f} "
             f"(registry {registry_part:5.1f}); RSS {rss / 1024:6.1f} MiB; status --rack lists "
-            f"{hosts} hosts; the simulated hosts wrote {rack.writes} records",
+            f"{hosts} hosts in {rack_view_s * 1000:.0f} ms (heartbeats read for 0.9 s at most); "
+            f"gc's listing {gc_s:.1f} s, exit {gc_rc} (it gives up after {GC_STALL_S:.0f} s "
+            f"without progress); the simulated hosts wrote {rack.writes} records",
             flush=True,
         )
-        return {"idle": idle, "create": per_create, "registry": registry_part, "rss": rss}
+        return {
+            "idle": idle,
+            "create": per_create,
+            "registry": registry_part,
+            "rss": rss,
+            "rack_view_s": rack_view_s,
+            "gc_s": gc_s,
+        }
     finally:
         rack.stop()
         stop_agent_on_standin(agent, scratch)
@@ -309,7 +337,9 @@ def main() -> None:
         f"growth N={lo} -> N={hi}: idle calls/s {b['idle'] / max(a['idle'], 1e-9):.2f}x "
         f"(target <= 2x); per create {b['create'] / max(a['create'], 1e-9):.2f}x; registry "
         f"calls per create {a['registry']:.1f} -> {b['registry']:.1f}; RSS "
-        f"{(b['rss'] - a['rss']) / 1024:+.1f} MiB (target within 5 MiB)"
+        f"{(b['rss'] - a['rss']) / 1024:+.1f} MiB (target within 5 MiB); status --rack "
+        f"{a['rack_view_s'] * 1000:.0f} -> {b['rack_view_s'] * 1000:.0f} ms; gc's listing "
+        f"{a['gc_s']:.1f} -> {b['gc_s']:.1f} s"
     )
 
 

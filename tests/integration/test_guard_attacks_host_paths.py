@@ -102,3 +102,38 @@ def test_host_symlink_outside_the_mount_point_swapped_before_a_restart_policy_st
     assert agent is not None
     doc = agent.wait_for(lambda d: d["status"] == "degraded", what="the warning", timeout=60)
     assert any("did not prepare" in w for w in doc["warnings"]), doc["warnings"]
+
+
+def test_local_bind_volume_of_a_host_symlink_repointed_before_a_restart_policy_start(
+    bed: Guarded, ctr: Containers, victim: str, scratch: str
+) -> None:
+    # the same through a volume: `type=none,o=bind,device=<the symlink>` is judged where the
+    # device leads at the volume create and at each start through the API, and the local
+    # driver mounts the device again at every start of a container using it
+    harmless = os.path.join(scratch, "harmless")
+    planter = ctr.run([f"{scratch}:/s"], labels={**EVIL, "volagent.test": "1"})
+    _sh(ctr, planter, f"mkdir /s/harmless && ln -s {harmless} /s/link")
+    name = "redirected"
+    ctr.api.create_volume(
+        name, driver="local", driver_opts={"type": "none", "o": "bind", "device": f"{scratch}/link"}
+    )
+    try:
+        reader = ctr.create(
+            [f"{name}:/data"],
+            labels={**EVIL, "volagent.test": "1"},
+            command=READ_AND_EXIT,
+            restart="always",
+        )
+        ctr.start(reader)
+        _restarted(ctr, reader, 4)
+        assert VICTIM_SECRET not in ctr.logs(reader)
+        _sh(ctr, planter, f"ln -sfn {victim} /s/link")
+        count, info = _leaks_or_stopped(ctr, reader)
+        with contextlib.suppress(docker.errors.APIError):
+            ctr.api.stop(reader, timeout=0)
+        assert count <= 1, f"the other app's secret was read {count} times"
+        assert info["HostConfig"]["RestartPolicy"]["Name"] == "no"
+    finally:
+        ctr.remove(reader)
+        with contextlib.suppress(docker.errors.APIError):
+            ctr.api.remove_volume(name, force=True)

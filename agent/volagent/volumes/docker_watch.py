@@ -339,6 +339,8 @@ class DockerWatch:
             for b in (spec.binds if spec is not None else ())
             if b.host.startswith("/") and not namespace.touches_mount_point(mp, b.host)
         ]
+        if spec is not None:
+            outside += await self._bind_volume_devices(spec.named_volumes)
         if not binds and not outside:
             return []
         st.metrics.directory_walks.inc(len(binds))
@@ -355,6 +357,22 @@ class DockerWatch:
             self.log.warning("start_check_skipped", container=cid[:12], reason=str(exc))
             return []
         return found
+
+    async def _bind_volume_devices(self, names: list[str]) -> list[tuple[str, str]]:
+        """The devices of the local-driver bind volumes among `names` ((device, "volume
+        NAME") pairs): the local driver mounts the device again at every start of a container
+        using the volume, following a symlink in it as a bind does."""
+        out = []
+        for name in names:
+            try:
+                data = await self.inspect_volume(name)
+            except Exception as exc:  # Docker went away: the walk at the reconnect follows
+                self.log.warning("start_check_skipped", volume=name[:64], reason=_describe(exc))
+                continue
+            device = _bind_device(data)
+            if device:
+                out.append((device, f"volume {name}"))
+        return out
 
     async def _verify_mounts(self, cid: str, pid: int) -> list[mount_check.Mismatch]:
         """What the container's process has mounted against what volagent prepared, once
@@ -561,6 +579,18 @@ def _read_stream(
         end = exc
     with contextlib.suppress(RuntimeError):  # the loop is closed: the daemon is stopping
         loop.call_soon_threadsafe(queue.put_nowait, end)
+
+
+def _bind_device(volume: dict[str, Any] | None) -> str:
+    """The device of a local-driver volume that is a bind (`o=bind` or `rbind`), "" for any
+    other volume (options read with any case of their names, as the guard reads them)."""
+    if not volume or volume.get("Driver") not in ("local", "", None):
+        return ""
+    raw = volume.get("Options")
+    opts = {str(k).lower(): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    flags = {o.strip() for o in opts.get("o", "").split(",")}
+    device = opts.get("device", "")
+    return device if flags & {"bind", "rbind"} and device.startswith("/") else ""
 
 
 def _may_restart(spec: ContainerSpec | None) -> bool:

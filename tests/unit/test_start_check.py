@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from volagent.errors import MountUnhealthy
-from volagent.volumes.start_check import PreparedBind, check_binds
+from volagent.volumes.start_check import PreparedBind, check_binds, check_outside
 
 
 def prepared(path: Path, container: str = "/data") -> PreparedBind:
@@ -73,3 +73,21 @@ def test_a_leaf_gone_or_prepared_on_an_earlier_mount_is_not_compared(mp: Path, l
 def test_a_mount_point_that_is_not_the_shared_filesystem(mp: Path, leaf: Path) -> None:
     with pytest.raises(MountUnhealthy):
         check_binds(str(mp), dev_of(mp) + 1, [prepared(leaf)])
+
+
+def test_a_host_symlink_outside_the_mount_point_repointed_into_it(
+    mp: Path, leaf: Path, tmp_path: Path
+) -> None:
+    scratch = tmp_path / "scratch"
+    (scratch / "harmless").mkdir(parents=True)
+    link = scratch / "link"
+    link.symlink_to(scratch / "harmless")
+    binds = [(str(link), "/data")]
+    assert check_outside(str(mp), binds, prepared=[]) == []
+    link.unlink()
+    link.symlink_to(leaf)
+    [found] = check_outside(str(mp), binds, prepared=[])
+    assert found.host == str(leaf) and found.container == "/data"
+    assert "did not prepare" in found.reason
+    # where it leads is what volagent prepared for this container: no mismatch
+    assert check_outside(str(mp), binds, prepared=[str(leaf)]) == []

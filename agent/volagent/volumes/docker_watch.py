@@ -25,7 +25,7 @@ import tenacity
 from volagent import log
 from volagent.retrying import exponential_jitter
 from volagent.state import AgentState, VolumeRecord
-from volagent.volumes import mount_check, start_check
+from volagent.volumes import mount_check, namespace, start_check
 from volagent.volumes.preparer import ContainerSpec, Preparer
 
 _HANDLED = {"create", "start", "restart", "destroy", "rename"}
@@ -279,7 +279,7 @@ class DockerWatch:
         has_process = isinstance(pid, int) and pid > 0
         found: list[mount_check.Mismatch] = []
         if started or (not has_process and (st.get("Running") or st.get("Restarting"))):
-            found += await self._walk_binds(cid)
+            found += await self._walk_binds(cid, spec)
         if has_process:
             seen = {m.host for m in found}
             found += [m for m in await self._verify_mounts(cid, pid) if m.host not in seen]
@@ -303,7 +303,8 @@ class DockerWatch:
 
         async def one(cid: str) -> None:
             async with self._one_at_a_time(cid), self._sem:
-                found = await self._walk_binds(cid)
+                record = self.state.containers.get(cid)
+                found = await self._walk_binds(cid, record.spec if record else None)
                 if found:
                     await self._stop_mismatched(cid, found)
 
@@ -312,31 +313,66 @@ class DockerWatch:
         ]
         await asyncio.gather(*(one(cid) for cid in restarting))
 
-    async def _walk_binds(self, cid: str) -> list[mount_check.Mismatch]:
+    async def _walk_binds(
+        self, cid: str, spec: ContainerSpec | None = None
+    ) -> list[mount_check.Mismatch]:
         """The check after a start that needs no process: every prepared bind source walked
-        again as the host resolves it now (see volumes/start_check.py)."""
+        again as the host resolves it now, and every bind of `spec` spelled outside the
+        mount point resolved again (see volumes/start_check.py)."""
         st = self.state
         prepared = self._prepared(cid)
         dev = st.mount_dev
-        if not prepared or dev is None or not st.mount_healthy:
+        if prepared is None or dev is None or not st.mount_healthy:
             return []
+        mp = st.config.mount_point
         binds = [
             start_check.PreparedBind(v.host, v.container, v.leaf)
             for v in prepared
             if v.leaf is not None
         ]
-        if not binds:
+        # what volagent prepared, as the mountinfo check holds it: a bind that lands on the
+        # shared filesystem anywhere else now (the preparer, looking at this start, records
+        # it as a violation, which stops nothing by itself) was not judged at this start
+        recorded = {v.host for v in prepared}
+        outside = [
+            (b.host, b.container)
+            for b in (spec.binds if spec is not None else ())
+            if b.host.startswith("/") and not namespace.touches_mount_point(mp, b.host)
+        ]
+        if spec is not None:
+            outside += await self._bind_volume_devices(spec.named_volumes)
+        if not binds and not outside:
             return []
-        call = functools.partial(start_check.check_binds, st.config.mount_point, dev, binds)
         st.metrics.directory_walks.inc(len(binds))
+
+        def check() -> list[mount_check.Mismatch]:
+            found = start_check.check_binds(mp, dev, binds) if binds else []
+            return found + start_check.check_outside(mp, outside, recorded)
+
         try:
             found: list[mount_check.Mismatch] = await self.preparer.worker.run(
-                call, st.config.directories.timeout_s, what="checking binds after a start"
+                check, st.config.directories.timeout_s, what="checking binds after a start"
             )
         except Exception as exc:  # the mount went away or hangs: the mount watch says so
             self.log.warning("start_check_skipped", container=cid[:12], reason=str(exc))
             return []
         return found
+
+    async def _bind_volume_devices(self, names: list[str]) -> list[tuple[str, str]]:
+        """The devices of the local-driver bind volumes among `names` ((device, "volume
+        NAME") pairs): the local driver mounts the device again at every start of a container
+        using the volume, following a symlink in it as a bind does."""
+        out = []
+        for name in names:
+            try:
+                data = await self.inspect_volume(name)
+            except Exception as exc:  # Docker went away: the walk at the reconnect follows
+                self.log.warning("start_check_skipped", volume=name[:64], reason=_describe(exc))
+                continue
+            device = _bind_device(data)
+            if device:
+                out.append((device, f"volume {name}"))
+        return out
 
     async def _verify_mounts(self, cid: str, pid: int) -> list[mount_check.Mismatch]:
         """What the container's process has mounted against what volagent prepared, once
@@ -543,6 +579,18 @@ def _read_stream(
         end = exc
     with contextlib.suppress(RuntimeError):  # the loop is closed: the daemon is stopping
         loop.call_soon_threadsafe(queue.put_nowait, end)
+
+
+def _bind_device(volume: dict[str, Any] | None) -> str:
+    """The device of a local-driver volume that is a bind (`o=bind` or `rbind`), "" for any
+    other volume (options read with any case of their names, as the guard reads them)."""
+    if not volume or volume.get("Driver") not in ("local", "", None):
+        return ""
+    raw = volume.get("Options")
+    opts = {str(k).lower(): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    flags = {o.strip() for o in opts.get("o", "").split(",")}
+    device = opts.get("device", "")
+    return device if flags & {"bind", "rbind"} and device.startswith("/") else ""
 
 
 def _may_restart(spec: ContainerSpec | None) -> bool:

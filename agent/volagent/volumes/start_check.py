@@ -9,6 +9,11 @@ each prepared bind source is walked again from the mount point with the safe wal
 symlink followed, every directory on the shared filesystem's device), and the leaf's inode
 is held against the one recorded when volagent prepared it.
 
+Binds spelled outside the mount point are resolved on the host again (symlinks, then the
+mount table: volumes/locate.py): one that was judged to lead elsewhere may lead onto the
+shared filesystem now, through a host symlink that a container binding its directory
+repointed, and Docker followed it at this start.
+
 What a walk after the start can see is the path as it is now: a symlink or another
 directory swapped in and still there. A swap undone before the walk is left to the
 mountinfo check, which needs the process.
@@ -20,10 +25,11 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from volagent import safedir
+from volagent.volumes import locate
 from volagent.volumes.mount_check import Mismatch
 
 
@@ -95,3 +101,29 @@ def _changed(root: int, mount_point: str, bind: PreparedBind, dev: int) -> str |
             f"prepared (inode {prepared_ino})"
         )
     return None
+
+
+def check_outside(
+    mount_point: str, binds: Sequence[tuple[str, str]], prepared: Collection[str]
+) -> list[Mismatch]:
+    """The binds spelled outside the mount point ((host as written, container path) pairs)
+    that the host resolves onto the shared filesystem now, at a directory volagent did not
+    prepare for this container (`prepared`: their paths under the mount point), or that
+    carry the shared filesystem along."""
+    if not binds:
+        return []
+    landings = locate.locate_all(mount_point, [host for host, _ in binds])
+    out = []
+    for (host, ctr), landing in zip(binds, landings, strict=True):
+        if landing.kind == locate.OUTSIDE or landing.path in prepared:
+            continue
+        if landing.kind == locate.INSIDE:
+            reason = (
+                f"{host} leads to {landing.path} of the shared filesystem now, which volagent "
+                "did not prepare for this container: Docker followed it at the start"
+            )
+            out.append(Mismatch(landing.path, ctr, reason))
+        else:
+            reason = f"{host} contains {landing.path} now: Docker followed it at the start"
+            out.append(Mismatch(host, ctr, reason))
+    return out

@@ -99,7 +99,9 @@ def docker_create(app: str, path: str, name: str) -> dict[str, Any]:
     }
 
 
-def race(mount: str, dev: int, docker_path: str, peer_path: str, rounds: int, prefix: str) -> None:
+def race(mount: str, dev: int, paths: tuple[str, str], rounds: int, prefix: str) -> None:
+    """`paths`: what host 1's create binds and what host 2 claims, below the namespace."""
+    docker_path, peer_path = paths
     # an uncontested create first: the guard's code warm, and how long a create takes here
     warm = docker_create(f"{prefix}warm", docker_path, f"{prefix}-warm")
     if not warm["allowed"]:
@@ -112,12 +114,17 @@ def race(mount: str, dev: int, docker_path: str, peer_path: str, rounds: int, pr
         barrier = threading.Barrier(2)
         out: dict[str, dict[str, Any]] = {}
 
-        def host1(app: str = app, barrier: threading.Barrier = barrier) -> None:
+        def host1(
+            app: str = app, barrier: threading.Barrier = barrier, out: dict[str, Any] = out
+        ) -> None:
             barrier.wait()
             out["host1"] = docker_create(app, docker_path, f"{app}-1")
 
         def host2(
-            ns: str = ns, offset: float = offset, barrier: threading.Barrier = barrier
+            ns: str = ns,
+            offset: float = offset,
+            barrier: threading.Barrier = barrier,
+            out: dict[str, Any] = out,
         ) -> None:
             barrier.wait()
             time.sleep(offset)
@@ -139,7 +146,7 @@ def main() -> None:
         print(json.dumps(claim(mount, dev, sys.argv[3], sys.argv[4])), flush=True)
     elif command == "race":
         docker_path, peer_path, rounds, prefix = sys.argv[3:7]
-        race(mount, dev, docker_path, peer_path, int(rounds), prefix)
+        race(mount, dev, (docker_path, peer_path), int(rounds), prefix)
     else:
         raise SystemExit(f"unknown command {command!r}: claim or race")
 

@@ -14,9 +14,10 @@ host of the rack, not one whose entries expire):
 - `race MOUNT DOCKER_PATH PEER_PATH ROUNDS PREFIX`: ROUNDS races, each in a namespace of its
   own (`vmrack-<PREFIX><n>`, so no round sees another's entries): host 1's `docker create`
   binding `/volumes/<ns>/DOCKER_PATH` against host 2's claim of `<ns>/PEER_PATH`. Both
-  threads leave one barrier; host 2 then waits an offset swept across the length of an
-  uncontested create measured first (from 0 to all of it), so its claim lands before, inside
-  and after host 1's claim in turn. Prints one JSON line per round.
+  threads leave one barrier; host 2 then waits an offset aimed at the moment host 1's guard
+  claims inside the create (a staircase over the rounds: later after host 2 won, earlier
+  after host 1 won, the step halved at each turn), so the rounds close in on the two claims
+  meeting at the namespace's lock. Prints one JSON line per round.
 """
 
 from __future__ import annotations
@@ -107,10 +108,14 @@ def race(mount: str, dev: int, paths: tuple[str, str], rounds: int, prefix: str)
     if not warm["allowed"]:
         raise SystemExit(f"the uncontested create was refused: {warm['message']}")
     length = warm["ended"] - warm["started"]
+    # host 2's delay after the barrier is aimed at the moment host 1 claims, which lies
+    # somewhere inside the create: a staircase from half of it, later after a round host 2
+    # won (it claimed first), earlier after one host 1 won, the step halved at each turn,
+    # so the rounds close in on the two claims meeting at the lock
+    offset, step, last = length / 2, length / 4, ""
     for n in range(rounds):
         app = f"{prefix}{n}"
         ns = f"{RACK}-{app}"
-        offset = length * n / max(rounds - 1, 1)
         barrier = threading.Barrier(2)
         out: dict[str, dict[str, Any]] = {}
 
@@ -136,6 +141,14 @@ def race(mount: str, dev: int, paths: tuple[str, str], rounds: int, prefix: str)
         for t in threads:
             t.join()
         print(json.dumps({"round": n, "ns": ns, "offset": offset, **out}), flush=True)
+        one, two = out["host1"]["allowed"], out["host2"]["registered"]
+        if one == two:
+            continue  # both or neither: the test fails on it; the aim stays
+        winner = "host 2" if two else "host 1"
+        if last and winner != last:
+            step /= 2
+        last = winner
+        offset = max(0.0, offset + step if winner == "host 2" else offset - step)
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ PYTHON = "/opt/volagent/bin/python"
 MOUNT2 = "/mnt/host2"
 SERVER_IP = "10.98.0.1"  # the machine's own NFS server, on the root namespace's veth end
 CLIENT2_IP = "10.98.0.2"
-ROUNDS = 8  # per direction
+ROUNDS = 12  # per direction
 
 # The second client: a network namespace with a veth to the root one, the export opened to
 # its address, and the mount made from inside it (nsenter --net: the mount itself stays in

@@ -332,6 +332,7 @@ def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
     script = base64.b64encode(Path(__file__).with_name("vm_steps.py").read_bytes()).decode()
     vm.sh(f"systemctl stop volagent && echo {script} | base64 -d > /tmp/vm_steps.py", timeout=300)
     medians: dict[str, dict[str, float]] = {}
+    usage_dirs = f"ls /volumes/.volagent/usage/{RACK}-bench 2>/dev/null | wc -l"
     try:
         for case, shown in CASES.items():
             out = vm.sh(f"/opt/volagent/bin/python /tmp/vm_steps.py {case} {STEP_RUNS}", 900)
@@ -343,6 +344,11 @@ def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
             whole = [sum(per_step[step][i] for step in STEPS) for i in range(len(runs))]
             critical = [sum(per_step[step][i] for step in CRITICAL) for i in range(len(runs))]
             registry = [sum(per_step[step][i] for step in REGISTRY) for i in range(len(runs))]
+            # a part of the claim: the 0.2 hosts' usage records of the namespace looked for
+            fallback = [
+                sum(n for op, n in r.get("0.2 fallback", {}).items() if op not in LEASE_OPS)
+                for r in runs
+            ]
             med = {step: statistics.median(v) for step, v in per_step.items()}
             by_op: Counter[str] = Counter()
             for r in runs:
@@ -357,8 +363,10 @@ def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
             print("    " + ", ".join(f"{step} {med[step]:g}" for step in STEPS))
             print(
                 f"    the registry's: median {statistics.median(registry):g} ops per guarded"
-                f" create (its claim {med['registry claim']:g}, the keeper's update"
-                f" {med['registry update']:g})"
+                f" create (its claim {med['registry claim']:g}, of which"
+                f" {statistics.median(fallback):g} look for 0.2 hosts' usage records; the"
+                f" keeper's update {med['registry update']:g}); the namespace's services"
+                f" with usage records: {vm.sh(usage_dirs).out.strip()}"
             )
             print(f"    by operation, per run: {ops}")
             medians[case] = {**med, "whole": statistics.median(whole)}

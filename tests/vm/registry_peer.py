@@ -78,6 +78,7 @@ def claim(mount: str, dev: int, ns: str, path: str) -> dict[str, Any]:
     return {
         "registered": not result.clashes,
         "clash": result.clashes.get(path, ""),
+        "lock_tries": result.counts.locks,  # more than 1: the lock was held by host 1
         "started": started,
         "ended": time.time(),
     }

@@ -39,11 +39,16 @@ MOUNT2 = "/mnt/host2"
 SERVER_IP = "10.98.0.1"  # the machine's own NFS server, on the root namespace's veth end
 CLIENT2_IP = "10.98.0.2"
 ROUNDS = 12  # per direction
+# host 2 farther from the server than host 1: its claim holds the namespace's lock across
+# round trips of 50 ms, so host 1's claim, aimed at it, meets it there (without the lock,
+# both would read the entries before either wrote)
+DELAY = "25ms"
 
 # The second client: a network namespace with a veth to the root one, the export opened to
 # its address, and the mount made from inside it (nsenter --net: the mount itself stays in
 # the machine's mount namespace, where every process sees it) with a host name of its own
-# (unshare --uts), from which the kernel makes the client's NFSv4 id.
+# (unshare --uts), from which the kernel makes the client's NFSv4 id; a netem delay on both
+# ends of its veth.
 SECOND_CLIENT = f"""set -e
 ip netns add host2
 ip link add vh2a type veth peer name vh2b netns host2
@@ -56,6 +61,8 @@ mkdir -p /etc/exports.d {MOUNT2}
 echo '{EXPORT} {CLIENT2_IP}(rw,sync,no_subtree_check,no_root_squash,insecure)' \
     > /etc/exports.d/host2.exports
 exportfs -ra
+tc qdisc add dev vh2a root netem delay {DELAY}
+ip netns exec host2 tc qdisc add dev vh2b root netem delay {DELAY}
 nsenter --net=/run/netns/host2 unshare --uts sh -ec '
     echo vmhost2 > /proc/sys/kernel/hostname
     mount -t nfs4 -o nfsvers=4.1,hard,timeo=600,retrans=2,noresvport \
@@ -120,13 +127,14 @@ def test_two_nfs_clients_racing_to_nest_binds_one_wins(vm: Machine) -> None:
         rounds = peer(vm, "race", MOUNT2, docker_path, peer_path, str(ROUNDS), prefix)
         assert len(rounds) == ROUNDS, rounds
         host1 = host1 or host1_id(vm)
-        won = {"host 1": 0, "host 2": 0}
+        won = {"host 1": 0, "host 2": 0, "host 2 found the lock held": 0}
         for r in rounds:
             one, two = r["host1"], r["host2"]
             shown = (
                 f"{direction}, round {r['round']} (host 2 {r['offset']:.2f}s after the barrier):"
                 f" create {one}, claim {two}"
             )
+            won["host 2 found the lock held"] += two["lock_tries"] > 1
             # exactly one of the pair is allowed, and the other is told whose bind is in
             # the way
             assert one["allowed"] != two["registered"], shown

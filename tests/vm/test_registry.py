@@ -8,13 +8,17 @@ state per network namespace, so a mount made from a second network namespace (it
 to the server's address) with a host name of its own (the NFSv4 client id is made from it)
 is a second client to the server, with its own lease, its own locks and its own caches. On
 that mount, tests/vm/registry_peer.py runs the installed volagent's own registry claim as
-host `host-2`, with a live heartbeat. The test first proves the two mounts are two clients:
-distinct superblocks, one client in each namespace's /proc/fs/nfsfs/servers, and two
-clients with different names in the server's /proc/fs/nfsd/clients.
+host `host-2`, with a live heartbeat (the process itself runs in the machine's namespaces:
+what makes it host 2 is the mount it works through, whose client is the second one). Host 2's
+link has a netem delay, so its transaction holds the lock across real round trips.
+
+The test first proves the two mounts are two clients: distinct superblocks, one client in
+each namespace's /proc/fs/nfsfs/servers, and two clients with different names in the
+server's /proc/fs/nfsd/clients.
 
 The attack this stops: host 1 binds `.../web/lag` while host 2, at the same moment, binds
 `.../web/lag/s1`; both allowed, the first container swaps `s1` for a symlink into another
-app and the second reads through it (issue: cross-host nesting inside the lag).
+app and the second reads through it, before either host has read the other's usage records.
 """
 
 from __future__ import annotations

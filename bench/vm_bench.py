@@ -11,7 +11,8 @@ volagent mounts it as NFSv4.1 with the production options.
    turns in blocks; the ratio is of the medians, both measured in this run. NFS operations
    per run are /proc/self/mountstats deltas across the `docker run`.
 2. Each step of a guarded `docker run` on the shared filesystem (create walk, trash check,
-   usage record, start walk, check after start), counted apart in NFS operations for an
+   the rack registry's claim, usage record, the registry keeper's update, start walk, check
+   after start), counted apart in NFS operations for an
    existing directory three levels below the service's namespace (used before: made long
    ago, another host's usage record of it) and for a new one: bench/vm_steps.py makes, in the
    guest, the calls volagent's worker makes, in its order, with the daemon stopped, so no
@@ -303,7 +304,18 @@ def run_bench(vm: Machine) -> dict[str, float]:
     return {"ratio": ratio, "runs": runs, "idle_rate": idle_rate}
 
 
-STEPS = ("create walk", "trash check", "usage record", "start walk", "check after start")
+STEPS = (
+    "create walk",
+    "trash check",
+    "registry claim",
+    "usage record",
+    "registry update",
+    "start walk",
+    "check after start",
+)
+# on the create's critical path: what the guard does before it answers dockerd
+CRITICAL = ("create walk", "trash check", "registry claim")
+REGISTRY = ("registry claim", "registry update")
 CASES = {
     "existing": "an existing directory three levels below the namespace",
     "in-use": "an existing directory three levels below the namespace, in use on this host",
@@ -320,6 +332,7 @@ def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
     script = base64.b64encode(Path(__file__).with_name("vm_steps.py").read_bytes()).decode()
     vm.sh(f"systemctl stop volagent && echo {script} | base64 -d > /tmp/vm_steps.py", timeout=300)
     medians: dict[str, dict[str, float]] = {}
+    usage_dirs = f"ls /volumes/.volagent/usage/{RACK}-bench 2>/dev/null | wc -l"
     try:
         for case, shown in CASES.items():
             out = vm.sh(f"/opt/volagent/bin/python /tmp/vm_steps.py {case} {STEP_RUNS}", 900)
@@ -329,8 +342,12 @@ def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
                 for step in STEPS
             }
             whole = [sum(per_step[step][i] for step in STEPS) for i in range(len(runs))]
-            critical = [
-                per_step["create walk"][i] + per_step["trash check"][i] for i in range(len(runs))
+            critical = [sum(per_step[step][i] for step in CRITICAL) for i in range(len(runs))]
+            registry = [sum(per_step[step][i] for step in REGISTRY) for i in range(len(runs))]
+            # a part of the claim: the 0.2 hosts' usage records of the namespace looked for
+            fallback = [
+                sum(n for op, n in r.get("0.2 fallback", {}).items() if op not in LEASE_OPS)
+                for r in runs
             ]
             med = {step: statistics.median(v) for step, v in per_step.items()}
             by_op: Counter[str] = Counter()
@@ -344,6 +361,13 @@ def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
                 f" {statistics.median(critical):g} on the create's critical path ({len(runs)} runs)"
             )
             print("    " + ", ".join(f"{step} {med[step]:g}" for step in STEPS))
+            print(
+                f"    the registry's: median {statistics.median(registry):g} ops per guarded"
+                f" create (its claim {med['registry claim']:g}, of which"
+                f" {statistics.median(fallback):g} look for 0.2 hosts' usage records; the"
+                f" keeper's update {med['registry update']:g}); the namespace's services"
+                f" with usage records: {vm.sh(usage_dirs).out.strip()}"
+            )
             print(f"    by operation, per run: {ops}")
             medians[case] = {**med, "whole": statistics.median(whole)}
     finally:

@@ -5,12 +5,18 @@ that nothing else of volagent talks to the server and every operation counted is
 
 Each step is the call the daemon's worker makes, in the daemon's order: the trash check
 alone (to tell it from the create walk that holds it), the create walk with its trash check
-(`trashcheck.prepare_path`), the usage record (`usage.write_usage`), the start walk (the same
-call again; given the create walk's record where the installed version takes one) and the
-check after the start (`mount_check.check_container`). Cases: `new` directory, `existing`
+(`trashcheck.prepare_path`), the registry claim before the create is allowed (the 0.2 hosts'
+usage records of the namespace, `binds.legacy_binds`, then `registry_claim.claim` under the
+namespace's lock), the usage record (`usage.write_usage`), the registry keeper's update once
+Docker has answered the create (`registry_claim.set_own`: the entry gets the container's
+id), the start walk (the same call as the create walk; given the create walk's record where
+the installed version takes one) and the check after the start
+(`mount_check.check_container`). An installed version without the registry counts nothing
+for its two steps. Cases: `new` directory, `existing`
 directory used before (another host's record of it, its namespace last changed two days
 ago), `in-use` (the same, and this host records its use already: a container of the service
-runs here, so no usage record is due). Prints one JSON line per run: the operations of each
+runs here, so no usage record is due, and its entry in the registry holds the path: the
+claim writes nothing). Prints one JSON line per run: the operations of each
 step, by NFS operation.
 
 Standard library and the installed volagent only: the guest has nothing else.
@@ -36,6 +42,17 @@ MOUNT_POINT = "/volumes"
 RACK = "vmrack"
 HOST = "vmhost"
 TWO_DAYS_S = 2 * 86400
+REGISTRY_TIMEOUT_S = 10.0 * 0.8  # the claim's own deadline: 80% of [directories] timeout_s
+FORGET_AFTER_S = 900.0  # [health] forget_after_s's default
+
+try:  # the registry came with 0.3: on an earlier install its steps count nothing
+    from volagent.rack import binds, registry_claim
+    from volagent.rack.registry import Entry
+
+    # the daemon keeps one: hosts known to take part are not read again for ten minutes
+    PARTICIPANTS: Any = binds.Participants()
+except ImportError:
+    registry_claim = None  # type: ignore[assignment]
 
 
 def nfs_ops() -> Counter[str]:
@@ -110,12 +127,67 @@ def one_run(case: str, service: str) -> dict[str, Any]:
         lambda: trashcheck.prepare_path(MOUNT_POINT, parts, owner, 0o750, dev, **create_args)
     )
     steps["create walk"] = create - steps["trash check"]
+    ns, relative = parts[0], "/".join(parts)
+    running = f"running-{service}"  # in-use: the container of the service that runs here
+    steps["registry claim"] = steps["registry update"] = steps["0.2 fallback"] = Counter()
+    if registry_claim is not None:
+        if case == "in-use":  # not counted: this host's entry of the running container
+            registry_claim.set_own(
+                MOUNT_POINT,
+                dev,
+                ns,
+                host=HOST,
+                live=[Entry(HOST, running, "", relative, time.time())],
+                live_refs={running},
+                since=0.0,
+                deadline=time.monotonic() + REGISTRY_TIMEOUT_S,
+            )
+
+        def claim() -> Any:
+            deadline = time.monotonic() + REGISTRY_TIMEOUT_S
+            # counted apart too (a part of the claim, not a step of its own): the 0.2 hosts'
+            # usage records of the namespace, looked for before the lock is taken
+            steps["0.2 fallback"], (legacy, _) = counted(
+                lambda: binds.legacy_binds(MOUNT_POINT, dev, ns, HOST, PARTICIPANTS)
+            )
+            wanted = [Entry(HOST, f"request:{service}", "", relative, time.time())]
+            return registry_claim.claim(
+                MOUNT_POINT,
+                dev,
+                ns,
+                host=HOST,
+                wanted=wanted,
+                legacy=legacy,
+                expire_after_s=FORGET_AFTER_S,
+                deadline=deadline,
+            )
+
+        steps["registry claim"], claimed = counted(claim)
+        if claimed.clashes:
+            raise SystemExit(f"the bench's claim clashed: {claimed.clashes}")
     key = (parts[0], parts[1])
     record = usage.usage_record(HOST, key, [service], time.time(), [host_path])
     steps["usage record"] = Counter()
     if case != "in-use":  # else not due: this host's record of it is current
         steps["usage record"], _ = counted(
             lambda: usage.write_usage(MOUNT_POINT, dev, HOST, [(key, record)])
+        )
+    if registry_claim is not None:
+        # the keeper, once Docker has answered the create: the entry names the container
+        since = time.time()
+        live = [Entry(HOST, f"container-{service}", "", relative, since)]
+        refs = {f"container-{service}", running}
+        steps["registry update"], _ = counted(
+            lambda: registry_claim.set_own(
+                MOUNT_POINT,
+                dev,
+                ns,
+                host=HOST,
+                live=live,
+                live_refs=refs,
+                since=since,
+                deadline=time.monotonic() + REGISTRY_TIMEOUT_S,
+            )
         )
     again: dict[str, Any] = {}
     if "known" in params:

@@ -236,3 +236,27 @@ def test_a_directorys_first_record_makes_its_directory_below_an_existing_one(mp:
     web = mp / ".volagent" / "usage" / "r1-a" / "web"
     assert json.loads((web / "host-a.json").read_text())["containers"] == ["c"]
     assert [p.name for p in web.iterdir()] == ["host-a.json"]  # no temporary file left
+
+
+def test_a_claim_reads_the_legacy_records_of_its_own_directories_only(mp: Path) -> None:
+    """Rule 5 keeps every bind below a directory of its namespace, so binds of two of its
+    directories never nest: a claim reads the namespace's own records and those of the
+    directories its binds lie in, not every directory's (their number is the app's)."""
+    now = time.time()
+    for rel, bind in (
+        ("r1-a", "r1-a"),
+        ("r1-a/web", "r1-a/web/data"),
+        ("r1-a/worker", "r1-a/worker/data"),
+    ):
+        base = mp / ".volagent" / "usage" / rel
+        base.mkdir(parents=True, exist_ok=True)
+        rec = {"host": "old", "time": now, "binds": [f"{mp}/{bind}"]}
+        (base / "old.json").write_text(json.dumps(rec))
+    known = rack_binds.Participants()
+    dev = os.stat(mp).st_dev
+    found, _ = rack_binds.legacy_binds(
+        str(mp), dev, "r1-a", "me", known, directories={"web", "api"}
+    )
+    assert sorted(p for p, _ in found) == [f"{mp}/r1-a", f"{mp}/r1-a/web/data"]
+    everything, _ = rack_binds.legacy_binds(str(mp), dev, "r1-a", "me", known)
+    assert len(everything) == 3

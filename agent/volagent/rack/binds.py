@@ -4,7 +4,9 @@ records of one namespace when a create or start touches it.
 A 0.2 host lists its containers' bind paths in its usage records (`usage.py`) and writes no
 registry entries. During a rolling update the new version reads, for the namespace a claim
 touches, the records under `<mp>/.volagent/usage/<ns>/` (the namespace's own and those of
-each directory below it) of the hosts that are not known to take part: a record that carries
+the directories below it that the claim's binds lie in: rule 5 keeps every bind below a
+directory of the namespace, so binds of two directories never nest) of the hosts that are
+not known to take part: a record that carries
 `"registry"` is a participant's (its binds are in the registry) and its host is remembered
 as one for PARTICIPANT_TTL_S. A 0.2 host's binds count while its record is fresh by 0.2's
 own rule (STALE_AFTER_S), as 0.2 hosts judge each other. This lags the 0.2 host by its
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterable
 
 from volagent import safedir
 from volagent.errors import VolagentError
@@ -48,10 +51,17 @@ class Participants:
 
 
 def legacy_binds(
-    mount_point: str, dev: int | None, ns: str, own_host: str, participants: Participants
+    mount_point: str,
+    dev: int | None,
+    ns: str,
+    own_host: str,
+    participants: Participants,
+    *,
+    directories: Iterable[str] | None = None,
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """Blocking: (path, whose) of every bind a fresh record of a host outside the registry
-    lists in namespace `ns`, and those hosts."""
+    lists in namespace `ns` (its own records and those of `directories` below it, every one
+    when None), and those hosts."""
     root = safedir.open_shared_root(mount_point, dev)
     try:
         top = records.open_dir(root, (records.AGENT_DIR, records.USAGE_DIR, ns), create=False)
@@ -65,7 +75,8 @@ def legacy_binds(
     own = records.file_name(own_host)
     try:
         _read_dir(top, own, participants, now=now, out=out, hosts=hosts)
-        for d in safedir.subdirs(top, dots=True):
+        below = safedir.subdirs(top, dots=True) if directories is None else sorted(directories)
+        for d in below:
             with contextlib.suppress(VolagentError):  # swapped for something else: skipped
                 fd = records.open_dir(top, (d,), create=False)
                 if fd is None:

@@ -134,7 +134,12 @@ class Registry:
         # refused as that, not as a hung filesystem
         deadline = time.monotonic() + timeout * DEADLINE_SHARE
         legacy, hosts = binds.legacy_binds(
-            st.config.mount_point, st.mount_dev, ns, st.host_id, self.participants
+            st.config.mount_point,
+            st.mount_dev,
+            ns,
+            st.host_id,
+            self.participants,
+            directories={p[1] for e in wanted if len(p := e.path.split("/")) > 1},
         )
         result = registry_claim.claim(
             st.config.mount_point,

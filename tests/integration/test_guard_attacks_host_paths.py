@@ -65,9 +65,7 @@ def test_host_symlink_in_a_directory_another_container_binds_is_refused_at_creat
     harmless = os.path.join(scratch, "harmless")
     _planter(ctr, scratch, f"mkdir /s/harmless && ln -s {harmless} /s/link")
     with pytest.raises(docker.errors.APIError) as excinfo:
-        ctr.create(
-            [f"{scratch}/link:/data"], labels=EVIL, command=READ_AND_EXIT, restart="always"
-        )
+        ctr.create([f"{scratch}/link:/data"], labels=EVIL, command=READ_AND_EXIT, restart="always")
     text = denied(excinfo)
     assert "rule 7" in text and WHY in text and f"inside {scratch}," in text, text
 

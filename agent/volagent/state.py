@@ -16,6 +16,7 @@ from typing import Any
 from volagent import __version__
 from volagent.config import Config
 from volagent.metrics import Metrics
+from volagent.nesting import HostBind
 from volagent.vocabulary import HEALTHY_MOUNT_STATES, MountState
 
 MOUNT_STATES = tuple(MountState)
@@ -144,6 +145,9 @@ class AgentState:
         self._container_names: dict[str, str] = {}  # name -> id, for lookups by name
         # binds of creates the guard allowed whose container has no id yet, by request
         self.reserved_binds: dict[bytes, tuple[str, ...]] = {}
+        # their bind sources outside the mount point, as resolved when judged (rule 7 for
+        # host paths), by request
+        self.reserved_host_binds: dict[bytes, tuple[HostBind, ...]] = {}
         # the time of this host's last usage record of each (top-level directory, directory
         # below it) on the shared filesystem: a recent one marks it used for gc
         self.usage_recorded: dict[tuple[str, str], float] = {}
@@ -252,6 +256,23 @@ class AgentState:
         for paths in self.reserved_binds.values():
             for path in paths:
                 yield path, "a container being created"
+
+    def known_host_binds(self, exclude: str = "") -> Iterator[tuple[HostBind, str]]:
+        """Every bind this host knows, for rule 7 on host paths, with whose it is: sources
+        outside the mount point as resolved when judged, of every known container (stopped
+        ones too: a restart policy starts them without asking) but `exclude`, app or not,
+        and of creates being judged; and the live binds on the shared filesystem."""
+        for c in self.containers.values():
+            if c.id == exclude:
+                continue
+            whose = f"container {c.name or c.id[:12]}"
+            for bind in getattr(c.spec, "host_binds", ()):
+                yield bind, whose
+        for binds in self.reserved_host_binds.values():
+            for bind in binds:
+                yield bind, "a container being created"
+        for path, whose in self.live_binds(exclude):
+            yield HostBind(path, path, (path,)), whose
 
     def set_volume_state(self, volume: VolumeRecord, state: str, error: str | None = None) -> None:
         if state not in VOLUME_STATES:

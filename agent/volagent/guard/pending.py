@@ -13,6 +13,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from volagent.nesting import HostBind
 from volagent.state import AgentState, VolumeRecord
 from volagent.volumes.namespace import Identity
 from volagent.volumes.preparer import ContainerSpec
@@ -46,15 +47,21 @@ class PendingCreates:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def reserve(self, uri: str, body: bytes, paths: list[str]) -> None:
-        """A create being judged: its binds count as live at once."""
-        self.state.reserved_binds[request_key(uri, body)] = tuple(paths)
+    def reserve(
+        self, uri: str, body: bytes, paths: list[str], host: tuple[HostBind, ...] = ()
+    ) -> None:
+        """A create being judged: its binds count as live at once (`host`: its sources
+        outside the mount point, for rule 7 on host paths)."""
+        key = request_key(uri, body)
+        self.state.reserved_binds[key] = tuple(paths)
+        self.state.reserved_host_binds[key] = host
 
     def release(self, uri: str, body: bytes) -> None:
         """A create that was refused after all gives its reservation back."""
         key = request_key(uri, body)
         if key not in self._pending:
             self.state.reserved_binds.pop(key, None)
+            self.state.reserved_host_binds.pop(key, None)
 
     def allowed(self, uri: str, body: bytes, create: AllowedCreate) -> None:
         """An allowed create: held until Docker answers it, its binds reserved."""
@@ -64,9 +71,11 @@ class PendingCreates:
         self.state.reserved_binds[key] = tuple(
             v.host for v in create.volumes if v.state != "violation"
         )
+        self.state.reserved_host_binds[key] = create.spec.host_binds
         while len(self._pending) > MAX_PENDING:
             old, _ = self._pending.popitem(last=False)
             self.state.reserved_binds.pop(old, None)
+            self.state.reserved_host_binds.pop(old, None)
 
     def answered(self, uri: str, body: bytes) -> AllowedCreate | None:
         """Docker answered the create: what was allowed, no longer pending, its reservation
@@ -74,4 +83,5 @@ class PendingCreates:
         live from then on)."""
         key = request_key(uri, body)
         self.state.reserved_binds.pop(key, None)
+        self.state.reserved_host_binds.pop(key, None)
         return self._pending.pop(key, None)

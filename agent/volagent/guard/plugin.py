@@ -334,7 +334,7 @@ class Guard:
         live = [v.host for v in outcome.volumes if v.state != "violation"]
         # reserved before the rack's registry is asked: from the claim on, this host's entry
         # for the create is kept by the registry's keeper until the create is answered
-        self.pending.reserve(authz.uri, authz.body, live)
+        self.pending.reserve(authz.uri, authz.body, live, spec.host_binds)
         denial = "not judged"
         try:
             ref = request_ref(request_key(authz.uri, authz.body))
@@ -372,20 +372,23 @@ class Guard:
         """VolumesFrom, local-driver volumes and named volumes: what the container gets
         besides its own binds. Inherited binds join the container's own, judged against its
         namespace; every named volume, its own or inherited, is judged as Docker has it."""
+        devices: list[str] = []
         for vol in create.volumes:
             denial = await self._judge_local_volume(who, vol)
             if denial is not None:
                 return denial
+            devices += _bind_device(vol)
         inherited, unknown, their_volumes = await self._volumes_from(create.volumes_from)
         if unknown:
             return messages.unknown_volumes_from(who, unknown)
         if inherited:
             create.spec.inherited = tuple(Bind(v.host, v.container, v.read_only) for v in inherited)
         names = list(dict.fromkeys([*create.spec.named_volumes, *their_volumes]))
+        create.spec.volume_devices = tuple(devices)
         if not names:
             return None  # the common create: no lookup at all
         create.spec.volume_names = tuple(names)
-        return await self._judge_named_volumes(who, names)
+        return await self._judge_named_volumes(who, names, create.spec)
 
     async def _volumes_from(
         self, refs: list[str]
@@ -423,14 +426,20 @@ class Guard:
         spec = ContainerSpec.from_inspect(data)
         return list(spec.binds), spec.named_volumes
 
-    async def _judge_named_volumes(self, who: str, names: list[str]) -> str | None:
+    async def _judge_named_volumes(
+        self, who: str, names: list[str], spec: ContainerSpec
+    ) -> str | None:
+        """Each named volume judged; the devices of the bind volumes among them added to
+        `spec.volume_devices` (rule 7 for host paths judges them with its binds)."""
+        devices: list[str] = []
         for name in names:
-            denial = await self._judge_named_volume(who, name)
+            denial = await self._judge_named_volume(who, name, devices)
             if denial is not None:
                 return denial
+        spec.volume_devices = tuple(dict.fromkeys([*spec.volume_devices, *devices]))
         return None
 
-    async def _judge_named_volume(self, who: str, name: str) -> str | None:
+    async def _judge_named_volume(self, who: str, name: str, devices: list[str]) -> str | None:
         """A named volume as Docker has it now, judged like a volume create: whatever route
         or moment made it (before volagent ran, or by a request whose body the guard never
         saw). One that does not exist yet is made by Docker at the create: a plain volume
@@ -451,6 +460,7 @@ class Guard:
             self.log.info("guard_plugin_volume", volume=name[:128], driver=str(driver)[:128])
             return None
         denial = await self._judge_local_volume(who, vol)
+        devices += _bind_device(vol)
         return None if denial is None else messages.existing_volume(denial, name)
 
     async def _judge_volume_create(self, authz: AuthzRequest) -> str | None:
@@ -565,7 +575,8 @@ class Guard:
         # volagent ran, or by a request the guard never saw
         names = spec.named_volumes
         if names:
-            denial = await self._judge_named_volumes(who, names)
+            spec.volume_devices = ()  # as Docker has the volumes now
+            denial = await self._judge_named_volumes(who, names, spec)
             if denial is not None:
                 return denial
         # judged and walked again, nothing trusted from before: a directory checked at
@@ -732,3 +743,8 @@ class Guard:
 
 async def _awaited(answer: Response | Awaitable[Response]) -> Response:
     return answer if isinstance(answer, Response) else await answer
+
+
+def _bind_device(vol: LocalVolume) -> list[str]:
+    """The device of a local-driver bind volume, as a one-item list; [] for other kinds."""
+    return [vol.device] if vol.type in ("", "none") and vol.is_bind and vol.device else []

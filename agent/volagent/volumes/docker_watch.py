@@ -271,6 +271,10 @@ class DockerWatch:
             self.log.warning("inspect_failed", container=cid[:12], reason=_describe(exc))
             return
         spec = ContainerSpec.from_inspect(data)
+        if spec.named_volumes:
+            # recorded with its binds: rule 7 for host paths judges other binds against them
+            devices = await self._bind_volume_devices(spec.named_volumes)
+            spec.volume_devices = tuple(device for device, _ in devices)
         await self.preparer.prepare(spec, recheck=lambda: self._started(cid))
         if not verify:
             return

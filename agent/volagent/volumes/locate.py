@@ -7,6 +7,10 @@ the same filesystem (`mount --bind /volumes/other-app /mnt/x`). `locate` resolve
 the way the kernel will (symlinks followed, then the mount table) and says whether it lands
 inside the shared filesystem (and at which path under the mount point it would be reached),
 contains it (a recursive bind of `/` carries every app's data along), or lies elsewhere.
+`resolve` follows the path step by step as the kernel does and records every location it
+visits on the way: rule 7 for host paths (nesting.host_path_nested) needs them, since
+whoever binds a directory above any of them can change where the path leads at the next
+start.
 
 Sources spelled under the mount point are not resolved here: the directory walk judges
 those without following anything. These functions block (a lookup on a hung mount blocks
@@ -15,6 +19,7 @@ in the kernel): call them through a TimedWorker.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from collections.abc import Iterable, Sequence
@@ -27,6 +32,8 @@ from volagent.volumes.namespace import go_clean
 OUTSIDE = "outside"  # not the shared filesystem: not volagent's business
 INSIDE = "inside"  # on the shared filesystem, reached at `path` under the mount point
 CONTAINS = "contains"  # a recursive bind of it would carry the shared filesystem along
+NESTED = "nested"  # the preparer's verdict: it leads through another bind (rule 7), `path` says how
+MAX_LINKS = 40  # the kernel's own limit of symlinks followed in one lookup (ELOOP beyond)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,45 @@ class Landing:
     source: str
     kind: str
     path: str = ""
+    # the source with every symlink followed, and each location visited on the way there
+    resolved: str = ""
+    visited: tuple[str, ...] = ()
+
+
+def resolve(source: str) -> tuple[str, tuple[str, ...]]:
+    """Where `source` (absolute) leads, followed one component at a time as the kernel does,
+    and every location visited: each directory of the path as written, each symlink met and
+    each step of where it leads, the resolved path last. A component that does not exist
+    ends the following there (the rest is taken as written, as Docker creates it). Raises
+    OSError(ELOOP) past MAX_LINKS symlinks."""
+    todo = [p for p in reversed(go_clean(source).split("/")) if p]
+    here = "/"
+    visited: list[str] = []
+    links = 0
+    while todo:
+        name = todo.pop()
+        if name == ".":
+            continue
+        if name == "..":
+            here = posixpath.dirname(here)  # of the resolved directory, as the kernel does
+            visited.append(here)
+            continue
+        step = posixpath.join(here, name)
+        visited.append(step)
+        try:
+            # readlink answers at once on a mounted directory (EINVAL) without asking it
+            target = os.readlink(step)
+        except OSError:
+            here = step  # not a symlink, or not there: taken as written
+            continue
+        links += 1
+        if links > MAX_LINKS:
+            raise OSError(errno.ELOOP, f"more than {MAX_LINKS} symlinks", source)
+        if target.startswith("/"):
+            here = "/"
+        todo.extend(p for p in reversed(target.split("/")) if p)
+    visited.append(here)
+    return here, tuple(dict.fromkeys(visited))
 
 
 def _within(entry: MountEntry, path: str) -> str:
@@ -87,7 +133,11 @@ class SharedFilesystem:
         return _join(self.mp, inner[len(self.dir) :] if self.dir != "/" else inner)
 
     def locate(self, source: str) -> Landing:
-        resolved = os.path.realpath(go_clean(source))
+        resolved, visited = resolve(source)
+        land = self._land(source, resolved)
+        return Landing(land.source, land.kind, land.path, resolved, visited)
+
+    def _land(self, source: str, resolved: str) -> Landing:
         if under(resolved, self.real_mp):
             return Landing(source, INSIDE, _join(self.mp, resolved[len(self.real_mp) :]))
         if strictly_under(self.real_mp, resolved):

@@ -51,6 +51,12 @@ class ContainerSpec:
     # every named volume it mounts, as Docker lists them (its own, VolumesFrom's, anonymous
     # ones): empty when not known, and then read from its own config
     volume_names: tuple[str, ...] = ()
+    # the devices of the local-driver bind volumes it mounts (`type=none,o=bind`): Docker
+    # binds each again at every start (filled by whoever looked the volumes up)
+    volume_devices: tuple[str, ...] = ()
+    # its bind sources outside the mount point as resolved at its last judgment: rule 7
+    # for host paths judges other containers' binds against them (set by Preparer.judge)
+    host_binds: tuple[nesting.HostBind, ...] = ()
 
     @classmethod
     def from_inspect(cls, data: Mapping[str, Any]) -> ContainerSpec:
@@ -134,16 +140,17 @@ class Preparer:
     async def judge(self, spec: ContainerSpec) -> Outcome | None:
         """The namespace verdict for `spec`, every bind judged where it really lands: sources
         spelled outside the mount point are resolved on the host first (in the worker, with
-        the directory timeout). None when nothing of the container is on the shared
-        filesystem."""
+        the directory timeout), recorded in `spec.host_binds` and, for a container naming
+        an app, held to rule 7 for host paths. None when nothing of the container is on the
+        shared filesystem and no rule refuses it."""
         cfg = self.state.config
         outside = sorted(
             {
-                b.host
-                for b in spec.binds
-                if not namespace.touches_mount_point(cfg.mount_point, b.host)
-                and namespace.is_text(b.host)
-                and "\x00" not in b.host
+                host
+                for host in [*(b.host for b in spec.binds), *spec.volume_devices]
+                if not namespace.touches_mount_point(cfg.mount_point, host)
+                and namespace.is_text(host)
+                and "\x00" not in host
             }
         )
         landings: dict[str, locate.Landing] = {}
@@ -157,7 +164,29 @@ class Preparer:
                 why = f"volagent could not resolve it on the host ({exc})"
                 found = [locate.Landing(h, UNRESOLVED, why) for h in outside]
             landings = {land.source: land for land in found}
+        # from here to the caller's reservation nothing awaits: two creates judged at once
+        # see each other
+        self._judge_host_paths(spec, landings)
         return self.outcome_of(spec, landings)
+
+    def _judge_host_paths(self, spec: ContainerSpec, landings: dict[str, locate.Landing]) -> None:
+        """Rule 7 for host paths: records where each source outside the mount point led, and
+        turns the landing of one that nests with a bind this host knows into a violation
+        (containers naming no app are recorded, not judged)."""
+        mine = [
+            nesting.HostBind(land.source, land.resolved, land.visited)
+            for land in landings.values()
+            if land.kind != UNRESOLVED and land.resolved
+        ]
+        spec.host_binds = tuple(mine)
+        if not mine or not namespace.identify(self.state.config, spec.labels, spec.env).labeled:
+            return
+        known = list(self.state.known_host_binds(exclude=spec.id))
+        for bind in mine:
+            siblings = [(b, "the same container") for b in mine if b.source != bind.source]
+            clash = nesting.host_path_nested(bind, [*siblings, *known])
+            if clash is not None:
+                landings[bind.source] = locate.Landing(bind.source, locate.NESTED, clash)
 
     def outcome_of(
         self, spec: ContainerSpec, landings: Mapping[str, locate.Landing] | None = None
@@ -170,6 +199,12 @@ class Preparer:
         ident = namespace.identify(cfg, spec.labels, spec.env)
         mine: list[namespace.Bind] = []
         found: dict[int, NamespaceViolation | str] = {}  # index in mine: a verdict already
+        for device in spec.volume_devices:
+            # judged where it lands by the guard's look at the volume; here only rule 7
+            land = landings.get(device)
+            if land is not None and land.kind == locate.NESTED:
+                found[len(mine)] = NamespaceViolation(7, land.path)
+                mine.append(namespace.Bind(device, f"(volume device {device})", False))
         for b in spec.binds:
             if namespace.touches_mount_point(mp, b.host):
                 mine.append(b)
@@ -181,6 +216,9 @@ class Preparer:
                 mine.append(b)  # a path no host can hold: judged (and refused) below
             elif land.kind == locate.INSIDE:
                 mine.append(dataclasses.replace(b, host=land.path))
+            elif land.kind == locate.NESTED:
+                found[len(mine)] = NamespaceViolation(7, land.path)
+                mine.append(b)
             elif land.kind == locate.CONTAINS:
                 found[len(mine)] = NamespaceViolation(
                     5,

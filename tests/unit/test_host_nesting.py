@@ -128,14 +128,16 @@ def _judged(preparer: Preparer, spec: ContainerSpec) -> list[str]:
     ]
 
 
-def test_preparer_refuses_a_bind_through_a_known_containers_source_and_records_every_bind(
+def test_preparer_refuses_a_bind_through_another_apps_containers_source(
     preparer: Preparer, tmp_path: Path
 ) -> None:
     scratch = tmp_path / "scratch"
     (scratch / "harmless").mkdir(parents=True)
     (scratch / "link").symlink_to(scratch / "harmless")
-    # a container naming no app is not judged, but its bind counts
-    assert _judged(preparer, _spec("p", [f"{scratch}:/s"], labels={})) == []
+    # a container naming no app is the platform's: neither judged nor counted
+    assert _judged(preparer, _spec("o", [f"{scratch}:/s"], labels={})) == []
+    assert preparer.state.containers["o"].spec.host_binds == ()
+    assert _judged(preparer, _spec("p", [f"{scratch}:/s"])) == []
     assert preparer.state.containers["p"].spec.host_binds[0].resolved == str(scratch)
     # the same host path twice is shared
     assert _judged(preparer, _spec("q", [f"{scratch}:/s"])) == []

@@ -170,16 +170,21 @@ class Preparer:
         return self.outcome_of(spec, landings)
 
     def _judge_host_paths(self, spec: ContainerSpec, landings: dict[str, locate.Landing]) -> None:
-        """Rule 7 for host paths: records where each source outside the mount point led, and
-        turns the landing of one that nests with a bind this host knows into a violation
-        (containers naming no app are recorded, not judged)."""
+        """Rule 7 for host paths: records where each source outside the mount point of a
+        container naming an app led, and turns the landing of one that nests with a bind of
+        another such container into a violation. Containers naming no app are the
+        platform's (a monitoring agent binding `/:/rootfs:ro`, say): neither judged nor
+        counted, as everything else about them."""
+        if not namespace.identify(self.state.config, spec.labels, spec.env).labeled:
+            spec.host_binds = ()
+            return
         mine = [
             nesting.HostBind(land.source, land.resolved, land.visited)
             for land in landings.values()
             if land.kind != UNRESOLVED and land.resolved
         ]
         spec.host_binds = tuple(mine)
-        if not mine or not namespace.identify(self.state.config, spec.labels, spec.env).labeled:
+        if not mine:
             return
         known = list(self.state.known_host_binds(exclude=spec.id))
         for bind in mine:

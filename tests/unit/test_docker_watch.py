@@ -705,6 +705,28 @@ def test_start_held_goes_on_after_a_start_that_fails(bed: Bed) -> None:
     assert failed["container"] == "first"
 
 
+def test_a_held_start_refused_is_tried_again_at_the_periodic_reconcile(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the guard refused it when the mount came back (the rack's registry not answering yet):
+    # Docker's record of the failed start on the mount point stays, and volagent tries again
+    monkeypatch.setattr(docker_watch, "PING_INTERVAL_S", 0.01)
+    monkeypatch.setattr(docker_watch, "RECONCILE_INTERVAL_S", 0.02)
+    eng = bed.engine
+    error = f"error while creating mount source path '{bed.mp}/r1-a/web/data': read-only"
+    eng.add("held", status="exited", policy="always", error=error)
+    eng.fail_start = {"held"}
+
+    async def scenario() -> None:
+        async with watching(bed):
+            await bed.until(lambda: bed.events("held_start_failed"), "the first start refused")
+            eng.fail_start = set()
+            await bed.until(lambda: eng.started == ["held"], "the start tried again")
+
+    asyncio.run(scenario())
+    assert [e["container"] for e in bed.events("held_container_started")] == ["held"]
+
+
 # --- the check after a start --------------------------------------------------------------
 def started_container(bed: Bed, pid: int) -> None:
     bed.engine.add(

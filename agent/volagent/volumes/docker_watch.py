@@ -204,6 +204,10 @@ class DockerWatch:
                 since_reconcile = 0.0
                 try:
                     await self.reconcile()
+                    # a held container whose start was refused when the mount came back (the
+                    # guard could not judge it yet: the rack's registry still waiting on a
+                    # restarted NFS server, say) is tried again, not left down for good
+                    await self.start_held()
                 except Exception as exc:
                     queue.put_nowait(StreamEnded(f"reconcile failed: {_describe(exc)}"))
                     return
@@ -507,7 +511,8 @@ class DockerWatch:
         `unless-stopped` containers, the start fails on the locked mount point (nothing is
         written to the local disk), and Docker never tries again. Once the mount is healthy
         volagent starts them, through the start guard like any start. Only containers
-        whose last start failed on the mount point are touched."""
+        whose last start failed on the mount point are touched; a start refused is tried
+        again at the next periodic reconcile (RECONCILE_INTERVAL_S)."""
         if self._client is None or not self.state.mount_healthy:
             return []
         mp = self.state.config.mount_point.rstrip("/") + "/"

@@ -33,7 +33,6 @@ import functools
 import json
 import os
 import random
-import re
 import statistics
 import time
 from collections import Counter
@@ -44,6 +43,8 @@ from tests.vm import snapshot
 from tests.vm.helpers import RACK, mount_state, resumed, status, wait_mount_state, wait_until
 from tests.vm.machine import Image, Machine
 from tests.vm.snapshot import IMAGE_TAG
+
+from bench.vm_steps import nfs_ops_of
 
 BLOCKS = int(os.environ.get("VOLAGENT_BENCH_VM_BLOCKS", "4"))
 PER_BLOCK = int(os.environ.get("VOLAGENT_BENCH_VM_PER_BLOCK", "3"))
@@ -123,21 +124,6 @@ def tcp_connect_ms(vm: Machine) -> float:
     return float(vm.sh(RTT, timeout=120).out.strip())
 
 
-def nfs_ops(mountstats: str, mount_point: str = "/volumes") -> Counter[str]:
-    """Operations per NFS procedure of the mount at `mount_point`, from /proc/self/mountstats."""
-    ops: Counter[str] = Counter()
-    inside = per_op = False
-    for line in mountstats.splitlines():
-        if line.startswith("device "):
-            inside = f" mounted on {mount_point} with fstype nfs" in line
-            per_op = False
-        elif inside and line.strip() == "per-op statistics":
-            per_op = True
-        elif inside and per_op and (m := re.match(r"\s+([A-Z_0-9]+): (\d+) ", line)):
-            ops[m.group(1)] += int(m.group(2))
-    return ops
-
-
 def delta(before: Counter[str], after: Counter[str]) -> Counter[str]:
     return Counter({k: after[k] - before[k] for k in after if after[k] - before[k] > 0})
 
@@ -156,7 +142,7 @@ def timed(vm: Machine, cmd: str) -> tuple[float, Counter[str]]:
     rc, ns = tail.split()
     if rc != "0":
         raise RuntimeError(f"{cmd!r} failed in the guest (exit {rc})")
-    return int(ns) / 1e9, delta(nfs_ops(before), nfs_ops(after))
+    return int(ns) / 1e9, delta(nfs_ops_of(before), nfs_ops_of(after))
 
 
 def docker_run(service: str) -> str:

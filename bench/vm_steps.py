@@ -55,19 +55,25 @@ except ImportError:
     registry_claim = None  # type: ignore[assignment]
 
 
-def nfs_ops() -> Counter[str]:
+def nfs_ops_of(mountstats: str, mount_point: str = MOUNT_POINT) -> Counter[str]:
+    """Operations per NFS procedure of the mount at `mount_point`, from the text of
+    /proc/self/mountstats (the host's bench parses what it read in the guest with this)."""
     ops: Counter[str] = Counter()
     inside = per_op = False
-    with open("/proc/self/mountstats", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("device "):
-                inside = f" mounted on {MOUNT_POINT} with fstype nfs" in line
-                per_op = False
-            elif inside and line.strip() == "per-op statistics":
-                per_op = True
-            elif inside and per_op and (m := re.match(r"\s+([A-Z_0-9]+): (\d+) ", line)):
-                ops[m.group(1)] += int(m.group(2))
+    for line in mountstats.splitlines():
+        if line.startswith("device "):
+            inside = f" mounted on {mount_point} with fstype nfs" in line
+            per_op = False
+        elif inside and line.strip() == "per-op statistics":
+            per_op = True
+        elif inside and per_op and (m := re.match(r"\s+([A-Z_0-9]+): (\d+) ", line)):
+            ops[m.group(1)] += int(m.group(2))
     return ops
+
+
+def nfs_ops() -> Counter[str]:
+    with open("/proc/self/mountstats", encoding="utf-8") as f:
+        return nfs_ops_of(f.read())
 
 
 def counted(step: Any) -> tuple[Counter[str], Any]:

@@ -8,16 +8,16 @@ alone (to tell it from the create walk that holds it), the create walk with its 
 (`trashcheck.prepare_path`), the registry claim before the create is allowed (the 0.2 hosts'
 usage records of the namespace, `binds.legacy_binds`, then `registry_claim.claim` under the
 namespace's lock), the usage record (`usage.write_usage`), the registry keeper's update once
-Docker has answered the create (`registry_claim.set_own`: the entry gets the container's
-id), the start walk (the same call as the create walk; given the create walk's record where
-the installed version takes one) and the check after the start
-(`mount_check.check_container`). An installed version without the registry counts nothing
-for its two steps. Cases: `new` directory, `existing`
-directory used before (another host's record of it, its namespace last changed two days
-ago), `in-use` (the same, and this host records its use already: a container of the service
-runs here, so no usage record is due, and its entry in the registry holds the path: the
-claim writes nothing). Prints one JSON line per run: the operations of each
-step, by NFS operation.
+Docker has answered the create (0.3.0's `registry_claim.set_own`, the entry getting the
+container's id; since 0.3.1 none: the claim's entry holds the path), the start walk (the
+same call as the create walk; given the create walk's record where the installed version
+takes one) and the check after the start (`mount_check.check_container`). An installed
+version without the registry counts nothing for its two steps. Cases: `new` directory,
+`existing` directory used before (another host's record of it, its namespace last changed
+two days ago), `in-use` (the same, and this host records its use already: a container of the
+service runs here, so no usage record is due, and its entry in the registry holds the path:
+the claim writes nothing, and since 0.3.1 makes no transaction). Prints one JSON line per
+run: the operations of each step, by NFS operation.
 
 Standard library and the installed volagent only: the guest has nothing else.
 """
@@ -51,8 +51,27 @@ try:  # the registry came with 0.3: on an earlier install its steps count nothin
 
     # the daemon keeps one: hosts known to take part are not read again for ten minutes
     PARTICIPANTS: Any = binds.Participants()
+    # since 0.3.1 this host's entries hold paths, not containers: a claim of a path it holds
+    # makes no transaction, and a create answered by Docker needs no update of its entry
+    BY_PATH = "live_refs" not in inspect.signature(registry_claim.set_own).parameters
 except ImportError:
     registry_claim = None  # type: ignore[assignment]
+    BY_PATH = False
+
+
+def set_own(dev: int, ns: str, live: list[Any], refs: set[str], since: float) -> Any:
+    """The keeper's transaction, in the installed version's terms."""
+    how: dict[str, Any] = {} if BY_PATH else {"live_refs": refs}
+    return registry_claim.set_own(
+        MOUNT_POINT,
+        dev,
+        ns,
+        host=HOST,
+        live=live,
+        since=since,
+        deadline=time.monotonic() + REGISTRY_TIMEOUT_S,
+        **how,
+    )
 
 
 def nfs_ops_of(mountstats: str, mount_point: str = MOUNT_POINT) -> Counter[str]:
@@ -138,16 +157,7 @@ def one_run(case: str, service: str) -> dict[str, Any]:
     steps["registry claim"] = steps["registry update"] = steps["0.2 fallback"] = Counter()
     if registry_claim is not None:
         if case == "in-use":  # not counted: this host's entry of the running container
-            registry_claim.set_own(
-                MOUNT_POINT,
-                dev,
-                ns,
-                host=HOST,
-                live=[Entry(HOST, running, "", relative, time.time())],
-                live_refs={running},
-                since=0.0,
-                deadline=time.monotonic() + REGISTRY_TIMEOUT_S,
-            )
+            set_own(dev, ns, [Entry(HOST, running, "", relative, time.time())], {running}, 0.0)
 
         def claim() -> Any:
             deadline = time.monotonic() + REGISTRY_TIMEOUT_S
@@ -168,9 +178,12 @@ def one_run(case: str, service: str) -> dict[str, Any]:
                 deadline=deadline,
             )
 
-        steps["registry claim"], claimed = counted(claim)
-        if claimed.clashes:
-            raise SystemExit(f"the bench's claim clashed: {claimed.clashes}")
+        if case == "in-use" and BY_PATH:
+            pass  # the daemon's claim of a path its entries hold: no transaction (_holds)
+        else:
+            steps["registry claim"], claimed = counted(claim)
+            if claimed.clashes:
+                raise SystemExit(f"the bench's claim clashed: {claimed.clashes}")
     key = (parts[0], parts[1])
     record = usage.usage_record(HOST, key, [service], time.time(), [host_path])
     steps["usage record"] = Counter()
@@ -178,23 +191,13 @@ def one_run(case: str, service: str) -> dict[str, Any]:
         steps["usage record"], _ = counted(
             lambda: usage.write_usage(MOUNT_POINT, dev, HOST, [(key, record)])
         )
-    if registry_claim is not None:
-        # the keeper, once Docker has answered the create: the entry names the container
+    if registry_claim is not None and not BY_PATH:
+        # the keeper of 0.3.0, once Docker has answered the create: the entry names the
+        # container (since 0.3.1 the claim's entry holds the path: the keeper writes nothing)
         since = time.time()
         live = [Entry(HOST, f"container-{service}", "", relative, since)]
         refs = {f"container-{service}", running}
-        steps["registry update"], _ = counted(
-            lambda: registry_claim.set_own(
-                MOUNT_POINT,
-                dev,
-                ns,
-                host=HOST,
-                live=live,
-                live_refs=refs,
-                since=since,
-                deadline=time.monotonic() + REGISTRY_TIMEOUT_S,
-            )
-        )
+        steps["registry update"], _ = counted(lambda: set_own(dev, ns, live, refs, since))
     again: dict[str, Any] = {}
     if "known" in params:
         again["known"] = walked.identity

@@ -133,7 +133,8 @@ class Metrics:
         )
         self.registry_claims = Counter(
             "volagent_registry_claims",
-            "Claims of binds in the rack's registry by result (registered, clash, failed)",
+            "Claims of binds in the rack's registry by result (registered; held: this host's "
+            "entries held the paths already; clash; failed)",
             ["result"],
             registry=r,
         )
@@ -200,7 +201,7 @@ class Metrics:
             (self.heartbeats, ("written", "failed", "skipped")),
             (self.usage_walks, ("finished", "interrupted")),
             (self.config_reloads, ("applied", "refused")),
-            (self.registry_claims, ("registered", "clash", "failed")),
+            (self.registry_claims, ("registered", "held", "clash", "failed")),
         ):
             for value in values:
                 counter.labels(result=value)

@@ -162,6 +162,9 @@ class AgentState:
         self.mount_dev: int | None = None
         self.host_id = ""
         self.instance_id = ""
+        # when this host's heartbeat was last written (epoch s): its entries in the rack's
+        # registry cannot have been forgotten by another host while this is recent
+        self.heartbeat_at = 0.0
         self.started_at = time.time()
         self.stopping = False
         # app -> why it is over its [quotas] limit (set by the usage walk); makes us degraded

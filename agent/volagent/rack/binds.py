@@ -64,7 +64,9 @@ def legacy_binds(
     when None), and those hosts."""
     root = safedir.open_shared_root(mount_point, dev)
     try:
-        top = records.open_dir(root, (records.AGENT_DIR, records.USAGE_DIR, ns), create=False)
+        parts = (records.AGENT_DIR, records.USAGE_DIR, ns)
+        # volagent's own directories: one lookup of the whole path, the walk without openat2
+        top = records.open_own_existing(root, parts) or records.open_dir(root, parts, False)
     finally:
         os.close(root)
     if top is None:

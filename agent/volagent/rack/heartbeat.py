@@ -202,6 +202,7 @@ class Heartbeat:
         self._failing = False
         st.clear_warning("heartbeat")
         self._written_as = record["host"]
+        st.heartbeat_at = record["time"]  # what other hosts judge this host by
         metrics.heartbeats.labels(result="written").inc()
         # the rack view is read when asked (status --rack, the usage walk), never with each
         # beat: every host reading every heartbeat each beat grows with the square of the rack

@@ -85,10 +85,10 @@ def open_own_dir(root_fd: int, parts: Sequence[str]) -> int:
     lookup of the whole path where it exists (on NFS, one round trip instead of one for each
     component); where only the last is missing (a directory's first record), one lookup of
     its parent and the last made there; the walk that makes what is missing otherwise."""
-    fd = _open_own_at_once(root_fd, parts)
+    fd = open_own_existing(root_fd, parts)
     if fd is not None:
         return fd
-    parent = _open_own_at_once(root_fd, parts[:-1]) if len(parts) > 1 else None
+    parent = open_own_existing(root_fd, parts[:-1]) if len(parts) > 1 else None
     if parent is None:
         return ensure_dir(root_fd, parts)
     try:
@@ -103,9 +103,9 @@ def open_own_dir(root_fd: int, parts: Sequence[str]) -> int:
     return fd
 
 
-def _open_own_at_once(root_fd: int, parts: Sequence[str]) -> int | None:
-    """`safedir.open_at_once`, None where a component is missing (or the kernel has no
-    openat2)."""
+def open_own_existing(root_fd: int, parts: Sequence[str]) -> int | None:
+    """`safedir.open_at_once` for volagent's own directories, None where a component is
+    missing (or the kernel has no openat2: then `open_dir` walks them)."""
     try:
         fd = safedir.open_at_once(root_fd, parts)
     except OSError as exc:

@@ -211,8 +211,8 @@ def locked(
         root = safedir.open_shared_root(mount_point, dev)
         try:
             parts = (records.AGENT_DIR, REGISTRY_DIR)
-            # made once per rack: looked up first, so a claim costs no mkdir
-            reg = records.open_dir(root, parts, create=False) or records.ensure_dir(root, parts)
+            # volagent's own directory, made once per rack: one lookup of the whole path
+            reg = records.open_own_dir(root, parts)
         finally:
             os.close(root)
         try:

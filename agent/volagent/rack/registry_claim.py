@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from volagent import safedir
 from volagent.nesting import nested_with, strictly_under
 from volagent.rack import records
-from volagent.rack.registry import Counts, Entry, locked, merged
+from volagent.rack.registry import Counts, Entry, changed, locked, merged
 
 
 @dataclass
@@ -102,7 +102,7 @@ def claim(
         after = merged(
             entries, [w for w in wanted if (w.host, w.path) not in held], lambda e: e.host in dead
         )
-        if {e.key for e in after} != {e.key for e in entries}:
+        if changed(entries, after):
             tx.write(after)
             result.written = True
     return result
@@ -115,21 +115,23 @@ def set_own(
     *,
     host: str,
     live: list[Entry],
-    live_refs: set[str],
     since: float,
     deadline: float,
 ) -> Counts:
-    """Makes this host's entries in `ns` what it runs: adds `live` where missing, removes its
-    entries whose container is not among `live_refs` and that are older than `since` (the
-    moment the caller looked at what runs: a claim written after it is kept)."""
+    """Makes this host's entries in `ns` hold the paths it binds, one entry a path: adds
+    `live` where this host holds no entry of the path, removes its entries of paths no longer
+    among `live`, unless newer than `since` (the moment the caller looked at what runs: a
+    claim written after it is kept)."""
     counts = Counts()
+    paths = {e.path for e in live}
     with locked(mount_point, dev, ns, deadline, counts) as tx:
-        after = merged(
-            tx.entries,
-            live,
-            lambda e: e.host == host and e.ref not in live_refs and e.time < since,
-        )
-        if {e.key for e in after} != {e.key for e in tx.entries}:
+        held = {e.path for e in tx.entries if e.host == host}
+
+        def gone(e: Entry) -> bool:
+            return e.host == host and e.path not in paths and e.time < since
+
+        after = merged(tx.entries, [e for e in live if e.path not in held], gone)
+        if changed(tx.entries, after):
             tx.write(after)
     return counts
 

@@ -3,15 +3,21 @@ allowed, and the root task keeping this host's entries what it runs.
 
 `claim` runs in a worker of its own with the directory timeout: a registry that does not
 answer in time fails the volumes it was asked about (the guard refuses the create, fail
-closed); a bind that nests another host's live bind is a rule 7 violation. The claim's
-entries name the create's request until Docker answers with the id.
+closed); a bind that nests another host's live bind is a rule 7 violation. A path this host
+holds an entry of already needs no transaction (`_holds`): no other host can have registered
+a bind nesting it since (the file's lock), nor dropped this host's entry while its heartbeat
+is fresh. The claim's entries name the create's request; the name stays.
 
-`RegistryKeeper.run` looks each second at what the daemon's table holds (containers, creates
-allowed and not answered) and, per namespace whose entries of this host changed, sets them in
-the file (`registry_claim.set_own`): a destroyed container's entries go, a create answered
-gets its id. Its first pass, once Docker's containers are listed, covers every namespace this
-host held entries in before (remembered under `state_dir`), so a restarted agent removes the
-entries of containers that went while it was down. Nothing is read while nothing changes.
+`Registry.run` looks each second at the paths the daemon's table binds (containers, and
+creates being judged or allowed and not answered) and, per namespace whose paths changed,
+sets this host's entries in the file to hold them, one entry a path
+(`registry_claim.set_own`): a path no container binds any more goes, so a create answered
+by Docker writes nothing. A claim and the keeper's update of one namespace take turns (a
+lock of the namespace on the loop), so what this host notes as held is what the file holds.
+The first pass, once Docker's containers are listed, covers every namespace this host held
+entries in before (remembered under `state_dir`), so a restarted agent removes the entries
+of containers that went while it was down; every VERIFY_INTERVAL_S it reads its namespaces
+again, restoring an entry that went missing. Nothing is written while nothing changes.
 """
 
 from __future__ import annotations
@@ -35,10 +41,13 @@ SYNC_INTERVAL_S = 1.0
 DEADLINE_SHARE = 0.8
 FAILURE_BACKOFF_S = 10.0
 REMEMBERED = "registry-namespaces.json"
+# how often the keeper reads its namespaces again though nothing changed here (an entry
+# removed by hand, or forgotten by another host while this one's heartbeats failed)
+VERIFY_INTERVAL_S = 300.0
 # what a `ref` of an entry says for a create not answered yet: the digest of its request
 REQUEST_PREFIX = "request:"
 
-Own = dict[str, dict[tuple[str, str], str]]  # namespace -> (ref, path) -> container name
+Own = dict[str, dict[str, tuple[str, str]]]  # namespace -> path -> (ref, container name)
 
 
 def request_ref(key: bytes) -> str:
@@ -54,7 +63,14 @@ class Registry:
         self.worker = TimedWorker("registry", max_threads=4)
         self.participants = binds.Participants()
         self.log = log.get("registry")
-        self._written: dict[str, frozenset[tuple[str, str]]] = {}
+        # the paths this host's entries surely hold, per namespace, on the device `_held_dev`
+        self._held: dict[str, frozenset[str]] = {}
+        self._held_dev: int | None = None
+        # a claim and the keeper's update of one namespace take turns
+        self._turns: dict[str, asyncio.Lock] = {}
+        # namespaces whose entries are not known: a transaction failed, or may yet land
+        self._unsure: set[str] = set()
+        self._verify_at = 0.0
         self._synced_once = False
         self._retry_at = 0.0
         self.legacy_hosts: dict[str, float] = {}  # 0.2 hosts whose records were read, when
@@ -87,25 +103,51 @@ class Registry:
         name: str,
     ) -> None:
         st = self.state
+        mp = st.config.mount_point
+        paths = {registry_claim.relative(mp, v.host) for v in vols}
+        turn = self._turn(ns)
+        if not turn.locked() and self._holds(ns, paths):
+            st.metrics.registry_claims.labels(result="held").inc()
+            return
+        timeout = st.config.directories.timeout_s
+        deadline = time.monotonic() + timeout
+        try:
+            # the keeper's update under way first: what it leaves is what this host holds
+            await asyncio.wait_for(turn.acquire(), timeout)
+        except TimeoutError:
+            self._failed(ns, vols, timeout, "another update of it did not end in time")
+            return
+        try:
+            if self._holds(ns, paths):
+                st.metrics.registry_claims.labels(result="held").inc()
+                return
+            await self._transaction(ns, vols, outcome, ref=ref, name=name, deadline=deadline)
+        finally:
+            turn.release()
+
+    async def _transaction(
+        self,
+        ns: str,
+        vols: list[VolumeRecord],
+        outcome: tuple[list[VolumeRecord], list[Any]],
+        *,
+        ref: str,
+        name: str,
+        deadline: float,
+    ) -> None:
+        st = self.state
         volumes, plans = outcome
         timeout = st.config.directories.timeout_s
-        now = time.time()
         mp = st.config.mount_point
-        wanted = [
-            Entry(st.host_id, ref, name, registry_claim.relative(mp, v.host), now) for v in vols
-        ]
-        job = functools.partial(self._claim_job, ns, wanted, timeout)
+        paths = {registry_claim.relative(mp, v.host) for v in vols}
+        wanted = [Entry(st.host_id, ref, name, p, time.time()) for p in sorted(paths)]
+        left = max(deadline - time.monotonic(), 0.0)
+        job = functools.partial(self._claim_job, ns, wanted, left)
         try:
-            result = await self.worker.run(job, timeout, what=f"consulting the registry of {ns}")
+            result = await self.worker.run(job, left, what=f"consulting the registry of {ns}")
         except (VolagentError, OSError) as exc:
-            st.metrics.registry_claims.labels(result="failed").inc()
-            self.log.warning("registry_unreachable", namespace=ns, reason=str(exc))
-            why = (
-                f"volagent could not consult the rack's registry of binds for {ns} within "
-                f"{timeout:g}s ({exc}); a bind that might nest another host's is refused"
-            )
-            for v in vols:
-                st.set_volume_state(v, "failed", why)
+            self._unsure.add(ns)  # its thread may write yet: the keeper reads the file again
+            self._failed(ns, vols, timeout, str(exc))
             return
         seen = time.time()
         for h in result.legacy_hosts:  # on the loop: the status reads this dict
@@ -123,7 +165,44 @@ class Registry:
                     st.set_volume_state(v, "violation", str(violation))
             return
         st.metrics.registry_claims.labels(result="registered").inc()
-        self._written[ns] = self._written.get(ns, frozenset()) | {(e.ref, e.path) for e in wanted}
+        # every path asked for has an entry of this host now (written, or there already)
+        held = self._held_now()
+        held[ns] = held.get(ns, frozenset()) | paths
+
+    def _failed(self, ns: str, vols: list[VolumeRecord], timeout: float, reason: str) -> None:
+        st = self.state
+        st.metrics.registry_claims.labels(result="failed").inc()
+        self.log.warning("registry_unreachable", namespace=ns, reason=reason)
+        why = (
+            f"volagent could not consult the rack's registry of binds for {ns} within "
+            f"{timeout:g}s ({reason}); a bind that might nest another host's is refused"
+        )
+        for v in vols:
+            st.set_volume_state(v, "failed", why)
+
+    def _turn(self, ns: str) -> asyncio.Lock:
+        """The namespace's turn: a claim's transaction or the keeper's update, one at once."""
+        return self._turns.setdefault(ns, asyncio.Lock())
+
+    def _held_now(self) -> dict[str, frozenset[str]]:
+        """The paths this host's entries surely hold; none once the filesystem changed."""
+        if self._held_dev != self.state.mount_dev:
+            self._held = {}
+            self._held_dev = self.state.mount_dev
+            self._synced_once = False  # the whole pass again, on the filesystem mounted now
+        return self._held
+
+    def _holds(self, ns: str, paths: set[str]) -> bool:
+        """Whether a claim of `paths` needs no transaction: this host's entries hold them
+        all, so no other host registered a bind nesting them since (they would have met
+        the entry under the lock); other hosts drop a host's entries only after
+        `forget_after_s` without a sign of life, and this host's heartbeat is fresh. Not
+        while hosts on 0.2 bind in the rack: their usage records are read at every claim."""
+        st = self.state
+        now = time.time()
+        fresh = now - st.heartbeat_at < st.config.health.forget_after_s / 2
+        legacy = any(t > now - binds.STALE_AFTER_S for t in self.legacy_hosts.values())
+        return fresh and not legacy and paths <= self._held_now().get(ns, frozenset())
 
     def _claim_job(
         self, ns: str, wanted: list[Entry], timeout: float
@@ -174,8 +253,9 @@ class Registry:
 
     # --- this host's entries -------------------------------------------------------------
     def own(self) -> Own:
-        """What this host's entries should be, per namespace: every bind of a container in
-        the table (violations aside) and of every create allowed and not answered yet."""
+        """The paths this host binds, per namespace, each with a container binding it (its
+        entry's ref and name when one is written): every bind of a container in the table
+        (violations aside) and of every create allowed and not answered yet."""
         st = self.state
         mp = st.config.mount_point
         out: Own = {}
@@ -183,15 +263,15 @@ class Registry:
         def add(ref: str, path: str, name: str) -> None:
             key = usage.key_of(mp, path)
             if key is not None and key[0]:
-                out.setdefault(key[0], {})[(ref, registry_claim.relative(mp, path))] = name
+                out.setdefault(key[0], {})[registry_claim.relative(mp, path)] = (ref, name)
 
-        for c in st.containers.values():
-            for v in c.volumes:
-                if v.state != "violation":
-                    add(c.id, v.host, c.name)
         for key, paths in st.reserved_binds.items():
             for path in paths:
                 add(request_ref(key), path, "")
+        for c in st.containers.values():  # a container's id rather than a request's digest
+            for v in c.volumes:
+                if v.state != "violation":
+                    add(c.id, v.host, c.name)
         return out
 
     async def run(self) -> None:
@@ -203,57 +283,69 @@ class Registry:
             await asyncio.sleep(SYNC_INTERVAL_S)
 
     async def sync(self) -> int:
-        """Sets this host's entries where they changed; how many namespaces were set."""
+        """Sets this host's entries where its paths changed; how many namespaces were set."""
         st = self.state
         if not st.mount_healthy or st.mount_dev is None or not st.containers_listed.is_set():
             return 0
         if time.monotonic() < self._retry_at:
             return 0
         self._show_legacy()
-        since = time.time()
+        dev = st.mount_dev
+        held = self._held_now()
         own = self.own()
         todo = {
             ns
-            for ns in own.keys() | self._written.keys()
-            if frozenset(own.get(ns, {})) != self._written.get(ns)
+            for ns in own.keys() | held.keys()
+            if frozenset(own.get(ns, {})) != held.get(ns, frozenset())
         }
+        todo |= self._unsure
         if not self._synced_once:
             todo |= set(await self._remembered()) | set(own)
-        live_refs = {ref for entries in own.values() for ref, _ in entries}
+        if time.monotonic() >= self._verify_at:
+            todo |= set(held)
+            self._verify_at = time.monotonic() + VERIFY_INTERVAL_S
         done = 0
         for ns in sorted(todo):
-            wanted = [
-                Entry(st.host_id, ref, name, path, since)
-                for (ref, path), name in own.get(ns, {}).items()
-            ]
-            job = functools.partial(
-                registry_claim.set_own,
-                st.config.mount_point,
-                st.mount_dev,
-                ns,
-                host=st.host_id,
-                live=wanted,
-                live_refs=live_refs,
-                since=since,
-                deadline=time.monotonic() + st.config.directories.timeout_s,
-            )
-            try:
-                await self.worker.run(
-                    job, st.config.directories.timeout_s, what=f"updating the registry of {ns}"
-                )
-            except (VolagentError, OSError) as exc:
-                self.log.warning("registry_update_failed", namespace=ns, reason=str(exc))
-                self._retry_at = time.monotonic() + FAILURE_BACKOFF_S
-                return done
+            async with self._turn(ns):
+                if not await self._set_own(ns):
+                    self._retry_at = time.monotonic() + FAILURE_BACKOFF_S
+                    return done
             done += 1
-            if own.get(ns):
-                self._written[ns] = frozenset(own[ns])
-            else:
-                self._written.pop(ns, None)
         if done or not self._synced_once:
-            await self._remember(sorted(self._written))
-        self._synced_once = True
+            await self._remember(sorted(self._held_now()))
+        self._synced_once = self._held_dev == dev  # else the filesystem changed meanwhile
         return done
+
+    async def _set_own(self, ns: str) -> bool:
+        """One namespace's update, in its turn: looks at what this host binds now (no claim
+        runs meanwhile), and notes those paths held once they are written."""
+        st = self.state
+        since = time.time()
+        paths = self.own().get(ns, {})
+        held = self._held_now()
+        held.pop(ns, None)  # not known while the update is under way
+        live = [Entry(st.host_id, ref, name, path, since) for path, (ref, name) in paths.items()]
+        timeout = st.config.directories.timeout_s
+        job = functools.partial(
+            registry_claim.set_own,
+            st.config.mount_point,
+            st.mount_dev,
+            ns,
+            host=st.host_id,
+            live=live,
+            since=since,
+            deadline=time.monotonic() + timeout,
+        )
+        try:
+            await self.worker.run(job, timeout, what=f"updating the registry of {ns}")
+        except (VolagentError, OSError) as exc:
+            self.log.warning("registry_update_failed", namespace=ns, reason=str(exc))
+            self._unsure.add(ns)
+            return False
+        self._unsure.discard(ns)
+        if paths and self._held_dev == st.mount_dev:
+            self._held_now()[ns] = frozenset(paths)
+        return True
 
     async def _remembered(self) -> list[str]:
         path = os.path.join(self.state.config.state_dir, REMEMBERED)

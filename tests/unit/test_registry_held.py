@@ -1,0 +1,276 @@
+"""A claim of a path this host's entries hold already makes no transaction, and the keeper
+writes only when the paths this host binds change: what keeps that as safe as a claim under
+the lock (a fresh heartbeat, no 0.2 host, the same filesystem), and the keeper never removing
+a path claimed meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.unit.factories import make_state
+
+from volagent.rack import registry_claim, registry_task
+from volagent.rack.registry_task import Registry
+from volagent.state import AgentState, ContainerRecord, VolumeRecord
+
+NS = "r1-evil"
+
+
+def registry_file(mp: Path) -> Path:
+    return mp / ".volagent" / "registry" / f"{NS}.json"
+
+
+def entries(mp: Path) -> list[tuple[str, str, str]]:
+    doc = json.loads(registry_file(mp).read_text())
+    return sorted((e["host"], e["path"], e["ref"]) for e in doc["entries"])
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(mp: Path) -> Iterator[None]:
+    """Another process (another host, as far as fcntl locks go) holds the namespace's lock:
+    a claim that makes a transaction waits for it and fails by its deadline."""
+    lock = mp / ".volagent" / "registry" / f"{NS}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    code = (
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+        "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.stdout.close()
+        holder.wait(10)
+
+
+def alive(mp: Path, host: str = "h1", **sections: object) -> AgentState:
+    st = make_state(
+        mp,
+        host=host,
+        directories={"timeout_s": 0.5},
+        **sections,  # type: ignore[arg-type]
+    )
+    st.heartbeat_at = time.time()  # as the heartbeat task sets it
+    st.containers_listed.set()
+    return st
+
+
+def volumes_of(*hosts: str) -> tuple[list[VolumeRecord], list[object]]:
+    vols = [VolumeRecord(host=h, container="/d", read_only=False) for h in hosts]
+    return vols, [object() for _ in vols]  # plans: anything but a violation
+
+
+def run_container(st: AgentState, cid: str, host_path: str) -> None:
+    vol = VolumeRecord(host=host_path, container="/d", read_only=False, state="ready")
+    st.upsert_container(
+        ContainerRecord(
+            id=cid, name=f"n-{cid}", rack="r1", app="evil", service="web", volumes=[vol]
+        )
+    )
+
+
+def claims(st: AgentState, result: str) -> float:
+    value = st.metrics.registry_claims.labels(result=result)._value.get()
+    return float(value)
+
+
+def with_registry(st: AgentState, scenario: object) -> None:
+    async def main() -> None:
+        reg = Registry(st)
+        try:
+            await scenario(reg)  # type: ignore[operator]
+        finally:
+            reg.worker.close()
+
+    asyncio.run(main())
+
+
+def test_a_claim_of_a_path_this_host_holds_makes_no_transaction(mp: Path) -> None:
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+
+    async def scenario(reg: Registry) -> None:
+        first, plans = volumes_of(path)
+        await reg.claim(first, plans, "c1", "one")
+        assert first[0].state != "failed" and claims(st, "registered") == 1
+        # the lock is held elsewhere now: a transaction would wait and fail by its deadline
+        with lock_held_elsewhere(mp):
+            again, plans = volumes_of(path)
+            await reg.claim(again, plans, "c2", "two")
+            assert again[0].state != "failed", again[0].error
+            assert claims(st, "held") == 1
+            # a path it does not hold still needs the lock, and is refused without it
+            other, plans = volumes_of(f"{mp}/{NS}/web/other")
+            await reg.claim(other, plans, "c3", "three")
+            assert other[0].state == "failed"
+
+    with_registry(st, scenario)
+    assert entries(mp) == [("h1", f"{NS}/web/data", "c1")]
+
+
+def test_a_held_path_is_claimed_under_the_lock_when_the_heartbeat_is_not_fresh(mp: Path) -> None:
+    """Another host forgets this host's entries after `forget_after_s` without a heartbeat:
+    whether they are still there is then not known without reading the file."""
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+
+    async def scenario(reg: Registry) -> None:
+        await reg.claim(*volumes_of(path), "c1", "")
+        st.heartbeat_at = time.time() - st.config.health.forget_after_s
+        with lock_held_elsewhere(mp):
+            again, plans = volumes_of(path)
+            await reg.claim(again, plans, "c2", "")
+            assert again[0].state == "failed"
+            assert "could not consult the rack's registry" in (again[0].error or "")
+
+    with_registry(st, scenario)
+
+
+def test_a_held_path_is_claimed_under_the_lock_while_0_2_hosts_bind(mp: Path) -> None:
+    """A 0.2 host's binds are read from its usage records at every claim."""
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+
+    async def scenario(reg: Registry) -> None:
+        await reg.claim(*volumes_of(path), "c1", "")
+        reg.legacy_hosts["old-host"] = time.time()
+        with lock_held_elsewhere(mp):
+            again, plans = volumes_of(path)
+            await reg.claim(again, plans, "c2", "")
+            assert again[0].state == "failed"
+
+    with_registry(st, scenario)
+
+
+def test_a_held_path_is_claimed_under_the_lock_once_the_filesystem_changed(mp: Path) -> None:
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+
+    async def scenario(reg: Registry) -> None:
+        await reg.claim(*volumes_of(path), "c1", "")
+        assert st.mount_dev is not None
+        st.mount_dev += 1  # remounted: another filesystem, as far as volagent knows
+        with lock_held_elsewhere(mp):
+            again, plans = volumes_of(path)
+            await reg.claim(again, plans, "c2", "")
+            assert again[0].state == "failed"
+
+    with_registry(st, scenario)
+
+
+def test_the_keeper_writes_nothing_when_docker_answers_a_create(mp: Path) -> None:
+    """The claim's entry holds the path under the request's digest; the container that
+    Docker names binds the same path, so the file is not written again."""
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+
+    async def scenario(reg: Registry) -> None:
+        await reg.sync()  # the start-up pass
+        await reg.claim(*volumes_of(path), "request:abc", "web-1")
+        written = registry_file(mp).stat()
+        st.reserved_binds[b"k" * 32] = (path,)
+        assert await reg.sync() == 0
+        del st.reserved_binds[b"k" * 32]
+        run_container(st, "c1", path)
+        assert await reg.sync() == 0
+        assert registry_file(mp).stat().st_ino == written.st_ino
+
+    with_registry(st, scenario)
+    assert entries(mp) == [("h1", f"{NS}/web/data", "request:abc")]
+
+
+def test_a_claim_waits_for_the_keepers_removal_of_its_path_under_way(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper looked when no container bound the path and is removing its entry; a
+    create claiming the path meanwhile waits for that update and then registers it. Had the
+    claim run first, it would have found the old entry and written nothing, and the keeper's
+    removal landing after it would leave the path without an entry."""
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+    claimed = threading.Event()
+    set_own = registry_claim.set_own
+
+    def slow_set_own(*args: object, **kwargs: object) -> object:
+        claimed.wait(0.2)  # a slow filesystem: the claim's transaction may come first
+        return set_own(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(registry_task.registry_claim, "set_own", slow_set_own)
+
+    async def scenario(reg: Registry) -> None:
+        run_container(st, "c1", path)
+        await reg.claim(*volumes_of(path), "c1", "")
+        assert await reg.sync() == 1
+        st.forget_container("c1")
+        keeper = asyncio.create_task(reg.sync())
+        await asyncio.sleep(0)  # the keeper has looked and its removal is under way
+        st.reserved_binds[b"k" * 32] = (path,)  # the create being judged
+        again, plans = volumes_of(path)
+        await reg.claim(again, plans, "request:new", "")
+        claimed.set()
+        assert await keeper == 1
+        assert again[0].state != "failed" and claims(st, "held") == 0
+        assert entries(mp) == [("h1", f"{NS}/web/data", "request:new")]
+        # refused after all: its reservation goes, and so does the entry
+        del st.reserved_binds[b"k" * 32]
+        assert await reg.sync() == 1
+        assert entries(mp) == []
+
+    with_registry(st, scenario)
+
+
+def test_a_path_released_by_a_refused_create_is_removed_at_the_next_pass(mp: Path) -> None:
+    """A create refused after its claim gives its reservation back: the keeper removes the
+    entry at once, rather than holding the path from other hosts."""
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+
+    async def scenario(reg: Registry) -> None:
+        await reg.sync()  # the start-up pass
+        st.reserved_binds[b"k" * 32] = (path,)
+        await reg.claim(*volumes_of(path), "request:abc", "")
+        assert entries(mp) == [("h1", f"{NS}/web/data", "request:abc")]
+        del st.reserved_binds[b"k" * 32]
+        assert await reg.sync() == 1
+        assert entries(mp) == []
+
+    with_registry(st, scenario)
+
+
+def test_the_keeper_restores_an_entry_that_went_missing(mp: Path) -> None:
+    """Every VERIFY_INTERVAL_S the keeper reads its namespaces again, though nothing changed
+    here: an entry removed from the file (by hand, or by a host that forgot this one) comes
+    back, and a claim of its path is not skipped meanwhile on the strength of a stale note."""
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+
+    async def scenario(reg: Registry) -> None:
+        run_container(st, "c1", path)
+        assert await reg.sync() == 1
+        registry_file(mp).write_text(
+            json.dumps({"kind": "volagent.registry", "format": 1, "namespace": NS, "entries": []})
+        )
+        assert await reg.sync() == 0  # nothing changed here: nothing read
+        reg._verify_at = 0.0  # its interval has run out
+        assert await reg.sync() == 1
+
+    with_registry(st, scenario)
+    assert entries(mp) == [("h1", f"{NS}/web/data", "c1")]

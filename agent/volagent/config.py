@@ -1,8 +1,9 @@
 """Configuration: TOML loaded once into frozen dataclasses and validated.
 
 Every key has a default, so an empty file is valid. An unknown key or a bad value is a
-`ConfigError` naming the dotted key. Each field's `doc` metadata is the reference text the
-README's configuration table is checked against.
+`ConfigError` naming the dotted key. Each field declares its default, its `doc` (the reference
+text the README's configuration table is checked against), when an edit applies, and its
+value's check; the loader dispatches on the fields' resolved types.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import functools
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,40 +37,104 @@ REMOUNT = "remount"  # the mount side mounts the shared filesystem again with it
 RESTART = "restart"  # only once volagent is restarted
 RESTART_TO_ENABLE = "restart to turn on"  # turning it off applies at once
 
+# A value's problem (the ConfigError's text after the key), or None when it is fine.
+Check = Callable[[Any], str | None]
 
-def _doc(text: str, applies: str = LIVE, **kw: Any) -> Any:
-    return field(metadata={"doc": text, "applies": applies}, **kw)
+
+def _doc(text: str, default: Any, applies: str = LIVE, check: Check | None = None) -> Any:
+    """A key: its reference text, its default, when an edit applies and its value's check."""
+    return field(default=default, metadata={"doc": text, "applies": applies, "check": check})
+
+
+def _between(lo: float, hi: float | None = None, unit: str = "") -> Check:
+    if hi is None:
+        return lambda v: f"must be at least {lo}" if v < lo else None
+    return lambda v: None if lo <= v <= hi else f"{v} is outside {lo}..{hi}{unit}"
+
+
+def _rule(ok: Callable[[str], bool], problem: str) -> Check:
+    """A check of a string; `{v}` in `problem` is the value's repr."""
+    return lambda v: None if ok(v) else problem.replace("{v}", repr(v))
+
+
+def _like(pattern: str, what: str) -> Check:
+    """Empty (unset), or all of it matching `pattern`."""
+    return _rule(lambda v: not v or bool(re.fullmatch(pattern, v, re.DOTALL)), "{v} is not " + what)
+
+
+def _one_of(*choices: str) -> Check:
+    return _rule(lambda v: v in choices, "{v} is not one of " + " | ".join(choices))
+
+
+def _parses(parse: Callable[[str], object]) -> Check:
+    def check(v: str) -> str | None:
+        try:
+            parse(v)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
+def _absolute(v: str) -> str | None:
+    if not v.startswith("/"):
+        return f"{v!r} is not an absolute path"
+    return "contains a NUL byte" if "\x00" in v else None
+
+
+def _mount_point(v: str) -> str | None:
+    return _absolute(v) or ("must not be /" if os.path.normpath(v) == "/" else None)
+
+
+_NOT_EMPTY = _rule(bool, "must not be empty")
+_URL = _like(r"https?://[^/\s]+.*", "an http(s) URL")
+_RACK = _rule(lambda v: not v or bool(NAME_RE.fullmatch(v)), "{v} must match " + NAME_RE.pattern)
+_SECONDS = _between(0.05, 3600, " seconds")
 
 
 @dataclass(frozen=True)
 class MountConfig:
-    type: str = _doc("auto | efs | nfs4 | nfs | local", default="auto", applies=REMOUNT)
-    file_system_id: str = _doc("fs-..., or discover by tag", default="", applies=REMOUNT)
-    discover_tag: str = _doc(
-        '"Key=Value" tag of the filesystem, e.g. "convox:rack=myrack"', default="", applies=REMOUNT
+    type: str = _doc("auto | efs | nfs4 | nfs | local", "auto", REMOUNT, _one_of(*MOUNT_TYPES))
+    file_system_id: str = _doc(
+        "fs-..., or discover by tag", "", REMOUNT, _like(r"fs-[0-9a-f]{1,40}", "like fs-0123abcd")
     )
-    region: str = _doc("AWS region; default: from instance metadata", default="", applies=REMOUNT)
-    source: str = _doc('for type nfs: "server:/export"', default="", applies=REMOUNT)
+    discover_tag: str = _doc(
+        '"Key=Value" tag of the filesystem, e.g. "convox:rack=myrack"',
+        "",
+        REMOUNT,
+        _like(r"[^=]*=.*", "Key=Value"),
+    )
+    region: str = _doc("AWS region; default: from instance metadata", "", REMOUNT)
+    source: str = _doc(
+        'for type nfs: "server:/export"', "", REMOUNT, _like(r"[^:]*:.*", "server:/export")
+    )
     local_path: str = _doc(
         "for type local: the directory bind-mounted on the mount point",
-        default="/var/lib/volagent/local",
-        applies=REMOUNT,
+        "/var/lib/volagent/local",
+        REMOUNT,
+        _absolute,
     )
     options: str = _doc(
-        "mount options for efs, nfs4 and nfs", default=DEFAULT_NFS_OPTIONS, applies=REMOUNT
+        "mount options for efs, nfs4 and nfs",
+        DEFAULT_NFS_OPTIONS,
+        REMOUNT,
+        _rule(lambda v: not re.search(r"[ \t\n]", v), "must not contain white space"),
     )
     mount_program: str = _doc(
-        "called as PROG -t TYPE -o OPTS SOURCE MOUNT_POINT", default="mount", applies=REMOUNT
+        "called as PROG -t TYPE -o OPTS SOURCE MOUNT_POINT", "mount", REMOUNT, _NOT_EMPTY
     )
-    probe_interval_s: float = _doc("seconds between health probes of the mount", default=5.0)
+    probe_interval_s: float = _doc(
+        "seconds between health probes of the mount", 5.0, LIVE, _SECONDS
+    )
     probe_timeout_s: float = _doc(
-        "seconds a probe may take before the mount is stalled", default=3.0
+        "seconds a probe may take before the mount is stalled", 3.0, LIVE, _SECONDS
     )
     stalled_remount_after: int = _doc(
-        "consecutive stalled probes before a forced remount", default=6
+        "consecutive stalled probes before a forced remount", 6, LIVE, _between(1)
     )
     allow_local_fallback: bool = _doc(
-        "where EFS can't be had, use local_path and report local", default=False, applies=REMOUNT
+        "where EFS can't be had, use local_path and report local", False, REMOUNT
     )
 
 
@@ -76,29 +142,38 @@ class MountConfig:
 class AwsConfig:
     imds_endpoint: str = _doc(
         "instance metadata endpoint; AWS_EC2_METADATA_SERVICE_ENDPOINT overrides",
-        default="http://169.254.169.254",
-        applies=REMOUNT,
+        "http://169.254.169.254",
+        REMOUNT,
+        _URL,
     )
     endpoint_url: str = _doc(
-        "AWS API endpoint; boto3 also honours AWS_ENDPOINT_URL", default="", applies=REMOUNT
+        "AWS API endpoint; boto3 also honours AWS_ENDPOINT_URL", "", REMOUNT, _URL
     )
 
 
 @dataclass(frozen=True)
 class DockerConfig:
     url: str = _doc(
-        "Docker engine API address", default="unix:///var/run/docker.sock", applies=RESTART
+        "Docker engine API address",
+        "unix:///var/run/docker.sock",
+        RESTART,
+        _rule(
+            lambda v: bool(re.match(r"(unix|tcp|http|https)://", v)),
+            "{v} is not unix://, tcp:// or http(s)://",
+        ),
     )
-    rack_label: str = _doc("label naming the rack", default="convox.rack")
-    app_label: str = _doc("label naming the app", default="convox.app")
-    service_label: str = _doc("label naming the service", default="convox.service")
+    rack_label: str = _doc("label naming the rack", "convox.rack", LIVE, _NOT_EMPTY)
+    app_label: str = _doc("label naming the app", "convox.app", LIVE, _NOT_EMPTY)
+    service_label: str = _doc("label naming the service", "convox.service", LIVE, _NOT_EMPTY)
 
 
 @dataclass(frozen=True)
 class DirectoriesConfig:
-    owner: str = _doc("UID:GID of created leaf directories", default="0:0")
-    mode: str = _doc("octal mode of created leaf directories", default="0755")
-    timeout_s: float = _doc("seconds one directory preparation may take", default=5.0)
+    owner: str = _doc("UID:GID of created leaf directories", "0:0", LIVE, _parses(parse_owner))
+    mode: str = _doc("octal mode of created leaf directories", "0755", LIVE, _parses(parse_mode))
+    timeout_s: float = _doc(
+        "seconds one directory preparation may take", 5.0, LIVE, _between(0.1, 600, " seconds")
+    )
 
     # parsed once (validated at load), not for every container
     @functools.cached_property
@@ -112,35 +187,41 @@ class DirectoriesConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    socket: str = _doc(
-        "the local status socket", default="/run/volagent/volagent.sock", applies=RESTART
-    )
+    socket: str = _doc("the local status socket", "/run/volagent/volagent.sock", RESTART, _absolute)
     metrics_address: str = _doc(
-        'also serve /metrics on "host:port" (off when empty)', default="", applies=RESTART
+        'also serve /metrics on "host:port" (off when empty)',
+        "",
+        RESTART,
+        _like(r"[^\s:]*:\d{1,5}", "host:port"),
     )
     socket_group: str = _doc(
         "group whose members may use the status socket (0660); empty: root only (0600)",
-        default="volagent",
-        applies=RESTART,
+        "volagent",
+        RESTART,
+        _like(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", "a group name (or empty)"),
     )
 
 
 @dataclass(frozen=True)
 class GuardConfig:
-    enabled: bool = _doc(
-        "serve the Docker authorization plugin", default=False, applies=RESTART_TO_ENABLE
-    )
+    enabled: bool = _doc("serve the Docker authorization plugin", False, RESTART_TO_ENABLE)
     plugin_socket: str = _doc(
-        "the plugin's socket", default="/run/docker/plugins/volagent.sock", applies=RESTART
+        "the plugin's socket", "/run/docker/plugins/volagent.sock", RESTART, _absolute
     )
     when_unhealthy: str = _doc(
-        "deny | allow container create/start while the mount is unhealthy", default="deny"
+        "deny | allow container create/start while the mount is unhealthy",
+        "deny",
+        LIVE,
+        _one_of("deny", "allow"),
     )
-    violations: str = _doc("deny | warn on namespace violations", default="deny")
+    violations: str = _doc(
+        "deny | warn on namespace violations", "deny", LIVE, _one_of("deny", "warn")
+    )
+    # app names: checked by their type, when loaded
     privileged_apps: tuple[str, ...] = _doc(
         "apps whose containers may use privilege, host namespaces, added capabilities, "
         'devices and unconfined security options, e.g. ["ci"]',
-        default=(),
+        (),
     )
 
 
@@ -150,34 +231,52 @@ NFS_LEASE_S = 90.0
 
 @dataclass(frozen=True)
 class HealthConfig:
-    heartbeat_interval_s: float = _doc("seconds between heartbeats of this host", default=30.0)
-    stale_after_s: float = _doc("a host whose heartbeat is older is stale", default=90.0)
+    heartbeat_interval_s: float = _doc(
+        "seconds between heartbeats of this host", 30.0, LIVE, _between(0.1)
+    )
+    # bounded by heartbeat_interval_s and each other: see validate
+    stale_after_s: float = _doc("a host whose heartbeat is older is stale", 90.0)
     forget_after_s: float = _doc(
-        "a host silent this long no longer holds its binds in the rack's registry", default=900.0
+        "a host silent this long no longer holds its binds in the rack's registry", 900.0
     )
     unhealthy_after_s: float = _doc(
-        "critical this long: report unhealthy to the Auto Scaling group (0: never)", default=0.0
+        "critical this long: report unhealthy to the Auto Scaling group (0: never)",
+        0.0,
+        LIVE,
+        _between(0),
     )
 
 
 @dataclass(frozen=True)
 class UsageConfig:
     ops_per_second: float = _doc(
-        "filesystem operations per second the usage walk may spend", default=100.0
+        "filesystem operations per second the usage walk may spend",
+        100.0,
+        LIVE,
+        _between(1, 100_000),
     )
     interval_s: float = _doc(
-        "seconds from the start of one full usage pass to the next", default=3600.0
+        "seconds from the start of one full usage pass to the next",
+        3600.0,
+        LIVE,
+        _between(1, 30 * 86400, " seconds"),
     )
 
 
 @dataclass(frozen=True)
 class QuotasConfig:
-    # field() itself: sizes are objects, and a default of one must not be shared by call
+    # field() itself: sizes are objects, and a default of one must not be shared by call;
+    # sizes are checked by their type, when loaded
     default: Size | None = field(
         default=None,
         metadata={"doc": 'limit of an app not in apps, e.g. "100GiB" ("": none)'},
     )
-    over_quota: str = _doc("warn | deny new creates of an app over its limit", default="warn")
+    over_quota: str = _doc(
+        "warn | deny new creates of an app over its limit",
+        "warn",
+        LIVE,
+        _one_of(*OVER_QUOTA_ACTIONS),
+    )
     apps: dict[str, Size] = field(
         default_factory=dict, metadata={"doc": 'limit per app, e.g. { shop = "50GiB" }'}
     )
@@ -189,15 +288,13 @@ class QuotasConfig:
 
 @dataclass(frozen=True)
 class Config:
-    rack: str = _doc("rack name for containers without a rack label or env", default="")
-    host_id: str = _doc(
-        "names this host in the rack view; default: instance id, else hostname", default=""
-    )
+    rack: str = _doc("rack name for containers without a rack label or env", "", LIVE, _RACK)
+    host_id: str = _doc("names this host in the rack view; default: instance id, else hostname", "")
     mount_point: str = _doc(
-        "where the shared filesystem is mounted", default="/volumes", applies=RESTART
+        "where the shared filesystem is mounted", "/volumes", RESTART, _mount_point
     )
-    state_dir: str = _doc("local state of the agent", default="/var/lib/volagent", applies=RESTART)
-    log_level: str = _doc("debug | info | warning | error", default="info")
+    state_dir: str = _doc("local state of the agent", "/var/lib/volagent", RESTART, _absolute)
+    log_level: str = _doc("debug | info | warning | error", "info", LIVE, _one_of(*LOG_LEVELS))
     mount: MountConfig = field(default_factory=MountConfig)
     aws: AwsConfig = field(default_factory=AwsConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
@@ -212,21 +309,28 @@ class Config:
         return dataclasses.asdict(self)
 
 
+SECTIONS: dict[str, type[Any]] = {
+    name: kind
+    for name, kind in typing.get_type_hints(Config).items()
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind)
+}
+
+
 def keys_applying(applies: str, cfg: Config | None = None) -> list[str]:
     """The dotted keys that take effect the way `applies` says, in declaration order."""
-    out = []
-    cfg = cfg or Config()
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            out += [
-                f"{f.name}.{sf.name}"
-                for sf in dataclasses.fields(value)
-                if sf.metadata.get("applies", LIVE) == applies
-            ]
-        elif f.metadata.get("applies", LIVE) == applies:
-            out.append(f.name)
-    return out
+    keys = fields_of(cfg or Config())
+    return [k for k, f, _ in keys if f.metadata.get("applies", LIVE) == applies]
+
+
+def fields_of(cfg: Config) -> list[tuple[str, dataclasses.Field[Any], Any]]:
+    """(dotted key, field, value) of every key that is not a section, in declaration order."""
+    objs = [("", cfg)] + [(f"{name}.", getattr(cfg, name)) for name in SECTIONS]
+    return [
+        (prefix + f.name, f, getattr(obj, f.name))
+        for prefix, obj in objs
+        for f in dataclasses.fields(obj)
+        if f.name not in SECTIONS
+    ]
 
 
 def value_of(cfg: Config, dotted: str) -> Any:
@@ -241,45 +345,31 @@ def changed_keys(old: Config, new: Config, applies: str) -> list[str]:
     return [k for k in keys_applying(applies) if value_of(old, k) != value_of(new, k)]
 
 
-SECTIONS: dict[str, type[Any]] = {
-    "mount": MountConfig,
-    "aws": AwsConfig,
-    "docker": DockerConfig,
-    "directories": DirectoriesConfig,
-    "api": ApiConfig,
-    "guard": GuardConfig,
-    "health": HealthConfig,
-    "usage": UsageConfig,
-    "quotas": QuotasConfig,
-}
-
-
 def _coerce(key: str, value: Any, kind: Any) -> Any:
-    # TOML has distinct types; bool is a subclass of int in Python, so check it first.
-    if kind in ("bool", bool):
-        if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true or false, got {value!r}")
+    # TOML has distinct types; bool is a subclass of int in Python, so no number may be one.
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table ([{key}])")
+        return _build(kind, value, f"{key}.")
+    if kind in (bool, int, str):
+        if type(value) is not kind:
+            wanted = {bool: "true or false", int: "an integer", str: "a string"}[kind]
+            raise ConfigError(key, f"expected {wanted}, got {value!r}")
         return value
-    if isinstance(value, bool):
-        raise ConfigError(key, f"expected a {_kind_name(kind)}, got {value!r}")
-    if kind in ("int", int):
-        if not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
-        return value
-    if kind in ("float", float):
-        if not isinstance(value, int | float):
+    if kind is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(key, f"expected a number, got {value!r}")
         return float(value)
-    if kind == "tuple[str, ...]":
+    if kind == tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(key, f"expected a list of app names, got {value!r}")
         for name in value:
             if not NAME_RE.fullmatch(name):
                 raise ConfigError(key, f"{name!r} is not an app name ({NAME_RE.pattern})")
         return tuple(value)
-    if kind == "Size | None":
+    if kind == Size | None:
         return _size(key, value) if value != "" else None
-    if kind == "dict[str, Size]":
+    if kind == dict[str, Size]:
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a table of app = size, got {value!r}")
         out = {}
@@ -288,10 +378,6 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
                 raise ConfigError(f"{key}.{app}", f"{app!r} is not an app name")
             out[app] = _size(f"{key}.{app}", size)
         return out
-    if kind in ("str", str):
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
-        return value
     raise ConfigError(key, f"unsupported type {kind!r}")  # pragma: no cover
 
 
@@ -304,108 +390,26 @@ def _size(key: str, value: Any) -> Size:
         raise ConfigError(key, str(exc)) from None
 
 
-def _kind_name(kind: Any) -> str:
-    return {"int": "integer", "float": "number", "str": "string"}.get(str(kind), str(kind))
-
-
 def _build(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
+    kinds = typing.get_type_hints(cls)  # the annotations resolved, not their text
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(dotted, "unknown key")
-        if key in SECTIONS and cls is Config:
-            if not isinstance(value, dict):
-                raise ConfigError(dotted, "expected a table ([" + key + "])")
-            kwargs[key] = _build(SECTIONS[key], value, f"{key}.")
-        elif key in SECTIONS and cls is not Config:  # pragma: no cover
-            raise ConfigError(dotted, "unknown key")
-        else:
-            kwargs[key] = _coerce(dotted, value, names[key].type)
+        if key not in kinds:
+            raise ConfigError(f"{prefix}{key}", "unknown key")
+        kwargs[key] = _coerce(f"{prefix}{key}", value, kinds[key])
     return cls(**kwargs)
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(key, f"{value!r} is not one of {' | '.join(choices)}")
-
-
-def _check_abs(key: str, value: str) -> None:
-    if not value.startswith("/"):
-        raise ConfigError(key, f"{value!r} is not an absolute path")
-    if "\x00" in value:
-        raise ConfigError(key, "contains a NUL byte")
-
-
 def validate(cfg: Config) -> Config:
-    """Checks values beyond their types; returns cfg unchanged or raises ConfigError."""
-    if cfg.rack and not NAME_RE.fullmatch(cfg.rack):
-        raise ConfigError("rack", f"{cfg.rack!r} must match {NAME_RE.pattern}")
-    _check_abs("mount_point", cfg.mount_point)
-    if os.path.normpath(cfg.mount_point) == "/":
-        raise ConfigError("mount_point", "must not be /")
-    _check_abs("state_dir", cfg.state_dir)
-    _check_choice("log_level", cfg.log_level, LOG_LEVELS)
-    m = cfg.mount
-    _check_choice("mount.type", m.type, MOUNT_TYPES)
-    if m.file_system_id and not re.fullmatch(r"fs-[0-9a-f]{1,40}", m.file_system_id):
-        raise ConfigError("mount.file_system_id", f"{m.file_system_id!r} is not like fs-0123abcd")
-    if m.discover_tag and "=" not in m.discover_tag:
-        raise ConfigError("mount.discover_tag", f"{m.discover_tag!r} is not Key=Value")
-    if m.type == "nfs" and not m.source:
+    """Checks values beyond their types: each key's declared check, then the rules between
+    keys. Returns cfg unchanged or raises ConfigError."""
+    for key, f, value in fields_of(cfg):
+        check = f.metadata.get("check")
+        if check and (problem := check(value)):
+            raise ConfigError(key, problem)
+    if cfg.mount.type == "nfs" and not cfg.mount.source:
         raise ConfigError("mount.source", 'type nfs needs a source like "server:/export"')
-    if m.source and ":" not in m.source:
-        raise ConfigError("mount.source", f"{m.source!r} is not server:/export")
-    _check_abs("mount.local_path", m.local_path)
-    if any(c in m.options for c in " \t\n"):
-        raise ConfigError("mount.options", "must not contain white space")
-    if not m.mount_program:
-        raise ConfigError("mount.mount_program", "must not be empty")
-    for key, val in (
-        ("mount.probe_interval_s", m.probe_interval_s),
-        ("mount.probe_timeout_s", m.probe_timeout_s),
-    ):
-        if not 0.05 <= val <= 3600:
-            raise ConfigError(key, f"{val} is outside 0.05..3600 seconds")
-    if m.stalled_remount_after < 1:
-        raise ConfigError("mount.stalled_remount_after", "must be at least 1")
-    for key, url in (
-        ("aws.imds_endpoint", cfg.aws.imds_endpoint),
-        ("aws.endpoint_url", cfg.aws.endpoint_url),
-    ):
-        if url and not re.match(r"^https?://[^/\s]+", url):
-            raise ConfigError(key, f"{url!r} is not an http(s) URL")
-    if not re.match(r"^(unix|tcp|http|https)://", cfg.docker.url):
-        raise ConfigError("docker.url", f"{cfg.docker.url!r} is not unix://, tcp:// or http(s)://")
-    for key in ("rack_label", "app_label", "service_label"):
-        if not getattr(cfg.docker, key):
-            raise ConfigError(f"docker.{key}", "must not be empty")
-    try:
-        parse_owner(cfg.directories.owner)
-    except ValueError as exc:
-        raise ConfigError("directories.owner", str(exc)) from None
-    try:
-        parse_mode(cfg.directories.mode)
-    except ValueError as exc:
-        raise ConfigError("directories.mode", str(exc)) from None
-    if not 0.1 <= cfg.directories.timeout_s <= 600:
-        raise ConfigError("directories.timeout_s", "is outside 0.1..600 seconds")
-    _check_abs("api.socket", cfg.api.socket)
-    if cfg.api.metrics_address and not re.fullmatch(r"[^\s:]*:\d{1,5}", cfg.api.metrics_address):
-        raise ConfigError("api.metrics_address", f"{cfg.api.metrics_address!r} is not host:port")
-    if cfg.api.socket_group and not re.fullmatch(
-        r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", cfg.api.socket_group
-    ):
-        raise ConfigError(
-            "api.socket_group", f"{cfg.api.socket_group!r} is not a group name (or empty)"
-        )
-    _check_abs("guard.plugin_socket", cfg.guard.plugin_socket)
-    _check_choice("guard.when_unhealthy", cfg.guard.when_unhealthy, ("deny", "allow"))
-    _check_choice("guard.violations", cfg.guard.violations, ("deny", "warn"))
     h = cfg.health
-    if h.heartbeat_interval_s < 0.1:
-        raise ConfigError("health.heartbeat_interval_s", "must be at least 0.1")
     if h.stale_after_s <= h.heartbeat_interval_s:
         raise ConfigError("health.stale_after_s", "must be longer than heartbeat_interval_s")
     if h.forget_after_s < h.stale_after_s + NFS_LEASE_S:
@@ -414,14 +418,6 @@ def validate(cfg: Config) -> Config:
             f"must be at least stale_after_s + {NFS_LEASE_S:g} (an NFS lease): a host is "
             "forgotten only once it is stale and any lock it held has expired",
         )
-    if h.unhealthy_after_s < 0:
-        raise ConfigError("health.unhealthy_after_s", "must not be negative")
-    u = cfg.usage
-    if not 1 <= u.ops_per_second <= 100_000:
-        raise ConfigError("usage.ops_per_second", f"{u.ops_per_second} is outside 1..100000")
-    if not 1 <= u.interval_s <= 30 * 86400:
-        raise ConfigError("usage.interval_s", f"{u.interval_s} is outside 1..2592000 seconds")
-    _check_choice("quotas.over_quota", cfg.quotas.over_quota, OVER_QUOTA_ACTIONS)
     return cfg
 
 

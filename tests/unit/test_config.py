@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,49 @@ def test_privileged_apps_apply_live() -> None:
     assert "guard.privileged_apps" in config.keys_applying(config.LIVE)
     cfg = config.from_dict({"guard": {"privileged_apps": ["ci", "builder"]}})
     assert cfg.guard.privileged_apps == ("ci", "builder")
+
+
+# Keys whose value is free text, or bounded only against other keys (in `validate`): every
+# other str, int or float key declares its own check beside its default.
+UNCHECKED = {"host_id", "mount.region", "health.stale_after_s", "health.forget_after_s"}
+
+
+def _typed_keys() -> list[tuple[str, Any, Any]]:
+    """(dotted key, resolved type, declared check) of every key but the sections."""
+    out = []
+    for key, f, _ in config.fields_of(Config()):
+        owner = config.SECTIONS[key.split(".")[0]] if "." in key else Config
+        out.append((key, typing.get_type_hints(owner)[f.name], f.metadata.get("check")))
+    return out
+
+
+def _refused_under(key: str, value: Any) -> bool:
+    section, _, name = key.rpartition(".")
+    data: dict[str, Any] = {section: {name: value}} if section else {name: value}
+    try:
+        config.from_dict(data)
+    except ConfigError as exc:
+        return exc.key == key
+    return False
+
+
+def test_every_key_of_a_scalar_type_declares_its_check() -> None:
+    # a renamed or new key keeps a check only by declaring one; dropping one fails here
+    unchecked = {
+        key for key, kind, check in _typed_keys() if kind in (str, int, float) and not check
+    }
+    assert unchecked == UNCHECKED
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"), [(k, t) for k, t, _ in _typed_keys() if t in (int, float)]
+)
+def test_every_number_is_bounded_and_refused_under_its_key(key: str, kind: Any) -> None:
+    assert _refused_under(key, kind(-(10**9)))
+
+
+@pytest.mark.parametrize("key", [k for k, t, check in _typed_keys() if t is str and check])
+def test_every_checked_string_refuses_a_bad_value_under_its_key(key: str) -> None:
+    # one of these is wrong for every checked string key: not absolute, not a choice, not
+    # the pattern, empty, or white space
+    assert any(_refused_under(key, bad) for bad in ("!", "", " "))

@@ -64,11 +64,10 @@ from volagent.guard.protocol import (
     route,
 )
 from volagent.httpserver import HttpServer, Request, Response
-from volagent.rack import quotas
 from volagent.rack.registry_task import request_ref
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.volumes.namespace import Bind
-from volagent.volumes.preparer import ContainerSpec, Outcome, Preparer
+from volagent.volumes.preparer import Allowed, ContainerSpec, Preparer, Refused
 
 # looks a container up in Docker by id, name or id prefix: its inspect data, None when
 # Docker knows no such container
@@ -86,8 +85,6 @@ IDLE_LINGER_S = 2.0
 # AuthZRes carries Docker's whole JSON answer (a long `docker ps -a` included)
 MAX_PLUGIN_BODY = 64 << 20
 MAX_CONNECTIONS = 1024
-# on top of the directory timeout, for the walk's queueing and the loop's own latency
-PREPARE_GRACE_S = 1.0
 # how long a create or start waits, just after volagent started, for the mount's state
 MOUNT_SETTLE_S = 30.0
 
@@ -305,10 +302,12 @@ class Guard:
 
     # --- create -------------------------------------------------------------------------
     async def _judge_create(self, authz: AuthzRequest, where: Route) -> str | None:
-        if authz.body is None:
+        uri = authz.uri
+        body = authz.body
+        if body is None:
             return messages.hidden_body(authz.headers, "this container create")
         try:
-            create = parse_create_body(authz.body, where.name)
+            create = parse_create_body(body, where.name)
         except CreateBodyError as exc:
             return f"volagent cannot read this create request: {exc}"
         who = messages.who(where.name)
@@ -319,54 +318,28 @@ class Guard:
         denial = await self._judge_inherited(who, create)
         if denial is not None:
             return denial
-        spec = create.spec
-        outcome = await self.preparer.judge(spec)
-        if outcome is None:
-            self.pending.allowed(authz.uri, authz.body, AllowedCreate(spec, []))
-            return None
-        self.preparer.check_nesting(outcome)
-        cfg = self.state.config.guard
-        if outcome.violations and cfg.violations == "deny":
-            return messages.violations_of(who, outcome, self.state.config.mount_point)
-        over_quota = quotas.refusal(self.state, outcome.identity.app)
-        if over_quota:
-            return over_quota
-        live = [v.host for v in outcome.volumes if v.state != "violation"]
-        # reserved before the rack's registry is asked: from the claim on, this host's entry
-        # for the create is kept by the registry's keeper until the create is answered
-        self.pending.reserve(authz.uri, authz.body, live, spec.host_binds)
-        denial = "not judged"
-        try:
-            ref = request_ref(request_key(authz.uri, authz.body))
-            await self.preparer.check_rack(outcome, ref, spec.name)
-            if outcome.violations and cfg.violations == "deny":
-                denial = messages.violations_of(who, outcome, self.state.config.mount_point)
-            else:
-                denial = await self._judge_create_prepared(
-                    authz.uri, authz.body, where, spec, outcome
-                )
-        finally:
-            if denial is not None:
-                self.pending.release(authz.uri, authz.body)
-        return denial
+        verdict = await self.preparer.decide_create(
+            spec,
+            request_ref(request_key(uri, body)),
+            lambda live: self.pending.reserve(uri, body, live, spec.host_binds),
+            lambda: self.pending.release(uri, body),
+        )
+        if isinstance(verdict, Allowed):
+            self.pending.allowed(uri, body, AllowedCreate(spec, verdict.volumes, verdict.identity))
+        return self._phrased(who, verdict, "create")
 
-    async def _judge_create_prepared(
-        self, uri: str, body: bytes, where: Route, spec: ContainerSpec, outcome: Outcome
-    ) -> str | None:
-        who = messages.who(where.name)
-        if not self.state.mount_healthy:
-            denial = self._unhealthy(who, [v.host for v in outcome.volumes])
-            if denial:
-                return denial
-            self.pending.allowed(uri, body, AllowedCreate(spec, outcome.volumes, outcome.identity))
+    def _phrased(self, who: str, verdict: Allowed | Refused, action: str) -> str | None:
+        """The refusal in words for the one who asked; None for a verdict that allows."""
+        if isinstance(verdict, Allowed):
             return None
-        prepared = await self._prepare(spec, outcome)
-        denial = self._judge_prepared(who, prepared, "create")
-        if denial is None:
-            self.pending.allowed(
-                uri, body, AllowedCreate(spec, prepared.volumes, prepared.identity)
-            )
-        return denial
+        if verdict.rule == "violations":
+            return messages.violations_of(who, verdict.outcome, self.state.config.mount_point)
+        if verdict.rule == "unhealthy":
+            hosts = [v.host for v in verdict.volumes]
+            return messages.unhealthy(self.state.mount, who, hosts, action)
+        if verdict.rule == "failed":
+            return messages.failed(who, verdict.volumes, self.state.mount.state, action)
+        return verdict.text
 
     async def _judge_inherited(self, who: str, create: CreateRequest) -> str | None:
         """VolumesFrom, local-driver volumes and named volumes: what the container gets
@@ -499,40 +472,6 @@ class Guard:
             return None
         return messages.volume_kind(who, vol, f"type {vol.type or '(none)'} with {vol.options}")
 
-    async def _prepare(
-        self, spec: ContainerSpec, outcome: Outcome, track: bool = False, rewalk: bool = False
-    ) -> Outcome:
-        budget = self.state.config.directories.timeout_s + PREPARE_GRACE_S
-        try:
-            async with asyncio.timeout(budget):
-                prepared = await self.preparer.prepare(
-                    spec, track=track, outcome=outcome, rewalk=rewalk
-                )
-        except TimeoutError:
-            for vol in outcome.volumes:
-                if vol.state not in ("violation", "ready"):
-                    vol.state, vol.error = (
-                        "failed",
-                        f"preparing {vol.host} did not finish within {budget:g}s: "
-                        "the filesystem is not answering",
-                    )
-            return outcome
-        return prepared if prepared is not None else outcome
-
-    def _judge_prepared(self, who: str, prepared: Outcome, action: str) -> str | None:
-        cfg = self.state.config.guard
-        if prepared.violations and cfg.violations == "deny":
-            return messages.violations_of(who, prepared, self.state.config.mount_point)
-        pending = [v for v in prepared.volumes if v.state == "pending"]
-        if pending:
-            denial = self._unhealthy(who, [v.host for v in pending], action)
-            if denial:
-                return denial
-        failed = [v for v in prepared.volumes if v.state == "failed"]
-        if failed:
-            return messages.failed(who, failed, self.state.mount.state, action)
-        return None
-
     # --- start --------------------------------------------------------------------------
     async def _judge_start(self, authz: AuthzRequest, where: Route) -> str | None:
         known = self.state.find_container(where.container)
@@ -565,7 +504,10 @@ class Guard:
             if not known.volumes:
                 return None
             if not healthy:
-                return self._unhealthy(who, [v.host for v in known.volumes], where.action)
+                hosts = [v.host for v in known.volumes]
+                if self.state.config.guard.when_unhealthy == "deny":
+                    return messages.unhealthy(self.state.mount, who, hosts, where.action)
+                return None
             bad = [v for v in known.volumes if v.state == "violation"]
             return messages.violations(who, bad) if bad and deny_violations else None
         else:
@@ -579,22 +521,7 @@ class Guard:
             denial = await self._judge_named_volumes(who, names, spec)
             if denial is not None:
                 return denial
-        # judged and walked again, nothing trusted from before: a directory checked at
-        # create may have been swapped for a symlink since, and Docker follows it at every
-        # start (binds outside the mount point included)
-        outcome = await self.preparer.judge(spec)
-        if outcome is None:
-            return None
-        self.preparer.check_nesting(outcome, spec.id)
-        if healthy:
-            await self.preparer.check_rack(outcome, spec.id, spec.name)
-        if outcome.violations and deny_violations:
-            return messages.violations_of(who, outcome, self.state.config.mount_point)
-        if not healthy:
-            return self._unhealthy(who, [v.host for v in outcome.volumes], where.action)
-        # the table's record takes the volumes as walked now
-        prepared = await self._prepare(spec, outcome, track=True, rewalk=True)
-        return self._judge_prepared(who, prepared, where.action)
+        return self._phrased(who, await self.preparer.decide_start(spec, healthy), where.action)
 
     async def _inspected(self, ref: str) -> ContainerSpec | None:
         """The container a start names that the table does not know, as Docker has it; None
@@ -732,13 +659,6 @@ class Guard:
         else:
             chosen = query_value(where.query, "dir")
         return messages.checkpoint_dir() if chosen else None
-
-    def _unhealthy(self, who: str, hosts: list[str], action: str = "create") -> str | None:
-        """The denial for a container binding under an unhealthy mount; None when the
-        config lets such containers through (`when_unhealthy = \"allow\"`)."""
-        if self.state.config.guard.when_unhealthy != "deny":
-            return None
-        return messages.unhealthy(self.state.mount, who, hosts, action)
 
 
 async def _awaited(answer: Response | Awaitable[Response]) -> Response:

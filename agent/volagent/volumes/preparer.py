@@ -22,7 +22,7 @@ from typing import Any
 
 from volagent import log, nesting
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
-from volagent.rack import usage
+from volagent.rack import quotas, usage
 from volagent.rack.registry_task import Registry
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.volumes import directories, locate, mount_check, namespace, trashcheck
@@ -32,6 +32,8 @@ UNRESOLVED = "unresolved"  # a Landing kind of the preparer's own: the lookup it
 DOCKER_MADE = (0, 0, 0o755)  # what Docker's own auto-create leaves behind
 ZERO_TIME = "0001-01-01T00:00:00Z"
 MAX_WALKED = 4096  # paths whose last walk is remembered for the next start
+# on top of the directory timeout, for the walk's queueing and the loop's own latency
+PREPARE_GRACE_S = 1.0
 
 
 @dataclass
@@ -119,7 +121,26 @@ class Outcome:
         return [v for v in self.volumes if v.state == "violation"]
 
 
+@dataclass(frozen=True)
+class Allowed:
+    """A create or start let through: its volumes as prepared, the identity judged."""
+
+    volumes: list[VolumeRecord]
+    identity: namespace.Identity | None = None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A create or start refused, for the guard to phrase."""
+
+    rule: str  # violations, quota, unhealthy or failed
+    outcome: Outcome
+    volumes: list[VolumeRecord] = dataclasses.field(default_factory=list)  # those it is about
+    text: str = ""  # a reason already worded (the quota's)
+
+
 Recheck = Callable[[], Awaitable[bool]]
+Release = Callable[[], None]
 
 
 class Preparer:
@@ -168,6 +189,73 @@ class Preparer:
         # see each other
         self._judge_host_paths(spec, landings)
         return self.outcome_of(spec, landings)
+
+    async def decide_create(
+        self, spec: ContainerSpec, ref: str, reserve: Callable[[list[str]], None], release: Release
+    ) -> Allowed | Refused:
+        """A create decided: judged, rule 7 here, the quota; its binds reserved (the registry's
+        keeper keeps this host's entry from the claim until the create is answered); rule 7
+        across the rack, the walk. Refused, or failing, after `reserve`: `release`."""
+        outcome = await self.judge(spec)
+        if outcome is None:
+            return Allowed([])
+        self.check_nesting(outcome)
+        if outcome.violations and self.state.config.guard.violations == "deny":
+            return Refused("violations", outcome)
+        over_quota = quotas.refusal(self.state, outcome.identity.app)
+        if over_quota:
+            return Refused("quota", outcome, text=over_quota)
+        reserve([v.host for v in outcome.volumes if v.state != "violation"])
+        verdict: Allowed | Refused | None = None
+        try:
+            if self.registry is not None:
+                await self.registry.claim(outcome.volumes, outcome.plans, ref, spec.name)
+            verdict = await self._settled(spec, outcome, self.state.mount_healthy, start=False)
+            return verdict
+        finally:
+            if not isinstance(verdict, Allowed):
+                release()
+
+    async def decide_start(self, spec: ContainerSpec, healthy: bool) -> Allowed | Refused:
+        """A start, judged and walked again: a directory checked at create may have been
+        swapped for a symlink since. `healthy`: the mount's state when the start was asked."""
+        outcome = await self.judge(spec)
+        if outcome is None:
+            return Allowed([])
+        self.check_nesting(outcome, spec.id)
+        if healthy and self.registry is not None:
+            await self.registry.claim(outcome.volumes, outcome.plans, spec.id, spec.name)
+        return await self._settled(spec, outcome, healthy, start=True)
+
+    async def _settled(
+        self, spec: ContainerSpec, outcome: Outcome, healthy: bool, start: bool
+    ) -> Allowed | Refused:
+        """After rule 7: violations, the mount's health, the walk (a start's is tracked)."""
+        guard = self.state.config.guard
+        if outcome.violations and guard.violations == "deny":
+            return Refused("violations", outcome)
+        if not healthy:
+            if guard.when_unhealthy == "deny":
+                return Refused("unhealthy", outcome, outcome.volumes)
+            return Allowed(outcome.volumes, outcome.identity)
+        budget = self.state.config.directories.timeout_s + PREPARE_GRACE_S
+        try:
+            async with asyncio.timeout(budget):  # fills `outcome` in place, even when cut short
+                await self.prepare(spec, track=start, outcome=outcome, rewalk=start)
+        except TimeoutError:
+            for vol in outcome.volumes:
+                if vol.state not in ("violation", "ready"):
+                    late = f"did not finish within {budget:g}s: the filesystem is not answering"
+                    vol.state, vol.error = "failed", f"preparing {vol.host} {late}"
+        if outcome.violations and guard.violations == "deny":
+            return Refused("violations", outcome)
+        pending = [v for v in outcome.volumes if v.state == "pending"]
+        if pending and guard.when_unhealthy == "deny":
+            return Refused("unhealthy", outcome, pending)
+        failed = [v for v in outcome.volumes if v.state == "failed"]
+        if failed:
+            return Refused("failed", outcome, failed)
+        return Allowed(outcome.volumes, outcome.identity)
 
     def _judge_host_paths(self, spec: ContainerSpec, landings: dict[str, locate.Landing]) -> None:
         """Rule 7 for host paths: records where each source outside the mount point of a
@@ -314,14 +402,6 @@ class Preparer:
                 violation = NamespaceViolation(7, clash)
                 outcome.plans[outcome.volumes.index(vol)] = violation
                 self.state.set_volume_state(vol, "violation", str(violation))
-
-    async def check_rack(self, outcome: Outcome, ref: str, name: str) -> None:
-        """Rule 7 across the rack, at the moment of the decision: the binds still planned are
-        claimed in the rack's registry (the guard's create and start call this, after
-        `check_nesting`). A bind nesting another host's becomes a violation; one the registry
-        could not be asked about in time is `failed`, so the guard refuses it."""
-        if self.registry is not None:
-            await self.registry.claim(outcome.volumes, outcome.plans, ref, name)
 
     async def _prepare(
         self,

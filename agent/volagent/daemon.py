@@ -32,6 +32,7 @@ from volagent.rack.registry_task import Registry
 from volagent.rack.usage import UsageRecorder
 from volagent.rack.usage_task import UsageWalker
 from volagent.state import AgentState
+from volagent.vocabulary import DockerState
 from volagent.volumes.docker_watch import DockerWatch
 from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
@@ -255,7 +256,7 @@ class Daemon:
         task.add_done_callback(self._background.discard)
 
     async def _reconcile_quietly(self) -> None:
-        if self.state.docker.state != "connected":
+        if self.state.docker.state != DockerState.CONNECTED:
             return  # the Docker connection reconciles by itself when it comes up
         try:
             await self.docker.reconcile()
@@ -264,7 +265,7 @@ class Daemon:
             self.log.warning("reconcile_failed", reason=str(exc))
 
     async def _api_reconcile(self) -> dict[str, Any]:
-        if self.state.docker.state != "connected":
+        if self.state.docker.state != DockerState.CONNECTED:
             return {"reconciled": False, "reason": f"docker is {self.state.docker.state}"}
         result = await self.docker.reconcile()
         return {"reconciled": True, **result}

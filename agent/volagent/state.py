@@ -17,11 +17,14 @@ from volagent import __version__
 from volagent.config import Config
 from volagent.metrics import Metrics
 from volagent.nesting import HostBind
-from volagent.vocabulary import HEALTHY_MOUNT_STATES, MountState
-
-MOUNT_STATES = tuple(MountState)
-VOLUME_STATES = ("ready", "pending", "late", "violation", "failed")
-PROBLEM_VOLUME_STATES = ("late", "violation", "failed")
+from volagent.vocabulary import (
+    HEALTHY_MOUNT_STATES,
+    PROBLEM_VOLUME_STATES,
+    DockerState,
+    MountState,
+    Verdict,
+    VolumeState,
+)
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -59,7 +62,7 @@ class MountStatus:
 
 @dataclass
 class DockerStatus:
-    state: str = "connecting"
+    state: DockerState = DockerState.CONNECTING
     events: int = 0
     since: str = field(default_factory=now_iso)
     error: str | None = None
@@ -78,7 +81,7 @@ class VolumeRecord:
     host: str
     container: str
     read_only: bool
-    state: str = "pending"
+    state: VolumeState = VolumeState.PENDING
     error: str | None = None
     # (device, inode) of the directory volagent prepared for it: what a start must mount
     leaf: tuple[int, int] | None = None
@@ -197,12 +200,12 @@ class AgentState:
         await self._mount_flip.wait()
 
     # --- docker ------------------------------------------------------------------------
-    def set_docker_state(self, state: str, error: str | None = None) -> None:
+    def set_docker_state(self, state: DockerState, error: str | None = None) -> None:
         if state != self.docker.state:
             self.docker.state = state
             self.docker.since = now_iso()
         self.docker.error = error
-        self.metrics.docker_connected.set(1 if state == "connected" else 0)
+        self.metrics.docker_connected.set(1 if state == DockerState.CONNECTED else 0)
 
     def count_event(self) -> None:
         self.docker.events += 1
@@ -254,7 +257,7 @@ class AgentState:
             if c.id == exclude:
                 continue
             for v in c.volumes:
-                if v.state != "violation":
+                if v.state != VolumeState.VIOLATION:
                     yield v.host, f"container {c.name or c.id[:12]}"
         for paths in self.reserved_binds.values():
             for path in paths:
@@ -277,13 +280,14 @@ class AgentState:
         for path, whose in self.live_binds(exclude):
             yield HostBind(path, path, (path,)), whose
 
-    def set_volume_state(self, volume: VolumeRecord, state: str, error: str | None = None) -> None:
-        if state not in VOLUME_STATES:
-            raise ValueError(f"unknown volume state {state!r}")
+    def set_volume_state(
+        self, volume: VolumeRecord, state: VolumeState, error: str | None = None
+    ) -> None:
+        state = VolumeState(state)  # a ValueError names a state outside the vocabulary
         if state != volume.state:
-            if state == "late":
+            if state == VolumeState.LATE:
                 self.metrics.late.inc()
-            elif state == "violation":
+            elif state == VolumeState.VIOLATION:
                 self.metrics.violations.inc()
         volume.state = state
         volume.error = error
@@ -301,12 +305,12 @@ class AgentState:
         return list(self._warnings.values())
 
     # --- the status document -----------------------------------------------------------
-    def verdict(self) -> str:
-        if not self.mount_healthy or self.docker.state != "connected":
-            return "critical"
-        if self.mount.state == "local" or self.over_quota or self._any_problem_volume():
-            return "degraded"
-        return "ok"
+    def verdict(self) -> Verdict:
+        if not self.mount_healthy or self.docker.state != DockerState.CONNECTED:
+            return Verdict.CRITICAL
+        if self.mount.state == MountState.LOCAL or self.over_quota or self._any_problem_volume():
+            return Verdict.DEGRADED
+        return Verdict.OK
 
     def _any_problem_volume(self) -> bool:
         # the health check asks this for every request: scan once per change
@@ -322,7 +326,7 @@ class AgentState:
 
     def health(self) -> dict[str, Any]:
         verdict = self.verdict()
-        return {"healthy": verdict == "ok", "status": verdict}
+        return {"healthy": verdict == Verdict.OK, "status": verdict}
 
     def status_document(self, *, containers: bool = True) -> dict[str, Any]:
         """The status document; `containers=False` leaves its list of containers empty (the
@@ -330,7 +334,7 @@ class AgentState:
         verdict = self.verdict()
         return {
             "status": verdict,
-            "healthy": verdict == "ok",
+            "healthy": verdict == Verdict.OK,
             "version": __version__,
             "mount": self.mount.to_dict(),
             "docker": self.docker.to_dict(),

@@ -19,3 +19,33 @@ class MountState(StrEnum):
 
 
 HEALTHY_MOUNT_STATES = frozenset({MountState.MOUNTED, MountState.LOCAL})
+
+
+class VolumeState(StrEnum):
+    """A container's directory on the shared filesystem, as `containers[].volumes[].state`."""
+
+    READY = "ready"
+    PENDING = "pending"
+    LATE = "late"  # the container started before its directory was ready
+    VIOLATION = "violation"
+    FAILED = "failed"
+
+
+PROBLEM_VOLUME_STATES = frozenset({VolumeState.LATE, VolumeState.VIOLATION, VolumeState.FAILED})
+# a directory a running container may be using: an earlier walk of it is settled
+SETTLED_VOLUME_STATES = frozenset({VolumeState.READY, VolumeState.LATE})
+
+
+class DockerState(StrEnum):
+    """The agent's connection to Docker's events, as `docker.state`."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+
+
+class Verdict(StrEnum):
+    """The agent's health, as `status` of the status document and of /healthz."""
+
+    OK = "ok"
+    DEGRADED = "degraded"
+    CRITICAL = "critical"

@@ -36,7 +36,8 @@ from volagent.mount.manager import MountManager
 from volagent.mount.report import Reporter
 from volagent.mount.supervise import Current, Signals, Supervisor
 from volagent.mount.target import Target
-from volagent.state import MOUNT_STATES, AgentState
+from volagent.state import AgentState
+from volagent.vocabulary import MountState
 
 SOURCE = "server:/export"
 REAL_PROBE = probe.probe
@@ -369,7 +370,7 @@ def test_mounting_then_mounted(bed: Bed) -> None:
         "mount.healthy",
     ]
     assert bed.metric("volagent_mount_up") == 1
-    for s in MOUNT_STATES:
+    for s in MountState:
         assert bed.metric("volagent_mount_state", state=s) == (1 if s == "mounted" else 0)
     assert (bed.metric("volagent_probe_seconds_count") or 0) >= 1
     assert bed.metric("volagent_remounts_total") == 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from volagent.nesting import HostBind
 from volagent.state import AgentState, VolumeRecord
+from volagent.vocabulary import VolumeState
 from volagent.volumes.namespace import Identity
 from volagent.volumes.preparer import ContainerSpec
 
@@ -69,7 +70,7 @@ class PendingCreates:
         self._pending[key] = create
         self._pending.move_to_end(key)
         self.state.reserved_binds[key] = tuple(
-            v.host for v in create.volumes if v.state != "violation"
+            v.host for v in create.volumes if v.state != VolumeState.VIOLATION
         )
         self.state.reserved_host_binds[key] = create.spec.host_binds
         while len(self._pending) > MAX_PENDING:

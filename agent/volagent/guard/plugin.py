@@ -66,6 +66,7 @@ from volagent.guard.protocol import (
 from volagent.httpserver import HttpServer, Request, Response
 from volagent.rack.registry_task import request_ref
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
+from volagent.vocabulary import VolumeState
 from volagent.volumes.namespace import Bind
 from volagent.volumes.preparer import Allowed, ContainerSpec, Preparer, Refused
 
@@ -508,7 +509,7 @@ class Guard:
                 if self.state.config.guard.when_unhealthy == "deny":
                     return messages.unhealthy(self.state.mount, who, hosts, where.action)
                 return None
-            bad = [v for v in known.volumes if v.state == "violation"]
+            bad = [v for v in known.volumes if v.state == VolumeState.VIOLATION]
             return messages.violations(who, bad) if bad and deny_violations else None
         else:
             spec = known.spec

@@ -35,6 +35,7 @@ from volagent.errors import NamespaceViolation, VolagentError
 from volagent.rack import binds, registry_claim, usage
 from volagent.rack.registry import Entry
 from volagent.state import AgentState, VolumeRecord
+from volagent.vocabulary import VolumeState
 from volagent.worker import TimedWorker
 
 SYNC_INTERVAL_S = 1.0
@@ -86,7 +87,10 @@ class Registry:
             return  # the guard decides on the unhealthy mount itself
         by_ns: dict[str, list[VolumeRecord]] = {}
         for vol, plan in zip(volumes, plans, strict=True):
-            if isinstance(plan, NamespaceViolation) or vol.state in ("violation", "failed"):
+            if isinstance(plan, NamespaceViolation) or vol.state in (
+                VolumeState.VIOLATION,
+                VolumeState.FAILED,
+            ):
                 continue
             key = usage.key_of(st.config.mount_point, vol.host)
             if key is not None and key[0]:
@@ -162,7 +166,7 @@ class Registry:
                 if clash is not None:
                     violation = NamespaceViolation(7, clash)
                     plans[volumes.index(v)] = violation
-                    st.set_volume_state(v, "violation", str(violation))
+                    st.set_volume_state(v, VolumeState.VIOLATION, str(violation))
             return
         st.metrics.registry_claims.labels(result="registered").inc()
         # every path asked for has an entry of this host now (written, or there already)
@@ -178,7 +182,7 @@ class Registry:
             f"{timeout:g}s ({reason}); a bind that might nest another host's is refused"
         )
         for v in vols:
-            st.set_volume_state(v, "failed", why)
+            st.set_volume_state(v, VolumeState.FAILED, why)
 
     def _turn(self, ns: str) -> asyncio.Lock:
         """The namespace's turn: a claim's transaction or the keeper's update, one at once."""
@@ -270,7 +274,7 @@ class Registry:
                 add(request_ref(key), path, "")
         for c in st.containers.values():  # a container's id rather than a request's digest
             for v in c.volumes:
-                if v.state != "violation":
+                if v.state != VolumeState.VIOLATION:
                     add(c.id, v.host, c.name)
         return out
 

@@ -28,6 +28,7 @@ from volagent.errors import VolagentError
 from volagent.rack import records
 from volagent.rack.registry import FORMAT as REGISTRY_FORMAT
 from volagent.state import AgentState, now_iso
+from volagent.vocabulary import VolumeState
 from volagent.worker import TimedWorker
 
 SCAN_INTERVAL_S = 1.0
@@ -86,7 +87,7 @@ def binds_in_use(state: AgentState) -> dict[Key, list[str]]:
     for c in state.containers.values():
         for v in c.volumes:
             key = key_of(mp, v.host)
-            if key is not None and v.state != "violation":
+            if key is not None and v.state != VolumeState.VIOLATION:
                 out.setdefault(key, set()).add(posixpath.normpath(v.host))
     return {key: sorted(paths) for key, paths in out.items()}
 

@@ -25,6 +25,7 @@ import tenacity
 from volagent import log
 from volagent.retrying import exponential_jitter
 from volagent.state import AgentState, VolumeRecord
+from volagent.vocabulary import SETTLED_VOLUME_STATES, DockerState, VolumeState
 from volagent.volumes import mount_check, namespace, start_check
 from volagent.volumes.preparer import ContainerSpec, Preparer
 
@@ -93,7 +94,7 @@ class DockerWatch:
                     )
                 except StreamEnded as exc:
                     self.state.metrics.reconnects.inc()
-                    self.state.set_docker_state("connecting", str(exc))
+                    self.state.set_docker_state(DockerState.CONNECTING, str(exc))
                     self.log.warning(
                         "docker_stream_ended", reason=str(exc), since=self._last_event_time
                     )
@@ -132,7 +133,7 @@ class DockerWatch:
     def _before_retry(self, rs: tenacity.RetryCallState) -> None:
         exc = rs.outcome.exception() if rs.outcome else None
         reason = _describe(exc)
-        self.state.set_docker_state("connecting", reason)
+        self.state.set_docker_state(DockerState.CONNECTING, reason)
         self.first_attempt_done.set()
         if rs.attempt_number in (1, 2) or rs.attempt_number % 20 == 0:
             self.log.warning(
@@ -159,7 +160,7 @@ class DockerWatch:
             name="docker-events",
             daemon=True,
         ).start()
-        self.state.set_docker_state("connected")
+        self.state.set_docker_state(DockerState.CONNECTED)
         self.log.info("docker_connected", url=self.state.config.docker.url, since=since)
 
     async def _initial_reconcile(self) -> None:
@@ -299,9 +300,9 @@ class DockerWatch:
         with yet (not prepared: the mount is not healthy; checked by the reconcile that
         follows the mount's return, never against nothing)."""
         record = self.state.containers.get(cid)
-        if record is not None and any(v.state == "pending" for v in record.volumes):
+        if record is not None and any(v.state == VolumeState.PENDING for v in record.volumes):
             return None
-        return [v for v in (record.volumes if record else []) if v.state in ("ready", "late")]
+        return [v for v in (record.volumes if record else []) if v.state in SETTLED_VOLUME_STATES]
 
     async def _check_known_binds(self) -> None:
         """Just (re)connected: dockerd may have started containers by their restart policy
@@ -459,7 +460,7 @@ class DockerWatch:
                     by_host[m.host] = vol
                 st.set_volume_state(
                     vol,
-                    "violation",
+                    VolumeState.VIOLATION,
                     f"{mount_check.MISMATCH}: {m.reason}",
                 )
         st.warn(

@@ -25,6 +25,7 @@ from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
 from volagent.rack import quotas, usage
 from volagent.rack.registry_task import Registry
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
+from volagent.vocabulary import SETTLED_VOLUME_STATES, VolumeState
 from volagent.volumes import directories, locate, mount_check, namespace, trashcheck
 from volagent.worker import TimedWorker
 
@@ -118,7 +119,7 @@ class Outcome:
 
     @property
     def violations(self) -> list[VolumeRecord]:
-        return [v for v in self.volumes if v.state == "violation"]
+        return [v for v in self.volumes if v.state == VolumeState.VIOLATION]
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ class Preparer:
         over_quota = quotas.refusal(self.state, outcome.identity.app)
         if over_quota:
             return Refused("quota", outcome, text=over_quota)
-        reserve([v.host for v in outcome.volumes if v.state != "violation"])
+        reserve([v.host for v in outcome.volumes if v.state != VolumeState.VIOLATION])
         verdict: Allowed | Refused | None = None
         try:
             if self.registry is not None:
@@ -244,15 +245,15 @@ class Preparer:
                 await self.prepare(spec, track=start, outcome=outcome, rewalk=start)
         except TimeoutError:
             for vol in outcome.volumes:
-                if vol.state not in ("violation", "ready"):
+                if vol.state not in (VolumeState.VIOLATION, VolumeState.READY):
                     late = f"did not finish within {budget:g}s: the filesystem is not answering"
-                    vol.state, vol.error = "failed", f"preparing {vol.host} {late}"
+                    vol.state, vol.error = VolumeState.FAILED, f"preparing {vol.host} {late}"
         if outcome.violations and guard.violations == "deny":
             return Refused("violations", outcome)
-        pending = [v for v in outcome.volumes if v.state == "pending"]
+        pending = [v for v in outcome.volumes if v.state == VolumeState.PENDING]
         if pending and guard.when_unhealthy == "deny":
             return Refused("unhealthy", outcome, pending)
-        failed = [v for v in outcome.volumes if v.state == "failed"]
+        failed = [v for v in outcome.volumes if v.state == VolumeState.FAILED]
         if failed:
             return Refused("failed", outcome, failed)
         return Allowed(outcome.volumes, outcome.identity)
@@ -340,7 +341,9 @@ class Preparer:
             unresolved = found.get(i)
             if isinstance(unresolved, str):
                 vols.append(
-                    VolumeRecord(b.host, b.container, b.read_only, state="failed", error=unresolved)
+                    VolumeRecord(
+                        b.host, b.container, b.read_only, state=VolumeState.FAILED, error=unresolved
+                    )
                 )
             elif isinstance(item, NamespaceViolation):
                 vols.append(
@@ -348,7 +351,7 @@ class Preparer:
                         host=b.host,
                         container=b.container,
                         read_only=b.read_only,
-                        state="violation",
+                        state=VolumeState.VIOLATION,
                         error=str(item),
                     )
                 )
@@ -390,7 +393,7 @@ class Preparer:
         planned = [
             (vol, plan)
             for vol, plan in zip(outcome.volumes, outcome.plans, strict=True)
-            if not isinstance(plan, NamespaceViolation) and vol.state != "failed"
+            if not isinstance(plan, NamespaceViolation) and vol.state != VolumeState.FAILED
         ]
         if not planned:
             return
@@ -401,7 +404,7 @@ class Preparer:
             if clash is not None:
                 violation = NamespaceViolation(7, clash)
                 outcome.plans[outcome.volumes.index(vol)] = violation
-                self.state.set_volume_state(vol, "violation", str(violation))
+                self.state.set_volume_state(vol, VolumeState.VIOLATION, str(violation))
 
     async def _prepare(
         self,
@@ -424,28 +427,32 @@ class Preparer:
         found_wrong = {
             host: v
             for host, v in prior_volumes.items()
-            if v.state == "violation" and (v.error or "").startswith(mount_check.MISMATCH)
+            if v.state == VolumeState.VIOLATION and (v.error or "").startswith(mount_check.MISMATCH)
         }
         bound = log.get("preparer", container=spec.id[:12], app=ident.app, service=ident.service)
         for vol, plan in zip(outcome.volumes, outcome.plans, strict=True):
             if vol.host in found_wrong:
                 wrong = found_wrong.pop(vol.host)
-                self.state.set_volume_state(vol, "violation", wrong.error)
+                self.state.set_volume_state(vol, VolumeState.VIOLATION, wrong.error)
                 continue
             if isinstance(plan, NamespaceViolation):
-                self.state.set_volume_state(vol, "violation", str(plan))
+                self.state.set_volume_state(vol, VolumeState.VIOLATION, str(plan))
                 bound.warning("namespace_violation", path=vol.host, reason=str(plan))
                 continue
-            if vol.state == "failed":
+            if vol.state == VolumeState.FAILED:
                 continue  # its source could not be resolved: nothing to walk
             settled = prior_volumes.get(vol.host)
-            if not rewalk and settled is not None and settled.state in ("ready", "late"):
+            if not rewalk and settled is not None and settled.state in SETTLED_VOLUME_STATES:
                 # already settled: not walked again, and a late one keeps saying why
                 vol.state, vol.error = settled.state, settled.error
                 vol.leaf = vol.leaf or settled.leaf
                 continue
             await self._prepare_one(spec, vol, plan, recheck, bound, rewalk=rewalk)
-            if settled is not None and settled.state == "late" and vol.state == "ready":
+            if (
+                settled is not None
+                and settled.state == VolumeState.LATE
+                and vol.state == VolumeState.READY
+            ):
                 vol.state, vol.error = settled.state, settled.error
         outcome.volumes.extend(found_wrong.values())  # mounts it was never meant to have
         outcome.plans.extend(
@@ -498,7 +505,7 @@ class Preparer:
         if not st.mount_healthy:
             st.set_volume_state(
                 vol,
-                "pending",
+                VolumeState.PENDING,
                 f"mount is {st.mount.state}; directories are "
                 "created once the shared filesystem is back",
             )
@@ -525,20 +532,20 @@ class Preparer:
                 call, st.config.directories.timeout_s, what=f"preparing {vol.host}"
             )
         except NamespaceViolation as exc:
-            st.set_volume_state(vol, "violation", str(exc))
+            st.set_volume_state(vol, VolumeState.VIOLATION, str(exc))
             bound.warning("namespace_violation", path=vol.host, reason=str(exc))
             return
         except MountUnhealthy as exc:
-            st.set_volume_state(vol, "pending", str(exc))
+            st.set_volume_state(vol, VolumeState.PENDING, str(exc))
             bound.warning("prepare_deferred", path=vol.host, reason=str(exc))
             return
         except FilesystemHung as exc:
-            st.set_volume_state(vol, "failed", str(exc))
+            st.set_volume_state(vol, VolumeState.FAILED, str(exc))
             st.metrics.prepare_failures.inc()
             bound.error("prepare_hung", path=vol.host, reason=str(exc))
             return
         except Exception as exc:
-            st.set_volume_state(vol, "failed", str(exc))
+            st.set_volume_state(vol, VolumeState.FAILED, str(exc))
             st.metrics.prepare_failures.inc()
             bound.error("prepare_failed", path=vol.host, reason=str(exc))
             return
@@ -557,7 +564,7 @@ class Preparer:
             if started:
                 st.set_volume_state(
                     vol,
-                    "late",
+                    VolumeState.LATE,
                     "the container started before volagent "
                     "prepared the directory; Docker created it root:root 0755 "
                     f"instead of {plan.owner} {plan.mode:04o} (enable the "
@@ -565,7 +572,7 @@ class Preparer:
                 )
                 bound.warning("volume_late", path=vol.host)
                 return
-        st.set_volume_state(vol, "ready")
+        st.set_volume_state(vol, VolumeState.READY)
         bound.info(
             "volume_ready",
             path=vol.host,

@@ -39,6 +39,7 @@ from volagent.mount.supervise import Current, Signals, Supervisor
 from volagent.mount.target import Target, local_target
 from volagent.retrying import exponential_jitter
 from volagent.state import AgentState
+from volagent.vocabulary import MountState
 from volagent.worker import TimedWorker
 
 T = TypeVar("T")
@@ -121,7 +122,7 @@ class MountManager:
 
     # --- establish ---------------------------------------------------------------------
     async def _establish(self) -> Current:
-        if self.state.mount.state != "mounting":
+        if self.state.mount.state != MountState.MOUNTING:
             self._report.mounting()
         while True:
             mcfg = self.state.config.mount

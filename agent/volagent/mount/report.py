@@ -9,6 +9,7 @@ from typing import Any
 from volagent.config import Config
 from volagent.mount.target import Target
 from volagent.state import AgentState
+from volagent.vocabulary import MountState
 
 LOCAL_WARNING = "mount.local"
 PROBE_WARNING = "mount.probe"
@@ -97,7 +98,7 @@ class Reporter:
             f"probe did not finish within {timeout:g}s ({count} in a row): "
             "the filesystem is not answering"
         )
-        if self.state.mount.state != "stalled":
+        if self.state.mount.state != MountState.STALLED:
             self.log.warning("mount.stalled", mount_point=mount_point, error=error)
         self.unhealthy("stalled", error)
 

@@ -47,6 +47,7 @@ from volagent.rack.usage import Key, key_of
 from volagent.state import now_iso
 from volagent.terminal import format_size
 from volagent.terminal import printable as _p
+from volagent.vocabulary import HEALTHY_MOUNT_STATES
 from volagent.volumes import trashcheck
 
 DEFAULT_DAYS = 30.0
@@ -96,7 +97,7 @@ def local_use(cfg: Config) -> tuple[set[Key], str | None]:
         return set(), None
     mount = doc.get("mount") or {}
     state = str(mount.get("state") or "unknown")
-    if state not in ("mounted", "local"):
+    if state not in HEALTHY_MOUNT_STATES:
         raise GcRefused(
             f"the mount at {cfg.mount_point} is {state} (volagent status): gc runs only on the "
             "healthy shared filesystem, never on what lies underneath"
@@ -247,9 +248,9 @@ def delete(cfg: Config, root_fd: int, s: Survey, local: set[Key], out: TextIO) -
             log.get("gc", path=c.path).error("gc_move_failed", reason=str(exc))
             w(f"failed  {_p(c.path)}: {_p(str(exc))}\n")
             return False
-        if moved.outcome == "kept":
+        if moved.outcome == gctrash.Outcome.KEPT:
             w(f"kept    {_p(c.path)}: used since the listing\n")
-        elif moved.outcome == "gone":
+        elif moved.outcome == gctrash.Outcome.GONE:
             w(f"gone    {_p(c.path)}: removed by someone else meanwhile\n")
         else:
             w(f"trashed {_p(c.path)} ({format_size(c.size)}) as {_p(str(moved.entry))}\n")
@@ -290,7 +291,7 @@ def purge(root_fd: int, days: float, cfg: Config) -> int:
         print(f"nothing has been in the trash for {days:g} days")
     for r in results:
         print(f"{r.outcome:<7} {_p(str(r.entry))}" + (f": {_p(r.detail)}" if r.detail else ""))
-    return 0 if all(r.outcome == "purged" for r in results) else 1
+    return 0 if all(r.outcome == gctrash.Outcome.PURGED for r in results) else 1
 
 
 def _days(value: float | None, default: float, allow_zero: bool) -> float | None:

@@ -29,6 +29,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from volagent import log, safedir
@@ -60,13 +61,19 @@ def operator(host_id: str) -> dict[str, Any]:
     }
 
 
+class Outcome(StrEnum):
+    """What gc did with a candidate or a trash entry, as the first column it prints."""
+
+    MOVED, KEPT, GONE, PURGED, PARTLY = "moved", "kept", "gone", "purged", "partly"
+
+
 @dataclass
 class Moved:
     """What became of one candidate: `entry` is its trash entry when it was moved."""
 
     candidate: Candidate
     entry: str | None
-    outcome: str  # moved | kept | gone
+    outcome: Outcome  # MOVED, KEPT or GONE
 
 
 def move(
@@ -114,11 +121,11 @@ def move(
         if not unused:
             trash.forget(trash_fd, entry)
             bound.info("gc_kept", entry=entry.name, why="used since the listing")
-            return Moved(c, None, "kept")
+            return Moved(c, None, Outcome.KEPT)
         parent = _open_parent(root_fd, c)
         if parent is None:
             trash.forget(trash_fd, entry)
-            return Moved(c, None, "gone")
+            return Moved(c, None, Outcome.GONE)
         try:
             name = c.namespace if c.directory is None else c.directory
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
@@ -128,7 +135,7 @@ def move(
         except FileNotFoundError:
             trash.forget(trash_fd, entry)
             bound.info("gc_gone", entry=entry.name)
-            return Moved(c, None, "gone")
+            return Moved(c, None, Outcome.GONE)
         except BaseException:
             trash.forget(trash_fd, entry)
             raise
@@ -138,7 +145,7 @@ def move(
         bound.info("gc_moved", entry=entry.name, size=c.size)
         record["state"] = trash.TRASHED
         trash.write(trash_fd, entry, record)
-        return Moved(c, entry.name, "moved")
+        return Moved(c, entry.name, Outcome.MOVED)
     finally:
         os.close(trash_fd)
 
@@ -241,7 +248,7 @@ def _mark_used(parent_fd: int, leaf: str, whole: bool) -> None:
 @dataclass
 class Purged:
     entry: str
-    outcome: str  # purged | kept | partly
+    outcome: Outcome  # PURGED, KEPT or PARTLY
     detail: str = ""
 
 
@@ -267,7 +274,7 @@ def purge(root_fd: int, cutoff: float, mount_point: str, progress: tree.Progress
             user = _still_used(root_fd, held, moved_at)
             if user:
                 bound.warning("gc_purge_kept", why=user)
-                out.append(Purged(held.name, "kept", user))
+                out.append(Purged(held.name, Outcome.KEPT, user))
                 continue
             if found.has_directory:
                 record = dict(found.record or {"entry": held.name, "time": moved_at})
@@ -278,11 +285,11 @@ def purge(root_fd: int, cutoff: float, mount_point: str, progress: tree.Progress
                 removal = tree.remove_tree(trash_fd, held.name, dev, shown, progress)
                 if not removal.complete:
                     bound.error("gc_purge_partly", problems=removal.problems[:5])
-                    out.append(Purged(held.name, "partly", "; ".join(removal.problems[:5])))
+                    out.append(Purged(held.name, Outcome.PARTLY, "; ".join(removal.problems[:5])))
                     continue
             trash.forget(trash_fd, held)
             bound.info("gc_purged")
-            out.append(Purged(held.name, "purged"))
+            out.append(Purged(held.name, Outcome.PURGED))
     finally:
         os.close(trash_fd)
     return out

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 PROBLEM_STATES = ("late", "violation", "failed")
+_STATE_ORDER = ("violation", "failed", "late", "pending", "ready")  # worst first
 _VERDICT_STYLE = {"ok": "green", "degraded": "yellow", "critical": "red"}
 _STATE_STYLE = {
     "ready": "green",
@@ -254,8 +255,7 @@ def _container_lines(containers: list[dict[str, Any]], paint: _Painter, verbose:
 
 
 def _state_order(item: tuple[str, int]) -> int:
-    order = ("violation", "failed", "late", "pending", "ready")
-    return order.index(item[0]) if item[0] in order else -1
+    return _STATE_ORDER.index(item[0]) if item[0] in _STATE_ORDER else -1
 
 
 def _host_lines(doc: dict[str, Any], paint: _Painter, now: float) -> list[str]:

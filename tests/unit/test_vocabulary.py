@@ -105,11 +105,11 @@ def test_the_renderers_tables_are_the_vocabulary() -> None:
     assert set(render._STATE_STYLE) <= set(VolumeState) | set(MountState) | set(DockerState)
 
 
-# a state, verdict or outcome compared with, or set to, a string literal: the enum's member
-# is what mypy can check. The status renderer and the CLI read the JSON without the enums
-# (test_the_renderers_tables_are_the_vocabulary pins them instead).
+# a state, verdict, outcome or route kind compared with, or set to, a string literal: the
+# enum's member is what mypy can check. The status renderer and the CLI read the JSON without
+# the enums (test_the_renderers_tables_are_the_vocabulary pins them instead).
 _LITERAL_STATE = re.compile(
-    r"(state|verdict|outcome)\)?\s*(==|!=|\bnot in\b|\bin\b)\s*[(\[{]?\s*\"|"
+    r"(state|verdict|outcome|\.kind)\)?\s*(==|!=|\bnot in\b|\bin\b)\s*[(\[{]?\s*\"|"
     r"\"\s*(==|!=)\s*[\w.]*(state|verdict|outcome)\b|"
     r"set_\w*state\([^)]*\"|\bstate=\""
 )
@@ -136,6 +136,7 @@ def test_no_state_is_compared_as_a_string_literal() -> None:
         'st.set_volume_state(vol, "failed", str(exc))',
         'VolumeRecord(b.host, b.container, state="failed")',
         'if moved.outcome == "kept":',
+        'if route(method, uri).kind != "create":',
         'if "connected" == self.state.docker.state:',
     ],
 )

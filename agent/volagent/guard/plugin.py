@@ -51,6 +51,7 @@ from volagent.guard.protocol import (
     LocalVolume,
     PluginRequestError,
     Route,
+    RouteKind,
     created_id,
     decision_body,
     error_body,
@@ -168,7 +169,7 @@ class Guard:
             return self._allow
         try:
             authz = parse_authz_request(body)
-            if route(authz.method, authz.uri).kind != "create" or authz.body is None:
+            if route(authz.method, authz.uri).kind != RouteKind.CREATE or authz.body is None:
                 return self._allow
             answered = authz.response_body
         except PluginRequestError as exc:
@@ -193,9 +194,9 @@ class Guard:
             self.log.warning("guard_bad_request", error=str(exc))
             return self._error(400, str(exc))
         where = route(authz.method, authz.uri)
-        if where.kind == "other" or not self.state.guard.enabled:
+        if where.kind == RouteKind.OTHER or not self.state.guard.enabled:
             return self._decided(None, where, started)  # the hot path: no more than this
-        if where.kind == "unknown":
+        if where.kind == RouteKind.UNKNOWN:
             # a route volagent does not know (a newer dockerd's): what it does cannot be
             # judged, but a body kept from the guard must not carry it
             hidden = authz.body_hidden
@@ -212,17 +213,17 @@ class Guard:
     async def _judge(self, authz: AuthzRequest, where: Route, started: float) -> Response:
         try:
             await self._await_mount_state()
-            if where.kind == "create":
+            if where.kind == RouteKind.CREATE:
                 denial = await self._judge_create(authz, where)
-            elif where.kind == "volume":
+            elif where.kind == RouteKind.VOLUME:
                 denial = await self._judge_volume_create(authz)
-            elif where.kind == "swarm":
+            elif where.kind == RouteKind.SWARM:
                 denial = messages.swarm()
-            elif where.kind == "plugin":
+            elif where.kind == RouteKind.PLUGIN:
                 denial = messages.plugin(where.action)
-            elif where.kind == "exec":
+            elif where.kind == RouteKind.EXEC:
                 denial = await self._judge_exec(authz, where)
-            elif where.kind == "checkpoint":
+            elif where.kind == RouteKind.CHECKPOINT:
                 denial = self._judge_checkpoint(authz, where)
             else:  # start, restart, and copies in or out of a container (its binds mounted)
                 denial = await self._judge_start(authz, where)
@@ -274,15 +275,15 @@ class Guard:
         whenever that cannot be ruled out (this check failing included)."""
         try:
             body = authz.body
-            if where.kind == "create":
+            if where.kind == RouteKind.CREATE:
                 if body is None:
                     return True
                 create = parse_create_body(body)
                 return create.touches_anything or not create.privileges.plain
-            if where.kind == "volume":
+            if where.kind == RouteKind.VOLUME:
                 vol = parse_volume_body(body) if body else None
                 return vol is not None and not vol.plain
-            if where.kind in ("swarm", "plugin", "exec", "checkpoint", "unknown"):
+            if where.kind not in (RouteKind.START, RouteKind.ARCHIVE, RouteKind.OTHER):
                 return True
             if body and body.strip() not in (b"", b"{}", b"null"):
                 return True  # a start body carries a HostConfig (API below 1.24)

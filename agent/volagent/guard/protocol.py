@@ -24,6 +24,7 @@ import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -34,36 +35,51 @@ from volagent.volumes.preparer import ContainerSpec
 # Docker hands a body to plugins only below this size and only for application/json.
 MAX_FORWARDED_BODY = 1 << 20
 
+
+class RouteKind(StrEnum):
+    """What a Docker API call is to the guard: judged or refused, but UNKNOWN (a POST or
+    PUT of no route volagent knows) and OTHER (allowed at once)."""
+
+    CREATE, START, EXEC, ARCHIVE, CHECKPOINT = "create", "start", "exec", "archive", "checkpoint"
+    VOLUME, SWARM, PLUGIN, UNKNOWN, OTHER = "volume", "swarm", "plugin", "unknown", "other"
+
+
 _V = r"^(?:/v(?P<version>[0-9.]+))?"
 # What the guard judges or refuses, by method, in the order checked: the first match wins.
 # Every pattern is anchored at both ends like the routes of Docker's router (20.10 to 27),
 # whose `{name:.*}` may hold slashes.
-_JUDGED: dict[str, list[tuple[re.Pattern[str], str]]] = {
+_JUDGED: dict[str, list[tuple[re.Pattern[str], RouteKind]]] = {
     "POST": [
-        (re.compile(_V + r"/containers/create$"), "create"),
-        (re.compile(_V + r"/containers/(?P<ref>.+)/(?P<action>start|restart)$"), "start"),
-        (re.compile(_V + r"/containers/(?P<ref>.+)/exec$"), "exec"),
-        (re.compile(_V + r"/containers/(?P<ref>.+)/(?P<action>copy)$"), "archive"),
-        (re.compile(_V + r"/containers/(?P<ref>.+)/checkpoints$"), "checkpoint"),
-        (re.compile(_V + r"/volumes/create$"), "volume"),
+        (re.compile(_V + r"/containers/create$"), RouteKind.CREATE),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/(?P<action>start|restart)$"), RouteKind.START),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/exec$"), RouteKind.EXEC),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/(?P<action>copy)$"), RouteKind.ARCHIVE),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/checkpoints$"), RouteKind.CHECKPOINT),
+        (re.compile(_V + r"/volumes/create$"), RouteKind.VOLUME),
         # swarm services make containers (with their own mounts) that never pass the guard
-        (re.compile(_V + r"/(?:swarm/(?:init|join)|services/create|services/.+/update)$"), "swarm"),
+        (
+            re.compile(_V + r"/(?:swarm/(?:init|join)|services/create|services/.+/update)$"),
+            RouteKind.SWARM,
+        ),
         # a managed plugin runs as root with the host mounts, devices and capabilities it
         # declares (create: from a tarball, no privileges asked for at all)
-        (re.compile(_V + r"/plugins/(?P<action>pull|create)$"), "plugin"),
-        (re.compile(_V + r"/plugins/(?P<ref>.+)/(?P<action>enable|set|upgrade)$"), "plugin"),
+        (re.compile(_V + r"/plugins/(?P<action>pull|create)$"), RouteKind.PLUGIN),
+        (
+            re.compile(_V + r"/plugins/(?P<ref>.+)/(?P<action>enable|set|upgrade)$"),
+            RouteKind.PLUGIN,
+        ),
     ],
     "PUT": [
-        (re.compile(_V + r"/containers/(?P<ref>.+)/(?P<action>archive)$"), "archive"),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/(?P<action>archive)$"), RouteKind.ARCHIVE),
         # swarm cluster volumes (API 1.42+)
-        (re.compile(_V + r"/volumes/.+$"), "swarm"),
+        (re.compile(_V + r"/volumes/.+$"), RouteKind.SWARM),
     ],
     "GET": [
-        (re.compile(_V + r"/containers/(?P<ref>.+)/(?P<action>archive)$"), "archive"),
-        (re.compile(_V + r"/containers/(?P<ref>.+)/checkpoints$"), "checkpoint"),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/(?P<action>archive)$"), RouteKind.ARCHIVE),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/checkpoints$"), RouteKind.CHECKPOINT),
     ],
     "DELETE": [
-        (re.compile(_V + r"/containers/(?P<ref>.+)/checkpoints/.+$"), "checkpoint"),
+        (re.compile(_V + r"/containers/(?P<ref>.+)/checkpoints/.+$"), RouteKind.CHECKPOINT),
     ],
 }
 _JUDGED["HEAD"] = _JUDGED["GET"][:1]
@@ -130,9 +146,7 @@ class AuthzRequest:
 class Route:
     """What a Docker API call is, as far as the guard cares."""
 
-    # create | start | exec | archive | checkpoint | volume | swarm | plugin: judged or refused;
-    # unknown: a POST or PUT of no route volagent knows; other: allowed at once
-    kind: str
+    kind: RouteKind
     container: str = ""  # the id, id prefix or name in the path
     name: str = ""  # create: the ?name= of the request
     action: str = ""  # start | restart | copy | archive | pull | create | enable | set | upgrade
@@ -283,7 +297,7 @@ def api_below(version: str, minimum: tuple[int, int]) -> bool:
     return parts < want
 
 
-_OTHER = Route("other")
+_OTHER = Route(RouteKind.OTHER)
 
 
 def route(method: str, uri: str) -> Route:
@@ -307,7 +321,7 @@ def route(method: str, uri: str) -> Route:
             continue
         found = m.groupdict()
         name = ""
-        if kind == "create":
+        if kind == RouteKind.CREATE:
             # Docker takes the first `name` (Go's Form.Get), blank or not
             name = (parse_qs(query, keep_blank_values=True).get("name") or [""])[0]
         return Route(
@@ -319,7 +333,7 @@ def route(method: str, uri: str) -> Route:
             query=query,
         )
     if method == "PUT" or (method == "POST" and not _HARMLESS.match(path)):
-        return Route("unknown")
+        return Route(RouteKind.UNKNOWN)
     return _OTHER
 
 

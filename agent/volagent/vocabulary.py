@@ -22,13 +22,10 @@ HEALTHY_MOUNT_STATES = frozenset({MountState.MOUNTED, MountState.LOCAL})
 
 
 class VolumeState(StrEnum):
-    """A container's directory on the shared filesystem, as `containers[].volumes[].state`."""
+    """A container's directory on the shared filesystem, as `containers[].volumes[].state`;
+    LATE: the container started before its directory was ready."""
 
-    READY = "ready"
-    PENDING = "pending"
-    LATE = "late"  # the container started before its directory was ready
-    VIOLATION = "violation"
-    FAILED = "failed"
+    READY, PENDING, LATE, VIOLATION, FAILED = "ready", "pending", "late", "violation", "failed"
 
 
 PROBLEM_VOLUME_STATES = frozenset({VolumeState.LATE, VolumeState.VIOLATION, VolumeState.FAILED})
@@ -39,13 +36,10 @@ SETTLED_VOLUME_STATES = frozenset({VolumeState.READY, VolumeState.LATE})
 class DockerState(StrEnum):
     """The agent's connection to Docker's events, as `docker.state`."""
 
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
+    CONNECTING, CONNECTED = "connecting", "connected"
 
 
 class Verdict(StrEnum):
     """The agent's health, as `status` of the status document and of /healthz."""
 
-    OK = "ok"
-    DEGRADED = "degraded"
-    CRITICAL = "critical"
+    OK, DEGRADED, CRITICAL = "ok", "degraded", "critical"

@@ -120,7 +120,7 @@ def rack_view(
                 "last_seen": now_iso(float(rec["time"])),
                 "age_s": round(age, 1),
                 # a host that said goodbye is not sharing the filesystem any more
-                "stale": age > stale_after_s or status == "stopped",
+                "stale": age > stale_after_s or status == STOPPED,
             }
         )
     return out

@@ -16,6 +16,7 @@ import functools
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import docker
@@ -29,7 +30,14 @@ from volagent.vocabulary import SETTLED_VOLUME_STATES, DockerState, VolumeState
 from volagent.volumes import mount_check, namespace, start_check
 from volagent.volumes.preparer import ContainerSpec, Preparer
 
-_HANDLED = {"create", "start", "restart", "destroy", "rename"}
+
+class EventAction(StrEnum):
+    """The container events the watch acts on: Docker's `Action`, up to a `:`."""
+
+    CREATE, START, RESTART, DESTROY, RENAME = "create", "start", "restart", "destroy", "rename"
+
+
+_HANDLED = frozenset(EventAction)
 API_TIMEOUT_S = 15
 PING_INTERVAL_S = 10.0
 RECONCILE_INTERVAL_S = 60.0
@@ -231,18 +239,20 @@ class DockerWatch:
         cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
         if action not in _HANDLED or not cid:
             return
-        task = asyncio.create_task(self._handle(action, cid), name=f"event-{action}-{cid[:12]}")
+        task = asyncio.create_task(
+            self._handle(EventAction(action), cid), name=f"event-{action}-{cid[:12]}"
+        )
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
-    async def _handle(self, action: str, cid: str) -> None:
+    async def _handle(self, action: EventAction, cid: str) -> None:
         async with self._one_at_a_time(cid), self._sem:
-            if action == "destroy":
+            if action == EventAction.DESTROY:
                 self.state.forget_container(cid)
                 self._verified.pop(cid, None)
                 self.state.metrics.containers.set(len(self.state.containers))
                 return
-            started = action in ("start", "restart")
+            started = action in (EventAction.START, EventAction.RESTART)
             await self.handle_container(cid, verify=started, started=started)
 
     @contextlib.asynccontextmanager

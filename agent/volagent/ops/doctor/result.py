@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 from volagent.terminal import printable
 
-PASS = "pass"  # noqa: S105 - a check status, not a password
-FAIL = "fail"
-WARN = "warn"
-SKIP = "skip"
+
+class Status(StrEnum):
+    """A check's outcome, as `status` of `volagent doctor --json`."""
+
+    PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
+
+
+PASS, FAIL, WARN, SKIP = Status.PASS, Status.FAIL, Status.WARN, Status.SKIP
 
 
 @dataclass(frozen=True)
@@ -19,7 +24,7 @@ class CheckResult:
     """One check: its name, pass/fail/warn/skip, what was found, and the fix."""
 
     name: str
-    status: str
+    status: Status
     detail: str
     fix: str = ""
 

@@ -178,7 +178,7 @@ class AgentState:
     def mount_healthy(self) -> bool:
         return self.mount.state in HEALTHY_MOUNT_STATES
 
-    def set_mount_state(self, name: MountState | str, error: str | None = None) -> None:
+    def set_mount_state(self, name: MountState, error: str | None = None) -> None:
         try:
             state = MountState(name)
         except ValueError:

@@ -35,7 +35,7 @@ from volagent.errors import (
 )
 from volagent.mount import child, kernel, remembered, shared, table, underlay
 from volagent.mount.report import Reporter
-from volagent.mount.supervise import Current, Signals, Supervisor
+from volagent.mount.supervise import ASKED, Current, LetGo, Signals, Supervisor
 from volagent.mount.target import Target, local_target
 from volagent.retrying import exponential_jitter
 from volagent.state import AgentState
@@ -97,7 +97,7 @@ class MountManager:
                     # A mount that dies as soon as it is made (a dead server behind a mount
                     # that still succeeds) must not spin: back off like a failed attempt.
                     lived = loop.time() - began
-                    if reason in ("requested", "config") or lived > SHORT_LIVED_S:
+                    if reason in ASKED or lived > SHORT_LIVED_S:
                         short_lived = 0
                     else:
                         short_lived += 1
@@ -107,7 +107,7 @@ class MountManager:
                 except Exception as exc:
                     # a bug must not leave the mount unwatched: say so, then start over
                     self._log.exception("mount.crashed", error=repr(exc))
-                    self._report.unhealthy("unmounted", f"internal error: {exc!r}")
+                    self._report.unhealthy(MountState.UNMOUNTED, f"internal error: {exc!r}")
                     await self._signals.sleep(
                         self.state.config.mount.probe_interval_s, lambda: False
                     )
@@ -145,7 +145,7 @@ class MountManager:
                     with attempt:
                         return await self._attempt()
             except PermanentError as exc:
-                self._report.unhealthy("unmounted", str(exc))
+                self._report.unhealthy(MountState.UNMOUNTED, str(exc))
                 self._log.error("mount.refused", error=str(exc))
                 # a foreign mount stays until an operator acts: look again when the table
                 # changes, a remount is asked for, or now and then
@@ -295,27 +295,27 @@ class MountManager:
             self._log.info("mount.locked", mount_point=mp)
 
     # --- let go ------------------------------------------------------------------------
-    async def _let_go(self, cur: Current, reason: str, error: str) -> None:
-        if reason in ("requested", "config"):
+    async def _let_go(self, cur: Current, reason: LetGo, error: str) -> None:
+        if reason in ASKED:
             self._report.mounting(error, keep_error=False)
         else:
-            self._report.unhealthy("unmounted", error)
+            self._report.unhealthy(MountState.UNMOUNTED, error)
         self._log.warning(
-            "mount.lost" if reason in ("gone", "dead", "stalled") else "mount.remount",
+            "mount.remount" if reason in ASKED else "mount.lost",
             reason=reason,
             error=error,
             mount_point=cur.mount_point,
         )
         new_mp = os.path.normpath(self.state.config.mount_point)
-        moved = reason == "config" and new_mp != os.path.normpath(cur.config.mount_point)
+        moved = reason == LetGo.CONFIG and new_mp != os.path.normpath(cur.config.mount_point)
         entry = table.find_mount(cur.mount_point)
         if entry is not None and entry.mount_id == cur.entry.mount_id and not moved:
             await self._detach(cur.mount_point)
         if table.find_mount(cur.mount_point) is None:
             await self._lock(cur.mount_point)
-        if reason in ("requested", "config"):
+        if reason in ASKED:
             self._fallback = False
-        if reason == "requested":
+        if reason == LetGo.REQUESTED:
             self._signals.remount_requested = False
 
     async def _detach(self, mp: str) -> None:

@@ -38,7 +38,7 @@ class Reporter:
             m.source = cfg.mount.local_path if m.type == "local" else cfg.mount.source
             m.file_system_id = cfg.mount.file_system_id
 
-    def unhealthy(self, state: str, error: str | None) -> None:
+    def unhealthy(self, state: MountState, error: str | None) -> None:
         self.state.mount_dev = None
         self.state.set_mount_state(state, error)
 
@@ -46,7 +46,7 @@ class Reporter:
         """`mounting`, keeping the last error on show until a mount succeeds."""
         if keep_error and error is None:
             error = self.state.mount.error
-        self.unhealthy("mounting", error)
+        self.unhealthy(MountState.MOUNTING, error)
 
     def healthy(
         self,
@@ -100,7 +100,7 @@ class Reporter:
         )
         if self.state.mount.state != MountState.STALLED:
             self.log.warning("mount.stalled", mount_point=mount_point, error=error)
-        self.unhealthy("stalled", error)
+        self.unhealthy(MountState.STALLED, error)
 
     def immutable_unsupported(self, mount_point: str, why: str) -> None:
         self.state.warn(

@@ -1,10 +1,6 @@
 """Watching one mount: the mount table at once, a probe every `probe_interval_s`.
 
-`Supervisor.watch()` returns when the mount must be let go, with the reason:
-  gone       it left the mount table, or something else was mounted over it;
-  dead       a probe failed the way dead mounts fail (ENOTCONN, ESTALE, EIO);
-  stalled    probes stayed hung for `stalled_remount_after` probes in a row;
-  requested  a remount was asked for;  config  the mount configuration changed.
+`Supervisor.watch()` returns when the mount must be let go, with the reason (a LetGo).
 The probe runs in a worker thread; at most one is outstanding, and one that outlives
 `probe_timeout_s` makes the state `stalled` while it is still left to finish (its answer,
 when it comes, makes the mount healthy again at once).
@@ -18,12 +14,26 @@ import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from volagent.config import REMOUNT, Config, keys_applying, value_of
 from volagent.mount import probe, table
 from volagent.mount.report import Reporter
 from volagent.mount.target import Target
 from volagent.worker import TimedWorker
+
+
+class LetGo(StrEnum):
+    """Why a mount is let go, as `reason` of the mount.lost and mount.remount log events."""
+
+    GONE = "gone"  # it left the mount table, or something else was mounted over it
+    DEAD = "dead"  # a probe failed the way dead mounts fail (ENOTCONN, ESTALE, EIO)
+    STALLED = "stalled"  # probes stayed hung for `stalled_remount_after` probes in a row
+    REQUESTED = "requested"  # a remount was asked for
+    CONFIG = "config"  # the mount configuration changed
+
+
+ASKED = frozenset({LetGo.REQUESTED, LetGo.CONFIG})  # not lost: let go on purpose
 
 
 @dataclass
@@ -107,7 +117,7 @@ class Supervisor:
     def close(self) -> None:
         self._worker.close()
 
-    async def watch(self, cur: Current) -> tuple[str, str]:
+    async def watch(self, cur: Current) -> tuple[LetGo, str]:
         """Watches and probes `cur` until it must be let go; returns (reason, error)."""
         loop = asyncio.get_running_loop()
         self._probe = None  # a hung probe of an earlier mount is left to its thread
@@ -122,17 +132,17 @@ class Supervisor:
             await self._signals.sleep(wake_at - loop.time(), lambda: True)
             self._signals.table_dirty = False
             if self._signals.remount_requested:
-                return "requested", "remount requested"
+                return LetGo.REQUESTED, "remount requested"
             interval = mcfg.probe_interval_s
             changed = self._config_change(cur)
             if changed:
-                return "config", changed
+                return LetGo.CONFIG, changed
             if cur.config.mount.probe_interval_s < interval:
                 next_tick = min(next_tick, loop.time() + cur.config.mount.probe_interval_s)
             entry = table.find_mount(cur.mount_point)
             if entry is None or entry.mount_id != cur.entry.mount_id:
                 what = "unmounted" if entry is None else f"covered by {entry.source}"
-                return "gone", f"{cur.mount_point} was {what} by someone else"
+                return LetGo.GONE, f"{cur.mount_point} was {what} by someone else"
             now = loop.time()
             p = self._pending()
             if p is not None and p.future.done():
@@ -151,7 +161,7 @@ class Supervisor:
                 elif p.overdue_at is not None and p.overdue_at < now:
                     self._mark_stalled(cur)  # still hung an interval later: one more
             if self._stalled >= mcfg.stalled_remount_after:
-                return "stalled", f"stalled for {self._stalled} probes in a row: remounting"
+                return LetGo.STALLED, f"stalled for {self._stalled} probes in a row: remounting"
 
     def _pending(self) -> _Probe | None:
         # a method, not the attribute, so the checker does not narrow it across awaits
@@ -174,18 +184,18 @@ class Supervisor:
 
     def _probe_done(
         self, cur: Current, fut: concurrent.futures.Future[probe.ProbeResult]
-    ) -> tuple[str, str] | None:
+    ) -> tuple[LetGo, str] | None:
         exc = fut.exception()
         if exc is None:
             result = fut.result()
             if result.dev != cur.entry.dev:
-                return "gone", f"{cur.mount_point} is not the mounted filesystem any more"
+                return LetGo.GONE, f"{cur.mount_point} is not the mounted filesystem any more"
             self._stalled = 0
             self._report.healthy(cur.target, cur.mount_point, result.dev, result.seconds)
             return None
         self._report.state.metrics.probe_failures.inc()
         if probe.is_dead(exc):
-            return "dead", f"the mount is dead ({_describe(exc)}): remounting"
+            return LetGo.DEAD, f"the mount is dead ({_describe(exc)}): remounting"
         # it answers, but the canary failed (full, read-only, permissions): keep it, say so
         self._stalled = 0
         problem = f"probe failed: {_describe(exc)}"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from volagent.config import Config
 from volagent.mount.table import MountEntry
+from volagent.vocabulary import MountState
 
 LOCAL = "local"
 
@@ -32,9 +33,9 @@ class Target:
         return self.type == LOCAL
 
     @property
-    def healthy_state(self) -> str:
+    def healthy_state(self) -> MountState:
         """The mount state reported while this target is mounted and answering."""
-        return "local" if self.is_local else "mounted"
+        return MountState.LOCAL if self.is_local else MountState.MOUNTED
 
     def matches_source(self, entry: MountEntry) -> bool:
         """Whether the mount table entry's source names this filesystem."""

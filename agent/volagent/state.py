@@ -36,6 +36,11 @@ def now_iso(ts: float | None = None) -> str:
     )
 
 
+def _part(obj: object, *names: str) -> dict[str, Any]:
+    """A part of the status document: these attributes of `obj`, in this order."""
+    return {name: getattr(obj, name) for name in names}
+
+
 @dataclass
 class MountStatus:
     state: MountState = MountState.UNMOUNTED
@@ -48,16 +53,9 @@ class MountStatus:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "mount_point": self.mount_point,
-            "type": self.type,
-            "source": self.source,
-            "file_system_id": self.file_system_id or None,
-            "since": self.since,
-            "last_probe_ms": self.last_probe_ms,
-            "error": self.error,
-        }
+        doc = _part(self, "state", "mount_point", "type", "source", "file_system_id", "since")
+        doc["file_system_id"] = self.file_system_id or None
+        return doc | _part(self, "last_probe_ms", "error")
 
 
 @dataclass
@@ -68,12 +66,7 @@ class DockerStatus:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "events": self.events,
-            "since": self.since,
-            "error": self.error,
-        }
+        return _part(self, "state", "events", "since", "error")
 
 
 @dataclass
@@ -87,13 +80,7 @@ class VolumeRecord:
     leaf: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "host": self.host,
-            "container": self.container,
-            "read_only": self.read_only,
-            "state": self.state,
-            "error": self.error,
-        }
+        return _part(self, "host", "container", "read_only", "state", "error")
 
 
 @dataclass
@@ -108,14 +95,8 @@ class ContainerRecord:
     spec: Any = None  # the ContainerSpec it was judged from: a start re-walks with it
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "rack": self.rack,
-            "app": self.app,
-            "service": self.service,
-            "volumes": [v.to_dict() for v in self.volumes],
-        }
+        doc = _part(self, "id", "name", "rack", "app", "service")
+        return doc | {"volumes": [v.to_dict() for v in self.volumes]}
 
 
 @dataclass

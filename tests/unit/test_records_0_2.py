@@ -28,10 +28,10 @@ LIVE = ("hosts", "usage")  # records whose time says the host is alive
 TRASH_ENTRY = "r1-old@20261204T174350Z"
 
 
-def lay_out(mp: Path) -> None:
+def lay_out(mp: Path, fixtures: Path = FIXTURES) -> None:
     now = time.time()
-    for src in sorted(FIXTURES.rglob("*.json")):
-        rel = src.relative_to(FIXTURES)
+    for src in sorted(fixtures.rglob("*.json")):
+        rel = src.relative_to(fixtures)
         rec: dict[str, Any] = json.loads(src.read_text().replace("@MP@", str(mp)))
         if rel.parts[0] in LIVE:
             rec["time"] = now

@@ -1,0 +1,95 @@
+"""Records written by 0.3.0, read by this release: a rack runs both during every AMI rollout.
+The fixtures under tests/fixtures/records-0.3/ were written by 0.3.0's own code with
+tests/fixtures/write_records.py (the mount point shown as `@MP@`), before the record formats
+got their typed declarations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.unit.factories import make_state
+from tests.unit.test_records_0_2 import lay_out
+
+from volagent import safedir
+from volagent.ops.gc import trashing
+from volagent.rack import heartbeat, trash, usage_walk
+from volagent.rack.registry_task import Registry
+from volagent.rack.usage_task import UsageWalker
+from volagent.state import VolumeRecord
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "records-0.3"
+[TRASH_RECORD] = (FIXTURES / "trash").glob("*.json")
+TRASH_ENTRY = TRASH_RECORD.name.removesuffix(".json")
+
+
+def test_a_0_3_heartbeat_is_a_live_host_of_the_registry(mp: Path) -> None:
+    lay_out(mp, FIXTURES)
+    beats = heartbeat.read_heartbeats(str(mp), os.stat(mp).st_dev)
+    [host] = heartbeat.rack_view(beats, stale_after_s=90, now=time.time())
+    assert host["host"] == "host-old" and host["version"] == "0.3.0"
+    assert host["registry"] is True and host["stale"] is False
+    assert host["instance_id"] == "i-0123" and host["status"] == "ok"
+
+
+def test_a_0_3_usage_record_leaves_its_binds_to_the_registry(mp: Path) -> None:
+    # a host of the registry registers its binds there: those in its usage record are for 0.2
+    # hosts, and a claim does not judge them again
+    lay_out(mp, FIXTURES)
+    st = make_state(mp, host="host-new")
+    vols = [VolumeRecord(host=f"{mp}/r1-web/web/lag/s1", container="/d", read_only=False)]
+
+    async def scenario() -> None:
+        reg = Registry(st)
+        try:
+            await reg.claim(vols, [object()], "c1", "")
+        finally:
+            reg.worker.close()
+
+    asyncio.run(scenario())
+    assert vols[0].state != "violation", vols[0].error
+
+
+def test_a_0_3_size_record_is_the_apps_usage(mp: Path) -> None:
+    lay_out(mp, FIXTURES)
+    st = make_state(mp, host="host-new")
+
+    async def no_hosts() -> list[dict[str, Any]]:
+        return []
+
+    walker = UsageWalker(st, no_hosts)
+    try:
+        root = safedir.open_shared_root(str(mp), os.stat(mp).st_dev)
+        try:
+            walker._figures = usage_walk.read_sizes(root)
+        finally:
+            os.close(root)
+        [web] = walker.view()
+    finally:
+        walker.worker.close()
+    assert web["app"] == "web" and web["measured_by"] == "host-old"
+    assert web["services"]["web"] == {"bytes": 12288, "inodes": 3}
+    assert web["walking"] is False
+
+
+def test_a_namespace_0_3_moved_to_the_trash_is_listed_and_restored(mp: Path) -> None:
+    lay_out(mp, FIXTURES)
+    (mp / ".volagent" / "trash" / TRASH_ENTRY / "web").mkdir(parents=True)
+    root = safedir.open_shared_root(str(mp), os.stat(mp).st_dev)
+    try:
+        trash_fd = trash.open_trash(root, create=False)
+        assert trash_fd is not None
+        try:
+            [entry] = list(trash.entries(trash_fd))
+            assert entry.state == trash.TRASHED and entry.has_directory
+            assert entry.moved_at is not None and entry.moved_at < time.time()
+            assert trash.holding(trash_fd, "r1-old") is not None
+        finally:
+            os.close(trash_fd)
+        trashing.restore(root, TRASH_ENTRY, str(mp))
+    finally:
+        os.close(root)
+    assert (mp / "r1-old" / "web").is_dir()

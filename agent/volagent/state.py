@@ -123,6 +123,8 @@ class AgentState:
         self.containers_listed = asyncio.Event()
         # set, and replaced by a fresh one, whenever the mount turns healthy or unhealthy
         self._mount_flip = asyncio.Event()
+        # set, and replaced by a fresh one, whenever a method below changes the state
+        self._changed = asyncio.Event()
         self.docker = DockerStatus()
         self.guard = GuardStatus(enabled=config.guard.enabled)
         self.containers: dict[str, ContainerRecord] = {}
@@ -175,10 +177,20 @@ class AgentState:
         if self.mount_healthy != was_healthy:
             flipped, self._mount_flip = self._mount_flip, asyncio.Event()
             flipped.set()
+        self._tell_waiters()
 
     async def mount_health_flipped(self) -> None:
         """Returns once the mount turns healthy or unhealthy, from what it is now."""
         await self._mount_flip.wait()
+
+    async def changed(self) -> None:
+        """Returns once the state is changed (mount, Docker, containers, volumes) after the
+        call: a waiter looks again at what it waits for, with no polling."""
+        await self._changed.wait()
+
+    def _tell_waiters(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     # --- docker ------------------------------------------------------------------------
     def set_docker_state(self, state: DockerState, error: str | None = None) -> None:
@@ -187,10 +199,12 @@ class AgentState:
             self.docker.since = now_iso()
         self.docker.error = error
         self.metrics.docker_connected.set(1 if state == DockerState.CONNECTED else 0)
+        self._tell_waiters()
 
     def count_event(self) -> None:
         self.docker.events += 1
         self.metrics.events.inc()
+        self._tell_waiters()
 
     # --- containers --------------------------------------------------------------------
     def upsert_container(self, record: ContainerRecord) -> None:
@@ -201,12 +215,14 @@ class AgentState:
         if record.name:
             self._container_names[record.name] = record.id
         self.containers_version += 1
+        self._tell_waiters()
 
     def forget_container(self, container_id: str) -> None:
         old = self.containers.pop(container_id, None)
         if old is not None and self._container_names.get(old.name) == container_id:
             del self._container_names[old.name]
         self.containers_version += 1
+        self._tell_waiters()
 
     def listed_containers(self) -> list[ContainerRecord]:
         """The containers the status document lists: those with something on the shared
@@ -273,6 +289,7 @@ class AgentState:
         volume.state = state
         volume.error = error
         self.containers_version += 1
+        self._tell_waiters()
 
     # --- warnings ----------------------------------------------------------------------
     def warn(self, key: str, text: str) -> None:

@@ -7,7 +7,6 @@ systemd's socket unit holds it, handed to each agent process it starts.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -323,7 +322,7 @@ def test_guard_off_with_its_socket_handed_over_allows_everything(
     assert any("hands over the guard socket" in w for w in doc["warnings"])
 
 
-def test_the_guards_lookups_do_not_wait_for_the_event_stream(
+async def test_the_guards_lookups_do_not_wait_for_the_event_stream(
     bed: Guarded, ctr: Containers, tmp_path: Any
 ) -> None:
     """Just after volagent (re)starts, the guard may be asked to judge a VolumesFrom before
@@ -338,7 +337,7 @@ def test_the_guards_lookups_do_not_wait_for_the_event_stream(
         return await watch.inspect(source), await watch.inspect("no-such-container")
 
     try:
-        found, missing = asyncio.run(lookups())
+        found, missing = await lookups()
     finally:
         worker.close()
         if watch._lookup_client is not None:

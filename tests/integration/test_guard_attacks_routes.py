@@ -521,10 +521,9 @@ EFS_IP = "10.0.1.23"
     ],
     ids=["mount-target-ip", "ip-in-device", "dns-upper-case", "dns-name"],
 )
-def test_nfs_volume_of_the_racks_efs_by_its_mount_target_ip(
+async def test_nfs_volume_of_the_racks_efs_by_its_mount_target_ip(
     tmp_path: Any, opts: dict[str, str]
 ) -> None:
-    import asyncio
 
     from volagent.config import from_dict
     from volagent.guard.plugin import Guard
@@ -557,7 +556,7 @@ def test_nfs_volume_of_the_racks_efs_by_its_mount_target_ip(
             "RequestBody": b64.b64encode(body).decode(),
         }
     ).encode()
-    answer = asyncio.run(guard._on_request(req))
+    answer = await guard._on_request(req)
     doc = json.loads(answer.body)
     assert doc.get("Allow") is False, f"an NFS volume of the rack's EFS allowed: {opts}"
 

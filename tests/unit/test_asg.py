@@ -40,45 +40,42 @@ def make(tmp_path: Path, after: float) -> tuple[AgentState, asg.AsgReporter, lis
     return st, asg.AsgReporter(st, asg.instance_identity(st), report=report), calls
 
 
-def test_one_report_per_episode(tmp_path: Path) -> None:
+async def test_one_report_per_episode(tmp_path: Path) -> None:
     st, rep, calls = make(tmp_path, after=10)
 
-    async def scenario() -> None:
-        st.set_mount_state("mounted")
-        await rep.check(0)
-        st.set_mount_state("stalled")
-        await rep.check(100)
-        await rep.check(109)
-        assert calls == []
-        await rep.check(110)
-        await rep.check(200)
-        assert calls == ["i-0abc"]
-        assert any("reported Unhealthy" in w for w in st.warnings)
-        st.set_mount_state("mounted")
-        await rep.check(201)
-        assert st.warnings == []
-        st.set_mount_state("unmounted")
-        await rep.check(300)
-        await rep.check(310)
-        assert calls == ["i-0abc", "i-0abc"]
-
-    asyncio.run(scenario())
+    st.set_mount_state("mounted")
+    await rep.check(0)
+    st.set_mount_state("stalled")
+    await rep.check(100)
+    await rep.check(109)
+    assert calls == []
+    await rep.check(110)
+    await rep.check(200)
+    assert calls == ["i-0abc"]
+    assert any("reported Unhealthy" in w for w in st.warnings)
+    st.set_mount_state("mounted")
+    await rep.check(201)
+    assert st.warnings == []
+    st.set_mount_state("unmounted")
+    await rep.check(300)
+    await rep.check(310)
+    assert calls == ["i-0abc", "i-0abc"]
     assert (
         st.metrics.registry.get_sample_value("volagent_asg_reports_total", {"result": "reported"})
         == 2
     )
 
 
-def test_off_by_default_and_with_zero(tmp_path: Path) -> None:
+async def test_off_by_default_and_with_zero(tmp_path: Path) -> None:
     st, rep, calls = make(tmp_path, after=0)
     st.set_mount_state("unmounted")
     for t in (0, 1000, 100000):
-        asyncio.run(rep.check(t))
+        await rep.check(t)
     assert calls == []
     assert from_dict({}).health.unhealthy_after_s == 0
 
 
-def test_failure_names_the_iam_action_and_retries(tmp_path: Path) -> None:
+async def test_failure_names_the_iam_action_and_retries(tmp_path: Path) -> None:
     st, _, _ = make(tmp_path, after=1)
     attempts: list[float] = []
 
@@ -89,15 +86,12 @@ def test_failure_names_the_iam_action_and_retries(tmp_path: Path) -> None:
     rep = asg.AsgReporter(st, asg.instance_identity(st), report=denied)
     st.set_mount_state("stalled")
 
-    async def scenario() -> None:
-        await rep.check(0)
-        await rep.check(1)
-        await rep.check(2)  # backing off
-        assert len(attempts) == 1
-        await rep.check(1 + asg.RETRY_S)
-        assert len(attempts) == 2
-
-    asyncio.run(scenario())
+    await rep.check(0)
+    await rep.check(1)
+    await rep.check(2)  # backing off
+    assert len(attempts) == 1
+    await rep.check(1 + asg.RETRY_S)
+    assert len(attempts) == 2
     [warning] = st.warnings
     assert "autoscaling:SetInstanceHealth" in warning
     assert (
@@ -106,12 +100,12 @@ def test_failure_names_the_iam_action_and_retries(tmp_path: Path) -> None:
     )
 
 
-def test_unknown_instance_id_is_a_clear_failure(tmp_path: Path) -> None:
+async def test_unknown_instance_id_is_a_clear_failure(tmp_path: Path) -> None:
     st, rep, calls = make(tmp_path, after=1)
     st.instance_id = ""
     st.set_mount_state("stalled")
-    asyncio.run(rep.check(0))
-    asyncio.run(rep.check(5))
+    await rep.check(0)
+    await rep.check(5)
     assert calls == []
     assert any("instance metadata" in w and "unreachable" in w for w in st.warnings)
 
@@ -126,7 +120,7 @@ def test_describe_failure(code: str, expected: str) -> None:
     assert expected in asg.describe_failure(exc)
 
 
-def test_while_healthy_the_reporter_waits_for_the_mount_to_flip(
+async def test_while_healthy_the_reporter_waits_for_the_mount_to_flip(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     st, rep, _ = make(tmp_path, after=10)
@@ -139,22 +133,19 @@ def test_while_healthy_the_reporter_waits_for_the_mount_to_flip(
 
     monkeypatch.setattr(rep, "check", check)
 
-    async def scenario() -> None:
-        st.set_mount_state("mounted")
-        task = asyncio.create_task(rep.run())
-        for _ in range(50):
-            await asyncio.sleep(0)
-        assert looks == ["mounted"]  # one look, then waiting: no ticking while healthy
-        st.set_mount_state("mounted")  # a state set again that flips nothing wakes nobody
-        for _ in range(50):
-            await asyncio.sleep(0)
-        assert looks == ["mounted"]
-        st.set_mount_state("stalled")
-        for _ in range(50):
-            await asyncio.sleep(0)
-        assert looks == ["mounted", "stalled"]
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario())
+    st.set_mount_state("mounted")
+    task = asyncio.create_task(rep.run())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert looks == ["mounted"]  # one look, then waiting: no ticking while healthy
+    st.set_mount_state("mounted")  # a state set again that flips nothing wakes nobody
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert looks == ["mounted"]
+    st.set_mount_state("stalled")
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert looks == ["mounted", "stalled"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -77,7 +77,7 @@ def test_a_burst_gives_one_call_and_noise_none(tmp_path: Path) -> None:
     watch_scenario(cfg, scenario)
 
 
-def test_a_missing_directory_idles_without_failing(tmp_path: Path) -> None:
+async def test_a_missing_directory_idles_without_failing(tmp_path: Path) -> None:
     async def main() -> bool:
         watch = ConfigWatch(str(tmp_path / "nope" / "volagent.toml"), lambda: None)
         task = asyncio.create_task(watch.run())
@@ -87,4 +87,4 @@ def test_a_missing_directory_idles_without_failing(tmp_path: Path) -> None:
         await asyncio.gather(task, return_exceptions=True)
         return alive
 
-    assert asyncio.run(main())
+    assert await main()

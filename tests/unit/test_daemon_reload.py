@@ -51,30 +51,24 @@ def test_keys_that_need_a_restart_say_so(tmp_path: Path) -> None:
     assert "mount" not in _restart_warning(d)
 
 
-def test_a_root_task_that_dies_wakes_the_main_loop_and_ends_it(tmp_path: Path) -> None:
+async def test_a_root_task_that_dies_wakes_the_main_loop_and_ends_it(tmp_path: Path) -> None:
     d, _ = _daemon(tmp_path, 'host_id = "a"\n')
 
     async def dies() -> None:
         raise RuntimeError("broken")
 
-    async def scenario() -> None:
-        d._spawn("breaks", dies())
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        # heard of at once, not at the next look around
-        assert d._wake.is_set()
-        await d._main_loop()
-
-    asyncio.run(scenario())
+    d._spawn("breaks", dies())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    # heard of at once, not at the next look around
+    assert d._wake.is_set()
+    await d._main_loop()
     assert d.exit_code == 1
 
 
-def test_a_stop_asked_for_ends_the_main_loop_without_a_death(tmp_path: Path) -> None:
+async def test_a_stop_asked_for_ends_the_main_loop_without_a_death(tmp_path: Path) -> None:
     d, _ = _daemon(tmp_path, 'host_id = "a"\n')
 
-    async def scenario() -> None:
-        d.request_stop()
-        await d._main_loop()
-
-    asyncio.run(scenario())
+    d.request_stop()
+    await d._main_loop()
     assert d.exit_code == 0

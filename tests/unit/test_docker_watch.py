@@ -395,46 +395,43 @@ async def watching(b: Bed) -> AsyncIterator[DockerWatch]:
 
 
 # --- events -------------------------------------------------------------------------------
-def test_events_drive_the_records(bed: Bed) -> None:
+async def test_events_drive_the_records(bed: Bed) -> None:
     eng = bed.engine
     data_dir = bed.mp / "r1-a/web/data"
 
-    async def scenario() -> None:
-        async with watching(bed):
-            eng.add("c1", binds=[bed.bind("r1-a/web/data")], labels=bed.labels)
-            eng.emit("create", "c1")
-            await bed.until(lambda: bed.upserts == ["c1"], "c1 recorded")
-            assert bed.volume_states("c1") == ["ready"]
-            assert data_dir.is_dir()
-            assert bed.state.containers["c1"].name == "c1"
-            assert bed.metric("volagent_containers") == 1
+    async with watching(bed):
+        eng.add("c1", binds=[bed.bind("r1-a/web/data")], labels=bed.labels)
+        eng.emit("create", "c1")
+        await bed.until(lambda: bed.upserts == ["c1"], "c1 recorded")
+        assert bed.volume_states("c1") == ["ready"]
+        assert data_dir.is_dir()
+        assert bed.state.containers["c1"].name == "c1"
+        assert bed.metric("volagent_containers") == 1
 
-            # renamed: the record follows, and lookups by the old name find nothing
-            eng.data["c1"]["Name"] = "/c1-renamed"
-            eng.emit("rename", "c1")
-            await bed.until(lambda: bed.upserts == ["c1", "c1"], "rename")
-            assert bed.state.container_named("c1-renamed") is bed.state.containers["c1"]
-            assert bed.state.container_named("c1") is None
+        # renamed: the record follows, and lookups by the old name find nothing
+        eng.data["c1"]["Name"] = "/c1-renamed"
+        eng.emit("rename", "c1")
+        await bed.until(lambda: bed.upserts == ["c1", "c1"], "rename")
+        assert bed.state.container_named("c1-renamed") is bed.state.containers["c1"]
+        assert bed.state.container_named("c1") is None
 
-            # started, and restarted: looked at again and its mounts checked
-            eng.data["c1"]["State"].update(Running=True, Status="running", Pid=4242)
-            bed.sees(4242, {"/data": str(data_dir)})
-            for n, action in enumerate(("start", "restart"), start=3):
-                eng.emit(action, "c1")
-                await bed.until(lambda n=n: bed.upserts.count("c1") >= n, action)
-            assert bed.state.containers["c1"].started
-            await bed.until(lambda: bed.checked != [], "the mounts checked")
+        # started, and restarted: looked at again and its mounts checked
+        eng.data["c1"]["State"].update(Running=True, Status="running", Pid=4242)
+        bed.sees(4242, {"/data": str(data_dir)})
+        for n, action in enumerate(("start", "restart"), start=3):
+            eng.emit(action, "c1")
+            await bed.until(lambda n=n: bed.upserts.count("c1") >= n, action)
+        assert bed.state.containers["c1"].started
+        await bed.until(lambda: bed.checked != [], "the mounts checked")
 
-            # what volagent does not handle is counted, not acted on
-            seen = len(eng.inspected)
-            eng.emit("die", "c1")
-            eng.emit("exec_start: sh -c true", "c1")
-            del eng.data["c1"]
-            eng.emit("destroy", "c1")
-            await bed.until(lambda: "c1" not in bed.state.containers, "destroy")
-            assert len(eng.inspected) == seen  # none of the three was inspected
-
-    asyncio.run(scenario())
+        # what volagent does not handle is counted, not acted on
+        seen = len(eng.inspected)
+        eng.emit("die", "c1")
+        eng.emit("exec_start: sh -c true", "c1")
+        del eng.data["c1"]
+        eng.emit("destroy", "c1")
+        await bed.until(lambda: "c1" not in bed.state.containers, "destroy")
+        assert len(eng.inspected) == seen  # none of the three was inspected
     assert bed.metric("volagent_containers") == 0
     assert bed.state.container_named("c1-renamed") is None
     assert bed.metric("volagent_docker_events_total") == 7
@@ -443,69 +440,60 @@ def test_events_drive_the_records(bed: Bed) -> None:
     assert data_dir.is_dir()  # a destroyed container's data stays
 
 
-def test_an_event_for_a_container_already_gone_forgets_it(bed: Bed) -> None:
-    async def scenario() -> None:
-        async with watching(bed):
-            bed.engine.add("c1", binds=[bed.bind("r1-a/web/data")], labels=bed.labels)
-            bed.engine.emit("create", "c1")
-            await bed.until(lambda: "c1" in bed.state.containers, "c1 known")
-            # removed before its start event was handled: inspect says 404
-            del bed.engine.data["c1"]
-            bed.engine.emit("start", "c1")
-            await bed.until(lambda: "c1" not in bed.state.containers, "c1 forgotten")
-
-    asyncio.run(scenario())
+async def test_an_event_for_a_container_already_gone_forgets_it(bed: Bed) -> None:
+    async with watching(bed):
+        bed.engine.add("c1", binds=[bed.bind("r1-a/web/data")], labels=bed.labels)
+        bed.engine.emit("create", "c1")
+        await bed.until(lambda: "c1" in bed.state.containers, "c1 known")
+        # removed before its start event was handled: inspect says 404
+        del bed.engine.data["c1"]
+        bed.engine.emit("start", "c1")
+        await bed.until(lambda: "c1" not in bed.state.containers, "c1 forgotten")
     assert bed.metric("volagent_containers") == 0
 
 
-def test_a_destroy_is_not_undone_by_an_earlier_event_still_being_handled(bed: Bed) -> None:
+async def test_a_destroy_is_not_undone_by_an_earlier_event_still_being_handled(bed: Bed) -> None:
     """`docker run --rm`: create, start, die and destroy come within moments. The start's
     handler has Docker's answer while the destroy is handled; the container must not come
     back into the table (its binds would count for the nesting rule) once both are done."""
     eng = bed.engine
 
-    async def scenario() -> None:
-        async with watching(bed):
-            eng.add("c1", binds=[bed.bind("r1-a/web/data")], labels=bed.labels)
-            eng.emit("create", "c1")
-            await bed.until(lambda: bed.upserts == ["c1"], "c1 recorded")
-            answer = eng.hold_inspect["c1"] = threading.Event()
-            eng.emit("start", "c1")
-            await bed.until(lambda: "c1" not in eng.hold_inspect, "the start's inspect")
-            del eng.data["c1"]  # gone from Docker: its destroy event follows
-            eng.emit("destroy", "c1")
-            await bed.until(lambda: bed.metric("volagent_docker_events_total") == 3, "dispatch")
-            await asyncio.sleep(0)  # the destroy's handler gets its turn
-            answer.set()
-            await bed.until(lambda: bed.upserts == ["c1", "c1"], "the start handled")
-            await bed.until(lambda: "c1" not in bed.state.containers, "c1 forgotten")
-
-    asyncio.run(scenario())
+    async with watching(bed):
+        eng.add("c1", binds=[bed.bind("r1-a/web/data")], labels=bed.labels)
+        eng.emit("create", "c1")
+        await bed.until(lambda: bed.upserts == ["c1"], "c1 recorded")
+        answer = eng.hold_inspect["c1"] = threading.Event()
+        eng.emit("start", "c1")
+        await bed.until(lambda: "c1" not in eng.hold_inspect, "the start's inspect")
+        del eng.data["c1"]  # gone from Docker: its destroy event follows
+        eng.emit("destroy", "c1")
+        await bed.until(lambda: bed.metric("volagent_docker_events_total") == 3, "dispatch")
+        await asyncio.sleep(0)  # the destroy's handler gets its turn
+        answer.set()
+        await bed.until(lambda: bed.upserts == ["c1", "c1"], "the start handled")
+        await bed.until(lambda: "c1" not in bed.state.containers, "c1 forgotten")
     assert bed.state.listed_containers() == []
     assert list(bed.state.live_binds()) == []
 
 
 # --- the stream ends ----------------------------------------------------------------------
-def test_a_stream_that_ends_reconnects_with_since_the_last_event(bed: Bed) -> None:
+async def test_a_stream_that_ends_reconnects_with_since_the_last_event(bed: Bed) -> None:
     eng = bed.engine
     nano = 1_764_410_123_456_789_012
 
-    async def scenario() -> None:
-        async with watching(bed):
-            assert bed.state.docker.state == "connected"
-            eng.add("c1", labels=bed.labels)
-            eng.emit("create", "c1", nano=nano)
-            await bed.until(lambda: "c1" in bed.state.containers, "c1 known")
-            # Docker restarts: the stream ends; a container appears meanwhile
-            eng.add("c2", labels=bed.labels)
-            eng.streams[-1].end()
-            await bed.until(lambda: len(eng.events_calls) == 2, "a new subscription")
-            # the reconcile after the reconnect finds what happened while away
-            await bed.until(lambda: len(bed.events("reconciled")) == 2, "the second reconcile")
-            assert "c2" in bed.state.containers
-            assert bed.state.docker.state == "connected"
-
-    asyncio.run(scenario())
+    async with watching(bed):
+        assert bed.state.docker.state == "connected"
+        eng.add("c1", labels=bed.labels)
+        eng.emit("create", "c1", nano=nano)
+        await bed.until(lambda: "c1" in bed.state.containers, "c1 known")
+        # Docker restarts: the stream ends; a container appears meanwhile
+        eng.add("c2", labels=bed.labels)
+        eng.streams[-1].end()
+        await bed.until(lambda: len(eng.events_calls) == 2, "a new subscription")
+        # the reconcile after the reconnect finds what happened while away
+        await bed.until(lambda: len(bed.events("reconciled")) == 2, "the second reconcile")
+        assert "c2" in bed.state.containers
+        assert bed.state.docker.state == "connected"
     first, second = eng.events_calls
     assert first == {"since": None, "filters": {"type": "container"}, "decode": True}
     assert second == {
@@ -526,16 +514,13 @@ def test_a_stream_that_ends_reconnects_with_since_the_last_event(bed: Bed) -> No
     assert [c["base_url"] for c in eng.clients] == [bed.state.config.docker.url] * 2
 
 
-def test_a_stream_that_breaks_reconnects_saying_why(bed: Bed) -> None:
+async def test_a_stream_that_breaks_reconnects_saying_why(bed: Bed) -> None:
     eng = bed.engine
 
-    async def scenario() -> None:
-        async with watching(bed):
-            eng.streams[-1].fail(ConnectionResetError(104, "Connection reset by peer"))
-            await bed.until(lambda: len(eng.events_calls) == 2, "a new subscription")
-            await bed.until(lambda: bed.state.docker.state == "connected", "connected")
-
-    asyncio.run(scenario())
+    async with watching(bed):
+        eng.streams[-1].fail(ConnectionResetError(104, "Connection reset by peer"))
+        await bed.until(lambda: len(eng.events_calls) == 2, "a new subscription")
+        await bed.until(lambda: bed.state.docker.state == "connected", "connected")
     (ended,) = bed.events("docker_stream_ended")
     assert ended["reason"] == "[Errno 104] Connection reset by peer"
     assert bed.docker_states[1] == ("connecting", ended["reason"])
@@ -543,7 +528,7 @@ def test_a_stream_that_breaks_reconnects_saying_why(bed: Bed) -> None:
     assert bed.metric("volagent_docker_reconnects_total") == 1
 
 
-def test_docker_away_at_start_is_retried_and_said(
+async def test_docker_away_at_start_is_retried_and_said(
     bed: Bed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     waits: list[tuple[float, float, float]] = []
@@ -555,11 +540,8 @@ def test_docker_away_at_start_is_retried_and_said(
     monkeypatch.setattr(docker_watch, "exponential_jitter", no_wait)
     bed.engine.fail_pings = 3
 
-    async def scenario() -> None:
-        async with watching(bed):
-            await bed.until(lambda: bed.state.docker.state == "connected", "connected")
-
-    asyncio.run(scenario())
+    async with watching(bed):
+        await bed.until(lambda: bed.state.docker.state == "connected", "connected")
     assert waits  # the retry has a backoff
     assert bed.engine.closed == 3  # each client whose ping failed was closed
     states = [s for s, _ in bed.docker_states]
@@ -571,22 +553,19 @@ def test_docker_away_at_start_is_retried_and_said(
     assert len(bed.engine.events_calls) == 1
 
 
-def test_a_silent_stream_is_found_out_by_the_ping_and_reconnected(
+async def test_a_silent_stream_is_found_out_by_the_ping_and_reconnected(
     bed: Bed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(docker_watch, "PING_INTERVAL_S", 0.01)
     monkeypatch.setattr(docker_watch, "RECONCILE_INTERVAL_S", 3600.0)
     eng = bed.engine
 
-    async def scenario() -> None:
-        async with watching(bed):
-            pings = eng.pings
-            await bed.until(lambda: eng.pings >= pings + 2, "the keepalive pinging")
-            eng.fail_pings = 1  # Docker went away; its stream says nothing
-            await bed.until(lambda: len(eng.events_calls) == 2, "a new subscription")
-            await bed.until(lambda: bed.state.docker.state == "connected", "connected")
-
-    asyncio.run(scenario())
+    async with watching(bed):
+        pings = eng.pings
+        await bed.until(lambda: eng.pings >= pings + 2, "the keepalive pinging")
+        eng.fail_pings = 1  # Docker went away; its stream says nothing
+        await bed.until(lambda: len(eng.events_calls) == 2, "a new subscription")
+        await bed.until(lambda: bed.state.docker.state == "connected", "connected")
     assert eng.streams[0].closed
     (ended,) = bed.events("docker_stream_ended")
     # said once, as the status showed it meanwhile
@@ -596,21 +575,20 @@ def test_a_silent_stream_is_found_out_by_the_ping_and_reconnected(
     assert bed.metric("volagent_docker_reconnects_total") == 1
 
 
-def test_the_keepalive_reconciles_now_and_then(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_keepalive_reconciles_now_and_then(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(docker_watch, "PING_INTERVAL_S", 0.01)
     monkeypatch.setattr(docker_watch, "RECONCILE_INTERVAL_S", 0.02)
 
-    async def scenario() -> None:
-        async with watching(bed):
-            # a container whose events were lost
-            bed.engine.add("quiet", labels=bed.labels)
-            await bed.until(
-                lambda: any(e["tracked"] == 1 for e in bed.events("reconciled")),
-                "a reconcile that found it",
-            )
-            assert "quiet" in bed.state.containers
-
-    asyncio.run(scenario())
+    async with watching(bed):
+        # a container whose events were lost
+        bed.engine.add("quiet", labels=bed.labels)
+        await bed.until(
+            lambda: any(e["tracked"] == 1 for e in bed.events("reconciled")),
+            "a reconcile that found it",
+        )
+        assert "quiet" in bed.state.containers
     assert len(bed.engine.events_calls) == 1  # no reconnect was needed
 
 
@@ -619,28 +597,25 @@ def container_record(cid: str) -> ContainerRecord:
     return ContainerRecord(id=cid, name=cid, rack="r1", app="a", service="web")
 
 
-def test_reconcile_forgets_what_docker_lost_but_not_what_came_during_the_list(bed: Bed) -> None:
+async def test_reconcile_forgets_what_docker_lost_but_not_what_came_during_the_list(
+    bed: Bed,
+) -> None:
     eng = bed.engine
     eng.add("kept", labels=bed.labels)
     bed.state.upsert_container(container_record("gone"))  # known here, no longer in Docker
     added: list[str] = []
 
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
+    loop = asyncio.get_running_loop()
 
-        async def guard_adopts() -> None:
-            # the guard allowed a create and Docker named the container: it is in the table
-            # now, though the list Docker is answering was made before it existed
-            bed.state.upsert_container(container_record("fresh"))
-            added.append("fresh")
+    async def guard_adopts() -> None:
+        # the guard allowed a create and Docker named the container: it is in the table
+        # now, though the list Docker is answering was made before it existed
+        bed.state.upsert_container(container_record("fresh"))
+        added.append("fresh")
 
-        eng.during_list = lambda: asyncio.run_coroutine_threadsafe(guard_adopts(), loop).result(
-            GUARD_S
-        )
-        async with watching(bed):
-            pass
-
-    asyncio.run(scenario())
+    eng.during_list = lambda: asyncio.run_coroutine_threadsafe(guard_adopts(), loop).result(GUARD_S)
+    async with watching(bed):
+        pass
     assert added == ["fresh"]  # the list really was in flight when it came
     assert "gone" not in bed.state.containers
     assert "fresh" in bed.state.containers
@@ -651,7 +626,7 @@ def test_reconcile_forgets_what_docker_lost_but_not_what_came_during_the_list(be
 
 
 # --- start_held ---------------------------------------------------------------------------
-def test_start_held_starts_only_restart_policy_containers_that_failed_on_the_mount(
+async def test_start_held_starts_only_restart_policy_containers_that_failed_on_the_mount(
     bed: Bed,
 ) -> None:
     eng = bed.engine
@@ -681,31 +656,28 @@ def test_start_held_starts_only_restart_policy_containers_that_failed_on_the_mou
             bed.state.mount_dev = os.stat(bed.mp).st_dev
             return await watch.start_held()
 
-    started = asyncio.run(scenario())
+    started = await scenario()
     assert started == ["always", "unless"]
     assert eng.started == ["always", "unless"]
     assert eng.list_calls[-1] == {"all": True, "filters": {"status": ["exited", "created"]}}
     assert [e["container"] for e in bed.events("held_container_started")] == ["always", "unless"]
 
 
-def test_start_held_goes_on_after_a_start_that_fails(bed: Bed) -> None:
+async def test_start_held_goes_on_after_a_start_that_fails(bed: Bed) -> None:
     eng = bed.engine
     error = f"error while creating mount source path '{bed.mp}/r1-a/web/data': read-only"
     eng.add("first", status="exited", policy="always", error=error)
     eng.add("second", status="exited", policy="always", error=error)
     eng.fail_start = {"first"}
 
-    async def scenario() -> None:
-        async with watching(bed):  # the first reconcile starts what was held
-            pass
-
-    asyncio.run(scenario())
+    async with watching(bed):  # the first reconcile starts what was held
+        pass
     assert eng.started == ["second"]
     (failed,) = bed.events("held_start_failed")
     assert failed["container"] == "first"
 
 
-def test_a_held_start_refused_is_tried_again_at_the_periodic_reconcile(
+async def test_a_held_start_refused_is_tried_again_at_the_periodic_reconcile(
     bed: Bed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the guard refused it when the mount came back (the rack's registry not answering yet):
@@ -717,13 +689,10 @@ def test_a_held_start_refused_is_tried_again_at_the_periodic_reconcile(
     eng.add("held", status="exited", policy="always", error=error)
     eng.fail_start = {"held"}
 
-    async def scenario() -> None:
-        async with watching(bed):
-            await bed.until(lambda: bed.events("held_start_failed"), "the first start refused")
-            eng.fail_start = set()
-            await bed.until(lambda: eng.started == ["held"], "the start tried again")
-
-    asyncio.run(scenario())
+    async with watching(bed):
+        await bed.until(lambda: bed.events("held_start_failed"), "the first start refused")
+        eng.fail_start = set()
+        await bed.until(lambda: eng.started == ["held"], "the start tried again")
     assert [e["container"] for e in bed.events("held_container_started")] == ["held"]
 
 
@@ -739,52 +708,43 @@ def started_container(bed: Bed, pid: int) -> None:
     )
 
 
-def test_a_container_started_with_the_prepared_mounts_is_left_alone(bed: Bed) -> None:
-    async def scenario() -> None:
-        async with watching(bed) as watch:
-            started_container(bed, 4242)
-            bed.sees(4242, {"/data": str(bed.mp / "r1-a/web/data")})
-            # what a start event runs, awaited to its end
-            await watch.handle_container("c1", verify=True)
-            assert bed.volume_states("c1") == ["ready"]
-
-    asyncio.run(scenario())
+async def test_a_container_started_with_the_prepared_mounts_is_left_alone(bed: Bed) -> None:
+    async with watching(bed) as watch:
+        started_container(bed, 4242)
+        bed.sees(4242, {"/data": str(bed.mp / "r1-a/web/data")})
+        # what a start event runs, awaited to its end
+        await watch.handle_container("c1", verify=True)
+        assert bed.volume_states("c1") == ["ready"]
     assert bed.checked == [4242]
     assert bed.engine.killed == [] and bed.engine.updated == []
     assert bed.state.warnings == []
     assert not bed.events("mount_mismatch")
 
 
-def test_each_process_of_a_container_is_checked_once(bed: Bed) -> None:
-    async def scenario() -> None:
-        async with watching(bed) as watch:
-            started_container(bed, 4242)
-            bed.sees(4242, {"/data": str(bed.mp / "r1-a/web/data")})
-            await watch.handle_container("c1", verify=True)
-            await watch.handle_container("c1", verify=True)  # the same process: known good
-            assert bed.checked == [4242]
-            # restarted: a new process, whose mounts Docker resolved afresh
-            bed.engine.data["c1"]["State"]["Pid"] = 5151
-            bed.sees(5151, {"/data": str(bed.mp / "r1-a/web/other")})
-            await watch.handle_container("c1", verify=True)
-
-    asyncio.run(scenario())
+async def test_each_process_of_a_container_is_checked_once(bed: Bed) -> None:
+    async with watching(bed) as watch:
+        started_container(bed, 4242)
+        bed.sees(4242, {"/data": str(bed.mp / "r1-a/web/data")})
+        await watch.handle_container("c1", verify=True)
+        await watch.handle_container("c1", verify=True)  # the same process: known good
+        assert bed.checked == [4242]
+        # restarted: a new process, whose mounts Docker resolved afresh
+        bed.engine.data["c1"]["State"]["Pid"] = 5151
+        bed.sees(5151, {"/data": str(bed.mp / "r1-a/web/other")})
+        await watch.handle_container("c1", verify=True)
     assert bed.checked == [4242, 5151]
     assert bed.engine.killed == ["c1"]
 
 
-def test_a_container_started_with_another_mount_is_stopped_and_marked(bed: Bed) -> None:
+async def test_a_container_started_with_another_mount_is_stopped_and_marked(bed: Bed) -> None:
     swapped = bed.mp / "r1-a/web/other"
 
-    async def scenario() -> None:
-        async with watching(bed):
-            started_container(bed, 4242)
-            # someone swapped the directory for a symlink: the container got another one
-            bed.sees(4242, {"/data": str(swapped)})
-            bed.engine.emit("start", "c1")
-            await bed.until(lambda: bed.state.warnings != [], "the warning")
-
-    asyncio.run(scenario())
+    async with watching(bed):
+        started_container(bed, 4242)
+        # someone swapped the directory for a symlink: the container got another one
+        bed.sees(4242, {"/data": str(swapped)})
+        bed.engine.emit("start", "c1")
+        await bed.until(lambda: bed.state.warnings != [], "the warning")
     eng = bed.engine
     assert eng.updated == [("c1", {"restart_policy": {"Name": "no"}})]
     assert eng.killed == ["c1"]
@@ -803,27 +763,22 @@ def test_a_container_started_with_another_mount_is_stopped_and_marked(bed: Bed) 
     assert bed.state.verdict() == "degraded"
 
 
-def test_a_container_that_exited_at_once_is_walked_and_stopped_after_a_swap(bed: Bed) -> None:
+async def test_a_container_that_exited_at_once_is_walked_and_stopped_after_a_swap(bed: Bed) -> None:
     """No process is left whose mounts could be read: the start event walks the bind source
     again, finds the symlink, stops the container and turns its restart policy off."""
     data = bed.mp / "r1-a/web/data"
     other = bed.mp / "r1-b/web/data"
 
-    async def scenario() -> None:
-        async with watching(bed) as watch:
-            bed.engine.add(
-                "c1", binds=[bed.bind("r1-a/web/data")], labels=bed.labels, policy="always"
-            )
-            await watch.handle_container("c1")  # its create event: prepared
-            assert bed.volume_states("c1") == ["ready"]
-            other.mkdir(parents=True)
-            data.rename(data.with_name("data.moved"))
-            data.symlink_to(other)
-            bed.engine.data["c1"]["State"]["Status"] = "exited"
-            bed.engine.emit("start", "c1")
-            await bed.until(lambda: bed.state.warnings != [], "the warning")
-
-    asyncio.run(scenario())
+    async with watching(bed) as watch:
+        bed.engine.add("c1", binds=[bed.bind("r1-a/web/data")], labels=bed.labels, policy="always")
+        await watch.handle_container("c1")  # its create event: prepared
+        assert bed.volume_states("c1") == ["ready"]
+        other.mkdir(parents=True)
+        data.rename(data.with_name("data.moved"))
+        data.symlink_to(other)
+        bed.engine.data["c1"]["State"]["Status"] = "exited"
+        bed.engine.emit("start", "c1")
+        await bed.until(lambda: bed.state.warnings != [], "the warning")
     assert bed.checked == []  # no process: nothing to read in /proc
     assert bed.engine.killed == ["c1"]
     assert bed.engine.updated == [("c1", {"restart_policy": {"Name": "no"}})]
@@ -833,40 +788,34 @@ def test_a_container_that_exited_at_once_is_walked_and_stopped_after_a_swap(bed:
     assert bed.metric("volagent_mount_mismatches_total") == 1
 
 
-def test_a_container_that_cannot_be_stopped_says_so(bed: Bed) -> None:
+async def test_a_container_that_cannot_be_stopped_says_so(bed: Bed) -> None:
     bed.engine.fail_kill = True
 
-    async def scenario() -> None:
-        async with watching(bed):
-            started_container(bed, 4242)
-            bed.sees(4242, {"/data": str(bed.mp / "r1-a/web/other")})
-            bed.engine.emit("restart", "c1")
-            await bed.until(lambda: bed.state.warnings != [], "the warning")
-
-    asyncio.run(scenario())
+    async with watching(bed):
+        started_container(bed, 4242)
+        bed.sees(4242, {"/data": str(bed.mp / "r1-a/web/other")})
+        bed.engine.emit("restart", "c1")
+        await bed.until(lambda: bed.state.warnings != [], "the warning")
     (warning,) = bed.state.warnings
     assert "stopping it failed (kill refused): stop it by hand" in warning
     assert bed.volume_states("c1") == ["violation", "violation"]
 
 
-def test_the_reconcile_checks_running_containers_too(bed: Bed) -> None:
+async def test_the_reconcile_checks_running_containers_too(bed: Bed) -> None:
     """dockerd coming back starts restart-policy containers; their start events may be
     gone, so the reconcile checks what is running."""
     started_container(bed, 4242)
     bed.sees(4242, {"/data": str(bed.mp / "r1-a/web/data"), "/more": str(bed.mp / "r1-b")})
 
-    async def scenario() -> None:
-        async with watching(bed):
-            await bed.until(lambda: "violation" in bed.volume_states("c1"), "c1 marked")
-
-    asyncio.run(scenario())
+    async with watching(bed):
+        await bed.until(lambda: "violation" in bed.volume_states("c1"), "c1 marked")
     record_ = bed.state.containers["c1"]
     assert bed.engine.killed == ["c1"]
     states = {v.host: v.state for v in record_.volumes}
     assert states == {str(bed.mp / "r1-a/web/data"): "ready", str(bed.mp / "r1-b"): "violation"}
 
 
-def test_a_running_container_is_not_judged_while_its_volumes_wait_for_the_mount(
+async def test_a_running_container_is_not_judged_while_its_volumes_wait_for_the_mount(
     bed: Bed,
 ) -> None:
     """volagent (re)starting next to running containers: Docker answers before the mount has
@@ -876,16 +825,13 @@ def test_a_running_container_is_not_judged_while_its_volumes_wait_for_the_mount(
     started_container(bed, 4242)
     bed.sees(4242, {"/data": str(bed.mp / "r1-a/web/data")})
 
-    async def scenario() -> None:
-        async with watching(bed) as watch:
-            await watch.handle_container("c1", verify=True)
-            assert bed.volume_states("c1") == ["pending"]
-            assert bed.checked == []
-            bed.state.set_mount_state("mounted")
-            await watch.handle_container("c1", verify=True)  # the reconcile once it is up
-            assert bed.volume_states("c1") == ["ready"]
-
-    asyncio.run(scenario())
+    async with watching(bed) as watch:
+        await watch.handle_container("c1", verify=True)
+        assert bed.volume_states("c1") == ["pending"]
+        assert bed.checked == []
+        bed.state.set_mount_state("mounted")
+        await watch.handle_container("c1", verify=True)  # the reconcile once it is up
+        assert bed.volume_states("c1") == ["ready"]
     assert bed.checked == [4242]
     assert bed.engine.killed == [] and bed.engine.updated == []
     assert not bed.events("mount_mismatch")

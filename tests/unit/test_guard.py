@@ -236,7 +236,9 @@ def test_a_stuck_filesystem_is_a_deny_in_time(guard: Guard, worker: TimedWorker,
 
 
 @pytest.mark.root
-def test_just_after_start_a_create_waits_for_the_mount_state(mp: Path, worker: TimedWorker) -> None:
+async def test_just_after_start_a_create_waits_for_the_mount_state(
+    mp: Path, worker: TimedWorker
+) -> None:
     st = make_state(mp)
     st.set_mount_state("unmounted")  # as at start-up: nobody has looked at the mount yet
     st.mount.error = None
@@ -261,7 +263,7 @@ def test_just_after_start_a_create_waits_for_the_mount_state(mp: Path, worker: T
         st.set_mount_state("mounted")  # the manager adopted the mount already there
         return await asking
 
-    assert decision(asyncio.run(scenario())) == {"Allow": True}
+    assert decision(await scenario()) == {"Allow": True}
     assert (mp / "r1-a/w/d").is_dir()
 
 
@@ -326,7 +328,7 @@ def start(g: Guard, ref: str, action: str = "start") -> dict[str, Any]:
 
 
 @pytest.mark.root
-def test_two_creates_judged_at_once_cannot_nest(guard: Guard, mp: Path) -> None:
+async def test_two_creates_judged_at_once_cannot_nest(guard: Guard, mp: Path) -> None:
     outer = create_body(f"{mp}/r1-a/web:/all")
     inner = create_body(f"{mp}/r1-a/web/data:/data")
 
@@ -340,7 +342,7 @@ def test_two_creates_judged_at_once_cannot_nest(guard: Guard, mp: Path) -> None:
         ]
         return list(await asyncio.gather(*(guard.handle(r) for r in requests)))
 
-    answers = [decision(r) for r in asyncio.run(both())]
+    answers = [decision(r) for r in await both()]
     assert sorted(a["Allow"] for a in answers) == [False, True], answers
     assert any("rule 7" in a.get("Msg", "") for a in answers)
     # the refused one holds nothing back: a create identical to the allowed one still fits

@@ -35,9 +35,9 @@ def hosts_dir(mp: Path) -> Path:
     return mp / ".volagent" / "hosts"
 
 
-def test_beat_writes_the_contract_fields(mp: Path, worker: TimedWorker) -> None:
+async def test_beat_writes_the_contract_fields(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp, health=FAST)
-    assert asyncio.run(Heartbeat(st, worker).beat())
+    assert await Heartbeat(st, worker).beat()
     rec = json.loads((hosts_dir(mp) / "host-a.json").read_text())
     assert rec["host"] == "host-a"
     assert rec["instance_id"] == "i-0123"
@@ -52,11 +52,11 @@ def test_beat_writes_the_contract_fields(mp: Path, worker: TimedWorker) -> None:
     )
 
 
-def test_no_heartbeat_while_the_mount_is_unhealthy(mp: Path, worker: TimedWorker) -> None:
+async def test_no_heartbeat_while_the_mount_is_unhealthy(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp, health=FAST)
     st.set_mount_state("stalled")
     st.mount_dev = None
-    assert not asyncio.run(Heartbeat(st, worker).beat())
+    assert not await Heartbeat(st, worker).beat()
     assert not (mp / ".volagent").exists()
     assert (
         st.metrics.registry.get_sample_value("volagent_heartbeats_total", {"result": "skipped"})
@@ -97,12 +97,12 @@ def test_host_names_become_safe_file_names(mp: Path) -> None:
     assert [p.name for p in hosts_dir(mp).iterdir()] == ["_x_y.json"]
 
 
-def test_renamed_host_removes_its_former_record(mp: Path, worker: TimedWorker) -> None:
+async def test_renamed_host_removes_its_former_record(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp, host="ip-10-0-0-1", health=FAST)
     hb = Heartbeat(st, worker)
-    asyncio.run(hb.beat())
+    await hb.beat()
     st.host_id = "i-0abc"  # the instance id became known
-    asyncio.run(hb.beat())
+    await hb.beat()
     assert sorted(p.name for p in hosts_dir(mp).iterdir()) == ["i-0abc.json"]
 
 
@@ -120,7 +120,7 @@ def test_rack_view_flags_stale_hosts_and_skips_garbage(mp: Path) -> None:
     assert set(view[0]) >= {"host", "instance_id", "status", "version", "last_seen", "stale"}
 
 
-def test_hosts_lists_every_host_sharing_the_directory(mp: Path, worker: TimedWorker) -> None:
+async def test_hosts_lists_every_host_sharing_the_directory(mp: Path, worker: TimedWorker) -> None:
     a, b = make_state(mp, "host-a", health=FAST), make_state(mp, "host-b", health=FAST)
 
     async def scenario() -> list[dict[str, object]]:
@@ -129,12 +129,12 @@ def test_hosts_lists_every_host_sharing_the_directory(mp: Path, worker: TimedWor
         await hb.beat()
         return await hb.hosts()
 
-    view = asyncio.run(scenario())
+    view = await scenario()
     assert [(h["host"], h["stale"]) for h in view] == [("host-a", False), ("host-b", False)]
     assert a.metrics.registry.get_sample_value("volagent_rack_hosts", {"freshness": "fresh"}) == 2
 
 
-def test_a_host_that_stops_beating_turns_stale(mp: Path, worker: TimedWorker) -> None:
+async def test_a_host_that_stops_beating_turns_stale(mp: Path, worker: TimedWorker) -> None:
     a, b = make_state(mp, "host-a", health=FAST), make_state(mp, "host-b", health=FAST)
 
     async def scenario() -> list[dict[str, object]]:
@@ -153,29 +153,26 @@ def test_a_host_that_stops_beating_turns_stale(mp: Path, worker: TimedWorker) ->
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    view = asyncio.run(scenario())
+    view = await scenario()
     by_host = {h["host"]: h for h in view}
     assert by_host["host-b"]["stale"] is True
     assert by_host["host-a"]["stale"] is False
 
 
-def test_stopping_says_stopped(mp: Path, worker: TimedWorker) -> None:
+async def test_stopping_says_stopped(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp, health=FAST)
 
-    async def scenario() -> None:
-        hb = Heartbeat(st, worker)
-        task = asyncio.create_task(hb.run())
-        deadline = time.monotonic() + 30
-        while not (hosts_dir(mp) / "host-a.json").exists() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(scenario())
+    hb = Heartbeat(st, worker)
+    task = asyncio.create_task(hb.run())
+    deadline = time.monotonic() + 30
+    while not (hosts_dir(mp) / "host-a.json").exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     assert json.loads((hosts_dir(mp) / "host-a.json").read_text())["status"] == "stopped"
 
 
-def test_hosts_answers_the_last_list_when_reading_hangs(mp: Path) -> None:
+async def test_hosts_answers_the_last_list_when_reading_hangs(mp: Path) -> None:
     """A read stuck in the filesystem must not hold up the answer: the list read before is
     answered at once, and reads do not pile up behind the stuck one."""
     st = make_state(mp, health=FAST)
@@ -202,7 +199,7 @@ def test_hosts_answers_the_last_list_when_reading_hangs(mp: Path) -> None:
             release.set()
         return views[-1], calls
 
-    view, calls = asyncio.run(scenario())
+    view, calls = await scenario()
     worker.close()
     assert [h["host"] for h in view] == ["host-a"]
     assert calls == 1  # one stuck read shared by every caller

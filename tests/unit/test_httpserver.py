@@ -192,35 +192,34 @@ def test_slow_client_gets_408_while_others_are_served(tmp_path: Path) -> None:
     assert [r.path for r in seen] == ["/fast"]
 
 
-def test_a_client_that_reads_no_answer_is_let_go_after_the_write_timeout(tmp_path: Path) -> None:
+async def test_a_client_that_reads_no_answer_is_let_go_after_the_write_timeout(
+    tmp_path: Path,
+) -> None:
     big = Response(200, b"x" * (8 << 20))
 
-    async def main() -> None:
-        server = HttpServer("test", lambda req: big, write_timeout=0.3)
-        path = str(tmp_path / "api.sock")
-        await server.start_unix(path, mode=0o600)
-        try:
-            _, writer = await asyncio.open_unix_connection(path)
-            writer.write(_pipelined(2))  # and reads nothing
-            for _ in range(100):
-                if server.connections:
-                    break
-                await asyncio.sleep(0.02)
-            assert server.connections
-            for _ in range(250):
-                if not server.connections:
-                    break
-                await asyncio.sleep(0.02)
-            assert not server.connections
-            assert server.budget.used == 0
-            writer.close()
-        finally:
-            await server.close()
-
-    asyncio.run(main())
+    server = HttpServer("test", lambda req: big, write_timeout=0.3)
+    path = str(tmp_path / "api.sock")
+    await server.start_unix(path, mode=0o600)
+    try:
+        _, writer = await asyncio.open_unix_connection(path)
+        writer.write(_pipelined(2))  # and reads nothing
+        for _ in range(100):
+            if server.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert server.connections
+        for _ in range(250):
+            if not server.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert not server.connections
+        assert server.budget.used == 0
+        writer.close()
+    finally:
+        await server.close()
 
 
-def test_a_handler_may_answer_at_once_or_later(tmp_path: Path) -> None:
+async def test_a_handler_may_answer_at_once_or_later(tmp_path: Path) -> None:
     seen: Seen = []
 
     def handle(req: Request) -> Response | Awaitable[Response]:
@@ -234,24 +233,21 @@ def test_a_handler_may_answer_at_once_or_later(tmp_path: Path) -> None:
             return later()
         return json_response(200, {"when": "now"})
 
-    async def main() -> None:
-        server = HttpServer("test", handle)
-        path = str(tmp_path / "api.sock")
-        await server.start_unix(path, mode=0o600)
-        try:
-            raw = await _exchange(
-                path, b"GET /later HTTP/1.1\r\n\r\nGET /now HTTP/1.1\r\n\r\n", eof=True
-            )
-        finally:
-            await server.close()
-        # answers go out in the order of the requests
-        assert raw.index(b'"later"') < raw.index(b'"now"')
-
-    asyncio.run(main())
+    server = HttpServer("test", handle)
+    path = str(tmp_path / "api.sock")
+    await server.start_unix(path, mode=0o600)
+    try:
+        raw = await _exchange(
+            path, b"GET /later HTTP/1.1\r\n\r\nGET /now HTTP/1.1\r\n\r\n", eof=True
+        )
+    finally:
+        await server.close()
+    # answers go out in the order of the requests
+    assert raw.index(b'"later"') < raw.index(b'"now"')
     assert [r.path for r in seen] == ["/later", "/now"]
 
 
-def test_connections_reading_in_turns_each_get_their_own_bytes(tmp_path: Path) -> None:
+async def test_connections_reading_in_turns_each_get_their_own_bytes(tmp_path: Path) -> None:
     # every read lands first in one buffer the server's connections share: a piece of one
     # client's body must never turn up in another's
     def handle(req: Request) -> Response:
@@ -284,7 +280,7 @@ def test_connections_reading_in_turns_each_get_their_own_bytes(tmp_path: Path) -
         finally:
             await server.close()
 
-    got = asyncio.run(main())
+    got = await main()
     assert got == {p: hashlib.sha256(b).hexdigest() for p, b in bodies.items()}
 
 
@@ -335,50 +331,44 @@ def test_connection_cap_answers_503(tmp_path: Path) -> None:
     _serve(tmp_path, body, max_connections=2)
 
 
-def test_stale_socket_is_replaced_live_one_and_files_are_refused(tmp_path: Path) -> None:
+async def test_stale_socket_is_replaced_live_one_and_files_are_refused(tmp_path: Path) -> None:
     path = str(tmp_path / "s.sock")
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(path)
     stale.close()  # the file stays, nobody listens
 
-    async def main() -> None:
-        first = HttpServer("a", _handler([]))
-        await first.start_unix(path)
-        second = HttpServer("b", _handler([]))
-        with pytest.raises(OSError, match="already serving"):
-            await second.start_unix(path)
-        await first.close()
-        plain = tmp_path / "plain"
-        plain.write_text("x")
-        with pytest.raises(OSError, match="not a socket"):
-            await second.start_unix(str(plain))
-        assert plain.read_text() == "x"
-
-    asyncio.run(main())
+    first = HttpServer("a", _handler([]))
+    await first.start_unix(path)
+    second = HttpServer("b", _handler([]))
+    with pytest.raises(OSError, match="already serving"):
+        await second.start_unix(path)
+    await first.close()
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    with pytest.raises(OSError, match="not a socket"):
+        await second.start_unix(str(plain))
+    assert plain.read_text() == "x"
 
 
-def test_prebound_socket_and_tcp(tmp_path: Path) -> None:
+async def test_prebound_socket_and_tcp(tmp_path: Path) -> None:
     seen: Seen = []
     path = str(tmp_path / "activated.sock")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
     listener.listen(16)
 
-    async def main() -> None:
-        server = HttpServer("x", _handler(seen))
-        await server.start_unix(sock=listener)
-        await server.start_tcp("127.0.0.1", 0)
-        port = server.tcp_port
-        assert port
-        raw = await _exchange(path, b"GET /unix HTTP/1.1\r\nConnection: close\r\n\r\n")
-        assert _status(raw) == 200
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /tcp HTTP/1.1\r\nConnection: close\r\n\r\n")
-        assert _status(await reader.read()) == 200
-        writer.close()
-        await server.close()
-
-    asyncio.run(main())
+    server = HttpServer("x", _handler(seen))
+    await server.start_unix(sock=listener)
+    await server.start_tcp("127.0.0.1", 0)
+    port = server.tcp_port
+    assert port
+    raw = await _exchange(path, b"GET /unix HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert _status(raw) == 200
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /tcp HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert _status(await reader.read()) == 200
+    writer.close()
+    await server.close()
     assert [(r.path, r.transport, r.peer_uid is None) for r in seen] == [
         ("/unix", "unix", False),
         ("/tcp", "tcp", True),
@@ -444,31 +434,28 @@ def test_too_many_requests_ahead_of_their_answers_get_429_and_a_close(tmp_path: 
 
 
 @pytest.mark.parametrize("limits", [None, PeerLimits(max_pipelined=1000)])
-def test_pipelined_requests_let_other_clients_in_between(
+async def test_pipelined_requests_let_other_clients_in_between(
     tmp_path: Path, limits: PeerLimits | None
 ) -> None:
     order: list[str] = []
     others: list[asyncio.Task[bytes]] = []
 
-    async def main() -> None:
-        path = str(tmp_path / "api.sock")
+    path = str(tmp_path / "api.sock")
 
-        async def handle(req: Request) -> Response:
-            order.append(req.path)
-            if req.path == "/p0":  # the flood has begun: another client asks once
-                get = b"GET /other HTTP/1.1\r\nConnection: close\r\n\r\n"
-                others.append(asyncio.ensure_future(_exchange(path, get)))
-            return json_response(200, {})
+    async def handle(req: Request) -> Response:
+        order.append(req.path)
+        if req.path == "/p0":  # the flood has begun: another client asks once
+            get = b"GET /other HTTP/1.1\r\nConnection: close\r\n\r\n"
+            others.append(asyncio.ensure_future(_exchange(path, get)))
+        return json_response(200, {})
 
-        server = HttpServer("test", handle, peer_limits=limits)
-        await server.start_unix(path, mode=0o600)
-        try:
-            await _exchange(path, _pipelined(300), eof=True)
-            assert _status(await others[0]) == 200
-        finally:
-            await server.close()
-
-    asyncio.run(main())
+    server = HttpServer("test", handle, peer_limits=limits)
+    await server.start_unix(path, mode=0o600)
+    try:
+        await _exchange(path, _pipelined(300), eof=True)
+        assert _status(await others[0]) == 200
+    finally:
+        await server.close()
     assert "/other" in order
     assert order.index("/other") < order.index("/p299")
 
@@ -523,37 +510,36 @@ def test_partial_bodies_share_one_memory_budget(tmp_path: Path) -> None:
     assert [len(r.body) for r in seen] == [60000, 60000]
 
 
-def test_over_the_budget_while_an_answer_is_due_the_answer_comes_first(tmp_path: Path) -> None:
+async def test_over_the_budget_while_an_answer_is_due_the_answer_comes_first(
+    tmp_path: Path,
+) -> None:
     async def handle(req: Request) -> Response:
         if req.path == "/slow":
             await asyncio.sleep(0.2)
         return json_response(200, {"path": req.path})
 
-    async def main() -> None:
-        server = HttpServer(
-            "test",
-            handle,
-            max_header_bytes=1024,
-            max_body=64 << 10,
-            peer_limits=PeerLimits(buffered_total=8 << 10),
-        )
-        path = str(tmp_path / "api.sock")
-        await server.start_unix(path, mode=0o600)
-        try:
-            reader, writer = await asyncio.open_unix_connection(path)
-            writer.write(b"GET /slow HTTP/1.1\r\n\r\n")
-            await asyncio.sleep(0.05)  # /slow is being served when the rest comes
-            writer.write(b"POST /big HTTP/1.1\r\nContent-Length: 60000\r\n\r\n" + b"x" * 20000)
-            raw = await asyncio.wait_for(reader.read(), 30)
-            writer.close()
-        finally:
-            await server.close()
-        first, _, rest = raw.partition(b"HTTP/1.1 503")
-        assert _status(first) == 200 and b'"/slow"' in first
-        assert b"unfinished request data" in rest
-        assert server.budget.used == 0
-
-    asyncio.run(main())
+    server = HttpServer(
+        "test",
+        handle,
+        max_header_bytes=1024,
+        max_body=64 << 10,
+        peer_limits=PeerLimits(buffered_total=8 << 10),
+    )
+    path = str(tmp_path / "api.sock")
+    await server.start_unix(path, mode=0o600)
+    try:
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"GET /slow HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.05)  # /slow is being served when the rest comes
+        writer.write(b"POST /big HTTP/1.1\r\nContent-Length: 60000\r\n\r\n" + b"x" * 20000)
+        raw = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+    finally:
+        await server.close()
+    first, _, rest = raw.partition(b"HTTP/1.1 503")
+    assert _status(first) == 200 and b'"/slow"' in first
+    assert b"unfinished request data" in rest
+    assert server.budget.used == 0
 
 
 def test_a_refused_connection_is_told_why(tmp_path: Path) -> None:
@@ -583,14 +569,11 @@ def test_a_refused_connection_is_told_why(tmp_path: Path) -> None:
     _serve(tmp_path, body, max_connections=1)
 
 
-def test_socket_file_gets_its_mode_and_group(tmp_path: Path) -> None:
-    async def main() -> None:
-        path = str(tmp_path / "g.sock")
-        server = HttpServer("g", _handler([]))
-        gid = 65534 if os.geteuid() == 0 else os.getgid()
-        await server.start_unix(path, mode=0o660, group=gid)
-        st = os.stat(path)
-        assert (st.st_mode & 0o777, st.st_gid) == (0o660, gid)
-        await server.close()
-
-    asyncio.run(main())
+async def test_socket_file_gets_its_mode_and_group(tmp_path: Path) -> None:
+    path = str(tmp_path / "g.sock")
+    server = HttpServer("g", _handler([]))
+    gid = 65534 if os.geteuid() == 0 else os.getgid()
+    await server.start_unix(path, mode=0o660, group=gid)
+    st = os.stat(path)
+    assert (st.st_mode & 0o777, st.st_gid) == (0o660, gid)
+    await server.close()

@@ -77,7 +77,7 @@ def test_byte_budget_refuses_growth_over_its_limit_and_takes_returns() -> None:
     ByteBudget(None).change(1 << 40)
 
 
-def test_turnstile_gives_one_pass_per_turn_of_the_loop() -> None:
+async def test_turnstile_gives_one_pass_per_turn_of_the_loop() -> None:
     async def main() -> list[str]:
         gate = Turnstile()
         order: list[str] = []
@@ -94,7 +94,7 @@ def test_turnstile_gives_one_pass_per_turn_of_the_loop() -> None:
         await asyncio.gather(ticker(), *(request(f"r{i}") for i in range(4)))
         return order
 
-    order = asyncio.run(main())
+    order = await main()
     # each request had to wait for the loop to turn since the one before it
     positions = [order.index(f"r{i}") for i in range(4)]
     ticks_between = [
@@ -104,7 +104,7 @@ def test_turnstile_gives_one_pass_per_turn_of_the_loop() -> None:
     assert all(n >= 1 for n in ticks_between), order
 
 
-def test_turnstile_serves_root_first_and_accepting_every_other_pass() -> None:
+async def test_turnstile_serves_root_first_and_accepting_every_other_pass() -> None:
     async def main() -> list[str]:
         gate = Turnstile(share=1.0)
         order: list[str] = []
@@ -122,13 +122,13 @@ def test_turnstile_serves_root_first_and_accepting_every_other_pass() -> None:
         await asyncio.gather(first, *waiting)
         return order
 
-    order = asyncio.run(main())
+    order = await main()
     assert order[0] == "first"
     assert order.index("root") < order.index("user0")
     assert order.index("accept") <= 2  # not behind every request
 
 
-def test_turnstile_keeps_the_loop_for_others_in_proportion_to_work_done() -> None:
+async def test_turnstile_keeps_the_loop_for_others_in_proportion_to_work_done() -> None:
     async def main() -> tuple[float, float]:
         gate = Turnstile(share=0.5)
         await gate.wait_turn()
@@ -138,5 +138,5 @@ def test_turnstile_keeps_the_loop_for_others_in_proportion_to_work_done() -> Non
         await gate.wait_turn()
         return done_at, loop.time()
 
-    done_at, next_at = asyncio.run(main())
+    done_at, next_at = await main()
     assert next_at - done_at >= 0.002

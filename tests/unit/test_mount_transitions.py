@@ -339,14 +339,11 @@ def set_config(b: Bed, **mount: Any) -> None:
 
 
 # --- mounting -> mounted ------------------------------------------------------------------
-def test_mounting_then_mounted(bed: Bed) -> None:
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-            await bed.until_log("mount.healthy")
-        assert bed.states() == ["mounting", "mounted"]
-
-    asyncio.run(scenario())
+async def test_mounting_then_mounted(bed: Bed) -> None:
+    async with running(bed):
+        await bed.until_state("mounted")
+        await bed.until_log("mount.healthy")
+    assert bed.states() == ["mounting", "mounted"]
     st = bed.state
     (target,) = bed.mounted
     assert (target.type, target.source) == ("nfs", SOURCE)
@@ -378,43 +375,34 @@ def test_mounting_then_mounted(bed: Bed) -> None:
     assert (bed.tmp / "state" / "mount.json").exists()
 
 
-def test_a_mount_already_there_is_adopted_not_mounted_again(bed: Bed) -> None:
+async def test_a_mount_already_there_is_adopted_not_mounted_again(bed: Bed) -> None:
     bed.mp.mkdir()
     bed.kernel.mount(SOURCE, "nfs4", str(bed.mp), root="/export")
 
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("mounted")
     assert bed.mounted == []
     assert bed.events("mount.adopted", source=SOURCE)
     assert bed.kernel.unmounts == []
 
 
-def test_a_mount_point_that_cannot_be_locked_is_warned_about_and_mounted(bed: Bed) -> None:
+async def test_a_mount_point_that_cannot_be_locked_is_warned_about_and_mounted(bed: Bed) -> None:
     bed.kernel.no_immutable_flag = True
 
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("mounted")
     (warning,) = bed.state.warnings
     assert f"{bed.mp} cannot be made immutable" in warning
     assert "writes under it would land on local disk" in warning
     assert len(bed.mounted) == 1
 
 
-def test_local_type_binds_local_path_and_warns(bed: Bed) -> None:
+async def test_local_type_binds_local_path_and_warns(bed: Bed) -> None:
     local = bed.tmp / "local"
     bed.state.config = bed.config(type="local", source="", local_path=str(local))
 
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("local")
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("local")
     assert bed.mounted == []  # no mount program for local: a bind mount
     entry = bed.kernel.at(str(bed.mp))
     assert entry is not None and entry.root == str(local)
@@ -425,7 +413,7 @@ def test_local_type_binds_local_path_and_warns(bed: Bed) -> None:
     assert bed.metric("volagent_mount_up") == 1
 
 
-def test_local_fallback_where_efs_cannot_be_had_and_efs_tried_again_on_request(
+async def test_local_fallback_where_efs_cannot_be_had_and_efs_tried_again_on_request(
     bed: Bed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     local = bed.tmp / "local"
@@ -440,15 +428,12 @@ def test_local_fallback_where_efs_cannot_be_had_and_efs_tried_again_on_request(
 
     monkeypatch.setattr(discovery, "discover", discover)
 
-    async def scenario() -> None:
-        async with running(bed) as mgr:
-            await bed.until_state("local")
-            assert any("(EFS could not be had)" in w for w in bed.state.warnings)
-            mgr.request_remount()  # tries EFS again
-            await bed.until_log("mount.local_fallback", count=2)
-            await bed.until_log("mount.healthy", count=2)
-
-    asyncio.run(scenario())
+    async with running(bed) as mgr:
+        await bed.until_state("local")
+        assert any("(EFS could not be had)" in w for w in bed.state.warnings)
+        mgr.request_remount()  # tries EFS again
+        await bed.until_log("mount.local_fallback", count=2)
+        await bed.until_log("mount.healthy", count=2)
     assert asked == ["efs", "efs"]
     assert bed.states() == ["mounting", "local", "mounting", "local"]
     assert bed.kernel.unmounts == [str(bed.mp)]
@@ -456,17 +441,14 @@ def test_local_fallback_where_efs_cannot_be_had_and_efs_tried_again_on_request(
     assert bed.state.verdict() != "ok"  # data is not shared: never simply ok
 
 
-def test_an_internal_error_is_said_and_the_mount_watched_again(bed: Bed) -> None:
+async def test_an_internal_error_is_said_and_the_mount_watched_again(bed: Bed) -> None:
     bed.state.config = bed.config(probe_interval_s=0.05)
 
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-            bed.kernel.fail_reads = 1  # the supervisor's next look at the table
-            await bed.until_log("mount.crashed")
-            await bed.until_log("mount.healthy", count=2)
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("mounted")
+        bed.kernel.fail_reads = 1  # the supervisor's next look at the table
+        await bed.until_log("mount.crashed")
+        await bed.until_log("mount.healthy", count=2)
     (crashed,) = bed.events("mount.crashed")
     assert crashed["error"] == "RuntimeError('unexpected')"
     assert ("unmounted", "internal error: RuntimeError('unexpected')") in bed.history
@@ -478,7 +460,7 @@ def test_an_internal_error_is_said_and_the_mount_watched_again(bed: Bed) -> None
 
 
 # --- mounted <-> stalled ------------------------------------------------------------------
-def test_a_hung_probe_makes_it_stalled_and_its_answer_mounted_again(bed: Bed) -> None:
+async def test_a_hung_probe_makes_it_stalled_and_its_answer_mounted_again(bed: Bed) -> None:
     bed.state.config = bed.config(probe_interval_s=0.05, stalled_remount_after=1000)
     st = bed.state
 
@@ -508,17 +490,14 @@ def test_a_hung_probe_makes_it_stalled_and_its_answer_mounted_again(bed: Bed) ->
         assert st.mount.error is None
         return [e for s, e in bed.history[mark:] if s == "stalled"]
 
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-            first = await stall_and_answer(1)
-            assert (bed.metric("volagent_probe_failures_total") or 0) >= 2
-            # the count starts afresh once a probe has answered
-            second = await stall_and_answer(2)
-            for errors in (first, second):
-                assert "(1 in a row)" in (errors[0] or "")
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("mounted")
+        first = await stall_and_answer(1)
+        assert (bed.metric("volagent_probe_failures_total") or 0) >= 2
+        # the count starts afresh once a probe has answered
+        second = await stall_and_answer(2)
+        for errors in (first, second):
+            assert "(1 in a row)" in (errors[0] or "")
     assert bed.states() == ["mounting", "mounted", "stalled", "mounted", "stalled", "mounted"]
     # said when it stalls, not again at every overdue probe
     assert len(bed.events("mount.stalled")) == 2
@@ -527,21 +506,18 @@ def test_a_hung_probe_makes_it_stalled_and_its_answer_mounted_again(bed: Bed) ->
     assert bed.metric("volagent_remounts_total") == 0
 
 
-def test_stalled_for_too_many_probes_is_let_go_and_mounted_again(bed: Bed) -> None:
+async def test_stalled_for_too_many_probes_is_let_go_and_mounted_again(bed: Bed) -> None:
     bed.state.config = bed.config(probe_interval_s=0.05, stalled_remount_after=2)
 
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-            bed.probe.stall()
-            await bed.changes.until(lambda: bed.probe.hanging > 0, "a hung probe")
-            set_config(bed, probe_timeout_s=0.05)  # only while the probe hangs
-            await bed.changes.until(lambda: bed.kernel.unmounts != [], "the lazy unmount")
-            set_config(bed, probe_timeout_s=3600)
-            bed.probe.release()
-            await bed.until_log("mount.healthy", count=2)
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("mounted")
+        bed.probe.stall()
+        await bed.changes.until(lambda: bed.probe.hanging > 0, "a hung probe")
+        set_config(bed, probe_timeout_s=0.05)  # only while the probe hangs
+        await bed.changes.until(lambda: bed.kernel.unmounts != [], "the lazy unmount")
+        set_config(bed, probe_timeout_s=3600)
+        bed.probe.release()
+        await bed.until_log("mount.healthy", count=2)
     assert bed.states() == ["mounting", "mounted", "stalled", "unmounted", "mounting", "mounted"]
     (lost,) = bed.events("mount.lost")
     assert lost["reason"] == "stalled"
@@ -553,21 +529,18 @@ def test_stalled_for_too_many_probes_is_let_go_and_mounted_again(bed: Bed) -> No
     assert bed.delays == [1]  # it lived a moment: counts towards the backoff
 
 
-def test_a_live_probe_timeout_applies_without_a_remount(bed: Bed) -> None:
+async def test_a_live_probe_timeout_applies_without_a_remount(bed: Bed) -> None:
     bed.state.config = bed.config(probe_interval_s=0.05, stalled_remount_after=1000)
 
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-            set_config(bed, probe_timeout_s=0.05)  # applies live
-            calls = bed.probe.calls
-            # two probes later the supervisor has seen the new config
-            await bed.changes.until(lambda: bed.probe.calls >= calls + 2, "two more probes")
-            bed.probe.stall()
-            # with the old timeout (an hour) this would never come
-            await bed.until_state("stalled")
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("mounted")
+        set_config(bed, probe_timeout_s=0.05)  # applies live
+        calls = bed.probe.calls
+        # two probes later the supervisor has seen the new config
+        await bed.changes.until(lambda: bed.probe.calls >= calls + 2, "two more probes")
+        bed.probe.stall()
+        # with the old timeout (an hour) this would never come
+        await bed.until_state("stalled")
     assert "within 0.05s" in (bed.state.mount.error or "")
     assert len(bed.mounted) == 1 and bed.kernel.unmounts == []
     assert not bed.events("mount.remount")
@@ -575,16 +548,13 @@ def test_a_live_probe_timeout_applies_without_a_remount(bed: Bed) -> None:
 
 # --- a probe that fails -------------------------------------------------------------------
 @pytest.mark.parametrize("code", sorted(probe.DEAD_ERRNOS))
-def test_a_dead_probe_lets_go_and_mounts_again(bed: Bed, code: int) -> None:
+async def test_a_dead_probe_lets_go_and_mounts_again(bed: Bed, code: int) -> None:
     bed.state.config = bed.config(probe_interval_s=0.05)
 
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-            bed.probe.fail_next = [code]
-            await bed.until_log("mount.healthy", count=2)
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("mounted")
+        bed.probe.fail_next = [code]
+        await bed.until_log("mount.healthy", count=2)
     assert bed.states() == ["mounting", "mounted", "unmounted", "mounting", "mounted"]
     (lost,) = bed.events("mount.lost")
     assert lost["reason"] == "dead"
@@ -596,26 +566,23 @@ def test_a_dead_probe_lets_go_and_mounts_again(bed: Bed, code: int) -> None:
     assert bed.metric("volagent_remounts_total") == 1
 
 
-def test_a_probe_failing_otherwise_keeps_the_mount_and_warns(bed: Bed) -> None:
+async def test_a_probe_failing_otherwise_keeps_the_mount_and_warns(bed: Bed) -> None:
     bed.state.config = bed.config(probe_interval_s=0.05)
     problem = f"probe failed: {os.strerror(errno.ENOSPC)}"
 
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-            bed.probe.fail_next = [errno.ENOSPC]
-            await bed.changes.until(
-                lambda: ("mounted", problem) in bed.history, "the probe's problem shown"
-            )
-            assert bed.state.mount_healthy
-            assert any(problem in w for w in bed.state.warnings)
-            mark = len(bed.history)
-            await bed.changes.until(
-                lambda: ("mounted", None) in bed.history[mark:], "a good probe again"
-            )
-            assert bed.state.warnings == []
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("mounted")
+        bed.probe.fail_next = [errno.ENOSPC]
+        await bed.changes.until(
+            lambda: ("mounted", problem) in bed.history, "the probe's problem shown"
+        )
+        assert bed.state.mount_healthy
+        assert any(problem in w for w in bed.state.warnings)
+        mark = len(bed.history)
+        await bed.changes.until(
+            lambda: ("mounted", None) in bed.history[mark:], "a good probe again"
+        )
+        assert bed.state.warnings == []
     assert bed.states() == ["mounting", "mounted"]
     assert bed.metric("volagent_probe_failures_total") == 1
     assert len(bed.mounted) == 1 and bed.kernel.unmounts == []
@@ -623,15 +590,14 @@ def test_a_probe_failing_otherwise_keeps_the_mount_and_warns(bed: Bed) -> None:
 
 
 # --- the mount table ----------------------------------------------------------------------
-def test_unmounted_by_someone_else_is_noticed_from_the_table_and_mounted_again(bed: Bed) -> None:
+async def test_unmounted_by_someone_else_is_noticed_from_the_table_and_mounted_again(
+    bed: Bed,
+) -> None:
     # probes an hour apart: only the table watch can tell
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-            bed.kernel.remove(str(bed.mp))
-            await bed.until_log("mount.healthy", count=2)
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("mounted")
+        bed.kernel.remove(str(bed.mp))
+        await bed.until_log("mount.healthy", count=2)
     assert bed.states() == ["mounting", "mounted", "unmounted", "mounting", "mounted"]
     (lost,) = bed.events("mount.lost")
     assert lost["reason"] == "gone"
@@ -643,21 +609,20 @@ def test_unmounted_by_someone_else_is_noticed_from_the_table_and_mounted_again(b
     assert bed.healthy_calls == 2
 
 
-def test_covered_by_another_mount_is_refused_until_it_goes_and_ours_is_adopted(bed: Bed) -> None:
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-            bed.kernel.mount("intruder:/x", "nfs4", str(bed.mp), root="/x")
-            await bed.until_log("mount.refused")
-            st = bed.state
-            assert st.mount.state == "unmounted"
-            assert "already has nfs4 intruder:/x mounted" in (st.mount.error or "")
-            assert bed.metric("volagent_mount_up") == 0
-            bed.kernel.remove(str(bed.mp))  # the intruder leaves; ours is underneath
-            await bed.until_log("mount.adopted")
-            await bed.until_log("mount.healthy", count=2)
-
-    asyncio.run(scenario())
+async def test_covered_by_another_mount_is_refused_until_it_goes_and_ours_is_adopted(
+    bed: Bed,
+) -> None:
+    async with running(bed):
+        await bed.until_state("mounted")
+        bed.kernel.mount("intruder:/x", "nfs4", str(bed.mp), root="/x")
+        await bed.until_log("mount.refused")
+        st = bed.state
+        assert st.mount.state == "unmounted"
+        assert "already has nfs4 intruder:/x mounted" in (st.mount.error or "")
+        assert bed.metric("volagent_mount_up") == 0
+        bed.kernel.remove(str(bed.mp))  # the intruder leaves; ours is underneath
+        await bed.until_log("mount.adopted")
+        await bed.until_log("mount.healthy", count=2)
     (lost,) = bed.events("mount.lost")
     assert (lost["reason"], lost["error"]) == (
         "gone",
@@ -676,14 +641,11 @@ def test_covered_by_another_mount_is_refused_until_it_goes_and_ours_is_adopted(b
 
 
 # --- remounts asked for -------------------------------------------------------------------
-def test_a_requested_remount_detaches_and_mounts_again(bed: Bed) -> None:
-    async def scenario() -> None:
-        async with running(bed) as mgr:
-            await bed.until_state("mounted")
-            mgr.request_remount()
-            await bed.until_log("mount.healthy", count=2)
-
-    asyncio.run(scenario())
+async def test_a_requested_remount_detaches_and_mounts_again(bed: Bed) -> None:
+    async with running(bed) as mgr:
+        await bed.until_state("mounted")
+        mgr.request_remount()
+        await bed.until_log("mount.healthy", count=2)
     assert bed.states() == ["mounting", "mounted", "mounting", "mounted"]
     again = [e for s, e in bed.history if s == "mounting"]
     assert "remount requested" in again
@@ -697,17 +659,14 @@ def test_a_requested_remount_detaches_and_mounts_again(bed: Bed) -> None:
     assert bed.healthy_calls == 2
 
 
-def test_a_config_change_needing_a_remount_mounts_with_the_new_config(bed: Bed) -> None:
+async def test_a_config_change_needing_a_remount_mounts_with_the_new_config(bed: Bed) -> None:
     bed.state.config = bed.config(probe_interval_s=0.05)
     options = "nfsvers=4.1,hard,ro"
 
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-            set_config(bed, options=options)
-            await bed.until_log("mount.healthy", count=2)
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("mounted")
+        set_config(bed, options=options)
+        await bed.until_log("mount.healthy", count=2)
     (remount,) = bed.events("mount.remount")
     assert (remount["reason"], remount["error"]) == ("config", "the mount configuration changed")
     assert ("mounting", "the mount configuration changed") in bed.history
@@ -718,35 +677,29 @@ def test_a_config_change_needing_a_remount_mounts_with_the_new_config(bed: Bed) 
     assert bed.metric("volagent_remounts_total") == 1
 
 
-def test_a_reload_is_looked_at_at_once_not_at_the_next_probe(bed: Bed) -> None:
+async def test_a_reload_is_looked_at_at_once_not_at_the_next_probe(bed: Bed) -> None:
     # probes an hour apart: only the daemon's word that the config changed can wake the
     # watch, as a reload does
     bed.state.config = bed.config(probe_interval_s=3600)
 
-    async def scenario() -> None:
-        async with running(bed) as mgr:
-            await bed.until_state("mounted")
-            probes = bed.probe.calls
-            bed.state.config = bed.config(probe_interval_s=3600, options="nfsvers=4.1,hard,ro")
-            mgr.config_changed()
-            await bed.until_log("mount.healthy", count=2)
-            assert bed.probe.calls <= probes + 1  # the new mount's first probe, no tick
-
-    asyncio.run(scenario())
+    async with running(bed) as mgr:
+        await bed.until_state("mounted")
+        probes = bed.probe.calls
+        bed.state.config = bed.config(probe_interval_s=3600, options="nfsvers=4.1,hard,ro")
+        mgr.config_changed()
+        await bed.until_log("mount.healthy", count=2)
+        assert bed.probe.calls <= probes + 1  # the new mount's first probe, no tick
     assert bed.events("mount.remount", reason="config")
 
 
-def test_a_moved_mount_point_keeps_the_old_mount_for_running_containers(bed: Bed) -> None:
+async def test_a_moved_mount_point_keeps_the_old_mount_for_running_containers(bed: Bed) -> None:
     bed.state.config = bed.config(probe_interval_s=0.05)
     new = bed.tmp / "elsewhere"
 
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-            bed.state.config = replace(bed.state.config, mount_point=str(new))
-            await bed.until_log("mount.healthy", count=2)
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("mounted")
+        bed.state.config = replace(bed.state.config, mount_point=str(new))
+        await bed.until_log("mount.healthy", count=2)
     assert bed.events("mount.remount", reason="config")
     assert bed.kernel.unmounts == []  # the old one stays: containers use it
     assert bed.kernel.at(str(bed.mp)) is not None
@@ -779,7 +732,7 @@ def mount_section_live_keys() -> list[str]:
     [(k, "config") for k in [*keys_applying(REMOUNT), "mount_point"]]
     + [(k, "gone") for k in mount_section_live_keys()],
 )
-def test_the_supervisor_lets_go_for_exactly_the_remount_keys(
+async def test_the_supervisor_lets_go_for_exactly_the_remount_keys(
     bed: Bed, key: str, reason: str
 ) -> None:
     """Each key declared to need a remount (and the mount point) ends the watch; a key that
@@ -808,7 +761,7 @@ def test_the_supervisor_lets_go_for_exactly_the_remount_keys(
             return await watch
 
     try:
-        got, error = asyncio.run(scenario())
+        got, error = await scenario()
     finally:
         sup.close()
     assert got == reason
@@ -817,22 +770,19 @@ def test_the_supervisor_lets_go_for_exactly_the_remount_keys(
 
 
 # --- failed attempts and backoff ----------------------------------------------------------
-def test_failed_attempts_back_off_showing_mounting_and_the_error(bed: Bed) -> None:
+async def test_failed_attempts_back_off_showing_mounting_and_the_error(bed: Bed) -> None:
     bed.state.config = bed.config(probe_interval_s=0.05)  # backoff from 0.05 s up to 2 s
     bed.fail_mounts = [MountError("mount.nfs: Connection timed out")] * 8
     waits: list[tuple[float, str, str | None]] = []
 
-    async def scenario() -> None:
-        mgr = bed.manager()
+    mgr = bed.manager()
 
-        async def backoff(seconds: float) -> None:
-            waits.append((seconds, bed.state.mount.state, bed.state.mount.error))
+    async def backoff(seconds: float) -> None:
+        waits.append((seconds, bed.state.mount.state, bed.state.mount.error))
 
-        mgr._backoff = backoff  # type: ignore[method-assign]  # the retry's sleep, injected
-        async with running(bed, mgr):
-            await bed.until_state("mounted")
-
-    asyncio.run(scenario())
+    mgr._backoff = backoff  # type: ignore[method-assign]  # the retry's sleep, injected
+    async with running(bed, mgr):
+        await bed.until_state("mounted")
     assert len(bed.mounted) == 9
     assert bed.locked_while_mounting == [True] * 9  # never unlocked for an attempt
     seconds = [w for w, _, _ in waits]
@@ -852,53 +802,46 @@ def test_failed_attempts_back_off_showing_mounting_and_the_error(bed: Bed) -> No
     assert bed.healthy_calls == 1
 
 
-def test_a_remount_request_cuts_the_backoff_short(bed: Bed) -> None:
+async def test_a_remount_request_cuts_the_backoff_short(bed: Bed) -> None:
     bed.fail_mounts = [MountError("mount.nfs: access denied by server")]
 
-    async def scenario() -> None:
-        mgr = bed.manager()
-        real = mgr._backoff
-        mgr._backoff = lambda seconds: real(3600)  # type: ignore[method-assign]
-        async with running(bed, mgr):
-            await bed.until_log("mount.attempt_failed")
-            assert bed.state.mount.state == "mounting"
-            mgr.request_remount()
-            await bed.until_state("mounted")
-
-    asyncio.run(scenario())
+    mgr = bed.manager()
+    real = mgr._backoff
+    mgr._backoff = lambda seconds: real(3600)  # type: ignore[method-assign]
+    async with running(bed, mgr):
+        await bed.until_log("mount.attempt_failed")
+        assert bed.state.mount.state == "mounting"
+        mgr.request_remount()
+        await bed.until_state("mounted")
     assert len(bed.mounted) == 2
 
 
 # --- mounts that die young ----------------------------------------------------------------
-def test_mounts_dying_young_back_off_more_each_time_until_one_lives(bed: Bed) -> None:
+async def test_mounts_dying_young_back_off_more_each_time_until_one_lives(bed: Bed) -> None:
     bed.state.config = bed.config(probe_interval_s=0.05)
     bed.probe.fail_next = [errno.ESTALE] * 3  # each new mount is dead at its first probe
 
-    async def scenario() -> None:
-        async with running(bed) as mgr:
-            await bed.until_state("mounted")
-            assert bed.delays == [1, 2, 3]
-            mgr.request_remount()  # asked for: starts the count afresh
-            await bed.until_log("mount.healthy", count=2)
-            bed.probe.fail_next = [errno.ESTALE]
-            await bed.until_log("mount.healthy", count=3)
-
-    asyncio.run(scenario())
+    async with running(bed) as mgr:
+        await bed.until_state("mounted")
+        assert bed.delays == [1, 2, 3]
+        mgr.request_remount()  # asked for: starts the count afresh
+        await bed.until_log("mount.healthy", count=2)
+        bed.probe.fail_next = [errno.ESTALE]
+        await bed.until_log("mount.healthy", count=3)
     assert bed.delays == [1, 2, 3, 1]
     assert len(bed.events("mount.lost", reason="dead")) == 4
 
 
-def test_a_mount_that_lived_long_does_not_count(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_mount_that_lived_long_does_not_count(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(manager, "SHORT_LIVED_S", -1.0)  # every mount has lived long enough
     bed.state.config = bed.config(probe_interval_s=0.05)
 
-    async def scenario() -> None:
-        async with running(bed):
-            await bed.until_state("mounted")
-            bed.probe.fail_next = [errno.EIO]
-            await bed.until_log("mount.healthy", count=2)
-
-    asyncio.run(scenario())
+    async with running(bed):
+        await bed.until_state("mounted")
+        bed.probe.fail_next = [errno.EIO]
+        await bed.until_log("mount.healthy", count=2)
     assert bed.delays == []
 
 

@@ -219,11 +219,11 @@ def test_symlink_in_the_namespace_is_a_violation(
     assert os.listdir(target) == []
 
 
-def test_unlabeled_container_binding_the_shared_filesystem_is_a_violation(
+async def test_unlabeled_container_binding_the_shared_filesystem_is_a_violation(
     mp: Path, preparer: Preparer
 ) -> None:
     s = spec(mp, labels={})
-    outcome = asyncio.run(preparer.prepare(s))
+    outcome = await preparer.prepare(s)
     assert outcome is not None
     (vol,) = outcome.volumes
     assert vol.state == "violation" and vol.error and "rule 6" in vol.error

@@ -7,7 +7,6 @@ heartbeats say version 0.1.0: that release never bumped its version."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -49,19 +48,16 @@ def test_a_0_2_heartbeat_is_a_live_host_that_takes_no_part_in_the_registry(mp: P
     assert host["instance_id"] == "i-0123" and host["status"] == "ok"
 
 
-def test_a_bind_in_a_0_2_usage_record_blocks_a_nested_claim(mp: Path) -> None:
+async def test_a_bind_in_a_0_2_usage_record_blocks_a_nested_claim(mp: Path) -> None:
     lay_out(mp)
     st = make_state(mp, host="host-new")
     vols = [VolumeRecord(host=f"{mp}/r1-web/web/lag/s1", container="/d", read_only=False)]
 
-    async def scenario() -> None:
-        reg = Registry(st)
-        try:
-            await reg.claim(vols, [object()], "c1", "")
-        finally:
-            reg.worker.close()
-
-    asyncio.run(scenario())
+    reg = Registry(st)
+    try:
+        await reg.claim(vols, [object()], "c1", "")
+    finally:
+        reg.worker.close()
     assert vols[0].state == "violation"
     assert "host-old (volagent 0.2" in (vols[0].error or "")
 

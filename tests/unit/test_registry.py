@@ -193,43 +193,37 @@ def volumes_of(*hosts: str) -> tuple[list[VolumeRecord], list[object]]:
 
 
 @pytest.mark.usefixtures("other_process_holds_the_lock")
-def test_a_registry_that_does_not_answer_in_time_fails_the_volumes(mp: Path) -> None:
+async def test_a_registry_that_does_not_answer_in_time_fails_the_volumes(mp: Path) -> None:
     st = make_state(mp, directories={"timeout_s": 0.3})
     vols, plans = volumes_of(f"{mp}/{NS}/web/a")
 
-    async def scenario() -> None:
-        reg = Registry(st)
-        try:
-            await reg.claim(vols, plans, "c1", "")
-        finally:
-            reg.worker.close()
-
-    asyncio.run(scenario())
+    reg = Registry(st)
+    try:
+        await reg.claim(vols, plans, "c1", "")
+    finally:
+        reg.worker.close()
     assert vols[0].state == "failed"
     assert "could not consult the rack's registry" in (vols[0].error or "")
     assert "stayed locked" in (vols[0].error or "")  # the thread's own deadline, not the hang
 
 
-def test_a_clash_in_the_registry_is_a_rule_7_violation(mp: Path) -> None:
+async def test_a_clash_in_the_registry_is_a_rule_7_violation(mp: Path) -> None:
     claim(mp, "h2", f"{NS}/web/lag")
     st = make_state(mp, host="h1")
     vols, plans = volumes_of(f"{mp}/{NS}/web/lag/s1", f"{mp}/{NS}/web/other")
 
-    async def scenario() -> None:
-        reg = Registry(st)
-        try:
-            await reg.claim(vols, plans, "c1", "")
-        finally:
-            reg.worker.close()
-
-    asyncio.run(scenario())
+    reg = Registry(st)
+    try:
+        await reg.claim(vols, plans, "c1", "")
+    finally:
+        reg.worker.close()
     assert vols[0].state == "violation" and "host h2" in (vols[0].error or "")
     assert isinstance(plans[0], NamespaceViolation) and plans[0].rule == 7
     assert vols[1].state != "violation"
     assert paths(mp) == [("h2", f"{NS}/web/lag")]  # nothing of a refused claim registered
 
 
-def test_the_keeper_sets_this_hosts_entries_to_what_it_runs(mp: Path) -> None:
+async def test_the_keeper_sets_this_hosts_entries_to_what_it_runs(mp: Path) -> None:
     st = make_state(mp, host="h1", state_dir=str(mp.parent / "state"))
     claim(mp, "h2", f"{NS}/web/theirs")
     # an entry of this host from an earlier run, its container gone while volagent was down
@@ -237,29 +231,26 @@ def test_the_keeper_sets_this_hosts_entries_to_what_it_runs(mp: Path) -> None:
     container(st, "c1", f"{mp}/{NS}/web/mine")
     st.reserved_binds[b"k" * 32] = (f"{mp}/{NS}/web/creating",)
 
-    async def scenario() -> None:
-        reg = Registry(st)
-        try:
-            assert await reg.sync() == 0  # not before Docker's containers are listed
-            st.containers_listed.set()
-            await asyncio.sleep(0.01)  # the gone entry is older than the keeper's look
-            assert await reg.sync() == 1
-            assert paths(mp) == [
-                ("h1", f"{NS}/web/creating"),
-                ("h1", f"{NS}/web/mine"),
-                ("h2", f"{NS}/web/theirs"),
-            ]
-            refs = {e["path"]: e["ref"] for e in registry_doc(mp)["entries"]}  # type: ignore[attr-defined]
-            assert refs[f"{NS}/web/creating"] == request_ref(b"k" * 32)
-            assert await reg.sync() == 0  # nothing changed: nothing read
-            st.forget_container("c1")
-            del st.reserved_binds[b"k" * 32]
-            assert await reg.sync() == 1
-            assert paths(mp) == [("h2", f"{NS}/web/theirs")]
-        finally:
-            reg.worker.close()
-
-    asyncio.run(scenario())
+    reg = Registry(st)
+    try:
+        assert await reg.sync() == 0  # not before Docker's containers are listed
+        st.containers_listed.set()
+        await asyncio.sleep(0.01)  # the gone entry is older than the keeper's look
+        assert await reg.sync() == 1
+        assert paths(mp) == [
+            ("h1", f"{NS}/web/creating"),
+            ("h1", f"{NS}/web/mine"),
+            ("h2", f"{NS}/web/theirs"),
+        ]
+        refs = {e["path"]: e["ref"] for e in registry_doc(mp)["entries"]}  # type: ignore[attr-defined]
+        assert refs[f"{NS}/web/creating"] == request_ref(b"k" * 32)
+        assert await reg.sync() == 0  # nothing changed: nothing read
+        st.forget_container("c1")
+        del st.reserved_binds[b"k" * 32]
+        assert await reg.sync() == 1
+        assert paths(mp) == [("h2", f"{NS}/web/theirs")]
+    finally:
+        reg.worker.close()
     remembered = json.loads((mp.parent / "state" / "registry-namespaces.json").read_text())
     assert remembered == {"namespaces": []}
 
@@ -274,7 +265,7 @@ def test_a_lock_is_released_when_the_transaction_ends(mp: Path) -> None:
         os.close(fd)
 
 
-def test_a_0_2_hosts_bind_from_its_usage_record_is_judged_and_named_in_the_status(
+async def test_a_0_2_hosts_bind_from_its_usage_record_is_judged_and_named_in_the_status(
     mp: Path,
 ) -> None:
     """During a rolling update a 0.2 host writes no registry entries: its fresh usage record
@@ -286,14 +277,11 @@ def test_a_0_2_hosts_bind_from_its_usage_record_is_judged_and_named_in_the_statu
     st = make_state(mp, host="h1")
     vols, plans = volumes_of(f"{mp}/{NS}/web/lag/s1")
 
-    async def scenario() -> None:
-        reg = Registry(st)
-        try:
-            await reg.claim(vols, plans, "c1", "")
-        finally:
-            reg.worker.close()
-
-    asyncio.run(scenario())
+    reg = Registry(st)
+    try:
+        await reg.claim(vols, plans, "c1", "")
+    finally:
+        reg.worker.close()
     assert vols[0].state == "violation"
     assert "old-host (volagent 0.2" in (vols[0].error or "")
     assert any("old-host" in w and "take no part" in w for w in st.warnings)

@@ -57,7 +57,7 @@ def root_tasks(d: Daemon, config_path: Path) -> dict[str, Callable[[], Awaitable
 
 
 @pytest.mark.usefixtures("docker_py_failed_connects")
-def test_every_root_task_ends_when_cancelled_at_any_point(tmp_path: Path, mp: Path) -> None:
+async def test_every_root_task_ends_when_cancelled_at_any_point(tmp_path: Path, mp: Path) -> None:
     config_path = tmp_path / "volagent.toml"
     config_path.write_text("")
     rng = random.Random(7)  # noqa: S311 - reproducible points, not secrets
@@ -83,5 +83,5 @@ def test_every_root_task_ends_when_cancelled_at_any_point(tmp_path: Path, mp: Pa
             d.records_worker.close()
         return ended
 
-    ended = asyncio.run(main())
+    ended = await main()
     assert ended and all(n == ROUNDS for n in ended.values()), ended

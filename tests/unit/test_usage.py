@@ -3,7 +3,6 @@ rewritten before REFRESH_S, never while the mount is unhealthy."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -48,12 +47,12 @@ def test_key_of_takes_namespace_and_directory(mp: Path) -> None:
     assert usage.key_of(str(mp), f"{mp}-other/r1-a/web") is None
 
 
-def test_new_use_is_recorded_once_per_directory(mp: Path, worker: TimedWorker) -> None:
+async def test_new_use_is_recorded_once_per_directory(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp)
     add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"), (f"{mp}/r1-a/web/logs", "late"))
     add_container(st, "2", (f"{mp}/r1-a/worker/x", "pending"), (f"{mp}/r1-b/web/x", "violation"))
     rec = usage.UsageRecorder(st, worker)
-    assert asyncio.run(rec.record_due()) == 3
+    assert await rec.record_due() == 3
     base = mp / ".volagent" / "usage"
     web = json.loads((base / "r1-a" / "web" / "host-a.json").read_text())
     assert web["host"] == "host-a"
@@ -64,16 +63,16 @@ def test_new_use_is_recorded_once_per_directory(mp: Path, worker: TimedWorker) -
     # a bind in violation (violations = "warn" lets it through) still holds data in use
     assert (base / "r1-b" / "web" / "host-a.json").exists()
     # nothing due again before REFRESH_S
-    assert asyncio.run(rec.record_due()) == 0
+    assert await rec.record_due() == 0
     add_container(st, "3", (f"{mp}/r1-c/web/x", "ready"))
-    assert asyncio.run(rec.record_due()) == 1
+    assert await rec.record_due() == 1
     assert (
         st.metrics.registry.get_sample_value("volagent_usage_records_total", {"result": "written"})
         == 4
     )
 
 
-def test_every_bind_on_the_shared_filesystem_is_use_whoever_made_it(
+async def test_every_bind_on_the_shared_filesystem_is_use_whoever_made_it(
     mp: Path, worker: TimedWorker
 ) -> None:
     """Dot directories, unlabeled containers (app ""), whole namespaces and the mount point
@@ -101,32 +100,34 @@ def test_every_bind_on_the_shared_filesystem_is_use_whoever_made_it(
         ("r1-w", ""): ["2"],
         usage.MOUNT_ROOT: ["2"],
     }
-    assert asyncio.run(usage.UsageRecorder(st, worker).record_due()) == 4
+    assert await usage.UsageRecorder(st, worker).record_due() == 4
     base = mp / ".volagent" / "usage"
     for rec in ("r1-a/.shared/host-a.json", "r1-u/cache/host-a.json", "r1-w/host-a.json"):
         assert (base / rec).is_file(), rec
     assert json.loads((base / "host-a.json").read_text())["containers"] == ["2"]
 
 
-def test_use_is_refreshed_after_refresh_interval(mp: Path, worker: TimedWorker) -> None:
+async def test_use_is_refreshed_after_refresh_interval(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp)
     add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
     rec = usage.UsageRecorder(st, worker)
-    asyncio.run(rec.record_due())
+    await rec.record_due()
     assert rec.due(time.monotonic()) == {}
     assert list(rec.due(time.monotonic() + usage.REFRESH_S + 1)) == [("r1-a", "web")]
 
 
-def test_nothing_is_written_while_the_mount_is_unhealthy(mp: Path, worker: TimedWorker) -> None:
+async def test_nothing_is_written_while_the_mount_is_unhealthy(
+    mp: Path, worker: TimedWorker
+) -> None:
     st = make_state(mp)
     add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
     st.set_mount_state("unmounted")
     st.mount_dev = None
-    assert asyncio.run(usage.UsageRecorder(st, worker).record_due()) == 0
+    assert await usage.UsageRecorder(st, worker).record_due() == 0
     assert not (mp / ".volagent").exists()
 
 
-def test_a_failed_write_is_counted_and_retried_later(
+async def test_a_failed_write_is_counted_and_retried_later(
     mp: Path, tmp_path: Path, worker: TimedWorker
 ) -> None:
     st = make_state(mp)
@@ -134,16 +135,16 @@ def test_a_failed_write_is_counted_and_retried_later(
     (mp / ".volagent").mkdir()
     (mp / ".volagent" / "usage").symlink_to(tmp_path)  # planted: never followed
     rec = usage.UsageRecorder(st, worker)
-    assert asyncio.run(rec.record_due()) == 0
+    assert await rec.record_due() == 0
     assert (
         st.metrics.registry.get_sample_value("volagent_usage_records_total", {"result": "failed"})
         == 1
     )
     assert not (tmp_path / "r1-a").exists()
     (mp / ".volagent" / "usage").unlink()
-    assert asyncio.run(rec.record_due()) == 0  # backing off
+    assert await rec.record_due() == 0  # backing off
     rec._retry_at = 0.0
-    assert asyncio.run(rec.record_due()) == 1
+    assert await rec.record_due() == 1
 
 
 def test_a_legacy_hosts_binds_are_read_from_the_namespaces_records_only(mp: Path) -> None:
@@ -170,7 +171,7 @@ def test_a_legacy_hosts_binds_are_read_from_the_namespaces_records_only(mp: Path
     assert known.known() == ["new"]
 
 
-def test_records_of_an_earlier_run_are_ended_once_the_containers_are_listed(
+async def test_records_of_an_earlier_run_are_ended_once_the_containers_are_listed(
     mp: Path, worker: TimedWorker
 ) -> None:
     """A container removed while volagent was not running: the record its last run wrote
@@ -178,7 +179,7 @@ def test_records_of_an_earlier_run_are_ended_once_the_containers_are_listed(
     earlier = make_state(mp)
     add_container(earlier, "1", (f"{mp}/r1-a/web/data", "ready"), (f"{mp}/r1-b/web/x", "ready"))
     add_container(earlier, "2", (mp.as_posix(), "violation"))  # one binding the mount point
-    assert asyncio.run(usage.UsageRecorder(earlier, worker).record_due()) == 3
+    assert await usage.UsageRecorder(earlier, worker).record_due() == 3
     base = mp / ".volagent" / "usage"
 
     def listed(path: Path) -> list[str]:
@@ -188,10 +189,10 @@ def test_records_of_an_earlier_run_are_ended_once_the_containers_are_listed(
     st = make_state(mp)
     add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"), (f"{mp}/r1-b/web/x", "ready"))
     rec = usage.UsageRecorder(st, worker)
-    asyncio.run(rec.record_due())
+    await rec.record_due()
     assert listed(base / "host-a.json") == ["c-2"]  # not before Docker has been listed
     st.containers_listed.set()
-    asyncio.run(rec.record_due())
+    await rec.record_due()
     assert listed(base / "host-a.json") == []
     assert listed(base / "r1-a" / "web" / "host-a.json") == ["c-1"]
     assert listed(base / "r1-b" / "web" / "host-a.json") == ["c-1"]

@@ -55,12 +55,12 @@ def walker(st: AgentState, hosts: list[str]) -> UsageWalker:
     return UsageWalker(st, view)
 
 
-def test_a_pass_measures_every_app_and_exports_it(mp: Path) -> None:
+async def test_a_pass_measures_every_app_and_exports_it(mp: Path) -> None:
     fill(mp, "shop", "web", 200_000)
     fill(mp, "blog", "db", 50_000)
     st = make_state(mp, default="100KiB")
     w = walker(st, ["host-a"])
-    assert asyncio.run(w.one_pass()) == 2
+    assert await w.one_pass() == 2
     by = samples(st, "volagent_namespace_bytes")
     assert by[("shop", "web")] >= 200_000 and by[("shop", "")] > by[("shop", "web")]
     assert samples(st, "volagent_namespace_inodes")[("blog", "")] == 3
@@ -74,22 +74,22 @@ def test_a_pass_measures_every_app_and_exports_it(mp: Path) -> None:
     assert view[0]["services"]["web"]["bytes"] >= 200_000 and view[0]["measured_by"] == "host-a"
 
 
-def test_hosts_walk_only_their_share_and_read_the_others(mp: Path) -> None:
+async def test_hosts_walk_only_their_share_and_read_the_others(mp: Path) -> None:
     apps = [f"app{i}" for i in range(12)]
     for app in apps:
         fill(mp, app, "s", 1000)
     a, b = make_state(mp, "host-a"), make_state(mp, "host-b")
     wa, wb = walker(a, ["host-a", "host-b"]), walker(b, ["host-a", "host-b"])
-    done_a = asyncio.run(wa.one_pass())
-    done_b = asyncio.run(wb.one_pass())
+    done_a = await wa.one_pass()
+    done_b = await wb.one_pass()
     owners = [usage_share.owner(["host-a", "host-b"], f"r1-{app}") for app in apps]
     assert done_a == owners.count("host-a") and done_b == owners.count("host-b")
-    asyncio.run(wa.refresh())
+    await wa.refresh()
     assert {u["app"] for u in wa.view()} == set(apps)
     assert {u["measured_by"] for u in wa.view()} == {"host-a", "host-b"}
 
 
-def test_hosts_of_another_rack_on_the_filesystem_neither_share_nor_forget(mp: Path) -> None:
+async def test_hosts_of_another_rack_on_the_filesystem_neither_share_nor_forget(mp: Path) -> None:
     fill(mp, "shop", "web", 1000)
     mine = make_state(mp, "host-a")
     other = make_state(mp, "other")  # would win r1-shop if it counted
@@ -98,44 +98,44 @@ def test_hosts_of_another_rack_on_the_filesystem_neither_share_nor_forget(mp: Pa
     async def view() -> list[dict[str, Any]]:
         return [{"host": "host-a", "rack": "r1"}, {"host": "other", "rack": "r2"}]
 
-    assert asyncio.run(UsageWalker(mine, view).one_pass()) == 1  # "other" is of r2
-    asyncio.run(UsageWalker(other, view).one_pass())  # r2 has no namespace: nothing to forget
+    assert await UsageWalker(mine, view).one_pass() == 1  # "other" is of r2
+    await UsageWalker(other, view).one_pass()  # r2 has no namespace: nothing to forget
     assert "r1-shop" in usage_walk.read_sizes(_root(mp))
 
 
-def test_a_removed_namespace_loses_its_figures(mp: Path) -> None:
+async def test_a_removed_namespace_loses_its_figures(mp: Path) -> None:
     fill(mp, "shop", "web", 1000)
     st = make_state(mp)
     w = walker(st, ["host-a"])
-    asyncio.run(w.one_pass())
+    await w.one_pass()
     (mp / "r1-shop" / "web" / "blob").unlink()
     for d in (mp / "r1-shop" / "web", mp / "r1-shop"):
         d.rmdir()
-    asyncio.run(w.one_pass())
-    asyncio.run(w.refresh())
+    await w.one_pass()
+    await w.refresh()
     assert w.view() == [] and samples(st, "volagent_namespace_bytes") == {}
 
 
-def test_deny_refuses_creates_of_an_app_over_quota_only(mp: Path) -> None:
+async def test_deny_refuses_creates_of_an_app_over_quota_only(mp: Path) -> None:
     fill(mp, "shop", "web", 100_000)
     st = make_state(mp, over_quota="deny", apps={"shop": "10KiB"})
-    asyncio.run(walker(st, ["host-a"]).one_pass())
+    await walker(st, ["host-a"]).one_pass()
     refusal = quotas.refusal(st, "shop")
     assert refusal and "quota of 10KiB" in refusal and "volagent gc" in refusal
     assert quotas.refusal(st, "blog") is None
     warn = make_state(mp, apps={"shop": "10KiB"})
-    asyncio.run(walker(warn, ["host-a"]).one_pass())
+    await walker(warn, ["host-a"]).one_pass()
     assert warn.over_quota and quotas.refusal(warn, "shop") is None
 
 
-def test_the_quota_warning_clears_when_the_app_shrinks(mp: Path) -> None:
+async def test_the_quota_warning_clears_when_the_app_shrinks(mp: Path) -> None:
     fill(mp, "shop", "web", 100_000)
     st = make_state(mp, apps={"shop": "50KB"})
     w = walker(st, ["host-a"])
-    asyncio.run(w.one_pass())
+    await w.one_pass()
     assert st.verdict() == "degraded"
     (mp / "r1-shop" / "web" / "blob").write_bytes(b"")
-    asyncio.run(w.one_pass())
+    await w.one_pass()
     assert st.verdict() == "ok" and not st.warnings
 
 
@@ -180,15 +180,15 @@ def test_the_guard_denies_creates_of_an_app_over_quota_with_deny(mp: Path) -> No
             worker.close()
 
 
-def test_a_walk_cut_short_resumes_from_its_saved_cursor_after_a_restart(mp: Path) -> None:
+async def test_a_walk_cut_short_resumes_from_its_saved_cursor_after_a_restart(mp: Path) -> None:
     for i in range(6):
         fill(mp, "shop", f"s{i}", 5000)
         for j in range(10):
             (mp / "r1-shop" / f"s{i}" / f"more{j}").write_bytes(b"x" * 100)
     reference = make_state(mp)
-    asyncio.run(walker(reference, ["host-a"]).one_pass())
+    await walker(reference, ["host-a"]).one_pass()
     want = walker(reference, ["host-a"])
-    asyncio.run(want.refresh())
+    await want.refresh()
 
     st = make_state(mp)
     st.config = from_dict({**_config(mp), "usage": {"ops_per_second": 1}})  # 10 ops a step
@@ -202,12 +202,12 @@ def test_a_walk_cut_short_resumes_from_its_saved_cursor_after_a_restart(mp: Path
         return asked <= 3  # the pass's own check, then two steps: this host stops owning it
 
     first._owned = owned_twice  # type: ignore[method-assign]
-    assert asyncio.run(first.one_pass()) == 0
+    assert await first.one_pass() == 0
     saved = usage_walk.read_sizes(_root(mp))["r1-shop"]["walk"]
     assert saved["host"] == "host-a" and len(saved["stack"]) >= 1 and saved["totals"]
 
     restarted = walker(make_state(mp), ["host-a"])
-    assert asyncio.run(restarted.one_pass()) == 1
+    assert await restarted.one_pass() == 1
     got = {u["app"]: u for u in restarted.view()}["shop"]
     assert got["services"] == {u["app"]: u for u in want.view()}["shop"]["services"]
     assert got["walking"] is False
@@ -230,7 +230,7 @@ def _root(mp: Path) -> int:
     return os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
 
 
-def test_a_pass_reads_the_heartbeats_once_and_the_records_at_a_flat_pace(mp: Path) -> None:
+async def test_a_pass_reads_the_heartbeats_once_and_the_records_at_a_flat_pace(mp: Path) -> None:
     """A host's reads of the rack's records do not grow with the rack: the live hosts are
     read once a pass (not once a namespace or a walk step), and where there are more size
     records than BATCH, a BATCH of them every REFRESH_S, from one listing."""
@@ -245,7 +245,7 @@ def test_a_pass_reads_the_heartbeats_once_and_the_records_at_a_flat_pace(mp: Pat
         return [{"host": "host-a", "stale": False}]
 
     w = UsageWalker(st, view)
-    assert asyncio.run(w.one_pass()) == 6
+    assert await w.one_pass() == 6
     assert reads == 1
     sizes = mp / ".volagent" / usage_walk.SIZES_DIR
     many = 2 * usage_task.BATCH + 10
@@ -261,5 +261,5 @@ def test_a_pass_reads_the_heartbeats_once_and_the_records_at_a_flat_pace(mp: Pat
         return steps
 
     b = usage_task.BATCH
-    assert asyncio.run(rolling()) == [b, b, 16, b, 0]  # 6 of the walk's own records too
+    assert await rolling() == [b, b, 16, b, 0]  # 6 of the walk's own records too
     assert len(w._figures) == many + 6

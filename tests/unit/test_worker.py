@@ -11,47 +11,38 @@ from volagent.errors import FilesystemHung
 from volagent.worker import TimedWorker
 
 
-def test_returns_result_and_raises_errors() -> None:
+async def test_returns_result_and_raises_errors() -> None:
     worker = TimedWorker("t")
 
-    async def go() -> None:
-        assert await worker.run(lambda: 41 + 1, timeout=5) == 42
-        with pytest.raises(ZeroDivisionError):
-            await worker.run(lambda: 1 // 0, timeout=5)
-
-    asyncio.run(go())
+    assert await worker.run(lambda: 41 + 1, timeout=5) == 42
+    with pytest.raises(ZeroDivisionError):
+        await worker.run(lambda: 1 // 0, timeout=5)
     worker.close()
 
 
-def test_hung_job_times_out_and_the_pool_keeps_working() -> None:
+async def test_hung_job_times_out_and_the_pool_keeps_working() -> None:
     worker = TimedWorker("t", max_threads=2)
     release = threading.Event()
 
-    async def go() -> None:
-        with pytest.raises(FilesystemHung, match="probe did not finish"):
-            await worker.run(release.wait, timeout=0.05, what="probe")
-        # the hung thread is left behind; a second thread serves new work
-        assert await worker.run(lambda: "alive", timeout=5) == "alive"
-
-    asyncio.run(go())
+    with pytest.raises(FilesystemHung, match="probe did not finish"):
+        await worker.run(release.wait, timeout=0.05, what="probe")
+    # the hung thread is left behind; a second thread serves new work
+    assert await worker.run(lambda: "alive", timeout=5) == "alive"
     release.set()
     worker.close()
 
 
-def test_job_not_started_before_its_timeout_never_runs() -> None:
+async def test_job_not_started_before_its_timeout_never_runs() -> None:
     worker = TimedWorker("t", max_threads=1)
     release = threading.Event()
     ran: list[str] = []
 
-    async def go() -> None:
-        blocker = worker.submit(release.wait)
-        with pytest.raises(FilesystemHung):
-            await worker.run(lambda: ran.append("late"), timeout=0.05)
-        release.set()
-        await asyncio.wrap_future(blocker)
-        # the next job runs; the abandoned one was dropped, not run after its caller gave up
-        assert await worker.run(lambda: "next", timeout=5) == "next"
-
-    asyncio.run(go())
+    blocker = worker.submit(release.wait)
+    with pytest.raises(FilesystemHung):
+        await worker.run(lambda: ran.append("late"), timeout=0.05)
+    release.set()
+    await asyncio.wrap_future(blocker)
+    # the next job runs; the abandoned one was dropped, not run after its caller gave up
+    assert await worker.run(lambda: "next", timeout=5) == "next"
     assert ran == []
     worker.close()

@@ -340,20 +340,6 @@ def bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bed]:
 
     monkeypatch.setattr(docker, "APIClient", engine.client)
     monkeypatch.setattr(mount_check, "read_table", read_table)
-    for name in (
-        "upsert_container",
-        "forget_container",
-        "set_volume_state",
-        "set_docker_state",
-        "count_event",
-    ):
-        real = getattr(state, name)
-
-        def poked(*args: Any, _real: Callable[..., None] = real, **kwargs: Any) -> None:
-            _real(*args, **kwargs)
-            changes.poke()
-
-        setattr(state, name, poked)
     real_upsert, real_docker_state = state.upsert_container, state.set_docker_state
 
     def upsert(rec: ContainerRecord) -> None:
@@ -379,6 +365,13 @@ async def watching(b: Bed) -> AsyncIterator[DockerWatch]:
     watch = DockerWatch(b.state, Preparer(b.state, worker))
     task = asyncio.create_task(watch.run())
     b.changes.watch(task)
+
+    async def relay_state_changes() -> None:  # the state's changes wake the test too
+        while True:
+            await b.state.changed()
+            b.changes.poke()
+
+    relay = asyncio.create_task(relay_state_changes())
     first = asyncio.create_task(watch.first_attempt_done.wait())
     first.add_done_callback(lambda _: b.changes.poke())
     try:
@@ -386,6 +379,7 @@ async def watching(b: Bed) -> AsyncIterator[DockerWatch]:
         yield watch
     finally:
         first.cancel()
+        relay.cancel()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

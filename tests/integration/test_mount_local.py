@@ -36,7 +36,7 @@ def _same_dir(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-async def test_mounts_local_path_and_reports_local(scratch: Scratch) -> None:
+def test_mounts_local_path_and_reports_local(scratch: Scratch) -> None:
     async def scenario() -> None:
         async with running_manager(scratch.config()) as r:
             await r.wait_state("local")
@@ -55,7 +55,7 @@ async def test_mounts_local_path_and_reports_local(scratch: Scratch) -> None:
 
     run_async(scenario())
     # the directory underneath is immutable: nothing can land there if the mount goes
-    await child.lazy_unmount(scratch.mount_point, 30)
+    asyncio.run(child.lazy_unmount(scratch.mount_point, 30))
     with pytest.raises(PermissionError) as info:
         Path(scratch.mount_point, "x").mkdir()
     assert info.value.errno == errno.EPERM
@@ -202,7 +202,7 @@ def test_an_unexpected_os_error_is_shown_and_retried(scratch: Scratch) -> None:
     run_async(scenario())
 
 
-async def test_a_dead_local_path_is_reported_and_retried_with_backoff(scratch: Scratch) -> None:
+def test_a_dead_local_path_is_reported_and_retried_with_backoff(scratch: Scratch) -> None:
     # local_path is itself a FUSE mount, and its server dies under the bind.
     export = scratch.root / "export"
     export.mkdir()
@@ -235,5 +235,5 @@ async def test_a_dead_local_path_is_reported_and_retried_with_backoff(scratch: S
         for _ in range(5):
             if find_mount(scratch.mount_point) is None:
                 break
-            await child.lazy_unmount(scratch.mount_point, 30)
-        await child.lazy_unmount(scratch.local_path, 30)
+            asyncio.run(child.lazy_unmount(scratch.mount_point, 30))
+        asyncio.run(child.lazy_unmount(scratch.local_path, 30))

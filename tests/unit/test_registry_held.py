@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -92,22 +92,20 @@ def claims(st: AgentState, result: str) -> float:
     return float(value)
 
 
-def with_registry(st: AgentState, scenario: object) -> None:
-    async def main() -> None:
-        reg = Registry(st)
-        try:
-            await scenario(reg)  # type: ignore[operator]
-        finally:
-            reg.worker.close()
-
-    asyncio.run(main())
+@contextlib.asynccontextmanager
+async def registry_of(st: AgentState) -> AsyncIterator[Registry]:
+    reg = Registry(st)
+    try:
+        yield reg
+    finally:
+        reg.worker.close()
 
 
-def test_a_claim_of_a_path_this_host_holds_makes_no_transaction(mp: Path) -> None:
+async def test_a_claim_of_a_path_this_host_holds_makes_no_transaction(mp: Path) -> None:
     st = alive(mp)
     path = f"{mp}/{NS}/web/data"
 
-    async def scenario(reg: Registry) -> None:
+    async with registry_of(st) as reg:
         first, plans = volumes_of(path)
         await reg.claim(first, plans, "c1", "one")
         assert first[0].state != "failed" and claims(st, "registered") == 1
@@ -122,17 +120,18 @@ def test_a_claim_of_a_path_this_host_holds_makes_no_transaction(mp: Path) -> Non
             await reg.claim(other, plans, "c3", "three")
             assert other[0].state == "failed"
 
-    with_registry(st, scenario)
     assert entries(mp) == [("h1", f"{NS}/web/data", "c1")]
 
 
-def test_a_held_path_is_claimed_under_the_lock_when_the_heartbeat_is_not_fresh(mp: Path) -> None:
+async def test_a_held_path_is_claimed_under_the_lock_when_the_heartbeat_is_not_fresh(
+    mp: Path,
+) -> None:
     """Another host forgets this host's entries after `forget_after_s` without a heartbeat:
     whether they are still there is then not known without reading the file."""
     st = alive(mp)
     path = f"{mp}/{NS}/web/data"
 
-    async def scenario(reg: Registry) -> None:
+    async with registry_of(st) as reg:
         await reg.claim(*volumes_of(path), "c1", "")
         st.heartbeat_at = time.time() - st.config.health.forget_after_s
         with lock_held_elsewhere(mp):
@@ -141,15 +140,13 @@ def test_a_held_path_is_claimed_under_the_lock_when_the_heartbeat_is_not_fresh(m
             assert again[0].state == "failed"
             assert "could not consult the rack's registry" in (again[0].error or "")
 
-    with_registry(st, scenario)
 
-
-def test_a_held_path_is_claimed_under_the_lock_while_0_2_hosts_bind(mp: Path) -> None:
+async def test_a_held_path_is_claimed_under_the_lock_while_0_2_hosts_bind(mp: Path) -> None:
     """A 0.2 host's binds are read from its usage records at every claim."""
     st = alive(mp)
     path = f"{mp}/{NS}/web/data"
 
-    async def scenario(reg: Registry) -> None:
+    async with registry_of(st) as reg:
         await reg.claim(*volumes_of(path), "c1", "")
         reg.legacy_hosts["old-host"] = time.time()
         with lock_held_elsewhere(mp):
@@ -157,14 +154,12 @@ def test_a_held_path_is_claimed_under_the_lock_while_0_2_hosts_bind(mp: Path) ->
             await reg.claim(again, plans, "c2", "")
             assert again[0].state == "failed"
 
-    with_registry(st, scenario)
 
-
-def test_a_held_path_is_claimed_under_the_lock_once_the_filesystem_changed(mp: Path) -> None:
+async def test_a_held_path_is_claimed_under_the_lock_once_the_filesystem_changed(mp: Path) -> None:
     st = alive(mp)
     path = f"{mp}/{NS}/web/data"
 
-    async def scenario(reg: Registry) -> None:
+    async with registry_of(st) as reg:
         await reg.claim(*volumes_of(path), "c1", "")
         assert st.mount_dev is not None
         st.mount_dev += 1  # remounted: another filesystem, as far as volagent knows
@@ -173,16 +168,14 @@ def test_a_held_path_is_claimed_under_the_lock_once_the_filesystem_changed(mp: P
             await reg.claim(again, plans, "c2", "")
             assert again[0].state == "failed"
 
-    with_registry(st, scenario)
 
-
-def test_the_keeper_writes_nothing_when_docker_answers_a_create(mp: Path) -> None:
+async def test_the_keeper_writes_nothing_when_docker_answers_a_create(mp: Path) -> None:
     """The claim's entry holds the path under the request's digest; the container that
     Docker names binds the same path, so the file is not written again."""
     st = alive(mp)
     path = f"{mp}/{NS}/web/data"
 
-    async def scenario(reg: Registry) -> None:
+    async with registry_of(st) as reg:
         await reg.sync()  # the start-up pass
         await reg.claim(*volumes_of(path), "request:abc", "web-1")
         written = registry_file(mp).stat()
@@ -193,11 +186,10 @@ def test_the_keeper_writes_nothing_when_docker_answers_a_create(mp: Path) -> Non
         assert await reg.sync() == 0
         assert registry_file(mp).stat().st_ino == written.st_ino
 
-    with_registry(st, scenario)
     assert entries(mp) == [("h1", f"{NS}/web/data", "request:abc")]
 
 
-def test_a_claim_waits_for_the_keepers_removal_of_its_path_under_way(
+async def test_a_claim_waits_for_the_keepers_removal_of_its_path_under_way(
     mp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The keeper looked when no container bound the path and is removing its entry; a
@@ -215,7 +207,7 @@ def test_a_claim_waits_for_the_keepers_removal_of_its_path_under_way(
 
     monkeypatch.setattr(registry_task.registry_claim, "set_own", slow_set_own)
 
-    async def scenario(reg: Registry) -> None:
+    async with registry_of(st) as reg:
         run_container(st, "c1", path)
         await reg.claim(*volumes_of(path), "c1", "")
         assert await reg.sync() == 1
@@ -234,16 +226,14 @@ def test_a_claim_waits_for_the_keepers_removal_of_its_path_under_way(
         assert await reg.sync() == 1
         assert entries(mp) == []
 
-    with_registry(st, scenario)
 
-
-def test_a_path_released_by_a_refused_create_is_removed_at_the_next_pass(mp: Path) -> None:
+async def test_a_path_released_by_a_refused_create_is_removed_at_the_next_pass(mp: Path) -> None:
     """A create refused after its claim gives its reservation back: the keeper removes the
     entry at once, rather than holding the path from other hosts."""
     st = alive(mp)
     path = f"{mp}/{NS}/web/data"
 
-    async def scenario(reg: Registry) -> None:
+    async with registry_of(st) as reg:
         await reg.sync()  # the start-up pass
         st.reserved_binds[b"k" * 32] = (path,)
         await reg.claim(*volumes_of(path), "request:abc", "")
@@ -252,17 +242,15 @@ def test_a_path_released_by_a_refused_create_is_removed_at_the_next_pass(mp: Pat
         assert await reg.sync() == 1
         assert entries(mp) == []
 
-    with_registry(st, scenario)
 
-
-def test_the_keeper_restores_an_entry_that_went_missing(mp: Path) -> None:
+async def test_the_keeper_restores_an_entry_that_went_missing(mp: Path) -> None:
     """Every VERIFY_INTERVAL_S the keeper reads its namespaces again, though nothing changed
     here: an entry removed from the file (by hand, or by a host that forgot this one) comes
     back, and a claim of its path is not skipped meanwhile on the strength of a stale note."""
     st = alive(mp)
     path = f"{mp}/{NS}/web/data"
 
-    async def scenario(reg: Registry) -> None:
+    async with registry_of(st) as reg:
         run_container(st, "c1", path)
         assert await reg.sync() == 1
         registry_file(mp).write_text(
@@ -272,5 +260,4 @@ def test_the_keeper_restores_an_entry_that_went_missing(mp: Path) -> None:
         reg._verify_at = 0.0  # its interval has run out
         assert await reg.sync() == 1
 
-    with_registry(st, scenario)
     assert entries(mp) == [("h1", f"{NS}/web/data", "c1")]

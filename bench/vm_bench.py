@@ -11,12 +11,12 @@ volagent mounts it as NFSv4.1 with the production options.
    turns in blocks; the ratio is of the medians, both measured in this run. NFS operations
    per run are /proc/self/mountstats deltas across the `docker run`.
 2. Each step of a guarded `docker run` on the shared filesystem (create walk, trash check,
-   the rack registry's claim, usage record, the registry keeper's update, start walk, check
-   after start), counted apart in NFS operations for an
-   existing directory three levels below the service's namespace (used before: made long
-   ago, another host's usage record of it) and for a new one: bench/vm_steps.py makes, in the
-   guest, the calls volagent's worker makes, in its order, with the daemon stopped, so no
-   idle traffic is in the counts (the client's lease renewals are left out too).
+   the rack registry's claim, usage record, the registry keeper's update, the start's claim,
+   start walk, check after start), counted apart in NFS operations for an existing directory
+   three levels below the service's namespace (used before: made long ago, another host's
+   usage record of it) and for a new one: bench/vm_steps.py makes, in the guest, the calls
+   volagent's worker makes, in its order, with the daemon stopped, so no idle traffic is in
+   the counts (the client's lease renewals are left out too).
    `VOLAGENT_BENCH_VM_BLOCKS=0` runs this part alone.
 3. Hang noticed: packets to and from port 2049 dropped (iptables) at a random phase of the
    probe cycle; seconds until volagent logs `mount.stalled`, against the configured probe
@@ -296,12 +296,13 @@ STEPS = (
     "registry claim",
     "usage record",
     "registry update",
+    "start claim",
     "start walk",
     "check after start",
 )
 # on the create's critical path: what the guard does before it answers dockerd
 CRITICAL = ("create walk", "trash check", "registry claim")
-REGISTRY = ("registry claim", "registry update")
+REGISTRY = ("registry claim", "registry update", "start claim")
 CASES = {
     "existing": "an existing directory three levels below the namespace",
     "in-use": "an existing directory three levels below the namespace, in use on this host",
@@ -351,7 +352,8 @@ def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
                 f"    the registry's: median {statistics.median(registry):g} ops per guarded"
                 f" create (its claim {med['registry claim']:g}, of which"
                 f" {statistics.median(fallback):g} look for 0.2 hosts' usage records; the"
-                f" keeper's update {med['registry update']:g}); the namespace's services"
+                f" keeper's update {med['registry update']:g}, the start's claim"
+                f" {med['start claim']:g}); the namespace's services"
                 f" with usage records: {vm.sh(usage_dirs).out.strip()}"
             )
             print(f"    by operation, per run: {ops}")

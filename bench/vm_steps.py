@@ -9,15 +9,16 @@ alone (to tell it from the create walk that holds it), the create walk with its 
 usage records of the namespace, `binds.legacy_binds`, then `registry_claim.claim` under the
 namespace's lock), the usage record (`usage.write_usage`), the registry keeper's update once
 Docker has answered the create (0.3.0's `registry_claim.set_own`, the entry getting the
-container's id; since 0.3.1 none: the claim's entry holds the path), the start walk (the
-same call as the create walk; given the create walk's record where the installed version
-takes one) and the check after the start (`mount_check.check_container`). An installed
-version without the registry counts nothing for its two steps. Cases: `new` directory,
-`existing` directory used before (another host's record of it, its namespace last changed
-two days ago), `in-use` (the same, and this host records its use already: a container of the
-service runs here, so no usage record is due, and its entry in the registry holds the path:
-the claim writes nothing, and since 0.3.1 makes no transaction). Prints one JSON line per
-run: the operations of each step, by NFS operation.
+container's id; since 0.3.1 none: the claim's entry holds the path), the start's claim
+(0.3.0's a transaction that writes nothing; since 0.3.1 none: the path is held), the start
+walk (the same call as the create walk; given the create walk's record where the installed
+version takes one) and the check after the start (`mount_check.check_container`). An
+installed version without the registry counts nothing for its two steps. Cases: `new`
+directory, `existing` directory used before (another host's record of it, its namespace last
+changed two days ago), `in-use` (the same, and this host records its use already: a
+container of the service runs here, so no usage record is due, and its entry in the registry
+holds the path: the claim writes nothing, and since 0.3.1 makes no transaction). Prints one
+JSON line per run: the operations of each step, by NFS operation.
 
 Standard library and the installed volagent only: the guest has nothing else.
 """
@@ -161,7 +162,8 @@ def one_run(case: str, service: str) -> dict[str, Any]:
     steps["create walk"] = create - steps["trash check"]
     ns, relative = parts[0], "/".join(parts)
     running = f"running-{service}"  # in-use: the container of the service that runs here
-    steps["registry claim"] = steps["registry update"] = steps["0.2 fallback"] = Counter()
+    steps["registry claim"] = steps["registry update"] = steps["start claim"] = Counter()
+    steps["0.2 fallback"] = Counter()
     if registry_claim is not None:
         if case == "in-use":  # not counted: this host's entry of the running container
             set_own(dev, ns, [Entry(HOST, running, "", relative, time.time())], {running}, 0.0)
@@ -169,14 +171,16 @@ def one_run(case: str, service: str) -> dict[str, Any]:
         # as the daemon asks: the namespace's own records and those of the bind's directory
         where = {"directories": {service}} if "directories" in LEGACY_PARAMS else {}
 
-        def claim() -> Any:
+        def claim(ref: str = f"request:{service}") -> Any:
             deadline = time.monotonic() + REGISTRY_TIMEOUT_S
             # counted apart too (a part of the claim, not a step of its own): the 0.2 hosts'
             # usage records of the namespace, looked for before the lock is taken
-            steps["0.2 fallback"], (legacy, _) = counted(
+            fallback, (legacy, _) = counted(
                 lambda: binds.legacy_binds(MOUNT_POINT, dev, ns, HOST, PARTICIPANTS, **where)
             )
-            wanted = [Entry(HOST, f"request:{service}", "", relative, time.time())]
+            if ref.startswith("request:"):  # the create's; the start's is in its claim
+                steps["0.2 fallback"] = fallback
+            wanted = [Entry(HOST, ref, "", relative, time.time())]
             return registry_claim.claim(
                 MOUNT_POINT,
                 dev,
@@ -208,6 +212,11 @@ def one_run(case: str, service: str) -> dict[str, Any]:
         live = [Entry(HOST, f"container-{service}", "", relative, since)]
         refs = {f"container-{service}", running}
         steps["registry update"], _ = counted(lambda: set_own(dev, ns, live, refs, since))
+    if registry_claim is not None and not BY_PATH:
+        # the start's claim (the guard claims at every start it judges): 0.3.0's writes
+        # nothing but takes the lock; since 0.3.1 the path is held by this host's entry and
+        # the claim makes no transaction
+        steps["start claim"], _ = counted(lambda: claim(f"container-{service}"))
     again: dict[str, Any] = {}
     if "known" in params:
         again["known"] = walked.identity

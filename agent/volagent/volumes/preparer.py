@@ -18,7 +18,7 @@ import functools
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from volagent import log, nesting
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
@@ -130,11 +130,16 @@ class Allowed:
     identity: namespace.Identity | None = None
 
 
+# what refused a create or start: the namespace rules, the app's quota, the mount's health
+# (`[guard] when_unhealthy`), or a volume that could not be prepared
+RefusedBy = Literal["violations", "quota", "unhealthy", "failed"]
+
+
 @dataclass(frozen=True)
 class Refused:
     """A create or start refused, for the guard to phrase."""
 
-    rule: str  # violations, quota, unhealthy or failed
+    rule: RefusedBy
     outcome: Outcome
     volumes: list[VolumeRecord] = dataclasses.field(default_factory=list)  # those it is about
     text: str = ""  # a reason already worded (the quota's)

@@ -62,8 +62,8 @@ async def test_a_bind_in_a_0_2_usage_record_blocks_a_nested_claim(mp: Path) -> N
     assert "host-old (volagent 0.2" in (vols[0].error or "")
 
 
-def test_a_0_2_size_record_is_the_apps_usage(mp: Path) -> None:
-    lay_out(mp)
+def apps_usage(mp: Path) -> dict[str, Any]:
+    """The one app's usage as a new host shows it, from the size records found."""
     st = make_state(mp, host="host-new")
 
     async def no_hosts() -> list[dict[str, Any]]:
@@ -79,14 +79,20 @@ def test_a_0_2_size_record_is_the_apps_usage(mp: Path) -> None:
         [web] = walker.view()
     finally:
         walker.worker.close()
+    return dict(web)
+
+
+def test_a_0_2_size_record_is_the_apps_usage(mp: Path) -> None:
+    lay_out(mp)
+    web = apps_usage(mp)
     assert web["app"] == "web" and web["measured_by"] == "host-old"
     assert web["services"]["web"] == {"bytes": 4096, "inodes": 3}
     assert web["walking"] is False
 
 
-def test_a_namespace_0_2_moved_to_the_trash_is_listed_and_restored(mp: Path) -> None:
-    lay_out(mp)
-    (mp / ".volagent" / "trash" / TRASH_ENTRY / "web").mkdir(parents=True)
+def listed_and_restored(mp: Path, entry_name: str = TRASH_ENTRY) -> None:
+    """The trash entry laid out is listed as trashed and restored to its namespace."""
+    (mp / ".volagent" / "trash" / entry_name / "web").mkdir(parents=True)
     root = safedir.open_shared_root(str(mp), os.stat(mp).st_dev)
     try:
         trash_fd = trash.open_trash(root, create=False)
@@ -98,7 +104,12 @@ def test_a_namespace_0_2_moved_to_the_trash_is_listed_and_restored(mp: Path) -> 
             assert trash.holding(trash_fd, "r1-old") is not None
         finally:
             os.close(trash_fd)
-        trashing.restore(root, TRASH_ENTRY, str(mp))
+        trashing.restore(root, entry_name, str(mp))
     finally:
         os.close(root)
     assert (mp / "r1-old" / "web").is_dir()
+
+
+def test_a_namespace_0_2_moved_to_the_trash_is_listed_and_restored(mp: Path) -> None:
+    lay_out(mp)
+    listed_and_restored(mp)

@@ -9,16 +9,12 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from tests.unit.factories import make_state
-from tests.unit.test_records_0_2 import lay_out
+from tests.unit.test_records_0_2 import apps_usage, lay_out, listed_and_restored
 
-from volagent import safedir
-from volagent.ops.gc import trashing
-from volagent.rack import heartbeat, trash, usage_walk
+from volagent.rack import heartbeat
 from volagent.rack.registry_task import Registry
-from volagent.rack.usage_task import UsageWalker
 from volagent.state import VolumeRecord
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "records-0.3"
@@ -55,21 +51,7 @@ def test_a_0_3_usage_record_leaves_its_binds_to_the_registry(mp: Path) -> None:
 
 def test_a_0_3_size_record_is_the_apps_usage(mp: Path) -> None:
     lay_out(mp, FIXTURES)
-    st = make_state(mp, host="host-new")
-
-    async def no_hosts() -> list[dict[str, Any]]:
-        return []
-
-    walker = UsageWalker(st, no_hosts)
-    try:
-        root = safedir.open_shared_root(str(mp), os.stat(mp).st_dev)
-        try:
-            walker._figures = usage_walk.read_sizes(root)
-        finally:
-            os.close(root)
-        [web] = walker.view()
-    finally:
-        walker.worker.close()
+    web = apps_usage(mp)
     assert web["app"] == "web" and web["measured_by"] == "host-old"
     assert web["services"]["web"] == {"bytes": 12288, "inodes": 3}
     assert web["walking"] is False
@@ -77,19 +59,4 @@ def test_a_0_3_size_record_is_the_apps_usage(mp: Path) -> None:
 
 def test_a_namespace_0_3_moved_to_the_trash_is_listed_and_restored(mp: Path) -> None:
     lay_out(mp, FIXTURES)
-    (mp / ".volagent" / "trash" / TRASH_ENTRY / "web").mkdir(parents=True)
-    root = safedir.open_shared_root(str(mp), os.stat(mp).st_dev)
-    try:
-        trash_fd = trash.open_trash(root, create=False)
-        assert trash_fd is not None
-        try:
-            [entry] = list(trash.entries(trash_fd))
-            assert entry.state == trash.TRASHED and entry.has_directory
-            assert entry.moved_at is not None and entry.moved_at < time.time()
-            assert trash.holding(trash_fd, "r1-old") is not None
-        finally:
-            os.close(trash_fd)
-        trashing.restore(root, TRASH_ENTRY, str(mp))
-    finally:
-        os.close(root)
-    assert (mp / "r1-old" / "web").is_dir()
+    listed_and_restored(mp, TRASH_ENTRY)

@@ -125,7 +125,8 @@ class Registry:
             if self._holds(ns, paths):
                 st.metrics.registry_claims.labels(result="held").inc()
                 return
-            await self._transaction(ns, vols, outcome, ref=ref, name=name, deadline=deadline)
+            wanted = [Entry(st.host_id, ref, name, p, time.time()) for p in sorted(paths)]
+            await self._transaction(ns, vols, outcome, wanted=wanted, deadline=deadline)
         finally:
             turn.release()
 
@@ -135,16 +136,13 @@ class Registry:
         vols: list[VolumeRecord],
         outcome: tuple[list[VolumeRecord], list[Any]],
         *,
-        ref: str,
-        name: str,
+        wanted: list[Entry],
         deadline: float,
     ) -> None:
         st = self.state
         volumes, plans = outcome
         timeout = st.config.directories.timeout_s
         mp = st.config.mount_point
-        paths = {registry_claim.relative(mp, v.host) for v in vols}
-        wanted = [Entry(st.host_id, ref, name, p, time.time()) for p in sorted(paths)]
         left = max(deadline - time.monotonic(), 0.0)
         job = functools.partial(self._claim_job, ns, wanted, left)
         try:
@@ -171,7 +169,7 @@ class Registry:
         st.metrics.registry_claims.labels(result="registered").inc()
         # every path asked for has an entry of this host now (written, or there already)
         held = self._held_now()
-        held[ns] = held.get(ns, frozenset()) | paths
+        held[ns] = held.get(ns, frozenset()) | {e.path for e in wanted}
 
     def _failed(self, ns: str, vols: list[VolumeRecord], timeout: float, reason: str) -> None:
         st = self.state

@@ -261,3 +261,33 @@ async def test_the_keeper_restores_an_entry_that_went_missing(mp: Path) -> None:
         assert await reg.sync() == 1
 
     assert entries(mp) == [("h1", f"{NS}/web/data", "c1")]
+
+
+def entries_or_none(mp: Path) -> list[tuple[str, str, str]]:
+    return entries(mp) if registry_file(mp).exists() else []
+
+
+async def test_a_namespace_first_claimed_is_remembered_though_the_keeper_writes_nothing(
+    mp: Path, tmp_path: Path
+) -> None:
+    """The claim's entry holds the path once Docker answers, so the keeper writes nothing:
+    the namespace must still be noted for the next run, or an agent restarted after its
+    container went while it was down never removes the entry."""
+    state_dir = str(tmp_path / "state")
+    st = alive(mp, state_dir=state_dir)
+    path = f"{mp}/{NS}/web/data"
+
+    async with registry_of(st) as reg:
+        await reg.sync()  # the start-up pass: nothing held yet
+        st.reserved_binds[b"k" * 32] = (path,)
+        await reg.claim(*volumes_of(path), "request:abc", "web-1")
+        del st.reserved_binds[b"k" * 32]
+        run_container(st, "c1", path)
+        assert await reg.sync() == 0
+    assert entries(mp) == [("h1", f"{NS}/web/data", "request:abc")]
+
+    # the agent restarts; the container was removed while it was down
+    again = alive(mp, state_dir=state_dir)
+    async with registry_of(again) as reg:
+        await reg.sync()
+    assert entries_or_none(mp) == []

@@ -74,6 +74,7 @@ class Registry:
         self._verify_at = 0.0
         self._synced_once = False
         self._retry_at = 0.0
+        self._noted: list[str] | None = None  # the namespaces last noted under state_dir
         self.legacy_hosts: dict[str, float] = {}  # 0.2 hosts whose records were read, when
 
     # --- the claim ----------------------------------------------------------------------
@@ -313,8 +314,10 @@ class Registry:
                     self._retry_at = time.monotonic() + FAILURE_BACKOFF_S
                     return done
             done += 1
-        if done or not self._synced_once:
-            await self._remember(sorted(self._held_now()))
+        # a claim may have registered a namespace though the keeper wrote nothing
+        noted = sorted(self._held_now().keys() | self._unsure)
+        if noted != self._noted:
+            await self._remember(noted)
         self._synced_once = self._held_dev == dev  # else the filesystem changed meanwhile
         return done
 
@@ -378,3 +381,5 @@ class Registry:
             await asyncio.to_thread(write)
         except OSError as exc:
             self.log.warning("registry_note_unwritten", path=path, reason=str(exc))
+            return
+        self._noted = namespaces

@@ -291,3 +291,44 @@ async def test_a_namespace_first_claimed_is_remembered_though_the_keeper_writes_
     async with registry_of(again) as reg:
         await reg.sync()
     assert entries_or_none(mp) == []
+
+
+async def test_a_claim_that_ends_after_a_remount_notes_nothing_held_on_the_new_filesystem(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's entry went to the filesystem mounted when it began; the mount changed
+    while it ran, so the path is not held on the filesystem mounted now."""
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+    claim = registry_claim.claim
+
+    def remounted_meanwhile(*args: object, **kwargs: object) -> object:
+        result = claim(*args, **kwargs)  # type: ignore[arg-type]
+        assert st.mount_dev is not None
+        st.mount_dev += 1  # the probe saw another filesystem
+        return result
+
+    monkeypatch.setattr(registry_task.registry_claim, "claim", remounted_meanwhile)
+    async with registry_of(st) as reg:
+        await reg.claim(*volumes_of(path), "c1", "")
+        monkeypatch.setattr(registry_task.registry_claim, "claim", claim)
+        again, plans = volumes_of(path)
+        await reg.claim(again, plans, "c2", "")
+        assert claims(st, "held") == 0
+
+
+async def test_a_held_path_is_claimed_under_the_lock_once_the_host_id_changed(mp: Path) -> None:
+    """The entries name the host as it was called when they were written (its hostname,
+    before instance metadata answered): under its new name it holds none of them, and
+    other hosts forget the old name once its heartbeat is gone."""
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+
+    async with registry_of(st) as reg:
+        await reg.claim(*volumes_of(path), "c1", "")
+        st.host_id = "i-0abc"  # instance metadata answered, or the config named the host
+        with lock_held_elsewhere(mp):
+            again, plans = volumes_of(path)
+            await reg.claim(again, plans, "c2", "")
+            assert again[0].state == "failed"
+            assert claims(st, "held") == 0

@@ -64,9 +64,10 @@ class Registry:
         self.worker = TimedWorker("registry", max_threads=4)
         self.participants = binds.Participants()
         self.log = log.get("registry")
-        # the paths this host's entries surely hold, per namespace, on the device `_held_dev`
+        # the paths this host's entries surely hold, per namespace, on the device and under
+        # the host name `_held_as`
         self._held: dict[str, frozenset[str]] = {}
-        self._held_dev: int | None = None
+        self._held_as: tuple[int | None, str] | None = None
         # a claim and the keeper's update of one namespace take turns
         self._turns: dict[str, asyncio.Lock] = {}
         # namespaces whose entries are not known: a transaction failed, or may yet land
@@ -144,8 +145,9 @@ class Registry:
         volumes, plans = outcome
         timeout = st.config.directories.timeout_s
         mp = st.config.mount_point
+        where = self._where()  # the filesystem and host name the entries are written as
         left = max(deadline - time.monotonic(), 0.0)
-        job = functools.partial(self._claim_job, ns, wanted, left)
+        job = functools.partial(self._claim_job, ns, where, wanted, left)
         try:
             result = await self.worker.run(job, left, what=f"consulting the registry of {ns}")
         except (VolagentError, OSError) as exc:
@@ -168,6 +170,8 @@ class Registry:
                     st.set_volume_state(v, VolumeState.VIOLATION, str(violation))
             return
         st.metrics.registry_claims.labels(result="registered").inc()
+        if self._where() != where:
+            return  # remounted, or renamed, meanwhile: the entries are not where it looks now
         # every path asked for has an entry of this host now (written, or there already)
         held = self._held_now()
         held[ns] = held.get(ns, frozenset()) | {e.path for e in wanted}
@@ -187,11 +191,15 @@ class Registry:
         """The namespace's turn: a claim's transaction or the keeper's update, one at once."""
         return self._turns.setdefault(ns, asyncio.Lock())
 
+    def _where(self) -> tuple[int | None, str]:
+        return (self.state.mount_dev, self.state.host_id)
+
     def _held_now(self) -> dict[str, frozenset[str]]:
-        """The paths this host's entries surely hold; none once the filesystem changed."""
-        if self._held_dev != self.state.mount_dev:
+        """The paths this host's entries surely hold; none once the filesystem changed, or
+        the host's name (entries written under another name are not this host's now)."""
+        if self._held_as != self._where():
             self._held = {}
-            self._held_dev = self.state.mount_dev
+            self._held_as = self._where()
             self._synced_once = False  # the whole pass again, on the filesystem mounted now
         return self._held
 
@@ -208,26 +216,28 @@ class Registry:
         return fresh and not legacy and paths <= self._held_now().get(ns, frozenset())
 
     def _claim_job(
-        self, ns: str, wanted: list[Entry], timeout: float
+        self, ns: str, where: tuple[int | None, str], wanted: list[Entry], timeout: float
     ) -> registry_claim.ClaimResult:
-        """Blocking: the 0.2 hosts' binds of the namespace, then the claim under the lock."""
+        """Blocking: the 0.2 hosts' binds of the namespace, then the claim under the lock,
+        on the filesystem and as the host `where` names (as they were when it was asked)."""
         st = self.state
+        dev, host = where
         # the thread gives up a little before its caller does, so a lock held elsewhere is
         # refused as that, not as a hung filesystem
         deadline = time.monotonic() + timeout * DEADLINE_SHARE
         legacy, hosts = binds.legacy_binds(
             st.config.mount_point,
-            st.mount_dev,
+            dev,
             ns,
-            st.host_id,
+            host,
             self.participants,
             directories={p[1] for e in wanted if len(p := e.path.split("/")) > 1},
         )
         result = registry_claim.claim(
             st.config.mount_point,
-            st.mount_dev,
+            dev,
             ns,
-            host=st.host_id,
+            host=host,
             wanted=wanted,
             legacy=legacy,
             expire_after_s=st.config.health.forget_after_s,
@@ -293,7 +303,7 @@ class Registry:
         if time.monotonic() < self._retry_at:
             return 0
         self._show_legacy()
-        dev = st.mount_dev
+        where = self._where()
         held = self._held_now()
         own = self.own()
         todo = {
@@ -318,7 +328,7 @@ class Registry:
         noted = sorted(self._held_now().keys() | self._unsure)
         if noted != self._noted:
             await self._remember(noted)
-        self._synced_once = self._held_dev == dev  # else the filesystem changed meanwhile
+        self._synced_once = self._held_as == where  # else the filesystem changed meanwhile
         return done
 
     async def _set_own(self, ns: str) -> bool:
@@ -327,6 +337,7 @@ class Registry:
         st = self.state
         since = time.time()
         paths = self.own().get(ns, {})
+        where = self._where()
         held = self._held_now()
         held.pop(ns, None)  # not known while the update is under way
         live = [Entry(st.host_id, ref, name, path, since) for path, (ref, name) in paths.items()]
@@ -348,7 +359,7 @@ class Registry:
             self._unsure.add(ns)
             return False
         self._unsure.discard(ns)
-        if paths and self._held_dev == st.mount_dev:
+        if paths and self._where() == where:
             self._held_now()[ns] = frozenset(paths)
         return True
 

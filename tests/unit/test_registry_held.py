@@ -332,3 +332,35 @@ async def test_a_held_path_is_claimed_under_the_lock_once_the_host_id_changed(mp
             await reg.claim(again, plans, "c2", "")
             assert again[0].state == "failed"
             assert claims(st, "held") == 0
+
+
+async def test_a_claim_given_up_on_writes_nothing_after_the_keepers_next_pass(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim's job that waited for a thread of the worker must not write once its caller
+    has given up: the keeper's next pass, which removes what the refused create left, may
+    already have run, and an entry landing after it would hold the path for nobody."""
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+    go = threading.Event()
+    legacy_binds = registry_task.binds.legacy_binds
+
+    def slow_legacy_binds(*args: object, **kwargs: object) -> object:
+        go.wait(2.0)  # a slow look at the usage records
+        return legacy_binds(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(registry_task.binds, "legacy_binds", slow_legacy_binds)
+    async with registry_of(st) as reg:
+        await reg.sync()  # the start-up pass
+        for _ in range(reg.worker.max_threads):  # every thread of the worker busy a while
+            reg.worker.submit(lambda: time.sleep(0.3))
+        st.reserved_binds[b"k" * 32] = (path,)
+        refused, plans = volumes_of(path)
+        await reg.claim(refused, plans, "request:abc", "")  # given up on at 0.5 s
+        assert refused[0].state == "failed"
+        del st.reserved_binds[b"k" * 32]  # the create is refused
+        await reg.sync()  # the keeper's next pass: nothing to remove yet
+        go.set()
+        await asyncio.sleep(0.5)  # the claim's thread ends
+        await reg.sync()
+    assert entries_or_none(mp) == []

@@ -147,7 +147,11 @@ class Registry:
         mp = st.config.mount_point
         where = self._where()  # the filesystem and host name the entries are written as
         left = max(deadline - time.monotonic(), 0.0)
-        job = functools.partial(self._claim_job, ns, where, wanted, left)
+        # the thread gives up a little before its caller does, so a lock held elsewhere is
+        # refused as that, not as a hung filesystem; counted from now, not from when a thread
+        # of the worker takes the job: it must write nothing once its caller has given up
+        until = time.monotonic() + left * DEADLINE_SHARE
+        job = functools.partial(self._claim_job, ns, where, wanted, until)
         try:
             result = await self.worker.run(job, left, what=f"consulting the registry of {ns}")
         except (VolagentError, OSError) as exc:
@@ -216,15 +220,12 @@ class Registry:
         return fresh and not legacy and paths <= self._held_now().get(ns, frozenset())
 
     def _claim_job(
-        self, ns: str, where: tuple[int | None, str], wanted: list[Entry], timeout: float
+        self, ns: str, where: tuple[int | None, str], wanted: list[Entry], deadline: float
     ) -> registry_claim.ClaimResult:
         """Blocking: the 0.2 hosts' binds of the namespace, then the claim under the lock,
         on the filesystem and as the host `where` names (as they were when it was asked)."""
         st = self.state
         dev, host = where
-        # the thread gives up a little before its caller does, so a lock held elsewhere is
-        # refused as that, not as a hung filesystem
-        deadline = time.monotonic() + timeout * DEADLINE_SHARE
         legacy, hosts = binds.legacy_binds(
             st.config.mount_point,
             dev,

@@ -57,22 +57,26 @@ try:  # the registry came with 0.3: on an earlier install its steps count nothin
     # makes no transaction, and a create answered by Docker needs no update of its entry
     BY_PATH = "live_refs" not in inspect.signature(registry_claim.set_own).parameters
     LEGACY_PARAMS = inspect.signature(binds.legacy_binds).parameters
+    # 0.3.0 and before: the keeper removed only its entries older than the moment it looked
+    SINCE = "since" in inspect.signature(registry_claim.set_own).parameters
 except ImportError:
     registry_claim = None  # type: ignore[assignment]
     BY_PATH = False
+    SINCE = False
     LEGACY_PARAMS = {}
 
 
 def set_own(dev: int, ns: str, live: list[Any], refs: set[str], since: float) -> Any:
     """The keeper's transaction, in the installed version's terms."""
     how: dict[str, Any] = {} if BY_PATH else {"live_refs": refs}
+    if SINCE:
+        how["since"] = since
     return registry_claim.set_own(
         MOUNT_POINT,
         dev,
         ns,
         host=HOST,
         live=live,
-        since=since,
         deadline=time.monotonic() + REGISTRY_TIMEOUT_S,
         **how,
     )

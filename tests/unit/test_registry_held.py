@@ -364,3 +364,24 @@ async def test_a_claim_given_up_on_writes_nothing_after_the_keepers_next_pass(
         await asyncio.sleep(0.5)  # the claim's thread ends
         await reg.sync()
     assert entries_or_none(mp) == []
+
+
+async def test_an_entry_written_before_the_clock_was_stepped_back_goes_once_nothing_binds_it(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clock ran an hour fast when the create's claim was written, then was stepped
+    back: the entry is newer than the moment the keeper looks, yet nothing binds its path."""
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+    real = time.time
+
+    async with registry_of(st) as reg:
+        await reg.sync()  # the start-up pass
+        monkeypatch.setattr(registry_task.time, "time", lambda: real() + 3600)
+        st.reserved_binds[b"k" * 32] = (path,)
+        await reg.claim(*volumes_of(path), "request:abc", "")
+        monkeypatch.setattr(registry_task.time, "time", real)  # the clock stepped back
+        assert entries(mp) == [("h1", f"{NS}/web/data", "request:abc")]
+        del st.reserved_binds[b"k" * 32]  # the create is refused
+        assert await reg.sync() == 1
+        assert entries_or_none(mp) == []

@@ -115,20 +115,20 @@ def set_own(
     *,
     host: str,
     live: list[Entry],
-    since: float,
     deadline: float,
 ) -> Counts:
     """Makes this host's entries in `ns` hold the paths it binds, one entry a path: adds
     `live` where this host holds no entry of the path, removes its entries of paths no longer
-    among `live`, unless newer than `since` (the moment the caller looked at what runs: a
-    claim written after it is kept)."""
+    among `live`. Whatever their time: the caller's claims of `ns` wait for this update (and
+    their threads write nothing once given up on), and an entry's time is the writer's clock,
+    which may have been stepped back since."""
     counts = Counts()
     paths = {e.path for e in live}
     with locked(mount_point, dev, ns, deadline, counts) as tx:
         held = {e.path for e in tx.entries if e.host == host}
 
         def gone(e: Entry) -> bool:
-            return e.host == host and e.path not in paths and e.time < since
+            return e.host == host and e.path not in paths
 
         after = merged(tx.entries, [e for e in live if e.path not in held], gone)
         if changed(tx.entries, after):

@@ -336,12 +336,12 @@ class Registry:
         """One namespace's update, in its turn: looks at what this host binds now (no claim
         runs meanwhile), and notes those paths held once they are written."""
         st = self.state
-        since = time.time()
+        now = time.time()
         paths = self.own().get(ns, {})
         where = self._where()
         held = self._held_now()
         held.pop(ns, None)  # not known while the update is under way
-        live = [Entry(st.host_id, ref, name, path, since) for path, (ref, name) in paths.items()]
+        live = [Entry(st.host_id, ref, name, path, now) for path, (ref, name) in paths.items()]
         timeout = st.config.directories.timeout_s
         job = functools.partial(
             registry_claim.set_own,
@@ -350,7 +350,6 @@ class Registry:
             ns,
             host=st.host_id,
             live=live,
-            since=since,
             deadline=time.monotonic() + timeout,
         )
         try:

@@ -146,6 +146,9 @@ class AgentState:
         # st_dev of the healthy shared filesystem at the mount point; the fs layer refuses to
         # create anything on another device. None while the mount is not healthy.
         self.mount_dev: int | None = None
+        # how many times the mount was lost: a mount after another may be another filesystem
+        # on the device number the first one freed
+        self.mount_epoch = 0
         self.host_id = ""
         self.instance_id = ""
         # when this host's heartbeat was last written (epoch s): its entries in the rack's

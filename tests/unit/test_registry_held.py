@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from tests.unit.factories import make_state
 
+from volagent import log
+from volagent.mount.report import Reporter
 from volagent.rack import registry_claim, registry_task
 from volagent.rack.registry_task import Registry
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
@@ -385,3 +387,24 @@ async def test_an_entry_written_before_the_clock_was_stepped_back_goes_once_noth
         del st.reserved_binds[b"k" * 32]  # the create is refused
         assert await reg.sync() == 1
         assert entries_or_none(mp) == []
+
+
+async def test_a_held_path_is_claimed_under_the_lock_after_a_remount_on_the_same_device(
+    mp: Path,
+) -> None:
+    """A remount (another file_system_id in the config, say) may get the device number the
+    old mount freed: the filesystem mounted now is not known to hold this host's entries."""
+    st = alive(mp)
+    path = f"{mp}/{NS}/web/data"
+    dev = st.mount_dev
+
+    async with registry_of(st) as reg:
+        await reg.claim(*volumes_of(path), "c1", "")
+        Reporter(st, lambda: None, log.get("test")).mounting()  # unmounted, mounting again
+        st.set_mount_state("mounted")
+        st.mount_dev = dev  # the number the old mount freed, given to the new one
+        with lock_held_elsewhere(mp):
+            again, plans = volumes_of(path)
+            await reg.claim(again, plans, "c2", "")
+            assert again[0].state == "failed"
+            assert claims(st, "held") == 0

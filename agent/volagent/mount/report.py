@@ -40,6 +40,7 @@ class Reporter:
 
     def unhealthy(self, state: MountState, error: str | None) -> None:
         self.state.mount_dev = None
+        self.state.mount_epoch += 1
         self.state.set_mount_state(state, error)
 
     def mounting(self, error: str | None = None, keep_error: bool = True) -> None:

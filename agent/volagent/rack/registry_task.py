@@ -49,6 +49,7 @@ VERIFY_INTERVAL_S = 300.0
 REQUEST_PREFIX = "request:"
 
 Own = dict[str, dict[str, tuple[str, str]]]  # namespace -> path -> (ref, container name)
+Where = tuple[int | None, int, str]  # the mount's device and epoch, the host's name
 
 
 def request_ref(key: bytes) -> str:
@@ -64,10 +65,10 @@ class Registry:
         self.worker = TimedWorker("registry", max_threads=4)
         self.participants = binds.Participants()
         self.log = log.get("registry")
-        # the paths this host's entries surely hold, per namespace, on the device and under
-        # the host name `_held_as`
+        # the paths this host's entries surely hold, per namespace, on the mount and under the
+        # host name `_held_as`
         self._held: dict[str, frozenset[str]] = {}
-        self._held_as: tuple[int | None, str] | None = None
+        self._held_as: Where | None = None
         # a claim and the keeper's update of one namespace take turns
         self._turns: dict[str, asyncio.Lock] = {}
         # namespaces whose entries are not known: a transaction failed, or may yet land
@@ -195,8 +196,11 @@ class Registry:
         """The namespace's turn: a claim's transaction or the keeper's update, one at once."""
         return self._turns.setdefault(ns, asyncio.Lock())
 
-    def _where(self) -> tuple[int | None, str]:
-        return (self.state.mount_dev, self.state.host_id)
+    def _where(self) -> Where:
+        """Where this host's entries are written now: the filesystem (its device, and which
+        mount of it: a remount may reuse the device number) and the host's name."""
+        st = self.state
+        return (st.mount_dev, st.mount_epoch, st.host_id)
 
     def _held_now(self) -> dict[str, frozenset[str]]:
         """The paths this host's entries surely hold; none once the filesystem changed, or
@@ -220,12 +224,12 @@ class Registry:
         return fresh and not legacy and paths <= self._held_now().get(ns, frozenset())
 
     def _claim_job(
-        self, ns: str, where: tuple[int | None, str], wanted: list[Entry], deadline: float
+        self, ns: str, where: Where, wanted: list[Entry], deadline: float
     ) -> registry_claim.ClaimResult:
         """Blocking: the 0.2 hosts' binds of the namespace, then the claim under the lock,
         on the filesystem and as the host `where` names (as they were when it was asked)."""
         st = self.state
-        dev, host = where
+        dev, _, host = where
         legacy, hosts = binds.legacy_binds(
             st.config.mount_point,
             dev,

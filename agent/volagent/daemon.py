@@ -33,8 +33,8 @@ from volagent.rack.usage import UsageRecorder
 from volagent.rack.usage_task import UsageWalker
 from volagent.state import AgentState
 from volagent.vocabulary import DockerState
-from volagent.volumes.docker_watch import DockerWatch
 from volagent.volumes.preparer import Preparer
+from volagent.watch.events import DockerWatch
 from volagent.worker import TimedWorker
 
 SHUTDOWN_GRACE_S = 5.0

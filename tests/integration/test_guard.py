@@ -31,8 +31,8 @@ from tests.testbed.agent import all_in, volumes
 from tests.testbed.guarded import Guarded, denied
 from volagent.config import from_dict
 from volagent.state import AgentState
-from volagent.volumes.docker_watch import DockerWatch
 from volagent.volumes.preparer import Preparer
+from volagent.watch.events import DockerWatch
 from volagent.worker import TimedWorker
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]

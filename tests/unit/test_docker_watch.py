@@ -32,9 +32,10 @@ from tests.unit.changes import GUARD_S, Changes, capturing_logs
 from volagent.config import from_dict
 from volagent.mount import table
 from volagent.state import AgentState, ContainerRecord
-from volagent.volumes import docker_watch, mount_check
-from volagent.volumes.docker_watch import DockerWatch
+from volagent.volumes import mount_check
 from volagent.volumes.preparer import Preparer
+from volagent.watch import events
+from volagent.watch.events import DockerWatch
 from volagent.worker import TimedWorker
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -531,7 +532,7 @@ async def test_docker_away_at_start_is_retried_and_said(
         waits.append((initial, cap, jitter))
         return tenacity.wait_none()  # the backoff's sleep, injected: no real waiting
 
-    monkeypatch.setattr(docker_watch, "exponential_jitter", no_wait)
+    monkeypatch.setattr(events, "exponential_jitter", no_wait)
     bed.engine.fail_pings = 3
 
     async with watching(bed):
@@ -550,8 +551,8 @@ async def test_docker_away_at_start_is_retried_and_said(
 async def test_a_silent_stream_is_found_out_by_the_ping_and_reconnected(
     bed: Bed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(docker_watch, "PING_INTERVAL_S", 0.01)
-    monkeypatch.setattr(docker_watch, "RECONCILE_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(events, "PING_INTERVAL_S", 0.01)
+    monkeypatch.setattr(events, "RECONCILE_INTERVAL_S", 3600.0)
     eng = bed.engine
 
     async with watching(bed):
@@ -572,8 +573,8 @@ async def test_a_silent_stream_is_found_out_by_the_ping_and_reconnected(
 async def test_the_keepalive_reconciles_now_and_then(
     bed: Bed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(docker_watch, "PING_INTERVAL_S", 0.01)
-    monkeypatch.setattr(docker_watch, "RECONCILE_INTERVAL_S", 0.02)
+    monkeypatch.setattr(events, "PING_INTERVAL_S", 0.01)
+    monkeypatch.setattr(events, "RECONCILE_INTERVAL_S", 0.02)
 
     async with watching(bed):
         # a container whose events were lost
@@ -676,8 +677,8 @@ async def test_a_held_start_refused_is_tried_again_at_the_periodic_reconcile(
 ) -> None:
     # the guard refused it when the mount came back (the rack's registry not answering yet):
     # Docker's record of the failed start on the mount point stays, and volagent tries again
-    monkeypatch.setattr(docker_watch, "PING_INTERVAL_S", 0.01)
-    monkeypatch.setattr(docker_watch, "RECONCILE_INTERVAL_S", 0.02)
+    monkeypatch.setattr(events, "PING_INTERVAL_S", 0.01)
+    monkeypatch.setattr(events, "RECONCILE_INTERVAL_S", 0.02)
     eng = bed.engine
     error = f"error while creating mount source path '{bed.mp}/r1-a/web/data': read-only"
     eng.add("held", status="exited", policy="always", error=error)

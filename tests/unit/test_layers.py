@@ -32,7 +32,7 @@ LAYERS: list[list[list[str]]] = [
     [["volagent.mount"]],
     [["volagent.rack"]],
     [["volagent.volumes"]],
-    [["volagent.guard"], ["volagent.api"]],
+    [["volagent.guard"], ["volagent.watch"], ["volagent.api"]],
     [["volagent.ops.doctor"], ["volagent.ops.gc"], ["volagent.ops"]],
     [["volagent.daemon"]],
     [["volagent.cli", "volagent.__main__"]],

@@ -7,7 +7,7 @@ Each step is the call the daemon's worker makes, in the daemon's order: the tras
 alone (to tell it from the create walk that holds it), the create walk with its trash check
 (`trashcheck.prepare_path`), the registry claim before the create is allowed (the 0.2 hosts'
 usage records of the namespace, `binds.legacy_binds`, then `registry_claim.claim` under the
-namespace's lock), the usage record (`usage.write_usage`), the registry keeper's update once
+namespace's lock), the usage record (`recorder.write_usage`), the registry keeper's update once
 Docker has answered the create (0.3.0's `registry_claim.set_own`, the entry getting the
 container's id; since 0.3.1 none: the claim's entry holds the path), the start's claim
 (0.3.0's a transaction that writes nothing; since 0.3.1 none: the path is held), the start
@@ -35,7 +35,7 @@ from collections import Counter
 from typing import Any
 
 from volagent import safedir
-from volagent.rack import usage
+from volagent.rack.usage import recorder
 from volagent.values import Owner
 from volagent.volumes import mount_check, trashcheck
 
@@ -203,11 +203,11 @@ def one_run(case: str, service: str) -> dict[str, Any]:
             if claimed.clashes:
                 raise SystemExit(f"the bench's claim clashed: {claimed.clashes}")
     key = (parts[0], parts[1])
-    record = usage.usage_record(HOST, key, [service], time.time(), [host_path])
+    record = recorder.usage_record(HOST, key, [service], time.time(), [host_path])
     steps["usage record"] = Counter()
     if case != "in-use":  # else not due: this host's record of it is current
         steps["usage record"], _ = counted(
-            lambda: usage.write_usage(MOUNT_POINT, dev, HOST, [(key, record)])
+            lambda: recorder.write_usage(MOUNT_POINT, dev, HOST, [(key, record)])
         )
     if registry_claim is not None and not BY_PATH:
         # the keeper of 0.3.0, once Docker has answered the create: the entry names the

@@ -29,8 +29,8 @@ from volagent.httpserver import HttpServer
 from volagent.mount import MountManager
 from volagent.rack.heartbeat import Heartbeat
 from volagent.rack.registry_task import Registry
-from volagent.rack.usage import UsageRecorder
-from volagent.rack.usage_task import UsageWalker
+from volagent.rack.usage.recorder import UsageRecorder
+from volagent.rack.usage.task import UsageWalker
 from volagent.state import AgentState
 from volagent.vocabulary import DockerState
 from volagent.volumes.preparer import Preparer

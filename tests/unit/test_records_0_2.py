@@ -17,9 +17,10 @@ from tests.unit.factories import make_state
 
 from volagent import safedir
 from volagent.ops.gc import trashing
-from volagent.rack import heartbeat, trash, usage_walk
+from volagent.rack import heartbeat, trash
 from volagent.rack.registry_task import Registry
-from volagent.rack.usage_task import UsageWalker
+from volagent.rack.usage import measure
+from volagent.rack.usage.task import UsageWalker
 from volagent.state import VolumeRecord
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "records-0.2"
@@ -73,7 +74,7 @@ def apps_usage(mp: Path) -> dict[str, Any]:
     try:
         root = safedir.open_shared_root(str(mp), os.stat(mp).st_dev)
         try:
-            walker._figures = usage_walk.read_sizes(root)
+            walker._figures = measure.read_sizes(root)
         finally:
             os.close(root)
         [web] = walker.view()

@@ -15,7 +15,7 @@ from tests.unit.factories import make_state
 
 from volagent.errors import RecordError
 from volagent.rack import binds as rack_binds
-from volagent.rack import usage
+from volagent.rack.usage import recorder
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker
 
@@ -35,23 +35,23 @@ def add_container(st: AgentState, cid: str, *volumes: tuple[str, str]) -> None:
 
 
 def test_key_of_takes_namespace_and_directory(mp: Path) -> None:
-    assert usage.key_of(str(mp), f"{mp}/r1-a/web/var/data") == ("r1-a", "web")
-    assert usage.key_of(str(mp), f"{mp}/r1-a/shared") == ("r1-a", "shared")
-    assert usage.key_of(str(mp), f"{mp}/r1-a") == ("r1-a", "")
-    assert usage.key_of(str(mp), f"{mp}/r1-a/.shared/db") == ("r1-a", ".shared")
-    assert usage.key_of(str(mp), f"/{mp}/r1-a/x/../web/d") == ("r1-a", "web")  # Docker's clean
-    assert usage.key_of(str(mp), f"{mp}/") == usage.MOUNT_ROOT
-    assert usage.key_of(str(mp), f"{mp}/.volagent/hosts") is None
-    assert usage.key_of(str(mp), f"{mp}/.volagent") is None
-    assert usage.key_of(str(mp), "/elsewhere/r1-a/web") is None
-    assert usage.key_of(str(mp), f"{mp}-other/r1-a/web") is None
+    assert recorder.key_of(str(mp), f"{mp}/r1-a/web/var/data") == ("r1-a", "web")
+    assert recorder.key_of(str(mp), f"{mp}/r1-a/shared") == ("r1-a", "shared")
+    assert recorder.key_of(str(mp), f"{mp}/r1-a") == ("r1-a", "")
+    assert recorder.key_of(str(mp), f"{mp}/r1-a/.shared/db") == ("r1-a", ".shared")
+    assert recorder.key_of(str(mp), f"/{mp}/r1-a/x/../web/d") == ("r1-a", "web")  # Docker's clean
+    assert recorder.key_of(str(mp), f"{mp}/") == recorder.MOUNT_ROOT
+    assert recorder.key_of(str(mp), f"{mp}/.volagent/hosts") is None
+    assert recorder.key_of(str(mp), f"{mp}/.volagent") is None
+    assert recorder.key_of(str(mp), "/elsewhere/r1-a/web") is None
+    assert recorder.key_of(str(mp), f"{mp}-other/r1-a/web") is None
 
 
 async def test_new_use_is_recorded_once_per_directory(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp)
     add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"), (f"{mp}/r1-a/web/logs", "late"))
     add_container(st, "2", (f"{mp}/r1-a/worker/x", "pending"), (f"{mp}/r1-b/web/x", "violation"))
-    rec = usage.UsageRecorder(st, worker)
+    rec = recorder.UsageRecorder(st, worker)
     assert await rec.record_due() == 3
     base = mp / ".volagent" / "usage"
     web = json.loads((base / "r1-a" / "web" / "host-a.json").read_text())
@@ -94,13 +94,13 @@ async def test_every_bind_on_the_shared_filesystem_is_use_whoever_made_it(
             ],
         )
     )
-    assert usage.in_use(st) == {
+    assert recorder.in_use(st) == {
         ("r1-a", ".shared"): ["c-1"],
         ("r1-u", "cache"): ["2"],
         ("r1-w", ""): ["2"],
-        usage.MOUNT_ROOT: ["2"],
+        recorder.MOUNT_ROOT: ["2"],
     }
-    assert await usage.UsageRecorder(st, worker).record_due() == 4
+    assert await recorder.UsageRecorder(st, worker).record_due() == 4
     base = mp / ".volagent" / "usage"
     for rec in ("r1-a/.shared/host-a.json", "r1-u/cache/host-a.json", "r1-w/host-a.json"):
         assert (base / rec).is_file(), rec
@@ -110,10 +110,10 @@ async def test_every_bind_on_the_shared_filesystem_is_use_whoever_made_it(
 async def test_use_is_refreshed_after_refresh_interval(mp: Path, worker: TimedWorker) -> None:
     st = make_state(mp)
     add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
-    rec = usage.UsageRecorder(st, worker)
+    rec = recorder.UsageRecorder(st, worker)
     await rec.record_due()
     assert rec.due(time.monotonic()) == {}
-    assert list(rec.due(time.monotonic() + usage.REFRESH_S + 1)) == [("r1-a", "web")]
+    assert list(rec.due(time.monotonic() + recorder.REFRESH_S + 1)) == [("r1-a", "web")]
 
 
 async def test_nothing_is_written_while_the_mount_is_unhealthy(
@@ -123,7 +123,7 @@ async def test_nothing_is_written_while_the_mount_is_unhealthy(
     add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
     st.set_mount_state("unmounted")
     st.mount_dev = None
-    assert await usage.UsageRecorder(st, worker).record_due() == 0
+    assert await recorder.UsageRecorder(st, worker).record_due() == 0
     assert not (mp / ".volagent").exists()
 
 
@@ -134,7 +134,7 @@ async def test_a_failed_write_is_counted_and_retried_later(
     add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
     (mp / ".volagent").mkdir()
     (mp / ".volagent" / "usage").symlink_to(tmp_path)  # planted: never followed
-    rec = usage.UsageRecorder(st, worker)
+    rec = recorder.UsageRecorder(st, worker)
     assert await rec.record_due() == 0
     assert (
         st.metrics.registry.get_sample_value("volagent_usage_records_total", {"result": "failed"})
@@ -179,7 +179,7 @@ async def test_records_of_an_earlier_run_are_ended_once_the_containers_are_liste
     earlier = make_state(mp)
     add_container(earlier, "1", (f"{mp}/r1-a/web/data", "ready"), (f"{mp}/r1-b/web/x", "ready"))
     add_container(earlier, "2", (mp.as_posix(), "violation"))  # one binding the mount point
-    assert await usage.UsageRecorder(earlier, worker).record_due() == 3
+    assert await recorder.UsageRecorder(earlier, worker).record_due() == 3
     base = mp / ".volagent" / "usage"
 
     def listed(path: Path) -> list[str]:
@@ -188,7 +188,7 @@ async def test_records_of_an_earlier_run_are_ended_once_the_containers_are_liste
     # the next run: container 1 is still there, 2 went while volagent was down
     st = make_state(mp)
     add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"), (f"{mp}/r1-b/web/x", "ready"))
-    rec = usage.UsageRecorder(st, worker)
+    rec = recorder.UsageRecorder(st, worker)
     await rec.record_due()
     assert listed(base / "host-a.json") == ["c-2"]  # not before Docker has been listed
     st.containers_listed.set()
@@ -210,9 +210,9 @@ def test_a_symlink_anywhere_on_an_existing_records_path_is_never_followed(
     if level:
         mp.joinpath(*parts[:level]).mkdir(parents=True)
     mp.joinpath(*parts[: level + 1]).symlink_to(elsewhere)
-    record = usage.usage_record("host-a", ("r1-a", "web"), ["c"], time.time())
+    record = recorder.usage_record("host-a", ("r1-a", "web"), ["c"], time.time())
     with pytest.raises(RecordError, match=r"not a directory|cannot open"):
-        usage.write_usage(str(mp), os.stat(mp).st_dev, "host-a", [(("r1-a", "web"), record)])
+        recorder.write_usage(str(mp), os.stat(mp).st_dev, "host-a", [(("r1-a", "web"), record)])
     assert [p.name for p in elsewhere.rglob("*.json")] == []
 
 
@@ -222,9 +222,9 @@ def test_a_mount_on_an_existing_records_path_is_refused(mp: Path) -> None:
     web.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(web)], check=True)
     try:
-        record = usage.usage_record("host-a", ("r1-a", "web"), ["c"], time.time())
+        record = recorder.usage_record("host-a", ("r1-a", "web"), ["c"], time.time())
         with pytest.raises(RecordError, match="another filesystem"):
-            usage.write_usage(str(mp), os.stat(mp).st_dev, "host-a", [(("r1-a", "web"), record)])
+            recorder.write_usage(str(mp), os.stat(mp).st_dev, "host-a", [(("r1-a", "web"), record)])
         assert os.listdir(web) == []
     finally:
         subprocess.run(["umount", "-l", str(web)], check=False)
@@ -232,8 +232,8 @@ def test_a_mount_on_an_existing_records_path_is_refused(mp: Path) -> None:
 
 def test_a_directorys_first_record_makes_its_directory_below_an_existing_one(mp: Path) -> None:
     (mp / ".volagent" / "usage" / "r1-a").mkdir(parents=True)
-    record = usage.usage_record("host-a", ("r1-a", "web"), ["c"], time.time())
-    assert usage.write_usage(str(mp), os.stat(mp).st_dev, "host-a", [(("r1-a", "web"), record)])
+    record = recorder.usage_record("host-a", ("r1-a", "web"), ["c"], time.time())
+    assert recorder.write_usage(str(mp), os.stat(mp).st_dev, "host-a", [(("r1-a", "web"), record)])
     web = mp / ".volagent" / "usage" / "r1-a" / "web"
     assert json.loads((web / "host-a.json").read_text())["containers"] == ["c"]
     assert [p.name for p in web.iterdir()] == ["host-a.json"]  # no temporary file left

@@ -17,9 +17,10 @@ from tests.unit.guard_requests import create
 
 from volagent.config import ConfigError, from_dict
 from volagent.guard.plugin import Guard
-from volagent.rack import quotas, usage_share, usage_task, usage_walk
-from volagent.rack.usage_task import UsageWalker
-from volagent.rack.usage_walk import Budget
+from volagent.rack import quotas
+from volagent.rack.usage import measure, share, task
+from volagent.rack.usage.measure import Budget
+from volagent.rack.usage.task import UsageWalker
 from volagent.state import AgentState
 from volagent.values import Size
 from volagent.volumes.preparer import Preparer
@@ -82,7 +83,7 @@ async def test_hosts_walk_only_their_share_and_read_the_others(mp: Path) -> None
     wa, wb = walker(a, ["host-a", "host-b"]), walker(b, ["host-a", "host-b"])
     done_a = await wa.one_pass()
     done_b = await wb.one_pass()
-    owners = [usage_share.owner(["host-a", "host-b"], f"r1-{app}") for app in apps]
+    owners = [share.owner(["host-a", "host-b"], f"r1-{app}") for app in apps]
     assert done_a == owners.count("host-a") and done_b == owners.count("host-b")
     await wa.refresh()
     assert {u["app"] for u in wa.view()} == set(apps)
@@ -100,7 +101,7 @@ async def test_hosts_of_another_rack_on_the_filesystem_neither_share_nor_forget(
 
     assert await UsageWalker(mine, view).one_pass() == 1  # "other" is of r2
     await UsageWalker(other, view).one_pass()  # r2 has no namespace: nothing to forget
-    assert "r1-shop" in usage_walk.read_sizes(_root(mp))
+    assert "r1-shop" in measure.read_sizes(_root(mp))
 
 
 async def test_a_removed_namespace_loses_its_figures(mp: Path) -> None:
@@ -203,7 +204,7 @@ async def test_a_walk_cut_short_resumes_from_its_saved_cursor_after_a_restart(mp
 
     first._owned = owned_twice  # type: ignore[method-assign]
     assert await first.one_pass() == 0
-    saved = usage_walk.read_sizes(_root(mp))["r1-shop"]["walk"]
+    saved = measure.read_sizes(_root(mp))["r1-shop"]["walk"]
     assert saved["host"] == "host-a" and len(saved["stack"]) >= 1 and saved["totals"]
 
     restarted = walker(make_state(mp), ["host-a"])
@@ -247,8 +248,8 @@ async def test_a_pass_reads_the_heartbeats_once_and_the_records_at_a_flat_pace(m
     w = UsageWalker(st, view)
     assert await w.one_pass() == 6
     assert reads == 1
-    sizes = mp / ".volagent" / usage_walk.SIZES_DIR
-    many = 2 * usage_task.BATCH + 10
+    sizes = mp / ".volagent" / measure.SIZES_DIR
+    many = 2 * task.BATCH + 10
     for i in range(many):
         (sizes / f"r1-other{i}.json").write_text(json.dumps({"namespace": f"r1-other{i}"}))
 
@@ -260,6 +261,6 @@ async def test_a_pass_reads_the_heartbeats_once_and_the_records_at_a_flat_pace(m
         steps.append(await w.refresh_step())  # not due
         return steps
 
-    b = usage_task.BATCH
+    b = task.BATCH
     assert await rolling() == [b, b, 16, b, 0]  # 6 of the walk's own records too
     assert len(w._figures) == many + 6

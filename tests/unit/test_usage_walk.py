@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from volagent.rack import usage_share, usage_walk
-from volagent.rack.usage_walk import LOOSE, Budget, NamespaceWalk
+from volagent.rack.usage import measure, share
+from volagent.rack.usage.measure import LOOSE, Budget, NamespaceWalk
 
 
 def tree(mp: Path) -> Path:
@@ -165,32 +165,32 @@ def test_records_round_trip_and_namespaces_listed(mp: Path, root: int) -> None:
     (mp / "r2-other").mkdir()
     (mp / "r1-file").write_text("")
     (mp / "r1-link").symlink_to(mp / "r1-shop")
-    names = usage_walk.namespaces(root, "r1-", free_budget())
+    names = measure.namespaces(root, "r1-", free_budget())
     assert names == ["r1-shop"]
     walk = NamespaceWalk(root, "r1-shop", free_budget())
     walk.step(3)
-    usage_walk.save(root, "r1-shop", usage_walk.record_of(None, walk, "host-a", False))
-    rec = usage_walk.read_sizes(root)["r1-shop"]
+    measure.save(root, "r1-shop", measure.record_of(None, walk, "host-a", False))
+    rec = measure.read_sizes(root)["r1-shop"]
     assert rec["walk"]["host"] == "host-a" and "totals" not in rec
     walk_all(walk)
-    usage_walk.save(root, "r1-shop", usage_walk.record_of(rec, walk, "host-a", True))
-    rec = usage_walk.read_sizes(root)["r1-shop"]
+    measure.save(root, "r1-shop", measure.record_of(rec, walk, "host-a", True))
+    rec = measure.read_sizes(root)["r1-shop"]
     assert rec["walk"] is None and rec["totals"] == walk.totals
-    usage_walk.forget(root, ["r1-shop"])
-    assert usage_walk.read_sizes(root) == {}
+    measure.forget(root, ["r1-shop"])
+    assert measure.read_sizes(root) == {}
 
 
 def test_rendezvous_moves_only_the_share_of_a_host_that_leaves() -> None:
     spaces = [f"r1-app{i}" for i in range(300)]
     hosts = ["a", "b", "c", "d"]
-    before = {ns: usage_share.owner(hosts, ns) for ns in spaces}
-    after = {ns: usage_share.owner(hosts[:-1], ns) for ns in spaces}
+    before = {ns: share.owner(hosts, ns) for ns in spaces}
+    after = {ns: share.owner(hosts[:-1], ns) for ns in spaces}
     moved = {ns for ns in spaces if before[ns] != after[ns]}
     assert moved == {ns for ns in spaces if before[ns] == "d"}
     counts = {h: list(before.values()).count(h) for h in hosts}
     assert all(40 < n < 110 for n in counts.values()), counts
     # every host computes the same owners, whatever order it lists the hosts in
-    assert all(usage_share.owner(list(reversed(hosts)), ns) == before[ns] for ns in spaces)
+    assert all(share.owner(list(reversed(hosts)), ns) == before[ns] for ns in spaces)
 
 
 def test_live_hosts_leave_out_stale_ones_and_other_racks_and_count_this_one() -> None:
@@ -200,5 +200,5 @@ def test_live_hosts_leave_out_stale_ones_and_other_racks_and_count_this_one() ->
         {"host": "c", "rack": "r2", "stale": False},
         {"host": "old", "stale": False},  # a heartbeat that names no rack counts in
     ]
-    assert usage_share.live_hosts(view, "me", "r1") == ["a", "me", "old"]
-    assert usage_share.mine(["x", "y"], ["me"], "me") == ["x", "y"]
+    assert share.live_hosts(view, "me", "r1") == ["a", "me", "old"]
+    assert share.mine(["x", "y"], ["me"], "me") == ["x", "y"]

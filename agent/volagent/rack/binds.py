@@ -1,16 +1,16 @@
 """The binds of hosts that take no part in the registry (volagent 0.2), read from their usage
 records of one namespace when a create or start touches it.
 
-A 0.2 host lists its containers' bind paths in its usage records (`usage.py`) and writes no
-registry entries. During a rolling update the new version reads, for the namespace a claim
-touches, the records under `<mp>/.volagent/usage/<ns>/` (the namespace's own and those of
+A 0.2 host lists its containers' bind paths in its usage records (`usage/recorder.py`) and
+writes no registry entries. During a rolling update the new version reads, for the namespace a
+claim touches, the records under `<mp>/.volagent/usage/<ns>/` (the namespace's own and those of
 the directories below it that the claim's binds lie in: rule 5 keeps every bind below a
-directory of the namespace, so binds of two directories never nest) of the hosts that are
-not known to take part: a record that carries
-`"registry"` is a participant's (its binds are in the registry) and its host is remembered
-as one for PARTICIPANT_TTL_S. A 0.2 host's binds count while its record is fresh by 0.2's
-own rule (STALE_AFTER_S), as 0.2 hosts judge each other. This lags the 0.2 host by its
-recording delay: the registry's guarantee holds between hosts that take part, not with 0.2.
+directory of the namespace, so binds of two directories never nest) of the hosts that are not
+known to take part: a record that carries `"registry"` is a participant's (its binds are in the
+registry) and its host is remembered as one for PARTICIPANT_TTL_S. A 0.2 host's binds count
+while its record is fresh by 0.2's own rule (STALE_AFTER_S), as 0.2 hosts judge each other.
+This lags the 0.2 host by its recording delay: the registry's guarantee holds between hosts
+that take part, not with 0.2.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from volagent import safedir
 from volagent.errors import VolagentError
 from volagent.rack import records
-from volagent.rack.usage import REFRESH_S as USAGE_REFRESH_S
-from volagent.rack.usage import REGISTRY_MARKER
+from volagent.rack.usage.recorder import REFRESH_S as USAGE_REFRESH_S
+from volagent.rack.usage.recorder import REGISTRY_MARKER
 
 # a record not refreshed for this long belongs to a host that stopped recording (0.2's rule)
 STALE_AFTER_S = 2 * USAGE_REFRESH_S

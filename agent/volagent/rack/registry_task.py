@@ -32,8 +32,9 @@ from typing import Any
 
 from volagent import log
 from volagent.errors import NamespaceViolation, VolagentError
-from volagent.rack import binds, registry_claim, usage
+from volagent.rack import binds, registry_claim
 from volagent.rack.registry import Entry
+from volagent.rack.usage.recorder import key_of
 from volagent.state import AgentState, VolumeRecord
 from volagent.vocabulary import VolumeState
 from volagent.worker import TimedWorker
@@ -95,7 +96,7 @@ class Registry:
                 VolumeState.FAILED,
             ):
                 continue
-            key = usage.key_of(st.config.mount_point, vol.host)
+            key = key_of(st.config.mount_point, vol.host)
             if key is not None and key[0]:
                 by_ns.setdefault(key[0], []).append(vol)
         for ns, vols in by_ns.items():
@@ -279,7 +280,7 @@ class Registry:
         out: Own = {}
 
         def add(ref: str, path: str, name: str) -> None:
-            key = usage.key_of(mp, path)
+            key = key_of(mp, path)
             if key is not None and key[0]:
                 out.setdefault(key[0], {})[registry_claim.relative(mp, path)] = (ref, name)
 

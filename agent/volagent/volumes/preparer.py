@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 from volagent import log, nesting
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
-from volagent.rack import quotas, usage
+from volagent.rack import quotas
 from volagent.rack.registry_task import Registry
+from volagent.rack.usage.recorder import key_of
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.vocabulary import SETTLED_VOLUME_STATES, VolumeState
 from volagent.volumes import directories, locate, mount_check, namespace, trashcheck
@@ -518,7 +519,7 @@ class Preparer:
         # not into a namespace that gc moved into the trash (a trashed one fails the volume);
         # a start (rewalk) compares with what the last walk of the path found
         known = self._walked.get(vol.host, ()) if rewalk else ()
-        key = usage.key_of(st.config.mount_point, vol.host)
+        key = key_of(st.config.mount_point, vol.host)
         recorded_at = st.usage_recorded.get(key) if key is not None else None
         self._walked.pop(vol.host, None)  # a walk that fails leaves nothing to compare with
         call = functools.partial(

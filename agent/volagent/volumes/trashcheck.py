@@ -9,12 +9,12 @@ it marked before the record existed, hence before gc's last judgement, and gc ke
 directory. Without this, a create that comes after the rename would make a fresh, empty
 namespace, and its container would start on it with its data in the trash.
 
-A directory whose mtime, or this host's usage record of it (rack/usage.py), is within
+A directory whose mtime, or this host's usage record of it (rack/usage/recorder.py), is within
 TOUCH_AFTER_S of now is marked already: gc widens every window by TOUCH_AFTER_S
-(ops/gc/command.py window_cutoff) and counts both the mtime and every host's records, so
-its last judgement keeps it as surely as after a touch, and the touch (a write
-round trip, which also makes the kernel's NFS client revalidate the directory's caches) is
-left out. The usage record of the container keeps it from then on.
+(ops/gc/command.py window_cutoff) and counts both the mtime and every host's records, so its
+last judgement keeps it as surely as after a touch, and the touch (a write round trip, which
+also makes the kernel's NFS client revalidate the directory's caches) is left out. The usage
+record of the container keeps it from then on.
 
 A start walks the path again. When the create walk here recorded it (device and inode of
 every component) and every component is still the same directory, nothing else is asked:

@@ -7,14 +7,14 @@ containers' use is not being recorded) unless the operator names each such host 
 `--ignore-stale`. Each step is logged as JSON lines on stderr; the report goes to stdout.
 
 The candidates are `<mp>/<rack>-<app>` directories and the service directories in them. A
-directory's last use is the newest of its usage records from every host (see rack/usage.py) and
-its own mtime (a directory made or changed lately is not orphaned, recorded or not); a
-directory a container of this host uses now, by the local daemon's word, is always kept. A
-namespace whose every directory is unused is listed whole; otherwise its unused service
-directories are listed one by one. Nothing is moved without `--delete`, and then each
-candidate is judged again just before it goes. The preparer leaves a directory's mtime
-alone when it is less than TOUCH_AFTER_S old (volumes/trashcheck.py): such an mtime may stand
-for a use up to that much later, so every window is widened by it (window_cutoff).
+directory's last use is the newest of its usage records from every host (see
+rack/usage/recorder.py) and its own mtime (a directory made or changed lately is not orphaned,
+recorded or not); a directory a container of this host uses now, by the local daemon's word, is
+always kept. A namespace whose every directory is unused is listed whole; otherwise its unused
+service directories are listed one by one. Nothing is moved without `--delete`, and then each
+candidate is judged again just before it goes. The preparer leaves a directory's mtime alone
+when it is less than TOUCH_AFTER_S old (volumes/trashcheck.py): such an mtime may stand for a
+use up to that much later, so every window is widened by it (window_cutoff).
 
 gc only runs on the healthy shared filesystem: the mount point must be a mount, the local
 daemon (when it answers) must call it mounted or local, and the walk goes through
@@ -43,7 +43,7 @@ from volagent.ops.gc import trashing as gctrash
 from volagent.ops.gc import tree as fstree
 from volagent.ops.gc.survey import Candidate, Survey, prune_old_records, survey
 from volagent.rack import records, trash
-from volagent.rack.usage import Key, key_of
+from volagent.rack.usage.recorder import Key, key_of
 from volagent.state import now_iso
 from volagent.terminal import format_size
 from volagent.terminal import printable as _p

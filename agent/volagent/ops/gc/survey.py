@@ -21,7 +21,7 @@ from volagent.errors import RecordError
 from volagent.ops.gc import tree
 from volagent.rack import records
 from volagent.rack.heartbeat import rack_view, read_heartbeats_at
-from volagent.rack.usage import MOUNT_ROOT, REFRESH_S, Key
+from volagent.rack.usage.recorder import MOUNT_ROOT, REFRESH_S, Key
 
 # `<rack>-<app>`: two names of the contract's form joined by a dash
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}-[a-z0-9][a-z0-9._-]{0,62}$")

@@ -37,7 +37,7 @@ from volagent.errors import VolagentError
 from volagent.ops.gc import tree
 from volagent.ops.gc.survey import LIVE_S, Candidate, collect_usage
 from volagent.rack import records, trash
-from volagent.rack.usage import MOUNT_ROOT
+from volagent.rack.usage.recorder import MOUNT_ROOT
 from volagent.state import now_iso
 
 RENAME_NOREPLACE = 1

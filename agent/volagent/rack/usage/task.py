@@ -3,7 +3,7 @@ worker thread, and the rack's figures published as metrics, quota warnings and t
 of `volagent status --rack`.
 
 Every full pass starts `[usage] interval_s` after the last one started. The namespaces are
-shared among the live hosts of the heartbeats (usage_share), read once a pass; each walk
+shared among the live hosts of the heartbeats (share.py), read once a pass; each walk
 step spends a few seconds' worth of the budget in a thread of its own worker, then saves the
 cursor with the partial totals, so a hung mount costs one stuck thread and a restart loses
 one step. Every host reads every namespace's record, so each host exports the whole rack's
@@ -25,8 +25,9 @@ from typing import Any
 
 from volagent import log, safedir
 from volagent.errors import FilesystemHung, VolagentError
-from volagent.rack import quotas, usage_share, usage_walk
-from volagent.rack.usage_walk import LOOSE, Budget, NamespaceWalk
+from volagent.rack import quotas
+from volagent.rack.usage import measure, share
+from volagent.rack.usage.measure import LOOSE, Budget, NamespaceWalk
 from volagent.state import AgentState, now_iso
 from volagent.worker import TimedWorker
 
@@ -114,13 +115,13 @@ class UsageWalker:
         return len(batch)
 
     def _list_counted(self, root: int) -> list[str]:
-        names = usage_walk.list_sizes(root)
-        self.budget.spend(2 + len(names) // usage_walk.NAMES_PER_OP)
+        names = measure.list_sizes(root)
+        self.budget.spend(2 + len(names) // measure.NAMES_PER_OP)
         return names
 
     def _read_batch(self, root: int, batch: list[str]) -> dict[str, dict[str, Any]]:
         self.budget.spend(2 + len(batch))
-        return usage_walk.read_sizes_of(root, batch)
+        return measure.read_sizes_of(root, batch)
 
     async def one_pass(self) -> int:
         """Walks every namespace this host owns now; how many it finished."""
@@ -128,16 +129,16 @@ class UsageWalker:
         prefix = f"{st.config.rack}-"
         self._sync_budget()
         present = await self._call(
-            lambda root: usage_walk.namespaces(root, prefix, self.budget), "listing namespaces"
+            lambda root: measure.namespaces(root, prefix, self.budget), "listing namespaces"
         )
         # who walks what: the heartbeats read once a pass, not once a namespace or a step
-        self._pass_hosts = usage_share.live_hosts(await self.hosts(), st.host_id, st.config.rack)
+        self._pass_hosts = share.live_hosts(await self.hosts(), st.host_id, st.config.rack)
         if self.refresh_due() or not self._figures:
             await self.refresh()
         # records of this rack only: another rack's hosts may share the filesystem
         gone = [ns for ns in self._figures if ns.startswith(prefix) and ns not in present]
         if gone:
-            await self._call(lambda root: usage_walk.forget(root, gone), "removing old records")
+            await self._call(lambda root: measure.forget(root, gone), "removing old records")
         finished = 0
         for ns in present:
             if not await self._owned(ns):
@@ -154,8 +155,8 @@ class UsageWalker:
         st = self.state
         hosts = self._pass_hosts
         if hosts is None:
-            hosts = usage_share.live_hosts(await self.hosts(), st.host_id, st.config.rack)
-        return usage_share.owner(hosts, ns) == st.host_id
+            hosts = share.live_hosts(await self.hosts(), st.host_id, st.config.rack)
+        return share.owner(hosts, ns) == st.host_id
 
     async def _walk_one(self, ns: str) -> bool:
         st = self.state
@@ -200,8 +201,8 @@ class UsageWalker:
             with contextlib.suppress(OSError):
                 os.close(walk.root_fd)
             return False
-        record = usage_walk.record_of(previous, walk, self.state.host_id, done)
-        usage_walk.save(walk.root_fd, walk.namespace, record)
+        record = measure.record_of(previous, walk, self.state.host_id, done)
+        measure.save(walk.root_fd, walk.namespace, record)
         self._figures = {**self._figures, walk.namespace: record}  # replaced, never mutated
         self.budget.spend(3)  # the record: create, write and sync, rename
         return done
@@ -246,7 +247,7 @@ class UsageWalker:
     def _read_counted(self, root: int) -> dict[str, dict[str, Any]]:
         """Blocking: every record, its reads charged to the walk's budget (they cost the
         same requests on EFS)."""
-        found = usage_walk.read_sizes(root)
+        found = measure.read_sizes(root)
         self.budget.spend(2 + len(found))
         return found
 

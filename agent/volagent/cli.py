@@ -258,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         if command == "status":
             return cmd_status(args)
         if command == "run":
-            from volagent import daemon
+            from volagent.daemon import lifecycle
 
-            return daemon.main(args.config)
+            return lifecycle.main(args.config)
         if command == "check-config":
             return cmd_check_config(args)
         if command == "paths":

@@ -21,7 +21,7 @@ from volagent import __version__
 from volagent.api import client
 from volagent.api.server import StatusApi
 from volagent.config import Config
-from volagent.socket_access import access_for
+from volagent.daemon.socket_access import access_for
 from volagent.state import AgentState, ContainerRecord, VolumeRecord, now_iso
 
 T = TypeVar("T")

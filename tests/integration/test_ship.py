@@ -94,7 +94,7 @@ def test_bundle_installs_offline_into_an_empty_directory(bundle: Path, tmp_path:
             str(prefix / "bin" / "python"),
             "-c",
             "import sys, boto3, docker, prometheus_client, structlog, tenacity, watchdog;"
-            "import volagent.daemon; print(sys.prefix)",
+            "import volagent.daemon.lifecycle; print(sys.prefix)",
         ]
     )
     assert imported.strip() == str(prefix / "current")

@@ -8,7 +8,7 @@ import asyncio
 from pathlib import Path
 
 from volagent import config
-from volagent.daemon import Daemon
+from volagent.daemon.lifecycle import Daemon
 
 
 def _daemon(tmp_path: Path, text: str) -> tuple[Daemon, Path]:

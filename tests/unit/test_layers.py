@@ -24,7 +24,7 @@ LAYERS: list[list[list[str]]] = [
         ]
     ],
     [["volagent.safedir", "volagent.values", "volagent.retrying", "volagent.nesting"]],
-    [["volagent.systemd", "volagent.socket_access"]],
+    [["volagent.daemon.systemd", "volagent.daemon.socket_access"]],
     [["volagent.config", "volagent.worker", "volagent.config_watch"]],
     [["volagent.state"]],
     [["volagent.httpserver"]],

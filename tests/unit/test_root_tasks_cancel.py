@@ -16,7 +16,7 @@ import pytest
 
 from volagent.config import from_dict
 from volagent.config_watch import ConfigWatch
-from volagent.daemon import Daemon
+from volagent.daemon.lifecycle import Daemon
 
 ROUNDS = 15
 # only a bound on a hang: a task that ends does so in milliseconds

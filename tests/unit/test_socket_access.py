@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from volagent.socket_access import (
+from volagent.daemon.socket_access import (
     GROUP_MODE,
     ROOT_ONLY_MODE,
     access_for,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from volagent import systemd
+from volagent.daemon import systemd
 
-AGENT_DIR = str(Path(systemd.__file__).resolve().parent.parent)
+AGENT_DIR = str(Path(systemd.__file__).resolve().parents[2])
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ SERVICE = textwrap.dedent(
     """
     import asyncio, json, os, socket, sys
     sys.path.insert(0, os.environ["AGENT_DIR"])
-    from volagent import systemd
+    from volagent.daemon import systemd
 
     got = systemd.listen_fds()
     report = {
@@ -248,7 +248,7 @@ def test_unnamed_and_repeated_names(tmp_path: Path) -> None:
         """
         import json, os, sys
         sys.path.insert(0, os.environ["AGENT_DIR"])
-        from volagent import systemd
+        from volagent.daemon import systemd
         print(json.dumps(sorted(systemd.listen_fds())))
         """
     )

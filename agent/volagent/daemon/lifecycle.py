@@ -18,11 +18,12 @@ from collections.abc import Awaitable
 from typing import Any
 
 from volagent import config as config_mod
-from volagent import log, socket_access, systemd
+from volagent import log
 from volagent.api.server import StatusApi
 from volagent.aws.asg import AsgReporter, instance_identity
 from volagent.config import Config
 from volagent.config_watch import ConfigWatch
+from volagent.daemon import socket_access, systemd
 from volagent.errors import ConfigError
 from volagent.guard.plugin import Guard
 from volagent.httpserver import HttpServer

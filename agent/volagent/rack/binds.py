@@ -23,14 +23,13 @@ from collections.abc import Iterable
 from volagent import safedir
 from volagent.errors import VolagentError
 from volagent.rack import records
-from volagent.rack.usage.recorder import REFRESH_S as USAGE_REFRESH_S
-from volagent.rack.usage.recorder import REGISTRY_MARKER
+from volagent.rack.usage import recorder
 
 # a record not refreshed for this long belongs to a host that stopped recording (0.2's rule)
-STALE_AFTER_S = 2 * USAGE_REFRESH_S
+STALE_AFTER_S = 2 * recorder.REFRESH_S
 # a host seen taking part is not read again for this long (a downgrade shows after it)
 PARTICIPANT_TTL_S = 600.0
-MARKER = REGISTRY_MARKER
+MARKER = recorder.REGISTRY_MARKER
 
 
 class Participants:

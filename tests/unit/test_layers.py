@@ -1,5 +1,6 @@
-"""The package's layers: a module imports only from its own layer or the layers below it,
-peers on one layer stay apart, and no modules import each other in a loop.
+"""The package's layers: a module imports only from its own layer or the layers below it, the
+packages declared independent never import each other, directly or through other modules, and
+no modules import each other in a loop.
 
 The layers, bottom first, are the map in the README's "Architecture" section."""
 
@@ -10,32 +11,38 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "agent" / "volagent"
 
-# Bottom first. A layer is a list of groups; a group is a list of module prefixes. Groups on
-# one layer are peers: neither imports the other.
-LAYERS: list[list[list[str]]] = [
+# Bottom first. A layer is a list of module prefixes: a module may import from its own layer
+# and the layers below, never from one above.
+LAYERS: list[list[str]] = [
     [
-        [
-            "volagent",
-            "volagent.errors",
-            "volagent.log",
-            "volagent.metrics",
-            "volagent.terminal",
-            "volagent.vocabulary",
-        ]
+        "volagent",
+        "volagent.errors",
+        "volagent.log",
+        "volagent.metrics",
+        "volagent.terminal",
+        "volagent.vocabulary",
     ],
-    [["volagent.safedir", "volagent.values", "volagent.retrying", "volagent.nesting"]],
-    [["volagent.daemon.systemd", "volagent.daemon.socket_access"]],
-    [["volagent.config", "volagent.worker", "volagent.config_watch"]],
-    [["volagent.state"]],
-    [["volagent.httpserver"]],
-    [["volagent.aws"]],
-    [["volagent.mount"]],
-    [["volagent.rack"]],
-    [["volagent.volumes"]],
-    [["volagent.guard"], ["volagent.watch"], ["volagent.api"]],
-    [["volagent.ops.doctor"], ["volagent.ops.gc"], ["volagent.ops"]],
-    [["volagent.daemon"]],
-    [["volagent.cli", "volagent.__main__"]],
+    ["volagent.safedir", "volagent.values", "volagent.retrying", "volagent.nesting"],
+    ["volagent.daemon.systemd", "volagent.daemon.socket_access"],
+    ["volagent.config", "volagent.worker", "volagent.config_watch"],
+    ["volagent.state", "volagent.httpserver"],
+    ["volagent.aws"],
+    ["volagent.mount", "volagent.rack"],
+    ["volagent.volumes"],
+    ["volagent.guard", "volagent.watch", "volagent.api"],
+    ["volagent.ops.doctor", "volagent.ops.gc", "volagent.ops"],
+    ["volagent.daemon"],
+    ["volagent.cli", "volagent.__main__"],
+]
+
+# Packages that never import each other, directly or through other modules, like
+# import-linter's "independence" contracts: each list is one contract.
+INDEPENDENT: list[list[str]] = [
+    ["volagent.daemon.systemd", "volagent.daemon.socket_access"],
+    ["volagent.state", "volagent.httpserver"],
+    ["volagent.mount", "volagent.rack"],
+    ["volagent.guard", "volagent.watch", "volagent.api"],
+    ["volagent.ops.doctor", "volagent.ops.gc"],
 ]
 
 
@@ -71,17 +78,19 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def place(name: str) -> tuple[int, int]:
-    """(layer, group) of a module: the longest matching prefix decides."""
-    best: tuple[int, int, int] | None = None
+def covers(prefix: str, name: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def place(name: str) -> int:
+    """The layer of a module: the longest matching prefix decides."""
+    best: tuple[int, int] | None = None
     for li, layer in enumerate(LAYERS):
-        for gi, group in enumerate(layer):
-            for prefix in group:
-                matches = name == prefix or name.startswith(prefix + ".")
-                if matches and (best is None or len(prefix) > best[2]):
-                    best = (li, gi, len(prefix))
+        for prefix in layer:
+            if covers(prefix, name) and (best is None or len(prefix) > best[1]):
+                best = (li, len(prefix))
     assert best is not None, f"{name} is on no layer: add it to LAYERS and to the README's map"
-    return best[0], best[1]
+    return best[0]
 
 
 def graph() -> dict[str, set[str]]:
@@ -95,16 +104,41 @@ def test_every_module_is_on_a_layer() -> None:
         place(name)
 
 
-def test_no_module_imports_upward_or_across() -> None:
+def test_no_module_imports_upward() -> None:
     wrong = []
     for name, imported in graph().items():
-        layer, group = place(name)
         for other in sorted(imported):
             if other == "volagent" or name.startswith(other + "."):
                 continue  # the package's face, or a package's own __init__
-            o_layer, o_group = place(other)
-            if o_layer > layer or (o_layer == layer and o_group != group):
+            if place(other) > place(name):
                 wrong.append(f"{name} -> {other}")
+    assert wrong == []
+
+
+def test_independent_packages_stay_apart() -> None:
+    deps = graph()
+
+    def reach(name: str) -> set[str]:
+        """Every module `name` imports, directly or through others."""
+        seen: set[str] = set()
+        todo = [name]
+        while todo:
+            for other in deps[todo.pop()] - seen:
+                seen.add(other)
+                todo.append(other)
+        return seen
+
+    wrong = []
+    for contract in INDEPENDENT:
+        for prefix in contract:
+            assert any(covers(prefix, name) for name in deps), f"{prefix} names no module"
+        for a in contract:
+            for b in contract:
+                if a == b:
+                    continue
+                for name in sorted(n for n in deps if covers(a, n)):
+                    met = sorted(o for o in reach(name) if covers(b, o))
+                    wrong += [f"{name} -> {o} ({a} and {b} are independent)" for o in met]
     assert wrong == []
 
 

@@ -6,7 +6,7 @@ adds them only if none nests (rule 7). Another host's entries stop counting only
 host has shown no sign of life for `expire_after_s`: neither a heartbeat nor an entry
 written since. Its heartbeat is read only when one of its entries stands in the way, so a
 claim that clashes with nothing reads nothing but the registry. Hosts on 0.2 write no
-entries: their binds are read from their usage records of the namespace (legacy.py).
+entries: their binds are read from their usage records of the namespace (binds.py).
 Blocking: call these through a TimedWorker.
 """
 

@@ -35,9 +35,13 @@ from collections import Counter
 from typing import Any
 
 from volagent import safedir
-from volagent.rack.usage import recorder
 from volagent.values import Owner
 from volagent.volumes import mount_check, trashcheck
+
+try:  # the usage records' module, in a package of its own since 0.3.1
+    from volagent.rack.usage import recorder
+except ImportError:  # an earlier install: the module itself
+    from volagent.rack import usage as recorder  # type: ignore[no-redef]
 
 MOUNT_POINT = "/volumes"
 RACK = "vmrack"
@@ -126,7 +130,7 @@ def setup(case: str, service: str) -> tuple[str, ...]:
             # a host of the rack's release: since the registry, its record says it takes part
             # (so the claim's look for 0.2 hosts reads it once, then knows it)
             key = (f"{RACK}-bench", service)
-            other = {} if registry_claim is None else usage.usage_record(OTHER, key, ["c"], 0)
+            other = {} if registry_claim is None else recorder.usage_record(OTHER, key, ["c"], 0)
             f.write(json.dumps(other))
         then = time.time() - TWO_DAYS_S
         for d in (ns, f"{ns}/{service}"):

@@ -95,9 +95,7 @@ class Listener:
 
     def close(self) -> None:
         self._closed = True
-        if self._reading:
-            self._loop.remove_reader(self.sock.fileno())
-            self._reading = False
+        self._stop_reading()
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None

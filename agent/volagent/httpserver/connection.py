@@ -21,12 +21,18 @@ import asyncio
 import select
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, cast
+from typing import Any, Protocol, cast
 
 from volagent.httpserver.flow import FlowControl
-from volagent.httpserver.limits import BudgetExceeded
+from volagent.httpserver.limits import (
+    BudgetExceeded,
+    ByteBudget,
+    ConnectionLedger,
+    PeerLimits,
+    Turnstile,
+)
 from volagent.httpserver.wire import (
     BODY,
     IDLE,
@@ -40,8 +46,30 @@ from volagent.httpserver.wire import (
     error_response,
 )
 
-if TYPE_CHECKING:  # the server imports this module
-    from volagent.httpserver.server import HttpServer
+
+class Host(Protocol):
+    """What a connection needs of the server that accepted it (server.py's HttpServer)."""
+
+    handler: Callable[[Request], Response | Awaitable[Response]]
+    max_body: int
+    max_header_bytes: int
+    max_headers: int
+    header_timeout: float
+    body_timeout: float
+    idle_timeout: float
+    write_timeout: float
+    peer_limits: PeerLimits | None
+    ledger: ConnectionLedger
+    budget: ByteBudget
+    turnstile: Turnstile | None
+    busy: set[Connection]
+    draining: bool
+    read_buffer: memoryview  # what every read of its connections lands in first
+    log: Any
+
+    def idle(self, conn: Connection) -> None: ...
+
+    def forget(self, conn: Connection) -> None: ...
 
 
 # a larger body is written after its head instead of being copied behind it
@@ -99,7 +127,7 @@ class Connection(asyncio.BufferedProtocol):
     Unix socket. `closed` is done once the transport is gone and no handler of it runs."""
 
     def __init__(
-        self, server: HttpServer, sock: socket.socket, creds: tuple[int, int, int] | None
+        self, server: Host, sock: socket.socket, creds: tuple[int, int, int] | None
     ) -> None:
         self.server = server
         self.sock = sock

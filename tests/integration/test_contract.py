@@ -603,8 +603,16 @@ def test_status_socket_choice_rack_view_and_gc(ok: Bed, tmp_path: Path) -> None:
     # second of its removal
     root_records = ok.shared(ok.agent.mount_point) / ".volagent" / "usage"
     deadline = time.monotonic() + 30
-    while any(json.loads(f.read_text()).get("containers") for f in root_records.glob("*.json")):
-        assert time.monotonic() < deadline, "a removed container is still recorded as binding"
+    while binding := {
+        f.name: record
+        for f in root_records.glob("*.json")
+        if (record := json.loads(f.read_text())).get("containers")
+    }:
+        # the records, and the agent's table, for the next look at why it stayed
+        assert time.monotonic() < deadline, (
+            f"a removed container is still recorded as binding: {binding}; "
+            f"the agent's containers: {[c['name'] for c in ok.agent.status()['containers']]}"
+        )
         time.sleep(0.2)
     listed = ok.cli("--config", ok.agent.config_path, "gc")
     assert listed.returncode == 0, listed.stderr

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.unit.factories import make_state
@@ -261,3 +262,28 @@ def test_a_claim_reads_the_legacy_records_of_its_own_directories_only(mp: Path) 
     assert sorted(p for p, _ in found) == [f"{mp}/r1-a", f"{mp}/r1-a/web/data"]
     everything, _ = rack_binds.legacy_binds(str(mp), dev, "r1-a", "me", known)
     assert len(everything) == 3
+
+
+async def test_a_container_removed_while_its_record_is_written_gets_its_last_record(
+    mp: Path, worker: TimedWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record listing a container was being written when the container went: the next
+    pass writes the last record (no containers), rather than leaving the container listed
+    for good, which holds its directories in use for gc and for other hosts."""
+    st = make_state(mp)
+    add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
+    write_usage = recorder.write_usage
+
+    def removed_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        done = write_usage(*args, **kwargs)
+        st.forget_container("1")  # Docker's destroy event, handled while the write ran
+        return done
+
+    monkeypatch.setattr(recorder, "write_usage", removed_meanwhile)
+    rec = recorder.UsageRecorder(st, worker)
+    assert await rec.record_due() == 1
+    record = mp / ".volagent" / "usage" / "r1-a" / "web" / "host-a.json"
+    assert json.loads(record.read_text())["containers"] == ["c-1"]
+    monkeypatch.setattr(recorder, "write_usage", write_usage)
+    assert await rec.record_due() == 1
+    assert json.loads(record.read_text())["containers"] == []

@@ -266,8 +266,9 @@ class UsageRecorder:
         for key, at in list(st.usage_recorded.items()):
             if at < now - RECORDED_KEPT_S:
                 del st.usage_recorded[key]
-        # directories no container here uses any more need no refreshing
-        for key in set(self._written) - set(in_use(st)):
+        # a directory's last record written: it needs no refreshing. Not one that went out
+        # of use while its record was written: that record still lists it, the next is due
+        for key in gone & set(done):
             del self._written[key]
             self._written_binds.pop(key, None)
         st.metrics.usage_records.labels(result="written").inc(len(done))

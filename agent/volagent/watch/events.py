@@ -483,6 +483,14 @@ class DockerWatch:
     async def inspect(self, ref: str) -> dict[str, Any] | None:
         """Docker's inspect data of the container `ref` names (id, name or id prefix, as
         Docker resolves it); None when there is none. Raises when Docker cannot be asked."""
+        return await self._look_up("inspect_container", ref)
+
+    async def inspect_volume(self, name: str) -> dict[str, Any] | None:
+        """Docker's data of the volume `name` (Driver, Options, ...); None when there is none.
+        Raises when Docker cannot be asked. Like `inspect`, never waits for the watch."""
+        return await self._look_up("inspect_volume", name)
+
+    async def _look_up(self, method: str, name: str) -> dict[str, Any] | None:
         try:
             async with asyncio.timeout(API_TIMEOUT_S):
                 # dockerd asks the guard, so it is up even while the event stream is not
@@ -490,20 +498,7 @@ class DockerWatch:
                 client = self._client or self._lookup_client
                 if client is None:
                     client = self._lookup_client = await self._call(self._connect)
-                data: dict[str, Any] = await self._call(client.inspect_container, ref)
-        except docker.errors.NotFound:
-            return None
-        return data
-
-    async def inspect_volume(self, name: str) -> dict[str, Any] | None:
-        """Docker's data of the volume `name` (Driver, Options, ...); None when there is none.
-        Raises when Docker cannot be asked. Like `inspect`, never waits for the watch."""
-        try:
-            async with asyncio.timeout(API_TIMEOUT_S):
-                client = self._client or self._lookup_client
-                if client is None:
-                    client = self._lookup_client = await self._call(self._connect)
-                data: dict[str, Any] = await self._call(client.inspect_volume, name)
+                data: dict[str, Any] = await self._call(getattr(client, method), name)
         except docker.errors.NotFound:
             return None
         return data

@@ -27,6 +27,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,8 @@ LOCK_SUFFIX = ".lock"
 MAX_REGISTRY_BYTES = 4 << 20
 LOCK_POLL_FIRST_S = 0.002
 LOCK_POLL_MAX_S = 0.05
+# lock files kept open between transactions, at most (those of the namespaces claimed lately)
+KEPT_LOCK_FILES = 64
 
 
 class RegistryError(RecordError):
@@ -200,37 +203,202 @@ def locked(
     dev: int | None,
     namespace: str,
     deadline: float,
+    *,
     counts: Counts | None = None,
+    epoch: int | None = None,
 ) -> Iterator[Transaction]:
-    """The namespace's registry, read under its exclusive lock, until the block ends."""
+    """The namespace's registry, read under its exclusive lock, until the block ends. Given
+    the mount's `epoch` (which mount of the filesystem it is), the registry's directory and
+    the namespace's lock file stay open for the next transaction (`_KeptHandles`)."""
     counts = counts or Counts()
-    local = _local_lock(f"{mount_point}\0{namespace}")
+    key = f"{mount_point}\0{namespace}"
+    local = _local_lock(key)
     if not local.acquire(timeout=max(0.0, deadline - time.monotonic())):
         raise RegistryError(f"the registry of {namespace} is busy in this process")
     try:
-        root = safedir.open_shared_root(mount_point, dev)
-        try:
-            parts = (records.AGENT_DIR, REGISTRY_DIR)
-            # volagent's own directory, made once per rack: one lookup of the whole path
-            reg = records.open_own_dir(root, parts)
-        finally:
-            os.close(root)
-        try:
-            lock_fd = _open_lock_file(reg, namespace)
-            counts.opens += 1
-            try:
+        if epoch is None:
+            with _opened(mount_point, dev, namespace, counts) as (reg, lock_fd):
                 _lock(lock_fd, namespace, deadline, counts)
                 yield Transaction(reg, namespace, deadline, counts)
-            finally:
                 # the close drops the lock (an NFS LOCKU); the writes were synced before it
-                os.close(lock_fd)
-        finally:
-            os.close(reg)
+        else:
+            mount = (dev, epoch)
+            reg, lock_fd = _kept.locked(
+                mount_point, mount, key, namespace, deadline=deadline, counts=counts
+            )
+            try:
+                yield Transaction(reg, namespace, deadline, counts)
+            except BaseException:
+                _kept.forget(key)  # opened afresh next time; its close drops the lock
+                raise
+            else:
+                _kept.unlock(key, lock_fd)
+            finally:
+                os.close(reg)
     finally:
         local.release()
 
 
-def _open_lock_file(dir_fd: int, namespace: str) -> int:
+@contextlib.contextmanager
+def _opened(
+    mount_point: str, dev: int | None, namespace: str, counts: Counts
+) -> Iterator[tuple[int, int]]:
+    reg = _open_registry_dir(mount_point, dev)[0]
+    try:
+        lock_fd = _open_lock_file(reg, namespace, counts)
+        try:
+            yield reg, lock_fd
+        finally:
+            os.close(lock_fd)
+    finally:
+        os.close(reg)
+
+
+def _open_registry_dir(mount_point: str, dev: int | None) -> tuple[int, tuple[int, int]]:
+    """The registry's directory, and its device and inode."""
+    root = safedir.open_shared_root(mount_point, dev)
+    try:
+        # volagent's own directory, made once per rack: one lookup of the whole path
+        fd = records.open_own_dir(root, (records.AGENT_DIR, REGISTRY_DIR))
+    finally:
+        os.close(root)
+    st = os.fstat(fd)
+    return fd, (st.st_dev, st.st_ino)
+
+
+class _KeptHandles:
+    """The registry directory of each mount point and the lock files of the namespaces
+    claimed lately, kept open between transactions: reopening them cost each transaction
+    lookups, an OPEN and a CLOSE on NFS. A lock is then dropped by an unlock (LOCKU).
+
+    The directory is kept per mount (device and epoch: a remount opens it afresh, through
+    the mount point's health check) and handed out as a duplicate, so no descriptor is
+    closed under another thread. A lock file is used only by the thread holding its
+    namespace's lock in this process, and only while the registry directory opened by path
+    is the one it was opened in (device and inode: the same directory after a remount of
+    the same filesystem, not another tree of it). Closing any descriptor of a file drops
+    every lock the process holds on it: a lock file of another directory on the same device
+    is closed in the caller's thread, before the namespace's lock is taken again; one of
+    another device (a mount gone, perhaps hung: while a descriptor holds a device, no other
+    mount gets its number) by a thread of its own, since that close may block."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        # mount point -> (device and epoch, the directory's device and inode, descriptor)
+        self._dirs: dict[str, tuple[tuple[int | None, int], tuple[int, int], int]] = {}
+        # (mount point, namespace) -> (its directory's device and inode, descriptor), the
+        # least lately used first
+        self._locks: OrderedDict[str, tuple[tuple[int, int], int]] = OrderedDict()
+
+    def locked(
+        self,
+        mount_point: str,
+        mount: tuple[int | None, int],
+        key: str,
+        namespace: str,
+        *,
+        deadline: float,
+        counts: Counts,
+    ) -> tuple[int, int]:
+        """A duplicate of the mount's registry directory, and the namespace's lock file,
+        locked (the caller holds the namespace's lock in this process). A kept lock file
+        that was removed (by hand: hosts never remove it) guards nothing any more: it is
+        opened again by its name."""
+        for _ in range(2):
+            reg, fd = self._handles(mount_point, mount, key, namespace, counts)
+            try:
+                _lock(fd, namespace, deadline, counts)
+                # the lock revalidates the file's attributes (the NFS client's cache point)
+                if os.fstat(fd).st_nlink:
+                    return reg, fd
+            except BaseException:
+                os.close(reg)
+                self.forget(key)
+                raise
+            os.close(reg)
+            self.forget(key, mount_point)
+        raise RegistryError(
+            f"the lock file of the registry of {namespace} is removed as it is taken"
+        )
+
+    def _handles(
+        self,
+        mount_point: str,
+        mount: tuple[int | None, int],
+        key: str,
+        namespace: str,
+        counts: Counts,
+    ) -> tuple[int, int]:
+        with self._guard:
+            kept = self._dirs.get(mount_point)
+            if kept is not None and kept[0] == mount and mount[0] is not None:
+                reg, ident = os.dup(kept[2]), kept[1]
+            else:
+                kept = None
+        if kept is None:
+            reg, ident = _open_registry_dir(mount_point, mount[0])
+            with self._guard:
+                old = self._dirs.get(mount_point)
+                self._dirs[mount_point] = (mount, ident, os.dup(reg))
+            if old is not None:
+                os.close(old[2])  # a directory: its close asks the server nothing
+        try:
+            with self._guard:
+                lock = self._locks.pop(key, None)
+            if lock is not None and lock[0] != ident:
+                if lock[0][0] == ident[0]:
+                    os.close(lock[1])
+                else:
+                    _close_aside(lock[1])
+                lock = None
+            if lock is None:
+                lock = (ident, _open_lock_file(reg, namespace, counts))
+        except BaseException:
+            os.close(reg)
+            raise
+        with self._guard:
+            self._locks[key] = lock
+            evict = list(self._locks)[: max(len(self._locks) - KEPT_LOCK_FILES, 0)]
+        for other in evict:
+            self._evict(other)
+        return reg, lock[1]
+
+    def _evict(self, key: str) -> None:
+        """Closes the lock file of `key` unless a thread is in its namespace now."""
+        local = _local_lock(key)
+        if local.acquire(blocking=False):
+            try:
+                self.forget(key)
+            finally:
+                local.release()
+
+    def unlock(self, key: str, fd: int) -> None:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+        except OSError:
+            self.forget(key)  # the close drops it
+
+    def forget(self, key: str, mount_point: str | None = None) -> None:
+        """Closes the namespace's lock file (the caller holds its lock in this process); the
+        registry directory of `mount_point` too, which is opened again through its path."""
+        with self._guard:
+            lock = self._locks.pop(key, None)
+            kept = self._dirs.pop(mount_point, None) if mount_point else None
+        if kept is not None:
+            os.close(kept[2])
+        if lock is not None:
+            os.close(lock[1])
+
+
+def _close_aside(fd: int) -> None:
+    threading.Thread(target=os.close, args=(fd,), name="registry-close", daemon=True).start()
+
+
+_kept = _KeptHandles()
+
+
+def _open_lock_file(dir_fd: int, namespace: str, counts: Counts) -> int:
+    counts.opens += 1
     name = records.file_name(namespace) + LOCK_SUFFIX
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:

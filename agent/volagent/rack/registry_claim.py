@@ -46,12 +46,14 @@ def claim(
     legacy: Iterable[tuple[str, str]],
     expire_after_s: float,
     deadline: float,
+    epoch: int | None = None,
 ) -> ClaimResult:
     """Registers `wanted` (this host's entries) unless one nests with a live bind of another
-    host: its registry entries, or `legacy` (path, whose) of hosts outside the registry."""
+    host: its registry entries, or `legacy` (path, whose) of hosts outside the registry.
+    `epoch`: the mount's, to keep the registry's files open for the next (`locked`)."""
     result = ClaimResult()
     legacy = list(legacy)
-    with locked(mount_point, dev, ns, deadline, result.counts) as tx:
+    with locked(mount_point, dev, ns, deadline, counts=result.counts, epoch=epoch) as tx:
         entries = tx.entries
         dead: set[str] = set()
         checked: set[str] = set()
@@ -116,6 +118,7 @@ def set_own(
     host: str,
     live: list[Entry],
     deadline: float,
+    epoch: int | None = None,
 ) -> Counts:
     """Makes this host's entries in `ns` hold the paths it binds, one entry a path: adds
     `live` where this host holds no entry of the path, removes its entries of paths no longer
@@ -124,7 +127,7 @@ def set_own(
     which may have been stepped back since."""
     counts = Counts()
     paths = {e.path for e in live}
-    with locked(mount_point, dev, ns, deadline, counts) as tx:
+    with locked(mount_point, dev, ns, deadline, counts=counts, epoch=epoch) as tx:
         held = {e.path for e in tx.entries if e.host == host}
 
         def gone(e: Entry) -> bool:

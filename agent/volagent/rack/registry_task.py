@@ -230,7 +230,7 @@ class Registry:
         """Blocking: the 0.2 hosts' binds of the namespace, then the claim under the lock,
         on the filesystem and as the host `where` names (as they were when it was asked)."""
         st = self.state
-        dev, _, host = where
+        dev, epoch, host = where
         legacy, hosts = binds.legacy_binds(
             st.config.mount_point,
             dev,
@@ -248,6 +248,7 @@ class Registry:
             legacy=legacy,
             expire_after_s=st.config.health.forget_after_s,
             deadline=deadline,
+            epoch=epoch,
         )
         result.legacy_hosts = hosts
         return result
@@ -351,11 +352,12 @@ class Registry:
         job = functools.partial(
             registry_claim.set_own,
             st.config.mount_point,
-            st.mount_dev,
+            where[0],
             ns,
-            host=st.host_id,
+            host=where[2],
             live=live,
             deadline=time.monotonic() + timeout,
+            epoch=where[1],
         )
         try:
             await self.worker.run(job, timeout, what=f"updating the registry of {ns}")

@@ -1,0 +1,166 @@
+"""The registry's files kept open between transactions on one mount: what a transaction no
+longer opens, and the exclusion that must hold as before (the lock free between
+transactions, held through each, taken on the file every host opens by name after a remount,
+another tree of the filesystem mounted, or the lock file removed by hand). Another process
+stands in for another host: fcntl locks exclude processes, not the threads of one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.testbed.mounts import umount_lazy
+
+from volagent.errors import MountUnhealthy
+from volagent.rack import registry, registry_claim
+from volagent.rack.registry import Entry, RegistryError
+
+NS = "r1-kept"
+
+
+def claim(
+    mp: Path, path: str, *, epoch: int | None, dev: int | None = -1, within_s: float = 5.0
+) -> registry_claim.ClaimResult:
+    return registry_claim.claim(
+        str(mp),
+        os.stat(mp).st_dev if dev == -1 else dev,
+        NS,
+        host="h1",
+        wanted=[Entry("h1", "c1", "", f"{NS}/{path}", time.time())],
+        legacy=[],
+        expire_after_s=900.0,
+        deadline=time.monotonic() + within_s,
+        epoch=epoch,
+    )
+
+
+def lock_file(mp: Path) -> Path:
+    return mp / ".volagent" / "registry" / f"{NS}.lock"
+
+
+def free_for_another_process(lock: Path) -> bool:
+    """Whether another process can take the lock now (it lets go at once)."""
+    probe = (
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+        "try:\n"
+        "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+    )
+    return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
+@pytest.fixture
+def holder() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes holding a lock file (`hold`), let go at the end."""
+    held: list[subprocess.Popen[str]] = []
+    yield held
+    let_go(held)
+
+
+def let_go(held: list[subprocess.Popen[str]]) -> None:
+    for p in held:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.close()
+        p.stdout.close()
+        p.wait(10)
+    held.clear()
+
+
+def hold(held: list[subprocess.Popen[str]], lock: Path) -> None:
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    held.append(p)
+    assert p.stdout is not None and p.stdout.readline().strip() == "held"
+
+
+def test_a_second_claim_on_the_same_mount_opens_no_lock_file(mp: Path) -> None:
+    claim(mp, "web/a", epoch=None)  # the registry file there already
+    first = claim(mp, "web/b", epoch=1)
+    second = claim(mp, "web/c", epoch=1)
+    fresh = claim(mp, "web/d", epoch=None)
+    # the first opened the lock file, read the entries and wrote them; the second only
+    # read and wrote; a caller that names no epoch opens it each time, as before
+    assert (first.counts.opens, second.counts.opens, fresh.counts.opens) == (3, 2, 3)
+    assert first.written and second.written and fresh.written
+
+
+def test_the_lock_is_free_for_another_host_between_transactions(mp: Path) -> None:
+    claim(mp, "web/a", epoch=1)
+    assert free_for_another_process(lock_file(mp))
+    claim(mp, "web/a", epoch=1)  # held already: nothing written, the lock taken and let go
+    assert free_for_another_process(lock_file(mp))
+
+
+def test_the_lock_is_held_through_a_transaction_after_the_epoch_changed(mp: Path) -> None:
+    """A probe that failed and a mount found healthy again: a new epoch on the same mount.
+    The lock file kept from before is the same file: closing it would drop the lock the
+    new transaction holds."""
+    dev = os.stat(mp).st_dev
+    claim(mp, "web/a", epoch=1)
+    with registry.locked(str(mp), dev, NS, time.monotonic() + 5, epoch=2):
+        time.sleep(0.05)  # what a close by another thread would have done by now
+        assert not free_for_another_process(lock_file(mp))
+    assert free_for_another_process(lock_file(mp))
+
+
+def test_a_lock_file_removed_by_hand_is_not_the_one_locked(
+    mp: Path, holder: list[subprocess.Popen[str]]
+) -> None:
+    """The kept descriptor of a removed lock file guards nothing: another host opens the
+    new one by its name, and holds it; the claim must wait for that one."""
+    claim(mp, "web/a", epoch=1)
+    lock_file(mp).unlink()
+    hold(holder, lock_file(mp))
+    with pytest.raises(RegistryError, match="stayed locked"):
+        claim(mp, "web/b", epoch=1, within_s=0.3)
+
+
+def test_another_tree_mounted_on_the_same_device_has_its_own_lock(
+    tmp_path: Path, holder: list[subprocess.Popen[str]]
+) -> None:
+    """The mount point remounted onto another directory of the same filesystem (another
+    export path): the same device, another registry, whose lock another host holds."""
+    mp, other = tmp_path / "mp", tmp_path / "other"
+    mp.mkdir()
+    other.mkdir()
+    claim(mp, "web/a", epoch=1)
+    subprocess.run(["mount", "--bind", str(other), str(mp)], check=True)
+    try:
+        assert os.stat(mp).st_dev == os.stat(other).st_dev
+        (mp / ".volagent" / "registry").mkdir(parents=True)
+        hold(holder, lock_file(mp))
+        with pytest.raises(RegistryError, match="stayed locked"):
+            claim(mp, "web/b", epoch=2, within_s=0.3)
+    finally:
+        let_go(holder)
+        umount_lazy(str(mp))
+    assert not (other / ".volagent" / "registry" / f"{NS}.json").exists()
+
+
+def test_a_claim_while_the_mount_is_unhealthy_is_refused_though_files_are_kept(
+    mp: Path,
+) -> None:
+    claim(mp, "web/a", epoch=1)
+    with pytest.raises(MountUnhealthy):
+        claim(mp, "web/b", epoch=2, dev=None)
+    with pytest.raises(MountUnhealthy):
+        claim(mp, "web/b", epoch=1, dev=None)

@@ -350,7 +350,8 @@ def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
             print("    " + ", ".join(f"{step} {med[step]:g}" for step in STEPS))
             print(
                 f"    the registry's: median {statistics.median(registry):g} ops per guarded"
-                f" create (its claim {med['registry claim']:g}, of which"
+                f" create (its claim {med['registry claim']:g}, the first of this run's"
+                f" process {per_step['registry claim'][0]:g}, of which"
                 f" {statistics.median(fallback):g} look for 0.2 hosts' usage records; the"
                 f" keeper's update {med['registry update']:g}, the start's claim"
                 f" {med['start claim']:g}); the namespace's services"

@@ -63,11 +63,17 @@ try:  # the registry came with 0.3: on an earlier install its steps count nothin
     LEGACY_PARAMS = inspect.signature(binds.legacy_binds).parameters
     # 0.3.0 and before: the keeper removed only its entries older than the moment it looked
     SINCE = "since" in inspect.signature(registry_claim.set_own).parameters
+    # since 0.3.1 the daemon keeps the registry's files open between its transactions on one
+    # mount: the first claim of a namespace opens them, the next ones do not
+    KEPT: dict[str, Any] = (
+        {"epoch": 1} if "epoch" in inspect.signature(registry_claim.claim).parameters else {}
+    )
 except ImportError:
     registry_claim = None  # type: ignore[assignment]
     BY_PATH = False
     SINCE = False
     LEGACY_PARAMS = {}
+    KEPT = {}
 
 
 def set_own(dev: int, ns: str, live: list[Any], refs: set[str], since: float) -> Any:
@@ -83,6 +89,7 @@ def set_own(dev: int, ns: str, live: list[Any], refs: set[str], since: float) ->
         live=live,
         deadline=time.monotonic() + REGISTRY_TIMEOUT_S,
         **how,
+        **KEPT,
     )
 
 
@@ -198,6 +205,7 @@ def one_run(case: str, service: str) -> dict[str, Any]:
                 legacy=legacy,
                 expire_after_s=FORGET_AFTER_S,
                 deadline=deadline,
+                **KEPT,
             )
 
         if case == "in-use" and BY_PATH:

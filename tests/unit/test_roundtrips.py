@@ -1,7 +1,7 @@
-"""What the directory walks ask of the filesystem, counted on a FUSE stand-in
-(tests/testbed/counting_fs.py) where every operation the kernel passes on would be a round trip
-to the server on NFS. The figures are what the walks cost when they were last made leaner:
-a change that adds an operation fails here, so the count cannot creep back unseen.
+"""What the directory walks and the registry's claim ask of the filesystem, counted on a FUSE
+stand-in (tests/testbed/counting_fs.py) where every operation the kernel passes on would be a
+round trip to the server on NFS. The figures are what they cost when they were last made
+leaner: a change that adds an operation fails here, so the count cannot creep back unseen.
 
 The stand-in caches nothing in the kernel (its entry and attribute timeouts are 0), so every
 lookup, stat, open, mkdir, chown, chmod and utime of the walk is counted, the same at every
@@ -19,12 +19,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from tests.testbed.counting_fs import ops_of
 from tests.testbed.mounts import is_mount_point, umount_lazy
 from tests.testbed.waiting import wait_until
 
+from volagent.rack import registry_claim
+from volagent.rack.registry import Entry
 from volagent.values import Owner
 from volagent.volumes import trashcheck
 from volagent.volumes.directories import Identity, Prepared
@@ -35,6 +38,7 @@ OWNER = Owner(1234, 1234)
 DAY = 86400.0
 EXISTING = ("r1-a", "web", "x", "y", "z")  # three levels below the service's namespace
 NEW = ("r1-a", "web", "data")
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,7 +53,7 @@ class Counted:
     def ops(self) -> Counter[str]:
         return ops_of(self.log.read_text(), os.getpid())  # the walks run in this process
 
-    def count(self, walk: Callable[[], Prepared]) -> tuple[Counter[str], Prepared]:
+    def count(self, walk: Callable[[], T]) -> tuple[Counter[str], T]:
         """The operations `walk()` asked of the filesystem, and what it returned."""
         before = self.ops()
         result = walk()
@@ -158,3 +162,35 @@ def test_a_start_after_a_swap_judges_from_scratch(counted: Counted) -> None:
     assert again.identity != got.identity
     # judged as a create: the trash looked at (a lookup of .volagent among the operations)
     assert ops.total() > 18, ops
+
+
+def claim(c: Counted, path: str, epoch: int | None) -> registry_claim.ClaimResult:
+    return registry_claim.claim(
+        str(c.mount_point),
+        c.dev,
+        "r1-a",
+        host="h1",
+        wanted=[Entry("h1", "request:x", "", path, time.time())],
+        legacy=[],
+        expire_after_s=900.0,
+        deadline=time.monotonic() + 10,
+        epoch=epoch,
+    )
+
+
+def test_a_claim_of_a_new_path(counted: Counted) -> None:
+    claim(counted, "r1-a/web/a", epoch=None)  # the registry's directory and files exist
+    ops, _ = counted.count(lambda: claim(counted, "r1-a/web/b", epoch=None))
+    # open the mount point and the registry's directory, open the lock file, read the
+    # entries, write them to a new file and rename it over the old
+    assert (ops["create"], ops["write"], ops["rename"]) == (1, 1, 1), ops
+    fresh = ops.total()
+    assert fresh <= 31, ops
+    # on the mount of the claim before: the directory and the lock file kept open
+    claim(counted, "r1-a/web/c", epoch=1)
+    ops, _ = counted.count(lambda: claim(counted, "r1-a/web/d", epoch=1))
+    assert (ops["create"], ops["write"], ops["rename"]) == (1, 1, 1), ops
+    # lookups of the mount point, the registry's directory and the lock file, its open and
+    # its close: 31 each time before
+    assert ops.total() <= 20, ops
+    assert ops["open"] == 1 and ops["opendir"] == 0, ops  # the entries file's

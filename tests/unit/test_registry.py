@@ -126,10 +126,31 @@ def test_a_registry_this_version_cannot_read_refuses_the_claim(
         claim(mp, "h1", f"{NS}/web/a")
 
 
+def registry_of(*entries: dict[str, object], fmt: object = 1) -> bytes:
+    return json.dumps({"kind": registry.KIND, "format": fmt, "entries": entries}).encode()
+
+
 def test_entries_hold_clean_relative_paths_only() -> None:
     for bad in ("/abs/path", "a/../b", "a//b", "./a"):
-        with pytest.raises(ValueError, match="relative"):
-            Entry.from_dict({"host": "h", "ref": "r", "path": bad, "time": 1})
+        raw = {"host": "h", "ref": "r", "name": "", "path": bad, "time": 1}
+        with pytest.raises(RegistryError, match=f"the registry of {NS}: a bad entry"):
+            registry.parse(NS, registry_of(raw))
+
+
+def test_the_registry_is_written_as_0_3_0_wrote_it() -> None:
+    doc = registry.document(NS, [entry("h2", f"{NS}/b", when=2), entry("h1", f"{NS}/a", when=1)])
+    assert json.dumps(doc, sort_keys=True) == (
+        '{"entries": [{"host": "h1", "name": "", "path": "r1-evil/a", "ref": "c1", "time": 1}, '
+        '{"host": "h2", "name": "", "path": "r1-evil/b", "ref": "c1", "time": 2}], '
+        '"format": 1, "kind": "volagent.registry", "namespace": "r1-evil"}'
+    )
+
+
+def test_a_registry_of_a_newer_minor_format_is_read_and_of_a_newer_major_one_refused() -> None:
+    raw = {"host": "h", "ref": "r", "name": "n", "path": f"{NS}/a", "time": 1, "new": [1]}
+    assert registry.parse(NS, registry_of(raw, fmt="1.1")) == [Entry("h", "r", "n", f"{NS}/a", 1)]
+    with pytest.raises(RegistryError, match=f"the registry of {NS}: format 2.0 is newer"):
+        registry.parse(NS, registry_of(raw, fmt="2.0"))
 
 
 @pytest.fixture

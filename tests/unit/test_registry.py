@@ -19,7 +19,7 @@ from tests.unit.factories import make_state
 
 from volagent.errors import NamespaceViolation
 from volagent.rack import registry, registry_claim
-from volagent.rack.heartbeat import rack_view
+from volagent.rack.heartbeat import HostBeat, rack_view
 from volagent.rack.registry import Entry, RegistryError
 from volagent.rack.registry_task import Registry, request_ref
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
@@ -311,8 +311,8 @@ async def test_a_0_2_hosts_bind_from_its_usage_record_is_judged_and_named_in_the
 def test_the_rack_view_says_who_takes_part_in_the_registry() -> None:
     now = time.time()
     beats = [
-        {"host": "new", "time": now, "version": "0.3.0", "registry": 1},
-        {"host": "old", "time": now, "version": "0.2.1"},
+        HostBeat("new", now, version="0.3.0", registry=1),
+        HostBeat("old", now, version="0.2.1"),
     ]
     view = {h["host"]: h for h in rack_view(beats, stale_after_s=90, now=now)}
     assert view["new"]["registry"] is True and view["old"]["registry"] is False

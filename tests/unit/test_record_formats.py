@@ -1,0 +1,37 @@
+"""The format versions of the records hosts share: a record without `format` is of the first
+(all 0.3.0 wrote); one of a newer minor format is read, the keys unknown here ignored; one of
+a newer major format is refused naming its file, and a reader of many leaves it out instead
+of failing on the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from volagent.errors import RecordError
+from volagent.rack import heartbeat
+
+NEWER = {"format": "1.7", "added_in_1_7": {"any": ["thing"]}}
+
+
+def put(directory: Path, name: str, record: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(record))
+
+
+def test_heartbeats_of_a_newer_minor_format_are_read_of_a_newer_major_one_left_out(
+    mp: Path,
+) -> None:
+    hosts = mp / ".volagent" / "hosts"
+    beat = {"host": "first", "time": 1.0, "status": "ok", "registry": 1}
+    put(hosts, "first", beat)
+    put(hosts, "minor", {**beat, "host": "minor", **NEWER})
+    put(hosts, "major", {**beat, "host": "major", "format": "2.0"})
+    read = heartbeat.read_heartbeats(str(mp), os.stat(mp).st_dev)
+    assert sorted((b.host, b.status) for b in read) == [("first", "ok"), ("minor", "ok")]
+    with pytest.raises(RecordError, match=r"^hosts/major\.json: format 2\.0 is newer"):
+        heartbeat.HostBeat.decode({**beat, "format": "2.0"}, "hosts/major.json")

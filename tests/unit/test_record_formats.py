@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from volagent import safedir
 from volagent.errors import RecordError
+from volagent.ops.gc import survey
 from volagent.rack import heartbeat
 
 NEWER = {"format": "1.7", "added_in_1_7": {"any": ["thing"]}}
@@ -35,3 +37,19 @@ def test_heartbeats_of_a_newer_minor_format_are_read_of_a_newer_major_one_left_o
     assert sorted((b.host, b.status) for b in read) == [("first", "ok"), ("minor", "ok")]
     with pytest.raises(RecordError, match=r"^hosts/major\.json: format 2\.0 is newer"):
         heartbeat.HostBeat.decode({**beat, "format": "2.0"}, "hosts/major.json")
+
+
+def test_usage_records_of_a_newer_minor_format_count_of_a_newer_major_one_do_not(
+    mp: Path,
+) -> None:
+    web = mp / ".volagent" / "usage" / "r1-web" / "web"
+    use = {"namespace": "r1-web", "directory": "web", "containers": ["c"], "binds": []}
+    put(web, "first", {**use, "host": "first", "time": 1.0})
+    put(web, "minor", {**use, "host": "minor", "time": 3.0, **NEWER})
+    put(web, "major", {**use, "host": "major", "time": 5.0, "format": "2.0"})
+    root = safedir.open_shared_root(str(mp), os.stat(mp).st_dev)
+    try:
+        usage, count = survey.collect_usage(root)
+    finally:
+        os.close(root)
+    assert usage == {("r1-web", "web"): (3.0, "minor")} and count == 2

@@ -18,6 +18,7 @@ from tests.unit.test_records_0_2 import apps_usage, lay_out, listed_and_restored
 from volagent.codec import Record
 from volagent.rack import heartbeat
 from volagent.rack.registry_task import Registry
+from volagent.rack.usage import recorder
 from volagent.state import VolumeRecord
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "records-0.3"
@@ -69,6 +70,7 @@ def test_a_namespace_0_3_moved_to_the_trash_is_listed_and_restored(mp: Path) -> 
     ("files", "declared"),
     [
         ("hosts/*.json", heartbeat.HostBeat),
+        ("usage/**/*.json", recorder.UsageRecord),
     ],
 )
 def test_0_3_records_read_through_their_declarations_are_written_again_byte_for_byte(

@@ -15,7 +15,7 @@ import pytest
 from volagent import safedir
 from volagent.errors import RecordError
 from volagent.ops.gc import survey
-from volagent.rack import heartbeat
+from volagent.rack import heartbeat, trash
 
 NEWER = {"format": "1.7", "added_in_1_7": {"any": ["thing"]}}
 
@@ -53,3 +53,22 @@ def test_usage_records_of_a_newer_minor_format_count_of_a_newer_major_one_do_not
     finally:
         os.close(root)
     assert usage == {("r1-web", "web"): (3.0, "minor")} and count == 2
+
+
+def test_trash_records_of_a_newer_minor_format_are_read_of_a_newer_major_one_not(
+    mp: Path,
+) -> None:
+    moved = {"state": trash.PURGING, "time": 1.0, "path": "/elsewhere"}
+    put(mp / ".volagent" / "trash", "r1-a@20260101T000000Z", {**moved, **NEWER})
+    put(mp / ".volagent" / "trash", "r1-b@20260101T000000Z", {**moved, "format": "2.0"})
+    root = safedir.open_shared_root(str(mp), os.stat(mp).st_dev)
+    try:
+        fd = trash.open_trash(root, create=False)
+        assert fd is not None
+        try:
+            found = [(e.entry.namespace, e.state, e.moved_at) for e in trash.entries(fd)]
+        finally:
+            os.close(fd)
+    finally:
+        os.close(root)
+    assert found == [("r1-a", trash.PURGING, 1.0), ("r1-b", "unknown", None)]

@@ -16,7 +16,7 @@ from tests.unit.factories import make_state
 from tests.unit.test_records_0_2 import apps_usage, lay_out, listed_and_restored
 
 from volagent.codec import Record
-from volagent.rack import heartbeat
+from volagent.rack import heartbeat, trash
 from volagent.rack.registry_task import Registry
 from volagent.rack.usage import recorder
 from volagent.state import VolumeRecord
@@ -71,6 +71,7 @@ def test_a_namespace_0_3_moved_to_the_trash_is_listed_and_restored(mp: Path) -> 
     [
         ("hosts/*.json", heartbeat.HostBeat),
         ("usage/**/*.json", recorder.UsageRecord),
+        ("trash/*.json", trash.TrashRecord),
     ],
 )
 def test_0_3_records_read_through_their_declarations_are_written_again_byte_for_byte(

@@ -1,19 +1,9 @@
-"""The typed declarations of the records hosts of a rack share and of the status document:
-each is a dataclass deriving from `Record`, its JSON object compiled once, when the class is
-made, into an encoder that costs what a hand-written one did.
-
-`encode()`: every field by its name, nested records encoded; fields whose metadata is LOCAL
-(what this host keeps to itself) left out, NULL_IF_EMPTY ones null when empty, OMIT_IF_NONE
-ones left out when None (a key written only sometimes).
-
-`decode(raw, file)`: the format is the record's `format` key, "major.minor" or a bare major;
-without one 1.0, which is every record 0.3 and before wrote. Older formats and newer minor
-ones are read, keys unknown here ignored; a newer major format, or a required field missing
-or of another type, is refused with a RecordError naming the file. An optional field of
-another type reads as its default, as the readers before tolerated it. A format after 1.0
-writes its `format`; 1.0 never does, so 0.3 hosts read the same bytes (0.3 ignores a key
-it does not know, but copies it into the size and trash records it rewrites).
-"""
+"""The typed declarations of the records hosts share and of the status document: dataclasses
+deriving from `Record`, each one's encoder compiled once, when the class is made, into the
+dict display a hand-written to_dict was. A record's `format` is "major.minor" or a bare major;
+absent, 1.0 (all 0.3.0 wrote, and 1.0 is never written: 0.3.0 reads the same bytes). Older and
+newer minor formats are read, unknown keys ignored; a newer major one is refused naming the
+file, as is a required field missing or mistyped (an optional one reads as its default)."""
 
 from __future__ import annotations
 
@@ -120,9 +110,9 @@ def _is_record(hint: Any) -> bool:
 def _converter(hint: Any) -> Convert:
     """How a field of type `hint` is read from JSON."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [_converter(a) for a in args]
-        return lambda v: _first(options, v)
+    if origin in (typing.Union, types.UnionType):  # X | None: None, else an X
+        convert = _converter(next(a for a in args if a is not type(None)))
+        return lambda v: None if v is None else convert(v)
     if hint is Any:
         return lambda v: v
     if hint is float:
@@ -144,12 +134,3 @@ def _is(v: Any, kind: Any) -> Any:
     if isinstance(v, kind) and (type(v) is not bool or kind is bool):
         return v
     raise TypeError(f"{v!r} is not {kind}")
-
-
-def _first(options: list[Convert], v: Any) -> Any:
-    for convert in options:
-        try:
-            return convert(v)
-        except (TypeError, ValueError):
-            pass
-    raise TypeError(f"{v!r} is none of the types declared")

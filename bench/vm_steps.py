@@ -138,7 +138,8 @@ def setup(case: str, service: str) -> tuple[str, ...]:
             # (so the claim's look for 0.2 hosts reads it once, then knows it)
             key = (f"{RACK}-bench", service)
             other = {} if registry_claim is None else recorder.usage_record(OTHER, key, ["c"], 0)
-            f.write(json.dumps(other))
+            # a typed record since the codec, a dict in the releases before
+            f.write(json.dumps(other.encode() if hasattr(other, "encode") else other))
         then = time.time() - TWO_DAYS_S
         for d in (ns, f"{ns}/{service}"):
             os.utime(d, (then, then))

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
 from typing import Any
 
 from volagent import __version__
+from volagent.codec import LOCAL, NULL_IF_EMPTY, Record
 from volagent.config import Config
 from volagent.metrics import Metrics
 from volagent.nesting import HostBind
@@ -36,77 +37,50 @@ def now_iso(ts: float | None = None) -> str:
     )
 
 
-def _part(obj: object, *names: str) -> dict[str, Any]:
-    """A part of the status document: these attributes of `obj`, in this order."""
-    return {name: getattr(obj, name) for name in names}
-
-
-@dataclass
-class MountStatus:
+class MountStatus(Record):
     state: MountState = MountState.UNMOUNTED
     mount_point: str = "/volumes"
     type: str = ""
     source: str = ""
-    file_system_id: str = ""
+    file_system_id: str = field(default="", metadata=NULL_IF_EMPTY)
     since: str = field(default_factory=now_iso)
     last_probe_ms: float | None = None
     error: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        doc = _part(self, "state", "mount_point", "type", "source", "file_system_id", "since")
-        doc["file_system_id"] = self.file_system_id or None
-        return doc | _part(self, "last_probe_ms", "error")
 
-
-@dataclass
-class DockerStatus:
+class DockerStatus(Record):
     state: DockerState = DockerState.CONNECTING
     events: int = 0
     since: str = field(default_factory=now_iso)
     error: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return _part(self, "state", "events", "since", "error")
 
-
-@dataclass
-class VolumeRecord:
+class VolumeRecord(Record):
     host: str
     container: str
     read_only: bool
     state: VolumeState = VolumeState.PENDING
     error: str | None = None
     # (device, inode) of the directory volagent prepared for it: what a start must mount
-    leaf: tuple[int, int] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return _part(self, "host", "container", "read_only", "state", "error")
+    leaf: tuple[int, int] | None = field(default=None, metadata=LOCAL)
 
 
-@dataclass
-class ContainerRecord:
+class ContainerRecord(Record):
     id: str
     name: str
     rack: str
     app: str
     service: str
     volumes: list[VolumeRecord] = field(default_factory=list)
-    started: bool = False
-    spec: Any = None  # the ContainerSpec it was judged from: a start re-walks with it
-
-    def to_dict(self) -> dict[str, Any]:
-        doc = _part(self, "id", "name", "rack", "app", "service")
-        return doc | {"volumes": [v.to_dict() for v in self.volumes]}
+    started: bool = field(default=False, metadata=LOCAL)
+    # the ContainerSpec it was judged from: a start re-walks with it
+    spec: Any = field(default=None, metadata=LOCAL)
 
 
-@dataclass
-class GuardStatus:
+class GuardStatus(Record):
     enabled: bool = False
     allowed: int = 0
     denied: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "allowed": self.allowed, "denied": self.denied}
 
 
 class AgentState:
@@ -337,9 +311,9 @@ class AgentState:
             "status": verdict,
             "healthy": verdict == Verdict.OK,
             "version": __version__,
-            "mount": self.mount.to_dict(),
-            "docker": self.docker.to_dict(),
-            "guard": self.guard.to_dict(),
-            "containers": ([c.to_dict() for c in self.listed_containers()] if containers else []),
+            "mount": self.mount.encode(),
+            "docker": self.docker.encode(),
+            "guard": self.guard.encode(),
+            "containers": ([c.encode() for c in self.listed_containers()] if containers else []),
             "warnings": self.warnings,
         }

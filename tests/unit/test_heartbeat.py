@@ -17,7 +17,13 @@ from tests.unit.factories import make_state
 
 from volagent.errors import MountUnhealthy, RecordError
 from volagent.rack import records
-from volagent.rack.heartbeat import Heartbeat, rack_view, read_heartbeats, write_heartbeat
+from volagent.rack.heartbeat import (
+    Heartbeat,
+    HostBeat,
+    rack_view,
+    read_heartbeats,
+    write_heartbeat,
+)
 from volagent.worker import TimedWorker
 
 # beats often, and a host is stale soon: the tests wait in fractions of a second
@@ -65,7 +71,7 @@ async def test_no_heartbeat_while_the_mount_is_unhealthy(mp: Path, worker: Timed
 
 
 def test_write_refuses_another_device(mp: Path) -> None:
-    rec = {"host": "h", "time": time.time()}
+    rec = HostBeat("h", time.time())
     with pytest.raises(MountUnhealthy):
         write_heartbeat(str(mp), os.stat(mp).st_dev + 1, rec, None)
     assert not (mp / ".volagent").exists()
@@ -77,7 +83,7 @@ def test_a_symlinked_hosts_dir_is_never_followed(mp: Path, tmp_path: Path) -> No
     (mp / ".volagent").mkdir()
     (mp / ".volagent" / "hosts").symlink_to(elsewhere)
     with pytest.raises(RecordError):
-        write_heartbeat(str(mp), os.stat(mp).st_dev, {"host": "h", "time": 1.0}, None)
+        write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("h", 1.0), None)
     assert list(elsewhere.iterdir()) == []
 
 
@@ -86,14 +92,14 @@ def test_a_symlink_planted_as_the_record_is_replaced_not_followed(mp: Path, tmp_
     target.write_text("keep")
     hosts_dir(mp).mkdir(parents=True)
     (hosts_dir(mp) / "h.json").symlink_to(target)
-    write_heartbeat(str(mp), os.stat(mp).st_dev, {"host": "h", "time": 1.0}, None)
+    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("h", 1.0), None)
     assert target.read_text() == "keep"
     assert not (hosts_dir(mp) / "h.json").is_symlink()
     assert json.loads((hosts_dir(mp) / "h.json").read_text())["host"] == "h"
 
 
 def test_host_names_become_safe_file_names(mp: Path) -> None:
-    write_heartbeat(str(mp), os.stat(mp).st_dev, {"host": "../x/y", "time": 1.0}, None)
+    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("../x/y", 1.0), None)
     assert [p.name for p in hosts_dir(mp).iterdir()] == ["_x_y.json"]
 
 
@@ -109,8 +115,8 @@ async def test_renamed_host_removes_its_former_record(mp: Path, worker: TimedWor
 def test_rack_view_flags_stale_hosts_and_skips_garbage(mp: Path) -> None:
     dev = os.stat(mp).st_dev
     now = time.time()
-    write_heartbeat(str(mp), dev, {"host": "fresh", "time": now - 1, "status": "ok"}, None)
-    write_heartbeat(str(mp), dev, {"host": "old", "time": now - 100, "status": "ok"}, None)
+    write_heartbeat(str(mp), dev, HostBeat("fresh", now - 1, status="ok"), None)
+    write_heartbeat(str(mp), dev, HostBeat("old", now - 100, status="ok"), None)
     (hosts_dir(mp) / "garbage.json").write_text("{not json")
     (hosts_dir(mp) / "list.json").write_text("[1, 2]")
     (hosts_dir(mp) / "notime.json").write_text('{"host": "x"}')
@@ -221,8 +227,8 @@ def test_records_skip_temp_files_and_dirs(mp: Path) -> None:
 def test_a_host_that_said_it_stopped_is_stale_at_once() -> None:
     now = time.time()
     beats = [
-        {"host": "a", "time": now - 1, "status": "ok"},
-        {"host": "b", "time": now - 1, "status": "stopped"},
+        HostBeat("a", now - 1, status="ok"),
+        HostBeat("b", now - 1, status="stopped"),
     ]
     view = {h["host"]: h for h in rack_view(beats, stale_after_s=90, now=now)}
     assert view["a"]["stale"] is False

@@ -6,15 +6,19 @@ got their typed declarations."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
 
+import pytest
 from tests.unit.factories import make_state
 from tests.unit.test_records_0_2 import apps_usage, lay_out, listed_and_restored
 
-from volagent.rack import heartbeat
+from volagent.codec import Record
+from volagent.rack import heartbeat, trash
 from volagent.rack.registry_task import Registry
+from volagent.rack.usage import recorder
 from volagent.state import VolumeRecord
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "records-0.3"
@@ -60,3 +64,23 @@ def test_a_0_3_size_record_is_the_apps_usage(mp: Path) -> None:
 def test_a_namespace_0_3_moved_to_the_trash_is_listed_and_restored(mp: Path) -> None:
     lay_out(mp, FIXTURES)
     listed_and_restored(mp, TRASH_ENTRY)
+
+
+@pytest.mark.parametrize(
+    ("files", "declared"),
+    [
+        ("hosts/*.json", heartbeat.HostBeat),
+        ("usage/**/*.json", recorder.UsageRecord),
+        ("trash/*.json", trash.TrashRecord),
+    ],
+)
+def test_0_3_records_read_through_their_declarations_are_written_again_byte_for_byte(
+    files: str, declared: type[Record]
+) -> None:
+    # every key 0.3.0 wrote is declared, of the type it wrote, and written back as it was
+    found = sorted(FIXTURES.glob(files))
+    assert found
+    for path in found:
+        text = path.read_text()
+        record = declared.decode(json.loads(text), path.name)
+        assert json.dumps(record.encode(), sort_keys=True) == text

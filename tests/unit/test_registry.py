@@ -19,7 +19,7 @@ from tests.unit.factories import make_state
 
 from volagent.errors import NamespaceViolation
 from volagent.rack import registry, registry_claim
-from volagent.rack.heartbeat import rack_view
+from volagent.rack.heartbeat import HostBeat, rack_view
 from volagent.rack.registry import Entry, RegistryError
 from volagent.rack.registry_task import Registry, request_ref
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
@@ -126,10 +126,31 @@ def test_a_registry_this_version_cannot_read_refuses_the_claim(
         claim(mp, "h1", f"{NS}/web/a")
 
 
+def registry_of(*entries: dict[str, object], fmt: object = 1) -> bytes:
+    return json.dumps({"kind": registry.KIND, "format": fmt, "entries": entries}).encode()
+
+
 def test_entries_hold_clean_relative_paths_only() -> None:
     for bad in ("/abs/path", "a/../b", "a//b", "./a"):
-        with pytest.raises(ValueError, match="relative"):
-            Entry.from_dict({"host": "h", "ref": "r", "path": bad, "time": 1})
+        raw = {"host": "h", "ref": "r", "name": "", "path": bad, "time": 1}
+        with pytest.raises(RegistryError, match=f"the registry of {NS}: a bad entry"):
+            registry.parse(NS, registry_of(raw))
+
+
+def test_the_registry_is_written_as_0_3_0_wrote_it() -> None:
+    doc = registry.document(NS, [entry("h2", f"{NS}/b", when=2), entry("h1", f"{NS}/a", when=1)])
+    assert json.dumps(doc, sort_keys=True) == (
+        '{"entries": [{"host": "h1", "name": "", "path": "r1-evil/a", "ref": "c1", "time": 1}, '
+        '{"host": "h2", "name": "", "path": "r1-evil/b", "ref": "c1", "time": 2}], '
+        '"format": 1, "kind": "volagent.registry", "namespace": "r1-evil"}'
+    )
+
+
+def test_a_registry_of_a_newer_minor_format_is_read_and_of_a_newer_major_one_refused() -> None:
+    raw = {"host": "h", "ref": "r", "name": "n", "path": f"{NS}/a", "time": 1, "new": [1]}
+    assert registry.parse(NS, registry_of(raw, fmt="1.1")) == [Entry("h", "r", "n", f"{NS}/a", 1)]
+    with pytest.raises(RegistryError, match=f"the registry of {NS}: format 2.0 is newer"):
+        registry.parse(NS, registry_of(raw, fmt="2.0"))
 
 
 @pytest.fixture
@@ -290,8 +311,8 @@ async def test_a_0_2_hosts_bind_from_its_usage_record_is_judged_and_named_in_the
 def test_the_rack_view_says_who_takes_part_in_the_registry() -> None:
     now = time.time()
     beats = [
-        {"host": "new", "time": now, "version": "0.3.0", "registry": 1},
-        {"host": "old", "time": now, "version": "0.2.1"},
+        HostBeat("new", now, version="0.3.0", registry=1),
+        HostBeat("old", now, version="0.2.1"),
     ]
     view = {h["host"]: h for h in rack_view(beats, stale_after_s=90, now=now)}
     assert view["new"]["registry"] is True and view["old"]["registry"] is False

@@ -44,18 +44,10 @@ HOST1_MOUNT = "/volumes"
 
 def beat(mount: str, dev: int) -> None:
     now = time.time()
-    record = {
-        "host": HOST,
-        "rack": RACK,
-        "instance_id": None,
-        "status": "ok",
-        "version": __version__,
-        "registry": FORMAT,
-        "mount_state": "mounted",
-        "time": now,
-        "last_seen": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-        "interval_s": 30.0,
-    }
+    last_seen = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    record = heartbeat.HostBeat(
+        HOST, now, RACK, "", "ok", __version__, FORMAT, "mounted", last_seen, 30.0
+    )
     heartbeat.write_heartbeat(mount, dev, record, None)
 
 

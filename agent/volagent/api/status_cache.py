@@ -64,7 +64,7 @@ class StatusCache:
         cached = self._containers.get(pretty)
         if cached is not None and cached[0] == version:
             return cached[1]
-        listed = [c.to_dict() for c in self.state.listed_containers()]
+        listed = [c.encode() for c in self.state.listed_containers()]
         if pretty:
             # one level in: the lines of the list are indented as under the top-level key
             text = json.dumps(listed, indent=2).replace("\n", "\n  ")

@@ -29,7 +29,6 @@ from volagent.rack.usage import recorder
 STALE_AFTER_S = 2 * recorder.REFRESH_S
 # a host seen taking part is not read again for this long (a downgrade shows after it)
 PARTICIPANT_TTL_S = 600.0
-MARKER = recorder.REGISTRY_MARKER
 
 
 class Participants:
@@ -106,17 +105,13 @@ def _read_dir(
         stem = file[: -len(records.SUFFIX)]
         if stem == own or stem in participants:
             continue  # this host knows its own binds; a participant's are in the registry
-        record = records.read_record(fd, file)
+        record = records.read_one(fd, file, recorder.UsageRecord)
         if record is None:
             continue
-        host = str(record.get("host") or stem)
-        if record.get(MARKER):
+        host = record.host or stem
+        if record.registry:
             participants.add(host)
-            continue
-        when = record.get("time")
-        if not isinstance(when, int | float) or now - float(when) >= STALE_AFTER_S:
-            continue
-        for path in record.get("binds") or ():
-            if isinstance(path, str):
+        elif now - record.time < STALE_AFTER_S:
+            for path in record.binds:
                 out.append((path, f"a container on host {host} (volagent 0.2, usage records)"))
                 hosts.add(host)

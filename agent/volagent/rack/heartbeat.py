@@ -18,7 +18,7 @@ import os
 import time
 from typing import Any
 
-from volagent import __version__, log, safedir
+from volagent import __version__, codec, log, safedir
 from volagent.aws.imds import Imds
 from volagent.errors import FilesystemHung, VolagentError
 from volagent.rack import records
@@ -36,34 +36,43 @@ IDENTIFY_RETRY_S = 600.0
 IDENTIFY_TIMEOUT_S = 1.0
 
 
-def host_record(state: AgentState, status: str | None = None) -> dict[str, Any]:
+class HostBeat(codec.Record, frozen=True):
+    """One host's heartbeat, `hosts/<host>.json`."""
+
+    KIND = "heartbeat"
+    host: str
+    time: float  # of the beat, epoch seconds
+    rack: str = ""
+    instance_id: str = ""
+    status: str = ""
+    version: str = ""
+    # the registry format this host writes (hosts on 0.2 write none: they take no part)
+    registry: int | None = None
+    mount_state: str = ""
+    last_seen: str = ""
+    interval_s: float = 0.0
+
+
+def host_record(state: AgentState, status: str | None = None) -> HostBeat:
     """What this host's heartbeat says now."""
     now = time.time()
-    return {
-        "host": state.host_id,
-        "rack": state.config.rack,
-        "instance_id": state.instance_id,
-        "status": status or state.verdict(),
-        "version": __version__,
-        # the registry format this host writes (hosts on 0.2 write none: they take no part)
-        "registry": REGISTRY_FORMAT,
-        "mount_state": state.mount.state,
-        "time": now,
-        "last_seen": now_iso(now),
-        "interval_s": state.config.health.heartbeat_interval_s,
-    }
+    return HostBeat(
+        state.host_id, now, state.config.rack, state.instance_id, status or state.verdict(),
+        __version__, REGISTRY_FORMAT, state.mount.state, now_iso(now),
+        state.config.health.heartbeat_interval_s,
+    )  # fmt: skip
 
 
 def write_heartbeat(
-    mount_point: str, dev: int | None, record: dict[str, Any], previous_name: str | None
+    mount_point: str, dev: int | None, record: HostBeat, previous_name: str | None
 ) -> None:
     """Blocking: replaces this host's heartbeat; removes the one of a former host name."""
     root = safedir.open_shared_root(mount_point, dev)
     try:
         hosts = records.ensure_dir(root, (records.AGENT_DIR, records.HOSTS_DIR))
         try:
-            records.write_record(hosts, record["host"], record)
-            if previous_name and previous_name != record["host"]:
+            records.write_record(hosts, record.host, record.encode())
+            if previous_name and previous_name != record.host:
                 records.remove_record(hosts, previous_name)
         finally:
             os.close(hosts)
@@ -71,7 +80,7 @@ def write_heartbeat(
         os.close(root)
 
 
-def read_heartbeats(mount_point: str, dev: int | None) -> list[dict[str, Any]]:
+def read_heartbeats(mount_point: str, dev: int | None) -> list[HostBeat]:
     """Blocking: every valid heartbeat record under the mount point."""
     root = safedir.open_shared_root(mount_point, dev)
     try:
@@ -80,44 +89,33 @@ def read_heartbeats(mount_point: str, dev: int | None) -> list[dict[str, Any]]:
         os.close(root)
 
 
-def read_heartbeats_at(root_fd: int) -> list[dict[str, Any]]:
+def read_heartbeats_at(root_fd: int) -> list[HostBeat]:
     """Blocking: every valid heartbeat record below the mount point's descriptor."""
     hosts = records.open_dir(root_fd, (records.AGENT_DIR, records.HOSTS_DIR), create=False)
     if hosts is None:
         return []
     try:
-        return [rec for _, rec in records.read_records(hosts) if _valid(rec)]
+        return [beat for _, beat in records.read_all(hosts, HostBeat) if beat.host]
     finally:
         os.close(hosts)
 
 
-def _valid(rec: dict[str, Any]) -> bool:
-    return (
-        isinstance(rec.get("host"), str)
-        and bool(rec["host"])
-        and isinstance(rec.get("time"), int | float)
-        and not isinstance(rec.get("time"), bool)
-    )
-
-
-def rack_view(
-    heartbeats: list[dict[str, Any]], stale_after_s: float, now: float
-) -> list[dict[str, Any]]:
+def rack_view(heartbeats: list[HostBeat], stale_after_s: float, now: float) -> list[dict[str, Any]]:
     """The hosts of the rack, sorted by name, each flagged stale when its heartbeat is old or
     its last beat said it stopped."""
     out = []
-    for rec in sorted(heartbeats, key=lambda r: str(r["host"])):
-        age = now - float(rec["time"])
-        status = str(rec.get("status") or "unknown")
+    for beat in sorted(heartbeats, key=lambda b: b.host):
+        age = now - beat.time
+        status = beat.status or "unknown"
         out.append(
             {
-                "host": rec["host"],
-                "rack": str(rec.get("rack") or ""),
-                "instance_id": str(rec.get("instance_id") or ""),
+                "host": beat.host,
+                "rack": beat.rack,
+                "instance_id": beat.instance_id,
                 "status": status,
-                "version": str(rec.get("version") or ""),
-                "registry": isinstance(rec.get("registry"), int) and rec["registry"] >= 1,
-                "last_seen": now_iso(float(rec["time"])),
+                "version": beat.version,
+                "registry": (beat.registry or 0) >= 1,
+                "last_seen": now_iso(beat.time),
                 "age_s": round(age, 1),
                 # a host that said goodbye is not sharing the filesystem any more
                 "stale": age > stale_after_s or status == STOPPED,
@@ -135,8 +133,8 @@ class Heartbeat:
         self.log = log.get("heartbeat")
         self._wake = asyncio.Event()
         self._written_as: str | None = None
-        self._known: list[dict[str, Any]] = []
-        self._reading: asyncio.Future[list[dict[str, Any]]] | None = None
+        self._known: list[HostBeat] = []
+        self._reading: asyncio.Future[list[HostBeat]] | None = None
         self._failing = False
         self._identify_at = 0.0
 
@@ -201,8 +199,8 @@ class Heartbeat:
             self.log.info("heartbeat_restored")
         self._failing = False
         st.clear_warning("heartbeat")
-        self._written_as = record["host"]
-        st.heartbeat_at = record["time"]  # what other hosts judge this host by
+        self._written_as = record.host
+        st.heartbeat_at = record.time  # what other hosts judge this host by
         metrics.heartbeats.labels(result="written").inc()
         # the rack view is read when asked (status --rack, the usage walk), never with each
         # beat: every host reading every heartbeat each beat grows with the square of the rack

@@ -18,9 +18,10 @@ import os
 import re
 import stat
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from volagent import safedir
+from volagent.codec import Record
 from volagent.errors import RecordError
 
 AGENT_DIR = ".volagent"
@@ -29,6 +30,7 @@ USAGE_DIR = "usage"
 SUFFIX = ".json"
 MAX_RECORD_BYTES = 64 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+R = TypeVar("R", bound=Record)
 _serial = itertools.count()  # next() of it is atomic: one name for each temporary file
 
 
@@ -221,6 +223,21 @@ def read_record(dir_fd: int, file: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
+
+
+def read_one(dir_fd: int, file: str, kind: type[R]) -> R | None:
+    """The record of `kind` in `file`; None when there is none this volagent reads."""
+    with contextlib.suppress(RecordError):
+        return kind.decode(read_record(dir_fd, file), file)
+    return None
+
+
+def read_all(dir_fd: int, kind: type[R]) -> Iterator[tuple[str, R]]:
+    """Every record of `kind` in `dir_fd` this volagent reads, as `read_records`; others are
+    skipped (one written by a newer host must not hide the rest)."""
+    for name, raw in read_records(dir_fd):
+        with contextlib.suppress(RecordError):
+            yield name, kind.decode(raw, name + SUFFIX)
 
 
 def read_records(dir_fd: int) -> Iterator[tuple[str, dict[str, Any]]]:

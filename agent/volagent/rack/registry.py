@@ -19,7 +19,6 @@ call it through a TimedWorker.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import json
@@ -32,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from volagent import safedir
+from volagent import codec, safedir
 from volagent.errors import RecordError
 from volagent.rack import records
 
@@ -53,35 +52,18 @@ class RegistryError(RecordError):
     """The registry could not be consulted or updated: a create that could nest is refused."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(codec.Record, frozen=True):
     """One live bind: which host's container (`ref`: its id, or `request:<digest>` for a
     create allowed and not answered yet) binds `path`, as of `time` (epoch seconds). The
     path is relative to the mount point (`<rack>-<app>/<service>/...`): hosts may mount
     the shared filesystem at different places."""
 
+    KIND = "entry"
     host: str
     ref: str
     name: str
     path: str
     time: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Any) -> Entry:
-        if not isinstance(raw, dict):
-            raise ValueError("an entry is not an object")
-        host, ref, name, path, when = (raw.get(k) for k in ("host", "ref", "name", "path", "time"))
-        if not (isinstance(host, str) and host and isinstance(ref, str) and isinstance(path, str)):
-            raise ValueError("an entry lacks its host, ref or path")
-        parts = path.split("/")
-        if path.startswith("/") or "" in parts or ".." in parts or "." in parts:
-            raise ValueError(f"entry {path!r} is not a clean path relative to the mount point")
-        if not isinstance(when, int | float) or isinstance(when, bool):
-            raise ValueError(f"entry {path!r} has no time")
-        return cls(host, ref, str(name or ""), path, float(when))
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -97,27 +79,30 @@ def document(namespace: str, entries: list[Entry]) -> dict[str, Any]:
         "kind": KIND,
         "format": FORMAT,
         "namespace": namespace,
-        "entries": [e.to_dict() for e in sorted(entries, key=lambda e: e.key)],
+        "entries": [e.encode() for e in sorted(entries, key=lambda e: e.key)],
     }
 
 
 def parse(namespace: str, data: bytes) -> list[Entry]:
-    """The entries of a registry file's bytes; RegistryError for anything but this format."""
+    """The entries of a registry file's bytes; RegistryError for anything but this format
+    (or a newer minor one: fields of an entry unknown here are dropped)."""
+    what = f"the registry of {namespace}"
     try:
         doc = json.loads(data)
     except ValueError:
-        raise RegistryError(f"the registry of {namespace} is not JSON") from None
+        raise RegistryError(f"{what} is not JSON") from None
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
-        raise RegistryError(f"the registry of {namespace} is not a volagent registry")
-    if doc.get("format") != FORMAT:
-        raise RegistryError(
-            f"the registry of {namespace} has format {doc.get('format')!r}, this volagent "
-            f"reads format {FORMAT}: upgrade it (a newer host wrote the registry)"
-        )
+        raise RegistryError(f"{what} is not a volagent registry")
     try:
-        return [Entry.from_dict(raw) for raw in doc.get("entries") or ()]
-    except ValueError as exc:
-        raise RegistryError(f"the registry of {namespace} holds a bad entry: {exc}") from None
+        codec.readable(doc, what, (FORMAT, 0))
+        entries = [Entry.decode(raw, what) for raw in doc.get("entries") or ()]
+    except RecordError as exc:
+        raise RegistryError(str(exc)) from None
+    for e in entries:
+        parts = e.path.split("/")
+        if not e.host or e.path.startswith("/") or {"", ".", ".."} & set(parts):
+            raise RegistryError(f"{what}: a bad entry ({e.path!r} of {e.host!r})")
+    return entries
 
 
 # --- the transaction ---------------------------------------------------------------------

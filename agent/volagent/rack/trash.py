@@ -28,10 +28,10 @@ import stat
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from volagent import safedir
+from volagent import codec, safedir
 from volagent.errors import RecordError
 from volagent.rack import records
 
@@ -41,6 +41,25 @@ _STAMP_RE = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 _NS_RE = re.compile(r"^[^+@/]+$")
 MOVING, TRASHED, PURGING = "moving", "trashed", "purging"
 MAX_ENTRY_BYTES = 240  # room for `.json` and a temporary prefix within NAME_MAX
+
+
+class TrashRecord(codec.Record):
+    """An entry's record, `<entry>.json`: what was moved, who moved it, when and why."""
+
+    KIND = "trash record"
+    state: str = "unknown"  # MOVING, TRASHED or PURGING
+    namespace: str = ""
+    directory: str | None = None  # None: the whole namespace
+    path: str = ""
+    time: float | None = None  # of the move, epoch seconds
+    moved_at: str = ""
+    by: dict[str, Any] = field(default_factory=dict)  # gc's trashing.operator()
+    reason: str = ""
+    size: int | None = None
+    last_used: float | None = None
+    last_host: str = ""
+    entry: str = ""
+    purging_since: str | None = field(default=None, metadata=codec.OMIT_IF_NONE)
 
 
 @dataclass(frozen=True)
@@ -103,21 +122,18 @@ class Entry:
     is unreadable) and whether the moved directory is there."""
 
     entry: EntryName
-    record: dict[str, Any] | None
+    record: TrashRecord | None
     has_directory: bool
 
     @property
     def state(self) -> str:
         if self.record is None:
             return TRASHED if self.has_directory else "unknown"
-        return str(self.record.get("state") or "unknown")
+        return self.record.state
 
     @property
     def moved_at(self) -> float | None:
-        t = (self.record or {}).get("time")
-        if isinstance(t, int | float) and not isinstance(t, bool):
-            return float(t)
-        return None
+        return self.record.time if self.record else None
 
 
 def entries(trash_fd: int) -> Iterator[Entry]:
@@ -138,7 +154,7 @@ def entries(trash_fd: int) -> Iterator[Entry]:
                 has_dir = stat.S_ISDIR(st.st_mode)
         record = None
         if name + records.SUFFIX in present:
-            record = records.read_record(trash_fd, name + records.SUFFIX)
+            record = records.read_one(trash_fd, name + records.SUFFIX, TrashRecord)
         yield Entry(entry, record, has_dir)
 
 
@@ -158,17 +174,17 @@ def holding(trash_fd: int, namespace: str, directory: str | None = None) -> str 
     return None
 
 
-def claim(trash_fd: int, entry: EntryName, record: dict[str, Any]) -> bool:
+def claim(trash_fd: int, entry: EntryName, record: TrashRecord) -> bool:
     """Writes the record of a new entry, only if no entry of that name exists: False when
     the name is taken."""
     if entry.name in safedir.list_names(trash_fd):
         return False
-    return records.create_json(trash_fd, entry.name + records.SUFFIX, record)
+    return records.create_json(trash_fd, entry.name + records.SUFFIX, record.encode())
 
 
-def write(trash_fd: int, entry: EntryName, record: dict[str, Any]) -> None:
+def write(trash_fd: int, entry: EntryName, record: TrashRecord) -> None:
     """Replaces an entry's record atomically (a temporary file, then a rename)."""
-    records.replace_json(trash_fd, entry.name + records.SUFFIX, record)
+    records.replace_json(trash_fd, entry.name + records.SUFFIX, record.encode())
 
 
 def forget(trash_fd: int, entry: EntryName) -> None:

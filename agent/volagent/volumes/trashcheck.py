@@ -81,12 +81,12 @@ def refuse_if_trashed(mount_point: str, root_fd: int, parts: Sequence[str]) -> N
         entry = trash.holding(trash_fd, parts[0], parts[1] if len(parts) > 1 else None)
         if entry is None:
             return
-        record = records.read_record(trash_fd, entry + records.SUFFIX) or {}
+        record = records.read_one(trash_fd, entry + records.SUFFIX, trash.TrashRecord)
     finally:
         os.close(trash_fd)
     held = trash.parse(entry)
     shown = f"{mount_point.rstrip('/')}/{held.relative if held else parts[0]}"
-    if record.get("state") == trash.PURGING:
+    if record is not None and record.state == trash.PURGING:
         raise NamespaceTrashed(
             entry,
             f"{shown} is being purged from the trash ({entry}) by `volagent gc --purge`: its "

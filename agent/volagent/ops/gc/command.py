@@ -184,18 +184,17 @@ def print_trash(root_fd: int, mount_point: str, out: TextIO) -> None:
         return
     w(f"in the trash ({where}):\n")
     for e in found:
-        rec = e.record or {}
-        by = rec.get("by") if isinstance(rec.get("by"), dict) else {}
-        size = rec.get("size")
-        shown_size = format_size(size) if isinstance(size, int) else "?"
+        rec = e.record or trash.TrashRecord()
+        by, size = rec.by, rec.size
+        shown_size = "?" if size is None else format_size(size)
         when = now_iso(e.moved_at) if e.moved_at else "unknown time"
         w(f"  {_p(e.entry.name)}  {shown_size:>10}  {_p(e.state)}\n")
-        w(f"      was {_p(str(rec.get('path') or e.entry.relative))}; moved {when}")
+        w(f"      was {_p(rec.path or e.entry.relative)}; moved {when}")
         if by:
             w(f" by {_p(str(by.get('user', '?')))} on {_p(str(by.get('host', '?')))}")
         w("\n")
-        if rec.get("reason"):
-            w(f"      why: {_p(str(rec['reason']))}\n")
+        if rec.reason:
+            w(f"      why: {_p(rec.reason)}\n")
         if e.state == trash.MOVING and not e.has_directory:
             w(
                 "      not moved (yet; or gc stopped): creates into it are refused until the "

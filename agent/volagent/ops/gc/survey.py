@@ -21,7 +21,7 @@ from volagent.errors import RecordError
 from volagent.ops.gc import tree
 from volagent.rack import records
 from volagent.rack.heartbeat import rack_view, read_heartbeats_at
-from volagent.rack.usage.recorder import MOUNT_ROOT, REFRESH_S, Key
+from volagent.rack.usage.recorder import MOUNT_ROOT, REFRESH_S, Key, UsageRecord
 
 # `<rack>-<app>`: two names of the contract's form joined by a dash
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}-[a-z0-9][a-z0-9._-]{0,62}$")
@@ -61,13 +61,6 @@ class Survey:
     root_used_by: str = ""
 
 
-def _record_time(rec: dict[str, Any]) -> float | None:
-    t = rec.get("time")
-    if isinstance(t, int | float) and not isinstance(t, bool):
-        return float(t)
-    return None
-
-
 def _open_each(
     parent_fd: int, names: Iterable[str], *, skip_unusable: bool = False
 ) -> Iterator[tuple[str, int]]:
@@ -98,16 +91,13 @@ def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usag
 
     def take(key: Key, dir_fd: int) -> None:
         nonlocal count
-        for host, rec in records.read_records(dir_fd):
-            t = _record_time(rec)
-            if t is None:
-                continue
-            if key == MOUNT_ROOT and rec.get("containers") == []:
+        for host, rec in records.read_all(dir_fd, UsageRecord):
+            if key == MOUNT_ROOT and rec.containers == []:
                 continue  # its containers are gone: a bind of everything counts only while
                 # it exists (see root_in_use)
             count += 1
-            if key not in usage or t > usage[key][0]:
-                usage[key] = (t, str(rec.get("host") or host))
+            if key not in usage or rec.time > usage[key][0]:
+                usage[key] = (rec.time, rec.host or host)
 
     base = records.open_dir(root_fd, (records.AGENT_DIR, records.USAGE_DIR), create=False)
     if base is None:
@@ -295,10 +285,9 @@ def prune_old_records(root_fd: int, cutoff: float, progress: tree.Progress) -> i
 
 def _prune_dir(dir_fd: int, cutoff: float, progress: tree.Progress) -> int:
     removed = 0
-    for name, rec in list(records.read_records(dir_fd)):
+    for name, rec in list(records.read_all(dir_fd, UsageRecord)):
         progress.tick()
-        t = _record_time(rec)
-        if t is not None and t < cutoff:
+        if rec.time < cutoff:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name + records.SUFFIX, dir_fd=dir_fd)
             removed += 1

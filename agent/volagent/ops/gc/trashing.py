@@ -91,26 +91,17 @@ def move(
     trash_fd = records.ensure_dir(root_fd, (records.AGENT_DIR, trash.TRASH_DIR))
     try:
         now = time.time()
-        record: dict[str, Any] = {
-            "state": trash.MOVING,
-            "namespace": c.namespace,
-            "directory": c.directory,
-            "path": c.path,
-            "time": now,
-            "moved_at": now_iso(now),
-            "by": who,
-            "reason": reason,
-            "size": c.size,
-            "last_used": c.last_used,
-            "last_host": c.last_host,
-        }
+        record = trash.TrashRecord(
+            trash.MOVING, c.namespace, c.directory, c.path, now, now_iso(now), who, reason,
+            c.size, c.last_used, c.last_host,
+        )  # fmt: skip
         for _ in range(10):  # another gc may claim the same name at the same second
             entry = trash.new_entry(c.namespace, c.directory, now, trash_fd)
-            if trash.claim(trash_fd, entry, {**record, "entry": entry.name}):
+            record.entry = entry.name
+            if trash.claim(trash_fd, entry, record):
                 break
         else:
             raise TrashError(f"{c.path}: could not claim a trash entry")
-        record["entry"] = entry.name
         bound.info("gc_trash_claimed", entry=entry.name, reason=reason)
         progress.tick()
         try:
@@ -143,7 +134,7 @@ def move(
             os.close(parent)
         progress.tick()
         bound.info("gc_moved", entry=entry.name, size=c.size)
-        record["state"] = trash.TRASHED
+        record.state = trash.TRASHED
         trash.write(trash_fd, entry, record)
         return Moved(c, entry.name, Outcome.MOVED)
     finally:
@@ -277,8 +268,8 @@ def purge(root_fd: int, cutoff: float, mount_point: str, progress: tree.Progress
                 out.append(Purged(held.name, Outcome.KEPT, user))
                 continue
             if found.has_directory:
-                record = dict(found.record or {"entry": held.name, "time": moved_at})
-                record.update(state=trash.PURGING, purging_since=now_iso())
+                record = found.record or trash.TrashRecord(entry=held.name, time=moved_at)
+                record.state, record.purging_since = trash.PURGING, now_iso()
                 trash.write(trash_fd, held, record)
                 bound.info("gc_purge_started", path=f"{mp}/{held.relative}")
                 shown = f"{mp}/{records.AGENT_DIR}/{trash.TRASH_DIR}/{held.name}"

@@ -21,9 +21,9 @@ import os
 import posixpath
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from dataclasses import field
 
-from volagent import log, safedir
+from volagent import codec, log, safedir
 from volagent.errors import VolagentError
 from volagent.rack import records
 from volagent.rack.registry import FORMAT as REGISTRY_FORMAT
@@ -35,9 +35,6 @@ SCAN_INTERVAL_S = 1.0
 REFRESH_S = 300.0
 WRITE_TIMEOUT_S = 10.0
 MAX_CONTAINER_NAMES = 8
-# the registry format this host writes: a usage record that carries it is a participant's,
-# whose binds other hosts find in the registry (rack/binds.py reads only the others')
-REGISTRY_MARKER = "registry"
 FAILURE_BACKOFF_S = 30.0
 RECORDED_KEPT_S = 2 * REFRESH_S  # older times of this host's records are not asked for
 
@@ -92,24 +89,32 @@ def binds_in_use(state: AgentState) -> dict[Key, list[str]]:
     return {key: sorted(paths) for key, paths in out.items()}
 
 
+class UsageRecord(codec.Record, frozen=True):
+    """One host's use of one directory, `usage/<top>/<dir>/<host>.json`."""
+
+    KIND = "usage record"
+    time: float  # of the last use, epoch seconds
+    host: str = ""
+    namespace: str = ""
+    directory: str = ""
+    last_used: str = ""
+    containers: list[str] | None = None  # None: not said (gc takes it for in use)
+    # every bind: 0.2 hosts judge nesting by them, and a cut list would hide some
+    binds: list[str] = field(default_factory=list)
+    # the registry format the writer writes: its binds are in the registry (binds.py reads
+    # only the others')
+    registry: int | None = None
+
+
 def usage_record(
     host: str, key: Key, containers: Iterable[str], now: float, binds: Iterable[str] = ()
-) -> dict[str, Any]:
-    return {
-        "host": host,
-        "namespace": key[0],
-        "directory": key[1],
-        "time": now,
-        "last_used": now_iso(now),
-        "containers": sorted(containers)[:MAX_CONTAINER_NAMES],
-        # every bind: 0.2 hosts judge nesting by them, and a cut list would hide some
-        "binds": sorted(binds),
-        REGISTRY_MARKER: REGISTRY_FORMAT,
-    }
+) -> UsageRecord:
+    names = sorted(containers)[:MAX_CONTAINER_NAMES]
+    return UsageRecord(now, host, *key, now_iso(now), names, sorted(binds), REGISTRY_FORMAT)
 
 
 def write_usage(
-    mount_point: str, dev: int | None, host: str, batch: list[tuple[Key, dict[str, Any]]]
+    mount_point: str, dev: int | None, host: str, batch: list[tuple[Key, UsageRecord]]
 ) -> list[Key]:
     """Blocking: writes each record; the keys written (all of them, or it raised)."""
     root = safedir.open_shared_root(mount_point, dev)
@@ -119,7 +124,7 @@ def write_usage(
             parts = (records.AGENT_DIR, records.USAGE_DIR, *(p for p in key if p))
             d = records.open_own_dir(root, parts)
             try:
-                records.write_record(d, host, record)
+                records.write_record(d, host, record.encode())
             finally:
                 os.close(d)
             done.append(key)
@@ -168,10 +173,9 @@ def own_records(mount_point: str, dev: int | None, host: str) -> dict[Key, list[
     name = records.file_name(host) + records.SUFFIX
     try:
         for key, fd in usage_dirs(root):
-            record = records.read_record(fd, name)
-            if record and record.get("containers"):
-                binds = record.get("binds")
-                found[key] = [str(b) for b in binds] if isinstance(binds, list) else []
+            record = records.read_one(fd, name, UsageRecord)
+            if record and record.containers:
+                found[key] = record.binds
     finally:
         os.close(root)
     return found

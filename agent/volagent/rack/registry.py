@@ -202,41 +202,28 @@ def locked(
         raise RegistryError(f"the registry of {namespace} is busy in this process")
     try:
         if epoch is None:
-            with _opened(mount_point, dev, namespace, counts) as (reg, lock_fd):
-                _lock(lock_fd, namespace, deadline, counts)
-                yield Transaction(reg, namespace, deadline, counts)
-                # the close drops the lock (an NFS LOCKU); the writes were synced before it
+            reg = _open_registry_dir(mount_point, dev)[0]
+            try:
+                lock_fd = _open_lock_file(reg, namespace, counts)
+                try:
+                    _lock(lock_fd, namespace, deadline, counts)
+                    yield Transaction(reg, namespace, deadline, counts)
+                finally:
+                    os.close(lock_fd)  # drops the lock (LOCKU); the writes were synced before
+            finally:
+                os.close(reg)
         else:
-            mount = (dev, epoch)
-            reg, lock_fd = _kept.locked(
-                mount_point, mount, key, namespace, deadline=deadline, counts=counts
-            )
+            reg, lock_fd = _kept.locked(mount_point, (dev, epoch), key, namespace, deadline, counts)
             try:
                 yield Transaction(reg, namespace, deadline, counts)
+                fcntl.lockf(lock_fd, fcntl.LOCK_UN)
             except BaseException:
                 _kept.forget(key)  # opened afresh next time; its close drops the lock
                 raise
-            else:
-                _kept.unlock(key, lock_fd)
             finally:
                 os.close(reg)
     finally:
         local.release()
-
-
-@contextlib.contextmanager
-def _opened(
-    mount_point: str, dev: int | None, namespace: str, counts: Counts
-) -> Iterator[tuple[int, int]]:
-    reg = _open_registry_dir(mount_point, dev)[0]
-    try:
-        lock_fd = _open_lock_file(reg, namespace, counts)
-        try:
-            yield reg, lock_fd
-        finally:
-            os.close(lock_fd)
-    finally:
-        os.close(reg)
 
 
 def _open_registry_dir(mount_point: str, dev: int | None) -> tuple[int, tuple[int, int]]:
@@ -275,44 +262,36 @@ class _KeptHandles:
         # least lately used first
         self._locks: OrderedDict[str, tuple[tuple[int, int], int]] = OrderedDict()
 
-    def locked(
+    def locked(  # noqa: PLR0917 - the caller's own arguments, passed on
         self,
         mount_point: str,
         mount: tuple[int | None, int],
         key: str,
         namespace: str,
-        *,
         deadline: float,
         counts: Counts,
     ) -> tuple[int, int]:
-        """A duplicate of the mount's registry directory, and the namespace's lock file,
-        locked (the caller holds the namespace's lock in this process). A kept lock file
-        that was removed (by hand: hosts never remove it) guards nothing any more: it is
-        opened again by its name."""
+        """A duplicate of the registry directory and the namespace's lock file, locked (the
+        caller holds the namespace's lock in this process). A kept lock file removed by hand
+        (hosts never remove one) guards nothing any more: it is opened again by its name."""
         for _ in range(2):
             reg, fd = self._handles(mount_point, mount, key, namespace, counts)
             try:
                 _lock(fd, namespace, deadline, counts)
                 # the lock revalidates the file's attributes (the NFS client's cache point)
-                if os.fstat(fd).st_nlink:
-                    return reg, fd
+                removed = not os.fstat(fd).st_nlink
             except BaseException:
                 os.close(reg)
                 self.forget(key)
                 raise
+            if not removed:
+                return reg, fd
             os.close(reg)
             self.forget(key, mount_point)
-        raise RegistryError(
-            f"the lock file of the registry of {namespace} is removed as it is taken"
-        )
+        raise RegistryError(f"the lock file of the registry of {namespace} is removed as taken")
 
     def _handles(
-        self,
-        mount_point: str,
-        mount: tuple[int | None, int],
-        key: str,
-        namespace: str,
-        counts: Counts,
+        self, mount_point: str, mount: tuple[int | None, int], key: str, ns: str, counts: Counts
     ) -> tuple[int, int]:
         with self._guard:
             kept = self._dirs.get(mount_point)
@@ -327,9 +306,9 @@ class _KeptHandles:
                 self._dirs[mount_point] = (mount, ident, os.dup(reg))
             if old is not None:
                 os.close(old[2])  # a directory: its close asks the server nothing
+        with self._guard:
+            lock = self._locks.pop(key, None)
         try:
-            with self._guard:
-                lock = self._locks.pop(key, None)
             if lock is not None and lock[0] != ident:
                 if lock[0][0] == ident[0]:
                     os.close(lock[1])
@@ -337,31 +316,20 @@ class _KeptHandles:
                     _close_aside(lock[1])
                 lock = None
             if lock is None:
-                lock = (ident, _open_lock_file(reg, namespace, counts))
+                lock = (ident, _open_lock_file(reg, ns, counts))
         except BaseException:
             os.close(reg)
             raise
         with self._guard:
             self._locks[key] = lock
-            evict = list(self._locks)[: max(len(self._locks) - KEPT_LOCK_FILES, 0)]
-        for other in evict:
-            self._evict(other)
+            past = list(self._locks)[: max(len(self._locks) - KEPT_LOCK_FILES, 0)]
+        for other in past:  # closed unless a thread is in that namespace now
+            if _local_lock(other).acquire(blocking=False):
+                try:
+                    self.forget(other)
+                finally:
+                    _local_lock(other).release()
         return reg, lock[1]
-
-    def _evict(self, key: str) -> None:
-        """Closes the lock file of `key` unless a thread is in its namespace now."""
-        local = _local_lock(key)
-        if local.acquire(blocking=False):
-            try:
-                self.forget(key)
-            finally:
-                local.release()
-
-    def unlock(self, key: str, fd: int) -> None:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_UN)
-        except OSError:
-            self.forget(key)  # the close drops it
 
     def forget(self, key: str, mount_point: str | None = None) -> None:
         """Closes the namespace's lock file (the caller holds its lock in this process); the

@@ -20,7 +20,6 @@ import base64
 import binascii
 import functools
 import json
-import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -309,9 +308,7 @@ def route(method: str, uri: str) -> Route:
     ):
         return _OTHER
     raw_path, query = _path_and_query(uri)
-    path = posixpath.normpath(unquote(raw_path))
-    if path.startswith("//"):
-        path = "/" + path.lstrip("/")
+    path = namespace.go_clean(unquote(raw_path))
     for pattern, kind in _JUDGED.get(method, ()):
         m = pattern.match(path)
         if m is None:

@@ -353,9 +353,7 @@ def status_socket(explicit: str | None, config_path: str | None) -> str:
         return DEFAULT_SOCKET
     api = data.get("api")
     chosen = api.get("socket") if isinstance(api, dict) else None
-    if isinstance(chosen, str) and chosen:
-        return chosen
-    return DEFAULT_SOCKET
+    return chosen if isinstance(chosen, str) and chosen else DEFAULT_SOCKET
 
 
 def _note(text: str) -> None:

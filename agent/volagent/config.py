@@ -334,10 +334,7 @@ def fields_of(cfg: Config) -> list[tuple[str, dataclasses.Field[Any], Any]]:
 
 
 def value_of(cfg: Config, dotted: str) -> Any:
-    obj: Any = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return functools.reduce(getattr, dotted.split("."), cfg)
 
 
 def changed_keys(old: Config, new: Config, applies: str) -> list[str]:

@@ -18,7 +18,7 @@ import ctypes
 import errno
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from volagent.errors import MountUnhealthy
 
@@ -104,22 +104,6 @@ def open_on(parent_fd: int, name: str, dev: int) -> int:
         os.close(fd)
         raise OtherDevice(name)
     return fd
-
-
-def descend(root_fd: int, parts: Sequence[str]) -> Iterator[int]:
-    """Opens `parts` one below the other from `root_fd`, on its device only, yielding each
-    directory's descriptor (closed when the walk moves on or ends). Stops with the OSError
-    of a component that is missing, a symlink or a file, or OtherDevice."""
-    dev = os.fstat(root_fd).st_dev
-    fd = os.dup(root_fd)
-    try:
-        for name in parts:
-            child = open_on(fd, name, dev)
-            os.close(fd)
-            fd = child
-            yield fd
-    finally:
-        os.close(fd)
 
 
 def kind_of(parent_fd: int, name: str) -> str:

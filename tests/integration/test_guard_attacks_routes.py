@@ -527,6 +527,7 @@ async def test_nfs_volume_of_the_racks_efs_by_its_mount_target_ip(
 
     from volagent.config import from_dict
     from volagent.guard.plugin import Guard
+    from volagent.httpserver import Request
     from volagent.state import AgentState
     from volagent.volumes.preparer import Preparer
     from volagent.worker import TimedWorker
@@ -556,7 +557,7 @@ async def test_nfs_volume_of_the_racks_efs_by_its_mount_target_ip(
             "RequestBody": b64.b64encode(body).decode(),
         }
     ).encode()
-    answer = await guard._on_request(req)
+    answer = await guard.handle(Request("POST", "/AuthZPlugin.AuthZReq", {}, {}, req))
     doc = json.loads(answer.body)
     assert doc.get("Allow") is False, f"an NFS volume of the rack's EFS allowed: {opts}"
 

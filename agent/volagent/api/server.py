@@ -13,6 +13,7 @@ keep any one client from holding it (see httpserver.limits, and README "Security
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -68,8 +69,6 @@ class StatusApi:
         usage: UsageSource | None = None,
     ) -> None:
         self.state = state
-        self.on_reconcile = on_reconcile
-        self.on_remount = on_remount
         self.hosts = hosts
         self.cache = StatusCache(state)
         self._hosts_read: tuple[float, list[dict[str, Any]], str | None] | None = None
@@ -79,8 +78,8 @@ class StatusApi:
             "/v1/health": {"GET": self._health},
             "/v1/status": {"GET": self._status},
             "/metrics": {"GET": self._metrics},
-            "/v1/reconcile": {"POST": self._reconcile},
-            "/v1/remount": {"POST": self._remount},
+            "/v1/reconcile": {"POST": functools.partial(self._act, "reconcile", on_reconcile)},
+            "/v1/remount": {"POST": functools.partial(self._act, "remount", on_remount)},
         }
 
     def server(self) -> HttpServer:
@@ -160,13 +159,7 @@ class StatusApi:
         return Response(200, self.state.metrics.render(), PROMETHEUS_CONTENT_TYPE)
 
     # --- root-only actions -------------------------------------------------------------
-    async def _reconcile(self, req: Request) -> Response:
-        return await self._act(req, "reconcile", self.on_reconcile)
-
-    async def _remount(self, req: Request) -> Response:
-        return await self._act(req, "remount", self.on_remount)
-
-    async def _act(self, req: Request, name: str, action: Action) -> Response:
+    async def _act(self, name: str, action: Action, req: Request) -> Response:
         if req.peer_uid != 0:
             who = "an unknown peer" if req.peer_uid is None else f"uid {req.peer_uid}"
             self._log.warning("api_forbidden", action=name, peer_uid=req.peer_uid)

@@ -127,17 +127,14 @@ def api_error(exc: Exception, operation: str, region: str) -> DiscoveryError:
 
 
 def _pages(client: Any, operation: str, key: str, region: str, **kwargs: Any) -> Iterator[Any]:
+    from botocore import xform_name  # noqa: PLC0415
     from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
     try:
-        for page in client.get_paginator(_snake(operation)).paginate(**kwargs):
+        for page in client.get_paginator(xform_name(operation)).paginate(**kwargs):
             yield from page.get(key, [])
     except (BotoCoreError, ClientError) as exc:
         raise api_error(exc, operation, region) from None
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
 def find_file_system(

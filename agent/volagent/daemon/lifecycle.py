@@ -14,7 +14,7 @@ import functools
 import signal
 import socket
 import sys
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import Any
 
 from volagent import config as config_mod
@@ -164,10 +164,8 @@ class Daemon:
         watched = config_mod.config_path(self.config_path)
         self._spawn("config-watch", ConfigWatch(watched, self.reload).run())
 
-    def _spawn(self, name: str, coro: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks[name] = task
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self._tasks[name] = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._root_task_ended)
 
     def _root_task_ended(self, task: asyncio.Task[Any]) -> None:
@@ -224,11 +222,9 @@ class Daemon:
         systemd.stopping()
         self.state.stopping = True
         self.log.info("stopping")
-        for task in self._tasks.values():
-            task.cancel()
-        for task in self._background:
-            task.cancel()
         pending = [*self._tasks.values(), *self._background]
+        for task in pending:
+            task.cancel()
         if pending:
             _, still = await asyncio.wait(pending, timeout=SHUTDOWN_GRACE_S)
             for task in still:
@@ -250,9 +246,8 @@ class Daemon:
         self.heartbeat.wake()
         self._background_task("reconcile-after-mount", self._reconcile_quietly())
 
-    def _background_task(self, name: str, coro: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        task.set_name(name)
+    def _background_task(self, name: str, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

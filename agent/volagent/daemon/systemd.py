@@ -85,9 +85,7 @@ def watchdog_interval() -> float | None:
             return None  # inherited from a parent that is the one being watched
     except ValueError:
         return None
-    if usec <= 0:
-        return None
-    return usec / 1_000_000 / 2
+    return usec / 1_000_000 / 2 if usec > 0 else None
 
 
 def listen_fds(*, unset_environment: bool = True) -> dict[str, socket.socket]:

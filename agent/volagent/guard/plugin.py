@@ -182,9 +182,6 @@ class Guard:
             self.preparer.adopt(spec, allowed.volumes, allowed.identity)
         return self._allow
 
-    async def _on_request(self, raw: bytes) -> Response:
-        return await _awaited(self._request_answer(raw))
-
     def _request_answer(self, raw: bytes) -> Response | Awaitable[Response]:
         """AuthZReq: allowed at once when the call is none the guard judges."""
         started = time.perf_counter()
@@ -578,18 +575,21 @@ class Guard:
         `[guard] privileged_apps` (then logged)."""
         if wanted.plain:
             return None
-        cfg = self.state.config
-        apps = privilege.apps_named(labels.get(cfg.docker.app_label) or "", env)
+        apps = self._apps(labels, env)
         if not apps:
             return None  # not an app's container: not volagent's business
         joined = {key: await self._apps_of(ref) for key, ref in wanted.joined().items()}
         used = wanted.refused(joined, apps)
         if not used:
             return None
-        if privilege.allowed_apps(apps, cfg.guard.privileged_apps):
+        if privilege.allowed_apps(apps, self.state.config.guard.privileged_apps):
             self._log_privileged(action, who, apps, used)
             return None
         return messages.privileged(who, apps, used, action)
+
+    def _apps(self, labels: Mapping[str, str], env: Sequence[str]) -> frozenset[str]:
+        """The apps a container's app label and environment name."""
+        return privilege.apps_named(labels.get(self.state.config.docker.app_label) or "", env)
 
     def _log_privileged(self, action: str, who: str, apps: frozenset[str], used: list[str]) -> None:
         """Every privilege allowed by `[guard] privileged_apps` leaves a line in the log."""
@@ -602,12 +602,11 @@ class Guard:
         wanted = privilege.HostPrivileges.from_host_config(spec.host_config)
         if wanted.plain:
             return
-        cfg = self.state.config
-        apps = privilege.apps_named(spec.labels.get(cfg.docker.app_label) or "", spec.env)
+        apps = self._apps(spec.labels, spec.env)
         if not apps:
             return
         used = wanted.refused({}, apps, ignore_joined=True)
-        if privilege.allowed_apps(apps, cfg.guard.privileged_apps):
+        if privilege.allowed_apps(apps, self.state.config.guard.privileged_apps):
             self._log_privileged(action, who, apps, used)
         else:
             self.log.warning(
@@ -618,10 +617,7 @@ class Guard:
         """The apps the container `ref` names, as Docker resolves `ref` now; None when Docker
         knows no such container."""
         spec = await self._inspected(ref)
-        if spec is None:
-            return None
-        label = spec.labels.get(self.state.config.docker.app_label) or ""
-        return privilege.apps_named(label, spec.env)
+        return None if spec is None else self._apps(spec.labels, spec.env)
 
     async def _judge_exec(self, authz: AuthzRequest, where: Route) -> str | None:
         """`docker exec --privileged` runs a process with every capability and no
@@ -638,12 +634,11 @@ class Guard:
         if spec is None:
             return None  # Docker knows no such container: the exec fails there
         who = messages.who(spec.name or where.container)
-        cfg = self.state.config
-        apps = privilege.apps_named(spec.labels.get(cfg.docker.app_label) or "", spec.env)
+        apps = self._apps(spec.labels, spec.env)
         if not apps:
             return None
         used = ["Privileged (docker exec --privileged)"]
-        if privilege.allowed_apps(apps, cfg.guard.privileged_apps):
+        if privilege.allowed_apps(apps, self.state.config.guard.privileged_apps):
             self._log_privileged("exec", who, apps, used)
             return None
         return messages.privileged(who, apps, used, "exec")

@@ -161,12 +161,8 @@ class HostPrivileges:
 
     def joined(self) -> dict[str, str]:
         """The containers whose namespaces this one joins: {"PidMode": "<ref>", ...}."""
-        out = {}
-        for key in JOINABLE:
-            kind, sep, ref = self.mode(key).partition(":")
-            if sep and kind == "container":
-                out[key] = ref
-        return out
+        modes = {key: self.mode(key).partition(":") for key in JOINABLE}
+        return {key: ref for key, (kind, sep, ref) in modes.items() if sep and kind == "container"}
 
     @property
     def plain(self) -> bool:
@@ -271,11 +267,8 @@ def unconfined_option(opt: str) -> bool:
         return False
     if opt == "disable":
         return True
-    if "=" in opt:
-        key, _, value = opt.partition("=")
-    elif ":" in opt:
-        key, _, value = opt.partition(":")
-    else:
+    key, sep, value = opt.partition("=" if "=" in opt else ":")
+    if not sep:
         return False  # dockerd refuses it
     if key == "label":
         return True

@@ -20,7 +20,6 @@ import base64
 import binascii
 import functools
 import json
-import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -259,10 +258,7 @@ def parse_authz_request(raw: bytes) -> AuthzRequest:
 def header(headers: Mapping[str, str], name: str) -> str:
     """A header of the Docker request, by case-insensitive name ("" when absent)."""
     lowered = name.lower()
-    for key, value in headers.items():
-        if key.lower() == lowered:
-            return value
-    return ""
+    return next((value for key, value in headers.items() if key.lower() == lowered), "")
 
 
 # --- routing ------------------------------------------------------------------------------
@@ -312,22 +308,17 @@ def route(method: str, uri: str) -> Route:
     ):
         return _OTHER
     raw_path, query = _path_and_query(uri)
-    path = posixpath.normpath(unquote(raw_path))
-    if path.startswith("//"):
-        path = "/" + path.lstrip("/")
+    path = namespace.go_clean(unquote(raw_path))
     for pattern, kind in _JUDGED.get(method, ()):
         m = pattern.match(path)
         if m is None:
             continue
         found = m.groupdict()
-        name = ""
-        if kind == RouteKind.CREATE:
-            # Docker takes the first `name` (Go's Form.Get), blank or not
-            name = (parse_qs(query, keep_blank_values=True).get("name") or [""])[0]
         return Route(
             kind,
             container=found.get("ref") or "",
-            name=name,
+            # Docker takes the first `name` (Go's Form.Get), blank or not
+            name=query_value(query, "name") if kind == RouteKind.CREATE else "",
             action=found.get("action") or "",
             version=found.get("version") or "",
             query=query,
@@ -399,12 +390,9 @@ def _mounts(value: Any, prefix: str) -> list[dict[str, Any]]:
         where = f"{prefix}Mounts[{i}]."
         if not isinstance(item, _GoObject):
             raise CreateBodyError(f"{prefix}Mounts[{i}] must be an object")
-        mount: dict[str, Any] = {}
-        for name in ("Type", "Source", "Target"):
-            v = _field(item, name, where)
-            if v is not None and not isinstance(v, str):
-                raise CreateBodyError(f"{where}{name} must be a string")
-            mount[name] = v or ""
+        mount: dict[str, Any] = {
+            n: _str_field(item, n, where) for n in ("Type", "Source", "Target")
+        }
         mount["ReadOnly"] = bool(_field(item, "ReadOnly", where))
         options = _field(item, "VolumeOptions", where)
         driver = _field(options, "DriverConfig", f"{where}VolumeOptions.")
@@ -434,13 +422,8 @@ def local_volume(name: str, driver: Any, opts: Mapping[str, str]) -> LocalVolume
 def parse_volume_body(body: bytes) -> LocalVolume | None:
     """`POST /volumes/create`: the local volume it makes; raises CreateBodyError."""
     doc = _go_json(body, "volume create")
-    name = _field(doc, "Name", "")
-    driver = _field(doc, "Driver", "")
-    if name is not None and not isinstance(name, str):
-        raise CreateBodyError("Name must be a string")
-    if driver is not None and not isinstance(driver, str):
-        raise CreateBodyError("Driver must be a string")
-    return local_volume(name or "", driver, _str_map(_field(doc, "DriverOpts", ""), "DriverOpts"))
+    name, driver = _str_field(doc, "Name", ""), _str_field(doc, "Driver", "")
+    return local_volume(name, driver, _str_map(_field(doc, "DriverOpts", ""), "DriverOpts"))
 
 
 def _go_json(body: bytes, what: str) -> _GoObject:
@@ -459,9 +442,7 @@ def parse_create_body(body: bytes, name: str = "") -> CreateRequest:
     doc = _go_json(body, "create")
     labels = _str_map(_field(doc, "Labels", ""), "Labels")
     env = _str_list(_field(doc, "Env", ""), "Env")
-    user = _field(doc, "User", "")
-    if user is not None and not isinstance(user, str):
-        raise CreateBodyError("User must be a string")
+    user = _str_field(doc, "User", "")
     hc = _field(doc, "HostConfig", "")
     if hc is not None and not isinstance(hc, _GoObject):
         raise CreateBodyError("HostConfig must be an object")
@@ -490,7 +471,7 @@ def parse_create_body(body: bytes, name: str = "") -> CreateRequest:
         name=name,
         labels=labels,
         env=env,
-        user=user or "",
+        user=user,
         # the parts of the HostConfig volagent reads, under Docker's own keys
         host_config={"Binds": binds, "Mounts": mounts, **privileges.to_host_config()},
     )
@@ -504,6 +485,13 @@ def _str_field(obj: Any, name: str, where: str) -> str:
     if value is not None and not isinstance(value, str):
         raise CreateBodyError(f"{where}{name} must be a string")
     return value or ""
+
+
+def _bool_field(obj: Any, name: str, where: str) -> bool:
+    value = _field(obj, name, where)
+    if value is not None and not isinstance(value, bool):
+        raise CreateBodyError(f"{where}{name} must be true or false")
+    return bool(value)
 
 
 def _count(obj: Any, name: str, where: str) -> int:
@@ -520,15 +508,13 @@ def _paths(obj: Any, name: str, where: str) -> tuple[str, ...] | None:
 
 def _host_privileges(hc: Any, where: str) -> HostPrivileges:
     """The HostConfig settings that can grant privilege, read as Docker decodes them."""
-    privileged = _field(hc, "Privileged", where)
-    if privileged is not None and not isinstance(privileged, bool):
-        raise CreateBodyError(f"{where}Privileged must be true or false")
+    privileged = _bool_field(hc, "Privileged", where)
     cap_add = _field(hc, "CapAdd", where)
     if isinstance(cap_add, str):  # a StrSlice: one string or a list of them
         cap_add = [cap_add]
     sysctls = _str_map(_field(hc, "Sysctls", where), f"{where}Sysctls")
     return HostPrivileges(
-        privileged=bool(privileged),
+        privileged=privileged,
         modes=tuple(
             (key, _str_field(hc, key, where))
             for key in ("PidMode", "IpcMode", "UsernsMode", "CgroupnsMode")
@@ -548,11 +534,7 @@ def _host_privileges(hc: Any, where: str) -> HostPrivileges:
 
 def parse_exec_privileged(body: bytes) -> bool:
     """`POST /containers/{id}/exec`: whether the exec asks for `Privileged`."""
-    doc = _go_json(body, "exec create")
-    value = _field(doc, "Privileged", "")
-    if value is not None and not isinstance(value, bool):
-        raise CreateBodyError("Privileged must be true or false")
-    return bool(value)
+    return _bool_field(_go_json(body, "exec create"), "Privileged", "")
 
 
 def parse_checkpoint_dir(body: bytes) -> str:

@@ -4,12 +4,10 @@ API: `wire` turns bytes into requests and responses into bytes (no sockets, no c
 `server` listens, admits or refuses connections and stops; `limits` and `listener` share
 the server out among its clients."""
 
-from volagent.httpserver.limits import PeerLimits
-from volagent.httpserver.server import Handler, HttpServer, peer_credentials
+from volagent.httpserver.server import HttpServer
 from volagent.httpserver.wire import (
     BadRequest,
     Request,
-    RequestParser,
     Response,
     encode_response,
     error_response,
@@ -19,15 +17,11 @@ from volagent.httpserver.wire import (
 
 __all__ = [
     "BadRequest",
-    "Handler",
     "HttpServer",
-    "PeerLimits",
     "Request",
-    "RequestParser",
     "Response",
     "encode_response",
     "error_response",
     "json_response",
     "parse_head",
-    "peer_credentials",
 ]

@@ -8,7 +8,6 @@ lazy unmount, the immutable flag of the directory under the mount point).
 """
 
 from volagent.mount.manager import MountManager
-from volagent.mount.table import MountEntry, find_mount, read_table
-from volagent.mount.target import Target
+from volagent.mount.table import find_mount
 
-__all__ = ["MountEntry", "MountManager", "Target", "find_mount", "read_table"]
+__all__ = ["MountManager", "find_mount"]

@@ -237,7 +237,7 @@ class MountManager:
         if target.is_local:
             await self._blocking(functools.partial(_ensure_dir, target.source), "local_path")
             return await self._blocking(
-                functools.partial(_same_directory, mp, target.source),
+                functools.partial(os.path.samefile, mp, target.source),
                 "comparing the mount point with local_path",
             )
         if target.matches_source(entry):
@@ -338,11 +338,6 @@ def _ensure_dir(path: str) -> None:
         except OSError as exc:
             raise MountError(f"{path} is not accessible: {exc.strerror}") from None
         raise MountError(f"{path} exists and is not a directory") from None
-
-
-def _same_directory(a: str, b: str) -> bool:
-    sa, sb = os.stat(a), os.stat(b)
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _short_lived_delay(times: int) -> float:

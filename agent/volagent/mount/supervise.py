@@ -171,8 +171,7 @@ class Supervisor:
         cfg = self._config()
         if cfg is cur.config:
             return ""
-        old = cur.config
-        if _target(cfg) != _target(old):
+        if _target(cfg) != _target(cur.config):
             return "the mount configuration changed"
         cur.config = cfg  # other sections changed: keep the mount, use the new intervals
         return ""

@@ -169,14 +169,8 @@ def prepare_below(
         leaf = stats[-1]
         if not leaf_created:
             found = (leaf.st_uid, leaf.st_gid, stat.S_IMODE(leaf.st_mode))
-        return Prepared(
-            created=created,
-            leaf_created=leaf_created,
-            uid=found[0],
-            gid=found[1],
-            mode=found[2],
-            identity=tuple((s.st_dev, s.st_ino) for s in stats),
-        )
+        identity = tuple((s.st_dev, s.st_ino) for s in stats)
+        return Prepared(created, leaf_created, *found, identity=identity)
     finally:
         for fd in fds:
             os.close(fd)

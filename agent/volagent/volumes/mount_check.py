@@ -19,7 +19,7 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from volagent.mount.table import MountEntry, read_table
+from volagent.mount.table import MountEntry, mount_at, read_table
 from volagent.nesting import under
 from volagent.volumes.locate import SharedFilesystem
 from volagent.volumes.namespace import go_clean
@@ -50,7 +50,7 @@ def check_container(
     expected = {shared.inner(host): (host, ctr) for host, ctr in volumes}
     out: list[Mismatch] = []
     for inner, (host, ctr) in expected.items():
-        at = _topmost(seen, go_clean(ctr) if ctr.startswith("/") else "")
+        at = mount_at(seen, go_clean(ctr)) if ctr.startswith("/") else None
         if at is not None and (at.dev != shared.mount.dev or at.root != inner):
             out.append(Mismatch(host, ctr, f"{ctr} shows {_describe(at, shared)}, not {host}"))
         elif at is None and not any(e.dev == shared.mount.dev and e.root == inner for e in seen):
@@ -67,14 +67,6 @@ def check_container(
                 )
             )
     return out
-
-
-def _topmost(entries: Sequence[MountEntry], mount_point: str) -> MountEntry | None:
-    found = None
-    for e in entries:
-        if e.mount_point == mount_point:
-            found = e
-    return found
 
 
 def _describe(entry: MountEntry, shared: SharedFilesystem) -> str:

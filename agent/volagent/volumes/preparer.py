@@ -346,25 +346,13 @@ class Preparer:
         for i, (b, item) in enumerate(zip(mine, plans, strict=True)):
             unresolved = found.get(i)
             if isinstance(unresolved, str):
-                vols.append(
-                    VolumeRecord(
-                        b.host, b.container, b.read_only, state=VolumeState.FAILED, error=unresolved
-                    )
-                )
+                state, error = VolumeState.FAILED, unresolved
             elif isinstance(item, NamespaceViolation):
-                vols.append(
-                    VolumeRecord(
-                        host=b.host,
-                        container=b.container,
-                        read_only=b.read_only,
-                        state=VolumeState.VIOLATION,
-                        error=str(item),
-                    )
-                )
+                state, error = VolumeState.VIOLATION, str(item)
             else:
-                vols.append(
-                    VolumeRecord(host=item.host_path, container=b.container, read_only=b.read_only)
-                )
+                vols.append(VolumeRecord(item.host_path, b.container, b.read_only))
+                continue
+            vols.append(VolumeRecord(b.host, b.container, b.read_only, state=state, error=error))
         return Outcome(identity=ident, volumes=vols, plans=plans)
 
     async def prepare(
@@ -545,15 +533,11 @@ class Preparer:
             st.set_volume_state(vol, VolumeState.PENDING, str(exc))
             bound.warning("prepare_deferred", path=vol.host, reason=str(exc))
             return
-        except FilesystemHung as exc:
-            st.set_volume_state(vol, VolumeState.FAILED, str(exc))
-            st.metrics.prepare_failures.inc()
-            bound.error("prepare_hung", path=vol.host, reason=str(exc))
-            return
         except Exception as exc:
             st.set_volume_state(vol, VolumeState.FAILED, str(exc))
             st.metrics.prepare_failures.inc()
-            bound.error("prepare_failed", path=vol.host, reason=str(exc))
+            event = "prepare_hung" if isinstance(exc, FilesystemHung) else "prepare_failed"
+            bound.error(event, path=vol.host, reason=str(exc))
             return
         self._walked[vol.host] = result.identity
         while len(self._walked) > MAX_WALKED:

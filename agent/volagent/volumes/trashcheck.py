@@ -45,10 +45,6 @@ TOUCH_AFTER_S = 3600.0
 MARKED = 2
 
 
-def restore_command(entry: str) -> str:
-    return f"volagent gc --restore {entry}"
-
-
 def mark_used(
     opened: Sequence[tuple[int, os.stat_result]],
     now: float | None = None,
@@ -96,7 +92,7 @@ def refuse_if_trashed(mount_point: str, root_fd: int, parts: Sequence[str]) -> N
     raise NamespaceTrashed(
         entry,
         f"{shown} is in the trash as {entry} (moved there by `volagent gc --delete` as "
-        f"unused); restore it with `{restore_command(entry)}` before creating containers "
+        f"unused); restore it with `volagent gc --restore {entry}` before creating containers "
         "that use it",
     )
 

@@ -20,6 +20,7 @@ from volagent.ops.doctor.result import CheckResult
 
 Resolver = Callable[[str], list[str]]
 IMDS_TIMEOUT_S = 2.0
+ANY_FIX = "check [aws] endpoint_url, the network path to the AWS APIs and the credentials"
 
 
 @dataclass
@@ -128,7 +129,7 @@ def check_permissions(cfg: Config, facts: Facts) -> CheckResult:
     if problems:
         first = problems[0]
         detail = str(first).split("; fix:")[0][:300]
-        return CheckResult.failed(name, detail, first.fix or _any_fix())
+        return CheckResult.failed(name, detail, first.fix or ANY_FIX)
     allowed = ", ".join(discovery.ACTIONS.values())
     return CheckResult.ok(name, f"allowed: {allowed} in {facts.region}")
 
@@ -136,10 +137,6 @@ def check_permissions(cfg: Config, facts: Facts) -> CheckResult:
 def _not_found(exc: Exception) -> bool:
     code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
     return code in ("FileSystemNotFound", "MountTargetNotFound")
-
-
-def _any_fix() -> str:
-    return "check [aws] endpoint_url, the network path to the AWS APIs and the credentials"
 
 
 def check_file_system(cfg: Config, facts: Facts) -> CheckResult:

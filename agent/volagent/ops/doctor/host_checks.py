@@ -156,10 +156,6 @@ def _api_tuple(version: str) -> tuple[int, ...]:
         return (0,)
 
 
-def daemon_json_path() -> str:
-    return os.environ.get(DAEMON_JSON_ENV) or DAEMON_JSON
-
-
 def plugin_name(cfg: Config) -> str:
     """The name Docker knows the plugin by: its socket's file name without `.sock`."""
     base = os.path.basename(cfg.guard.plugin_socket)
@@ -168,7 +164,7 @@ def plugin_name(cfg: Config) -> str:
 
 def check_guard(cfg: Config) -> CheckResult:
     name = "guard config"
-    path = daemon_json_path()
+    path = os.environ.get(DAEMON_JSON_ENV) or DAEMON_JSON
     plugin = plugin_name(cfg)
     line = f'"authorization-plugins": ["{plugin}"]'
     try:

@@ -136,29 +136,19 @@ def survey(
     result.root_used_by = root_in_use(usage, local, now)
     if result.root_used_by:
         return result
-    for ns in safedir.subdirs(root_fd):
+    namespaces = [ns for ns in safedir.subdirs(root_fd) if NAMESPACE_RE.match(ns)]
+    for ns, ns_fd in _open_each(root_fd, namespaces, skip_unusable=True):
         progress.tick()
-        if not NAMESPACE_RE.match(ns):
-            continue
-        try:
-            ns_fd = records.open_dir(root_fd, (ns,), create=False)
-        except RecordError:
-            continue
-        if ns_fd is None:
-            continue
-        try:
-            _judge_namespace(
-                result,
-                root_fd=root_fd,
-                ns_fd=ns_fd,
-                ns=ns,
-                shown=f"{mp}/{ns}",
-                usage=usage,
-                local=local,
-                progress=progress,
-            )
-        finally:
-            os.close(ns_fd)
+        _judge_namespace(
+            result,
+            root_fd=root_fd,
+            ns_fd=ns_fd,
+            ns=ns,
+            shown=f"{mp}/{ns}",
+            usage=usage,
+            local=local,
+            progress=progress,
+        )
     return result
 
 
@@ -248,20 +238,10 @@ def prune_old_records(root_fd: int, cutoff: float, progress: tree.Progress) -> i
     """Removes usage records and heartbeats older than the window (they can keep nothing
     any more), and the record directories left empty; how many records went."""
     removed = 0
-    agent = records.open_dir(root_fd, (records.AGENT_DIR,), create=False)
-    if agent is None:
-        return 0
-    try:
-        hosts = records.open_dir(agent, (records.HOSTS_DIR,), create=False)
-        if hosts is not None:
-            try:
-                removed += _prune_dir(hosts, cutoff, progress)
-            finally:
-                os.close(hosts)
-        usage = records.open_dir(agent, (records.USAGE_DIR,), create=False)
-        if usage is None:
-            return removed
-        try:
+    for _, agent in _open_each(root_fd, [records.AGENT_DIR]):
+        for _, hosts in _open_each(agent, [records.HOSTS_DIR]):
+            removed += _prune_dir(hosts, cutoff, progress)
+        for _, usage in _open_each(agent, [records.USAGE_DIR]):
             removed += _prune_dir(usage, cutoff, progress)
             spaces = safedir.subdirs(usage, dots=True)
             for _, ns_fd in _open_each(usage, spaces):
@@ -276,10 +256,6 @@ def prune_old_records(root_fd: int, cutoff: float, progress: tree.Progress) -> i
             for ns in spaces:
                 with contextlib.suppress(OSError):
                     os.rmdir(ns, dir_fd=usage)
-        finally:
-            os.close(usage)
-    finally:
-        os.close(agent)
     return removed
 
 

@@ -8,21 +8,19 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.unit.factories import make_state
 
 from volagent.api import server as api_module
 from volagent.api.server import PROMETHEUS_CONTENT_TYPE, StatusApi
-from volagent.config import Config
 from volagent.errors import TemporaryError
 from volagent.httpserver import Request, Response
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 
 
 def _state(healthy: bool = True) -> AgentState:
-    state = AgentState(Config(rack="r"))
     if healthy:
-        state.set_mount_state("mounted")
-        state.set_docker_state("connected")
-    return state
+        return make_state()
+    return make_state(mount_state=None, docker_state=None)
 
 
 class _Actions:

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit.factories import make_state
 
-from volagent.config import from_dict
 from volagent.nesting import HostBind, host_path_nested
-from volagent.state import AgentState
 from volagent.volumes.locate import MAX_LINKS, resolve
 from volagent.volumes.preparer import ContainerSpec, Preparer
 from volagent.worker import TimedWorker
@@ -102,7 +101,7 @@ def test_identical_sources_and_unrelated_ones_are_fine() -> None:
 def preparer(tmp_path: Path) -> Iterator[Preparer]:
     mp = tmp_path / "volumes"
     mp.mkdir()
-    st = AgentState(from_dict({"rack": "r1", "mount_point": str(mp)}))
+    st = make_state(mp, mount_state=None, docker_state=None)
     worker = TimedWorker("test-fs")
     yield Preparer(st, worker)
     worker.close()

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from tests.testbed.disk import owner_mode
+from tests.unit.factories import make_state
 
-from volagent.config import from_dict
 from volagent.state import AgentState
 from volagent.volumes.preparer import ContainerSpec, Outcome, Preparer
 from volagent.worker import TimedWorker
@@ -27,11 +27,7 @@ LABELS = {"convox.app": "a", "convox.service": "web", "volagent.owner": "1234:12
 
 @pytest.fixture
 def state(mp: Path) -> AgentState:
-    st = AgentState(from_dict({"rack": "r1", "mount_point": str(mp)}))
-    st.set_mount_state("mounted")
-    st.set_docker_state("connected")
-    st.mount_dev = os.stat(mp).st_dev
-    return st
+    return make_state(mp)
 
 
 @pytest.fixture

@@ -641,15 +641,12 @@ async def test_start_held_starts_only_restart_policy_containers_that_failed_on_t
     bed.state.set_mount_state("unmounted")
     bed.state.mount_dev = None
 
-    async def scenario() -> list[str]:
-        async with watching(bed) as watch:
-            # while the mount is away, nothing is started (it would fail the same way)
-            assert eng.started == []
-            bed.state.set_mount_state("mounted")
-            bed.state.mount_dev = os.stat(bed.mp).st_dev
-            return await watch.start_held()
-
-    started = await scenario()
+    async with watching(bed) as watch:
+        # while the mount is away, nothing is started (it would fail the same way)
+        assert eng.started == []
+        bed.state.set_mount_state("mounted")
+        bed.state.mount_dev = os.stat(bed.mp).st_dev
+        started = await watch.start_held()
     assert started == ["always", "unless"]
     assert eng.started == ["always", "unless"]
     assert eng.list_calls[-1] == {"all": True, "filters": {"status": ["exited", "created"]}}

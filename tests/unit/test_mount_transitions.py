@@ -749,7 +749,7 @@ async def test_the_supervisor_lets_go_for_exactly_the_remount_keys(
     )
     cur = Current(target=Target("nfs", SOURCE), mount_point=str(bed.mp), entry=entry, config=cfg)
 
-    async def scenario() -> tuple[str, str]:
+    try:
         bed.changes.bind()
         signals.bind(asyncio.get_running_loop())
         watch = asyncio.create_task(sup.watch(cur))
@@ -758,10 +758,7 @@ async def test_the_supervisor_lets_go_for_exactly_the_remount_keys(
         if reason == "gone":
             bed.kernel.remove(str(bed.mp))
         async with asyncio.timeout(GUARD_S):
-            return await watch
-
-    try:
-        got, error = await scenario()
+            got, error = await watch
     finally:
         sup.close()
     assert got == reason

@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.unit.factories import make_state
 from volagent import __version__
 from volagent.api import client
 from volagent.api.server import StatusApi
-from volagent.config import Config
 from volagent.daemon.socket_access import access_for
 from volagent.state import AgentState, ContainerRecord, VolumeRecord, now_iso
 
@@ -41,7 +41,8 @@ class ServedApi:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.state = self.on_loop(lambda: AgentState(Config(rack="r")))
+        # as the agent starts: no host id yet (the CLI's first line names none), nothing known
+        self.state = self.on_loop(lambda: make_state(host="", mount_state=None, docker_state=None))
         api = StatusApi(self.state, self._reconcile, self._remount, hosts=self._hosts)
         self.server = api.server()
         # as the daemon makes it, for a group every Debian host has (nobody's own)

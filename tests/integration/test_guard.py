@@ -29,8 +29,7 @@ from tests.testbed import (
 from tests.testbed import mounts as testbed_mounts
 from tests.testbed.agent import all_in, volumes
 from tests.testbed.guarded import Guarded, denied
-from volagent.config import from_dict
-from volagent.state import AgentState
+from tests.unit.factories import make_state
 from volagent.volumes.preparer import Preparer
 from volagent.watch.events import DockerWatch
 from volagent.worker import TimedWorker
@@ -329,7 +328,9 @@ async def test_the_guards_lookups_do_not_wait_for_the_event_stream(
     the Docker watch has connected its event stream: dockerd is up (it is the one asking),
     so the lookup asks Docker itself instead of failing (which denies the create)."""
     source = ctr.create([], labels=app_labels("other", "web", owner=OWNER))
-    state = AgentState(from_dict({"mount_point": str(tmp_path), "docker": {"url": bed.engine.url}}))
+    state = make_state(
+        tmp_path, mount_state=None, docker_state=None, docker={"url": bed.engine.url}
+    )
     worker = TimedWorker("test")
     watch = DockerWatch(state, Preparer(state, worker))  # never run: no stream, no client
 

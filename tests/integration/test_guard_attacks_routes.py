@@ -525,23 +525,18 @@ async def test_nfs_volume_of_the_racks_efs_by_its_mount_target_ip(
     tmp_path: Any, opts: dict[str, str]
 ) -> None:
 
-    from volagent.config import from_dict
+    from tests.unit.factories import make_state
     from volagent.guard.plugin import Guard
     from volagent.httpserver import Request
-    from volagent.state import AgentState
     from volagent.volumes.preparer import Preparer
     from volagent.worker import TimedWorker
 
-    cfg = from_dict(
-        {
-            "rack": "r1",
-            "mount_point": str(tmp_path / "mp"),
-            "state_dir": str(tmp_path),
-            "guard": {"enabled": True},
-        }
+    state = make_state(
+        mount_point=str(tmp_path / "mp"),
+        state_dir=str(tmp_path),
+        docker_state=None,
+        guard={"enabled": True},
     )
-    state = AgentState(cfg)
-    state.set_mount_state("mounted")
     state.mount.type = "nfs4"
     state.mount.source = f"{EFS_DNS}:/"
     state.mount.file_system_id = "fs-0123456789abcdef0"

@@ -9,23 +9,45 @@ from typing import Any
 
 from volagent.config import from_dict
 from volagent.state import AgentState
+from volagent.vocabulary import DockerState, MountState
 
 RACK = "r1"
 INSTANCE_ID = "i-0123"
+# where a state without a mount point keeps its local state: nothing can be made under a
+# file, not even by root, so a test that writes there fails instead of writing to the host
+NOWHERE = "/dev/null/volagent-state"
 
 
-def make_state(mp: Path, host: str = "host-a", **sections: Any) -> AgentState:
+def make_state(
+    mp: Path | None = None,
+    host: str = "host-a",
+    *,
+    mount_state: MountState | str | None = MountState.MOUNTED,
+    docker_state: DockerState | str | None = DockerState.CONNECTED,
+    **sections: Any,
+) -> AgentState:
     """An AgentState for rack `r1` on mount point `mp`, as host `host`: the mount healthy
     (mounted, on `mp`'s device) and Docker connected. `sections` are config tables
-    (`guard={"enabled": True}`, `quotas={...}`) merged over the defaults. Its local state
-    lies beside `mp`, never in the host's own state directory."""
-    state_dir = str(mp.parent / f"{mp.name}.state")
-    st = AgentState(
-        from_dict({"rack": RACK, "mount_point": str(mp), "state_dir": state_dir, **sections})
-    )
+    (`guard={"enabled": True}`, `quotas={...}`) or top-level keys (`rack="r"`,
+    `state_dir=...`) merged over the defaults. Its local state lies beside `mp`, never in
+    the host's own state directory.
+
+    `mount_state` and `docker_state` are the states it starts in; None leaves one as the
+    agent starts it (the mount unmounted and not yet looked at, Docker connecting), for
+    code under test that drives it. Without `mp` nothing of the state is on disk: its mount
+    point is the default /volumes (or `mount_point=`, a path never looked at) and it has no
+    mount device: for what the state reports (the status document, the metrics) or rules
+    judged before any directory is."""
+    config: dict[str, Any] = {"rack": RACK, "state_dir": NOWHERE}
+    if mp is not None:
+        config |= {"mount_point": str(mp), "state_dir": str(mp.parent / f"{mp.name}.state")}
+    st = AgentState(from_dict(config | sections))
     st.host_id = host
     st.instance_id = INSTANCE_ID
-    st.set_mount_state("mounted")
-    st.set_docker_state("connected")
-    st.mount_dev = os.stat(mp).st_dev
+    if mount_state is not None:
+        st.set_mount_state(MountState(mount_state))
+        if mp is not None and st.mount_healthy:
+            st.mount_dev = os.stat(mp).st_dev
+    if docker_state is not None:
+        st.set_docker_state(DockerState(docker_state))
     return st

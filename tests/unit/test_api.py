@@ -8,21 +8,19 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.unit.factories import make_state
 
 from volagent.api import server as api_module
 from volagent.api.server import PROMETHEUS_CONTENT_TYPE, StatusApi
-from volagent.config import Config
 from volagent.errors import TemporaryError
 from volagent.httpserver import Request, Response
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 
 
 def _state(healthy: bool = True) -> AgentState:
-    state = AgentState(Config(rack="r"))
     if healthy:
-        state.set_mount_state("mounted")
-        state.set_docker_state("connected")
-    return state
+        return make_state()
+    return make_state(mount_state=None, docker_state=None)
 
 
 class _Actions:
@@ -38,9 +36,9 @@ class _Actions:
         raise TemporaryError("mount program failed")
 
 
-def _call(api: StatusApi, method: str, path: str, **kw: Any) -> Response:
+async def _call(api: StatusApi, method: str, path: str, **kw: Any) -> Response:
     query = kw.pop("query", {})
-    return asyncio.run(api.handle(Request(method, path, query, {}, b"", **kw)))
+    return await api.handle(Request(method, path, query, {}, b"", **kw))
 
 
 def _api(state: AgentState, actions: _Actions | None = None, **kw: Any) -> StatusApi:
@@ -48,19 +46,19 @@ def _api(state: AgentState, actions: _Actions | None = None, **kw: Any) -> Statu
     return StatusApi(state, actions.reconcile, actions.remount, **kw)
 
 
-def test_health_follows_the_verdict() -> None:
+async def test_health_follows_the_verdict() -> None:
     state = _state()
     api = _api(state)
-    ok = _call(api, "GET", "/v1/health")
+    ok = await _call(api, "GET", "/v1/health")
     assert (ok.status, json.loads(ok.body)) == (200, {"healthy": True, "status": "ok"})
     state.set_mount_state("stalled", "probe timed out")
-    bad = _call(api, "GET", "/v1/health")
+    bad = await _call(api, "GET", "/v1/health")
     assert (bad.status, json.loads(bad.body)) == (503, {"healthy": False, "status": "critical"})
-    head = _call(api, "HEAD", "/v1/health")
+    head = await _call(api, "HEAD", "/v1/health")
     assert head.status == 503
 
 
-def test_status_is_the_document_and_rack_adds_hosts() -> None:
+async def test_status_is_the_document_and_rack_adds_hosts() -> None:
     state = _state()
     rec = ContainerRecord(
         "c1", "web-1", "r", "a", "web", [VolumeRecord("/volumes/r-a/web/d", "/d", False)]
@@ -72,30 +70,30 @@ def test_status_is_the_document_and_rack_adds_hosts() -> None:
         return [{"host": "h1", "instance_id": "i-1", "status": "ok", "last_seen": "x"}]
 
     api = _api(state, hosts=hosts)
-    doc = json.loads(_call(api, "GET", "/v1/status").body)
+    doc = json.loads((await _call(api, "GET", "/v1/status")).body)
     assert doc["status"] == "degraded"
     assert doc["containers"][0]["volumes"][0]["state"] == "late"
     assert "hosts" not in doc
-    doc = json.loads(_call(api, "GET", "/v1/status", query={"rack": "1"}).body)
+    doc = json.loads((await _call(api, "GET", "/v1/status", query={"rack": "1"})).body)
     assert doc["hosts"][0]["host"] == "h1"
     assert "hosts_error" not in doc
 
 
-def test_rack_view_failures_do_not_break_status() -> None:
+async def test_rack_view_failures_do_not_break_status() -> None:
     async def broken() -> list[dict[str, Any]]:
         raise OSError("heartbeat dir unreadable")
 
     doc = json.loads(
-        _call(_api(_state(), hosts=broken), "GET", "/v1/status", query={"rack": "1"}).body
+        (await _call(_api(_state(), hosts=broken), "GET", "/v1/status", query={"rack": "1"})).body
     )
     assert doc["hosts"] == []
     assert "heartbeat dir unreadable" in doc["hosts_error"]
-    doc = json.loads(_call(_api(_state()), "GET", "/v1/status", query={"rack": "1"}).body)
+    doc = json.loads((await _call(_api(_state()), "GET", "/v1/status", query={"rack": "1"})).body)
     assert doc["hosts"] == []
     assert doc["hosts_error"]
 
 
-def test_hosts_that_do_not_come_in_time_are_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_hosts_that_do_not_come_in_time_are_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api_module, "HOSTS_TIMEOUT_S", 0.05)
     ended: list[str] = []
 
@@ -108,17 +106,17 @@ def test_hosts_that_do_not_come_in_time_are_left_out(monkeypatch: pytest.MonkeyP
         return []
 
     doc = json.loads(
-        _call(_api(_state(), hosts=slow), "GET", "/v1/status", query={"rack": "1"}).body
+        (await _call(_api(_state(), hosts=slow), "GET", "/v1/status", query={"rack": "1"})).body
     )
     assert doc["hosts"] == []
     assert "did not come within 0.05 s" in doc["hosts_error"]
     assert ended == ["cancelled"]
 
 
-def test_metrics_is_prometheus_text() -> None:
+async def test_metrics_is_prometheus_text() -> None:
     state = _state()
     state.upsert_container(ContainerRecord("c1", "n", "r", "a", "s"))
-    resp = _call(_api(state), "GET", "/metrics")
+    resp = await _call(_api(state), "GET", "/metrics")
     assert resp.status == 200
     assert resp.content_type == PROMETHEUS_CONTENT_TYPE
     families = {f.name: f for f in text_string_to_metric_families(resp.body.decode())}
@@ -126,54 +124,54 @@ def test_metrics_is_prometheus_text() -> None:
     assert families["volagent_containers"].samples[0].value == 1
 
 
-def test_actions_are_root_only() -> None:
+async def test_actions_are_root_only() -> None:
     actions = _Actions()
     api = _api(_state(), actions)
-    denied = _call(api, "POST", "/v1/reconcile", peer_uid=1000, peer_pid=1)
+    denied = await _call(api, "POST", "/v1/reconcile", peer_uid=1000, peer_pid=1)
     assert denied.status == 403
     assert "root" in json.loads(denied.body)["error"]
-    assert _call(api, "POST", "/v1/remount", peer_uid=None).status == 403
+    assert (await _call(api, "POST", "/v1/remount", peer_uid=None)).status == 403
     assert actions.calls == []
-    ok = _call(api, "POST", "/v1/reconcile", peer_uid=0, peer_pid=1)
+    ok = await _call(api, "POST", "/v1/reconcile", peer_uid=0, peer_pid=1)
     assert (ok.status, json.loads(ok.body)) == (200, {"reconciled": True})
-    failed = _call(api, "POST", "/v1/remount", peer_uid=0, peer_pid=1)
+    failed = await _call(api, "POST", "/v1/remount", peer_uid=0, peer_pid=1)
     assert failed.status == 503
     assert "mount program failed" in json.loads(failed.body)["error"]
     assert actions.calls == ["reconcile", "remount"]
 
 
-def test_unknown_paths_and_methods() -> None:
+async def test_unknown_paths_and_methods() -> None:
     api = _api(_state())
-    assert _call(api, "GET", "/v2/nothing").status == 404
-    wrong = _call(api, "POST", "/v1/status", peer_uid=0)
+    assert (await _call(api, "GET", "/v2/nothing")).status == 404
+    wrong = await _call(api, "POST", "/v1/status", peer_uid=0)
     assert wrong.status == 405
     assert wrong.headers["Allow"] == "GET, HEAD"
-    assert _call(api, "GET", "/v1/reconcile", peer_uid=0).headers["Allow"] == "POST"
+    assert (await _call(api, "GET", "/v1/reconcile", peer_uid=0)).headers["Allow"] == "POST"
 
 
-def test_tcp_serves_metrics_and_health_only() -> None:
+async def test_tcp_serves_metrics_and_health_only() -> None:
     api = _api(_state())
-    assert _call(api, "GET", "/metrics", transport="tcp").status == 200
-    assert _call(api, "GET", "/v1/health", transport="tcp").status == 200
-    assert _call(api, "GET", "/v1/status", transport="tcp").status == 404
-    assert _call(api, "POST", "/v1/reconcile", transport="tcp", peer_uid=0).status == 404
+    assert (await _call(api, "GET", "/metrics", transport="tcp")).status == 200
+    assert (await _call(api, "GET", "/v1/health", transport="tcp")).status == 200
+    assert (await _call(api, "GET", "/v1/status", transport="tcp")).status == 404
+    assert (await _call(api, "POST", "/v1/reconcile", transport="tcp", peer_uid=0)).status == 404
 
 
-def test_status_for_the_command_line_text_pretty_and_verdict_header() -> None:
+async def test_status_for_the_command_line_text_pretty_and_verdict_header() -> None:
     state = _state()
     api = _api(state)
-    plain = _call(api, "GET", "/v1/status")
+    plain = await _call(api, "GET", "/v1/status")
     assert plain.headers["X-Volagent-Status"] == "ok"
-    pretty = _call(api, "GET", "/v1/status", query={"pretty": "1"})
+    pretty = await _call(api, "GET", "/v1/status", query={"pretty": "1"})
     assert pretty.body.startswith(b"{\n  ")
     assert json.loads(pretty.body) == json.loads(plain.body)
     state.set_mount_state("stalled", "probe timed out")
-    text = _call(api, "GET", "/v1/status", query={"format": "text", "rack": "1"})
+    text = await _call(api, "GET", "/v1/status", query={"format": "text", "rack": "1"})
     assert text.content_type.startswith("text/plain")
     assert text.headers["X-Volagent-Status"] == "critical"
     body = text.body.decode()
     assert body.startswith("volagent ") and ": CRITICAL\n" in body
     assert "\x1b[" not in body
     assert "Rack hosts" in body
-    coloured = _call(api, "GET", "/v1/status", query={"format": "text", "color": "1"})
+    coloured = await _call(api, "GET", "/v1/status", query={"format": "text", "color": "1"})
     assert b"\x1b[" in coloured.body

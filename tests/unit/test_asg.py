@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from tests.unit.factories import make_state
 
 from volagent.aws import asg
 from volagent.config import Config, from_dict
@@ -21,15 +22,13 @@ class AccessDenied(Exception):
 
 
 def make(tmp_path: Path, after: float) -> tuple[AgentState, asg.AsgReporter, list[str]]:
-    st = AgentState(
-        from_dict(
-            {
-                "mount_point": str(tmp_path),
-                "mount": {"region": "us-east-1"},
-                "aws": {"imds_endpoint": CLOSED},
-                "health": {"unhealthy_after_s": after},
-            }
-        )
+    st = make_state(
+        tmp_path,
+        mount_state=None,
+        docker_state=None,
+        mount={"region": "us-east-1"},
+        aws={"imds_endpoint": CLOSED},
+        health={"unhealthy_after_s": after},
     )
     st.instance_id = "i-0abc"
     calls: list[str] = []

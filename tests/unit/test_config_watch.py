@@ -5,8 +5,9 @@ a burst of writes gives one call; an unchanged file or another file gives none."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from tests.testbed.waiting import eventually
@@ -14,30 +15,25 @@ from tests.testbed.waiting import eventually
 from volagent.config_watch import ConfigWatch
 
 
-def watch_scenario(
-    path: Path, scenario: Callable[[ConfigWatch, list[str]], Awaitable[None]]
-) -> list[str]:
+@contextlib.asynccontextmanager
+async def watching(path: Path) -> AsyncIterator[list[str]]:
+    """A ConfigWatch of `path` running; yields the contents each call found."""
     calls: list[str] = []
-
-    async def main() -> None:
-        watch = ConfigWatch(str(path), lambda: calls.append(path.read_text()), debounce_s=0.1)
-        task = asyncio.create_task(watch.run())
-        try:
-            await asyncio.sleep(0.3)  # let the observer start watching
-            await scenario(watch, calls)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(main())
-    return calls
+    watch = ConfigWatch(str(path), lambda: calls.append(path.read_text()), debounce_s=0.1)
+    task = asyncio.create_task(watch.run())
+    try:
+        await asyncio.sleep(0.3)  # let the observer start watching
+        yield calls
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
-def test_in_place_write_and_rename_each_give_one_call(tmp_path: Path) -> None:
+async def test_in_place_write_and_rename_each_give_one_call(tmp_path: Path) -> None:
     cfg = tmp_path / "volagent.toml"
     cfg.write_text('rack = "a"\n')
 
-    async def scenario(watch: ConfigWatch, calls: list[str]) -> None:
+    async with watching(cfg) as calls:
         cfg.write_text('rack = "b"\n')
         await eventually(lambda: len(calls) == 1, "the in-place write")
         tmp = tmp_path / ".volagent.toml.swp"
@@ -48,15 +44,14 @@ def test_in_place_write_and_rename_each_give_one_call(tmp_path: Path) -> None:
         cfg.write_text('rack = "d"\n')
         await eventually(lambda: len(calls) == 3, "remove and create")
 
-    calls = watch_scenario(cfg, scenario)
     assert calls == ['rack = "b"\n', 'rack = "c"\n', 'rack = "d"\n']
 
 
-def test_a_burst_gives_one_call_and_noise_none(tmp_path: Path) -> None:
+async def test_a_burst_gives_one_call_and_noise_none(tmp_path: Path) -> None:
     cfg = tmp_path / "volagent.toml"
     cfg.write_text('rack = "a"\n')
 
-    async def scenario(watch: ConfigWatch, calls: list[str]) -> None:
+    async with watching(cfg) as calls:
         for i in range(10):
             cfg.write_text(f'rack = "x{i}"\n')
         await eventually(lambda: bool(calls) and calls[-1] == 'rack = "x9"\n', "the burst")
@@ -74,17 +69,12 @@ def test_a_burst_gives_one_call_and_noise_none(tmp_path: Path) -> None:
         await eventually(lambda: calls[-1] == 'rack = "last"\n', "the last change")
         assert len(calls) == settled + 1
 
-    watch_scenario(cfg, scenario)
-
 
 async def test_a_missing_directory_idles_without_failing(tmp_path: Path) -> None:
-    async def main() -> bool:
-        watch = ConfigWatch(str(tmp_path / "nope" / "volagent.toml"), lambda: None)
-        task = asyncio.create_task(watch.run())
-        await asyncio.sleep(0.2)
-        alive = not task.done()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return alive
-
-    assert await main()
+    watch = ConfigWatch(str(tmp_path / "nope" / "volagent.toml"), lambda: None)
+    task = asyncio.create_task(watch.run())
+    await asyncio.sleep(0.2)
+    alive = not task.done()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert alive

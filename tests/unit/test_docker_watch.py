@@ -28,8 +28,8 @@ import docker.errors
 import pytest
 import tenacity
 from tests.unit.changes import GUARD_S, Changes, capturing_logs
+from tests.unit.factories import make_state
 
-from volagent.config import from_dict
 from volagent.mount import table
 from volagent.state import AgentState, ContainerRecord
 from volagent.volumes import mount_check
@@ -325,9 +325,7 @@ def bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bed]:
     mp.mkdir()
     changes = Changes()
     engine = Engine(changes)
-    state = AgentState(from_dict({"rack": "r1", "mount_point": str(mp)}))
-    state.set_mount_state("mounted")
-    state.mount_dev = os.stat(mp).st_dev
+    state = make_state(mp, docker_state=None)
     b = Bed(mp=mp, state=state, engine=engine, changes=changes)
     # the host's mount table: the shared filesystem (its root) at the mount point
     b.tables[table.MOUNTINFO] = [
@@ -643,15 +641,12 @@ async def test_start_held_starts_only_restart_policy_containers_that_failed_on_t
     bed.state.set_mount_state("unmounted")
     bed.state.mount_dev = None
 
-    async def scenario() -> list[str]:
-        async with watching(bed) as watch:
-            # while the mount is away, nothing is started (it would fail the same way)
-            assert eng.started == []
-            bed.state.set_mount_state("mounted")
-            bed.state.mount_dev = os.stat(bed.mp).st_dev
-            return await watch.start_held()
-
-    started = await scenario()
+    async with watching(bed) as watch:
+        # while the mount is away, nothing is started (it would fail the same way)
+        assert eng.started == []
+        bed.state.set_mount_state("mounted")
+        bed.state.mount_dev = os.stat(bed.mp).st_dev
+        started = await watch.start_held()
     assert started == ["always", "unless"]
     assert eng.started == ["always", "unless"]
     assert eng.list_calls[-1] == {"all": True, "filters": {"status": ["exited", "created"]}}

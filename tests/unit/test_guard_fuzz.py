@@ -18,15 +18,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.unit.factories import make_state
 
-from volagent.config import from_dict
 from volagent.guard.protocol import (
     CreateBodyError,
     parse_create_body,
     parse_volume_body,
     route,
 )
-from volagent.state import AgentState
 from volagent.volumes.locate import CONTAINS, INSIDE, OUTSIDE, Landing
 from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
@@ -144,9 +143,7 @@ COUNTED = {"bodies": 0}
 @pytest.fixture(scope="module")
 def preparer(tmp_path_factory: pytest.TempPathFactory) -> Preparer:
     tmp: Path = tmp_path_factory.mktemp("fuzz")
-    cfg = from_dict({"rack": "r1", "mount_point": MP, "state_dir": str(tmp)})
-    state = AgentState(cfg)
-    state.set_mount_state("mounted")
+    state = make_state(mount_point=MP, state_dir=str(tmp), docker_state=None)
     return Preparer(state, TimedWorker("fuzz", max_threads=1))
 
 

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit.factories import make_state
 from tests.unit.guard_requests import ask, decision, plugin_body
 
-from volagent.config import from_dict
 from volagent.guard import privilege
 from volagent.guard.plugin import Guard
 from volagent.guard.protocol import CreateBodyError, body_announced, parse_create_body, route
-from volagent.state import AgentState
 from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 
@@ -193,16 +192,13 @@ def test_a_body_is_announced_by_length_or_its_absence(
 # --- the guard's verdicts, in-process --------------------------------------------------------
 @pytest.fixture
 def guard(tmp_path: Path) -> Guard:
-    cfg = from_dict(
-        {
-            "rack": "r",
-            "mount_point": str(tmp_path / "mp"),
-            "state_dir": str(tmp_path),
-            "guard": {"enabled": True, "privileged_apps": ["ci"]},
-        }
+    state = make_state(
+        rack="r",
+        mount_point=str(tmp_path / "mp"),
+        state_dir=str(tmp_path),
+        docker_state=None,
+        guard={"enabled": True, "privileged_apps": ["ci"]},
     )
-    state = AgentState(cfg)
-    state.set_mount_state("mounted")
     return Guard(state, Preparer(state, TimedWorker("priv", max_threads=1)))
 
 

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.unit.factories import make_state
 
-from volagent.config import from_dict
 from volagent.guard.plugin import Guard
 from volagent.httpserver import HttpServer
-from volagent.state import AgentState
 from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 
@@ -45,17 +44,9 @@ class Served:
         self.mp = tmp / "mp"
         self.mp.mkdir()
         self.socket = str(tmp / "guard.sock")
-        cfg = from_dict(
-            {
-                "rack": "r1",
-                "mount_point": str(self.mp),
-                "guard": {"enabled": True},
-                "directories": {"timeout_s": 0.5},
-            }
+        self.state = make_state(
+            self.mp, docker_state=None, guard={"enabled": True}, directories={"timeout_s": 0.5}
         )
-        self.state = AgentState(cfg)
-        self.state.set_mount_state("mounted")
-        self.state.mount_dev = os.stat(self.mp).st_dev
         self.worker = TimedWorker("test-guard", max_threads=1)
         self.guard = Guard(self.state, Preparer(self.state, self.worker))
         self.server: HttpServer = self.guard.server()

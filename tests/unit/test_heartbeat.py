@@ -129,13 +129,10 @@ def test_rack_view_flags_stale_hosts_and_skips_garbage(mp: Path) -> None:
 async def test_hosts_lists_every_host_sharing_the_directory(mp: Path, worker: TimedWorker) -> None:
     a, b = make_state(mp, "host-a", health=FAST), make_state(mp, "host-b", health=FAST)
 
-    async def scenario() -> list[dict[str, object]]:
-        await Heartbeat(b, worker).beat()
-        hb = Heartbeat(a, worker)
-        await hb.beat()
-        return await hb.hosts()
-
-    view = await scenario()
+    await Heartbeat(b, worker).beat()
+    hb = Heartbeat(a, worker)
+    await hb.beat()
+    view = await hb.hosts()
     assert [(h["host"], h["stale"]) for h in view] == [("host-a", False), ("host-b", False)]
     assert a.metrics.registry.get_sample_value("volagent_rack_hosts", {"freshness": "fresh"}) == 2
 
@@ -143,23 +140,21 @@ async def test_hosts_lists_every_host_sharing_the_directory(mp: Path, worker: Ti
 async def test_a_host_that_stops_beating_turns_stale(mp: Path, worker: TimedWorker) -> None:
     a, b = make_state(mp, "host-a", health=FAST), make_state(mp, "host-b", health=FAST)
 
-    async def scenario() -> list[dict[str, object]]:
-        await Heartbeat(b, worker).beat()
-        hb = Heartbeat(a, worker)
-        task = asyncio.create_task(hb.run())
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                view = await hb.hosts()
-                if any(h["host"] == "host-b" and h["stale"] for h in view):
-                    return view
-                await asyncio.sleep(0.1)
-            raise AssertionError("host-b never turned stale")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    view = await scenario()
+    await Heartbeat(b, worker).beat()
+    hb = Heartbeat(a, worker)
+    task = asyncio.create_task(hb.run())
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            view = await hb.hosts()
+            if any(h["host"] == "host-b" and h["stale"] for h in view):
+                break
+            if time.monotonic() >= deadline:
+                raise AssertionError("host-b never turned stale")
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     by_host = {h["host"]: h for h in view}
     assert by_host["host-b"]["stale"] is True
     assert by_host["host-a"]["stale"] is False
@@ -184,28 +179,25 @@ async def test_hosts_answers_the_last_list_when_reading_hangs(mp: Path) -> None:
     st = make_state(mp, health=FAST)
     worker = TimedWorker("test-hang", max_threads=4)
 
-    async def scenario() -> tuple[list[dict[str, object]], int]:
-        hb = Heartbeat(st, worker)
-        await hb.beat()
-        await hb.hosts()  # one list read while the filesystem answered
-        release = threading.Event()
-        real_submit = worker.submit
-        calls = 0
+    hb = Heartbeat(st, worker)
+    await hb.beat()
+    await hb.hosts()  # one list read while the filesystem answered
+    release = threading.Event()
+    real_submit = worker.submit
+    calls = 0
 
-        def hung_submit(fn):  # type: ignore[no-untyped-def]
-            nonlocal calls
-            calls += 1
-            # stuck until released: if hosts() waited for it, the test would never end
-            return real_submit(lambda: (release.wait(), fn())[1])
+    def hung_submit(fn):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        # stuck until released: if hosts() waited for it, the test would never end
+        return real_submit(lambda: (release.wait(), fn())[1])
 
-        worker.submit = hung_submit  # type: ignore[method-assign]
-        try:
-            views = [await hb.hosts() for _ in range(5)]
-        finally:
-            release.set()
-        return views[-1], calls
-
-    view, calls = await scenario()
+    worker.submit = hung_submit  # type: ignore[method-assign]
+    try:
+        views = [await hb.hosts() for _ in range(5)]
+    finally:
+        release.set()
+    view = views[-1]
     worker.close()
     assert [h["host"] for h in view] == ["host-a"]
     assert calls == 1  # one stuck read shared by every caller

@@ -4,7 +4,6 @@ Preparer holding a container's binds to it against the binds this host knows."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import errno
 import os
@@ -13,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit.factories import make_state
 
-from volagent.config import from_dict
 from volagent.nesting import HostBind, host_path_nested
-from volagent.state import AgentState
 from volagent.volumes.locate import MAX_LINKS, resolve
 from volagent.volumes.preparer import ContainerSpec, Preparer
 from volagent.worker import TimedWorker
@@ -102,7 +100,7 @@ def test_identical_sources_and_unrelated_ones_are_fine() -> None:
 def preparer(tmp_path: Path) -> Iterator[Preparer]:
     mp = tmp_path / "volumes"
     mp.mkdir()
-    st = AgentState(from_dict({"rack": "r1", "mount_point": str(mp)}))
+    st = make_state(mp, mount_state=None, docker_state=None)
     worker = TimedWorker("test-fs")
     yield Preparer(st, worker)
     worker.close()
@@ -118,9 +116,9 @@ def _spec(cid: str, binds: list[str], labels: dict[str, str] | None = None) -> C
     return ContainerSpec.from_inspect(data)
 
 
-def _judged(preparer: Preparer, spec: ContainerSpec) -> list[str]:
+async def _judged(preparer: Preparer, spec: ContainerSpec) -> list[str]:
     """The rule 7 violations `spec` gets, the container then recorded as known."""
-    outcome = asyncio.run(preparer.prepare(spec))
+    outcome = await preparer.prepare(spec)
     return [
         v.error or ""
         for v in (outcome.violations if outcome else [])
@@ -128,50 +126,51 @@ def _judged(preparer: Preparer, spec: ContainerSpec) -> list[str]:
     ]
 
 
-def test_preparer_refuses_a_bind_through_another_apps_containers_source(
+async def test_preparer_refuses_a_bind_through_another_apps_containers_source(
     preparer: Preparer, tmp_path: Path
 ) -> None:
     scratch = tmp_path / "scratch"
     (scratch / "harmless").mkdir(parents=True)
     (scratch / "link").symlink_to(scratch / "harmless")
     # a container naming no app is the platform's: neither judged nor counted
-    assert _judged(preparer, _spec("o", [f"{scratch}:/s"], labels={})) == []
+    assert await _judged(preparer, _spec("o", [f"{scratch}:/s"], labels={})) == []
     assert preparer.state.containers["o"].spec.host_binds == ()
-    assert _judged(preparer, _spec("p", [f"{scratch}:/s"])) == []
+    assert await _judged(preparer, _spec("p", [f"{scratch}:/s"])) == []
     assert preparer.state.containers["p"].spec.host_binds[0].resolved == str(scratch)
     # the same host path twice is shared
-    assert _judged(preparer, _spec("q", [f"{scratch}:/s"])) == []
-    errors = _judged(preparer, _spec("r", [f"{scratch}/link:/data"]))
+    assert await _judged(preparer, _spec("q", [f"{scratch}:/s"])) == []
+    errors = await _judged(preparer, _spec("r", [f"{scratch}/link:/data"]))
     assert len(errors) == 1 and "container p" in errors[0], errors
     # refused, it is still a container a restart policy may start: it counts
-    assert _judged(preparer, _spec("s", [f"{scratch}:/s"])) != []
+    assert await _judged(preparer, _spec("s", [f"{scratch}:/s"])) != []
 
 
-def test_preparer_judges_a_containers_own_binds_and_not_itself_at_its_start(
+async def test_preparer_judges_a_containers_own_binds_and_not_itself_at_its_start(
     preparer: Preparer, tmp_path: Path
 ) -> None:
     scratch = tmp_path / "scratch"
     (scratch / "dir").mkdir(parents=True)
-    errors = _judged(preparer, _spec("c", [f"{scratch}:/s", f"{scratch}/dir:/d"]))
+    errors = await _judged(preparer, _spec("c", [f"{scratch}:/s", f"{scratch}/dir:/d"]))
     assert errors and all("the same container" in e for e in errors), errors
     preparer.state.forget_container("c")
     alone = _spec("d", [f"{scratch}/dir:/d"])
-    assert _judged(preparer, alone) == []
-    assert _judged(preparer, alone) == []  # judged again (a start): its own record is not another
+    assert await _judged(preparer, alone) == []
+    # judged again (a start): its own record is not another
+    assert await _judged(preparer, alone) == []
 
 
-def test_preparer_judges_the_device_of_a_local_bind_volume(
+async def test_preparer_judges_the_device_of_a_local_bind_volume(
     preparer: Preparer, tmp_path: Path
 ) -> None:
     scratch = tmp_path / "scratch"
     (scratch / "link").mkdir(parents=True)
-    assert _judged(preparer, _spec("p", [f"{scratch}:/s"])) == []
+    assert await _judged(preparer, _spec("p", [f"{scratch}:/s"])) == []
     reader = _spec("r", [])
     reader.volume_devices = (f"{scratch}/link",)
-    errors = _judged(preparer, reader)
+    errors = await _judged(preparer, reader)
     assert len(errors) == 1 and f"{scratch}/link" in errors[0], errors
     # and the other way round: the device recorded, a bind of the directory holding it
     preparer.state.forget_container("p")
     preparer.state.forget_container("r")
-    asyncio.run(preparer.prepare(dataclasses.replace(reader, id="r2", name="r2")))
-    assert _judged(preparer, _spec("p2", [f"{scratch}:/s"]))
+    await preparer.prepare(dataclasses.replace(reader, id="r2", name="r2"))
+    assert await _judged(preparer, _spec("p2", [f"{scratch}:/s"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from tests.unit.factories import make_state
 
 from volagent.aws import discovery
 from volagent.aws.discovery import Found
@@ -108,17 +109,25 @@ def test_dead_mount_errors() -> None:
 def test_status_names_the_configured_filesystem_until_one_is_found() -> None:
     from volagent.mount.report import Reporter
     from volagent.mount.target import Target
-    from volagent.state import AgentState
 
-    cfg = from_dict({"rack": "r", "mount": {"type": "nfs", "source": "srv:/export"}})
-    state = AgentState(cfg)
+    state = make_state(
+        rack="r",
+        mount_state=None,
+        docker_state=None,
+        mount={"type": "nfs", "source": "srv:/export"},
+    )
+    cfg = state.config
     report = Reporter(state, lambda: None, None)
     report.show(cfg, None)  # mounting: nothing found yet
     assert (state.mount.type, state.mount.source) == ("nfs", "srv:/export")
     report.show(cfg, Target(type="nfs4", source="fs-1.efs:/", file_system_id="fs-1"))
     report.show(cfg, None)  # the next attempt keeps what was found
     assert (state.mount.type, state.mount.source) == ("nfs4", "fs-1.efs:/")
-    efs = from_dict({"rack": "r", "mount": {"type": "efs", "file_system_id": "fs-2"}})
-    state = AgentState(efs)
-    Reporter(state, lambda: None, None).show(efs, None)
+    state = make_state(
+        rack="r",
+        mount_state=None,
+        docker_state=None,
+        mount={"type": "efs", "file_system_id": "fs-2"},
+    )
+    Reporter(state, lambda: None, None).show(state.config, None)
     assert (state.mount.type, state.mount.file_system_id) == ("efs", "fs-2")

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import structlog
 from tests.unit.changes import GUARD_S, Changes, capturing_logs
+from tests.unit.factories import RACK, make_state
 
 from volagent.aws import discovery
 from volagent.config import LIVE, REMOUNT, Config, from_dict, keys_applying, value_of
@@ -206,24 +207,22 @@ class Bed:
     mgr: MountManager | None = None
 
     def config(self, **mount: Any) -> Config:
-        return self.default_config(self.tmp, self.mp, **mount)
+        """The config the state starts with (as make_state makes it), with `mount` changed."""
+        return from_dict(
+            {"rack": RACK, "mount_point": str(self.mp), **self.sections(self.tmp, **mount)}
+        )
 
     @staticmethod
-    def default_config(tmp: Path, mp: Path, **mount: Any) -> Config:
-        """NFS from SOURCE; probes an hour apart with an hour to answer, unless told."""
+    def sections(tmp: Path, **mount: Any) -> dict[str, Any]:
+        """NFS from SOURCE; probes an hour apart with an hour to answer, unless told; the
+        local state in `tmp`/state."""
         base = {
             "type": "nfs",
             "source": SOURCE,
             "probe_interval_s": 3600,
             "probe_timeout_s": 3600,
         }
-        return from_dict(
-            {
-                "mount_point": str(mp),
-                "state_dir": str(tmp / "state"),
-                "mount": {**base, **mount},
-            }
-        )
+        return {"state_dir": str(tmp / "state"), "mount": {**base, **mount}}
 
     def manager(self) -> MountManager:
         async def program(cfg: Config, target: Target, mount_point: str) -> None:
@@ -288,7 +287,8 @@ def bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bed]:
     b = Bed(
         tmp=tmp_path,
         mp=mp,
-        state=AgentState(Bed.default_config(tmp_path, mp)),
+        # as the agent starts: the manager under test drives the mount from unmounted
+        state=make_state(mp, mount_state=None, docker_state=None, **Bed.sections(tmp_path)),
         changes=changes,
         kernel=kern,
         probe=fake_probe,
@@ -749,7 +749,7 @@ async def test_the_supervisor_lets_go_for_exactly_the_remount_keys(
     )
     cur = Current(target=Target("nfs", SOURCE), mount_point=str(bed.mp), entry=entry, config=cfg)
 
-    async def scenario() -> tuple[str, str]:
+    try:
         bed.changes.bind()
         signals.bind(asyncio.get_running_loop())
         watch = asyncio.create_task(sup.watch(cur))
@@ -758,10 +758,7 @@ async def test_the_supervisor_lets_go_for_exactly_the_remount_keys(
         if reason == "gone":
             bed.kernel.remove(str(bed.mp))
         async with asyncio.timeout(GUARD_S):
-            return await watch
-
-    try:
-        got, error = await scenario()
+            got, error = await watch
     finally:
         sup.close()
     assert got == reason

@@ -4,7 +4,6 @@ that is never re-judged."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -13,8 +12,8 @@ from typing import Any
 
 import pytest
 from tests.testbed.disk import owner_mode
+from tests.unit.factories import make_state
 
-from volagent.config import from_dict
 from volagent.state import AgentState
 from volagent.volumes.preparer import ContainerSpec, Outcome, Preparer
 from volagent.worker import TimedWorker
@@ -27,11 +26,7 @@ LABELS = {"convox.app": "a", "convox.service": "web", "volagent.owner": "1234:12
 
 @pytest.fixture
 def state(mp: Path) -> AgentState:
-    st = AgentState(from_dict({"rack": "r1", "mount_point": str(mp)}))
-    st.set_mount_state("mounted")
-    st.set_docker_state("connected")
-    st.mount_dev = os.stat(mp).st_dev
-    return st
+    return make_state(mp)
 
 
 @pytest.fixture
@@ -63,12 +58,12 @@ def spec(
     return ContainerSpec.from_inspect(inspect)
 
 
-def run(
+async def run(
     preparer: Preparer,
     s: ContainerSpec,
     recheck: Callable[[], Awaitable[bool]] | None = None,
 ) -> Outcome:
-    outcome = asyncio.run(preparer.prepare(s, recheck))
+    outcome = await preparer.prepare(s, recheck)
     assert outcome is not None
     return outcome
 
@@ -81,8 +76,8 @@ def docker_made(path: Path) -> None:
 
 
 @pytest.mark.root
-def test_missing_directory_is_created_ready(mp: Path, preparer: Preparer) -> None:
-    outcome = run(preparer, spec(mp))
+async def test_missing_directory_is_created_ready(mp: Path, preparer: Preparer) -> None:
+    outcome = await run(preparer, spec(mp))
     assert [v.state for v in outcome.volumes] == ["ready"]
     assert owner_mode(mp / "r1-a/web/data") == (1234, 1234, 0o755)
     assert preparer.state.verdict() == "ok"
@@ -91,9 +86,11 @@ def test_missing_directory_is_created_ready(mp: Path, preparer: Preparer) -> Non
 
 
 @pytest.mark.root
-def test_docker_made_dir_under_a_started_container_is_late(mp: Path, preparer: Preparer) -> None:
+async def test_docker_made_dir_under_a_started_container_is_late(
+    mp: Path, preparer: Preparer
+) -> None:
     docker_made(mp / "r1-a/web/data")
-    outcome = run(preparer, spec(mp, started=True))
+    outcome = await run(preparer, spec(mp, started=True))
     (vol,) = outcome.volumes
     assert vol.state == "late"
     assert vol.error and "started before" in vol.error
@@ -106,7 +103,7 @@ def test_docker_made_dir_under_a_started_container_is_late(mp: Path, preparer: P
 
 
 @pytest.mark.root
-def test_docker_made_dir_is_late_when_the_recheck_sees_it_started(
+async def test_docker_made_dir_is_late_when_the_recheck_sees_it_started(
     mp: Path, preparer: Preparer
 ) -> None:
     docker_made(mp / "r1-a/web/data")
@@ -116,104 +113,106 @@ def test_docker_made_dir_is_late_when_the_recheck_sees_it_started(
         calls.append(1)
         return True
 
-    (vol,) = run(preparer, spec(mp, started=False), started).volumes
+    (vol,) = (await run(preparer, spec(mp, started=False), started)).volumes
     assert vol.state == "late"
     assert calls == [1]
 
 
 @pytest.mark.root
-def test_root_dir_of_a_container_not_started_is_ready(mp: Path, preparer: Preparer) -> None:
+async def test_root_dir_of_a_container_not_started_is_ready(mp: Path, preparer: Preparer) -> None:
     # e.g. made by an operator before: existing data, not a race that was lost
     docker_made(mp / "r1-a/web/data")
 
     async def not_started() -> bool:
         return False
 
-    (vol,) = run(preparer, spec(mp, started=False), not_started).volumes
+    (vol,) = (await run(preparer, spec(mp, started=False), not_started)).volumes
     assert vol.state == "ready"
 
 
 @pytest.mark.root
-def test_existing_dir_with_another_owner_is_ready_not_late(mp: Path, preparer: Preparer) -> None:
+async def test_existing_dir_with_another_owner_is_ready_not_late(
+    mp: Path, preparer: Preparer
+) -> None:
     leaf = mp / "r1-a/web/data"
     leaf.mkdir(parents=True)
     os.chown(leaf, 999, 999)
-    (vol,) = run(preparer, spec(mp, started=True)).volumes
+    (vol,) = (await run(preparer, spec(mp, started=True))).volumes
     assert vol.state == "ready"
     assert owner_mode(leaf)[:2] == (999, 999)
 
 
 @pytest.mark.root
-def test_root_0755_asked_for_cannot_be_late(mp: Path, preparer: Preparer) -> None:
+async def test_root_0755_asked_for_cannot_be_late(mp: Path, preparer: Preparer) -> None:
     docker_made(mp / "r1-a/web/data")
     labels = {"convox.app": "a", "convox.service": "web"}  # config default: 0:0 0755
-    (vol,) = run(preparer, spec(mp, labels=labels, started=True)).volumes
+    (vol,) = (await run(preparer, spec(mp, labels=labels, started=True))).volumes
     assert vol.state == "ready"
 
 
 @pytest.mark.root
-def test_mode_label_difference_alone_makes_late(mp: Path, preparer: Preparer) -> None:
+async def test_mode_label_difference_alone_makes_late(mp: Path, preparer: Preparer) -> None:
     docker_made(mp / "r1-a/web/data")
     labels = {"convox.app": "a", "convox.service": "web", "volagent.mode": "0700"}
-    (vol,) = run(preparer, spec(mp, labels=labels, started=True)).volumes
+    (vol,) = (await run(preparer, spec(mp, labels=labels, started=True))).volumes
     assert vol.state == "late"
 
 
 @pytest.mark.root
-def test_late_stays_late_with_its_reason(mp: Path, preparer: Preparer) -> None:
+async def test_late_stays_late_with_its_reason(mp: Path, preparer: Preparer) -> None:
     docker_made(mp / "r1-a/web/data")
-    (first,) = run(preparer, spec(mp, started=True)).volumes
-    (again,) = run(preparer, spec(mp, started=True)).volumes  # the next event or reconcile
+    (first,) = (await run(preparer, spec(mp, started=True))).volumes
+    (again,) = (await run(preparer, spec(mp, started=True))).volumes  # the next event or reconcile
     assert (again.state, again.error) == ("late", first.error)
     assert again.error
 
 
 @pytest.mark.root
-def test_settled_state_is_never_rejudged(mp: Path, preparer: Preparer) -> None:
+async def test_settled_state_is_never_rejudged(mp: Path, preparer: Preparer) -> None:
     s = spec(mp)
-    (vol,) = run(preparer, s).volumes
+    (vol,) = (await run(preparer, s)).volumes
     assert vol.state == "ready"
     leaf = mp / "r1-a/web/data"
     os.chown(leaf, 0, 0)  # looks Docker-made now; the container has started since
-    (vol,) = run(preparer, spec(mp, started=True)).volumes
+    (vol,) = (await run(preparer, spec(mp, started=True))).volumes
     assert vol.state == "ready"
 
 
-def test_unhealthy_mount_leaves_pending_and_creates_nothing(
+async def test_unhealthy_mount_leaves_pending_and_creates_nothing(
     mp: Path, state: AgentState, preparer: Preparer
 ) -> None:
     state.set_mount_state("stalled", "probe timed out")
     state.mount_dev = None
-    (vol,) = run(preparer, spec(mp)).volumes
+    (vol,) = (await run(preparer, spec(mp))).volumes
     assert vol.state == "pending"
     assert vol.error and "stalled" in vol.error
     assert os.listdir(mp) == []
 
 
-def test_mount_gone_underneath_leaves_pending(
+async def test_mount_gone_underneath_leaves_pending(
     mp: Path, state: AgentState, preparer: Preparer
 ) -> None:
     state.mount_dev = os.stat(mp).st_dev + 1  # the healthy mount was on another device
-    (vol,) = run(preparer, spec(mp)).volumes
+    (vol,) = (await run(preparer, spec(mp))).volumes
     assert vol.state == "pending"
     assert os.listdir(mp) == []
 
 
-def test_cross_app_bind_is_a_violation(mp: Path, preparer: Preparer) -> None:
-    (vol,) = run(preparer, spec(mp, rel="r1-b/web/data")).volumes
+async def test_cross_app_bind_is_a_violation(mp: Path, preparer: Preparer) -> None:
+    (vol,) = (await run(preparer, spec(mp, rel="r1-b/web/data"))).volumes
     assert vol.state == "violation"
     assert vol.error and "rule 5" in vol.error
     assert os.listdir(mp) == []
 
 
-def test_symlink_in_the_namespace_is_a_violation(
+async def test_symlink_in_the_namespace_is_a_violation(
     mp: Path, tmp_path: Path, preparer: Preparer
 ) -> None:
     (mp / "r1-a/web").mkdir(parents=True)
     target = tmp_path / "elsewhere"
     target.mkdir()
     (mp / "r1-a/web/link").symlink_to(target)
-    (vol,) = run(preparer, spec(mp, rel="r1-a/web/link/data")).volumes
+    (vol,) = (await run(preparer, spec(mp, rel="r1-a/web/link/data"))).volumes
     assert vol.state == "violation"
     assert vol.error and "rule 4" in vol.error
     assert os.listdir(target) == []
@@ -233,13 +232,15 @@ async def test_unlabeled_container_binding_the_shared_filesystem_is_a_violation(
 
 
 @pytest.mark.root
-def test_numeric_user_owns_the_leaf(mp: Path, preparer: Preparer) -> None:
+async def test_numeric_user_owns_the_leaf(mp: Path, preparer: Preparer) -> None:
     labels = {"convox.app": "a", "convox.service": "web"}
-    run(preparer, spec(mp, labels=labels, user="33:44"))
+    await run(preparer, spec(mp, labels=labels, user="33:44"))
     assert owner_mode(mp / "r1-a/web/data")[:2] == (33, 44)
 
 
-def test_a_directory_this_host_recorded_lately_is_not_touched(mp: Path, preparer: Preparer) -> None:
+async def test_a_directory_this_host_recorded_lately_is_not_touched(
+    mp: Path, preparer: Preparer
+) -> None:
     # this host's usage record of the directory is recent: the mtime gc reads is left alone
     # (gc reads the record); without one, an old mtime is set to now
     then = time.time() - 2 * 86400
@@ -248,25 +249,25 @@ def test_a_directory_this_host_recorded_lately_is_not_touched(mp: Path, preparer
         for p in (mp / rel.split("/")[0], mp / rel.rsplit("/", 1)[0]):
             os.utime(p, (then, then))
     preparer.state.usage_recorded[("r1-a", "web")] = time.time() - 60
-    run(preparer, spec(mp, rel="r1-a/web/data", cid="c1"))
+    await run(preparer, spec(mp, rel="r1-a/web/data", cid="c1"))
     b = {**LABELS, "convox.app": "b"}
-    run(preparer, spec(mp, rel="r1-b/web/data", labels=b, cid="c2"))
+    await run(preparer, spec(mp, rel="r1-b/web/data", labels=b, cid="c2"))
     assert os.stat(mp / "r1-a/web").st_mtime == pytest.approx(then)
     assert os.stat(mp / "r1-b/web").st_mtime > then + 86400
 
 
-def test_a_start_compares_with_the_create_walk(mp: Path, preparer: Preparer) -> None:
+async def test_a_start_compares_with_the_create_walk(mp: Path, preparer: Preparer) -> None:
     # a start walks again; a directory swapped since the create (another inode at the path)
     # is judged from scratch, and the record of the path follows what is there now
     (mp / "r1-a/web/data").mkdir(parents=True)
     s = spec(mp)
-    run(preparer, s)
+    await run(preparer, s)
     host = f"{mp}/r1-a/web/data"
     first = preparer._walked[host]
-    asyncio.run(preparer.prepare(s, rewalk=True))
+    await preparer.prepare(s, rewalk=True)
     assert preparer._walked[host] == first
     (mp / "r1-a/web/data").rename(mp / "r1-a/web/old")
     (mp / "r1-a/web/data").mkdir()
-    asyncio.run(preparer.prepare(s, rewalk=True))
+    await preparer.prepare(s, rewalk=True)
     assert preparer._walked[host] != first
     assert preparer._walked[host][-1][1] == os.stat(mp / "r1-a/web/data").st_ino

@@ -5,7 +5,6 @@ got their typed declarations."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -35,21 +34,18 @@ def test_a_0_3_heartbeat_is_a_live_host_of_the_registry(mp: Path) -> None:
     assert host["instance_id"] == "i-0123" and host["status"] == "ok"
 
 
-def test_a_0_3_usage_record_leaves_its_binds_to_the_registry(mp: Path) -> None:
+async def test_a_0_3_usage_record_leaves_its_binds_to_the_registry(mp: Path) -> None:
     # a host of the registry registers its binds there: those in its usage record are for 0.2
     # hosts, and a claim does not judge them again
     lay_out(mp, FIXTURES)
     st = make_state(mp, host="host-new")
     vols = [VolumeRecord(host=f"{mp}/r1-web/web/lag/s1", container="/d", read_only=False)]
 
-    async def scenario() -> None:
-        reg = Registry(st)
-        try:
-            await reg.claim(vols, [object()], "c1", "")
-        finally:
-            reg.worker.close()
-
-    asyncio.run(scenario())
+    reg = Registry(st)
+    try:
+        await reg.claim(vols, [object()], "c1", "")
+    finally:
+        reg.worker.close()
     assert vols[0].state != "violation", vols[0].error
 
 

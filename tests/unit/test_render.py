@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tests.unit.factories import make_state
+
 from volagent import __version__
 from volagent.api import render
-from volagent.config import Config
-from volagent.state import AgentState, ContainerRecord, VolumeRecord, now_iso
+from volagent.state import ContainerRecord, VolumeRecord, now_iso
 from volagent.terminal import format_size
 from volagent.values import Size
 
@@ -17,10 +18,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _doc(**changes: Any) -> dict[str, Any]:
-    state = AgentState(Config(rack="r"))
-    state.set_mount_state("mounted")
-    state.set_docker_state("connected")
-    state.host_id = "host-1"
+    state = make_state(host="host-1")
     state.mount.type, state.mount.source, state.mount.file_system_id = "nfs4", "fs-1.efs:/", "fs-1"
     state.mount.last_probe_ms = 1.25
     for i in range(3):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 
+from tests.unit.factories import make_state
+
 from volagent.api.status_cache import MAX_AGE_S, StatusCache
-from volagent.config import Config
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 
 
@@ -19,9 +20,7 @@ class Clock:
 
 
 def _state(containers: int = 3) -> AgentState:
-    state = AgentState(Config(rack="r"))
-    state.set_mount_state("mounted")
-    state.set_docker_state("connected")
+    state = make_state()
     for i in range(containers):
         vol = VolumeRecord(f"/volumes/r-a/web/d{i}", "/data", False)
         state.upsert_container(ContainerRecord(f"c{i}", f"web-{i}", "r", "a", "web", [vol]))

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
+from tests.unit.factories import make_state
 
 from volagent import cli
 from volagent.api import render
-from volagent.config import Config
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.vocabulary import (
     PROBLEM_VOLUME_STATES,
@@ -26,7 +26,7 @@ MOUNT_STATES = ["mounted", "mounting", "stalled", "unmounted", "local", "disable
 
 def test_mount_states_in_the_status_document_and_the_metrics() -> None:
     assert [s.value for s in MountState] == MOUNT_STATES
-    state = AgentState(Config(rack="r"))
+    state = make_state(mount_state=None, docker_state=None)
     for name in MOUNT_STATES:
         state.set_mount_state(name)
         doc = json.loads(json.dumps(state.status_document()))
@@ -48,9 +48,7 @@ AGENT = Path(__file__).parent.parent.parent / "agent" / "volagent"
 
 def _known_state() -> AgentState:
     """A state with a volume in each state, a degraded verdict and counted decisions."""
-    state = AgentState(Config(rack="r"))
-    state.set_mount_state(MountState.MOUNTED)
-    state.set_docker_state(DockerState.CONNECTED)
+    state = make_state()
     record = ContainerRecord("c" * 64, "web", "r", "app", "api")
     for i, s in enumerate(VolumeState):
         vol = VolumeRecord(f"/volumes/r-app/api/{s}", f"/data/{i}", read_only=i % 2 == 1)
@@ -73,7 +71,7 @@ def test_status_document_is_pinned() -> None:
 
 
 def test_verdicts_in_the_status_document_and_healthz() -> None:
-    state = AgentState(Config(rack="r"))
+    state = make_state(mount_state=None, docker_state=None)
     assert state.health() == {"healthy": False, "status": "critical"}
     state.set_mount_state(MountState.LOCAL)
     state.set_docker_state(DockerState.CONNECTED)

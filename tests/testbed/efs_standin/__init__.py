@@ -14,19 +14,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.testbed import mounts as testbed_mounts
 from tests.testbed.agent import AgentProcess
-from tests.testbed.waiting import eventually
 from volagent import config as config_mod
 from volagent.config import Config
 from volagent.mount import MountManager, kernel
 from volagent.state import AgentState
 
+T = TypeVar("T")
 STANDIN = str(Path(__file__).with_name("mount_program.py"))
 
 
@@ -194,11 +194,23 @@ class Running:
     healthy_calls: list[float] = field(default_factory=list)
 
     async def wait_state(self, *states: str, timeout: float = 30.0) -> None:
-        await eventually(
+        await self.until(
             lambda: self.state.mount.state in states,
             f"mount state in {states} (now {self.state.mount.state}: {self.state.mount.error})",
             timeout,
         )
+
+    async def until(self, cond: Callable[[], T], what: str, timeout: float = 30.0) -> T:
+        """`cond()`'s first truthy result, looked at again each time the state changes: for
+        what changes through its methods (the mount state and error), which tell waiters.
+        AssertionError naming `what` once `timeout` passed."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not (result := cond()):
+                    await self.state.changed()
+                return result
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}") from None
 
 
 @contextlib.asynccontextmanager
@@ -216,10 +228,6 @@ async def running_manager(cfg: Config, **kwargs: Any) -> AsyncIterator[Running]:
         assert done, "the mount manager did not stop when cancelled"
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(coro)  # type: ignore[arg-type]
 
 
 def sh(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ stands in for another host: fcntl locks exclude processes, not the threads of on
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.testbed.mounts import umount_lazy
+from tests.testbed.mounts import is_mount_point, umount_lazy
+from tests.testbed.waiting import wait_until
 
 from volagent.errors import MountUnhealthy
 from volagent.rack import registry, registry_claim
@@ -118,10 +120,11 @@ def test_the_lock_is_held_through_a_transaction_after_the_epoch_changed(
     The lock file kept from before is the same file: closing it would drop the lock the
     new transaction holds (a close aside is slow, as on a network filesystem)."""
 
-    def slow_close_aside(fd: int) -> None:
-        threading.Timer(0.2, os.close, (fd,)).start()
+    def slow_close(fd: int) -> None:  # the thread that closes aside
+        time.sleep(0.2)
+        os.close(fd)
 
-    monkeypatch.setattr(registry, "_close_aside", slow_close_aside)
+    monkeypatch.setattr(registry, "_close_quietly", slow_close)
     dev = os.stat(mp).st_dev
     claim(mp, "web/a", epoch=1)
     with registry.locked(str(mp), dev, NS, time.monotonic() + 5, epoch=2):
@@ -172,3 +175,88 @@ def test_a_claim_while_the_mount_is_unhealthy_is_refused_though_files_are_kept(
         claim(mp, "web/b", epoch=2, dev=None)
     with pytest.raises(MountUnhealthy):
         claim(mp, "web/b", epoch=1, dev=None)
+
+
+def test_a_registry_set_aside_by_hand_is_not_the_one_used(
+    mp: Path, holder: list[subprocess.Popen[str]]
+) -> None:
+    """The registry's directory renamed (set aside) and made again by another host: the kept
+    descriptor is of the one set aside, which no host opens by name any more."""
+    claim(mp, "web/a", epoch=1)
+    registry_dir = mp / ".volagent" / "registry"
+    registry_dir.rename(mp / ".volagent" / "registry.old")
+    registry_dir.mkdir()
+    hold(holder, lock_file(mp))
+    with pytest.raises(RegistryError, match="stayed locked"):
+        claim(mp, "web/b", epoch=1, within_s=0.3)
+    let_go(holder)
+    assert claim(mp, "web/b", epoch=1).written
+    assert (registry_dir / f"{NS}.json").exists()
+
+
+def test_a_lock_file_renamed_by_hand_is_not_the_one_locked(
+    mp: Path, holder: list[subprocess.Popen[str]]
+) -> None:
+    """Renamed, the kept lock file still has a link: the name other hosts open is another
+    file, which one of them holds."""
+    claim(mp, "web/a", epoch=1)
+    lock_file(mp).rename(lock_file(mp).with_name("set-aside"))
+    hold(holder, lock_file(mp))
+    with pytest.raises(RegistryError, match="stayed locked"):
+        claim(mp, "web/b", epoch=1, within_s=0.3)
+
+
+def test_a_registry_removed_and_made_again_serves_a_namespace_new_to_the_host(
+    mp: Path,
+) -> None:
+    """The registry's directory removed by hand and made again by another host: the lock file
+    of a namespace this host has not claimed yet is made in the new one, not refused for
+    good (a removed directory takes no new file)."""
+    claim(mp, "web/a", epoch=1)
+    registry_dir = mp / ".volagent" / "registry"
+    for f in registry_dir.iterdir():
+        f.unlink()
+    registry_dir.rmdir()
+    registry_dir.mkdir()
+    dev = os.stat(mp).st_dev
+    with registry.locked(str(mp), dev, "r1-other", time.monotonic() + 5, epoch=1) as tx:
+        tx.write([Entry("h1", "c1", "", "r1-other/web/a", time.time())])
+    assert (registry_dir / "r1-other.json").exists()
+
+
+@pytest.mark.mount
+def test_a_lock_file_left_on_a_hung_mount_gone_does_not_hold_up_claims(tmp_path: Path) -> None:
+    """The mount hung and was replaced by another (lazily unmounted: the kept files hold it):
+    the lock files kept on it are let go as others are claimed, and closing a file there
+    waits on a server that does not answer (the FUSE stand-in, stopped). Claims on the new
+    mount must not wait on it; the namespace's later claims not find it busy forever."""
+    backing, mp = tmp_path / "backing", tmp_path / "mp"
+    backing.mkdir()
+    mp.mkdir()
+    log = tmp_path / "ops.log"
+    log.touch()
+    argv = ["-m", "tests.testbed.counting_fs", str(backing), str(mp), str(log)]
+    server = subprocess.Popen([sys.executable, *argv])
+    try:
+        wait_until(lambda: is_mount_point(str(mp)), "the stand-in's mount", timeout=30)
+        with registry.locked(str(mp), os.stat(mp).st_dev, "r1-hung", time.monotonic() + 5, epoch=1):
+            pass
+        umount_lazy(str(mp))
+        server.send_signal(signal.SIGSTOP)
+        dev = os.stat(mp).st_dev
+
+        def claims() -> None:
+            for i in range(registry.KEPT_LOCK_FILES + 1):
+                with registry.locked(str(mp), dev, f"r1-n{i}", time.monotonic() + 5, epoch=2):
+                    pass
+            with registry.locked(str(mp), dev, "r1-hung", time.monotonic() + 5, epoch=2):
+                pass
+
+        worker = threading.Thread(target=claims, daemon=True)
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive(), "a claim on the new mount waits on the hung one"
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.terminate()
+        server.wait(30)

@@ -190,7 +190,9 @@ def test_a_claim_of_a_new_path(counted: Counted) -> None:
     claim(counted, "r1-a/web/c", epoch=1)
     ops, _ = counted.count(lambda: claim(counted, "r1-a/web/d", epoch=1))
     assert (ops["create"], ops["write"], ops["rename"]) == (1, 1, 1), ops
-    # lookups of the mount point, the registry's directory and the lock file, its open and
-    # its close: 31 each time before
-    assert ops.total() <= 20, ops
+    # no open of the mount point, the registry's directory or the lock file, nor a close:
+    # 31 each time before; the directory looked up by its path and the lock file by its
+    # name (a stat each, which the NFS client answers from its caches while they are fresh)
+    # to see that neither was renamed by hand since they were opened
+    assert ops.total() <= 25, ops
     assert ops["open"] == 1 and ops["opendir"] == 0, ops  # the entries file's

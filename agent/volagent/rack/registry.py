@@ -248,11 +248,10 @@ class _KeptHandles:
     closed under another thread. A lock file is used only by the thread holding its
     namespace's lock in this process, and only while the registry directory opened by path
     is the one it was opened in (device and inode: the same directory after a remount of
-    the same filesystem, not another tree of it). Closing any descriptor of a file drops
-    every lock the process holds on it: a lock file of another directory on the same device
-    is closed in the caller's thread, before the namespace's lock is taken again; one of
-    another device (a mount gone, perhaps hung: while a descriptor holds a device, no other
-    mount gets its number) by a thread of its own, since that close may block."""
+    the same filesystem, not another tree of it) and that directory is still the one of its
+    path. Closing any descriptor of a file drops every lock the process holds on it: a lock
+    file of another directory on the same device is closed before the namespace's lock is
+    taken again, never by another thread meanwhile (one of another device: `_close`)."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
@@ -272,14 +271,15 @@ class _KeptHandles:
         counts: Counts,
     ) -> tuple[int, int]:
         """A duplicate of the registry directory and the namespace's lock file, locked (the
-        caller holds the namespace's lock in this process). A kept lock file removed by hand
-        (hosts never remove one) guards nothing any more: it is opened again by its name."""
+        caller holds the namespace's lock in this process). A kept lock file removed or renamed
+        by hand (hosts never do either) guards nothing any more: it is opened again by name."""
         for _ in range(2):
-            reg, fd = self._handles(mount_point, mount, key, namespace, counts)
+            reg, fd, kept = self._handles(mount_point, mount, key, namespace, counts)
             try:
                 _lock(fd, namespace, deadline, counts)
                 # the lock revalidates the file's attributes (the NFS client's cache point)
-                removed = not os.fstat(fd).st_nlink
+                st = os.fstat(fd)
+                removed = not st.st_nlink or (kept and not _named(reg, namespace, st))
             except BaseException:
                 os.close(reg)
                 self.forget(key)
@@ -292,13 +292,16 @@ class _KeptHandles:
 
     def _handles(
         self, mount_point: str, mount: tuple[int | None, int], key: str, ns: str, counts: Counts
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, bool]:
         with self._guard:
             kept = self._dirs.get(mount_point)
             if kept is not None and kept[0] == mount and mount[0] is not None:
                 reg, ident = os.dup(kept[2]), kept[1]
             else:
                 kept = None
+        if kept is not None and _at_path(mount_point) != ident:
+            os.close(reg)  # set aside or removed by hand, or another tree mounted over it
+            kept = None
         if kept is None:
             reg, ident = _open_registry_dir(mount_point, mount[0])
             with self._guard:
@@ -309,13 +312,10 @@ class _KeptHandles:
         with self._guard:
             lock = self._locks.pop(key, None)
         try:
-            if lock is not None and lock[0] != ident:
-                if lock[0][0] == ident[0]:
-                    os.close(lock[1])
-                else:
-                    _close_aside(lock[1])
-                lock = None
-            if lock is None:
+            fresh = lock is None or lock[0] != ident
+            if lock is not None and fresh:
+                _close(lock[1], lock[0][0] == ident[0])
+            if fresh:
                 lock = (ident, _open_lock_file(reg, ns, counts))
         except BaseException:
             os.close(reg)
@@ -326,10 +326,13 @@ class _KeptHandles:
         for other in past:  # closed unless a thread is in that namespace now
             if _local_lock(other).acquire(blocking=False):
                 try:
-                    self.forget(other)
+                    with self._guard:
+                        gone = self._locks.pop(other, None)
+                    if gone is not None:
+                        _close(gone[1], gone[0][0] == ident[0])
                 finally:
                     _local_lock(other).release()
-        return reg, lock[1]
+        return reg, lock[1], not fresh
 
     def forget(self, key: str, mount_point: str | None = None) -> None:
         """Closes the namespace's lock file (the caller holds its lock in this process); the
@@ -343,8 +346,44 @@ class _KeptHandles:
             os.close(lock[1])
 
 
-def _close_aside(fd: int) -> None:
-    threading.Thread(target=os.close, args=(fd,), name="registry-close", daemon=True).start()
+def _at_path(mount_point: str) -> tuple[int, int] | None:
+    """The device and inode of the registry's directory by its path: a kept one is another
+    once renamed or removed by hand (hosts open the one of that name)."""
+    try:
+        st = os.stat(
+            os.path.join(mount_point, records.AGENT_DIR, REGISTRY_DIR), follow_symlinks=False
+        )
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _named(dir_fd: int, namespace: str, mine: os.stat_result) -> bool:
+    """Whether the namespace's lock file by its name is the file `mine` is of."""
+    try:
+        st = os.stat(
+            records.file_name(namespace) + LOCK_SUFFIX, dir_fd=dir_fd, follow_symlinks=False
+        )
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _close(fd: int, same_device: bool) -> None:
+    """Closes a kept lock file: one of another device than the caller's mount (a mount gone,
+    perhaps hung: while a descriptor holds a device, no other mount gets its number) by a
+    thread of its own, since that close may block; one that fails is gone all the same."""
+    if same_device:
+        os.close(fd)
+    else:
+        threading.Thread(
+            target=_close_quietly, args=(fd,), name="registry-close", daemon=True
+        ).start()
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 _kept = _KeptHandles()

@@ -154,9 +154,6 @@ def _whose(e: Entry) -> str:
     return f"container{name} on host {e.host}"
 
 
-# rule 7 on cleaned paths, as volumes.namespace states it for one host (the rack layer sits
-# below the volumes layer, so it keeps its own copy of these three lines; a test holds both
-# to the same answers)
 def _expired(
     mount_point: str,
     dev: int | None,

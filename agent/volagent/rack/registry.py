@@ -315,7 +315,7 @@ class _KeptHandles:
             fresh = lock is None or lock[0] != ident
             if lock is not None and fresh:
                 _close(lock[1], lock[0][0] == ident[0])
-            if fresh:
+            if lock is None or fresh:
                 lock = (ident, _open_lock_file(reg, ns, counts))
         except BaseException:
             os.close(reg)

@@ -16,6 +16,7 @@ import tomllib
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,10 @@ import tomli_w
 
 from volagent.errors import ConfigError
 from volagent.values import NAME_RE, Owner, Size, parse_mode, parse_owner
+from volagent.vocabulary import MountType
 
 DEFAULT_CONFIG_PATH = "/etc/volagent/volagent.toml"
 DEFAULT_NFS_OPTIONS = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport"
-MOUNT_TYPES = ("auto", "efs", "nfs4", "nfs", "local")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 OVER_QUOTA_ACTIONS = ("warn", "deny")
 
@@ -95,7 +96,7 @@ _SECONDS = _between(0.05, 3600, " seconds")
 
 @dataclass(frozen=True)
 class MountConfig:
-    type: str = _doc("auto | efs | nfs4 | nfs | local", "auto", REMOUNT, _one_of(*MOUNT_TYPES))
+    type: MountType = _doc("auto | efs | nfs4 | nfs | local", MountType.AUTO, REMOUNT)
     file_system_id: str = _doc(
         "fs-..., or discover by tag", "", REMOUNT, _like(r"fs-[0-9a-f]{1,40}", "like fs-0123abcd")
     )
@@ -348,6 +349,10 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a table ([{key}])")
         return _build(kind, value, f"{key}.")
+    if isinstance(kind, type) and issubclass(kind, StrEnum):
+        if type(value) is not str or value not in set(kind):
+            raise ConfigError(key, f"{value!r} is not one of {' | '.join(kind)}")
+        return kind(value)
     if kind in (bool, int, str):
         if type(value) is not kind:
             wanted = {bool: "true or false", int: "an integer", str: "a string"}[kind]
@@ -404,7 +409,7 @@ def validate(cfg: Config) -> Config:
         check = f.metadata.get("check")
         if check and (problem := check(value)):
             raise ConfigError(key, problem)
-    if cfg.mount.type == "nfs" and not cfg.mount.source:
+    if cfg.mount.type == MountType.NFS and not cfg.mount.source:
         raise ConfigError("mount.source", 'type nfs needs a source like "server:/export"')
     h = cfg.health
     if h.stale_after_s <= h.heartbeat_interval_s:

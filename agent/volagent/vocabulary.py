@@ -21,6 +21,13 @@ class MountState(StrEnum):
 HEALTHY_MOUNT_STATES = frozenset({MountState.MOUNTED, MountState.LOCAL})
 
 
+class MountType(StrEnum):
+    """`[mount] type`, and the type of what is mounted as `mount.type`: AUTO is EFS where
+    mount.efs exists, else NFS4 (the EFS by plain NFS, without TLS)."""
+
+    AUTO, EFS, NFS4, NFS, LOCAL = "auto", "efs", "nfs4", "nfs", "local"
+
+
 class VolumeState(StrEnum):
     """A container's directory on the shared filesystem, as `containers[].volumes[].state`;
     LATE: the container started before its directory was ready."""

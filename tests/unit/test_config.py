@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import typing
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,7 @@ def _wrong_value(kind: Any) -> Any:
     """A TOML value of the wrong type for a field of `kind`."""
     wrong = {"str": 42, "bool": "yes", "int": "many", "float": "fast"}
     wrong.update({"Size | None": 50, "dict[str, Size]": "shop=1GiB", "tuple[str, ...]": "ci"})
+    wrong["MountType"] = 4  # a number where a type name goes
     return wrong[str(kind)]
 
 
@@ -289,3 +291,10 @@ def test_every_checked_string_refuses_a_bad_value_under_its_key(key: str) -> Non
     # one of these is wrong for every checked string key: not absolute, not a choice, not
     # the pattern, empty, or white space
     assert any(_refused_under(key, bad) for bad in ("!", "", " "))
+
+
+@pytest.mark.parametrize(
+    "key", [k for k, t, _ in _typed_keys() if isinstance(t, type) and issubclass(t, StrEnum)]
+)
+def test_every_closed_vocabulary_refuses_a_word_outside_it_under_its_key(key: str) -> None:
+    assert _refused_under(key, "!") and _refused_under(key, "")

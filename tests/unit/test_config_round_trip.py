@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from volagent import config
 from volagent.values import NAME_RE, Size
+from volagent.vocabulary import MountType
 
 ROOT = Path(__file__).resolve().parents[2]
 TOML_BLOCK = re.compile(r"^([ \t]*)```toml\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
@@ -42,6 +43,7 @@ BY_TYPE: dict[str, st.SearchStrategy[Any]] = {
     "dict[str, Size]": st.dictionaries(NAMES, SIZES, max_size=4),
     "list[str]": st.lists(NAMES, max_size=4),
     "tuple[str, ...]": st.lists(NAMES, max_size=4).map(tuple),
+    "MountType": st.sampled_from(MountType),
 }
 
 

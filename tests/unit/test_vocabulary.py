@@ -108,7 +108,7 @@ def test_the_renderers_tables_are_the_vocabulary() -> None:
 # enum's member is what mypy can check. The status renderer and the CLI read the JSON without
 # the enums (test_the_renderers_tables_are_the_vocabulary pins them instead).
 _LITERAL_STATE = re.compile(
-    r"(state|verdict|outcome|\.kind)\)?\s*(==|!=|\bnot in\b|\bin\b)\s*[(\[{]?\s*\"|"
+    r"(state|verdict|outcome|\.kind|mount\.type)\)?\s*(==|!=|\bnot in\b|\bin\b)\s*[(\[{]?\s*\"|"
     r"\"\s*(==|!=)\s*[\w.]*(state|verdict|outcome)\b|"
     r"set_\w*state\([^)]*\"|\bstate=\""
 )
@@ -137,6 +137,7 @@ def test_no_state_is_compared_as_a_string_literal() -> None:
         'if moved.outcome == "kept":',
         'if route(method, uri).kind != "create":',
         'if "connected" == self.state.docker.state:',
+        'if cfg.mount.type in ("local", "nfs"):',
     ],
 )
 def test_the_scan_finds_literal_states(line: str) -> None:

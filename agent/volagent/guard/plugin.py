@@ -67,7 +67,7 @@ from volagent.guard.protocol import (
 from volagent.httpserver import HttpServer, Request, Response
 from volagent.rack.registry_task import request_ref
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
-from volagent.vocabulary import VolumeState
+from volagent.vocabulary import MountType, VolumeState
 from volagent.volumes.namespace import Bind
 from volagent.volumes.preparer import Allowed, ContainerSpec, Preparer, Refused
 
@@ -458,7 +458,9 @@ class Guard:
         if vol.plain or (vol.type == "tmpfs" and not vol.is_bind):
             return None
         if vol.type.startswith("nfs"):
-            return None if mount.type == "local" else messages.shared_volume(who, vol, mount)
+            return (
+                None if mount.type == MountType.LOCAL else messages.shared_volume(who, vol, mount)
+            )
         if vol.type in ("", "none") and vol.is_bind:
             device = vol.device
             if not device.startswith("/") or ".." in device.split("/") or "\x00" in device:

@@ -39,7 +39,7 @@ from volagent.mount.supervise import ASKED, Current, LetGo, Signals, Supervisor
 from volagent.mount.target import Target, local_target
 from volagent.retrying import exponential_jitter
 from volagent.state import AgentState
-from volagent.vocabulary import MountState
+from volagent.vocabulary import MountState, MountType
 from volagent.worker import TimedWorker
 
 T = TypeVar("T")
@@ -207,7 +207,7 @@ class MountManager:
         return Current(target=target, mount_point=mp, entry=entry, config=cfg)
 
     async def _target(self, cfg: Config) -> Target:
-        if cfg.mount.type == "local":
+        if cfg.mount.type == MountType.LOCAL:
             return local_target(cfg)
         if self._fallback:
             return local_target(cfg, fallback=True)
@@ -226,7 +226,7 @@ class MountManager:
 
     async def _adoptable(self, cfg: Config, mp: str, entry: table.MountEntry) -> Target | None:
         """The Target of a mount this agent made earlier (this boot), without discovery."""
-        if cfg.mount.type == "local" or self._fallback:
+        if cfg.mount.type == MountType.LOCAL or self._fallback:
             return None
         return await self._blocking(
             functools.partial(remembered.recorded_target, cfg, mp, entry),

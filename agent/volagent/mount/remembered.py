@@ -18,6 +18,7 @@ from typing import Any
 from volagent.config import Config
 from volagent.mount.table import MountEntry
 from volagent.mount.target import Target
+from volagent.vocabulary import MountType
 
 RECORD_NAME = "mount.json"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -83,7 +84,7 @@ def recorded_target(cfg: Config, mount_point: str, entry: MountEntry) -> Target 
             return None
         t = data["target"]
         return Target(
-            type=str(t["type"]),
+            type=MountType(t["type"]),
             source=str(t["source"]),
             options=str(t["options"]),
             file_system_id=str(t["file_system_id"]),

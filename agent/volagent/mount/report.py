@@ -9,7 +9,7 @@ from typing import Any
 from volagent.config import Config
 from volagent.mount.target import Target
 from volagent.state import AgentState
-from volagent.vocabulary import MountState
+from volagent.vocabulary import MountState, MountType
 
 LOCAL_WARNING = "mount.local"
 PROBE_WARNING = "mount.probe"
@@ -35,7 +35,7 @@ class Reporter:
         elif not m.type:
             # until a target is found: what the config names (efs and nfs4 find their source)
             m.type = cfg.mount.type
-            m.source = cfg.mount.local_path if m.type == "local" else cfg.mount.source
+            m.source = cfg.mount.local_path if m.type == MountType.LOCAL else cfg.mount.source
             m.file_system_id = cfg.mount.file_system_id
 
     def unhealthy(self, state: MountState, error: str | None) -> None:

@@ -17,6 +17,7 @@ from volagent.config import Config
 from volagent.errors import DiscoveryError, MountError
 from volagent.mount import child
 from volagent.mount.target import Target
+from volagent.vocabulary import MountType
 
 EFS_HELPER = "mount.efs"
 HELPER_DIRS = ("/sbin", "/usr/sbin", "/usr/local/sbin")
@@ -32,10 +33,10 @@ def efs_helper_present() -> bool:
     return any(os.access(os.path.join(d, EFS_HELPER), os.X_OK) for d in HELPER_DIRS)
 
 
-def effective_type(cfg: Config) -> str:
+def effective_type(cfg: Config) -> MountType:
     """The mount type to use: `auto` is efs where mount.efs exists, else nfs4."""
-    if cfg.mount.type == "auto":
-        return "efs" if efs_helper_present() else "nfs4"
+    if cfg.mount.type == MountType.AUTO:
+        return MountType.EFS if efs_helper_present() else MountType.NFS4
     return cfg.mount.type
 
 
@@ -48,7 +49,7 @@ def join_options(*parts: str) -> str:
     return ",".join(merged.values())
 
 
-def target_from_found(kind: str, cfg: Config, found: Found) -> Target:
+def target_from_found(kind: MountType, cfg: Config, found: Found) -> Target:
     """The Target for a discovered EFS filesystem, mounted as `kind` (efs or nfs4)."""
     aliases = {f"{found.dns_name}:/", f"{found.mount_target_ip}:/", f"{found.file_system_id}:/"}
     details = (
@@ -58,14 +59,14 @@ def target_from_found(kind: str, cfg: Config, found: Found) -> Target:
         ("address", found.address),
         ("dns_resolves", "yes" if found.dns_addresses else "no"),
     )
-    if kind == "efs":
+    if kind == MountType.EFS:
         extra = ["tls"]
         if not found.dns_addresses:
             extra.append(f"mounttargetip={found.mount_target_ip}")
         if cfg.mount.region:
             extra.append(f"region={found.region}")
         return Target(
-            type="efs",
+            type=MountType.EFS,
             source=f"{found.file_system_id}:/",
             options=join_options(cfg.mount.options, *extra),
             file_system_id=found.file_system_id,
@@ -73,7 +74,7 @@ def target_from_found(kind: str, cfg: Config, found: Found) -> Target:
             details=details,
         )
     return Target(
-        type="nfs4",
+        type=MountType.NFS4,
         source=f"{found.host}:/",
         options=cfg.mount.options,
         file_system_id=found.file_system_id,
@@ -85,11 +86,11 @@ def target_from_found(kind: str, cfg: Config, found: Found) -> Target:
 async def discover_target(cfg: Config, resolve: Resolver = discovery.resolve_host) -> Target:
     """Finds what to mount for a shared type; raises DiscoveryError with cause and fix."""
     kind = effective_type(cfg)
-    if kind == "nfs":
+    if kind == MountType.NFS:
         host = cfg.mount.source.rpartition(":")[0].strip("[]")
         async with asyncio.timeout(discovery.TCP_TIMEOUT_S + 5):
             await asyncio.to_thread(discovery.tcp_check, host)
-        return Target(type="nfs", source=cfg.mount.source, options=cfg.mount.options)
+        return Target(type=MountType.NFS, source=cfg.mount.source, options=cfg.mount.options)
     try:
         async with asyncio.timeout(DISCOVERY_TIMEOUT_S):
             found = await asyncio.to_thread(discovery.discover, cfg, resolve)

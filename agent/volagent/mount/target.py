@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 
 from volagent.config import Config
 from volagent.mount.table import MountEntry
-from volagent.vocabulary import MountState
-
-LOCAL = "local"
+from volagent.vocabulary import MountState, MountType
 
 
 @dataclass(frozen=True)
@@ -17,7 +15,7 @@ class Target:
     """One filesystem to mount. `type` is the mount type (local | efs | nfs4 | nfs) and
     `source` what the mount program gets (for local: the directory bind-mounted)."""
 
-    type: str
+    type: MountType
     source: str
     options: str = ""
     file_system_id: str = ""
@@ -30,7 +28,7 @@ class Target:
 
     @property
     def is_local(self) -> bool:
-        return self.type == LOCAL
+        return self.type == MountType.LOCAL
 
     @property
     def healthy_state(self) -> MountState:
@@ -54,4 +52,4 @@ def normalise_source(source: str) -> str:
 
 
 def local_target(cfg: Config, fallback: bool = False) -> Target:
-    return Target(type=LOCAL, source=cfg.mount.local_path, fallback=fallback)
+    return Target(type=MountType.LOCAL, source=cfg.mount.local_path, fallback=fallback)

@@ -17,6 +17,7 @@ from volagent.aws.imds import Identity, Imds
 from volagent.config import Config
 from volagent.errors import DiscoveryError
 from volagent.ops.doctor.result import CheckResult
+from volagent.vocabulary import MountType
 
 Resolver = Callable[[str], list[str]]
 IMDS_TIMEOUT_S = 2.0
@@ -39,9 +40,9 @@ class Facts:
 
 def run_checks(cfg: Config, resolve: Resolver = discovery.resolve_host) -> list[CheckResult]:
     kind = cfg.mount.type
-    if kind == "local":
+    if kind == MountType.LOCAL:
         return [CheckResult.skip("aws", "mount type local uses no network filesystem")]
-    if kind == "nfs":
+    if kind == MountType.NFS:
         return _nfs_server(cfg, resolve)
     facts = Facts()
     results = [check_imds(cfg, facts), check_permissions(cfg, facts)]

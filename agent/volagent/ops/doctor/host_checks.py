@@ -11,6 +11,7 @@ import shutil
 from volagent.config import Config
 from volagent.mount.shared import HELPER_DIRS
 from volagent.ops.doctor.result import CheckResult
+from volagent.vocabulary import MountType
 
 DAEMON_JSON_ENV = "VOLAGENT_DOCKER_DAEMON_JSON"
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -72,7 +73,7 @@ def find_helper(name: str) -> str | None:
 
 def check_nfs_client(cfg: Config, family: str) -> CheckResult:
     name = "nfs client"
-    if cfg.mount.type == "local":
+    if cfg.mount.type == MountType.LOCAL:
         return CheckResult.skip(name, "mount type local needs no NFS client")
     found = find_helper("mount.nfs4") or find_helper("mount.nfs")
     if found:
@@ -86,13 +87,13 @@ def check_nfs_client(cfg: Config, family: str) -> CheckResult:
 
 def check_efs_utils(cfg: Config, family: str) -> CheckResult:
     name = "efs-utils"
-    if cfg.mount.type in ("local", "nfs", "nfs4"):
+    if cfg.mount.type in (MountType.LOCAL, MountType.NFS, MountType.NFS4):
         return CheckResult.skip(name, f"mount type {cfg.mount.type} does not use mount.efs")
     found = find_helper("mount.efs")
     if found:
         return CheckResult.ok(name, f"{found} (TLS in transit)")
     fix = _install(_EFS_UTILS, family)
-    if cfg.mount.type == "auto":
+    if cfg.mount.type == MountType.AUTO:
         return CheckResult.warning(
             name,
             "mount.efs is not installed: type auto mounts with plain nfs4, without TLS",

@@ -47,7 +47,7 @@ from volagent.rack.usage.recorder import Key, key_of
 from volagent.state import now_iso
 from volagent.terminal import format_size
 from volagent.terminal import printable as _p
-from volagent.vocabulary import HEALTHY_MOUNT_STATES
+from volagent.vocabulary import HEALTHY_MOUNT_STATES, MountType
 from volagent.volumes import trashcheck
 
 DEFAULT_DAYS = 30.0
@@ -120,7 +120,7 @@ def open_shared(cfg: Config, daemon_state: str | None) -> int:
     def open_it(_: fstree.Progress) -> int:
         fd = os.open(mp, safedir.DIR_FLAGS)
         os.fstatvfs(fd)  # answers, or hangs here, where the watchdog sees it
-        if daemon_state is None and cfg.mount.type != "local":
+        if daemon_state is None and cfg.mount.type != MountType.LOCAL:
             parent = os.stat(os.path.dirname(mp) or "/")
             if parent.st_dev == os.fstat(fd).st_dev:
                 os.close(fd)

@@ -22,7 +22,7 @@ the directories are the ones judged at create, which were marked then and not in
 (a move into the trash takes the directory away from its path: it would not be found there).
 Anything else is judged from scratch, as a create.
 
-Blocking: runs in the timed worker, in place of `directories.prepare_path`.
+Blocking: runs in the timed worker.
 """
 
 from __future__ import annotations
@@ -107,11 +107,11 @@ def prepare_path(
     known: directories.Identity = (),
     recorded_at: float | None = None,
 ) -> directories.Prepared:
-    """directories.prepare_path, with the namespace marked used and known not to be in the
-    trash before anything is created; the mount point is opened once for all three. With
-    `known` (what the create walk recorded), a path whose components are all still those
-    directories is only walked (a start). `recorded_at`: the time of this host's last usage
-    record of the bind's directory, if any (see `mark_used`)."""
+    """directories.prepare_below from the mount point's path, with the namespace marked used
+    and known not to be in the trash before anything is created; the mount point is opened
+    once for all three. With `known` (what the create walk recorded), a path whose
+    components are all still those directories is only walked (a start). `recorded_at`: the
+    time of this host's last usage record of the bind's directory, if any (see `mark_used`)."""
     root = safedir.open_mount_point(mount_point, expected_dev)
     try:
         if known:

@@ -210,12 +210,9 @@ class Heartbeat:
     def _view(self) -> list[dict[str, Any]]:
         h = self.state.config.health
         view = rack_view(self._known, h.stale_after_s, time.time())
-        self.state.metrics.rack_hosts.labels(freshness="fresh").set(
-            sum(1 for v in view if not v["stale"])
-        )
-        self.state.metrics.rack_hosts.labels(freshness="stale").set(
-            sum(1 for v in view if v["stale"])
-        )
+        stale = sum(1 for v in view if v["stale"])
+        self.state.metrics.rack_hosts.labels(freshness="fresh").set(len(view) - stale)
+        self.state.metrics.rack_hosts.labels(freshness="stale").set(stale)
         return view
 
     async def _refresh(self, timeout: float) -> None:

@@ -306,9 +306,6 @@ class Config:
     usage: UsageConfig = field(default_factory=UsageConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 SECTIONS: dict[str, type[Any]] = {
     name: kind

@@ -14,11 +14,12 @@ TimedWorker or a watched thread.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from volagent.errors import MountUnhealthy
 
@@ -42,6 +43,15 @@ _libc.syscall.restype = ctypes.c_long
 
 class OtherDevice(Exception):
     """A directory on a path lies on another filesystem than its parent."""
+
+
+@contextlib.contextmanager
+def closing(fd: int) -> Iterator[int]:
+    """`fd` for the block of a `with`, closed when the block is left, however it is left."""
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def open_mount_point(mount_point: str, expected_dev: int | None) -> int:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from tests.testbed.disk import owner_mode, tree
 
+from volagent import safedir
 from volagent.errors import MountUnhealthy, NamespaceViolation
 from volagent.values import Owner
 from volagent.volumes import directories as fs
@@ -21,6 +22,18 @@ from volagent.volumes import directories as fs
 
 OWNER = Owner(1234, 1234)
 PARTS = ("r1-a", "web", "var", "data")
+
+
+def prepare_path(
+    mount_point: str, parts: Sequence[str], owner: Owner, mode: int, expected_dev: int | None
+) -> fs.Prepared:
+    """The walk from the mount point by its path, as the preparer's does it (without the
+    trash check and the marking, which tests/unit/test_gc_trash.py covers)."""
+    root = safedir.open_mount_point(mount_point, expected_dev)
+    try:
+        return fs.prepare_below(root, mount_point, parts, owner, mode)
+    finally:
+        os.close(root)
 
 
 @pytest.fixture
@@ -45,7 +58,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 def test_creates_leaf_with_owner_and_mode_and_parents_root_0755(mp: Path) -> None:
     old = os.umask(0o077)  # the modes must not depend on the process umask
     try:
-        got = fs.prepare_path(str(mp), PARTS, OWNER, 0o750, os.stat(mp).st_dev)
+        got = prepare_path(str(mp), PARTS, OWNER, 0o750, os.stat(mp).st_dev)
     finally:
         os.umask(old)
     assert got.created == 4
@@ -64,7 +77,7 @@ def test_existing_directories_are_left_alone(mp: Path) -> None:
         os.chown(path, 4000 + i, 5000 + i)
         os.chmod(path, 0o700 + i)
     before = {p: owner_mode(mp / p) for p in tree(mp)}
-    got = fs.prepare_path(str(mp), PARTS, OWNER, 0o750, None)
+    got = prepare_path(str(mp), PARTS, OWNER, 0o750, None)
     assert (got.created, got.leaf_created) == (0, False)
     assert (got.uid, got.gid, got.mode) == (4003, 5003, 0o703)
     assert {p: owner_mode(mp / p) for p in tree(mp)} == before
@@ -75,7 +88,7 @@ def test_only_missing_tail_is_created(mp: Path) -> None:
     (mp / "r1-a/web").mkdir(parents=True)
     os.chown(mp / "r1-a/web", 99, 99)
     os.chmod(mp / "r1-a/web", 0o711)  # noqa: S103 - an odd mode that must survive
-    got = fs.prepare_path(str(mp), PARTS, OWNER, 0o700, None)
+    got = prepare_path(str(mp), PARTS, OWNER, 0o700, None)
     assert got.created == 2
     assert owner_mode(mp / "r1-a/web") == (99, 99, 0o711)
     assert owner_mode(mp / "r1-a/web/var") == (0, 0, 0o755)
@@ -103,7 +116,7 @@ def test_symlink_at_every_level_is_refused(
     before_mp, before_out = tree(mp), tree(outside)
 
     with pytest.raises(NamespaceViolation) as info:
-        fs.prepare_path(str(mp), PARTS, OWNER, 0o750, None)
+        prepare_path(str(mp), PARTS, OWNER, 0o750, None)
     assert info.value.rule == 4
     assert "symlink" in str(info.value)
     assert tree(mp) == before_mp
@@ -119,9 +132,9 @@ def test_mount_point_given_as_a_symlink_counts_only_by_its_device(
     mp = tmp_path / "mp-link"
     mp.symlink_to(outside)
     with pytest.raises(MountUnhealthy):
-        fs.prepare_path(str(mp), PARTS, OWNER, 0o750, os.stat(outside).st_dev + 1)
+        prepare_path(str(mp), PARTS, OWNER, 0o750, os.stat(outside).st_dev + 1)
     assert tree(outside) == []
-    fs.prepare_path(str(mp), PARTS, OWNER, 0o750, os.stat(outside).st_dev)
+    prepare_path(str(mp), PARTS, OWNER, 0o750, os.stat(outside).st_dev)
     assert tree(outside) == ["r1-a", "r1-a/web", "r1-a/web/var", "r1-a/web/var/data"]
 
 
@@ -129,7 +142,7 @@ def test_a_file_in_the_way_is_refused(mp: Path) -> None:
     (mp / "r1-a").mkdir()
     (mp / "r1-a/web").write_text("not a dir")
     with pytest.raises(NamespaceViolation) as info:
-        fs.prepare_path(str(mp), PARTS, OWNER, 0o750, None)
+        prepare_path(str(mp), PARTS, OWNER, 0o750, None)
     assert "file" in str(info.value)
     assert tree(mp) == ["r1-a", "r1-a/web"]
 
@@ -137,13 +150,13 @@ def test_a_file_in_the_way_is_refused(mp: Path) -> None:
 def test_another_device_than_expected_is_refused(mp: Path) -> None:
     wrong_dev = os.stat(mp).st_dev + 1
     with pytest.raises(MountUnhealthy):
-        fs.prepare_path(str(mp), PARTS, OWNER, 0o750, wrong_dev)
+        prepare_path(str(mp), PARTS, OWNER, 0o750, wrong_dev)
     assert tree(mp) == []
 
 
 @pytest.mark.mount
 def test_right_device_is_accepted(tmpfs: Path) -> None:
-    got = fs.prepare_path(str(tmpfs), PARTS, OWNER, 0o750, os.stat(tmpfs).st_dev)
+    got = prepare_path(str(tmpfs), PARTS, OWNER, 0o750, os.stat(tmpfs).st_dev)
     assert got.leaf_created
     assert os.stat(tmpfs / "r1-a/web/var/data").st_dev == os.stat(tmpfs).st_dev
 
@@ -155,7 +168,7 @@ def test_a_mount_inside_the_namespace_is_refused(mp: Path, tmp_path: Path) -> No
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(inner)], check=True)
     try:
         with pytest.raises(NamespaceViolation) as info:
-            fs.prepare_path(str(mp), PARTS, OWNER, 0o750, os.stat(mp).st_dev)
+            prepare_path(str(mp), PARTS, OWNER, 0o750, os.stat(mp).st_dev)
         assert info.value.rule == 3
         assert "another filesystem" in str(info.value)
         assert os.listdir(inner) == []
@@ -167,6 +180,6 @@ def test_a_mount_inside_the_namespace_is_refused(mp: Path, tmp_path: Path) -> No
 def test_bad_components_are_refused(mp: Path) -> None:
     for parts in [("r1-a", "..", "x"), ("r1-a", "a/b"), ("r1-a", "."), ("r1-a", ""), ()]:
         with pytest.raises(NamespaceViolation):
-            fs.prepare_path(str(mp), parts, OWNER, 0o750, None)
+            prepare_path(str(mp), parts, OWNER, 0o750, None)
     # the first component may have been made before the bad one was met; nothing else
     assert set(tree(mp)) <= {"r1-a"}

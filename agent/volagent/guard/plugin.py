@@ -582,20 +582,21 @@ class Guard:
             return None  # not an app's container: not volagent's business
         joined = {key: await self._apps_of(ref) for key, ref in wanted.joined().items()}
         used = wanted.refused(joined, apps)
-        if not used:
-            return None
-        if privilege.allowed_apps(apps, self.state.config.guard.privileged_apps):
-            self._log_privileged(action, who, apps, used)
-            return None
-        return messages.privileged(who, apps, used, action)
+        return self._privileged(action, who, apps, used) if used else None
 
     def _apps(self, labels: Mapping[str, str], env: Sequence[str]) -> frozenset[str]:
         """The apps a container's app label and environment name."""
         return privilege.apps_named(labels.get(self.state.config.docker.app_label) or "", env)
 
-    def _log_privileged(self, action: str, who: str, apps: frozenset[str], used: list[str]) -> None:
-        """Every privilege allowed by `[guard] privileged_apps` leaves a line in the log."""
+    def _privileged(
+        self, action: str, who: str, apps: frozenset[str], used: list[str]
+    ) -> str | None:
+        """The refusal of `used` for apps not all in `[guard] privileged_apps`; None when
+        they are, and every privilege so allowed leaves a line in the log."""
+        if not privilege.allowed_apps(apps, self.state.config.guard.privileged_apps):
+            return messages.privileged(who, apps, used, action)
         self.log.warning("guard_privileged", action=action, who=who, apps=sorted(apps), uses=used)
+        return None
 
     def _note_privileged_start(self, action: str, who: str, spec: ContainerSpec) -> None:
         """A start of a container whose stored settings use privilege: logged. Judged at
@@ -608,9 +609,7 @@ class Guard:
         if not apps:
             return
         used = wanted.refused({}, apps, ignore_joined=True)
-        if privilege.allowed_apps(apps, self.state.config.guard.privileged_apps):
-            self._log_privileged(action, who, apps, used)
-        else:
+        if self._privileged(action, who, apps, used) is not None:
             self.log.warning(
                 "guard_privileged_unlisted", action=action, who=who, apps=sorted(apps), uses=used
             )
@@ -639,11 +638,7 @@ class Guard:
         apps = self._apps(spec.labels, spec.env)
         if not apps:
             return None
-        used = ["Privileged (docker exec --privileged)"]
-        if privilege.allowed_apps(apps, self.state.config.guard.privileged_apps):
-            self._log_privileged("exec", who, apps, used)
-            return None
-        return messages.privileged(who, apps, used, "exec")
+        return self._privileged("exec", who, apps, ["Privileged (docker exec --privileged)"])
 
     def _judge_checkpoint(self, authz: AuthzRequest, where: Route) -> str | None:
         """Checkpoints (experimental dockerd): a directory of the caller's choosing is read,

@@ -480,25 +480,21 @@ def parse_create_body(body: bytes, name: str = "") -> CreateRequest:
     )
 
 
+# what a field of each JSON type must be, as the error says it
+_KINDS: dict[type, str] = {str: "a string", bool: "true or false", list: "a list"}
+
+
+def _typed(obj: Any, name: str, where: str, kind: type) -> Any:
+    """obj's value for the Go field `name` when it is a `kind`, None when absent; raises
+    CreateBodyError, saying what it must be, for a value of another type."""
+    value = _field(obj, name, where)
+    if value is not None and not isinstance(value, kind):
+        raise CreateBodyError(f"{where}{name} must be {_KINDS[kind]}")
+    return value
+
+
 def _str_field(obj: Any, name: str, where: str) -> str:
-    value = _field(obj, name, where)
-    if value is not None and not isinstance(value, str):
-        raise CreateBodyError(f"{where}{name} must be a string")
-    return value or ""
-
-
-def _bool_field(obj: Any, name: str, where: str) -> bool:
-    value = _field(obj, name, where)
-    if value is not None and not isinstance(value, bool):
-        raise CreateBodyError(f"{where}{name} must be true or false")
-    return bool(value)
-
-
-def _count(obj: Any, name: str, where: str) -> int:
-    value = _field(obj, name, where)
-    if value is not None and not isinstance(value, list):
-        raise CreateBodyError(f"{where}{name} must be a list")
-    return len(value or ())
+    return _typed(obj, name, where, str) or ""
 
 
 def _paths(obj: Any, name: str, where: str) -> tuple[str, ...] | None:
@@ -508,7 +504,7 @@ def _paths(obj: Any, name: str, where: str) -> tuple[str, ...] | None:
 
 def _host_privileges(hc: Any, where: str) -> HostPrivileges:
     """The HostConfig settings that can grant privilege, read as Docker decodes them."""
-    privileged = _bool_field(hc, "Privileged", where)
+    privileged = bool(_typed(hc, "Privileged", where, bool))
     cap_add = _field(hc, "CapAdd", where)
     if isinstance(cap_add, str):  # a StrSlice: one string or a list of them
         cap_add = [cap_add]
@@ -522,9 +518,9 @@ def _host_privileges(hc: Any, where: str) -> HostPrivileges:
         network_mode=_str_field(hc, "NetworkMode", where),
         uts_mode=_str_field(hc, "UTSMode", where),
         cap_add=tuple(_str_list(cap_add, f"{where}CapAdd")),
-        devices=_count(hc, "Devices", where),
-        device_requests=_count(hc, "DeviceRequests", where),
-        device_cgroup_rules=_count(hc, "DeviceCgroupRules", where),
+        devices=len(_typed(hc, "Devices", where, list) or ()),
+        device_requests=len(_typed(hc, "DeviceRequests", where, list) or ()),
+        device_cgroup_rules=len(_typed(hc, "DeviceCgroupRules", where, list) or ()),
         security_opt=tuple(_str_list(_field(hc, "SecurityOpt", where), f"{where}SecurityOpt")),
         sysctls=tuple(sysctls),
         masked_paths=_paths(hc, "MaskedPaths", where),
@@ -534,7 +530,7 @@ def _host_privileges(hc: Any, where: str) -> HostPrivileges:
 
 def parse_exec_privileged(body: bytes) -> bool:
     """`POST /containers/{id}/exec`: whether the exec asks for `Privileged`."""
-    return _bool_field(_go_json(body, "exec create"), "Privileged", "")
+    return bool(_typed(_go_json(body, "exec create"), "Privileged", "", bool))
 
 
 def parse_checkpoint_dir(body: bytes) -> str:

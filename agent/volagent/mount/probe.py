@@ -44,38 +44,27 @@ def probe(mount_point: str, name: str) -> ProbeResult:
     """Probes the filesystem at `mount_point`; raises OSError on any failure."""
     start = time.monotonic()
     # the mount point may be an operator's symlink: followed here, like everywhere
-    fd = os.open(mount_point, safedir.DIR_FLAGS & ~os.O_NOFOLLOW)
-    try:
+    with safedir.closing(os.open(mount_point, safedir.DIR_FLAGS & ~os.O_NOFOLLOW)) as fd:
         dev = os.fstat(fd).st_dev
         os.fstatvfs(fd)
         _canary(fd, name)
-    finally:
-        os.close(fd)
     return ProbeResult(dev=dev, seconds=time.monotonic() - start)
 
 
 def _canary(root_fd: int, name: str) -> None:
     with contextlib.suppress(FileExistsError):
         os.mkdir(CANARY_DIR, 0o755, dir_fd=root_fd)
-    dfd = safedir.open_below(root_fd, CANARY_DIR)
-    try:
+    with safedir.closing(safedir.open_below(root_fd, CANARY_DIR)) as dfd:
         token = secrets.token_bytes(16)
         wfd = os.open(
             name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=dfd
         )
-        try:
+        with safedir.closing(wfd):
             os.write(wfd, token)
             # fsync makes a network filesystem answer now, not at some later write-back
             os.fsync(wfd)
-        finally:
-            os.close(wfd)
-        rfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
-        try:
+        with safedir.closing(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)) as rfd:
             back = os.read(rfd, 64)
-        finally:
-            os.close(rfd)
         os.unlink(name, dir_fd=dfd)
         if back != token:
             raise CanaryMismatch(errno.EIO, "the canary read back differs from what was written")
-    finally:
-        os.close(dfd)

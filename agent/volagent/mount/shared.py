@@ -59,24 +59,19 @@ def target_from_found(kind: MountType, cfg: Config, found: Found) -> Target:
         ("address", found.address),
         ("dns_resolves", "yes" if found.dns_addresses else "no"),
     )
+    source, options = f"{found.host}:/", cfg.mount.options
     if kind == MountType.EFS:
         extra = ["tls"]
         if not found.dns_addresses:
             extra.append(f"mounttargetip={found.mount_target_ip}")
         if cfg.mount.region:
             extra.append(f"region={found.region}")
-        return Target(
-            type=MountType.EFS,
-            source=f"{found.file_system_id}:/",
-            options=join_options(cfg.mount.options, *extra),
-            file_system_id=found.file_system_id,
-            aliases=frozenset(aliases | {EFS_TLS_TUNNEL}),
-            details=details,
-        )
+        source, options = f"{found.file_system_id}:/", join_options(options, *extra)
+        aliases.add(EFS_TLS_TUNNEL)
     return Target(
-        type=MountType.NFS4,
-        source=f"{found.host}:/",
-        options=cfg.mount.options,
+        type=kind,
+        source=source,
+        options=options,
         file_system_id=found.file_system_id,
         aliases=frozenset(aliases),
         details=details,

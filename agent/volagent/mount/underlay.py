@@ -52,11 +52,8 @@ def canonical_mount_point(mount_point: str) -> str:
 def lock(mount_point: str) -> bool:
     """Makes the (unmounted) mount point directory immutable. True if it changed.
     Raises NoImmutableFlag where the filesystem does not support the flag."""
-    fd = os.open(mount_point, safedir.DIR_FLAGS)
-    try:
+    with safedir.closing(os.open(mount_point, safedir.DIR_FLAGS)) as fd:
         return _set(fd, True)
-    finally:
-        os.close(fd)
 
 
 def _set(fd: int, on: bool) -> bool:

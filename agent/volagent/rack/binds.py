@@ -16,7 +16,6 @@ that take part, not with 0.2.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterable
 
@@ -60,20 +59,17 @@ def legacy_binds(
     """Blocking: (path, whose) of every bind a fresh record of a host outside the registry
     lists in namespace `ns` (its own records and those of `directories` below it, every one
     when None), and those hosts."""
-    root = safedir.open_shared_root(mount_point, dev)
-    try:
+    with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
         parts = (records.AGENT_DIR, records.USAGE_DIR, ns)
         # volagent's own directories: one lookup of the whole path, the walk without openat2
         top = records.open_own_existing(root, parts) or records.open_dir(root, parts, False)
-    finally:
-        os.close(root)
     if top is None:
         return [], []
     out: list[tuple[str, str]] = []
     hosts: set[str] = set()
     now = time.time()
     own = records.file_name(own_host)
-    try:
+    with safedir.closing(top):
         _read_dir(top, own, participants, now=now, out=out, hosts=hosts)
         below = safedir.subdirs(top, dots=True) if directories is None else sorted(directories)
         for d in below:
@@ -81,12 +77,8 @@ def legacy_binds(
                 fd = records.open_dir(top, (d,), create=False)
                 if fd is None:
                     continue
-                try:
+                with safedir.closing(fd):
                     _read_dir(fd, own, participants, now=now, out=out, hosts=hosts)
-                finally:
-                    os.close(fd)
-    finally:
-        os.close(top)
     return out, sorted(hosts)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import time
 from typing import Any
 
@@ -67,26 +66,18 @@ def write_heartbeat(
     mount_point: str, dev: int | None, record: HostBeat, previous_name: str | None
 ) -> None:
     """Blocking: replaces this host's heartbeat; removes the one of a former host name."""
-    root = safedir.open_shared_root(mount_point, dev)
-    try:
+    with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
         hosts = records.ensure_dir(root, (records.AGENT_DIR, records.HOSTS_DIR))
-        try:
+        with safedir.closing(hosts):
             records.write_record(hosts, record.host, record.encode())
             if previous_name and previous_name != record.host:
                 records.remove_record(hosts, previous_name)
-        finally:
-            os.close(hosts)
-    finally:
-        os.close(root)
 
 
 def read_heartbeats(mount_point: str, dev: int | None) -> list[HostBeat]:
     """Blocking: every valid heartbeat record under the mount point."""
-    root = safedir.open_shared_root(mount_point, dev)
-    try:
+    with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
         return read_heartbeats_at(root)
-    finally:
-        os.close(root)
 
 
 def read_heartbeats_at(root_fd: int) -> list[HostBeat]:
@@ -94,10 +85,8 @@ def read_heartbeats_at(root_fd: int) -> list[HostBeat]:
     hosts = records.open_dir(root_fd, (records.AGENT_DIR, records.HOSTS_DIR), create=False)
     if hosts is None:
         return []
-    try:
+    with safedir.closing(hosts):
         return [beat for _, beat in records.read_all(hosts, HostBeat) if beat.host]
-    finally:
-        os.close(hosts)
 
 
 def rack_view(heartbeats: list[HostBeat], stale_after_s: float, now: float) -> list[dict[str, Any]]:
@@ -221,12 +210,9 @@ class Heartbeat:
     def _view(self) -> list[dict[str, Any]]:
         h = self.state.config.health
         view = rack_view(self._known, h.stale_after_s, time.time())
-        self.state.metrics.rack_hosts.labels(freshness="fresh").set(
-            sum(1 for v in view if not v["stale"])
-        )
-        self.state.metrics.rack_hosts.labels(freshness="stale").set(
-            sum(1 for v in view if v["stale"])
-        )
+        stale = sum(1 for v in view if v["stale"])
+        self.state.metrics.rack_hosts.labels(freshness="fresh").set(len(view) - stale)
+        self.state.metrics.rack_hosts.labels(freshness="stale").set(stale)
         return view
 
     async def _refresh(self, timeout: float) -> None:

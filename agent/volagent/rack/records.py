@@ -187,13 +187,11 @@ def _create(dir_fd: int, name: str) -> int:
 
 def _write_synced(fd: int, record: dict[str, Any]) -> None:
     """Writes `record` as JSON to `fd`, syncs and closes it."""
-    try:
+    with safedir.closing(fd):
         view = memoryview(json.dumps(record, sort_keys=True).encode())
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)  # a network filesystem answers now, not at some later write-back
-    finally:
-        os.close(fd)
 
 
 def remove_record(dir_fd: int, name: str) -> None:
@@ -210,12 +208,10 @@ def read_record(dir_fd: int, file: str) -> dict[str, Any] | None:
         )
     except OSError:
         return None
-    try:
+    with safedir.closing(fd):
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         data = os.read(fd, MAX_RECORD_BYTES + 1)
-    finally:
-        os.close(fd)
     if len(data) > MAX_RECORD_BYTES:
         return None
     try:

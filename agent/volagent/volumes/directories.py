@@ -103,18 +103,6 @@ def _check_names(parts: Sequence[str]) -> None:
             raise NamespaceViolation(5, f"bad path component {name!r}")
 
 
-def prepare_path(
-    mount_point: str, parts: Sequence[str], owner: Owner, mode: int, expected_dev: int | None
-) -> Prepared:
-    """Creates every missing directory of `mount_point/parts...`. The leaf, if created, gets
-    owner and mode; parents created on the way get root:root 0755."""
-    root = safedir.open_mount_point(mount_point, expected_dev)
-    try:
-        return prepare_below(root, mount_point, parts, owner, mode)
-    finally:
-        os.close(root)
-
-
 def prepare_below(
     root_fd: int,
     mount_point: str,
@@ -125,7 +113,9 @@ def prepare_below(
     held: int = 0,
     before_create: Callable[[list[tuple[int, os.stat_result]]], None] | None = None,
 ) -> Prepared:
-    """`prepare_path` from a descriptor of the mount point (`mount_point` only names it).
+    """Creates every missing directory of `mount_point/parts...`, from a descriptor of the
+    mount point (`mount_point` only names it). The leaf, if created, gets owner and mode;
+    parents created on the way get root:root 0755.
 
     The existing part of the path is opened first; then `before_create` is called (always,
     whether anything is missing or not) with the descriptors and stats of those of the

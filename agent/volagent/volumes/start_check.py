@@ -49,16 +49,13 @@ def check_binds(
     """The binds whose path no longer leads, without a symlink and on the shared
     filesystem, to the directory prepared for it. Raises MountUnhealthy when the mount
     point is not the shared filesystem (nothing to compare with then)."""
-    root = safedir.open_mount_point(mount_point, expected_dev)
-    try:
+    with safedir.closing(safedir.open_mount_point(mount_point, expected_dev)) as root:
         out = []
         for bind in binds:
             reason = _changed(root, mount_point, bind, expected_dev)
             if reason is not None:
                 out.append(Mismatch(bind.host, bind.container, reason))
         return out
-    finally:
-        os.close(root)
 
 
 def _changed(root: int, mount_point: str, bind: PreparedBind, dev: int) -> str | None:

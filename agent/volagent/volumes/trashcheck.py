@@ -22,7 +22,7 @@ the directories are the ones judged at create, which were marked then and not in
 (a move into the trash takes the directory away from its path: it would not be found there).
 Anything else is judged from scratch, as a create.
 
-Blocking: runs in the timed worker, in place of `directories.prepare_path`.
+Blocking: runs in the timed worker.
 """
 
 from __future__ import annotations
@@ -73,13 +73,11 @@ def refuse_if_trashed(mount_point: str, root_fd: int, parts: Sequence[str]) -> N
     trash_fd = trash.open_trash(root_fd, create=False)
     if trash_fd is None:
         return
-    try:
+    with safedir.closing(trash_fd):
         entry = trash.holding(trash_fd, parts[0], parts[1] if len(parts) > 1 else None)
         if entry is None:
             return
         record = records.read_one(trash_fd, entry + records.SUFFIX, trash.TrashRecord)
-    finally:
-        os.close(trash_fd)
     held = trash.parse(entry)
     shown = f"{mount_point.rstrip('/')}/{held.relative if held else parts[0]}"
     if record is not None and record.state == trash.PURGING:
@@ -107,13 +105,12 @@ def prepare_path(
     known: directories.Identity = (),
     recorded_at: float | None = None,
 ) -> directories.Prepared:
-    """directories.prepare_path, with the namespace marked used and known not to be in the
-    trash before anything is created; the mount point is opened once for all three. With
-    `known` (what the create walk recorded), a path whose components are all still those
-    directories is only walked (a start). `recorded_at`: the time of this host's last usage
-    record of the bind's directory, if any (see `mark_used`)."""
-    root = safedir.open_mount_point(mount_point, expected_dev)
-    try:
+    """directories.prepare_below from the mount point's path, with the namespace marked used
+    and known not to be in the trash before anything is created; the mount point is opened
+    once for all three. With `known` (what the create walk recorded), a path whose
+    components are all still those directories is only walked (a start). `recorded_at`: the
+    time of this host's last usage record of the bind's directory, if any (see `mark_used`)."""
+    with safedir.closing(safedir.open_mount_point(mount_point, expected_dev)) as root:
         if known:
             same = directories.verify_below(root, mount_point, parts, known)
             if same is not None:
@@ -126,5 +123,3 @@ def prepare_path(
         return directories.prepare_below(
             root, mount_point, parts, owner, mode, held=MARKED, before_create=marked_and_not_trashed
         )
-    finally:
-        os.close(root)

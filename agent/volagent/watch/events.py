@@ -610,7 +610,7 @@ def _bind_device(volume: dict[str, Any] | None) -> str:
 
 def _may_restart(spec: ContainerSpec | None) -> bool:
     """Whether Docker may start the container by itself (a restart policy other than
-    `no`); True when that is not known."""
+    `no`); True when its policy is not known, False when nothing of it was recorded."""
     if spec is None:
         return False
     policy = spec.host_config.get("RestartPolicy")

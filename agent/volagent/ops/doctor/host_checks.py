@@ -129,11 +129,6 @@ def check_docker(cfg: Config) -> CheckResult:
         text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         if "Permission denied" in text:
             fix = "run volagent doctor as root (the Docker socket is root's)"
-        elif url.startswith("unix://") and not os.path.exists(url[len("unix://") :]):
-            fix = (
-                f"start Docker (systemctl enable --now docker), or set [docker] url to its "
-                f"socket (now {url})"
-            )
         else:
             fix = f"start Docker (systemctl start docker) and check [docker] url (now {url})"
         return CheckResult.failed(name, f"Docker does not answer at {url}: {text}", fix)

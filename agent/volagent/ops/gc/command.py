@@ -173,10 +173,8 @@ def print_trash(root_fd: int, mount_point: str, out: TextIO) -> None:
     fd = trash.open_trash(root_fd, create=False)
     found = []
     if fd is not None:
-        try:
+        with safedir.closing(fd):
             found = list(trash.entries(fd))
-        finally:
-            os.close(fd)
     w = out.write
     where = f"{mount_point.rstrip('/')}/{records.AGENT_DIR}/{trash.TRASH_DIR}"
     if not found:

@@ -76,10 +76,8 @@ def _open_each(
             continue
         if fd is None:
             continue
-        try:
+        with safedir.closing(fd):
             yield name, fd
-        finally:
-            os.close(fd)
 
 
 def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usage, int]:
@@ -102,15 +100,13 @@ def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usag
     base = records.open_dir(root_fd, (records.AGENT_DIR, records.USAGE_DIR), create=False)
     if base is None:
         return usage, 0
-    try:
+    with safedir.closing(base):
         take(MOUNT_ROOT, base)
         spaces = [only_namespace] if only_namespace else safedir.subdirs(base, dots=True)
         for ns, ns_fd in _open_each(base, spaces, skip_unusable=True):
             take((ns, ""), ns_fd)
             for d, d_fd in _open_each(ns_fd, safedir.subdirs(ns_fd, dots=True)):
                 take((ns, d), d_fd)
-    finally:
-        os.close(base)
     return usage, count
 
 

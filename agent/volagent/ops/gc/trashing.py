@@ -89,7 +89,7 @@ def move(
     claimed."""
     bound = log.get("gc", path=c.path)
     trash_fd = records.ensure_dir(root_fd, (records.AGENT_DIR, trash.TRASH_DIR))
-    try:
+    with safedir.closing(trash_fd):
         now = time.time()
         record = trash.TrashRecord(
             trash.MOVING, c.namespace, c.directory, c.path, now, now_iso(now), who, reason,
@@ -137,8 +137,6 @@ def move(
         record.state = trash.TRASHED
         trash.write(trash_fd, entry, record)
         return Moved(c, entry.name, Outcome.MOVED)
-    finally:
-        os.close(trash_fd)
 
 
 def _open_parent(root_fd: int, c: Candidate) -> int | None:
@@ -183,7 +181,7 @@ def restore(root_fd: int, name: str, mount_point: str) -> str:
     trash_fd = trash.open_trash(root_fd, create=False)
     if trash_fd is None:
         raise TrashError(f"the trash is empty: there is no {name!r}")
-    try:
+    with safedir.closing(trash_fd):
         found = find(trash_fd, name)
         held = found.entry
         target = f"{mp}/{held.relative}"
@@ -218,8 +216,6 @@ def restore(root_fd: int, name: str, mount_point: str) -> str:
         trash.forget(trash_fd, held)
         bound.info("gc_restored", path=target)
         return f"restored {target} from {name}"
-    finally:
-        os.close(trash_fd)
 
 
 def _mark_used(parent_fd: int, leaf: str, whole: bool) -> None:
@@ -228,12 +224,10 @@ def _mark_used(parent_fd: int, leaf: str, whole: bool) -> None:
     fd = records.open_dir(parent_fd, (leaf,), create=False)
     if fd is None:
         return
-    try:
+    with safedir.closing(fd):
         os.utime(fd)
         for d in safedir.subdirs(fd, dots=True) if whole else ():
             os.utime(d, dir_fd=fd, follow_symlinks=False)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -252,7 +246,7 @@ def purge(root_fd: int, cutoff: float, mount_point: str, progress: tree.Progress
         return []
     out: list[Purged] = []
     dev = os.fstat(root_fd).st_dev
-    try:
+    with safedir.closing(trash_fd):
         for found in list(trash.entries(trash_fd)):
             progress.tick()
             held = found.entry
@@ -281,8 +275,6 @@ def purge(root_fd: int, cutoff: float, mount_point: str, progress: tree.Progress
             trash.forget(trash_fd, held)
             bound.info("gc_purged")
             out.append(Purged(held.name, Outcome.PURGED))
-    finally:
-        os.close(trash_fd)
     return out
 
 

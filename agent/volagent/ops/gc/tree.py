@@ -58,12 +58,10 @@ def tree_size(parent_fd: int, name: str, progress: Progress | None = None) -> in
         fd = safedir.open_below(parent_fd, name)
     except OSError:
         return 0
-    try:
+    with safedir.closing(fd):
         st = os.fstat(fd)
         seen: set[int] = set()
         return st.st_blocks * 512 + _size_below(fd, st.st_dev, 1, seen, progress)
-    finally:
-        os.close(fd)
 
 
 def _size_below(fd: int, dev: int, depth: int, seen: set[int], progress: Progress) -> int:
@@ -88,11 +86,9 @@ def _size_below(fd: int, dev: int, depth: int, seen: set[int], progress: Progres
                 child = safedir.open_below(fd, name)
             except OSError:
                 continue
-            try:
+            with safedir.closing(child):
                 if os.fstat(child).st_dev == dev:
                     total += _size_below(child, dev, depth + 1, seen, progress)
-            finally:
-                os.close(child)
     return total
 
 
@@ -109,13 +105,11 @@ def remove_tree(
     except OSError as exc:
         result.problems.append(f"{shown}: cannot open: {exc.strerror}")
         return result
-    try:
+    with safedir.closing(fd):
         if os.fstat(fd).st_dev != dev:
             result.problems.append(f"{shown}: another filesystem is mounted here; left alone")
             return result
         _empty(fd, dev, shown, 1, result=result, progress=progress)
-    finally:
-        os.close(fd)
     if result.complete:
         try:
             os.rmdir(name, dir_fd=parent_fd)
@@ -151,14 +145,12 @@ def _empty(
         except OSError as exc:
             result.problems.append(f"{path}: {exc.strerror}")
             continue
-        try:
+        with safedir.closing(child):
             if os.fstat(child).st_dev != dev:
                 result.problems.append(f"{path}: another filesystem is mounted here; left alone")
                 continue
             before = len(result.problems)
             _empty(child, dev, path, depth + 1, result=result, progress=progress)
-        finally:
-            os.close(child)
         if len(result.problems) == before:
             try:
                 os.rmdir(name, dir_fd=fd)

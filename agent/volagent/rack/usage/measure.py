@@ -276,10 +276,8 @@ def read_sizes(root_fd: int) -> dict[str, dict[str, Any]]:
     d = sizes_dir(root_fd, create=False)
     if d is None:
         return {}
-    try:
+    with safedir.closing(d):
         return {name: rec for name, rec in records.read_records(d) if isinstance(rec, dict)}
-    finally:
-        os.close(d)
 
 
 def list_sizes(root_fd: int) -> list[str]:
@@ -287,14 +285,12 @@ def list_sizes(root_fd: int) -> list[str]:
     d = sizes_dir(root_fd, create=False)
     if d is None:
         return []
-    try:
+    with safedir.closing(d):
         return [
             f[: -len(records.SUFFIX)]
             for f in safedir.list_names(d)
             if f.endswith(records.SUFFIX) and not f.startswith(".")
         ]
-    finally:
-        os.close(d)
 
 
 def read_sizes_of(root_fd: int, namespaces: list[str]) -> dict[str, dict[str, Any]]:
@@ -303,22 +299,17 @@ def read_sizes_of(root_fd: int, namespaces: list[str]) -> dict[str, dict[str, An
     if d is None:
         return {}
     out = {}
-    try:
+    with safedir.closing(d):
         for ns in namespaces:
             rec = records.read_record(d, records.file_name(ns) + records.SUFFIX)
             if rec is not None:
                 out[ns] = rec
-    finally:
-        os.close(d)
     return out
 
 
 def save(root_fd: int, namespace: str, record: dict[str, Any]) -> None:
-    d = records.ensure_dir(root_fd, (records.AGENT_DIR, SIZES_DIR))
-    try:
+    with safedir.closing(records.ensure_dir(root_fd, (records.AGENT_DIR, SIZES_DIR))) as d:
         records.write_record(d, namespace, record)
-    finally:
-        os.close(d)
 
 
 def forget(root_fd: int, gone: list[str]) -> None:
@@ -326,11 +317,9 @@ def forget(root_fd: int, gone: list[str]) -> None:
     d = sizes_dir(root_fd, create=False)
     if d is None:
         return
-    try:
+    with safedir.closing(d):
         for ns in gone:
             records.remove_record(d, ns)
-    finally:
-        os.close(d)
 
 
 def record_of(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import posixpath
 import time
 from collections.abc import Iterable, Iterator
@@ -119,17 +118,12 @@ def write_usage(
     """Blocking: writes each record; the keys written (all of them, or it raised)."""
     root = safedir.open_shared_root(mount_point, dev)
     done = []
-    try:
+    with safedir.closing(root):
         for key, record in batch:
             parts = (records.AGENT_DIR, records.USAGE_DIR, *(p for p in key if p))
-            d = records.open_own_dir(root, parts)
-            try:
+            with safedir.closing(records.open_own_dir(root, parts)) as d:
                 records.write_record(d, host, record.encode())
-            finally:
-                os.close(d)
             done.append(key)
-    finally:
-        os.close(root)
     return done
 
 
@@ -140,13 +134,13 @@ def usage_dirs(root_fd: int) -> Iterator[tuple[Key, int]]:
     usage = records.open_dir(root_fd, (records.AGENT_DIR, records.USAGE_DIR), create=False)
     if usage is None:
         return
-    try:
+    with safedir.closing(usage):
         yield MOUNT_ROOT, usage
         for top in safedir.subdirs(usage, dots=True):
             top_fd = records.open_dir(usage, (top,), create=False)
             if top_fd is None:
                 continue
-            try:
+            with safedir.closing(top_fd):
                 yield (top, ""), top_fd
                 for d in safedir.subdirs(top_fd, dots=True):
                     try:
@@ -155,14 +149,8 @@ def usage_dirs(root_fd: int) -> Iterator[tuple[Key, int]]:
                         continue  # swapped for something else since it was listed
                     if d_fd is None:
                         continue
-                    try:
+                    with safedir.closing(d_fd):
                         yield (top, d), d_fd
-                    finally:
-                        os.close(d_fd)
-            finally:
-                os.close(top_fd)
-    finally:
-        os.close(usage)
 
 
 def own_records(mount_point: str, dev: int | None, host: str) -> dict[Key, list[str]]:
@@ -171,13 +159,11 @@ def own_records(mount_point: str, dev: int | None, host: str) -> dict[Key, list[
     root = safedir.open_shared_root(mount_point, dev)
     found: dict[Key, list[str]] = {}
     name = records.file_name(host) + records.SUFFIX
-    try:
+    with safedir.closing(root):
         for key, fd in usage_dirs(root):
             record = records.read_one(fd, name, UsageRecord)
             if record and record.containers:
                 found[key] = record.binds
-    finally:
-        os.close(root)
     return found
 
 

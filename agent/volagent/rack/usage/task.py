@@ -226,11 +226,8 @@ class UsageWalker:
         mp, dev = st.config.mount_point, st.mount_dev
 
         def call() -> Any:
-            root = safedir.open_shared_root(mp, dev)
-            try:
+            with safedir.closing(safedir.open_shared_root(mp, dev)) as root:
                 return fn(root)
-            finally:
-                os.close(root)
 
         return await self.worker.run(call, READ_TIMEOUT_S, what=what)
 

@@ -12,7 +12,6 @@ Blocking: call these through a TimedWorker.
 
 from __future__ import annotations
 
-import os
 import posixpath
 import time
 from collections.abc import Iterable
@@ -176,14 +175,9 @@ def _expired(
 
 def read_heartbeat(mount_point: str, dev: int | None, host: str) -> dict[str, object] | None:
     """One host's heartbeat record, or None."""
-    root = safedir.open_shared_root(mount_point, dev)
-    try:
+    with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
         hosts = records.open_dir(root, (records.AGENT_DIR, records.HOSTS_DIR), create=False)
-    finally:
-        os.close(root)
     if hosts is None:
         return None
-    try:
+    with safedir.closing(hosts):
         return records.read_record(hosts, records.file_name(host) + records.SUFFIX)
-    finally:
-        os.close(hosts)

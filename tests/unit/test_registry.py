@@ -160,12 +160,22 @@ def other_process_holds_the_lock(mp: Path) -> Iterator[None]:
     base.mkdir(parents=True)
     lock = base / f"{NS}.lock"
     lock.touch()
-    holder = subprocess.Popen(
+    held: list[subprocess.Popen[str]] = []
+    hold(held, lock)
+    try:
+        yield
+    finally:
+        let_go(held)
+
+
+def hold(held: list[subprocess.Popen[str]], lock: Path) -> None:
+    """Another process takes the lock of `lock` (made if missing) and keeps it until `let_go`."""
+    p = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import fcntl, os, sys\n"
-            f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
             "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
             "print('held', flush=True)\n"
             "sys.stdin.read()\n",
@@ -174,14 +184,17 @@ def other_process_holds_the_lock(mp: Path) -> Iterator[None]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    try:
-        yield
-    finally:
-        assert holder.stdin is not None and holder.stdout is not None
-        holder.stdin.close()
-        holder.stdout.close()
-        holder.wait(10)
+    held.append(p)
+    assert p.stdout is not None and p.stdout.readline().strip() == "held"
+
+
+def let_go(held: list[subprocess.Popen[str]]) -> None:
+    for p in held:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.close()
+        p.stdout.close()
+        p.wait(10)
+    held.clear()
 
 
 @pytest.mark.usefixtures("other_process_holds_the_lock")

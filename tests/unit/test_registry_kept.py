@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from tests.testbed.mounts import is_mount_point, umount_lazy
 from tests.testbed.waiting import wait_until
+from tests.unit.test_registry import hold, let_go
 
 from volagent.errors import MountUnhealthy
 from volagent.rack import registry, registry_claim
@@ -65,34 +66,6 @@ def holder() -> Iterator[list[subprocess.Popen[str]]]:
     held: list[subprocess.Popen[str]] = []
     yield held
     let_go(held)
-
-
-def let_go(held: list[subprocess.Popen[str]]) -> None:
-    for p in held:
-        assert p.stdin is not None and p.stdout is not None
-        p.stdin.close()
-        p.stdout.close()
-        p.wait(10)
-    held.clear()
-
-
-def hold(held: list[subprocess.Popen[str]], lock: Path) -> None:
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys\n"
-            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
-            "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
-            "print('held', flush=True)\n"
-            "sys.stdin.read()\n",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    held.append(p)
-    assert p.stdout is not None and p.stdout.readline().strip() == "held"
 
 
 def test_a_second_claim_on_the_same_mount_opens_no_lock_file(mp: Path) -> None:

@@ -24,12 +24,11 @@ import tomli_w
 
 from volagent.errors import ConfigError
 from volagent.values import NAME_RE, Owner, Size, parse_mode, parse_owner
-from volagent.vocabulary import MountType
+from volagent.vocabulary import MountType, OnViolation, OverQuota, WhenUnhealthy
 
 DEFAULT_CONFIG_PATH = "/etc/volagent/volagent.toml"
 DEFAULT_NFS_OPTIONS = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-OVER_QUOTA_ACTIONS = ("warn", "deny")
 
 
 # When an edited key takes effect in a running daemon (the file watch, `systemctl reload`):
@@ -209,15 +208,12 @@ class GuardConfig:
     plugin_socket: str = _doc(
         "the plugin's socket", "/run/docker/plugins/volagent.sock", RESTART, _absolute
     )
-    when_unhealthy: str = _doc(
+    when_unhealthy: WhenUnhealthy = _doc(
         "deny | allow container create/start while the mount is unhealthy",
-        "deny",
+        WhenUnhealthy.DENY,
         LIVE,
-        _one_of("deny", "allow"),
     )
-    violations: str = _doc(
-        "deny | warn on namespace violations", "deny", LIVE, _one_of("deny", "warn")
-    )
+    violations: OnViolation = _doc("deny | warn on namespace violations", OnViolation.DENY, LIVE)
     # app names: checked by their type, when loaded
     privileged_apps: tuple[str, ...] = _doc(
         "apps whose containers may use privilege, host namespaces, added capabilities, "
@@ -272,11 +268,8 @@ class QuotasConfig:
         default=None,
         metadata={"doc": 'limit of an app not in apps, e.g. "100GiB" ("": none)'},
     )
-    over_quota: str = _doc(
-        "warn | deny new creates of an app over its limit",
-        "warn",
-        LIVE,
-        _one_of(*OVER_QUOTA_ACTIONS),
+    over_quota: OverQuota = _doc(
+        "warn | deny new creates of an app over its limit", OverQuota.WARN, LIVE
     )
     apps: dict[str, Size] = field(
         default_factory=dict, metadata={"doc": 'limit per app, e.g. { shop = "50GiB" }'}

@@ -28,6 +28,24 @@ class MountType(StrEnum):
     AUTO, EFS, NFS4, NFS, LOCAL = "auto", "efs", "nfs4", "nfs", "local"
 
 
+class WhenUnhealthy(StrEnum):
+    """`[guard] when_unhealthy`: a create or start while the mount is unhealthy."""
+
+    DENY, ALLOW = "deny", "allow"
+
+
+class OnViolation(StrEnum):
+    """`[guard] violations`: a bind that breaks the namespace rules."""
+
+    DENY, WARN = "deny", "warn"
+
+
+class OverQuota(StrEnum):
+    """`[quotas] over_quota`: a new create of an app over its limit."""
+
+    WARN, DENY = "warn", "deny"
+
+
 class VolumeState(StrEnum):
     """A container's directory on the shared filesystem, as `containers[].volumes[].state`;
     LATE: the container started before its directory was ready."""

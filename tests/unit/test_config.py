@@ -91,7 +91,7 @@ def _wrong_value(kind: Any) -> Any:
     """A TOML value of the wrong type for a field of `kind`."""
     wrong = {"str": 42, "bool": "yes", "int": "many", "float": "fast"}
     wrong.update({"Size | None": 50, "dict[str, Size]": "shop=1GiB", "tuple[str, ...]": "ci"})
-    wrong["MountType"] = 4  # a number where a type name goes
+    wrong.update(dict.fromkeys(["MountType", "WhenUnhealthy", "OnViolation", "OverQuota"], 4))
     return wrong[str(kind)]
 
 

@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 from volagent import config
 from volagent.values import NAME_RE, Size
-from volagent.vocabulary import MountType
+from volagent.vocabulary import MountType, OnViolation, OverQuota, WhenUnhealthy
+
+CONFIG_VOCABULARIES = (MountType, WhenUnhealthy, OnViolation, OverQuota)
 
 ROOT = Path(__file__).resolve().parents[2]
 TOML_BLOCK = re.compile(r"^([ \t]*)```toml\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
@@ -43,7 +45,7 @@ BY_TYPE: dict[str, st.SearchStrategy[Any]] = {
     "dict[str, Size]": st.dictionaries(NAMES, SIZES, max_size=4),
     "list[str]": st.lists(NAMES, max_size=4),
     "tuple[str, ...]": st.lists(NAMES, max_size=4).map(tuple),
-    "MountType": st.sampled_from(MountType),
+    **{vocabulary.__name__: st.sampled_from(vocabulary) for vocabulary in CONFIG_VOCABULARIES},
 }
 
 

@@ -67,7 +67,7 @@ from volagent.guard.protocol import (
 from volagent.httpserver import HttpServer, Request, Response
 from volagent.rack.registry_task import request_ref
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
-from volagent.vocabulary import MountType, VolumeState
+from volagent.vocabulary import MountType, OnViolation, VolumeState, WhenUnhealthy
 from volagent.volumes.namespace import Bind
 from volagent.volumes.preparer import Allowed, ContainerSpec, Preparer, Refused
 
@@ -491,7 +491,7 @@ class Guard:
             if denial is not None:
                 return denial
         healthy = self.state.mount_healthy
-        deny_violations = self.state.config.guard.violations == "deny"
+        deny_violations = self.state.config.guard.violations == OnViolation.DENY
         if known is None:
             # not in the table (yet): volagent has just started and the Docker watch has not
             # looked at every container, or the answer to its create went astray. Docker
@@ -506,7 +506,7 @@ class Guard:
                 return None
             if not healthy:
                 hosts = [v.host for v in known.volumes]
-                if self.state.config.guard.when_unhealthy == "deny":
+                if self.state.config.guard.when_unhealthy == WhenUnhealthy.DENY:
                     return messages.unhealthy(self.state.mount, who, hosts, where.action)
                 return None
             bad = [v for v in known.volumes if v.state == VolumeState.VIOLATION]

@@ -12,6 +12,7 @@ from volagent.config import QuotasConfig
 from volagent.state import AgentState
 from volagent.terminal import format_size
 from volagent.values import Size
+from volagent.vocabulary import OverQuota
 
 
 def over(cfg: QuotasConfig, used: dict[str, int]) -> dict[str, tuple[int, Size]]:
@@ -24,9 +25,11 @@ def over(cfg: QuotasConfig, used: dict[str, int]) -> dict[str, tuple[int, Size]]
     return out
 
 
-def warning(app: str, used: int, limit: Size, action: str) -> str:
+def warning(app: str, used: int, limit: Size, action: OverQuota) -> str:
     then = (
-        "new creates of this app are denied" if action == "deny" else "nothing is denied or deleted"
+        "new creates of this app are denied"
+        if action == OverQuota.DENY
+        else "nothing is denied or deleted"
     )
     size = format_size(used, sep="")  # as the config writes sizes, like the limit beside it
     return (
@@ -38,7 +41,7 @@ def warning(app: str, used: int, limit: Size, action: str) -> str:
 def refusal(state: AgentState, app: str) -> str | None:
     """Why a new create of `app` is refused for its quota, or None. For the start guard:
     only with `[quotas] over_quota = "deny"` and only while the app is over its limit."""
-    if state.config.quotas.over_quota != "deny" or not app:
+    if state.config.quotas.over_quota != OverQuota.DENY or not app:
         return None
     reason = state.over_quota.get(app)
     if reason is None:

@@ -26,7 +26,12 @@ from volagent.rack import quotas
 from volagent.rack.registry_task import Registry
 from volagent.rack.usage.recorder import key_of
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
-from volagent.vocabulary import SETTLED_VOLUME_STATES, VolumeState
+from volagent.vocabulary import (
+    SETTLED_VOLUME_STATES,
+    OnViolation,
+    VolumeState,
+    WhenUnhealthy,
+)
 from volagent.volumes import directories, locate, mount_check, namespace, trashcheck
 from volagent.worker import TimedWorker
 
@@ -207,7 +212,7 @@ class Preparer:
         if outcome is None:
             return Allowed([])
         self.check_nesting(outcome)
-        if outcome.violations and self.state.config.guard.violations == "deny":
+        if outcome.violations and self.state.config.guard.violations == OnViolation.DENY:
             return Refused("violations", outcome)
         over_quota = quotas.refusal(self.state, outcome.identity.app)
         if over_quota:
@@ -239,10 +244,10 @@ class Preparer:
     ) -> Allowed | Refused:
         """After rule 7: violations, the mount's health, the walk (a start's is tracked)."""
         guard = self.state.config.guard
-        if outcome.violations and guard.violations == "deny":
+        if outcome.violations and guard.violations == OnViolation.DENY:
             return Refused("violations", outcome)
         if not healthy:
-            if guard.when_unhealthy == "deny":
+            if guard.when_unhealthy == WhenUnhealthy.DENY:
                 return Refused("unhealthy", outcome, outcome.volumes)
             return Allowed(outcome.volumes, outcome.identity)
         budget = self.state.config.directories.timeout_s + PREPARE_GRACE_S
@@ -254,10 +259,10 @@ class Preparer:
                 if vol.state not in (VolumeState.VIOLATION, VolumeState.READY):
                     late = f"did not finish within {budget:g}s: the filesystem is not answering"
                     vol.state, vol.error = VolumeState.FAILED, f"preparing {vol.host} {late}"
-        if outcome.violations and guard.violations == "deny":
+        if outcome.violations and guard.violations == OnViolation.DENY:
             return Refused("violations", outcome)
         pending = [v for v in outcome.volumes if v.state == VolumeState.PENDING]
-        if pending and guard.when_unhealthy == "deny":
+        if pending and guard.when_unhealthy == WhenUnhealthy.DENY:
             return Refused("unhealthy", outcome, pending)
         failed = [v for v in outcome.volumes if v.state == VolumeState.FAILED]
         if failed:

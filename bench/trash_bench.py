@@ -1,8 +1,8 @@
 """What the trash check costs the preparer: `trashcheck.prepare_path` (mark the namespace used,
 look in the trash, then the directory walk) against the bare walk from the mount point
 (`directories.prepare_below`), for a bind whose directories already exist (the common
-create), on a tmpfs and through a bindfs FUSE mount (a user-space server answers every lookup, like a network filesystem), with a
-trash holding TRASH_ENTRIES entries.
+create), on a tmpfs and through a bindfs FUSE mount (a user-space server answers every
+lookup, like a network filesystem), with a trash holding TRASH_ENTRIES entries.
 
 The two take turns in each round, so both see the same machine noise; the figures are
 p50/p99 of each and their ratio. Nothing here asserts a threshold. Needs root (mounts).

@@ -62,6 +62,11 @@ def _like(pattern: str, what: str) -> Check:
     return _rule(lambda v: not v or bool(re.fullmatch(pattern, v, re.DOTALL)), "{v} is not " + what)
 
 
+def _words(vocabulary: type[StrEnum]) -> str:
+    """A closed vocabulary as the reference and the errors spell it: `deny | warn`."""
+    return " | ".join(vocabulary)
+
+
 def _one_of(*choices: str) -> Check:
     return _rule(lambda v: v in choices, "{v} is not one of " + " | ".join(choices))
 
@@ -95,7 +100,7 @@ _SECONDS = _between(0.05, 3600, " seconds")
 
 @dataclass(frozen=True)
 class MountConfig:
-    type: MountType = _doc("auto | efs | nfs4 | nfs | local", MountType.AUTO, REMOUNT)
+    type: MountType = _doc(_words(MountType), MountType.AUTO, REMOUNT)
     file_system_id: str = _doc(
         "fs-..., or discover by tag", "", REMOUNT, _like(r"fs-[0-9a-f]{1,40}", "like fs-0123abcd")
     )
@@ -209,11 +214,13 @@ class GuardConfig:
         "the plugin's socket", "/run/docker/plugins/volagent.sock", RESTART, _absolute
     )
     when_unhealthy: WhenUnhealthy = _doc(
-        "deny | allow container create/start while the mount is unhealthy",
+        f"{_words(WhenUnhealthy)} container create/start while the mount is unhealthy",
         WhenUnhealthy.DENY,
         LIVE,
     )
-    violations: OnViolation = _doc("deny | warn on namespace violations", OnViolation.DENY, LIVE)
+    violations: OnViolation = _doc(
+        f"{_words(OnViolation)} on namespace violations", OnViolation.DENY, LIVE
+    )
     # app names: checked by their type, when loaded
     privileged_apps: tuple[str, ...] = _doc(
         "apps whose containers may use privilege, host namespaces, added capabilities, "
@@ -269,7 +276,7 @@ class QuotasConfig:
         metadata={"doc": 'limit of an app not in apps, e.g. "100GiB" ("": none)'},
     )
     over_quota: OverQuota = _doc(
-        "warn | deny new creates of an app over its limit", OverQuota.WARN, LIVE
+        f"{_words(OverQuota)} new creates of an app over its limit", OverQuota.WARN, LIVE
     )
     apps: dict[str, Size] = field(
         default_factory=dict, metadata={"doc": 'limit per app, e.g. { shop = "50GiB" }'}
@@ -341,7 +348,7 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         return _build(kind, value, f"{key}.")
     if isinstance(kind, type) and issubclass(kind, StrEnum):
         if type(value) is not str or value not in set(kind):
-            raise ConfigError(key, f"{value!r} is not one of {' | '.join(kind)}")
+            raise ConfigError(key, f"{value!r} is not one of {_words(kind)}")
         return kind(value)
     if kind in (bool, int, str):
         if type(value) is not kind:

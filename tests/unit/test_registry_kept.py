@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.testbed.mounts import is_mount_point, umount_lazy
-from tests.testbed.waiting import wait_until
+from tests.testbed.mounts import umount_lazy
 from tests.unit.test_registry import hold, let_go
+from tests.unit.test_roundtrips import counting_mount
 
 from volagent.errors import MountUnhealthy
 from volagent.rack import registry, registry_claim
@@ -203,33 +203,27 @@ def test_a_lock_file_left_on_a_hung_mount_gone_does_not_hold_up_claims(tmp_path:
     the lock files kept on it are let go as others are claimed, and closing a file there
     waits on a server that does not answer (the FUSE stand-in, stopped). Claims on the new
     mount must not wait on it; the namespace's later claims not find it busy forever."""
-    backing, mp = tmp_path / "backing", tmp_path / "mp"
-    backing.mkdir()
-    mp.mkdir()
-    log = tmp_path / "ops.log"
-    log.touch()
-    argv = ["-m", "tests.testbed.counting_fs", str(backing), str(mp), str(log)]
-    server = subprocess.Popen([sys.executable, *argv])
-    try:
-        wait_until(lambda: is_mount_point(str(mp)), "the stand-in's mount", timeout=30)
-        with registry.locked(str(mp), os.stat(mp).st_dev, "r1-hung", time.monotonic() + 5, epoch=1):
-            pass
-        umount_lazy(str(mp))
-        server.send_signal(signal.SIGSTOP)
-        dev = os.stat(mp).st_dev
-
-        def claims() -> None:
-            for i in range(registry.KEPT_LOCK_FILES + 1):
-                with registry.locked(str(mp), dev, f"r1-n{i}", time.monotonic() + 5, epoch=2):
-                    pass
-            with registry.locked(str(mp), dev, "r1-hung", time.monotonic() + 5, epoch=2):
+    with counting_mount(tmp_path) as (counted, server):
+        mp = counted.mount_point
+        try:
+            with registry.locked(
+                str(mp), os.stat(mp).st_dev, "r1-hung", time.monotonic() + 5, epoch=1
+            ):
                 pass
+            umount_lazy(str(mp))
+            server.send_signal(signal.SIGSTOP)
+            dev = os.stat(mp).st_dev
 
-        worker = threading.Thread(target=claims, daemon=True)
-        worker.start()
-        worker.join(10)
-        assert not worker.is_alive(), "a claim on the new mount waits on the hung one"
-    finally:
-        server.send_signal(signal.SIGCONT)
-        server.terminate()
-        server.wait(30)
+            def claims() -> None:
+                for i in range(registry.KEPT_LOCK_FILES + 1):
+                    with registry.locked(str(mp), dev, f"r1-n{i}", time.monotonic() + 5, epoch=2):
+                        pass
+                with registry.locked(str(mp), dev, "r1-hung", time.monotonic() + 5, epoch=2):
+                    pass
+
+            worker = threading.Thread(target=claims, daemon=True)
+            worker.start()
+            worker.join(10)
+            assert not worker.is_alive(), "a claim on the new mount waits on the hung one"
+        finally:
+            server.send_signal(signal.SIGCONT)  # the stand-in's end then unmounts and ends it

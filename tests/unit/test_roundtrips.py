@@ -11,6 +11,7 @@ client answers some of these from its caches; `make bench-vm` counts what it rea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -60,8 +61,10 @@ class Counted:
         return self.ops() - before, result
 
 
-@pytest.fixture
-def counted(tmp_path: Path) -> Iterator[Counted]:
+@contextlib.contextmanager
+def counting_mount(tmp_path: Path) -> Iterator[tuple[Counted, subprocess.Popen[bytes]]]:
+    """The counting FUSE stand-in mounted at `tmp_path`/mp over `tmp_path`/backing, and its
+    server's process; unmounted and ended when the block is left."""
     backing = tmp_path / "backing"
     backing.mkdir()
     mount_point = tmp_path / "mp"
@@ -77,11 +80,17 @@ def counted(tmp_path: Path) -> Iterator[Counted]:
             timeout=30,
         )
         assert server.poll() is None, "the counting filesystem did not start"
-        yield Counted(mount_point, backing, log, os.stat(mount_point).st_dev)
+        yield Counted(mount_point, backing, log, os.stat(mount_point).st_dev), server
     finally:
         umount_lazy(str(mount_point))
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture
+def counted(tmp_path: Path) -> Iterator[Counted]:
+    with counting_mount(tmp_path) as (c, _):
+        yield c
 
 
 def aged(backing: Path, *rels: str) -> None:

@@ -3,7 +3,10 @@ the shared filesystem's mount point, healthy unless a test says otherwise."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +54,17 @@ def make_state(
     if docker_state is not None:
         st.set_docker_state(DockerState(docker_state))
     return st
+
+
+@contextlib.contextmanager
+def directory_timeout(st: AgentState, seconds: float) -> Iterator[None]:
+    """`st` gives up on a directory walk (or a registry claim) after `seconds` meanwhile: for
+    a test that waits for the timeout. Elsewhere the default stays, generous enough that a
+    loaded machine times nothing out that a test expects to succeed."""
+    config = st.config
+    directories = dataclasses.replace(config.directories, timeout_s=seconds)
+    st.config = dataclasses.replace(config, directories=directories)
+    try:
+        yield
+    finally:
+        st.config = config

@@ -31,11 +31,8 @@ CID = "f" * 64
 
 
 def make_state(mp: Path, **guard: Any) -> AgentState:
-    """A state whose guard is on (with `guard` over its defaults) and gives up on a
-    directory walk after half a second."""
-    return factories.make_state(
-        mp, guard={"enabled": True, **guard}, directories={"timeout_s": 0.5}
-    )
+    """A state whose guard is on (with `guard` over its defaults)."""
+    return factories.make_state(mp, guard={"enabled": True, **guard})
 
 
 @pytest.fixture
@@ -222,12 +219,15 @@ def test_when_unhealthy_allow_lets_them_through(mp: Path, worker: TimedWorker) -
     assert os.listdir(mp) == []  # never created while the mount is not the shared one
 
 
-def test_a_stuck_filesystem_is_a_deny_in_time(guard: Guard, worker: TimedWorker, mp: Path) -> None:
+def test_a_stuck_filesystem_is_a_deny_in_time(
+    guard: Guard, state: AgentState, worker: TimedWorker, mp: Path
+) -> None:
     # the worker's only thread is stuck, as it would be in the kernel on a hung mount
     release = threading.Event()
     worker.submit(release.wait)
     try:
-        answer = create(guard, f"{mp}/r1-a/web/data:/data")
+        with factories.directory_timeout(state, 0.5):
+            answer = create(guard, f"{mp}/r1-a/web/data:/data")
     finally:
         release.set()
     assert answer["Allow"] is False

@@ -27,7 +27,7 @@ def worker() -> Iterator[TimedWorker]:
 
 @pytest.fixture
 def state(mp: Path) -> AgentState:
-    return factories.make_state(mp, guard={"enabled": True}, directories={"timeout_s": 0.5})
+    return factories.make_state(mp, guard={"enabled": True})
 
 
 class Volumes:

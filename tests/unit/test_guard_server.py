@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.factories import make_state
+from tests.unit.factories import directory_timeout, make_state
 
 from volagent.guard.plugin import Guard
 from volagent.httpserver import HttpServer
@@ -44,9 +44,7 @@ class Served:
         self.mp = tmp / "mp"
         self.mp.mkdir()
         self.socket = str(tmp / "guard.sock")
-        self.state = make_state(
-            self.mp, docker_state=None, guard={"enabled": True}, directories={"timeout_s": 0.5}
-        )
+        self.state = make_state(self.mp, docker_state=None, guard={"enabled": True})
         self.worker = TimedWorker("test-guard", max_threads=1)
         self.guard = Guard(self.state, Preparer(self.state, self.worker))
         self.server: HttpServer = self.guard.server()
@@ -153,13 +151,14 @@ def test_stop_answers_the_request_in_progress(served: Served) -> None:
         result["answer"] = post(conn, "/AuthZPlugin.AuthZReq", authz("/containers/create", body))
 
     try:
-        asker = threading.Thread(target=ask)
-        asker.start()
-        # the stop begins while the request is being decided
-        while not served.server.busy:
-            threading.Event().wait(0.01)
-        served.call(served.server.close(grace=10))
-        asker.join(30)
+        with directory_timeout(served.state, 0.5):
+            asker = threading.Thread(target=ask)
+            asker.start()
+            # the stop begins while the request is being decided
+            while not served.server.busy:
+                threading.Event().wait(0.01)
+            served.call(served.server.close(grace=10))
+            asker.join(30)
     finally:
         release.set()
         conn.close()

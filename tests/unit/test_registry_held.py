@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.factories import make_state
+from tests.unit.factories import directory_timeout, make_state
 
 from volagent import log
 from volagent.mount.report import Reporter
@@ -25,6 +25,7 @@ from volagent.rack.registry_task import Registry
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 
 NS = "r1-evil"
+SHORT_TIMEOUT_S = 0.5  # how long a claim waits for a lock held elsewhere
 
 
 def registry_file(mp: Path) -> Path:
@@ -37,9 +38,10 @@ def entries(mp: Path) -> list[tuple[str, str, str]]:
 
 
 @contextlib.contextmanager
-def lock_held_elsewhere(mp: Path) -> Iterator[None]:
+def lock_held_elsewhere(mp: Path, st: AgentState) -> Iterator[None]:
     """Another process (another host, as far as fcntl locks go) holds the namespace's lock:
-    a claim that makes a transaction waits for it and fails by its deadline."""
+    a claim that makes a transaction waits for it and fails by its deadline, which is
+    short meanwhile (and generous otherwise, so that a loaded machine fails no claim)."""
     lock = mp / ".volagent" / "registry" / f"{NS}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.touch()
@@ -56,7 +58,8 @@ def lock_held_elsewhere(mp: Path) -> Iterator[None]:
     assert holder.stdin is not None and holder.stdout is not None
     try:
         assert holder.stdout.readline().strip() == "held"
-        yield
+        with directory_timeout(st, SHORT_TIMEOUT_S):
+            yield
     finally:
         holder.stdin.close()
         holder.stdout.close()
@@ -64,12 +67,7 @@ def lock_held_elsewhere(mp: Path) -> Iterator[None]:
 
 
 def alive(mp: Path, host: str = "h1", **sections: object) -> AgentState:
-    st = make_state(
-        mp,
-        host=host,
-        directories={"timeout_s": 0.5},
-        **sections,  # type: ignore[arg-type]
-    )
+    st = make_state(mp, host=host, **sections)  # type: ignore[arg-type]
     st.heartbeat_at = time.time()  # as the heartbeat task sets it
     st.containers_listed.set()
     return st
@@ -112,7 +110,7 @@ async def test_a_claim_of_a_path_this_host_holds_makes_no_transaction(mp: Path) 
         await reg.claim(first, plans, "c1", "one")
         assert first[0].state != "failed" and claims(st, "registered") == 1
         # the lock is held elsewhere now: a transaction would wait and fail by its deadline
-        with lock_held_elsewhere(mp):
+        with lock_held_elsewhere(mp, st):
             again, plans = volumes_of(path)
             await reg.claim(again, plans, "c2", "two")
             assert again[0].state != "failed", again[0].error
@@ -136,7 +134,7 @@ async def test_a_held_path_is_claimed_under_the_lock_when_the_heartbeat_is_not_f
     async with registry_of(st) as reg:
         await reg.claim(*volumes_of(path), "c1", "")
         st.heartbeat_at = time.time() - st.config.health.forget_after_s
-        with lock_held_elsewhere(mp):
+        with lock_held_elsewhere(mp, st):
             again, plans = volumes_of(path)
             await reg.claim(again, plans, "c2", "")
             assert again[0].state == "failed"
@@ -151,7 +149,7 @@ async def test_a_held_path_is_claimed_under_the_lock_while_0_2_hosts_bind(mp: Pa
     async with registry_of(st) as reg:
         await reg.claim(*volumes_of(path), "c1", "")
         reg.legacy_hosts["old-host"] = time.time()
-        with lock_held_elsewhere(mp):
+        with lock_held_elsewhere(mp, st):
             again, plans = volumes_of(path)
             await reg.claim(again, plans, "c2", "")
             assert again[0].state == "failed"
@@ -165,7 +163,7 @@ async def test_a_held_path_is_claimed_under_the_lock_once_the_filesystem_changed
         await reg.claim(*volumes_of(path), "c1", "")
         assert st.mount_dev is not None
         st.mount_dev += 1  # remounted: another filesystem, as far as volagent knows
-        with lock_held_elsewhere(mp):
+        with lock_held_elsewhere(mp, st):
             again, plans = volumes_of(path)
             await reg.claim(again, plans, "c2", "")
             assert again[0].state == "failed"
@@ -329,7 +327,7 @@ async def test_a_held_path_is_claimed_under_the_lock_once_the_host_id_changed(mp
     async with registry_of(st) as reg:
         await reg.claim(*volumes_of(path), "c1", "")
         st.host_id = "i-0abc"  # instance metadata answered, or the config named the host
-        with lock_held_elsewhere(mp):
+        with lock_held_elsewhere(mp, st):
             again, plans = volumes_of(path)
             await reg.claim(again, plans, "c2", "")
             assert again[0].state == "failed"
@@ -342,7 +340,7 @@ async def test_a_claim_given_up_on_writes_nothing_after_the_keepers_next_pass(
     """A claim's job that waited for a thread of the worker must not write once its caller
     has given up: the keeper's next pass, which removes what the refused create left, may
     already have run, and an entry landing after it would hold the path for nobody."""
-    st = alive(mp)
+    st = alive(mp, directories={"timeout_s": SHORT_TIMEOUT_S})
     path = f"{mp}/{NS}/web/data"
     go = threading.Event()
     legacy_binds = registry_task.binds.legacy_binds
@@ -403,7 +401,7 @@ async def test_a_held_path_is_claimed_under_the_lock_after_a_remount_on_the_same
         Reporter(st, lambda: None, log.get("test")).mounting()  # unmounted, mounting again
         st.set_mount_state("mounted")
         st.mount_dev = dev  # the number the old mount freed, given to the new one
-        with lock_held_elsewhere(mp):
+        with lock_held_elsewhere(mp, st):
             again, plans = volumes_of(path)
             await reg.claim(again, plans, "c2", "")
             assert again[0].state == "failed"

@@ -142,3 +142,24 @@ def test_no_state_is_compared_as_a_string_literal() -> None:
 )
 def test_the_scan_finds_literal_states(line: str) -> None:
     assert _LITERAL_STATE.search(line)
+
+
+def test_mypy_strict_refuses_a_misspelt_state(tmp_path: Path) -> None:
+    """A misspelt member, or a bare string where a state goes, fails `make lint`."""
+    from mypy import api
+
+    snippet = tmp_path / "misspelt.py"
+    snippet.write_text(
+        "from volagent.state import AgentState\n"
+        "from volagent.vocabulary import MountState\n"
+        "def f(st: AgentState) -> None:\n"
+        "    st.set_mount_state(MountState.MOUNTD)\n"
+        '    st.set_mount_state("mounted")\n'
+    )
+    project = AGENT.parent.parent / "pyproject.toml"
+    out, _, status = api.run(
+        ["--config-file", str(project), "--cache-dir", str(tmp_path / "cache"), str(snippet)]
+    )
+    assert status == 1
+    assert '"type[MountState]" has no attribute "MOUNTD"' in out
+    assert 'incompatible type "str"; expected "MountState"' in out

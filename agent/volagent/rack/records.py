@@ -93,12 +93,11 @@ def open_own_dir(root_fd: int, parts: Sequence[str]) -> int:
     parent = open_own_existing(root_fd, parts[:-1]) if len(parts) > 1 else None
     if parent is None:
         return ensure_dir(root_fd, parts)
-    try:
-        fd = _open_or_make(parent, parts[-1], True)
-    except OSError as exc:
-        raise RecordError(f"cannot make {'/'.join(parts)}: {exc.strerror}") from None
-    finally:
-        os.close(parent)
+    with safedir.closing(parent):
+        try:
+            fd = _open_or_make(parent, parts[-1], True)
+        except OSError as exc:
+            raise RecordError(f"cannot make {'/'.join(parts)}: {exc.strerror}") from None
     if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev:  # pragma: no cover - a mount made now
         os.close(fd)
         raise RecordError(f"{'/'.join(parts)} is on another filesystem")

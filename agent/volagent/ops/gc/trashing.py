@@ -117,21 +117,20 @@ def move(
         if parent is None:
             trash.forget(trash_fd, entry)
             return Moved(c, None, Outcome.GONE)
-        try:
-            name = c.namespace if c.directory is None else c.directory
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            if not stat.S_ISDIR(st.st_mode) or st.st_dev != os.fstat(root_fd).st_dev:
-                raise TrashError(f"{c.path} is no longer a directory of the shared filesystem")
-            os.rename(name, entry.name, src_dir_fd=parent, dst_dir_fd=trash_fd)
-        except FileNotFoundError:
-            trash.forget(trash_fd, entry)
-            bound.info("gc_gone", entry=entry.name)
-            return Moved(c, None, Outcome.GONE)
-        except BaseException:
-            trash.forget(trash_fd, entry)
-            raise
-        finally:
-            os.close(parent)
+        with safedir.closing(parent):
+            try:
+                name = c.namespace if c.directory is None else c.directory
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode) or st.st_dev != os.fstat(root_fd).st_dev:
+                    raise TrashError(f"{c.path} is no longer a directory of the shared filesystem")
+                os.rename(name, entry.name, src_dir_fd=parent, dst_dir_fd=trash_fd)
+            except FileNotFoundError:
+                trash.forget(trash_fd, entry)
+                bound.info("gc_gone", entry=entry.name)
+                return Moved(c, None, Outcome.GONE)
+            except BaseException:
+                trash.forget(trash_fd, entry)
+                raise
         progress.tick()
         bound.info("gc_moved", entry=entry.name, size=c.size)
         record.state = trash.TRASHED
@@ -198,21 +197,20 @@ def restore(root_fd: int, name: str, mount_point: str) -> str:
             root_fd, (held.namespace,) if held.directory is not None else ()
         )
         leaf = held.namespace if held.directory is None else held.directory
-        try:
-            rename_noreplace(trash_fd, name, parent, leaf)
-            with contextlib.suppress(OSError):
-                _mark_used(parent, leaf, whole=held.directory is None)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            raise TrashError(
-                f"{target} exists again (made after the move, e.g. by a container started "
-                f"without the guard): move whatever in it matters into "
-                f"{mp}/{records.AGENT_DIR}/{trash.TRASH_DIR}/{name}, remove {target}, then run "
-                f"`volagent gc --restore {name}` again"
-            ) from None
-        finally:
-            os.close(parent)
+        with safedir.closing(parent):
+            try:
+                rename_noreplace(trash_fd, name, parent, leaf)
+                with contextlib.suppress(OSError):
+                    _mark_used(parent, leaf, whole=held.directory is None)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                raise TrashError(
+                    f"{target} exists again (made after the move, e.g. by a container started "
+                    f"without the guard): move whatever in it matters into "
+                    f"{mp}/{records.AGENT_DIR}/{trash.TRASH_DIR}/{name}, remove {target}, "
+                    f"then run `volagent gc --restore {name}` again"
+                ) from None
         trash.forget(trash_fd, held)
         bound.info("gc_restored", path=target)
         return f"restored {target} from {name}"

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from volagent import safedir
@@ -69,6 +69,25 @@ def open_dir(root_fd: int, parts: Sequence[str], create: bool) -> int | None:
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_each(
+    parent_fd: int, names: Iterable[str], *, skip_unusable: bool = False
+) -> Iterator[tuple[str, int]]:
+    """(name, descriptor) of each directory `names` below `parent_fd` that is still there; the
+    descriptor is closed when the next one is asked for. With `skip_unusable`, a name that is
+    not a directory of this filesystem is passed over instead of raising RecordError."""
+    for name in names:
+        try:
+            fd = open_dir(parent_fd, (name,), create=False)
+        except RecordError:
+            if not skip_unusable:
+                raise
+            continue
+        if fd is None:
+            continue
+        with safedir.closing(fd):
+            yield name, fd
 
 
 def _open_or_make(parent_fd: int, name: str, create: bool) -> int:

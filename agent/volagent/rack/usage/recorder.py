@@ -136,21 +136,12 @@ def usage_dirs(root_fd: int) -> Iterator[tuple[Key, int]]:
         return
     with safedir.closing(usage):
         yield MOUNT_ROOT, usage
-        for top in safedir.subdirs(usage, dots=True):
-            top_fd = records.open_dir(usage, (top,), create=False)
-            if top_fd is None:
-                continue
-            with safedir.closing(top_fd):
-                yield (top, ""), top_fd
-                for d in safedir.subdirs(top_fd, dots=True):
-                    try:
-                        d_fd = records.open_dir(top_fd, (d,), create=False)
-                    except VolagentError:
-                        continue  # swapped for something else since it was listed
-                    if d_fd is None:
-                        continue
-                    with safedir.closing(d_fd):
-                        yield (top, d), d_fd
+        for top, top_fd in records.open_each(usage, safedir.subdirs(usage, dots=True)):
+            yield (top, ""), top_fd
+            # one swapped for something else since it was listed is skipped
+            dirs = safedir.subdirs(top_fd, dots=True)
+            for d, d_fd in records.open_each(top_fd, dirs, skip_unusable=True):
+                yield (top, d), d_fd
 
 
 def own_records(mount_point: str, dev: int | None, host: str) -> dict[Key, list[str]]:

@@ -83,12 +83,11 @@ def _size_below(fd: int, dev: int, depth: int, seen: set[int], progress: Progres
         total += st.st_blocks * 512
         if stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
             try:
-                child = safedir.open_below(fd, name)
-            except OSError:
+                child = safedir.open_on(fd, name, dev)
+            except (OSError, safedir.OtherDevice):
                 continue
             with safedir.closing(child):
-                if os.fstat(child).st_dev == dev:
-                    total += _size_below(child, dev, depth + 1, seen, progress)
+                total += _size_below(child, dev, depth + 1, seen, progress)
     return total
 
 

@@ -338,10 +338,9 @@ class _KeptHandles:
 def _at_path(mount_point: str) -> tuple[int, int] | None:
     """The device and inode of the registry's directory by its path: a kept one is another
     once renamed or removed by hand (hosts open the one of that name)."""
+    path = os.path.join(mount_point, records.AGENT_DIR, REGISTRY_DIR)
     try:
-        st = os.stat(
-            os.path.join(mount_point, records.AGENT_DIR, REGISTRY_DIR), follow_symlinks=False
-        )
+        st = os.stat(path, follow_symlinks=False)
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
@@ -349,10 +348,9 @@ def _at_path(mount_point: str) -> tuple[int, int] | None:
 
 def _named(dir_fd: int, namespace: str, mine: os.stat_result) -> bool:
     """Whether the namespace's lock file by its name is the file `mine` is of."""
+    name = records.file_name(namespace) + LOCK_SUFFIX
     try:
-        st = os.stat(
-            records.file_name(namespace) + LOCK_SUFFIX, dir_fd=dir_fd, follow_symlinks=False
-        )
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return False
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)

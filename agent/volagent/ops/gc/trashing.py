@@ -113,7 +113,10 @@ def move(
             trash.forget(trash_fd, entry)
             bound.info("gc_kept", entry=entry.name, why="used since the listing")
             return Moved(c, None, Outcome.KEPT)
-        parent = _open_parent(root_fd, c)
+        if c.directory is None:
+            parent: int | None = os.dup(root_fd)
+        else:
+            parent = records.open_dir(root_fd, (c.namespace,), create=False)
         if parent is None:
             trash.forget(trash_fd, entry)
             return Moved(c, None, Outcome.GONE)
@@ -136,12 +139,6 @@ def move(
         record.state = trash.TRASHED
         trash.write(trash_fd, entry, record)
         return Moved(c, entry.name, Outcome.MOVED)
-
-
-def _open_parent(root_fd: int, c: Candidate) -> int | None:
-    if c.directory is None:
-        return os.dup(root_fd)
-    return records.open_dir(root_fd, (c.namespace,), create=False)
 
 
 def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> None:

@@ -26,13 +26,11 @@ class Progress:
     """The time of the last entry a walk reached, read by a watchdog in another thread."""
 
     last: float = field(default_factory=time.monotonic)
-    entries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def tick(self) -> None:
         with self._lock:
             self.last = time.monotonic()
-            self.entries += 1
 
     def idle_for(self) -> float:
         with self._lock:
@@ -41,9 +39,8 @@ class Progress:
 
 @dataclass
 class Removal:
-    """What removing a tree came to: entries removed, and what could not be."""
+    """What removing a tree came to: what could not be removed."""
 
-    removed: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -112,7 +109,6 @@ def remove_tree(
     if result.complete:
         try:
             os.rmdir(name, dir_fd=parent_fd)
-            result.removed += 1
         except OSError as exc:
             result.problems.append(f"{shown}: cannot remove: {exc.strerror}")
     return result
@@ -133,7 +129,6 @@ def _empty(
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 os.unlink(name, dir_fd=fd)  # a symlink is removed itself, never followed
-                result.removed += 1
                 continue
             if depth >= MAX_DEPTH:
                 result.problems.append(f"{path}: deeper than {MAX_DEPTH} levels; left alone")
@@ -153,6 +148,5 @@ def _empty(
         if len(result.problems) == before:
             try:
                 os.rmdir(name, dir_fd=fd)
-                result.removed += 1
             except OSError as exc:
                 result.problems.append(f"{path}: cannot remove: {exc.strerror}")

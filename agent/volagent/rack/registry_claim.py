@@ -122,11 +122,8 @@ def set_own(
     paths = {e.path for e in live}
     with locked(mount_point, dev, ns, deadline, counts=counts, epoch=epoch) as tx:
         held = {e.path for e in tx.entries if e.host == host}
-
-        def gone(e: Entry) -> bool:
-            return e.host == host and e.path not in paths
-
-        after = merged(tx.entries, [e for e in live if e.path not in held], gone)
+        fresh = [e for e in live if e.path not in held]
+        after = merged(tx.entries, fresh, lambda e: e.host == host and e.path not in paths)
         if changed(tx.entries, after):
             tx.write(after)
     return counts

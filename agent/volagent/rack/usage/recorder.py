@@ -116,9 +116,8 @@ def write_usage(
     mount_point: str, dev: int | None, host: str, batch: list[tuple[Key, UsageRecord]]
 ) -> list[Key]:
     """Blocking: writes each record; the keys written (all of them, or it raised)."""
-    root = safedir.open_shared_root(mount_point, dev)
     done = []
-    with safedir.closing(root):
+    with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
         for key, record in batch:
             parts = (records.AGENT_DIR, records.USAGE_DIR, *(p for p in key if p))
             with safedir.closing(records.open_own_dir(root, parts)) as d:
@@ -147,10 +146,9 @@ def usage_dirs(root_fd: int) -> Iterator[tuple[Key, int]]:
 def own_records(mount_point: str, dev: int | None, host: str) -> dict[Key, list[str]]:
     """Blocking: the directories this host's records (of an earlier run too) say it uses,
     with the binds they list; those listing no container are left out."""
-    root = safedir.open_shared_root(mount_point, dev)
     found: dict[Key, list[str]] = {}
     name = records.file_name(host) + records.SUFFIX
-    with safedir.closing(root):
+    with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
         for key, fd in usage_dirs(root):
             record = records.read_one(fd, name, UsageRecord)
             if record and record.containers:

@@ -112,7 +112,7 @@ class Registry:
         volumes, plans = outcome
         mp = st.config.mount_point
         paths = {registry_claim.relative(mp, v.host) for v in vols}
-        turn = self._turn(ns)
+        turn = self._turns.setdefault(ns, asyncio.Lock())
         if not turn.locked() and self._holds(ns, paths):
             st.metrics.registry_claims.labels(result="held").inc()
             return
@@ -177,10 +177,6 @@ class Registry:
         )
         for v in vols:
             st.set_volume_state(v, VolumeState.FAILED, why)
-
-    def _turn(self, ns: str) -> asyncio.Lock:
-        """The namespace's turn: a claim's transaction or the keeper's update, one at once."""
-        return self._turns.setdefault(ns, asyncio.Lock())
 
     def _where(self) -> Where:
         """Where this host's entries are written now: the filesystem (its device, and which
@@ -302,7 +298,7 @@ class Registry:
             self._verify_at = time.monotonic() + VERIFY_INTERVAL_S
         done = 0
         for ns in sorted(todo):
-            async with self._turn(ns):
+            async with self._turns.setdefault(ns, asyncio.Lock()):
                 if not await self._set_own(ns):
                     self._retry_at = time.monotonic() + FAILURE_BACKOFF_S
                     return done

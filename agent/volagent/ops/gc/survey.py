@@ -115,65 +115,42 @@ def survey(
     namespaces = [ns for ns in safedir.subdirs(root_fd) if NAMESPACE_RE.match(ns)]
     for ns, ns_fd in records.open_each(root_fd, namespaces, skip_unusable=True):
         progress.tick()
-        _judge_namespace(
-            result,
-            root_fd=root_fd,
-            ns_fd=ns_fd,
-            ns=ns,
-            shown=f"{mp}/{ns}",
-            usage=usage,
-            local=local,
-            progress=progress,
+        shown = f"{mp}/{ns}"
+        ns_mtime = os.fstat(ns_fd).st_mtime
+        dirs = safedir.subdirs(ns_fd, dots=True)
+        whole_last, _ = usage.get((ns, ""), (0.0, ""))
+        if (ns, "") in local or whole_last >= cutoff:
+            result.kept += len(dirs)  # a bind of the whole namespace uses every directory in it
+            continue
+        unused: list[Candidate] = []
+        for d in dirs:
+            progress.tick()
+            try:
+                mtime = os.stat(d, dir_fd=ns_fd, follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            last, host = usage.get((ns, d), (None, ""))
+            if (ns, d) in local or max(last or 0.0, mtime) >= cutoff:
+                result.kept += 1
+                continue
+            unused.append(Candidate(ns, d, f"{shown}/{d}", last, host, mtime))
+        records_of_ns = [(t, h) for (n, _), (t, h) in usage.items() if n == ns]
+        ns_in_use = (
+            ns_mtime >= cutoff
+            or any(k[0] == ns for k in local)
+            or any(t >= cutoff for t, _ in records_of_ns)
         )
+        if len(unused) == len(dirs) and not ns_in_use:
+            last, host = max(records_of_ns, default=(None, ""))
+            mtime = max([ns_mtime, *(c.mtime for c in unused)])
+            whole = Candidate(ns, None, shown, last, host, mtime)
+            whole.size = tree.tree_size(root_fd, ns, progress)
+            result.candidates.append(whole)
+            continue
+        for c in unused:
+            c.size = tree.tree_size(ns_fd, str(c.directory), progress)
+            result.candidates.append(c)
     return result
-
-
-def _judge_namespace(
-    result: Survey,
-    *,
-    root_fd: int,
-    ns_fd: int,
-    ns: str,
-    shown: str,
-    usage: Usage,
-    local: set[Key],
-    progress: tree.Progress,
-) -> None:
-    cutoff = result.cutoff
-    ns_mtime = os.fstat(ns_fd).st_mtime
-    dirs = safedir.subdirs(ns_fd, dots=True)
-    whole_last, _ = usage.get((ns, ""), (0.0, ""))
-    if (ns, "") in local or whole_last >= cutoff:
-        result.kept += len(dirs)  # a bind of the whole namespace uses every directory in it
-        return
-    unused: list[Candidate] = []
-    for d in dirs:
-        progress.tick()
-        try:
-            mtime = os.stat(d, dir_fd=ns_fd, follow_symlinks=False).st_mtime
-        except OSError:
-            continue
-        last, host = usage.get((ns, d), (None, ""))
-        if (ns, d) in local or max(last or 0.0, mtime) >= cutoff:
-            result.kept += 1
-            continue
-        unused.append(Candidate(ns, d, f"{shown}/{d}", last, host, mtime))
-    records_of_ns = [(t, h) for (n, _), (t, h) in usage.items() if n == ns]
-    ns_in_use = (
-        ns_mtime >= cutoff
-        or any(k[0] == ns for k in local)
-        or any(t >= cutoff for t, _ in records_of_ns)
-    )
-    if len(unused) == len(dirs) and not ns_in_use:
-        last, host = max(records_of_ns, default=(None, ""))
-        mtime = max([ns_mtime, *(c.mtime for c in unused)])
-        whole = Candidate(ns, None, shown, last, host, mtime)
-        whole.size = tree.tree_size(root_fd, ns, progress)
-        result.candidates.append(whole)
-        return
-    for c in unused:
-        c.size = tree.tree_size(ns_fd, str(c.directory), progress)
-        result.candidates.append(c)
 
 
 def root_in_use(usage: Usage, local: set[Key], now: float) -> str:

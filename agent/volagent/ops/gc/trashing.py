@@ -162,14 +162,6 @@ def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> No
     raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
 
 
-def find(trash_fd: int, name: str) -> trash.Entry:
-    """The entry of that name, or a TrashError saying what is in the trash."""
-    for entry in trash.entries(trash_fd):
-        if entry.entry.name == name:
-            return entry
-    raise TrashError(f"no trash entry {name!r}; `volagent gc` lists the trash")
-
-
 def restore(root_fd: int, name: str, mount_point: str) -> str:
     """Puts a trashed entry back where it was; what was done, in words."""
     mp = mount_point.rstrip("/")
@@ -178,7 +170,9 @@ def restore(root_fd: int, name: str, mount_point: str) -> str:
     if trash_fd is None:
         raise TrashError(f"the trash is empty: there is no {name!r}")
     with safedir.closing(trash_fd):
-        found = find(trash_fd, name)
+        found = next((e for e in trash.entries(trash_fd) if e.entry.name == name), None)
+        if found is None:
+            raise TrashError(f"no trash entry {name!r}; `volagent gc` lists the trash")
         held = found.entry
         target = f"{mp}/{held.relative}"
         if found.state == trash.PURGING:
@@ -190,9 +184,8 @@ def restore(root_fd: int, name: str, mount_point: str) -> str:
             trash.forget(trash_fd, held)
             bound.info("gc_restore_nothing", why="the move never happened")
             return f"nothing to restore: {target} was never moved; removed the record of {name}"
-        parent = records.ensure_dir(
-            root_fd, (held.namespace,) if held.directory is not None else ()
-        )
+        parts = (held.namespace,) if held.directory is not None else ()
+        parent = records.ensure_dir(root_fd, parts)
         leaf = held.namespace if held.directory is None else held.directory
         with safedir.closing(parent):
             try:

@@ -48,9 +48,8 @@ class Removal:
         return not self.problems
 
 
-def tree_size(parent_fd: int, name: str, progress: Progress | None = None) -> int:
+def tree_size(parent_fd: int, name: str, progress: Progress) -> int:
     """Bytes used on disk by the tree `name` below `parent_fd` (like du, each inode once)."""
-    progress = progress or Progress()
     try:
         fd = safedir.open_below(parent_fd, name)
     except OSError:

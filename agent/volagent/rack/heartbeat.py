@@ -226,8 +226,7 @@ class Heartbeat:
         return self._view()
 
     def _view(self) -> list[dict[str, Any]]:
-        h = self.state.config.health
-        view = rack_view(self._known, h.stale_after_s, time.time())
+        view = rack_view(self._known, self.state.config.health.stale_after_s, time.time())
         stale = sum(1 for v in view if v["stale"])
         self.state.metrics.rack_hosts.labels(freshness="fresh").set(len(view) - stale)
         self.state.metrics.rack_hosts.labels(freshness="stale").set(stale)

@@ -219,11 +219,10 @@ def remove_record(dir_fd: int, name: str) -> None:
 
 def read_record(dir_fd: int, file: str) -> dict[str, Any] | None:
     """One record by its file name; None when it is not a regular file of valid JSON."""
+    # O_NONBLOCK: a FIFO planted under a record's name must not block the reader
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        # O_NONBLOCK: a FIFO planted under a record's name must not block the reader
-        fd = os.open(
-            file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
-        )
+        fd = os.open(file, flags, dir_fd=dir_fd)
     except OSError:
         return None
     with safedir.closing(fd):

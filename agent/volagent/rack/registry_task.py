@@ -317,8 +317,7 @@ class Registry:
         now = time.time()
         paths = self.own().get(ns, {})
         where = self._where()
-        held = self._held_now()
-        held.pop(ns, None)  # not known while the update is under way
+        self._held_now().pop(ns, None)  # not known while the update is under way
         live = [Entry(st.host_id, ref, name, path, now) for path, (ref, name) in paths.items()]
         timeout = st.config.directories.timeout_s
         job = functools.partial(

@@ -146,8 +146,7 @@ def print_survey(s: Survey, days: float, out: TextIO) -> None:
     if s.root_used_by:
         w(
             f"nothing is a candidate: a container on {_p(s.root_used_by)} binds the mount point "
-            "itself, so any directory under it may be in use; `volagent status` there "
-            "shows it\n"
+            "itself, so any directory under it may be in use; `volagent status` there shows it\n"
         )
     elif not s.candidates:
         w(f"nothing unused for {days:g} days (since {when}); {s.kept} directories in use\n")
@@ -163,8 +162,7 @@ def print_survey(s: Survey, days: float, out: TextIO) -> None:
     for h in s.stale_hosts:
         w(
             f"note: host {_p(h['host'])} is stale (last seen {_p(h['last_seen'])}, "
-            f"{_p(h['status'])}): "
-            "what its containers use is known only until then\n"
+            f"{_p(h['status'])}): what its containers use is known only until then\n"
         )
 
 

@@ -328,12 +328,10 @@ def record_of(
     rec.update({"namespace": walk.namespace, "host": host})
     if finished:
         rec.update(
-            {
-                "time": now,
-                "totals": {k: list(v) for k, v in walk.totals.items()},
-                "pass_s": round(now - walk.started, 3),
-                "walk": None,
-            }
+            time=now,
+            totals={k: list(v) for k, v in walk.totals.items()},
+            pass_s=round(now - walk.started, 3),
+            walk=None,
         )
     else:
         rec["walk"] = {"host": host, "saved": now, **walk.snapshot()}

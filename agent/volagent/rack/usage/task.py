@@ -223,8 +223,7 @@ class UsageWalker:
         self.state.metrics.usage_walk_budget.set(self.budget.rate)
 
     async def _call(self, fn: Callable[[int], Any], what: str) -> Any:
-        st = self.state
-        mp, dev = st.config.mount_point, st.mount_dev
+        mp, dev = self.state.config.mount_point, self.state.mount_dev
 
         def call() -> Any:
             with safedir.closing(safedir.open_shared_root(mp, dev)) as root:

@@ -15,12 +15,10 @@ that take part, not with 0.2.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable
 
 from volagent import safedir
-from volagent.errors import VolagentError
 from volagent.rack import records
 from volagent.rack.usage import recorder
 
@@ -72,13 +70,9 @@ def legacy_binds(
     with safedir.closing(top):
         _read_dir(top, own, participants, now=now, out=out, hosts=hosts)
         below = safedir.subdirs(top, dots=True) if directories is None else sorted(directories)
-        for d in below:
-            with contextlib.suppress(VolagentError):  # swapped for something else: skipped
-                fd = records.open_dir(top, (d,), create=False)
-                if fd is None:
-                    continue
-                with safedir.closing(fd):
-                    _read_dir(fd, own, participants, now=now, out=out, hosts=hosts)
+        # one swapped for something else is skipped
+        for _, fd in records.open_each(top, below, skip_unusable=True):
+            _read_dir(fd, own, participants, now=now, out=out, hosts=hosts)
     return out, sorted(hosts)
 
 

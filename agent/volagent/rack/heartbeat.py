@@ -204,21 +204,9 @@ class Heartbeat:
     async def hosts(self, timeout: float = RACK_READ_TIMEOUT_S) -> list[dict[str, Any]]:
         """The rack view for `GET /v1/status?rack=1`: read now if the filesystem answers
         within `timeout`, else the last list read."""
-        await self._refresh(timeout)
-        return self._view()
-
-    def _view(self) -> list[dict[str, Any]]:
-        h = self.state.config.health
-        view = rack_view(self._known, h.stale_after_s, time.time())
-        stale = sum(1 for v in view if v["stale"])
-        self.state.metrics.rack_hosts.labels(freshness="fresh").set(len(view) - stale)
-        self.state.metrics.rack_hosts.labels(freshness="stale").set(stale)
-        return view
-
-    async def _refresh(self, timeout: float) -> None:
         st = self.state
         if not st.mount_healthy or st.mount_dev is None:
-            return
+            return self._view()
         if self._reading is None or self._reading.done():
             # one read at a time: on a hung mount, callers share the read already waiting
             self._reading = asyncio.wrap_future(
@@ -232,10 +220,17 @@ class Heartbeat:
             async with asyncio.timeout(timeout):
                 self._known = await asyncio.shield(self._reading)
         except (TimeoutError, FilesystemHung):
-            return
+            pass
         except (VolagentError, OSError) as exc:
             self.log.debug("rack_read_failed", reason=str(exc))
-        self._view()
+        return self._view()
+
+    def _view(self) -> list[dict[str, Any]]:
+        view = rack_view(self._known, self.state.config.health.stale_after_s, time.time())
+        stale = sum(1 for v in view if v["stale"])
+        self.state.metrics.rack_hosts.labels(freshness="fresh").set(len(view) - stale)
+        self.state.metrics.rack_hosts.labels(freshness="stale").set(stale)
+        return view
 
 
 def _collect(fut: asyncio.Future[Any]) -> None:

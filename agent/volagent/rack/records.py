@@ -17,7 +17,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from volagent import safedir
@@ -71,6 +71,25 @@ def open_dir(root_fd: int, parts: Sequence[str], create: bool) -> int | None:
         raise
 
 
+def open_each(
+    parent_fd: int, names: Iterable[str], *, skip_unusable: bool = False
+) -> Iterator[tuple[str, int]]:
+    """(name, descriptor) of each directory `names` below `parent_fd` that is still there; the
+    descriptor is closed when the next one is asked for. With `skip_unusable`, a name that is
+    not a directory of this filesystem is passed over instead of raising RecordError."""
+    for name in names:
+        try:
+            fd = open_dir(parent_fd, (name,), create=False)
+        except RecordError:
+            if not skip_unusable:
+                raise
+            continue
+        if fd is None:
+            continue
+        with safedir.closing(fd):
+            yield name, fd
+
+
 def _open_or_make(parent_fd: int, name: str, create: bool) -> int:
     try:
         return safedir.open_below(parent_fd, name)
@@ -93,12 +112,11 @@ def open_own_dir(root_fd: int, parts: Sequence[str]) -> int:
     parent = open_own_existing(root_fd, parts[:-1]) if len(parts) > 1 else None
     if parent is None:
         return ensure_dir(root_fd, parts)
-    try:
-        fd = _open_or_make(parent, parts[-1], True)
-    except OSError as exc:
-        raise RecordError(f"cannot make {'/'.join(parts)}: {exc.strerror}") from None
-    finally:
-        os.close(parent)
+    with safedir.closing(parent):
+        try:
+            fd = _open_or_make(parent, parts[-1], True)
+        except OSError as exc:
+            raise RecordError(f"cannot make {'/'.join(parts)}: {exc.strerror}") from None
     if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev:  # pragma: no cover - a mount made now
         os.close(fd)
         raise RecordError(f"{'/'.join(parts)} is on another filesystem")
@@ -201,11 +219,10 @@ def remove_record(dir_fd: int, name: str) -> None:
 
 def read_record(dir_fd: int, file: str) -> dict[str, Any] | None:
     """One record by its file name; None when it is not a regular file of valid JSON."""
+    # O_NONBLOCK: a FIFO planted under a record's name must not block the reader
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        # O_NONBLOCK: a FIFO planted under a record's name must not block the reader
-        fd = os.open(
-            file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
-        )
+        fd = os.open(file, flags, dir_fd=dir_fd)
     except OSError:
         return None
     with safedir.closing(fd):

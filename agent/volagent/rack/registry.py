@@ -138,17 +138,15 @@ class Transaction:
         self.entries = self._read()
 
     def _read(self) -> list[Entry]:
-        name = file_of(self.namespace)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(
-                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self.dir_fd
-            )
+            fd = os.open(file_of(self.namespace), flags, dir_fd=self.dir_fd)
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise RegistryError(f"cannot open the registry of {self.namespace}: {exc}") from None
         self.counts.opens += 1
-        try:
+        with safedir.closing(fd):
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise RegistryError(f"the registry of {self.namespace} is not a regular file")
             chunks = []
@@ -162,8 +160,6 @@ class Transaction:
                 size += len(chunk)
                 if size > MAX_REGISTRY_BYTES:
                     raise RegistryError(f"the registry of {self.namespace} is too large")
-        finally:
-            os.close(fd)
         return parse(self.namespace, b"".join(chunks))
 
     def write(self, entries: list[Entry]) -> None:
@@ -202,38 +198,31 @@ def locked(
         raise RegistryError(f"the registry of {namespace} is busy in this process")
     try:
         if epoch is None:
-            reg = _open_registry_dir(mount_point, dev)[0]
-            try:
-                lock_fd = _open_lock_file(reg, namespace, counts)
-                try:
-                    _lock(lock_fd, namespace, deadline, counts)
-                    yield Transaction(reg, namespace, deadline, counts)
-                finally:
-                    os.close(lock_fd)  # drops the lock (LOCKU); the writes were synced before
-            finally:
-                os.close(reg)
+            with (
+                safedir.closing(_open_registry_dir(mount_point, dev)[0]) as reg,
+                # its close drops the lock (LOCKU); the writes were synced before
+                safedir.closing(_open_lock_file(reg, namespace, counts)) as lock_fd,
+            ):
+                _lock(lock_fd, namespace, deadline, counts)
+                yield Transaction(reg, namespace, deadline, counts)
         else:
             reg, lock_fd = _kept.locked(mount_point, (dev, epoch), key, namespace, deadline, counts)
-            try:
-                yield Transaction(reg, namespace, deadline, counts)
-                fcntl.lockf(lock_fd, fcntl.LOCK_UN)
-            except BaseException:
-                _kept.forget(key)  # opened afresh next time; its close drops the lock
-                raise
-            finally:
-                os.close(reg)
+            with safedir.closing(reg):
+                try:
+                    yield Transaction(reg, namespace, deadline, counts)
+                    fcntl.lockf(lock_fd, fcntl.LOCK_UN)
+                except BaseException:
+                    _kept.forget(key)  # opened afresh next time; its close drops the lock
+                    raise
     finally:
         local.release()
 
 
 def _open_registry_dir(mount_point: str, dev: int | None) -> tuple[int, tuple[int, int]]:
     """The registry's directory, and its device and inode."""
-    root = safedir.open_shared_root(mount_point, dev)
-    try:
+    with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
         # volagent's own directory, made once per rack: one lookup of the whole path
         fd = records.open_own_dir(root, (records.AGENT_DIR, REGISTRY_DIR))
-    finally:
-        os.close(root)
     st = os.fstat(fd)
     return fd, (st.st_dev, st.st_ino)
 
@@ -349,10 +338,9 @@ class _KeptHandles:
 def _at_path(mount_point: str) -> tuple[int, int] | None:
     """The device and inode of the registry's directory by its path: a kept one is another
     once renamed or removed by hand (hosts open the one of that name)."""
+    path = os.path.join(mount_point, records.AGENT_DIR, REGISTRY_DIR)
     try:
-        st = os.stat(
-            os.path.join(mount_point, records.AGENT_DIR, REGISTRY_DIR), follow_symlinks=False
-        )
+        st = os.stat(path, follow_symlinks=False)
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
@@ -360,10 +348,9 @@ def _at_path(mount_point: str) -> tuple[int, int] | None:
 
 def _named(dir_fd: int, namespace: str, mine: os.stat_result) -> bool:
     """Whether the namespace's lock file by its name is the file `mine` is of."""
+    name = records.file_name(namespace) + LOCK_SUFFIX
     try:
-        st = os.stat(
-            records.file_name(namespace) + LOCK_SUFFIX, dir_fd=dir_fd, follow_symlinks=False
-        )
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return False
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)

@@ -57,11 +57,8 @@ def claim(
         dead: set[str] = set()
         checked: set[str] = set()
         while True:
-            others = [
-                (absolute(mount_point, e.path), _whose(e))
-                for e in entries
-                if e.host != host and e.host not in dead
-            ]
+            theirs = [e for e in entries if e.host != host and e.host not in dead]
+            others = [(absolute(mount_point, e.path), _whose(e)) for e in theirs]
             result.clashes = {}
             blocking: set[str] = set()
             for w in wanted:
@@ -71,10 +68,8 @@ def claim(
                 result.clashes[w.path] = why
                 blocking |= {
                     e.host
-                    for e in entries
-                    if e.host != host
-                    and e.host not in dead
-                    and (strictly_under(w.path, e.path) or strictly_under(e.path, w.path))
+                    for e in theirs
+                    if strictly_under(w.path, e.path) or strictly_under(e.path, w.path)
                 }
             unchecked = blocking - checked
             if not result.clashes or not unchecked:
@@ -83,15 +78,14 @@ def claim(
             now = time.time()
             for other in unchecked:
                 checked.add(other)
-                if _expired(
-                    mount_point,
-                    dev,
-                    other,
-                    entries=entries,
-                    now=now,
-                    expire_after_s=expire_after_s,
-                    counts=result.counts,
-                ):
+                # gone when its heartbeat and its newest entry here are both older than
+                # expire_after_s (a host without a heartbeat counts by its entries)
+                newest = max((e.time for e in entries if e.host == other), default=0.0)
+                beat = read_heartbeat(mount_point, dev, other)
+                result.counts.opens += 1
+                beat_time = beat.get("time") if beat else None
+                seen = float(beat_time) if isinstance(beat_time, int | float) else 0.0
+                if now - max(newest, seen) > expire_after_s:
                     dead.add(other)
                     result.expired.append(other)
         if result.clashes:
@@ -128,11 +122,8 @@ def set_own(
     paths = {e.path for e in live}
     with locked(mount_point, dev, ns, deadline, counts=counts, epoch=epoch) as tx:
         held = {e.path for e in tx.entries if e.host == host}
-
-        def gone(e: Entry) -> bool:
-            return e.host == host and e.path not in paths
-
-        after = merged(tx.entries, [e for e in live if e.path not in held], gone)
+        fresh = [e for e in live if e.path not in held]
+        after = merged(tx.entries, fresh, lambda e: e.host == host and e.path not in paths)
         if changed(tx.entries, after):
             tx.write(after)
     return counts
@@ -151,26 +142,6 @@ def relative(mount_point: str, path: str) -> str:
 def _whose(e: Entry) -> str:
     name = f" {e.name}" if e.name else ""
     return f"container{name} on host {e.host}"
-
-
-def _expired(
-    mount_point: str,
-    dev: int | None,
-    host: str,
-    *,
-    entries: list[Entry],
-    now: float,
-    expire_after_s: float,
-    counts: Counts,
-) -> bool:
-    """Whether `host` has shown no sign of life for `expire_after_s`: its heartbeat and its
-    newest entry here are both older (a host without a heartbeat counts by its entries)."""
-    newest = max((e.time for e in entries if e.host == host), default=0.0)
-    beat = read_heartbeat(mount_point, dev, host)
-    counts.opens += 1
-    beat_time = beat.get("time") if beat else None
-    seen = float(beat_time) if isinstance(beat_time, int | float) else 0.0
-    return now - max(newest, seen) > expire_after_s
 
 
 def read_heartbeat(mount_point: str, dev: int | None, host: str) -> dict[str, object] | None:

@@ -90,11 +90,9 @@ class Registry:
         if not st.mount_healthy or st.mount_dev is None:
             return  # the guard decides on the unhealthy mount itself
         by_ns: dict[str, list[VolumeRecord]] = {}
+        judged = (VolumeState.VIOLATION, VolumeState.FAILED)
         for vol, plan in zip(volumes, plans, strict=True):
-            if isinstance(plan, NamespaceViolation) or vol.state in (
-                VolumeState.VIOLATION,
-                VolumeState.FAILED,
-            ):
+            if isinstance(plan, NamespaceViolation) or vol.state in judged:
                 continue
             key = key_of(st.config.mount_point, vol.host)
             if key is not None and key[0]:
@@ -111,9 +109,10 @@ class Registry:
         name: str,
     ) -> None:
         st = self.state
+        volumes, plans = outcome
         mp = st.config.mount_point
         paths = {registry_claim.relative(mp, v.host) for v in vols}
-        turn = self._turn(ns)
+        turn = self._turns.setdefault(ns, asyncio.Lock())
         if not turn.locked() and self._holds(ns, paths):
             st.metrics.registry_claims.labels(result="held").inc()
             return
@@ -130,57 +129,43 @@ class Registry:
                 st.metrics.registry_claims.labels(result="held").inc()
                 return
             wanted = [Entry(st.host_id, ref, name, p, time.time()) for p in sorted(paths)]
-            await self._transaction(ns, vols, outcome, wanted=wanted, deadline=deadline)
+            where = self._where()  # the filesystem and host name the entries are written as
+            left = max(deadline - time.monotonic(), 0.0)
+            # the thread gives up a little before its caller does, so a lock held elsewhere is
+            # refused as that, not as a hung filesystem; counted from now, not from when a
+            # thread of the worker takes the job: it must write nothing once its caller has
+            # given up
+            until = time.monotonic() + left * DEADLINE_SHARE
+            job = functools.partial(self._claim_job, ns, where, wanted, until)
+            try:
+                result = await self.worker.run(job, left, what=f"consulting the registry of {ns}")
+            except (VolagentError, OSError) as exc:
+                self._unsure.add(ns)  # its thread may write yet: the keeper reads the file again
+                self._failed(ns, vols, timeout, str(exc))
+                return
+            seen = time.time()
+            for h in result.legacy_hosts:  # on the loop: the status reads this dict
+                self.legacy_hosts[h] = seen
+            self._show_legacy()
+            if result.expired:
+                self.log.info("registry_hosts_forgotten", namespace=ns, hosts=result.expired)
+            if result.clashes:
+                st.metrics.registry_claims.labels(result="clash").inc()
+                for v in vols:
+                    clash = result.clashes.get(registry_claim.relative(mp, v.host))
+                    if clash is not None:
+                        violation = NamespaceViolation(7, clash)
+                        plans[volumes.index(v)] = violation
+                        st.set_volume_state(v, VolumeState.VIOLATION, str(violation))
+                return
+            st.metrics.registry_claims.labels(result="registered").inc()
+            if self._where() != where:
+                return  # remounted, or renamed, meanwhile: the entries are not where it looks
+            # every path asked for has an entry of this host now (written, or there already)
+            held = self._held_now()
+            held[ns] = held.get(ns, frozenset()) | {e.path for e in wanted}
         finally:
             turn.release()
-
-    async def _transaction(
-        self,
-        ns: str,
-        vols: list[VolumeRecord],
-        outcome: tuple[list[VolumeRecord], list[Any]],
-        *,
-        wanted: list[Entry],
-        deadline: float,
-    ) -> None:
-        st = self.state
-        volumes, plans = outcome
-        timeout = st.config.directories.timeout_s
-        mp = st.config.mount_point
-        where = self._where()  # the filesystem and host name the entries are written as
-        left = max(deadline - time.monotonic(), 0.0)
-        # the thread gives up a little before its caller does, so a lock held elsewhere is
-        # refused as that, not as a hung filesystem; counted from now, not from when a thread
-        # of the worker takes the job: it must write nothing once its caller has given up
-        until = time.monotonic() + left * DEADLINE_SHARE
-        job = functools.partial(self._claim_job, ns, where, wanted, until)
-        try:
-            result = await self.worker.run(job, left, what=f"consulting the registry of {ns}")
-        except (VolagentError, OSError) as exc:
-            self._unsure.add(ns)  # its thread may write yet: the keeper reads the file again
-            self._failed(ns, vols, timeout, str(exc))
-            return
-        seen = time.time()
-        for h in result.legacy_hosts:  # on the loop: the status reads this dict
-            self.legacy_hosts[h] = seen
-        self._show_legacy()
-        if result.expired:
-            self.log.info("registry_hosts_forgotten", namespace=ns, hosts=result.expired)
-        if result.clashes:
-            st.metrics.registry_claims.labels(result="clash").inc()
-            for v in vols:
-                clash = result.clashes.get(registry_claim.relative(mp, v.host))
-                if clash is not None:
-                    violation = NamespaceViolation(7, clash)
-                    plans[volumes.index(v)] = violation
-                    st.set_volume_state(v, VolumeState.VIOLATION, str(violation))
-            return
-        st.metrics.registry_claims.labels(result="registered").inc()
-        if self._where() != where:
-            return  # remounted, or renamed, meanwhile: the entries are not where it looks now
-        # every path asked for has an entry of this host now (written, or there already)
-        held = self._held_now()
-        held[ns] = held.get(ns, frozenset()) | {e.path for e in wanted}
 
     def _failed(self, ns: str, vols: list[VolumeRecord], timeout: float, reason: str) -> None:
         st = self.state
@@ -192,10 +177,6 @@ class Registry:
         )
         for v in vols:
             st.set_volume_state(v, VolumeState.FAILED, why)
-
-    def _turn(self, ns: str) -> asyncio.Lock:
-        """The namespace's turn: a claim's transaction or the keeper's update, one at once."""
-        return self._turns.setdefault(ns, asyncio.Lock())
 
     def _where(self) -> Where:
         """Where this host's entries are written now: the filesystem (its device, and which
@@ -231,13 +212,9 @@ class Registry:
         on the filesystem and as the host `where` names (as they were when it was asked)."""
         st = self.state
         dev, epoch, host = where
+        dirs = {p[1] for e in wanted if len(p := e.path.split("/")) > 1}
         legacy, hosts = binds.legacy_binds(
-            st.config.mount_point,
-            dev,
-            ns,
-            host,
-            self.participants,
-            directories={p[1] for e in wanted if len(p := e.path.split("/")) > 1},
+            st.config.mount_point, dev, ns, host, self.participants, directories=dirs
         )
         result = registry_claim.claim(
             st.config.mount_point,
@@ -254,21 +231,16 @@ class Registry:
         return result
 
     def _show_legacy(self) -> None:
-        warning = self.status_warning()
-        if warning:
-            self.state.warn("registry.legacy", warning)
-        else:
-            self.state.clear_warning("registry.legacy")
-
-    def status_warning(self) -> str | None:
-        """Says so when binds of hosts outside the registry (0.2) were judged lately."""
+        """Warns while binds of hosts outside the registry (0.2) were judged lately."""
         cutoff = time.time() - binds.STALE_AFTER_S
         old = sorted(h for h, t in self.legacy_hosts.items() if t > cutoff)
         if not old:
-            return None
-        return (
+            self.state.clear_warning("registry.legacy")
+            return
+        self.state.warn(
+            "registry.legacy",
             f"hosts {', '.join(old[:5])} take no part in the rack's registry (volagent 0.2): "
-            "their binds are judged from their usage records, which lag them; upgrade them"
+            "their binds are judged from their usage records, which lag them; upgrade them",
         )
 
     # --- this host's entries -------------------------------------------------------------
@@ -326,7 +298,7 @@ class Registry:
             self._verify_at = time.monotonic() + VERIFY_INTERVAL_S
         done = 0
         for ns in sorted(todo):
-            async with self._turn(ns):
+            async with self._turns.setdefault(ns, asyncio.Lock()):
                 if not await self._set_own(ns):
                     self._retry_at = time.monotonic() + FAILURE_BACKOFF_S
                     return done
@@ -345,8 +317,7 @@ class Registry:
         now = time.time()
         paths = self.own().get(ns, {})
         where = self._where()
-        held = self._held_now()
-        held.pop(ns, None)  # not known while the update is under way
+        self._held_now().pop(ns, None)  # not known while the update is under way
         live = [Entry(st.host_id, ref, name, path, now) for path, (ref, name) in paths.items()]
         timeout = st.config.directories.timeout_s
         job = functools.partial(

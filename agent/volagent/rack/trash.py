@@ -145,8 +145,7 @@ def entries(trash_fd: int) -> Iterator[Entry]:
         if parsed is not None:
             found.setdefault(parsed.name, parsed)
     present = set(names)
-    for name in sorted(found):
-        entry = found[name]
+    for name, entry in sorted(found.items()):
         has_dir = False
         if name in present:
             with contextlib.suppress(OSError):

@@ -146,8 +146,7 @@ def print_survey(s: Survey, days: float, out: TextIO) -> None:
     if s.root_used_by:
         w(
             f"nothing is a candidate: a container on {_p(s.root_used_by)} binds the mount point "
-            "itself, so any directory under it may be in use; `volagent status` there "
-            "shows it\n"
+            "itself, so any directory under it may be in use; `volagent status` there shows it\n"
         )
     elif not s.candidates:
         w(f"nothing unused for {days:g} days (since {when}); {s.kept} directories in use\n")
@@ -163,8 +162,7 @@ def print_survey(s: Survey, days: float, out: TextIO) -> None:
     for h in s.stale_hosts:
         w(
             f"note: host {_p(h['host'])} is stale (last seen {_p(h['last_seen'])}, "
-            f"{_p(h['status'])}): "
-            "what its containers use is known only until then\n"
+            f"{_p(h['status'])}): what its containers use is known only until then\n"
         )
 
 
@@ -328,33 +326,32 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     except VolagentError as exc:
         print(f"volagent gc: refused: {_p(str(exc))}", file=sys.stderr)
         return 1
-    try:
-        if restoring:
-            return restore(root, restoring, cfg)
-        if purging:
-            return purge(root, days, cfg)
-        result = guarded(
-            lambda p: survey(
-                root,
-                cfg.mount_point,
-                cutoff=cutoff,
-                local=local,
-                stale_after_s=cfg.health.stale_after_s,
-                progress=p,
-            ),
-            f"surveying {cfg.mount_point}",
-        )
-        print_survey(result, days, sys.stdout)
-        guarded(lambda p: print_trash(root, cfg.mount_point, sys.stdout), "listing the trash")
-        if not deleting:
-            if result.candidates:
-                print("run with --delete to move them into the trash")
-            return 0
-        if refuse_stale(result, ignore, sys.stdout):
+    with safedir.closing(root):
+        try:
+            if restoring:
+                return restore(root, restoring, cfg)
+            if purging:
+                return purge(root, days, cfg)
+            result = guarded(
+                lambda p: survey(
+                    root,
+                    cfg.mount_point,
+                    cutoff=cutoff,
+                    local=local,
+                    stale_after_s=cfg.health.stale_after_s,
+                    progress=p,
+                ),
+                f"surveying {cfg.mount_point}",
+            )
+            print_survey(result, days, sys.stdout)
+            guarded(lambda p: print_trash(root, cfg.mount_point, sys.stdout), "listing the trash")
+            if not deleting:
+                if result.candidates:
+                    print("run with --delete to move them into the trash")
+                return 0
+            if refuse_stale(result, ignore, sys.stdout):
+                return 1
+            return 0 if delete(cfg, root, result, local, sys.stdout) else 1
+        except VolagentError as exc:
+            print(f"volagent gc: {_p(str(exc))}", file=sys.stderr)
             return 1
-        return 0 if delete(cfg, root, result, local, sys.stdout) else 1
-    except VolagentError as exc:
-        print(f"volagent gc: {_p(str(exc))}", file=sys.stderr)
-        return 1
-    finally:
-        os.close(root)

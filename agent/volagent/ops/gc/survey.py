@@ -12,7 +12,6 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,25 +60,6 @@ class Survey:
     root_used_by: str = ""
 
 
-def _open_each(
-    parent_fd: int, names: Iterable[str], *, skip_unusable: bool = False
-) -> Iterator[tuple[str, int]]:
-    """(name, descriptor) of each directory `names` below `parent_fd` that is still there; the
-    descriptor is closed when the next one is asked for. With `skip_unusable`, a name that is
-    not a directory of this filesystem is passed over instead of raising RecordError."""
-    for name in names:
-        try:
-            fd = records.open_dir(parent_fd, (name,), create=False)
-        except RecordError:
-            if not skip_unusable:
-                raise
-            continue
-        if fd is None:
-            continue
-        with safedir.closing(fd):
-            yield name, fd
-
-
 def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usage, int]:
     """The newest record of every (namespace, directory), of every whole namespace
     ((namespace, "")) and of the mount point itself (MOUNT_ROOT), and how many records
@@ -103,9 +83,9 @@ def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usag
     with safedir.closing(base):
         take(MOUNT_ROOT, base)
         spaces = [only_namespace] if only_namespace else safedir.subdirs(base, dots=True)
-        for ns, ns_fd in _open_each(base, spaces, skip_unusable=True):
+        for ns, ns_fd in records.open_each(base, spaces, skip_unusable=True):
             take((ns, ""), ns_fd)
-            for d, d_fd in _open_each(ns_fd, safedir.subdirs(ns_fd, dots=True)):
+            for d, d_fd in records.open_each(ns_fd, safedir.subdirs(ns_fd, dots=True)):
                 take((ns, d), d_fd)
     return usage, count
 
@@ -133,67 +113,44 @@ def survey(
     if result.root_used_by:
         return result
     namespaces = [ns for ns in safedir.subdirs(root_fd) if NAMESPACE_RE.match(ns)]
-    for ns, ns_fd in _open_each(root_fd, namespaces, skip_unusable=True):
+    for ns, ns_fd in records.open_each(root_fd, namespaces, skip_unusable=True):
         progress.tick()
-        _judge_namespace(
-            result,
-            root_fd=root_fd,
-            ns_fd=ns_fd,
-            ns=ns,
-            shown=f"{mp}/{ns}",
-            usage=usage,
-            local=local,
-            progress=progress,
+        shown = f"{mp}/{ns}"
+        ns_mtime = os.fstat(ns_fd).st_mtime
+        dirs = safedir.subdirs(ns_fd, dots=True)
+        whole_last, _ = usage.get((ns, ""), (0.0, ""))
+        if (ns, "") in local or whole_last >= cutoff:
+            result.kept += len(dirs)  # a bind of the whole namespace uses every directory in it
+            continue
+        unused: list[Candidate] = []
+        for d in dirs:
+            progress.tick()
+            try:
+                mtime = os.stat(d, dir_fd=ns_fd, follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            last, host = usage.get((ns, d), (None, ""))
+            if (ns, d) in local or max(last or 0.0, mtime) >= cutoff:
+                result.kept += 1
+                continue
+            unused.append(Candidate(ns, d, f"{shown}/{d}", last, host, mtime))
+        records_of_ns = [(t, h) for (n, _), (t, h) in usage.items() if n == ns]
+        ns_in_use = (
+            ns_mtime >= cutoff
+            or any(k[0] == ns for k in local)
+            or any(t >= cutoff for t, _ in records_of_ns)
         )
+        if len(unused) == len(dirs) and not ns_in_use:
+            last, host = max(records_of_ns, default=(None, ""))
+            mtime = max([ns_mtime, *(c.mtime for c in unused)])
+            whole = Candidate(ns, None, shown, last, host, mtime)
+            whole.size = tree.tree_size(root_fd, ns, progress)
+            result.candidates.append(whole)
+            continue
+        for c in unused:
+            c.size = tree.tree_size(ns_fd, str(c.directory), progress)
+            result.candidates.append(c)
     return result
-
-
-def _judge_namespace(
-    result: Survey,
-    *,
-    root_fd: int,
-    ns_fd: int,
-    ns: str,
-    shown: str,
-    usage: Usage,
-    local: set[Key],
-    progress: tree.Progress,
-) -> None:
-    cutoff = result.cutoff
-    ns_mtime = os.fstat(ns_fd).st_mtime
-    dirs = safedir.subdirs(ns_fd, dots=True)
-    whole_last, _ = usage.get((ns, ""), (0.0, ""))
-    if (ns, "") in local or whole_last >= cutoff:
-        result.kept += len(dirs)  # a bind of the whole namespace uses every directory in it
-        return
-    unused: list[Candidate] = []
-    for d in dirs:
-        progress.tick()
-        try:
-            mtime = os.stat(d, dir_fd=ns_fd, follow_symlinks=False).st_mtime
-        except OSError:
-            continue
-        last, host = usage.get((ns, d), (None, ""))
-        if (ns, d) in local or max(last or 0.0, mtime) >= cutoff:
-            result.kept += 1
-            continue
-        unused.append(Candidate(ns, d, f"{shown}/{d}", last, host, mtime))
-    records_of_ns = [(t, h) for (n, _), (t, h) in usage.items() if n == ns]
-    ns_in_use = (
-        ns_mtime >= cutoff
-        or any(k[0] == ns for k in local)
-        or any(t >= cutoff for t, _ in records_of_ns)
-    )
-    if len(unused) == len(dirs) and not ns_in_use:
-        last, host = max(records_of_ns, default=(None, ""))
-        mtime = max([ns_mtime, *(c.mtime for c in unused)])
-        whole = Candidate(ns, None, shown, last, host, mtime)
-        whole.size = tree.tree_size(root_fd, ns, progress)
-        result.candidates.append(whole)
-        return
-    for c in unused:
-        c.size = tree.tree_size(ns_fd, str(c.directory), progress)
-        result.candidates.append(c)
 
 
 def root_in_use(usage: Usage, local: set[Key], now: float) -> str:
@@ -234,16 +191,16 @@ def prune_old_records(root_fd: int, cutoff: float, progress: tree.Progress) -> i
     """Removes usage records and heartbeats older than the window (they can keep nothing
     any more), and the record directories left empty; how many records went."""
     removed = 0
-    for _, agent in _open_each(root_fd, [records.AGENT_DIR]):
-        for _, hosts in _open_each(agent, [records.HOSTS_DIR]):
+    for _, agent in records.open_each(root_fd, [records.AGENT_DIR]):
+        for _, hosts in records.open_each(agent, [records.HOSTS_DIR]):
             removed += _prune_dir(hosts, cutoff, progress)
-        for _, usage in _open_each(agent, [records.USAGE_DIR]):
+        for _, usage in records.open_each(agent, [records.USAGE_DIR]):
             removed += _prune_dir(usage, cutoff, progress)
             spaces = safedir.subdirs(usage, dots=True)
-            for _, ns_fd in _open_each(usage, spaces):
+            for _, ns_fd in records.open_each(usage, spaces):
                 removed += _prune_dir(ns_fd, cutoff, progress)
                 dirs = safedir.subdirs(ns_fd, dots=True)
-                for _, d_fd in _open_each(ns_fd, dirs):
+                for _, d_fd in records.open_each(ns_fd, dirs):
                     removed += _prune_dir(d_fd, cutoff, progress)
                 # a record directory goes once it is empty (rmdir refuses otherwise)
                 for d in dirs:

@@ -113,36 +113,32 @@ def move(
             trash.forget(trash_fd, entry)
             bound.info("gc_kept", entry=entry.name, why="used since the listing")
             return Moved(c, None, Outcome.KEPT)
-        parent = _open_parent(root_fd, c)
+        if c.directory is None:
+            parent: int | None = os.dup(root_fd)
+        else:
+            parent = records.open_dir(root_fd, (c.namespace,), create=False)
         if parent is None:
             trash.forget(trash_fd, entry)
             return Moved(c, None, Outcome.GONE)
-        try:
-            name = c.namespace if c.directory is None else c.directory
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            if not stat.S_ISDIR(st.st_mode) or st.st_dev != os.fstat(root_fd).st_dev:
-                raise TrashError(f"{c.path} is no longer a directory of the shared filesystem")
-            os.rename(name, entry.name, src_dir_fd=parent, dst_dir_fd=trash_fd)
-        except FileNotFoundError:
-            trash.forget(trash_fd, entry)
-            bound.info("gc_gone", entry=entry.name)
-            return Moved(c, None, Outcome.GONE)
-        except BaseException:
-            trash.forget(trash_fd, entry)
-            raise
-        finally:
-            os.close(parent)
+        with safedir.closing(parent):
+            try:
+                name = c.namespace if c.directory is None else c.directory
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode) or st.st_dev != os.fstat(root_fd).st_dev:
+                    raise TrashError(f"{c.path} is no longer a directory of the shared filesystem")
+                os.rename(name, entry.name, src_dir_fd=parent, dst_dir_fd=trash_fd)
+            except FileNotFoundError:
+                trash.forget(trash_fd, entry)
+                bound.info("gc_gone", entry=entry.name)
+                return Moved(c, None, Outcome.GONE)
+            except BaseException:
+                trash.forget(trash_fd, entry)
+                raise
         progress.tick()
         bound.info("gc_moved", entry=entry.name, size=c.size)
         record.state = trash.TRASHED
         trash.write(trash_fd, entry, record)
         return Moved(c, entry.name, Outcome.MOVED)
-
-
-def _open_parent(root_fd: int, c: Candidate) -> int | None:
-    if c.directory is None:
-        return os.dup(root_fd)
-    return records.open_dir(root_fd, (c.namespace,), create=False)
 
 
 def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> None:
@@ -166,14 +162,6 @@ def rename_noreplace(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str) -> No
     raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
 
 
-def find(trash_fd: int, name: str) -> trash.Entry:
-    """The entry of that name, or a TrashError saying what is in the trash."""
-    for entry in trash.entries(trash_fd):
-        if entry.entry.name == name:
-            return entry
-    raise TrashError(f"no trash entry {name!r}; `volagent gc` lists the trash")
-
-
 def restore(root_fd: int, name: str, mount_point: str) -> str:
     """Puts a trashed entry back where it was; what was done, in words."""
     mp = mount_point.rstrip("/")
@@ -182,7 +170,9 @@ def restore(root_fd: int, name: str, mount_point: str) -> str:
     if trash_fd is None:
         raise TrashError(f"the trash is empty: there is no {name!r}")
     with safedir.closing(trash_fd):
-        found = find(trash_fd, name)
+        found = next((e for e in trash.entries(trash_fd) if e.entry.name == name), None)
+        if found is None:
+            raise TrashError(f"no trash entry {name!r}; `volagent gc` lists the trash")
         held = found.entry
         target = f"{mp}/{held.relative}"
         if found.state == trash.PURGING:
@@ -194,25 +184,23 @@ def restore(root_fd: int, name: str, mount_point: str) -> str:
             trash.forget(trash_fd, held)
             bound.info("gc_restore_nothing", why="the move never happened")
             return f"nothing to restore: {target} was never moved; removed the record of {name}"
-        parent = records.ensure_dir(
-            root_fd, (held.namespace,) if held.directory is not None else ()
-        )
+        parts = (held.namespace,) if held.directory is not None else ()
+        parent = records.ensure_dir(root_fd, parts)
         leaf = held.namespace if held.directory is None else held.directory
-        try:
-            rename_noreplace(trash_fd, name, parent, leaf)
-            with contextlib.suppress(OSError):
-                _mark_used(parent, leaf, whole=held.directory is None)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            raise TrashError(
-                f"{target} exists again (made after the move, e.g. by a container started "
-                f"without the guard): move whatever in it matters into "
-                f"{mp}/{records.AGENT_DIR}/{trash.TRASH_DIR}/{name}, remove {target}, then run "
-                f"`volagent gc --restore {name}` again"
-            ) from None
-        finally:
-            os.close(parent)
+        with safedir.closing(parent):
+            try:
+                rename_noreplace(trash_fd, name, parent, leaf)
+                with contextlib.suppress(OSError):
+                    _mark_used(parent, leaf, whole=held.directory is None)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                raise TrashError(
+                    f"{target} exists again (made after the move, e.g. by a container started "
+                    f"without the guard): move whatever in it matters into "
+                    f"{mp}/{records.AGENT_DIR}/{trash.TRASH_DIR}/{name}, remove {target}, "
+                    f"then run `volagent gc --restore {name}` again"
+                ) from None
         trash.forget(trash_fd, held)
         bound.info("gc_restored", path=target)
         return f"restored {target} from {name}"

@@ -26,13 +26,11 @@ class Progress:
     """The time of the last entry a walk reached, read by a watchdog in another thread."""
 
     last: float = field(default_factory=time.monotonic)
-    entries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def tick(self) -> None:
         with self._lock:
             self.last = time.monotonic()
-            self.entries += 1
 
     def idle_for(self) -> float:
         with self._lock:
@@ -41,9 +39,8 @@ class Progress:
 
 @dataclass
 class Removal:
-    """What removing a tree came to: entries removed, and what could not be."""
+    """What removing a tree came to: what could not be removed."""
 
-    removed: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -51,9 +48,8 @@ class Removal:
         return not self.problems
 
 
-def tree_size(parent_fd: int, name: str, progress: Progress | None = None) -> int:
+def tree_size(parent_fd: int, name: str, progress: Progress) -> int:
     """Bytes used on disk by the tree `name` below `parent_fd` (like du, each inode once)."""
-    progress = progress or Progress()
     try:
         fd = safedir.open_below(parent_fd, name)
     except OSError:
@@ -83,12 +79,11 @@ def _size_below(fd: int, dev: int, depth: int, seen: set[int], progress: Progres
         total += st.st_blocks * 512
         if stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
             try:
-                child = safedir.open_below(fd, name)
-            except OSError:
+                child = safedir.open_on(fd, name, dev)
+            except (OSError, safedir.OtherDevice):
                 continue
             with safedir.closing(child):
-                if os.fstat(child).st_dev == dev:
-                    total += _size_below(child, dev, depth + 1, seen, progress)
+                total += _size_below(child, dev, depth + 1, seen, progress)
     return total
 
 
@@ -113,7 +108,6 @@ def remove_tree(
     if result.complete:
         try:
             os.rmdir(name, dir_fd=parent_fd)
-            result.removed += 1
         except OSError as exc:
             result.problems.append(f"{shown}: cannot remove: {exc.strerror}")
     return result
@@ -134,7 +128,6 @@ def _empty(
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 os.unlink(name, dir_fd=fd)  # a symlink is removed itself, never followed
-                result.removed += 1
                 continue
             if depth >= MAX_DEPTH:
                 result.problems.append(f"{path}: deeper than {MAX_DEPTH} levels; left alone")
@@ -154,6 +147,5 @@ def _empty(
         if len(result.problems) == before:
             try:
                 os.rmdir(name, dir_fd=fd)
-                result.removed += 1
             except OSError as exc:
                 result.problems.append(f"{path}: cannot remove: {exc.strerror}")

@@ -196,12 +196,9 @@ class NamespaceWalk:
     def _open_frame(self, parent_fd: int, name: str) -> _Frame | None:
         self.budget.spend(1)
         try:
-            fd = safedir.open_below(parent_fd, name)
-        except OSError:
-            return None  # gone, or swapped for a symlink or a file: not entered
-        if os.fstat(fd).st_dev != self._dev:
-            os.close(fd)
-            return None
+            fd = safedir.open_on(parent_fd, name, self._dev)
+        except (OSError, safedir.OtherDevice):
+            return None  # gone, swapped for a symlink or a file, or another filesystem
         try:
             return _Frame(name, fd, os.scandir(fd))
         except OSError:
@@ -331,12 +328,10 @@ def record_of(
     rec.update({"namespace": walk.namespace, "host": host})
     if finished:
         rec.update(
-            {
-                "time": now,
-                "totals": {k: list(v) for k, v in walk.totals.items()},
-                "pass_s": round(now - walk.started, 3),
-                "walk": None,
-            }
+            time=now,
+            totals={k: list(v) for k, v in walk.totals.items()},
+            pass_s=round(now - walk.started, 3),
+            walk=None,
         )
     else:
         rec["walk"] = {"host": host, "saved": now, **walk.snapshot()}

@@ -116,9 +116,8 @@ def write_usage(
     mount_point: str, dev: int | None, host: str, batch: list[tuple[Key, UsageRecord]]
 ) -> list[Key]:
     """Blocking: writes each record; the keys written (all of them, or it raised)."""
-    root = safedir.open_shared_root(mount_point, dev)
     done = []
-    with safedir.closing(root):
+    with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
         for key, record in batch:
             parts = (records.AGENT_DIR, records.USAGE_DIR, *(p for p in key if p))
             with safedir.closing(records.open_own_dir(root, parts)) as d:
@@ -136,30 +135,20 @@ def usage_dirs(root_fd: int) -> Iterator[tuple[Key, int]]:
         return
     with safedir.closing(usage):
         yield MOUNT_ROOT, usage
-        for top in safedir.subdirs(usage, dots=True):
-            top_fd = records.open_dir(usage, (top,), create=False)
-            if top_fd is None:
-                continue
-            with safedir.closing(top_fd):
-                yield (top, ""), top_fd
-                for d in safedir.subdirs(top_fd, dots=True):
-                    try:
-                        d_fd = records.open_dir(top_fd, (d,), create=False)
-                    except VolagentError:
-                        continue  # swapped for something else since it was listed
-                    if d_fd is None:
-                        continue
-                    with safedir.closing(d_fd):
-                        yield (top, d), d_fd
+        for top, top_fd in records.open_each(usage, safedir.subdirs(usage, dots=True)):
+            yield (top, ""), top_fd
+            # one swapped for something else since it was listed is skipped
+            dirs = safedir.subdirs(top_fd, dots=True)
+            for d, d_fd in records.open_each(top_fd, dirs, skip_unusable=True):
+                yield (top, d), d_fd
 
 
 def own_records(mount_point: str, dev: int | None, host: str) -> dict[Key, list[str]]:
     """Blocking: the directories this host's records (of an earlier run too) say it uses,
     with the binds they list; those listing no container are left out."""
-    root = safedir.open_shared_root(mount_point, dev)
     found: dict[Key, list[str]] = {}
     name = records.file_name(host) + records.SUFFIX
-    with safedir.closing(root):
+    with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
         for key, fd in usage_dirs(root):
             record = records.read_one(fd, name, UsageRecord)
             if record and record.containers:

@@ -163,7 +163,8 @@ class UsageWalker:
         previous = self._figures.get(ns)
         saved = (previous or {}).get("walk")
         mp, dev = st.config.mount_point, st.mount_dev
-        root = await self._call_keep(lambda: safedir.open_shared_root(mp, dev))
+        opening = functools.partial(safedir.open_shared_root, mp, dev)
+        root = await self.worker.run(opening, READ_TIMEOUT_S, what="opening the mount point")
         walk = NamespaceWalk.resume(
             root, ns, self.budget, saved if isinstance(saved, dict) else None
         )
@@ -222,17 +223,13 @@ class UsageWalker:
         self.state.metrics.usage_walk_budget.set(self.budget.rate)
 
     async def _call(self, fn: Callable[[int], Any], what: str) -> Any:
-        st = self.state
-        mp, dev = st.config.mount_point, st.mount_dev
+        mp, dev = self.state.config.mount_point, self.state.mount_dev
 
         def call() -> Any:
             with safedir.closing(safedir.open_shared_root(mp, dev)) as root:
                 return fn(root)
 
         return await self.worker.run(call, READ_TIMEOUT_S, what=what)
-
-    async def _call_keep(self, fn: Callable[[], int]) -> int:
-        return await self.worker.run(fn, READ_TIMEOUT_S, what="opening the mount point")
 
     # --- the figures ------------------------------------------------------------------
     async def refresh(self) -> None:

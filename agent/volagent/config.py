@@ -272,8 +272,7 @@ class QuotasConfig:
     # field() itself: sizes are objects, and a default of one must not be shared by call;
     # sizes are checked by their type, when loaded
     default: Size | None = field(
-        default=None,
-        metadata={"doc": 'limit of an app not in apps, e.g. "100GiB" ("": none)'},
+        default=None, metadata={"doc": 'limit of an app not in apps, e.g. "100GiB" ("": none)'}
     )
     over_quota: OverQuota = _doc(
         f"{_words(OverQuota)} new creates of an app over its limit", OverQuota.WARN, LIVE

@@ -313,10 +313,9 @@ SECTIONS: dict[str, type[Any]] = {
 }
 
 
-def keys_applying(applies: str, cfg: Config | None = None) -> list[str]:
+def keys_applying(applies: str) -> list[str]:
     """The dotted keys that take effect the way `applies` says, in declaration order."""
-    keys = fields_of(cfg or Config())
-    return [k for k, f, _ in keys if f.metadata.get("applies", LIVE) == applies]
+    return [k for k, f, _ in fields_of(Config()) if f.metadata.get("applies", LIVE) == applies]
 
 
 def fields_of(cfg: Config) -> list[tuple[str, dataclasses.Field[Any], Any]]:

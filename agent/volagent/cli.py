@@ -62,10 +62,7 @@ DESCRIPTIONS = {
     "check-config": (
         "Validates the config file and prints the effective config (every key, defaults "
         "included) as TOML. Exit 0 when valid, 2 when not, naming the key.",
-        [
-            "volagent check-config",
-            "volagent check-config --config my-rack.toml",
-        ],
+        ["volagent check-config", "volagent check-config --config my-rack.toml"],
     ),
     "paths": (
         "Prints the host path of each container path of a service: where its data lives on "

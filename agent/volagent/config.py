@@ -272,8 +272,7 @@ class QuotasConfig:
     # field() itself: sizes are objects, and a default of one must not be shared by call;
     # sizes are checked by their type, when loaded
     default: Size | None = field(
-        default=None,
-        metadata={"doc": 'limit of an app not in apps, e.g. "100GiB" ("": none)'},
+        default=None, metadata={"doc": 'limit of an app not in apps, e.g. "100GiB" ("": none)'}
     )
     over_quota: OverQuota = _doc(
         f"{_words(OverQuota)} new creates of an app over its limit", OverQuota.WARN, LIVE
@@ -314,10 +313,9 @@ SECTIONS: dict[str, type[Any]] = {
 }
 
 
-def keys_applying(applies: str, cfg: Config | None = None) -> list[str]:
+def keys_applying(applies: str) -> list[str]:
     """The dotted keys that take effect the way `applies` says, in declaration order."""
-    keys = fields_of(cfg or Config())
-    return [k for k, f, _ in keys if f.metadata.get("applies", LIVE) == applies]
+    return [k for k, f, _ in fields_of(Config()) if f.metadata.get("applies", LIVE) == applies]
 
 
 def fields_of(cfg: Config) -> list[tuple[str, dataclasses.Field[Any], Any]]:

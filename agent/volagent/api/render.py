@@ -143,15 +143,10 @@ def _usage_lines(usage: list[dict[str, Any]], paint: _Painter, now: float) -> li
     rows = [("APP", "SIZE", "FILES", "QUOTA", "MEASURED")]
     for u in usage:
         quota = u.get("quota_bytes")
-        rows.append(
-            (
-                str(u.get("app", "?")),
-                format_size(int(u.get("bytes") or 0)),
-                str(u.get("inodes", "?")),
-                format_size(int(quota)) if isinstance(quota, int) else "-",
-                ago(u.get("measured"), now) + " ago" if u.get("measured") else "?",
-            )
-        )
+        size, files = format_size(int(u.get("bytes") or 0)), str(u.get("inodes", "?"))
+        limit = format_size(int(quota)) if isinstance(quota, int) else "-"
+        measured = ago(u.get("measured"), now) + " ago" if u.get("measured") else "?"
+        rows.append((str(u.get("app", "?")), size, files, limit, measured))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for n, row in enumerate(rows):
         text = "  " + "  ".join(row[i].ljust(widths[i]) for i in range(5))
@@ -185,15 +180,8 @@ def _volume_counts(containers: list[dict[str, Any]]) -> dict[str, int]:
 
 def _mount_lines(m: dict[str, Any], paint: _Painter, now: float) -> list[str]:
     state = str(m.get("state", "?"))
-    what = " ".join(
-        p
-        for p in (
-            m.get("type") or "",
-            m.get("source") or "",
-            f"({m['file_system_id']})" if m.get("file_system_id") else "",
-        )
-        if p
-    )
+    fs_id = f"({m['file_system_id']})" if m.get("file_system_id") else ""
+    what = " ".join(p for p in (m.get("type") or "", m.get("source") or "", fs_id) if p)
     probe = m.get("last_probe_ms")
     probe_text = f", last probe {probe:.1f} ms" if isinstance(probe, int | float) else ""
     lines = [
@@ -273,15 +261,8 @@ def _host_lines(doc: dict[str, Any], paint: _Painter, now: float) -> list[str]:
     for h in hosts:
         flag = "STALE" if h.get("stale") else ""
         seen = ago(h.get("last_seen"), now) + " ago" if h.get("last_seen") else "?"
-        rows.append(
-            (
-                str(h.get("host", "?")),
-                str(h.get("instance_id") or "-"),
-                str(h.get("status", "?")),
-                seen,
-                flag,
-            )
-        )
+        host, instance = str(h.get("host", "?")), str(h.get("instance_id") or "-")
+        rows.append((host, instance, str(h.get("status", "?")), seen, flag))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for n, row in enumerate(rows):
         cells = [row[i].ljust(widths[i]) for i in range(4)]

@@ -207,11 +207,8 @@ class Daemon:
             if self._died:
                 for task in self._died:
                     exc = task.exception() if not task.cancelled() else None
-                    self.log.error(
-                        "root_task_died",
-                        task=task.get_name(),
-                        reason=repr(exc) if exc else "cancelled",
-                    )
+                    reason = repr(exc) if exc else "cancelled"
+                    self.log.error("root_task_died", task=task.get_name(), reason=reason)
                 self.exit_code = 1
                 return
             # fed only from here: a stuck loop stops the pings and systemd restarts us

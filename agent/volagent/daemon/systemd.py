@@ -88,7 +88,7 @@ def watchdog_interval() -> float | None:
     return usec / 1_000_000 / 2 if usec > 0 else None
 
 
-def listen_fds(*, unset_environment: bool = True) -> dict[str, socket.socket]:
+def listen_fds() -> dict[str, socket.socket]:
     """The listening sockets handed over by systemd, by name.
 
     Names come from `LISTEN_FDNAMES` (`FileDescriptorName=` of each socket unit); a socket
@@ -96,9 +96,8 @@ def listen_fds(*, unset_environment: bool = True) -> dict[str, socket.socket]:
     marked close-on-exec so mount helpers don't inherit them. Returns {} when nothing was
     handed over to this process."""
     values = {name: os.environ.get(name) for name in _LISTEN_VARS}
-    if unset_environment:
-        for name in _LISTEN_VARS:
-            os.environ.pop(name, None)
+    for name in _LISTEN_VARS:
+        os.environ.pop(name, None)
     try:
         pid = int(values["LISTEN_PID"] or "")
         count = int(values["LISTEN_FDS"] or "")

@@ -148,7 +148,8 @@ class Guard:
         return self._error(404, f"no such plugin endpoint {req.path}")
 
     async def handle(self, req: Request) -> Response:
-        return await _awaited(self.answer(req))
+        answer = self.answer(req)
+        return answer if isinstance(answer, Response) else await answer
 
     def _error(self, status: int, message: str) -> Response:
         return Response(status, error_body(message), PLUGIN_CONTENT_TYPE)
@@ -653,10 +654,6 @@ class Guard:
         else:
             chosen = query_value(where.query, "dir")
         return messages.checkpoint_dir() if chosen else None
-
-
-async def _awaited(answer: Response | Awaitable[Response]) -> Response:
-    return answer if isinstance(answer, Response) else await answer
 
 
 def _bind_device(vol: LocalVolume) -> list[str]:

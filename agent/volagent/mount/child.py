@@ -52,11 +52,7 @@ async def run(argv: list[str], timeout: float) -> Finished:
     ChildHung when it outlives `timeout` (it is killed, and not waited for long)."""
     with tempfile.TemporaryFile() as out:
         proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
         )
         try:
             async with asyncio.timeout(timeout):

@@ -12,6 +12,8 @@ import fcntl
 import os
 import struct
 
+from volagent import safedir
+
 MS_BIND = 0x1000
 # _IOR('f', 1, long) and _IOW('f', 2, long); the kernel reads and writes an int through them
 FS_IOC_GETFLAGS = 0x80086601
@@ -58,11 +60,8 @@ def set_immutable(fd: int, on: bool) -> bool:
 
 
 def is_immutable(path: str) -> bool:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+    with safedir.closing(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as fd:
         return bool(get_flags(fd) & FS_IMMUTABLE_FL)
-    finally:
-        os.close(fd)
 
 
 def release(path: str) -> None:
@@ -72,10 +71,9 @@ def release(path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return
-    try:
-        set_immutable(fd, False)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-    finally:
-        os.close(fd)
+    with safedir.closing(fd):
+        try:
+            set_immutable(fd, False)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL):
+                raise

@@ -26,13 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from volagent import log
 from volagent.aws.discovery import Resolver, resolve_host
 from volagent.config import Config
-from volagent.errors import (
-    EfsUnavailable,
-    FilesystemHung,
-    ForeignMount,
-    MountError,
-    PermanentError,
-)
+from volagent.errors import EfsUnavailable, FilesystemHung, ForeignMount, MountError, PermanentError
 from volagent.mount import child, kernel, remembered, shared, table, underlay
 from volagent.mount.report import Reporter
 from volagent.mount.supervise import ASKED, Current, LetGo, Signals, Supervisor
@@ -300,12 +294,8 @@ class MountManager:
             self._report.mounting(error, keep_error=False)
         else:
             self._report.unhealthy(MountState.UNMOUNTED, error)
-        self._log.warning(
-            "mount.remount" if reason in ASKED else "mount.lost",
-            reason=reason,
-            error=error,
-            mount_point=cur.mount_point,
-        )
+        event = "mount.remount" if reason in ASKED else "mount.lost"
+        self._log.warning(event, reason=reason, error=error, mount_point=cur.mount_point)
         new_mp = os.path.normpath(self.state.config.mount_point)
         moved = reason == LetGo.CONFIG and new_mp != os.path.normpath(cur.config.mount_point)
         entry = table.find_mount(cur.mount_point)

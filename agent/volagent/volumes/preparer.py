@@ -26,12 +26,7 @@ from volagent.rack import quotas
 from volagent.rack.registry_task import Registry
 from volagent.rack.usage.recorder import key_of
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
-from volagent.vocabulary import (
-    SETTLED_VOLUME_STATES,
-    OnViolation,
-    VolumeState,
-    WhenUnhealthy,
-)
+from volagent.vocabulary import SETTLED_VOLUME_STATES, OnViolation, VolumeState, WhenUnhealthy
 from volagent.volumes import directories, locate, mount_check, namespace, trashcheck
 from volagent.worker import TimedWorker
 
@@ -326,8 +321,7 @@ class Preparer:
                 mine.append(b)
             elif land.kind == locate.CONTAINS:
                 found[len(mine)] = NamespaceViolation(
-                    5,
-                    f"{b.host} contains {land.path}: a bind of it carries every app's data along",
+                    5, f"{b.host} contains {land.path}: a bind of it carries every app's data along"
                 )
                 mine.append(b)
             else:

@@ -46,15 +46,13 @@ MARKED = 2
 
 
 def mark_used(
-    opened: Sequence[tuple[int, os.stat_result]],
-    now: float | None = None,
-    recorded_at: float | None = None,
+    opened: Sequence[tuple[int, os.stat_result]], recorded_at: float | None = None
 ) -> int:
     """Sets the mtime of `<ns>` and `<ns>/<dir>` (those the walk opened) to now where it is
     older than TOUCH_AFTER_S: a directory changed within gc's window is never a candidate.
     Nothing is touched when this host's usage record of the directory (`recorded_at`) is
     that recent: gc keeps what a record of its window names. How many were touched."""
-    now = time.time() if now is None else now
+    now = time.time()
     if recorded_at is not None and recorded_at >= now - TOUCH_AFTER_S:
         return 0
     touched = 0

@@ -469,9 +469,7 @@ class DockerWatch:
                     record.volumes.append(vol)
                     by_host[m.host] = vol
                 st.set_volume_state(
-                    vol,
-                    VolumeState.VIOLATION,
-                    f"{mount_check.MISMATCH}: {m.reason}",
+                    vol, VolumeState.VIOLATION, f"{mount_check.MISMATCH}: {m.reason}"
                 )
         st.warn(
             f"mount-mismatch:{cid}",

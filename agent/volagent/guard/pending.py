@@ -48,25 +48,20 @@ class PendingCreates:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def reserve(
-        self, uri: str, body: bytes, paths: list[str], host: tuple[HostBind, ...] = ()
-    ) -> None:
-        """A create being judged: its binds count as live at once (`host`: its sources
-        outside the mount point, for rule 7 on host paths)."""
-        key = request_key(uri, body)
+    def reserve(self, key: bytes, paths: list[str], host: tuple[HostBind, ...] = ()) -> None:
+        """A create being judged (`key`: its request_key): its binds count as live at once
+        (`host`: its sources outside the mount point, for rule 7 on host paths)."""
         self.state.reserved_binds[key] = tuple(paths)
         self.state.reserved_host_binds[key] = host
 
-    def release(self, uri: str, body: bytes) -> None:
+    def release(self, key: bytes) -> None:
         """A create that was refused after all gives its reservation back."""
-        key = request_key(uri, body)
         if key not in self._pending:
             self.state.reserved_binds.pop(key, None)
             self.state.reserved_host_binds.pop(key, None)
 
-    def allowed(self, uri: str, body: bytes, create: AllowedCreate) -> None:
+    def allowed(self, key: bytes, create: AllowedCreate) -> None:
         """An allowed create: held until Docker answers it, its binds reserved."""
-        key = request_key(uri, body)
         self._pending[key] = create
         self._pending.move_to_end(key)
         self.state.reserved_binds[key] = tuple(
@@ -78,11 +73,10 @@ class PendingCreates:
             self.state.reserved_binds.pop(old, None)
             self.state.reserved_host_binds.pop(old, None)
 
-    def answered(self, uri: str, body: bytes) -> AllowedCreate | None:
+    def answered(self, key: bytes) -> AllowedCreate | None:
         """Docker answered the create: what was allowed, no longer pending, its reservation
         given back (the caller puts the container in the state's table, whose binds are
         live from then on)."""
-        key = request_key(uri, body)
         self.state.reserved_binds.pop(key, None)
         self.state.reserved_host_binds.pop(key, None)
         return self._pending.pop(key, None)

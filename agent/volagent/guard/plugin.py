@@ -65,7 +65,6 @@ from volagent.guard.protocol import (
     route,
 )
 from volagent.httpserver import HttpServer, Request, Response
-from volagent.rack.registry_task import request_ref
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.vocabulary import MountType, OnViolation, VolumeState, WhenUnhealthy
 from volagent.volumes.namespace import Bind
@@ -175,7 +174,7 @@ class Guard:
             answered = authz.response_body
         except PluginRequestError as exc:
             return self._error(400, str(exc))
-        allowed = self.pending.answered(authz.uri, authz.body)
+        allowed = self.pending.answered(request_key(authz.uri, authz.body))
         container_id = created_id(answered)
         if allowed is not None and container_id:
             self.log.debug("guard_learned", container=container_id[:12], name=allowed.spec.name)
@@ -302,7 +301,6 @@ class Guard:
 
     # --- create -------------------------------------------------------------------------
     async def _judge_create(self, authz: AuthzRequest, where: Route) -> str | None:
-        uri = authz.uri
         body = authz.body
         if body is None:
             return messages.hidden_body(authz.headers, "this container create")
@@ -318,14 +316,22 @@ class Guard:
         denial = await self._judge_inherited(who, create)
         if denial is not None:
             return denial
+        key = request_key(authz.uri, body)  # one digest of up to 1 MiB for every use
+        outcome = await self.preparer.judge(spec)
+        if outcome is None:
+            # nothing of it on the shared filesystem (most creates): allowed at once,
+            # without the verdict, reservation and claim of one that has something there
+            self.pending.allowed(key, AllowedCreate(spec, []))
+            return None
         verdict = await self.preparer.decide_create(
             spec,
-            request_ref(request_key(uri, body)),
-            lambda live: self.pending.reserve(uri, body, live, spec.host_binds),
-            lambda: self.pending.release(uri, body),
+            outcome,
+            key,
+            lambda live: self.pending.reserve(key, live, spec.host_binds),
+            lambda: self.pending.release(key),
         )
         if isinstance(verdict, Allowed):
-            self.pending.allowed(uri, body, AllowedCreate(spec, verdict.volumes, verdict.identity))
+            self.pending.allowed(key, AllowedCreate(spec, verdict.volumes, verdict.identity))
         return self._phrased(who, verdict, "create")
 
     def _phrased(self, who: str, verdict: Allowed | Refused, action: str) -> str | None:

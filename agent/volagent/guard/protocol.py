@@ -349,8 +349,14 @@ class _GoObject(dict[str, Any]):
             self.folded.setdefault(go_fold(key), []).append(value)
 
 
-def _field(obj: Any, name: str, where: str) -> Any:
-    """obj's value for the Go field `name`; None when absent; refuses repeats."""
+# what a field of each JSON type must be, as the error says it
+_KINDS: dict[type, str] = {str: "a string", bool: "true or false", list: "a list"}
+
+
+def _field(obj: Any, name: str, where: str, kind: type = object) -> Any:
+    """obj's value for the Go field `name`; None when absent; refuses repeats and, saying
+    what it must be, a value that is not a `kind` (checked here, not in a wrapper: every
+    create has some twenty fields read, and each call costs)."""
     if not isinstance(obj, _GoObject):
         return None
     values = obj.folded.get(go_fold(name))
@@ -361,7 +367,10 @@ def _field(obj: Any, name: str, where: str) -> Any:
             f"{where}{name} is given {len(values)} times (keys differing only in case); "
             "send it once"
         )
-    return values[0]
+    value = values[0]
+    if value is not None and not isinstance(value, kind):  # null reads as absent
+        raise CreateBodyError(f"{where}{name} must be {_KINDS[kind]}")
+    return value
 
 
 def _str_map(value: Any, what: str) -> dict[str, str]:
@@ -480,21 +489,8 @@ def parse_create_body(body: bytes, name: str = "") -> CreateRequest:
     )
 
 
-# what a field of each JSON type must be, as the error says it
-_KINDS: dict[type, str] = {str: "a string", bool: "true or false", list: "a list"}
-
-
-def _typed(obj: Any, name: str, where: str, kind: type) -> Any:
-    """obj's value for the Go field `name` when it is a `kind`, None when absent; raises
-    CreateBodyError, saying what it must be, for a value of another type."""
-    value = _field(obj, name, where)
-    if value is not None and not isinstance(value, kind):
-        raise CreateBodyError(f"{where}{name} must be {_KINDS[kind]}")
-    return value
-
-
 def _str_field(obj: Any, name: str, where: str) -> str:
-    return _typed(obj, name, where, str) or ""
+    return _field(obj, name, where, str) or ""
 
 
 def _paths(obj: Any, name: str, where: str) -> tuple[str, ...] | None:
@@ -504,7 +500,7 @@ def _paths(obj: Any, name: str, where: str) -> tuple[str, ...] | None:
 
 def _host_privileges(hc: Any, where: str) -> HostPrivileges:
     """The HostConfig settings that can grant privilege, read as Docker decodes them."""
-    privileged = bool(_typed(hc, "Privileged", where, bool))
+    privileged = bool(_field(hc, "Privileged", where, bool))
     cap_add = _field(hc, "CapAdd", where)
     if isinstance(cap_add, str):  # a StrSlice: one string or a list of them
         cap_add = [cap_add]
@@ -518,9 +514,9 @@ def _host_privileges(hc: Any, where: str) -> HostPrivileges:
         network_mode=_str_field(hc, "NetworkMode", where),
         uts_mode=_str_field(hc, "UTSMode", where),
         cap_add=tuple(_str_list(cap_add, f"{where}CapAdd")),
-        devices=len(_typed(hc, "Devices", where, list) or ()),
-        device_requests=len(_typed(hc, "DeviceRequests", where, list) or ()),
-        device_cgroup_rules=len(_typed(hc, "DeviceCgroupRules", where, list) or ()),
+        devices=len(_field(hc, "Devices", where, list) or ()),
+        device_requests=len(_field(hc, "DeviceRequests", where, list) or ()),
+        device_cgroup_rules=len(_field(hc, "DeviceCgroupRules", where, list) or ()),
         security_opt=tuple(_str_list(_field(hc, "SecurityOpt", where), f"{where}SecurityOpt")),
         sysctls=tuple(sysctls),
         masked_paths=_paths(hc, "MaskedPaths", where),
@@ -530,7 +526,7 @@ def _host_privileges(hc: Any, where: str) -> HostPrivileges:
 
 def parse_exec_privileged(body: bytes) -> bool:
     """`POST /containers/{id}/exec`: whether the exec asks for `Privileged`."""
-    return bool(_typed(_go_json(body, "exec create"), "Privileged", "", bool))
+    return bool(_field(_go_json(body, "exec create"), "Privileged", "", bool))
 
 
 def parse_checkpoint_dir(body: bytes) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from volagent import log, nesting
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
 from volagent.rack import quotas
-from volagent.rack.registry_task import Registry
+from volagent.rack.registry_task import Registry, request_ref
 from volagent.rack.usage.recorder import key_of
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.vocabulary import SETTLED_VOLUME_STATES, OnViolation, VolumeState, WhenUnhealthy
@@ -147,6 +147,7 @@ class Refused:
 
 
 Recheck = Callable[[], Awaitable[bool]]
+Reserve = Callable[[list[str]], None]
 Release = Callable[[], None]
 
 
@@ -198,14 +199,13 @@ class Preparer:
         return self.outcome_of(spec, landings)
 
     async def decide_create(
-        self, spec: ContainerSpec, ref: str, reserve: Callable[[list[str]], None], release: Release
+        self, spec: ContainerSpec, outcome: Outcome, key: bytes, reserve: Reserve, release: Release
     ) -> Allowed | Refused:
-        """A create decided: judged, rule 7 here, the quota; its binds reserved (the registry's
+        """A create with something on the shared filesystem (`outcome`: judge's, nothing
+        awaited since) decided: rule 7 here, the quota; its binds reserved (the registry's
         keeper keeps this host's entry from the claim until the create is answered); rule 7
-        across the rack, the walk. Refused, or failing, after `reserve`: `release`."""
-        outcome = await self.judge(spec)
-        if outcome is None:
-            return Allowed([])
+        across the rack, the walk. Refused, or failing, after `reserve`: `release`. `key`:
+        the create request's digest, named in the registry by its ref (made only then)."""
         self.check_nesting(outcome)
         if outcome.violations and self.state.config.guard.violations == OnViolation.DENY:
             return Refused("violations", outcome)
@@ -216,7 +216,9 @@ class Preparer:
         verdict: Allowed | Refused | None = None
         try:
             if self.registry is not None:
-                await self.registry.claim(outcome.volumes, outcome.plans, ref, spec.name)
+                await self.registry.claim(
+                    outcome.volumes, outcome.plans, request_ref(key), spec.name
+                )
             verdict = await self._settled(spec, outcome, self.state.mount_healthy, start=False)
             return verdict
         finally:

@@ -317,15 +317,8 @@ class Guard:
         if denial is not None:
             return denial
         key = request_key(authz.uri, body)  # one digest of up to 1 MiB for every use
-        outcome = await self.preparer.judge(spec)
-        if outcome is None:
-            # nothing of it on the shared filesystem (most creates): allowed at once,
-            # without the verdict, reservation and claim of one that has something there
-            self.pending.allowed(key, AllowedCreate(spec, []))
-            return None
         verdict = await self.preparer.decide_create(
             spec,
-            outcome,
             key,
             lambda live: self.pending.reserve(key, live, spec.host_binds),
             lambda: self.pending.release(key),

@@ -199,13 +199,15 @@ class Preparer:
         return self.outcome_of(spec, landings)
 
     async def decide_create(
-        self, spec: ContainerSpec, outcome: Outcome, key: bytes, reserve: Reserve, release: Release
+        self, spec: ContainerSpec, key: bytes, reserve: Reserve, release: Release
     ) -> Allowed | Refused:
-        """A create with something on the shared filesystem (`outcome`: judge's, nothing
-        awaited since) decided: rule 7 here, the quota; its binds reserved (the registry's
+        """A create decided: judged, rule 7 here, the quota; its binds reserved (the registry's
         keeper keeps this host's entry from the claim until the create is answered); rule 7
         across the rack, the walk. Refused, or failing, after `reserve`: `release`. `key`:
         the create request's digest, named in the registry by its ref (made only then)."""
+        outcome = await self.judge(spec)
+        if outcome is None:
+            return Allowed([])
         self.check_nesting(outcome)
         if outcome.violations and self.state.config.guard.violations == OnViolation.DENY:
             return Refused("violations", outcome)

@@ -19,7 +19,7 @@ from tests.testbed.aws import OTHER_ZONE, EfsWorld, Imds, NfsPorts, standin_reso
 from tests.testbed.efs_standin import Scratch, running_manager, scratch_area, sh
 from tests.testbed.waiting import eventually
 from volagent.config import DEFAULT_NFS_OPTIONS, Config
-from volagent.mount import find_mount, kernel
+from volagent.mount import find_mount
 
 pytestmark = pytest.mark.mount
 TAG = "convox:rack=myrack"
@@ -134,7 +134,7 @@ async def test_discovery_failures_are_clear_and_retried(
             assert expected in error and "fix:" in error
             assert all(expected in e["error"] for e in failures())
             # nothing lands on local disk meanwhile
-            assert kernel.is_immutable(bed.scratch.mount_point)
+            assert "i" in sh("lsattr", "-d", bed.scratch.mount_point).stdout.split()[0]
     assert bed.scratch.mount_calls() == []
 
 

@@ -115,14 +115,14 @@ class Kernel:
     def bind_mount(self, source: str, target: str) -> None:
         self.mount(source, "ext4", target, root=source)
 
-    def set_immutable(self, fd: int, on: bool) -> bool:
+    def set_immutable(self, fd: int) -> bool:
         if self.no_immutable_flag:
             raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         was = self.immutable.get(key, False)
-        self.immutable[key] = on
-        return was != on
+        self.immutable[key] = True
+        return not was
 
     def is_immutable(self, path: Path) -> bool:
         st = os.stat(path)

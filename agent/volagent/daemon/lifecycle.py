@@ -241,10 +241,7 @@ class Daemon:
     def _on_mount_healthy(self) -> None:
         """The mount is (back) up: volumes left pending get their directories now."""
         self.heartbeat.wake()
-        self._background_task("reconcile-after-mount", self._reconcile_quietly())
-
-    def _background_task(self, name: str, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro, name=name)
+        task = asyncio.create_task(self._reconcile_quietly(), name="reconcile-after-mount")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -316,8 +313,4 @@ def main(config_path: str | None) -> int:
         print(f"volagent: invalid config: {exc}", file=sys.stderr)
         return 2
     log.configure(cfg.log_level)
-    return asyncio.run(_serve(cfg, config_path))
-
-
-async def _serve(cfg: Config, config_path: str | None) -> int:
-    return await Daemon(cfg, config_path).serve()
+    return asyncio.run(Daemon(cfg, config_path).serve())

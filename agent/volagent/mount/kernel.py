@@ -7,12 +7,9 @@ All of these block: call them through a TimedWorker.
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import os
 import struct
-
-from volagent import safedir
 
 MS_BIND = 0x1000
 # _IOR('f', 1, long) and _IOW('f', 2, long); the kernel reads and writes an int through them
@@ -30,50 +27,18 @@ _libc.mount.argtypes = [
 ]
 
 
-def _raise_errno(what: str, path: str) -> None:
-    code = ctypes.get_errno()
-    raise OSError(code, f"{what}: {os.strerror(code)}", path)
-
-
 def bind_mount(source: str, target: str) -> None:
     """`mount --bind source target`."""
     if _libc.mount(os.fsencode(source), os.fsencode(target), None, MS_BIND, None) != 0:
-        _raise_errno(f"bind mount of {source}", target)
+        code = ctypes.get_errno()
+        raise OSError(code, f"bind mount of {source}: {os.strerror(code)}", target)
 
 
-def get_flags(fd: int) -> int:
-    buf = fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("i", 0))
-    flags: int = struct.unpack("i", buf)[0]
-    return flags
-
-
-def set_immutable(fd: int, on: bool) -> bool:
-    """Sets or clears the immutable flag (`chattr +i`/`-i`) of the open directory `fd`.
-    Returns whether it changed. Raises OSError (ENOTTY/EOPNOTSUPP where the filesystem has
-    no such flag)."""
-    flags = get_flags(fd)
-    wanted = flags | FS_IMMUTABLE_FL if on else flags & ~FS_IMMUTABLE_FL
-    if wanted == flags:
+def set_immutable(fd: int) -> bool:
+    """Sets the immutable flag (`chattr +i`) of the open directory `fd`. Returns whether it
+    changed. Raises OSError (ENOTTY/EOPNOTSUPP where the filesystem has no such flag)."""
+    flags = struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("i", 0)))[0]
+    if flags & FS_IMMUTABLE_FL:
         return False
-    fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", wanted))
+    fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags | FS_IMMUTABLE_FL))
     return True
-
-
-def is_immutable(path: str) -> bool:
-    with safedir.closing(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as fd:
-        return bool(get_flags(fd) & FS_IMMUTABLE_FL)
-
-
-def release(path: str) -> None:
-    """Clears the immutable flag of the directory `path` if set (for operators and tests that
-    remove a mount point volagent guarded). Nothing happens where the flag is unsupported."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    with safedir.closing(fd):
-        try:
-            set_immutable(fd, False)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL):
-                raise

@@ -95,9 +95,7 @@ class MountManager:
                         short_lived = 0
                     else:
                         short_lived += 1
-                        await self._signals.sleep(
-                            _short_lived_delay(short_lived), lambda: self._signals.remount_requested
-                        )
+                        await self._backoff(_short_lived_delay(short_lived))
                 except Exception as exc:
                     # a bug must not leave the mount unwatched: say so, then start over
                     self._log.exception("mount.crashed", error=repr(exc))

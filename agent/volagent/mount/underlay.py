@@ -53,13 +53,9 @@ def lock(mount_point: str) -> bool:
     """Makes the (unmounted) mount point directory immutable. True if it changed.
     Raises NoImmutableFlag where the filesystem does not support the flag."""
     with safedir.closing(os.open(mount_point, safedir.DIR_FLAGS)) as fd:
-        return _set(fd, True)
-
-
-def _set(fd: int, on: bool) -> bool:
-    try:
-        return kernel.set_immutable(fd, on)
-    except OSError as exc:
-        if exc.errno in UNSUPPORTED:
-            raise NoImmutableFlag(os.strerror(exc.errno or 0)) from None
-        raise
+        try:
+            return kernel.set_immutable(fd)
+        except OSError as exc:
+            if exc.errno in UNSUPPORTED:
+                raise NoImmutableFlag(os.strerror(exc.errno or 0)) from None
+            raise

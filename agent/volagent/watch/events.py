@@ -332,9 +332,7 @@ class DockerWatch:
         ]
         await asyncio.gather(*(one(cid) for cid in restarting))
 
-    async def _walk_binds(
-        self, cid: str, spec: ContainerSpec | None = None
-    ) -> list[mount_check.Mismatch]:
+    async def _walk_binds(self, cid: str, spec: ContainerSpec | None) -> list[mount_check.Mismatch]:
         """The check after a start that needs no process: every prepared bind source walked
         again as the host resolves it now, and every bind of `spec` spelled outside the
         mount point resolved again (see volumes/start_check.py)."""
@@ -369,13 +367,12 @@ class DockerWatch:
             return found + start_check.check_outside(mp, outside, recorded)
 
         try:
-            found: list[mount_check.Mismatch] = await self.preparer.worker.run(
+            return await self.preparer.worker.run(
                 check, st.config.directories.timeout_s, what="checking binds after a start"
             )
         except Exception as exc:  # the mount went away or hangs: the mount watch says so
             self.log.warning("start_check_skipped", container=cid[:12], reason=str(exc))
             return []
-        return found
 
     async def _bind_volume_devices(self, names: list[str]) -> list[tuple[str, str]]:
         """The devices of the local-driver bind volumes among `names` ((device, "volume

@@ -23,7 +23,7 @@ from tests.testbed import mounts as testbed_mounts
 from tests.testbed.agent import AgentProcess
 from volagent import config as config_mod
 from volagent.config import Config
-from volagent.mount import MountManager, kernel
+from volagent.mount import MountManager
 from volagent.state import AgentState
 
 T = TypeVar("T")
@@ -156,12 +156,8 @@ def cleanup(scratch: Scratch) -> None:
             os.kill(pid, signal.SIGCONT)
             os.kill(pid, signal.SIGKILL)
     testbed_mounts.umount_all_under(str(scratch.root))
-    for dirpath, dirnames, _ in os.walk(scratch.root):
-        for name in dirnames:
-            with contextlib.suppress(OSError):
-                kernel.release(os.path.join(dirpath, name))
-    with contextlib.suppress(OSError):
-        kernel.release(str(scratch.root))
+    # symlinks are not followed by chattr -R
+    subprocess.run(["chattr", "-R", "-i", str(scratch.root)], check=False, capture_output=True)
 
 
 def stop_agent_on_standin(agent: AgentProcess, scratch: Scratch) -> None:
@@ -172,7 +168,7 @@ def stop_agent_on_standin(agent: AgentProcess, scratch: Scratch) -> None:
         agent.stop()
     cleanup(scratch)
     testbed_mounts.umount_lazy(agent.mount_point)
-    kernel.release(agent.mount_point)
+    subprocess.run(["chattr", "-i", agent.mount_point], check=False, capture_output=True)
 
 
 @contextlib.contextmanager

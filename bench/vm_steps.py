@@ -63,7 +63,7 @@ try:  # the registry came with 0.3: on an earlier install its steps count nothin
     LEGACY_PARAMS = inspect.signature(binds.legacy_binds).parameters
     # 0.3.0 and before: the keeper removed only its entries older than the moment it looked
     SINCE = "since" in inspect.signature(registry_claim.set_own).parameters
-    # since 0.3.1 the daemon keeps the registry's files open between its transactions on one
+    # since 0.3.2 the daemon keeps the registry's files open between its transactions on one
     # mount: the first claim of a namespace opens them, the next ones do not
     KEPT: dict[str, Any] = (
         {"epoch": 1} if "epoch" in inspect.signature(registry_claim.claim).parameters else {}

@@ -161,7 +161,7 @@ def bed(guarded: Guarded) -> Iterator[Guarded]:
         made.cleanup()
     finally:
         made.close()
-    guarded.stop_agent()
+    guarded.stop_agent(graceful=False)
 
 
 @pytest.fixture

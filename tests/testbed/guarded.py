@@ -44,8 +44,13 @@ class Guarded:
         agent.wait_for(lambda d: d["mount"]["state"] in ("mounted", "local"), what="the mount")
         return agent
 
-    def stop_agent(self) -> None:
+    def stop_agent(self, graceful: bool = True) -> None:
+        """Ends the serving agent. `graceful=False` kills it, for a test's clean-up: a
+        graceful stop waits out the guard's linger (2 s) for dockerd's idle connections,
+        most of a short guard test's time; the tests of the stop itself stop gracefully."""
         if self.agent is not None:
+            if not graceful and self.agent.running:
+                self.agent.kill()
             self.agent.close()
             self.agent = None
 

@@ -358,6 +358,17 @@ def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
                 f" with usage records: {vm.sh(usage_dirs).out.strip()}"
             )
             print(f"    by operation, per run: {ops}")
+            for step in (*STEPS, "0.2 fallback"):
+                of_step: Counter[str] = Counter()
+                for r in runs:
+                    of_step.update(
+                        {op: n for op, n in r.get(step, {}).items() if op not in LEASE_OPS}
+                    )
+                if of_step:
+                    shown_ops = ", ".join(
+                        f"{op} {n / len(runs):g}" for op, n in of_step.most_common()
+                    )
+                    print(f"      {step}: {shown_ops}")
             medians[case] = {**med, "whole": statistics.median(whole)}
     finally:
         vm.sh("systemctl start volagent", timeout=300)

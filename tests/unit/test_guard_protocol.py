@@ -17,13 +17,13 @@ from volagent.guard.protocol import (
     created_id,
     decision_body,
     error_body,
-    go_fold,
     header,
     parse_authz_request,
     parse_create_body,
     route,
 )
 from volagent.volumes import namespace
+from volagent.volumes.local_volume import go_fold
 
 
 def plugin_request(method: str, uri: str, body: bytes | None = None, **extra: object) -> bytes:

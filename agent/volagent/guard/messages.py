@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from volagent.guard.protocol import MAX_FORWARDED_BODY, LocalVolume, header
+from volagent.guard.protocol import MAX_FORWARDED_BODY, header
 from volagent.state import MountStatus, VolumeRecord
+from volagent.volumes.local_volume import LocalVolume
 from volagent.volumes.preparer import Outcome
 
 _DONE = {

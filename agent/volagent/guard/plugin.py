@@ -48,14 +48,12 @@ from volagent.guard.protocol import (
     AuthzRequest,
     CreateBodyError,
     CreateRequest,
-    LocalVolume,
     PluginRequestError,
     Route,
     RouteKind,
     created_id,
     decision_body,
     error_body,
-    local_volume,
     parse_authz_request,
     parse_checkpoint_dir,
     parse_create_body,
@@ -67,6 +65,7 @@ from volagent.guard.protocol import (
 from volagent.httpserver import HttpServer, Request, Response
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.vocabulary import MountType, OnViolation, VolumeState, WhenUnhealthy
+from volagent.volumes.local_volume import LocalVolume
 from volagent.volumes.namespace import Bind
 from volagent.volumes.preparer import Allowed, ContainerSpec, Preparer, Refused
 
@@ -349,7 +348,7 @@ class Guard:
             denial = await self._judge_local_volume(who, vol)
             if denial is not None:
                 return denial
-            devices += _bind_device(vol)
+            devices += [vol.bind_device] if vol.bind_device else []
         inherited, unknown, their_volumes = await self._volumes_from(create.volumes_from)
         if unknown:
             return messages.unknown_volumes_from(who, unknown)
@@ -422,17 +421,15 @@ class Guard:
         data = await self.inspect_volume(name)
         if data is None:
             return None
-        driver = data.get("Driver")
-        raw = data.get("Options")
-        options = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
-        vol = local_volume(name, driver, options)
+        vol = LocalVolume.from_inspect(name, data)
         if vol is None:
             # a volume plugin's: plugins are installed by root, and what their volumes mount
             # is theirs to answer for (managed plugins are judged where they are installed)
-            self.log.info("guard_plugin_volume", volume=name[:128], driver=str(driver)[:128])
+            driver = str(data.get("Driver"))[:128]
+            self.log.info("guard_plugin_volume", volume=name[:128], driver=driver)
             return None
         denial = await self._judge_local_volume(who, vol)
-        devices += _bind_device(vol)
+        devices += [vol.bind_device] if vol.bind_device else []
         return None if denial is None else messages.existing_volume(denial, name)
 
     async def _judge_volume_create(self, authz: AuthzRequest) -> str | None:
@@ -653,8 +650,3 @@ class Guard:
         else:
             chosen = query_value(where.query, "dir")
         return messages.checkpoint_dir() if chosen else None
-
-
-def _bind_device(vol: LocalVolume) -> list[str]:
-    """The device of a local-driver bind volume, as a one-item list; [] for other kinds."""
-    return [vol.device] if vol.type in ("", "none") and vol.is_bind and vol.device else []

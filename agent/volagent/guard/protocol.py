@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from volagent.guard.privilege import HostPrivileges
 from volagent.volumes import namespace
+from volagent.volumes.local_volume import LocalVolume, go_fold, local_volume
 from volagent.volumes.preparer import ContainerSpec
 
 # Docker hands a body to plugins only below this size and only for application/json.
@@ -156,37 +157,6 @@ class Route:
     def legacy(self) -> bool:
         """An API version below 1.24, where dockerd 25 and older apply a start's body."""
         return bool(self.version) and api_below(self.version, (1, 24))
-
-
-@dataclass(frozen=True)
-class LocalVolume:
-    """A volume of the local driver, with the options that make it a mount of its own:
-    `type=none,o=bind,device=PATH` is a bind of PATH, `type=nfs4,o=addr=HOST` an NFS mount."""
-
-    name: str
-    type: str
-    options: tuple[str, ...]
-    device: str
-
-    @property
-    def plain(self) -> bool:
-        """A volume of the driver's own directory, with no options of its own."""
-        return not (self.type or self.options or self.device)
-
-    @property
-    def is_bind(self) -> bool:
-        return bool({"bind", "rbind"} & set(self.options))
-
-    @property
-    def nfs_server(self) -> str:
-        """The server an NFS volume mounts from ("" when it is not NFS)."""
-        if not self.type.startswith("nfs"):
-            return ""
-        for opt in self.options:
-            if opt.startswith("addr="):
-                return opt[5:]
-        host, sep, _ = self.device.partition(":")
-        return host if sep else ""
 
 
 @dataclass
@@ -334,11 +304,6 @@ def query_value(query: str, key: str) -> str:
 
 
 # --- Go-style reading of the create body ----------------------------------------------------
-def go_fold(key: str) -> str:
-    """The case folding Go's encoding/json applies when matching keys to field names."""
-    return key.replace("\u212a", "k").replace("\u017f", "s").lower()
-
-
 class _GoObject(dict[str, Any]):
     """A JSON object that remembers every key under its Go-folded form, in order."""
 
@@ -412,20 +377,6 @@ def _mounts(value: Any, prefix: str) -> list[dict[str, Any]]:
         )
         out.append(mount)
     return out
-
-
-def local_volume(name: str, driver: Any, opts: Mapping[str, str]) -> LocalVolume | None:
-    """The local driver's volume with its mount options; None for other drivers."""
-    if driver not in ("", "local", None):
-        return None
-    folded = {go_fold(k): v for k, v in opts.items()}
-    options = tuple(o.strip() for o in (folded.get("o") or "").split(",") if o.strip())
-    return LocalVolume(
-        name=name,
-        type=(folded.get("type") or "").strip(),
-        options=options,
-        device=folded.get("device") or "",
-    )
 
 
 def parse_volume_body(body: bytes) -> LocalVolume | None:

@@ -28,6 +28,7 @@ from volagent.retrying import exponential_jitter
 from volagent.state import AgentState, VolumeRecord
 from volagent.vocabulary import SETTLED_VOLUME_STATES, DockerState, VolumeState
 from volagent.volumes import mount_check, namespace, start_check
+from volagent.volumes.local_volume import LocalVolume
 from volagent.volumes.preparer import ContainerSpec, Preparer
 
 
@@ -385,9 +386,9 @@ class DockerWatch:
             except Exception as exc:  # Docker went away: the walk at the reconnect follows
                 self.log.warning("start_check_skipped", volume=name[:64], reason=_describe(exc))
                 continue
-            device = _bind_device(data)
-            if device:
-                out.append((device, f"volume {name}"))
+            vol = LocalVolume.from_inspect(name, data)
+            if vol is not None and vol.bind_device:
+                out.append((vol.bind_device, f"volume {name}"))
         return out
 
     async def _verify_mounts(self, cid: str, pid: int) -> list[mount_check.Mismatch]:
@@ -589,18 +590,6 @@ def _read_stream(
         end = exc
     with contextlib.suppress(RuntimeError):  # the loop is closed: the daemon is stopping
         loop.call_soon_threadsafe(queue.put_nowait, end)
-
-
-def _bind_device(volume: dict[str, Any] | None) -> str:
-    """The device of a local-driver volume that is a bind (`o=bind` or `rbind`), "" for any
-    other volume (options read with any case of their names, as the guard reads them)."""
-    if not volume or volume.get("Driver") not in ("local", "", None):
-        return ""
-    raw = volume.get("Options")
-    opts = {str(k).lower(): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-    flags = {o.strip() for o in opts.get("o", "").split(",")}
-    device = opts.get("device", "")
-    return device if flags & {"bind", "rbind"} and device.startswith("/") else ""
 
 
 def _may_restart(spec: ContainerSpec | None) -> bool:

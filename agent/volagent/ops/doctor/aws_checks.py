@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from volagent.aws import discovery
+from volagent.aws.discovery import Resolver
 from volagent.aws.imds import Identity, Imds
 from volagent.config import Config
 from volagent.errors import DiscoveryError
 from volagent.ops.doctor.result import CheckResult
 from volagent.vocabulary import MountType
 
-Resolver = Callable[[str], list[str]]
 IMDS_TIMEOUT_S = 2.0
 ANY_FIX = "check [aws] endpoint_url, the network path to the AWS APIs and the credentials"
 
@@ -46,8 +46,8 @@ def run_checks(cfg: Config, resolve: Resolver = discovery.resolve_host) -> list[
         return _nfs_server(cfg, resolve)
     facts = Facts()
     results = [check_imds(cfg, facts), check_permissions(cfg, facts)]
-    results += [check_file_system(cfg, facts), check_mount_target(cfg, facts)]
-    results += [check_dns(cfg, facts, resolve), check_tcp(facts)]
+    results += [check_file_system(cfg, facts), check_mount_target(facts)]
+    results += [check_dns(facts, resolve), check_tcp(facts)]
     return results
 
 
@@ -155,7 +155,7 @@ def check_file_system(cfg: Config, facts: Facts) -> CheckResult:
     return CheckResult.ok(name, f"{facts.file_system_id} ({how}) is available in {facts.region}")
 
 
-def check_mount_target(cfg: Config, facts: Facts) -> CheckResult:
+def check_mount_target(facts: Facts) -> CheckResult:
     name = "mount target"
     if not facts.file_system_id or facts.identity is None:
         return CheckResult.skip(name, "needs the filesystem and this instance's zone")
@@ -176,7 +176,7 @@ def check_mount_target(cfg: Config, facts: Facts) -> CheckResult:
     )
 
 
-def check_dns(cfg: Config, facts: Facts, resolve: Resolver) -> CheckResult:
+def check_dns(facts: Facts, resolve: Resolver) -> CheckResult:
     name = "dns"
     if not facts.file_system_id or not facts.region:
         return CheckResult.skip(name, "needs the filesystem")

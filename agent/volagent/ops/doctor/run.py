@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from volagent.aws.discovery import resolve_host
+from volagent.aws.discovery import Resolver, resolve_host
 from volagent.config import Config
 from volagent.ops.doctor import aws_checks, host_checks
 from volagent.ops.doctor.result import CheckResult, json_report, report
 
 
-def run_checks(cfg: Config, resolve: aws_checks.Resolver = resolve_host) -> list[CheckResult]:
+def run_checks(cfg: Config, resolve: Resolver = resolve_host) -> list[CheckResult]:
     """Every check, in order; `resolve` looks names up (the system resolver by default)."""
     family = host_checks.distro_family()
     results = [

@@ -264,13 +264,14 @@ def namespaces(root_fd: int, prefix: str, budget: Budget) -> list[str]:
     return sorted(out)
 
 
-def sizes_dir(root_fd: int, create: bool) -> int | None:
-    return records.open_dir(root_fd, (records.AGENT_DIR, SIZES_DIR), create=create)
+def sizes_dir(root_fd: int) -> int | None:
+    """The size records' directory, None when no host has made it yet."""
+    return records.open_dir(root_fd, (records.AGENT_DIR, SIZES_DIR), create=False)
 
 
 def read_sizes(root_fd: int) -> dict[str, dict[str, Any]]:
     """Every namespace's size record, by namespace."""
-    d = sizes_dir(root_fd, create=False)
+    d = sizes_dir(root_fd)
     if d is None:
         return {}
     with safedir.closing(d):
@@ -279,7 +280,7 @@ def read_sizes(root_fd: int) -> dict[str, dict[str, Any]]:
 
 def list_sizes(root_fd: int) -> list[str]:
     """The namespaces that have a size record."""
-    d = sizes_dir(root_fd, create=False)
+    d = sizes_dir(root_fd)
     if d is None:
         return []
     with safedir.closing(d):
@@ -292,7 +293,7 @@ def list_sizes(root_fd: int) -> list[str]:
 
 def read_sizes_of(root_fd: int, namespaces: list[str]) -> dict[str, dict[str, Any]]:
     """The size records of these namespaces (those gone or not valid left out)."""
-    d = sizes_dir(root_fd, create=False)
+    d = sizes_dir(root_fd)
     if d is None:
         return {}
     out = {}
@@ -311,7 +312,7 @@ def save(root_fd: int, namespace: str, record: dict[str, Any]) -> None:
 
 def forget(root_fd: int, gone: list[str]) -> None:
     """Removes the records of namespaces that no longer exist."""
-    d = sizes_dir(root_fd, create=False)
+    d = sizes_dir(root_fd)
     if d is None:
         return
     with safedir.closing(d):

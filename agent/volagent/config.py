@@ -89,7 +89,11 @@ def _absolute(v: str) -> str | None:
 
 
 def _mount_point(v: str) -> str | None:
-    return _absolute(v) or ("must not be /" if os.path.normpath(v) == "/" else None)
+    if problem := _absolute(v):
+        return problem
+    if ".." in v.split("/"):
+        return f"{v!r} has a .. in it: name the directory itself"
+    return "must not be /" if os.path.normpath(v) == "/" else None
 
 
 _NOT_EMPTY = _rule(bool, "must not be empty")
@@ -304,6 +308,14 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
+
+    def __post_init__(self) -> None:
+        # one spelling of the mount point: paths under it are cleaned as Docker cleans a
+        # bind's source, then cut and compared against it (`/mnt/efs/.` or `//mnt/efs` would
+        # otherwise name other paths in the registry than hosts spelling it `/mnt/efs`)
+        if _mount_point(self.mount_point) is None:
+            clean = "/" + os.path.normpath(self.mount_point).lstrip("/")
+            object.__setattr__(self, "mount_point", clean)
 
 
 SECTIONS: dict[str, type[Any]] = {

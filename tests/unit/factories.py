@@ -27,6 +27,7 @@ def make_state(
     *,
     mount_state: MountState | str | None = MountState.MOUNTED,
     docker_state: DockerState | str | None = DockerState.CONNECTED,
+    listed: bool = True,
     **sections: Any,
 ) -> AgentState:
     """An AgentState for rack `r1` on mount point `mp`, as host `host`: the mount healthy
@@ -37,7 +38,9 @@ def make_state(
 
     `mount_state` and `docker_state` are the states it starts in; None leaves one as the
     agent starts it (the mount unmounted and not yet looked at, Docker connecting), for
-    code under test that drives it. Without `mp` nothing of the state is on disk: its mount
+    code under test that drives it. `listed`: the Docker watch has listed this host's
+    containers once (the table is whole: rule 7 on this host judges against it).
+    Without `mp` nothing of the state is on disk: its mount
     point is the default /volumes (or `mount_point=`, a path never looked at) and it has no
     mount device: for what the state reports (the status document, the metrics) or rules
     judged before any directory is."""
@@ -53,6 +56,8 @@ def make_state(
             st.mount_dev = os.stat(mp).st_dev
     if docker_state is not None:
         st.set_docker_state(DockerState(docker_state))
+    if listed:
+        st.containers_listed.set()
     return st
 
 

@@ -132,6 +132,8 @@ def test_every_wrong_type_names_its_key(section: str, key: str, kind: Any) -> No
         ('rack = "r1\\n"', "rack"),  # `$` would accept a trailing newline
         ("mount_point = 'volumes'", "mount_point"),
         ("mount_point = '/'", "mount_point"),
+        ("mount_point = '/.'", "mount_point"),
+        ("mount_point = '/srv/../volumes'", "mount_point"),
         ("state_dir = 'rel'", "state_dir"),
         ("log_level = 'loud'", "log_level"),
         ("[mount]\ntype = 'ceph'", "mount.type"),
@@ -298,3 +300,10 @@ def test_every_checked_string_refuses_a_bad_value_under_its_key(key: str) -> Non
 )
 def test_every_closed_vocabulary_refuses_a_word_outside_it_under_its_key(key: str) -> None:
     assert _refused_under(key, "!") and _refused_under(key, "")
+
+
+@pytest.mark.parametrize("spelt", ["/mnt/efs/.", "//mnt//efs/", "/mnt/./efs", "/mnt/efs/"])
+def test_the_mount_point_has_one_spelling_however_the_config_spells_it(spelt: str) -> None:
+    """Paths under it are cleaned as Docker cleans a bind's source and cut against it: hosts
+    spelling it differently must name the same paths in the rack's registry."""
+    assert config.from_dict({"mount_point": spelt}).mount_point == "/mnt/efs"

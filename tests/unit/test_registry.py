@@ -5,6 +5,7 @@ file cannot be had (the two-host races on real engines: tests/integration/test_r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import json
 import os
@@ -19,7 +20,7 @@ from tests.unit.factories import make_state
 
 from volagent.errors import NamespaceViolation
 from volagent.rack import registry, registry_claim
-from volagent.rack.heartbeat import HostBeat, rack_view
+from volagent.rack.heartbeat import HostBeat, host_record, rack_view, write_heartbeat
 from volagent.rack.registry import Entry, RegistryError
 from volagent.rack.registry_task import Registry, request_ref
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
@@ -93,6 +94,54 @@ def test_a_silent_hosts_entries_stop_blocking_only_after_forget_after_s(mp: Path
     result = claim(mp, "h1", f"{NS}/web/lag/s1")
     assert not result.clashes and result.expired == ["dead"]
     assert paths(mp) == [("h1", f"{NS}/web/lag/s1")]
+
+
+def test_a_host_is_forgotten_no_sooner_than_its_own_forget_after_s_says(mp: Path) -> None:
+    """The attack: this host forgets after 150 s; the host in the way (forget_after_s 900)
+    skips its transactions for paths it holds while its heartbeat is younger than 450 s.
+    Forgetting it after 150 s of silence would let a nested bind in beside its held one."""
+    silent_since = time.time() - 200
+    base = mp / ".volagent" / "registry"
+    base.mkdir(parents=True)
+    doc = registry.document(NS, [entry("held", f"{NS}/web/lag", when=silent_since)])
+    (base / f"{NS}.json").write_text(json.dumps(doc))
+    st = make_state(mp, host="held")
+    st.heartbeat_at = silent_since
+    beat = host_record(st)
+    assert beat.forget_after_s == FORGET
+    write_heartbeat(str(mp), os.stat(mp).st_dev, dataclasses.replace(beat, time=silent_since), None)
+
+    def claim_forgetting_after(seconds: float) -> registry_claim.ClaimResult:
+        return registry_claim.claim(
+            str(mp),
+            os.stat(mp).st_dev,
+            NS,
+            host="short",
+            wanted=[entry("short", f"{NS}/web/lag/s1")],
+            legacy=[],
+            expire_after_s=seconds,
+            deadline=time.monotonic() + 5,
+        )
+
+    assert claim_forgetting_after(150.0).clashes  # silent 200 s: not for the held host's 900
+    # a heartbeat of 0.3.1 and before says nothing of it: this host's own setting counts
+    (mp / ".volagent" / "hosts" / "held.json").write_text(
+        json.dumps({"host": "held", "time": silent_since})
+    )
+    assert not claim_forgetting_after(150.0).clashes
+
+
+def test_hosts_spelling_the_mount_point_differently_name_the_same_paths(mp: Path) -> None:
+    """A host whose config says `<mp>/.` (or `//<mp>`) writes the entries a host saying
+    `<mp>` reads: a bind nesting it is refused across them."""
+    a = make_state(mp, host="a", mount_point=f"{mp}/.")
+    b = make_state(mp, host="b", mount_point=f"/{mp}")
+    assert a.config.mount_point == b.config.mount_point == str(mp)
+    outer = registry_claim.relative(a.config.mount_point, f"{mp}/{NS}/web/lag")
+    assert outer == f"{NS}/web/lag"
+    assert not claim(mp, "a", outer).clashes
+    inner = registry_claim.relative(b.config.mount_point, f"{mp}/{NS}/web/lag/s1")
+    assert claim(mp, "b", inner).clashes
 
 
 def test_a_claim_that_clashes_with_nothing_reads_no_heartbeat(mp: Path) -> None:
@@ -258,7 +307,7 @@ async def test_a_clash_in_the_registry_is_a_rule_7_violation(mp: Path) -> None:
 
 
 async def test_the_keeper_sets_this_hosts_entries_to_what_it_runs(mp: Path) -> None:
-    st = make_state(mp, host="h1", state_dir=str(mp.parent / "state"))
+    st = make_state(mp, host="h1", listed=False, state_dir=str(mp.parent / "state"))
     claim(mp, "h2", f"{NS}/web/theirs")
     # an entry of this host from an earlier run, its container gone while volagent was down
     claim(mp, "h1", f"{NS}/web/gone", ref="old-container")

@@ -187,7 +187,7 @@ async def test_records_of_an_earlier_run_are_ended_once_the_containers_are_liste
         return list(json.loads(path.read_text())["containers"])
 
     # the next run: container 1 is still there, 2 went while volagent was down
-    st = make_state(mp)
+    st = make_state(mp, listed=False)
     add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"), (f"{mp}/r1-b/web/x", "ready"))
     rec = recorder.UsageRecorder(st, worker)
     await rec.record_due()

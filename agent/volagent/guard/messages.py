@@ -61,6 +61,15 @@ def failed(who: str, bad: list[VolumeRecord], mount_state: str, action: str) -> 
     )
 
 
+def unlisted(who: str, action: str, timeout_s: float) -> str:
+    return (
+        f"volagent has not finished listing this host's containers (it has just started; "
+        f"waited {timeout_s:g}s): whether the binds of {who} nest another container's "
+        f"cannot be judged yet (rule 7). The container was not {_DONE.get(action, 'created')}; "
+        "retry in a moment, and check `volagent status` if it lasts."
+    )
+
+
 def hidden_body(headers: Mapping[str, str], what: str) -> str:
     ctype = header(headers, "Content-Type") or "none"
     length = header(headers, "Content-Length") or "none (chunked?)"

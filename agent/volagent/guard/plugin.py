@@ -337,6 +337,8 @@ class Guard:
             return messages.unhealthy(self.state.mount, who, hosts, action)
         if verdict.rule == "failed":
             return messages.failed(who, verdict.volumes, self.state.mount.state, action)
+        if verdict.rule == "unlisted":
+            return messages.unlisted(who, action, self.state.config.directories.timeout_s)
         return verdict.text
 
     async def _judge_inherited(self, who: str, create: CreateRequest) -> str | None:

@@ -15,6 +15,7 @@ that take part, not with 0.2.
 
 from __future__ import annotations
 
+import posixpath
 import time
 from collections.abc import Iterable
 
@@ -24,6 +25,11 @@ from volagent.rack.usage import recorder
 
 # a record not refreshed for this long belongs to a host that stopped recording (0.2's rule)
 STALE_AFTER_S = 2 * recorder.REFRESH_S
+# how long after this host's bind is registered a 0.2 host may still bind next to it: 0.2
+# hosts judge from usage records, and this host's record of the bind is written within a
+# second (recorder.SCAN_INTERVAL_S), as is theirs of a bind they made meanwhile; with room
+# for a slow filesystem. A look for 0.2 binds made later than this finds every one there is
+SETTLE_S = 10.0
 # a host seen taking part is not read again for this long (a downgrade shows after it)
 PARTICIPANT_TTL_S = 600.0
 
@@ -73,7 +79,21 @@ def legacy_binds(
         # one swapped for something else is skipped
         for _, fd in records.open_each(top, below, skip_unusable=True):
             _read_dir(fd, own, participants, now=now, out=out, hosts=hosts)
-    return out, sorted(hosts)
+    return [(here(mount_point, ns, path), whose) for path, whose in out], sorted(hosts)
+
+
+def here(mount_point: str, ns: str, path: str) -> str:
+    """A bind path of a record, at this host's mount point: a 0.2 host lists its own host
+    paths, and may mount the filesystem elsewhere (`/mnt/efs/<ns>/web` is `<mp>/<ns>/web`
+    here). A path already under this mount point, or naming no `<ns>` component, as it is."""
+    clean = posixpath.normpath("/" + path.lstrip("/"))
+    mp = posixpath.normpath("/" + mount_point.lstrip("/")).rstrip("/")
+    if clean.startswith(mp + "/"):
+        return clean
+    parts = clean.split("/")
+    if ns not in parts:
+        return clean
+    return "/".join([mp, *parts[parts.index(ns) :]])
 
 
 def _read_dir(
@@ -95,9 +115,13 @@ def _read_dir(
         if record is None:
             continue
         host = record.host or stem
+        fresh = now - record.time < STALE_AFTER_S
         if record.registry:
-            participants.add(host)
-        elif now - record.time < STALE_AFTER_S:
+            # proof of taking part only while fresh: a host rolled back to 0.2 leaves its
+            # records of the release before, which must not hide its 0.2 binds
+            if fresh:
+                participants.add(host)
+        elif fresh:
             for path in record.binds:
                 out.append((path, f"a container on host {host} (volagent 0.2, usage records)"))
                 hosts.add(host)

@@ -39,6 +39,7 @@ class HostBeat(codec.Record, frozen=True):
     """One host's heartbeat, `hosts/<host>.json`."""
 
     KIND = "heartbeat"
+    FORMAT = (1, 1)
     host: str
     time: float  # of the beat, epoch seconds
     rack: str = ""
@@ -50,6 +51,9 @@ class HostBeat(codec.Record, frozen=True):
     mount_state: str = ""
     last_seen: str = ""
     interval_s: float = 0.0
+    # (1.1) how long this host trusts its entries in the registry to stand without a
+    # heartbeat (its `[health] forget_after_s`): other hosts forget it no sooner
+    forget_after_s: float = 0.0
 
 
 def host_record(state: AgentState, status: str | None = None) -> HostBeat:
@@ -58,7 +62,7 @@ def host_record(state: AgentState, status: str | None = None) -> HostBeat:
     return HostBeat(
         state.host_id, now, state.config.rack, state.instance_id, status or state.verdict(),
         __version__, REGISTRY_FORMAT, state.mount.state, now_iso(now),
-        state.config.health.heartbeat_interval_s,
+        state.config.health.heartbeat_interval_s, state.config.health.forget_after_s,
     )  # fmt: skip
 
 

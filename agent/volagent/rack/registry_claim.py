@@ -85,7 +85,14 @@ def claim(
                 result.counts.opens += 1
                 beat_time = beat.get("time") if beat else None
                 seen = float(beat_time) if isinstance(beat_time, int | float) else 0.0
-                if now - max(newest, seen) > expire_after_s:
+                # no sooner than the host itself trusts its entries to stand (its own
+                # forget_after_s, in heartbeats since 0.3.2): it skips its transactions
+                # for paths it holds while its heartbeat is younger than half of it
+                trusted = beat.get("forget_after_s") if beat else None
+                horizon = max(
+                    expire_after_s, float(trusted) if isinstance(trusted, int | float) else 0.0
+                )
+                if now - max(newest, seen) > horizon:
                     dead.add(other)
                     result.expired.append(other)
         if result.clashes:

@@ -32,6 +32,7 @@ from typing import Any
 
 from volagent import log
 from volagent.errors import NamespaceViolation, VolagentError
+from volagent.nesting import nested_with
 from volagent.rack import binds, registry_claim
 from volagent.rack.registry import Entry
 from volagent.rack.usage.recorder import key_of
@@ -79,6 +80,10 @@ class Registry:
         self._retry_at = 0.0
         self._noted: list[str] | None = None  # the namespaces last noted under state_dir
         self.legacy_hosts: dict[str, float] = {}  # 0.2 hosts whose records were read, when
+        # per namespace: when its 0.2 hosts' records were last looked at (the look's start),
+        # and when this host's held paths in it last grew (wall clock, as records' times)
+        self._looked: dict[str, float] = {}
+        self._grown: dict[str, float] = {}
 
     # --- the claim ----------------------------------------------------------------------
     async def claim(
@@ -114,7 +119,7 @@ class Registry:
         paths = {registry_claim.relative(mp, v.host) for v in vols}
         turn = self._turns.setdefault(ns, asyncio.Lock())
         if not turn.locked() and self._holds(ns, paths):
-            st.metrics.registry_claims.labels(result="held").inc()
+            await self._claim_held(ns, vols, outcome, paths)
             return
         timeout = st.config.directories.timeout_s
         deadline = time.monotonic() + timeout
@@ -126,7 +131,7 @@ class Registry:
             return
         try:
             if self._holds(ns, paths):
-                st.metrics.registry_claims.labels(result="held").inc()
+                await self._claim_held(ns, vols, outcome, paths)
                 return
             wanted = [Entry(st.host_id, ref, name, p, time.time()) for p in sorted(paths)]
             where = self._where()  # the filesystem and host name the entries are written as
@@ -137,16 +142,15 @@ class Registry:
             # given up
             until = time.monotonic() + left * DEADLINE_SHARE
             job = functools.partial(self._claim_job, ns, where, wanted, until)
+            asked = time.time()
             try:
                 result = await self.worker.run(job, left, what=f"consulting the registry of {ns}")
             except (VolagentError, OSError) as exc:
                 self._unsure.add(ns)  # its thread may write yet: the keeper reads the file again
                 self._failed(ns, vols, timeout, str(exc))
                 return
-            seen = time.time()
-            for h in result.legacy_hosts:  # on the loop: the status reads this dict
-                self.legacy_hosts[h] = seen
-            self._show_legacy()
+            self._looked[ns] = asked  # the job looks for 0.2 hosts' binds first
+            self._note_legacy(result.legacy_hosts)
             if result.expired:
                 self.log.info("registry_hosts_forgotten", namespace=ns, hosts=result.expired)
             if result.clashes:
@@ -162,10 +166,74 @@ class Registry:
             if self._where() != where:
                 return  # remounted, or renamed, meanwhile: the entries are not where it looks
             # every path asked for has an entry of this host now (written, or there already)
-            held = self._held_now()
-            held[ns] = held.get(ns, frozenset()) | {e.path for e in wanted}
+            before = self._held_now().get(ns, frozenset())
+            self._note_held(ns, before | paths, before)
         finally:
             turn.release()
+
+    async def _claim_held(
+        self,
+        ns: str,
+        vols: list[VolumeRecord],
+        outcome: tuple[list[VolumeRecord], list[Any]],
+        paths: set[str],
+    ) -> None:
+        """A claim of paths this host's entries hold: no transaction. The 0.2 hosts' binds
+        are looked at still, until a look made after those paths settled (`binds.SETTLE_S`
+        after they were last added: 0.2 hosts see this host's usage records of them by then,
+        and refuse a bind that nests them) found none in the way."""
+        st = self.state
+        if self._looked.get(ns, 0.0) >= self._grown.get(ns, 0.0) + binds.SETTLE_S:
+            st.metrics.registry_claims.labels(result="held").inc()
+            return
+        volumes, plans = outcome
+        timeout = st.config.directories.timeout_s
+        dev, _, host = self._where()
+        dirs = {p[1] for path in paths if len(p := path.split("/")) > 1}
+        job = functools.partial(
+            binds.legacy_binds,
+            st.config.mount_point,
+            dev,
+            ns,
+            host,
+            self.participants,
+            directories=dirs,
+        )
+        asked = time.time()
+        try:
+            legacy, hosts = await self.worker.run(
+                job, timeout, what=f"looking for 0.2 hosts' binds in {ns}"
+            )
+        except (VolagentError, OSError) as exc:
+            self._failed(ns, vols, timeout, str(exc))
+            return
+        self._note_legacy(hosts)
+        mp = st.config.mount_point
+        cleaned = [registry_claim.relative(mp, v.host) for v in vols]
+        whole = [(v, registry_claim.absolute(mp, p)) for v, p in zip(vols, cleaned, strict=True)]
+        clashes = [(v, why) for v, path in whole if (why := nested_with(path, legacy))]
+        if clashes:
+            st.metrics.registry_claims.labels(result="clash").inc()
+            for v, why in clashes:
+                violation = NamespaceViolation(7, why)
+                plans[volumes.index(v)] = violation
+                st.set_volume_state(v, VolumeState.VIOLATION, str(violation))
+            return
+        self._looked[ns] = asked
+        st.metrics.registry_claims.labels(result="held").inc()
+
+    def _note_legacy(self, hosts: list[str]) -> None:
+        """The 0.2 hosts a look found binding, noted on the loop (the status reads them)."""
+        seen = time.time()
+        for h in hosts:
+            self.legacy_hosts[h] = seen
+        self._show_legacy()
+
+    def _note_held(self, ns: str, paths: frozenset[str], before: frozenset[str]) -> None:
+        """The paths this host's entries of `ns` hold now; when they grew, noted."""
+        if not paths <= before:
+            self._grown[ns] = time.time()
+        self._held_now()[ns] = paths
 
     def _failed(self, ns: str, vols: list[VolumeRecord], timeout: float, reason: str) -> None:
         st = self.state
@@ -317,7 +385,7 @@ class Registry:
         now = time.time()
         paths = self.own().get(ns, {})
         where = self._where()
-        self._held_now().pop(ns, None)  # not known while the update is under way
+        before = self._held_now().pop(ns, frozenset())  # not known while under way
         live = [Entry(st.host_id, ref, name, path, now) for path, (ref, name) in paths.items()]
         timeout = st.config.directories.timeout_s
         job = functools.partial(
@@ -338,7 +406,7 @@ class Registry:
             return False
         self._unsure.discard(ns)
         if paths and self._where() == where:
-            self._held_now()[ns] = frozenset(paths)
+            self._note_held(ns, frozenset(paths), before)
         return True
 
     async def _remembered(self) -> list[str]:

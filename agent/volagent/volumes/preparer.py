@@ -13,6 +13,7 @@ so a start's walk compares against it instead of judging from scratch (volumes/t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 from collections import OrderedDict
@@ -132,8 +133,9 @@ class Allowed:
 
 
 # what refused a create or start: the namespace rules, the app's quota, the mount's health
-# (`[guard] when_unhealthy`), or a volume that could not be prepared
-RefusedBy = Literal["violations", "quota", "unhealthy", "failed"]
+# (`[guard] when_unhealthy`), a volume that could not be prepared, or this host's containers
+# not listed yet (just after volagent started: rule 7 here has nothing to judge against)
+RefusedBy = Literal["violations", "quota", "unhealthy", "failed", "unlisted"]
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,10 @@ class Preparer:
         keeper keeps this host's entry from the claim until the create is answered); rule 7
         across the rack, the walk. Refused, or failing, after `reserve`: `release`. `key`:
         the create request's digest, named in the registry by its ref (made only then)."""
+        listed = await self._containers_listed()
         outcome = await self.judge(spec)
+        if not listed and (unlisted := self._unlisted(spec, outcome)) is not None:
+            return unlisted
         if outcome is None:
             return Allowed([])
         self.check_nesting(outcome)
@@ -230,13 +235,37 @@ class Preparer:
     async def decide_start(self, spec: ContainerSpec, healthy: bool) -> Allowed | Refused:
         """A start, judged and walked again: a directory checked at create may have been
         swapped for a symlink since. `healthy`: the mount's state when the start was asked."""
+        listed = await self._containers_listed()
         outcome = await self.judge(spec)
+        if not listed and (unlisted := self._unlisted(spec, outcome)) is not None:
+            return unlisted
         if outcome is None:
             return Allowed([])
         self.check_nesting(outcome, spec.id)
         if healthy and self.registry is not None:
             await self.registry.claim(outcome.volumes, outcome.plans, spec.id, spec.name)
         return await self._settled(spec, outcome, healthy, start=True)
+
+    async def _containers_listed(self) -> bool:
+        """Whether the table holds every container Docker has (the Docker watch's first
+        listing is done), waiting for it at most the directory timeout: rule 7 on this host
+        judges a bind against the table, which is empty just after volagent (re)started."""
+        listed = self.state.containers_listed
+        if not listed.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.state.config.directories.timeout_s):
+                    await listed.wait()
+        return listed.is_set()
+
+    def _unlisted(self, spec: ContainerSpec, outcome: Outcome | None) -> Refused | None:
+        """The refusal of a decision that rule 7 would judge against the table, while this
+        host's containers are not listed: a bind on the shared filesystem, or a source
+        outside it of a container naming an app (fail closed: the table may hold a bind it
+        nests). None for one that binds neither."""
+        if outcome is None and not spec.host_binds:
+            return None
+        ident = namespace.identify(self.state.config, spec.labels, spec.env)
+        return Refused("unlisted", outcome or Outcome(ident, [], []))
 
     async def _settled(
         self, spec: ContainerSpec, outcome: Outcome, healthy: bool, start: bool

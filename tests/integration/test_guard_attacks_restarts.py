@@ -22,6 +22,7 @@ test asserts volagent stopped it at that first look.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -172,3 +173,48 @@ def test_restart_policy_container_started_by_dockerd_after_its_restart_onto_a_sw
     assert "mount_mismatch" in seen and "reconciled" in seen, seen
     assert seen.index("mount_mismatch") < seen.index("reconciled"), seen
     assert count >= 1  # dockerd's own start, before anyone could look
+
+
+def test_a_bind_of_the_parent_of_a_containers_source_asked_while_volagent_restarts(
+    bed: Guarded, ctr: Containers
+) -> None:
+    """The way in for every swap above: a container binding the parent of another's bind
+    source. Refused while volagent runs (rule 7); asked again and again while it restarts,
+    before its Docker watch has listed the containers it judges against (40 of the same app
+    make that listing take a while), it must be refused every time."""
+    agent = bed.agent
+    assert agent is not None
+    labels = {**EVIL, "volagent.test": "1"}
+    inner = agent.ns("evil", "web", "data")
+    outer = agent.ns("evil", "web")
+    x = ctr.create([f"{inner}:/data"], labels=labels, command=["true"])
+    for i in range(40):
+        ctr.create([agent.ns("evil", f"filler{i}", "d") + ":/d"], labels=labels, command=["true"])
+    with pytest.raises(docker.errors.APIError):
+        ctr.create([f"{outer}:/p"], labels=labels, command=["true"])
+    allowed: list[str] = []
+    stop = threading.Event()
+
+    def ask_again_and_again() -> None:
+        c = Containers(bed.engine.url)
+        try:
+            while not stop.is_set():
+                try:
+                    allowed.append(c.create([f"{outer}:/p"], labels=labels, command=["true"]))
+                    return
+                except docker.errors.APIError:
+                    time.sleep(0.005)
+        finally:
+            c.close()
+
+    asker = threading.Thread(target=ask_again_and_again)
+    agent.stop()
+    asker.start()
+    try:
+        agent.start()
+        agent.wait_for(lambda d: any(c["id"] == x for c in d["containers"]), what="its table")
+        time.sleep(1)  # and a little longer: asked once the table is whole, refused as before
+    finally:
+        stop.set()
+        asker.join(30)
+    assert not allowed, f"{outer} was bound beside {inner} (container {x[:12]}): binds nest"

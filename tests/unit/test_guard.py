@@ -125,6 +125,60 @@ def test_only_root_may_ask(guard: Guard, mp: Path) -> None:
 
 
 # --- create ---------------------------------------------------------------------------------
+def test_a_create_waits_for_the_table_of_containers_and_is_refused_without_it(
+    worker: TimedWorker, mp: Path
+) -> None:
+    """The attack: just after volagent (re)started its table of this host's containers is
+    empty until the Docker watch has listed them; a create binding the parent of a running
+    container's bind source, judged then, met nothing to nest with (rule 7)."""
+    st = factories.make_state(mp, listed=False, guard={"enabled": True})
+    g = Guard(st, Preparer(st, worker))
+    with factories.directory_timeout(st, 0.2):
+        answer = create(g, f"{mp}/r1-a/web:/data")
+    assert answer["Allow"] is False
+    assert "has not finished listing this host's containers" in answer["Msg"]
+    assert not (mp / "r1-a").exists()
+    # one that binds nothing is not refused for it (an app's bind of a host path is: rule 7
+    # for host paths judges it against the table too)
+    st = factories.make_state(mp, listed=False, guard={"enabled": True})
+    g = Guard(st, Preparer(st, worker))
+    with factories.directory_timeout(st, 0.2):
+        assert create(g) == {"Allow": True}
+
+
+@pytest.mark.root
+def test_a_create_judged_once_the_containers_are_listed_meets_their_binds(
+    worker: TimedWorker, mp: Path
+) -> None:
+    """Asked while the listing is under way, the create waits for it, then judges against
+    the whole table: the running container's bind nests it."""
+    st = factories.make_state(mp, listed=False, guard={"enabled": True})
+    g = Guard(st, Preparer(st, worker))
+    inner = VolumeRecord(host=f"{mp}/r1-a/web/data", container="/d", read_only=False)
+    running = ContainerRecord(
+        id=CID, name="web-0", rack="r1", app="a", service="web", volumes=[inner]
+    )
+    raw = plugin_body(
+        "POST", "/v1.41/containers/create?name=web-1", create_body(f"{mp}/r1-a/web:/data")
+    )
+
+    async def listing() -> None:
+        await asyncio.sleep(0.05)
+        st.upsert_container(running)
+        st.containers_listed.set()
+
+    async def both() -> Response:
+        answer, _ = await asyncio.gather(
+            g.handle(Request("POST", "/AuthZPlugin.AuthZReq", {}, {}, raw, peer_uid=0)),
+            listing(),
+        )
+        return answer
+
+    answer = decision(asyncio.run(both()))
+    assert answer["Allow"] is False
+    assert "binds may not nest" in answer["Msg"]
+
+
 @pytest.mark.root
 def test_create_prepares_before_answering(guard: Guard, state: AgentState, mp: Path) -> None:
     assert create(guard, f"{mp}/r1-a/web/data:/data") == {"Allow": True}

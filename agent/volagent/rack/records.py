@@ -185,6 +185,22 @@ def create_json(dir_fd: int, final: str, record: dict[str, Any]) -> bool:
     return True
 
 
+def publish_json(dir_fd: int, final: str, record: dict[str, Any]) -> bool:
+    """Makes the file `final` in `dir_fd` hold `record` as JSON only if it does not exist
+    yet, never seen empty or half written (a temporary file, then a hard link to the final
+    name, which fails as a whole when the name is taken): False when it was taken."""
+    tmp = f".{final}.{os.getpid()}.{next(_serial)}.tmp"
+    _write_synced(_open_temporary(dir_fd, tmp), record)
+    try:
+        os.link(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+    return True
+
+
 def _open_temporary(dir_fd: int, name: str) -> int:
     """A temporary file of ours, empty; one of an earlier process of the same id, left
     behind, is taken over. Anything but a regular file under its name is refused."""

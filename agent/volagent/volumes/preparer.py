@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from volagent import log, nesting
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
-from volagent.rack import quotas
+from volagent.rack import owners, quotas, records
 from volagent.rack.registry_task import Registry, request_ref
 from volagent.rack.usage.recorder import key_of
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
@@ -35,6 +35,7 @@ UNRESOLVED = "unresolved"  # a Landing kind of the preparer's own: the lookup it
 DOCKER_MADE = (0, 0, 0o755)  # what Docker's own auto-create leaves behind
 ZERO_TIME = "0001-01-01T00:00:00Z"
 MAX_WALKED = 4096  # paths whose last walk is remembered for the next start
+MAX_OWNERS_KEPT = 4096  # namespaces whose recorded owner is remembered
 # on top of the directory timeout, for the walk's queueing and the loop's own latency
 PREPARE_GRACE_S = 1.0
 
@@ -167,6 +168,8 @@ class Preparer:
         self._locks: dict[str, asyncio.Lock] = {}
         # host path: what its last complete walk found (device, inode of each component)
         self._walked: OrderedDict[str, directories.Identity] = OrderedDict()
+        # (mount device, mount epoch, namespace): its recorded owner's rack and app
+        self._owners: OrderedDict[tuple[int | None, int, str], tuple[str, str]] = OrderedDict()
 
     async def judge(self, spec: ContainerSpec) -> Outcome | None:
         """The namespace verdict for `spec`, every bind judged where it really lands: sources
@@ -222,6 +225,9 @@ class Preparer:
         reserve([v.host for v in outcome.volumes if v.state != VolumeState.VIOLATION])
         verdict: Allowed | Refused | None = None
         try:
+            # awaited only once the binds are reserved: two creates judged at once see each
+            # other's (a binding found to be another app's is refused in `_settled`)
+            await self.check_owner(outcome)
             if self.registry is not None:
                 await self.registry.claim(
                     outcome.volumes, outcome.plans, request_ref(key), spec.name
@@ -242,9 +248,62 @@ class Preparer:
         if outcome is None:
             return Allowed([])
         self.check_nesting(outcome, spec.id)
+        if healthy:
+            await self.check_owner(outcome)
         if healthy and self.registry is not None:
             await self.registry.claim(outcome.volumes, outcome.plans, spec.id, spec.name)
         return await self._settled(spec, outcome, healthy, start=True)
+
+    async def check_owner(self, outcome: Outcome) -> None:
+        """Rule 6 across racks sharing the filesystem: the namespace's recorded owner
+        (rack/owners.py) is this container's rack and app, or its binds are violations. Read
+        once per namespace and mount; one that cannot be read fails them (fail closed)."""
+        st = self.state
+        ident = outcome.identity
+        planned = [
+            i
+            for i, (vol, plan) in enumerate(zip(outcome.volumes, outcome.plans, strict=True))
+            if not isinstance(plan, NamespaceViolation)
+            and vol.state not in (VolumeState.VIOLATION, VolumeState.FAILED)
+        ]
+        if not planned or not ident.rack or not ident.app or not st.mount_healthy:
+            return
+        mp, ns = st.config.mount_point, f"{ident.rack}-{ident.app}"
+        key = (st.mount_dev, st.mount_epoch, ns)
+        owner = self._owners.get(key)
+        if owner is None:
+            call = functools.partial(
+                owners.owner_of,
+                mp,
+                st.mount_dev,
+                ns,
+                rack=ident.rack,
+                app=ident.app,
+                host=st.host_id,
+            )
+            timeout = st.config.directories.timeout_s
+            try:
+                found = await self.worker.run(call, timeout, what=f"reading the owner of {ns}")
+            except Exception as exc:  # a hung or refused filesystem, a record not readable
+                why = f"volagent could not read the owner of {mp}/{ns} ({exc})"
+                for i in planned:
+                    st.set_volume_state(outcome.volumes[i], VolumeState.FAILED, why)
+                return
+            owner = (found.rack, found.app)
+            self._owners[key] = owner
+            while len(self._owners) > MAX_OWNERS_KEPT:
+                self._owners.popitem(last=False)
+        if owner == (ident.rack, ident.app):
+            return
+        violation = NamespaceViolation(
+            6,
+            f"{mp}/{ns} belongs to app {owner[1]} of rack {owner[0]} (recorded in "
+            f"{mp}/{records.AGENT_DIR}/{owners.OWNERS_DIR}/{ns}{records.SUFFIX}), not to app "
+            f"{ident.app} of rack {ident.rack}: the two name one directory; rename one of them",
+        )
+        for i in planned:
+            outcome.plans[i] = violation
+            st.set_volume_state(outcome.volumes[i], VolumeState.VIOLATION, str(violation))
 
     async def _containers_listed(self) -> bool:
         """Whether the table holds every container Docker has (the Docker watch's first

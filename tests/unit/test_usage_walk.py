@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from volagent.rack import owners
 from volagent.rack.usage import measure, share
 from volagent.rack.usage.measure import LOOSE, Budget, NamespaceWalk
 
@@ -158,6 +159,21 @@ def test_a_bad_snapshot_is_ignored(mp: Path, root: int) -> None:
     for bad in ({"stack": "x"}, {"started": 0, "stack": [["other", 1]], "totals": {}}, None):
         walk = NamespaceWalk.resume(root, "r1-shop", free_budget(), bad)
         assert walk.cursor == [] and walk.totals == {}
+
+
+def test_a_namespace_of_another_rack_sharing_the_prefix_is_not_measured(
+    mp: Path, root: int
+) -> None:
+    """Rack `r1`'s namespaces are `r1-*`, and so are rack `r1-east`'s: the one whose owner
+    record names rack r1-east is that rack's (its sizes are not rack r1's app `east-x`)."""
+    tree(mp)
+    (mp / "r1-east-x").mkdir()
+    (mp / "r1-mine").mkdir()
+    dev = os.stat(mp).st_dev
+    owners.owner_of(str(mp), dev, "r1-east-x", rack="r1-east", app="x", host="h")
+    owners.owner_of(str(mp), dev, "r1-mine", rack="r1", app="mine", host="h")
+    assert measure.namespaces(root, "r1-", free_budget()) == ["r1-mine", "r1-shop"]
+    assert measure.namespaces(root, "r1-east-", free_budget()) == ["r1-east-x"]
 
 
 def test_records_round_trip_and_namespaces_listed(mp: Path, root: int) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from volagent import safedir
 from volagent.errors import RecordError
-from volagent.rack import records
+from volagent.rack import owners, records
 
 SIZES_DIR = "sizes"
 MAX_DEPTH = 64
@@ -250,7 +250,9 @@ def _valid_snapshot(saved: dict[str, Any], namespace: str) -> bool:
 
 # --- the records ------------------------------------------------------------------------
 def namespaces(root_fd: int, prefix: str, budget: Budget) -> list[str]:
-    """The namespace directories `<prefix>*` at the top of the mount point."""
+    """The namespace directories `<prefix>*` at the top of the mount point, but those whose
+    recorded owner is of another rack (rack `r1`'s prefix `r1-` matches rack `r1-east`'s
+    namespaces too: rack/owners.py)."""
     names = safedir.list_names(root_fd)
     budget.spend(1 + len(names) // NAMES_PER_OP)
     out = []
@@ -261,7 +263,27 @@ def namespaces(root_fd: int, prefix: str, budget: Budget) -> list[str]:
         with contextlib.suppress(OSError):
             if stat.S_ISDIR(os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_mode):
                 out.append(name)
-    return sorted(out)
+    return sorted(set(out) - _of_other_racks(root_fd, out, prefix[:-1], budget))
+
+
+def _of_other_racks(root_fd: int, found: list[str], rack: str, budget: Budget) -> set[str]:
+    """Those of `found` whose owner record names another rack than `rack`."""
+    d = records.open_dir(root_fd, (records.AGENT_DIR, owners.OWNERS_DIR), create=False)
+    if d is None:
+        return set()
+    with safedir.closing(d):
+        recorded = set(safedir.list_names(d))
+        budget.spend(1 + len(recorded) // NAMES_PER_OP)
+        others = set()
+        for ns in found:
+            file = records.file_name(ns) + records.SUFFIX
+            if file not in recorded:
+                continue
+            budget.spend(1)
+            owner = records.read_one(d, file, owners.NamespaceOwner)
+            if owner is not None and owner.rack != rack:
+                others.add(ns)
+    return others
 
 
 def sizes_dir(root_fd: int) -> int | None:

@@ -12,7 +12,10 @@ Docker has answered the create (0.3.0's `registry_claim.set_own`, the entry gett
 container's id; since 0.3.1 none: the claim's entry holds the path), the start's claim
 (0.3.0's a transaction that writes nothing; since 0.3.1 none: the path is held), the start
 walk (the same call as the create walk; given the create walk's record where the installed
-version takes one) and the check after the start (`mount_check.check_container`). An
+version takes one) and the check after the start (`mount_check.check_container`). Since
+0.3.3 the namespace's owner is read (`owners.owner_of`, once per namespace in the process, as
+the daemon caches it) before the create is allowed, and the start's claim of a path registered
+a moment ago looks for 0.2 hosts' binds (`binds.legacy_binds`) though it makes no transaction. An
 installed version without the registry counts nothing for its two steps. Cases: `new`
 directory, `existing` directory used before (another host's record of it, its namespace last
 changed two days ago), `in-use` (the same, and this host records its use already: a
@@ -74,6 +77,15 @@ except ImportError:
     SINCE = False
     LEGACY_PARAMS = {}
     KEPT = {}
+# since 0.3.3 a held claim still looks for 0.2 hosts' binds until its paths settled: the start
+# that follows a create at once pays that look
+LOOK_AT_START = registry_claim is not None and hasattr(binds, "SETTLE_S")
+try:  # since 0.3.3 each namespace's owner is read (and written at its first use) once per
+    # mount of the filesystem, before a create is allowed
+    from volagent.rack import owners
+except ImportError:
+    owners = None  # type: ignore[assignment]
+OWNERS_READ: set[str] = set()  # the daemon's cache: namespaces whose owner it knows
 
 
 def set_own(dev: int, ns: str, live: list[Any], refs: set[str], since: float) -> Any:
@@ -141,7 +153,7 @@ def setup(case: str, service: str) -> tuple[str, ...]:
             # a typed record since the codec, a dict in the releases before
             f.write(json.dumps(other.encode() if hasattr(other, "encode") else other))
         then = time.time() - TWO_DAYS_S
-        for d in (ns, f"{ns}/{service}"):
+        for d in (ns, f"{ns}/{service}", f"{records}/host-old.json"):
             os.utime(d, (then, then))
         os.listdir(path)
     else:
@@ -171,6 +183,12 @@ def one_run(case: str, service: str) -> dict[str, Any]:
         # this host has recorded the directory's use lately (a container of the service
         # runs here, as during a rolling deploy)
         create_args["recorded_at"] = time.time() - 60
+    steps["namespace owner"] = Counter()
+    if owners is not None and parts[0] not in OWNERS_READ:
+        OWNERS_READ.add(parts[0])
+        steps["namespace owner"], _ = counted(
+            lambda: owners.owner_of(MOUNT_POINT, dev, parts[0], rack=RACK, app="bench", host=HOST)
+        )
     steps["trash check"], _ = counted(trash_alone)
     create, walked = counted(
         lambda: trashcheck.prepare_path(MOUNT_POINT, parts, owner, 0o750, dev, **create_args)
@@ -234,6 +252,12 @@ def one_run(case: str, service: str) -> dict[str, Any]:
         # nothing but takes the lock; since 0.3.1 the path is held by this host's entry and
         # the claim makes no transaction
         steps["start claim"], _ = counted(lambda: claim(f"container-{service}"))
+    elif LOOK_AT_START and case != "in-use":
+        # since 0.3.3 the held claim of a path registered a moment ago looks for 0.2 hosts'
+        # binds all the same (in use: it settled long ago, nothing is read)
+        steps["start claim"], _ = counted(
+            lambda: binds.legacy_binds(MOUNT_POINT, dev, ns, HOST, PARTICIPANTS, **where)
+        )
     again: dict[str, Any] = {}
     if "known" in params:
         again["known"] = walked.identity

@@ -124,7 +124,7 @@ def test_a_host_is_forgotten_no_sooner_than_its_own_forget_after_s_says(mp: Path
         )
 
     assert claim_forgetting_after(150.0).clashes  # silent 200 s: not for the held host's 900
-    # a heartbeat of 0.3.1 and before says nothing of it: this host's own setting counts
+    # a heartbeat of 0.3.2 and before says nothing of it: this host's own setting counts
     (mp / ".volagent" / "hosts" / "held.json").write_text(
         json.dumps({"host": "held", "time": silent_since})
     )

@@ -6,6 +6,7 @@ rolled back left behind."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -179,3 +180,21 @@ def test_a_record_path_is_put_at_this_hosts_mount_point() -> None:
     assert binds.here("/volumes", NS, f"/volumes/{NS}/web") == f"/volumes/{NS}/web"
     assert binds.here("/volumes/", NS, f"//mnt/efs/./{NS}/web/") == f"/volumes/{NS}/web"
     assert binds.here("/volumes", NS, "/srv/elsewhere") == "/srv/elsewhere"
+
+
+def test_a_record_file_older_than_any_fresh_record_is_not_read(mp: Path) -> None:
+    """A record is replaced whole, so its file's time is when it was written: one older than
+    a fresh record can be is skipped unread (no open, no read on the shared filesystem)."""
+    usage_record(mp, "web", "host-gone", binds=[f"{mp}/{NS}/web/lag"], when=time.time())
+    old = time.time() - binds.UNREAD_AFTER_S - 60
+    os.utime(mp / ".volagent" / "usage" / NS / "web" / "host-gone.json", (old, old))
+    found, hosts = binds.legacy_binds(
+        str(mp), os.stat(mp).st_dev, NS, "me", binds.Participants(), directories={"web"}
+    )
+    assert (found, hosts) == ([], [])
+    # the same record written a moment ago is read
+    os.utime(mp / ".volagent" / "usage" / NS / "web" / "host-gone.json")
+    found, hosts = binds.legacy_binds(
+        str(mp), os.stat(mp).st_dev, NS, "me", binds.Participants(), directories={"web"}
+    )
+    assert hosts == ["host-gone"]

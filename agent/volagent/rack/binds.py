@@ -15,6 +15,8 @@ that take part, not with 0.2.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import posixpath
 import time
 from collections.abc import Iterable
@@ -25,6 +27,8 @@ from volagent.rack.usage import recorder
 
 # a record not refreshed for this long belongs to a host that stopped recording (0.2's rule)
 STALE_AFTER_S = 2 * recorder.REFRESH_S
+# a record file not written for this long is stale by any writer's clock a few minutes off
+UNREAD_AFTER_S = STALE_AFTER_S + 300.0
 # how long after this host's bind is registered a 0.2 host may still bind next to it: 0.2
 # hosts judge from usage records, and this host's record of the bind is written within a
 # second (recorder.SCAN_INTERVAL_S), as is theirs of a bind they made meanwhile; with room
@@ -111,6 +115,12 @@ def _read_dir(
         stem = file[: -len(records.SUFFIX)]
         if stem == own or stem in participants:
             continue  # this host knows its own binds; a participant's are in the registry
+        with contextlib.suppress(OSError):
+            # a record is replaced whole, so its file's time is its own: one older than
+            # any fresh record can be (clocks a few minutes apart) counts for nothing, and
+            # is not read (the listing's attributes answer, where reading costs 3 round trips)
+            if now - os.stat(file, dir_fd=fd, follow_symlinks=False).st_mtime > UNREAD_AFTER_S:
+                continue
         record = records.read_one(fd, file, recorder.UsageRecord)
         if record is None:
             continue

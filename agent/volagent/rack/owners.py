@@ -40,7 +40,8 @@ def owner_of(
     """The namespace's recorded owner; recorded as (`rack`, `app`) when it has none yet."""
     file = records.file_name(namespace) + records.SUFFIX
     with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
-        owners = records.ensure_dir(root, (records.AGENT_DIR, OWNERS_DIR))
+        # volagent's own directory, made once per rack: one lookup of the whole path
+        owners = records.open_own_dir(root, (records.AGENT_DIR, OWNERS_DIR))
     with safedir.closing(owners):
         for _ in range(2):  # absent, then taken by another host meanwhile: read again
             raw = records.read_record(owners, file)

@@ -86,7 +86,7 @@ def claim(
                 beat_time = beat.get("time") if beat else None
                 seen = float(beat_time) if isinstance(beat_time, int | float) else 0.0
                 # no sooner than the host itself trusts its entries to stand (its own
-                # forget_after_s, in heartbeats since 0.3.2): it skips its transactions
+                # forget_after_s, in heartbeats since 0.3.3): it skips its transactions
                 # for paths it holds while its heartbeat is younger than half of it
                 trusted = beat.get("forget_after_s") if beat else None
                 horizon = max(

@@ -88,6 +88,18 @@ def _absolute(v: str) -> str | None:
     return "contains a NUL byte" if "\x00" in v else None
 
 
+def _listen_address(v: str) -> str | None:
+    """Empty (off), or host:port with a port a scrape config can name: 1..65535 (port 0 would
+    be another port at every start)."""
+    if not v:
+        return None
+    found = re.fullmatch(r"([^\s:]*):([0-9]{1,5})", v)
+    if found is None:
+        return f"{v!r} is not host:port"
+    port = int(found[2])
+    return None if 1 <= port <= 65535 else f"{v!r}: port {port} is outside 1..65535"
+
+
 def _mount_point(v: str) -> str | None:
     if problem := _absolute(v):
         return problem
@@ -201,7 +213,7 @@ class ApiConfig:
         'also serve /metrics on "host:port" (off when empty)',
         "",
         RESTART,
-        _like(r"[^\s:]*:\d{1,5}", "host:port"),
+        _listen_address,
     )
     socket_group: str = _doc(
         "group whose members may use the status socket (0660); empty: root only (0600)",

@@ -182,6 +182,18 @@ def test_check_config_names_the_bad_key(tmp_path: Path) -> None:
     assert out.stdout == ""
 
 
+def test_check_config_refuses_a_metrics_port_beyond_65535(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `volagent run` with it died with a traceback (OverflowError: bind(): port must be
+    # 0-65535), exit 1, after logging "stopped" with exit_code 0; check-config said it was fine
+    cfg = tmp_path / "v.toml"
+    cfg.write_text('[api]\nmetrics_address = "0.0.0.0:99464"\n')
+    assert cli.main(["check-config", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "api.metrics_address" in err and "65535" in err
+
+
 def test_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "v.toml"
     cfg.write_text('rack = "prod"\nmount_point = "/srv/vol"\n')

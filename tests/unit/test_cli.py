@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from volagent import __version__, cli, config
+from volagent.errors import NamespaceViolation
+from volagent.volumes.namespace import Bind, Identity, plan_bind
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -213,6 +215,33 @@ def test_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg.write_text("")
     assert cli.main(["--config", str(cfg), "paths", "--app", "a", "--service", "s", "/d"]) == 2
     assert "no rack" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("container_path", ["/.volagent", "/data/.volagent-cache", "/" + "x" * 256])
+def test_paths_refuses_what_the_guard_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], container_path: str
+) -> None:
+    """docs/CONTRACT.md (rule 5, volagent's note): "path components starting with `.volagent`
+    are reserved ... and components longer than 255 bytes are refused". `volagent paths`
+    printed such host paths with exit 0: an operator who wrote one into the app got a rule 5
+    violation at the next deploy."""
+    cfg = tmp_path / "v.toml"
+    cfg.write_text('rack = "prod"\nmount_point = "/srv/vol"\n')
+    argv = ["--config", str(cfg), "paths", "--app", "shop", "--service", "web", container_path]
+    code = cli.main(argv)
+    printed = capsys.readouterr().out.strip()
+    if code == 0:
+        # what the guard says of a bind of the printed path by that very service
+        with pytest.raises(NamespaceViolation) as refused:
+            plan_bind(
+                "/srv/vol",
+                Identity("prod", "shop", "web"),
+                Bind(printed, "/d", False),
+                (0, 0),
+                0o755,
+            )
+        pytest.fail(f"paths printed {printed} (exit 0); the guard: {refused.value}")
+    assert code == cli.EXIT_INVALID
 
 
 def test_gc_arguments_parse() -> None:

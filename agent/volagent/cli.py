@@ -35,6 +35,7 @@ EXIT_INVALID = 2  # an invalid config or name (check-config, paths, doctor, gc)
 # A command line volagent cannot parse: EX_USAGE of sysexits.h, not argparse's 2, which
 # `volagent status` gives for "critical".
 EXIT_USAGE = 64
+STATUS_TIMEOUT_MAX_S = 3600.0
 
 # Each command's help: what it does and examples (also the man page's, scripts/cli-docs).
 DESCRIPTIONS = {
@@ -146,8 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "-v", "--verbose", action="store_true", help="list every volume, not only problems"
     )
+
+    def seconds(text: str) -> float:
+        try:
+            return status_timeout(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
     status.add_argument(
-        "--timeout", type=float, default=5.0, metavar="SECONDS", help="give up after (5)"
+        "--timeout", type=seconds, default=5.0, metavar="SECONDS", help="give up after (5)"
     )
 
     command("check-config", help="validate and print the effective config")
@@ -203,6 +211,19 @@ class StatusArgs:
         self.timeout = 5.0
 
 
+def status_timeout(text: str) -> float:
+    """`volagent status --timeout`: seconds, more than 0 and at most STATUS_TIMEOUT_MAX_S;
+    ValueError saying why for anything else (a negative, NaN or infinite timeout made the
+    socket call fail with a traceback, exit 1: "degraded" to a monitor)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= STATUS_TIMEOUT_MAX_S:  # NaN fails this too
+        raise ValueError(f"{text}: must be more than 0 and at most {STATUS_TIMEOUT_MAX_S:g} s")
+    return value
+
+
 _STATUS_FLAGS = {"--json": "json", "--rack": "rack", "-v": "verbose", "--verbose": "verbose"}
 _STATUS_VALUES = {"--socket": "socket", "--config": "config", "--timeout": "timeout"}
 
@@ -229,9 +250,9 @@ def parse_status_fast(argv: list[str]) -> StatusArgs | None:
                 return None
             if name == "--timeout":
                 try:
-                    args.timeout = float(value)
+                    args.timeout = status_timeout(value)
                 except ValueError:
-                    return None
+                    return None  # argparse refuses it, with the usage (EX_USAGE)
             else:
                 setattr(args, _STATUS_VALUES[name], value)
         else:

@@ -129,6 +129,9 @@ def test_fast_status_arguments_match_argparse(argv: list[str]) -> None:
         ["status", "--socket"],
         ["status", "--socket", "--json"],
         ["status", "--timeout", "soon"],
+        ["status", "--timeout", "nan"],  # a timeout it cannot use: argparse says why
+        ["status", "--timeout=inf"],
+        ["status", "--timeout", "0"],
         ["status", "extra"],
         ["--json", "status"],
         ["paths", "status"],
@@ -291,6 +294,19 @@ def test_a_command_line_volagent_cannot_parse_exits_ex_usage_not_critical(
     assert out.returncode == 64 == cli.EXIT_USAGE, out.stderr
     assert out.stderr.startswith("usage: volagent")
     assert "error:" in out.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "0", "1e10"])
+def test_a_status_timeout_it_cannot_use_is_a_usage_error_not_degraded(
+    tmp_path: Path, value: str
+) -> None:
+    # A monitor reads the exit code as the host's state (0 ok, 1 degraded, 2 critical, 3
+    # unreachable). A negative, NaN or infinite timeout got past both parsers and died in
+    # socket.settimeout with a traceback and exit 1: "degraded".
+    out = _run("status", "--socket", str(tmp_path / "s.sock"), "--timeout", value)
+    assert "Traceback" not in out.stderr, out.stderr[-600:]
+    assert out.returncode == 64 == cli.EXIT_USAGE, out.stderr[-300:]
+    assert out.stderr.startswith("usage: volagent") and "--timeout" in out.stderr
 
 
 @pytest.mark.parametrize("command", ["run", "status", "check-config", "paths", "doctor", "gc"])

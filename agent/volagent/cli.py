@@ -20,7 +20,7 @@ from volagent import __version__
 TYPE_CHECKING = False  # typing costs an import on the fast path; annotations stay lazy
 if TYPE_CHECKING:
     import argparse
-    from typing import Any
+    from typing import Any, NoReturn
 
     from volagent.config import Config
 
@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     import argparse
 
     class Parser(argparse.ArgumentParser):
-        """argparse, with EX_USAGE for a command line it cannot parse."""
+        """argparse, with EX_USAGE for a command line it cannot parse; `commands` holds each
+        command's parser (see usage_error)."""
+
+        commands: dict[str, argparse.ArgumentParser]
 
         def error(self, message: str) -> Any:
             self.print_usage(sys.stderr)
@@ -108,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         text, examples = DESCRIPTIONS[name]
-        return sub.add_parser(
+        made = parser.commands[name] = sub.add_parser(
             name,
             parents=[common],
             description=text,
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
             **kwargs,
         )
+        return made
 
     parser = Parser(
         prog="volagent",
@@ -124,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"exit {EXIT_USAGE} (EX_USAGE) for a command line volagent cannot parse; "
         "`volagent COMMAND --help` for each command's",
     )
+    parser.commands = {}
     parser.add_argument("--version", action="version", version=f"volagent {__version__}")
     parser.add_argument(
         "--config", metavar="PATH", help=f"config file (env VOLAGENT_CONFIG; {DEFAULT_CONFIG_PATH})"
@@ -196,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --delete: go ahead although these hosts are stale",
     )
     return parser
+
+
+def usage_error(parser: argparse.ArgumentParser, command: str, problem: str) -> NoReturn:
+    """A command line the parser took but the command cannot use (arguments that go only
+    together): the command's usage and the problem on stderr, exit EX_USAGE, as for any
+    command line volagent cannot parse."""
+    commands: dict[str, argparse.ArgumentParser] = getattr(parser, "commands", {})
+    commands.get(command, parser).error(problem)
 
 
 class StatusArgs:
@@ -283,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check_config(args)
         if command == "paths":
             return cmd_paths(args)
+        if command == "gc":
+            from volagent.ops.gc import command as gc
+
+            problem = gc.usage_problem(args)
+            if problem is not None:
+                usage_error(parser, command, problem)
         return cmd_ops(args, command)
     except BrokenPipeError:
         # the reader went away (`volagent status | head`): not an error worth a traceback

@@ -20,7 +20,7 @@ from volagent import __version__
 TYPE_CHECKING = False  # typing costs an import on the fast path; annotations stay lazy
 if TYPE_CHECKING:
     import argparse
-    from typing import Any
+    from typing import Any, NoReturn
 
     from volagent.config import Config
 
@@ -35,6 +35,7 @@ EXIT_INVALID = 2  # an invalid config or name (check-config, paths, doctor, gc)
 # A command line volagent cannot parse: EX_USAGE of sysexits.h, not argparse's 2, which
 # `volagent status` gives for "critical".
 EXIT_USAGE = 64
+STATUS_TIMEOUT_MAX_S = 3600.0
 
 # Each command's help: what it does and examples (also the man page's, scripts/cli-docs).
 DESCRIPTIONS = {
@@ -99,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     import argparse
 
     class Parser(argparse.ArgumentParser):
-        """argparse, with EX_USAGE for a command line it cannot parse."""
+        """argparse, with EX_USAGE for a command line it cannot parse; `commands` holds each
+        command's parser (see usage_error)."""
+
+        commands: dict[str, argparse.ArgumentParser]
 
         def error(self, message: str) -> Any:
             self.print_usage(sys.stderr)
@@ -107,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         text, examples = DESCRIPTIONS[name]
-        return sub.add_parser(
+        made = parser.commands[name] = sub.add_parser(
             name,
             parents=[common],
             description=text,
@@ -115,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
             **kwargs,
         )
+        return made
 
     parser = Parser(
         prog="volagent",
@@ -123,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"exit {EXIT_USAGE} (EX_USAGE) for a command line volagent cannot parse; "
         "`volagent COMMAND --help` for each command's",
     )
+    parser.commands = {}
     parser.add_argument("--version", action="version", version=f"volagent {__version__}")
     parser.add_argument(
         "--config", metavar="PATH", help=f"config file (env VOLAGENT_CONFIG; {DEFAULT_CONFIG_PATH})"
@@ -146,8 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "-v", "--verbose", action="store_true", help="list every volume, not only problems"
     )
+
+    def seconds(text: str) -> float:
+        try:
+            return status_timeout(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
     status.add_argument(
-        "--timeout", type=float, default=5.0, metavar="SECONDS", help="give up after (5)"
+        "--timeout", type=seconds, default=5.0, metavar="SECONDS", help="give up after (5)"
     )
 
     command("check-config", help="validate and print the effective config")
@@ -190,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def usage_error(parser: argparse.ArgumentParser, command: str, problem: str) -> NoReturn:
+    """A command line the parser took but the command cannot use (arguments that go only
+    together): the command's usage and the problem on stderr, exit EX_USAGE, as for any
+    command line volagent cannot parse."""
+    commands: dict[str, argparse.ArgumentParser] = getattr(parser, "commands", {})
+    commands.get(command, parser).error(problem)
+
+
 class StatusArgs:
     """The arguments of `volagent status`, as argparse would give them."""
 
@@ -201,6 +222,19 @@ class StatusArgs:
         self.socket: str | None = None
         self.verbose = False
         self.timeout = 5.0
+
+
+def status_timeout(text: str) -> float:
+    """`volagent status --timeout`: seconds, more than 0 and at most STATUS_TIMEOUT_MAX_S;
+    ValueError saying why for anything else (a negative, NaN or infinite timeout made the
+    socket call fail with a traceback, exit 1: "degraded" to a monitor)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= STATUS_TIMEOUT_MAX_S:  # NaN fails this too
+        raise ValueError(f"{text}: must be more than 0 and at most {STATUS_TIMEOUT_MAX_S:g} s")
+    return value
 
 
 _STATUS_FLAGS = {"--json": "json", "--rack": "rack", "-v": "verbose", "--verbose": "verbose"}
@@ -229,9 +263,9 @@ def parse_status_fast(argv: list[str]) -> StatusArgs | None:
                 return None
             if name == "--timeout":
                 try:
-                    args.timeout = float(value)
+                    args.timeout = status_timeout(value)
                 except ValueError:
-                    return None
+                    return None  # argparse refuses it, with the usage (EX_USAGE)
             else:
                 setattr(args, _STATUS_VALUES[name], value)
         else:
@@ -262,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check_config(args)
         if command == "paths":
             return cmd_paths(args)
+        if command == "gc":
+            from volagent.ops.gc import command as gc
+
+            problem = gc.usage_problem(args)
+            if problem is not None:
+                usage_error(parser, command, problem)
         return cmd_ops(args, command)
     except BrokenPipeError:
         # the reader went away (`volagent status | head`): not an error worth a traceback

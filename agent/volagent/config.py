@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import tomllib
@@ -47,8 +48,10 @@ def _doc(text: str, default: Any, applies: str = LIVE, check: Check | None = Non
 
 
 def _between(lo: float, hi: float | None = None, unit: str = "") -> Check:
+    # written so that NaN, which every comparison calls false, fails (validate refuses NaN
+    # and infinities before any check)
     if hi is None:
-        return lambda v: f"must be at least {lo}" if v < lo else None
+        return lambda v: None if v >= lo else f"must be at least {lo}"
     return lambda v: None if lo <= v <= hi else f"{v} is outside {lo}..{hi}{unit}"
 
 
@@ -86,6 +89,18 @@ def _absolute(v: str) -> str | None:
     if not v.startswith("/"):
         return f"{v!r} is not an absolute path"
     return "contains a NUL byte" if "\x00" in v else None
+
+
+def _listen_address(v: str) -> str | None:
+    """Empty (off), or host:port with a port a scrape config can name: 1..65535 (port 0 would
+    be another port at every start)."""
+    if not v:
+        return None
+    found = re.fullmatch(r"([^\s:]*):([0-9]{1,5})", v)
+    if found is None:
+        return f"{v!r} is not host:port"
+    port = int(found[2])
+    return None if 1 <= port <= 65535 else f"{v!r}: port {port} is outside 1..65535"
 
 
 def _mount_point(v: str) -> str | None:
@@ -201,7 +216,7 @@ class ApiConfig:
         'also serve /metrics on "host:port" (off when empty)',
         "",
         RESTART,
-        _like(r"[^\s:]*:\d{1,5}", "host:port"),
+        _listen_address,
     )
     socket_group: str = _doc(
         "group whose members may use the status socket (0660); empty: root only (0600)",
@@ -242,10 +257,18 @@ class HealthConfig:
     heartbeat_interval_s: float = _doc(
         "seconds between heartbeats of this host", 30.0, LIVE, _between(0.1)
     )
-    # bounded by heartbeat_interval_s and each other: see validate
-    stale_after_s: float = _doc("a host whose heartbeat is older is stale", 90.0)
+    # bounded by heartbeat_interval_s and each other as well: see validate
+    stale_after_s: float = _doc(
+        "a host whose heartbeat is older is stale",
+        90.0,
+        LIVE,
+        _between(0.1, 86400, " seconds"),
+    )
     forget_after_s: float = _doc(
-        "a host silent this long no longer holds its binds in the rack's registry", 900.0
+        "a host silent this long no longer holds its binds in the rack's registry",
+        900.0,
+        LIVE,
+        _between(NFS_LEASE_S, 30 * 86400, " seconds"),
     )
     unhealthy_after_s: float = _doc(
         "critical this long: report unhealthy to the Auto Scaling group (0: never)",
@@ -413,6 +436,10 @@ def validate(cfg: Config) -> Config:
     """Checks values beyond their types: each key's declared check, then the rules between
     keys. Returns cfg unchanged or raises ConfigError."""
     for key, f, value in fields_of(cfg):
+        # TOML has nan and inf: no setting means either, and every comparison with a NaN is
+        # false, so a check or a rule between keys that refuses `v < lo` lets it through
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number, not {value}")
         check = f.metadata.get("check")
         if check and (problem := check(value)):
             raise ConfigError(key, problem)

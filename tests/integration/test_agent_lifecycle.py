@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 
 import pytest
 
-from tests.testbed import AgentProcess, Containers, app_labels, mounts
+from tests.testbed import AgentFactory, AgentProcess, Containers, app_labels, mounts
 from tests.testbed.agent import all_in
 from tests.testbed.unixhttp import raw_exchange, request
 
@@ -100,3 +101,36 @@ def test_socket_refuses_non_root_posts_and_survives_garbage(agent: AgentProcess)
     assert status in (200, 503)
     assert json.loads(body)["status"] in ("ok", "degraded", "critical")
     assert agent.running
+
+
+def test_a_metrics_port_in_use_is_a_warning_and_the_daemon_serves_on(
+    agent_factory: AgentFactory,
+) -> None:
+    """`[api] metrics_address` on a port something else holds (a node exporter, a second
+    agent): the daemon died with a traceback, exit 1, after a log line saying it stopped with
+    exit code 0, and the mount and the start guard never started. It serves on without the
+    TCP listener, names the key in a warning, and its stop tells the truth."""
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        agent = agent_factory(
+            docker_url="unix:///nonexistent/docker.sock",
+            config={
+                "api": {"metrics_address": f"127.0.0.1:{port}"},
+                "guard": {"enabled": True},
+            },
+        ).start()
+        doc = agent.wait_for(lambda d: d["mount"]["state"] == "local", what="the mount")
+        warned = [w for w in doc["warnings"] if w.startswith("[api] metrics_address")]
+        assert len(warned) == 1 and f"127.0.0.1:{port}" in warned[0], doc["warnings"]
+        logged = [e for e in agent.log_events() if e.get("event") == "metrics_listen_failed"]
+        assert [e["key"] for e in logged] == ["api.metrics_address"]
+        assert logged[0]["error"], logged
+        # the start guard answers dockerd
+        plugin_socket = agent.config["guard"]["plugin_socket"]
+        status, body = request(plugin_socket, "POST", "/Plugin.Activate", body=b"{}")
+        assert (status, json.loads(body)) == (200, {"Implements": ["authz"]})
+        assert agent.stop() == 0
+    stopped = [e["exit_code"] for e in agent.log_events() if e.get("event") == "stopped"]
+    assert stopped == [0]
+    with open(agent.err_path, encoding="utf-8") as f:
+        assert "Traceback" not in f.read()

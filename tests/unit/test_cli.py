@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from volagent import __version__, cli, config
+from volagent.errors import NamespaceViolation
+from volagent.ops.gc import command as gc_command
+from volagent.volumes.namespace import Bind, Identity, plan_bind
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -127,6 +130,9 @@ def test_fast_status_arguments_match_argparse(argv: list[str]) -> None:
         ["status", "--socket"],
         ["status", "--socket", "--json"],
         ["status", "--timeout", "soon"],
+        ["status", "--timeout", "nan"],  # a timeout it cannot use: argparse says why
+        ["status", "--timeout=inf"],
+        ["status", "--timeout", "0"],
         ["status", "extra"],
         ["--json", "status"],
         ["paths", "status"],
@@ -182,6 +188,18 @@ def test_check_config_names_the_bad_key(tmp_path: Path) -> None:
     assert out.stdout == ""
 
 
+def test_check_config_refuses_a_metrics_port_beyond_65535(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `volagent run` with it died with a traceback (OverflowError: bind(): port must be
+    # 0-65535), exit 1, after logging "stopped" with exit_code 0; check-config said it was fine
+    cfg = tmp_path / "v.toml"
+    cfg.write_text('[api]\nmetrics_address = "0.0.0.0:99464"\n')
+    assert cli.main(["check-config", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "api.metrics_address" in err and "65535" in err
+
+
 def test_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "v.toml"
     cfg.write_text('rack = "prod"\nmount_point = "/srv/vol"\n')
@@ -203,9 +221,82 @@ def test_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no rack" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("container_path", ["/.volagent", "/data/.volagent-cache", "/" + "x" * 256])
+def test_paths_refuses_what_the_guard_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], container_path: str
+) -> None:
+    """docs/CONTRACT.md (rule 5, volagent's note): "path components starting with `.volagent`
+    are reserved ... and components longer than 255 bytes are refused". `volagent paths`
+    printed such host paths with exit 0: an operator who wrote one into the app got a rule 5
+    violation at the next deploy."""
+    cfg = tmp_path / "v.toml"
+    cfg.write_text('rack = "prod"\nmount_point = "/srv/vol"\n')
+    argv = ["--config", str(cfg), "paths", "--app", "shop", "--service", "web", container_path]
+    code = cli.main(argv)
+    printed = capsys.readouterr().out.strip()
+    if code == 0:
+        # what the guard says of a bind of the printed path by that very service
+        with pytest.raises(NamespaceViolation) as refused:
+            plan_bind(
+                "/srv/vol",
+                Identity("prod", "shop", "web"),
+                Bind(printed, "/d", False),
+                (0, 0),
+                0o755,
+            )
+        pytest.fail(f"paths printed {printed} (exit 0); the guard: {refused.value}")
+    assert code == cli.EXIT_INVALID
+
+
 def test_gc_arguments_parse() -> None:
     args = cli.build_parser().parse_args(["gc", "--older-than", "7", "--delete"])
     assert (args.older_than, args.delete) == (7.0, True)
+
+
+def _gc(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`volagent gc ARGS` in a process of its own, with a config it could run on."""
+    cfg = tmp_path / "v.toml"
+    cfg.write_text(
+        f'rack = "r1"\nmount_point = "{tmp_path}/mp"\nstate_dir = "{tmp_path}/state"\n'
+        f'[api]\nsocket = "{tmp_path}/none.sock"\n'
+    )
+    (tmp_path / "mp").mkdir(exist_ok=True)
+    return _run("--config", str(cfg), "gc", *args)
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--older-than", "-5"], "--older-than -5: must be a positive number of days"),
+        (["--older-than", "0"], "--older-than 0 goes with --purge only"),
+        (["--older-than", "nan"], "--older-than nan: must be"),
+        (["--older-than", "inf"], "--older-than inf: must be"),
+        (["--purge", "--older-than", "1e308"], "--older-than 1e+308: must be"),
+        (["--ignore-stale", "h2"], "--ignore-stale goes with --delete"),
+    ],
+)
+def test_a_bad_gc_argument_is_a_usage_error(tmp_path: Path, args: list[str], problem: str) -> None:
+    # docs/CONTRACT.md: a command line volagent cannot parse (a missing or bad value) prints
+    # the usage and the error and exits 64, for every command. gc checked these itself and
+    # exited 2; `--older-than inf` (or 1e308) was not checked at all: on a mounted
+    # filesystem gc surveyed, then died in now_iso with OverflowError (exit 1).
+    done = _gc(tmp_path, *args)
+    assert done.returncode == 64 == cli.EXIT_USAGE, (done.returncode, done.stderr[-300:])
+    assert done.stderr.startswith("usage: volagent gc"), done.stderr
+    assert f"volagent gc: error: {problem}" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["gc"],
+        ["gc", "--older-than", "0.01", "--delete", "--ignore-stale", "h2"],
+        ["gc", "--purge", "--older-than", "0"],
+        ["gc", "--older-than", "36500"],
+    ],
+)
+def test_gc_arguments_it_can_use_pass(argv: list[str]) -> None:
+    assert gc_command.usage_problem(cli.build_parser().parse_args(argv)) is None
 
 
 def test_gc_phases_are_one_at_a_time(capsys: pytest.CaptureFixture[str]) -> None:
@@ -250,6 +341,19 @@ def test_a_command_line_volagent_cannot_parse_exits_ex_usage_not_critical(
     assert out.returncode == 64 == cli.EXIT_USAGE, out.stderr
     assert out.stderr.startswith("usage: volagent")
     assert "error:" in out.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "0", "1e10"])
+def test_a_status_timeout_it_cannot_use_is_a_usage_error_not_degraded(
+    tmp_path: Path, value: str
+) -> None:
+    # A monitor reads the exit code as the host's state (0 ok, 1 degraded, 2 critical, 3
+    # unreachable). A negative, NaN or infinite timeout got past both parsers and died in
+    # socket.settimeout with a traceback and exit 1: "degraded".
+    out = _run("status", "--socket", str(tmp_path / "s.sock"), "--timeout", value)
+    assert "Traceback" not in out.stderr, out.stderr[-600:]
+    assert out.returncode == 64 == cli.EXIT_USAGE, out.stderr[-300:]
+    assert out.stderr.startswith("usage: volagent") and "--timeout" in out.stderr
 
 
 @pytest.mark.parametrize("command", ["run", "status", "check-config", "paths", "doctor", "gc"])

@@ -157,11 +157,18 @@ def test_every_wrong_type_names_its_key(section: str, key: str, kind: Any) -> No
         ("[directories]\ntimeout_s = 0", "directories.timeout_s"),
         ("[api]\nsocket = 'volagent.sock'", "api.socket"),
         ("[api]\nmetrics_address = 'nope'", "api.metrics_address"),
+        # bind() refuses these only when the daemon starts: check-config must say so first
+        ("[api]\nmetrics_address = '0.0.0.0:99464'", "api.metrics_address"),
+        ("[api]\nmetrics_address = '0.0.0.0:0'", "api.metrics_address"),
         ("[guard]\nplugin_socket = 'p.sock'", "guard.plugin_socket"),
         ("[guard]\nwhen_unhealthy = 'maybe'", "guard.when_unhealthy"),
         ("[guard]\nviolations = 'ignore'", "guard.violations"),
         ("[health]\nheartbeat_interval_s = 0", "health.heartbeat_interval_s"),
         ("[health]\nstale_after_s = 1", "health.stale_after_s"),
+        ("[health]\nheartbeat_interval_s = nan", "health.heartbeat_interval_s"),
+        ("[health]\nstale_after_s = 100000", "health.stale_after_s"),
+        ("[health]\nforget_after_s = 1e9", "health.forget_after_s"),
+        ("[health]\nunhealthy_after_s = inf", "health.unhealthy_after_s"),
         ("[health]\nunhealthy_after_s = -1", "health.unhealthy_after_s"),
     ],
 )
@@ -251,7 +258,7 @@ def test_privileged_apps_apply_live() -> None:
 
 # Keys whose value is free text, or bounded only against other keys (in `validate`): every
 # other str, int or float key declares its own check beside its default.
-UNCHECKED = {"host_id", "mount.region", "health.stale_after_s", "health.forget_after_s"}
+UNCHECKED = {"host_id", "mount.region"}
 
 
 def _typed_keys() -> list[tuple[str, Any, Any]]:
@@ -286,6 +293,17 @@ def test_every_key_of_a_scalar_type_declares_its_check() -> None:
 )
 def test_every_number_is_bounded_and_refused_under_its_key(key: str, kind: Any) -> None:
     assert _refused_under(key, kind(-(10**9)))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("key", [k for k, t, _ in _typed_keys() if t is float])
+def test_every_float_refuses_nan_and_infinities_under_its_key(key: str, value: float) -> None:
+    # TOML has `nan`: every comparison with it is false, so "at least 0.1" and "longer than
+    # heartbeat_interval_s" both let it through. Applied live, heartbeat_interval_s = nan
+    # became an asyncio timeout of NaN, and the daemon's socket stopped answering about
+    # 20 s later (`volagent status` exit 3 until the edit was undone); stale_after_s = nan
+    # made no host ever stale, so `gc --delete` never refused for a dead host.
+    assert _refused_under(key, value)
 
 
 @pytest.mark.parametrize("key", [k for k, t, check in _typed_keys() if t is str and check])

@@ -1,11 +1,13 @@
 """What a config reload applies, as each config field declares it: turning the guard off
 applies at once (no restart asked for), an edited host_id names this host from then on,
-keys that need a restart say so."""
+keys that need a restart say so; and how the daemon's main loop and start end."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+
+from structlog.testing import capture_logs
 
 from volagent import config
 from volagent.daemon.lifecycle import Daemon
@@ -72,3 +74,16 @@ async def test_a_stop_asked_for_ends_the_main_loop_without_a_death(tmp_path: Pat
     d.request_stop()
     await d._main_loop()
     assert d.exit_code == 0
+
+
+async def test_a_start_that_fails_says_exit_code_1_when_it_stops(tmp_path: Path) -> None:
+    # the status socket's path is taken by a directory: the start fails. The stop's log line
+    # said exit_code 0 before the traceback (and the exit code 1) of the exception
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    d, _ = _daemon(tmp_path, f'host_id = "a"\n[api]\nsocket = "{taken}"\n')
+    with capture_logs() as logs:
+        assert await d.serve() == 1
+    events = {e["event"]: e for e in logs}
+    assert events["failed"]["log_level"] == "error" and events["failed"]["exc_info"]
+    assert events["stopped"]["exit_code"] == 1

@@ -324,7 +324,9 @@ def test_delete_refuses_while_a_host_is_stale_unless_named(
     out = capsys.readouterr().out
     assert f"trashed {mounted}/r1-old" in out
     assert not (mounted / "r1-old").exists()
-    assert run_gc(mounted, tmp_path, ignore_stale=["gone-1"]) == 2  # only with --delete
+    # only with --delete: the command line refuses it (exit 64, test_cli.py), gc never runs
+    with pytest.raises(ValueError, match="--ignore-stale goes with --delete"):
+        run_gc(mounted, tmp_path, ignore_stale=["gone-1"])
 
 
 @pytest.mark.mount

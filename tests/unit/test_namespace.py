@@ -275,7 +275,8 @@ def test_touches_mount_point(host: str, touches: bool) -> None:
         ("/volumes/r1-a:/d", "namespace root"),
         ("/volumes/r1-b/s/d:/d", "outside app"),
         ("/volumes/../etc/x:/d", "'..'"),
-        ("/volumes/r1-a/.volagent/x:/d", "not allowed"),
+        ("/volumes/r1-a/.volagent/x:/d", "reserved"),
+        ("/volumes/r1-a/s/" + "x" * 256 + ":/d", "longer than 255 bytes"),
     ],
 )
 def test_plan_violations_say_why(host: str, why: str) -> None:
@@ -317,7 +318,14 @@ def test_host_path_is_in_the_namespace(app: str, service: str, tail: list[str]) 
 
 @pytest.mark.parametrize(
     ("app", "service", "path"),
-    [("a", "s", "rel"), ("a", "s", "/x/../../y"), ("A", "s", "/x"), ("a", "", "/x")],
+    [
+        ("a", "s", "rel"),
+        ("a", "s", "/x/../../y"),
+        ("A", "s", "/x"),
+        ("a", "", "/x"),
+        ("a", "s", "/.volagent"),
+        ("a", "s", "/x/" + "y" * 256),
+    ],
 )
 def test_host_path_refuses(app: str, service: str, path: str) -> None:
     with pytest.raises(NamespaceViolation):

@@ -77,7 +77,14 @@ def test_problems_come_first_with_their_fix_and_their_own_line() -> None:
 
 def test_rack_view_lists_hosts_and_flags_stale_ones() -> None:
     hosts = [
-        {"host": "host-1", "instance_id": "i-1", "status": "ok", "last_seen": now_iso(NOW - 5)},
+        {
+            "host": "host-1",
+            "instance_id": "i-1",
+            "status": "ok",
+            "version": "0.3.2",
+            "registry": True,
+            "last_seen": now_iso(NOW - 5),
+        },
         {
             "host": "host-22",
             "instance_id": "",
@@ -88,11 +95,46 @@ def test_rack_view_lists_hosts_and_flags_stale_ones() -> None:
     ]
     lines = render.render_status(_doc(hosts=hosts), now=NOW).splitlines()
     start = lines.index("Rack hosts 1 sharing this filesystem, 1 stale")
-    assert lines[start + 1].split() == ["HOST", "INSTANCE", "STATUS", "LAST", "SEEN"]
-    assert lines[start + 2].split() == ["host-1", "i-1", "ok", "5s", "ago"]
-    assert lines[start + 3].split() == ["host-22", "-", "critical", "10m00s", "ago", "STALE"]
+    header = ["HOST", "INSTANCE", "STATUS", "LAST", "SEEN", "VERSION", "REGISTRY"]
+    assert lines[start + 1].split() == header
+    assert lines[start + 2].split() == ["host-1", "i-1", "ok", "5s", "ago", "0.3.2", "yes"]
+    # an entry without a version or a registry part shows them unknown
+    stale = ["host-22", "-", "critical", "10m00s", "ago", "?", "?", "STALE"]
+    assert lines[start + 3].split() == stale
     broken = render.render_status(_doc(hosts=[], hosts_error="cannot list hosts"), now=NOW)
     assert "cannot list hosts" in broken
+
+
+def _host(name: str, version: str, registry: bool) -> dict[str, Any]:
+    return {
+        "host": name,
+        "rack": "r1",
+        "instance_id": f"i-{name}",
+        "status": "ok",
+        "version": version,
+        "registry": registry,
+        "last_seen": now_iso(NOW - 5),
+        "age_s": 5.0,
+        "stale": False,
+    }
+
+
+def test_the_rack_view_shows_each_hosts_version_and_whether_it_takes_part_in_the_registry() -> None:
+    """During a rolling upgrade an operator waits until `volagent status --rack` shows every
+    host in the registry (the README's upgrade path; the contract: "shows, per host, the
+    version it runs and whether it takes part in the registry (hosts on 0.2 do not)"). The
+    JSON document carried `version` and `registry`; the human view dropped both."""
+    doc = make_state(host="new-1").status_document()
+    doc["hosts"] = [_host("new-1", "0.3.2", True), _host("old-1", "0.2.4", False)]
+    text = render.render_status(doc, now=NOW)
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith("  ")}
+    header = rows["HOST"]
+    assert header.index("VERSION") < header.index("REGISTRY")
+    for host, version, part in (("new-1", "0.3.2", "yes"), ("old-1", "0.2.4", "no")):
+        row = rows[host]
+        assert (row[-2], row[-1]) == (version, part), text
+    coloured = render.render_status(doc, now=NOW, color=True)
+    assert "\x1b[33mno" in coloured and ANSI.sub("", coloured) == text
 
 
 def test_rack_view_shows_usage_per_app_biggest_first() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.unit import factories
+from tests.unit.changes import Changes, capturing_logs
 from tests.unit.guard_requests import create
 
 from volagent.config import ConfigError, from_dict
@@ -23,6 +24,7 @@ from volagent.rack.usage.measure import Budget
 from volagent.rack.usage.task import UsageWalker
 from volagent.state import AgentState
 from volagent.values import Size
+from volagent.vocabulary import MountState
 from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 
@@ -73,6 +75,32 @@ async def test_a_pass_measures_every_app_and_exports_it(mp: Path) -> None:
     assert [u["app"] for u in view] == ["shop", "blog"]
     assert view[0]["over_quota"] and view[0]["quota_bytes"] == 102400
     assert view[0]["services"]["web"]["bytes"] >= 200_000 and view[0]["measured_by"] == "host-a"
+
+
+async def test_the_first_pass_runs_once_the_mount_settles_not_an_interval_later(mp: Path) -> None:
+    """After a daemon start the mount is still being mounted when the walk's root task first
+    looks, as at every boot. The first pass waited a whole `[usage] interval_s` (an hour by
+    default) because the mount settled a moment after the task started."""
+    fill(mp, "shop", "web", 100_000)
+    # as at start: the mount not looked at yet; the default interval
+    st = factories.make_state(mp, mount_state=None, usage={"ops_per_second": 10000})
+    w = walker(st, ["host-a"])
+    changes, logs = Changes(), []
+    changes.bind()
+    with capturing_logs(logs, changes):
+        running = asyncio.create_task(w.run())
+        changes.watch(running)
+        try:
+            await asyncio.sleep(0)  # the task's first look: nothing to walk yet
+            assert not w.view()
+            # the mount task mounts a moment later
+            st.set_mount_state(MountState.MOUNTED)
+            st.mount_dev = os.stat(mp).st_dev
+            await changes.until(lambda: bool(w.view()), "a pass once the mount is healthy")
+            assert [u["app"] for u in w.view()] == ["shop"]
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
 
 
 async def test_hosts_walk_only_their_share_and_read_the_others(mp: Path) -> None:

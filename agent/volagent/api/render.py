@@ -257,17 +257,26 @@ def _host_lines(doc: dict[str, Any], paint: _Painter, now: float) -> list[str]:
         lines.append(f"           {paint(str(doc['hosts_error']), 'red')}")
     if not hosts:
         return lines
-    rows = [("HOST", "INSTANCE", "STATUS", "LAST SEEN", "")]
+    # the version each host runs and whether it takes part in the rack's registry of binds
+    # (hosts on 0.2 do not): what a rolling upgrade is watched by
+    rows = [("HOST", "INSTANCE", "STATUS", "LAST SEEN", "VERSION", "REGISTRY", "")]
     for h in hosts:
         flag = "STALE" if h.get("stale") else ""
         seen = ago(h.get("last_seen"), now) + " ago" if h.get("last_seen") else "?"
         host, instance = str(h.get("host", "?")), str(h.get("instance_id") or "-")
-        rows.append((host, instance, str(h.get("status", "?")), seen, flag))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        part = h.get("registry")
+        registry = "yes" if part is True else "no" if part is False else "?"
+        version = str(h.get("version") or "?")
+        rows.append((host, instance, str(h.get("status", "?")), seen, version, registry, flag))
+    columns = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(columns)]
     for n, row in enumerate(rows):
-        cells = [row[i].ljust(widths[i]) for i in range(4)]
+        cells = [row[i].ljust(widths[i]) for i in range(columns)]
         if n:
             cells[2] = paint(cells[2], _VERDICT_STYLE.get(row[2], "red"))
-        text = "  " + "  ".join(cells) + ("  " + paint(row[4], "red+bold") if row[4] else "")
+            if row[5] != "yes":  # the last column: padded outside the paint, then stripped
+                cells[5] = paint(row[5], "yellow") + cells[5][len(row[5]) :]
+        flag = row[columns]
+        text = "  " + "  ".join(cells) + ("  " + paint(flag, "red+bold") if flag else "")
         lines.append(text.rstrip())
     return lines

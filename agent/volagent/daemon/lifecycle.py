@@ -102,6 +102,11 @@ class Daemon:
         try:
             await self._start()
             await self._main_loop()
+        except Exception:
+            # a start that fails (the status socket cannot be made, ...): the stop's log line
+            # and the exit code say so, the reason is logged with its traceback
+            self.exit_code = 1
+            self.log.exception("failed")
         finally:
             await self._shutdown()
         return self.exit_code
@@ -151,8 +156,7 @@ class Daemon:
                     "volagent out of Docker's authorization-plugins, or enable the guard)",
                 )
         if cfg.api.metrics_address:
-            host, _, port = cfg.api.metrics_address.rpartition(":")
-            await server.start_tcp(host or "127.0.0.1", int(port))
+            await self._serve_metrics(server, cfg.api.metrics_address)
         self._spawn("mount", self.mount.run())
         self._spawn("docker", self.docker.run())
         self._spawn("ready", self._announce_ready())
@@ -163,6 +167,25 @@ class Daemon:
         self._spawn("asg", self.asg.run())
         watched = config_mod.config_path(self.config_path)
         self._spawn("config-watch", ConfigWatch(watched, self.reload).run())
+
+    async def _serve_metrics(self, server: HttpServer, address: str) -> None:
+        """/metrics and /v1/health over TCP too. An address it cannot listen on (the port
+        taken, an address not on this host) is a warning, not a failed start: the daemon
+        serves on without it, since failing would take the mount and the start guard down."""
+        host, _, port = address.rpartition(":")
+        try:
+            await server.start_tcp(host or "127.0.0.1", int(port))
+        except (OSError, ValueError) as exc:  # ValueError: a host name IDNA cannot encode
+            problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.log.warning(
+                "metrics_listen_failed", key="api.metrics_address", address=address, error=problem
+            )
+            self.state.warn(
+                "api.metrics_address",
+                f"[api] metrics_address {address}: cannot listen ({problem}); /metrics is "
+                "served on the status socket only: free the port or choose another "
+                "address, then restart volagent",
+            )
 
     def _spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> None:
         task = self._tasks[name] = asyncio.create_task(coro, name=name)

@@ -234,8 +234,15 @@ def resolve_owner(
 
 def plan_bind(mount_point: str, ident: Identity, bind: Bind, owner: Owner, mode: int) -> Plan:
     """Rules 5 and 6 for one bind under the mount point; the directories to create."""
+    cleaned, parts = judge_host_path(mount_point, ident, bind.host)
+    return Plan(bind=bind, host_path=cleaned, parts=parts, owner=owner, mode=mode)
+
+
+def judge_host_path(mount_point: str, ident: Identity, raw: str) -> tuple[str, tuple[str, ...]]:
+    """Rule 5 for a bind's host side `raw` (as written) of a container of `ident`: the path as
+    Docker cleans it and its components below the mount point, or NamespaceViolation. The
+    guard judges every bind by it, and `volagent paths` what it prints."""
     mp = go_clean(mount_point)
-    raw = bind.host
     if "\x00" in raw:
         raise NamespaceViolation(5, "host path contains a NUL byte")
     if not is_text(raw):
@@ -262,15 +269,22 @@ def plan_bind(mount_point: str, ident: Identity, bind: Bind, owner: Owner, mode:
             5, f"{raw} is the namespace root itself; bind {mp}/{ident.namespace}/<service>/..."
         )
     for p in parts:
-        if p.startswith(".volagent") or len(p.encode()) > 255:
-            raise NamespaceViolation(5, f"{raw}: component {p[:40]!r} is not allowed")
-    return Plan(bind=bind, host_path=cleaned, parts=parts, owner=owner, mode=mode)
+        if p.startswith(".volagent"):
+            raise NamespaceViolation(
+                5, f"{raw}: component {p[:40]!r} is reserved (names starting with .volagent)"
+            )
+        if len(p.encode()) > 255:
+            raise NamespaceViolation(5, f"{raw}: component {p[:40]!r}... is longer than 255 bytes")
+    return cleaned, parts
 
 
 def host_path(mount_point: str, rack: str, app: str, service: str, container_path: str) -> str:
     """`<mp>/<rack>-<app>/<service><path>`, what `volagent paths` prints; raises
-    NamespaceViolation for bad names or a path that is not absolute or climbs with `..`."""
-    check_identity(Identity(rack, app, service), host_rack=rack)
+    NamespaceViolation for bad names, a path that is not absolute or climbs with `..`, and a
+    host path the guard would refuse to that service (judge_host_path: a reserved component,
+    one over 255 bytes)."""
+    ident = Identity(rack, app, service)
+    check_identity(ident, host_rack=rack)
     if not app or not service:
         raise NamespaceViolation(6, "app and service are required")
     if not container_path.startswith("/"):
@@ -278,8 +292,9 @@ def host_path(mount_point: str, rack: str, app: str, service: str, container_pat
     if ".." in container_path.split("/"):
         raise NamespaceViolation(5, f"{container_path} escapes through '..'")
     tail = posixpath.normpath(container_path).lstrip("/")
-    base = posixpath.join(posixpath.normpath(mount_point), f"{rack}-{app}", service)
-    return posixpath.join(base, tail) if tail else base
+    base = posixpath.join(posixpath.normpath(mount_point), ident.namespace, service)
+    cleaned, _ = judge_host_path(mount_point, ident, posixpath.join(base, tail) if tail else base)
+    return cleaned
 
 
 def plans_for(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import sys
 import threading
@@ -52,6 +53,7 @@ from volagent.volumes import trashcheck
 
 DEFAULT_DAYS = 30.0
 PURGE_DEFAULT_DAYS = 7.0
+MAX_DAYS = 36500.0  # a century: older than any filesystem, and a time now_iso can still write
 STALL_S = 30.0
 DAEMON_TIMEOUT_S = 3.0
 
@@ -289,9 +291,26 @@ def purge(root_fd: int, days: float, cfg: Config) -> int:
     return 0 if all(r.outcome == gctrash.Outcome.PURGED for r in results) else 1
 
 
-def _days(value: float | None, default: float, allow_zero: bool) -> float | None:
-    days = default if value is None else float(value)
-    return days if days > 0 or (allow_zero and days == 0) else None
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with gc's command line, or None: the command line refuses it as it
+    refuses any bad value (the usage, exit 64). `--older-than` takes a positive number of
+    days up to MAX_DAYS, 0 too with `--purge` (everything in the trash); `--ignore-stale`
+    goes with `--delete`."""
+    if getattr(args, "ignore_stale", None) and not getattr(args, "delete", False):
+        return "--ignore-stale goes with --delete"
+    days = args.older_than
+    if days is None:
+        return None
+    if not math.isfinite(days) or not 0 <= days <= MAX_DAYS:
+        return f"--older-than {days:g}: must be a positive number of days up to {MAX_DAYS:g}"
+    if days == 0 and not getattr(args, "purge", False):
+        return "--older-than 0 goes with --purge only (it empties the trash)"
+    return None
+
+
+def _days(args: argparse.Namespace, purging: bool) -> float:
+    default = PURGE_DEFAULT_DAYS if purging else DEFAULT_DAYS
+    return default if args.older_than is None else float(args.older_than)
 
 
 def window_cutoff(days: float, now: float) -> float:
@@ -307,15 +326,10 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     purging = bool(getattr(args, "purge", False))
     deleting = bool(getattr(args, "delete", False))
     ignore = list(getattr(args, "ignore_stale", None) or [])
-    if ignore and not deleting:
-        print("volagent gc: --ignore-stale goes with --delete", file=sys.stderr)
-        return 2
-    days = _days(
-        args.older_than, PURGE_DEFAULT_DAYS if purging else DEFAULT_DAYS, allow_zero=purging
-    )
-    if days is None:
-        print("volagent gc: --older-than must be a positive number of days", file=sys.stderr)
-        return 2
+    problem = usage_problem(args)
+    if problem is not None:  # cli.main refuses such a command line first, with the usage
+        raise ValueError(f"volagent gc: {problem}")
+    days = _days(args, purging)
     log.configure(cfg.log_level, stderr=True)
     cutoff = window_cutoff(days, time.time())
     try:

@@ -2,15 +2,17 @@
 worker thread, and the rack's figures published as metrics, quota warnings and the `usage`
 of `volagent status --rack`.
 
-Every full pass starts `[usage] interval_s` after the last one started. The namespaces are
-shared among the live hosts of the heartbeats (share.py), read once a pass; each walk
-step spends a few seconds' worth of the budget in a thread of its own worker, then saves the
-cursor with the partial totals, so a hung mount costs one stuck thread and a restart loses
-one step. Every host reads every namespace's record, so each host exports the whole rack's
-usage, but at a pace that keeps its reads flat as the rack grows: every REFRESH_S it reads
-BATCH records, all of them while there are no more, else the next BATCH of a listing taken
-once the last one has been read through (figures change once a pass, `[usage] interval_s`,
-anyway: at 1,000 hosts, 3,000 records are read through in 50 minutes).
+Every full pass starts `[usage] interval_s` after the last one started; one that comes due
+while the mount is not healthy (at start, before it has settled) runs as soon as it is. The
+namespaces are shared among the live hosts of the heartbeats (share.py), read once a pass;
+each walk step spends a few seconds' worth of the budget in a thread of its own worker, then
+saves the cursor with the partial totals, so a hung mount costs one stuck thread and a
+restart loses one step. Every host reads every namespace's record, so each host exports the
+whole rack's usage, but at a pace that keeps its reads flat as the rack grows: every
+REFRESH_S it reads BATCH records, all of them while there are no more, else the next BATCH of
+a listing taken once the last one has been read through (figures change once a pass,
+`[usage] interval_s`, anyway: at 1,000 hosts, 3,000 records are read through in 50
+minutes).
 """
 
 from __future__ import annotations
@@ -67,12 +69,14 @@ class UsageWalker:
     async def run(self) -> None:
         try:
             while True:
+                # a pass due while the mount is not healthy (at every start, the mount not
+                # settled yet) runs as soon as it is, and the interval counts from there
+                await self._until_healthy()
                 started = time.monotonic()
-                if self._healthy():
-                    try:
-                        await self.one_pass()
-                    except (VolagentError, OSError) as exc:
-                        self.log.warning("usage_pass_failed", reason=str(exc))
+                try:
+                    await self.one_pass()
+                except (VolagentError, OSError) as exc:
+                    self.log.warning("usage_pass_failed", reason=str(exc))
                 await self._rest_until(started + self.state.config.usage.interval_s)
         finally:
             self._give_up()
@@ -81,6 +85,15 @@ class UsageWalker:
     def _healthy(self) -> bool:
         st = self.state
         return st.mount_healthy and st.mount_dev is not None and bool(st.config.rack)
+
+    async def _until_healthy(self) -> None:
+        """Returns once a pass can run: at once when the mount is healthy, else when the
+        state changes so (the mount settles); a reload that sets `rack` wakes nobody, so it
+        is looked at every IDLE_S as well."""
+        while not self._healthy():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_S):
+                    await self.state.changed()
 
     async def _rest_until(self, when: float) -> None:
         while time.monotonic() < when:

@@ -92,15 +92,15 @@ def _absolute(v: str) -> str | None:
 
 
 def _listen_address(v: str) -> str | None:
-    """Empty (off), or host:port with a port a scrape config can name: 1..65535 (port 0 would
-    be another port at every start)."""
+    """Empty (off), or host:port with a port bind() takes: 0..65535 (0: any free port, as
+    bind() gives it, which 0.3.2 accepted too)."""
     if not v:
         return None
     found = re.fullmatch(r"([^\s:]*):([0-9]{1,5})", v)
     if found is None:
         return f"{v!r} is not host:port"
     port = int(found[2])
-    return None if 1 <= port <= 65535 else f"{v!r}: port {port} is outside 1..65535"
+    return None if port <= 65535 else f"{v!r}: port {port} is outside 0..65535"
 
 
 def _mount_point(v: str) -> str | None:

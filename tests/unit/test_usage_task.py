@@ -18,7 +18,7 @@ from tests.unit.guard_requests import create
 
 from volagent.config import ConfigError, from_dict
 from volagent.guard.plugin import Guard
-from volagent.rack import quotas
+from volagent.rack import owners, quotas
 from volagent.rack.usage import measure, share, task
 from volagent.rack.usage.measure import Budget
 from volagent.rack.usage.task import UsageWalker
@@ -292,3 +292,33 @@ async def test_a_pass_reads_the_heartbeats_once_and_the_records_at_a_flat_pace(m
     b = task.BATCH
     assert await rolling() == [b, b, 16, b, 0]  # 6 of the walk's own records too
     assert len(w._figures) == many + 6
+
+
+async def test_a_rack_whose_name_starts_another_racks_leaves_that_racks_sizes_alone(
+    mp: Path,
+) -> None:
+    """Racks r1 and r1-east share the filesystem, and `r1-` matches rack r1-east's namespace
+    `r1-east-x` (app x): a pass of rack r1 neither removes its size record as gone nor
+    reports it as r1's app `east-x`, whether its owner record says so or, before a pass has
+    read that, the size record itself (the rack that measured it)."""
+    fill(mp, "east-x", "web", 100_000)  # r1-east-x, as rack r1 would name app east-x
+    owners.owner_of(str(mp), os.stat(mp).st_dev, "r1-east-x", rack="r1-east", app="x", host="e")
+
+    async def view() -> list[dict[str, Any]]:
+        return [{"host": "east-1", "rack": "r1-east"}, {"host": "host-a", "rack": "r1"}]
+
+    east = factories.make_state(mp, "east-1", rack="r1-east", usage={"ops_per_second": 10000})
+    assert await UsageWalker(east, view).one_pass() == 1
+    root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert measure.read_sizes(root)["r1-east-x"]["rack"] == "r1-east"
+        mine = factories.make_state(mp, "host-a", usage={"ops_per_second": 10000})
+        before_a_pass = UsageWalker(mine, view)
+        await before_a_pass.refresh()
+        assert before_a_pass.view() == []
+        walker = UsageWalker(mine, view)
+        await walker.one_pass()
+        assert "r1-east-x" in measure.read_sizes(root), "rack r1 removed rack r1-east's record"
+        assert walker.view() == []
+    finally:
+        os.close(root)

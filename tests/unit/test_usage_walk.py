@@ -172,8 +172,11 @@ def test_a_namespace_of_another_rack_sharing_the_prefix_is_not_measured(
     dev = os.stat(mp).st_dev
     owners.owner_of(str(mp), dev, "r1-east-x", rack="r1-east", app="x", host="h")
     owners.owner_of(str(mp), dev, "r1-mine", rack="r1", app="mine", host="h")
-    assert measure.namespaces(root, "r1-", free_budget()) == ["r1-mine", "r1-shop"]
-    assert measure.namespaces(root, "r1-east-", free_budget()) == ["r1-east-x"]
+    found = measure.namespaces(root, "r1-", free_budget())
+    assert found == ["r1-east-x", "r1-mine", "r1-shop"]
+    assert measure.owned_elsewhere(root, found, "r1", free_budget()) == {"r1-east-x"}
+    found = measure.namespaces(root, "r1-east-", free_budget())
+    assert measure.owned_elsewhere(root, found, "r1-east", free_budget()) == set()
 
 
 def test_records_round_trip_and_namespaces_listed(mp: Path, root: int) -> None:

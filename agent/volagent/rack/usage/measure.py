@@ -250,9 +250,8 @@ def _valid_snapshot(saved: dict[str, Any], namespace: str) -> bool:
 
 # --- the records ------------------------------------------------------------------------
 def namespaces(root_fd: int, prefix: str, budget: Budget) -> list[str]:
-    """The namespace directories `<prefix>*` at the top of the mount point, but those whose
-    recorded owner is of another rack (rack `r1`'s prefix `r1-` matches rack `r1-east`'s
-    namespaces too: rack/owners.py)."""
+    """The namespace directories `<prefix>*` at the top of the mount point (another rack's
+    among them when its name starts with this one's and a dash: `owned_elsewhere`)."""
     names = safedir.list_names(root_fd)
     budget.spend(1 + len(names) // NAMES_PER_OP)
     out = []
@@ -263,11 +262,12 @@ def namespaces(root_fd: int, prefix: str, budget: Budget) -> list[str]:
         with contextlib.suppress(OSError):
             if stat.S_ISDIR(os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_mode):
                 out.append(name)
-    return sorted(set(out) - _of_other_racks(root_fd, out, prefix[:-1], budget))
+    return sorted(out)
 
 
-def _of_other_racks(root_fd: int, found: list[str], rack: str, budget: Budget) -> set[str]:
-    """Those of `found` whose owner record names another rack than `rack`."""
+def owned_elsewhere(root_fd: int, found: list[str], rack: str, budget: Budget) -> set[str]:
+    """Those of `found` whose owner record names another rack than `rack` (rack `r1`'s prefix
+    `r1-` matches rack `r1-east`'s namespaces too: rack/owners.py)."""
     d = records.open_dir(root_fd, (records.AGENT_DIR, owners.OWNERS_DIR), create=False)
     if d is None:
         return set()
@@ -343,12 +343,20 @@ def forget(root_fd: int, gone: list[str]) -> None:
 
 
 def record_of(
-    previous: dict[str, Any] | None, walk: NamespaceWalk, host: str, finished: bool
+    previous: dict[str, Any] | None,
+    walk: NamespaceWalk,
+    host: str,
+    finished: bool,
+    rack: str = "",
 ) -> dict[str, Any]:
-    """The namespace's record: the last finished measure, and the walk under way if any."""
+    """The namespace's record: the last finished measure, and the walk under way if any;
+    `rack`, the measuring host's (since 0.3.3: rack `r1` tells rack `r1-east`'s records
+    from its own, both named `r1-*`)."""
     now = time.time()
     rec = dict(previous or {})
     rec.update({"namespace": walk.namespace, "host": host})
+    if rack:
+        rec["rack"] = rack
     if finished:
         rec.update(
             time=now,

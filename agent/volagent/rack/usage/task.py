@@ -59,6 +59,8 @@ class UsageWalker:
         )
         self.log = log.get("usage_walk")
         self._figures: dict[str, dict[str, Any]] = {}  # namespace -> its record
+        # namespaces of another rack whose name starts with this one's (their owner records)
+        self._elsewhere: set[str] = set()
         self._walk: NamespaceWalk | None = None
         self._in_flight = False  # a step of the walk is running in a thread
         self._read_at = 0.0
@@ -141,15 +143,25 @@ class UsageWalker:
         st = self.state
         prefix = f"{st.config.rack}-"
         self._sync_budget()
-        present = await self._call(
+        listed = await self._call(
             lambda root: measure.namespaces(root, prefix, self.budget), "listing namespaces"
         )
+        self._elsewhere = await self._call(
+            lambda root: measure.owned_elsewhere(root, listed, st.config.rack, self.budget),
+            "reading the namespaces' owners",
+        )
+        present = [ns for ns in listed if ns not in self._elsewhere]
         # who walks what: the heartbeats read once a pass, not once a namespace or a step
         self._pass_hosts = share.live_hosts(await self.hosts(), st.host_id, st.config.rack)
         if self.refresh_due() or not self._figures:
             await self.refresh()
         # records of this rack only: another rack's hosts may share the filesystem
-        gone = [ns for ns in self._figures if ns.startswith(prefix) and ns not in present]
+        # (and not another rack's whose name starts with this one's: its records are its own)
+        gone = [
+            ns
+            for ns, rec in self._figures.items()
+            if self._this_racks(ns, rec) and ns not in listed
+        ]
         if gone:
             await self._call(lambda root: measure.forget(root, gone), "removing old records")
         finished = 0
@@ -215,7 +227,7 @@ class UsageWalker:
             with contextlib.suppress(OSError):
                 os.close(walk.root_fd)
             return False
-        record = measure.record_of(previous, walk, self.state.host_id, done)
+        record = measure.record_of(previous, walk, self.state.host_id, done, self.state.config.rack)
         measure.save(walk.root_fd, walk.namespace, record)
         self._figures = {**self._figures, walk.namespace: record}  # replaced, never mutated
         self.budget.spend(3)  # the record: create, write and sync, rename
@@ -304,12 +316,24 @@ class UsageWalker:
                 self.log.warning("over_quota", app=app, bytes=n, limit=limit.bytes)
         st.over_quota = fresh
 
+    def _this_racks(self, ns: str, rec: dict[str, Any]) -> bool:
+        """Whether a size record is of this rack's namespace: named `<rack>-*`, and neither
+        measured by a host of another rack (whose name starts with this one's and a dash)
+        nor owned by one (a record of 0.3.2 and before says no rack)."""
+        rack = self.state.config.rack
+        theirs = rec.get("rack")
+        return (
+            ns.startswith(f"{rack}-")
+            and ns not in self._elsewhere
+            and (not isinstance(theirs, str) or not theirs or theirs == rack)
+        )
+
     def _apps(self) -> dict[str, dict[str, Any]]:
         """app -> its namespace's record, for the finished records of this rack."""
         prefix = f"{self.state.config.rack}-"
         out = {}
         for ns, rec in self._figures.items():
-            if not ns.startswith(prefix) or not isinstance(rec.get("totals"), dict):
+            if not self._this_racks(ns, rec) or not isinstance(rec.get("totals"), dict):
                 continue
             try:
                 totals = {str(k): (int(v[0]), int(v[1])) for k, v in rec["totals"].items()}

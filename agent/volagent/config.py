@@ -250,6 +250,8 @@ class GuardConfig:
 
 # the NFSv4 lease of Linux's nfsd and of EFS: a dead client's locks are released after it
 NFS_LEASE_S = 90.0
+# the longest `[health] forget_after_s`: a host silent for 30 days is gone
+MAX_FORGET_AFTER_S = 30 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -268,7 +270,7 @@ class HealthConfig:
         "a host silent this long no longer holds its binds in the rack's registry",
         900.0,
         LIVE,
-        _between(NFS_LEASE_S, 30 * 86400, " seconds"),
+        _between(NFS_LEASE_S, MAX_FORGET_AFTER_S, " seconds"),
     )
     unhealthy_after_s: float = _doc(
         "critical this long: report unhealthy to the Auto Scaling group (0: never)",

@@ -379,3 +379,21 @@ def test_the_rack_view_says_who_takes_part_in_the_registry() -> None:
     view = {h["host"]: h for h in rack_view(beats, stale_after_s=90, now=now)}
     assert view["new"]["registry"] is True and view["old"]["registry"] is False
     assert view["old"]["version"] == "0.2.1"
+
+
+def test_a_heartbeat_cannot_keep_a_silent_host_for_longer_than_a_config_may(mp: Path) -> None:
+    """A heartbeat saying `forget_after_s` of Infinity (or 1e12) would keep a dead host's
+    entries blocking nested binds for ever; it counts for at most what a config may set."""
+    silent_since = time.time() - 30 * 86400 - 3600
+    base = mp / ".volagent" / "registry"
+    base.mkdir(parents=True)
+    doc = registry.document(NS, [entry("dead", f"{NS}/web/lag", when=silent_since)])
+    (base / f"{NS}.json").write_text(json.dumps(doc))
+    hosts = mp / ".volagent" / "hosts"
+    hosts.mkdir(parents=True)
+    for said in ("Infinity", "1e12"):
+        beat = f'{{"host": "dead", "time": {silent_since!r}, "forget_after_s": {said}}}'
+        (hosts / "dead.json").write_text(beat)
+        (base / f"{NS}.json").write_text(json.dumps(doc))
+        result = claim(mp, "h1", f"{NS}/web/lag/s1")
+        assert not result.clashes and result.expired == ["dead"], said

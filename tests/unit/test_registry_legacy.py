@@ -120,11 +120,34 @@ async def test_a_held_path_is_looked_at_for_0_2_binds_no_more_once_it_settled(
         await reg.claim(*volumes_of(path), "c1", "one")  # its start, just after: a look
         assert looks == [NS, NS] and claims(st, "held") == 1
         # all that happened longer ago than SETTLE_S
-        reg._grown[NS] -= binds.SETTLE_S + 1
-        reg._looked[NS] -= binds.SETTLE_S + 1
+        reg._grown[NS, "web"] -= binds.SETTLE_S + 1
+        reg._looked[NS, "web"] -= binds.SETTLE_S + 1
         await reg.claim(*volumes_of(path), "c1", "one")  # a restart: a look that settles it
         await reg.claim(*volumes_of(path), "c1", "one")  # and the next: nothing read
         assert looks == [NS, NS, NS] and claims(st, "held") == 3
+
+
+async def test_a_look_at_one_directory_does_not_settle_the_held_paths_of_another(
+    mp: Path,
+) -> None:
+    """This host holds `web/lag` and `worker/q`. A 0.2 host binds `worker/q/sub` and records
+    it. The held start of the `web/lag` container looks at `web`'s records only: that must
+    not spare the held start of the `worker/q` container its own look."""
+    st = alive(mp)
+    web, worker = f"{mp}/{NS}/web/lag", f"{mp}/{NS}/worker/q"
+    async with registry_of(st) as reg:
+        run_container(st, "c1", web)
+        run_container(st, "c2", f"{worker}")
+        assert await reg.sync() == 1
+        for key in list(reg._grown):  # registered a while ago
+            reg._grown[key] -= binds.SETTLE_S + 1
+        usage_record(mp, "worker", "host-old", binds=[f"{worker}/sub"], when=time.time())
+        first, plans = volumes_of(web)
+        await reg.claim(first, plans, "c1", "n-c1")
+        assert first[0].state != "violation", first[0].error
+        second, plans = volumes_of(worker)
+        await reg.claim(second, plans, "c2", "n-c2")
+    assert second[0].state == "violation", second[0].error
 
 
 async def test_an_old_record_of_the_release_before_does_not_hide_a_rolled_back_hosts_binds(
@@ -180,6 +203,8 @@ def test_a_record_path_is_put_at_this_hosts_mount_point() -> None:
     assert binds.here("/volumes", NS, f"/volumes/{NS}/web") == f"/volumes/{NS}/web"
     assert binds.here("/volumes/", NS, f"//mnt/efs/./{NS}/web/") == f"/volumes/{NS}/web"
     assert binds.here("/volumes", NS, "/srv/elsewhere") == "/srv/elsewhere"
+    # a host mounting below this one's mount point: its path lies under it as a string only
+    assert binds.here("/mnt", NS, f"/mnt/efs/{NS}/web") == f"/mnt/{NS}/web"
 
 
 def test_a_record_file_older_than_any_fresh_record_is_not_read(mp: Path) -> None:

@@ -92,7 +92,7 @@ def here(mount_point: str, ns: str, path: str) -> str:
     here). A path already under this mount point, or naming no `<ns>` component, as it is."""
     clean = posixpath.normpath("/" + path.lstrip("/"))
     mp = posixpath.normpath("/" + mount_point.lstrip("/")).rstrip("/")
-    if clean.startswith(mp + "/"):
+    if clean.startswith(mp + "/") and clean[len(mp) + 1 :].split("/")[0] == ns:
         return clean
     parts = clean.split("/")
     if ns not in parts:

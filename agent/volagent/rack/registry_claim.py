@@ -12,12 +12,14 @@ Blocking: call these through a TimedWorker.
 
 from __future__ import annotations
 
+import math
 import posixpath
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from volagent import safedir
+from volagent.config import MAX_FORGET_AFTER_S
 from volagent.nesting import nested_with, strictly_under
 from volagent.rack import records
 from volagent.rack.registry import Counts, Entry, changed, locked, merged
@@ -89,9 +91,11 @@ def claim(
                 # forget_after_s, in heartbeats since 0.3.3): it skips its transactions
                 # for paths it holds while its heartbeat is younger than half of it
                 trusted = beat.get("forget_after_s") if beat else None
-                horizon = max(
-                    expire_after_s, float(trusted) if isinstance(trusted, int | float) else 0.0
-                )
+                said = float(trusted) if isinstance(trusted, int | float) else 0.0
+                # at most what a config may set: a heartbeat saying more (or not a number)
+                # must not keep a dead host's entries for ever
+                said = min(said, MAX_FORGET_AFTER_S) if math.isfinite(said) else 0.0
+                horizon = max(expire_after_s, said)
                 if now - max(newest, seen) > horizon:
                     dead.add(other)
                     result.expired.append(other)

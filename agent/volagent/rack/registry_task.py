@@ -80,10 +80,11 @@ class Registry:
         self._retry_at = 0.0
         self._noted: list[str] | None = None  # the namespaces last noted under state_dir
         self.legacy_hosts: dict[str, float] = {}  # 0.2 hosts whose records were read, when
-        # per namespace: when its 0.2 hosts' records were last looked at (the look's start),
-        # and when this host's held paths in it last grew (wall clock, as records' times)
-        self._looked: dict[str, float] = {}
-        self._grown: dict[str, float] = {}
+        # per (namespace, directory of it): when its 0.2 hosts' records were last looked at
+        # (the look's start), and when this host's held paths in it last grew (wall clock, as
+        # records' times); a look reads the records of the directories its paths lie in
+        self._looked: dict[tuple[str, str], float] = {}
+        self._grown: dict[tuple[str, str], float] = {}
 
     # --- the claim ----------------------------------------------------------------------
     async def claim(
@@ -149,7 +150,8 @@ class Registry:
                 self._unsure.add(ns)  # its thread may write yet: the keeper reads the file again
                 self._failed(ns, vols, timeout, str(exc))
                 return
-            self._looked[ns] = asked  # the job looks for 0.2 hosts' binds first
+            for d in _directories(paths):  # the job looks for 0.2 hosts' binds there first
+                self._looked[ns, d] = asked
             self._note_legacy(result.legacy_hosts)
             if result.expired:
                 self.log.info("registry_hosts_forgotten", namespace=ns, hosts=result.expired)
@@ -183,13 +185,16 @@ class Registry:
         after they were last added: 0.2 hosts see this host's usage records of them by then,
         and refuse a bind that nests them) found none in the way."""
         st = self.state
-        if self._looked.get(ns, 0.0) >= self._grown.get(ns, 0.0) + binds.SETTLE_S:
+        dirs = _directories(paths)
+        if all(
+            self._looked.get((ns, d), 0.0) >= self._grown.get((ns, d), 0.0) + binds.SETTLE_S
+            for d in dirs
+        ):
             st.metrics.registry_claims.labels(result="held").inc()
             return
         volumes, plans = outcome
         timeout = st.config.directories.timeout_s
         dev, _, host = self._where()
-        dirs = {p[1] for path in paths if len(p := path.split("/")) > 1}
         job = functools.partial(
             binds.legacy_binds,
             st.config.mount_point,
@@ -197,7 +202,7 @@ class Registry:
             ns,
             host,
             self.participants,
-            directories=dirs,
+            directories=dirs - {""},
         )
         asked = time.time()
         try:
@@ -219,7 +224,8 @@ class Registry:
                 plans[volumes.index(v)] = violation
                 st.set_volume_state(v, VolumeState.VIOLATION, str(violation))
             return
-        self._looked[ns] = asked
+        for d in dirs:
+            self._looked[ns, d] = asked
         st.metrics.registry_claims.labels(result="held").inc()
 
     def _note_legacy(self, hosts: list[str]) -> None:
@@ -231,8 +237,9 @@ class Registry:
 
     def _note_held(self, ns: str, paths: frozenset[str], before: frozenset[str]) -> None:
         """The paths this host's entries of `ns` hold now; when they grew, noted."""
-        if not paths <= before:
-            self._grown[ns] = time.time()
+        now = time.time()
+        for d in _directories(paths - before):
+            self._grown[ns, d] = now
         self._held_now()[ns] = paths
 
     def _failed(self, ns: str, vols: list[VolumeRecord], timeout: float, reason: str) -> None:
@@ -280,7 +287,7 @@ class Registry:
         on the filesystem and as the host `where` names (as they were when it was asked)."""
         st = self.state
         dev, epoch, host = where
-        dirs = {p[1] for e in wanted if len(p := e.path.split("/")) > 1}
+        dirs = _directories({e.path for e in wanted}) - {""}
         legacy, hosts = binds.legacy_binds(
             st.config.mount_point, dev, ns, host, self.participants, directories=dirs
         )
@@ -440,3 +447,9 @@ class Registry:
             self.log.warning("registry_note_unwritten", path=path, reason=str(exc))
             return
         self._noted = namespaces
+
+
+def _directories(paths: set[str] | frozenset[str]) -> set[str]:
+    """The directories of the namespace that entry paths lie in ("" for a bind of the whole
+    namespace): a 0.2 host's usage records of a bind are those of its directory."""
+    return {p[1] if len(p := path.split("/")) > 1 else "" for path in paths}

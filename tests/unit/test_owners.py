@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -16,7 +17,8 @@ from tests.unit.guard_requests import create
 
 from volagent.guard.plugin import Guard
 from volagent.rack import owners
-from volagent.volumes.preparer import Preparer
+from volagent.vocabulary import MountState
+from volagent.volumes.preparer import ContainerSpec, Preparer
 from volagent.worker import TimedWorker
 
 NS = "r1-east-x"
@@ -100,3 +102,49 @@ def test_an_owner_record_that_cannot_be_read_fails_the_create(
     assert answer["Allow"] is False
     assert "could not read the owner" in answer["Msg"]
     assert not (mp / NS).exists()
+
+
+def owned_by_rack_r1_east(mp: Path) -> None:
+    found = owners.owner_of(str(mp), os.stat(mp).st_dev, NS, rack="r1-east", app="x", host="e")
+    assert (found.rack, found.app) == ("r1-east", "x")
+    (mp / NS / "web" / "data").mkdir(parents=True)
+
+
+@pytest.mark.root
+def test_what_the_docker_watch_prepares_in_another_racks_namespace_is_a_violation(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """A container the guard never judged (made while it was off, or before owners were
+    recorded) binding rack r1-east's namespace as rack r1's app east-x: the watch's
+    preparation reports it in violation and makes nothing there (a directory owned by the
+    intruder would be taken for the owner's data later)."""
+    owned_by_rack_r1_east(mp)
+    st = factories.make_state(mp, rack="r1")
+    preparer = Preparer(st, worker)
+    spec = ContainerSpec(
+        id="c" * 64,
+        name="intruder",
+        labels=labels("east-x"),
+        env=[],
+        user="",
+        host_config={"Binds": [f"{mp}/{NS}/web/data:/data", f"{mp}/{NS}/web/planted:/p"]},
+    )
+    outcome = asyncio.run(preparer.prepare(spec))
+    assert outcome is not None
+    assert [v.state for v in outcome.volumes] == ["violation", "violation"]
+    assert not (mp / NS / "web" / "planted").exists()
+
+
+def test_a_known_owner_is_compared_while_the_mount_is_not_healthy(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """`when_unhealthy = "allow"` lets creates through while the mount stalls; an owner
+    this host has read already needs no filesystem to be compared, and still refuses."""
+    owned_by_rack_r1_east(mp)
+    st = factories.make_state(mp, rack="r1", guard={"enabled": True, "when_unhealthy": "allow"})
+    g = Guard(st, Preparer(st, worker))
+    bind = f"{mp}/{NS}/web/data:/data"
+    assert create(g, bind, labels=labels("east-x"))["Allow"] is False  # read, and kept
+    st.set_mount_state(MountState.STALLED, "the probe did not answer in 5s")
+    answer = create(g, bind, labels=labels("east-x"))
+    assert answer["Allow"] is False and "belongs to app x of rack r1-east" in answer["Msg"]

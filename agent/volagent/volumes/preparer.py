@@ -168,8 +168,8 @@ class Preparer:
         self._locks: dict[str, asyncio.Lock] = {}
         # host path: what its last complete walk found (device, inode of each component)
         self._walked: OrderedDict[str, directories.Identity] = OrderedDict()
-        # (mount device, mount epoch, namespace): its recorded owner's rack and app
-        self._owners: OrderedDict[tuple[int | None, int, str], tuple[str, str]] = OrderedDict()
+        # (the filesystem's device, namespace): its recorded owner's rack and app
+        self._owners: OrderedDict[tuple[int | None, str], tuple[str, str]] = OrderedDict()
 
     async def judge(self, spec: ContainerSpec) -> Outcome | None:
         """The namespace verdict for `spec`, every bind judged where it really lands: sources
@@ -248,8 +248,7 @@ class Preparer:
         if outcome is None:
             return Allowed([])
         self.check_nesting(outcome, spec.id)
-        if healthy:
-            await self.check_owner(outcome)
+        await self.check_owner(outcome)
         if healthy and self.registry is not None:
             await self.registry.claim(outcome.volumes, outcome.plans, spec.id, spec.name)
         return await self._settled(spec, outcome, healthy, start=True)
@@ -257,7 +256,9 @@ class Preparer:
     async def check_owner(self, outcome: Outcome) -> None:
         """Rule 6 across racks sharing the filesystem: the namespace's recorded owner
         (rack/owners.py) is this container's rack and app, or its binds are violations. Read
-        once per namespace and mount; one that cannot be read fails them (fail closed)."""
+        once per namespace and filesystem (the record never changes); one that cannot be read
+        fails them (fail closed). While the mount is not healthy only a known owner is
+        compared: the guard's `when_unhealthy` decides the rest."""
         st = self.state
         ident = outcome.identity
         planned = [
@@ -266,11 +267,13 @@ class Preparer:
             if not isinstance(plan, NamespaceViolation)
             and vol.state not in (VolumeState.VIOLATION, VolumeState.FAILED)
         ]
-        if not planned or not ident.rack or not ident.app or not st.mount_healthy:
+        if not planned or not ident.rack or not ident.app:
             return
         mp, ns = st.config.mount_point, f"{ident.rack}-{ident.app}"
-        key = (st.mount_dev, st.mount_epoch, ns)
+        key = (st.mount_dev, ns)
         owner = self._owners.get(key)
+        if owner is None and not st.mount_healthy:
+            return
         if owner is None:
             call = functools.partial(
                 owners.owner_of,
@@ -284,6 +287,10 @@ class Preparer:
             timeout = st.config.directories.timeout_s
             try:
                 found = await self.worker.run(call, timeout, what=f"reading the owner of {ns}")
+            except MountUnhealthy as exc:  # gone underneath: pending, as the walk leaves it
+                for i in planned:
+                    st.set_volume_state(outcome.volumes[i], VolumeState.PENDING, str(exc))
+                return
             except Exception as exc:  # a hung or refused filesystem, a record not readable
                 why = f"volagent could not read the owner of {mp}/{ns} ({exc})"
                 for i in planned:
@@ -465,6 +472,9 @@ class Preparer:
                     outcome = await self.judge(spec)
                     if outcome is not None:
                         self.check_nesting(outcome, spec.id)
+                        # what the Docker watch prepares too: nothing is made in another
+                        # rack's namespace, and the container is reported in violation
+                        await self.check_owner(outcome)
                 return await self._prepare(spec, outcome, recheck, track, rewalk)
         finally:
             if not lock.locked() and self._locks.get(key) is lock:

@@ -20,6 +20,7 @@ from tests.unit.guard_requests import LABELS, ask, create, create_body, decision
 
 from volagent.guard.plugin import Guard
 from volagent.httpserver import Request, Response
+from volagent.nesting import HostBind
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.volumes.preparer import ContainerSpec, Preparer
 from volagent.worker import TimedWorker
@@ -516,3 +517,56 @@ def test_latency_is_measured(guard: Guard, state: AgentState, mp: Path) -> None:
     start(guard, "unknown")
     text = state.metrics.render().decode()
     assert "volagent_guard_decision_seconds_count 2.0" in text
+
+
+def test_an_old_api_start_body_binding_a_host_path_waits_for_the_table_and_asks_who(
+    mp: Path, worker: TimedWorker, tmp_path: Path
+) -> None:
+    """The attack: just after volagent restarted, `POST /v1.23/containers/ID/start` with a
+    body binding a host directory that strictly contains another app's bind source (Docker
+    24 and older apply it). The container is not in the table yet, so its app is Docker's
+    to say, and rule 7 for host paths must judge against the whole table, not an empty one."""
+    host = tmp_path / "host"
+    inner = host / "inner"
+    inner.mkdir(parents=True)
+    st = factories.make_state(mp, listed=False, guard={"enabled": True})
+    attacker = "a" * 64
+    inspected = {
+        "Id": attacker,
+        "Name": "/evil",
+        "Config": {"Labels": {"convox.app": "b", "convox.service": "web"}, "Env": []},
+        "HostConfig": {"Binds": []},
+        "State": {"Running": False, "StartedAt": "0001-01-01T00:00:00Z"},
+        "Mounts": [],
+    }
+
+    async def inspect(ref: str) -> dict[str, Any] | None:
+        return inspected if ref == attacker else None
+
+    g = Guard(st, Preparer(st, worker), inspect=inspect)
+    victim = ContainerSpec(
+        id="b" * 64,
+        name="victim",
+        labels={"convox.app": "a", "convox.service": "web"},
+        env=[],
+        user="",
+        host_config={"Binds": [f"{inner}:/in"]},
+        host_binds=(HostBind(str(inner), str(inner), (str(inner),)),),
+    )
+    record = ContainerRecord(
+        id=victim.id, name="victim", rack="r1", app="a", service="web", volumes=[], spec=victim
+    )
+    raw = plugin_body("POST", f"/v1.23/containers/{attacker}/start", {"Binds": [f"{host}:/h"]})
+
+    async def listing() -> None:
+        await asyncio.sleep(0.05)
+        st.upsert_container(record)
+        st.containers_listed.set()
+
+    async def both() -> Response:
+        request = Request("POST", "/AuthZPlugin.AuthZReq", {}, {}, raw, peer_uid=0)
+        answer, _ = await asyncio.gather(g.handle(request), listing())
+        return answer
+
+    answer = decision(asyncio.run(both()))
+    assert answer["Allow"] is False, answer

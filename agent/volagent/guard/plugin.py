@@ -540,14 +540,14 @@ class Guard:
         except CreateBodyError as exc:
             return f"volagent cannot read this start request's body: {exc}"
         spec = legacy.spec
-        if known is not None and known.spec is not None:
-            spec.labels, spec.env = known.spec.labels, known.spec.env
+        if not legacy.privileges.plain or legacy.touches_anything:
+            # the start body replaces the container's whole HostConfig; who the container
+            # is (its labels and env) is Docker's, or the table's when it holds it
+            if known is not None and known.spec is not None:
+                spec.labels, spec.env = known.spec.labels, known.spec.env
+            elif (found := await self._inspected(ref)) is not None:
+                spec.labels, spec.env = found.labels, found.env
         if not legacy.privileges.plain:
-            # the start body replaces the container's whole HostConfig
-            if known is None or known.spec is None:
-                found = await self._inspected(ref)
-                if found is not None:
-                    spec.labels, spec.env = found.labels, found.env
             denial = await self._judge_privileges(
                 who, legacy.privileges, spec.labels, spec.env, "start"
             )
@@ -558,6 +558,9 @@ class Guard:
         denial = await self._judge_inherited(who, legacy)
         if denial is not None:
             return denial
+        # rule 7 for host paths judges the body against every container of this host
+        if not await self.preparer.table_listed():
+            return messages.unlisted(who, "start", self.state.config.directories.timeout_s)
         if await self.preparer.judge(spec) is not None or spec.inherited:
             return messages.legacy_start(who)
         return None

@@ -210,7 +210,7 @@ class Preparer:
         keeper keeps this host's entry from the claim until the create is answered); rule 7
         across the rack, the walk. Refused, or failing, after `reserve`: `release`. `key`:
         the create request's digest, named in the registry by its ref (made only then)."""
-        listed = await self._containers_listed()
+        listed = await self.table_listed()
         outcome = await self.judge(spec)
         if not listed and (unlisted := self._unlisted(spec, outcome)) is not None:
             return unlisted
@@ -241,7 +241,7 @@ class Preparer:
     async def decide_start(self, spec: ContainerSpec, healthy: bool) -> Allowed | Refused:
         """A start, judged and walked again: a directory checked at create may have been
         swapped for a symlink since. `healthy`: the mount's state when the start was asked."""
-        listed = await self._containers_listed()
+        listed = await self.table_listed()
         outcome = await self.judge(spec)
         if not listed and (unlisted := self._unlisted(spec, outcome)) is not None:
             return unlisted
@@ -312,7 +312,7 @@ class Preparer:
             outcome.plans[i] = violation
             st.set_volume_state(outcome.volumes[i], VolumeState.VIOLATION, str(violation))
 
-    async def _containers_listed(self) -> bool:
+    async def table_listed(self) -> bool:
         """Whether the table holds every container Docker has (the Docker watch's first
         listing is done), waiting for it at most the directory timeout: rule 7 on this host
         judges a bind against the table, which is empty just after volagent (re)started."""

@@ -33,7 +33,9 @@ def entry(host: str, path: str, ref: str = "c1", when: float | None = None) -> E
     return Entry(host, ref, "", path, time.time() if when is None else when)
 
 
-def claim(mp: Path, host: str, *paths: str, ref: str = "c1") -> registry_claim.ClaimResult:
+def claim(
+    mp: Path, host: str, *paths: str, ref: str = "c1", forget_after_s: float = FORGET
+) -> registry_claim.ClaimResult:
     return registry_claim.claim(
         str(mp),
         os.stat(mp).st_dev,
@@ -41,7 +43,7 @@ def claim(mp: Path, host: str, *paths: str, ref: str = "c1") -> registry_claim.C
         host=host,
         wanted=[entry(host, p, ref) for p in paths],
         legacy=[],
-        expire_after_s=FORGET,
+        expire_after_s=forget_after_s,
         deadline=time.monotonic() + 5,
     )
 
@@ -112,16 +114,7 @@ def test_a_host_is_forgotten_no_sooner_than_its_own_forget_after_s_says(mp: Path
     write_heartbeat(str(mp), os.stat(mp).st_dev, dataclasses.replace(beat, time=silent_since), None)
 
     def claim_forgetting_after(seconds: float) -> registry_claim.ClaimResult:
-        return registry_claim.claim(
-            str(mp),
-            os.stat(mp).st_dev,
-            NS,
-            host="short",
-            wanted=[entry("short", f"{NS}/web/lag/s1")],
-            legacy=[],
-            expire_after_s=seconds,
-            deadline=time.monotonic() + 5,
-        )
+        return claim(mp, "short", f"{NS}/web/lag/s1", forget_after_s=seconds)
 
     assert claim_forgetting_after(150.0).clashes  # silent 200 s: not for the held host's 900
     # a heartbeat of 0.3.2 and before says nothing of it: this host's own setting counts

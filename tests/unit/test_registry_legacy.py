@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from tests.unit.factories import make_state
+from tests.unit.test_registry_held import registry_of, volumes_of
 
 from volagent.rack import binds
-from volagent.rack.registry_task import Registry
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 
 NS = "r1-web"
@@ -27,11 +25,6 @@ def alive(mp: Path, host: str = "host-new") -> AgentState:
     st.heartbeat_at = time.time()
     st.containers_listed.set()
     return st
-
-
-def volumes_of(*paths: str) -> tuple[list[VolumeRecord], list[object]]:
-    vols = [VolumeRecord(host=p, container="/d", read_only=False) for p in paths]
-    return vols, [object() for _ in vols]
 
 
 def run_container(st: AgentState, cid: str, host_path: str) -> None:
@@ -71,15 +64,6 @@ def usage_record(
 
 def claims(st: AgentState, result: str) -> float:
     return float(st.metrics.registry_claims.labels(result=result)._value.get())
-
-
-@asynccontextmanager
-async def registry_of(st: AgentState) -> AsyncIterator[Registry]:
-    reg = Registry(st)
-    try:
-        yield reg
-    finally:
-        reg.worker.close()
 
 
 async def test_a_held_start_refuses_a_0_2_bind_made_inside_its_path_meanwhile(mp: Path) -> None:

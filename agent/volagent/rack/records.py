@@ -159,13 +159,8 @@ def write_record(dir_fd: int, name: str, record: dict[str, Any]) -> None:
 
 def replace_json(dir_fd: int, final: str, record: dict[str, Any]) -> None:
     """Replaces the file `final` in `dir_fd` atomically with `record` as JSON."""
-    # a name no other write of this process uses, so a thread given up on mid-write never
-    # shares the file; made without O_EXCL, which on NFSv4.1 costs a SETATTR after the OPEN
-    # (the server keeps the exclusive create's verifier in the file's times)
-    tmp = f".{final}.{os.getpid()}.{next(_serial)}.tmp"
-    fd = _open_temporary(dir_fd, tmp)
+    tmp = _temporary_of(dir_fd, final, record)
     try:
-        _write_synced(fd, record)
         # rename replaces whatever has the final name, a symlink included, without following it
         os.rename(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
@@ -189,8 +184,7 @@ def publish_json(dir_fd: int, final: str, record: dict[str, Any]) -> bool:
     """Makes the file `final` in `dir_fd` hold `record` as JSON only if it does not exist
     yet, never seen empty or half written (a temporary file, then a hard link to the final
     name, which fails as a whole when the name is taken): False when it was taken."""
-    tmp = f".{final}.{os.getpid()}.{next(_serial)}.tmp"
-    _write_synced(_open_temporary(dir_fd, tmp), record)
+    tmp = _temporary_of(dir_fd, final, record)
     try:
         os.link(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     except FileExistsError:
@@ -199,6 +193,23 @@ def publish_json(dir_fd: int, final: str, record: dict[str, Any]) -> bool:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
     return True
+
+
+def _temporary_of(dir_fd: int, final: str, record: dict[str, Any]) -> str:
+    """The name of a temporary file in `dir_fd` beside `final`, holding `record` written and
+    synced; removed again when the write fails."""
+    # a name no other write of this process uses, so a thread given up on mid-write never
+    # shares the file; made without O_EXCL, which on NFSv4.1 costs a SETATTR after the OPEN
+    # (the server keeps the exclusive create's verifier in the file's times)
+    tmp = f".{final}.{os.getpid()}.{next(_serial)}.tmp"
+    fd = _open_temporary(dir_fd, tmp)
+    try:
+        _write_synced(fd, record)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    return tmp
 
 
 def _open_temporary(dir_fd: int, name: str) -> int:

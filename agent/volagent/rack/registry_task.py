@@ -115,7 +115,6 @@ class Registry:
         name: str,
     ) -> None:
         st = self.state
-        volumes, plans = outcome
         mp = st.config.mount_point
         paths = {registry_claim.relative(mp, v.host) for v in vols}
         turn = self._turns.setdefault(ns, asyncio.Lock())
@@ -156,13 +155,7 @@ class Registry:
             if result.expired:
                 self.log.info("registry_hosts_forgotten", namespace=ns, hosts=result.expired)
             if result.clashes:
-                st.metrics.registry_claims.labels(result="clash").inc()
-                for v in vols:
-                    clash = result.clashes.get(registry_claim.relative(mp, v.host))
-                    if clash is not None:
-                        violation = NamespaceViolation(7, clash)
-                        plans[volumes.index(v)] = violation
-                        st.set_volume_state(v, VolumeState.VIOLATION, str(violation))
+                self._clashed(vols, outcome, result.clashes)
                 return
             st.metrics.registry_claims.labels(result="registered").inc()
             if self._where() != where:
@@ -192,7 +185,6 @@ class Registry:
         ):
             st.metrics.registry_claims.labels(result="held").inc()
             return
-        volumes, plans = outcome
         timeout = st.config.directories.timeout_s
         dev, _, host = self._where()
         job = functools.partial(
@@ -214,19 +206,35 @@ class Registry:
             return
         self._note_legacy(hosts)
         mp = st.config.mount_point
-        cleaned = [registry_claim.relative(mp, v.host) for v in vols]
-        whole = [(v, registry_claim.absolute(mp, p)) for v, p in zip(vols, cleaned, strict=True)]
-        clashes = [(v, why) for v, path in whole if (why := nested_with(path, legacy))]
+        clashes = {
+            path: why
+            for path in paths
+            if (why := nested_with(registry_claim.absolute(mp, path), legacy)) is not None
+        }
         if clashes:
-            st.metrics.registry_claims.labels(result="clash").inc()
-            for v, why in clashes:
-                violation = NamespaceViolation(7, why)
-                plans[volumes.index(v)] = violation
-                st.set_volume_state(v, VolumeState.VIOLATION, str(violation))
+            self._clashed(vols, outcome, clashes)
             return
         for d in dirs:
             self._looked[ns, d] = asked
         st.metrics.registry_claims.labels(result="held").inc()
+
+    def _clashed(
+        self,
+        vols: list[VolumeRecord],
+        outcome: tuple[list[VolumeRecord], list[Any]],
+        clashes: dict[str, str],
+    ) -> None:
+        """Rule 7 violations of the volumes whose paths (relative, as entries hold them)
+        nest a bind of another host: why, by path."""
+        st = self.state
+        volumes, plans = outcome
+        st.metrics.registry_claims.labels(result="clash").inc()
+        for v in vols:
+            clash = clashes.get(registry_claim.relative(st.config.mount_point, v.host))
+            if clash is not None:
+                violation = NamespaceViolation(7, clash)
+                plans[volumes.index(v)] = violation
+                st.set_volume_state(v, VolumeState.VIOLATION, str(violation))
 
     def _note_legacy(self, hosts: list[str]) -> None:
         """The 0.2 hosts a look found binding, noted on the loop (the status reads them)."""

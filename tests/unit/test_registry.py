@@ -60,6 +60,21 @@ def paths(mp: Path) -> list[tuple[str, str]]:
     return sorted((e["host"], e["path"]) for e in entries)
 
 
+def entered_since(mp: Path, host: str, when: float) -> None:
+    """The registry holds one entry, `<NS>/web/lag` of `host`, written at `when`."""
+    base = mp / ".volagent" / "registry"
+    base.mkdir(parents=True, exist_ok=True)
+    doc = registry.document(NS, [entry(host, f"{NS}/web/lag", when=when)])
+    (base / f"{NS}.json").write_text(json.dumps(doc))
+
+
+def beat(mp: Path, host: str, text: str) -> None:
+    """`host`'s heartbeat file holds `text`."""
+    hosts = mp / ".volagent" / "hosts"
+    hosts.mkdir(parents=True, exist_ok=True)
+    (hosts / f"{host}.json").write_text(text)
+
+
 def test_a_nested_claim_of_another_host_is_refused_and_an_identical_one_shares(mp: Path) -> None:
     assert not claim(mp, "h1", f"{NS}/web/lag").clashes
     inner = claim(mp, "h2", f"{NS}/web/lag/s1")
@@ -82,17 +97,12 @@ def test_a_claim_repeated_at_a_start_writes_nothing(mp: Path) -> None:
 
 def test_a_silent_hosts_entries_stop_blocking_only_after_forget_after_s(mp: Path) -> None:
     old = time.time() - FORGET - 10
-    base = mp / ".volagent" / "registry"
-    base.mkdir(parents=True)
-    doc = registry.document(NS, [entry("dead", f"{NS}/web/lag", when=old)])
-    (base / f"{NS}.json").write_text(json.dumps(doc))
+    entered_since(mp, "dead", old)
     # a heartbeat of a moment ago keeps the host's entries (its containers may still run)
-    hosts = mp / ".volagent" / "hosts"
-    hosts.mkdir(parents=True)
-    (hosts / "dead.json").write_text(json.dumps({"host": "dead", "time": time.time() - 60}))
+    beat(mp, "dead", json.dumps({"host": "dead", "time": time.time() - 60}))
     assert claim(mp, "h1", f"{NS}/web/lag/s1").clashes
     # silent for longer than forget_after_s: forgotten, and its entries removed
-    (hosts / "dead.json").write_text(json.dumps({"host": "dead", "time": old}))
+    beat(mp, "dead", json.dumps({"host": "dead", "time": old}))
     result = claim(mp, "h1", f"{NS}/web/lag/s1")
     assert not result.clashes and result.expired == ["dead"]
     assert paths(mp) == [("h1", f"{NS}/web/lag/s1")]
@@ -103,24 +113,20 @@ def test_a_host_is_forgotten_no_sooner_than_its_own_forget_after_s_says(mp: Path
     skips its transactions for paths it holds while its heartbeat is younger than 450 s.
     Forgetting it after 150 s of silence would let a nested bind in beside its held one."""
     silent_since = time.time() - 200
-    base = mp / ".volagent" / "registry"
-    base.mkdir(parents=True)
-    doc = registry.document(NS, [entry("held", f"{NS}/web/lag", when=silent_since)])
-    (base / f"{NS}.json").write_text(json.dumps(doc))
+    entered_since(mp, "held", silent_since)
     st = make_state(mp, host="held")
     st.heartbeat_at = silent_since
-    beat = host_record(st)
-    assert beat.forget_after_s == FORGET
-    write_heartbeat(str(mp), os.stat(mp).st_dev, dataclasses.replace(beat, time=silent_since), None)
+    record = host_record(st)
+    assert record.forget_after_s == FORGET
+    silent = dataclasses.replace(record, time=silent_since)
+    write_heartbeat(str(mp), os.stat(mp).st_dev, silent, None)
 
     def claim_forgetting_after(seconds: float) -> registry_claim.ClaimResult:
         return claim(mp, "short", f"{NS}/web/lag/s1", forget_after_s=seconds)
 
     assert claim_forgetting_after(150.0).clashes  # silent 200 s: not for the held host's 900
     # a heartbeat of 0.3.2 and before says nothing of it: this host's own setting counts
-    (mp / ".volagent" / "hosts" / "held.json").write_text(
-        json.dumps({"host": "held", "time": silent_since})
-    )
+    beat(mp, "held", json.dumps({"host": "held", "time": silent_since}))
     assert not claim_forgetting_after(150.0).clashes
 
 
@@ -378,15 +384,8 @@ def test_a_heartbeat_cannot_keep_a_silent_host_for_longer_than_a_config_may(mp: 
     """A heartbeat saying `forget_after_s` of Infinity (or 1e12) would keep a dead host's
     entries blocking nested binds for ever; it counts for at most what a config may set."""
     silent_since = time.time() - 30 * 86400 - 3600
-    base = mp / ".volagent" / "registry"
-    base.mkdir(parents=True)
-    doc = registry.document(NS, [entry("dead", f"{NS}/web/lag", when=silent_since)])
-    (base / f"{NS}.json").write_text(json.dumps(doc))
-    hosts = mp / ".volagent" / "hosts"
-    hosts.mkdir(parents=True)
     for said in ("Infinity", "1e12"):
-        beat = f'{{"host": "dead", "time": {silent_since!r}, "forget_after_s": {said}}}'
-        (hosts / "dead.json").write_text(beat)
-        (base / f"{NS}.json").write_text(json.dumps(doc))
+        beat(mp, "dead", f'{{"host": "dead", "time": {silent_since!r}, "forget_after_s": {said}}}')
+        entered_since(mp, "dead", silent_since)
         result = claim(mp, "h1", f"{NS}/web/lag/s1")
         assert not result.clashes and result.expired == ["dead"], said

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from tests.unit.factories import directory_timeout, make_state
 from volagent import log
 from volagent.mount.report import Reporter
 from volagent.rack import registry_claim, registry_task
+from volagent.rack.registry import Entry
 from volagent.rack.registry_task import Registry
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 
@@ -406,3 +408,78 @@ async def test_a_held_path_is_claimed_under_the_lock_after_a_remount_on_the_same
             await reg.claim(again, plans, "c2", "")
             assert again[0].state == "failed"
             assert claims(st, "held") == 0
+
+
+def claimed_by_another_host(mp: Path, path: str) -> registry_claim.ClaimResult:
+    """Host h2's claim of `path` (relative to the mount point), under the namespace's lock."""
+    return registry_claim.claim(
+        str(mp),
+        os.stat(mp).st_dev,
+        NS,
+        host="h2",
+        wanted=[Entry("h2", "peer", "peer-1", path, time.time())],
+        legacy=[],
+        expire_after_s=900.0,
+        deadline=time.monotonic() + 5,
+    )
+
+
+async def test_a_reserved_path_the_keeper_wrote_before_the_claim_is_judged_at_the_claim(
+    mp: Path,
+) -> None:
+    """The attack (seen in the two NFS clients' race): host h2 registers `web/lag`; host 1's
+    create of `web/lag/s1` is reserved, and the keeper's pass lands between the reservation
+    and the claim. The keeper writes what this host binds and judges nothing, so its entry of
+    `s1` was taken for a claim's: the claim skipped the file and the create went through,
+    two hosts binding nested directories."""
+    st = alive(mp)
+    child = f"{mp}/{NS}/web/lag/s1"
+    key = b"k" * 32
+
+    async with registry_of(st) as reg:
+        await reg.sync()  # the start-up pass
+        assert not claimed_by_another_host(mp, f"{NS}/web/lag").clashes
+        st.reserved_binds[key] = (child,)  # the create, judged here and reserved
+        assert await reg.sync() == 1  # the keeper's pass, before the create's claim
+        vols, plans = volumes_of(child)
+        await reg.claim(vols, plans, registry_task.request_ref(key), "web-1")
+        assert vols[0].state == "violation", vols[0]
+        assert "on host h2" in vols[0].error and "binds may not nest" in vols[0].error
+        assert claims(st, "held") == 0
+
+
+async def test_a_container_the_keeper_wrote_unjudged_is_judged_at_its_start(mp: Path) -> None:
+    """A container no claim judged (created while the mount was not healthy and the guard
+    let it through, or before the agent ran) is written by the keeper as what this host
+    binds; its start still meets the other host's bind its path nests."""
+    st = alive(mp)
+    child = f"{mp}/{NS}/web/lag/s1"
+
+    async with registry_of(st) as reg:
+        assert not claimed_by_another_host(mp, f"{NS}/web/lag").clashes
+        run_container(st, "c1", child)
+        assert await reg.sync() == 1
+        vols, plans = volumes_of(child)
+        await reg.claim(vols, plans, "c1", "n-c1")
+        assert vols[0].state == "violation", vols[0]
+        assert "on host h2" in vols[0].error
+        # the keeper's next passes change nothing, and read nothing while nothing changes
+        assert await reg.sync() == 0
+
+
+async def test_the_keepers_entry_written_first_wins_the_path(mp: Path) -> None:
+    """The other order: the keeper's entry of the reserved path lands before h2's claim,
+    which meets it and is refused; this host's claim then finds nothing in the way."""
+    st = alive(mp)
+    child = f"{mp}/{NS}/web/lag/s1"
+    key = b"k" * 32
+
+    async with registry_of(st) as reg:
+        await reg.sync()
+        st.reserved_binds[key] = (child,)
+        assert await reg.sync() == 1
+        refused = claimed_by_another_host(mp, f"{NS}/web/lag")
+        assert "on host h1" in refused.clashes[f"{NS}/web/lag"]
+        vols, plans = volumes_of(child)
+        await reg.claim(vols, plans, registry_task.request_ref(key), "web-1")
+        assert vols[0].state not in ("violation", "failed"), vols[0]

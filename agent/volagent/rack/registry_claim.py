@@ -114,6 +114,15 @@ def claim(
     return result
 
 
+@dataclass
+class SetResult:
+    """The keeper's update: the paths of this host that nest another host's entry (written
+    all the same: they are what this host binds), and the operations it made."""
+
+    contested: frozenset[str] = frozenset()
+    counts: Counts = field(default_factory=Counts)
+
+
 def set_own(
     mount_point: str,
     dev: int | None,
@@ -123,21 +132,29 @@ def set_own(
     live: list[Entry],
     deadline: float,
     epoch: int | None = None,
-) -> Counts:
+) -> SetResult:
     """Makes this host's entries in `ns` hold the paths it binds, one entry a path: adds
     `live` where this host holds no entry of the path, removes its entries of paths no longer
     among `live`. Whatever their time: the caller's claims of `ns` wait for this update (and
     their threads write nothing once given up on), and an entry's time is the writer's clock,
-    which may have been stepped back since."""
-    counts = Counts()
+    which may have been stepped back since.
+
+    It judges nothing: a path it writes may nest another host's entry (a create reserved
+    and not claimed yet, a container no claim judged). Those come back as `contested`: an
+    entry of them is no proof that nothing nests them, so their claims take the lock."""
+    result = SetResult()
     paths = {e.path for e in live}
-    with locked(mount_point, dev, ns, deadline, counts=counts, epoch=epoch) as tx:
+    with locked(mount_point, dev, ns, deadline, counts=result.counts, epoch=epoch) as tx:
         held = {e.path for e in tx.entries if e.host == host}
         fresh = [e for e in live if e.path not in held]
         after = merged(tx.entries, fresh, lambda e: e.host == host and e.path not in paths)
         if changed(tx.entries, after):
             tx.write(after)
-    return counts
+        others = [(absolute(mount_point, e.path), e.host) for e in after if e.host != host]
+        result.contested = frozenset(
+            p for p in paths if nested_with(absolute(mount_point, p), others) is not None
+        )
+    return result
 
 
 def absolute(mount_point: str, relative: str) -> str:

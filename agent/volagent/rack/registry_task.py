@@ -6,7 +6,9 @@ answer in time fails the volumes it was asked about (the guard refuses the creat
 closed); a bind that nests another host's live bind is a rule 7 violation. A path this host
 holds an entry of already needs no transaction (`_holds`): no other host can have registered
 a bind nesting it since (the file's lock), nor dropped this host's entry while its heartbeat
-is fresh. The claim's entries name the create's request; the name stays.
+is fresh. That holds of an entry written when nothing nested it: the keeper's entries judge
+nothing, so a path it wrote beside another host's nesting entry (`contested`) is claimed
+under the lock. The claim's entries name the create's request; the name stays.
 
 `Registry.run` looks each second at the paths the daemon's table binds (containers, and
 creates being judged or allowed and not answered) and, per namespace whose paths changed,
@@ -71,6 +73,9 @@ class Registry:
         # host name `_held_as`
         self._held: dict[str, frozenset[str]] = {}
         self._held_as: Where | None = None
+        # of those, the paths the keeper wrote beside another host's entry nesting them (it
+        # writes what this host binds, judged or not): claimed under the lock all the same
+        self._contested: dict[str, frozenset[str]] = {}
         # a claim and the keeper's update of one namespace take turns
         self._turns: dict[str, asyncio.Lock] = {}
         # namespaces whose entries are not known: a transaction failed, or may yet land
@@ -163,6 +168,7 @@ class Registry:
             # every path asked for has an entry of this host now (written, or there already)
             before = self._held_now().get(ns, frozenset())
             self._note_held(ns, before | paths, before)
+            self._contested[ns] = self._contested.get(ns, frozenset()) - paths
         finally:
             turn.release()
 
@@ -272,21 +278,24 @@ class Registry:
         the host's name (entries written under another name are not this host's now)."""
         if self._held_as != self._where():
             self._held = {}
+            self._contested = {}
             self._held_as = self._where()
             self._synced_once = False  # the whole pass again, on the filesystem mounted now
         return self._held
 
     def _holds(self, ns: str, paths: set[str]) -> bool:
         """Whether a claim of `paths` needs no transaction: this host's entries hold them
-        all, so no other host registered a bind nesting them since (they would have met
-        the entry under the lock); other hosts drop a host's entries only after
+        all, written when nothing nested them (not `contested`), so no other host registered a
+        bind nesting them since (they would have met the entry under the lock); other hosts
+        drop a host's entries only after
         `forget_after_s` without a sign of life, and this host's heartbeat is fresh. Not
         while hosts on 0.2 bind in the rack: their usage records are read at every claim."""
         st = self.state
         now = time.time()
         fresh = now - st.heartbeat_at < st.config.health.forget_after_s / 2
         legacy = any(t > now - binds.STALE_AFTER_S for t in self.legacy_hosts.values())
-        return fresh and not legacy and paths <= self._held_now().get(ns, frozenset())
+        held = self._held_now().get(ns, frozenset())
+        return fresh and not legacy and paths <= held - self._contested.get(ns, frozenset())
 
     def _claim_job(
         self, ns: str, where: Where, wanted: list[Entry], deadline: float
@@ -414,7 +423,7 @@ class Registry:
             epoch=where[1],
         )
         try:
-            await self.worker.run(job, timeout, what=f"updating the registry of {ns}")
+            result = await self.worker.run(job, timeout, what=f"updating the registry of {ns}")
         except (VolagentError, OSError) as exc:
             self.log.warning("registry_update_failed", namespace=ns, reason=str(exc))
             self._unsure.add(ns)
@@ -422,6 +431,7 @@ class Registry:
         self._unsure.discard(ns)
         if paths and self._where() == where:
             self._note_held(ns, frozenset(paths), before)
+            self._contested[ns] = result.contested
         return True
 
     async def _remembered(self) -> list[str]:

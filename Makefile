@@ -50,7 +50,7 @@ COVERAGE := --cov=volagent --cov-branch --cov-report=term:skip-covered
 test: install testbed-deps
 	$(PY) -m pytest -q -p no:cacheprovider $(COVERAGE) --ignore=tests/vm tests
 
-unit: install
+unit: install testbed-deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 integration: install testbed-deps

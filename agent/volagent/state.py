@@ -125,9 +125,16 @@ class AgentState:
         self.mount_epoch = 0
         self.host_id = ""
         self.instance_id = ""
-        # when this host's heartbeat was last written (epoch s): its entries in the rack's
-        # registry cannot have been forgotten by another host while this is recent
-        self.heartbeat_at = 0.0
+        # until when this host's entries in the rack's registry surely stand (epoch s):
+        # other hosts forget a host no sooner than `forget_after_s` after its last heartbeat
+        # (the value that heartbeat said); half of it from each heartbeat written
+        self.entries_trusted_until = 0.0
+        # counts the heartbeats written once that trust had run out: since the last, no
+        # entry of this host may have been forgotten by another host
+        self.heartbeat_lapses = 0
+        # the host name this host's registry entries all bear (the keeper's whole pass under
+        # it): a former name's heartbeat stays until then, or other hosts forget its entries
+        self.entries_named = ""
         self.started_at = time.time()
         self.stopping = False
         # app -> why it is over its [quotas] limit (set by the usage walk); makes us degraded
@@ -168,6 +175,12 @@ class AgentState:
     def _tell_waiters(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    def note_heartbeat(self, at: float, forget_after_s: float) -> None:
+        """A heartbeat written at `at` (epoch s) saying `forget_after_s`."""
+        if at >= self.entries_trusted_until:
+            self.heartbeat_lapses += 1
+        self.entries_trusted_until = at + forget_after_s / 2
 
     # --- docker ------------------------------------------------------------------------
     def set_docker_state(self, state: DockerState, error: str | None = None) -> None:

@@ -103,11 +103,18 @@ def test_host_names_become_safe_file_names(mp: Path) -> None:
     assert [p.name for p in hosts_dir(mp).iterdir()] == ["_x_y.json"]
 
 
-async def test_renamed_host_removes_its_former_record(mp: Path, worker: TimedWorker) -> None:
+async def test_renamed_host_removes_its_former_record_once_its_entries_bear_the_new_name(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """Other hosts forget the registry entries of a host without a heartbeat: the former
+    name's stays until the registry's keeper has set this host's entries under the new one."""
     st = make_state(mp, host="ip-10-0-0-1", health=FAST)
     hb = Heartbeat(st, worker)
     await hb.beat()
     st.host_id = "i-0abc"  # the instance id became known
+    await hb.beat()
+    assert sorted(p.name for p in hosts_dir(mp).iterdir()) == ["i-0abc.json", "ip-10-0-0-1.json"]
+    st.entries_named = "i-0abc"  # the keeper's whole pass under the new name
     await hb.beat()
     assert sorted(p.name for p in hosts_dir(mp).iterdir()) == ["i-0abc.json"]
 

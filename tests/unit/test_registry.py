@@ -115,7 +115,6 @@ def test_a_host_is_forgotten_no_sooner_than_its_own_forget_after_s_says(mp: Path
     silent_since = time.time() - 200
     entered_since(mp, "held", silent_since)
     st = make_state(mp, host="held")
-    st.heartbeat_at = silent_since
     record = host_record(st)
     assert record.forget_after_s == FORGET
     silent = dataclasses.replace(record, time=silent_since)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,10 +23,11 @@ from tests.unit.factories import directory_timeout, make_state
 
 from volagent import log
 from volagent.mount.report import Reporter
-from volagent.rack import registry_claim, registry_task
+from volagent.rack import heartbeat, registry_claim, registry_task
 from volagent.rack.registry import Entry
 from volagent.rack.registry_task import Registry
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
+from volagent.worker import TimedWorker
 
 NS = "r1-evil"
 SHORT_TIMEOUT_S = 0.5  # how long a claim waits for a lock held elsewhere
@@ -70,7 +73,7 @@ def lock_held_elsewhere(mp: Path, st: AgentState) -> Iterator[None]:
 
 def alive(mp: Path, host: str = "h1", **sections: object) -> AgentState:
     st = make_state(mp, host=host, **sections)  # type: ignore[arg-type]
-    st.heartbeat_at = time.time()  # as the heartbeat task sets it
+    st.note_heartbeat(time.time(), st.config.health.forget_after_s)  # as the heartbeat does
     st.containers_listed.set()
     return st
 
@@ -135,7 +138,7 @@ async def test_a_held_path_is_claimed_under_the_lock_when_the_heartbeat_is_not_f
 
     async with registry_of(st) as reg:
         await reg.claim(*volumes_of(path), "c1", "")
-        st.heartbeat_at = time.time() - st.config.health.forget_after_s
+        st.entries_trusted_until = time.time()  # the last heartbeat half its forget time ago
         with lock_held_elsewhere(mp, st):
             again, plans = volumes_of(path)
             await reg.claim(again, plans, "c2", "")
@@ -483,3 +486,114 @@ async def test_the_keepers_entry_written_first_wins_the_path(mp: Path) -> None:
         vols, plans = volumes_of(child)
         await reg.claim(vols, plans, registry_task.request_ref(key), "web-1")
         assert vols[0].state not in ("violation", "failed"), vols[0]
+
+
+@contextlib.contextmanager
+def beating(st: AgentState) -> Iterator[heartbeat.Heartbeat]:
+    """This host's heartbeat task, beating when told."""
+    worker = TimedWorker("heartbeat", max_threads=1)
+    try:
+        yield heartbeat.Heartbeat(st, worker)
+    finally:
+        worker.close()
+
+
+def clock_at(monkeypatch: pytest.MonkeyPatch, when: float | None) -> None:
+    """The heartbeat's and the registry's wall clock at `when` (None: the real one again)."""
+    now = time.time if when is None else (lambda: when)
+    monkeypatch.setattr(heartbeat, "time", types.SimpleNamespace(time=now))
+    monkeypatch.setattr(
+        registry_task, "time", types.SimpleNamespace(time=now, monotonic=time.monotonic)
+    )
+
+
+async def test_a_held_path_is_claimed_under_the_lock_after_the_heartbeat_lapsed(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: this host holds `s1` (judged under the lock); its heartbeats fail for
+    longer than `forget_after_s` while the mount stays healthy (a process or machine frozen
+    that long does the same). Host h2 forgets it and registers `web/lag`. The heartbeats come
+    back, fresh again, and the stopped container that binds `s1` starts: its claim took the
+    path as held and let it through beside h2's bind."""
+    st = alive(mp)
+    child = f"{mp}/{NS}/web/lag/s1"
+    with beating(st) as beats:
+        async with registry_of(st) as reg:
+            await reg.sync()
+            clock_at(monkeypatch, time.time() - 1200)
+            assert await beats.beat()  # the last heartbeat that landed, 20 minutes ago
+            run_container(st, "c1", child)
+            first, plans = volumes_of(child)
+            await reg.claim(first, plans, "c1", "n-c1")  # judged under the lock
+            assert first[0].state not in ("violation", "failed"), first[0]
+            assert await reg.sync() == 0
+            clock_at(monkeypatch, None)
+            assert not claimed_by_another_host(mp, f"{NS}/web/lag").clashes  # h1 forgotten
+            assert entries(mp) == [("h2", f"{NS}/web/lag", "peer")]
+            assert await beats.beat()  # the heartbeats are back
+            again, plans = volumes_of(child)  # c1 started again
+            await reg.claim(again, plans, "c1", "n-c1")
+            assert again[0].state == "violation", again[0]
+            assert claims(st, "held") == 0
+            # the keeper's whole pass puts the entry back, judged nothing: contested
+            assert await reg.sync() >= 1
+            assert ("h1", f"{NS}/web/lag/s1", "c1") in entries(mp)
+            await reg.claim(*volumes_of(child), "c1", "n-c1")
+            assert claims(st, "held") == 0
+
+
+async def test_a_held_path_is_claimed_under_the_lock_once_the_last_heartbeat_said_less(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: a reload raises `forget_after_s` from 900 to 3600 s and the heartbeats
+    fail from then on. The last one that landed says 900, and other hosts forget this one by
+    it; the claim went by the new setting and trusted its entries for 1800 s."""
+    st = alive(mp)
+    child = f"{mp}/{NS}/web/lag/s1"
+    with beating(st) as beats:
+        async with registry_of(st) as reg:
+            await reg.sync()
+            clock_at(monkeypatch, time.time() - 1000)
+            assert await beats.beat()  # says forget_after_s = 900
+            run_container(st, "c1", child)
+            first, plans = volumes_of(child)
+            await reg.claim(first, plans, "c1", "n-c1")
+            assert first[0].state not in ("violation", "failed"), first[0]
+            clock_at(monkeypatch, None)
+            health = dataclasses.replace(st.config.health, forget_after_s=3600.0)
+            st.config = dataclasses.replace(st.config, health=health)  # reloaded
+            assert not claimed_by_another_host(mp, f"{NS}/web/lag").clashes
+            again, plans = volumes_of(child)
+            await reg.claim(again, plans, "c1", "n-c1")
+            assert again[0].state == "violation", again[0]
+
+
+async def test_a_renamed_host_keeps_its_binds_until_its_entries_bear_its_new_name(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: this host's name changes (instance metadata answered late, or a reload set
+    `host_id`); its next heartbeat went under the new name and removed the former one while
+    its entries still bore the former name, until the keeper's next pass. In that window h2
+    found those entries without a heartbeat behind them, older than `forget_after_s`, forgot
+    them and registered a bind nesting the path a running container binds."""
+    st = alive(mp, host="ip-10-0-0-1")
+    child = f"{mp}/{NS}/web/lag/s1"
+    with beating(st) as beats:
+        assert await beats.beat()
+        async with registry_of(st) as reg:
+            await reg.sync()
+            clock_at(monkeypatch, time.time() - 1200)
+            run_container(st, "c1", child)  # running for 20 minutes
+            assert await reg.sync() == 1
+            clock_at(monkeypatch, None)
+            st.host_id = "i-0abc"  # the heartbeat is woken at once
+            assert await beats.beat()
+            refused = claimed_by_another_host(mp, f"{NS}/web/lag")  # before the keeper's pass
+            assert "on host ip-10-0-0-1" in refused.clashes[f"{NS}/web/lag"], entries(mp)
+            # the keeper's pass under the new name; the former heartbeat goes at the next beat
+            assert await reg.sync() >= 1
+            assert await beats.beat()
+            beats_left = sorted(p.name for p in (mp / ".volagent" / "hosts").iterdir())
+            assert beats_left == ["i-0abc.json"]
+            refused = claimed_by_another_host(mp, f"{NS}/web/lag")
+            assert "on host i-0abc" in refused.clashes[f"{NS}/web/lag"], entries(mp)

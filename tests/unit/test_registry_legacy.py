@@ -22,7 +22,7 @@ NS = "r1-web"
 
 def alive(mp: Path, host: str = "host-new") -> AgentState:
     st = make_state(mp, host=host)
-    st.heartbeat_at = time.time()
+    st.note_heartbeat(time.time(), st.config.health.forget_after_s)
     st.containers_listed.set()
     return st
 

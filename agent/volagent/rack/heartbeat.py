@@ -176,9 +176,11 @@ class Heartbeat:
             metrics.heartbeats.labels(result="skipped").inc()
             return False
         record = host_record(st, status)
-        call = functools.partial(
-            write_heartbeat, st.config.mount_point, st.mount_dev, record, self._written_as
-        )
+        # a former name's heartbeat goes once this host's registry entries bear the new
+        # name: other hosts forget the entries of a host without a heartbeat
+        former = self._written_as if self._written_as != record.host else None
+        gone = former if st.entries_named == record.host else None
+        call = functools.partial(write_heartbeat, st.config.mount_point, st.mount_dev, record, gone)
         try:
             await self.worker.run(call, WRITE_TIMEOUT_S, what="writing the heartbeat")
         except (VolagentError, OSError) as exc:
@@ -192,8 +194,9 @@ class Heartbeat:
             self.log.info("heartbeat_restored")
         self._failing = False
         st.clear_warning("heartbeat")
-        self._written_as = record.host
-        st.heartbeat_at = record.time  # what other hosts judge this host by
+        if former is None or gone is not None:
+            self._written_as = record.host
+        st.note_heartbeat(record.time, record.forget_after_s)  # what other hosts judge by
         metrics.heartbeats.labels(result="written").inc()
         # the rack view is read when asked (status --rack, the usage walk), never with each
         # beat: every host reading every heartbeat each beat grows with the square of the rack

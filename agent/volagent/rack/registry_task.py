@@ -72,7 +72,7 @@ class Registry:
         # the paths this host's entries surely hold, per namespace, on the mount and under the
         # host name `_held_as`
         self._held: dict[str, frozenset[str]] = {}
-        self._held_as: Where | None = None
+        self._held_as: tuple[Where, int] | None = None  # and the heartbeat's lapses then
         # of those, the paths the keeper wrote beside another host's entry nesting them (it
         # writes what this host binds, judged or not): claimed under the lock all the same
         self._contested: dict[str, frozenset[str]] = {}
@@ -275,24 +275,30 @@ class Registry:
 
     def _held_now(self) -> dict[str, frozenset[str]]:
         """The paths this host's entries surely hold; none once the filesystem changed, or
-        the host's name (entries written under another name are not this host's now)."""
-        if self._held_as != self._where():
+        the host's name (entries written under another name are not this host's now), or
+        once a heartbeat landed after this host's entries stopped being surely kept (any of
+        them may have been forgotten meanwhile, and another host's bind nest them)."""
+        if self._held_as != self._held_key():
             self._held = {}
             self._contested = {}
-            self._held_as = self._where()
+            self._held_as = self._held_key()
             self._synced_once = False  # the whole pass again, on the filesystem mounted now
         return self._held
+
+    def _held_key(self) -> tuple[Where, int]:
+        return (self._where(), self.state.heartbeat_lapses)
 
     def _holds(self, ns: str, paths: set[str]) -> bool:
         """Whether a claim of `paths` needs no transaction: this host's entries hold them
         all, written when nothing nested them (not `contested`), so no other host registered a
         bind nesting them since (they would have met the entry under the lock); other hosts
-        drop a host's entries only after
-        `forget_after_s` without a sign of life, and this host's heartbeat is fresh. Not
-        while hosts on 0.2 bind in the rack: their usage records are read at every claim."""
+        drop a host's entries only after the `forget_after_s` its last heartbeat said without
+        a sign of life, and that heartbeat is younger than half of it, and no older one was
+        (`_held_now`). Not while hosts on 0.2 bind in the rack: their usage records are read
+        at every claim."""
         st = self.state
         now = time.time()
-        fresh = now - st.heartbeat_at < st.config.health.forget_after_s / 2
+        fresh = now < st.entries_trusted_until
         legacy = any(t > now - binds.STALE_AFTER_S for t in self.legacy_hosts.values())
         held = self._held_now().get(ns, frozenset())
         return fresh and not legacy and paths <= held - self._contested.get(ns, frozenset())
@@ -399,7 +405,10 @@ class Registry:
         noted = sorted(self._held_now().keys() | self._unsure)
         if noted != self._noted:
             await self._remember(noted)
-        self._synced_once = self._held_as == where  # else the filesystem changed meanwhile
+        # else the filesystem, the name or the heartbeat's run changed meanwhile
+        self._synced_once = self._held_as == (where, self.state.heartbeat_lapses)
+        if self._synced_once:
+            st.entries_named = where[2]  # a former name's heartbeat may go now
         return done
 
     async def _set_own(self, ns: str) -> bool:

@@ -176,8 +176,13 @@ class AgentState:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    def note_heartbeat_sent(self, at: float, forget_after_s: float) -> None:
+        """A heartbeat of time `at` saying `forget_after_s` is being written: it may land
+        though its write fails or is given up on, so the trust is no longer than it says."""
+        self.entries_trusted_until = min(self.entries_trusted_until, at + forget_after_s / 2)
+
     def note_heartbeat(self, at: float, forget_after_s: float) -> None:
-        """A heartbeat written at `at` (epoch s) saying `forget_after_s`."""
+        """A heartbeat of time `at` saying `forget_after_s` was written."""
         if at >= self.entries_trusted_until:
             self.heartbeat_lapses += 1
         self.entries_trusted_until = at + forget_after_s / 2

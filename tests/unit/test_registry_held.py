@@ -17,6 +17,7 @@ import time
 import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.unit.factories import directory_timeout, make_state
@@ -413,7 +414,9 @@ async def test_a_held_path_is_claimed_under_the_lock_after_a_remount_on_the_same
             assert claims(st, "held") == 0
 
 
-def claimed_by_another_host(mp: Path, path: str) -> registry_claim.ClaimResult:
+def claimed_by_another_host(
+    mp: Path, path: str, forget_after_s: float = 900.0
+) -> registry_claim.ClaimResult:
     """Host h2's claim of `path` (relative to the mount point), under the namespace's lock."""
     return registry_claim.claim(
         str(mp),
@@ -422,7 +425,7 @@ def claimed_by_another_host(mp: Path, path: str) -> registry_claim.ClaimResult:
         host="h2",
         wanted=[Entry("h2", "peer", "peer-1", path, time.time())],
         legacy=[],
-        expire_after_s=900.0,
+        expire_after_s=forget_after_s,
         deadline=time.monotonic() + 5,
     )
 
@@ -597,3 +600,110 @@ async def test_a_renamed_host_keeps_its_binds_until_its_entries_bear_its_new_nam
             assert beats_left == ["i-0abc.json"]
             refused = claimed_by_another_host(mp, f"{NS}/web/lag")
             assert "on host i-0abc" in refused.clashes[f"{NS}/web/lag"], entries(mp)
+
+
+def reload_forget_after(st: AgentState, seconds: float) -> None:
+    health = dataclasses.replace(st.config.health, forget_after_s=seconds)
+    st.config = dataclasses.replace(st.config, health=health)
+
+
+async def test_a_heartbeat_that_landed_though_given_up_on_bounds_the_trust(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: a reload lowers `forget_after_s` from 900 to 200 s. The next heartbeat,
+    saying 200, lands but is given up on (the server slow), and none lands after while the
+    mount stays healthy. Other hosts forget this one 200 s after it; the held claims went by
+    the 900 of the last heartbeat known to have landed."""
+    st = alive(mp)
+    child = f"{mp}/{NS}/web/lag/s1"
+    with beating(st) as beats:
+        async with registry_of(st) as reg:
+            clock_at(monkeypatch, time.time() - 300)
+            assert await beats.beat()  # says 900
+            run_container(st, "c1", child)
+            first, plans = volumes_of(child)
+            await reg.claim(first, plans, "c1", "n-c1")  # judged under the lock
+            assert first[0].state not in ("violation", "failed"), first[0]
+            reload_forget_after(st, 200.0)
+            landed = threading.Event()
+            write = heartbeat.write_heartbeat
+
+            def answered_late(*args: Any, **kwargs: Any) -> None:
+                write(*args, **kwargs)
+                landed.set()
+                time.sleep(0.5)  # the answer comes after the caller gave up
+
+            monkeypatch.setattr(heartbeat, "write_heartbeat", answered_late)
+            monkeypatch.setattr(heartbeat, "WRITE_TIMEOUT_S", 0.1)
+            clock_at(monkeypatch, time.time() - 290)
+            assert not await beats.beat()  # failed, as far as this host knows
+            assert landed.wait(5)  # but on the server, saying 200
+            clock_at(monkeypatch, None)
+            forgotten = claimed_by_another_host(mp, f"{NS}/web/lag", forget_after_s=200.0)
+            assert not forgotten.clashes and forgotten.expired == ["h1"]
+            again, plans = volumes_of(child)  # c1 started again
+            await reg.claim(again, plans, "c1", "n-c1")
+            assert again[0].state == "violation", again[0]
+
+
+async def test_a_renamed_hosts_former_heartbeat_is_kept_fresh_until_its_entries_bear_the_new_name(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: the host is renamed while its keeper cannot finish a whole pass under the
+    new name (a namespace's registry it cannot update). The former name's heartbeat was kept
+    but not written again: once older than `forget_after_s`, h2 forgot that name's entries
+    and registered a bind nesting a path a running container binds."""
+    st = alive(mp, host="ip-10-0-0-1")
+    child = f"{mp}/{NS}/web/lag/s1"
+    with beating(st) as beats:
+        async with registry_of(st) as reg:
+            clock_at(monkeypatch, time.time() - 1200)  # 20 minutes ago
+            assert await beats.beat()
+            run_container(st, "c1", child)
+            assert await reg.sync() == 1
+            st.host_id = "i-0abc"
+            assert await beats.beat()
+            clock_at(monkeypatch, None)
+            assert await beats.beat()  # now; the entries still bear the former name
+            assert entries(mp) == [("ip-10-0-0-1", f"{NS}/web/lag/s1", "c1")]
+            refused = claimed_by_another_host(mp, f"{NS}/web/lag")
+            assert "on host ip-10-0-0-1" in refused.clashes[f"{NS}/web/lag"], entries(mp)
+
+
+async def test_the_keeper_goes_on_past_a_namespace_it_cannot_update(mp: Path) -> None:
+    """A registry file it cannot read (garbled by hand, over its size) stopped the keeper's
+    pass at that namespace: the entries of the namespaces after it were never set, and a
+    renamed host's former heartbeat never went. The others are set; that one is tried again
+    after a pause, and the entries bear this host's name only once it is set too."""
+    st = alive(mp)
+    run_container(st, "c0", f"{mp}/r1-app/web/data")  # its namespace sorts first
+    run_container(st, "c1", f"{mp}/{NS}/web/data")
+    garbled = mp / ".volagent" / "registry" / "r1-app.json"
+    garbled.parent.mkdir(parents=True)
+    garbled.write_text("{")
+    async with registry_of(st) as reg:
+        assert await reg.sync() == 1
+        assert entries(mp) == [("h1", f"{NS}/web/data", "c1")]
+        assert st.entries_named == ""
+        assert await reg.sync() == 0  # the pause
+        garbled.unlink()  # mended
+        reg._retry_at = 0.0  # the pause is over
+        assert await reg.sync() == 1
+        assert st.entries_named == "h1"
+
+
+async def test_a_name_left_and_come_back_to_leaves_no_heartbeat_behind(mp: Path) -> None:
+    """A -> B -> A before the keeper's pass under B: B's heartbeat went only where the
+    former name was the one just before, and the rack view listed a stale host B for ever."""
+    st = alive(mp, host="a")
+    with beating(st) as beats:
+        async with registry_of(st) as reg:
+            assert await beats.beat()
+            await reg.sync()
+            st.host_id = "b"
+            assert await beats.beat()
+            st.host_id = "a"
+            assert await beats.beat()
+            await reg.sync()
+            assert await beats.beat()
+            assert sorted(p.name for p in (mp / ".volagent" / "hosts").iterdir()) == ["a.json"]

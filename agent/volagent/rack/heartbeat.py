@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from volagent import __version__, codec, log, safedir
@@ -67,15 +69,27 @@ def host_record(state: AgentState, status: str | None = None) -> HostBeat:
 
 
 def write_heartbeat(
-    mount_point: str, dev: int | None, record: HostBeat, previous_name: str | None
+    mount_point: str,
+    dev: int | None,
+    record: HostBeat,
+    gone: Iterable[str] | None = (),
+    kept: Iterable[str] = (),
 ) -> None:
-    """Blocking: replaces this host's heartbeat; removes the one of a former host name."""
+    """Blocking: replaces this host's heartbeat, and those of its former names `kept` (its
+    registry entries may bear them yet); removes those of its former names `gone`."""
+    own = records.file_name(record.host)
     with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
         hosts = records.ensure_dir(root, (records.AGENT_DIR, records.HOSTS_DIR))
         with safedir.closing(hosts):
             records.write_record(hosts, record.host, record.encode())
-            if previous_name and previous_name != record.host:
-                records.remove_record(hosts, previous_name)
+            # by file name: two host names may make one (`.a` and `a`)
+            for name in kept:
+                if records.file_name(name) != own:
+                    former = dataclasses.replace(record, host=name)
+                    records.write_record(hosts, name, former.encode())
+            for name in gone or ():
+                if records.file_name(name) != own:
+                    records.remove_record(hosts, name)
 
 
 def read_heartbeats(mount_point: str, dev: int | None) -> list[HostBeat]:
@@ -125,7 +139,9 @@ class Heartbeat:
         self.worker = worker
         self.log = log.get("heartbeat")
         self._wake = asyncio.Event()
-        self._written_as: str | None = None
+        # the names this process wrote heartbeats under, the current one among them (a write
+        # given up on may land yet)
+        self._names: set[str] = set()
         self._known: list[HostBeat] = []
         self._reading: asyncio.Future[list[HostBeat]] | None = None
         self._failing = False
@@ -176,11 +192,21 @@ class Heartbeat:
             metrics.heartbeats.labels(result="skipped").inc()
             return False
         record = host_record(st, status)
-        # a former name's heartbeat goes once this host's registry entries bear the new
-        # name: other hosts forget the entries of a host without a heartbeat
-        former = self._written_as if self._written_as != record.host else None
-        gone = former if st.entries_named == record.host else None
-        call = functools.partial(write_heartbeat, st.config.mount_point, st.mount_dev, record, gone)
+        # other hosts forget the registry entries of a host without a fresh heartbeat: those
+        # of former names are written too until this host's entries bear the current name
+        # (the registry's keeper sets `entries_named`), then removed
+        formers = sorted(self._names - {record.host})
+        settled = st.entries_named == record.host
+        call = functools.partial(
+            write_heartbeat,
+            st.config.mount_point,
+            st.mount_dev,
+            record,
+            gone=formers if settled else (),
+            kept=() if settled else formers,
+        )
+        self._names.add(record.host)
+        st.note_heartbeat_sent(record.time, record.forget_after_s)
         try:
             await self.worker.run(call, WRITE_TIMEOUT_S, what="writing the heartbeat")
         except (VolagentError, OSError) as exc:
@@ -194,8 +220,8 @@ class Heartbeat:
             self.log.info("heartbeat_restored")
         self._failing = False
         st.clear_warning("heartbeat")
-        if former is None or gone is not None:
-            self._written_as = record.host
+        if settled:
+            self._names = {record.host}
         st.note_heartbeat(record.time, record.forget_after_s)  # what other hosts judge by
         metrics.heartbeats.labels(result="written").inc()
         # the rack view is read when asked (status --rack, the usage walk), never with each

@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 from volagent import log
-from volagent.errors import NamespaceViolation, VolagentError
+from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation, VolagentError
 from volagent.nesting import nested_with
 from volagent.rack import binds, registry_claim
 from volagent.rack.registry import Entry
@@ -279,6 +279,8 @@ class Registry:
         once a heartbeat landed after this host's entries stopped being surely kept (any of
         them may have been forgotten meanwhile, and another host's bind nest them)."""
         if self._held_as != self._held_key():
+            if self._held_as is None or self._held_as[0][2] != self.state.host_id:
+                self.state.entries_named = ""  # renamed: the entries bear a former name
             self._held = {}
             self._contested = {}
             self._held_as = self._held_key()
@@ -397,23 +399,29 @@ class Registry:
         done = 0
         for ns in sorted(todo):
             async with self._turns.setdefault(ns, asyncio.Lock()):
-                if not await self._set_own(ns):
-                    self._retry_at = time.monotonic() + FAILURE_BACKOFF_S
-                    return done
-            done += 1
+                error = await self._set_own(ns)
+            if error is None:
+                done += 1
+                continue
+            self._retry_at = time.monotonic() + FAILURE_BACKOFF_S
+            if isinstance(error, FilesystemHung | MountUnhealthy):
+                return done  # the filesystem's failing: the other namespaces would wait too
+            # this namespace's file (unreadable, locked by a host gone): the others go on,
+            # and it is tried again after the pause (`_unsure`)
         # a claim may have registered a namespace though the keeper wrote nothing
         noted = sorted(self._held_now().keys() | self._unsure)
         if noted != self._noted:
             await self._remember(noted)
         # else the filesystem, the name or the heartbeat's run changed meanwhile
         self._synced_once = self._held_as == (where, self.state.heartbeat_lapses)
-        if self._synced_once:
+        if self._synced_once and not self._unsure:
             st.entries_named = where[2]  # a former name's heartbeat may go now
         return done
 
-    async def _set_own(self, ns: str) -> bool:
+    async def _set_own(self, ns: str) -> VolagentError | OSError | None:
         """One namespace's update, in its turn: looks at what this host binds now (no claim
-        runs meanwhile), and notes those paths held once they are written."""
+        runs meanwhile), and notes those paths held once they are written. Its error, if it
+        failed."""
         st = self.state
         now = time.time()
         paths = self.own().get(ns, {})
@@ -436,12 +444,12 @@ class Registry:
         except (VolagentError, OSError) as exc:
             self.log.warning("registry_update_failed", namespace=ns, reason=str(exc))
             self._unsure.add(ns)
-            return False
+            return exc
         self._unsure.discard(ns)
         if paths and self._where() == where:
             self._note_held(ns, frozenset(paths), before)
             self._contested[ns] = result.contested
-        return True
+        return None
 
     async def _remembered(self) -> list[str]:
         path = os.path.join(self.state.config.state_dir, REMEMBERED)

@@ -176,6 +176,13 @@ class AgentState:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    def rename(self, host: str) -> None:
+        """This host's name changes: its registry entries bear the former one until the
+        registry's keeper has set them all again."""
+        if host != self.host_id:
+            self.host_id = host
+            self.entries_named = ""
+
     def note_heartbeat_sent(self, at: float, forget_after_s: float) -> None:
         """A heartbeat of time `at` saying `forget_after_s` is being written: it may land
         though its write fails or is given up on, so the trust is no longer than it says."""

@@ -73,7 +73,7 @@ async def test_no_heartbeat_while_the_mount_is_unhealthy(mp: Path, worker: Timed
 def test_write_refuses_another_device(mp: Path) -> None:
     rec = HostBeat("h", time.time())
     with pytest.raises(MountUnhealthy):
-        write_heartbeat(str(mp), os.stat(mp).st_dev + 1, rec, None)
+        write_heartbeat(str(mp), os.stat(mp).st_dev + 1, rec)
     assert not (mp / ".volagent").exists()
 
 
@@ -83,7 +83,7 @@ def test_a_symlinked_hosts_dir_is_never_followed(mp: Path, tmp_path: Path) -> No
     (mp / ".volagent").mkdir()
     (mp / ".volagent" / "hosts").symlink_to(elsewhere)
     with pytest.raises(RecordError):
-        write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("h", 1.0), None)
+        write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("h", 1.0))
     assert list(elsewhere.iterdir()) == []
 
 
@@ -92,14 +92,14 @@ def test_a_symlink_planted_as_the_record_is_replaced_not_followed(mp: Path, tmp_
     target.write_text("keep")
     hosts_dir(mp).mkdir(parents=True)
     (hosts_dir(mp) / "h.json").symlink_to(target)
-    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("h", 1.0), None)
+    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("h", 1.0))
     assert target.read_text() == "keep"
     assert not (hosts_dir(mp) / "h.json").is_symlink()
     assert json.loads((hosts_dir(mp) / "h.json").read_text())["host"] == "h"
 
 
 def test_host_names_become_safe_file_names(mp: Path) -> None:
-    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("../x/y", 1.0), None)
+    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("../x/y", 1.0))
     assert [p.name for p in hosts_dir(mp).iterdir()] == ["_x_y.json"]
 
 
@@ -111,7 +111,7 @@ async def test_renamed_host_removes_its_former_record_once_its_entries_bear_the_
     st = make_state(mp, host="ip-10-0-0-1", health=FAST)
     hb = Heartbeat(st, worker)
     await hb.beat()
-    st.host_id = "i-0abc"  # the instance id became known
+    st.rename("i-0abc")  # the instance id became known
     await hb.beat()
     assert sorted(p.name for p in hosts_dir(mp).iterdir()) == ["i-0abc.json", "ip-10-0-0-1.json"]
     st.entries_named = "i-0abc"  # the keeper's whole pass under the new name
@@ -122,8 +122,8 @@ async def test_renamed_host_removes_its_former_record_once_its_entries_bear_the_
 def test_rack_view_flags_stale_hosts_and_skips_garbage(mp: Path) -> None:
     dev = os.stat(mp).st_dev
     now = time.time()
-    write_heartbeat(str(mp), dev, HostBeat("fresh", now - 1, status="ok"), None)
-    write_heartbeat(str(mp), dev, HostBeat("old", now - 100, status="ok"), None)
+    write_heartbeat(str(mp), dev, HostBeat("fresh", now - 1, status="ok"))
+    write_heartbeat(str(mp), dev, HostBeat("old", now - 100, status="ok"))
     (hosts_dir(mp) / "garbage.json").write_text("{not json")
     (hosts_dir(mp) / "list.json").write_text("[1, 2]")
     (hosts_dir(mp) / "notime.json").write_text('{"host": "x"}')

@@ -66,7 +66,11 @@ def test_a_namespace_0_3_moved_to_the_trash_is_listed_and_restored(mp: Path) -> 
     ("files", "declared", "added"),
     [
         # 1.1 (0.3.3): the heartbeat says how long its host trusts its registry entries
-        ("hosts/*.json", heartbeat.HostBeat, {"format": "1.1", "forget_after_s": 0.0}),
+        (
+            "hosts/*.json",
+            heartbeat.HostBeat,
+            {"format": "1.1", "forget_after_s": 0.0, "alias_of": ""},
+        ),
         ("usage/**/*.json", recorder.UsageRecord, {}),
         ("trash/*.json", trash.TrashRecord, {}),
     ],

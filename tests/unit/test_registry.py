@@ -118,7 +118,7 @@ def test_a_host_is_forgotten_no_sooner_than_its_own_forget_after_s_says(mp: Path
     record = host_record(st)
     assert record.forget_after_s == FORGET
     silent = dataclasses.replace(record, time=silent_since)
-    write_heartbeat(str(mp), os.stat(mp).st_dev, silent, None)
+    write_heartbeat(str(mp), os.stat(mp).st_dev, silent)
 
     def claim_forgetting_after(seconds: float) -> registry_claim.ClaimResult:
         return claim(mp, "short", f"{NS}/web/lag/s1", forget_after_s=seconds)

@@ -1,7 +1,9 @@
 """A claim of a path this host's entries hold already makes no transaction, and the keeper
 writes only when the paths this host binds change: what keeps that as safe as a claim under
-the lock (a fresh heartbeat, no 0.2 host, the same filesystem), and the keeper never removing
-a path claimed meanwhile."""
+the lock (an entry a claim judged, not one the keeper wrote beside a nesting one; heartbeats
+fresh by what they said, without a lapse since; no 0.2 host; the same filesystem and host
+name, a former name's heartbeat kept until the entries bear the new one), and the keeper
+never removing a path claimed meanwhile nor stopping at a namespace it cannot update."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from volagent.mount.report import Reporter
 from volagent.rack import heartbeat, registry_claim, registry_task
 from volagent.rack.registry import Entry
 from volagent.rack.registry_task import Registry
+from volagent.rack.usage import share
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker
 
@@ -332,7 +335,7 @@ async def test_a_held_path_is_claimed_under_the_lock_once_the_host_id_changed(mp
 
     async with registry_of(st) as reg:
         await reg.claim(*volumes_of(path), "c1", "")
-        st.host_id = "i-0abc"  # instance metadata answered, or the config named the host
+        st.rename("i-0abc")  # instance metadata answered, or the config named the host
         with lock_held_elsewhere(mp, st):
             again, plans = volumes_of(path)
             await reg.claim(again, plans, "c2", "")
@@ -589,7 +592,7 @@ async def test_a_renamed_host_keeps_its_binds_until_its_entries_bear_its_new_nam
             run_container(st, "c1", child)  # running for 20 minutes
             assert await reg.sync() == 1
             clock_at(monkeypatch, None)
-            st.host_id = "i-0abc"  # the heartbeat is woken at once
+            st.rename("i-0abc")  # the heartbeat is woken at once
             assert await beats.beat()
             refused = claimed_by_another_host(mp, f"{NS}/web/lag")  # before the keeper's pass
             assert "on host ip-10-0-0-1" in refused.clashes[f"{NS}/web/lag"], entries(mp)
@@ -661,7 +664,7 @@ async def test_a_renamed_hosts_former_heartbeat_is_kept_fresh_until_its_entries_
             assert await beats.beat()
             run_container(st, "c1", child)
             assert await reg.sync() == 1
-            st.host_id = "i-0abc"
+            st.rename("i-0abc")
             assert await beats.beat()
             clock_at(monkeypatch, None)
             assert await beats.beat()  # now; the entries still bear the former name
@@ -700,10 +703,76 @@ async def test_a_name_left_and_come_back_to_leaves_no_heartbeat_behind(mp: Path)
         async with registry_of(st) as reg:
             assert await beats.beat()
             await reg.sync()
-            st.host_id = "b"
+            st.rename("b")
             assert await beats.beat()
-            st.host_id = "a"
+            st.rename("a")
             assert await beats.beat()
             await reg.sync()
             assert await beats.beat()
             assert sorted(p.name for p in (mp / ".volagent" / "hosts").iterdir()) == ["a.json"]
+
+
+async def test_a_keepers_read_that_ends_after_a_heartbeat_lapse_notes_nothing_held(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: the keeper's pass reads the file and finds this host's entry; before its
+    job returns, h2 forgets this host (its heartbeats had failed) and registers `web/lag`,
+    and a heartbeat lands, late: a lapse. The pass noted the path held all the same, as
+    found before the lapse, and the next start of `s1` went through beside h2's bind."""
+    st = alive(mp)
+    child = f"{mp}/{NS}/web/lag/s1"
+    loop = asyncio.get_running_loop()
+    with beating(st) as beats:
+        async with registry_of(st) as reg:
+            clock_at(monkeypatch, time.time() - 1200)
+            assert await beats.beat()
+            run_container(st, "c1", child)
+            first, plans = volumes_of(child)
+            await reg.claim(first, plans, "c1", "n-c1")
+            assert first[0].state not in ("violation", "failed"), first[0]
+            await reg.sync()
+            clock_at(monkeypatch, None)
+            set_own = registry_claim.set_own
+
+            def meanwhile(*args: Any, **kwargs: Any) -> registry_claim.SetResult:
+                result = set_own(*args, **kwargs)
+                assert claimed_by_another_host(mp, f"{NS}/web/lag").expired == ["h1"]
+                asyncio.run_coroutine_threadsafe(beats.beat(), loop).result(5)
+                return result
+
+            monkeypatch.setattr(registry_task.registry_claim, "set_own", meanwhile)
+            reg._verify_at = 0.0  # the keeper reads its namespaces again
+            await reg.sync()
+            monkeypatch.setattr(registry_task.registry_claim, "set_own", set_own)
+            assert entries(mp) == [("h2", f"{NS}/web/lag", "peer")]
+            again, plans = volumes_of(child)
+            await reg.claim(again, plans, "c1", "n-c1")
+            assert again[0].state == "violation", again[0]
+
+
+async def test_a_renamed_hosts_former_name_is_no_host_of_the_rack(mp: Path) -> None:
+    """The former name's heartbeat, kept fresh for its entries, is no host: counted as one,
+    it took a share of the usage walk that nobody walked, and a stop wrote it as a stopped
+    host that gc's last judgement then waited for."""
+    st = alive(mp, host="ip-10-0-0-1")
+    with beating(st) as beats:
+        assert await beats.beat()
+        st.rename("i-0abc")
+        assert await beats.beat()
+        assert (mp / ".volagent" / "hosts" / "ip-10-0-0-1.json").exists()
+        view = await beats.hosts(timeout=5.0)
+        assert [h["host"] for h in view] == ["i-0abc"]
+        assert share.live_hosts(view, st.host_id, st.config.rack) == ["i-0abc"]
+
+
+async def test_the_keeper_goes_on_past_a_namespace_locked_by_a_host_gone(mp: Path) -> None:
+    """A namespace whose lock a host gone still holds fails by the thread's own deadline,
+    as a claim does, before the caller gives up on it as a hung filesystem: the namespaces
+    after it are set."""
+    st = alive(mp)
+    run_container(st, "c0", f"{mp}/{NS}/web/data")  # the locked one sorts first
+    run_container(st, "c1", f"{mp}/r1-zzz/web/data")
+    async with registry_of(st) as reg:
+        with lock_held_elsewhere(mp, st):
+            assert await reg.sync() == 1
+    assert (mp / ".volagent" / "registry" / "r1-zzz.json").exists()

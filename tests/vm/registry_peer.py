@@ -48,7 +48,7 @@ def beat(mount: str, dev: int) -> None:
     record = heartbeat.HostBeat(
         HOST, now, RACK, "", "ok", __version__, FORMAT, "mounted", last_seen, 30.0
     )
-    heartbeat.write_heartbeat(mount, dev, record, None)
+    heartbeat.write_heartbeat(mount, dev, record)
 
 
 def claim(mount: str, dev: int, ns: str, path: str) -> dict[str, Any]:

@@ -311,7 +311,7 @@ class Daemon:
         self.state.guard.enabled = new.guard.enabled and old.guard.enabled
         if new.host_id != old.host_id:
             # the rack view names this host by it: a new one applies with the next heartbeat
-            self.state.host_id = new.host_id or self.state.instance_id or socket.gethostname()
+            self.state.rename(new.host_id or self.state.instance_id or socket.gethostname())
         self.state.clear_warning("config")
         log.configure(new.log_level)
         self.heartbeat.wake()  # a new heartbeat interval applies now, not after the old one

@@ -56,6 +56,10 @@ class HostBeat(codec.Record, frozen=True):
     # (1.1) how long this host trusts its entries in the registry to stand without a
     # heartbeat (its `[health] forget_after_s`): other hosts forget it no sooner
     forget_after_s: float = 0.0
+    # (1.1) the host this record stands for under a former name of it, kept fresh while its
+    # registry entries bear that name (other hosts judge them by it); no host of the rack
+    # view
+    alias_of: str = ""
 
 
 def host_record(state: AgentState, status: str | None = None) -> HostBeat:
@@ -72,7 +76,7 @@ def write_heartbeat(
     mount_point: str,
     dev: int | None,
     record: HostBeat,
-    gone: Iterable[str] | None = (),
+    gone: Iterable[str] = (),
     kept: Iterable[str] = (),
 ) -> None:
     """Blocking: replaces this host's heartbeat, and those of its former names `kept` (its
@@ -85,9 +89,9 @@ def write_heartbeat(
             # by file name: two host names may make one (`.a` and `a`)
             for name in kept:
                 if records.file_name(name) != own:
-                    former = dataclasses.replace(record, host=name)
+                    former = dataclasses.replace(record, host=name, alias_of=record.host)
                     records.write_record(hosts, name, former.encode())
-            for name in gone or ():
+            for name in gone:
                 if records.file_name(name) != own:
                     records.remove_record(hosts, name)
 
@@ -109,9 +113,11 @@ def read_heartbeats_at(root_fd: int) -> list[HostBeat]:
 
 def rack_view(heartbeats: list[HostBeat], stale_after_s: float, now: float) -> list[dict[str, Any]]:
     """The hosts of the rack, sorted by name, each flagged stale when its heartbeat is old or
-    its last beat said it stopped."""
+    its last beat said it stopped; a host's former names (aliases) are not hosts."""
     out = []
     for beat in sorted(heartbeats, key=lambda b: b.host):
+        if beat.alias_of:
+            continue
         age = now - beat.time
         status = beat.status or "unknown"
         out.append(
@@ -181,7 +187,7 @@ class Heartbeat:
             return
         st.instance_id = found
         if not st.config.host_id:
-            st.host_id = found
+            st.rename(found)
         self.log.info("host_identified", host=st.host_id, instance_id=found)
 
     async def beat(self, status: str | None = None) -> bool:

@@ -140,6 +140,7 @@ class Registry:
                 return
             wanted = [Entry(st.host_id, ref, name, p, time.time()) for p in sorted(paths)]
             where = self._where()  # the filesystem and host name the entries are written as
+            key = self._held_key()
             left = max(deadline - time.monotonic(), 0.0)
             # the thread gives up a little before its caller does, so a lock held elsewhere is
             # refused as that, not as a hung filesystem; counted from now, not from when a
@@ -163,8 +164,10 @@ class Registry:
                 self._clashed(vols, outcome, result.clashes)
                 return
             st.metrics.registry_claims.labels(result="registered").inc()
-            if self._where() != where:
-                return  # remounted, or renamed, meanwhile: the entries are not where it looks
+            if self._held_key() != key:
+                # remounted, or renamed, meanwhile: the entries are not where it looks; or a
+                # heartbeat lapsed: what the claim found may have been forgotten since
+                return
             # every path asked for has an entry of this host now (written, or there already)
             before = self._held_now().get(ns, frozenset())
             self._note_held(ns, before | paths, before)
@@ -279,8 +282,6 @@ class Registry:
         once a heartbeat landed after this host's entries stopped being surely kept (any of
         them may have been forgotten meanwhile, and another host's bind nest them)."""
         if self._held_as != self._held_key():
-            if self._held_as is None or self._held_as[0][2] != self.state.host_id:
-                self.state.entries_named = ""  # renamed: the entries bear a former name
             self._held = {}
             self._contested = {}
             self._held_as = self._held_key()
@@ -412,8 +413,8 @@ class Registry:
         noted = sorted(self._held_now().keys() | self._unsure)
         if noted != self._noted:
             await self._remember(noted)
-        # else the filesystem, the name or the heartbeat's run changed meanwhile
-        self._synced_once = self._held_as == (where, self.state.heartbeat_lapses)
+        self._synced_once = self._held_as == (where, self.state.heartbeat_lapses)  # else the
+        # filesystem, the name or the heartbeat's run changed meanwhile: the whole pass again
         if self._synced_once and not self._unsure:
             st.entries_named = where[2]  # a former name's heartbeat may go now
         return done
@@ -427,6 +428,7 @@ class Registry:
         paths = self.own().get(ns, {})
         where = self._where()
         before = self._held_now().pop(ns, frozenset())  # not known while under way
+        key = self._held_key()
         live = [Entry(st.host_id, ref, name, path, now) for path, (ref, name) in paths.items()]
         timeout = st.config.directories.timeout_s
         job = functools.partial(
@@ -436,7 +438,9 @@ class Registry:
             ns,
             host=where[2],
             live=live,
-            deadline=time.monotonic() + timeout,
+            # the thread gives up first, as a claim's does: a lock held elsewhere is that
+            # namespace's failure, not a hung filesystem's
+            deadline=time.monotonic() + timeout * DEADLINE_SHARE,
             epoch=where[1],
         )
         try:
@@ -446,7 +450,7 @@ class Registry:
             self._unsure.add(ns)
             return exc
         self._unsure.discard(ns)
-        if paths and self._where() == where:
+        if paths and self._held_key() == key:
             self._note_held(ns, frozenset(paths), before)
             self._contested[ns] = result.contested
         return None

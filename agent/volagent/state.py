@@ -182,6 +182,9 @@ class AgentState:
         if host != self.host_id:
             self.host_id = host
             self.entries_named = ""
+            # no heartbeat names it yet: other hosts judge its entries by their own
+            # forget_after_s until one lands (and that one is a lapse: nothing held)
+            self.entries_trusted_until = 0.0
 
     def note_heartbeat_sent(self, at: float, forget_after_s: float) -> None:
         """A heartbeat of time `at` saying `forget_after_s` is being written: it may land

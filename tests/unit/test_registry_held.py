@@ -776,3 +776,30 @@ async def test_the_keeper_goes_on_past_a_namespace_locked_by_a_host_gone(mp: Pat
         with lock_held_elsewhere(mp, st):
             assert await reg.sync() == 1
     assert (mp / ".volagent" / "registry" / "r1-zzz.json").exists()
+
+
+async def test_a_renamed_host_trusts_no_held_path_before_a_heartbeat_under_the_new_name(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: this host (forget_after_s 3600) is renamed and its heartbeats fail from
+    then on. No heartbeat names the new name, so h2 (900 s) judges its entries by its own
+    setting and forgets them; the held claims still went by the former name's heartbeat,
+    saying 3600, and the next start of `s1` went through beside h2's bind."""
+    st = alive(mp, host="a", health={"forget_after_s": 3600.0})
+    child = f"{mp}/{NS}/web/lag/s1"
+    with beating(st) as beats:
+        async with registry_of(st) as reg:
+            clock_at(monkeypatch, time.time() - 1000)
+            assert await beats.beat()  # under a, saying 3600
+            st.rename("b")
+            run_container(st, "c1", child)
+            first, plans = volumes_of(child)
+            await reg.claim(first, plans, "c1", "n-c1")  # under b, judged under the lock
+            assert first[0].state not in ("violation", "failed"), first[0]
+            clock_at(monkeypatch, None)
+            forgot = claimed_by_another_host(mp, f"{NS}/web/lag", forget_after_s=900.0)
+            assert not forgot.clashes and forgot.expired == ["b"]
+            again, plans = volumes_of(child)
+            await reg.claim(again, plans, "c1", "n-c1")
+            assert again[0].state == "violation", again[0]
+            assert claims(st, "held") == 0

@@ -4,9 +4,10 @@ Every `[health] heartbeat_interval_s` each host replaces `<mp>/.volagent/hosts/<
 (host, instance id, status, version, time) through the safe record code and the timed worker,
 and only while the mount is the healthy shared filesystem: a heartbeat on local disk would
 claim a rack the host is not part of. The rack view lists every host's heartbeat and flags
-those older than `[health] stale_after_s`. It never hangs the socket: the hosts directory is
-read with a short timeout, at most one read at a time, and the last list read is answered
-when the filesystem does not.
+those older than `[health] stale_after_s`; a heartbeat written under a former name of a host
+(`alias_of`), kept while its registry entries bear that name, is no host. It never hangs the
+socket: the hosts directory is read with a short timeout, at most one read at a time, and the
+last list read is answered when the filesystem does not.
 """
 
 from __future__ import annotations

@@ -803,3 +803,22 @@ async def test_a_renamed_host_trusts_no_held_path_before_a_heartbeat_under_the_n
             await reg.claim(again, plans, "c1", "n-c1")
             assert again[0].state == "violation", again[0]
             assert claims(st, "held") == 0
+
+
+async def test_a_destroyed_containers_entry_goes_though_the_host_was_renamed(mp: Path) -> None:
+    """The keeper removed only entries bearing the current name: a container destroyed
+    around a rename left its entry under the former name, in the way of nested binds (this
+    host's own too) until other hosts forgot that name."""
+    st = alive(mp, host="a")
+    with beating(st) as beats:
+        assert await beats.beat()
+        async with registry_of(st) as reg:
+            run_container(st, "c1", f"{mp}/{NS}/web/lag")
+            run_container(st, "c2", f"{mp}/{NS}/web/other")
+            assert await reg.sync() == 1
+            st.forget_container("c1")
+            st.rename("b")
+            assert await beats.beat()
+            await reg.sync()
+            assert entries(mp) == [("b", f"{NS}/web/other", "c2")]
+            assert st.entries_named == "b"

@@ -132,12 +132,14 @@ def set_own(
     live: list[Entry],
     deadline: float,
     epoch: int | None = None,
+    formers: frozenset[str] = frozenset(),
 ) -> SetResult:
     """Makes this host's entries in `ns` hold the paths it binds, one entry a path: adds
     `live` where this host holds no entry of the path, removes its entries of paths no longer
     among `live`. Whatever their time: the caller's claims of `ns` wait for this update (and
     their threads write nothing once given up on), and an entry's time is the writer's clock,
-    which may have been stepped back since.
+    which may have been stepped back since. Entries of this host's former names (`formers`)
+    go too: the new name's entries hold every path it binds.
 
     It judges nothing: a path it writes may nest another host's entry (a create reserved
     and not claimed yet, a container no claim judged). Those come back as `contested`: an
@@ -147,7 +149,11 @@ def set_own(
     with locked(mount_point, dev, ns, deadline, counts=result.counts, epoch=epoch) as tx:
         held = {e.path for e in tx.entries if e.host == host}
         fresh = [e for e in live if e.path not in held]
-        after = merged(tx.entries, fresh, lambda e: e.host == host and e.path not in paths)
+        after = merged(
+            tx.entries,
+            fresh,
+            lambda e: e.host in formers or (e.host == host and e.path not in paths),
+        )
         if changed(tx.entries, after):
             tx.write(after)
         others = [(absolute(mount_point, e.path), e.host) for e in after if e.host != host]

@@ -84,6 +84,10 @@ class Registry:
         self._synced_once = False
         self._retry_at = 0.0
         self._noted: list[str] | None = None  # the namespaces last noted under state_dir
+        # the host names this process wrote entries under: those of former names go at the
+        # keeper's passes until a whole one under the current name (a destroyed container's
+        # entry of a former name would stand in the way until forgotten)
+        self._names: set[str] = set()
         self.legacy_hosts: dict[str, float] = {}  # 0.2 hosts whose records were read, when
         # per (namespace, directory of it): when its 0.2 hosts' records were last looked at
         # (the look's start), and when this host's held paths in it last grew (wall clock, as
@@ -148,6 +152,7 @@ class Registry:
             # given up
             until = time.monotonic() + left * DEADLINE_SHARE
             job = functools.partial(self._claim_job, ns, where, wanted, until)
+            self._names.add(where[2])
             asked = time.time()
             try:
                 result = await self.worker.run(job, left, what=f"consulting the registry of {ns}")
@@ -417,6 +422,7 @@ class Registry:
         # filesystem, the name or the heartbeat's run changed meanwhile: the whole pass again
         if self._synced_once and not self._unsure:
             st.entries_named = where[2]  # a former name's heartbeat may go now
+            self._names = {where[2]}
         return done
 
     async def _set_own(self, ns: str) -> VolagentError | OSError | None:
@@ -442,7 +448,9 @@ class Registry:
             # namespace's failure, not a hung filesystem's
             deadline=time.monotonic() + timeout * DEADLINE_SHARE,
             epoch=where[1],
+            formers=frozenset(self._names - {where[2]}),
         )
+        self._names.add(where[2])
         try:
             result = await self.worker.run(job, timeout, what=f"updating the registry of {ns}")
         except (VolagentError, OSError) as exc:

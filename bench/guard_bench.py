@@ -341,6 +341,7 @@ def guard_decision_cost() -> None:
     state = AgentState(cfg)
     state.set_mount_state("mounted")
     state.mount_known.set()
+    state.containers_listed.set()  # as the Docker watch does once it has listed them
     guard = Guard(state, Preparer(state, TimedWorker("bench", max_threads=1)))
     host_config = {
         "NetworkMode": "none",

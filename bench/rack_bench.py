@@ -33,6 +33,7 @@ from pathlib import Path
 from tests.testbed import AgentProcess, unixhttp
 from tests.testbed.aws import open_nfs_port
 from tests.testbed.efs_standin import Scratch, stop_agent_on_standin
+from tests.testbed.empty_docker import EmptyDocker
 
 SIZES = tuple(int(n) for n in os.environ.get("VOLAGENT_BENCH_RACK_SIZES", "10,100,1000").split(","))
 WINDOW_S = float(os.environ.get("VOLAGENT_BENCH_RACK_WINDOW_S", "60"))
@@ -43,7 +44,6 @@ HEARTBEAT_S = 30.0
 USAGE_S = 300.0
 SETTLE_S = 5.0  # the walk spending no more than the rolling reads of records this long
 SETTLED_OPS_S = 3.0
-NO_DOCKER = "unix:///nonexistent/docker.sock"
 FILE_CALLS = (
     "open,openat,read,write,pread64,pwrite64,getdents64,newfstatat,fstat,statfs,fstatfs,"
     "mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,fcntl,fsync,close,ftruncate"
@@ -251,14 +251,14 @@ def settle(agent: AgentProcess) -> None:
             return
 
 
-def one_rack(base: Path, n: int) -> dict[str, float]:
+def one_rack(base: Path, n: int, docker_url: str) -> dict[str, float]:
     ip, listener = open_nfs_port()
     scratch = Scratch(base / f"n{n}")
     export = scratch.export(ip)
     rack = Rack(export, n)
     rack.build()
     agent = AgentProcess(
-        NO_DOCKER,
+        docker_url,  # an engine running nothing: the guard judges once it is listed
         rack="r1",
         config={
             "host_id": "bench-agent",
@@ -328,7 +328,8 @@ def main() -> None:
         return
     base = Path(tempfile.mkdtemp(prefix="vt-rack-bench-", dir="/tmp"))
     try:
-        found = {n: one_rack(base, n) for n in SIZES}
+        with EmptyDocker(base) as docker:
+            found = {n: one_rack(base, n, docker.url) for n in SIZES}
     finally:
         shutil.rmtree(base, ignore_errors=True)
     lo, hi = min(found), max(found)

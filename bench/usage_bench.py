@@ -31,6 +31,7 @@ from tests.testbed import AgentProcess, unixhttp
 from tests.testbed.agent import toml_text
 from tests.testbed.aws import open_nfs_port
 from tests.testbed.efs_standin import Scratch, stop_agent_on_standin
+from tests.testbed.empty_docker import EmptyDocker
 
 from bench.stats import percentile
 
@@ -42,7 +43,6 @@ FAST_BUDGET = float(os.environ.get("VOLAGENT_BENCH_USAGE_BUDGET", "5000"))
 WINDOW_S = 30.0
 GUARD_CALLS = 400
 BLOCK = 25
-NO_DOCKER = "unix:///nonexistent/docker.sock"
 
 
 def build_tree(root: Path) -> int:
@@ -124,9 +124,9 @@ def turns(walker: AgentProcess, idle: AgentProcess, lat: list[float], ref: list[
     ref += guard_latencies(idle, BLOCK)
 
 
-def standin_agent(scratch: Scratch, ip: str, rack: str) -> AgentProcess:
+def standin_agent(scratch: Scratch, ip: str, rack: str, docker_url: str) -> AgentProcess:
     return AgentProcess(
-        NO_DOCKER,
+        docker_url,  # an engine running nothing: the guard judges once it is listed
         rack=rack,
         config={
             "host_id": f"bench-{rack}",
@@ -155,8 +155,10 @@ def main() -> None:
     ip, listener = open_nfs_port()
     scratch = Scratch(base / "standin")
     export = scratch.export(ip)
-    walker = standin_agent(scratch, ip, "r1")
-    idle = standin_agent(scratch, ip, "r9")
+    docker = EmptyDocker(base)
+    docker.start()
+    walker = standin_agent(scratch, ip, "r1", docker.url)
+    idle = standin_agent(scratch, ip, "r9", docker.url)
     try:
         started = time.perf_counter()
         dirs = build_tree(export / "staging-big")
@@ -221,6 +223,7 @@ def main() -> None:
             stop_agent_on_standin(agent, scratch)
             agent.close()
         listener.close()
+        docker.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 

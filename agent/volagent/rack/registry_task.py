@@ -390,6 +390,7 @@ class Registry:
         self._show_legacy()
         where = self._where()
         held = self._held_now()
+        key = self._held_key()  # the pass is whole only if this stays so throughout
         own = self.own()
         todo = {
             ns
@@ -418,8 +419,9 @@ class Registry:
         noted = sorted(self._held_now().keys() | self._unsure)
         if noted != self._noted:
             await self._remember(noted)
-        self._synced_once = self._held_as == (where, self.state.heartbeat_lapses)  # else the
-        # filesystem, the name or the heartbeat's run changed meanwhile: the whole pass again
+        # else the filesystem, the name or the heartbeat's run changed meanwhile: the whole
+        # pass again
+        self._synced_once = self._held_as == key
         if self._synced_once and not self._unsure:
             st.entries_named = where[2]  # a former name's heartbeat may go now
             self._names = {where[2]}

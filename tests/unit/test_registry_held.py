@@ -513,6 +513,32 @@ def clock_at(monkeypatch: pytest.MonkeyPatch, when: float | None) -> None:
     )
 
 
+def reload_forget_after(st: AgentState, seconds: float) -> None:
+    health = dataclasses.replace(st.config.health, forget_after_s=seconds)
+    st.config = dataclasses.replace(st.config, health=health)
+
+
+async def judged_after_a_beat(
+    mp: Path,
+    st: AgentState,
+    beats: heartbeat.Heartbeat,
+    reg: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    ago: float,
+) -> str:
+    """A heartbeat `ago` seconds back (the clock left there), then container c1 binding
+    `web/lag/s1`, its claim judged under the lock; the path."""
+    child = f"{mp}/{NS}/web/lag/s1"
+    clock_at(monkeypatch, time.time() - ago)
+    assert await beats.beat()
+    run_container(st, "c1", child)
+    first, plans = volumes_of(child)
+    await reg.claim(first, plans, "c1", "n-c1")
+    assert first[0].state not in ("violation", "failed"), first[0]
+    return child
+
+
 async def test_a_held_path_is_claimed_under_the_lock_after_the_heartbeat_lapsed(
     mp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -522,16 +548,11 @@ async def test_a_held_path_is_claimed_under_the_lock_after_the_heartbeat_lapsed(
     back, fresh again, and the stopped container that binds `s1` starts: its claim took the
     path as held and let it through beside h2's bind."""
     st = alive(mp)
-    child = f"{mp}/{NS}/web/lag/s1"
     with beating(st) as beats:
         async with registry_of(st) as reg:
             await reg.sync()
-            clock_at(monkeypatch, time.time() - 1200)
-            assert await beats.beat()  # the last heartbeat that landed, 20 minutes ago
-            run_container(st, "c1", child)
-            first, plans = volumes_of(child)
-            await reg.claim(first, plans, "c1", "n-c1")  # judged under the lock
-            assert first[0].state not in ("violation", "failed"), first[0]
+            # the last heartbeat that landed, 20 minutes ago
+            child = await judged_after_a_beat(mp, st, beats, reg, monkeypatch, ago=1200)
             assert await reg.sync() == 0
             clock_at(monkeypatch, None)
             assert not claimed_by_another_host(mp, f"{NS}/web/lag").clashes  # h1 forgotten
@@ -555,19 +576,13 @@ async def test_a_held_path_is_claimed_under_the_lock_once_the_last_heartbeat_sai
     fail from then on. The last one that landed says 900, and other hosts forget this one by
     it; the claim went by the new setting and trusted its entries for 1800 s."""
     st = alive(mp)
-    child = f"{mp}/{NS}/web/lag/s1"
     with beating(st) as beats:
         async with registry_of(st) as reg:
             await reg.sync()
-            clock_at(monkeypatch, time.time() - 1000)
-            assert await beats.beat()  # says forget_after_s = 900
-            run_container(st, "c1", child)
-            first, plans = volumes_of(child)
-            await reg.claim(first, plans, "c1", "n-c1")
-            assert first[0].state not in ("violation", "failed"), first[0]
+            # says forget_after_s = 900
+            child = await judged_after_a_beat(mp, st, beats, reg, monkeypatch, ago=1000)
             clock_at(monkeypatch, None)
-            health = dataclasses.replace(st.config.health, forget_after_s=3600.0)
-            st.config = dataclasses.replace(st.config, health=health)  # reloaded
+            reload_forget_after(st, 3600.0)
             assert not claimed_by_another_host(mp, f"{NS}/web/lag").clashes
             again, plans = volumes_of(child)
             await reg.claim(again, plans, "c1", "n-c1")
@@ -605,11 +620,6 @@ async def test_a_renamed_host_keeps_its_binds_until_its_entries_bear_its_new_nam
             assert "on host i-0abc" in refused.clashes[f"{NS}/web/lag"], entries(mp)
 
 
-def reload_forget_after(st: AgentState, seconds: float) -> None:
-    health = dataclasses.replace(st.config.health, forget_after_s=seconds)
-    st.config = dataclasses.replace(st.config, health=health)
-
-
 async def test_a_heartbeat_that_landed_though_given_up_on_bounds_the_trust(
     mp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -618,15 +628,10 @@ async def test_a_heartbeat_that_landed_though_given_up_on_bounds_the_trust(
     mount stays healthy. Other hosts forget this one 200 s after it; the held claims went by
     the 900 of the last heartbeat known to have landed."""
     st = alive(mp)
-    child = f"{mp}/{NS}/web/lag/s1"
     with beating(st) as beats:
         async with registry_of(st) as reg:
-            clock_at(monkeypatch, time.time() - 300)
-            assert await beats.beat()  # says 900
-            run_container(st, "c1", child)
-            first, plans = volumes_of(child)
-            await reg.claim(first, plans, "c1", "n-c1")  # judged under the lock
-            assert first[0].state not in ("violation", "failed"), first[0]
+            # says 900
+            child = await judged_after_a_beat(mp, st, beats, reg, monkeypatch, ago=300)
             reload_forget_after(st, 200.0)
             landed = threading.Event()
             write = heartbeat.write_heartbeat
@@ -720,16 +725,10 @@ async def test_a_keepers_read_that_ends_after_a_heartbeat_lapse_notes_nothing_he
     and a heartbeat lands, late: a lapse. The pass noted the path held all the same, as
     found before the lapse, and the next start of `s1` went through beside h2's bind."""
     st = alive(mp)
-    child = f"{mp}/{NS}/web/lag/s1"
     loop = asyncio.get_running_loop()
     with beating(st) as beats:
         async with registry_of(st) as reg:
-            clock_at(monkeypatch, time.time() - 1200)
-            assert await beats.beat()
-            run_container(st, "c1", child)
-            first, plans = volumes_of(child)
-            await reg.claim(first, plans, "c1", "n-c1")
-            assert first[0].state not in ("violation", "failed"), first[0]
+            child = await judged_after_a_beat(mp, st, beats, reg, monkeypatch, ago=1200)
             await reg.sync()
             clock_at(monkeypatch, None)
             set_own = registry_claim.set_own

@@ -1,27 +1,28 @@
 """The steps of a guarded `docker run` on the shared filesystem, one by one, counted in NFS
 operations: run inside the test virtual machine by vm_bench.py with the installed volagent's
-Python (`/opt/volagent/bin/python vm_steps.py CASE RUNS`), while the daemon is stopped, so
-that nothing else of volagent talks to the server and every operation counted is the step's.
+Python (`/opt/volagent/bin/python vm_steps.py CASE RUNS`), while the daemon is stopped, so that
+nothing else of volagent talks to the server and every operation counted is the step's.
 
-Each step is the call the daemon's worker makes, in the daemon's order: the trash check
-alone (to tell it from the create walk that holds it), the create walk with its trash check
-(`trashcheck.prepare_path`), the registry claim before the create is allowed (the 0.2 hosts'
-usage records of the namespace, `binds.legacy_binds`, then `registry_claim.claim` under the
-namespace's lock), the usage record (`recorder.write_usage`), the registry keeper's update once
-Docker has answered the create (0.3.0's `registry_claim.set_own`, the entry getting the
-container's id; since 0.3.1 none: the claim's entry holds the path), the start's claim
-(0.3.0's a transaction that writes nothing; since 0.3.1 none: the path is held), the start
-walk (the same call as the create walk; given the create walk's record where the installed
-version takes one) and the check after the start (`mount_check.check_container`). Since
-0.3.3 the namespace's owner is read (`owners.owner_of`, once per namespace in the process, as
-the daemon caches it) before the create is allowed, and the start's claim of a path registered
-a moment ago looks for 0.2 hosts' binds (`binds.legacy_binds`) though it makes no transaction. An
-installed version without the registry counts nothing for its two steps. Cases: `new`
-directory, `existing` directory used before (another host's record of it, its namespace last
-changed two days ago), `in-use` (the same, and this host records its use already: a
-container of the service runs here, so no usage record is due, and its entry in the registry
-holds the path: the claim writes nothing, and since 0.3.1 makes no transaction). Prints one
-JSON line per run: the operations of each step, by NFS operation.
+Each step is the call the daemon's worker makes, in the daemon's order: the trash check alone
+(to tell it from the create walk that holds it), the create walk with its trash check
+(`trashcheck.prepare_path`), the registry claim before the create is allowed
+(`registry_claim.claim` under the namespace's lock; in 0.3 first the 0.2 hosts' usage records
+of the namespace, `binds.legacy_binds`), the usage record (`recorder.write_usage`), the
+registry keeper's update once Docker has answered the create (0.3.0's `registry_claim.set_own`,
+the entry getting the container's id; since 0.3.1 none: the claim's entry holds the path), the
+start's claim (0.3.0's a transaction that writes nothing; since 0.3.1 none: the path is held),
+the start walk (the same call as the create walk; given the create walk's record where the
+installed version takes one) and the check after the start (`mount_check.check_container`).
+Since 0.3.3 the namespace's owner is read (`owners.owner_of`, once per namespace in the
+process, as the daemon caches it) before the create is allowed, and in 0.3.3 the start's claim
+of a path registered a moment ago looks for 0.2 hosts' binds (`binds.legacy_binds`) though it
+makes no transaction; since 0.4 no claim looks for them. An installed version without the
+registry counts nothing for its two steps. Cases: `new` directory, `existing` directory used
+before (another host's record of it, its namespace last changed two days ago), `in-use` (the
+same, and this host records its use already: a container of the service runs here, so no usage
+record is due, and its entry in the registry holds the path: the claim writes nothing, and
+since 0.3.1 makes no transaction). Prints one JSON line per run: the operations of each step,
+by NFS operation.
 
 Standard library and the installed volagent only: the guest has nothing else.
 """
@@ -55,15 +56,12 @@ REGISTRY_TIMEOUT_S = 10.0 * 0.8  # the claim's own deadline: 80% of [directories
 FORGET_AFTER_S = 900.0  # [health] forget_after_s's default
 
 try:  # the registry came with 0.3: on an earlier install its steps count nothing
-    from volagent.rack import binds, registry_claim
+    from volagent.rack import registry_claim
     from volagent.rack.registry import Entry
 
-    # the daemon keeps one: hosts known to take part are not read again for ten minutes
-    PARTICIPANTS: Any = binds.Participants()
     # since 0.3.1 this host's entries hold paths, not containers: a claim of a path it holds
     # makes no transaction, and a create answered by Docker needs no update of its entry
     BY_PATH = "live_refs" not in inspect.signature(registry_claim.set_own).parameters
-    LEGACY_PARAMS = inspect.signature(binds.legacy_binds).parameters
     # 0.3.0 and before: the keeper removed only its entries older than the moment it looked
     SINCE = "since" in inspect.signature(registry_claim.set_own).parameters
     # since 0.3.2 the daemon keeps the registry's files open between its transactions on one
@@ -75,11 +73,19 @@ except ImportError:
     registry_claim = None  # type: ignore[assignment]
     BY_PATH = False
     SINCE = False
-    LEGACY_PARAMS = {}
     KEPT = {}
-# since 0.3.3 a held claim still looks for 0.2 hosts' binds until its paths settled: the start
-# that follows a create at once pays that look
-LOOK_AT_START = registry_claim is not None and hasattr(binds, "SETTLE_S")
+try:  # 0.3's fallback for hosts on 0.2, gone in 0.4: their binds read from usage records
+    from volagent.rack import binds
+
+    # the daemon keeps one: hosts known to take part are not read again for ten minutes
+    PARTICIPANTS: Any = binds.Participants()
+    LEGACY_PARAMS = inspect.signature(binds.legacy_binds).parameters
+except ImportError:
+    binds = None  # type: ignore[assignment]
+    LEGACY_PARAMS = {}
+# in 0.3.3 a held claim still looked for 0.2 hosts' binds until its paths settled: the start
+# that follows a create at once paid that look
+LOOK_AT_START = binds is not None and hasattr(binds, "SETTLE_S")
 try:  # since 0.3.3 each namespace's owner is read (and written at its first use) once per
     # mount of the filesystem, before a create is allowed
     from volagent.rack import owners
@@ -147,7 +153,7 @@ def setup(case: str, service: str) -> tuple[str, ...]:
         os.makedirs(records, exist_ok=True)
         with open(f"{records}/host-old.json", "w", encoding="utf-8") as f:
             # a host of the rack's release: since the registry, its record says it takes part
-            # (so the claim's look for 0.2 hosts reads it once, then knows it)
+            # (so 0.3's look for 0.2 hosts reads it once, then knows it)
             key = (f"{RACK}-bench", service)
             other = {} if registry_claim is None else recorder.usage_record(OTHER, key, ["c"], 0)
             # a typed record since the codec, a dict in the releases before
@@ -207,13 +213,16 @@ def one_run(case: str, service: str) -> dict[str, Any]:
 
         def claim(ref: str = f"request:{service}") -> Any:
             deadline = time.monotonic() + REGISTRY_TIMEOUT_S
-            # counted apart too (a part of the claim, not a step of its own): the 0.2 hosts'
-            # usage records of the namespace, looked for before the lock is taken
-            fallback, (legacy, _) = counted(
-                lambda: binds.legacy_binds(MOUNT_POINT, dev, ns, HOST, PARTICIPANTS, **where)
-            )
-            if ref.startswith("request:"):  # the create's; the start's is in its claim
-                steps["0.2 fallback"] = fallback
+            fallback: dict[str, Any] = {}
+            if binds is not None:
+                # counted apart too (a part of the claim, not a step of its own): the 0.2
+                # hosts' usage records of the namespace, looked for before the lock is taken
+                looked, (legacy, _) = counted(
+                    lambda: binds.legacy_binds(MOUNT_POINT, dev, ns, HOST, PARTICIPANTS, **where)
+                )
+                if ref.startswith("request:"):  # the create's; the start's is in its claim
+                    steps["0.2 fallback"] = looked
+                fallback["legacy"] = legacy
             wanted = [Entry(HOST, ref, "", relative, time.time())]
             return registry_claim.claim(
                 MOUNT_POINT,
@@ -221,7 +230,7 @@ def one_run(case: str, service: str) -> dict[str, Any]:
                 ns,
                 host=HOST,
                 wanted=wanted,
-                legacy=legacy,
+                **fallback,
                 expire_after_s=FORGET_AFTER_S,
                 deadline=deadline,
                 **KEPT,
@@ -234,7 +243,9 @@ def one_run(case: str, service: str) -> dict[str, Any]:
             if claimed.clashes:
                 raise SystemExit(f"the bench's claim clashed: {claimed.clashes}")
     key = (parts[0], parts[1])
-    record = recorder.usage_record(HOST, key, [service], time.time(), [host_path])
+    # the bind paths went with the fallback for 0.2 hosts (0.4)
+    listed = [host_path] if "binds" in inspect.signature(recorder.usage_record).parameters else []
+    record = recorder.usage_record(HOST, key, [service], time.time(), *listed)
     steps["usage record"] = Counter()
     if case != "in-use":  # else not due: this host's record of it is current
         steps["usage record"], _ = counted(

@@ -138,12 +138,13 @@ class Counting(Operations):  # type: ignore[misc]
         return {k: getattr(st, k) for k in keys} | {"f_namemax": st.f_namemax}
 
 
-def ops_of(log: str, pid: int) -> Counter[str]:
-    """The operations LOG's text holds of process `pid`, by name."""
+def ops_of(log: str, pid: int | None) -> Counter[str]:
+    """The operations LOG's text holds of process `pid` (of every caller: None), by name. FUSE
+    names the calling thread: a thread other than the main one is a caller of its own."""
     out: Counter[str] = Counter()
     for line in log.splitlines():
         op, _, who = line.partition(" ")
-        if who == str(pid):
+        if pid is None or who == str(pid):
             out[op] += 1
     return out
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from volagent.config import from_dict
-from volagent.state import AgentState
+from volagent.state import AgentState, VolumeRecord
 from volagent.vocabulary import DockerState, MountState
 
 RACK = "r1"
@@ -73,3 +73,10 @@ def directory_timeout(st: AgentState, seconds: float) -> Iterator[None]:
         yield
     finally:
         st.config = config
+
+
+def volumes_of(*hosts: str) -> tuple[list[VolumeRecord], list[object]]:
+    """Volumes binding `hosts` at `/d`, and their plans as the guard hands them to the
+    registry's claim: anything but a violation."""
+    vols = [VolumeRecord(host=h, container="/d", read_only=False) for h in hosts]
+    return vols, [object() for _ in vols]

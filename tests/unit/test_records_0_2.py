@@ -18,10 +18,8 @@ from tests.unit.factories import make_state
 from volagent import safedir
 from volagent.ops.gc import trashing
 from volagent.rack import heartbeat, trash
-from volagent.rack.registry_task import Registry
 from volagent.rack.usage import measure
 from volagent.rack.usage.task import UsageWalker
-from volagent.state import VolumeRecord
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "records-0.2"
 LIVE = ("hosts", "usage")  # records whose time says the host is alive
@@ -47,20 +45,6 @@ def test_a_0_2_heartbeat_is_a_live_host_that_takes_no_part_in_the_registry(mp: P
     assert host["host"] == "host-old" and host["version"] == "0.1.0"
     assert host["registry"] is False and host["stale"] is False
     assert host["instance_id"] == "i-0123" and host["status"] == "ok"
-
-
-async def test_a_bind_in_a_0_2_usage_record_blocks_a_nested_claim(mp: Path) -> None:
-    lay_out(mp)
-    st = make_state(mp, host="host-new")
-    vols = [VolumeRecord(host=f"{mp}/r1-web/web/lag/s1", container="/d", read_only=False)]
-
-    reg = Registry(st)
-    try:
-        await reg.claim(vols, [object()], "c1", "")
-    finally:
-        reg.worker.close()
-    assert vols[0].state == "violation"
-    assert "host-old (volagent 0.2" in (vols[0].error or "")
 
 
 def apps_usage(mp: Path) -> dict[str, Any]:

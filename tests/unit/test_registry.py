@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.factories import make_state
+from tests.unit.factories import make_state, volumes_of
 
 from volagent.errors import NamespaceViolation
 from volagent.rack import registry, registry_claim
@@ -42,7 +42,6 @@ def claim(
         NS,
         host=host,
         wanted=[entry(host, p, ref) for p in paths],
-        legacy=[],
         expire_after_s=forget_after_s,
         deadline=time.monotonic() + 5,
     )
@@ -253,7 +252,6 @@ def test_a_lock_held_elsewhere_fails_the_claim_by_its_deadline(mp: Path) -> None
             NS,
             host="h1",
             wanted=[entry("h1", f"{NS}/web/a")],
-            legacy=[],
             expire_after_s=FORGET,
             deadline=time.monotonic() + 0.2,
         )
@@ -266,11 +264,6 @@ def container(st: AgentState, cid: str, *hosts: str) -> None:
     st.upsert_container(
         ContainerRecord(id=cid, name=f"n-{cid}", rack="r1", app="evil", service="web", volumes=vols)
     )
-
-
-def volumes_of(*hosts: str) -> tuple[list[VolumeRecord], list[object]]:
-    vols = [VolumeRecord(host=h, container="/d", read_only=False) for h in hosts]
-    return vols, [object() for _ in vols]  # plans: anything but a violation
 
 
 @pytest.mark.usefixtures("other_process_holds_the_lock")
@@ -346,11 +339,10 @@ def test_a_lock_is_released_when_the_transaction_ends(mp: Path) -> None:
         os.close(fd)
 
 
-async def test_a_0_2_hosts_bind_from_its_usage_record_is_judged_and_named_in_the_status(
-    mp: Path,
-) -> None:
-    """During a rolling update a 0.2 host writes no registry entries: its fresh usage record
-    of the namespace stands in for them, and the status says it did."""
+async def test_a_claim_reads_no_usage_records(mp: Path) -> None:
+    """Since 0.4 every host of the rack takes part in the registry: a claim reads the
+    registry alone, not the namespace's usage records, whatever binds they list (0.3 looked
+    there for 0.2 hosts' binds at every claim, 4-6 round trips on EFS)."""
     usage_dir = mp / ".volagent" / "usage" / NS / "web"
     usage_dir.mkdir(parents=True)
     record = {"host": "old-host", "time": time.time(), "binds": [f"{mp}/{NS}/web/lag"]}
@@ -363,9 +355,9 @@ async def test_a_0_2_hosts_bind_from_its_usage_record_is_judged_and_named_in_the
         await reg.claim(vols, plans, "c1", "")
     finally:
         reg.worker.close()
-    assert vols[0].state == "violation"
-    assert "old-host (volagent 0.2" in (vols[0].error or "")
-    assert any("old-host" in w and "take no part" in w for w in st.warnings)
+    assert vols[0].state != "violation" and vols[0].error is None
+    paths = [e["path"] for e in registry_doc(mp)["entries"]]  # type: ignore[attr-defined]
+    assert paths == [f"{NS}/web/lag/s1"]
 
 
 def test_the_rack_view_says_who_takes_part_in_the_registry() -> None:

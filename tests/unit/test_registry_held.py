@@ -1,7 +1,7 @@
 """A claim of a path this host's entries hold already makes no transaction, and the keeper
 writes only when the paths this host binds change: what keeps that as safe as a claim under
 the lock (an entry a claim judged, not one the keeper wrote beside a nesting one; heartbeats
-fresh by what they said, without a lapse since; no 0.2 host; the same filesystem and host
+fresh by what they said, without a lapse since; the same filesystem and host
 name, a former name's heartbeat kept until the entries bear the new one), and the keeper
 never removing a path claimed meanwhile nor stopping at a namespace it cannot update."""
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.factories import directory_timeout, make_state
+from tests.unit.factories import directory_timeout, make_state, volumes_of
 
 from volagent import log
 from volagent.mount.report import Reporter
@@ -80,11 +80,6 @@ def alive(mp: Path, host: str = "h1", **sections: object) -> AgentState:
     st.note_heartbeat(time.time(), st.config.health.forget_after_s)  # as the heartbeat does
     st.containers_listed.set()
     return st
-
-
-def volumes_of(*hosts: str) -> tuple[list[VolumeRecord], list[object]]:
-    vols = [VolumeRecord(host=h, container="/d", read_only=False) for h in hosts]
-    return vols, [object() for _ in vols]  # plans: anything but a violation
 
 
 def run_container(st: AgentState, cid: str, host_path: str) -> None:
@@ -148,20 +143,6 @@ async def test_a_held_path_is_claimed_under_the_lock_when_the_heartbeat_is_not_f
             await reg.claim(again, plans, "c2", "")
             assert again[0].state == "failed"
             assert "could not consult the rack's registry" in (again[0].error or "")
-
-
-async def test_a_held_path_is_claimed_under_the_lock_while_0_2_hosts_bind(mp: Path) -> None:
-    """A 0.2 host's binds are read from its usage records at every claim."""
-    st = alive(mp)
-    path = f"{mp}/{NS}/web/data"
-
-    async with registry_of(st) as reg:
-        await reg.claim(*volumes_of(path), "c1", "")
-        reg.legacy_hosts["old-host"] = time.time()
-        with lock_held_elsewhere(mp, st):
-            again, plans = volumes_of(path)
-            await reg.claim(again, plans, "c2", "")
-            assert again[0].state == "failed"
 
 
 async def test_a_held_path_is_claimed_under_the_lock_once_the_filesystem_changed(mp: Path) -> None:
@@ -352,13 +333,13 @@ async def test_a_claim_given_up_on_writes_nothing_after_the_keepers_next_pass(
     st = alive(mp, directories={"timeout_s": SHORT_TIMEOUT_S})
     path = f"{mp}/{NS}/web/data"
     go = threading.Event()
-    legacy_binds = registry_task.binds.legacy_binds
+    real_claim = registry_task.registry_claim.claim
 
-    def slow_legacy_binds(*args: object, **kwargs: object) -> object:
-        go.wait(2.0)  # a slow look at the usage records
-        return legacy_binds(*args, **kwargs)  # type: ignore[arg-type]
+    def slow_claim(*args: object, **kwargs: object) -> object:
+        go.wait(2.0)  # a slow filesystem before the lock is taken
+        return real_claim(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(registry_task.binds, "legacy_binds", slow_legacy_binds)
+    monkeypatch.setattr(registry_task.registry_claim, "claim", slow_claim)
     async with registry_of(st) as reg:
         await reg.sync()  # the start-up pass
         for _ in range(reg.worker.max_threads):  # every thread of the worker busy a while
@@ -427,7 +408,6 @@ def claimed_by_another_host(
         NS,
         host="h2",
         wanted=[Entry("h2", "peer", "peer-1", path, time.time())],
-        legacy=[],
         expire_after_s=forget_after_s,
         deadline=time.monotonic() + 5,
     )

@@ -36,7 +36,6 @@ def claim(
         NS,
         host="h1",
         wanted=[Entry("h1", "c1", "", f"{NS}/{path}", time.time())],
-        legacy=[],
         expire_after_s=900.0,
         deadline=time.monotonic() + within_s,
         epoch=epoch,

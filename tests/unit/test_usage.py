@@ -15,7 +15,6 @@ import pytest
 from tests.unit.factories import make_state
 
 from volagent.errors import RecordError
-from volagent.rack import binds as rack_binds
 from volagent.rack.usage import recorder
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker
@@ -148,30 +147,6 @@ async def test_a_failed_write_is_counted_and_retried_later(
     assert await rec.record_due() == 1
 
 
-def test_a_legacy_hosts_binds_are_read_from_the_namespaces_records_only(mp: Path) -> None:
-    """For the namespace a claim touches, a 0.2 host's binds are read from its usage records
-    of that namespace at every level (the namespace's own, dot directories); a participant's
-    record (it carries the registry marker) is skipped and its host remembered, a stale
-    record does not count, and other namespaces are not read."""
-    now = time.time()
-    for rel, host, bind, extra in (
-        ("r1-a", "old", f"{mp}/r1-a", {}),
-        ("r1-a/.shared", "old", f"{mp}/r1-a/.shared/db", {}),
-        ("r1-a/web", "new", f"{mp}/r1-a/web/x", {"registry": 1}),
-        ("r1-a/web", "gone", f"{mp}/r1-a/web/y", {"time": now - rack_binds.STALE_AFTER_S - 1}),
-        ("r1-b/web", "old", f"{mp}/r1-b/web/data", {}),
-    ):
-        base = mp / ".volagent" / "usage" / rel
-        base.mkdir(parents=True, exist_ok=True)
-        rec = {"host": host, "time": now, "binds": [bind], **extra}
-        (base / f"{host}.json").write_text(json.dumps(rec))
-    known = rack_binds.Participants()
-    found, hosts = rack_binds.legacy_binds(str(mp), os.stat(mp).st_dev, "r1-a", "me", known)
-    assert sorted(p for p, _ in found) == [f"{mp}/r1-a", f"{mp}/r1-a/.shared/db"]
-    assert hosts == ["old"] and "0.2" in found[0][1]
-    assert known.known() == ["new"]
-
-
 async def test_records_of_an_earlier_run_are_ended_once_the_containers_are_listed(
     mp: Path, worker: TimedWorker
 ) -> None:
@@ -238,30 +213,6 @@ def test_a_directorys_first_record_makes_its_directory_below_an_existing_one(mp:
     web = mp / ".volagent" / "usage" / "r1-a" / "web"
     assert json.loads((web / "host-a.json").read_text())["containers"] == ["c"]
     assert [p.name for p in web.iterdir()] == ["host-a.json"]  # no temporary file left
-
-
-def test_a_claim_reads_the_legacy_records_of_its_own_directories_only(mp: Path) -> None:
-    """Rule 5 keeps every bind below a directory of its namespace, so binds of two of its
-    directories never nest: a claim reads the namespace's own records and those of the
-    directories its binds lie in, not every directory's (their number is the app's)."""
-    now = time.time()
-    for rel, bind in (
-        ("r1-a", "r1-a"),
-        ("r1-a/web", "r1-a/web/data"),
-        ("r1-a/worker", "r1-a/worker/data"),
-    ):
-        base = mp / ".volagent" / "usage" / rel
-        base.mkdir(parents=True, exist_ok=True)
-        rec = {"host": "old", "time": now, "binds": [f"{mp}/{bind}"]}
-        (base / "old.json").write_text(json.dumps(rec))
-    known = rack_binds.Participants()
-    dev = os.stat(mp).st_dev
-    found, _ = rack_binds.legacy_binds(
-        str(mp), dev, "r1-a", "me", known, directories={"web", "api"}
-    )
-    assert sorted(p for p, _ in found) == [f"{mp}/r1-a", f"{mp}/r1-a/web/data"]
-    everything, _ = rack_binds.legacy_binds(str(mp), dev, "r1-a", "me", known)
-    assert len(everything) == 3
 
 
 async def test_a_container_removed_while_its_record_is_written_gets_its_last_record(

@@ -9,8 +9,8 @@ Commands (each first writes host 2's heartbeat through the second mount, so host
 host of the rack, not one whose entries expire):
 
 - `claim MOUNT NS PATH`: one claim of PATH (relative to the mount point) in namespace NS, as
-  the agent's registry worker makes it (0.2 hosts' usage records, then the claim under the
-  lock). Prints one JSON line: whether it was registered, and the clash if not.
+  the agent's registry worker makes it (the claim under the lock). Prints one JSON line:
+  whether it was registered, and the clash if not.
 - `race MOUNT DOCKER_PATH PEER_PATH ROUNDS PREFIX`: ROUNDS races, each in a namespace of its
   own (`vmrack-<PREFIX><n>`, so no round sees another's entries): host 1's `docker create`
   binding `/volumes/<ns>/DOCKER_PATH` against host 2's claim of `<ns>/PEER_PATH`. Both
@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from volagent import __version__
-from volagent.rack import binds, heartbeat, registry_claim
+from volagent.rack import heartbeat, registry_claim
 from volagent.rack.registry import FORMAT, Entry
 
 HOST = "host-2"
@@ -55,7 +55,6 @@ def claim(mount: str, dev: int, ns: str, path: str) -> dict[str, Any]:
     """Host 2's claim of `path`, the way the agent's registry worker makes it."""
     started = time.time()
     deadline = time.monotonic() + TIMEOUT_S * 0.8
-    legacy, _ = binds.legacy_binds(mount, dev, ns, HOST, binds.Participants())
     wanted = [Entry(HOST, f"peer:{ns}", f"{ns}-peer", path, time.time())]
     result = registry_claim.claim(
         mount,
@@ -63,7 +62,6 @@ def claim(mount: str, dev: int, ns: str, path: str) -> dict[str, Any]:
         ns,
         host=HOST,
         wanted=wanted,
-        legacy=legacy,
         expire_after_s=EXPIRE_AFTER_S,
         deadline=deadline,
     )

@@ -5,8 +5,8 @@ A claim checks the binds it asks for against every other host's entries under th
 adds them only if none nests (rule 7). Another host's entries stop counting only when that
 host has shown no sign of life for `expire_after_s`: neither a heartbeat nor an entry
 written since. Its heartbeat is read only when one of its entries stands in the way, so a
-claim that clashes with nothing reads nothing but the registry. Hosts on 0.2 write no
-entries: their binds are read from their usage records of the namespace (binds.py).
+claim that clashes with nothing reads nothing but the registry. Every host of the rack takes
+part (hosts on 0.2, which write no entries, are not looked for since 0.4).
 Blocking: call these through a TimedWorker.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import posixpath
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from volagent import safedir
@@ -34,7 +33,6 @@ class ClaimResult:
     expired: list[str] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
     written: bool = False
-    legacy_hosts: list[str] = field(default_factory=list)  # 0.2 hosts whose binds counted
 
 
 def claim(
@@ -44,16 +42,14 @@ def claim(
     *,
     host: str,
     wanted: list[Entry],
-    legacy: Iterable[tuple[str, str]],
     expire_after_s: float,
     deadline: float,
     epoch: int | None = None,
 ) -> ClaimResult:
-    """Registers `wanted` (this host's entries) unless one nests with a live bind of another
-    host: its registry entries, or `legacy` (path, whose) of hosts outside the registry.
-    `epoch`: the mount's, to keep the registry's files open for the next (`locked`)."""
+    """Registers `wanted` (this host's entries) unless one nests with a live bind in another
+    host's entries. `epoch`: the mount's, to keep the registry's files open for the next
+    (`locked`)."""
     result = ClaimResult()
-    legacy = list(legacy)
     with locked(mount_point, dev, ns, deadline, counts=result.counts, epoch=epoch) as tx:
         entries = tx.entries
         dead: set[str] = set()
@@ -64,7 +60,7 @@ def claim(
             result.clashes = {}
             blocking: set[str] = set()
             for w in wanted:
-                why = nested_with(absolute(mount_point, w.path), [*others, *legacy])
+                why = nested_with(absolute(mount_point, w.path), others)
                 if why is None:
                     continue
                 result.clashes[w.path] = why

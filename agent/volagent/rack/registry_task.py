@@ -34,8 +34,7 @@ from typing import Any
 
 from volagent import log
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation, VolagentError
-from volagent.nesting import nested_with
-from volagent.rack import binds, registry_claim
+from volagent.rack import registry_claim
 from volagent.rack.registry import Entry
 from volagent.rack.usage.recorder import key_of
 from volagent.state import AgentState, VolumeRecord
@@ -67,7 +66,6 @@ class Registry:
         self.state = state
         # a worker of its own: a hung registry never takes the directory walk's threads
         self.worker = TimedWorker("registry", max_threads=4)
-        self.participants = binds.Participants()
         self.log = log.get("registry")
         # the paths this host's entries surely hold, per namespace, on the mount and under the
         # host name `_held_as`
@@ -88,12 +86,6 @@ class Registry:
         # keeper's passes until a whole one under the current name (a destroyed container's
         # entry of a former name would stand in the way until forgotten)
         self._names: set[str] = set()
-        self.legacy_hosts: dict[str, float] = {}  # 0.2 hosts whose records were read, when
-        # per (namespace, directory of it): when its 0.2 hosts' records were last looked at
-        # (the look's start), and when this host's held paths in it last grew (wall clock, as
-        # records' times); a look reads the records of the directories its paths lie in
-        self._looked: dict[tuple[str, str], float] = {}
-        self._grown: dict[tuple[str, str], float] = {}
 
     # --- the claim ----------------------------------------------------------------------
     async def claim(
@@ -128,7 +120,7 @@ class Registry:
         paths = {registry_claim.relative(mp, v.host) for v in vols}
         turn = self._turns.setdefault(ns, asyncio.Lock())
         if not turn.locked() and self._holds(ns, paths):
-            await self._claim_held(ns, vols, outcome, paths)
+            st.metrics.registry_claims.labels(result="held").inc()
             return
         timeout = st.config.directories.timeout_s
         deadline = time.monotonic() + timeout
@@ -140,7 +132,7 @@ class Registry:
             return
         try:
             if self._holds(ns, paths):
-                await self._claim_held(ns, vols, outcome, paths)
+                st.metrics.registry_claims.labels(result="held").inc()
                 return
             wanted = [Entry(st.host_id, ref, name, p, time.time()) for p in sorted(paths)]
             where = self._where()  # the filesystem and host name the entries are written as
@@ -153,16 +145,12 @@ class Registry:
             until = time.monotonic() + left * DEADLINE_SHARE
             job = functools.partial(self._claim_job, ns, where, wanted, until)
             self._names.add(where[2])
-            asked = time.time()
             try:
                 result = await self.worker.run(job, left, what=f"consulting the registry of {ns}")
             except (VolagentError, OSError) as exc:
                 self._unsure.add(ns)  # its thread may write yet: the keeper reads the file again
                 self._failed(ns, vols, timeout, str(exc))
                 return
-            for d in _directories(paths):  # the job looks for 0.2 hosts' binds there first
-                self._looked[ns, d] = asked
-            self._note_legacy(result.legacy_hosts)
             if result.expired:
                 self.log.info("registry_hosts_forgotten", namespace=ns, hosts=result.expired)
             if result.clashes:
@@ -174,63 +162,10 @@ class Registry:
                 # heartbeat lapsed: what the claim found may have been forgotten since
                 return
             # every path asked for has an entry of this host now (written, or there already)
-            before = self._held_now().get(ns, frozenset())
-            self._note_held(ns, before | paths, before)
+            self._note_held(ns, self._held_now().get(ns, frozenset()) | paths)
             self._contested[ns] = self._contested.get(ns, frozenset()) - paths
         finally:
             turn.release()
-
-    async def _claim_held(
-        self,
-        ns: str,
-        vols: list[VolumeRecord],
-        outcome: tuple[list[VolumeRecord], list[Any]],
-        paths: set[str],
-    ) -> None:
-        """A claim of paths this host's entries hold: no transaction. The 0.2 hosts' binds
-        are looked at still, until a look made after those paths settled (`binds.SETTLE_S`
-        after they were last added: 0.2 hosts see this host's usage records of them by then,
-        and refuse a bind that nests them) found none in the way."""
-        st = self.state
-        dirs = _directories(paths)
-        if all(
-            self._looked.get((ns, d), 0.0) >= self._grown.get((ns, d), 0.0) + binds.SETTLE_S
-            for d in dirs
-        ):
-            st.metrics.registry_claims.labels(result="held").inc()
-            return
-        timeout = st.config.directories.timeout_s
-        dev, _, host = self._where()
-        job = functools.partial(
-            binds.legacy_binds,
-            st.config.mount_point,
-            dev,
-            ns,
-            host,
-            self.participants,
-            directories=dirs - {""},
-        )
-        asked = time.time()
-        try:
-            legacy, hosts = await self.worker.run(
-                job, timeout, what=f"looking for 0.2 hosts' binds in {ns}"
-            )
-        except (VolagentError, OSError) as exc:
-            self._failed(ns, vols, timeout, str(exc))
-            return
-        self._note_legacy(hosts)
-        mp = st.config.mount_point
-        clashes = {
-            path: why
-            for path in paths
-            if (why := nested_with(registry_claim.absolute(mp, path), legacy)) is not None
-        }
-        if clashes:
-            self._clashed(vols, outcome, clashes)
-            return
-        for d in dirs:
-            self._looked[ns, d] = asked
-        st.metrics.registry_claims.labels(result="held").inc()
 
     def _clashed(
         self,
@@ -250,18 +185,8 @@ class Registry:
                 plans[volumes.index(v)] = violation
                 st.set_volume_state(v, VolumeState.VIOLATION, str(violation))
 
-    def _note_legacy(self, hosts: list[str]) -> None:
-        """The 0.2 hosts a look found binding, noted on the loop (the status reads them)."""
-        seen = time.time()
-        for h in hosts:
-            self.legacy_hosts[h] = seen
-        self._show_legacy()
-
-    def _note_held(self, ns: str, paths: frozenset[str], before: frozenset[str]) -> None:
-        """The paths this host's entries of `ns` hold now; when they grew, noted."""
-        now = time.time()
-        for d in _directories(paths - before):
-            self._grown[ns, d] = now
+    def _note_held(self, ns: str, paths: frozenset[str]) -> None:
+        """The paths this host's entries of `ns` hold now."""
         self._held_now()[ns] = paths
 
     def _failed(self, ns: str, vols: list[VolumeRecord], timeout: float, reason: str) -> None:
@@ -302,51 +227,29 @@ class Registry:
         bind nesting them since (they would have met the entry under the lock); other hosts
         drop a host's entries only after the `forget_after_s` its last heartbeat said without
         a sign of life, and that heartbeat is younger than half of it, and no older one was
-        (`_held_now`). Not while hosts on 0.2 bind in the rack: their usage records are read
-        at every claim."""
+        (`_held_now`)."""
         st = self.state
         now = time.time()
         fresh = now < st.entries_trusted_until
-        legacy = any(t > now - binds.STALE_AFTER_S for t in self.legacy_hosts.values())
         held = self._held_now().get(ns, frozenset())
-        return fresh and not legacy and paths <= held - self._contested.get(ns, frozenset())
+        return fresh and paths <= held - self._contested.get(ns, frozenset())
 
     def _claim_job(
         self, ns: str, where: Where, wanted: list[Entry], deadline: float
     ) -> registry_claim.ClaimResult:
-        """Blocking: the 0.2 hosts' binds of the namespace, then the claim under the lock,
-        on the filesystem and as the host `where` names (as they were when it was asked)."""
+        """Blocking: the claim under the lock, on the filesystem and as the host `where`
+        names (as they were when it was asked)."""
         st = self.state
         dev, epoch, host = where
-        dirs = _directories({e.path for e in wanted}) - {""}
-        legacy, hosts = binds.legacy_binds(
-            st.config.mount_point, dev, ns, host, self.participants, directories=dirs
-        )
-        result = registry_claim.claim(
+        return registry_claim.claim(
             st.config.mount_point,
             dev,
             ns,
             host=host,
             wanted=wanted,
-            legacy=legacy,
             expire_after_s=st.config.health.forget_after_s,
             deadline=deadline,
             epoch=epoch,
-        )
-        result.legacy_hosts = hosts
-        return result
-
-    def _show_legacy(self) -> None:
-        """Warns while binds of hosts outside the registry (0.2) were judged lately."""
-        cutoff = time.time() - binds.STALE_AFTER_S
-        old = sorted(h for h, t in self.legacy_hosts.items() if t > cutoff)
-        if not old:
-            self.state.clear_warning("registry.legacy")
-            return
-        self.state.warn(
-            "registry.legacy",
-            f"hosts {', '.join(old[:5])} take no part in the rack's registry (volagent 0.2): "
-            "their binds are judged from their usage records, which lag them; upgrade them",
         )
 
     # --- this host's entries -------------------------------------------------------------
@@ -387,7 +290,6 @@ class Registry:
             return 0
         if time.monotonic() < self._retry_at:
             return 0
-        self._show_legacy()
         where = self._where()
         held = self._held_now()
         key = self._held_key()  # the pass is whole only if this stays so throughout
@@ -435,7 +337,7 @@ class Registry:
         now = time.time()
         paths = self.own().get(ns, {})
         where = self._where()
-        before = self._held_now().pop(ns, frozenset())  # not known while under way
+        self._held_now().pop(ns, None)  # not known while under way
         key = self._held_key()
         live = [Entry(st.host_id, ref, name, path, now) for path, (ref, name) in paths.items()]
         timeout = st.config.directories.timeout_s
@@ -461,7 +363,7 @@ class Registry:
             return exc
         self._unsure.discard(ns)
         if paths and self._held_key() == key:
-            self._note_held(ns, frozenset(paths), before)
+            self._note_held(ns, frozenset(paths))
             self._contested[ns] = result.contested
         return None
 
@@ -496,9 +398,3 @@ class Registry:
             self.log.warning("registry_note_unwritten", path=path, reason=str(exc))
             return
         self._noted = namespaces
-
-
-def _directories(paths: set[str] | frozenset[str]) -> set[str]:
-    """The directories of the namespace that entry paths lie in ("" for a bind of the whole
-    namespace): a 0.2 host's usage records of a bind are those of its directory."""
-    return {p[1] if len(p := path.split("/")) > 1 else "" for path in paths}

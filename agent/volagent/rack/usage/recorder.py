@@ -27,7 +27,6 @@ from volagent.errors import VolagentError
 from volagent.rack import records
 from volagent.rack.registry import FORMAT as REGISTRY_FORMAT
 from volagent.state import AgentState, now_iso
-from volagent.vocabulary import VolumeState
 from volagent.worker import TimedWorker
 
 SCAN_INTERVAL_S = 1.0
@@ -75,19 +74,6 @@ def in_use(state: AgentState) -> dict[Key, list[str]]:
     return out
 
 
-def binds_in_use(state: AgentState) -> dict[Key, list[str]]:
-    """The bind paths of the containers known here, by the directory they lie in: other hosts
-    read them to keep binds from nesting across the rack (rule 7)."""
-    mp = state.config.mount_point
-    out: dict[Key, set[str]] = {}
-    for c in state.containers.values():
-        for v in c.volumes:
-            key = key_of(mp, v.host)
-            if key is not None and v.state != VolumeState.VIOLATION:
-                out.setdefault(key, set()).add(posixpath.normpath(v.host))
-    return {key: sorted(paths) for key, paths in out.items()}
-
-
 class UsageRecord(codec.Record, frozen=True):
     """One host's use of one directory, `usage/<top>/<dir>/<host>.json`."""
 
@@ -98,18 +84,17 @@ class UsageRecord(codec.Record, frozen=True):
     directory: str = ""
     last_used: str = ""
     containers: list[str] | None = None  # None: not said (gc takes it for in use)
-    # every bind: 0.2 hosts judge nesting by them, and a cut list would hide some
+    # the bind paths: written by 0.2 and 0.3, whose hosts judged 0.2 hosts' binds by them;
+    # none since 0.4, which is read by 0.3 hosts only for `registry` (below)
     binds: list[str] = field(default_factory=list)
-    # the registry format the writer writes: its binds are in the registry (binds.py reads
-    # only the others')
+    # the registry format the writer writes: its binds are in the registry (0.3 hosts, which
+    # read the binds of hosts that take no part, read no more of a fresh record with it)
     registry: int | None = None
 
 
-def usage_record(
-    host: str, key: Key, containers: Iterable[str], now: float, binds: Iterable[str] = ()
-) -> UsageRecord:
+def usage_record(host: str, key: Key, containers: Iterable[str], now: float) -> UsageRecord:
     names = sorted(containers)[:MAX_CONTAINER_NAMES]
-    return UsageRecord(now, host, *key, now_iso(now), names, sorted(binds), REGISTRY_FORMAT)
+    return UsageRecord(now, host, *key, now_iso(now), names, [], REGISTRY_FORMAT)
 
 
 def write_usage(
@@ -143,16 +128,16 @@ def usage_dirs(root_fd: int) -> Iterator[tuple[Key, int]]:
                 yield (top, d), d_fd
 
 
-def own_records(mount_point: str, dev: int | None, host: str) -> dict[Key, list[str]]:
-    """Blocking: the directories this host's records (of an earlier run too) say it uses,
-    with the binds they list; those listing no container are left out."""
-    found: dict[Key, list[str]] = {}
+def own_records(mount_point: str, dev: int | None, host: str) -> set[Key]:
+    """Blocking: the directories this host's records (of an earlier run too) say it uses;
+    those listing no container are left out."""
+    found: set[Key] = set()
     name = records.file_name(host) + records.SUFFIX
     with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
         for key, fd in usage_dirs(root):
             record = records.read_one(fd, name, UsageRecord)
             if record and record.containers:
-                found[key] = record.binds
+                found.add(key)
     return found
 
 
@@ -164,7 +149,6 @@ class UsageRecorder:
         self.worker = worker
         self.log = log.get("usage")
         self._written: dict[Key, float] = {}  # monotonic time of the last write per key
-        self._written_binds: dict[Key, list[str]] = {}  # the binds that write listed
         self._failing = False
         self._retry_at = 0.0
         self._adopted = False  # this host's records of an earlier run taken over
@@ -175,14 +159,11 @@ class UsageRecorder:
             await asyncio.sleep(SCAN_INTERVAL_S)
 
     def due(self, now_mono: float) -> dict[Key, list[str]]:
-        """Directories in use never recorded by this agent, or not for REFRESH_S, or whose
-        binds changed since (other hosts judge nesting by them)."""
-        binds = binds_in_use(self.state)
+        """Directories in use never recorded by this agent, or not for REFRESH_S."""
         return {
             key: names
             for key, names in in_use(self.state).items()
             if now_mono - self._written.get(key, -REFRESH_S - 1) > REFRESH_S
-            or self._written_binds.get(key) != binds.get(key, [])
         }
 
     async def _adopt_own_records(self) -> None:
@@ -197,10 +178,9 @@ class UsageRecorder:
             self.log.warning("usage_records_unread", reason=str(exc))
             return
         self._adopted = True
-        for key, binds in claimed.items():
+        for key in claimed:
             if key not in self._written:
                 self._written[key] = -REFRESH_S - 1.0  # due at once: refreshed, or the last
-                self._written_binds[key] = binds
 
     async def record_due(self) -> int:
         """Writes the records that are due; how many were written."""
@@ -212,17 +192,13 @@ class UsageRecorder:
         if not self._adopted and st.containers_listed.is_set():
             await self._adopt_own_records()
         due = self.due(time.monotonic())
-        # directories no container here uses any more: one last record that lists no binds,
-        # so other hosts stop counting them (the time stays the last use, for gc)
+        # directories no container here uses any more: one last record that lists no
+        # containers, so gc stops counting them in use (the time stays the last use)
         gone = set(self._written) - set(in_use(st))
         if not due and not gone:
             return 0
         now = time.time()
-        binds = binds_in_use(st)
-        batch = [
-            (key, usage_record(st.host_id, key, names, now, binds.get(key, [])))
-            for key, names in due.items()
-        ]
+        batch = [(key, usage_record(st.host_id, key, names, now)) for key, names in due.items()]
         batch += [(key, usage_record(st.host_id, key, [], now)) for key in sorted(gone)]
         call = functools.partial(
             write_usage, st.config.mount_point, st.mount_dev, st.host_id, batch
@@ -240,7 +216,6 @@ class UsageRecorder:
         mono = time.monotonic()
         for key in done:
             self._written[key] = mono
-            self._written_binds[key] = binds.get(key, [])
             st.usage_recorded[key] = now
         for key, at in list(st.usage_recorded.items()):
             if at < now - RECORDED_KEPT_S:
@@ -249,7 +224,6 @@ class UsageRecorder:
         # of use while its record was written: that record still lists it, the next is due
         for key in gone & set(done):
             del self._written[key]
-            self._written_binds.pop(key, None)
         st.metrics.usage_records.labels(result="written").inc(len(done))
         self.log.debug("usage_recorded", records=len(done))
         return len(done)

@@ -144,6 +144,25 @@ async def test_hosts_lists_every_host_sharing_the_directory(mp: Path, worker: Ti
     assert a.metrics.registry.get_sample_value("volagent_rack_hosts", {"freshness": "fresh"}) == 2
 
 
+async def test_the_status_warns_of_a_live_host_that_takes_no_part_in_the_registry(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """Since 0.4 no claim reads a 0.2 host's binds: the status says so, naming the host, from
+    the rack view the daemon reads anyway (the usage walk's pass, `status --rack`), and stops
+    once the host is upgraded or gone."""
+    st = make_state(mp, "host-a", health=FAST)
+    hb = Heartbeat(st, worker)
+    await hb.beat()
+    old = {"host": "host-old", "time": time.time(), "version": "0.1.0", "status": "ok"}
+    (hosts_dir(mp) / "host-old.json").write_text(json.dumps(old))
+    await hb.hosts()
+    [warning] = [w for w in st.warnings if "registry" in w]
+    assert "host-old" in warning and "rule 7" in warning and "host-a" not in warning
+    (hosts_dir(mp) / "host-old.json").unlink()
+    await hb.hosts()
+    assert not [w for w in st.warnings if "registry" in w]
+
+
 async def test_a_host_that_stops_beating_turns_stale(mp: Path, worker: TimedWorker) -> None:
     a, b = make_state(mp, "host-a", health=FAST), make_state(mp, "host-b", health=FAST)
 

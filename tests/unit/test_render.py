@@ -137,19 +137,6 @@ def test_the_rack_view_shows_each_hosts_version_and_whether_it_takes_part_in_the
     assert "\x1b[33mno" in coloured and ANSI.sub("", coloured) == text
 
 
-def test_the_rack_view_warns_of_live_hosts_that_take_no_part_in_the_registry() -> None:
-    """Since 0.4 no host reads 0.2 hosts' binds from their usage records: rule 7 does not hold
-    against a host left on 0.2, and the rack view says so, naming it (not a stale one)."""
-    doc = make_state(host="new-1").status_document()
-    gone = {**_host("gone-1", "0.2.4", False), "stale": True}
-    doc["hosts"] = [_host("new-1", "0.4.0", True), _host("old-1", "0.2.4", False), gone]
-    text = render.render_status(doc, now=NOW)
-    [warning] = [line for line in text.splitlines() if "take no part" in line]
-    assert "old-1" in warning and "gone-1" not in warning and "rule 7" in warning
-    doc["hosts"] = [_host("new-1", "0.4.0", True), gone]
-    assert "take no part" not in render.render_status(doc, now=NOW)
-
-
 def test_rack_view_shows_usage_per_app_biggest_first() -> None:
     usage = [
         {

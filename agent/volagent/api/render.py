@@ -257,20 +257,6 @@ def _host_lines(doc: dict[str, Any], paint: _Painter, now: float) -> list[str]:
         lines.append(f"           {paint(str(doc['hosts_error']), 'red')}")
     if not hosts:
         return lines
-    # hosts on 0.2 write no registry entries, and since 0.4 their binds are not read from
-    # their usage records any more: rule 7 does not hold against them
-    outside = sorted(
-        str(h.get("host", "?")) for h in hosts if h.get("registry") is False and not h.get("stale")
-    )
-    if outside:
-        lines.append(
-            "           "
-            + paint(
-                f"{', '.join(outside[:5])} take no part in the rack's registry (volagent "
-                "0.2): hosts on 0.4 do not judge their binds (rule 7); upgrade them",
-                "red",
-            )
-        )
     # the version each host runs and whether it takes part in the rack's registry of binds:
     # what a rolling upgrade is watched by
     rows = [("HOST", "INSTANCE", "STATUS", "LAST SEEN", "VERSION", "REGISTRY", "")]

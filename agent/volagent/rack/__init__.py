@@ -1,1 +1,2 @@
-"""The rack's shared records on the shared filesystem: heartbeats, usage, binds, the trash."""
+"""The rack's shared records on the shared filesystem: heartbeats, usage, the registry of binds,
+namespace owners, quotas, the trash."""

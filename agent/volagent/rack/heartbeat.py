@@ -270,7 +270,24 @@ class Heartbeat:
         stale = sum(1 for v in view if v["stale"])
         self.state.metrics.rack_hosts.labels(freshness="fresh").set(len(view) - stale)
         self.state.metrics.rack_hosts.labels(freshness="stale").set(stale)
+        self._warn_outside(view)
         return view
+
+    def _warn_outside(self, view: list[dict[str, Any]]) -> None:
+        """Warns while a live host sharing the filesystem takes no part in the registry (one
+        on 0.2: since 0.4 nothing judges its binds). Set whenever the view is read: once a
+        pass of the usage walk, and at each `status --rack`."""
+        outside = [str(v["host"]) for v in view if not v["stale"] and not v["registry"]]
+        if not outside:
+            self.state.clear_warning("registry.outside")
+            return
+        more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
+        self.state.warn(
+            "registry.outside",
+            f"hosts {', '.join(outside[:5])}{more} take no part in the rack's registry of "
+            "binds (volagent 0.2): since 0.4 their binds are not judged and rule 7 does not "
+            "hold against them; upgrade them to 0.3 or later",
+        )
 
 
 def _collect(fut: asyncio.Future[Any]) -> None:

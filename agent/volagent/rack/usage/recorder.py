@@ -84,8 +84,8 @@ class UsageRecord(codec.Record, frozen=True):
     directory: str = ""
     last_used: str = ""
     containers: list[str] | None = None  # None: not said (gc takes it for in use)
-    # the bind paths: written by 0.2 and 0.3, whose hosts judged 0.2 hosts' binds by them;
-    # none since 0.4, which is read by 0.3 hosts only for `registry` (below)
+    # the bind paths, by which 0.2 hosts judge nesting (0.3 hosts read a 0.2 host's): none
+    # since 0.4, whose records 0.3 hosts read for `registry` alone (below)
     binds: list[str] = field(default_factory=list)
     # the registry format the writer writes: its binds are in the registry (0.3 hosts, which
     # read the binds of hosts that take no part, read no more of a fresh record with it)

@@ -37,6 +37,7 @@ def run_survey(mp: Path, local: set[tuple[str, str]] | None = None) -> gcsurvey.
             cutoff=CUTOFF,
             local=local or set(),
             stale_after_s=90,
+            expire_after_s=900,
             progress=tree.Progress(),
         )
     finally:
@@ -73,9 +74,13 @@ def test_a_new_use_after_the_survey_keeps_the_directory(mp: Path) -> None:
     [cand] = s.candidates
     fd = root_fd(mp)
     try:
-        assert gcsurvey.still_unused(fd, cand, CUTOFF, set())
+        assert gcsurvey.still_unused(
+            fd, cand, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
+        )
         record(mp, "r1-old/web", "host-c", time.time())
-        assert not gcsurvey.still_unused(fd, cand, CUTOFF, set())
+        assert not gcsurvey.still_unused(
+            fd, cand, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
+        )
     finally:
         os.close(fd)
 
@@ -86,7 +91,9 @@ def test_a_new_service_dir_keeps_the_namespace(mp: Path) -> None:
     (mp / "r1-old" / "api").mkdir()  # the namespace's mtime moves
     fd = root_fd(mp)
     try:
-        assert not gcsurvey.still_unused(fd, cand, CUTOFF, set())
+        assert not gcsurvey.still_unused(
+            fd, cand, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
+        )
     finally:
         os.close(fd)
 

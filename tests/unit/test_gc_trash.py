@@ -37,7 +37,13 @@ def root(mp: Path) -> Iterator[int]:
 
 def candidates(mp: Path, root: int) -> list[gcsurvey.Candidate]:
     s = gcsurvey.survey(
-        root, str(mp), cutoff=CUTOFF, local=set(), stale_after_s=90, progress=tree.Progress()
+        root,
+        str(mp),
+        cutoff=CUTOFF,
+        local=set(),
+        stale_after_s=90,
+        expire_after_s=900,
+        progress=tree.Progress(),
     )
     return s.candidates
 
@@ -113,7 +119,9 @@ def test_the_preparer_touches_then_refuses_a_trashed_namespace(mp: Path, root: i
     # the preparer marks the namespace used before it looks at the trash: gc then keeps it
     trashcheck.prepare_path(str(mp), ("r1-old", "web", "data"), OWNER, 0o750, None)
     assert os.stat(mp / "r1-old").st_mtime >= CUTOFF
-    assert not gcsurvey.still_unused(root, c, CUTOFF, set())
+    assert not gcsurvey.still_unused(
+        root, c, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
+    )
     make_dir(mp, "r1-old/web")
     [c] = candidates(mp, root)
     moved = move(root, c)
@@ -139,7 +147,9 @@ def test_a_namespace_marked_within_the_hour_is_kept_by_a_window_of_seconds(
     assert os.stat(mp / "r1-busy").st_mtime == pytest.approx(recent)
     cutoff = gc.window_cutoff(0.001, time.time())  # a window of 86 s
     c = gcsurvey.Candidate("r1-busy", None, str(mp / "r1-busy"), None, "", recent)
-    assert not gcsurvey.still_unused(root, c, cutoff, set())
+    assert not gcsurvey.still_unused(
+        root, c, cutoff, set(), mount_point=str(mp), expire_after_s=900
+    )
 
 
 @pytest.mark.root  # the preparer makes a parent: root 0755 (rule 2)
@@ -158,7 +168,9 @@ def test_a_namespace_this_host_recorded_within_the_hour_is_kept_untouched(
     cutoff = gc.window_cutoff(0.001, time.time())  # a window of 86 s
     for directory in (None, "web"):
         c = gcsurvey.Candidate("r1-busy", directory, str(mp / "r1-busy"), None, "", 0.0)
-        assert not gcsurvey.still_unused(root, c, cutoff, set())
+        assert not gcsurvey.still_unused(
+            root, c, cutoff, set(), mount_point=str(mp), expire_after_s=900
+        )
 
 
 @pytest.mark.root  # the preparer makes a parent: root 0755 (rule 2)

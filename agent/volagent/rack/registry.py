@@ -127,6 +127,36 @@ class Counts:
     writes: int = 0
 
 
+def read_entries(dir_fd: int, namespace: str, counts: Counts | None = None) -> list[Entry]:
+    """The entries of the namespace's file in the registry's directory `dir_fd` (none when
+    it is absent); RegistryError when it cannot be read or is not a registry. Unlocked, the
+    caller may see any version a host wrote whole (they are renamed into place)."""
+    counts = counts or Counts()
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(file_of(namespace), flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise RegistryError(f"cannot open the registry of {namespace}: {exc}") from None
+    counts.opens += 1
+    with safedir.closing(fd):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RegistryError(f"the registry of {namespace} is not a regular file")
+        chunks = []
+        size = 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            counts.reads += 1
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_REGISTRY_BYTES:
+                raise RegistryError(f"the registry of {namespace} is too large")
+    return parse(namespace, b"".join(chunks))
+
+
 class Transaction:
     """The registry file of one namespace, locked: `entries` as read, `write` to replace."""
 
@@ -138,29 +168,7 @@ class Transaction:
         self.entries = self._read()
 
     def _read(self) -> list[Entry]:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            fd = os.open(file_of(self.namespace), flags, dir_fd=self.dir_fd)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise RegistryError(f"cannot open the registry of {self.namespace}: {exc}") from None
-        self.counts.opens += 1
-        with safedir.closing(fd):
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RegistryError(f"the registry of {self.namespace} is not a regular file")
-            chunks = []
-            size = 0
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                self.counts.reads += 1
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_REGISTRY_BYTES:
-                    raise RegistryError(f"the registry of {self.namespace} is too large")
-        return parse(self.namespace, b"".join(chunks))
+        return read_entries(self.dir_fd, self.namespace, self.counts)
 
     def write(self, entries: list[Entry]) -> None:
         """Replaces the entries file (atomically); refused once the deadline has passed."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import posixpath
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from volagent import safedir
@@ -76,23 +77,9 @@ def claim(
             now = time.time()
             for other in unchecked:
                 checked.add(other)
-                # gone when its heartbeat and its newest entry here are both older than
-                # expire_after_s (a host without a heartbeat counts by its entries)
-                newest = max((e.time for e in entries if e.host == other), default=0.0)
                 beat = read_heartbeat(mount_point, dev, other)
                 result.counts.opens += 1
-                beat_time = beat.get("time") if beat else None
-                seen = float(beat_time) if isinstance(beat_time, int | float) else 0.0
-                # no sooner than the host itself trusts its entries to stand (its own
-                # forget_after_s, in heartbeats since 0.3.3): it skips its transactions
-                # for paths it holds while its heartbeat is younger than half of it
-                trusted = beat.get("forget_after_s") if beat else None
-                said = float(trusted) if isinstance(trusted, int | float) else 0.0
-                # at most what a config may set: a heartbeat saying more (or not a number)
-                # must not keep a dead host's entries for ever
-                said = min(said, MAX_FORGET_AFTER_S) if math.isfinite(said) else 0.0
-                horizon = max(expire_after_s, said)
-                if now - max(newest, seen) > horizon:
+                if gone(entries, other, beat, expire_after_s, now):
                     dead.add(other)
                     result.expired.append(other)
         if result.clashes:
@@ -157,6 +144,31 @@ def set_own(
             p for p in paths if nested_with(absolute(mount_point, p), others) is not None
         )
     return result
+
+
+def gone(
+    entries: list[Entry],
+    host: str,
+    beat: Mapping[str, object] | None,
+    expire_after_s: float,
+    now: float,
+) -> bool:
+    """Whether `host` is gone for good, its entries among `entries` no longer holding their
+    paths: its heartbeat record (`beat`, None: it has none) and its newest entry here are
+    both older than `expire_after_s`, or than the `forget_after_s` its heartbeat says it
+    runs with, whichever is longer. A host without a heartbeat counts by its entries."""
+    newest = max((e.time for e in entries if e.host == host), default=0.0)
+    beat_time = beat.get("time") if beat else None
+    seen = float(beat_time) if isinstance(beat_time, int | float) else 0.0
+    # no sooner than the host itself trusts its entries to stand (its own forget_after_s, in
+    # heartbeats since 0.3.3): it skips its transactions for paths it holds while its
+    # heartbeat is younger than half of it
+    trusted = beat.get("forget_after_s") if beat else None
+    said = float(trusted) if isinstance(trusted, int | float) else 0.0
+    # at most what a config may set: a heartbeat saying more (or not a number) must not keep
+    # a dead host's entries for ever
+    said = min(said, MAX_FORGET_AFTER_S) if math.isfinite(said) else 0.0
+    return now - max(newest, seen) > max(expire_after_s, said)
 
 
 def absolute(mount_point: str, relative: str) -> str:

@@ -161,6 +161,8 @@ def print_survey(s: Survey, days: float, out: TextIO) -> None:
         w(f"{len(s.candidates)} unused, {format_size(total)}; {s.kept} directories in use\n")
     if not s.records:
         w("note: no usage records yet; last use is judged by directory times alone\n")
+    for ns, why in s.unreadable.items():
+        w(f"note: kept {_p(ns)}: the rack's registry of its binds cannot be read: {_p(why)}\n")
     for h in s.stale_hosts:
         w(
             f"note: host {_p(h['host'])} is stale (last seen {_p(h['last_seen'])}, "
@@ -260,7 +262,14 @@ def delete(cfg: Config, root_fd: int, s: Survey, local: set[Key], out: TextIO) -
 def _still_unused(cfg: Config, root_fd: int, c: Candidate, s: Survey, local: set[Key]) -> bool:
     # this host's daemon asked again, just before (it refuses if the mount went bad)
     keys = local | local_use(cfg)[0]
-    return gcsurvey.still_unused(root_fd, c, s.cutoff, keys)
+    return gcsurvey.still_unused(
+        root_fd,
+        c,
+        s.cutoff,
+        keys,
+        mount_point=cfg.mount_point,
+        expire_after_s=cfg.health.forget_after_s,
+    )
 
 
 def restore(root_fd: int, name: str, cfg: Config) -> int:
@@ -353,6 +362,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
                     cutoff=cutoff,
                     local=local,
                     stale_after_s=cfg.health.stale_after_s,
+                    expire_after_s=cfg.health.forget_after_s,
                     progress=p,
                 ),
                 f"surveying {cfg.mount_point}",

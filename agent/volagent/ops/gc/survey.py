@@ -1,8 +1,10 @@
-"""What `volagent gc` may remove: the survey of namespaces against every host's usage records.
+"""What `volagent gc` may remove: the survey of namespaces against every host's usage records
+and the rack's registry of binds.
 
 Blocking, descriptor-based, and ticking a Progress so the caller can tell a hung mount from a
 slow walk. The rules (see command.py): a directory is unused when no usage record from any host and
-not its own mtime falls within the window, and no container of this host uses it now.
+not its own mtime falls within the window, no container of this host uses it now, and no entry
+of a live host in the registry holds it (ops/gc/registered.py).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any
 
 from volagent import safedir
 from volagent.errors import RecordError
-from volagent.ops.gc import tree
+from volagent.ops.gc import registered, tree
 from volagent.rack import records
 from volagent.rack.heartbeat import rack_view, read_heartbeats_at
+from volagent.rack.registry import RegistryError
 from volagent.rack.usage.recorder import MOUNT_ROOT, REFRESH_S, Key, UsageRecord
 
 # `<rack>-<app>`: two names of the contract's form joined by a dash
@@ -58,6 +61,8 @@ class Survey:
     stale_hosts: list[dict[str, Any]] = field(default_factory=list)
     # set when a container binds the mount point itself: then nothing is a candidate
     root_used_by: str = ""
+    # namespaces whose registry could not be read: kept whole
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 def collect_usage(root_fd: int, only_namespace: str | None = None) -> tuple[Usage, int]:
@@ -97,18 +102,22 @@ def survey(
     cutoff: float,
     local: set[Key],
     stale_after_s: float,
+    expire_after_s: float,
     progress: tree.Progress,
 ) -> Survey:
-    """Every namespace under the mount point judged; candidates sized."""
+    """Every namespace under the mount point judged; candidates sized. `expire_after_s`: how
+    long a silent host's registry entries hold their paths (`[health] forget_after_s`)."""
     mp = mount_point.rstrip("/")
     usage, count = collect_usage(root_fd)
     result = Survey(cutoff=cutoff, records=count)
     now = time.time()
+    beats: dict[str, dict[str, Any]] = {}
     with contextlib.suppress(RecordError, OSError):
-        beats = read_heartbeats_at(root_fd)
+        read = read_heartbeats_at(root_fd)
+        beats = {b.host: b.encode() for b in read}
         # stale: its heartbeat is old, or it said it stopped; either way, what its
         # containers use is not being recorded
-        result.stale_hosts = [h for h in rack_view(beats, stale_after_s, now) if h["stale"]]
+        result.stale_hosts = [h for h in rack_view(read, stale_after_s, now) if h["stale"]]
     result.root_used_by = root_in_use(usage, local, now)
     if result.root_used_by:
         return result
@@ -119,7 +128,19 @@ def survey(
         ns_mtime = os.fstat(ns_fd).st_mtime
         dirs = safedir.subdirs(ns_fd, dots=True)
         whole_last, _ = usage.get((ns, ""), (0.0, ""))
-        if (ns, "") in local or whole_last >= cutoff:
+        try:
+            entries = registered.live(
+                registered.holding(registered.read_unlocked(root_fd, ns), ns, None),
+                beats.get,
+                expire_after_s,
+                now,
+            )
+        except (RegistryError, OSError) as exc:
+            result.unreadable[ns] = str(exc)
+            result.kept += len(dirs)
+            continue
+        held = {e.path.split("/")[1] if "/" in e.path else "" for e in entries}
+        if (ns, "") in local or whole_last >= cutoff or "" in held:
             result.kept += len(dirs)  # a bind of the whole namespace uses every directory in it
             continue
         unused: list[Candidate] = []
@@ -130,13 +151,14 @@ def survey(
             except OSError:
                 continue
             last, host = usage.get((ns, d), (None, ""))
-            if (ns, d) in local or max(last or 0.0, mtime) >= cutoff:
+            if (ns, d) in local or d in held or max(last or 0.0, mtime) >= cutoff:
                 result.kept += 1
                 continue
             unused.append(Candidate(ns, d, f"{shown}/{d}", last, host, mtime))
         records_of_ns = [(t, h) for (n, _), (t, h) in usage.items() if n == ns]
         ns_in_use = (
-            ns_mtime >= cutoff
+            bool(entries)
+            or ns_mtime >= cutoff
             or any(k[0] == ns for k in local)
             or any(t >= cutoff for t, _ in records_of_ns)
         )
@@ -164,10 +186,20 @@ def root_in_use(usage: Usage, local: set[Key], now: float) -> str:
     return host if t >= now - LIVE_S else ""
 
 
-def still_unused(root_fd: int, c: Candidate, cutoff: float, local: set[Key]) -> bool:
+def still_unused(
+    root_fd: int,
+    c: Candidate,
+    cutoff: float,
+    local: set[Key],
+    *,
+    mount_point: str,
+    expire_after_s: float,
+) -> bool:
     """The candidate judged again just before it goes: nothing used it since the survey
     (its records, a bind of its whole namespace or of the mount point, this host's
-    containers, the directory's own mtime, which the preparer touches before it creates)."""
+    containers, the directory's own mtime, which the preparer touches before it creates
+    unless the registry holds the bind, and the registry's live entries, read under its
+    lock: registered.held_now). Raises RegistryError when the registry cannot be read."""
     if (c.namespace, "") in local:
         return False
     if any(k[0] == c.namespace and (c.directory is None or k[1] == c.directory) for k in local):
@@ -179,6 +211,8 @@ def still_unused(root_fd: int, c: Candidate, cutoff: float, local: set[Key]) -> 
         relevant = key != MOUNT_ROOT and (key[1] == "" or c.directory in (None, key[1]))
         if relevant and t >= cutoff:
             return False
+    if registered.held_now(mount_point, root_fd, c.namespace, c.directory, expire_after_s):
+        return False
     path = c.namespace if c.directory is None else f"{c.namespace}/{c.directory}"
     try:
         st = os.stat(path, dir_fd=root_fd, follow_symlinks=False)

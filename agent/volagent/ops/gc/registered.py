@@ -1,0 +1,84 @@
+"""What the rack's registry of binds says against gc: a directory that an entry of a live host
+holds (a container of that host binds it, a path in it, or its whole namespace) is in use,
+whatever its mtime and the usage records say.
+
+A create claims its binds in the registry before its walk looks in the trash
+(volumes/preparer.py), and gc's last judgement reads the registry under its lock once gc has
+claimed the trash entry (ops/gc/trashing.py). So either the walk finds gc's trash entry and
+refuses, or gc finds the create's entry and keeps the directory: what lets a create whose
+binds the registry holds leave out the mtime mark (volumes/trashcheck.py) once every host's gc
+reads the registry (since 0.5).
+
+An entry counts unless its host is gone by the registry's own rule (registry_claim.gone). A
+registry that cannot be read keeps its namespace. Blocking.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+
+from volagent import safedir
+from volagent.rack import records, registry, registry_claim
+from volagent.rack.registry import Entry
+
+# how long the last judgement waits for the namespace's registry lock (a claim holds it for
+# a few round trips; a host that died holding it keeps it until its NFS lease expires)
+LOCK_WAIT_S = 30.0
+
+
+def holding(entries: list[Entry], namespace: str, directory: str | None) -> list[Entry]:
+    """The entries that hold `<namespace>` (directory None) or `<namespace>/<directory>`: a
+    bind of it, of a path in it, or of the whole namespace."""
+    out = []
+    for e in entries:
+        parts = e.path.split("/")
+        if parts[0] != namespace:
+            continue
+        if directory is None or len(parts) == 1 or parts[1] == directory:
+            out.append(e)
+    return out
+
+
+def live(
+    entries: list[Entry],
+    beat_of: Callable[[str], Mapping[str, object] | None],
+    expire_after_s: float,
+    now: float,
+) -> list[Entry]:
+    """The entries whose host is not gone (`beat_of`: a host's heartbeat record)."""
+    hosts = {e.host for e in entries}
+    gone = {h for h in hosts if registry_claim.gone(entries, h, beat_of(h), expire_after_s, now)}
+    return [e for e in entries if e.host not in gone]
+
+
+def read_unlocked(root_fd: int, namespace: str) -> list[Entry]:
+    """The namespace's entries as last renamed into place (the survey's look); RegistryError
+    when they cannot be read."""
+    reg = records.open_dir(root_fd, (records.AGENT_DIR, registry.REGISTRY_DIR), create=False)
+    if reg is None:
+        return []
+    with safedir.closing(reg):
+        return registry.read_entries(reg, namespace)
+
+
+def held_now(
+    mount_point: str, root_fd: int, namespace: str, directory: str | None, expire_after_s: float
+) -> list[Entry]:
+    """The live entries holding the candidate, read under the namespace's registry lock (the
+    last judgement): no claim is between its read and its write meanwhile, and one that
+    wrote before is seen. RegistryError when the registry cannot be read or locked."""
+    dev = os.fstat(root_fd).st_dev
+    deadline = time.monotonic() + LOCK_WAIT_S
+    with registry.locked(mount_point, dev, namespace, deadline) as tx:
+        entries = holding(tx.entries, namespace, directory)
+        if not entries:
+            return []
+        now = time.time()
+        return live(
+            entries,
+            lambda host: registry_claim.read_heartbeat(mount_point, dev, host),
+            expire_after_s,
+            now,
+        )

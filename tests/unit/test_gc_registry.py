@@ -1,0 +1,143 @@
+"""gc against the rack's registry of binds, on real directories: an entry of a live host keeps
+what it holds whatever the directory's times and the usage records say (the survey and the
+last judgement under the registry's lock), a host gone for good keeps nothing, and a registry
+that cannot be read keeps its namespace."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.unit.aged import CUTOFF, OLD, make_dir
+
+from volagent.ops.gc import survey as gcsurvey
+from volagent.ops.gc import trashing, tree
+from volagent.rack import registry, registry_claim
+from volagent.rack.heartbeat import HostBeat, write_heartbeat
+from volagent.rack.registry import Entry, RegistryError
+
+FORGET = 900.0
+WHO = {"host": "host-a", "user": "root", "pid": 1}
+
+
+@pytest.fixture
+def root(mp: Path) -> Iterator[int]:
+    fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+def register(mp: Path, host: str, path: str, when: float | None = None) -> None:
+    """`host`'s container binds `path`, as a claim writes it."""
+    ns = path.split("/", maxsplit=1)[0]
+    result = registry_claim.claim(
+        str(mp),
+        os.stat(mp).st_dev,
+        ns,
+        host=host,
+        wanted=[Entry(host, "c1", "", path, time.time() if when is None else when)],
+        expire_after_s=FORGET,
+        deadline=time.monotonic() + 10,
+    )
+    assert not result.clashes
+
+
+def survey(mp: Path, root: int) -> gcsurvey.Survey:
+    return gcsurvey.survey(
+        root,
+        str(mp),
+        cutoff=CUTOFF,
+        local=set(),
+        stale_after_s=90,
+        expire_after_s=FORGET,
+        progress=tree.Progress(),
+    )
+
+
+def still_unused(mp: Path, root: int, c: gcsurvey.Candidate) -> bool:
+    return gcsurvey.still_unused(root, c, CUTOFF, set(), mount_point=str(mp), expire_after_s=FORGET)
+
+
+def test_a_directory_a_live_hosts_entry_holds_is_no_candidate(mp: Path, root: int) -> None:
+    # old times and no usage record: what gc knew before 0.5 says unused, yet a container
+    # of host-b binds a directory in it now
+    make_dir(mp, "r1-shop/web/data")
+    make_dir(mp, "r1-shop/worker")
+    os.utime(mp / "r1-shop", (OLD, OLD))
+    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("host-b", time.time()))
+    register(mp, "host-b", "r1-shop/web/data")
+    s = survey(mp, root)
+    found = {(c.namespace, c.directory) for c in s.candidates}
+    assert found == {("r1-shop", "worker")}, "web is held; worker is not, nor is the whole"
+
+
+def test_the_last_judgement_keeps_what_a_claim_registered_after_the_survey(
+    mp: Path, root: int
+) -> None:
+    make_dir(mp, "r1-shop/web")
+    [c] = survey(mp, root).candidates
+    assert still_unused(mp, root, c)
+    # a create on another host claims a bind in it (its walk no longer marks the directory)
+    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("host-b", time.time()))
+    register(mp, "host-b", "r1-shop/web/data")
+    assert os.stat(mp / "r1-shop").st_mtime < CUTOFF, "nothing marked it"
+    assert not still_unused(mp, root, c)
+    moved = trashing.move(
+        root, c, tree.Progress(), still_unused=lambda: still_unused(mp, root, c),
+        reason="test", who=WHO,
+    )  # fmt: skip
+    assert moved.outcome == trashing.Outcome.KEPT
+    assert (mp / "r1-shop" / "web").is_dir()
+
+
+def test_a_bind_of_the_whole_namespace_holds_every_directory(mp: Path, root: int) -> None:
+    make_dir(mp, "r1-shop/web")
+    make_dir(mp, "r1-shop/worker")
+    register(mp, "host-a", "r1-shop")  # no heartbeat: fresh by its entry's time
+    assert survey(mp, root).candidates == []
+    c = gcsurvey.Candidate("r1-shop", "worker", str(mp / "r1-shop/worker"), None, "", OLD)
+    assert not still_unused(mp, root, c)
+
+
+def test_the_entries_of_a_host_gone_for_good_keep_nothing(mp: Path, root: int) -> None:
+    make_dir(mp, "r1-shop/web")
+    long_ago = time.time() - 2 * FORGET
+    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("host-b", long_ago))
+    register(mp, "host-b", "r1-shop/web/data", when=long_ago)
+    [c] = survey(mp, root).candidates
+    assert (c.namespace, c.directory) == ("r1-shop", None)
+    assert still_unused(mp, root, c)
+
+
+def test_a_host_that_says_it_trusts_its_entries_longer_is_not_gone_yet(mp: Path, root: int) -> None:
+    # as the registry's claims judge it: no sooner than the forget_after_s its heartbeat says
+    make_dir(mp, "r1-shop/web")
+    silent = time.time() - 2 * FORGET
+    beat = HostBeat("host-b", silent, forget_after_s=4 * FORGET)
+    write_heartbeat(str(mp), os.stat(mp).st_dev, beat)
+    register(mp, "host-b", "r1-shop/web/data", when=silent)
+    assert survey(mp, root).candidates == []
+
+
+def test_a_registry_that_cannot_be_read_keeps_its_namespace(mp: Path, root: int) -> None:
+    make_dir(mp, "r1-shop/web")
+    make_dir(mp, "r1-other/web")
+    reg = mp / ".volagent" / "registry"
+    reg.mkdir(parents=True)
+    (reg / registry.file_of("r1-shop")).write_text('{"kind": "volagent.registry", "format": 9}')
+    s = survey(mp, root)
+    assert [c.namespace for c in s.candidates] == ["r1-other"]
+    assert "r1-shop" in s.unreadable and "format" in s.unreadable["r1-shop"]
+    c = gcsurvey.Candidate("r1-shop", None, str(mp / "r1-shop"), None, "", OLD)
+    with pytest.raises(RegistryError):
+        still_unused(mp, root, c)
+    with pytest.raises(RegistryError):
+        trashing.move(
+            root, c, tree.Progress(), still_unused=lambda: still_unused(mp, root, c),
+            reason="test", who=WHO,
+        )  # fmt: skip
+    assert (mp / "r1-shop" / "web").is_dir()
+    assert list((mp / ".volagent" / "trash").iterdir()) == [], "its claim went again"

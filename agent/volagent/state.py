@@ -111,6 +111,10 @@ class AgentState:
         # the time of this host's last usage record of each (top-level directory, directory
         # below it) on the shared filesystem: a recent one marks it used for gc
         self.usage_recorded: dict[tuple[str, str], float] = {}
+        # the mount epoch in whose rack view every host sharing the filesystem said its gc
+        # reads the registry (rack/heartbeat.py); None: not seen. Then a create whose binds
+        # the registry holds leaves out gc's mtime mark (volumes/trashcheck.py)
+        self.gc_reads_registry_in: int | None = None
         # counts changes of the containers and their volumes, which go through the methods
         # below: what is rendered from them (the status socket's cache) keys on it
         self.containers_version = 0

@@ -251,3 +251,48 @@ def test_a_host_that_said_it_stopped_is_stale_at_once() -> None:
     view = {h["host"]: h for h in rack_view(beats, stale_after_s=90, now=now)}
     assert view["a"]["stale"] is False
     assert view["b"]["stale"] is True and view["b"]["status"] == "stopped"
+
+
+async def test_creates_leave_out_gc_marks_only_once_every_host_says_its_gc_reads_the_registry(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """A host on 0.4 or before may run a gc that judges by mtimes and usage records alone:
+    while one has beaten within `forget_after_s`, creates keep marking; a former name of a
+    0.5 host (an alias) is no such host; and what is judged holds for its mount only."""
+    st = make_state(mp, "host-a", health=FAST)
+    hb = Heartbeat(st, worker)
+    await hb.beat()
+    assert st.gc_reads_registry_in is None, "not judged before the rack view is read"
+    await hb.hosts()
+    assert st.gc_reads_registry_in == st.mount_epoch
+    older = {"host": "host-old", "time": time.time(), "version": "0.4.0", "registry": 1}
+    (hosts_dir(mp) / "host-old.json").write_text(json.dumps(older))
+    alias = {**older, "host": "ip-10-0-0-9", "alias_of": "i-0abc"}
+    (hosts_dir(mp) / "ip-10-0-0-9.json").write_text(json.dumps(alias))
+    await hb.hosts()
+    assert st.gc_reads_registry_in is None
+    gone = {**older, "time": time.time() - st.config.health.forget_after_s - 60}
+    (hosts_dir(mp) / "host-old.json").write_text(json.dumps(gone))
+    await hb.hosts()
+    assert st.gc_reads_registry_in == st.mount_epoch
+    st.mount_epoch += 1  # the mount was lost: what is mounted next is judged afresh
+    assert st.gc_reads_registry_in != st.mount_epoch
+
+
+async def test_the_heartbeat_task_judges_the_rack_once_a_mount(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """The usage walk reads the rack view once a pass (an hour apart by default): the
+    heartbeat task reads it once after each mount, not at every beat."""
+    st = make_state(mp, "host-a", health=FAST)
+    hb = Heartbeat(st, worker)
+    await hb.beat()
+    await hb._judge_once_a_mount()
+    assert st.gc_reads_registry_in == st.mount_epoch
+    read = hb._reading
+    await hb._judge_once_a_mount()
+    assert hb._reading is read, "no second read on the same mount"
+    st.mount_epoch += 1  # lost and mounted again
+    await hb._judge_once_a_mount()
+    assert hb._reading is not read
+    assert st.gc_reads_registry_in == st.mount_epoch

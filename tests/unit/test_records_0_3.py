@@ -65,11 +65,17 @@ def test_a_namespace_0_3_moved_to_the_trash_is_listed_and_restored(mp: Path) -> 
 @pytest.mark.parametrize(
     ("files", "declared", "added"),
     [
-        # 1.1 (0.3.3): the heartbeat says how long its host trusts its registry entries
+        # 1.1 (0.3.3): the heartbeat says how long its host trusts its registry entries;
+        # 1.2 (0.5): whether its host's gc reads the registry
         (
             "hosts/*.json",
             heartbeat.HostBeat,
-            {"format": "1.1", "forget_after_s": 0.0, "alias_of": ""},
+            {
+                "format": "1.2",
+                "forget_after_s": 0.0,
+                "alias_of": "",
+                "gc_reads_registry": False,
+            },
         ),
         ("usage/**/*.json", recorder.UsageRecord, {}),
         ("trash/*.json", trash.TrashRecord, {}),

@@ -42,7 +42,7 @@ class HostBeat(codec.Record, frozen=True):
     """One host's heartbeat, `hosts/<host>.json`."""
 
     KIND = "heartbeat"
-    FORMAT = (1, 1)
+    FORMAT = (1, 2)
     host: str
     time: float  # of the beat, epoch seconds
     rack: str = ""
@@ -61,6 +61,9 @@ class HostBeat(codec.Record, frozen=True):
     # registry entries bear that name (other hosts judge them by it); no host of the rack
     # view
     alias_of: str = ""
+    # (1.2) this host's gc keeps what live entries of the registry hold (0.5): once every host
+    # says so, a create the registry holds needs no mtime mark (volumes/trashcheck.py)
+    gc_reads_registry: bool = False
 
 
 def host_record(state: AgentState, status: str | None = None) -> HostBeat:
@@ -70,6 +73,7 @@ def host_record(state: AgentState, status: str | None = None) -> HostBeat:
         state.host_id, now, state.config.rack, state.instance_id, status or state.verdict(),
         __version__, REGISTRY_FORMAT, state.mount.state, now_iso(now),
         state.config.health.heartbeat_interval_s, state.config.health.forget_after_s,
+        gc_reads_registry=True,
     )  # fmt: skip
 
 
@@ -151,6 +155,8 @@ class Heartbeat:
         self._names: set[str] = set()
         self._known: list[HostBeat] = []
         self._reading: asyncio.Future[list[HostBeat]] | None = None
+        self._reading_epoch = 0  # the mount's epoch when the read under way began
+        self._judged_epoch: int | None = None  # the mount's epoch of the last read begun here
         self._failing = False
         self._identify_at = 0.0
 
@@ -163,6 +169,7 @@ class Heartbeat:
             while True:
                 await self.identify()
                 await self.beat()
+                await self._judge_once_a_mount()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.state.config.health.heartbeat_interval_s):
@@ -248,6 +255,7 @@ class Heartbeat:
         if not st.mount_healthy or st.mount_dev is None:
             return self._view()
         if self._reading is None or self._reading.done():
+            self._reading_epoch = st.mount_epoch
             # one read at a time: on a hung mount, callers share the read already waiting
             self._reading = asyncio.wrap_future(
                 self.worker.submit(
@@ -259,6 +267,7 @@ class Heartbeat:
         try:
             async with asyncio.timeout(timeout):
                 self._known = await asyncio.shield(self._reading)
+            self._judge_gc(self._known, self._reading_epoch)
         except (TimeoutError, FilesystemHung):
             pass
         except (VolagentError, OSError) as exc:
@@ -272,6 +281,36 @@ class Heartbeat:
         self.state.metrics.rack_hosts.labels(freshness="stale").set(stale)
         self._warn_outside(view)
         return view
+
+    async def _judge_once_a_mount(self) -> None:
+        """Reads the rack view once after each mount (the usage walk reads it once a pass, an
+        hour apart by default): creates leave out gc's mark only while it says so."""
+        st = self.state
+        if not st.mount_healthy or self._judged_epoch == st.mount_epoch:
+            return
+        self._judged_epoch = st.mount_epoch
+        await self.hosts()
+
+    def _judge_gc(self, beats: list[HostBeat], epoch: int) -> None:
+        """Whether every host sharing the filesystem runs a gc that reads the registry (its
+        heartbeat says so): a host that said otherwise in the last `forget_after_s` (0.4 and
+        before) may run a gc that judges by mtimes and usage records alone, and creates keep
+        marking for it. Judged at each read of the rack view, for the mount it was read on."""
+        st = self.state
+        now = time.time()
+        horizon = st.config.health.forget_after_s
+        older = sorted(
+            b.host
+            for b in beats
+            if not b.alias_of and not b.gc_reads_registry and now - b.time <= horizon
+        )
+        judged = None if older else epoch
+        if (judged is None) != (st.gc_reads_registry_in is None):
+            if older:
+                self.log.info("gc_marks_kept", hosts=older[:5], more=max(len(older) - 5, 0))
+            else:
+                self.log.info("gc_marks_left_out")
+        st.gc_reads_registry_in = judged
 
     def _warn_outside(self, view: list[dict[str, Any]]) -> None:
         """Warns while a live host sharing the filesystem takes no part in the registry (one

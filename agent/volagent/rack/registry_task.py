@@ -90,12 +90,15 @@ class Registry:
     # --- the claim ----------------------------------------------------------------------
     async def claim(
         self, volumes: list[VolumeRecord], plans: list[Any], ref: str, name: str
-    ) -> None:
+    ) -> set[str]:
         """Registers the planned binds among `volumes` under `ref`; a bind that nests another
-        host's becomes a violation, one the registry could not be asked about `failed`."""
+        host's becomes a violation, one the registry could not be asked about `failed`. The
+        host paths an entry of this host holds now, as gc's last judgement will read them
+        (ops/gc/registered.py)."""
         st = self.state
+        registered: set[str] = set()
         if not st.mount_healthy or st.mount_dev is None:
-            return  # the guard decides on the unhealthy mount itself
+            return registered  # the guard decides on the unhealthy mount itself
         by_ns: dict[str, list[VolumeRecord]] = {}
         judged = (VolumeState.VIOLATION, VolumeState.FAILED)
         for vol, plan in zip(volumes, plans, strict=True):
@@ -105,7 +108,9 @@ class Registry:
             if key is not None and key[0]:
                 by_ns.setdefault(key[0], []).append(vol)
         for ns, vols in by_ns.items():
-            await self._claim_in(ns, vols, (volumes, plans), ref, name)
+            if await self._claim_in(ns, vols, (volumes, plans), ref, name):
+                registered.update(v.host for v in vols)
+        return registered
 
     async def _claim_in(
         self,
@@ -114,14 +119,15 @@ class Registry:
         outcome: tuple[list[VolumeRecord], list[Any]],
         ref: str,
         name: str,
-    ) -> None:
+    ) -> bool:
+        """Whether this host's entries hold every path of `vols` now."""
         st = self.state
         mp = st.config.mount_point
         paths = {registry_claim.relative(mp, v.host) for v in vols}
         turn = self._turns.setdefault(ns, asyncio.Lock())
         if not turn.locked() and self._holds(ns, paths):
             st.metrics.registry_claims.labels(result="held").inc()
-            return
+            return True
         timeout = st.config.directories.timeout_s
         deadline = time.monotonic() + timeout
         try:
@@ -129,11 +135,11 @@ class Registry:
             await asyncio.wait_for(turn.acquire(), timeout)
         except TimeoutError:
             self._failed(ns, vols, timeout, "another update of it did not end in time")
-            return
+            return False
         try:
             if self._holds(ns, paths):
                 st.metrics.registry_claims.labels(result="held").inc()
-                return
+                return True
             wanted = [Entry(st.host_id, ref, name, p, time.time()) for p in sorted(paths)]
             where = self._where()  # the filesystem and host name the entries are written as
             key = self._held_key()
@@ -150,20 +156,21 @@ class Registry:
             except (VolagentError, OSError) as exc:
                 self._unsure.add(ns)  # its thread may write yet: the keeper reads the file again
                 self._failed(ns, vols, timeout, str(exc))
-                return
+                return False
             if result.expired:
                 self.log.info("registry_hosts_forgotten", namespace=ns, hosts=result.expired)
             if result.clashes:
                 self._clashed(vols, outcome, result.clashes)
-                return
+                return False
             st.metrics.registry_claims.labels(result="registered").inc()
             if self._held_key() != key:
                 # remounted, or renamed, meanwhile: the entries are not where it looks; or a
                 # heartbeat lapsed: what the claim found may have been forgotten since
-                return
+                return False
             # every path asked for has an entry of this host now (written, or there already)
             self._note_held(ns, self._held_now().get(ns, frozenset()) | paths)
             self._contested[ns] = self._contested.get(ns, frozenset()) - paths
+            return True
         finally:
             turn.release()
 

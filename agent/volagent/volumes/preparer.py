@@ -228,11 +228,14 @@ class Preparer:
             # awaited only once the binds are reserved: two creates judged at once see each
             # other's (a binding found to be another app's is refused in `_settled`)
             await self.check_owner(outcome)
+            registered: set[str] = set()
             if self.registry is not None:
-                await self.registry.claim(
+                registered = await self.registry.claim(
                     outcome.volumes, outcome.plans, request_ref(key), spec.name
                 )
-            verdict = await self._settled(spec, outcome, self.state.mount_healthy, start=False)
+            verdict = await self._settled(
+                spec, outcome, self.state.mount_healthy, start=False, registered=registered
+            )
             return verdict
         finally:
             if not isinstance(verdict, Allowed):
@@ -249,9 +252,12 @@ class Preparer:
             return Allowed([])
         self.check_nesting(outcome, spec.id)
         await self.check_owner(outcome)
+        registered: set[str] = set()
         if healthy and self.registry is not None:
-            await self.registry.claim(outcome.volumes, outcome.plans, spec.id, spec.name)
-        return await self._settled(spec, outcome, healthy, start=True)
+            registered = await self.registry.claim(
+                outcome.volumes, outcome.plans, spec.id, spec.name
+            )
+        return await self._settled(spec, outcome, healthy, start=True, registered=registered)
 
     async def check_owner(self, outcome: Outcome) -> None:
         """Rule 6 across racks sharing the filesystem: the namespace's recorded owner
@@ -334,9 +340,16 @@ class Preparer:
         return Refused("unlisted", outcome or Outcome(ident, [], []))
 
     async def _settled(
-        self, spec: ContainerSpec, outcome: Outcome, healthy: bool, start: bool
+        self,
+        spec: ContainerSpec,
+        outcome: Outcome,
+        healthy: bool,
+        start: bool,
+        *,
+        registered: set[str],
     ) -> Allowed | Refused:
-        """After rule 7: violations, the mount's health, the walk (a start's is tracked)."""
+        """After rule 7: violations, the mount's health, the walk (a start's is tracked).
+        `registered`: the binds this host's entries in the registry hold now."""
         guard = self.state.config.guard
         if outcome.violations and guard.violations == OnViolation.DENY:
             return Refused("violations", outcome)
@@ -347,7 +360,9 @@ class Preparer:
         budget = self.state.config.directories.timeout_s + PREPARE_GRACE_S
         try:
             async with asyncio.timeout(budget):  # fills `outcome` in place, even when cut short
-                await self.prepare(spec, track=start, outcome=outcome, rewalk=start)
+                await self.prepare(
+                    spec, track=start, outcome=outcome, rewalk=start, registered=registered
+                )
         except TimeoutError:
             for vol in outcome.volumes:
                 if vol.state not in (VolumeState.VIOLATION, VolumeState.READY):
@@ -460,10 +475,14 @@ class Preparer:
         track: bool = True,
         outcome: Outcome | None = None,
         rewalk: bool = False,
+        *,
+        registered: frozenset[str] | set[str] = frozenset(),
     ) -> Outcome | None:
         """Prepares every bind of `spec` (judged by `judge` unless `outcome` is given);
         records the container in the state when `track`. With `rewalk`, volumes already
-        ready are walked again (a start: what was checked then may have been swapped)."""
+        ready are walked again (a start: what was checked then may have been swapped).
+        `registered`: the binds this host's entries in the registry hold (the guard claimed
+        them just before), which gc's last judgement keeps without a mark."""
         key = spec.id or f"request:{id(spec)}"
         lock = self._locks.setdefault(key, asyncio.Lock())
         try:
@@ -475,7 +494,9 @@ class Preparer:
                         # what the Docker watch prepares too: nothing is made in another
                         # rack's namespace, and the container is reported in violation
                         await self.check_owner(outcome)
-                return await self._prepare(spec, outcome, recheck, track, rewalk)
+                return await self._prepare(
+                    spec, outcome, recheck, track, rewalk, registered=registered
+                )
         finally:
             if not lock.locked() and self._locks.get(key) is lock:
                 del self._locks[key]
@@ -508,6 +529,8 @@ class Preparer:
         recheck: Recheck | None,
         track: bool,
         rewalk: bool,
+        *,
+        registered: frozenset[str] | set[str],
     ) -> Outcome | None:
         if outcome is None:
             if track and spec.id:
@@ -542,7 +565,9 @@ class Preparer:
                 vol.state, vol.error = settled.state, settled.error
                 vol.leaf = vol.leaf or settled.leaf
                 continue
-            await self._prepare_one(spec, vol, plan, recheck, bound, rewalk=rewalk)
+            await self._prepare_one(
+                spec, vol, plan, recheck, bound, rewalk=rewalk, registered=vol.host in registered
+            )
             if (
                 settled is not None
                 and settled.state == VolumeState.LATE
@@ -595,6 +620,7 @@ class Preparer:
         bound: Any,
         *,
         rewalk: bool = False,
+        registered: bool = False,
     ) -> None:
         st = self.state
         if not st.mount_healthy:
@@ -611,6 +637,9 @@ class Preparer:
         key = key_of(st.config.mount_point, vol.host)
         recorded_at = st.usage_recorded.get(key) if key is not None else None
         self._walked.pop(vol.host, None)  # a walk that fails leaves nothing to compare with
+        # gc's last judgement keeps what the registry holds, once every host's gc reads it
+        # (ops/gc/registered.py): the claim came before this walk's look in the trash
+        mark = not (registered and st.gc_reads_registry_in == st.mount_epoch)
         call = functools.partial(
             trashcheck.prepare_path,
             st.config.mount_point,
@@ -620,6 +649,7 @@ class Preparer:
             st.mount_dev,
             known=known,
             recorded_at=recorded_at,
+            mark=mark,
         )
         st.metrics.directory_walks.inc()
         try:

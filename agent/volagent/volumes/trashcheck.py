@@ -102,12 +102,15 @@ def prepare_path(
     *,
     known: directories.Identity = (),
     recorded_at: float | None = None,
+    mark: bool = True,
 ) -> directories.Prepared:
     """directories.prepare_below from the mount point's path, with the namespace marked used
     and known not to be in the trash before anything is created; the mount point is opened
     once for all three. With `known` (what the create walk recorded), a path whose
     components are all still those directories is only walked (a start). `recorded_at`: the
-    time of this host's last usage record of the bind's directory, if any (see `mark_used`)."""
+    time of this host's last usage record of the bind's directory, if any (see `mark_used`).
+    `mark` False: the registry holds the bind and every host's gc reads it, so the mark is
+    left out (ops/gc/registered.py)."""
     with safedir.closing(safedir.open_mount_point(mount_point, expected_dev)) as root:
         if known:
             same = directories.verify_below(root, mount_point, parts, known)
@@ -115,7 +118,8 @@ def prepare_path(
                 return same
 
         def marked_and_not_trashed(opened: list[tuple[int, os.stat_result]]) -> None:
-            mark_used(opened, recorded_at=recorded_at)
+            if mark:
+                mark_used(opened, recorded_at=recorded_at)
             refuse_if_trashed(mount_point, root, parts)
 
         return directories.prepare_below(

@@ -16,6 +16,12 @@ last judgement keeps it as surely as after a touch, and the touch (a write round
 also makes the kernel's NFS client revalidate the directory's caches) is left out. The usage
 record of the container keeps it from then on.
 
+Since 0.5 the mark is left out of a create whose binds the guard claimed in the rack's
+registry just before, while every host sharing the filesystem runs a gc that reads the
+registry (the heartbeat task judges that: rack/heartbeat.py). The claim takes the mark's
+place: it is written before the look in the trash, and gc's last judgement reads the
+registry under its lock after writing its record (ops/gc/registered.py).
+
 A start walks the path again. When the create walk here recorded it (device and inode of
 every component) and every component is still the same directory, nothing else is asked:
 the directories are the ones judged at create, which were marked then and not in the trash

@@ -3,16 +3,18 @@ operations: run inside the test virtual machine by vm_bench.py with the installe
 Python (`/opt/volagent/bin/python vm_steps.py CASE RUNS`), while the daemon is stopped, so that
 nothing else of volagent talks to the server and every operation counted is the step's.
 
-Each step is the call the daemon's worker makes, in the daemon's order: the trash check alone
+Each step is the call the daemon's worker makes, in the daemon's order: the registry claim
+before the create is allowed (`registry_claim.claim` under the namespace's lock; in 0.3 first
+the 0.2 hosts' usage records of the namespace, `binds.legacy_binds`), the trash check alone
 (to tell it from the create walk that holds it), the create walk with its trash check
-(`trashcheck.prepare_path`), the registry claim before the create is allowed
-(`registry_claim.claim` under the namespace's lock; in 0.3 first the 0.2 hosts' usage records
-of the namespace, `binds.legacy_binds`), the usage record (`recorder.write_usage`), the
-registry keeper's update once Docker has answered the create (0.3.0's `registry_claim.set_own`,
-the entry getting the container's id; since 0.3.1 none: the claim's entry holds the path), the
-start's claim (0.3.0's a transaction that writes nothing; since 0.3.1 none: the path is held),
-the start walk (the same call as the create walk; given the create walk's record where the
-installed version takes one) and the check after the start (`mount_check.check_container`).
+(`trashcheck.prepare_path`; since 0.5 without gc's mark, which the claim's entry stands for
+while every host's gc reads the registry, as on this bench's rack), the usage record
+(`recorder.write_usage`), the registry keeper's update once Docker has answered the create
+(0.3.0's `registry_claim.set_own`, the entry getting the container's id; since 0.3.1 none:
+the claim's entry holds the path), the start's claim (0.3.0's a transaction that writes
+nothing; since 0.3.1 none: the path is held), the start walk (the same call as the create
+walk; given the create walk's record where the installed version takes one) and the check
+after the start (`mount_check.check_container`).
 Since 0.3.3 the namespace's owner is read (`owners.owner_of`, once per namespace in the
 process, as the daemon caches it) before the create is allowed, and in 0.3.3 the start's claim
 of a path registered a moment ago looks for 0.2 hosts' binds (`binds.legacy_binds`) though it
@@ -195,11 +197,6 @@ def one_run(case: str, service: str) -> dict[str, Any]:
         steps["namespace owner"], _ = counted(
             lambda: owners.owner_of(MOUNT_POINT, dev, parts[0], rack=RACK, app="bench", host=HOST)
         )
-    steps["trash check"], _ = counted(trash_alone)
-    create, walked = counted(
-        lambda: trashcheck.prepare_path(MOUNT_POINT, parts, owner, 0o750, dev, **create_args)
-    )
-    steps["create walk"] = create - steps["trash check"]
     ns, relative = parts[0], "/".join(parts)
     running = f"running-{service}"  # in-use: the container of the service that runs here
     steps["registry claim"] = steps["registry update"] = steps["start claim"] = Counter()
@@ -242,6 +239,15 @@ def one_run(case: str, service: str) -> dict[str, Any]:
             steps["registry claim"], claimed = counted(claim)
             if claimed.clashes:
                 raise SystemExit(f"the bench's claim clashed: {claimed.clashes}")
+    if "mark" in params and registry_claim is not None:
+        # since 0.5 a create whose binds the claim holds leaves gc's mark out, every host
+        # sharing the filesystem running a gc that reads the registry (this bench's rack)
+        create_args["mark"] = False
+    steps["trash check"], _ = counted(trash_alone)
+    create, walked = counted(
+        lambda: trashcheck.prepare_path(MOUNT_POINT, parts, owner, 0o750, dev, **create_args)
+    )
+    steps["create walk"] = create - steps["trash check"]
     key = (parts[0], parts[1])
     # the bind paths went with the fallback for 0.2 hosts (0.4)
     listed = [host_path] if "binds" in inspect.signature(recorder.usage_record).parameters else []

@@ -28,13 +28,17 @@ from tests.testbed.counting_fs import ops_of
 from tests.testbed.mounts import is_mount_point, umount_lazy
 from tests.testbed.waiting import wait_until
 from tests.unit.factories import make_state, volumes_of
+from tests.unit.guard_requests import create
 
-from volagent.rack import registry_claim
+from volagent.guard.plugin import Guard
+from volagent.rack import owners, registry_claim
 from volagent.rack.registry import Entry
 from volagent.rack.registry_task import Registry
 from volagent.values import Owner
 from volagent.volumes import trashcheck
 from volagent.volumes.directories import Identity, Prepared
+from volagent.volumes.preparer import Preparer
+from volagent.worker import TimedWorker
 
 pytestmark = pytest.mark.mount
 
@@ -234,3 +238,34 @@ async def test_a_claim_through_the_registry_reads_the_registry_alone(counted: Co
     assert (ops["create"], ops["write"], ops["rename"]) == (1, 1, 1), ops
     assert ops["opendir"] == ops["readdir"] == 0, ops  # no directory listed
     assert ops.total() <= 25, ops  # as the bare transaction on kept files (0.3.3: 58)
+
+
+def test_a_create_the_registry_holds_marks_nothing(counted: Counted) -> None:
+    """A guarded create of an existing directory three levels down, first used on this host,
+    as the daemon decides it once every host's gc reads the registry: the claim's entry
+    stands for gc's mark, so the walk sets no mtime (two round trips on EFS before the
+    answer, and the start's LOOKUP and ACCESS of each directory they changed)."""
+    (counted.backing / "/".join(EXISTING)).mkdir(parents=True)
+    (counted.backing / "r1-a/web/other").mkdir()
+    # the namespace's owner recorded at its first use (written by a link the stand-in lacks)
+    backing = str(counted.backing)
+    owners.owner_of(backing, os.stat(backing).st_dev, "r1-a", rack="r1", app="a", host="h1")
+    st = make_state(counted.mount_point, host="h1", guard={"enabled": True})
+    st.gc_reads_registry_in = st.mount_epoch  # a rack of hosts whose gc reads the registry
+    reg = Registry(st)
+    worker = TimedWorker("test-roundtrips")
+    guard = Guard(st, Preparer(st, worker, registry=reg))
+    try:
+        # another directory of the namespace first: the registry's files made and kept, the
+        # namespace's owner read
+        assert create(guard, f"{counted.mount_point}/r1-a/web/other:/data")["Allow"] is True
+        aged(counted.backing, "r1-a", "r1-a/web")
+        before = counted.ops(every_thread=True)
+        answer = create(guard, f"{counted.mount_point}/r1-a/web/x/y/z:/data", name="web-2")
+        ops = counted.ops(every_thread=True) - before
+    finally:
+        reg.worker.close()
+        worker.close()
+    assert answer["Allow"] is True, answer
+    assert ops["utimens"] == 0, ops
+    assert ops.total() <= 48, ops  # 52 with the mark (two utimens and their getattrs)

@@ -102,14 +102,22 @@ def test_a_bind_of_the_whole_namespace_holds_every_directory(mp: Path, root: int
     assert not still_unused(mp, root, c)
 
 
-def test_the_entries_of_a_host_gone_for_good_keep_nothing(mp: Path, root: int) -> None:
+def test_a_host_gone_for_good_keeps_what_its_entries_hold_for_the_window_only(
+    mp: Path, root: int
+) -> None:
+    """A host that crashed leaves its entries behind: each is a use at its time (the host
+    may have died before it wrote a usage record), no longer a use now."""
     make_dir(mp, "r1-shop/web")
+    make_dir(mp, "r1-old/web")
     long_ago = time.time() - 2 * FORGET
     write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("host-b", long_ago))
-    register(mp, "host-b", "r1-shop/web/data", when=long_ago)
+    register(mp, "host-b", "r1-shop/web/data", when=long_ago)  # within the window
+    register(mp, "host-b", "r1-old/web/data", when=OLD)  # before it
     [c] = survey(mp, root).candidates
-    assert (c.namespace, c.directory) == ("r1-shop", None)
+    assert (c.namespace, c.directory) == ("r1-old", None)
     assert still_unused(mp, root, c)
+    kept = gcsurvey.Candidate("r1-shop", None, str(mp / "r1-shop"), None, "", OLD)
+    assert not still_unused(mp, root, kept)
 
 
 def test_a_host_that_says_it_trusts_its_entries_longer_is_not_gone_yet(mp: Path, root: int) -> None:

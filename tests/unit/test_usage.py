@@ -238,3 +238,77 @@ async def test_a_container_removed_while_its_record_is_written_gets_its_last_rec
     monkeypatch.setattr(recorder, "write_usage", write_usage)
     assert await rec.record_due() == 1
     assert json.loads(record.read_text())["containers"] == []
+
+
+def every_gc_reads_the_registry(st: AgentState) -> None:
+    """What the heartbeat task judges from a rack view of 0.5 hosts alone."""
+    st.gc_reads_registry_in = st.mount_epoch
+
+
+async def test_a_first_use_the_registry_holds_is_recorded_at_the_first_refresh(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """Every host's gc counts the registry's entry meanwhile: the record would be a write
+    round trip more in the container's first start. A use some volume of which is not
+    ready (not claimed or walked), or one of the mount point itself (the registry holds no
+    such bind), is recorded at once as before."""
+    st = make_state(mp)
+    every_gc_reads_the_registry(st)
+    add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
+    add_container(st, "2", (f"{mp}/r1-a/worker/x", "ready"), (f"{mp}/r1-a/worker/y", "failed"))
+    add_container(st, "3", (f"{mp}", "ready"))
+    rec = recorder.UsageRecorder(st, worker)
+    assert await rec.record_due() == 2
+    base = mp / ".volagent" / "usage"
+    assert not (base / "r1-a" / "web").exists()
+    assert (base / "r1-a" / "worker" / "host-a.json").is_file()
+    assert (base / "host-a.json").is_file()
+    assert list(rec.due(time.monotonic() + recorder.REFRESH_S + 1)) == [
+        ("r1-a", "web"),
+        ("r1-a", "worker"),
+        ("", ""),
+    ]
+
+
+async def test_a_deferred_use_that_ends_gets_its_last_record(mp: Path, worker: TimedWorker) -> None:
+    st = make_state(mp)
+    every_gc_reads_the_registry(st)
+    add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
+    rec = recorder.UsageRecorder(st, worker)
+    assert await rec.record_due() == 0
+    st.forget_container("1")
+    assert await rec.record_due() == 1
+    last = json.loads((mp / ".volagent/usage/r1-a/web/host-a.json").read_text())
+    assert last["containers"] == []
+    assert await rec.record_due() == 0
+
+
+async def test_deferred_first_records_are_due_once_a_host_may_run_an_older_gc(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """A host of 0.4 or before joined (a rollback): its gc judges by records and mtimes."""
+    st = make_state(mp)
+    every_gc_reads_the_registry(st)
+    add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
+    rec = recorder.UsageRecorder(st, worker)
+    assert await rec.record_due() == 0
+    st.gc_reads_registry_in = None
+    assert await rec.record_due() == 1
+    assert (mp / ".volagent/usage/r1-a/web/host-a.json").is_file()
+
+
+async def test_a_use_whose_registry_entry_the_keeper_removed_gets_a_last_record(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """After a restart: its container went while the agent was down, before the first
+    refresh wrote a record; the entry's removal is the use's end (gc counts the entry's time
+    no more)."""
+    st = make_state(mp)
+    st.uses_ended |= {("r1-a", "web"), ("r1-a", "api")}
+    add_container(st, "1", (f"{mp}/r1-a/api/x", "ready"))  # in use again: recorded as such
+    rec = recorder.UsageRecorder(st, worker)
+    assert await rec.record_due() == 2
+    base = mp / ".volagent/usage/r1-a"
+    assert json.loads((base / "web/host-a.json").read_text())["containers"] == []
+    assert json.loads((base / "api/host-a.json").read_text())["containers"] == ["c-1"]
+    assert st.uses_ended == set()

@@ -104,6 +104,8 @@ class SetResult:
 
     contested: frozenset[str] = frozenset()
     counts: Counts = field(default_factory=Counts)
+    # the paths of this host's entries (its former names' too) that went: uses that ended
+    removed: frozenset[str] = frozenset()
 
 
 def set_own(
@@ -138,7 +140,10 @@ def set_own(
             lambda e: e.host in formers or (e.host == host and e.path not in paths),
         )
         if changed(tx.entries, after):
+            kept = {e.key for e in after}
+            removed = frozenset(e.path for e in tx.entries if e.key not in kept)
             tx.write(after)
+            result.removed = removed
         others = [(absolute(mount_point, e.path), e.host) for e in after if e.host != host]
         result.contested = frozenset(
             p for p in paths if nested_with(absolute(mount_point, p), others) is not None

@@ -369,6 +369,11 @@ class Registry:
             self._unsure.add(ns)
             return exc
         self._unsure.discard(ns)
+        mp = st.config.mount_point
+        for path in result.removed:
+            ended = key_of(mp, registry_claim.absolute(mp, path))
+            if ended is not None:
+                st.uses_ended.add(ended)
         if paths and self._held_key() == key:
             self._note_held(ns, frozenset(paths))
             self._contested[ns] = result.contested

@@ -9,8 +9,12 @@ refuses, or gc finds the create's entry and keeps the directory: what lets a cre
 binds the registry holds leave out the mtime mark (volumes/trashcheck.py) once every host's gc
 reads the registry (since 0.5).
 
-An entry counts unless its host is gone by the registry's own rule (registry_claim.gone). A
-registry that cannot be read keeps its namespace. Blocking.
+An entry counts while its host is not gone by the registry's own rule (registry_claim.gone),
+and, whatever became of its host, as a use at its time: an entry written within gc's window
+keeps what it holds for the window, as a usage record of that time would (a host that
+crashed before it wrote one leaves its entries behind; since 0.5 a host writes the first
+record of a directory the registry holds at the first refresh, not at once). A registry that
+cannot be read keeps its namespace. Blocking.
 """
 
 from __future__ import annotations
@@ -41,16 +45,18 @@ def holding(entries: list[Entry], namespace: str, directory: str | None) -> list
     return out
 
 
-def live(
+def counting(
     entries: list[Entry],
     beat_of: Callable[[str], Mapping[str, object] | None],
     expire_after_s: float,
     now: float,
+    cutoff: float,
 ) -> list[Entry]:
-    """The entries whose host is not gone (`beat_of`: a host's heartbeat record)."""
-    hosts = {e.host for e in entries}
+    """The entries that count as uses: of a host not gone (`beat_of`: a host's heartbeat
+    record), or written since `cutoff`."""
+    hosts = {e.host for e in entries if e.time < cutoff}
     gone = {h for h in hosts if registry_claim.gone(entries, h, beat_of(h), expire_after_s, now)}
-    return [e for e in entries if e.host not in gone]
+    return [e for e in entries if e.host not in gone or e.time >= cutoff]
 
 
 def read_unlocked(root_fd: int, namespace: str) -> list[Entry]:
@@ -63,22 +69,28 @@ def read_unlocked(root_fd: int, namespace: str) -> list[Entry]:
         return registry.read_entries(reg, namespace)
 
 
-def held_now(
-    mount_point: str, root_fd: int, namespace: str, directory: str | None, expire_after_s: float
+def held_now(  # noqa: PLR0917 - the candidate's and the judgement's terms
+    mount_point: str,
+    root_fd: int,
+    namespace: str,
+    directory: str | None,
+    expire_after_s: float,
+    cutoff: float,
 ) -> list[Entry]:
-    """The live entries holding the candidate, read under the namespace's registry lock (the
-    last judgement): no claim is between its read and its write meanwhile, and one that
-    wrote before is seen. RegistryError when the registry cannot be read or locked."""
+    """The entries holding the candidate that count as uses, read under the namespace's
+    registry lock (the last judgement): no claim is between its read and its write
+    meanwhile, and one that wrote before is seen. RegistryError when the registry cannot be
+    read or locked."""
     dev = os.fstat(root_fd).st_dev
     deadline = time.monotonic() + LOCK_WAIT_S
     with registry.locked(mount_point, dev, namespace, deadline) as tx:
         entries = holding(tx.entries, namespace, directory)
         if not entries:
             return []
-        now = time.time()
-        return live(
+        return counting(
             entries,
             lambda host: registry_claim.read_heartbeat(mount_point, dev, host),
             expire_after_s,
-            now,
+            time.time(),
+            cutoff,
         )

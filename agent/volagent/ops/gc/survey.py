@@ -129,11 +129,12 @@ def survey(
         dirs = safedir.subdirs(ns_fd, dots=True)
         whole_last, _ = usage.get((ns, ""), (0.0, ""))
         try:
-            entries = registered.live(
+            entries = registered.counting(
                 registered.holding(registered.read_unlocked(root_fd, ns), ns, None),
                 beats.get,
                 expire_after_s,
                 now,
+                cutoff,
             )
         except (RegistryError, OSError) as exc:
             result.unreadable[ns] = str(exc)
@@ -211,7 +212,7 @@ def still_unused(
         relevant = key != MOUNT_ROOT and (key[1] == "" or c.directory in (None, key[1]))
         if relevant and t >= cutoff:
             return False
-    if registered.held_now(mount_point, root_fd, c.namespace, c.directory, expire_after_s):
+    if registered.held_now(mount_point, root_fd, c.namespace, c.directory, expire_after_s, cutoff):
         return False
     path = c.namespace if c.directory is None else f"{c.namespace}/{c.directory}"
     try:

@@ -9,8 +9,17 @@ directory in use; a bind of a whole top-level directory is recorded as
 `<mp>/.volagent/usage/<top>/<host>.json`, one of the mount point itself as
 `<mp>/.volagent/usage/<host>.json`. gc on any host reads them all and takes the newest. A
 new use is recorded within a second; an ongoing one is refreshed every REFRESH_S, so writes
-stay few. Records are written like heartbeats: through the timed worker, only onto the
-healthy shared filesystem.
+stay few; a use that ends gets a last record. Records are written like heartbeats: through
+the timed worker, only onto the healthy shared filesystem.
+
+Since 0.5, while every host sharing the filesystem runs a gc that reads the rack's registry
+(rack/heartbeat.py judges it), a new use whose every volume is ready gets its first record
+at the first refresh instead of at once: each of its binds was claimed in the registry
+(whose entry gc counts, live or within its window: ops/gc/registered.py) or, walked by the
+Docker watch without a claim, marked for gc (volumes/trashcheck.py). That takes a record
+write out of a container's first start. A use that ends before its first refresh gets its
+last record as any other; so does one whose registry entry this host's keeper removed
+when this process wrote it no record (its containers went while the agent was down).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from volagent.errors import VolagentError
 from volagent.rack import records
 from volagent.rack.registry import FORMAT as REGISTRY_FORMAT
 from volagent.state import AgentState, now_iso
+from volagent.vocabulary import VolumeState
 from volagent.worker import TimedWorker
 
 SCAN_INTERVAL_S = 1.0
@@ -55,6 +65,20 @@ def key_of(mount_point: str, host_path: str) -> Key | None:
     if parts[0] == records.AGENT_DIR:
         return None
     return parts[0], parts[1] if len(parts) > 1 else ""
+
+
+def covered(state: AgentState) -> set[Key]:
+    """The directories every volume reaching which is ready: claimed in the registry or
+    marked for gc when it was walked."""
+    mp = state.config.mount_point
+    ready: set[Key] = set()
+    not_ready: set[Key] = set()
+    for c in state.containers.values():
+        for v in c.volumes:
+            key = key_of(mp, v.host)
+            if key is not None:
+                (ready if v.state == VolumeState.READY else not_ready).add(key)
+    return ready - not_ready
 
 
 def in_use(state: AgentState) -> dict[Key, list[str]]:
@@ -148,7 +172,10 @@ class UsageRecorder:
         self.state = state
         self.worker = worker
         self.log = log.get("usage")
-        self._written: dict[Key, float] = {}  # monotonic time of the last write per key
+        # monotonic time of the last write per key (of a deferred first one: of the first
+        # sight, the registry's entry standing for the record meanwhile)
+        self._written: dict[Key, float] = {}
+        self._deferred: set[Key] = set()  # uses whose first record waits for a refresh
         self._failing = False
         self._retry_at = 0.0
         self._adopted = False  # this host's records of an earlier run taken over
@@ -159,12 +186,32 @@ class UsageRecorder:
             await asyncio.sleep(SCAN_INTERVAL_S)
 
     def due(self, now_mono: float) -> dict[Key, list[str]]:
-        """Directories in use never recorded by this agent, or not for REFRESH_S."""
+        """Directories in use never recorded by this agent, or not for REFRESH_S (a new use
+        that the registry holds: see the module's docstring)."""
+        uses = in_use(self.state)
+        self._defer_first_records(uses, now_mono)
         return {
             key: names
-            for key, names in in_use(self.state).items()
+            for key, names in uses.items()
             if now_mono - self._written.get(key, -REFRESH_S - 1) > REFRESH_S
         }
+
+    def _defer_first_records(self, uses: dict[Key, list[str]], now_mono: float) -> None:
+        st = self.state
+        if st.gc_reads_registry_in != st.mount_epoch:
+            # a gc that judges by records and mtimes alone may run (or another filesystem is
+            # mounted): what waits is due now
+            for key in self._deferred & uses.keys():
+                self._written[key] = -REFRESH_S - 1.0
+            self._deferred.clear()
+            return
+        fresh = [k for k in uses if k not in self._written and k[0]]
+        if fresh:
+            ready = covered(st)
+            for key in fresh:
+                if key in ready:
+                    self._written[key] = now_mono
+                    self._deferred.add(key)
 
     async def _adopt_own_records(self) -> None:
         """Takes over what this host's records say it uses, once the table of containers is
@@ -193,8 +240,12 @@ class UsageRecorder:
             await self._adopt_own_records()
         due = self.due(time.monotonic())
         # directories no container here uses any more: one last record that lists no
-        # containers, so gc stops counting them in use (the time stays the last use)
-        gone = set(self._written) - set(in_use(st))
+        # containers, so gc stops counting them in use (the time stays the last use); and
+        # those whose registry entries went that this process wrote no record of
+        uses = in_use(st)
+        gone = set(self._written) - set(uses)
+        ended, st.uses_ended = st.uses_ended, set()
+        gone |= {k for k in ended if k not in uses and k not in st.usage_recorded}
         if not due and not gone:
             return 0
         now = time.time()
@@ -206,6 +257,7 @@ class UsageRecorder:
         try:
             done = await self.worker.run(call, WRITE_TIMEOUT_S, what="writing usage records")
         except (VolagentError, OSError) as exc:
+            st.uses_ended |= ended  # asked again with the next
             st.metrics.usage_records.labels(result="failed").inc(len(batch))
             if not self._failing:
                 self.log.warning("usage_record_failed", reason=str(exc), records=len(batch))
@@ -217,13 +269,14 @@ class UsageRecorder:
         for key in done:
             self._written[key] = mono
             st.usage_recorded[key] = now
+            self._deferred.discard(key)
         for key, at in list(st.usage_recorded.items()):
             if at < now - RECORDED_KEPT_S:
                 del st.usage_recorded[key]
         # a directory's last record written: it needs no refreshing. Not one that went out
         # of use while its record was written: that record still lists it, the next is due
         for key in gone & set(done):
-            del self._written[key]
+            self._written.pop(key, None)
         st.metrics.usage_records.labels(result="written").inc(len(done))
         self.log.debug("usage_recorded", records=len(done))
         return len(done)

@@ -6,6 +6,8 @@ that cannot be read keeps its namespace."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +15,8 @@ from pathlib import Path
 import pytest
 from tests.unit.aged import CUTOFF, OLD, make_dir
 
+from volagent.ops.gc import registered, trashing, tree
 from volagent.ops.gc import survey as gcsurvey
-from volagent.ops.gc import trashing, tree
 from volagent.rack import registry, registry_claim
 from volagent.rack.heartbeat import HostBeat, write_heartbeat
 from volagent.rack.registry import Entry, RegistryError
@@ -135,6 +137,7 @@ def test_a_registry_that_cannot_be_read_keeps_its_namespace(mp: Path, root: int)
     make_dir(mp, "r1-other/web")
     reg = mp / ".volagent" / "registry"
     reg.mkdir(parents=True)
+    (reg / "r1-shop.lock").touch()
     (reg / registry.file_of("r1-shop")).write_text('{"kind": "volagent.registry", "format": 9}')
     s = survey(mp, root)
     assert [c.namespace for c in s.candidates] == ["r1-other"]
@@ -149,3 +152,40 @@ def test_a_registry_that_cannot_be_read_keeps_its_namespace(mp: Path, root: int)
         )  # fmt: skip
     assert (mp / "r1-shop" / "web").is_dir()
     assert list((mp / ".volagent" / "trash").iterdir()) == [], "its claim went again"
+
+
+def test_gc_reads_the_registry_under_its_lock_and_makes_nothing(mp: Path, root: int) -> None:
+    """No entries file is held open outside the lock, where a writer may replace it (an
+    open by file handle of a replaced file another host holds open would read it yet), and
+    a listing makes no registry files."""
+    make_dir(mp, "r1-shop/web")
+    assert [c.namespace for c in survey(mp, root).candidates] == ["r1-shop"]
+    assert not (mp / ".volagent").exists()
+    register(mp, "host-b", "r1-shop/web/data")
+    lock = mp / ".volagent" / "registry" / "r1-shop.lock"
+    holder = subprocess.Popen(  # another process (another host, as far as locks go)
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        c = gcsurvey.Candidate("r1-shop", None, str(mp / "r1-shop"), None, "", OLD)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(registered, "LOCK_WAIT_S", 0.2)
+            with pytest.raises(RegistryError, match="stayed locked"):
+                still_unused(mp, root, c)
+            assert "stayed locked" in survey(mp, root).unreadable["r1-shop"]
+    finally:
+        holder.kill()
+        holder.communicate()
+    (mp / ".volagent" / "registry" / "r1-shop.lock").unlink()
+    with pytest.raises(RegistryError, match="no lock file"):
+        still_unused(mp, root, c)
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""

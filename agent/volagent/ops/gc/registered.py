@@ -6,8 +6,9 @@ A create claims its binds in the registry before its walk looks in the trash
 (volumes/preparer.py), and gc's last judgement reads the registry under its lock once gc has
 claimed the trash entry (ops/gc/trashing.py). So either the walk finds gc's trash entry and
 refuses, or gc finds the create's entry and keeps the directory: what lets a create whose
-binds the registry holds leave out the mtime mark (volumes/trashcheck.py) once every host's gc
-reads the registry (since 0.5).
+binds the registry holds leave out the mtime mark (volumes/trashcheck.py) once every host's
+gc reads the registry (since 0.5). The survey reads under the lock too, and neither creates
+anything: gc never holds an entries file open that a writer may replace (docs/REGISTRY.md).
 
 An entry counts while its host is not gone by the registry's own rule (registry_claim.gone),
 and, whatever became of its host, as a use at its time: an entry written within gc's window
@@ -23,8 +24,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
-from volagent import safedir
-from volagent.rack import records, registry, registry_claim
+from volagent.rack import registry, registry_claim
 from volagent.rack.registry import Entry
 
 # how long the last judgement waits for the namespace's registry lock (a claim holds it for
@@ -59,14 +59,11 @@ def counting(
     return [e for e in entries if e.host not in gone or e.time >= cutoff]
 
 
-def read_unlocked(root_fd: int, namespace: str) -> list[Entry]:
-    """The namespace's entries as last renamed into place (the survey's look); RegistryError
-    when they cannot be read."""
-    reg = records.open_dir(root_fd, (records.AGENT_DIR, registry.REGISTRY_DIR), create=False)
-    if reg is None:
-        return []
-    with safedir.closing(reg):
-        return registry.read_entries(reg, namespace)
+def read(root_fd: int, mount_point: str, namespace: str) -> list[Entry]:
+    """The namespace's entries, read under its lock (no claim is between its read and its
+    write meanwhile, and one that wrote before is seen); RegistryError when they cannot be
+    read or the lock cannot be had within LOCK_WAIT_S."""
+    return registry.read_locked(root_fd, mount_point, namespace, time.monotonic() + LOCK_WAIT_S)
 
 
 def held_now(  # noqa: PLR0917 - the candidate's and the judgement's terms
@@ -77,20 +74,16 @@ def held_now(  # noqa: PLR0917 - the candidate's and the judgement's terms
     expire_after_s: float,
     cutoff: float,
 ) -> list[Entry]:
-    """The entries holding the candidate that count as uses, read under the namespace's
-    registry lock (the last judgement): no claim is between its read and its write
-    meanwhile, and one that wrote before is seen. RegistryError when the registry cannot be
-    read or locked."""
+    """The entries holding the candidate that count as uses, read now (the last
+    judgement). RegistryError when the registry cannot be read or locked."""
+    entries = holding(read(root_fd, mount_point, namespace), namespace, directory)
+    if not entries:
+        return []
     dev = os.fstat(root_fd).st_dev
-    deadline = time.monotonic() + LOCK_WAIT_S
-    with registry.locked(mount_point, dev, namespace, deadline) as tx:
-        entries = holding(tx.entries, namespace, directory)
-        if not entries:
-            return []
-        return counting(
-            entries,
-            lambda host: registry_claim.read_heartbeat(mount_point, dev, host),
-            expire_after_s,
-            time.time(),
-            cutoff,
-        )
+    return counting(
+        entries,
+        lambda host: registry_claim.read_heartbeat(mount_point, dev, host),
+        expire_after_s,
+        time.time(),
+        cutoff,
+    )

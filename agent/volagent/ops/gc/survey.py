@@ -130,7 +130,7 @@ def survey(
         whole_last, _ = usage.get((ns, ""), (0.0, ""))
         try:
             entries = registered.counting(
-                registered.holding(registered.read_unlocked(root_fd, ns), ns, None),
+                registered.holding(registered.read(root_fd, mount_point, ns), ns, None),
                 beats.get,
                 expire_after_s,
                 now,

@@ -111,10 +111,9 @@ class AgentState:
         # the time of this host's last usage record of each (top-level directory, directory
         # below it) on the shared filesystem: a recent one marks it used for gc
         self.usage_recorded: dict[tuple[str, str], float] = {}
-        # (top-level directory, directory below it) of this host's registry entries the
-        # keeper removed: uses that ended, which the usage recorder gives a last record when
-        # it wrote none (rack/usage/recorder.py)
-        self.uses_ended: set[tuple[str, str]] = set()
+        # the refs of registry entries that creates refused after their claim wrote them
+        # (`request:<digest>`), and when: no use ended with them (rack/registry_task.py)
+        self.refused_claims: dict[str, float] = {}
         # the mount epoch in whose rack view every host sharing the filesystem said its gc
         # reads the registry (rack/heartbeat.py); None: not seen. Then a create whose binds
         # the registry holds leaves out gc's mtime mark (volumes/trashcheck.py)

@@ -189,3 +189,15 @@ fcntl.lockf(fd, fcntl.LOCK_EX)
 print("locked", flush=True)
 time.sleep(60)
 """
+
+
+def test_a_gone_hosts_entries_count_each_by_its_own_time(mp: Path, root: int) -> None:
+    """One host gone for good, with an entry older than the window and one within it in
+    the same namespace: the old one keeps nothing, the recent one its directory."""
+    make_dir(mp, "r1-shop/web")
+    make_dir(mp, "r1-shop/worker")
+    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("host-b", OLD))
+    register(mp, "host-b", "r1-shop/web/data", when=OLD)
+    register(mp, "host-b", "r1-shop/worker/data", when=time.time() - 2 * FORGET)
+    found = {(c.namespace, c.directory) for c in survey(mp, root).candidates}
+    assert found == {("r1-shop", "web")}

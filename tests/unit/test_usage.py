@@ -15,6 +15,7 @@ import pytest
 from tests.unit.factories import make_state
 
 from volagent.errors import RecordError
+from volagent.rack.registry import Entry
 from volagent.rack.usage import recorder
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker
@@ -297,18 +298,58 @@ async def test_deferred_first_records_are_due_once_a_host_may_run_an_older_gc(
     assert (mp / ".volagent/usage/r1-a/web/host-a.json").is_file()
 
 
-async def test_a_use_whose_registry_entry_the_keeper_removed_gets_a_last_record(
+async def test_a_use_whose_end_the_keeper_recorded_gets_no_second_last_record(
     mp: Path, worker: TimedWorker
 ) -> None:
-    """After a restart: its container went while the agent was down, before the first
-    refresh wrote a record; the entry's removal is the use's end (gc counts the entry's time
-    no more)."""
+    """The registry's keeper records a use's end before it removes this host's entry of it
+    (the entry kept it for gc until then): the recorder then writes none of its own."""
     st = make_state(mp)
-    st.uses_ended |= {("r1-a", "web"), ("r1-a", "api")}
-    add_container(st, "1", (f"{mp}/r1-a/api/x", "ready"))  # in use again: recorded as such
+    every_gc_reads_the_registry(st)
+    add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
     rec = recorder.UsageRecorder(st, worker)
-    assert await rec.record_due() == 2
-    base = mp / ".volagent/usage/r1-a"
-    assert json.loads((base / "web/host-a.json").read_text())["containers"] == []
-    assert json.loads((base / "api/host-a.json").read_text())["containers"] == ["c-1"]
-    assert st.uses_ended == set()
+    assert await rec.record_due() == 0  # deferred
+    st.forget_container("1")
+    st.usage_recorded[("r1-a", "web")] = time.time()  # the keeper's record of its end
+    assert await rec.record_due() == 0
+    assert rec.due(time.monotonic() + recorder.REFRESH_S + 1) == {}
+
+
+def test_the_end_of_a_use_is_recorded_unless_a_record_came_since_or_the_create_was_refused(
+    mp: Path,
+) -> None:
+    dev = os.stat(mp).st_dev
+    now = time.time()
+    ended = [
+        Entry("host-a", "c1", "", "r1-a/web/data", now - 60),
+        Entry("host-a", "c2", "", "r1-a/api/x", now - 60),  # recorded since
+        Entry("host-a", "request:ab", "", "r1-a/jobs/x", now - 1),  # refused after its claim
+    ]
+    written = recorder.record_ends(
+        str(mp), dev, "host-a", ended, {("r1-a", "web"): ["c-9"]},
+        {("r1-a", "api"): now - 30}, frozenset({"request:ab"}), now,
+    )  # fmt: skip
+    assert written == [("r1-a", "web")]
+    base = mp / ".volagent" / "usage" / "r1-a"
+    assert json.loads((base / "web" / "host-a.json").read_text())["containers"] == ["c-9"]
+    assert not (base / "api").exists() and not (base / "jobs").exists()
+
+
+def test_a_gone_hosts_uses_are_kept_at_their_time_never_earlier_than_its_records(
+    mp: Path,
+) -> None:
+    dev = os.stat(mp).st_dev
+    now = time.time()
+    newer = recorder.usage_record("host-b", ("r1-a", "api"), ["c"], now - 10)
+    recorder.write_usage(str(mp), dev, "host-b", [(("r1-a", "api"), newer)])
+    recorder.keep_uses(
+        str(mp), dev,
+        [
+            Entry("host-b", "c1", "", "r1-a/web/data", now - 600),
+            Entry("host-b", "c1", "", "r1-a/web/other", now - 300),
+            Entry("host-b", "c2", "", "r1-a/api/x", now - 600),
+        ],
+    )  # fmt: skip
+    base = mp / ".volagent" / "usage" / "r1-a"
+    web = json.loads((base / "web" / "host-b.json").read_text())
+    assert web["time"] == pytest.approx(now - 300) and web["host"] == "host-b"
+    assert json.loads((base / "api" / "host-b.json").read_text())["time"] == pytest.approx(now - 10)

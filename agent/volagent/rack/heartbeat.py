@@ -156,7 +156,7 @@ class Heartbeat:
         self._known: list[HostBeat] = []
         self._reading: asyncio.Future[list[HostBeat]] | None = None
         self._reading_epoch = 0  # the mount's epoch when the read under way began
-        self._judged_epoch: int | None = None  # the mount's epoch of the last read begun here
+        self._judged_epoch: int | None = None  # the mount's epoch of the last rack judged
         self._failing = False
         self._identify_at = 0.0
 
@@ -286,10 +286,8 @@ class Heartbeat:
         """Reads the rack view once after each mount (the usage walk reads it once a pass, an
         hour apart by default): creates leave out gc's mark only while it says so."""
         st = self.state
-        if not st.mount_healthy or self._judged_epoch == st.mount_epoch:
-            return
-        self._judged_epoch = st.mount_epoch
-        await self.hosts()
+        if st.mount_healthy and self._judged_epoch != st.mount_epoch:
+            await self.hosts()  # a read that does not answer in time: again at the next beat
 
     def _judge_gc(self, beats: list[HostBeat], epoch: int) -> None:
         """Whether every host sharing the filesystem runs a gc that reads the registry (its
@@ -311,6 +309,7 @@ class Heartbeat:
             else:
                 self.log.info("gc_marks_left_out")
         st.gc_reads_registry_in = judged
+        self._judged_epoch = epoch
 
     def _warn_outside(self, view: list[dict[str, Any]]) -> None:
         """Warns while a live host sharing the filesystem takes no part in the registry (one

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import posixpath
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from volagent import safedir
@@ -23,6 +23,7 @@ from volagent.config import MAX_FORGET_AFTER_S
 from volagent.nesting import nested_with, strictly_under
 from volagent.rack import records
 from volagent.rack.registry import Counts, Entry, changed, locked, merged
+from volagent.rack.usage import recorder
 
 
 @dataclass
@@ -82,6 +83,10 @@ def claim(
                 if gone(entries, other, beat, expire_after_s, now):
                     dead.add(other)
                     result.expired.append(other)
+        if dead:
+            # gc counts a gone host's entry as a use at its time (a host that crashed before
+            # its first usage record): a record of it first, then the entry may go
+            recorder.keep_uses(mount_point, dev, [e for e in entries if e.host in dead])
         if result.clashes:
             if dead:  # the expired hosts' entries go anyway: they would be read again
                 tx.write(merged(entries, [], lambda e: e.host in dead))
@@ -104,8 +109,6 @@ class SetResult:
 
     contested: frozenset[str] = frozenset()
     counts: Counts = field(default_factory=Counts)
-    # the paths of this host's entries (its former names' too) that went: uses that ended
-    removed: frozenset[str] = frozenset()
 
 
 def set_own(
@@ -118,6 +121,7 @@ def set_own(
     deadline: float,
     epoch: int | None = None,
     formers: frozenset[str] = frozenset(),
+    ended: Callable[[list[Entry]], None] | None = None,
 ) -> SetResult:
     """Makes this host's entries in `ns` hold the paths it binds, one entry a path: adds
     `live` where this host holds no entry of the path, removes its entries of paths no longer
@@ -128,7 +132,11 @@ def set_own(
 
     It judges nothing: a path it writes may nest another host's entry (a create reserved
     and not claimed yet, a container no claim judged). Those come back as `contested`: an
-    entry of them is no proof that nothing nests them, so their claims take the lock."""
+    entry of them is no proof that nothing nests them, so their claims take the lock.
+
+    `ended` is called, under the lock and before the write, with the entries of paths no
+    longer bound: the caller records those uses' end (gc counts the entries until then). It
+    raising leaves the file as it was."""
     result = SetResult()
     paths = {e.path for e in live}
     with locked(mount_point, dev, ns, deadline, counts=result.counts, epoch=epoch) as tx:
@@ -141,9 +149,12 @@ def set_own(
         )
         if changed(tx.entries, after):
             kept = {e.key for e in after}
-            removed = frozenset(e.path for e in tx.entries if e.key not in kept)
+            gone = [e for e in tx.entries if e.key not in kept]
+            if ended is not None:
+                # the uses that ended (a former name's entry of a path still bound is not
+                # one), recorded before their entries go: gc counts the entries meanwhile
+                ended([e for e in gone if e.path not in paths])
             tx.write(after)
-            result.removed = removed
         others = [(absolute(mount_point, e.path), e.host) for e in after if e.host != host]
         result.contested = frozenset(
             p for p in paths if nested_with(absolute(mount_point, p), others) is not None

@@ -36,7 +36,8 @@ from volagent import log
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation, VolagentError
 from volagent.rack import registry_claim
 from volagent.rack.registry import Entry
-from volagent.rack.usage.recorder import key_of
+from volagent.rack.usage import recorder
+from volagent.rack.usage.recorder import Key, key_of
 from volagent.state import AgentState, VolumeRecord
 from volagent.vocabulary import VolumeState
 from volagent.worker import TimedWorker
@@ -45,6 +46,8 @@ SYNC_INTERVAL_S = 1.0
 DEADLINE_SHARE = 0.8
 FAILURE_BACKOFF_S = 10.0
 REMEMBERED = "registry-namespaces.json"
+# how long a refused create's ref is known (its entry goes at the keeper's next pass)
+REFUSED_KEPT_S = 3600.0
 # how often the keeper reads its namespaces again though nothing changed here (an entry
 # removed by hand, or forgotten by another host while this one's heartbeats failed)
 VERIFY_INTERVAL_S = 300.0
@@ -312,6 +315,10 @@ class Registry:
         if time.monotonic() >= self._verify_at:
             todo |= set(held)
             self._verify_at = time.monotonic() + VERIFY_INTERVAL_S
+        # a refused create's entry goes at the next pass: its ref is not needed for long
+        for ref, at in list(st.refused_claims.items()):
+            if at < time.time() - REFUSED_KEPT_S:
+                del st.refused_claims[ref]
         done = 0
         for ns in sorted(todo):
             async with self._turns.setdefault(ns, asyncio.Lock()):
@@ -348,6 +355,26 @@ class Registry:
         key = self._held_key()
         live = [Entry(st.host_id, ref, name, path, now) for path, (ref, name) in paths.items()]
         timeout = st.config.directories.timeout_s
+        # what the worker needs to record the uses that end, taken here on the loop
+        names, since = recorder.in_use(st), dict(st.usage_recorded)
+        refused = frozenset(st.refused_claims)
+        ends_recorded: list[Key] = []
+
+        def ended(entries: list[Entry]) -> None:
+            # in the worker, under the lock: recorded before their entries go
+            ends_recorded.extend(
+                recorder.record_ends(
+                    st.config.mount_point,
+                    where[0],
+                    where[2],
+                    entries,
+                    names,
+                    since,
+                    refused,
+                    now,
+                )
+            )
+
         job = functools.partial(
             registry_claim.set_own,
             st.config.mount_point,
@@ -360,6 +387,7 @@ class Registry:
             deadline=time.monotonic() + timeout * DEADLINE_SHARE,
             epoch=where[1],
             formers=frozenset(self._names - {where[2]}),
+            ended=ended,
         )
         self._names.add(where[2])
         try:
@@ -369,11 +397,8 @@ class Registry:
             self._unsure.add(ns)
             return exc
         self._unsure.discard(ns)
-        mp = st.config.mount_point
-        for path in result.removed:
-            ended = key_of(mp, registry_claim.absolute(mp, path))
-            if ended is not None:
-                st.uses_ended.add(ended)
+        for ended_key in ends_recorded:
+            st.usage_recorded[ended_key] = now
         if paths and self._held_key() == key:
             self._note_held(ns, frozenset(paths))
             self._contested[ns] = result.contested

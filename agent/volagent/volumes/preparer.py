@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -228,18 +229,20 @@ class Preparer:
             # awaited only once the binds are reserved: two creates judged at once see each
             # other's (a binding found to be another app's is refused in `_settled`)
             await self.check_owner(outcome)
-            registered: set[str] = set()
+            claimed: set[str] = set()
             if self.registry is not None:
-                registered = await self.registry.claim(
+                claimed = await self.registry.claim(
                     outcome.volumes, outcome.plans, request_ref(key), spec.name
                 )
             verdict = await self._settled(
-                spec, outcome, self.state.mount_healthy, start=False, registered=registered
+                spec, outcome, self.state.mount_healthy, start=False, claimed=claimed
             )
             return verdict
         finally:
             if not isinstance(verdict, Allowed):
                 release()
+                if claimed:  # its entry ends no use (rack/registry_task.py)
+                    self.state.refused_claims[request_ref(key)] = time.time()
 
     async def decide_start(self, spec: ContainerSpec, healthy: bool) -> Allowed | Refused:
         """A start, judged and walked again: a directory checked at create may have been
@@ -252,12 +255,10 @@ class Preparer:
             return Allowed([])
         self.check_nesting(outcome, spec.id)
         await self.check_owner(outcome)
-        registered: set[str] = set()
+        claimed: set[str] = set()
         if healthy and self.registry is not None:
-            registered = await self.registry.claim(
-                outcome.volumes, outcome.plans, spec.id, spec.name
-            )
-        return await self._settled(spec, outcome, healthy, start=True, registered=registered)
+            claimed = await self.registry.claim(outcome.volumes, outcome.plans, spec.id, spec.name)
+        return await self._settled(spec, outcome, healthy, start=True, claimed=claimed)
 
     async def check_owner(self, outcome: Outcome) -> None:
         """Rule 6 across racks sharing the filesystem: the namespace's recorded owner
@@ -346,10 +347,10 @@ class Preparer:
         healthy: bool,
         start: bool,
         *,
-        registered: set[str],
+        claimed: set[str],
     ) -> Allowed | Refused:
         """After rule 7: violations, the mount's health, the walk (a start's is tracked).
-        `registered`: the binds this host's entries in the registry hold now."""
+        `claimed`: the binds this host's entries in the registry hold now."""
         guard = self.state.config.guard
         if outcome.violations and guard.violations == OnViolation.DENY:
             return Refused("violations", outcome)
@@ -361,7 +362,7 @@ class Preparer:
         try:
             async with asyncio.timeout(budget):  # fills `outcome` in place, even when cut short
                 await self.prepare(
-                    spec, track=start, outcome=outcome, rewalk=start, registered=registered
+                    spec, track=start, outcome=outcome, rewalk=start, claimed=claimed
                 )
         except TimeoutError:
             for vol in outcome.volumes:
@@ -476,12 +477,12 @@ class Preparer:
         outcome: Outcome | None = None,
         rewalk: bool = False,
         *,
-        registered: frozenset[str] | set[str] = frozenset(),
+        claimed: frozenset[str] | set[str] = frozenset(),
     ) -> Outcome | None:
         """Prepares every bind of `spec` (judged by `judge` unless `outcome` is given);
         records the container in the state when `track`. With `rewalk`, volumes already
         ready are walked again (a start: what was checked then may have been swapped).
-        `registered`: the binds this host's entries in the registry hold (the guard claimed
+        `claimed`: the binds this host's entries in the registry hold (the guard claimed
         them just before), which gc's last judgement keeps without a mark."""
         key = spec.id or f"request:{id(spec)}"
         lock = self._locks.setdefault(key, asyncio.Lock())
@@ -494,9 +495,7 @@ class Preparer:
                         # what the Docker watch prepares too: nothing is made in another
                         # rack's namespace, and the container is reported in violation
                         await self.check_owner(outcome)
-                return await self._prepare(
-                    spec, outcome, recheck, track, rewalk, registered=registered
-                )
+                return await self._prepare(spec, outcome, recheck, track, rewalk, claimed=claimed)
         finally:
             if not lock.locked() and self._locks.get(key) is lock:
                 del self._locks[key]
@@ -530,7 +529,7 @@ class Preparer:
         track: bool,
         rewalk: bool,
         *,
-        registered: frozenset[str] | set[str],
+        claimed: frozenset[str] | set[str],
     ) -> Outcome | None:
         if outcome is None:
             if track and spec.id:
@@ -566,7 +565,7 @@ class Preparer:
                 vol.leaf = vol.leaf or settled.leaf
                 continue
             await self._prepare_one(
-                spec, vol, plan, recheck, bound, rewalk=rewalk, registered=vol.host in registered
+                spec, vol, plan, recheck, bound, rewalk=rewalk, claimed=vol.host in claimed
             )
             if (
                 settled is not None
@@ -620,7 +619,7 @@ class Preparer:
         bound: Any,
         *,
         rewalk: bool = False,
-        registered: bool = False,
+        claimed: bool = False,
     ) -> None:
         st = self.state
         if not st.mount_healthy:
@@ -639,7 +638,7 @@ class Preparer:
         self._walked.pop(vol.host, None)  # a walk that fails leaves nothing to compare with
         # gc's last judgement keeps what the registry holds, once every host's gc reads it
         # (ops/gc/registered.py): the claim came before this walk's look in the trash
-        mark = not (registered and st.gc_reads_registry_in == st.mount_epoch)
+        mark = not (claimed and st.gc_reads_registry_in == st.mount_epoch)
         call = functools.partial(
             trashcheck.prepare_path,
             st.config.mount_point,

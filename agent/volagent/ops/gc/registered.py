@@ -27,9 +27,11 @@ from collections.abc import Callable, Mapping
 from volagent.rack import registry, registry_claim
 from volagent.rack.registry import Entry
 
-# how long the last judgement waits for the namespace's registry lock (a claim holds it for
-# a few round trips; a host that died holding it keeps it until its NFS lease expires)
-LOCK_WAIT_S = 30.0
+# how long gc waits for a namespace's registry lock (a host that died holding it keeps it
+# until its NFS lease expires: the namespace is kept then, and gc says why);
+# a claim holds it for a few round trips; well below the stall gc's watchdog reports as a hung
+# filesystem (ops/gc/command.py STALL_S), which a lock held elsewhere is not
+LOCK_WAIT_S = 10.0
 
 
 def holding(entries: list[Entry], namespace: str, directory: str | None) -> list[Entry]:
@@ -54,9 +56,24 @@ def counting(
 ) -> list[Entry]:
     """The entries that count as uses: of a host not gone (`beat_of`: a host's heartbeat
     record), or written since `cutoff`."""
+    # a host's heartbeat is read only for its entries older than the window: the others
+    # count whatever became of it
     hosts = {e.host for e in entries if e.time < cutoff}
     gone = {h for h in hosts if registry_claim.gone(entries, h, beat_of(h), expire_after_s, now)}
     return [e for e in entries if e.host not in gone or e.time >= cutoff]
+
+
+def heartbeats(mount_point: str, dev: int) -> Callable[[str], Mapping[str, object] | None]:
+    """A host's heartbeat record, read once (the registry's own reader: a record it cannot
+    decode still says when its host last beat)."""
+    cache: dict[str, Mapping[str, object] | None] = {}
+
+    def beat_of(host: str) -> Mapping[str, object] | None:
+        if host not in cache:
+            cache[host] = registry_claim.read_heartbeat(mount_point, dev, host)
+        return cache[host]
+
+    return beat_of
 
 
 def read(root_fd: int, mount_point: str, namespace: str) -> list[Entry]:
@@ -79,11 +96,5 @@ def held_now(  # noqa: PLR0917 - the candidate's and the judgement's terms
     entries = holding(read(root_fd, mount_point, namespace), namespace, directory)
     if not entries:
         return []
-    dev = os.fstat(root_fd).st_dev
-    return counting(
-        entries,
-        lambda host: registry_claim.read_heartbeat(mount_point, dev, host),
-        expire_after_s,
-        time.time(),
-        cutoff,
-    )
+    beat_of = heartbeats(mount_point, os.fstat(root_fd).st_dev)
+    return counting(entries, beat_of, expire_after_s, time.time(), cutoff)

@@ -111,13 +111,12 @@ def survey(
     usage, count = collect_usage(root_fd)
     result = Survey(cutoff=cutoff, records=count)
     now = time.time()
-    beats: dict[str, dict[str, Any]] = {}
     with contextlib.suppress(RecordError, OSError):
-        read = read_heartbeats_at(root_fd)
-        beats = {b.host: b.encode() for b in read}
+        beats = read_heartbeats_at(root_fd)
         # stale: its heartbeat is old, or it said it stopped; either way, what its
         # containers use is not being recorded
-        result.stale_hosts = [h for h in rack_view(read, stale_after_s, now) if h["stale"]]
+        result.stale_hosts = [h for h in rack_view(beats, stale_after_s, now) if h["stale"]]
+    beat_of = registered.heartbeats(mount_point, os.fstat(root_fd).st_dev)
     result.root_used_by = root_in_use(usage, local, now)
     if result.root_used_by:
         return result
@@ -131,7 +130,7 @@ def survey(
         try:
             entries = registered.counting(
                 registered.holding(registered.read(root_fd, mount_point, ns), ns, None),
-                beats.get,
+                beat_of,
                 expire_after_s,
                 now,
                 cutoff,

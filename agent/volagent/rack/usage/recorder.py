@@ -18,8 +18,9 @@ at the first refresh instead of at once: each of its binds was claimed in the re
 (whose entry gc counts, live or within its window: ops/gc/registered.py) or, walked by the
 Docker watch without a claim, marked for gc (volumes/trashcheck.py). That takes a record
 write out of a container's first start. A use that ends before its first refresh gets its
-last record as any other; so does one whose registry entry this host's keeper removed
-when this process wrote it no record (its containers went while the agent was down).
+last record: from this task, or from the registry's keeper, which records the end of a use
+before it removes this host's entry of it (rack/registry_task.py), so no moment passes with
+neither; when the keeper did, this task writes none.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ import asyncio
 import functools
 import posixpath
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import field
 
 from volagent import codec, log, safedir
 from volagent.errors import VolagentError
 from volagent.rack import records
 from volagent.rack.registry import FORMAT as REGISTRY_FORMAT
+from volagent.rack.registry import Entry
 from volagent.state import AgentState, now_iso
 from volagent.vocabulary import VolumeState
 from volagent.worker import TimedWorker
@@ -135,6 +137,55 @@ def write_usage(
     return done
 
 
+def keep_uses(mount_point: str, dev: int | None, entries: Iterable[Entry]) -> None:
+    """Blocking: a usage record of each entry's directory on behalf of its host, at the
+    entry's time, where that host has none as new: before registry entries that gc counts
+    as uses at their time are dropped (a host gone for good: registry_claim), the record
+    keeps what they said for gc's window."""
+    newest: dict[tuple[str, Key], float] = {}
+    for e in entries:
+        key = key_of(mount_point, mount_point.rstrip("/") + "/" + e.path)
+        if key is not None and key[0]:
+            newest[(e.host, key)] = max(e.time, newest.get((e.host, key), 0.0))
+    if not newest:
+        return
+    with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
+        for (host, key), at in sorted(newest.items()):
+            parts = (records.AGENT_DIR, records.USAGE_DIR, *(p for p in key if p))
+            with safedir.closing(records.open_own_dir(root, parts)) as d:
+                had = records.read_one(d, records.file_name(host) + records.SUFFIX, UsageRecord)
+                if had is None or had.time < at:
+                    records.write_record(d, host, usage_record(host, key, [], at).encode())
+
+
+def record_ends(  # noqa: PLR0917 - what the keeper knows of this host's uses, passed on
+    mount_point: str,
+    dev: int | None,
+    host: str,
+    entries: Iterable[Entry],
+    names: Mapping[Key, list[str]],
+    recorded: Mapping[Key, float],
+    refused: frozenset[str],
+    now: float,
+) -> list[Key]:
+    """Blocking: this host's usage record, as of `now`, of each directory whose entries go
+    (the registry's keeper, before it removes them): the end of a use gc counted by the
+    entry. Not for an entry of a create refused after its claim (`refused`: its ref), nor
+    for a directory this host recorded since its entry was written (`recorded`); `names`:
+    the containers that use each directory still. The keys written."""
+    newest: dict[Key, float] = {}
+    for e in entries:
+        key = key_of(mount_point, mount_point.rstrip("/") + "/" + e.path)
+        if key is not None and key[0] and e.ref not in refused:
+            newest[key] = max(e.time, newest.get(key, 0.0))
+    batch = [
+        (key, usage_record(host, key, names.get(key, []), now))
+        for key, at in sorted(newest.items())
+        if recorded.get(key, 0.0) < at
+    ]
+    return write_usage(mount_point, dev, host, batch) if batch else []
+
+
 def usage_dirs(root_fd: int) -> Iterator[tuple[Key, int]]:
     """Blocking: each directory of usage records below the mount point's descriptor, with
     the key its records are of: the mount point's own, each top-level directory's, each
@@ -176,6 +227,7 @@ class UsageRecorder:
         # sight, the registry's entry standing for the record meanwhile)
         self._written: dict[Key, float] = {}
         self._deferred: set[Key] = set()  # uses whose first record waits for a refresh
+        self._wrote: dict[Key, float] = {}  # the time of this task's last record per key
         self._failing = False
         self._retry_at = 0.0
         self._adopted = False  # this host's records of an earlier run taken over
@@ -213,6 +265,12 @@ class UsageRecorder:
                     self._written[key] = now_mono
                     self._deferred.add(key)
 
+    def _forget(self, key: Key) -> None:
+        """A use whose last record is written: nothing more is due for it."""
+        self._written.pop(key, None)
+        self._wrote.pop(key, None)
+        self._deferred.discard(key)
+
     async def _adopt_own_records(self) -> None:
         """Takes over what this host's records say it uses, once the table of containers is
         complete: a directory whose containers went while volagent was not running gets
@@ -242,10 +300,11 @@ class UsageRecorder:
         # directories no container here uses any more: one last record that lists no
         # containers, so gc stops counting them in use (the time stays the last use); and
         # those whose registry entries went that this process wrote no record of
-        uses = in_use(st)
-        gone = set(self._written) - set(uses)
-        ended, st.uses_ended = st.uses_ended, set()
-        gone |= {k for k in ended if k not in uses and k not in st.usage_recorded}
+        gone = set(self._written) - set(in_use(st))
+        # one the registry's keeper recorded the end of since (before removing its entry)
+        for key in [k for k in gone if st.usage_recorded.get(k, 0.0) > self._wrote.get(k, 0.0)]:
+            gone.discard(key)
+            self._forget(key)
         if not due and not gone:
             return 0
         now = time.time()
@@ -257,7 +316,6 @@ class UsageRecorder:
         try:
             done = await self.worker.run(call, WRITE_TIMEOUT_S, what="writing usage records")
         except (VolagentError, OSError) as exc:
-            st.uses_ended |= ended  # asked again with the next
             st.metrics.usage_records.labels(result="failed").inc(len(batch))
             if not self._failing:
                 self.log.warning("usage_record_failed", reason=str(exc), records=len(batch))
@@ -268,6 +326,7 @@ class UsageRecorder:
         mono = time.monotonic()
         for key in done:
             self._written[key] = mono
+            self._wrote[key] = now
             st.usage_recorded[key] = now
             self._deferred.discard(key)
         for key, at in list(st.usage_recorded.items()):
@@ -276,7 +335,7 @@ class UsageRecorder:
         # a directory's last record written: it needs no refreshing. Not one that went out
         # of use while its record was written: that record still lists it, the next is due
         for key in gone & set(done):
-            self._written.pop(key, None)
+            self._forget(key)
         st.metrics.usage_records.labels(result="written").inc(len(done))
         self.log.debug("usage_recorded", records=len(done))
         return len(done)

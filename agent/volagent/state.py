@@ -111,9 +111,10 @@ class AgentState:
         # the time of this host's last usage record of each (top-level directory, directory
         # below it) on the shared filesystem: a recent one marks it used for gc
         self.usage_recorded: dict[tuple[str, str], float] = {}
-        # the refs of registry entries that creates refused after their claim wrote them
-        # (`request:<digest>`), and when: no use ended with them (rack/registry_task.py)
-        self.refused_claims: dict[str, float] = {}
+        # when the registry's keeper recorded the end of all of a directory's use on this
+        # host, before removing its entry (rack/registry_task.py): the usage recorder then
+        # writes no last record of its own
+        self.use_ends_recorded: dict[tuple[str, str], float] = {}
         # the mount epoch in whose rack view every host sharing the filesystem said its gc
         # reads the registry (rack/heartbeat.py); None: not seen. Then a create whose binds
         # the registry holds leaves out gc's mtime mark (volumes/trashcheck.py)

@@ -128,9 +128,9 @@ def test_a_walk_no_claim_came_before_marks_whatever_the_rack(mp: Path, guard: Gu
     assert marked(mp)
 
 
-def test_a_create_the_registry_could_not_hold_marks(mp: Path, guard: Guard) -> None:
+def test_a_create_after_the_mount_changed_marks(mp: Path, guard: Guard) -> None:
     """A mount lost and found again between the rack view and the create: another
-    filesystem may be mounted, with other hosts."""
+    filesystem may be mounted, with other hosts, until the rack is judged on this one."""
     make_dir(mp, "r1-a/web/data")
     every_gc_reads_the_registry(guard.state)
     guard.state.mount_epoch += 1

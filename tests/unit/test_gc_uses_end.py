@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from tests.unit.aged import CUTOFF, make_dir
-from tests.unit.factories import make_state
+from tests.unit.factories import make_state, volumes_of
 from tests.unit.guard_requests import create
 
 from volagent.guard.plugin import Guard
@@ -64,6 +64,15 @@ class Host:
 
     def close(self) -> None:
         self.registry.worker.close()
+
+
+def registry_paths(mp: Path) -> list[tuple[str, str]]:
+    root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        entries = registry.read_locked(root, str(mp), "r1-a", time.monotonic() + 5)
+    finally:
+        os.close(root)
+    return sorted((e.host, e.path) for e in entries)
 
 
 def gc_delete(mp: Path) -> list[trashing.Outcome]:
@@ -136,15 +145,14 @@ def test_a_crashed_hosts_use_is_recorded_before_a_claim_drops_its_entry(
         expire_after_s=900, deadline=time.monotonic() + 10,
     )  # fmt: skip
     assert not d.clashes
-    c = registry_claim.claim(
-        str(mp), dev, "r1-a", host="host-c",
-        wanted=[
-            Entry("host-c", "c9", "", "r1-a/web", time.time()),
-            Entry("host-c", "c9", "", "r1-a/api/x", time.time()),
-        ],
-        expire_after_s=900, deadline=time.monotonic() + 10,
-    )  # fmt: skip
-    assert c.clashes and c.expired == ["host-b"]  # refused (rule 7); host-b's entry dropped
+    c = Host(mp, "host-c", worker)  # its claim as its guard makes it
+    try:
+        vols, plans = volumes_of(f"{mp}/r1-a/web", f"{mp}/r1-a/api/x")
+        asyncio.run(c.registry.claim(vols, plans, "c9", "c9"))
+    finally:
+        c.close()
+    assert vols[1].state == "violation"  # refused (rule 7): api/x nests host-d's bind
+    assert registry_paths(mp) == [("host-d", "r1-a/api/x/y")], "host-b's entry dropped"
     kept = mp / ".volagent/usage/r1-a/web/host-b.json"
     assert kept.is_file()
     outcomes = gc_delete(mp)
@@ -223,3 +231,113 @@ fcntl.lockf(fd, fcntl.LOCK_EX)
 print("locked", flush=True)
 time.sleep(60)
 """
+
+
+def test_a_retried_create_after_a_refusal_records_its_end(
+    mp: Path, worker: TimedWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `docker run` without a name refused after its claim (its walk failed once: an NFS
+    timeout, say), run again the same way: the same request, so the same digest and ref.
+    The retry is allowed, its container ends within a second (the usage recorder never saw
+    it), and the keeper removes its entry: that use's end must be recorded, though the ref
+    is the refused one's."""
+    from volagent.volumes import trashcheck
+
+    make_dir(mp, "r1-a/web/data")
+    a = Host(mp, "host-a", worker)
+    real = trashcheck.prepare_path
+    calls = []
+
+    def flaky(*args: object, **kw: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")  # a transient failure of the walk
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trashcheck, "prepare_path", flaky)
+    try:
+        assert create(a.guard, f"{mp}/r1-a/web/data:/data")["Allow"] is False
+        assert asyncio.run(a.registry.sync()) == 1  # the refused create's entry goes
+        assert create(a.guard, f"{mp}/r1-a/web/data:/data")["Allow"] is True  # the retry
+        a.docker_created("job-2", "r1-a/web/data")
+        a.state.forget_container("job-2")  # it ended before the recorder's next pass
+        assert asyncio.run(a.registry.sync()) == 1  # the entry goes
+    finally:
+        a.close()
+    outcomes = gc_delete(mp)
+    assert (mp / "r1-a/web/data").is_dir(), f"used seconds ago, yet trashed: {outcomes}"
+
+
+def test_a_record_that_cannot_be_written_delays_no_new_entry(mp: Path, worker: TimedWorker) -> None:
+    """The keeper cannot write the usage record of a use that ended (its record directory is
+    in the way: a file left there by hand, a full quota on it...). Removing that entry may
+    wait, but a container the Docker watch found (no claim: the guard was off, say) must
+    still get its entry, or another host's claim nests it (rule 7)."""
+    make_dir(mp, "r1-a/web/data")
+    make_dir(mp, "r1-a/api/x")
+    dev = os.stat(mp).st_dev
+    a = Host(mp, "host-a", worker)
+    try:
+        assert create(a.guard, f"{mp}/r1-a/web/data:/data")["Allow"] is True
+        a.docker_created("c1", "r1-a/web/data")
+        asyncio.run(a.registry.sync())
+        (mp / ".volagent/usage/r1-a").mkdir(parents=True, exist_ok=True)
+        (mp / ".volagent/usage/r1-a/web").write_text("in the way")
+        a.state.forget_container("c1")  # it ended: its record cannot be written
+        vol = VolumeRecord(f"{mp}/r1-a/api/x", "/x", read_only=False, state="ready")
+        a.state.upsert_container(  # found by the Docker watch, never claimed
+            ContainerRecord(id="c2", name="c2", rack="r1", app="a", service="api", volumes=[vol])
+        )
+        for _ in range(3):
+            a.registry._retry_at = 0.0  # the keeper's later passes
+            asyncio.run(a.registry.sync())
+    finally:
+        a.close()
+    write_heartbeat(str(mp), dev, HostBeat("host-a", time.time()))
+    b = registry_claim.claim(
+        str(mp), dev, "r1-a", host="host-b",
+        wanted=[Entry("host-b", "c9", "", "r1-a/api", time.time())],
+        expire_after_s=900, deadline=time.monotonic() + 10,
+    )  # fmt: skip
+    assert b.clashes, "host-b's bind of r1-a/api nests host-a's live c2 at r1-a/api/x"
+
+
+def test_the_last_judgement_reads_the_registry_before_the_records(
+    mp: Path, worker: TimedWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper writes a use's record, then removes its entry, under the registry's lock.
+    gc's last judgement reads the usage records, then waits for that lock: the keeper's
+    whole transaction falls between its two reads, and it sees neither the record (not
+    written yet when it looked) nor the entry (gone when it got the lock)."""
+    make_dir(mp, "r1-a/web/data")
+    root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+    a = Host(mp, "host-a", worker)
+    try:
+        s = gcsurvey.survey(
+            root, str(mp), cutoff=CUTOFF, local=set(), stale_after_s=90,
+            expire_after_s=900, progress=tree.Progress(),
+        )  # fmt: skip
+        [c] = s.candidates  # unused at the survey
+        # a one-off job, before gc's claim of the trash entry: no mark, its record deferred
+        assert create(a.guard, f"{mp}/r1-a/web/data:/data")["Allow"] is True
+        a.docker_created("job-1", "r1-a/web/data")
+        a.state.forget_container("job-1")  # it ended
+        real = gcsurvey.collect_usage
+
+        def records_then_the_keeper(*args: object, **kw: object) -> object:
+            found = real(*args, **kw)  # type: ignore[arg-type]
+            assert asyncio.run(a.registry.sync()) == 1  # record written, entry removed
+            return found
+
+        def judge() -> bool:
+            with monkeypatch.context() as m:
+                m.setattr(gcsurvey, "collect_usage", records_then_the_keeper)
+                return gcsurvey.still_unused(
+                    root, c, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
+                )
+
+        moved = trashing.move(root, c, tree.Progress(), still_unused=judge, reason="t", who=WHO)
+    finally:
+        a.close()
+        os.close(root)
+    assert moved.outcome == trashing.Outcome.KEPT, "used seconds ago, yet trashed"

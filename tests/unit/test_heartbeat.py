@@ -5,12 +5,14 @@ answers its last list when the filesystem does not answer."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.unit.factories import make_state
@@ -295,4 +297,28 @@ async def test_the_heartbeat_task_judges_the_rack_once_a_mount(
     st.mount_epoch += 1  # lost and mounted again
     await hb._judge_once_a_mount()
     assert hb._reading is not read
+    assert st.gc_reads_registry_in == st.mount_epoch
+
+
+async def test_a_rack_view_that_did_not_answer_in_time_is_judged_at_the_next_beat(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """The first read after a mount can meet a slow filesystem: creates keep marking (safe)
+    and the next beat reads again, rather than waiting for the usage walk's next pass."""
+    st = make_state(mp, "host-a", health=FAST)
+    hb = Heartbeat(st, worker)
+    await hb.beat()
+    slow = threading.Event()
+    real = worker.submit
+
+    def stalled(fn: Any, *args: Any, **kw: Any) -> Any:
+        return real(lambda: (slow.wait(), fn())[1], *args, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(worker, "submit", stalled)
+        patch.setattr(hb, "hosts", functools.partial(hb.hosts, timeout=0.05))
+        await hb._judge_once_a_mount()
+    assert st.gc_reads_registry_in is None
+    slow.set()
+    await hb._judge_once_a_mount()
     assert st.gc_reads_registry_in == st.mount_epoch

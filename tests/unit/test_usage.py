@@ -16,6 +16,7 @@ from tests.unit.factories import make_state
 
 from volagent.errors import RecordError
 from volagent.rack.registry import Entry
+from volagent.rack.registry_task import Registry
 from volagent.rack.usage import recorder
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.worker import TimedWorker
@@ -307,26 +308,36 @@ async def test_a_use_whose_end_the_keeper_recorded_gets_no_second_last_record(
     every_gc_reads_the_registry(st)
     add_container(st, "1", (f"{mp}/r1-a/web/data", "ready"))
     rec = recorder.UsageRecorder(st, worker)
-    assert await rec.record_due() == 0  # deferred
-    st.forget_container("1")
-    st.usage_recorded[("r1-a", "web")] = time.time()  # the keeper's record of its end
+    keeper = Registry(st)
+    try:
+        assert await keeper.sync() == 1  # the container's entry
+        assert await rec.record_due() == 0  # its first record deferred
+        st.forget_container("1")
+        assert await keeper.sync() == 1  # the end recorded, then the entry removed
+    finally:
+        keeper.worker.close()
+    record = mp / ".volagent" / "usage" / "r1-a" / "web" / "host-a.json"
+    assert json.loads(record.read_text())["containers"] == []
     assert await rec.record_due() == 0
     assert rec.due(time.monotonic() + recorder.REFRESH_S + 1) == {}
 
 
-def test_the_end_of_a_use_is_recorded_unless_a_record_came_since_or_the_create_was_refused(
+def test_the_end_of_a_use_is_recorded_unless_a_record_came_since_or_it_is_in_the_trash(
     mp: Path,
 ) -> None:
+    """Not in the trash: the entry of a create refused for it ends no use (and a record
+    there would hold its purge)."""
     dev = os.stat(mp).st_dev
     now = time.time()
+    (mp / ".volagent" / "trash" / "r1-a+jobs@20261206T000000Z").mkdir(parents=True)
     ended = [
         Entry("host-a", "c1", "", "r1-a/web/data", now - 60),
         Entry("host-a", "c2", "", "r1-a/api/x", now - 60),  # recorded since
-        Entry("host-a", "request:ab", "", "r1-a/jobs/x", now - 1),  # refused after its claim
+        Entry("host-a", "request:ab", "", "r1-a/jobs/x", now - 1),  # refused: in the trash
     ]
     written = recorder.record_ends(
         str(mp), dev, "host-a", ended, {("r1-a", "web"): ["c-9"]},
-        {("r1-a", "api"): now - 30}, frozenset({"request:ab"}), now,
+        {("r1-a", "api"): now - 30}, now,
     )  # fmt: skip
     assert written == [("r1-a", "web")]
     base = mp / ".volagent" / "usage" / "r1-a"

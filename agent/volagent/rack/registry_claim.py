@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from volagent import safedir
 from volagent.config import MAX_FORGET_AFTER_S
+from volagent.errors import VolagentError
 from volagent.nesting import nested_with, strictly_under
 from volagent.rack import records
 from volagent.rack.registry import Counts, Entry, changed, locked, merged
-from volagent.rack.usage import recorder
 
 
 @dataclass
@@ -47,10 +47,13 @@ def claim(
     expire_after_s: float,
     deadline: float,
     epoch: int | None = None,
+    dropping: Callable[[list[Entry]], None] | None = None,
 ) -> ClaimResult:
     """Registers `wanted` (this host's entries) unless one nests with a live bind in another
     host's entries. `epoch`: the mount's, to keep the registry's files open for the next
-    (`locked`)."""
+    (`locked`). `dropping` is called, under the lock and before the write, with the entries
+    of hosts gone for good that the claim drops (gc counts them as uses at their time: the
+    caller records those); it raising leaves the file as it was."""
     result = ClaimResult()
     with locked(mount_point, dev, ns, deadline, counts=result.counts, epoch=epoch) as tx:
         entries = tx.entries
@@ -83,10 +86,8 @@ def claim(
                 if gone(entries, other, beat, expire_after_s, now):
                     dead.add(other)
                     result.expired.append(other)
-        if dead:
-            # gc counts a gone host's entry as a use at its time (a host that crashed before
-            # its first usage record): a record of it first, then the entry may go
-            recorder.keep_uses(mount_point, dev, [e for e in entries if e.host in dead])
+        if dead and dropping is not None:
+            dropping([e for e in entries if e.host in dead])
         if result.clashes:
             if dead:  # the expired hosts' entries go anyway: they would be read again
                 tx.write(merged(entries, [], lambda e: e.host in dead))
@@ -109,6 +110,8 @@ class SetResult:
 
     contested: frozenset[str] = frozenset()
     counts: Counts = field(default_factory=Counts)
+    # why the end of some uses could not be recorded: their entries stay, for the next
+    unrecorded: str = ""
 
 
 def set_own(
@@ -135,25 +138,29 @@ def set_own(
     entry of them is no proof that nothing nests them, so their claims take the lock.
 
     `ended` is called, under the lock and before the write, with the entries of paths no
-    longer bound: the caller records those uses' end (gc counts the entries until then). It
-    raising leaves the file as it was."""
+    longer bound: the caller records those uses' end (gc counts the entries until then).
+    When it raises, those entries stay (`unrecorded` says why) and the rest is written: an
+    entry of a path bound now must not wait for the record of another's end (rule 7)."""
     result = SetResult()
     paths = {e.path for e in live}
+
+    def goes(e: Entry) -> bool:
+        return e.host in formers or (e.host == host and e.path not in paths)
+
     with locked(mount_point, dev, ns, deadline, counts=result.counts, epoch=epoch) as tx:
         held = {e.path for e in tx.entries if e.host == host}
         fresh = [e for e in live if e.path not in held]
-        after = merged(
-            tx.entries,
-            fresh,
-            lambda e: e.host in formers or (e.host == host and e.path not in paths),
-        )
+        after = merged(tx.entries, fresh, goes)
+        # the uses that ended (a former name's entry of a path still bound is not one)
+        ending = [e for e in tx.entries if goes(e) and e.path not in paths]
+        if ending and ended is not None:
+            try:
+                ended(ending)
+            except (OSError, VolagentError) as exc:
+                result.unrecorded = str(exc)
+                stay = {e.key for e in ending}
+                after = merged(tx.entries, fresh, lambda e: goes(e) and e.key not in stay)
         if changed(tx.entries, after):
-            kept = {e.key for e in after}
-            gone = [e for e in tx.entries if e.key not in kept]
-            if ended is not None:
-                # the uses that ended (a former name's entry of a path still bound is not
-                # one), recorded before their entries go: gc counts the entries meanwhile
-                ended([e for e in gone if e.path not in paths])
             tx.write(after)
         others = [(absolute(mount_point, e.path), e.host) for e in after if e.host != host]
         result.contested = frozenset(

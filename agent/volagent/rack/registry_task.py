@@ -46,8 +46,6 @@ SYNC_INTERVAL_S = 1.0
 DEADLINE_SHARE = 0.8
 FAILURE_BACKOFF_S = 10.0
 REMEMBERED = "registry-namespaces.json"
-# how long a refused create's ref is known (its entry goes at the keeper's next pass)
-REFUSED_KEPT_S = 3600.0
 # how often the keeper reads its namespaces again though nothing changed here (an entry
 # removed by hand, or forgotten by another host while this one's heartbeats failed)
 VERIFY_INTERVAL_S = 300.0
@@ -260,6 +258,8 @@ class Registry:
             expire_after_s=st.config.health.forget_after_s,
             deadline=deadline,
             epoch=epoch,
+            # gc counts a gone host's entries as uses at their time: recorded before they go
+            dropping=functools.partial(recorder.keep_uses, st.config.mount_point, dev),
         )
 
     # --- this host's entries -------------------------------------------------------------
@@ -315,10 +315,6 @@ class Registry:
         if time.monotonic() >= self._verify_at:
             todo |= set(held)
             self._verify_at = time.monotonic() + VERIFY_INTERVAL_S
-        # a refused create's entry goes at the next pass: its ref is not needed for long
-        for ref, at in list(st.refused_claims.items()):
-            if at < time.time() - REFUSED_KEPT_S:
-                del st.refused_claims[ref]
         done = 0
         for ns in sorted(todo):
             async with self._turns.setdefault(ns, asyncio.Lock()):
@@ -357,7 +353,6 @@ class Registry:
         timeout = st.config.directories.timeout_s
         # what the worker needs to record the uses that end, taken here on the loop
         names, since = recorder.in_use(st), dict(st.usage_recorded)
-        refused = frozenset(st.refused_claims)
         ends_recorded: list[Key] = []
 
         def ended(entries: list[Entry]) -> None:
@@ -370,7 +365,6 @@ class Registry:
                     entries,
                     names,
                     since,
-                    refused,
                     now,
                 )
             )
@@ -399,9 +393,23 @@ class Registry:
         self._unsure.discard(ns)
         for ended_key in ends_recorded:
             st.usage_recorded[ended_key] = now
+            if not names.get(ended_key):  # all of its use ended
+                st.use_ends_recorded[ended_key] = now
         if paths and self._held_key() == key:
             self._note_held(ns, frozenset(paths))
             self._contested[ns] = result.contested
+        if result.unrecorded:
+            # written but for the entries of uses whose end has no record: they stay (gc
+            # counts them) and their removal is tried again after a pause
+            self._unsure.add(ns)
+            self.log.warning("usage_end_unrecorded", namespace=ns, reason=result.unrecorded)
+            st.warn(
+                f"registry.unrecorded.{ns}",
+                f"the end of uses in {ns} cannot be recorded ({result.unrecorded}): their "
+                "registry entries stay, and keep nested binds on other hosts refused",
+            )
+            return VolagentError(result.unrecorded)
+        st.clear_warning(f"registry.unrecorded.{ns}")
         return None
 
     async def _remembered(self) -> list[str]:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -241,8 +240,6 @@ class Preparer:
         finally:
             if not isinstance(verdict, Allowed):
                 release()
-                if claimed:  # its entry ends no use (rack/registry_task.py)
-                    self.state.refused_claims[request_ref(key)] = time.time()
 
     async def decide_start(self, spec: ContainerSpec, healthy: bool) -> Allowed | Refused:
         """A start, judged and walked again: a directory checked at create may have been

@@ -93,8 +93,11 @@ def held_now(  # noqa: PLR0917 - the candidate's and the judgement's terms
 ) -> list[Entry]:
     """The entries holding the candidate that count as uses, read now (the last
     judgement). RegistryError when the registry cannot be read or locked."""
-    entries = holding(read(root_fd, mount_point, namespace), namespace, directory)
-    if not entries:
+    entries = read(root_fd, mount_point, namespace)
+    if not holding(entries, namespace, directory):
         return []
+    # whether a host is gone is judged by all its entries (its newest is a sign of life)
     beat_of = heartbeats(mount_point, os.fstat(root_fd).st_dev)
-    return counting(entries, beat_of, expire_after_s, time.time(), cutoff)
+    return holding(
+        counting(entries, beat_of, expire_after_s, time.time(), cutoff), namespace, directory
+    )

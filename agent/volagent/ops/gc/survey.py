@@ -128,12 +128,9 @@ def survey(
         dirs = safedir.subdirs(ns_fd, dots=True)
         whole_last, _ = usage.get((ns, ""), (0.0, ""))
         try:
-            entries = registered.counting(
-                registered.holding(registered.read(root_fd, mount_point, ns), ns, None),
-                beat_of,
-                expire_after_s,
-                now,
-                cutoff,
+            found = registered.read(root_fd, mount_point, ns)
+            entries = registered.holding(
+                registered.counting(found, beat_of, expire_after_s, now, cutoff), ns, None
             )
         except (RegistryError, OSError) as exc:
             result.unreadable[ns] = str(exc)
@@ -197,12 +194,16 @@ def still_unused(
 ) -> bool:
     """The candidate judged again just before it goes: nothing used it since the survey
     (its records, a bind of its whole namespace or of the mount point, this host's
-    containers, the directory's own mtime, which the preparer touches before it creates
-    unless the registry holds the bind, and the registry's live entries, read under its
-    lock: registered.held_now). Raises RegistryError when the registry cannot be read."""
+    containers, the registry's entries, read under its lock (registered.held_now), and the
+    directory's own mtime, which the preparer touches before it creates unless the registry
+    holds the bind). Raises RegistryError when the registry cannot be read."""
     if (c.namespace, "") in local:
         return False
     if any(k[0] == c.namespace and (c.directory is None or k[1] == c.directory) for k in local):
+        return False
+    # the registry first, then the records: a use's end is recorded before its entry goes
+    # (rack/registry_task.py), so one or the other is seen, whenever it ends
+    if registered.held_now(mount_point, root_fd, c.namespace, c.directory, expire_after_s, cutoff):
         return False
     usage, _ = collect_usage(root_fd, only_namespace=c.namespace)
     if root_in_use(usage, local, time.time()):
@@ -211,8 +212,6 @@ def still_unused(
         relevant = key != MOUNT_ROOT and (key[1] == "" or c.directory in (None, key[1]))
         if relevant and t >= cutoff:
             return False
-    if registered.held_now(mount_point, root_fd, c.namespace, c.directory, expire_after_s, cutoff):
-        return False
     path = c.namespace if c.directory is None else f"{c.namespace}/{c.directory}"
     try:
         st = os.stat(path, dir_fd=root_fd, follow_symlinks=False)

@@ -20,7 +20,8 @@ Docker watch without a claim, marked for gc (volumes/trashcheck.py). That takes 
 write out of a container's first start. A use that ends before its first refresh gets its
 last record: from this task, or from the registry's keeper, which records the end of a use
 before it removes this host's entry of it (rack/registry_task.py), so no moment passes with
-neither; when the keeper did, this task writes none.
+neither; when the keeper recorded the end of all of a directory's use since this task's last
+record of it, this task writes none.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from dataclasses import field
 
 from volagent import codec, log, safedir
 from volagent.errors import VolagentError
-from volagent.rack import records
+from volagent.rack import records, trash
 from volagent.rack.registry import FORMAT as REGISTRY_FORMAT
 from volagent.rack.registry import Entry
 from volagent.state import AgentState, now_iso
@@ -137,25 +138,38 @@ def write_usage(
     return done
 
 
+def entry_key(mount_point: str, entry: Entry) -> Key | None:
+    """The directory a registry entry's bind lies in (entries hold paths below the mount
+    point); None for one of volagent's own, or of no namespace."""
+    key = key_of(mount_point, mount_point.rstrip("/") + "/" + entry.path)
+    return key if key is not None and key[0] else None
+
+
 def keep_uses(mount_point: str, dev: int | None, entries: Iterable[Entry]) -> None:
     """Blocking: a usage record of each entry's directory on behalf of its host, at the
-    entry's time, where that host has none as new: before registry entries that gc counts
-    as uses at their time are dropped (a host gone for good: registry_claim), the record
-    keeps what they said for gc's window."""
+    entry's time, where that host has none as new (nor one this volagent cannot read: it
+    may be a newer version's): before a claim drops the entries of a host gone for good
+    (registry_claim), which gc counts as uses at their time, the record keeps what they
+    said for gc's window."""
     newest: dict[tuple[str, Key], float] = {}
     for e in entries:
-        key = key_of(mount_point, mount_point.rstrip("/") + "/" + e.path)
-        if key is not None and key[0]:
+        key = entry_key(mount_point, e)
+        if key is not None:
             newest[(e.host, key)] = max(e.time, newest.get((e.host, key), 0.0))
-    if not newest:
-        return
+    due: dict[str, list[tuple[Key, UsageRecord]]] = {}
     with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
         for (host, key), at in sorted(newest.items()):
-            parts = (records.AGENT_DIR, records.USAGE_DIR, *(p for p in key if p))
-            with safedir.closing(records.open_own_dir(root, parts)) as d:
-                had = records.read_one(d, records.file_name(host) + records.SUFFIX, UsageRecord)
-                if had is None or had.time < at:
-                    records.write_record(d, host, usage_record(host, key, [], at).encode())
+            parts = (records.AGENT_DIR, records.USAGE_DIR, *key)
+            d = records.open_dir(root, parts, create=False)
+            had = None
+            if d is not None:
+                with safedir.closing(d):
+                    had = records.read_record(d, records.file_name(host) + records.SUFFIX)
+            was = had.get("time") if had is not None else None
+            if had is None or (isinstance(was, int | float) and was < at):
+                due.setdefault(host, []).append((key, usage_record(host, key, [], at)))
+    for host, batch in due.items():
+        write_usage(mount_point, dev, host, batch)
 
 
 def record_ends(  # noqa: PLR0917 - what the keeper knows of this host's uses, passed on
@@ -165,24 +179,27 @@ def record_ends(  # noqa: PLR0917 - what the keeper knows of this host's uses, p
     entries: Iterable[Entry],
     names: Mapping[Key, list[str]],
     recorded: Mapping[Key, float],
-    refused: frozenset[str],
     now: float,
 ) -> list[Key]:
     """Blocking: this host's usage record, as of `now`, of each directory whose entries go
     (the registry's keeper, before it removes them): the end of a use gc counted by the
-    entry. Not for an entry of a create refused after its claim (`refused`: its ref), nor
-    for a directory this host recorded since its entry was written (`recorded`); `names`:
+    entry. Not for a directory this host recorded since its entry was written (`recorded`),
+    nor for one in the trash (the entry of a create refused for it ends no use); `names`:
     the containers that use each directory still. The keys written."""
     newest: dict[Key, float] = {}
     for e in entries:
-        key = key_of(mount_point, mount_point.rstrip("/") + "/" + e.path)
-        if key is not None and key[0] and e.ref not in refused:
+        key = entry_key(mount_point, e)
+        if key is not None:
             newest[key] = max(e.time, newest.get(key, 0.0))
-    batch = [
-        (key, usage_record(host, key, names.get(key, []), now))
-        for key, at in sorted(newest.items())
-        if recorded.get(key, 0.0) < at
-    ]
+    due = [k for k, at in sorted(newest.items()) if recorded.get(k, 0.0) < at]
+    if not due:
+        return []
+    with safedir.closing(safedir.open_shared_root(mount_point, dev)) as root:
+        trash_fd = trash.open_trash(root, create=False)
+        if trash_fd is not None:
+            with safedir.closing(trash_fd):
+                due = [k for k in due if trash.holding(trash_fd, k[0], k[1]) is None]
+    batch = [(key, usage_record(host, key, names.get(key, []), now)) for key in due]
     return write_usage(mount_point, dev, host, batch) if batch else []
 
 
@@ -301,8 +318,10 @@ class UsageRecorder:
         # containers, so gc stops counting them in use (the time stays the last use); and
         # those whose registry entries went that this process wrote no record of
         gone = set(self._written) - set(in_use(st))
-        # one the registry's keeper recorded the end of since (before removing its entry)
-        for key in [k for k in gone if st.usage_recorded.get(k, 0.0) > self._wrote.get(k, 0.0)]:
+        # one whose end the registry's keeper recorded since this task's last record of it
+        # (before removing its entry: rack/registry_task.py)
+        ends = st.use_ends_recorded
+        for key in [k for k in gone if k in ends and ends[k] >= self._wrote.get(k, 0.0)]:
             gone.discard(key)
             self._forget(key)
         if not due and not gone:
@@ -329,9 +348,10 @@ class UsageRecorder:
             self._wrote[key] = now
             st.usage_recorded[key] = now
             self._deferred.discard(key)
-        for key, at in list(st.usage_recorded.items()):
-            if at < now - RECORDED_KEPT_S:
-                del st.usage_recorded[key]
+        for times in (st.usage_recorded, st.use_ends_recorded):
+            for key, at in list(times.items()):
+                if at < now - RECORDED_KEPT_S:
+                    del times[key]
         # a directory's last record written: it needs no refreshing. Not one that went out
         # of use while its record was written: that record still lists it, the next is due
         for key in gone & set(done):

@@ -341,3 +341,101 @@ def test_the_last_judgement_reads_the_registry_before_the_records(
         a.close()
         os.close(root)
     assert moved.outcome == trashing.Outcome.KEPT, "used seconds ago, yet trashed"
+
+
+def test_a_use_that_ends_while_gc_claims_its_trash_entry_is_recorded(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """A one-off job created after gc's survey (no mark, its first record deferred: its
+    entry stands for it). gc claims the trash entry (a `moving` record, no directory yet);
+    the job ends, and the keeper's pass falls before gc's last judgement takes the
+    registry's lock (before the usage recorder's next pass). The directory is not in the
+    trash yet: the end of a real use must be recorded, or gc sees neither entry nor record."""
+    make_dir(mp, "r1-a/web/data")
+    root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+    a = Host(mp, "host-a", worker)
+    try:
+        s = gcsurvey.survey(
+            root, str(mp), cutoff=CUTOFF, local=set(), stale_after_s=90,
+            expire_after_s=900, progress=tree.Progress(),
+        )  # fmt: skip
+        [c] = s.candidates  # unused at the survey
+        assert create(a.guard, f"{mp}/r1-a/web/data:/data")["Allow"] is True
+        a.docker_created("job-1", "r1-a/web/data")
+        assert asyncio.run(recorder.UsageRecorder(a.state, worker).record_due()) == 0
+
+        def judge() -> bool:
+            # gc's trash entry is claimed: the job ends, the keeper's pass comes first
+            a.state.forget_container("job-1")
+            assert asyncio.run(a.registry.sync()) == 1  # the entry goes
+            return gcsurvey.still_unused(
+                root, c, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
+            )
+
+        moved = trashing.move(root, c, tree.Progress(), still_unused=judge, reason="t", who=WHO)
+    finally:
+        a.close()
+        os.close(root)
+    assert moved.outcome == trashing.Outcome.KEPT, "used seconds ago, yet trashed"
+
+
+def test_ends_recorded_too_slowly_for_one_transaction_are_not_recorded_for_ever(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper's pass records many uses' ends under the registry's lock (a redeploy that
+    removed a whole app, an agent restarted after its containers went, a slow filesystem):
+    the records land, but the transaction's write comes after its deadline and fails. The
+    next pass must not start the same records over (and fail the same way) for ever: the
+    entries would never go, nor any new entry of the namespace be written. Scaled down:
+    one record taking longer than the deadline."""
+    make_dir(mp, "r1-a/web/data")
+    st = make_state(mp, directories={"timeout_s": 1.0})
+    st.note_heartbeat(time.time(), st.config.health.forget_after_s)
+    st.gc_reads_registry_in = st.mount_epoch
+    keeper = Registry(st)
+    real = recorder.write_usage
+
+    def slow(*args: object, **kw: object) -> object:
+        time.sleep(0.9)  # past the transaction's deadline (0.8 of the timeout)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    try:
+        vol = VolumeRecord(f"{mp}/r1-a/web/data", "/data", read_only=False, state="ready")
+        st.upsert_container(
+            ContainerRecord(id="c1", name="c1", rack="r1", app="a", service="web", volumes=[vol])
+        )
+        assert asyncio.run(keeper.sync()) == 1
+        st.forget_container("c1")
+        monkeypatch.setattr(recorder, "write_usage", slow)
+        for _ in range(3):
+            keeper._retry_at = 0.0  # the keeper's later passes
+            asyncio.run(keeper.sync())
+    finally:
+        keeper.worker.close()
+    assert (mp / ".volagent/usage/r1-a/web/host-a.json").is_file()  # recorded every pass
+    assert registry_paths(mp) == [], "the entry never goes"
+
+
+def test_the_status_warns_while_the_end_of_a_use_cannot_be_recorded(
+    mp: Path, worker: TimedWorker
+) -> None:
+    make_dir(mp, "r1-a/web/data")
+    a = Host(mp, "host-a", worker)
+    try:
+        assert create(a.guard, f"{mp}/r1-a/web/data:/data")["Allow"] is True
+        a.docker_created("c1", "r1-a/web/data")
+        asyncio.run(a.registry.sync())
+        (mp / ".volagent/usage/r1-a").mkdir(parents=True, exist_ok=True)
+        (mp / ".volagent/usage/r1-a/web").write_text("in the way")
+        a.state.forget_container("c1")
+        asyncio.run(a.registry.sync())
+        [warning] = [w for w in a.state.warnings if "cannot be recorded" in w]
+        assert "r1-a" in warning
+        assert registry_paths(mp) == [("host-a", "r1-a/web/data")], "its entry stays"
+        (mp / ".volagent/usage/r1-a/web").unlink()
+        a.registry._retry_at = 0.0  # the keeper's pass after the pause
+        asyncio.run(a.registry.sync())
+        assert not [w for w in a.state.warnings if "cannot be recorded" in w]
+        assert registry_paths(mp) == []
+    finally:
+        a.close()

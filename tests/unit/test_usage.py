@@ -364,3 +364,44 @@ def test_a_gone_hosts_uses_are_kept_at_their_time_never_earlier_than_its_records
     web = json.loads((base / "web" / "host-b.json").read_text())
     assert web["time"] == pytest.approx(now - 300) and web["host"] == "host-b"
     assert json.loads((base / "api" / "host-b.json").read_text())["time"] == pytest.approx(now - 10)
+
+
+async def test_the_end_of_part_of_a_use_leaves_the_last_record_to_the_recorder(
+    mp: Path, worker: TimedWorker
+) -> None:
+    """Two containers use web (two paths, two entries), their first records deferred. One
+    ends: the keeper records web still used by the other. The other ends, and the recorder's
+    pass comes first: the keeper recorded no end of web's whole use, so the recorder writes
+    the last record (the keeper's next pass then finds web recorded since its entry)."""
+    st = make_state(mp)
+    every_gc_reads_the_registry(st)
+    add_container(st, "1", (f"{mp}/r1-a/web/x", "ready"))
+    add_container(st, "2", (f"{mp}/r1-a/web/y", "ready"))
+    rec = recorder.UsageRecorder(st, worker)
+    keeper = Registry(st)
+    try:
+        assert await keeper.sync() == 1
+        assert await rec.record_due() == 0  # deferred
+        st.forget_container("1")
+        assert await keeper.sync() == 1  # c-2 still uses web
+        st.forget_container("2")
+        assert await rec.record_due() == 1  # the recorder's pass first
+    finally:
+        keeper.worker.close()
+    record = mp / ".volagent" / "usage" / "r1-a" / "web" / "host-a.json"
+    assert json.loads(record.read_text())["containers"] == []
+
+
+def test_a_gone_hosts_use_replaces_a_garbled_record_never_a_newer_versions(mp: Path) -> None:
+    """A record no volagent reads keeps nothing for gc: the use is recorded over it. One of
+    a newer format may say more than this version knows: it is left alone."""
+    dev = os.stat(mp).st_dev
+    now = time.time()
+    base = mp / ".volagent" / "usage" / "r1-a"
+    for d, doc in (("web", {"host": "host-b"}), ("api", {"format": "9.0", "time": 1})):
+        (base / d).mkdir(parents=True)
+        (base / d / "host-b.json").write_text(json.dumps(doc))
+    ended = [Entry("host-b", "c1", "", f"r1-a/{d}/x", now) for d in ("web", "api")]
+    recorder.keep_uses(str(mp), dev, ended)
+    assert json.loads((base / "web" / "host-b.json").read_text())["time"] == pytest.approx(now)
+    assert json.loads((base / "api" / "host-b.json").read_text())["format"] == "9.0"

@@ -389,12 +389,12 @@ class Registry:
         except (VolagentError, OSError) as exc:
             self.log.warning("registry_update_failed", namespace=ns, reason=str(exc))
             self._unsure.add(ns)
+            # the records that landed are not written again next time (a transaction that
+            # came too late for its records would else start them over for ever)
+            self._note_ends(ends_recorded, names, now)
             return exc
         self._unsure.discard(ns)
-        for ended_key in ends_recorded:
-            st.usage_recorded[ended_key] = now
-            if not names.get(ended_key):  # all of its use ended
-                st.use_ends_recorded[ended_key] = now
+        self._note_ends(ends_recorded, names, now)
         if paths and self._held_key() == key:
             self._note_held(ns, frozenset(paths))
             self._contested[ns] = result.contested
@@ -411,6 +411,14 @@ class Registry:
             return VolagentError(result.unrecorded)
         st.clear_warning(f"registry.unrecorded.{ns}")
         return None
+
+    def _note_ends(self, keys: list[Key], names: dict[Key, list[str]], now: float) -> None:
+        """The records of uses' ends the keeper wrote, as of `now`."""
+        st = self.state
+        for key in keys:
+            st.usage_recorded[key] = now
+            if not names.get(key):  # all of the directory's use ended
+                st.use_ends_recorded[key] = now
 
     async def _remembered(self) -> list[str]:
         path = os.path.join(self.state.config.state_dir, REMEMBERED)

@@ -27,14 +27,18 @@ record of it, this task writes none.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
 import posixpath
+import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import field
+from typing import Any
 
 from volagent import codec, log, safedir
-from volagent.errors import VolagentError
+from volagent.errors import RecordError, VolagentError
 from volagent.rack import records, trash
 from volagent.rack.registry import FORMAT as REGISTRY_FORMAT
 from volagent.rack.registry import Entry
@@ -165,11 +169,24 @@ def keep_uses(mount_point: str, dev: int | None, entries: Iterable[Entry]) -> No
             if d is not None:
                 with safedir.closing(d):
                     had = records.read_record(d, records.file_name(host) + records.SUFFIX)
-            was = had.get("time") if had is not None else None
-            if had is None or (isinstance(was, int | float) and was < at):
+            if _older_than(had, at, "/".join(key)):
                 due.setdefault(host, []).append((key, usage_record(host, key, [], at)))
     for host, batch in due.items():
         write_usage(mount_point, dev, host, batch)
+
+
+def _older_than(raw: dict[str, Any] | None, at: float, where: str) -> bool:
+    """Whether a host's record (raw, None: it has none) says less than a use at `at`: none,
+    one older, or one no volagent can read (a newer version's is left alone)."""
+    if raw is None:
+        return True
+    try:
+        return UsageRecord.decode(raw, where).time < at
+    except RecordError:
+        with contextlib.suppress(RecordError):
+            codec.readable(raw, where, UsageRecord.FORMAT)
+            return True  # garbled, not newer: it keeps nothing for gc
+        return False
 
 
 def record_ends(  # noqa: PLR0917 - what the keeper knows of this host's uses, passed on
@@ -198,9 +215,22 @@ def record_ends(  # noqa: PLR0917 - what the keeper knows of this host's uses, p
         trash_fd = trash.open_trash(root, create=False)
         if trash_fd is not None:
             with safedir.closing(trash_fd):
-                due = [k for k in due if trash.holding(trash_fd, k[0], k[1]) is None]
+                due = [k for k in due if not _moved_to_trash(trash_fd, k)]
     batch = [(key, usage_record(host, key, names.get(key, []), now)) for key in due]
     return write_usage(mount_point, dev, host, batch) if batch else []
+
+
+def _moved_to_trash(trash_fd: int, key: Key) -> bool:
+    """Whether gc moved the directory into the trash: an entry of it holds a directory. One
+    only claimed (its record alone) may be judged yet, and kept for this use."""
+    entry = trash.holding(trash_fd, key[0], key[1] or None)
+    if entry is None:
+        return False
+    try:
+        found = os.stat(entry, dir_fd=trash_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(found.st_mode)
 
 
 def usage_dirs(root_fd: int) -> Iterator[tuple[Key, int]]:

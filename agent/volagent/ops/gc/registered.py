@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 from volagent.rack import registry, registry_claim
 from volagent.rack.registry import Entry
 
-# how long gc waits for a namespace's registry lock (a host that died holding it keeps it
-# until its NFS lease expires: the namespace is kept then, and gc says why);
-# a claim holds it for a few round trips; well below the stall gc's watchdog reports as a hung
-# filesystem (ops/gc/command.py STALL_S), which a lock held elsewhere is not
+# how long gc waits for a namespace's registry lock: a claim holds it for a few round trips,
+# a host that died holding it until its NFS lease expires (the namespace is kept then, and gc
+# says why); well within gc's watchdog (ops/gc/command.py STALL_S), which would take a longer
+# wait for a hung filesystem
 LOCK_WAIT_S = 10.0
 
 

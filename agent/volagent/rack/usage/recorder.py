@@ -151,10 +151,9 @@ def entry_key(mount_point: str, entry: Entry) -> Key | None:
 
 def keep_uses(mount_point: str, dev: int | None, entries: Iterable[Entry]) -> None:
     """Blocking: a usage record of each entry's directory on behalf of its host, at the
-    entry's time, where that host has none as new (nor one this volagent cannot read: it
-    may be a newer version's): before a claim drops the entries of a host gone for good
-    (registry_claim), which gc counts as uses at their time, the record keeps what they
-    said for gc's window."""
+    entry's time, where that host's record says less (`_older_than`): before a claim drops
+    the entries of a host gone for good (registry_claim), which gc counts as uses at their
+    time, the record keeps what they said for gc's window."""
     newest: dict[tuple[str, Key], float] = {}
     for e in entries:
         key = entry_key(mount_point, e)
@@ -201,8 +200,8 @@ def record_ends(  # noqa: PLR0917 - what the keeper knows of this host's uses, p
     """Blocking: this host's usage record, as of `now`, of each directory whose entries go
     (the registry's keeper, before it removes them): the end of a use gc counted by the
     entry. Not for a directory this host recorded since its entry was written (`recorded`),
-    nor for one in the trash (the entry of a create refused for it ends no use); `names`:
-    the containers that use each directory still. The keys written."""
+    nor for one gc moved into the trash (the entry of a create refused for it ends no use);
+    `names`: the containers that use each directory still. The keys written."""
     newest: dict[Key, float] = {}
     for e in entries:
         key = entry_key(mount_point, e)
@@ -345,8 +344,7 @@ class UsageRecorder:
             await self._adopt_own_records()
         due = self.due(time.monotonic())
         # directories no container here uses any more: one last record that lists no
-        # containers, so gc stops counting them in use (the time stays the last use); and
-        # those whose registry entries went that this process wrote no record of
+        # containers, so gc stops counting them in use (the time stays the last use)
         gone = set(self._written) - set(in_use(st))
         # one whose end the registry's keeper recorded since this task's last record of it
         # (before removing its entry: rack/registry_task.py)

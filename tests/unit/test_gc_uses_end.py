@@ -69,7 +69,10 @@ class Host:
 def registry_paths(mp: Path) -> list[tuple[str, str]]:
     root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        entries = registry.read_locked(root, str(mp), "r1-a", time.monotonic() + 5)
+        reg = registry.open_dir_at(root)
+        assert reg is not None
+        entries = registry.read_locked(reg, str(mp), "r1-a", time.monotonic() + 5)
+        os.close(reg)
     finally:
         os.close(root)
     return sorted((e.host, e.path) for e in entries)
@@ -175,7 +178,10 @@ def test_a_create_refused_after_its_claim_ends_no_use(mp: Path, worker: TimedWor
     assert not (mp / ".volagent/usage/r1-a").exists()
     root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert registry.read_locked(root, str(mp), "r1-a", time.monotonic() + 5) == []
+        reg = registry.open_dir_at(root)
+        assert reg is not None
+        assert registry.read_locked(reg, str(mp), "r1-a", time.monotonic() + 5) == []
+        os.close(reg)
     finally:
         os.close(root)
 

@@ -226,43 +226,45 @@ def locked(
         local.release()
 
 
-def read_locked(root_fd: int, mount_point: str, namespace: str, deadline: float) -> list[Entry]:
-    """The namespace's entries, read under its lock and creating nothing (gc's reads): none
-    when its lock file does not exist (a writer makes it before the entries). Every reader
-    holds the entries file open only under the lock, so no file replaced by a writer's
-    rename is held open anywhere (docs/REGISTRY.md says why that matters)."""
-    reg = records.open_dir(root_fd, (records.AGENT_DIR, REGISTRY_DIR), create=False)
-    if reg is None:
-        return []
-    key = f"{mount_point}\0{namespace}"
-    local = _local_lock(key)
-    with safedir.closing(reg):
-        if not local.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise RegistryError(f"the registry of {namespace} is busy in this process")
+def open_dir_at(root_fd: int) -> int | None:
+    """The registry's directory below the mount point's descriptor, made by nothing (None:
+    there is none, so no namespace has entries)."""
+    return records.open_dir(root_fd, (records.AGENT_DIR, REGISTRY_DIR), create=False)
+
+
+def read_locked(reg: int, mount_point: str, namespace: str, deadline: float) -> list[Entry]:
+    """The namespace's entries in the registry's directory `reg`, read under its lock and
+    creating nothing (gc's reads): none when its lock file does not exist (a writer makes it
+    before the entries). Every reader holds the entries file open only under the lock, so
+    no file replaced by a writer's rename is held open anywhere (docs/REGISTRY.md says why
+    that matters)."""
+    local = _local_lock(f"{mount_point}\0{namespace}")
+    if not local.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise RegistryError(f"the registry of {namespace} is busy in this process")
+    try:
+        name = records.file_name(namespace) + LOCK_SUFFIX
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            name = records.file_name(namespace) + LOCK_SUFFIX
-            flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-            try:
-                fd = os.open(name, flags, dir_fd=reg)
-            except FileNotFoundError:
-                if _exists(reg, file_of(namespace)):
-                    raise RegistryError(
-                        f"the registry of {namespace} has entries but no lock file"
-                    ) from None
-                return []
-            except OSError as exc:
+            fd = os.open(name, flags, dir_fd=reg)
+        except FileNotFoundError:
+            if _exists(reg, file_of(namespace)):
                 raise RegistryError(
-                    f"cannot open the lock of the registry of {namespace}: {exc}"
+                    f"the registry of {namespace} has entries but no lock file"
                 ) from None
-            with safedir.closing(fd):  # its close drops the lock
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise RegistryError(
-                        f"the lock of the registry of {namespace} is not a regular file"
-                    )
-                _lock(fd, namespace, deadline, Counts())
-                return read_entries(reg, namespace)
-        finally:
-            local.release()
+            return []
+        except OSError as exc:
+            raise RegistryError(
+                f"cannot open the lock of the registry of {namespace}: {exc}"
+            ) from None
+        with safedir.closing(fd):  # its close drops the lock
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RegistryError(
+                    f"the lock of the registry of {namespace} is not a regular file"
+                )
+            _lock(fd, namespace, deadline, Counts())
+            return read_entries(reg, namespace)
+    finally:
+        local.release()
 
 
 def _exists(dir_fd: int, name: str) -> bool:

@@ -20,10 +20,12 @@ cannot be read keeps its namespace. Blocking.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
 
+from volagent import safedir
 from volagent.rack import registry, registry_claim
 from volagent.rack.registry import Entry
 
@@ -76,11 +78,14 @@ def heartbeats(mount_point: str, dev: int) -> Callable[[str], Mapping[str, objec
     return beat_of
 
 
-def read(root_fd: int, mount_point: str, namespace: str) -> list[Entry]:
-    """The namespace's entries, read under its lock (no claim is between its read and its
-    write meanwhile, and one that wrote before is seen); RegistryError when they cannot be
-    read or the lock cannot be had within LOCK_WAIT_S."""
-    return registry.read_locked(root_fd, mount_point, namespace, time.monotonic() + LOCK_WAIT_S)
+def read(reg: int | None, mount_point: str, namespace: str) -> list[Entry]:
+    """The namespace's entries in the registry's directory `reg` (None: there is none),
+    read under its lock (no claim is between its read and its write meanwhile, and one that
+    wrote before is seen); RegistryError when they cannot be read or the lock cannot be had
+    within LOCK_WAIT_S."""
+    if reg is None:
+        return []
+    return registry.read_locked(reg, mount_point, namespace, time.monotonic() + LOCK_WAIT_S)
 
 
 def held_now(  # noqa: PLR0917 - the candidate's and the judgement's terms
@@ -93,7 +98,9 @@ def held_now(  # noqa: PLR0917 - the candidate's and the judgement's terms
 ) -> list[Entry]:
     """The entries holding the candidate that count as uses, read now (the last
     judgement). RegistryError when the registry cannot be read or locked."""
-    entries = read(root_fd, mount_point, namespace)
+    reg = registry.open_dir_at(root_fd)
+    with safedir.closing(reg) if reg is not None else contextlib.nullcontext():
+        entries = read(reg, mount_point, namespace)
     if not holding(entries, namespace, directory):
         return []
     # whether a host is gone is judged by all its entries (its newest is a sign of life)

@@ -20,7 +20,7 @@ from typing import Any
 from volagent import safedir
 from volagent.errors import RecordError
 from volagent.ops.gc import registered, tree
-from volagent.rack import records
+from volagent.rack import records, registry
 from volagent.rack.heartbeat import rack_view, read_heartbeats_at
 from volagent.rack.registry import RegistryError
 from volagent.rack.usage.recorder import MOUNT_ROOT, REFRESH_S, Key, UsageRecord
@@ -120,55 +120,58 @@ def survey(
     result.root_used_by = root_in_use(usage, local, now)
     if result.root_used_by:
         return result
-    namespaces = [ns for ns in safedir.subdirs(root_fd) if NAMESPACE_RE.match(ns)]
-    for ns, ns_fd in records.open_each(root_fd, namespaces, skip_unusable=True):
-        progress.tick()
-        shown = f"{mp}/{ns}"
-        ns_mtime = os.fstat(ns_fd).st_mtime
-        dirs = safedir.subdirs(ns_fd, dots=True)
-        whole_last, _ = usage.get((ns, ""), (0.0, ""))
-        try:
-            found = registered.read(root_fd, mount_point, ns)
-            entries = registered.holding(
-                registered.counting(found, beat_of, expire_after_s, now, cutoff), ns, None
-            )
-        except (RegistryError, OSError) as exc:
-            result.unreadable[ns] = str(exc)
-            result.kept += len(dirs)
-            continue
-        held = {e.path.split("/")[1] if "/" in e.path else "" for e in entries}
-        if (ns, "") in local or whole_last >= cutoff or "" in held:
-            result.kept += len(dirs)  # a bind of the whole namespace uses every directory in it
-            continue
-        unused: list[Candidate] = []
-        for d in dirs:
+    # the registry's directory, opened once for every namespace's entries
+    reg = registry.open_dir_at(root_fd)
+    with safedir.closing(reg) if reg is not None else contextlib.nullcontext():
+        namespaces = [ns for ns in safedir.subdirs(root_fd) if NAMESPACE_RE.match(ns)]
+        for ns, ns_fd in records.open_each(root_fd, namespaces, skip_unusable=True):
             progress.tick()
+            shown = f"{mp}/{ns}"
+            ns_mtime = os.fstat(ns_fd).st_mtime
+            dirs = safedir.subdirs(ns_fd, dots=True)
+            whole_last, _ = usage.get((ns, ""), (0.0, ""))
             try:
-                mtime = os.stat(d, dir_fd=ns_fd, follow_symlinks=False).st_mtime
-            except OSError:
+                found = registered.read(reg, mount_point, ns)
+                entries = registered.holding(
+                    registered.counting(found, beat_of, expire_after_s, now, cutoff), ns, None
+                )
+            except (RegistryError, OSError) as exc:
+                result.unreadable[ns] = str(exc)
+                result.kept += len(dirs)
                 continue
-            last, host = usage.get((ns, d), (None, ""))
-            if (ns, d) in local or d in held or max(last or 0.0, mtime) >= cutoff:
-                result.kept += 1
+            held = {e.path.split("/")[1] if "/" in e.path else "" for e in entries}
+            if (ns, "") in local or whole_last >= cutoff or "" in held:
+                result.kept += len(dirs)  # a bind of the whole namespace uses every directory in it
                 continue
-            unused.append(Candidate(ns, d, f"{shown}/{d}", last, host, mtime))
-        records_of_ns = [(t, h) for (n, _), (t, h) in usage.items() if n == ns]
-        ns_in_use = (
-            bool(entries)
-            or ns_mtime >= cutoff
-            or any(k[0] == ns for k in local)
-            or any(t >= cutoff for t, _ in records_of_ns)
-        )
-        if len(unused) == len(dirs) and not ns_in_use:
-            last, host = max(records_of_ns, default=(None, ""))
-            mtime = max([ns_mtime, *(c.mtime for c in unused)])
-            whole = Candidate(ns, None, shown, last, host, mtime)
-            whole.size = tree.tree_size(root_fd, ns, progress)
-            result.candidates.append(whole)
-            continue
-        for c in unused:
-            c.size = tree.tree_size(ns_fd, str(c.directory), progress)
-            result.candidates.append(c)
+            unused: list[Candidate] = []
+            for d in dirs:
+                progress.tick()
+                try:
+                    mtime = os.stat(d, dir_fd=ns_fd, follow_symlinks=False).st_mtime
+                except OSError:
+                    continue
+                last, host = usage.get((ns, d), (None, ""))
+                if (ns, d) in local or d in held or max(last or 0.0, mtime) >= cutoff:
+                    result.kept += 1
+                    continue
+                unused.append(Candidate(ns, d, f"{shown}/{d}", last, host, mtime))
+            records_of_ns = [(t, h) for (n, _), (t, h) in usage.items() if n == ns]
+            ns_in_use = (
+                bool(entries)
+                or ns_mtime >= cutoff
+                or any(k[0] == ns for k in local)
+                or any(t >= cutoff for t, _ in records_of_ns)
+            )
+            if len(unused) == len(dirs) and not ns_in_use:
+                last, host = max(records_of_ns, default=(None, ""))
+                mtime = max([ns_mtime, *(c.mtime for c in unused)])
+                whole = Candidate(ns, None, shown, last, host, mtime)
+                whole.size = tree.tree_size(root_fd, ns, progress)
+                result.candidates.append(whole)
+                continue
+            for c in unused:
+                c.size = tree.tree_size(ns_fd, str(c.directory), progress)
+                result.candidates.append(c)
     return result
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from volagent import safedir
-from volagent.rack import registry, registry_claim
+from volagent.rack import records, registry, registry_claim
 from volagent.rack.registry import Entry
 
 # how long gc waits for a namespace's registry lock: a claim holds it for a few round trips,
@@ -78,12 +78,24 @@ def heartbeats(mount_point: str, dev: int) -> Callable[[str], Mapping[str, objec
     return beat_of
 
 
-def read(reg: int | None, mount_point: str, namespace: str) -> list[Entry]:
+def read(
+    reg: int | None, mount_point: str, namespace: str, listed: frozenset[str] | None = None
+) -> list[Entry]:
     """The namespace's entries in the registry's directory `reg` (None: there is none),
     read under its lock (no claim is between its read and its write meanwhile, and one that
     wrote before is seen); RegistryError when they cannot be read or the lock cannot be had
-    within LOCK_WAIT_S."""
+    within LOCK_WAIT_S. `listed`: the directory's names as the survey listed them, once for
+    all namespaces (one with neither file has no entries: nothing more is asked)."""
     if reg is None:
+        return []
+    if (
+        listed is not None
+        and not {
+            registry.file_of(namespace),
+            records.file_name(namespace) + registry.LOCK_SUFFIX,
+        }
+        & listed
+    ):
         return []
     return registry.read_locked(reg, mount_point, namespace, time.monotonic() + LOCK_WAIT_S)
 

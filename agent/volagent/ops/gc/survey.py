@@ -123,6 +123,7 @@ def survey(
     # the registry's directory, opened once for every namespace's entries
     reg = registry.open_dir_at(root_fd)
     with safedir.closing(reg) if reg is not None else contextlib.nullcontext():
+        listed = frozenset(safedir.list_names(reg)) if reg is not None else frozenset()
         namespaces = [ns for ns in safedir.subdirs(root_fd) if NAMESPACE_RE.match(ns)]
         for ns, ns_fd in records.open_each(root_fd, namespaces, skip_unusable=True):
             progress.tick()
@@ -131,7 +132,7 @@ def survey(
             dirs = safedir.subdirs(ns_fd, dots=True)
             whole_last, _ = usage.get((ns, ""), (0.0, ""))
             try:
-                found = registered.read(reg, mount_point, ns)
+                found = registered.read(reg, mount_point, ns, listed)
                 entries = registered.holding(
                     registered.counting(found, beat_of, expire_after_s, now, cutoff), ns, None
                 )

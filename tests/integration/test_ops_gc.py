@@ -29,6 +29,7 @@ from tests.testbed import (
     volagent_cli,
 )
 from tests.testbed.plugin_home import PluginHome
+from tests.testbed.registry_view import registered
 from tests.testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
@@ -153,7 +154,10 @@ def test_a_bind_under_a_dot_directory_keeps_its_namespace(gcbed: Bed) -> None:
     seed(os.path.join(ns, ".shared", "db"), "rows")
     cid = bed.create("dot", f"{ns}/.shared/db:/db", ["sh", "-c", "cat /db/state; echo; sleep 300"])
     bed.ctr.start(cid)
-    wait_until(lambda: os.path.exists(usage_record(bed, "r1-dot", ".shared")), "its usage record")
+    # known to gc: its entry in the registry (its first usage record waits for a refresh)
+    wait_until(
+        lambda: (HOST, "r1-dot/.shared/db") in registered(bed.mp, "r1-dot"), "its registry entry"
+    )
     age(ns)
     listing = bed.gc("--older-than", "30")
     assert listing.returncode == 0, listing.stderr

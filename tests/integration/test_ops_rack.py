@@ -22,6 +22,7 @@ from tests.testbed import (
     volagent_cli,
 )
 from tests.testbed.aws import INSTANCE_ID, Imds
+from tests.testbed.registry_view import registered
 from tests.testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.mount]
@@ -106,8 +107,12 @@ def test_gc_keeps_what_another_host_uses(
     b.wait_for(
         lambda d: any(c["id"] == cid for c in d["containers"]), what="the container on host b"
     )
-    record = os.path.join(a.mount_point, ".volagent", "usage", "r1-used", "web", "host-b.json")
-    wait_until(lambda: os.path.exists(record), "host b's usage record")
+    # known to gc: host b's entry in the registry (its first usage record waits for the
+    # first refresh, every host's gc reading the registry)
+    path = "r1-used/web/data"
+    wait_until(
+        lambda: ("host-b", path) in registered(a.mount_point, "r1-used"), "host b's registry entry"
+    )
     old = a.ns("old", "web", "data")
     os.makedirs(old)
     with open(os.path.join(old, "file"), "wb") as f:

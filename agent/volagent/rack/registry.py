@@ -242,25 +242,15 @@ def read_locked(reg: int, mount_point: str, namespace: str, deadline: float) -> 
     if not local.acquire(timeout=max(0.0, deadline - time.monotonic())):
         raise RegistryError(f"the registry of {namespace} is busy in this process")
     try:
-        name = records.file_name(namespace) + LOCK_SUFFIX
-        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(name, flags, dir_fd=reg)
+            fd = _open_lock_file(reg, namespace, Counts(), create=False)
         except FileNotFoundError:
             if _exists(reg, file_of(namespace)):
                 raise RegistryError(
                     f"the registry of {namespace} has entries but no lock file"
                 ) from None
             return []
-        except OSError as exc:
-            raise RegistryError(
-                f"cannot open the lock of the registry of {namespace}: {exc}"
-            ) from None
         with safedir.closing(fd):  # its close drops the lock
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RegistryError(
-                    f"the lock of the registry of {namespace} is not a regular file"
-                )
             _lock(fd, namespace, deadline, Counts())
             return read_entries(reg, namespace)
     finally:
@@ -433,14 +423,18 @@ def _close_quietly(fd: int) -> None:
 _kept = _KeptHandles()
 
 
-def _open_lock_file(dir_fd: int, namespace: str, counts: Counts) -> int:
+def _open_lock_file(dir_fd: int, namespace: str, counts: Counts, *, create: bool = True) -> int:
+    """The namespace's lock file, opened for locking; made where missing, unless not
+    `create` (then FileNotFoundError)."""
     counts.opens += 1
     name = records.file_name(namespace) + LOCK_SUFFIX
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    # O_CREAT without O_EXCL: hosts racing to make it all open the one file the server made
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     try:
-        # O_CREAT without O_EXCL: hosts racing to make it all open the one file the server made
         fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
     except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not create:
+            raise
         raise RegistryError(f"cannot open the lock of the registry of {namespace}: {exc}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

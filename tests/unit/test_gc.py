@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.aged import CUTOFF, OLD, make_dir, record
+from tests.unit.aged import CUTOFF, OLD, make_dir, record, still_unused, survey
 
 from volagent.config import Config, from_dict
 from volagent.errors import FilesystemHung
@@ -31,15 +31,7 @@ def root_fd(mp: Path) -> int:
 def run_survey(mp: Path, local: set[tuple[str, str]] | None = None) -> gcsurvey.Survey:
     fd = root_fd(mp)
     try:
-        return gcsurvey.survey(
-            fd,
-            str(mp),
-            cutoff=CUTOFF,
-            local=local or set(),
-            stale_after_s=90,
-            expire_after_s=900,
-            progress=tree.Progress(),
-        )
+        return survey(mp, fd, local)
     finally:
         os.close(fd)
 
@@ -74,13 +66,9 @@ def test_a_new_use_after_the_survey_keeps_the_directory(mp: Path) -> None:
     [cand] = s.candidates
     fd = root_fd(mp)
     try:
-        assert gcsurvey.still_unused(
-            fd, cand, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
-        )
+        assert still_unused(mp, fd, cand)
         record(mp, "r1-old/web", "host-c", time.time())
-        assert not gcsurvey.still_unused(
-            fd, cand, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
-        )
+        assert not still_unused(mp, fd, cand)
     finally:
         os.close(fd)
 
@@ -91,9 +79,7 @@ def test_a_new_service_dir_keeps_the_namespace(mp: Path) -> None:
     (mp / "r1-old" / "api").mkdir()  # the namespace's mtime moves
     fd = root_fd(mp)
     try:
-        assert not gcsurvey.still_unused(
-            fd, cand, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
-        )
+        assert not still_unused(mp, fd, cand)
     finally:
         os.close(fd)
 

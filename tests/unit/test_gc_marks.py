@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.aged import CUTOFF, OLD, make_dir
+from tests.unit.aged import CUTOFF, OLD, make_dir, still_unused
 from tests.unit.factories import make_state
 from tests.unit.guard_requests import create
 
@@ -55,45 +55,34 @@ def marked(mp: Path) -> bool:
     return os.stat(mp / "r1-a").st_mtime >= CUTOFF or os.stat(mp / "r1-a/web").st_mtime >= CUTOFF
 
 
-def still_unused(mp: Path, root: int, c: gcsurvey.Candidate) -> bool:
-    return gcsurvey.still_unused(root, c, CUTOFF, set(), mount_point=str(mp), expire_after_s=900)
-
-
 def whole(mp: Path) -> gcsurvey.Candidate:
     return gcsurvey.Candidate("r1-a", None, str(mp / "r1-a"), None, "", OLD)
 
 
-def test_a_create_the_registry_holds_is_not_marked_and_gc_keeps_it(mp: Path, guard: Guard) -> None:
+def test_a_create_the_registry_holds_is_not_marked_and_gc_keeps_it(
+    mp: Path, root: int, guard: Guard
+) -> None:
     make_dir(mp, "r1-a/web/data")
     every_gc_reads_the_registry(guard.state)
     assert create(guard, f"{mp}/r1-a/web/data:/data")["Allow"] is True
     assert not marked(mp), "no write round trip for gc"
-    root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        # gc after the create: its last judgement reads the create's entry
-        assert not still_unused(mp, root, whole(mp))
-    finally:
-        os.close(root)
+    # gc after the create: its last judgement reads the create's entry
+    assert not still_unused(mp, root, whole(mp))
 
 
-def test_gc_first_then_the_create_meets_its_claim(mp: Path, guard: Guard) -> None:
+def test_gc_first_then_the_create_meets_its_claim(mp: Path, root: int, guard: Guard) -> None:
     """The other order: gc claims the trash entry, then a create comes before its last
     judgement. The create is refused by the trash check after its claim, and the claim's
     entry keeps the directory (as a mark did before)."""
     make_dir(mp, "r1-a/web/data")
     every_gc_reads_the_registry(guard.state)
     answers = []
-    root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
-    try:
 
-        def judge() -> bool:
-            answers.append(create(guard, f"{mp}/r1-a/web/data:/data"))
-            return still_unused(mp, root, whole(mp))
+    def judge() -> bool:
+        answers.append(create(guard, f"{mp}/r1-a/web/data:/data"))
+        return still_unused(mp, root, whole(mp))
 
-        c = whole(mp)
-        moved = trashing.move(root, c, tree.Progress(), still_unused=judge, reason="test", who=WHO)
-    finally:
-        os.close(root)
+    moved = trashing.move(root, whole(mp), tree.Progress(), still_unused=judge, reason="t", who=WHO)
     [answer] = answers
     assert answer["Allow"] is False and "trash" in answer["Msg"]
     assert moved.outcome == trashing.Outcome.KEPT

@@ -5,16 +5,14 @@ that cannot be read keeps its namespace."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.aged import CUTOFF, OLD, make_dir
+from tests.unit.aged import CUTOFF, FORGET, OLD, make_dir, still_unused, survey
+from tests.unit.test_registry import hold, let_go
 
 from volagent.ops.gc import registered, trashing, tree
 from volagent.ops.gc import survey as gcsurvey
@@ -22,15 +20,7 @@ from volagent.rack import registry, registry_claim
 from volagent.rack.heartbeat import HostBeat, write_heartbeat
 from volagent.rack.registry import Entry, RegistryError
 
-FORGET = 900.0
 WHO = {"host": "host-a", "user": "root", "pid": 1}
-
-
-@pytest.fixture
-def root(mp: Path) -> Iterator[int]:
-    fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
-    yield fd
-    os.close(fd)
 
 
 def register(mp: Path, host: str, path: str, when: float | None = None) -> None:
@@ -46,22 +36,6 @@ def register(mp: Path, host: str, path: str, when: float | None = None) -> None:
         deadline=time.monotonic() + 10,
     )
     assert not result.clashes
-
-
-def survey(mp: Path, root: int) -> gcsurvey.Survey:
-    return gcsurvey.survey(
-        root,
-        str(mp),
-        cutoff=CUTOFF,
-        local=set(),
-        stale_after_s=90,
-        expire_after_s=FORGET,
-        progress=tree.Progress(),
-    )
-
-
-def still_unused(mp: Path, root: int, c: gcsurvey.Candidate) -> bool:
-    return gcsurvey.still_unused(root, c, CUTOFF, set(), mount_point=str(mp), expire_after_s=FORGET)
 
 
 def test_a_directory_a_live_hosts_entry_holds_is_no_candidate(mp: Path, root: int) -> None:
@@ -164,11 +138,9 @@ def test_gc_reads_the_registry_under_its_lock_and_makes_nothing(mp: Path, root: 
     assert not (mp / ".volagent").exists()
     register(mp, "host-b", "r1-shop/web/data")
     lock = mp / ".volagent" / "registry" / "r1-shop.lock"
-    holder = subprocess.Popen(  # another process (another host, as far as locks go)
-        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE
-    )
+    held: list[subprocess.Popen[str]] = []
+    hold(held, lock)  # another process (another host, as far as locks go)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
         c = gcsurvey.Candidate("r1-shop", None, str(mp / "r1-shop"), None, "", OLD)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(registered, "LOCK_WAIT_S", 0.2)
@@ -176,58 +148,7 @@ def test_gc_reads_the_registry_under_its_lock_and_makes_nothing(mp: Path, root: 
                 still_unused(mp, root, c)
             assert "stayed locked" in survey(mp, root).unreadable["r1-shop"]
     finally:
-        holder.kill()
-        holder.communicate()
+        let_go(held)
     (mp / ".volagent" / "registry" / "r1-shop.lock").unlink()
     with pytest.raises(RegistryError, match="no lock file"):
         still_unused(mp, root, c)
-
-
-HOLD_LOCK = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR)
-fcntl.lockf(fd, fcntl.LOCK_EX)
-print("locked", flush=True)
-time.sleep(60)
-"""
-
-
-def test_a_gone_hosts_entries_count_each_by_its_own_time(mp: Path, root: int) -> None:
-    """One host gone for good, with an entry older than the window and one within it in
-    the same namespace: the old one keeps nothing, the recent one its directory."""
-    make_dir(mp, "r1-shop/web")
-    make_dir(mp, "r1-shop/worker")
-    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("host-b", OLD))
-    register(mp, "host-b", "r1-shop/web/data", when=OLD)
-    register(mp, "host-b", "r1-shop/worker/data", when=time.time() - 2 * FORGET)
-    found = {(c.namespace, c.directory) for c in survey(mp, root).candidates}
-    assert found == {("r1-shop", "web")}
-
-
-def test_the_last_judgement_judges_a_host_gone_by_all_its_entries(mp: Path, root: int) -> None:
-    """host-b's heartbeat is long stale (its writes failing) and its entry of web is old: at
-    the survey it is gone, and web a candidate. Then host-b claims another bind in the
-    namespace: by the registry's own rule (a heartbeat or an entry written lately) it is
-    not gone, and its entry of web holds web again, as a claim meeting it would judge."""
-    make_dir(mp, "r1-shop/web")
-    make_dir(mp, "r1-shop/worker")
-    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("host-b", OLD))
-    register(mp, "host-b", "r1-shop/web/data", when=OLD)
-    assert [c.namespace for c in survey(mp, root).candidates] == ["r1-shop"]  # host-b gone
-    register(mp, "host-b", "r1-shop/worker/data")  # a sign of life, now
-    web = gcsurvey.Candidate("r1-shop", "web", str(mp / "r1-shop/web"), None, "", OLD)
-    assert not still_unused(mp, root, web), "host-b is alive by the registry's rule"
-
-
-def test_a_heartbeat_this_volagent_cannot_decode_still_says_when_its_host_beat(
-    mp: Path, root: int
-) -> None:
-    """A newer version's heartbeat (another major format): gc reads it as the registry's
-    claims do, for its time, not as no heartbeat at all."""
-    make_dir(mp, "r1-shop/web")
-    hosts = mp / ".volagent" / "hosts"
-    hosts.mkdir(parents=True)
-    beat = {"kind": "heartbeat", "format": "9.0", "host": "host-b", "time": time.time()}
-    (hosts / "host-b.json").write_text(json.dumps(beat))
-    register(mp, "host-b", "r1-shop/web/data", when=OLD)
-    assert survey(mp, root).candidates == []

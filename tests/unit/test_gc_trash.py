@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.aged import CUTOFF, DAY, NOW, make_dir, record
+from tests.unit.aged import CUTOFF, DAY, NOW, make_dir, record, still_unused, survey
 
 from volagent.config import from_dict
 from volagent.errors import NamespaceTrashed
@@ -28,24 +28,8 @@ OWNER = Owner(os.getuid(), os.getgid())  # the caller itself: no root needed
 WHO = {"host": "host-a", "user": "root", "pid": 1}
 
 
-@pytest.fixture
-def root(mp: Path) -> Iterator[int]:
-    fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
-    yield fd
-    os.close(fd)
-
-
 def candidates(mp: Path, root: int) -> list[gcsurvey.Candidate]:
-    s = gcsurvey.survey(
-        root,
-        str(mp),
-        cutoff=CUTOFF,
-        local=set(),
-        stale_after_s=90,
-        expire_after_s=900,
-        progress=tree.Progress(),
-    )
-    return s.candidates
+    return survey(mp, root).candidates
 
 
 def move(root: int, c: gcsurvey.Candidate, unused: bool = True) -> trashing.Moved:
@@ -119,9 +103,7 @@ def test_the_preparer_touches_then_refuses_a_trashed_namespace(mp: Path, root: i
     # the preparer marks the namespace used before it looks at the trash: gc then keeps it
     trashcheck.prepare_path(str(mp), ("r1-old", "web", "data"), OWNER, 0o750, None)
     assert os.stat(mp / "r1-old").st_mtime >= CUTOFF
-    assert not gcsurvey.still_unused(
-        root, c, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
-    )
+    assert not still_unused(mp, root, c, CUTOFF)
     make_dir(mp, "r1-old/web")
     [c] = candidates(mp, root)
     moved = move(root, c)
@@ -147,9 +129,7 @@ def test_a_namespace_marked_within_the_hour_is_kept_by_a_window_of_seconds(
     assert os.stat(mp / "r1-busy").st_mtime == pytest.approx(recent)
     cutoff = gc.window_cutoff(0.001, time.time())  # a window of 86 s
     c = gcsurvey.Candidate("r1-busy", None, str(mp / "r1-busy"), None, "", recent)
-    assert not gcsurvey.still_unused(
-        root, c, cutoff, set(), mount_point=str(mp), expire_after_s=900
-    )
+    assert not still_unused(mp, root, c, cutoff)
 
 
 @pytest.mark.root  # the preparer makes a parent: root 0755 (rule 2)
@@ -168,9 +148,7 @@ def test_a_namespace_this_host_recorded_within_the_hour_is_kept_untouched(
     cutoff = gc.window_cutoff(0.001, time.time())  # a window of 86 s
     for directory in (None, "web"):
         c = gcsurvey.Candidate("r1-busy", directory, str(mp / "r1-busy"), None, "", 0.0)
-        assert not gcsurvey.still_unused(
-            root, c, cutoff, set(), mount_point=str(mp), expire_after_s=900
-        )
+        assert not still_unused(mp, root, c, cutoff)
 
 
 @pytest.mark.root  # the preparer makes a parent: root 0755 (rule 2)

@@ -10,15 +10,15 @@ import asyncio
 import dataclasses
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.aged import CUTOFF, make_dir
+from tests.unit.aged import make_dir, still_unused, survey
 from tests.unit.factories import make_state, volumes_of
 from tests.unit.guard_requests import create
+from tests.unit.test_registry import hold, let_go
 
 from volagent.guard.plugin import Guard
 from volagent.ops.gc import command, registered, trashing, tree
@@ -82,17 +82,12 @@ def gc_delete(mp: Path) -> list[trashing.Outcome]:
     """`volagent gc --delete` on another host: the survey, then each move."""
     root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        s = gcsurvey.survey(
-            root, str(mp), cutoff=CUTOFF, local=set(), stale_after_s=90,
-            expire_after_s=900, progress=tree.Progress(),
-        )  # fmt: skip
+        s = survey(mp, root)
         outcomes = []
         for c in s.candidates:
 
             def judge(c: gcsurvey.Candidate = c) -> bool:
-                return gcsurvey.still_unused(
-                    root, c, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
-                )
+                return still_unused(mp, root, c)
 
             moved = trashing.move(root, c, tree.Progress(), still_unused=judge, reason="t", who=WHO)
             outcomes.append(moved.outcome)
@@ -176,18 +171,11 @@ def test_a_create_refused_after_its_claim_ends_no_use(mp: Path, worker: TimedWor
     finally:
         a.close()
     assert not (mp / ".volagent/usage/r1-a").exists()
-    root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        reg = registry.open_dir_at(root)
-        assert reg is not None
-        assert registry.read_locked(reg, str(mp), "r1-a", time.monotonic() + 5) == []
-        os.close(reg)
-    finally:
-        os.close(root)
+    assert registry_paths(mp) == []
 
 
 def test_gc_waiting_for_a_registry_lock_held_elsewhere_says_so(
-    mp: Path, monkeypatch: pytest.MonkeyPatch
+    mp: Path, root: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A lock held a while (a host that died holding it keeps it until its NFS lease
     expires) keeps the candidate and says why, well before gc's watchdog would take the wait
@@ -201,21 +189,14 @@ def test_gc_waiting_for_a_registry_lock_held_elsewhere_says_so(
         expire_after_s=900, deadline=time.monotonic() + 10,
     )  # fmt: skip
     lock = mp / ".volagent" / "registry" / "r1-a.lock"
-    root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
-    [c] = gcsurvey.survey(
-        root, str(mp), cutoff=CUTOFF, local=set(), stale_after_s=90,
-        expire_after_s=900, progress=tree.Progress(),
-    ).candidates  # fmt: skip
-    # another process (another host, as far as locks go) holds it
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE)
+    [c] = survey(mp, root).candidates
+    held: list[subprocess.Popen[str]] = []
+    hold(held, lock)  # another process (another host, as far as locks go)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
         monkeypatch.setattr(registered, "LOCK_WAIT_S", 0.5)
 
         def judge() -> bool:
-            return gcsurvey.still_unused(
-                root, c, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
-            )
+            return still_unused(mp, root, c)
 
         with pytest.raises(RegistryError, match="stayed locked"):
             command.guarded(
@@ -223,20 +204,9 @@ def test_gc_waiting_for_a_registry_lock_held_elsewhere_says_so(
                 "moving", stall_s=2.0,
             )  # fmt: skip
     finally:
-        holder.kill()
-        holder.communicate()
-        os.close(root)
+        let_go(held)
     assert (mp / "r1-a/web/data").is_dir()
     assert list((mp / ".volagent/trash").iterdir()) == [], "the claim went again"
-
-
-HOLD_LOCK = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR)
-fcntl.lockf(fd, fcntl.LOCK_EX)
-print("locked", flush=True)
-time.sleep(60)
-"""
 
 
 def test_a_retried_create_after_a_refusal_records_its_end(
@@ -309,20 +279,16 @@ def test_a_record_that_cannot_be_written_delays_no_new_entry(mp: Path, worker: T
 
 
 def test_the_last_judgement_reads_the_registry_before_the_records(
-    mp: Path, worker: TimedWorker, monkeypatch: pytest.MonkeyPatch
+    mp: Path, root: int, worker: TimedWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The keeper writes a use's record, then removes its entry, under the registry's lock.
     gc's last judgement reads the usage records, then waits for that lock: the keeper's
     whole transaction falls between its two reads, and it sees neither the record (not
     written yet when it looked) nor the entry (gone when it got the lock)."""
     make_dir(mp, "r1-a/web/data")
-    root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
     a = Host(mp, "host-a", worker)
     try:
-        s = gcsurvey.survey(
-            root, str(mp), cutoff=CUTOFF, local=set(), stale_after_s=90,
-            expire_after_s=900, progress=tree.Progress(),
-        )  # fmt: skip
+        s = survey(mp, root)
         [c] = s.candidates  # unused at the survey
         # a one-off job, before gc's claim of the trash entry: no mark, its record deferred
         assert create(a.guard, f"{mp}/r1-a/web/data:/data")["Allow"] is True
@@ -338,19 +304,16 @@ def test_the_last_judgement_reads_the_registry_before_the_records(
         def judge() -> bool:
             with monkeypatch.context() as m:
                 m.setattr(gcsurvey, "collect_usage", records_then_the_keeper)
-                return gcsurvey.still_unused(
-                    root, c, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
-                )
+                return still_unused(mp, root, c)
 
         moved = trashing.move(root, c, tree.Progress(), still_unused=judge, reason="t", who=WHO)
     finally:
         a.close()
-        os.close(root)
     assert moved.outcome == trashing.Outcome.KEPT, "used seconds ago, yet trashed"
 
 
 def test_a_use_that_ends_while_gc_claims_its_trash_entry_is_recorded(
-    mp: Path, worker: TimedWorker
+    mp: Path, root: int, worker: TimedWorker
 ) -> None:
     """A one-off job created after gc's survey (no mark, its first record deferred: its
     entry stands for it). gc claims the trash entry (a `moving` record, no directory yet);
@@ -358,13 +321,9 @@ def test_a_use_that_ends_while_gc_claims_its_trash_entry_is_recorded(
     registry's lock (before the usage recorder's next pass). The directory is not in the
     trash yet: the end of a real use must be recorded, or gc sees neither entry nor record."""
     make_dir(mp, "r1-a/web/data")
-    root = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
     a = Host(mp, "host-a", worker)
     try:
-        s = gcsurvey.survey(
-            root, str(mp), cutoff=CUTOFF, local=set(), stale_after_s=90,
-            expire_after_s=900, progress=tree.Progress(),
-        )  # fmt: skip
+        s = survey(mp, root)
         [c] = s.candidates  # unused at the survey
         assert create(a.guard, f"{mp}/r1-a/web/data:/data")["Allow"] is True
         a.docker_created("job-1", "r1-a/web/data")
@@ -374,14 +333,11 @@ def test_a_use_that_ends_while_gc_claims_its_trash_entry_is_recorded(
             # gc's trash entry is claimed: the job ends, the keeper's pass comes first
             a.state.forget_container("job-1")
             assert asyncio.run(a.registry.sync()) == 1  # the entry goes
-            return gcsurvey.still_unused(
-                root, c, CUTOFF, set(), mount_point=str(mp), expire_after_s=900
-            )
+            return still_unused(mp, root, c)
 
         moved = trashing.move(root, c, tree.Progress(), still_unused=judge, reason="t", who=WHO)
     finally:
         a.close()
-        os.close(root)
     assert moved.outcome == trashing.Outcome.KEPT, "used seconds ago, yet trashed"
 
 

@@ -5,7 +5,6 @@ a symlink; and the rack's share of the namespaces by rendezvous hashing."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,13 +34,6 @@ def du(path: Path) -> tuple[int, int]:
             n_bytes += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
             n += 1
     return n_bytes, n
-
-
-@pytest.fixture
-def root(mp: Path) -> Iterator[int]:
-    fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
-    yield fd
-    os.close(fd)
 
 
 class FakeClock:

@@ -5,6 +5,7 @@ that cannot be read keeps its namespace."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -152,3 +153,44 @@ def test_gc_reads_the_registry_under_its_lock_and_makes_nothing(mp: Path, root: 
     (mp / ".volagent" / "registry" / "r1-shop.lock").unlink()
     with pytest.raises(RegistryError, match="no lock file"):
         still_unused(mp, root, c)
+
+
+def test_a_gone_hosts_entries_count_each_by_its_own_time(mp: Path, root: int) -> None:
+    """One host gone for good, with an entry older than the window and one within it in
+    the same namespace: the old one keeps nothing, the recent one its directory."""
+    make_dir(mp, "r1-shop/web")
+    make_dir(mp, "r1-shop/worker")
+    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("host-b", OLD))
+    register(mp, "host-b", "r1-shop/web/data", when=OLD)
+    register(mp, "host-b", "r1-shop/worker/data", when=time.time() - 2 * FORGET)
+    found = {(c.namespace, c.directory) for c in survey(mp, root).candidates}
+    assert found == {("r1-shop", "web")}
+
+
+def test_the_last_judgement_judges_a_host_gone_by_all_its_entries(mp: Path, root: int) -> None:
+    """host-b's heartbeat is long stale (its writes failing) and its entry of web is old: at
+    the survey it is gone, and web a candidate. Then host-b claims another bind in the
+    namespace: by the registry's own rule (a heartbeat or an entry written lately) it is
+    not gone, and its entry of web holds web again, as a claim meeting it would judge."""
+    make_dir(mp, "r1-shop/web")
+    make_dir(mp, "r1-shop/worker")
+    write_heartbeat(str(mp), os.stat(mp).st_dev, HostBeat("host-b", OLD))
+    register(mp, "host-b", "r1-shop/web/data", when=OLD)
+    assert [c.namespace for c in survey(mp, root).candidates] == ["r1-shop"]  # host-b gone
+    register(mp, "host-b", "r1-shop/worker/data")  # a sign of life, now
+    web = gcsurvey.Candidate("r1-shop", "web", str(mp / "r1-shop/web"), None, "", OLD)
+    assert not still_unused(mp, root, web), "host-b is alive by the registry's rule"
+
+
+def test_a_heartbeat_this_volagent_cannot_decode_still_says_when_its_host_beat(
+    mp: Path, root: int
+) -> None:
+    """A newer version's heartbeat (another major format): gc reads it as the registry's
+    claims do, for its time, not as no heartbeat at all."""
+    make_dir(mp, "r1-shop/web")
+    hosts = mp / ".volagent" / "hosts"
+    hosts.mkdir(parents=True)
+    beat = {"kind": "heartbeat", "format": "9.0", "host": "host-b", "time": time.time()}
+    (hosts / "host-b.json").write_text(json.dumps(beat))
+    register(mp, "host-b", "r1-shop/web/data", when=OLD)
+    assert survey(mp, root).candidates == []

@@ -23,7 +23,7 @@ from volagent.config import MAX_FORGET_AFTER_S
 from volagent.errors import VolagentError
 from volagent.nesting import nested_with, strictly_under
 from volagent.rack import records
-from volagent.rack.registry import Counts, Entry, changed, locked, merged
+from volagent.rack.registry import Counts, Entry, Transaction, changed, locked, merged
 
 
 @dataclass
@@ -48,59 +48,79 @@ def claim(
     deadline: float,
     epoch: int | None = None,
     dropping: Callable[[list[Entry]], None] | None = None,
+    answered: Callable[[ClaimResult], None] | None = None,
 ) -> ClaimResult:
     """Registers `wanted` (this host's entries) unless one nests with a live bind in another
     host's entries. `epoch`: the mount's, to keep the registry's files open for the next
     (`locked`). `dropping` is called, under the lock and before the write, with the entries
     of hosts gone for good that the claim drops (gc counts them as uses at their time: the
-    caller records those); it raising leaves the file as it was."""
+    caller records those); it raising leaves the file as it was. `answered` is called with
+    the outcome as soon as it is final (the entries renamed into place), before the lock is
+    released: the caller need not wait for the unlock's round trip."""
     result = ClaimResult()
     with locked(mount_point, dev, ns, deadline, counts=result.counts, epoch=epoch) as tx:
-        entries = tx.entries
-        dead: set[str] = set()
-        checked: set[str] = set()
-        while True:
-            theirs = [e for e in entries if e.host != host and e.host not in dead]
-            others = [(absolute(mount_point, e.path), _whose(e)) for e in theirs]
-            result.clashes = {}
-            blocking: set[str] = set()
-            for w in wanted:
-                why = nested_with(absolute(mount_point, w.path), others)
-                if why is None:
-                    continue
-                result.clashes[w.path] = why
-                blocking |= {
-                    e.host
-                    for e in theirs
-                    if strictly_under(w.path, e.path) or strictly_under(e.path, w.path)
-                }
-            unchecked = blocking - checked
-            if not result.clashes or not unchecked:
-                break
-            # only the hosts in the way: is any of them gone for good?
-            now = time.time()
-            for other in unchecked:
-                checked.add(other)
-                beat = read_heartbeat(mount_point, dev, other)
-                result.counts.opens += 1
-                if gone(entries, other, beat, expire_after_s, now):
-                    dead.add(other)
-                    result.expired.append(other)
-        if dead and dropping is not None:
-            dropping([e for e in entries if e.host in dead])
-        if result.clashes:
-            if dead:  # the expired hosts' entries go anyway: they would be read again
-                tx.write(merged(entries, [], lambda e: e.host in dead))
-            return result
-        # a path this host holds already (under the create's request, say) needs no entry more
-        held = {(e.host, e.path) for e in entries}
-        after = merged(
-            entries, [w for w in wanted if (w.host, w.path) not in held], lambda e: e.host in dead
-        )
-        if changed(entries, after):
-            tx.write(after)
-            result.written = True
+        _decide(tx, mount_point, dev, host, wanted, expire_after_s, dropping, result=result)
+        if answered is not None:
+            answered(result)
     return result
+
+
+def _decide(  # noqa: PLR0917 - the claim's own arguments, passed on
+    tx: Transaction,
+    mount_point: str,
+    dev: int | None,
+    host: str,
+    wanted: list[Entry],
+    expire_after_s: float,
+    dropping: Callable[[list[Entry]], None] | None,
+    *,
+    result: ClaimResult,
+) -> None:
+    """The claim's judgement and write, under the lock: `result` filled in."""
+    entries = tx.entries
+    dead: set[str] = set()
+    checked: set[str] = set()
+    while True:
+        theirs = [e for e in entries if e.host != host and e.host not in dead]
+        others = [(absolute(mount_point, e.path), _whose(e)) for e in theirs]
+        result.clashes = {}
+        blocking: set[str] = set()
+        for w in wanted:
+            why = nested_with(absolute(mount_point, w.path), others)
+            if why is None:
+                continue
+            result.clashes[w.path] = why
+            blocking |= {
+                e.host
+                for e in theirs
+                if strictly_under(w.path, e.path) or strictly_under(e.path, w.path)
+            }
+        unchecked = blocking - checked
+        if not result.clashes or not unchecked:
+            break
+        # only the hosts in the way: is any of them gone for good?
+        now = time.time()
+        for other in unchecked:
+            checked.add(other)
+            beat = read_heartbeat(mount_point, dev, other)
+            result.counts.opens += 1
+            if gone(entries, other, beat, expire_after_s, now):
+                dead.add(other)
+                result.expired.append(other)
+    if dead and dropping is not None:
+        dropping([e for e in entries if e.host in dead])
+    if result.clashes:
+        if dead:  # the expired hosts' entries go anyway: they would be read again
+            tx.write(merged(entries, [], lambda e: e.host in dead))
+        return
+    # a path this host holds already (under the create's request, say) needs no entry more
+    held = {(e.host, e.path) for e in entries}
+    after = merged(
+        entries, [w for w in wanted if (w.host, w.path) not in held], lambda e: e.host in dead
+    )
+    if changed(entries, after):
+        tx.write(after)
+        result.written = True
 
 
 @dataclass

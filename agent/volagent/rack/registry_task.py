@@ -30,6 +30,7 @@ import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from volagent import log
@@ -53,6 +54,7 @@ VERIFY_INTERVAL_S = 300.0
 REQUEST_PREFIX = "request:"
 
 Own = dict[str, dict[str, tuple[str, str]]]  # namespace -> path -> (ref, container name)
+Answered = Callable[[registry_claim.ClaimResult], None]
 Where = tuple[int | None, int, str]  # the mount's device and epoch, the host's name
 
 
@@ -153,7 +155,7 @@ class Registry:
             job = functools.partial(self._claim_job, ns, where, wanted, until)
             self._names.add(where[2])
             try:
-                result = await self.worker.run(job, left, what=f"consulting the registry of {ns}")
+                result = await self._answer_of(job, left, ns)
             except (VolagentError, OSError) as exc:
                 self._unsure.add(ns)  # its thread may write yet: the keeper reads the file again
                 self._failed(ns, vols, timeout, str(exc))
@@ -174,6 +176,43 @@ class Registry:
             return True
         finally:
             turn.release()
+
+    async def _answer_of(
+        self, job: Callable[[Answered], registry_claim.ClaimResult], timeout: float, ns: str
+    ) -> registry_claim.ClaimResult:
+        """The claim's outcome once its job has made it final (the entries renamed into
+        place), without waiting for the unlock's round trip: the job's thread goes on to
+        unlock, and a failure then is only logged (the lock goes with the descriptor's close,
+        and the entries are in place)."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[registry_claim.ClaimResult] = loop.create_future()
+
+        def answered(result: registry_claim.ClaimResult) -> None:  # in the worker's thread
+            loop.call_soon_threadsafe(_settle, answer, result)
+
+        what = f"consulting the registry of {ns}"
+        running = asyncio.ensure_future(
+            self.worker.run(functools.partial(job, answered), timeout, what)
+        )
+        try:
+            await asyncio.wait((answer, running), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            running.cancel()
+            raise
+        # the job answers before it returns, so an answer given is seen here first
+        if answer.done():
+            running.add_done_callback(functools.partial(self._unlocked, ns))
+            return answer.result()
+        answer.cancel()
+        return running.result()
+
+    def _unlocked(self, ns: str, running: asyncio.Future[Any]) -> None:
+        """The end of a claim answered before its unlock."""
+        if running.cancelled():
+            return
+        exc = running.exception()
+        if exc is not None:
+            self.log.warning("registry_unlock_failed", namespace=ns, reason=str(exc))
 
     def _clashed(
         self,
@@ -243,10 +282,10 @@ class Registry:
         return fresh and paths <= held - self._contested.get(ns, frozenset())
 
     def _claim_job(
-        self, ns: str, where: Where, wanted: list[Entry], deadline: float
+        self, ns: str, where: Where, wanted: list[Entry], deadline: float, answered: Answered
     ) -> registry_claim.ClaimResult:
         """Blocking: the claim under the lock, on the filesystem and as the host `where`
-        names (as they were when it was asked)."""
+        names (as they were when it was asked); `answered` once its outcome is final."""
         st = self.state
         dev, epoch, host = where
         return registry_claim.claim(
@@ -260,6 +299,7 @@ class Registry:
             epoch=epoch,
             # gc counts a gone host's entries as uses at their time: recorded before they go
             dropping=functools.partial(recorder.keep_uses, st.config.mount_point, dev),
+            answered=answered,
         )
 
     # --- this host's entries -------------------------------------------------------------
@@ -451,3 +491,8 @@ class Registry:
             self.log.warning("registry_note_unwritten", path=path, reason=str(exc))
             return
         self._noted = namespaces
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # its caller may have given up meanwhile
+        future.set_result(result)

@@ -22,6 +22,12 @@ registry (the heartbeat task judges that: rack/heartbeat.py). The claim takes th
 place: it is written before the look in the trash, and gc's last judgement reads the
 registry under its lock after writing its record (ops/gc/registered.py).
 
+A create the guard claims walks while the claim is under way (0.6): the walk opens the
+existing part of the path meanwhile, reading only, and waits for the claim's outcome before
+it marks, looks in the trash or creates anything (`mark` as a callable). So the look in the
+trash still comes after the claim's entry is in place, and nothing is made for a bind the
+claim refused; the opens, which order nothing for gc, overlap the claim's round trips.
+
 A start walks the path again. When the create walk here recorded it (device and inode of
 every component) and every component is still the same directory, nothing else is asked:
 the directories are the ones judged at create, which were marked then and not in the trash
@@ -36,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from volagent import safedir
 from volagent.errors import NamespaceTrashed
@@ -108,7 +114,7 @@ def prepare_path(
     *,
     known: directories.Identity = (),
     recorded_at: float | None = None,
-    mark: bool = True,
+    mark: bool | Callable[[], bool] = True,
 ) -> directories.Prepared:
     """directories.prepare_below from the mount point's path, with the namespace marked used
     and known not to be in the trash before anything is created; the mount point is opened
@@ -116,7 +122,9 @@ def prepare_path(
     components are all still those directories is only walked (a start). `recorded_at`: the
     time of this host's last usage record of the bind's directory, if any (see `mark_used`).
     `mark` False: the registry holds the bind and every host's gc reads it, so the mark is
-    left out (ops/gc/registered.py)."""
+    left out (ops/gc/registered.py). A callable `mark` is asked once the existing part of
+    the path is open, before the mark, the look in the trash and any create: it waits for
+    the claim under way and says whether to mark, or raises WalkAbandoned."""
     with safedir.closing(safedir.open_mount_point(mount_point, expected_dev)) as root:
         if known:
             same = directories.verify_below(root, mount_point, parts, known)
@@ -124,7 +132,7 @@ def prepare_path(
                 return same
 
         def marked_and_not_trashed(opened: list[tuple[int, os.stat_result]]) -> None:
-            if mark:
+            if mark() if callable(mark) else mark:
                 mark_used(opened, recorded_at=recorded_at)
             refuse_if_trashed(mount_point, root, parts)
 

@@ -37,6 +37,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -72,11 +73,16 @@ try:  # the registry came with 0.3: on an earlier install its steps count nothin
     KEPT: dict[str, Any] = (
         {"epoch": 1} if "epoch" in inspect.signature(registry_claim.claim).parameters else {}
     )
+    # since 0.6 the claim answers once its entries are in place (its unlock behind the answer)
+    # and the create walk opens its path meanwhile, waiting for the claim before it looks in
+    # the trash (its `mark` a callable, asked at that point)
+    OVERLAP = "answered" in inspect.signature(registry_claim.claim).parameters
 except ImportError:
     registry_claim = None  # type: ignore[assignment]
     BY_PATH = False
     SINCE = False
     KEPT = {}
+    OVERLAP = False
 try:  # 0.3's fallback for hosts on 0.2, gone in 0.4: their binds read from usage records
     from volagent.rack import binds
 
@@ -135,11 +141,14 @@ def nfs_ops() -> Counter[str]:
         return nfs_ops_of(f.read())
 
 
+def less(after: Counter[str], before: Counter[str]) -> Counter[str]:
+    return Counter({k: after[k] - before[k] for k in after if after[k] > before[k]})
+
+
 def counted(step: Any) -> tuple[Counter[str], Any]:
     before = nfs_ops()
     result = step()
-    after = nfs_ops()
-    return Counter({k: after[k] - before[k] for k in after if after[k] > before[k]}), result
+    return less(nfs_ops(), before), result
 
 
 def setup(case: str, service: str) -> tuple[str, ...]:
@@ -178,6 +187,9 @@ def one_run(case: str, service: str) -> dict[str, Any]:
     dev = os.stat(MOUNT_POINT).st_dev
     host_path = "/".join((MOUNT_POINT, *parts))
     steps: dict[str, Counter[str]] = {}
+    # since 0.6, the parts of two steps that overlap in the daemon: the claim up to its answer,
+    # and the create walk's opens before it waits for the claim
+    splits: dict[str, Counter[str]] = {}
 
     def trash_alone() -> None:
         root = safedir.open_mount_point(MOUNT_POINT, dev)
@@ -212,6 +224,8 @@ def one_run(case: str, service: str) -> dict[str, Any]:
         def claim(ref: str = f"request:{service}") -> Any:
             deadline = time.monotonic() + REGISTRY_TIMEOUT_S
             fallback: dict[str, Any] = {}
+            if OVERLAP:  # where the daemon has its answer: the operations so far
+                fallback["answered"] = lambda _result: answered.append(nfs_ops())
             if binds is not None:
                 # counted apart too (a part of the claim, not a step of its own): the 0.2
                 # hosts' usage records of the namespace, looked for before the lock is taken
@@ -234,21 +248,36 @@ def one_run(case: str, service: str) -> dict[str, Any]:
                 **KEPT,
             )
 
+        answered: list[Counter[str]] = []
         if case == "in-use" and BY_PATH:
             pass  # the daemon's claim of a path its entries hold: no transaction (_holds)
         else:
+            before_claim = nfs_ops()
             steps["registry claim"], claimed = counted(claim)
+            if answered:
+                splits["claim to its answer"] = less(answered[0], before_claim)
             if claimed.clashes:
                 raise SystemExit(f"the bench's claim clashed: {claimed.clashes}")
+    at_gate: list[Counter[str]] = []
     if "mark" in params and registry_claim is not None:
         # since 0.5 a create whose binds the claim holds leaves gc's mark out, every host
         # sharing the filesystem running a gc that reads the registry (this bench's rack)
         create_args["mark"] = False
+        if OVERLAP and case != "in-use":  # asked where the walk waits for the claim
+
+            def at_the_claims_outcome() -> bool:
+                at_gate.append(nfs_ops())
+                return False  # no mark: the claim's entry holds the path
+
+            create_args["mark"] = at_the_claims_outcome
     steps["trash check"], _ = counted(trash_alone)
+    before_walk = nfs_ops()
     create, walked = counted(
         lambda: trashcheck.prepare_path(MOUNT_POINT, parts, owner, 0o750, dev, **create_args)
     )
     steps["create walk"] = create - steps["trash check"]
+    if at_gate:
+        splits["walk ahead"] = less(at_gate[0], before_walk)
     key = (parts[0], parts[1])
     # the bind paths went with the fallback for 0.2 hosts (0.4)
     listed = [host_path] if "binds" in inspect.signature(recorder.usage_record).parameters else []
@@ -288,10 +317,65 @@ def one_run(case: str, service: str) -> dict[str, Any]:
     steps["check after start"], _ = counted(
         lambda: mount_check.check_container(os.getpid(), MOUNT_POINT, [(host_path, "/data")])
     )
-    return {step: dict(ops) for step, ops in steps.items()}
+    return {step: dict(ops) for step, ops in {**steps, **splits}.items()}
+
+
+def decided_in(case: str, service: str, overlap: bool) -> float:
+    """Seconds from the create's claim to the end of its walk (where the guard answers): the
+    two one after the other, the claim's unlock before the walk (as up to 0.5), or the walk
+    opening its path beside the claim and waiting for its answer before the look in the
+    trash, the unlock behind the answer (as the daemon does since 0.6)."""
+    parts = setup(case, service)
+    dev = os.stat(MOUNT_POINT).st_dev
+    wanted = [Entry(HOST, f"request:{service}", "", "/".join(parts), time.time())]
+    answered = threading.Event()
+
+    def claim() -> None:
+        registry_claim.claim(
+            MOUNT_POINT,
+            dev,
+            parts[0],
+            host=HOST,
+            wanted=wanted,
+            expire_after_s=FORGET_AFTER_S,
+            deadline=time.monotonic() + REGISTRY_TIMEOUT_S,
+            answered=lambda _result: answered.set(),
+            **KEPT,
+        )
+
+    def walk(mark: Any) -> None:
+        trashcheck.prepare_path(MOUNT_POINT, parts, Owner(1000, 1000), 0o750, dev, mark=mark)
+
+    start = time.perf_counter()
+    if not overlap:
+        claim()
+        walk(False)
+        return time.perf_counter() - start
+
+    def at_the_claims_outcome() -> bool:
+        if not answered.wait(REGISTRY_TIMEOUT_S):
+            raise SystemExit("the bench's claim did not answer")
+        return False  # no mark: the claim's entry holds the path
+
+    thread = threading.Thread(target=claim)
+    thread.start()
+    walk(at_the_claims_outcome)
+    took = time.perf_counter() - start
+    thread.join()
+    return took
 
 
 def main() -> None:
+    if sys.argv[1] == "timed":  # timed CASE RUNS: the two arrangements, taking turns
+        case, runs = sys.argv[2], int(sys.argv[3])
+        times: dict[str, list[float]] = {"one after the other": [], "overlapping": []}
+        for i in range(runs):
+            for k, overlap in enumerate((i % 2 == 0, i % 2 != 0)):
+                shown = "overlapping" if overlap else "one after the other"
+                service = f"timed-{case[0]}{i}{k}-{os.getpid()}"
+                times[shown].append(decided_in(case, service, overlap))
+        print(json.dumps(times), flush=True)
+        return
     case, runs = sys.argv[1], int(sys.argv[2])
     for i in range(runs):
         print(json.dumps(one_run(case, f"step-{case[0]}{i}-{os.getpid()}")), flush=True)

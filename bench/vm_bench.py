@@ -389,13 +389,15 @@ def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
 
 # since 0.6, the parts of two steps that overlap in the daemon (vm_steps.py)
 SPLITS = ("claim to its answer", "walk ahead")
-OVERLAPS = "the create walk's opens go on beside the claim, its unlock beside the look in the trash"
+OVERLAPS = (
+    "the opens of what exists go on beside the claim, its unlock beside the look in the trash"
+)
 
 
 def one_after_another(run: dict[str, dict[str, int]], before_answer: int) -> int:
     """The operations of a run's create one after another: the claim up to its answer or the
-    walk's opens before it waits for that answer, whichever is longer, then the rest of the
-    walk (its look in the trash, what it makes). All of them before 0.6."""
+    look ahead at the path (what exists of it opened), whichever is longer, then the rest
+    of the walk (its look in the trash, what it makes). All of them before 0.6."""
     if not all(part in run for part in SPLITS):
         return before_answer
 

@@ -74,8 +74,6 @@ try:  # the registry came with 0.3: on an earlier install its steps count nothin
         {"epoch": 1} if "epoch" in inspect.signature(registry_claim.claim).parameters else {}
     )
     # since 0.6 the claim answers once its entries are in place (its unlock behind the answer)
-    # and the create walk opens its path meanwhile, waiting for the claim before it looks in
-    # the trash (its `mark` a callable, asked at that point)
     OVERLAP = "answered" in inspect.signature(registry_claim.claim).parameters
 except ImportError:
     registry_claim = None  # type: ignore[assignment]
@@ -101,6 +99,8 @@ try:  # since 0.3.3 each namespace's owner is read (and written at its first use
 except ImportError:
     owners = None  # type: ignore[assignment]
 OWNERS_READ: set[str] = set()  # the daemon's cache: namespaces whose owner it knows
+# since 0.6 a create opens what exists of its path while its claim is under way
+AHEAD = hasattr(trashcheck, "open_ahead")
 
 
 def set_own(dev: int, ns: str, live: list[Any], refs: set[str], since: float) -> Any:
@@ -188,7 +188,7 @@ def one_run(case: str, service: str) -> dict[str, Any]:
     host_path = "/".join((MOUNT_POINT, *parts))
     steps: dict[str, Counter[str]] = {}
     # since 0.6, the parts of two steps that overlap in the daemon: the claim up to its answer,
-    # and the create walk's opens before it waits for the claim
+    # and the look ahead at the path (what exists of it opened) beside the claim
     splits: dict[str, Counter[str]] = {}
 
     def trash_alone() -> None:
@@ -258,26 +258,21 @@ def one_run(case: str, service: str) -> dict[str, Any]:
                 splits["claim to its answer"] = less(answered[0], before_claim)
             if claimed.clashes:
                 raise SystemExit(f"the bench's claim clashed: {claimed.clashes}")
-    at_gate: list[Counter[str]] = []
     if "mark" in params and registry_claim is not None:
         # since 0.5 a create whose binds the claim holds leaves gc's mark out, every host
         # sharing the filesystem running a gc that reads the registry (this bench's rack)
         create_args["mark"] = False
-        if OVERLAP and case != "in-use":  # asked where the walk waits for the claim
-
-            def at_the_claims_outcome() -> bool:
-                at_gate.append(nfs_ops())
-                return False  # no mark: the claim's entry holds the path
-
-            create_args["mark"] = at_the_claims_outcome
     steps["trash check"], _ = counted(trash_alone)
-    before_walk = nfs_ops()
+    if AHEAD and registry_claim is not None:
+        # since 0.6 what exists of the path is opened while the claim is under way, and the
+        # walk after the claim takes it
+        splits["walk ahead"], create_args["ahead"] = counted(
+            lambda: trashcheck.open_ahead(MOUNT_POINT, parts, dev)
+        )
     create, walked = counted(
         lambda: trashcheck.prepare_path(MOUNT_POINT, parts, owner, 0o750, dev, **create_args)
     )
-    steps["create walk"] = create - steps["trash check"]
-    if at_gate:
-        splits["walk ahead"] = less(at_gate[0], before_walk)
+    steps["create walk"] = create + splits.get("walk ahead", Counter()) - steps["trash check"]
     key = (parts[0], parts[1])
     # the bind paths went with the fallback for 0.2 hosts (0.4)
     listed = [host_path] if "binds" in inspect.signature(recorder.usage_record).parameters else []
@@ -322,9 +317,9 @@ def one_run(case: str, service: str) -> dict[str, Any]:
 
 def decided_in(case: str, service: str, overlap: bool) -> float:
     """Seconds from the create's claim to the end of its walk (where the guard answers): the
-    two one after the other, the claim's unlock before the walk (as up to 0.5), or the walk
-    opening its path beside the claim and waiting for its answer before the look in the
-    trash, the unlock behind the answer (as the daemon does since 0.6)."""
+    two one after the other, the claim's unlock before the walk (as up to 0.5), or what
+    exists of the path opened beside the claim and the walk after its answer, the unlock
+    behind the answer (as the daemon does since 0.6)."""
     parts = setup(case, service)
     dev = os.stat(MOUNT_POINT).st_dev
     wanted = [Entry(HOST, f"request:{service}", "", "/".join(parts), time.time())]
@@ -343,23 +338,22 @@ def decided_in(case: str, service: str, overlap: bool) -> float:
             **KEPT,
         )
 
-    def walk(mark: Any) -> None:
-        trashcheck.prepare_path(MOUNT_POINT, parts, Owner(1000, 1000), 0o750, dev, mark=mark)
+    def walk(ahead: Any = None) -> None:
+        trashcheck.prepare_path(
+            MOUNT_POINT, parts, Owner(1000, 1000), 0o750, dev, mark=False, ahead=ahead
+        )
 
     start = time.perf_counter()
     if not overlap:
         claim()
-        walk(False)
+        walk()
         return time.perf_counter() - start
-
-    def at_the_claims_outcome() -> bool:
-        if not answered.wait(REGISTRY_TIMEOUT_S):
-            raise SystemExit("the bench's claim did not answer")
-        return False  # no mark: the claim's entry holds the path
-
     thread = threading.Thread(target=claim)
     thread.start()
-    walk(at_the_claims_outcome)
+    opened = trashcheck.open_ahead(MOUNT_POINT, parts, dev)
+    if not answered.wait(REGISTRY_TIMEOUT_S):
+        raise SystemExit("the bench's claim did not answer")
+    walk(opened)
     took = time.perf_counter() - start
     thread.join()
     return took

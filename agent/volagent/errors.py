@@ -70,11 +70,6 @@ class RecordError(TemporaryError):
     read; the mount may be failing or someone planted something there."""
 
 
-class WalkAbandoned(VolagentError):
-    """A walk that went ahead while the guard's claim of its bind was under way stopped
-    before creating or marking anything: the claim refused the bind, or did not end."""
-
-
 class NamespaceTrashed(VolagentError):
     """A bind reaches into a namespace that `volagent gc --delete` moved into the trash:
     nothing is created there until it is restored (`entry` names the trash entry)."""

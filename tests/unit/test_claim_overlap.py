@@ -1,8 +1,9 @@
-"""A create's walk goes ahead while its claim in the registry is under way (volumes/trashcheck.py):
-the walk opens what exists of its path meanwhile, and marks, looks in the trash or creates
-nothing before the claim's outcome; the claim answers once its entries are in place, its
-unlock finishing behind the answer. Through the start guard on real directories, the lock
-held by another process where a claim must wait for it."""
+"""A create opens what exists of its paths while its claim in the registry is under way
+(volumes/trashcheck.py `open_ahead`), and the walk after the claim takes those descriptors:
+nothing is marked, looked up in the trash or made before the claim's outcome, and the rest
+is as without the look ahead. The claim answers once its entries are in place, its unlock
+finishing behind the answer. Through the start guard on real directories, the lock held by
+another process where a claim must wait for it."""
 
 from __future__ import annotations
 
@@ -17,19 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 from tests.unit.aged import FORGET, make_dir, still_unused
 from tests.unit.factories import directory_timeout, make_state, volumes_of
-from tests.unit.guard_requests import create
+from tests.unit.guard_requests import LABELS, create, create_body, plugin_body
 from tests.unit.test_registry import hold, let_go
 
 from volagent import safedir
 from volagent.guard.plugin import Guard
+from volagent.httpserver import Request
 from volagent.ops.gc import survey as gcsurvey
 from volagent.ops.gc import trashing, tree
 from volagent.rack import registry, registry_claim
 from volagent.rack.registry import Entry
 from volagent.rack.registry_task import Registry
-from volagent.volumes import preparer
+from volagent.vocabulary import MountState
 from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 
@@ -66,17 +69,22 @@ def in_background(call: Callable[[], dict[str, Any]]) -> tuple[threading.Thread,
     return t, answers
 
 
-def at_the_claims_outcome(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Set when a walk has opened what exists of its path and waits for the claim."""
-    reached = threading.Event()
-    wait = preparer.ClaimGate.__call__
+def opening(monkeypatch: pytest.MonkeyPatch, *names: str) -> tuple[threading.Event, list[str]]:
+    """Set once a directory of one of `names` has been opened below its parent; and every
+    name opened, in order."""
+    seen = threading.Event()
+    opened: list[str] = []
+    open_below = safedir.open_below
 
-    def waiting(gate: preparer.ClaimGate) -> bool:
-        reached.set()
-        return wait(gate)
+    def watched(parent: int, name: str) -> int:
+        fd = open_below(parent, name)
+        opened.append(name)
+        if name in names:
+            seen.set()
+        return fd
 
-    monkeypatch.setattr(preparer.ClaimGate, "__call__", waiting)
-    return reached
+    monkeypatch.setattr(safedir, "open_below", watched)
+    return seen, opened
 
 
 def hold_the_lock(held: list[Any], mp: Path) -> None:
@@ -98,16 +106,7 @@ def test_the_walk_opens_its_path_while_the_claim_waits_for_the_lock(
     """What the overlap saves: the walk's opens (a round trip each on NFS) go on beside the
     claim's transaction instead of after it."""
     make_dir(mp, "r1-a/web/data")
-    leaf_opened = threading.Event()
-    open_below = safedir.open_below
-
-    def watched(parent: int, name: str) -> int:
-        fd = open_below(parent, name)
-        if name == "data":
-            leaf_opened.set()
-        return fd
-
-    monkeypatch.setattr(safedir, "open_below", watched)
+    leaf_opened, _ = opening(monkeypatch, "data")
     hold_the_lock(held, mp)
     t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/data:/data"))
     assert leaf_opened.wait(WAIT_S), "the walk waited for the claim before opening anything"
@@ -122,10 +121,10 @@ def test_nothing_is_made_before_the_claim_has_registered_the_bind(
     mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make_dir(mp, "r1-a/web")
-    waiting = at_the_claims_outcome(monkeypatch)
+    looked, _ = opening(monkeypatch, "web")
     hold_the_lock(held, mp)
     t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/new:/data"))
-    assert waiting.wait(WAIT_S)
+    assert looked.wait(WAIT_S)
     time.sleep(0.2)  # a walk that did not wait would have made it by now
     assert not (mp / "r1-a/web/new").exists()
     let_go(held)
@@ -154,9 +153,12 @@ def test_a_create_the_claim_refuses_gets_none_of_its_directories_made(
     mp: Path, guard: Guard
 ) -> None:
     """Rule 7 across hosts: another host binds r1-a/web/data. A create of a directory
-    inside it and of a new one beside it is refused; the walks that went ahead make neither
-    (the bind beside was fine on its own, but the create is refused as a whole)."""
+    inside it and of a new one beside it is refused as a whole, as before the looks ahead:
+    neither is made nor marked, no walk is counted and no line is logged but the refusal's
+    (the looks ahead opened what exists of both paths meanwhile, and that is all)."""
     make_dir(mp, "r1-a/web/data")
+    walks = guard.state.metrics.directory_walks
+    before_walks = walks._value.get()
     registry_claim.claim(
         str(mp),
         os.stat(mp).st_dev,
@@ -167,8 +169,11 @@ def test_a_create_the_claim_refuses_gets_none_of_its_directories_made(
         deadline=time.monotonic() + WAIT_S,
     )
     before = os.stat(mp / "r1-a/web").st_mtime
-    answer = create(guard, f"{mp}/r1-a/web/beside:/b", f"{mp}/r1-a/web/data/inside:/i")
+    with capture_logs() as logs:
+        answer = create(guard, f"{mp}/r1-a/web/beside:/b", f"{mp}/r1-a/web/data/inside:/i")
     assert answer["Allow"] is False and "host-b" in answer["Msg"], answer
+    assert walks._value.get() == before_walks  # the looks ahead are no walks
+    assert not [line for line in logs if line.get("event") == "namespace_violation"], logs
     assert not (mp / "r1-a/web/beside").exists()
     assert not (mp / "r1-a/web/data/inside").exists()
     assert os.stat(mp / "r1-a/web").st_mtime == before  # nor marked
@@ -178,13 +183,13 @@ def test_a_create_the_claim_refuses_gets_none_of_its_directories_made(
 def test_gc_moving_the_namespace_while_the_walk_looks_ahead_refuses_the_create(
     mp: Path, root: int, guard: Guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The walk has opened r1-a/web/data; before the claim's entry is written, gc judges
+    """The look ahead has opened r1-a/web/data; before the claim's entry is written, gc judges
     the namespace unused (no entry yet, nothing recent) and moves it into the trash. The
     claim then registers the bind, and the walk's look in the trash, which comes after it,
     refuses the create: nothing is made at the old path, the descriptors it opened
     notwithstanding."""
     make_dir(mp, "r1-a/web/data", data=b"wordpress")
-    waiting = at_the_claims_outcome(monkeypatch)
+    looked, _ = opening(monkeypatch, "data")
     go = threading.Event()
     claim = registry_claim.claim
 
@@ -194,7 +199,8 @@ def test_gc_moving_the_namespace_while_the_walk_looks_ahead_refuses_the_create(
 
     monkeypatch.setattr(registry_claim, "claim", paused)
     t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/data:/data"))
-    assert waiting.wait(WAIT_S)
+    assert looked.wait(WAIT_S)
+    time.sleep(0.1)  # the look ahead has opened the leaf and ended
     whole = gcsurvey.Candidate("r1-a", None, str(mp / "r1-a"), None, "", 0.0)
     moved = trashing.move(
         root,
@@ -257,3 +263,113 @@ async def test_a_claim_is_answered_before_its_unlock(
     finally:
         slow.go.set()
         reg.worker.close()
+
+
+async def ask(g: Guard, *binds: str, name: str, app: str = "a") -> dict[str, Any]:
+    """A create sent to the guard on the test's own loop."""
+    labels = {**LABELS, "convox.app": app}
+    uri = f"/v1.41/containers/create?name={name}"
+    body = plugin_body("POST", uri, create_body(*binds, labels=labels))
+    resp = await g.handle(Request("POST", "/AuthZPlugin.AuthZReq", {}, {}, body, peer_uid=0))
+    doc = json.loads(resp.body)
+    assert isinstance(doc, dict)
+    return doc
+
+
+async def test_a_registry_lock_held_for_one_app_keeps_no_walk_of_another_waiting(
+    mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another host died holding r1-a's lock (until its lease expires). Creates of app a wait
+    for their claims; what they opened ahead holds no thread of the walk's worker (two, in
+    this test) meanwhile, so app b's create is answered while they wait."""
+    make_dir(mp, "r1-a/web")
+    make_dir(mp, "r1-b/web")
+    _, opened = opening(monkeypatch, "web")
+    hold_the_lock(held, mp)
+    with directory_timeout(guard.state, 3.0):
+        stuck = [
+            asyncio.ensure_future(ask(guard, f"{mp}/r1-a/web/n{i}:/d", name=f"a{i}"))
+            for i in range(2)
+        ]
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if opened.count("web") >= 2:
+                break
+        await asyncio.sleep(0.2)  # app a's claims are polling the lock held elsewhere
+        answer = await asyncio.wait_for(
+            ask(guard, f"{mp}/r1-b/web/data:/d", name="b1", app="b"), 1.5
+        )
+        assert not any(t.done() for t in stuck), "app a's claims did not wait for the lock"
+        assert answer["Allow"] is True, answer
+        await asyncio.gather(*stuck)
+
+
+async def test_a_mount_that_goes_unhealthy_during_the_claim_gets_nothing_made(
+    mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`when_unhealthy = "deny"`: the mount stalls while the claim waits for the lock. Its
+    health is judged once the claim has ended, as before the looks ahead: the create is
+    refused as unhealthy, and nothing is made through what was opened ahead (rule 3)."""
+    make_dir(mp, "r1-a/web")
+    looked, _ = opening(monkeypatch, "web")
+    hold_the_lock(held, mp)
+    pending = asyncio.ensure_future(ask(guard, f"{mp}/r1-a/web/new:/d", name="w"))
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if looked.is_set():
+            break
+    await asyncio.sleep(0.1)
+    guard.state.set_mount_state(MountState.STALLED, "the probe did not answer")
+    let_go(held)
+    answer = await asyncio.wait_for(pending, WAIT_S)
+    assert answer["Allow"] is False, answer
+    assert not (mp / "r1-a/web/new").exists()
+
+
+async def test_a_mount_made_again_during_the_claim_is_walked_afresh(
+    mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mount went and came back (a new epoch) while the claim waited: what was opened
+    ahead is of the mount before, so the walk opens the path itself."""
+    make_dir(mp, "r1-a/web")
+    looked, opened = opening(monkeypatch, "web")
+    hold_the_lock(held, mp)
+    pending = asyncio.ensure_future(ask(guard, f"{mp}/r1-a/web/new:/d", name="w"))
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if looked.is_set():
+            break
+    await asyncio.sleep(0.1)
+    guard.state.mount_epoch += 1
+    let_go(held)
+    answer = await asyncio.wait_for(pending, WAIT_S)
+    assert answer["Allow"] is True, answer
+    assert opened.count("web") == 2  # once ahead, once by the walk
+    assert (mp / "r1-a/web/new").is_dir()
+
+
+def test_nothing_opened_ahead_is_left_open(mp: Path, guard: Guard, held: list[Any]) -> None:
+    """Allowed, refused by the registry, or refused for a violation: every descriptor the
+    looks ahead opened is closed or taken by a walk, which closes it."""
+    make_dir(mp, "r1-a/web/data")
+    before = len(os.listdir("/proc/self/fd"))
+    assert create(guard, f"{mp}/r1-a/web/data:/d", f"{mp}/r1-a/web/two:/t")["Allow"] is True
+    registry_claim.claim(
+        str(mp),
+        os.stat(mp).st_dev,
+        "r1-a",
+        host="host-b",
+        wanted=[Entry("host-b", "c9", "web-9", "r1-a/web/other", time.time())],
+        expire_after_s=FORGET,
+        deadline=time.monotonic() + WAIT_S,
+    )
+    answer = create(guard, f"{mp}/r1-a/web/other/in:/i", f"{mp}/r1-a/web/data:/d", name="w2")
+    assert answer["Allow"] is False
+    hold_the_lock(held, mp)
+    with directory_timeout(guard.state, 0.3):
+        # a path this host holds no entry of: the claim waits for the lock
+        assert create(guard, f"{mp}/r1-a/web/third:/d", name="w3")["Allow"] is False
+    let_go(held)
+    time.sleep(0.2)  # a look ahead that ended after its create gets closed as it ends
+    # the registry keeps its directory and the namespace's lock file open (rack/registry.py)
+    assert len(os.listdir("/proc/self/fd")) <= before + 2

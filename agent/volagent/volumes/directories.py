@@ -103,6 +103,52 @@ def _check_names(parts: Sequence[str]) -> None:
             raise NamespaceViolation(5, f"bad path component {name!r}")
 
 
+def _shown(mount_point: str, parts: Sequence[str]) -> list[str]:
+    """The mount point and each component's path, as messages name them."""
+    shown = [mount_point.rstrip("/")]
+    for name in parts:
+        shown.append(f"{shown[-1]}/{name}")
+    return shown
+
+
+@dataclass
+class Existing:
+    """The existing part of a path, opened (each component's descriptor and stat, from the
+    top, up to the first missing one): the caller's to close, or to hand to `prepare_below`."""
+
+    dev: int  # the mount point's device: the shared filesystem's
+    fds: list[int]
+    stats: list[os.stat_result]
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def open_existing(root_fd: int, mount_point: str, parts: Sequence[str]) -> Existing:
+    """Opens what exists of `mount_point/parts...` from a descriptor of the mount point,
+    judging each component as `prepare_below` does (a symlink or a mount on the way is a
+    violation); creates nothing."""
+    _check_names(parts)
+    dev = os.fstat(root_fd).st_dev
+    shown = _shown(mount_point, parts)
+    found = Existing(dev, [], [])
+    try:
+        parent = root_fd
+        for k, name in enumerate(parts):
+            child = _open_child(parent, name, shown[k + 1])
+            if child is None:
+                break
+            found.fds.append(child)
+            found.stats.append(_checked_stat(child, dev, shown[k + 1]))
+            parent = child
+    except BaseException:
+        found.close()
+        raise
+    return found
+
+
 def prepare_below(
     root_fd: int,
     mount_point: str,
@@ -112,30 +158,24 @@ def prepare_below(
     *,
     held: int = 0,
     before_create: Callable[[list[tuple[int, os.stat_result]]], None] | None = None,
+    existing: Existing | None = None,
 ) -> Prepared:
     """Creates every missing directory of `mount_point/parts...`, from a descriptor of the
     mount point (`mount_point` only names it). The leaf, if created, gets owner and mode;
     parents created on the way get root:root 0755.
 
-    The existing part of the path is opened first; then `before_create` is called (always,
-    whether anything is missing or not) with the descriptors and stats of those of the
-    first `held` components that exist, and only then is the missing rest created."""
+    The existing part of the path is opened first (or taken as `existing` opened it from
+    the same descriptor, its descriptors then closed here); then `before_create` is called
+    (always, whether anything is missing or not) with the descriptors and stats of those of
+    the first `held` components that exist, and only then is the missing rest created."""
     _check_names(parts)
-    dev = os.fstat(root_fd).st_dev
-    shown = [mount_point.rstrip("/")]
-    for name in parts:
-        shown.append(f"{shown[-1]}/{name}")
-    fds: list[int] = []  # every component's descriptor, closed at the end (a path is short)
-    stats: list[os.stat_result] = []
+    shown = _shown(mount_point, parts)
+    if existing is None:
+        existing = open_existing(root_fd, mount_point, parts)
+    # every component's descriptor, closed at the end (a path is short)
+    dev, fds, stats = existing.dev, existing.fds, existing.stats
     try:
-        parent = root_fd
-        for k, name in enumerate(parts):
-            child = _open_child(parent, name, shown[k + 1])
-            if child is None:
-                break
-            fds.append(child)
-            stats.append(_checked_stat(child, dev, shown[k + 1]))
-            parent = child
+        parent = fds[-1] if fds else root_fd
         if before_create is not None:
             before_create(list(zip(fds[:held], stats[:held], strict=True)))
         created = 0

@@ -17,13 +17,14 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from volagent import log, nesting
-from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation, WalkAbandoned
+from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
 from volagent.rack import owners, quotas, records
 from volagent.rack.registry_task import Registry, request_ref
 from volagent.rack.usage.recorder import key_of
@@ -32,8 +33,6 @@ from volagent.vocabulary import SETTLED_VOLUME_STATES, OnViolation, VolumeState,
 from volagent.volumes import directories, locate, mount_check, namespace, trashcheck
 from volagent.worker import TimedWorker
 
-# the binds this host's entries in the registry hold, or the claim under way that will say
-Claimed = set[str] | frozenset[str] | asyncio.Future[set[str]]
 UNRESOLVED = "unresolved"  # a Landing kind of the preparer's own: the lookup itself failed
 DOCKER_MADE = (0, 0, 0o755)  # what Docker's own auto-create leaves behind
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -41,6 +40,9 @@ MAX_WALKED = 4096  # paths whose last walk is remembered for the next start
 MAX_OWNERS_KEPT = 4096  # namespaces whose recorded owner is remembered
 # on top of the directory timeout, for the walk's queueing and the loop's own latency
 PREPARE_GRACE_S = 1.0
+# how long a walk waits for the look ahead at its path still under way (a few opens that
+# began before the claim) before it opens the path itself
+AHEAD_WAIT_S = 1.0
 
 
 @dataclass
@@ -126,23 +128,6 @@ class Outcome:
     @property
     def violations(self) -> list[VolumeRecord]:
         return [v for v in self.volumes if v.state == VolumeState.VIOLATION]
-
-
-@dataclass
-class ClaimGate:
-    """The claim under way that a create's walk waits for before it marks, looks in the trash
-    or creates anything (volumes/trashcheck.py): `decided` is set on the loop once the claim
-    has ended, to whether the walk marks, or to WalkAbandoned. Called in the walk's thread."""
-
-    claim: asyncio.Future[set[str]]
-    wait_s: float
-    decided: concurrent.futures.Future[bool] = field(default_factory=concurrent.futures.Future)
-
-    def __call__(self) -> bool:
-        try:
-            return self.decided.result(timeout=self.wait_s)
-        except concurrent.futures.TimeoutError:
-            raise WalkAbandoned("the registry's claim of it did not end in time") from None
 
 
 @dataclass(frozen=True)
@@ -248,25 +233,49 @@ class Preparer:
             # awaited only once the binds are reserved: two creates judged at once see each
             # other's (a binding found to be another app's is refused in `_settled`)
             await self.check_owner(outcome)
-            claimed: Claimed = set()
-            if self.registry is not None:
-                # under way while the walks open what exists of their paths: each waits for
-                # its outcome before it marks, looks in the trash or creates anything
-                claimed = asyncio.ensure_future(
-                    self.registry.claim(outcome.volumes, outcome.plans, request_ref(key), spec.name)
-                )
+            claimed: set[str] = set()
+            ahead: Looked = {}
             try:
+                if self.registry is not None:
+                    # what exists of each path is opened while the claim is under way
+                    ahead = self._look_ahead(outcome)
+                    claimed = await self.registry.claim(
+                        outcome.volumes, outcome.plans, request_ref(key), spec.name
+                    )
                 verdict = await self._settled(
-                    spec, outcome, self.state.mount_healthy, start=False, claimed=claimed
+                    spec,
+                    outcome,
+                    self.state.mount_healthy,
+                    start=False,
+                    claimed=claimed,
+                    ahead=ahead,
                 )
-            except BaseException:
-                if isinstance(claimed, asyncio.Future):
-                    claimed.cancel()  # its thread writes nothing once its deadline has passed
-                raise
+            finally:
+                for looked in ahead.values():  # those no walk took
+                    _discard(looked[1])
             return verdict
         finally:
             if not isinstance(verdict, Allowed):
                 release()
+
+    def _look_ahead(self, outcome: Outcome) -> Looked:
+        """Opens what exists of each bind's path in the walk's worker, while the create's
+        claim is under way: the opens order nothing for gc and make nothing, and they are a
+        round trip each on NFS (volumes/trashcheck.py). The walk after the claim takes what
+        its path's look opened on the mount as it is then; anything else is closed."""
+        st = self.state
+        looked: Looked = {}
+        if not st.mount_healthy or st.mount_dev is None:
+            return looked
+        for vol, plan in zip(outcome.volumes, outcome.plans, strict=True):
+            if isinstance(plan, NamespaceViolation) or vol.state == VolumeState.FAILED:
+                continue
+            if vol.host not in looked:
+                call = functools.partial(
+                    trashcheck.open_ahead, st.config.mount_point, plan.parts, st.mount_dev
+                )
+                looked[vol.host] = (st.mount_epoch, self.worker.submit(call))
+        return looked
 
     async def decide_start(self, spec: ContainerSpec, healthy: bool) -> Allowed | Refused:
         """A start, judged and walked again: a directory checked at create may have been
@@ -371,34 +380,25 @@ class Preparer:
         healthy: bool,
         start: bool,
         *,
-        claimed: Claimed,
+        claimed: set[str],
+        ahead: Looked | None = None,
     ) -> Allowed | Refused:
         """After rule 7: violations, the mount's health, the walk (a start's is tracked).
-        `claimed`: the binds this host's entries in the registry hold now, or the claim under
-        way that says so (the walks go ahead meanwhile, waiting for it as trashcheck says)."""
+        `claimed`: the binds this host's entries in the registry hold now. `ahead`: paths
+        opened while the claim was under way, by host path (a walk takes its own)."""
         guard = self.state.config.guard
-        claiming = claimed if isinstance(claimed, asyncio.Future) else None
-        if claiming is not None and (
-            not healthy or (outcome.violations and guard.violations == OnViolation.DENY)
-        ):
-            claimed = await claiming  # nothing walks: the claim ends first, as it always did
-            claiming = None
         if outcome.violations and guard.violations == OnViolation.DENY:
             return Refused("violations", outcome)
         if not healthy:
             if guard.when_unhealthy == WhenUnhealthy.DENY:
                 return Refused("unhealthy", outcome, outcome.volumes)
             return Allowed(outcome.volumes, outcome.identity)
-        timeout = self.state.config.directories.timeout_s
-        # the walks wait for the claim under way, which has a timeout of its own
-        budget = timeout * (2 if claiming is not None else 1) + PREPARE_GRACE_S
+        budget = self.state.config.directories.timeout_s + PREPARE_GRACE_S
         try:
             async with asyncio.timeout(budget):  # fills `outcome` in place, even when cut short
                 await self.prepare(
-                    spec, track=start, outcome=outcome, rewalk=start, claimed=claimed
+                    spec, track=start, outcome=outcome, rewalk=start, claimed=claimed, ahead=ahead
                 )
-                if claiming is not None:  # ended unless no walk waited for it
-                    await claiming
         except TimeoutError:
             for vol in outcome.volumes:
                 if vol.state not in (VolumeState.VIOLATION, VolumeState.READY):
@@ -512,14 +512,14 @@ class Preparer:
         outcome: Outcome | None = None,
         rewalk: bool = False,
         *,
-        claimed: Claimed = frozenset(),
+        claimed: frozenset[str] | set[str] = frozenset(),
+        ahead: Looked | None = None,
     ) -> Outcome | None:
         """Prepares every bind of `spec` (judged by `judge` unless `outcome` is given);
         records the container in the state when `track`. With `rewalk`, volumes already
         ready are walked again (a start: what was checked then may have been swapped).
         `claimed`: the binds this host's entries in the registry hold (the guard claimed
-        them just before), which gc's last judgement keeps without a mark; or the claim under
-        way that says so."""
+        them just before), which gc's last judgement keeps without a mark."""
         key = spec.id or f"request:{id(spec)}"
         lock = self._locks.setdefault(key, asyncio.Lock())
         try:
@@ -531,7 +531,9 @@ class Preparer:
                         # what the Docker watch prepares too: nothing is made in another
                         # rack's namespace, and the container is reported in violation
                         await self.check_owner(outcome)
-                return await self._prepare(spec, outcome, recheck, track, rewalk, claimed=claimed)
+                return await self._prepare(
+                    spec, outcome, recheck, track, rewalk, claimed=claimed, ahead=ahead or {}
+                )
         finally:
             if not lock.locked() and self._locks.get(key) is lock:
                 del self._locks[key]
@@ -565,7 +567,8 @@ class Preparer:
         track: bool,
         rewalk: bool,
         *,
-        claimed: Claimed,
+        claimed: frozenset[str] | set[str],
+        ahead: Looked,
     ) -> Outcome | None:
         if outcome is None:
             if track and spec.id:
@@ -583,7 +586,7 @@ class Preparer:
             if v.state == VolumeState.VIOLATION and (v.error or "").startswith(mount_check.MISMATCH)
         }
         bound = log.get("preparer", container=spec.id[:12], app=ident.app, service=ident.service)
-        for index, (vol, plan) in enumerate(zip(outcome.volumes, outcome.plans, strict=True)):
+        for vol, plan in zip(outcome.volumes, outcome.plans, strict=True):
             if vol.host in found_wrong:
                 wrong = found_wrong.pop(vol.host)
                 self.state.set_volume_state(vol, VolumeState.VIOLATION, wrong.error)
@@ -600,11 +603,16 @@ class Preparer:
                 vol.state, vol.error = settled.state, settled.error
                 vol.leaf = vol.leaf or settled.leaf
                 continue
-            mark = self._mark_of(vol, index, outcome, claimed)
-            await self._prepare_one(spec, vol, plan, recheck, bound, rewalk=rewalk, mark=mark)
-            refused = outcome.plans[index]  # the claim under way may have made it one
-            if isinstance(refused, NamespaceViolation):
-                bound.warning("namespace_violation", path=vol.host, reason=str(refused))
+            await self._prepare_one(
+                spec,
+                vol,
+                plan,
+                recheck,
+                bound,
+                rewalk=rewalk,
+                claimed=vol.host in claimed,
+                ahead=ahead.pop(vol.host, None),
+            )
             if (
                 settled is not None
                 and settled.state == VolumeState.LATE
@@ -618,61 +626,6 @@ class Preparer:
         if track and spec.id:
             self._track(spec, ident, outcome.volumes)
         return outcome
-
-    def _mark_of(
-        self, vol: VolumeRecord, index: int, outcome: Outcome, claimed: Claimed
-    ) -> bool | ClaimGate:
-        """Whether the walk of `vol` marks its directories for gc: not when this host's
-        entries in the registry hold its path (the claim came before the walk's look in the
-        trash), once every host's gc reads the registry (ops/gc/registered.py). With the
-        claim still under way, the gate the walk waits at: abandoned when the claim made the
-        bind a violation or failed it, or the create is refused for another bind's violation
-        (what the walk would not have begun, the claim first)."""
-        st = self.state
-        if not isinstance(claimed, asyncio.Future):
-            return not (vol.host in claimed and st.gc_reads_registry_in == st.mount_epoch)
-        gate = ClaimGate(claimed, st.config.directories.timeout_s + PREPARE_GRACE_S)
-
-        def decided(claim: asyncio.Future[set[str]]) -> None:  # on the loop
-            deny = st.config.guard.violations == OnViolation.DENY
-            if claim.cancelled() or claim.exception() is not None:
-                gate.decided.set_exception(WalkAbandoned("the registry's claim of it did not end"))
-            elif (
-                vol.state in (VolumeState.VIOLATION, VolumeState.FAILED)
-                or isinstance(outcome.plans[index], NamespaceViolation)
-                or (deny and outcome.violations)
-            ):
-                gate.decided.set_exception(WalkAbandoned("refused by the registry's claim"))
-            else:
-                held = vol.host in claim.result()
-                gate.decided.set_result(not (held and st.gc_reads_registry_in == st.mount_epoch))
-
-        claimed.add_done_callback(decided)  # before any waiter's: decided when they look
-        return gate
-
-    async def _walk_beside(
-        self, call: Callable[[], directories.Prepared], gate: ClaimGate, timeout: float, what: str
-    ) -> directories.Prepared:
-        """A walk going ahead while the claim is under way: abandoned as soon as the claim
-        refuses its bind (a thread stuck in the filesystem is left behind, as on a timeout),
-        and given `timeout` from the claim's end to finish, as a walk after it would be."""
-        walk = asyncio.ensure_future(self.worker.run(call, 2 * timeout, what=what))
-        try:
-            await asyncio.wait((walk, gate.claim), return_when=asyncio.FIRST_COMPLETED)
-            if walk.done():
-                return walk.result()
-            refused = gate.decided.exception() if gate.decided.done() else None
-            if refused is not None:
-                raise refused
-            try:
-                async with asyncio.timeout(timeout):
-                    return await walk
-            except TimeoutError:
-                raise FilesystemHung(
-                    f"{what} did not finish within {timeout:g}s: the filesystem is not answering"
-                ) from None
-        finally:
-            walk.cancel()  # nothing once it is done; a job no thread took yet is dropped
 
     def adopt(
         self,
@@ -712,7 +665,25 @@ class Preparer:
         bound: Any,
         *,
         rewalk: bool = False,
-        mark: bool | ClaimGate = True,
+        claimed: bool = False,
+        ahead: LookAhead | None = None,
+    ) -> None:
+        try:
+            await self._walk_one(spec, vol, plan, recheck, bound, rewalk, claimed, ahead)
+        finally:
+            if ahead is not None:
+                _discard(ahead[1])  # what it opened, unless the walk took it
+
+    async def _walk_one(  # noqa: PLR0917 - _prepare_one's own arguments, passed on
+        self,
+        spec: ContainerSpec,
+        vol: VolumeRecord,
+        plan: namespace.Plan,
+        recheck: Recheck | None,
+        bound: Any,
+        rewalk: bool,
+        claimed: bool,
+        ahead: LookAhead | None,
     ) -> None:
         st = self.state
         if not st.mount_healthy:
@@ -729,26 +700,29 @@ class Preparer:
         key = key_of(st.config.mount_point, vol.host)
         recorded_at = st.usage_recorded.get(key) if key is not None else None
         self._walked.pop(vol.host, None)  # a walk that fails leaves nothing to compare with
-        call = functools.partial(
-            trashcheck.prepare_path,
-            st.config.mount_point,
-            plan.parts,
-            plan.owner,
-            plan.mode,
-            st.mount_dev,
-            known=known,
-            recorded_at=recorded_at,
-            mark=mark,
-        )
+        # gc's last judgement keeps what the registry holds, once every host's gc reads it
+        # (ops/gc/registered.py): the claim came before this walk's look in the trash
+        mark = not (claimed and st.gc_reads_registry_in == st.mount_epoch)
+        handed = _Handed(ahead if ahead is not None and ahead[0] == st.mount_epoch else None)
+
+        def call() -> directories.Prepared:
+            return trashcheck.prepare_path(
+                st.config.mount_point,
+                plan.parts,
+                plan.owner,
+                plan.mode,
+                st.mount_dev,
+                known=known,
+                recorded_at=recorded_at,
+                mark=mark,
+                ahead=handed.take(),
+            )
+
         st.metrics.directory_walks.inc()
-        timeout, what = st.config.directories.timeout_s, f"preparing {vol.host}"
         try:
-            if isinstance(mark, ClaimGate):
-                result = await self._walk_beside(call, mark, timeout, what)
-            else:
-                result = await self.worker.run(call, timeout, what=what)
-        except WalkAbandoned:
-            return  # the claim refused the bind, or failed it: it said why in its state
+            result = await self.worker.run(
+                call, st.config.directories.timeout_s, what=f"preparing {vol.host}"
+            )
         except NamespaceViolation as exc:
             st.set_volume_state(vol, VolumeState.VIOLATION, str(exc))
             bound.warning("namespace_violation", path=vol.host, reason=str(exc))
@@ -794,3 +768,43 @@ class Preparer:
             owner=f"{result.uid}:{result.gid}",
             mode=f"{result.mode:04o}",
         )
+
+
+# a path opened ahead of a create's walk: the mount's epoch then, and the job opening it
+LookAhead = tuple[int, concurrent.futures.Future[trashcheck.Ahead]]
+Looked = dict[str, LookAhead]  # by host path
+
+
+class _Handed:
+    """A path opened ahead, handed to the walk's job: taken by the job when it runs (a job
+    that runs when its caller has given up takes nothing and opens the path itself), else
+    closed. Not before the look ahead has ended: a walk asks for it only then."""
+
+    def __init__(self, ahead: LookAhead | None) -> None:
+        self._job = None if ahead is None else ahead[1]
+        self._guard = threading.Lock()
+
+    def take(self) -> trashcheck.Ahead | None:
+        """In the walk's thread: what was opened ahead, if it opened and nobody took it."""
+        with self._guard:
+            job, self._job = self._job, None
+        if job is None:
+            return None
+        try:
+            # a look ahead runs a few opens: it has ended, or ends about when the walk would
+            opened = job.result(timeout=AHEAD_WAIT_S)
+        except Exception:
+            return None  # the walk opens the path itself, and judges what the look met
+        return opened.take()
+
+
+def _discard(job: concurrent.futures.Future[trashcheck.Ahead]) -> None:
+    """Closes what a look ahead opened, once it has, unless a walk takes it first."""
+    job.add_done_callback(_close_opened)
+
+
+def _close_opened(job: concurrent.futures.Future[trashcheck.Ahead]) -> None:
+    if not job.cancelled() and job.exception() is None:
+        opened = job.result().take()
+        if opened is not None:
+            opened.close()

@@ -22,11 +22,11 @@ registry (the heartbeat task judges that: rack/heartbeat.py). The claim takes th
 place: it is written before the look in the trash, and gc's last judgement reads the
 registry under its lock after writing its record (ops/gc/registered.py).
 
-A create the guard claims walks while the claim is under way (0.6): the walk opens the
-existing part of the path meanwhile, reading only, and waits for the claim's outcome before
-it marks, looks in the trash or creates anything (`mark` as a callable). So the look in the
-trash still comes after the claim's entry is in place, and nothing is made for a bind the
-claim refused; the opens, which order nothing for gc, overlap the claim's round trips.
+A create the guard claims opens what exists of its path while the claim is under way (0.6,
+`open_ahead`): the opens order nothing for gc, and create, mark and look in the trash
+nothing. The walk proper (`prepare_path` given those descriptors) comes after the claim, as
+before: so the look in the trash still comes after the claim's entry is in place, and
+nothing is made for a bind the claim refused.
 
 A start walks the path again. When the create walk here recorded it (device and inode of
 every component) and every component is still the same directory, nothing else is asked:
@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from volagent import safedir
 from volagent.errors import NamespaceTrashed
@@ -105,6 +107,41 @@ def refuse_if_trashed(mount_point: str, root_fd: int, parts: Sequence[str]) -> N
     )
 
 
+@dataclass
+class Ahead:
+    """What exists of a create's path, opened from the mount point before its claim has
+    ended: handed to `prepare_path`, which closes it, or closed."""
+
+    parts: tuple[str, ...]
+    root: int
+    existing: directories.Existing
+    _taken: bool = False
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self) -> Ahead | None:
+        """This, to the first caller only: who closes it, or hands it to `prepare_path`."""
+        with self._guard:
+            taken, self._taken = self._taken, True
+        return None if taken else self
+
+    def close(self) -> None:
+        self.existing.close()
+        if self.root >= 0:
+            os.close(self.root)
+            self.root = -1
+
+
+def open_ahead(mount_point: str, parts: Sequence[str], expected_dev: int | None) -> Ahead:
+    """The mount point and what exists of the path below it, opened and judged (a symlink or
+    a mount on the way is a violation), nothing made, marked or looked up in the trash."""
+    root = safedir.open_mount_point(mount_point, expected_dev)
+    try:
+        return Ahead(tuple(parts), root, directories.open_existing(root, mount_point, parts))
+    except BaseException:
+        os.close(root)
+        raise
+
+
 def prepare_path(
     mount_point: str,
     parts: Sequence[str],
@@ -114,7 +151,8 @@ def prepare_path(
     *,
     known: directories.Identity = (),
     recorded_at: float | None = None,
-    mark: bool | Callable[[], bool] = True,
+    mark: bool = True,
+    ahead: Ahead | None = None,
 ) -> directories.Prepared:
     """directories.prepare_below from the mount point's path, with the namespace marked used
     and known not to be in the trash before anything is created; the mount point is opened
@@ -122,20 +160,31 @@ def prepare_path(
     components are all still those directories is only walked (a start). `recorded_at`: the
     time of this host's last usage record of the bind's directory, if any (see `mark_used`).
     `mark` False: the registry holds the bind and every host's gc reads it, so the mark is
-    left out (ops/gc/registered.py). A callable `mark` is asked once the existing part of
-    the path is open, before the mark, the look in the trash and any create: it waits for
-    the claim under way and says whether to mark, or raises WalkAbandoned."""
-    with safedir.closing(safedir.open_mount_point(mount_point, expected_dev)) as root:
+    left out (ops/gc/registered.py). `ahead`: the mount point and what exists of the path,
+    opened by `open_ahead` (then not opened again); closed here."""
+    if ahead is not None and (known or ahead.parts != tuple(parts)):
+        ahead.close()
+        raise ValueError("a path opened ahead is for the create walk of that path")
+    root = safedir.open_mount_point(mount_point, expected_dev) if ahead is None else ahead.root
+    existing = None if ahead is None else ahead.existing
+    with safedir.closing(root):
         if known:
             same = directories.verify_below(root, mount_point, parts, known)
             if same is not None:
                 return same
 
         def marked_and_not_trashed(opened: list[tuple[int, os.stat_result]]) -> None:
-            if mark() if callable(mark) else mark:
+            if mark:
                 mark_used(opened, recorded_at=recorded_at)
             refuse_if_trashed(mount_point, root, parts)
 
         return directories.prepare_below(
-            root, mount_point, parts, owner, mode, held=MARKED, before_create=marked_and_not_trashed
+            root,
+            mount_point,
+            parts,
+            owner,
+            mode,
+            held=MARKED,
+            before_create=marked_and_not_trashed,
+            existing=existing,
         )

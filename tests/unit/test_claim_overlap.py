@@ -25,6 +25,7 @@ from tests.unit.guard_requests import LABELS, create, create_body, plugin_body
 from tests.unit.test_registry import hold, let_go
 
 from volagent import safedir
+from volagent.errors import MountUnhealthy
 from volagent.guard.plugin import Guard
 from volagent.httpserver import Request
 from volagent.ops.gc import survey as gcsurvey
@@ -32,7 +33,9 @@ from volagent.ops.gc import trashing, tree
 from volagent.rack import registry, registry_claim
 from volagent.rack.registry import Entry
 from volagent.rack.registry_task import Registry
+from volagent.values import Owner
 from volagent.vocabulary import MountState
+from volagent.volumes import trashcheck
 from volagent.volumes.preparer import Preparer
 from volagent.worker import TimedWorker
 
@@ -373,3 +376,18 @@ def test_nothing_opened_ahead_is_left_open(mp: Path, guard: Guard, held: list[An
     time.sleep(0.2)  # a look ahead that ended after its create gets closed as it ends
     # the registry keeps its directory and the namespace's lock file open (rack/registry.py)
     assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+def test_a_path_opened_ahead_on_another_filesystem_is_not_walked(mp: Path) -> None:
+    """Rule 3: what was opened ahead on one filesystem never stands for the walk of another
+    (the expected device changed meanwhile): the walk opens the mount point afresh, which is
+    refused, and nothing is made."""
+    make_dir(mp, "r1-a/web")
+    parts = ("r1-a", "web", "new")
+    ahead = trashcheck.open_ahead(str(mp), parts, None)
+    elsewhere = os.stat(mp).st_dev + 1
+    with pytest.raises(MountUnhealthy):
+        trashcheck.prepare_path(
+            str(mp), parts, Owner(33, 33), 0o750, elsewhere, mark=False, ahead=ahead
+        )
+    assert not (mp / "r1-a/web/new").exists()

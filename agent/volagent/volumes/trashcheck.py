@@ -165,6 +165,9 @@ def prepare_path(
     if ahead is not None and (known or ahead.parts != tuple(parts)):
         ahead.close()
         raise ValueError("a path opened ahead is for the create walk of that path")
+    if ahead is not None and expected_dev is not None and ahead.existing.dev != expected_dev:
+        ahead.close()  # opened on another filesystem than the one expected now: afresh
+        ahead = None
     root = safedir.open_mount_point(mount_point, expected_dev) if ahead is None else ahead.root
     existing = None if ahead is None else ahead.existing
     with safedir.closing(root):

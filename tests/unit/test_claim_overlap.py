@@ -11,6 +11,7 @@ import asyncio
 import fcntl
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -391,3 +392,86 @@ def test_a_path_opened_ahead_on_another_filesystem_is_not_walked(mp: Path) -> No
             str(mp), parts, Owner(33, 33), 0o750, elsewhere, mark=False, ahead=ahead
         )
     assert not (mp / "r1-a/web/new").exists()
+
+
+@pytest.fixture
+def tmpfs_at(mp: Path) -> Iterator[Path]:
+    """`mp` is a mount of its own (a tmpfs standing in for EFS)."""
+    subprocess.run(["mount", "-t", "tmpfs", "review9", str(mp)], check=True)
+    try:
+        yield mp
+    finally:
+        subprocess.run(["umount", "-l", str(mp)], check=False, capture_output=True)
+
+
+def test_a_mount_gone_while_the_claim_waits_gets_nothing_made_through_the_look_ahead(
+    tmpfs_at: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 3. The shared filesystem is unmounted (lazily: the claim's and the look ahead's
+    descriptors keep it alive) while the claim polls a lock another host holds; the
+    supervisor has not seen it yet, so the epoch is unchanged. /volumes is local disk now.
+    Before 0.6 the walk opened the mount point by path and found another device: the create
+    was refused as unhealthy. Now the walk uses the look ahead's descriptor of the detached
+    filesystem, makes the directory there and lets the create through."""
+    mp = tmpfs_at
+    guard.state.mount_dev = os.stat(mp).st_dev  # the tmpfs is the shared filesystem
+    make_dir(mp, "r1-a/web")
+    detached = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        hold_the_lock(held, mp)
+        t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/new:/data"))
+        time.sleep(0.5)  # the claim is polling the lock, its registry handles open
+        subprocess.run(["umount", "-l", str(mp)], check=True)
+        assert os.stat(mp).st_dev != guard.state.mount_dev  # local disk at the mount point
+        let_go(held)
+        t.join(WAIT_S)
+        made = os.path.isdir(os.path.join(f"/proc/self/fd/{detached}", "r1-a/web/new"))
+        assert not made, "a directory was made on a filesystem no longer at the mount point"
+        assert answers[0]["Allow"] is False, answers
+    finally:
+        os.close(detached)
+
+
+async def test_looks_ahead_of_creates_already_refused_do_not_delay_later_walks(
+    mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk's two threads are held a moment (walks slowed by the server). Meanwhile
+    sixteen creates of app a are refused: their claims could not get r1-a's lock in time.
+    Their looks ahead, queued behind the held walks, are never dropped (every other job of
+    the worker is, when its caller gives up): once the threads are free they all run, a
+    round trip an open, and app b's create, asked after all of them were answered, has its
+    walk queued behind them past its timeout. Before 0.6 a refused create queued nothing."""
+    from tests.unit.factories import directory_timeout
+
+    make_dir(mp, "r1-a/web")
+    make_dir(mp, "r1-b/web")
+    # the namespaces' owners read once (they are kept): not what this test is about
+    assert (await ask(guard, f"{mp}/r1-a/web/warm:/d", name="w"))["Allow"] is True
+    assert (await ask(guard, f"{mp}/r1-b/web/warm:/d", name="w", app="b"))["Allow"] is True
+    gate = threading.Event()
+    worker = guard.preparer.worker
+    busy = [worker.submit(lambda: gate.wait(WAIT_S)) for _ in range(2)]
+    late: list[str] = []
+    real = safedir.open_below
+
+    def round_trip(parent: int, name: str) -> int:
+        time.sleep(0.05)  # an NFS round trip to a server that is slow to answer
+        if refused and name.startswith("n"):
+            late.append(name)
+        return real(parent, name)
+
+    monkeypatch.setattr(safedir, "open_below", round_trip)
+    hold_the_lock(held, mp)
+    refused: list[bool] = []
+    with directory_timeout(guard.state, 1.0):
+        answers = await asyncio.gather(
+            *(ask(guard, f"{mp}/r1-a/n{i}/d:/d", name=f"a{i}") for i in range(16))
+        )
+        assert all(a["Allow"] is False and "registry" in a["Msg"] for a in answers), answers
+        refused.append(True)
+        gate.set()
+        answer = await ask(guard, f"{mp}/r1-b/web/data:/d", name="b1", app="b")
+    for f in busy:
+        f.result(WAIT_S)
+    assert answer["Allow"] is True, answer
+    assert late == [], "paths of creates already refused were opened"

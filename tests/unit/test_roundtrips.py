@@ -268,4 +268,7 @@ def test_a_create_the_registry_holds_marks_nothing(counted: Counted) -> None:
         worker.close()
     assert answer["Allow"] is True, answer
     assert ops["utimens"] == 0, ops
-    assert ops.total() <= 48, ops  # 52 with the mark (two utimens and their getattrs)
+    # 52 with the mark (two utimens and their getattrs); 48 before 0.6, which asks whether
+    # the mount point is still the filesystem the path was opened on ahead of the claim
+    # (one stat by path: the kernel's NFS client answers it from its caches)
+    assert ops.total() <= 49, ops

@@ -116,9 +116,13 @@ class Existing:
     """The existing part of a path, opened (each component's descriptor and stat, from the
     top, up to the first missing one): the caller's to close, or to hand to `prepare_below`."""
 
-    dev: int  # the mount point's device: the shared filesystem's
+    root_id: tuple[int, int]  # the mount point's device (the shared filesystem's) and inode
     fds: list[int]
     stats: list[os.stat_result]
+
+    @property
+    def dev(self) -> int:
+        return self.root_id[0]
 
     def close(self) -> None:
         for fd in self.fds:
@@ -131,9 +135,10 @@ def open_existing(root_fd: int, mount_point: str, parts: Sequence[str]) -> Exist
     judging each component as `prepare_below` does (a symlink or a mount on the way is a
     violation); creates nothing."""
     _check_names(parts)
-    dev = os.fstat(root_fd).st_dev
+    top = os.fstat(root_fd)
+    dev = top.st_dev
     shown = _shown(mount_point, parts)
-    found = Existing(dev, [], [])
+    found = Existing((dev, top.st_ino), [], [])
     try:
         parent = root_fd
         for k, name in enumerate(parts):
@@ -202,8 +207,7 @@ def prepare_below(
         identity = tuple((s.st_dev, s.st_ino) for s in stats)
         return Prepared(created, leaf_created, *found, identity=identity)
     finally:
-        for fd in fds:
-            os.close(fd)
+        existing.close()  # `fds` among them: none closed twice
 
 
 def _make(parent_fd: int, name: str, bits: int, shown: str) -> bool:

@@ -40,9 +40,6 @@ MAX_WALKED = 4096  # paths whose last walk is remembered for the next start
 MAX_OWNERS_KEPT = 4096  # namespaces whose recorded owner is remembered
 # on top of the directory timeout, for the walk's queueing and the loop's own latency
 PREPARE_GRACE_S = 1.0
-# how long a walk waits for the look ahead at its path still under way (a few opens that
-# began before the claim) before it opens the path itself
-AHEAD_WAIT_S = 1.0
 
 
 @dataclass
@@ -268,7 +265,7 @@ class Preparer:
         if not st.mount_healthy or st.mount_dev is None:
             return looked
         for vol, plan in zip(outcome.volumes, outcome.plans, strict=True):
-            if isinstance(plan, NamespaceViolation) or vol.state == VolumeState.FAILED:
+            if isinstance(plan, NamespaceViolation) or vol.state in _NOT_WALKED:
                 continue
             if vol.host not in looked:
                 call = functools.partial(
@@ -703,7 +700,10 @@ class Preparer:
         # gc's last judgement keeps what the registry holds, once every host's gc reads it
         # (ops/gc/registered.py): the claim came before this walk's look in the trash
         mark = not (claimed and st.gc_reads_registry_in == st.mount_epoch)
-        handed = _Handed(ahead if ahead is not None and ahead[0] == st.mount_epoch else None)
+        timeout = st.config.directories.timeout_s
+        handed = _Handed(
+            ahead if ahead is not None and ahead[0] == st.mount_epoch else None, timeout
+        )
 
         def call() -> directories.Prepared:
             return trashcheck.prepare_path(
@@ -720,9 +720,7 @@ class Preparer:
 
         st.metrics.directory_walks.inc()
         try:
-            result = await self.worker.run(
-                call, st.config.directories.timeout_s, what=f"preparing {vol.host}"
-            )
+            result = await self.worker.run(call, timeout, what=f"preparing {vol.host}")
         except NamespaceViolation as exc:
             st.set_volume_state(vol, VolumeState.VIOLATION, str(exc))
             bound.warning("namespace_violation", path=vol.host, reason=str(exc))
@@ -770,6 +768,7 @@ class Preparer:
         )
 
 
+_NOT_WALKED = (VolumeState.VIOLATION, VolumeState.FAILED)
 # a path opened ahead of a create's walk: the mount's epoch then, and the job opening it
 LookAhead = tuple[int, concurrent.futures.Future[trashcheck.Ahead]]
 Looked = dict[str, LookAhead]  # by host path
@@ -778,10 +777,12 @@ Looked = dict[str, LookAhead]  # by host path
 class _Handed:
     """A path opened ahead, handed to the walk's job: taken by the job when it runs (a job
     that runs when its caller has given up takes nothing and opens the path itself), else
-    closed. Not before the look ahead has ended: a walk asks for it only then."""
+    closed. The look ahead was queued first, so it has ended or is running: the walk waits
+    for it at most its own timeout, and opens the path itself when it failed."""
 
-    def __init__(self, ahead: LookAhead | None) -> None:
+    def __init__(self, ahead: LookAhead | None, wait_s: float) -> None:
         self._job = None if ahead is None else ahead[1]
+        self._wait_s = wait_s  # the walk's own timeout: a look ahead that hangs, the walk would
         self._guard = threading.Lock()
 
     def take(self) -> trashcheck.Ahead | None:
@@ -792,14 +793,16 @@ class _Handed:
             return None
         try:
             # a look ahead runs a few opens: it has ended, or ends about when the walk would
-            opened = job.result(timeout=AHEAD_WAIT_S)
+            opened = job.result(timeout=self._wait_s)
         except Exception:
             return None  # the walk opens the path itself, and judges what the look met
         return opened.take()
 
 
 def _discard(job: concurrent.futures.Future[trashcheck.Ahead]) -> None:
-    """Closes what a look ahead opened, once it has, unless a walk takes it first."""
+    """Closes what a look ahead opened, once it has, unless a walk takes it first; one that
+    no thread has taken yet is dropped, as the worker's other jobs are when given up on."""
+    job.cancel()
     job.add_done_callback(_close_opened)
 
 

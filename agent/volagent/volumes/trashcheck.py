@@ -26,7 +26,14 @@ A create the guard claims opens what exists of its path while the claim is under
 `open_ahead`): the opens order nothing for gc, and create, mark and look in the trash
 nothing. The walk proper (`prepare_path` given those descriptors) comes after the claim, as
 before: so the look in the trash still comes after the claim's entry is in place, and
-nothing is made for a bind the claim refused.
+nothing is made for a bind the claim refused. The walk takes the descriptors only while the
+mount point is still the root of the filesystem they were opened on (an unmount or a mount
+over it meanwhile: it opens afresh, and is refused). Their components are judged as of the
+look ahead, before the claim: a component renamed and replaced by a symlink during the claim
+(only root, or a host without volagent, can: an app's container that could rename it would
+bind a directory above this bind, which the claim refuses by rule 7) gets the directory made
+in the directory it was renamed to, inside the namespace; the start walks the path afresh
+and refuses the symlink, before Docker binds anything.
 
 A start walks the path again. When the create walk here recorded it (device and inode of
 every component) and every component is still the same directory, nothing else is asked:
@@ -142,6 +149,19 @@ def open_ahead(mount_point: str, parts: Sequence[str], expected_dev: int | None)
         raise
 
 
+def _still_there(ahead: Ahead, mount_point: str, expected_dev: int | None) -> bool:
+    """Whether what was opened ahead is of the filesystem expected now, and its mount point
+    is still that filesystem's root at its path (one unmounted or covered meanwhile is not
+    the shared one). Asked of the client's caches: a mount is the host's own table."""
+    if expected_dev is not None and ahead.existing.dev != expected_dev:
+        return False
+    try:
+        here = os.stat(mount_point)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == ahead.existing.root_id
+
+
 def prepare_path(
     mount_point: str,
     parts: Sequence[str],
@@ -165,11 +185,13 @@ def prepare_path(
     if ahead is not None and (known or ahead.parts != tuple(parts)):
         ahead.close()
         raise ValueError("a path opened ahead is for the create walk of that path")
-    if ahead is not None and expected_dev is not None and ahead.existing.dev != expected_dev:
-        ahead.close()  # opened on another filesystem than the one expected now: afresh
+    if ahead is not None and not _still_there(ahead, mount_point, expected_dev):
+        ahead.close()  # another filesystem than the one expected now, or not at its place
         ahead = None
     root = safedir.open_mount_point(mount_point, expected_dev) if ahead is None else ahead.root
     existing = None if ahead is None else ahead.existing
+    if ahead is not None:
+        ahead.root = -1  # this function's to close now, as the walk's descriptors are
     with safedir.closing(root):
         if known:
             same = directories.verify_below(root, mount_point, parts, known)

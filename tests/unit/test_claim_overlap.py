@@ -290,7 +290,7 @@ async def test_a_registry_lock_held_for_one_app_keeps_no_walk_of_another_waiting
     make_dir(mp, "r1-b/web")
     _, opened = opening(monkeypatch, "web")
     hold_the_lock(held, mp)
-    with directory_timeout(guard.state, 3.0):
+    with directory_timeout(guard.state, 2 * WAIT_S):  # app a's claims wait until let go
         stuck = [
             asyncio.ensure_future(ask(guard, f"{mp}/r1-a/web/n{i}:/d", name=f"a{i}"))
             for i in range(2)
@@ -301,11 +301,12 @@ async def test_a_registry_lock_held_for_one_app_keeps_no_walk_of_another_waiting
                 break
         await asyncio.sleep(0.2)  # app a's claims are polling the lock held elsewhere
         answer = await asyncio.wait_for(
-            ask(guard, f"{mp}/r1-b/web/data:/d", name="b1", app="b"), 1.5
+            ask(guard, f"{mp}/r1-b/web/data:/d", name="b1", app="b"), WAIT_S
         )
         assert not any(t.done() for t in stuck), "app a's claims did not wait for the lock"
         assert answer["Allow"] is True, answer
-        await asyncio.gather(*stuck)
+        let_go(held)
+        assert all(a["Allow"] for a in await asyncio.gather(*stuck))
 
 
 async def test_a_mount_that_goes_unhealthy_during_the_claim_gets_nothing_made(
@@ -467,10 +468,10 @@ async def test_looks_ahead_of_creates_already_refused_do_not_delay_later_walks(
         answers = await asyncio.gather(
             *(ask(guard, f"{mp}/r1-a/n{i}/d:/d", name=f"a{i}") for i in range(16))
         )
-        assert all(a["Allow"] is False and "registry" in a["Msg"] for a in answers), answers
-        refused.append(True)
-        gate.set()
-        answer = await ask(guard, f"{mp}/r1-b/web/data:/d", name="b1", app="b")
+    assert all(a["Allow"] is False and "registry" in a["Msg"] for a in answers), answers
+    refused.append(True)
+    gate.set()
+    answer = await ask(guard, f"{mp}/r1-b/web/data:/d", name="b1", app="b")
     for f in busy:
         f.result(WAIT_S)
     assert answer["Allow"] is True, answer

@@ -287,16 +287,22 @@ async def test_a_claim_that_ends_after_a_remount_notes_nothing_held_on_the_new_f
     mp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The claim's entry went to the filesystem mounted when it began; the mount changed
-    while it ran, so the path is not held on the filesystem mounted now."""
+    while it ran (before its answer, which since 0.6 comes before its unlock), so the path
+    is not held on the filesystem mounted now."""
     st = alive(mp)
     path = f"{mp}/{NS}/web/data"
     claim = registry_claim.claim
 
-    def remounted_meanwhile(*args: object, **kwargs: object) -> object:
-        result = claim(*args, **kwargs)  # type: ignore[arg-type]
-        assert st.mount_dev is not None
-        st.mount_dev += 1  # the probe saw another filesystem
-        return result
+    def remounted_meanwhile(*args: object, **kwargs: Any) -> object:
+        answer = kwargs["answered"]
+
+        def remounted_then_answered(result: object) -> None:
+            assert st.mount_dev is not None
+            st.mount_dev += 1  # the probe saw another filesystem
+            answer(result)
+
+        kwargs["answered"] = remounted_then_answered
+        return claim(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(registry_task.registry_claim, "claim", remounted_meanwhile)
     async with registry_of(st) as reg:

@@ -8,6 +8,7 @@ another process where a claim must wait for it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -146,7 +147,8 @@ def test_a_claim_that_cannot_get_the_lock_refuses_the_create_and_makes_nothing(
     create is refused for the registry, not as a hung filesystem, and nothing is made."""
     make_dir(mp, "r1-a/web")
     hold_the_lock(held, mp)
-    with directory_timeout(guard.state, 0.5):
+    # the claim's thread gives up at 80% of it, well before its caller would call it hung
+    with directory_timeout(guard.state, 2.0):
         answer = create(guard, f"{mp}/r1-a/web/new:/data")
     assert answer["Allow"] is False and "registry" in answer["Msg"], answer
     assert "not answering" not in answer["Msg"]
@@ -253,7 +255,8 @@ async def test_a_claim_is_answered_before_its_unlock(
     try:
         first, plans = volumes_of(f"{mp}/r1-a/web/one")
         await asyncio.wait_for(reg.claim(first, plans, "c1", "one"), WAIT_S / 2)
-        assert slow.unlocking.is_set() and not slow.go.is_set()
+        # answered while the unlock cannot have finished (it waits for `go`)
+        assert slow.unlocking.wait(WAIT_S) and not slow.go.is_set()
         assert first[0].state != "failed", first[0].error
         assert registered(mp) == [("host-a", "r1-a/web/one")]
         second, plans = volumes_of(f"{mp}/r1-a/web/two")
@@ -353,11 +356,21 @@ async def test_a_mount_made_again_during_the_claim_is_walked_afresh(
     assert (mp / "r1-a/web/new").is_dir()
 
 
+def open_below(mp: Path) -> list[str]:
+    """This process's descriptors of directories below `mp`, volagent's own files aside."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(mp)) and "/.volagent" not in target:
+                found.append(target)
+    return found
+
+
 def test_nothing_opened_ahead_is_left_open(mp: Path, guard: Guard, held: list[Any]) -> None:
     """Allowed, refused by the registry, or refused for a violation: every descriptor the
     looks ahead opened is closed or taken by a walk, which closes it."""
     make_dir(mp, "r1-a/web/data")
-    before = len(os.listdir("/proc/self/fd"))
     assert create(guard, f"{mp}/r1-a/web/data:/d", f"{mp}/r1-a/web/two:/t")["Allow"] is True
     registry_claim.claim(
         str(mp),
@@ -375,9 +388,12 @@ def test_nothing_opened_ahead_is_left_open(mp: Path, guard: Guard, held: list[An
         # a path this host holds no entry of: the claim waits for the lock
         assert create(guard, f"{mp}/r1-a/web/third:/d", name="w3")["Allow"] is False
     let_go(held)
-    time.sleep(0.2)  # a look ahead that ended after its create gets closed as it ends
-    # the registry keeps its directory and the namespace's lock file open (rack/registry.py)
-    assert len(os.listdir("/proc/self/fd")) <= before + 2
+    # a look ahead that ended after its create closes what it opened as it ends: every job
+    # queued before these has ended once they have
+    worker = guard.preparer.worker
+    for done in [worker.submit(lambda: None) for _ in range(worker.max_threads)]:
+        done.result(WAIT_S)
+    assert open_below(mp) == []
 
 
 def test_a_path_opened_ahead_on_another_filesystem_is_not_walked(mp: Path) -> None:
@@ -476,3 +492,20 @@ async def test_looks_ahead_of_creates_already_refused_do_not_delay_later_walks(
         f.result(WAIT_S)
     assert answer["Allow"] is True, answer
     assert late == [], "paths of creates already refused were opened"
+
+
+def test_a_path_opened_ahead_is_closed_whatever_stops_the_walk(
+    mp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_dir(mp, "r1-a/web")
+    parts = ("r1-a", "web", "new")
+    ahead = trashcheck.open_ahead(str(mp), parts, None)
+
+    def no_memory(*args: Any, **kwargs: Any) -> os.stat_result:
+        raise MemoryError
+
+    monkeypatch.setattr(trashcheck.os, "stat", no_memory)
+    with pytest.raises(MemoryError):
+        trashcheck.prepare_path(str(mp), parts, Owner(33, 33), 0o750, None, ahead=ahead)
+    monkeypatch.undo()
+    assert open_below(mp) == []

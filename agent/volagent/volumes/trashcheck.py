@@ -29,11 +29,13 @@ before: so the look in the trash still comes after the claim's entry is in place
 nothing is made for a bind the claim refused. The walk takes the descriptors only while the
 mount point is still the root of the filesystem they were opened on (an unmount or a mount
 over it meanwhile: it opens afresh, and is refused). Their components are judged as of the
-look ahead, before the claim: a component renamed and replaced by a symlink during the claim
-(only root, or a host without volagent, can: an app's container that could rename it would
-bind a directory above this bind, which the claim refuses by rule 7) gets the directory made
-in the directory it was renamed to, inside the namespace; the start walks the path afresh
-and refuses the symlink, before Docker binds anything.
+look ahead, before the claim. Only root, or a host without volagent, can change them during
+the claim (an app's container that could would bind a directory above this bind, which the
+claim refuses by rule 7): a component renamed and replaced by a symlink, or a mount made on
+one, gets the directory made in the directory opened, inside the namespace, and the start,
+which walks the path afresh, refuses the symlink or the other device before Docker binds
+anything; a leaf removed meanwhile is not made again at the create, and the start, finding
+it missing, judges and makes it as a create.
 
 A start walks the path again. When the create walk here recorded it (device and inode of
 every component) and every component is still the same directory, nothing else is asked:
@@ -185,9 +187,14 @@ def prepare_path(
     if ahead is not None and (known or ahead.parts != tuple(parts)):
         ahead.close()
         raise ValueError("a path opened ahead is for the create walk of that path")
-    if ahead is not None and not _still_there(ahead, mount_point, expected_dev):
-        ahead.close()  # another filesystem than the one expected now, or not at its place
-        ahead = None
+    try:
+        if ahead is not None and not _still_there(ahead, mount_point, expected_dev):
+            ahead.close()  # another filesystem than the one expected now, or not at its place
+            ahead = None
+    except BaseException:
+        if ahead is not None:
+            ahead.close()
+        raise
     root = safedir.open_mount_point(mount_point, expected_dev) if ahead is None else ahead.root
     existing = None if ahead is None else ahead.existing
     if ahead is not None:

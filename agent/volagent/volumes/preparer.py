@@ -8,6 +8,8 @@ a container that had already started, was made by Docker, not by volagent.
 
 Each walk's record of the path (device and inode of every component) is kept by host path,
 so a start's walk compares against it instead of judging from scratch (volumes/trashcheck.py).
+A create the registry is asked about opens what exists of its paths while the claim is under
+way (`_look_ahead`), and its walks after the claim take those descriptors.
 """
 
 from __future__ import annotations

@@ -283,6 +283,36 @@ async def ask(g: Guard, *binds: str, name: str, app: str = "a") -> dict[str, Any
     return doc
 
 
+async def until(done: Callable[[], bool]) -> None:
+    """Lets the test's loop run until `done`."""
+    for _ in range(500):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("what the test waits for did not happen")
+
+
+async def asked_while_the_claim_waits(
+    mp: Path,
+    guard: Guard,
+    held: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    meanwhile: Callable[[], None],
+) -> tuple[dict[str, Any], list[str]]:
+    """A create of r1-a/web/new while another host holds the namespace's lock: `meanwhile`
+    once its look ahead has opened r1-a/web, then the lock let go. Its answer, and every
+    name opened below a parent."""
+    make_dir(mp, "r1-a/web")
+    looked, opened = opening(monkeypatch, "web")
+    hold_the_lock(held, mp)
+    pending = asyncio.ensure_future(ask(guard, f"{mp}/r1-a/web/new:/d", name="w"))
+    await until(looked.is_set)
+    await asyncio.sleep(0.1)
+    meanwhile()
+    let_go(held)
+    return await asyncio.wait_for(pending, WAIT_S), opened
+
+
 async def test_a_registry_lock_held_for_one_app_keeps_no_walk_of_another_waiting(
     mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -298,10 +328,7 @@ async def test_a_registry_lock_held_for_one_app_keeps_no_walk_of_another_waiting
             asyncio.ensure_future(ask(guard, f"{mp}/r1-a/web/n{i}:/d", name=f"a{i}"))
             for i in range(2)
         ]
-        for _ in range(500):
-            await asyncio.sleep(0.01)
-            if opened.count("web") >= 2:
-                break
+        await until(lambda: opened.count("web") >= 2)
         await asyncio.sleep(0.2)  # app a's claims are polling the lock held elsewhere
         answer = await asyncio.wait_for(
             ask(guard, f"{mp}/r1-b/web/data:/d", name="b1", app="b"), WAIT_S
@@ -318,18 +345,11 @@ async def test_a_mount_that_goes_unhealthy_during_the_claim_gets_nothing_made(
     """`when_unhealthy = "deny"`: the mount stalls while the claim waits for the lock. Its
     health is judged once the claim has ended, as before the looks ahead: the create is
     refused as unhealthy, and nothing is made through what was opened ahead (rule 3)."""
-    make_dir(mp, "r1-a/web")
-    looked, _ = opening(monkeypatch, "web")
-    hold_the_lock(held, mp)
-    pending = asyncio.ensure_future(ask(guard, f"{mp}/r1-a/web/new:/d", name="w"))
-    for _ in range(500):
-        await asyncio.sleep(0.01)
-        if looked.is_set():
-            break
-    await asyncio.sleep(0.1)
-    guard.state.set_mount_state(MountState.STALLED, "the probe did not answer")
-    let_go(held)
-    answer = await asyncio.wait_for(pending, WAIT_S)
+
+    def stalled() -> None:
+        guard.state.set_mount_state(MountState.STALLED, "the probe did not answer")
+
+    answer, _ = await asked_while_the_claim_waits(mp, guard, held, monkeypatch, stalled)
     assert answer["Allow"] is False, answer
     assert not (mp / "r1-a/web/new").exists()
 
@@ -339,18 +359,11 @@ async def test_a_mount_made_again_during_the_claim_is_walked_afresh(
 ) -> None:
     """The mount went and came back (a new epoch) while the claim waited: what was opened
     ahead is of the mount before, so the walk opens the path itself."""
-    make_dir(mp, "r1-a/web")
-    looked, opened = opening(monkeypatch, "web")
-    hold_the_lock(held, mp)
-    pending = asyncio.ensure_future(ask(guard, f"{mp}/r1-a/web/new:/d", name="w"))
-    for _ in range(500):
-        await asyncio.sleep(0.01)
-        if looked.is_set():
-            break
-    await asyncio.sleep(0.1)
-    guard.state.mount_epoch += 1
-    let_go(held)
-    answer = await asyncio.wait_for(pending, WAIT_S)
+
+    def remounted() -> None:
+        guard.state.mount_epoch += 1
+
+    answer, opened = await asked_while_the_claim_waits(mp, guard, held, monkeypatch, remounted)
     assert answer["Allow"] is True, answer
     assert opened.count("web") == 2  # once ahead, once by the walk
     assert (mp / "r1-a/web/new").is_dir()

@@ -19,7 +19,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -250,7 +249,7 @@ class Preparer:
                     ahead=ahead,
                 )
             finally:
-                for looked in ahead.values():  # those no walk took
+                for looked in ahead.values():  # what no walk took, once it has ended
                     _discard(looked[1])
             return verdict
         finally:
@@ -610,7 +609,7 @@ class Preparer:
                 bound,
                 rewalk=rewalk,
                 claimed=vol.host in claimed,
-                ahead=ahead.pop(vol.host, None),
+                ahead=ahead.get(vol.host),
             )
             if (
                 settled is not None
@@ -667,23 +666,8 @@ class Preparer:
         claimed: bool = False,
         ahead: LookAhead | None = None,
     ) -> None:
-        try:
-            await self._walk_one(spec, vol, plan, recheck, bound, rewalk, claimed, ahead)
-        finally:
-            if ahead is not None:
-                _discard(ahead[1])  # what it opened, unless the walk took it
-
-    async def _walk_one(  # noqa: PLR0917 - _prepare_one's own arguments, passed on
-        self,
-        spec: ContainerSpec,
-        vol: VolumeRecord,
-        plan: namespace.Plan,
-        recheck: Recheck | None,
-        bound: Any,
-        rewalk: bool,
-        claimed: bool,
-        ahead: LookAhead | None,
-    ) -> None:
+        """Walks one bind's path. `ahead`: its look ahead, whose descriptors the walk takes
+        when the mount is the one it was opened on (its creator closes what is not taken)."""
         st = self.state
         if not st.mount_healthy:
             st.set_volume_state(
@@ -703,9 +687,7 @@ class Preparer:
         # (ops/gc/registered.py): the claim came before this walk's look in the trash
         mark = not (claimed and st.gc_reads_registry_in == st.mount_epoch)
         timeout = st.config.directories.timeout_s
-        handed = _Handed(
-            ahead if ahead is not None and ahead[0] == st.mount_epoch else None, timeout
-        )
+        looked = ahead[1] if ahead is not None and ahead[0] == st.mount_epoch else None
 
         def call() -> directories.Prepared:
             return trashcheck.prepare_path(
@@ -717,7 +699,7 @@ class Preparer:
                 known=known,
                 recorded_at=recorded_at,
                 mark=mark,
-                ahead=handed.take(),
+                ahead=_opened_ahead(looked, timeout),
             )
 
         st.metrics.directory_walks.inc()
@@ -776,29 +758,21 @@ LookAhead = tuple[int, concurrent.futures.Future[trashcheck.Ahead]]
 Looked = dict[str, LookAhead]  # by host path
 
 
-class _Handed:
-    """A path opened ahead, handed to the walk's job: taken by the job when it runs (a job
-    that runs when its caller has given up takes nothing and opens the path itself), else
-    closed. The look ahead was queued first, so it has ended or is running: the walk waits
-    for it at most its own timeout, and opens the path itself when it failed."""
-
-    def __init__(self, ahead: LookAhead | None, wait_s: float) -> None:
-        self._job = None if ahead is None else ahead[1]
-        self._wait_s = wait_s  # the walk's own timeout: a look ahead that hangs, the walk would
-        self._guard = threading.Lock()
-
-    def take(self) -> trashcheck.Ahead | None:
-        """In the walk's thread: what was opened ahead, if it opened and nobody took it."""
-        with self._guard:
-            job, self._job = self._job, None
-        if job is None:
-            return None
-        try:
-            # a look ahead runs a few opens: it has ended, or ends about when the walk would
-            opened = job.result(timeout=self._wait_s)
-        except Exception:
-            return None  # the walk opens the path itself, and judges what the look met
-        return opened.take()
+def _opened_ahead(
+    job: concurrent.futures.Future[trashcheck.Ahead] | None, wait_s: float
+) -> trashcheck.Ahead | None:
+    """In a walk's thread: what its path's look ahead opened, unless another took it (a walk
+    that runs when its caller has given up may find it closed) or it failed (the walk opens
+    the path itself, and judges what the look met). The look was queued before the walk, so
+    it has ended or is running: waited for at most the walk's own timeout (a look that hangs,
+    the walk would too)."""
+    if job is None:
+        return None
+    try:
+        opened = job.result(timeout=wait_s)
+    except Exception:
+        return None
+    return opened.take()
 
 
 def _discard(job: concurrent.futures.Future[trashcheck.Ahead]) -> None:

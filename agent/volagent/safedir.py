@@ -24,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from volagent.errors import MountUnhealthy
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# a directory looked at, not opened: the kernel's NFS client revalidates nothing for it
+LOOK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # openat2(2) (Linux 5.6): one lookup of a whole relative path that follows no symlink, crosses
 # no mount and never leaves the starting directory
@@ -67,6 +69,20 @@ def open_mount_point(mount_point: str, expected_dev: int | None) -> int:
     return fd
 
 
+def look_at_mount_point(mount_point: str, expected_dev: int | None) -> int:
+    """`open_mount_point` for a look only (O_PATH): the kernel's NFS client answers it from
+    its caches, without the revalidation of an open (close-to-open). Fit to stat and to
+    look below with `look_below`, not to read, change or make anything in."""
+    try:
+        fd = os.open(mount_point, LOOK_FLAGS & ~os.O_NOFOLLOW)
+    except OSError as exc:
+        raise MountUnhealthy(f"cannot open {mount_point}: {exc.strerror}") from None
+    if expected_dev is not None and os.fstat(fd).st_dev != expected_dev:
+        os.close(fd)
+        raise MountUnhealthy(f"{mount_point} is not the shared filesystem any more")
+    return fd
+
+
 def open_shared_root(mount_point: str, expected_dev: int | None) -> int:
     """The mount point, only while it is the healthy shared filesystem (`expected_dev` is
     None when it is not)."""
@@ -79,6 +95,12 @@ def open_below(parent_fd: int, name: str) -> int:
     """The directory `name` in `parent_fd`, never through a symlink: OSError (ELOOP or
     ENOTDIR) for a symlink or a file, FileNotFoundError when missing."""
     return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+
+
+def look_below(parent_fd: int, name: str) -> int:
+    """`open_below` for a look only (O_PATH, see `look_at_mount_point`): the same refusal of
+    a symlink or a file (ENOTDIR)."""
+    return os.open(name, LOOK_FLAGS, dir_fd=parent_fd)
 
 
 def open_at_once(root_fd: int, parts: Sequence[str]) -> int:

@@ -37,7 +37,7 @@ from volagent.rack.registry_task import Registry
 from volagent.values import Owner
 from volagent.volumes import trashcheck
 from volagent.volumes.directories import Identity, Prepared
-from volagent.volumes.preparer import Preparer
+from volagent.volumes.preparer import Allowed, ContainerSpec, Preparer
 from volagent.worker import TimedWorker
 
 pytestmark = pytest.mark.mount
@@ -168,6 +168,66 @@ def test_new_directory(counted: Counted) -> None:
     ops, again = counted.count(lambda: start_walk(counted, NEW, got.identity))
     assert (again.uid, again.gid, again.mode) == (1234, 1234, 0o750)
     assert ops.total() <= 12, ops  # 29 before
+
+
+def test_a_start_the_registry_holds_looks_and_opens_nothing(counted: Counted) -> None:
+    """The start of a path this host's entries hold (the guard's start after its create): each
+    component only looked at (O_PATH), which the kernel's NFS client answers from its caches
+    (0 operations in `make bench-vm` against 6 opening each); the stand-in, which caches
+    nothing, still counts each look's lookup and stat."""
+    (counted.backing / "/".join(EXISTING)).mkdir(parents=True)
+    got = create_walk(counted, EXISTING)
+    ops, again = counted.count(
+        lambda: trashcheck.prepare_path(
+            str(counted.mount_point),
+            EXISTING,
+            OWNER,
+            0o750,
+            counted.dev,
+            known=got.identity,
+            held=True,
+        )
+    )
+    assert (again.identity, again.created) == (got.identity, 0)
+    assert set(ops) <= {"getattr"}, ops  # no opendir: nothing opened to read
+    assert ops.total() <= 12, ops  # 18 opening each (its opendirs)
+
+
+async def test_a_start_looks_only_where_the_registry_holds_its_path(counted: Counted) -> None:
+    """The preparer's start walk looks (no open) where this host's entries hold the bind, as
+    after the guard's create; a preparer without the registry opens every component."""
+    (counted.backing / "/".join(EXISTING)).mkdir(parents=True)
+    backing = str(counted.backing)
+    owners.owner_of(backing, os.stat(backing).st_dev, "r1-a", rack="r1", app="a", host="h1")
+    st = make_state(counted.mount_point, host="h1", guard={"enabled": True})
+    inspect = {
+        "Id": "c1",
+        "Name": "/web-1",
+        "Config": {"Labels": {"convox.app": "a", "convox.service": "web"}, "Env": []},
+        "HostConfig": {"Binds": [f"{counted.mount_point}/{'/'.join(EXISTING)}:/data"]},
+        "State": {"Running": False, "StartedAt": "0001-01-01T00:00:00Z"},
+    }
+    worker = TimedWorker("test-roundtrips")
+    reg = Registry(st)
+    opened: dict[str, int] = {}
+    try:
+        both = (
+            ("held", Preparer(st, worker, registry=reg)),
+            ("unregistered", Preparer(st, worker)),
+        )
+        for name, preparer in both:
+            spec = ContainerSpec.from_inspect(inspect)
+            created = await preparer.decide_create(spec, b"k", lambda _: None, lambda: None)
+            assert isinstance(created, Allowed), created
+            before = counted.ops(every_thread=True)
+            started = await preparer.decide_start(spec, True)
+            assert isinstance(started, Allowed), started
+            opened[name] = (counted.ops(every_thread=True) - before)["opendir"]
+    finally:
+        reg.worker.close()
+        worker.close()
+    assert opened["held"] == 0, opened
+    assert opened["unregistered"] >= len(EXISTING), opened  # the mount point's and each one's
 
 
 def test_a_start_after_a_swap_judges_from_scratch(counted: Counted) -> None:

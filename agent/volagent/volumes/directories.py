@@ -66,10 +66,11 @@ class Prepared:
         return self.identity[-1] if self.identity else (0, 0)
 
 
-def _open_child(parent_fd: int, name: str, shown: str) -> int | None:
-    """The directory `name` in `parent_fd`; None when there is none."""
+def _open_child(parent_fd: int, name: str, shown: str, *, look: bool = False) -> int | None:
+    """The directory `name` in `parent_fd` (only looked at: `safedir.look_below`); None when
+    there is none."""
     try:
-        return safedir.open_below(parent_fd, name)
+        return (safedir.look_below if look else safedir.open_below)(parent_fd, name)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -236,12 +237,14 @@ def _settle(fd: int, st: os.stat_result, uid: int, gid: int, bits: int) -> tuple
 
 
 def verify_below(
-    root_fd: int, mount_point: str, parts: Sequence[str], identity: Identity
+    root_fd: int, mount_point: str, parts: Sequence[str], identity: Identity, *, look: bool = False
 ) -> Prepared | None:
     """The path walked again, opening only: the leaf as `Prepared` when every component is
     still the directory `identity` recorded (same device and inode), None when any differs
     or is missing (then judge it from scratch). A symlink or a mount met on the way is
-    refused as in `prepare_below`."""
+    refused as in `prepare_below`. `look`: each component looked at (O_PATH) instead of
+    opened, so the kernel's NFS client answers from its caches (trashcheck.py says when
+    that is as safe)."""
     _check_names(parts)
     if len(identity) != len(parts):
         return None
@@ -253,7 +256,7 @@ def verify_below(
         leaf: Prepared | None = None
         for name, known in zip(parts, identity, strict=True):
             shown = f"{shown}/{name}"
-            child = _open_child(parent, name, shown)
+            child = _open_child(parent, name, shown, look=look)
             if child is None:
                 return None
             fds.append(child)

@@ -678,7 +678,9 @@ class Preparer:
             )
             return
         # not into a namespace that gc moved into the trash (a trashed one fails the volume);
-        # a start (rewalk) compares with what the last walk of the path found
+        # a start (rewalk) compares with what the last walk of the path found, only looking
+        # at each component where this host's entries in the registry hold the bind
+        # (trashcheck.py says why that is as safe)
         known = self._walked.get(vol.host, ()) if rewalk else ()
         key = key_of(st.config.mount_point, vol.host)
         recorded_at = st.usage_recorded.get(key) if key is not None else None
@@ -697,6 +699,7 @@ class Preparer:
                 plan.mode,
                 st.mount_dev,
                 known=known,
+                held=claimed,
                 recorded_at=recorded_at,
                 mark=mark,
                 ahead=_opened_ahead(looked, timeout),

@@ -43,6 +43,23 @@ the directories are the ones judged at create, which were marked then and not in
 (a move into the trash takes the directory away from its path: it would not be found there).
 Anything else is judged from scratch, as a create.
 
+Since 0.7 the start of a path this host's entries in the registry hold (`held`: a start
+after the guard's create, or of a service in use here) only looks at each component (O_PATH:
+the kernel's NFS client answers from its caches, without the revalidation of an open) and
+compares it with the record. What the look cannot see is a change another host made on the
+server since this host last asked, and while the entry stands nobody the rules let in can
+make one: a component's name lives in its parent, which only a bind of a directory above
+the path reaches, and rule 7 across the rack refuses every such bind while the entry holds
+the path; gc keeps what the registry holds (ops/gc/registered.py), so it moves nothing of it
+into the trash; root on another host reads the whole filesystem anyway. Whatever this host
+did (its containers, Docker, an operator here) is in its caches at once, so a symlink, a
+mount or another directory at the path is seen as before. Docker binds the path through the
+same caches, so it binds what the look judged; a change on the server that the caches learn
+between the look and the bind is a window a fresh open leaves too, for a change made just
+after it, and the check after the start compares what was bound (volumes/mount_check.py).
+A start of a path the entries do not hold, or that does not compare, opens every component
+as a create does.
+
 Blocking: runs in the timed worker.
 """
 
@@ -172,6 +189,7 @@ def prepare_path(
     expected_dev: int | None,
     *,
     known: directories.Identity = (),
+    held: bool = False,
     recorded_at: float | None = None,
     mark: bool = True,
     ahead: Ahead | None = None,
@@ -179,7 +197,9 @@ def prepare_path(
     """directories.prepare_below from the mount point's path, with the namespace marked used
     and known not to be in the trash before anything is created; the mount point is opened
     once for all three. With `known` (what the create walk recorded), a path whose
-    components are all still those directories is only walked (a start). `recorded_at`: the
+    components are all still those directories is only walked (a start); `held`: the
+    registry holds the bind for this host, so they are only looked at (see the module's
+    docstring). `recorded_at`: the
     time of this host's last usage record of the bind's directory, if any (see `mark_used`).
     `mark` False: the registry holds the bind and every host's gc reads it, so the mark is
     left out (ops/gc/registered.py). `ahead`: the mount point and what exists of the path,
@@ -187,6 +207,12 @@ def prepare_path(
     if ahead is not None and (known or ahead.parts != tuple(parts)):
         ahead.close()
         raise ValueError("a path opened ahead is for the create walk of that path")
+    if known and held:
+        with safedir.closing(safedir.look_at_mount_point(mount_point, expected_dev)) as top:
+            same = directories.verify_below(top, mount_point, parts, known, look=True)
+        if same is not None:
+            return same
+        known = ()  # not the same directories: judged from scratch, opening each
     try:
         if ahead is not None and not _still_there(ahead, mount_point, expected_dev):
             ahead.close()  # another filesystem than the one expected now, or not at its place

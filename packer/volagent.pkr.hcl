@@ -57,7 +57,7 @@ variable "subnet_id" {
 
 variable "volagent_version" {
   type        = string
-  default     = "0.6.0"
+  default     = "0.7.0"
   description = "the volagent release baked in; its bundle is dist/volagent-VERSION-bundle.tar.gz"
 }
 

@@ -270,4 +270,4 @@ async def test_a_start_compares_with_the_create_walk(mp: Path, preparer: Prepare
     (mp / "r1-a/web/data").mkdir()
     await preparer.prepare(s, rewalk=True)
     assert preparer._walked[host] != first
-    assert preparer._walked[host][-1][1] == os.stat(mp / "r1-a/web/data").st_ino
+    assert preparer._walked[host].identity[-1][1] == os.stat(mp / "r1-a/web/data").st_ino

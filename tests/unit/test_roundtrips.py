@@ -194,31 +194,41 @@ def test_a_start_the_registry_holds_looks_and_opens_nothing(counted: Counted) ->
 
 
 async def test_a_start_looks_only_where_the_registry_holds_its_path(counted: Counted) -> None:
-    """The preparer's start walk looks (no open) where this host's entries hold the bind, as
-    after the guard's create; a preparer without the registry opens every component."""
+    """The preparer's start walk looks (no open) where this host's entries have held the bind
+    without a break since the create walk, as after the guard's create. It opens every
+    component when its heartbeats lapsed in between (other hosts may have forgotten its
+    entries, and let a bind above the path in meanwhile), and without the registry."""
     (counted.backing / "/".join(EXISTING)).mkdir(parents=True)
     backing = str(counted.backing)
     owners.owner_of(backing, os.stat(backing).st_dev, "r1-a", rack="r1", app="a", host="h1")
     st = make_state(counted.mount_point, host="h1", guard={"enabled": True})
-    inspect = {
-        "Id": "c1",
-        "Name": "/web-1",
-        "Config": {"Labels": {"convox.app": "a", "convox.service": "web"}, "Env": []},
-        "HostConfig": {"Binds": [f"{counted.mount_point}/{'/'.join(EXISTING)}:/data"]},
-        "State": {"Running": False, "StartedAt": "0001-01-01T00:00:00Z"},
-    }
     worker = TimedWorker("test-roundtrips")
     reg = Registry(st)
     opened: dict[str, int] = {}
+
+    def lapse() -> None:  # a heartbeat that lands after the trust in the entries ran out
+        st.entries_trusted_until = 0.0
+        st.note_heartbeat(time.time(), 900.0)
+
+    cases = (
+        ("held", Preparer(st, worker, registry=reg), lambda: None),
+        ("lapsed", Preparer(st, worker, registry=reg), lapse),
+        ("unregistered", Preparer(st, worker), lambda: None),
+    )
     try:
-        both = (
-            ("held", Preparer(st, worker, registry=reg)),
-            ("unregistered", Preparer(st, worker)),
-        )
-        for name, preparer in both:
-            spec = ContainerSpec.from_inspect(inspect)
+        for n, (name, preparer, between) in enumerate(cases):
+            spec = ContainerSpec.from_inspect(
+                {
+                    "Id": f"c{n}",
+                    "Name": f"/web-{n}",
+                    "Config": {"Labels": {"convox.app": "a", "convox.service": "web"}, "Env": []},
+                    "HostConfig": {"Binds": [f"{counted.mount_point}/{'/'.join(EXISTING)}:/d"]},
+                    "State": {"Running": False, "StartedAt": "0001-01-01T00:00:00Z"},
+                }
+            )
             created = await preparer.decide_create(spec, b"k", lambda _: None, lambda: None)
             assert isinstance(created, Allowed), created
+            between()
             before = counted.ops(every_thread=True)
             started = await preparer.decide_start(spec, True)
             assert isinstance(started, Allowed), started
@@ -227,7 +237,9 @@ async def test_a_start_looks_only_where_the_registry_holds_its_path(counted: Cou
         reg.worker.close()
         worker.close()
     assert opened["held"] == 0, opened
-    assert opened["unregistered"] >= len(EXISTING), opened  # the mount point's and each one's
+    # the mount point's and each component's
+    assert opened["lapsed"] >= len(EXISTING) + 1, opened
+    assert opened["unregistered"] >= len(EXISTING) + 1, opened
 
 
 def test_a_start_after_a_swap_judges_from_scratch(counted: Counted) -> None:

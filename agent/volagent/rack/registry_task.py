@@ -56,6 +56,7 @@ REQUEST_PREFIX = "request:"
 Own = dict[str, dict[str, tuple[str, str]]]  # namespace -> path -> (ref, container name)
 Answered = Callable[[registry_claim.ClaimResult], None]
 Where = tuple[int | None, int, str]  # the mount's device and epoch, the host's name
+HoldingKey = tuple[Where, int]  # see Registry.holding_key
 
 
 def request_ref(key: bytes) -> str:
@@ -145,7 +146,7 @@ class Registry:
                 return True
             wanted = [Entry(st.host_id, ref, name, p, time.time()) for p in sorted(paths)]
             where = self._where()  # the filesystem and host name the entries are written as
-            key = self._held_key()
+            key = self.holding_key()
             left = max(deadline - time.monotonic(), 0.0)
             # the thread gives up a little before its caller does, so a lock held elsewhere is
             # refused as that, not as a hung filesystem; counted from now, not from when a
@@ -166,7 +167,7 @@ class Registry:
                 self._clashed(vols, outcome, result.clashes)
                 return False
             st.metrics.registry_claims.labels(result="registered").inc()
-            if self._held_key() != key:
+            if self.holding_key() != key:
                 # remounted, or renamed, meanwhile: the entries are not where it looks; or a
                 # heartbeat lapsed: what the claim found may have been forgotten since
                 return False
@@ -258,14 +259,18 @@ class Registry:
         the host's name (entries written under another name are not this host's now), or
         once a heartbeat landed after this host's entries stopped being surely kept (any of
         them may have been forgotten meanwhile, and another host's bind nest them)."""
-        if self._held_as != self._held_key():
+        if self._held_as != self.holding_key():
             self._held = {}
             self._contested = {}
-            self._held_as = self._held_key()
+            self._held_as = self.holding_key()
             self._synced_once = False  # the whole pass again, on the filesystem mounted now
         return self._held
 
-    def _held_key(self) -> tuple[Where, int]:
+    def holding_key(self) -> HoldingKey:
+        """What this host's holding of its entries is as of: the filesystem and name they are
+        written as, and its heartbeat lapses so far. A path held at two moments of the same
+        key was held without a break between them: any change of it drops what this host
+        counts as held (`_held_now`), and other hosts forget entries only after a lapse."""
         return (self._where(), self.state.heartbeat_lapses)
 
     def _holds(self, ns: str, paths: set[str]) -> bool:
@@ -342,7 +347,7 @@ class Registry:
             return 0
         where = self._where()
         held = self._held_now()
-        key = self._held_key()  # the pass is whole only if this stays so throughout
+        key = self.holding_key()  # the pass is whole only if this stays so throughout
         own = self.own()
         todo = {
             ns
@@ -388,7 +393,7 @@ class Registry:
         paths = self.own().get(ns, {})
         where = self._where()
         self._held_now().pop(ns, None)  # not known while under way
-        key = self._held_key()
+        key = self.holding_key()
         live = [Entry(st.host_id, ref, name, path, now) for path, (ref, name) in paths.items()]
         timeout = st.config.directories.timeout_s
         # what the worker needs to record the uses that end, taken here on the loop
@@ -435,7 +440,7 @@ class Registry:
             return exc
         self._unsure.discard(ns)
         self._note_ends(ends_recorded, names, now)
-        if paths and self._held_key() == key:
+        if paths and self.holding_key() == key:
             self._note_held(ns, frozenset(paths))
             self._contested[ns] = result.contested
         if result.unrecorded:

@@ -22,12 +22,12 @@ import functools
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from volagent import log, nesting
 from volagent.errors import FilesystemHung, MountUnhealthy, NamespaceViolation
 from volagent.rack import owners, quotas, records
-from volagent.rack.registry_task import Registry, request_ref
+from volagent.rack.registry_task import HoldingKey, Registry, request_ref
 from volagent.rack.usage.recorder import key_of
 from volagent.state import AgentState, ContainerRecord, VolumeRecord
 from volagent.vocabulary import SETTLED_VOLUME_STATES, OnViolation, VolumeState, WhenUnhealthy
@@ -169,8 +169,8 @@ class Preparer:
         self.registry = registry
         self.log = log.get("preparer")
         self._locks: dict[str, asyncio.Lock] = {}
-        # host path: what its last complete walk found (device, inode of each component)
-        self._walked: OrderedDict[str, directories.Identity] = OrderedDict()
+        # host path: what its last complete walk found
+        self._walked: OrderedDict[str, Walked] = OrderedDict()
         # (the filesystem's device, namespace): its recorded owner's rack and app
         self._owners: OrderedDict[tuple[int | None, str], tuple[str, str]] = OrderedDict()
 
@@ -679,9 +679,12 @@ class Preparer:
             return
         # not into a namespace that gc moved into the trash (a trashed one fails the volume);
         # a start (rewalk) compares with what the last walk of the path found, only looking
-        # at each component where this host's entries in the registry hold the bind
-        # (trashcheck.py says why that is as safe)
-        known = self._walked.get(vol.host, ()) if rewalk else ()
+        # at each component where this host's entries in the registry have held the bind
+        # without a break since that walk (trashcheck.py says why that is as safe)
+        walked = self._walked.get(vol.host) if rewalk else None
+        known = walked.identity if walked is not None else ()
+        holding = self.registry.holding_key() if claimed and self.registry is not None else None
+        held = walked is not None and holding is not None and walked.held_as == holding
         key = key_of(st.config.mount_point, vol.host)
         recorded_at = st.usage_recorded.get(key) if key is not None else None
         self._walked.pop(vol.host, None)  # a walk that fails leaves nothing to compare with
@@ -699,7 +702,7 @@ class Preparer:
                 plan.mode,
                 st.mount_dev,
                 known=known,
-                held=claimed,
+                held=held,
                 recorded_at=recorded_at,
                 mark=mark,
                 ahead=_opened_ahead(looked, timeout),
@@ -722,7 +725,7 @@ class Preparer:
             event = "prepare_hung" if isinstance(exc, FilesystemHung) else "prepare_failed"
             bound.error(event, path=vol.host, reason=str(exc))
             return
-        self._walked[vol.host] = result.identity
+        self._walked[vol.host] = Walked(result.identity, holding)
         while len(self._walked) > MAX_WALKED:
             self._walked.popitem(last=False)
         if result.created:
@@ -756,6 +759,16 @@ class Preparer:
 
 
 _NOT_WALKED = (VolumeState.VIOLATION, VolumeState.FAILED)
+
+
+class Walked(NamedTuple):
+    """What the last complete walk of a path found: the device and inode of each component,
+    and the registry's holding key when this host's entries held the path at that walk."""
+
+    identity: directories.Identity
+    held_as: HoldingKey | None
+
+
 # a path opened ahead of a create's walk: the mount's epoch then, and the job opening it
 LookAhead = tuple[int, concurrent.futures.Future[trashcheck.Ahead]]
 Looked = dict[str, LookAhead]  # by host path

@@ -43,12 +43,13 @@ the directories are the ones judged at create, which were marked then and not in
 (a move into the trash takes the directory away from its path: it would not be found there).
 Anything else is judged from scratch, as a create.
 
-Since 0.7 the start of a path this host's entries in the registry hold (`held`: a start
-after the guard's create, or of a service in use here) only looks at each component (O_PATH:
-the kernel's NFS client answers from its caches, without the revalidation of an open) and
-compares it with the record. What the look cannot see is a change another host made on the
-server since this host last asked, and while the entry stands nobody the rules let in can
-make one: a component's name lives in its parent, which only a bind of a directory above
+Since 0.7 the start of a path this host's entries in the registry have held without a break
+since the walk that recorded it (`held`: a start after the guard's create, or of a service in
+use here; volumes/preparer.py compares Registry.holding_key) only looks at each component
+(O_PATH: the kernel's NFS client answers from its caches, without the revalidation of an
+open) and compares it with the record. What the look cannot see is a change another host made
+on the server since this host last asked about the component's parent (at most acdirmax, 60 s
+by default, before), and while the entry stands nobody the rules let in can make one: a component's name lives in its parent, which only a bind of a directory above
 the path reaches, and rule 7 across the rack refuses every such bind while the entry holds
 the path; gc keeps what the registry holds (ops/gc/registered.py), so it moves nothing of it
 into the trash; root on another host reads the whole filesystem anyway. Whatever this host

@@ -49,13 +49,14 @@ use here; volumes/preparer.py compares Registry.holding_key) only looks at each 
 (O_PATH: the kernel's NFS client answers from its caches, without the revalidation of an
 open) and compares it with the record. What the look cannot see is a change another host made
 on the server since this host last asked about the component's parent (at most acdirmax, 60 s
-by default, before), and while the entry stands nobody the rules let in can make one: a component's name lives in its parent, which only a bind of a directory above
-the path reaches, and rule 7 across the rack refuses every such bind while the entry holds
-the path; gc keeps what the registry holds (ops/gc/registered.py), so it moves nothing of it
-into the trash; root on another host reads the whole filesystem anyway. Whatever this host
-did (its containers, Docker, an operator here) is in its caches at once, so a symlink, a
-mount or another directory at the path is seen as before. Docker binds the path through the
-same caches, so it binds what the look judged; a change on the server that the caches learn
+by default, before), and while the entry stands nobody the rules let in can make one: a
+component's name lives in its parent, which only a bind of a directory above the path
+reaches, and rule 7 across the rack refuses every such bind while the entry holds the path;
+gc keeps what the registry holds (ops/gc/registered.py), so it moves nothing of it into the
+trash; root on another host reads the whole filesystem anyway. Whatever this host did (its
+containers, Docker, an operator here) is in its caches at once, so a symlink, a mount or
+another directory at the path is seen as before. Docker binds the path through the same
+caches, so it binds what the look judged; a change on the server that the caches learn
 between the look and the bind is a window a fresh open leaves too, for a change made just
 after it, and the check after the start compares what was bound (volumes/mount_check.py).
 A start of a path the entries do not hold, or that does not compare, opens every component

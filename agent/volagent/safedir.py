@@ -63,7 +63,20 @@ def open_mount_point(mount_point: str, expected_dev: int | None) -> int:
         fd = os.open(mount_point, DIR_FLAGS & ~os.O_NOFOLLOW)
     except OSError as exc:
         raise MountUnhealthy(f"cannot open {mount_point}: {exc.strerror}") from None
-    if expected_dev is not None and os.fstat(fd).st_dev != expected_dev:
+    return _on_device(fd, mount_point, expected_dev)
+
+
+def _on_device(fd: int, mount_point: str, expected_dev: int | None) -> int:
+    """`fd`, the mount point's, when it is on `expected_dev` (or that is None); closed and
+    refused (MountUnhealthy) otherwise, or when it cannot be stat'ed."""
+    if expected_dev is None:
+        return fd
+    try:
+        dev = os.fstat(fd).st_dev
+    except OSError as exc:
+        os.close(fd)
+        raise MountUnhealthy(f"cannot stat {mount_point}: {exc.strerror}") from None
+    if dev != expected_dev:
         os.close(fd)
         raise MountUnhealthy(f"{mount_point} is not the shared filesystem any more")
     return fd
@@ -77,10 +90,7 @@ def look_at_mount_point(mount_point: str, expected_dev: int | None) -> int:
         fd = os.open(mount_point, LOOK_FLAGS & ~os.O_NOFOLLOW)
     except OSError as exc:
         raise MountUnhealthy(f"cannot open {mount_point}: {exc.strerror}") from None
-    if expected_dev is not None and os.fstat(fd).st_dev != expected_dev:
-        os.close(fd)
-        raise MountUnhealthy(f"{mount_point} is not the shared filesystem any more")
-    return fd
+    return _on_device(fd, mount_point, expected_dev)
 
 
 def open_shared_root(mount_point: str, expected_dev: int | None) -> int:

@@ -74,6 +74,8 @@ def _open_child(parent_fd: int, name: str, shown: str, *, look: bool = False) ->
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if look and exc.errno == errno.ESTALE:
+            return None  # a directory cached here, removed on the server: judged afresh
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             kind = safedir.kind_of(parent_fd, name)
             raise NamespaceViolation(
@@ -260,7 +262,12 @@ def verify_below(
             if child is None:
                 return None
             fds.append(child)
-            st = _checked_stat(child, dev, shown)
+            try:
+                st = _checked_stat(child, dev, shown)
+            except OSError as exc:
+                if look and exc.errno == errno.ESTALE:
+                    return None  # removed on the server since it was cached: judged afresh
+                raise
             if (st.st_dev, st.st_ino) != known:
                 return None
             parent = child

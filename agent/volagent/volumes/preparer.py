@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ UNRESOLVED = "unresolved"  # a Landing kind of the preparer's own: the lookup it
 DOCKER_MADE = (0, 0, 0o755)  # what Docker's own auto-create leaves behind
 ZERO_TIME = "0001-01-01T00:00:00Z"
 MAX_WALKED = 4096  # paths whose last walk is remembered for the next start
+# A start only looks at a held path's directories (trashcheck.py) this soon after the walk
+# that opened them: the kernel's NFS client keeps what that walk fetched for acdirmin (30 s
+# by default) at least, so the look and Docker's bind of the path, moments later, are both
+# answered from that same state, never one from it and one from the server's newer one
+LOOK_WITHIN_S = 10.0
 MAX_OWNERS_KEPT = 4096  # namespaces whose recorded owner is remembered
 # on top of the directory timeout, for the walk's queueing and the loop's own latency
 PREPARE_GRACE_S = 1.0
@@ -684,7 +690,13 @@ class Preparer:
         walked = self._walked.get(vol.host) if rewalk else None
         known = walked.identity if walked is not None else ()
         holding = self.registry.holding_key() if claimed and self.registry is not None else None
-        held = walked is not None and holding is not None and walked.held_as == holding
+        began = time.monotonic()
+        held = (
+            walked is not None
+            and holding is not None
+            and walked.held_as == holding
+            and began - walked.began <= LOOK_WITHIN_S
+        )
         key = key_of(st.config.mount_point, vol.host)
         recorded_at = st.usage_recorded.get(key) if key is not None else None
         self._walked.pop(vol.host, None)  # a walk that fails leaves nothing to compare with
@@ -725,7 +737,9 @@ class Preparer:
             event = "prepare_hung" if isinstance(exc, FilesystemHung) else "prepare_failed"
             bound.error(event, path=vol.host, reason=str(exc))
             return
-        self._walked[vol.host] = Walked(result.identity, holding)
+        if held and walked is not None and result.identity == walked.identity:
+            began = walked.began  # only looked: what the caches hold is as old as that walk
+        self._walked[vol.host] = Walked(result.identity, holding, began)
         while len(self._walked) > MAX_WALKED:
             self._walked.popitem(last=False)
         if result.created:
@@ -763,10 +777,12 @@ _NOT_WALKED = (VolumeState.VIOLATION, VolumeState.FAILED)
 
 class Walked(NamedTuple):
     """What the last complete walk of a path found: the device and inode of each component,
-    and the registry's holding key when this host's entries held the path at that walk."""
+    the registry's holding key when this host's entries held the path at that walk, and when
+    it began."""
 
     identity: directories.Identity
     held_as: HoldingKey | None
+    began: float  # time.monotonic() as it began: what it opened was revalidated from then
 
 
 # a path opened ahead of a create's walk: the mount's epoch then, and the job opening it

@@ -263,11 +263,11 @@ async def test_a_start_compares_with_the_create_walk(mp: Path, preparer: Prepare
     s = spec(mp)
     await run(preparer, s)
     host = f"{mp}/r1-a/web/data"
-    first = preparer._walked[host]
+    first = preparer._walked[host].identity
     await preparer.prepare(s, rewalk=True)
-    assert preparer._walked[host] == first
+    assert preparer._walked[host].identity == first
     (mp / "r1-a/web/data").rename(mp / "r1-a/web/old")
     (mp / "r1-a/web/data").mkdir()
     await preparer.prepare(s, rewalk=True)
-    assert preparer._walked[host] != first
+    assert preparer._walked[host].identity != first
     assert preparer._walked[host].identity[-1][1] == os.stat(mp / "r1-a/web/data").st_ino

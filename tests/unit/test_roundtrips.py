@@ -35,6 +35,7 @@ from volagent.rack import owners, registry_claim
 from volagent.rack.registry import Entry
 from volagent.rack.registry_task import Registry
 from volagent.values import Owner
+from volagent.volumes import preparer as preparer_module
 from volagent.volumes import trashcheck
 from volagent.volumes.directories import Identity, Prepared
 from volagent.volumes.preparer import Allowed, ContainerSpec, Preparer
@@ -193,11 +194,15 @@ def test_a_start_the_registry_holds_looks_and_opens_nothing(counted: Counted) ->
     assert ops.total() <= 12, ops  # 18 opening each (its opendirs)
 
 
-async def test_a_start_looks_only_where_the_registry_holds_its_path(counted: Counted) -> None:
+async def test_a_start_looks_only_where_the_registry_holds_its_path(
+    counted: Counted, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The preparer's start walk looks (no open) where this host's entries have held the bind
     without a break since the create walk, as after the guard's create. It opens every
     component when its heartbeats lapsed in between (other hosts may have forgotten its
-    entries, and let a bind above the path in meanwhile), and without the registry."""
+    entries, and let a bind above the path in meanwhile), when the start comes later than
+    LOOK_WITHIN_S after that walk (what the walk fetched may be dropped from the caches
+    between the look and Docker's bind), and without the registry."""
     (counted.backing / "/".join(EXISTING)).mkdir(parents=True)
     backing = str(counted.backing)
     owners.owner_of(backing, os.stat(backing).st_dev, "r1-a", rack="r1", app="a", host="h1")
@@ -210,11 +215,17 @@ async def test_a_start_looks_only_where_the_registry_holds_its_path(counted: Cou
         st.entries_trusted_until = 0.0
         st.note_heartbeat(time.time(), 900.0)
 
+    def late() -> None:
+        monkeypatch.setattr(preparer_module, "LOOK_WITHIN_S", -1.0)
+
     cases = (
         ("held", Preparer(st, worker, registry=reg), lambda: None),
         ("lapsed", Preparer(st, worker, registry=reg), lapse),
+        ("late", Preparer(st, worker, registry=reg), late),
         ("unregistered", Preparer(st, worker), lambda: None),
     )
+    host = f"{counted.mount_point}/{'/'.join(EXISTING)}"
+    began: dict[str, tuple[float, float]] = {}
     try:
         for n, (name, preparer, between) in enumerate(cases):
             spec = ContainerSpec.from_inspect(
@@ -228,17 +239,23 @@ async def test_a_start_looks_only_where_the_registry_holds_its_path(counted: Cou
             )
             created = await preparer.decide_create(spec, b"k", lambda _: None, lambda: None)
             assert isinstance(created, Allowed), created
+            walked = preparer._walked[host].began
             between()
             before = counted.ops(every_thread=True)
             started = await preparer.decide_start(spec, True)
             assert isinstance(started, Allowed), started
             opened[name] = (counted.ops(every_thread=True) - before)["opendir"]
+            began[name] = (walked, preparer._walked[host].began)
     finally:
         reg.worker.close()
         worker.close()
     assert opened["held"] == 0, opened
     # the mount point's and each component's
     assert opened["lapsed"] >= len(EXISTING) + 1, opened
+    assert opened["late"] >= len(EXISTING) + 1, opened
+    # a look fetches nothing: the next start's bound still counts from the create's walk
+    assert began["held"][0] == began["held"][1], began
+    assert began["late"][0] < began["late"][1], began
     assert opened["unregistered"] >= len(EXISTING) + 1, opened
 
 

@@ -522,3 +522,22 @@ def test_a_path_opened_ahead_is_closed_whatever_stops_the_walk(
         trashcheck.prepare_path(str(mp), parts, Owner(33, 33), 0o750, None, ahead=ahead)
     monkeypatch.undo()
     assert open_below(mp) == []
+
+
+def test_a_starts_look_counts_from_when_the_path_was_opened_ahead(
+    mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start only looks within LOOK_WITHIN_S of when the create's walk fetched the path's
+    directories (volumes/preparer.py): with a look ahead, that is when the look ahead was
+    asked, before the claim, not when the walk after the claim began."""
+    make_dir(mp, "r1-a/web/data")
+    leaf_opened, _ = opening(monkeypatch, "data")
+    hold_the_lock(held, mp)
+    t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/data:/data"))
+    assert leaf_opened.wait(WAIT_S)
+    let_go_at = time.monotonic()
+    let_go(held)
+    t.join(WAIT_S)
+    assert answers[0]["Allow"] is True, answers
+    walked = guard.preparer._walked[f"{mp}/r1-a/web/data"]
+    assert walked.began < let_go_at, "counted from the walk after the claim"

@@ -278,7 +278,8 @@ class Preparer:
                 call = functools.partial(
                     trashcheck.open_ahead, st.config.mount_point, plan.parts, st.mount_dev
                 )
-                looked[vol.host] = (st.mount_epoch, self.worker.submit(call))
+                asked = time.monotonic()
+                looked[vol.host] = (st.mount_epoch, self.worker.submit(call), asked)
         return looked
 
     async def decide_start(self, spec: ContainerSpec, healthy: bool) -> Allowed | Refused:
@@ -705,6 +706,8 @@ class Preparer:
         mark = not (claimed and st.gc_reads_registry_in == st.mount_epoch)
         timeout = st.config.directories.timeout_s
         looked = ahead[1] if ahead is not None and ahead[0] == st.mount_epoch else None
+        if looked is not None and ahead is not None:
+            began = ahead[2]  # what the walk takes was opened from then on
 
         def call() -> directories.Prepared:
             return trashcheck.prepare_path(
@@ -785,8 +788,9 @@ class Walked(NamedTuple):
     began: float  # time.monotonic() as it began: what it opened was revalidated from then
 
 
-# a path opened ahead of a create's walk: the mount's epoch then, and the job opening it
-LookAhead = tuple[int, concurrent.futures.Future[trashcheck.Ahead]]
+# a path opened ahead of a create's walk: the mount's epoch then, the job opening it, and
+# the time.monotonic() it was asked at
+LookAhead = tuple[int, concurrent.futures.Future[trashcheck.Ahead], float]
 Looked = dict[str, LookAhead]  # by host path
 
 

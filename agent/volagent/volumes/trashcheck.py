@@ -44,23 +44,25 @@ the directories are the ones judged at create, which were marked then and not in
 Anything else is judged from scratch, as a create.
 
 Since 0.7 the start of a path this host's entries in the registry have held without a break
-since the walk that recorded it (`held`: a start after the guard's create, or of a service in
-use here; volumes/preparer.py compares Registry.holding_key) only looks at each component
-(O_PATH: the kernel's NFS client answers from its caches, without the revalidation of an
-open) and compares it with the record. What the look cannot see is a change another host made
-on the server since this host last asked about the component's parent (at most acdirmax, 60 s
-by default, before), and while the entry stands nobody the rules let in can make one: a
-component's name lives in its parent, which only a bind of a directory above the path
-reaches, and rule 7 across the rack refuses every such bind while the entry holds the path;
-gc keeps what the registry holds (ops/gc/registered.py), so it moves nothing of it into the
-trash; root on another host reads the whole filesystem anyway. Whatever this host did (its
+since the walk that recorded it, and that comes within LOOK_WITHIN_S of that walk (`held`: a
+start after the guard's create, or of a service in use here; volumes/preparer.py decides),
+only looks at each component (O_PATH: the kernel's NFS client answers from its caches,
+without the revalidation of an open) and compares it with the record. What the look cannot see
+is a change another host made on the server since the walk fetched the component's parent,
+and while the entry stands nobody the rules let in can make one: a component's name lives in
+its parent, which only a bind of a directory above the path reaches, and rule 7 across the
+rack refuses every such bind while the entry holds the path; gc keeps what the registry holds
+(ops/gc/registered.py), so it moves nothing of it into the trash. Whatever this host did (its
 containers, Docker, an operator here) is in its caches at once, so a symlink, a mount or
-another directory at the path is seen as before. Docker binds the path through the same
-caches, so it binds what the look judged; a change on the server that the caches learn
-between the look and the bind is a window a fresh open leaves too, for a change made just
-after it, and the check after the start compares what was bound (volumes/mount_check.py).
-A start of a path the entries do not hold, or that does not compare, opens every component
-as a create does.
+another directory at the path is seen as before. A change made outside the rules (root on
+another host, or a host the registry does not hold back: its agent down for `forget_after_s`
+while its containers run) is not seen, where an open would see it; but Docker binds the path
+through the same caches, which keep what the walk fetched for `acdirmin` (30 s by default)
+at least, so within the bound it binds what the walk judged (the directory since renamed,
+not a symlink put in its place), and the check after the start compares what was bound
+(volumes/mount_check.py). A look that meets a directory removed on the server (ESTALE)
+judges the path afresh. A start of a path the entries do not hold, later than the bound, or
+that does not compare, opens every component as a create does.
 
 Blocking: runs in the timed worker.
 """

@@ -1,9 +1,11 @@
-"""A create opens what exists of its paths while its claim in the registry is under way
-(volumes/trashcheck.py `open_ahead`), and the walk after the claim takes those descriptors:
-nothing is marked, looked up in the trash or made before the claim's outcome, and the rest
-is as without the look ahead. The claim answers once its entries are in place, its unlock
-finishing behind the answer. Through the start guard on real directories, the lock held by
-another process where a claim must wait for it."""
+"""A create opens what exists of its paths while its claim's transaction in the registry is
+under way, once the claim holds the namespace's lock (volumes/trashcheck.py `open_ahead`),
+and the walk after the claim takes those descriptors: nothing is opened while the claim waits
+for the lock, nothing is marked, looked up in the trash or made before the claim's outcome,
+and the rest is as without the look ahead. The claim answers once its entries are in place,
+its unlock finishing behind the answer. Through the start guard on real directories, the
+lock held by another process where a claim must wait for it, and the transaction held under
+the lock (`paused_transaction`: its round trips slow) where something must happen during it."""
 
 from __future__ import annotations
 
@@ -92,6 +94,28 @@ def opening(monkeypatch: pytest.MonkeyPatch, *names: str) -> tuple[threading.Eve
     return seen, opened
 
 
+class Paused:
+    """A claim's transaction that, once it holds the lock, waits for `go` before it reads the
+    entries (its round trips slow): `under_way` once it is there."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.under_way = threading.Event()
+
+
+def paused_transaction(monkeypatch: pytest.MonkeyPatch) -> Paused:
+    paused = Paused()
+    decide = registry_claim._decide
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        paused.under_way.set()
+        paused.go.wait(WAIT_S)
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(registry_claim, "_decide", slow)
+    return paused
+
+
 def hold_the_lock(held: list[Any], mp: Path) -> None:
     """Another process (another host, as far as fcntl locks go) is in a transaction."""
     (mp / ".volagent/registry").mkdir(parents=True, exist_ok=True)
@@ -105,34 +129,58 @@ def registered(mp: Path) -> list[tuple[str, str]]:
     return sorted((e["host"], e["path"]) for e in json.loads(path.read_text())["entries"])
 
 
-def test_the_walk_opens_its_path_while_the_claim_waits_for_the_lock(
-    mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
+def test_the_walk_opens_its_path_while_the_claims_transaction_is_under_way(
+    mp: Path, guard: Guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the overlap saves: the walk's opens (a round trip each on NFS) go on beside the
     claim's transaction instead of after it."""
     make_dir(mp, "r1-a/web/data")
     leaf_opened, _ = opening(monkeypatch, "data")
-    hold_the_lock(held, mp)
+    tx = paused_transaction(monkeypatch)
     t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/data:/data"))
     assert leaf_opened.wait(WAIT_S), "the walk waited for the claim before opening anything"
-    assert registered(mp) == []  # the claim had not got the lock yet
-    let_go(held)
+    assert tx.under_way.is_set() and registered(mp) == []  # the claim had not written yet
+    tx.go.set()
     t.join(WAIT_S)
     assert answers[0]["Allow"] is True, answers
     assert registered(mp) == [("host-a", "r1-a/web/data")]
 
 
-def test_nothing_is_made_before_the_claim_has_registered_the_bind(
+def test_a_bind_above_the_path_that_changed_it_and_went_while_the_claim_waited_is_seen(
     mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 4. A container of app a on another host binds r1-a/web; while this host's create
+    of r1-a/web/data waits for the namespace's lock (that host's transaction), it swaps data
+    for a symlink into app b's namespace and is removed, its entry with it, so the claim
+    finds nothing in its way. Opened before the lock (0.6), the path was judged as it was
+    before the swap, the create allowed, and on the kernel's NFS client the start that only
+    looks (0.7) would not have seen it either. Opened once the lock is held, it is seen."""
+    make_dir(mp, "r1-a/web/data")
+    make_dir(mp, "r1-b/web/secret")
+    _, opened = opening(monkeypatch, "data")
+    hold_the_lock(held, mp)
+    t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/data:/data"))
+    time.sleep(0.3)  # the claim polls the lock held elsewhere
+    assert "data" not in opened, "opened ahead while the claim waited for the lock"
+    (mp / "r1-a/web/data").rename(mp / "r1-a/web/old")
+    (mp / "r1-a/web/data").symlink_to(mp / "r1-b/web")
+    let_go(held)
+    t.join(WAIT_S)
+    assert answers[0]["Allow"] is False and "symlink" in answers[0]["Msg"], answers
+    assert sorted(os.listdir(mp / "r1-b/web")) == ["secret"]
+
+
+def test_nothing_is_made_before_the_claim_has_registered_the_bind(
+    mp: Path, guard: Guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make_dir(mp, "r1-a/web")
     looked, _ = opening(monkeypatch, "web")
-    hold_the_lock(held, mp)
+    tx = paused_transaction(monkeypatch)
     t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/new:/data"))
     assert looked.wait(WAIT_S)
     time.sleep(0.2)  # a walk that did not wait would have made it by now
     assert not (mp / "r1-a/web/new").exists()
-    let_go(held)
+    tx.go.set()
     t.join(WAIT_S)
     assert answers[0]["Allow"] is True, answers
     st = os.stat(mp / "r1-a/web/new")
@@ -189,35 +237,38 @@ def test_a_create_the_claim_refuses_gets_none_of_its_directories_made(
 def test_gc_moving_the_namespace_while_the_walk_looks_ahead_refuses_the_create(
     mp: Path, root: int, guard: Guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The look ahead has opened r1-a/web/data; before the claim's entry is written, gc judges
-    the namespace unused (no entry yet, nothing recent) and moves it into the trash. The
-    claim then registers the bind, and the walk's look in the trash, which comes after it,
-    refuses the create: nothing is made at the old path, the descriptors it opened
-    notwithstanding."""
+    """gc writes its trash record and judges the namespace unused a last time (no entry yet,
+    nothing recent) just before the claim takes the lock; the look ahead opens
+    r1-a/web/data, and gc then moves the namespace into the trash. The claim registers the
+    bind, and the walk's look in the trash, which comes after it, refuses the create:
+    nothing is made at the old path, the descriptors it opened notwithstanding."""
     make_dir(mp, "r1-a/web/data", data=b"wordpress")
     looked, _ = opening(monkeypatch, "data")
-    go = threading.Event()
-    claim = registry_claim.claim
-
-    def paused(*args: Any, **kwargs: Any) -> Any:
-        go.wait(WAIT_S)
-        return claim(*args, **kwargs)
-
-    monkeypatch.setattr(registry_claim, "claim", paused)
-    t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/data:/data"))
-    assert looked.wait(WAIT_S)
-    time.sleep(0.1)  # the look ahead has opened the leaf and ended
+    tx = paused_transaction(monkeypatch)
     whole = gcsurvey.Candidate("r1-a", None, str(mp / "r1-a"), None, "", 0.0)
-    moved = trashing.move(
-        root,
-        whole,
-        tree.Progress(),
-        still_unused=lambda: still_unused(mp, root, whole),
-        reason="t",
-        who=WHO,
+    judged = threading.Event()
+
+    def last_judgement() -> bool:
+        unused = still_unused(mp, root, whole)  # under the registry's lock, released after
+        judged.set()
+        assert looked.wait(WAIT_S)  # the claim holds the lock; its look ahead opened the leaf
+        return unused
+
+    moved: list[trashing.Moved] = []
+    gc = threading.Thread(
+        target=lambda: moved.append(
+            trashing.move(
+                root, whole, tree.Progress(), still_unused=last_judgement, reason="t", who=WHO
+            )
+        ),
+        daemon=True,
     )
-    assert moved.outcome == trashing.Outcome.MOVED, moved
-    go.set()
+    gc.start()
+    assert judged.wait(WAIT_S)
+    t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/data:/data"))
+    gc.join(WAIT_S)
+    assert moved and moved[0].outcome == trashing.Outcome.MOVED, moved
+    tx.go.set()
     t.join(WAIT_S)
     assert answers[0]["Allow"] is False and "trash" in answers[0]["Msg"], answers
     assert not (mp / "r1-a").exists()
@@ -292,24 +343,23 @@ async def until(done: Callable[[], bool]) -> None:
     raise AssertionError("what the test waits for did not happen")
 
 
-async def asked_while_the_claim_waits(
+async def asked_while_the_claim_is_under_way(
     mp: Path,
     guard: Guard,
-    held: list[Any],
     monkeypatch: pytest.MonkeyPatch,
     meanwhile: Callable[[], None],
 ) -> tuple[dict[str, Any], list[str]]:
-    """A create of r1-a/web/new while another host holds the namespace's lock: `meanwhile`
-    once its look ahead has opened r1-a/web, then the lock let go. Its answer, and every
+    """A create of r1-a/web/new while its claim's transaction is under way: `meanwhile` once
+    its look ahead has opened r1-a/web, then the transaction goes on. Its answer, and every
     name opened below a parent."""
     make_dir(mp, "r1-a/web")
     looked, opened = opening(monkeypatch, "web")
-    hold_the_lock(held, mp)
+    tx = paused_transaction(monkeypatch)
     pending = asyncio.ensure_future(ask(guard, f"{mp}/r1-a/web/new:/d", name="w"))
     await until(looked.is_set)
     await asyncio.sleep(0.1)
     meanwhile()
-    let_go(held)
+    tx.go.set()
     return await asyncio.wait_for(pending, WAIT_S), opened
 
 
@@ -317,8 +367,8 @@ async def test_a_registry_lock_held_for_one_app_keeps_no_walk_of_another_waiting
     mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another host died holding r1-a's lock (until its lease expires). Creates of app a wait
-    for their claims; what they opened ahead holds no thread of the walk's worker (two, in
-    this test) meanwhile, so app b's create is answered while they wait."""
+    for their claims, and open nothing ahead meanwhile, so they hold no thread of the walk's
+    worker (two, in this test): app b's create is answered while they wait."""
     make_dir(mp, "r1-a/web")
     make_dir(mp, "r1-b/web")
     _, opened = opening(monkeypatch, "web")
@@ -328,8 +378,8 @@ async def test_a_registry_lock_held_for_one_app_keeps_no_walk_of_another_waiting
             asyncio.ensure_future(ask(guard, f"{mp}/r1-a/web/n{i}:/d", name=f"a{i}"))
             for i in range(2)
         ]
-        await until(lambda: opened.count("web") >= 2)
-        await asyncio.sleep(0.2)  # app a's claims are polling the lock held elsewhere
+        await asyncio.sleep(0.3)  # app a's claims are polling the lock held elsewhere
+        assert "web" not in opened, "opened ahead while the claims waited for the lock"
         answer = await asyncio.wait_for(
             ask(guard, f"{mp}/r1-b/web/data:/d", name="b1", app="b"), WAIT_S
         )
@@ -342,14 +392,14 @@ async def test_a_registry_lock_held_for_one_app_keeps_no_walk_of_another_waiting
 async def test_a_mount_that_goes_unhealthy_during_the_claim_gets_nothing_made(
     mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`when_unhealthy = "deny"`: the mount stalls while the claim waits for the lock. Its
+    """`when_unhealthy = "deny"`: the mount stalls while the claim's transaction is under way. Its
     health is judged once the claim has ended, as before the looks ahead: the create is
     refused as unhealthy, and nothing is made through what was opened ahead (rule 3)."""
 
     def stalled() -> None:
         guard.state.set_mount_state(MountState.STALLED, "the probe did not answer")
 
-    answer, _ = await asked_while_the_claim_waits(mp, guard, held, monkeypatch, stalled)
+    answer, _ = await asked_while_the_claim_is_under_way(mp, guard, monkeypatch, stalled)
     assert answer["Allow"] is False, answer
     assert not (mp / "r1-a/web/new").exists()
 
@@ -357,13 +407,13 @@ async def test_a_mount_that_goes_unhealthy_during_the_claim_gets_nothing_made(
 async def test_a_mount_made_again_during_the_claim_is_walked_afresh(
     mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The mount went and came back (a new epoch) while the claim waited: what was opened
+    """The mount went and came back (a new epoch) during the claim: what was opened
     ahead is of the mount before, so the walk opens the path itself."""
 
     def remounted() -> None:
         guard.state.mount_epoch += 1
 
-    answer, opened = await asked_while_the_claim_waits(mp, guard, held, monkeypatch, remounted)
+    answer, opened = await asked_while_the_claim_is_under_way(mp, guard, monkeypatch, remounted)
     assert answer["Allow"] is True, answer
     assert opened.count("web") == 2  # once ahead, once by the walk
     assert (mp / "r1-a/web/new").is_dir()
@@ -525,19 +575,63 @@ def test_a_path_opened_ahead_is_closed_whatever_stops_the_walk(
 
 
 def test_a_starts_look_counts_from_when_the_path_was_opened_ahead(
-    mp: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
+    mp: Path, guard: Guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The start only looks within LOOK_WITHIN_S of when the create's walk fetched the path's
     directories (volumes/preparer.py): with a look ahead, that is when the look ahead was
-    asked, before the claim, not when the walk after the claim began."""
+    asked, during the claim, not when the walk after the claim began."""
     make_dir(mp, "r1-a/web/data")
     leaf_opened, _ = opening(monkeypatch, "data")
-    hold_the_lock(held, mp)
+    tx = paused_transaction(monkeypatch)
     t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/data:/data"))
     assert leaf_opened.wait(WAIT_S)
-    let_go_at = time.monotonic()
-    let_go(held)
+    went_on_at = time.monotonic()
+    tx.go.set()
     t.join(WAIT_S)
     assert answers[0]["Allow"] is True, answers
     walked = guard.preparer._walked[f"{mp}/r1-a/web/data"]
-    assert walked.began < let_go_at, "counted from the walk after the claim"
+    assert walked.began < went_on_at, "counted from the walk after the claim"
+
+
+class _SlowLock:
+    """fcntl as the registry uses it, with a LOCK that answers only after `delay_s` (an NFS
+    server slow to grant it)."""
+
+    LOCK_EX, LOCK_NB, LOCK_UN = fcntl.LOCK_EX, fcntl.LOCK_NB, fcntl.LOCK_UN
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def lockf(self, fd: int, op: int, *args: Any) -> Any:
+        if op & fcntl.LOCK_EX:
+            time.sleep(self.delay_s)
+        return fcntl.lockf(fd, op, *args)
+
+
+@pytest.mark.parametrize("ends", ["given up", "cancelled"])
+async def test_a_lock_granted_after_the_create_was_decided_opens_nothing_ahead(
+    mp: Path, guard: Guard, monkeypatch: pytest.MonkeyPatch, ends: str
+) -> None:
+    """The claim's thread gets the lock only after its caller gave up (its deadline passed),
+    or after the create's request went away (the decision cancelled): nothing is opened
+    ahead for a walk that will never come, and nobody would close it."""
+    make_dir(mp, "r1-a/web/data")
+    assert (await ask(guard, f"{mp}/r1-a/web/warm:/w", name="w"))["Allow"] is True
+    _, opened = opening(monkeypatch, "data")
+    monkeypatch.setattr(registry, "fcntl", _SlowLock(1.0))
+    with directory_timeout(guard.state, 0.5):  # the thread's deadline: 0.4 s
+        asked = asyncio.ensure_future(ask(guard, f"{mp}/r1-a/web/data:/data", name="d"))
+        if ends == "cancelled":
+            await asyncio.sleep(0.2)
+            asked.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asked
+        else:
+            answer = await asked
+            assert answer["Allow"] is False and "registry" in answer["Msg"], answer
+    await asyncio.sleep(1.2)  # the registry's thread got its lock late and went on
+    worker = guard.preparer.worker
+    for done in [worker.submit(lambda: None) for _ in range(worker.max_threads)]:
+        done.result(WAIT_S)
+    assert "data" not in opened
+    assert open_below(mp) == []

@@ -199,14 +199,15 @@ async def test_a_start_looks_only_where_the_registry_holds_its_path(
 ) -> None:
     """The preparer's start walk looks (no open) where this host's entries have held the bind
     without a break since the create walk, as after the guard's create. It opens every
-    component when its heartbeats lapsed in between (other hosts may have forgotten its
-    entries, and let a bind above the path in meanwhile), when the start comes later than
-    LOOK_WITHIN_S after that walk (what the walk fetched may be dropped from the caches
-    between the look and Docker's bind), and without the registry."""
+    component when its heartbeats lapsed in between or are lapsing (other hosts may have
+    forgotten its entries, and let a bind above the path in meanwhile), when the start comes
+    later than LOOK_WITHIN_S after that walk (what the walk fetched may be dropped from the
+    caches between the look and Docker's bind), and without the registry."""
     (counted.backing / "/".join(EXISTING)).mkdir(parents=True)
     backing = str(counted.backing)
     owners.owner_of(backing, os.stat(backing).st_dev, "r1-a", rack="r1", app="a", host="h1")
     st = make_state(counted.mount_point, host="h1", guard={"enabled": True})
+    st.note_heartbeat(time.time(), 900.0)  # as the heartbeat does
     worker = TimedWorker("test-roundtrips")
     reg = Registry(st)
     opened: dict[str, int] = {}
@@ -218,9 +219,17 @@ async def test_a_start_looks_only_where_the_registry_holds_its_path(
     def late() -> None:
         monkeypatch.setattr(preparer_module, "LOOK_WITHIN_S", -1.0)
 
+    def untrusted() -> None:  # heartbeats failing since before the create: none landed yet
+        st.entries_trusted_until = 0.0
+
+    def trusted_again() -> None:  # the lapse lands, for the cases after
+        st.note_heartbeat(time.time(), 900.0)
+
+    # (a case's `between` runs after its create; "untrusted" before it too)
     cases = (
         ("held", Preparer(st, worker, registry=reg), lambda: None),
         ("lapsed", Preparer(st, worker, registry=reg), lapse),
+        ("untrusted", Preparer(st, worker, registry=reg), untrusted),
         ("late", Preparer(st, worker, registry=reg), late),
         ("unregistered", Preparer(st, worker), lambda: None),
     )
@@ -237,6 +246,8 @@ async def test_a_start_looks_only_where_the_registry_holds_its_path(
                     "State": {"Running": False, "StartedAt": "0001-01-01T00:00:00Z"},
                 }
             )
+            if name == "untrusted":
+                between()
             created = await preparer.decide_create(spec, b"k", lambda _: None, lambda: None)
             assert isinstance(created, Allowed), created
             walked = preparer._walked[host].began
@@ -245,6 +256,8 @@ async def test_a_start_looks_only_where_the_registry_holds_its_path(
             started = await preparer.decide_start(spec, True)
             assert isinstance(started, Allowed), started
             opened[name] = (counted.ops(every_thread=True) - before)["opendir"]
+            if name == "untrusted":
+                trusted_again()
             began[name] = (walked, preparer._walked[host].began)
     finally:
         reg.worker.close()
@@ -253,6 +266,7 @@ async def test_a_start_looks_only_where_the_registry_holds_its_path(
     # the mount point's and each component's
     assert opened["lapsed"] >= len(EXISTING) + 1, opened
     assert opened["late"] >= len(EXISTING) + 1, opened
+    assert opened["untrusted"] >= len(EXISTING) + 1, opened
     # a look fetches nothing: the next start's bound still counts from the create's walk
     assert began["held"][0] == began["held"][1], began
     assert began["late"][0] < began["late"][1], began

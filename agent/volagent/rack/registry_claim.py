@@ -48,17 +48,22 @@ def claim(
     deadline: float,
     epoch: int | None = None,
     dropping: Callable[[list[Entry]], None] | None = None,
+    taken: Callable[[], None] | None = None,
     answered: Callable[[ClaimResult], None] | None = None,
 ) -> ClaimResult:
     """Registers `wanted` (this host's entries) unless one nests with a live bind in another
     host's entries. `epoch`: the mount's, to keep the registry's files open for the next
     (`locked`). `dropping` is called, under the lock and before the write, with the entries
     of hosts gone for good that the claim drops (gc counts them as uses at their time: the
-    caller records those); it raising leaves the file as it was. `answered` is called with
+    caller records those); it raising leaves the file as it was. `taken` is called once the
+    namespace's lock is taken, before anything is read under it, unless the deadline has
+    passed by then. `answered` is called with
     the outcome as soon as it is final (the entries renamed into place), before the lock is
     released: the caller need not wait for the unlock's round trip."""
     result = ClaimResult()
     with locked(mount_point, dev, ns, deadline, counts=result.counts, epoch=epoch) as tx:
+        if taken is not None and time.monotonic() <= deadline:
+            taken()  # not once its caller may have given up: nobody would close what it opens
         _decide(tx, mount_point, dev, host, wanted, expire_after_s, dropping, result=result)
         if answered is not None:
             answered(result)

@@ -93,12 +93,19 @@ class Registry:
 
     # --- the claim ----------------------------------------------------------------------
     async def claim(
-        self, volumes: list[VolumeRecord], plans: list[Any], ref: str, name: str
+        self,
+        volumes: list[VolumeRecord],
+        plans: list[Any],
+        ref: str,
+        name: str,
+        *,
+        taken: Callable[[str], None] | None = None,
     ) -> set[str]:
         """Registers the planned binds among `volumes` under `ref`; a bind that nests another
         host's becomes a violation, one the registry could not be asked about `failed`. The
         host paths an entry of this host holds now, as gc's last judgement will read them
-        (ops/gc/registered.py)."""
+        (ops/gc/registered.py). `taken(ns)` is called on the loop once a transaction holds
+        namespace `ns`'s lock (not for a namespace whose paths are held already)."""
         st = self.state
         registered: set[str] = set()
         if not st.mount_healthy or st.mount_dev is None:
@@ -112,7 +119,7 @@ class Registry:
             if key is not None and key[0]:
                 by_ns.setdefault(key[0], []).append(vol)
         for ns, vols in by_ns.items():
-            if await self._claim_in(ns, vols, (volumes, plans), ref, name):
+            if await self._claim_in(ns, vols, (volumes, plans), ref, name, taken=taken):
                 registered.update(v.host for v in vols)
         return registered
 
@@ -123,6 +130,8 @@ class Registry:
         outcome: tuple[list[VolumeRecord], list[Any]],
         ref: str,
         name: str,
+        *,
+        taken: Callable[[str], None] | None = None,
     ) -> bool:
         """Whether this host's entries hold every path of `vols` now."""
         st = self.state
@@ -153,7 +162,13 @@ class Registry:
             # thread of the worker takes the job: it must write nothing once its caller has
             # given up
             until = time.monotonic() + left * DEADLINE_SHARE
-            job = functools.partial(self._claim_job, ns, where, wanted, until)
+            loop = asyncio.get_running_loop()
+
+            def on_lock() -> None:  # in the worker's thread: `taken` runs on the loop
+                if taken is not None:
+                    loop.call_soon_threadsafe(taken, ns)
+
+            job = functools.partial(self._claim_job, ns, where, wanted, until, on_lock)
             self._names.add(where[2])
             try:
                 result = await self._answer_of(job, left, ns)
@@ -268,10 +283,22 @@ class Registry:
 
     def holding_key(self) -> HoldingKey:
         """What this host's holding of its entries is as of: the filesystem and name they are
-        written as, and its heartbeat lapses so far. A path held at two moments of the same
-        key was held without a break between them: any change of it drops what this host
-        counts as held (`_held_now`), and other hosts forget entries only after a lapse."""
+        written as, and its heartbeat lapses so far. Any change of it drops what this host
+        counts as held (`_held_now`); other hosts forget entries only after a lapse, which
+        counts once a heartbeat lands again (meanwhile `_holds` trusts nothing)."""
         return (self._where(), self.state.heartbeat_lapses)
+
+    def holding_of(self, host_path: str) -> HoldingKey | None:
+        """The holding key while this host's entries surely hold `host_path` now (as a claim
+        judges it that needs no transaction: `_holds`), None otherwise: a path of the same
+        key at two moments was held without a break between them."""
+        mp = self.state.config.mount_point
+        key = key_of(mp, host_path)
+        if key is None or not key[0]:
+            return None
+        if not self._holds(key[0], {registry_claim.relative(mp, host_path)}):
+            return None
+        return self.holding_key()
 
     def _holds(self, ns: str, paths: set[str]) -> bool:
         """Whether a claim of `paths` needs no transaction: this host's entries hold them
@@ -286,11 +313,18 @@ class Registry:
         held = self._held_now().get(ns, frozenset())
         return fresh and paths <= held - self._contested.get(ns, frozenset())
 
-    def _claim_job(
-        self, ns: str, where: Where, wanted: list[Entry], deadline: float, answered: Answered
+    def _claim_job(  # noqa: PLR0917 - the claim's own arguments, passed on
+        self,
+        ns: str,
+        where: Where,
+        wanted: list[Entry],
+        deadline: float,
+        taken: Callable[[], None] | None,
+        answered: Answered,
     ) -> registry_claim.ClaimResult:
         """Blocking: the claim under the lock, on the filesystem and as the host `where`
-        names (as they were when it was asked); `answered` once its outcome is final."""
+        names (as they were when it was asked); `taken` once it holds the lock, `answered`
+        once its outcome is final."""
         st = self.state
         dev, epoch, host = where
         return registry_claim.claim(
@@ -304,6 +338,7 @@ class Registry:
             epoch=epoch,
             # gc counts a gone host's entries as uses at their time: recorded before they go
             dropping=functools.partial(recorder.keep_uses, st.config.mount_point, dev),
+            taken=taken,
             answered=answered,
         )
 

@@ -239,12 +239,22 @@ class Preparer:
             await self.check_owner(outcome)
             claimed: set[str] = set()
             ahead: Looked = {}
+            deciding = True
+
+            def look_ahead(ns: str) -> None:
+                if deciding:  # a lock taken after the claim was given up: nothing to open
+                    self._look_ahead(outcome, ahead, ns)
+
             try:
                 if self.registry is not None:
-                    # what exists of each path is opened while the claim is under way
-                    ahead = self._look_ahead(outcome)
+                    # what exists of each path is opened while the claim's transaction is
+                    # under way, once it holds its namespace's lock
                     claimed = await self.registry.claim(
-                        outcome.volumes, outcome.plans, request_ref(key), spec.name
+                        outcome.volumes,
+                        outcome.plans,
+                        request_ref(key),
+                        spec.name,
+                        taken=look_ahead,
                     )
                 verdict = await self._settled(
                     spec,
@@ -255,6 +265,7 @@ class Preparer:
                     ahead=ahead,
                 )
             finally:
+                deciding = False
                 for looked in ahead.values():  # what no walk took, once it has ended
                     _discard(looked[1])
             return verdict
@@ -262,25 +273,29 @@ class Preparer:
             if not isinstance(verdict, Allowed):
                 release()
 
-    def _look_ahead(self, outcome: Outcome) -> Looked:
-        """Opens what exists of each bind's path in the walk's worker, while the create's
-        claim is under way: the opens order nothing for gc and make nothing, and they are a
-        round trip each on NFS (volumes/trashcheck.py). The walk after the claim takes what
-        its path's look opened on the mount as it is then; anything else is closed."""
+    def _look_ahead(self, outcome: Outcome, looked: Looked, ns: str) -> None:
+        """Opens what exists of each bind's path in namespace `ns` in the walk's worker, into
+        `looked`, once the create's claim holds the namespace's lock: the opens order nothing
+        for gc and make nothing, and they are a round trip each on NFS (volumes/
+        trashcheck.py). Not before the lock: a bind above the path, on another host, could
+        change it and be removed (its entry with it) while the claim waits, and the claim
+        would then find nothing in its way. Once the lock is held, a bind above the path has
+        its entry in the file, which the claim meets. The walk after the claim takes what its
+        path's look opened on the mount as it is then; anything else is closed."""
         st = self.state
-        looked: Looked = {}
         if not st.mount_healthy or st.mount_dev is None:
-            return looked
+            return
         for vol, plan in zip(outcome.volumes, outcome.plans, strict=True):
             if isinstance(plan, NamespaceViolation) or vol.state in _NOT_WALKED:
                 continue
-            if vol.host not in looked:
-                call = functools.partial(
-                    trashcheck.open_ahead, st.config.mount_point, plan.parts, st.mount_dev
-                )
-                asked = time.monotonic()
-                looked[vol.host] = (st.mount_epoch, self.worker.submit(call), asked)
-        return looked
+            key = key_of(st.config.mount_point, vol.host)
+            if key is None or key[0] != ns or vol.host in looked:
+                continue
+            call = functools.partial(
+                trashcheck.open_ahead, st.config.mount_point, plan.parts, st.mount_dev
+            )
+            asked = time.monotonic()
+            looked[vol.host] = (st.mount_epoch, self.worker.submit(call), asked)
 
     async def decide_start(self, spec: ContainerSpec, healthy: bool) -> Allowed | Refused:
         """A start, judged and walked again: a directory checked at create may have been
@@ -690,7 +705,7 @@ class Preparer:
         # without a break since that walk (trashcheck.py says why that is as safe)
         walked = self._walked.get(vol.host) if rewalk else None
         known = walked.identity if walked is not None else ()
-        holding = self.registry.holding_key() if claimed and self.registry is not None else None
+        holding = self.registry.holding_of(vol.host) if claimed and self.registry else None
         began = time.monotonic()
         held = (
             walked is not None

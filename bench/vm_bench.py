@@ -370,7 +370,7 @@ def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
                 f" with usage records: {vm.sh(usage_dirs).out.strip()}"
             )
             print(f"    by operation, per run: {ops}")
-            for step in (*STEPS, "0.2 fallback", *SPLITS):
+            for step in (*STEPS, "0.2 fallback", *SPLITS, LOCKED):
                 of_step: Counter[str] = Counter()
                 for r in runs:
                     of_step.update(
@@ -392,15 +392,19 @@ def steps_bench(vm: Machine) -> dict[str, dict[str, float]]:
 
 # since 0.6, the parts of two steps that overlap in the daemon (vm_steps.py)
 SPLITS = ("claim to its answer", "walk ahead")
+LOCKED = "claim to its lock"  # since 0.7 the look ahead begins there
 OVERLAPS = (
-    "the opens of what exists go on beside the claim, its unlock beside the look in the trash"
+    "the opens of what exists go on beside the claim (since 0.7 from its lock on), its unlock"
+    " beside the look in the trash"
 )
 
 
 def one_after_another(run: dict[str, dict[str, int]], before_answer: int) -> int:
     """The operations of a run's create one after another: the claim up to its answer or the
     look ahead at the path (what exists of it opened), whichever is longer, then the rest
-    of the walk (its look in the trash, what it makes). All of them before 0.6."""
+    of the walk (its look in the trash, what it makes). Since 0.7 the look ahead begins at
+    the claim's lock: the claim up to its lock, then the rest of it or the look ahead. All
+    of them before 0.6."""
     if not all(part in run for part in SPLITS):
         return before_answer
 
@@ -408,8 +412,9 @@ def one_after_another(run: dict[str, dict[str, int]], before_answer: int) -> int
         return sum(n for op, n in part.items() if op not in LEASE_OPS)
 
     claim, ahead = ops(run[SPLITS[0]]), ops(run[SPLITS[1]])
+    locked = ops(run.get(LOCKED, {}))
     walk = ops(run["create walk"]) + ops(run["trash check"])
-    return ops(run["namespace owner"]) + max(claim, ahead) + walk - ahead
+    return ops(run["namespace owner"]) + locked + max(claim - locked, ahead) + walk - ahead
 
 
 def timed_decisions(vm: Machine, case: str) -> None:

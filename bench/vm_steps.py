@@ -99,8 +99,12 @@ try:  # since 0.3.3 each namespace's owner is read (and written at its first use
 except ImportError:
     owners = None  # type: ignore[assignment]
 OWNERS_READ: set[str] = set()  # the daemon's cache: namespaces whose owner it knows
-# since 0.6 a create opens what exists of its path while its claim is under way
+# since 0.6 a create opens what exists of its path while its claim is under way; since 0.7
+# only once the claim holds its namespace's lock
 AHEAD = hasattr(trashcheck, "open_ahead")
+AFTER_LOCK = registry_claim is not None and (
+    "taken" in inspect.signature(registry_claim.claim).parameters
+)
 
 
 def set_own(dev: int, ns: str, live: list[Any], refs: set[str], since: float) -> Any:
@@ -188,7 +192,8 @@ def one_run(case: str, service: str) -> dict[str, Any]:
     host_path = "/".join((MOUNT_POINT, *parts))
     steps: dict[str, Counter[str]] = {}
     # since 0.6, the parts of two steps that overlap in the daemon: the claim up to its answer,
-    # and the look ahead at the path (what exists of it opened) beside the claim
+    # and the look ahead at the path (what exists of it opened) beside the claim (since 0.7
+    # from the claim's lock on: the claim up to its lock counted apart)
     splits: dict[str, Counter[str]] = {}
 
     def trash_alone() -> None:
@@ -226,6 +231,8 @@ def one_run(case: str, service: str) -> dict[str, Any]:
             fallback: dict[str, Any] = {}
             if OVERLAP:  # where the daemon has its answer: the operations so far
                 fallback["answered"] = lambda _result: answered.append(nfs_ops())
+            if AFTER_LOCK:  # where the daemon's look ahead begins
+                fallback["taken"] = lambda: locked.append(nfs_ops())
             if binds is not None:
                 # counted apart too (a part of the claim, not a step of its own): the 0.2
                 # hosts' usage records of the namespace, looked for before the lock is taken
@@ -249,6 +256,7 @@ def one_run(case: str, service: str) -> dict[str, Any]:
             )
 
         answered: list[Counter[str]] = []
+        locked: list[Counter[str]] = []
         if case == "in-use" and BY_PATH:
             pass  # the daemon's claim of a path its entries hold: no transaction (_holds)
         else:
@@ -256,6 +264,8 @@ def one_run(case: str, service: str) -> dict[str, Any]:
             steps["registry claim"], claimed = counted(claim)
             if answered:
                 splits["claim to its answer"] = less(answered[0], before_claim)
+            if locked:
+                splits["claim to its lock"] = less(locked[0], before_claim)
             if claimed.clashes:
                 raise SystemExit(f"the bench's claim clashed: {claimed.clashes}")
     if "mark" in params and registry_claim is not None:
@@ -323,11 +333,14 @@ def decided_in(case: str, service: str, overlap: bool) -> float:
     """Seconds from the create's claim to the end of its walk (where the guard answers): the
     two one after the other, the claim's unlock before the walk (as up to 0.5), or what
     exists of the path opened beside the claim and the walk after its answer, the unlock
-    behind the answer (as the daemon does since 0.6)."""
+    behind the answer (as the daemon does since 0.6; the opens from the claim's lock on,
+    since 0.7)."""
     parts = setup(case, service)
     dev = os.stat(MOUNT_POINT).st_dev
     wanted = [Entry(HOST, f"request:{service}", "", "/".join(parts), time.time())]
     answered = threading.Event()
+    locked = threading.Event()
+    after_lock = {"taken": locked.set} if AFTER_LOCK else {}
 
     def claim() -> None:
         registry_claim.claim(
@@ -339,6 +352,7 @@ def decided_in(case: str, service: str, overlap: bool) -> float:
             expire_after_s=FORGET_AFTER_S,
             deadline=time.monotonic() + REGISTRY_TIMEOUT_S,
             answered=lambda _result: answered.set(),
+            **after_lock,
             **KEPT,
         )
 
@@ -354,6 +368,8 @@ def decided_in(case: str, service: str, overlap: bool) -> float:
         return time.perf_counter() - start
     thread = threading.Thread(target=claim)
     thread.start()
+    if AFTER_LOCK and not locked.wait(REGISTRY_TIMEOUT_S):
+        raise SystemExit("the bench's claim did not take its lock")
     opened = trashcheck.open_ahead(MOUNT_POINT, parts, dev)
     if not answered.wait(REGISTRY_TIMEOUT_S):
         raise SystemExit("the bench's claim did not answer")

@@ -41,8 +41,9 @@ ZERO_TIME = "0001-01-01T00:00:00Z"
 MAX_WALKED = 4096  # paths whose last walk is remembered for the next start
 # A start only looks at a held path's directories (trashcheck.py) this soon after the walk
 # that opened them: the kernel's NFS client keeps what that walk fetched for acdirmin (30 s
-# by default) at least, so the look and Docker's bind of the path, moments later, are both
-# answered from that same state, never one from it and one from the server's newer one
+# by default) at least, so the look and Docker's bind of the path, moments later, are
+# answered from that same state unless something on this host revalidates a directory of
+# the path in between
 LOOK_WITHIN_S = 10.0
 MAX_OWNERS_KEPT = 4096  # namespaces whose recorded owner is remembered
 # on top of the directory timeout, for the walk's queueing and the loop's own latency

@@ -22,20 +22,21 @@ registry (the heartbeat task judges that: rack/heartbeat.py). The claim takes th
 place: it is written before the look in the trash, and gc's last judgement reads the
 registry under its lock after writing its record (ops/gc/registered.py).
 
-A create the guard claims opens what exists of its path while the claim is under way (0.6,
-`open_ahead`): the opens order nothing for gc, and create, mark and look in the trash
-nothing. The walk proper (`prepare_path` given those descriptors) comes after the claim, as
-before: so the look in the trash still comes after the claim's entry is in place, and
-nothing is made for a bind the claim refused. The walk takes the descriptors only while the
-mount point is still the root of the filesystem they were opened on (an unmount or a mount
-over it meanwhile: it opens afresh, and is refused). Their components are judged as of the
-look ahead, before the claim. Only root, or a host without volagent, can change them during
-the claim (an app's container that could would bind a directory above this bind, which the
-claim refuses by rule 7): a component renamed and replaced by a symlink, or a mount made on
-one, gets the directory made in the directory opened, inside the namespace, and the start,
-which walks the path afresh, refuses the symlink or the other device before Docker binds
-anything; a leaf removed meanwhile is not made again at the create, and the start, finding
-it missing, judges and makes it as a create.
+A create the guard claims opens what exists of its path while the claim's transaction is
+under way (`open_ahead`; since 0.7 only once the claim holds the namespace's lock): the opens
+order nothing for gc, and create, mark and look in the trash nothing. The walk proper
+(`prepare_path` given those descriptors) comes after the claim, as before: so the look in the
+trash still comes after the claim's entry is in place, and nothing is made for a bind the
+claim refused. The walk takes the descriptors only while the mount point is still the root
+of the filesystem they were opened on (an unmount or a mount over it meanwhile: it opens
+afresh, and is refused). Their components are judged as of the look ahead, under the lock:
+a bind above the path, on any host of the rack, has its entry in the file by then, which
+the claim meets (rule 7), and a bind above it that went before the lock did whatever it did
+before the look (0.6 looked before the lock, so such a bind could change the path, go, and
+leave the claim nothing to meet). During the rest of the transaction only root, or a host
+without volagent, can change the path: a component renamed and replaced by a symlink, or a
+mount made on one, then gets the directory made in the directory opened, inside the
+namespace; a leaf removed meanwhile is not made again at the create.
 
 A start walks the path again. When the create walk here recorded it (device and inode of
 every component) and every component is still the same directory, nothing else is asked:
@@ -44,25 +45,30 @@ the directories are the ones judged at create, which were marked then and not in
 Anything else is judged from scratch, as a create.
 
 Since 0.7 the start of a path this host's entries in the registry have held without a break
-since the walk that recorded it, and that comes within LOOK_WITHIN_S of that walk (`held`: a
-start after the guard's create, or of a service in use here; volumes/preparer.py decides),
-only looks at each component (O_PATH: the kernel's NFS client answers from its caches,
-without the revalidation of an open) and compares it with the record. What the look cannot see
-is a change another host made on the server since the walk fetched the component's parent,
-and while the entry stands nobody the rules let in can make one: a component's name lives in
-its parent, which only a bind of a directory above the path reaches, and rule 7 across the
-rack refuses every such bind while the entry holds the path; gc keeps what the registry holds
-(ops/gc/registered.py), so it moves nothing of it into the trash. Whatever this host did (its
-containers, Docker, an operator here) is in its caches at once, so a symlink, a mount or
-another directory at the path is seen as before. A change made outside the rules (root on
-another host, or a host the registry does not hold back: its agent down for `forget_after_s`
-while its containers run) is not seen, where an open would see it; but Docker binds the path
-through the same caches, which keep what the walk fetched for `acdirmin` (30 s by default)
-at least, so within the bound it binds what the walk judged (the directory since renamed,
-not a symlink put in its place), and the check after the start compares what was bound
-(volumes/mount_check.py). A look that meets a directory removed on the server (ESTALE)
-judges the path afresh. A start of a path the entries do not hold, later than the bound, or
-that does not compare, opens every component as a create does.
+since the walk that recorded it (as a claim needing no transaction judges it, then and now:
+Registry.holding_of), and that comes within LOOK_WITHIN_S of when that walk fetched its
+directories (`held`: a start after the guard's create, or of a service in use here;
+volumes/preparer.py decides), only looks at each component (O_PATH: the kernel's NFS client
+answers from its caches, without the revalidation of an open) and compares it with the
+record. What the look cannot see is a change another host made on the server since the walk
+fetched the component's parent, and while the entry stands nobody the rules let in can make
+one: a component's name lives in its parent, which only a bind of a directory above the path
+reaches, and rule 7 across the rack refuses every such bind while the entry holds the path
+(one that went before the claim's lock did what it did before the walk looked); gc keeps
+what the registry holds (ops/gc/registered.py), so it moves nothing of it into the trash.
+Whatever this host did (its containers, Docker, an operator here) is in its caches at once,
+so a symlink, a mount or another directory at the path is seen as before. A change made
+outside the rules (root on another host, or a host the registry does not hold back: its
+agent down for `forget_after_s` while its containers run) is not seen, where an open would
+see it. Docker binds the path through the same caches, which keep what the walk fetched for
+`acdirmin` (30 s by default) at least, so within the bound it mostly binds what the walk
+judged (the directory since renamed, not a symlink put in its place); but anything on this
+host that revalidates a directory of the path in between (another walk through it) makes
+Docker's lookup ask the server, and the check after the start (volumes/mount_check.py) is
+then what finds the mount that is not the directory prepared. A look that meets a directory
+removed on the server (ESTALE) judges the path afresh. A start of a path the entries do not
+hold, later than the bound, or that does not compare, opens every component as a create
+does.
 
 Blocking: runs in the timed worker.
 """

@@ -195,10 +195,13 @@ def locked(
     *,
     counts: Counts | None = None,
     epoch: int | None = None,
+    taken: Callable[[], None] | None = None,
 ) -> Iterator[Transaction]:
     """The namespace's registry, read under its exclusive lock, until the block ends. Given
     the mount's `epoch` (which mount of the filesystem it is), the registry's directory and
-    the namespace's lock file stay open for the next transaction (`_KeptHandles`)."""
+    the namespace's lock file stay open for the next transaction (`_KeptHandles`). `taken`
+    is called once the lock is taken, before the registry is read."""
+    taken = taken or (lambda: None)
     counts = counts or Counts()
     key = f"{mount_point}\0{namespace}"
     local = _local_lock(key)
@@ -212,11 +215,13 @@ def locked(
                 safedir.closing(_open_lock_file(reg, namespace, counts)) as lock_fd,
             ):
                 _lock(lock_fd, namespace, deadline, counts)
+                taken()
                 yield Transaction(reg, namespace, deadline, counts)
         else:
             reg, lock_fd = _kept.locked(mount_point, (dev, epoch), key, namespace, deadline, counts)
             with safedir.closing(reg):
                 try:
+                    taken()
                     yield Transaction(reg, namespace, deadline, counts)
                     fcntl.lockf(lock_fd, fcntl.LOCK_UN)
                 except BaseException:

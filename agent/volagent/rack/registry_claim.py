@@ -61,9 +61,14 @@ def claim(
     the outcome as soon as it is final (the entries renamed into place), before the lock is
     released: the caller need not wait for the unlock's round trip."""
     result = ClaimResult()
-    with locked(mount_point, dev, ns, deadline, counts=result.counts, epoch=epoch) as tx:
+
+    def lock_taken() -> None:
         if taken is not None and time.monotonic() <= deadline:
             taken()  # not once its caller may have given up: nobody would close what it opens
+
+    with locked(
+        mount_point, dev, ns, deadline, counts=result.counts, epoch=epoch, taken=lock_taken
+    ) as tx:
         _decide(tx, mount_point, dev, host, wanted, expire_after_s, dropping, result=result)
         if answered is not None:
             answered(result)

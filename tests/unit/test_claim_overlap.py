@@ -139,7 +139,7 @@ def test_the_walk_opens_its_path_while_the_claims_transaction_is_under_way(
     tx = paused_transaction(monkeypatch)
     t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/data:/data"))
     assert leaf_opened.wait(WAIT_S), "the walk waited for the claim before opening anything"
-    assert tx.under_way.is_set() and registered(mp) == []  # the claim had not written yet
+    assert tx.under_way.wait(WAIT_S) and registered(mp) == []  # the claim has not written
     tx.go.set()
     t.join(WAIT_S)
     assert answers[0]["Allow"] is True, answers
@@ -484,26 +484,28 @@ def tmpfs_at(mp: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mp)], check=False, capture_output=True)
 
 
-def test_a_mount_gone_while_the_claim_waits_gets_nothing_made_through_the_look_ahead(
-    tmpfs_at: Path, guard: Guard, held: list[Any], monkeypatch: pytest.MonkeyPatch
+def test_a_mount_gone_after_the_look_ahead_gets_nothing_made_through_it(
+    tmpfs_at: Path, guard: Guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rule 3. The shared filesystem is unmounted (lazily: the claim's and the look ahead's
-    descriptors keep it alive) while the claim polls a lock another host holds; the
-    supervisor has not seen it yet, so the epoch is unchanged. /volumes is local disk now.
-    Before 0.6 the walk opened the mount point by path and found another device: the create
-    was refused as unhealthy. Now the walk uses the look ahead's descriptor of the detached
-    filesystem, makes the directory there and lets the create through."""
+    descriptors keep it alive) after the look ahead opened the path, while the claim's
+    transaction goes on; the supervisor has not seen it yet, so the epoch is unchanged, and
+    /volumes is local disk now. A walk that took the look ahead's descriptors would make the
+    directory on the detached filesystem and let the create through (a review found this of
+    0.6): the walk sees the mount point is no longer that root, opens it afresh, and is
+    refused."""
     mp = tmpfs_at
     guard.state.mount_dev = os.stat(mp).st_dev  # the tmpfs is the shared filesystem
     make_dir(mp, "r1-a/web")
+    looked, _ = opening(monkeypatch, "web")
+    tx = paused_transaction(monkeypatch)
     detached = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        hold_the_lock(held, mp)
         t, answers = in_background(lambda: create(guard, f"{mp}/r1-a/web/new:/data"))
-        time.sleep(0.5)  # the claim is polling the lock, its registry handles open
+        assert looked.wait(WAIT_S) and tx.under_way.wait(WAIT_S)
         subprocess.run(["umount", "-l", str(mp)], check=True)
         assert os.stat(mp).st_dev != guard.state.mount_dev  # local disk at the mount point
-        let_go(held)
+        tx.go.set()
         t.join(WAIT_S)
         made = os.path.isdir(os.path.join(f"/proc/self/fd/{detached}", "r1-a/web/new"))
         assert not made, "a directory was made on a filesystem no longer at the mount point"
@@ -517,10 +519,11 @@ async def test_looks_ahead_of_creates_already_refused_do_not_delay_later_walks(
 ) -> None:
     """The walk's two threads are held a moment (walks slowed by the server). Meanwhile
     sixteen creates of app a are refused: their claims could not get r1-a's lock in time.
-    Their looks ahead, queued behind the held walks, are never dropped (every other job of
-    the worker is, when its caller gives up): once the threads are free they all run, a
-    round trip an open, and app b's create, asked after all of them were answered, has its
-    walk queued behind them past its timeout. Before 0.6 a refused create queued nothing."""
+    Nothing of their paths is opened once the threads are free, so app b's create, asked
+    after all of them were answered, has its walk run at once. (A review of 0.6 found their
+    looks ahead, then asked before the lock, queued behind the held walks and never
+    dropped: app b's walk waited behind them past its timeout. Since 0.7 a look ahead is
+    asked only once the lock is taken.)"""
     from tests.unit.factories import directory_timeout
 
     make_dir(mp, "r1-a/web")
@@ -630,6 +633,31 @@ async def test_a_lock_granted_after_the_create_was_decided_opens_nothing_ahead(
             answer = await asked
             assert answer["Allow"] is False and "registry" in answer["Msg"], answer
     await asyncio.sleep(1.2)  # the registry's thread got its lock late and went on
+    worker = guard.preparer.worker
+    for done in [worker.submit(lambda: None) for _ in range(worker.max_threads)]:
+        done.result(WAIT_S)
+    assert "data" not in opened
+    assert open_below(mp) == []
+
+
+async def test_a_lock_granted_after_a_cancel_but_before_the_deadline_opens_nothing(
+    mp: Path, guard: Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The create's request goes away (its connection closed: the decision cancelled) while
+    its claim waits for a lock that comes well before the claim's deadline: the claim's
+    thread goes on under the lock, and nothing is opened ahead for the walk that will never
+    come."""
+    make_dir(mp, "r1-a/web/data")
+    assert (await ask(guard, f"{mp}/r1-a/web/warm:/w", name="w"))["Allow"] is True
+    _, opened = opening(monkeypatch, "data")
+    monkeypatch.setattr(registry, "fcntl", _SlowLock(0.6))
+    with directory_timeout(guard.state, 5.0):  # the thread's deadline 4 s, its lock at 0.6 s
+        asked = asyncio.ensure_future(ask(guard, f"{mp}/r1-a/web/data:/data", name="d"))
+        await asyncio.sleep(0.2)
+        asked.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asked
+        await asyncio.sleep(1.2)  # the thread took the lock and went on
     worker = guard.preparer.worker
     for done in [worker.submit(lambda: None) for _ in range(worker.max_threads)]:
         done.result(WAIT_S)

@@ -23,20 +23,23 @@ place: it is written before the look in the trash, and gc's last judgement reads
 registry under its lock after writing its record (ops/gc/registered.py).
 
 A create the guard claims opens what exists of its path while the claim's transaction is
-under way (`open_ahead`; since 0.7 only once the claim holds the namespace's lock): the opens
-order nothing for gc, and create, mark and look in the trash nothing. The walk proper
-(`prepare_path` given those descriptors) comes after the claim, as before: so the look in the
-trash still comes after the claim's entry is in place, and nothing is made for a bind the
-claim refused. The walk takes the descriptors only while the mount point is still the root
-of the filesystem they were opened on (an unmount or a mount over it meanwhile: it opens
-afresh, and is refused). Their components are judged as of the look ahead, under the lock:
-a bind above the path, on any host of the rack, has its entry in the file by then, which
-the claim meets (rule 7), and a bind above it that went before the lock did whatever it did
-before the look (0.6 looked before the lock, so such a bind could change the path, go, and
-leave the claim nothing to meet). During the rest of the transaction only root, or a host
-without volagent, can change the path: a component renamed and replaced by a symlink, or a
-mount made on one, then gets the directory made in the directory opened, inside the
-namespace; a leaf removed meanwhile is not made again at the create.
+under way (`open_ahead`; since 0.7 only once the claim holds the namespace's lock): the
+opens order nothing for gc, and create, mark and look in the trash nothing. The walk proper
+(`prepare_path` given those descriptors) comes after the claim, as before: so the look in
+the trash still comes after the claim's entry is in place, and nothing is made for a bind
+the claim refused. The walk takes the descriptors only while the mount point is still the
+root of the filesystem they were opened on (an unmount or a mount over it meanwhile: it
+opens afresh, and is refused). Their components are judged as of the look ahead, under the
+lock: a bind above the path that a claim allowed, or that a keeper registered, on any host
+of the rack, has its entry in the file by then, which the claim meets (rule 7), and one that
+went before the lock did whatever it did before the look (0.6 looked before the lock, so
+such a bind could change the path, go, and leave the claim nothing to meet). Binds allowed
+without an entry (`when_unhealthy = "allow"` while the mount was unhealthy, `violations =
+"warn"`, a host forgotten while its containers run) are outside rule 7 across hosts anyway.
+During the rest of the transaction only root, or a host without volagent, can change the
+path: a component renamed and replaced by a symlink, or a mount made on one, then gets the
+directory made in the directory opened, inside the namespace; a leaf removed meanwhile is
+not made again at the create.
 
 A start walks the path again. When the create walk here recorded it (device and inode of
 every component) and every component is still the same directory, nothing else is asked:

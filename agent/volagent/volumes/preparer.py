@@ -280,9 +280,10 @@ class Preparer:
         for gc and make nothing, and they are a round trip each on NFS (volumes/
         trashcheck.py). Not before the lock: a bind above the path, on another host, could
         change it and be removed (its entry with it) while the claim waits, and the claim
-        would then find nothing in its way. Once the lock is held, a bind above the path has
-        its entry in the file, which the claim meets. The walk after the claim takes what its
-        path's look opened on the mount as it is then; anything else is closed."""
+        would then find nothing in its way. Once the lock is held, a bind above the path that
+        a claim allowed or a keeper registered has its entry in the file, which the claim
+        meets. The walk after the claim takes what its path's look opened on the mount as it
+        is then; anything else is closed."""
         st = self.state
         if not st.mount_healthy or st.mount_dev is None:
             return
@@ -703,7 +704,8 @@ class Preparer:
         # not into a namespace that gc moved into the trash (a trashed one fails the volume);
         # a start (rewalk) compares with what the last walk of the path found, only looking
         # at each component where this host's entries in the registry have held the bind
-        # without a break since that walk (trashcheck.py says why that is as safe)
+        # without a break since that walk, soon after it (trashcheck.py says what that
+        # relies on)
         walked = self._walked.get(vol.host) if rewalk else None
         known = walked.identity if walked is not None else ()
         holding = self.registry.holding_of(vol.host) if claimed and self.registry else None

@@ -57,9 +57,9 @@ def claim(
     of hosts gone for good that the claim drops (gc counts them as uses at their time: the
     caller records those); it raising leaves the file as it was. `taken` is called once the
     namespace's lock is taken, before anything is read under it, unless the deadline has
-    passed by then. `answered` is called with
-    the outcome as soon as it is final (the entries renamed into place), before the lock is
-    released: the caller need not wait for the unlock's round trip."""
+    passed by then. `answered` is called with the outcome as soon as it is final (the
+    entries renamed into place), before the lock is released: the caller need not wait for
+    the unlock's round trip."""
     result = ClaimResult()
 
     def lock_taken() -> None:

@@ -245,8 +245,8 @@ def verify_below(
     still the directory `identity` recorded (same device and inode), None when any differs
     or is missing (then judge it from scratch). A symlink or a mount met on the way is
     refused as in `prepare_below`. `look`: each component looked at (O_PATH) instead of
-    opened, so the kernel's NFS client answers from its caches (trashcheck.py says when
-    that is as safe)."""
+    opened, so the kernel's NFS client answers from its caches (trashcheck.py says what
+    that relies on)."""
     _check_names(parts)
     if len(identity) != len(parts):
         return None

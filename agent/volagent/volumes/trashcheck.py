@@ -211,8 +211,8 @@ def prepare_path(
     and known not to be in the trash before anything is created; the mount point is opened
     once for all three. With `known` (what the create walk recorded), a path whose
     components are all still those directories is only walked (a start); `held`: the
-    registry holds the bind for this host, so they are only looked at (see the module's
-    docstring). `recorded_at`: the
+    registry has held the bind for this host since that walk, a moment ago, so they are
+    only looked at (see the module's docstring). `recorded_at`: the
     time of this host's last usage record of the bind's directory, if any (see `mark_used`).
     `mark` False: the registry holds the bind and every host's gc reads it, so the mark is
     left out (ops/gc/registered.py). `ahead`: the mount point and what exists of the path,

@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 READY_TIMEOUT_S = 60.0
+BIND_ATTEMPTS = 5
+_ADDRESS_IN_USE = b"bind: address already in use"
+
+
+class PortTaken(Exception):
+    """The port the server was given was taken before it could listen there."""
 
 
 def free_port() -> int:
@@ -64,6 +70,19 @@ class PrometheusServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> PrometheusServer:
+        """Starts the server and waits until it is ready. The port `free_port` found free may
+        be taken before the server binds it (an outgoing connection of the tests is given
+        ports of the same range): then it starts again on another one, a few times."""
+        for _ in range(BIND_ATTEMPTS - 1):
+            try:
+                return self._start()
+            except PortTaken:
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        return self._start()
+
+    def _start(self) -> PrometheusServer:
+        logged = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -81,6 +100,8 @@ class PrometheusServer:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if _ADDRESS_IN_USE in self.log_path.read_bytes()[logged:]:
+                    raise PortTaken(self.port)
                 raise AssertionError(f"prometheus exited at start:\n{self.log()}")
             with (
                 contextlib.suppress(OSError),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import shutil
 import socket
 import subprocess
@@ -25,9 +26,24 @@ class PortTaken(Exception):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port of 127.0.0.1 nothing listens on, below the range the kernel gives outgoing
+    connections (ip_local_port_range), so none of the tests' own connections takes it
+    between now and the listener's bind (a port the kernel picks for bind(0) is of that
+    range)."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 10000), low)  # noqa: S311 - not a secret
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    raise OSError(f"no free port of 127.0.0.1 below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 class PrometheusServer:
@@ -71,8 +87,8 @@ class PrometheusServer:
 
     def start(self) -> PrometheusServer:
         """Starts the server and waits until it is ready. The port `free_port` found free may
-        be taken before the server binds it (an outgoing connection of the tests is given
-        ports of the same range): then it starts again on another one, a few times."""
+        still be taken by another listener before the server binds it: then it starts again
+        on another one, a few times."""
         for _ in range(BIND_ATTEMPTS - 1):
             try:
                 return self._start()
